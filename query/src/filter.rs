@@ -1,0 +1,229 @@
+//! Translates DataFusion filter expressions into segment [`Predicate`]s. In: `Expr` trees as
+//! DataFusion hands them to `TableProvider::scan`. Out: a predicate the segment indexes answer
+//! exactly, or `None` when any part cannot be answered (DataFusion then filters itself).
+
+use arrow::datatypes::{DataType, TimeUnit};
+use basalt_segment::{CmpOp, ColumnType, Predicate, SegmentSchema, Value};
+use datafusion::logical_expr::{expr::InList, Between, BinaryExpr, Cast, Expr, Like, Operator};
+use datafusion::scalar::ScalarValue;
+
+/// Converts `expr`, or returns None if it is not exactly answerable by segments.
+pub fn to_predicate(expr: &Expr, schema: &SegmentSchema) -> Option<Predicate> {
+    match expr {
+        Expr::BinaryExpr(BinaryExpr { left, op, right }) => match op {
+            Operator::And => Some(Predicate::And(vec![
+                to_predicate(left, schema)?,
+                to_predicate(right, schema)?,
+            ])),
+            Operator::Or => Some(Predicate::Or(vec![
+                to_predicate(left, schema)?,
+                to_predicate(right, schema)?,
+            ])),
+            _ => {
+                let cmp = cmp_op(*op)?;
+                if let (Some(column), Some(value)) = (column_of(left, schema), literal(right)) {
+                    return Some(Predicate::Compare { column, op: cmp, value });
+                }
+                if let (Some(value), Some(column)) = (literal(left), column_of(right, schema)) {
+                    return Some(Predicate::Compare {
+                        column,
+                        op: flip(cmp),
+                        value,
+                    });
+                }
+                None
+            }
+        },
+        Expr::Not(e) => Some(Predicate::Not(Box::new(to_predicate(e, schema)?))),
+        Expr::IsNull(e) => Some(Predicate::IsNull {
+            column: column_of(e, schema)?,
+            negated: false,
+        }),
+        Expr::IsNotNull(e) => Some(Predicate::IsNull {
+            column: column_of(e, schema)?,
+            negated: true,
+        }),
+        Expr::Between(Between {
+            expr,
+            negated,
+            low,
+            high,
+        }) => {
+            let p = Predicate::Between {
+                column: column_of(expr, schema)?,
+                low: literal(low)?,
+                high: literal(high)?,
+            };
+            Some(if *negated { Predicate::Not(Box::new(p)) } else { p })
+        }
+        Expr::InList(InList {
+            expr,
+            list,
+            negated,
+        }) => Some(Predicate::InList {
+            column: column_of(expr, schema)?,
+            values: list.iter().map(literal).collect::<Option<Vec<_>>>()?,
+            negated: *negated,
+        }),
+        Expr::Like(Like {
+            negated,
+            expr,
+            pattern,
+            escape_char,
+            case_insensitive,
+        }) => {
+            if escape_char.is_some_and(|c| c != '\\') {
+                return None;
+            }
+            let column = column_of(expr, schema)?;
+            if schema.column(&column)?.ty.physical() != basalt_segment::types::Physical::Str {
+                return None;
+            }
+            let Value::Str(pattern) = literal(pattern)? else {
+                return None;
+            };
+            Some(Predicate::Like {
+                column,
+                pattern,
+                negated: *negated,
+                case_insensitive: *case_insensitive,
+            })
+        }
+        Expr::Literal(ScalarValue::Boolean(Some(b)), _) => Some(Predicate::Const(*b)),
+        _ => None,
+    }
+}
+
+fn cmp_op(op: Operator) -> Option<CmpOp> {
+    Some(match op {
+        Operator::Eq => CmpOp::Eq,
+        Operator::NotEq => CmpOp::NotEq,
+        Operator::Lt => CmpOp::Lt,
+        Operator::LtEq => CmpOp::LtEq,
+        Operator::Gt => CmpOp::Gt,
+        Operator::GtEq => CmpOp::GtEq,
+        _ => return None,
+    })
+}
+
+fn flip(op: CmpOp) -> CmpOp {
+    match op {
+        CmpOp::Lt => CmpOp::Gt,
+        CmpOp::LtEq => CmpOp::GtEq,
+        CmpOp::Gt => CmpOp::Lt,
+        CmpOp::GtEq => CmpOp::LtEq,
+        o => o,
+    }
+}
+
+/// A column reference, possibly under a value-preserving cast.
+fn column_of(e: &Expr, schema: &SegmentSchema) -> Option<String> {
+    match e {
+        Expr::Column(c) => schema.column(&c.name).map(|d| d.name.clone()),
+        Expr::Cast(Cast { expr, data_type }) => {
+            let name = column_of(expr, schema)?;
+            let ty = schema.column(&name)?.ty;
+            lossless_cast(ty, data_type).then_some(name)
+        }
+        _ => None,
+    }
+}
+
+/// Casts that keep every value distinct and ordered the same way.
+fn lossless_cast(from: ColumnType, to: &DataType) -> bool {
+    use DataType as D;
+    match from {
+        ColumnType::String | ColumnType::Json => matches!(to, D::Utf8 | D::LargeUtf8 | D::Utf8View)
+            || matches!(to, D::Dictionary(_, v) if matches!(v.as_ref(), D::Utf8 | D::LargeUtf8)),
+        ColumnType::Int => matches!(to, D::Int32 | D::Int64 | D::Float64),
+        ColumnType::Long => matches!(to, D::Int64),
+        ColumnType::Float => matches!(to, D::Float32 | D::Float64),
+        ColumnType::Double => matches!(to, D::Float64),
+        ColumnType::Boolean => matches!(to, D::Boolean),
+        ColumnType::Timestamp => matches!(to, D::Timestamp(TimeUnit::Millisecond, _) | D::Int64),
+    }
+}
+
+/// A literal as a segment value; None for literals the segment cannot compare exactly.
+fn literal(e: &Expr) -> Option<Value> {
+    match e {
+        Expr::Literal(v, _) => scalar(v),
+        Expr::Cast(Cast { expr, .. }) => literal(expr).filter(|_| false),
+        _ => None,
+    }
+}
+
+fn scalar(v: &ScalarValue) -> Option<Value> {
+    use ScalarValue as S;
+    if v.is_null() {
+        return Some(Value::Null);
+    }
+    Some(match v {
+        S::Boolean(Some(b)) => Value::Bool(*b),
+        S::Int8(Some(x)) => Value::Int(*x as i64),
+        S::Int16(Some(x)) => Value::Int(*x as i64),
+        S::Int32(Some(x)) => Value::Int(*x as i64),
+        S::Int64(Some(x)) => Value::Int(*x),
+        S::UInt8(Some(x)) => Value::Int(*x as i64),
+        S::UInt16(Some(x)) => Value::Int(*x as i64),
+        S::UInt32(Some(x)) => Value::Int(*x as i64),
+        S::UInt64(Some(x)) => Value::Int(i64::try_from(*x).ok()?),
+        S::Float32(Some(x)) => Value::Float(*x as f64),
+        S::Float64(Some(x)) => Value::Float(*x),
+        S::Utf8(Some(s)) | S::LargeUtf8(Some(s)) | S::Utf8View(Some(s)) => Value::Str(s.clone()),
+        S::TimestampMillisecond(Some(x), _) => Value::Int(*x),
+        S::TimestampSecond(Some(x), _) => Value::Int(x.checked_mul(1000)?),
+        S::TimestampMicrosecond(Some(x), _) if x % 1000 == 0 => Value::Int(x / 1000),
+        S::TimestampNanosecond(Some(x), _) if x % 1_000_000 == 0 => Value::Int(x / 1_000_000),
+        S::Dictionary(_, inner) => return scalar(inner),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use basalt_segment::ColumnDef;
+    use datafusion::prelude::{col, lit};
+
+    fn schema() -> SegmentSchema {
+        SegmentSchema {
+            columns: vec![
+                ColumnDef::new("country", ColumnType::String),
+                ColumnDef::new("latency", ColumnType::Double),
+                ColumnDef::new("n", ColumnType::Int),
+            ],
+            time_column: None,
+        }
+    }
+
+    #[test]
+    fn converts_supported_shapes() {
+        let s = schema();
+        let e = col("country").eq(lit("US")).and(col("latency").gt(lit(10.0)));
+        assert!(matches!(to_predicate(&e, &s), Some(Predicate::And(_))));
+        let e = lit(5).lt(col("n"));
+        assert_eq!(
+            to_predicate(&e, &s),
+            Some(Predicate::Compare {
+                column: "n".into(),
+                op: CmpOp::Gt,
+                value: Value::Int(5)
+            })
+        );
+        assert!(to_predicate(&col("country").like(lit("ab%")), &s).is_some());
+        assert!(to_predicate(&col("country").in_list(vec![lit("a"), lit("b")], true), &s).is_some());
+    }
+
+    #[test]
+    fn rejects_what_indexes_cannot_answer() {
+        let s = schema();
+        assert!(to_predicate(&(col("n") + lit(1)).eq(lit(3)), &s).is_none());
+        assert!(to_predicate(&col("nope").eq(lit(3)), &s).is_none());
+        let cast = Expr::Cast(Cast::new(Box::new(col("latency")), DataType::Int64));
+        assert!(to_predicate(&cast.eq(lit(3)), &s).is_none());
+        // OR with one unsupported side is unsupported as a whole.
+        let e = col("n").eq(lit(1)).or((col("n") * lit(2)).eq(lit(4)));
+        assert!(to_predicate(&e, &s).is_none());
+    }
+}

@@ -1,0 +1,119 @@
+//! The table a query sees: a snapshot of a table's segments, and the DataFusion
+//! [`TableProvider`] over it. In: a [`TableSnapshot`] taken when the query is planned. Out: a
+//! [`SegmentScanExec`] with exact filter pushdown, projection and limit pushdown.
+//!
+//! A snapshot is immutable: segments published after planning are not seen by the query, and
+//! a segment is never seen twice.
+
+use std::any::Any;
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use async_trait::async_trait;
+use basalt_segment::{Predicate, SegmentReader, SegmentSchema};
+use datafusion::catalog::Session;
+use datafusion::datasource::{TableProvider, TableType};
+use datafusion::error::Result as DfResult;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_plan::ExecutionPlan;
+
+use crate::filter::to_predicate;
+use crate::scan::{ScanStats, SegmentScanExec};
+
+/// A consistent view of one table's segments.
+#[derive(Debug, Clone)]
+pub struct TableSnapshot {
+    pub name: String,
+    pub schema: SegmentSchema,
+    pub segments: Vec<Arc<SegmentReader>>,
+}
+
+impl TableSnapshot {
+    pub fn total_docs(&self) -> u64 {
+        self.segments.iter().map(|s| s.row_count() as u64).sum()
+    }
+}
+
+/// Where tables come from; implemented by the server's table registry.
+pub trait TableSource: Send + Sync + std::fmt::Debug {
+    fn table_names(&self) -> Vec<String>;
+    fn snapshot(&self, name: &str) -> Option<TableSnapshot>;
+}
+
+/// DataFusion's view of one table snapshot.
+#[derive(Debug)]
+pub struct SegmentTable {
+    snapshot: Arc<TableSnapshot>,
+    arrow_schema: SchemaRef,
+    stats: Arc<ScanStats>,
+}
+
+impl SegmentTable {
+    pub fn new(snapshot: TableSnapshot, stats: Arc<ScanStats>) -> Self {
+        let arrow_schema = snapshot.schema.arrow_schema();
+        SegmentTable {
+            snapshot: Arc::new(snapshot),
+            arrow_schema,
+            stats,
+        }
+    }
+}
+
+#[async_trait]
+impl TableProvider for SegmentTable {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn schema(&self) -> SchemaRef {
+        self.arrow_schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        Ok(filters
+            .iter()
+            .map(|f| match to_predicate(f, &self.snapshot.schema) {
+                Some(_) => TableProviderFilterPushDown::Exact,
+                None => TableProviderFilterPushDown::Unsupported,
+            })
+            .collect())
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let preds: Vec<Predicate> = filters
+            .iter()
+            .filter_map(|f| to_predicate(f, &self.snapshot.schema))
+            .collect();
+        let predicate = match preds.len() {
+            0 => None,
+            1 => preds.into_iter().next(),
+            _ => Some(Predicate::And(preds)),
+        };
+        let projection = projection
+            .cloned()
+            .unwrap_or_else(|| (0..self.arrow_schema.fields().len()).collect());
+        let cfg = state.config();
+        Ok(Arc::new(SegmentScanExec::new(
+            self.snapshot.clone(),
+            projection,
+            predicate,
+            limit,
+            cfg.target_partitions(),
+            cfg.batch_size(),
+            self.stats.clone(),
+        )?))
+    }
+}

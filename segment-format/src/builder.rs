@@ -1,0 +1,626 @@
+//! Builds an immutable segment from Arrow record batches. In: a [`SegmentSchema`] and batches
+//! whose columns match it by name. Out: the bytes of one segment file (see README.md).
+//!
+//! Deterministic: the same rows in the same order produce the same bytes, which sealing and
+//! replay rely on. Rows are re-ordered only when a column asks for a `sorted` index.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, BooleanArray, Float64Array, Int64Array, StringArray, UInt32Array};
+use arrow::compute::{cast, concat, lexsort_to_indices, take, SortColumn, SortOptions};
+use arrow::datatypes::DataType;
+use arrow::record_batch::RecordBatch;
+use roaring::RoaringBitmap;
+
+use crate::bitpack;
+use crate::bloom::{hash_bytes, Bloom};
+use crate::error::{Result, SegmentError};
+use crate::layout::{
+    f64_key, BlockMeta, Codec, ColumnMeta, ColumnStats, Encoding, FileWriter, Footer,
+    RangeBucket, RangeIndexMeta, SectionRef, ZoneMap, FORMAT_VERSION,
+};
+use crate::types::{ColumnDef, IndexKind, Physical, SegmentSchema};
+
+/// Knobs of the builder; the defaults are what the server uses.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    /// Rows per compressed block (default 8192).
+    pub block_rows: usize,
+    /// zstd level for blocks and dictionaries (default 3).
+    pub zstd_level: i32,
+    /// Numeric columns without an inverted or sorted index are dictionary-encoded only when
+    /// they have at most this many distinct values (default 65536) ...
+    pub max_numeric_dictionary: usize,
+    /// ... and at most `rows / numeric_dictionary_ratio` of them (default 4).
+    pub numeric_dictionary_ratio: usize,
+    /// Buckets of a range index (default 64).
+    pub range_buckets: usize,
+}
+
+impl Default for BuildOptions {
+    fn default() -> Self {
+        BuildOptions {
+            block_rows: 8192,
+            zstd_level: 3,
+            max_numeric_dictionary: 65536,
+            numeric_dictionary_ratio: 4,
+            range_buckets: 64,
+        }
+    }
+}
+
+/// Builds a segment from `batches` (which may be empty: an empty segment is valid).
+pub fn build_segment(
+    schema: &SegmentSchema,
+    batches: &[RecordBatch],
+    opts: &BuildOptions,
+) -> Result<Vec<u8>> {
+    if opts.block_rows == 0 || opts.block_rows > u32::MAX as usize {
+        return Err(SegmentError::Schema {
+            column: String::new(),
+            message: "block_rows must be between 1 and 2^32-1".into(),
+        });
+    }
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.columns.len());
+    for def in &schema.columns {
+        columns.push(gather(def, batches)?);
+    }
+    let rows = columns.first().map(|c| c.len()).unwrap_or(0);
+    if rows > u32::MAX as usize {
+        return Err(SegmentError::Schema {
+            column: String::new(),
+            message: format!("{rows} rows exceed the 2^32 rows a segment can hold"),
+        });
+    }
+    let sorted_by = schema
+        .columns
+        .iter()
+        .position(|c| c.has_index(IndexKind::Sorted));
+    if let Some(i) = sorted_by {
+        let idx = stable_sort_indices(&columns[i])?;
+        for c in columns.iter_mut() {
+            *c = take(c.as_ref(), &idx, None)?;
+        }
+    }
+
+    let mut w = FileWriter::new(opts.zstd_level);
+    let mut metas = Vec::with_capacity(columns.len());
+    for (def, col) in schema.columns.iter().zip(&columns) {
+        metas.push(encode_column(&mut w, def, col, opts)?);
+    }
+    let time_range = schema.time_column.as_ref().and_then(|t| {
+        let i = schema.column_index(t)?;
+        Some((metas[i].stats.min_key?, metas[i].stats.max_key?))
+    });
+    let footer = Footer {
+        format_version: FORMAT_VERSION,
+        row_count: rows as u64,
+        block_rows: opts.block_rows as u32,
+        schema: schema.clone(),
+        time_range,
+        sorted_by: sorted_by.map(|i| schema.columns[i].name.clone()),
+        columns: metas,
+        created_by: concat!("basalt ", env!("CARGO_PKG_VERSION")).to_string(),
+    };
+    w.finish(&footer)
+}
+
+/// Sort permutation by `col` (nulls last); ties keep their input order, so the build stays
+/// deterministic.
+fn stable_sort_indices(col: &ArrayRef) -> Result<UInt32Array> {
+    let position: ArrayRef = Arc::new(UInt32Array::from_iter_values(0..col.len() as u32));
+    let opts = SortOptions {
+        descending: false,
+        nulls_first: false,
+    };
+    Ok(lexsort_to_indices(
+        &[
+            SortColumn {
+                values: col.clone(),
+                options: Some(opts),
+            },
+            SortColumn {
+                values: position,
+                options: Some(opts),
+            },
+        ],
+        None,
+    )?)
+}
+
+/// Concatenates one column of every batch, cast to the column's canonical Arrow type.
+fn gather(def: &ColumnDef, batches: &[RecordBatch]) -> Result<ArrayRef> {
+    let target = canonical_type(def.ty.physical());
+    let mut parts: Vec<ArrayRef> = Vec::with_capacity(batches.len());
+    for b in batches {
+        let col = b.column_by_name(&def.name).ok_or_else(|| SegmentError::Schema {
+            column: def.name.clone(),
+            message: "missing from the input batch".into(),
+        })?;
+        if !accepts(def, col.data_type()) {
+            return Err(SegmentError::Schema {
+                column: def.name.clone(),
+                message: format!(
+                    "Arrow type {} cannot hold {} values",
+                    col.data_type(),
+                    def.ty.name()
+                ),
+            });
+        }
+        if !def.nullable && col.null_count() > 0 {
+            return Err(SegmentError::Schema {
+                column: def.name.clone(),
+                message: "column is not nullable but the input has nulls".into(),
+            });
+        }
+        let c = match col.data_type() {
+            DataType::Timestamp(_, _) => {
+                // Normalise to milliseconds first, then reinterpret as i64.
+                let ms = cast(
+                    col,
+                    &DataType::Timestamp(arrow::datatypes::TimeUnit::Millisecond, None),
+                )?;
+                cast(&ms, &DataType::Int64)?
+            }
+            t if t == &target => col.clone(),
+            _ => cast(col, &target)?,
+        };
+        parts.push(c);
+    }
+    if parts.is_empty() {
+        return Ok(arrow::array::new_empty_array(&target));
+    }
+    let refs: Vec<&dyn Array> = parts.iter().map(|a| a.as_ref()).collect();
+    Ok(concat(&refs)?)
+}
+
+fn canonical_type(p: Physical) -> DataType {
+    match p {
+        Physical::I64 => DataType::Int64,
+        Physical::F64 => DataType::Float64,
+        Physical::Bool => DataType::Boolean,
+        Physical::Str => DataType::Utf8,
+    }
+}
+
+fn accepts(def: &ColumnDef, t: &DataType) -> bool {
+    use DataType::*;
+    match def.ty.physical() {
+        Physical::I64 => matches!(
+            t,
+            Int8 | Int16 | Int32 | Int64 | UInt8 | UInt16 | UInt32 | Timestamp(_, _)
+        ),
+        Physical::F64 => matches!(t, Float16 | Float32 | Float64 | Int32 | Int64),
+        Physical::Bool => matches!(t, Boolean),
+        Physical::Str => match t {
+            Utf8 | LargeUtf8 | Utf8View => true,
+            Dictionary(_, v) => matches!(v.as_ref(), Utf8 | LargeUtf8),
+            _ => false,
+        },
+    }
+}
+
+/// Per-doc keys of a column after dictionary or raw encoding.
+enum Encoded {
+    /// Dictionary ids, the dictionary's serialized section bytes, and its value bounds.
+    Dict {
+        ids: Vec<u32>,
+        cardinality: usize,
+        dictionary: Vec<u8>,
+        min_str: Option<String>,
+        max_str: Option<String>,
+        /// Order-preserving key per dictionary id (numeric columns only).
+        id_keys: Option<Vec<i64>>,
+        /// Hash per dictionary id, for the bloom filter.
+        hashes: Vec<u64>,
+    },
+    /// Raw order-preserving keys per doc (0 for nulls) and the stored value bytes per doc.
+    Raw { keys: Vec<i64>, float: bool },
+}
+
+fn encode_column(
+    w: &mut FileWriter,
+    def: &ColumnDef,
+    col: &ArrayRef,
+    opts: &BuildOptions,
+) -> Result<ColumnMeta> {
+    let rows = col.len();
+    let null_count = col.null_count();
+    let wants_dict = def.has_index(IndexKind::Inverted) || def.has_index(IndexKind::Sorted);
+    let encoded = match def.ty.physical() {
+        Physical::Str => dict_strings(col.as_any().downcast_ref::<StringArray>().expect("utf8")),
+        Physical::Bool => {
+            let a = col.as_any().downcast_ref::<BooleanArray>().expect("bool");
+            let keys: Vec<Option<i64>> = a.iter().map(|v| v.map(|b| b as i64)).collect();
+            dict_numeric(&keys, false, usize::MAX).expect("booleans always fit a dictionary")
+        }
+        Physical::I64 => {
+            let a = col.as_any().downcast_ref::<Int64Array>().expect("i64");
+            let keys: Vec<Option<i64>> = a.iter().collect();
+            numeric(&keys, false, wants_dict, rows, opts)
+        }
+        Physical::F64 => {
+            let a = col.as_any().downcast_ref::<Float64Array>().expect("f64");
+            let keys: Vec<Option<i64>> = a.iter().map(|v| v.map(f64_key)).collect();
+            numeric(&keys, true, wants_dict, rows, opts)
+        }
+    };
+    let nulls: Option<RoaringBitmap> = (null_count > 0).then(|| {
+        (0..rows as u32)
+            .filter(|&i| col.is_null(i as usize))
+            .collect()
+    });
+    let nulls_ref = match &nulls {
+        Some(bm) => Some(write_bitmap(w, bm)?),
+        None => None,
+    };
+    let is_null = |i: usize| col.is_null(i);
+
+    let mut blocks = Vec::new();
+    let mut stats = ColumnStats {
+        min_key: None,
+        max_key: None,
+        min_str: None,
+        max_str: None,
+        null_count: null_count as u64,
+        distinct: None,
+        sorted: null_count == 0,
+    };
+    // Order-preserving key per doc, used for zone maps, the range index and sortedness.
+    let doc_keys: Vec<i64> = match &encoded {
+        Encoded::Dict { ids, .. } => ids.iter().map(|&i| i as i64).collect(),
+        Encoded::Raw { keys, .. } => keys.clone(),
+    };
+    for i in 1..rows {
+        if doc_keys[i] < doc_keys[i - 1] {
+            stats.sorted = false;
+            break;
+        }
+    }
+    let encoding = match &encoded {
+        Encoded::Dict {
+            ids,
+            cardinality,
+            dictionary,
+            min_str,
+            max_str,
+            id_keys,
+            ..
+        } => {
+            let width = bitpack::width_for(*cardinality);
+            for start in (0..rows).step_by(opts.block_rows) {
+                let end = (start + opts.block_rows).min(rows);
+                let packed = bitpack::pack(&ids[start..end], width);
+                let data = w.write(&packed, Codec::Zstd)?;
+                blocks.push(block_meta(data, &doc_keys[start..end], start, &is_null));
+            }
+            stats.min_str = min_str.clone();
+            stats.max_str = max_str.clone();
+            stats.distinct = Some(*cardinality as u64);
+            if let Some(k) = id_keys {
+                stats.min_key = k.first().copied();
+                stats.max_key = k.last().copied();
+            }
+            Encoding::Dictionary {
+                cardinality: *cardinality as u32,
+                bit_width: width,
+                dictionary: w.write(dictionary, Codec::Zstd)?,
+            }
+        }
+        Encoded::Raw { keys, float } => {
+            let delta = !*float;
+            for start in (0..rows).step_by(opts.block_rows) {
+                let end = (start + opts.block_rows).min(rows);
+                let mut raw = Vec::with_capacity((end - start) * 8);
+                let mut prev = 0i64;
+                for &k in &keys[start..end] {
+                    let v = if *float {
+                        crate::layout::key_f64(k).to_bits() as i64
+                    } else if delta {
+                        let d = k.wrapping_sub(prev);
+                        prev = k;
+                        d
+                    } else {
+                        k
+                    };
+                    raw.extend_from_slice(&v.to_le_bytes());
+                }
+                let data = w.write(&raw, Codec::Zstd)?;
+                blocks.push(block_meta(data, &keys[start..end], start, &is_null));
+            }
+            let mut min = None::<i64>;
+            let mut max = None::<i64>;
+            for (i, &k) in keys.iter().enumerate() {
+                if !is_null(i) {
+                    min = Some(min.map_or(k, |m| m.min(k)));
+                    max = Some(max.map_or(k, |m| m.max(k)));
+                }
+            }
+            stats.min_key = min;
+            stats.max_key = max;
+            Encoding::Raw { delta }
+        }
+    };
+
+    let inverted = match (&encoded, def.has_index(IndexKind::Inverted)) {
+        (Encoded::Dict { ids, cardinality, .. }, true) => {
+            let mut bms = vec![RoaringBitmap::new(); *cardinality];
+            for (doc, &id) in ids.iter().enumerate() {
+                if !is_null(doc) {
+                    bms[id as usize].insert(doc as u32);
+                }
+            }
+            Some(write_bitmaps(w, &bms)?)
+        }
+        _ => None,
+    };
+    let sorted_runs = match &encoded {
+        Encoded::Dict { ids, cardinality, .. } if stats.sorted => {
+            let mut starts = vec![0u32; cardinality + 1];
+            // starts[i] = first doc with id >= i.
+            let mut doc = 0usize;
+            for (id, s) in starts.iter_mut().enumerate() {
+                while doc < rows && (ids[doc] as usize) < id {
+                    doc += 1;
+                }
+                *s = doc as u32;
+            }
+            let raw: Vec<u8> = starts.iter().flat_map(|s| s.to_le_bytes()).collect();
+            Some(w.write(&raw, Codec::Zstd)?)
+        }
+        _ => None,
+    };
+    let range = if def.has_index(IndexKind::Range) {
+        Some(build_range_index(w, &doc_keys, &is_null, opts.range_buckets)?)
+    } else {
+        None
+    };
+    let bloom = if def.has_index(IndexKind::Bloom) {
+        let mut b;
+        match &encoded {
+            Encoded::Dict { hashes, .. } => {
+                b = Bloom::with_capacity(hashes.len());
+                for h in hashes {
+                    b.insert(*h);
+                }
+            }
+            Encoded::Raw { keys, float } => {
+                b = Bloom::with_capacity(rows);
+                for (i, &k) in keys.iter().enumerate() {
+                    if !is_null(i) {
+                        b.insert(hash_key(k, *float));
+                    }
+                }
+            }
+        }
+        Some(w.write(&b.to_bytes(), Codec::None)?)
+    } else {
+        None
+    };
+    Ok(ColumnMeta {
+        name: def.name.clone(),
+        encoding,
+        blocks,
+        nulls: nulls_ref,
+        stats,
+        inverted,
+        range,
+        sorted_runs,
+        bloom,
+    })
+}
+
+/// The bloom hash of a numeric key: integers hash their i64 bytes, floats their f64 bits.
+pub(crate) fn hash_key(key: i64, float: bool) -> u64 {
+    if float {
+        hash_bytes(&crate::layout::key_f64(key).to_bits().to_le_bytes())
+    } else {
+        hash_bytes(&key.to_le_bytes())
+    }
+}
+
+fn numeric(
+    keys: &[Option<i64>],
+    float: bool,
+    wants_dict: bool,
+    rows: usize,
+    opts: &BuildOptions,
+) -> Encoded {
+    let limit = if wants_dict {
+        usize::MAX
+    } else {
+        opts.max_numeric_dictionary
+            .min(rows / opts.numeric_dictionary_ratio.max(1))
+    };
+    match dict_numeric(keys, float, limit) {
+        Some(e) => e,
+        None => Encoded::Raw {
+            keys: keys.iter().map(|k| k.unwrap_or(0)).collect(),
+            float,
+        },
+    }
+}
+
+/// Dictionary-encodes numeric keys; None when there are more than `limit` distinct values.
+fn dict_numeric(keys: &[Option<i64>], float: bool, limit: usize) -> Option<Encoded> {
+    let mut distinct: HashMap<i64, u32> = HashMap::new();
+    for k in keys.iter().flatten() {
+        if !distinct.contains_key(k) {
+            if distinct.len() >= limit {
+                return None;
+            }
+            distinct.insert(*k, 0);
+        }
+    }
+    let mut values: Vec<i64> = distinct.keys().copied().collect();
+    values.sort_unstable();
+    for (i, v) in values.iter().enumerate() {
+        distinct.insert(*v, i as u32);
+    }
+    let ids = keys
+        .iter()
+        .map(|k| k.map(|k| distinct[&k]).unwrap_or(0))
+        .collect();
+    let mut dictionary = Vec::with_capacity(values.len() * 8);
+    for &v in &values {
+        let stored = if float {
+            crate::layout::key_f64(v).to_bits() as i64
+        } else {
+            v
+        };
+        dictionary.extend_from_slice(&stored.to_le_bytes());
+    }
+    let hashes = values.iter().map(|&v| hash_key(v, float)).collect();
+    Some(Encoded::Dict {
+        ids,
+        cardinality: values.len(),
+        dictionary,
+        min_str: None,
+        max_str: None,
+        id_keys: Some(values),
+        hashes,
+    })
+}
+
+fn dict_strings(a: &StringArray) -> Encoded {
+    let mut first: HashMap<&str, u32> = HashMap::new();
+    let mut provisional = Vec::with_capacity(a.len());
+    for v in a.iter() {
+        let id = match v {
+            Some(s) => {
+                let n = first.len() as u32;
+                *first.entry(s).or_insert(n)
+            }
+            None => u32::MAX,
+        };
+        provisional.push(id);
+    }
+    let mut values: Vec<(&str, u32)> = first.into_iter().collect();
+    values.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    let mut remap = vec![0u32; values.len()];
+    for (new, (_, old)) in values.iter().enumerate() {
+        remap[*old as usize] = new as u32;
+    }
+    let ids = provisional
+        .into_iter()
+        .map(|p| if p == u32::MAX { 0 } else { remap[p as usize] })
+        .collect();
+    let total: usize = values.iter().map(|(s, _)| s.len()).sum();
+    let mut dictionary = Vec::with_capacity(4 + (values.len() + 1) * 4 + total);
+    dictionary.extend_from_slice(&(values.len() as u32).to_le_bytes());
+    let mut off = 0u32;
+    dictionary.extend_from_slice(&off.to_le_bytes());
+    for (s, _) in &values {
+        off += s.len() as u32;
+        dictionary.extend_from_slice(&off.to_le_bytes());
+    }
+    for (s, _) in &values {
+        dictionary.extend_from_slice(s.as_bytes());
+    }
+    Encoded::Dict {
+        ids,
+        cardinality: values.len(),
+        min_str: values.first().map(|v| v.0.to_string()),
+        max_str: values.last().map(|v| v.0.to_string()),
+        hashes: values.iter().map(|(s, _)| hash_bytes(s.as_bytes())).collect(),
+        dictionary,
+        id_keys: None,
+    }
+}
+
+fn block_meta(
+    data: SectionRef,
+    keys: &[i64],
+    start: usize,
+    is_null: &dyn Fn(usize) -> bool,
+) -> BlockMeta {
+    let mut zone: Option<ZoneMap> = None;
+    let mut nulls = 0u32;
+    for (i, &k) in keys.iter().enumerate() {
+        if is_null(start + i) {
+            nulls += 1;
+            continue;
+        }
+        zone = Some(match zone {
+            None => ZoneMap { min: k, max: k },
+            Some(z) => ZoneMap {
+                min: z.min.min(k),
+                max: z.max.max(k),
+            },
+        });
+    }
+    BlockMeta {
+        data,
+        zone,
+        null_count: nulls,
+    }
+}
+
+fn write_bitmap(w: &mut FileWriter, bm: &RoaringBitmap) -> Result<SectionRef> {
+    let mut raw = Vec::with_capacity(bm.serialized_size());
+    bm.serialize_into(&mut raw).map_err(SegmentError::Compress)?;
+    w.write(&raw, Codec::None)
+}
+
+/// `count:u32 offsets:u64*(count+1) bitmaps*` — offsets are relative to the bitmap area.
+fn write_bitmaps(w: &mut FileWriter, bms: &[RoaringBitmap]) -> Result<SectionRef> {
+    let mut body = Vec::new();
+    let mut offsets = Vec::with_capacity(bms.len() + 1);
+    offsets.push(0u64);
+    for bm in bms {
+        bm.serialize_into(&mut body).map_err(SegmentError::Compress)?;
+        offsets.push(body.len() as u64);
+    }
+    let mut raw = Vec::with_capacity(4 + offsets.len() * 8 + body.len());
+    raw.extend_from_slice(&(bms.len() as u32).to_le_bytes());
+    for o in offsets {
+        raw.extend_from_slice(&o.to_le_bytes());
+    }
+    raw.extend_from_slice(&body);
+    w.write(&raw, Codec::None)
+}
+
+fn build_range_index(
+    w: &mut FileWriter,
+    keys: &[i64],
+    is_null: &dyn Fn(usize) -> bool,
+    buckets: usize,
+) -> Result<RangeIndexMeta> {
+    let mut pairs: Vec<(i64, u32)> = keys
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !is_null(*i))
+        .map(|(i, &k)| (k, i as u32))
+        .collect();
+    pairs.sort_unstable();
+    let per = pairs.len().div_ceil(buckets.max(1)).max(1);
+    let mut metas = Vec::new();
+    let mut bms = Vec::new();
+    let mut i = 0;
+    while i < pairs.len() {
+        let mut end = (i + per).min(pairs.len());
+        // Equal keys never straddle two buckets.
+        while end < pairs.len() && pairs[end].0 == pairs[end - 1].0 {
+            end += 1;
+        }
+        let mut docs: Vec<u32> = pairs[i..end].iter().map(|p| p.1).collect();
+        docs.sort_unstable();
+        let bm = RoaringBitmap::from_sorted_iter(docs).expect("sorted, unique doc ids");
+        metas.push(RangeBucket {
+            min: pairs[i].0,
+            max: pairs[end - 1].0,
+        });
+        bms.push(bm);
+        i = end;
+    }
+    Ok(RangeIndexMeta {
+        section: write_bitmaps(w, &bms)?,
+        buckets: metas,
+    })
+}
+
+/// Convenience for tests and tools: builds from one batch.
+pub fn build_from_batch(schema: &SegmentSchema, batch: &RecordBatch) -> Result<Vec<u8>> {
+    build_segment(schema, std::slice::from_ref(batch), &BuildOptions::default())
+}

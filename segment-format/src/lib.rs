@@ -1,0 +1,26 @@
+//! `basalt-segment`: the immutable columnar segment.
+//!
+//! In: Arrow record batches and a [`SegmentSchema`] ([`builder`]). Out: segment bytes, and,
+//! from those bytes, doc-id bitmaps for predicates ([`predicate`]) and Arrow arrays for the
+//! matched docs ([`reader`]). The byte layout is documented in this crate's README.md and
+//! versioned by [`layout::FORMAT_VERSION`]; older versions stay readable (see `fixtures/`).
+
+pub mod bitpack;
+pub mod bloom;
+pub mod builder;
+pub mod error;
+pub mod layout;
+pub mod predicate;
+pub mod reader;
+pub mod types;
+
+pub use builder::{build_segment, BuildOptions};
+pub use error::{Result, SegmentError};
+pub use layout::FORMAT_VERSION;
+pub use predicate::{evaluate, may_match, CmpOp, Predicate};
+pub use reader::SegmentReader;
+pub use roaring::RoaringBitmap;
+pub use types::{ColumnDef, ColumnType, IndexKind, SegmentSchema, Value};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,794 @@
+//! Predicates over segment columns and their evaluation into doc-id bitmaps. In: a
+//! [`Predicate`] tree and an open [`SegmentReader`]. Out: the [`RoaringBitmap`] of docs for
+//! which the predicate is TRUE under SQL three-valued logic (a null operand is UNKNOWN, and
+//! `NOT UNKNOWN` is still UNKNOWN).
+//!
+//! Every leaf becomes a set of key intervals in the column's order-preserving key space
+//! (dictionary ids for dictionary columns, values for integers, total-order keys for floats).
+//! The set is answered, in order of preference, by sorted runs, the inverted index, the range
+//! index, or a scan of the blocks whose zone maps can match.
+
+use arrow::array::Array;
+use roaring::RoaringBitmap;
+
+use crate::error::{Result, SegmentError};
+use crate::layout::{f64_key, ColumnStats, Encoding};
+use crate::reader::{BlockValues, Dictionary, SegmentReader};
+use crate::types::{Physical, Value};
+
+/// Comparison operators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CmpOp {
+    Eq,
+    NotEq,
+    Lt,
+    LtEq,
+    Gt,
+    GtEq,
+}
+
+/// A filter the segment can answer with its indexes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Predicate {
+    Compare {
+        column: String,
+        op: CmpOp,
+        value: Value,
+    },
+    /// `low <= column <= high`.
+    Between {
+        column: String,
+        low: Value,
+        high: Value,
+    },
+    InList {
+        column: String,
+        values: Vec<Value>,
+        negated: bool,
+    },
+    IsNull {
+        column: String,
+        negated: bool,
+    },
+    /// SQL LIKE with `%`, `_` and `\` as escape.
+    Like {
+        column: String,
+        pattern: String,
+        negated: bool,
+        case_insensitive: bool,
+    },
+    And(Vec<Predicate>),
+    Or(Vec<Predicate>),
+    Not(Box<Predicate>),
+    Const(bool),
+}
+
+impl Predicate {
+    /// Columns this predicate reads.
+    pub fn columns(&self, out: &mut Vec<String>) {
+        match self {
+            Predicate::Compare { column, .. }
+            | Predicate::Between { column, .. }
+            | Predicate::InList { column, .. }
+            | Predicate::IsNull { column, .. }
+            | Predicate::Like { column, .. } => {
+                if !out.contains(column) {
+                    out.push(column.clone())
+                }
+            }
+            Predicate::And(v) | Predicate::Or(v) => v.iter().for_each(|p| p.columns(out)),
+            Predicate::Not(p) => p.columns(out),
+            Predicate::Const(_) => {}
+        }
+    }
+}
+
+/// Sorted, disjoint, inclusive intervals of keys.
+pub type KeySet = Vec<(i64, i64)>;
+
+fn normalize(mut v: KeySet) -> KeySet {
+    v.retain(|(a, b)| a <= b);
+    v.sort_unstable();
+    let mut out: KeySet = Vec::with_capacity(v.len());
+    for (a, b) in v {
+        match out.last_mut() {
+            Some((_, pb)) if a <= pb.saturating_add(1) => *pb = (*pb).max(b),
+            _ => out.push((a, b)),
+        }
+    }
+    out
+}
+
+fn complement(set: &KeySet) -> KeySet {
+    let mut out = Vec::new();
+    let mut next = i64::MIN;
+    let mut open = true;
+    for &(a, b) in set {
+        if a > next {
+            out.push((next, a - 1));
+        }
+        if b == i64::MAX {
+            open = false;
+            break;
+        }
+        next = b + 1;
+    }
+    if open {
+        out.push((next, i64::MAX));
+    }
+    out
+}
+
+fn intersects(set: &KeySet, lo: i64, hi: i64) -> bool {
+    set.iter().any(|&(a, b)| a <= hi && b >= lo)
+}
+
+fn covers(set: &KeySet, lo: i64, hi: i64) -> bool {
+    set.iter().any(|&(a, b)| a <= lo && b >= hi)
+}
+
+fn contains(set: &KeySet, k: i64) -> bool {
+    // Intervals are sorted and disjoint.
+    match set.binary_search_by(|&(a, b)| {
+        if b < k {
+            std::cmp::Ordering::Less
+        } else if a > k {
+            std::cmp::Ordering::Greater
+        } else {
+            std::cmp::Ordering::Equal
+        }
+    }) {
+        Ok(_) => true,
+        Err(_) => false,
+    }
+}
+
+fn pred_err(column: &str, message: impl Into<String>) -> SegmentError {
+    SegmentError::Predicate {
+        column: column.to_string(),
+        message: message.into(),
+    }
+}
+
+/// Key bounds of a literal in a column's key space, as (first key >= v, first key > v) in a
+/// "between keys" sense: for exact keys this is (k, k+1); for a float literal on an integer
+/// column 2.5 gives (3, 3).
+fn literal_bounds(reader: &SegmentReader, col: usize, v: &Value) -> Result<(i128, i128)> {
+    let def = reader.column_def(col);
+    let dict = reader.dictionary(col)?;
+    let name = &def.name;
+    if let Some(dict) = dict {
+        // Dictionary space: ids.
+        let (lo, hi) = match (dict.as_ref(), v) {
+            (Dictionary::Str(a), Value::Str(s)) => {
+                let n = a.len();
+                let lo = partition(n, |i| a.value(i) < s.as_str());
+                let hi = partition(n, |i| a.value(i) <= s.as_str());
+                (lo, hi)
+            }
+            (Dictionary::I64(keys), _) => {
+                let (lk, hk) = numeric_bounds(def.ty.physical(), name, v)?;
+                // lk/hk are in value space: map to id space.
+                let lo = keys.partition_point(|&k| (k as i128) < lk);
+                let hi = keys.partition_point(|&k| (k as i128) < hk);
+                (lo, hi)
+            }
+            (Dictionary::F64(vals), _) => {
+                let (lk, hk) = numeric_bounds(Physical::F64, name, v)?;
+                let lo = vals.partition_point(|&x| (f64_key(x) as i128) < lk);
+                let hi = vals.partition_point(|&x| (f64_key(x) as i128) < hk);
+                (lo, hi)
+            }
+            (Dictionary::Str(_), other) => {
+                return Err(pred_err(name, format!("cannot compare a string column with {other:?}")))
+            }
+        };
+        return Ok((lo as i128, hi as i128));
+    }
+    numeric_bounds(def.ty.physical(), name, v)
+}
+
+fn partition(n: usize, pred: impl Fn(usize) -> bool) -> usize {
+    let (mut lo, mut hi) = (0usize, n);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if pred(mid) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    lo
+}
+
+/// (first key >= v, first key > v) in value-key space for numeric and boolean columns.
+fn numeric_bounds(p: Physical, name: &str, v: &Value) -> Result<(i128, i128)> {
+    match (p, v) {
+        (Physical::I64 | Physical::Bool, Value::Int(i)) => Ok((*i as i128, *i as i128 + 1)),
+        (Physical::Bool, Value::Bool(b)) => Ok((*b as i128, *b as i128 + 1)),
+        (Physical::I64, Value::Float(f)) => {
+            if f.is_nan() {
+                // NaN sorts above every number.
+                return Ok((i64::MAX as i128 + 1, i64::MAX as i128 + 1));
+            }
+            let c = f.ceil().clamp(i64::MIN as f64 - 1.0, i64::MAX as f64 + 1.0);
+            let lo = c as i128;
+            let hi = if f.fract() == 0.0 { lo + 1 } else { lo };
+            Ok((lo, hi))
+        }
+        (Physical::F64, Value::Float(f)) => Ok((f64_key(*f) as i128, f64_key(*f) as i128 + 1)),
+        (Physical::F64, Value::Int(i)) => {
+            let k = f64_key(*i as f64) as i128;
+            Ok((k, k + 1))
+        }
+        (p, v) => Err(pred_err(name, format!("cannot compare a {p:?} column with {v:?}"))),
+    }
+}
+
+/// Clamps i128 intervals to i64 key space, dropping empty ones.
+fn clamp(v: Vec<(i128, i128)>) -> KeySet {
+    normalize(
+        v.into_iter()
+            .filter(|(a, b)| a <= b && *b >= i64::MIN as i128 && *a <= i64::MAX as i128)
+            .map(|(a, b)| {
+                (
+                    a.max(i64::MIN as i128) as i64,
+                    b.min(i64::MAX as i128) as i64,
+                )
+            })
+            .collect(),
+    )
+}
+
+/// Compiles a comparison into a key set.
+fn compare_keys(reader: &SegmentReader, col: usize, op: CmpOp, v: &Value) -> Result<KeySet> {
+    if matches!(v, Value::Null) {
+        return Ok(Vec::new());
+    }
+    let (lo, hi) = literal_bounds(reader, col, v)?;
+    let (min, max) = (i64::MIN as i128, i64::MAX as i128);
+    Ok(match op {
+        CmpOp::Eq => clamp(vec![(lo, hi - 1)]),
+        CmpOp::NotEq => complement(&clamp(vec![(lo, hi - 1)])),
+        CmpOp::Lt => clamp(vec![(min, lo - 1)]),
+        CmpOp::LtEq => clamp(vec![(min, hi - 1)]),
+        CmpOp::Gt => clamp(vec![(hi, max)]),
+        CmpOp::GtEq => clamp(vec![(lo, max)]),
+    })
+}
+
+/// Compiles a LIKE pattern over a string dictionary into the set of matching ids.
+fn like_keys(
+    reader: &SegmentReader,
+    col: usize,
+    pattern: &str,
+    case_insensitive: bool,
+) -> Result<KeySet> {
+    let name = &reader.column_def(col).name;
+    let Some(dict) = reader.dictionary(col)? else {
+        return Err(pred_err(name, "LIKE needs a dictionary-encoded string column"));
+    };
+    let Dictionary::Str(values) = dict.as_ref() else {
+        return Err(pred_err(name, "LIKE applies to string columns"));
+    };
+    let tokens = parse_like(pattern);
+    // A literal prefix followed by a lone trailing % is a dictionary range.
+    if !case_insensitive {
+        if let [Tok::Lit(prefix), Tok::Any] = tokens.as_slice() {
+            let n = values.len();
+            let lo = partition(n, |i| values.value(i) < prefix.as_str());
+            let hi = partition(n, |i| {
+                let v = values.value(i);
+                v < prefix.as_str() || v.starts_with(prefix.as_str())
+            });
+            return Ok(normalize(vec![(lo as i64, hi as i64 - 1)]));
+        }
+    }
+    let mut ids = Vec::new();
+    for i in 0..values.len() {
+        let v = values.value(i);
+        let ok = if case_insensitive {
+            like_match(&parse_like(&pattern.to_lowercase()), &v.to_lowercase())
+        } else {
+            like_match(&tokens, v)
+        };
+        if ok {
+            ids.push((i as i64, i as i64));
+        }
+    }
+    Ok(normalize(ids))
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Tok {
+    Lit(String),
+    One,
+    Any,
+}
+
+fn parse_like(p: &str) -> Vec<Tok> {
+    let mut out = Vec::new();
+    let mut lit = String::new();
+    let mut chars = p.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some(n) => lit.push(n),
+                None => lit.push('\\'),
+            },
+            '%' | '_' => {
+                if !lit.is_empty() {
+                    out.push(Tok::Lit(std::mem::take(&mut lit)));
+                }
+                let t = if c == '%' { Tok::Any } else { Tok::One };
+                if !(t == Tok::Any && out.last() == Some(&Tok::Any)) {
+                    out.push(t);
+                }
+            }
+            c => lit.push(c),
+        }
+    }
+    if !lit.is_empty() {
+        out.push(Tok::Lit(lit));
+    }
+    out
+}
+
+/// Matches `s` against LIKE tokens (backtracking on `%`).
+fn like_match(toks: &[Tok], s: &str) -> bool {
+    match toks.first() {
+        None => s.is_empty(),
+        Some(Tok::Lit(l)) => s.strip_prefix(l.as_str()).is_some_and(|r| like_match(&toks[1..], r)),
+        Some(Tok::One) => {
+            let mut it = s.chars();
+            it.next().is_some() && like_match(&toks[1..], it.as_str())
+        }
+        Some(Tok::Any) => {
+            let rest = &toks[1..];
+            if rest.is_empty() {
+                return true;
+            }
+            if let Some(Tok::Lit(l)) = rest.first() {
+                // Jump between occurrences of the next literal.
+                let mut from = 0;
+                while let Some(pos) = s[from..].find(l.as_str()) {
+                    let at = from + pos;
+                    if like_match(rest, &s[at..]) {
+                        return true;
+                    }
+                    from = at + s[at..].chars().next().map_or(1, |c| c.len_utf8());
+                }
+                return false;
+            }
+            let mut it = s.char_indices().map(|(i, _)| i).chain(std::iter::once(s.len()));
+            it.any(|i| like_match(rest, &s[i..]))
+        }
+    }
+}
+
+/// Public LIKE matcher over plain strings, used by reference implementations and tests.
+pub fn sql_like(pattern: &str, s: &str, case_insensitive: bool) -> bool {
+    if case_insensitive {
+        like_match(&parse_like(&pattern.to_lowercase()), &s.to_lowercase())
+    } else {
+        like_match(&parse_like(pattern), s)
+    }
+}
+
+/// Compiles a leaf predicate to (column, key set). IS NULL is handled by the caller.
+fn leaf_keys(reader: &SegmentReader, p: &Predicate) -> Result<(usize, KeySet)> {
+    Ok(match p {
+        Predicate::Compare { column, op, value } => {
+            let c = reader.column_index(column)?;
+            (c, compare_keys(reader, c, *op, value)?)
+        }
+        Predicate::Between { column, low, high } => {
+            let c = reader.column_index(column)?;
+            if matches!(low, Value::Null) || matches!(high, Value::Null) {
+                return Ok((c, Vec::new()));
+            }
+            let (lo, _) = literal_bounds(reader, c, low)?;
+            let (_, hi) = literal_bounds(reader, c, high)?;
+            (c, clamp(vec![(lo, hi - 1)]))
+        }
+        Predicate::InList {
+            column,
+            values,
+            negated,
+        } => {
+            let c = reader.column_index(column)?;
+            let mut set = Vec::new();
+            let mut has_null = false;
+            for v in values {
+                if matches!(v, Value::Null) {
+                    has_null = true;
+                    continue;
+                }
+                set.extend(compare_keys(reader, c, CmpOp::Eq, v)?);
+            }
+            let set = normalize(set);
+            if *negated {
+                // x NOT IN (.., NULL) is never TRUE.
+                if has_null {
+                    (c, Vec::new())
+                } else {
+                    (c, complement(&set))
+                }
+            } else {
+                (c, set)
+            }
+        }
+        Predicate::Like {
+            column,
+            pattern,
+            negated,
+            case_insensitive,
+        } => {
+            let c = reader.column_index(column)?;
+            let set = like_keys(reader, c, pattern, *case_insensitive)?;
+            (c, if *negated { complement(&set) } else { set })
+        }
+        _ => unreachable!("leaf_keys is only called on leaves"),
+    })
+}
+
+/// How a predicate was answered; the query layer reports these as metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct EvalStats {
+    pub index_lookups: u64,
+    pub blocks_scanned: u64,
+    pub blocks_skipped: u64,
+}
+
+/// Evaluates `pred` on `reader`, returning the docs where it is TRUE.
+pub fn evaluate(reader: &SegmentReader, pred: &Predicate) -> Result<RoaringBitmap> {
+    let mut stats = EvalStats::default();
+    evaluate_with_stats(reader, pred, &mut stats)
+}
+
+pub fn evaluate_with_stats(
+    reader: &SegmentReader,
+    pred: &Predicate,
+    stats: &mut EvalStats,
+) -> Result<RoaringBitmap> {
+    let mut e = Evaluator { reader, stats };
+    e.truth(pred, None)
+}
+
+struct Evaluator<'a> {
+    reader: &'a SegmentReader,
+    stats: &'a mut EvalStats,
+}
+
+impl Evaluator<'_> {
+    /// Docs where `p` is TRUE; when `candidates` is given the result may be restricted to them.
+    fn truth(&mut self, p: &Predicate, candidates: Option<&RoaringBitmap>) -> Result<RoaringBitmap> {
+        match p {
+            Predicate::Const(true) => Ok(self.reader.all_docs()),
+            Predicate::Const(false) => Ok(RoaringBitmap::new()),
+            Predicate::IsNull { column, negated } => {
+                let c = self.reader.column_index(column)?;
+                let nulls = self.reader.nulls(c)?;
+                Ok(if *negated {
+                    self.reader.all_docs() - nulls.as_ref()
+                } else {
+                    nulls.as_ref().clone()
+                })
+            }
+            Predicate::And(children) => {
+                let mut acc: Option<RoaringBitmap> = candidates.cloned();
+                // Cheap, indexed children first so scans see fewer candidates.
+                let mut order: Vec<&Predicate> = children.iter().collect();
+                order.sort_by_key(|c| self.cost(c));
+                for c in order {
+                    let t = self.truth(c, acc.as_ref())?;
+                    acc = Some(match acc {
+                        Some(a) => a & t,
+                        None => t,
+                    });
+                    if acc.as_ref().is_some_and(|a| a.is_empty()) {
+                        break;
+                    }
+                }
+                Ok(acc.unwrap_or_else(|| self.reader.all_docs()))
+            }
+            Predicate::Or(children) => {
+                let mut acc = RoaringBitmap::new();
+                for c in children {
+                    acc |= self.truth(c, candidates)?;
+                }
+                Ok(acc)
+            }
+            Predicate::Not(inner) => {
+                let (t, u) = self.tri(inner)?;
+                Ok(self.reader.all_docs() - t - u)
+            }
+            leaf => {
+                let (c, set) = leaf_keys(self.reader, leaf)?;
+                self.keys_to_docs(c, &set, candidates)
+            }
+        }
+    }
+
+    /// (TRUE docs, UNKNOWN docs) of `p`.
+    fn tri(&mut self, p: &Predicate) -> Result<(RoaringBitmap, RoaringBitmap)> {
+        let all = self.reader.all_docs();
+        match p {
+            Predicate::Const(_) | Predicate::IsNull { .. } => Ok((self.truth(p, None)?, RoaringBitmap::new())),
+            Predicate::And(children) => {
+                let mut t = all.clone();
+                let mut f = RoaringBitmap::new();
+                for c in children {
+                    let (ct, cu) = self.tri(c)?;
+                    f |= &all - &ct - &cu;
+                    t &= ct;
+                }
+                let u = all - &t - &f;
+                Ok((t, u))
+            }
+            Predicate::Or(children) => {
+                let mut t = RoaringBitmap::new();
+                let mut f = all.clone();
+                for c in children {
+                    let (ct, cu) = self.tri(c)?;
+                    f &= &all - &ct - &cu;
+                    t |= ct;
+                }
+                let u = all - &t - &f;
+                Ok((t, u))
+            }
+            Predicate::Not(inner) => {
+                let (t, u) = self.tri(inner)?;
+                Ok((all - &t - &u, u))
+            }
+            leaf => {
+                let (c, set) = leaf_keys(self.reader, leaf)?;
+                let t = self.keys_to_docs(c, &set, None)?;
+                Ok((t, self.reader.nulls(c)?.as_ref().clone()))
+            }
+        }
+    }
+
+    /// A rough cost rank: indexed leaves first, scans last.
+    fn cost(&self, p: &Predicate) -> u8 {
+        let mut cols = Vec::new();
+        p.columns(&mut cols);
+        let indexed = cols.iter().all(|c| {
+            self.reader.column_index(c).is_ok_and(|i| {
+                let m = self.reader.column_meta(i);
+                m.inverted.is_some() || m.sorted_runs.is_some() || m.range.is_some()
+            })
+        });
+        match (p, indexed) {
+            (Predicate::Const(_) | Predicate::IsNull { .. }, _) => 0,
+            (_, true) => 1,
+            _ => 2,
+        }
+    }
+
+    /// Docs (non-null) whose key in column `c` lies in `set`.
+    fn keys_to_docs(
+        &mut self,
+        c: usize,
+        set: &KeySet,
+        candidates: Option<&RoaringBitmap>,
+    ) -> Result<RoaringBitmap> {
+        let r = self.reader;
+        let meta = r.column_meta(c);
+        let nulls = r.nulls(c)?;
+        if set.is_empty() {
+            return Ok(RoaringBitmap::new());
+        }
+        let (kmin, kmax) = match &meta.encoding {
+            Encoding::Dictionary { cardinality, .. } => {
+                if *cardinality == 0 {
+                    return Ok(RoaringBitmap::new());
+                }
+                (0, *cardinality as i64 - 1)
+            }
+            Encoding::Raw { .. } => match stats_bounds(&meta.stats) {
+                Some(b) => b,
+                None => return Ok(RoaringBitmap::new()),
+            },
+        };
+        if !intersects(set, kmin, kmax) {
+            return Ok(RoaringBitmap::new());
+        }
+        if covers(set, kmin, kmax) {
+            return Ok(r.all_docs() - nulls.as_ref());
+        }
+        if let Some(starts) = r.sorted_runs(c)? {
+            self.stats.index_lookups += 1;
+            let mut out = RoaringBitmap::new();
+            for &(a, b) in set {
+                let a = a.max(kmin) as usize;
+                let b = b.min(kmax);
+                if (a as i64) > b {
+                    continue;
+                }
+                let (s, e) = (starts[a], starts[b as usize + 1]);
+                if s < e {
+                    out.insert_range(s..e);
+                }
+            }
+            return Ok(out);
+        }
+        if let Some(table) = r.inverted(c)? {
+            if SegmentReader::table_len(&table) as i64 == kmax + 1 {
+                self.stats.index_lookups += 1;
+                let ids: u64 = set
+                    .iter()
+                    .map(|&(a, b)| (b.min(kmax) - a.max(kmin) + 1).max(0) as u64)
+                    .sum();
+                let card = (kmax + 1) as u64;
+                let mut out = RoaringBitmap::new();
+                if ids * 2 <= card {
+                    for &(a, b) in set {
+                        for id in a.max(kmin)..=b.min(kmax) {
+                            out |= r.table_bitmap(&table, id as usize)?;
+                        }
+                    }
+                    return Ok(out);
+                }
+                // Most ids match: subtract the few that do not.
+                for &(a, b) in &complement(set) {
+                    if a > kmax || b < kmin {
+                        continue;
+                    }
+                    for id in a.max(kmin)..=b.min(kmax) {
+                        out |= r.table_bitmap(&table, id as usize)?;
+                    }
+                }
+                return Ok(r.all_docs() - nulls.as_ref() - out);
+            }
+        }
+        if let (Some(table), Some(rm)) = (r.range_table(c)?, &meta.range) {
+            self.stats.index_lookups += 1;
+            let mut out = RoaringBitmap::new();
+            let mut partial = RoaringBitmap::new();
+            for (i, b) in rm.buckets.iter().enumerate() {
+                if covers(set, b.min, b.max) {
+                    out |= r.table_bitmap(&table, i)?;
+                } else if intersects(set, b.min, b.max) {
+                    partial |= r.table_bitmap(&table, i)?;
+                }
+            }
+            if let Some(cand) = candidates {
+                partial &= cand;
+            }
+            if !partial.is_empty() {
+                out |= self.scan(c, set, Some(&partial), &nulls)?;
+            }
+            return Ok(out);
+        }
+        self.scan(c, set, candidates, &nulls)
+    }
+
+    /// Decodes the blocks whose zone maps can match and tests each doc.
+    fn scan(
+        &mut self,
+        c: usize,
+        set: &KeySet,
+        candidates: Option<&RoaringBitmap>,
+        nulls: &RoaringBitmap,
+    ) -> Result<RoaringBitmap> {
+        let r = self.reader;
+        let meta = r.column_meta(c);
+        let br = r.block_rows() as u32;
+        let mut out = RoaringBitmap::new();
+        for (b, block) in meta.blocks.iter().enumerate() {
+            let start = b as u32 * br;
+            let end = start + r.block_len(b) as u32;
+            if let Some(cand) = candidates {
+                if cand.range_cardinality(start..end) == 0 {
+                    self.stats.blocks_skipped += 1;
+                    continue;
+                }
+            }
+            let Some(zone) = block.zone else {
+                self.stats.blocks_skipped += 1;
+                continue;
+            };
+            if !intersects(set, zone.min, zone.max) {
+                self.stats.blocks_skipped += 1;
+                continue;
+            }
+            if covers(set, zone.min, zone.max) && block.null_count == 0 {
+                out.insert_range(start..end);
+                continue;
+            }
+            self.stats.blocks_scanned += 1;
+            let mut hit = |i: usize, k: i64| {
+                if contains(set, k) {
+                    out.insert(start + i as u32);
+                }
+            };
+            match r.block(c, b)? {
+                BlockValues::Ids(ids) => ids.iter().enumerate().for_each(|(i, &id)| hit(i, id as i64)),
+                BlockValues::I64(v) => v.iter().enumerate().for_each(|(i, &x)| hit(i, x)),
+                BlockValues::F64(v) => v.iter().enumerate().for_each(|(i, &x)| hit(i, f64_key(x))),
+            }
+        }
+        if !nulls.is_empty() {
+            out -= nulls;
+        }
+        Ok(out)
+    }
+}
+
+fn stats_bounds(s: &ColumnStats) -> Option<(i64, i64)> {
+    Some((s.min_key?, s.max_key?))
+}
+
+/// Whether a segment can hold any row matching `pred`, judged from footer statistics and
+/// bloom filters only (no blocks read). False means the segment can be skipped.
+pub fn may_match(reader: &SegmentReader, pred: &Predicate) -> Result<bool> {
+    Ok(match pred {
+        Predicate::Const(b) => *b,
+        Predicate::And(v) => {
+            for p in v {
+                if !may_match(reader, p)? {
+                    return Ok(false);
+                }
+            }
+            true
+        }
+        Predicate::Or(v) => {
+            for p in v {
+                if may_match(reader, p)? {
+                    return Ok(true);
+                }
+            }
+            false
+        }
+        Predicate::Not(_) | Predicate::IsNull { .. } | Predicate::Like { .. } => true,
+        leaf => {
+            let (c, set) = leaf_keys(reader, leaf)?;
+            if set.is_empty() {
+                return Ok(false);
+            }
+            let meta = reader.column_meta(c);
+            let bounds = match &meta.encoding {
+                Encoding::Dictionary { cardinality, .. } => {
+                    (*cardinality > 0).then(|| (0, *cardinality as i64 - 1))
+                }
+                Encoding::Raw { .. } => stats_bounds(&meta.stats),
+            };
+            let Some((lo, hi)) = bounds else {
+                return Ok(false);
+            };
+            if !intersects(&set, lo, hi) {
+                return Ok(false);
+            }
+            true
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn like_patterns() {
+        assert!(sql_like("abc%", "abcdef", false));
+        assert!(!sql_like("abc%", "xabc", false));
+        assert!(sql_like("%bc%", "xabcx", false));
+        assert!(sql_like("a_c", "abc", false));
+        assert!(!sql_like("a_c", "abbc", false));
+        assert!(sql_like("%", "", false));
+        assert!(sql_like("a\\%", "a%", false));
+        assert!(!sql_like("a\\%", "ab", false));
+        assert!(sql_like("%a%a", "banana", false));
+        assert!(sql_like("ABC%", "abcd", true));
+    }
+
+    #[test]
+    fn keyset_ops() {
+        assert_eq!(normalize(vec![(5, 6), (1, 2), (3, 3)]), vec![(1, 3), (5, 6)]);
+        assert_eq!(complement(&vec![(1, 3)]), vec![(i64::MIN, 0), (4, i64::MAX)]);
+        assert_eq!(complement(&vec![(i64::MIN, i64::MAX)]), vec![]);
+        assert!(contains(&vec![(1, 3), (7, 9)], 8));
+        assert!(!contains(&vec![(1, 3), (7, 9)], 5));
+    }
+}

@@ -1,0 +1,566 @@
+//! Reads a segment file. In: the file's bytes (an mmap or a buffer). Out: column metadata,
+//! dictionaries, index bitmaps, decoded blocks, and Arrow arrays for chosen doc ids.
+//!
+//! Opening checks the header, trailer and footer checksum; each section is bounds-checked and
+//! checksummed when first read. Corrupt or truncated input is a [`SegmentError`], never a panic.
+
+use std::sync::{Arc, OnceLock};
+
+use arrow::array::{
+    Array, ArrayRef, BooleanArray, DictionaryArray, Float32Array, Float64Array, Int32Array,
+    Int64Array, StringArray, TimestampMillisecondArray, UInt32Array,
+};
+use arrow::buffer::{Buffer, OffsetBuffer, ScalarBuffer};
+use arrow::datatypes::{Int32Type, SchemaRef};
+use arrow::record_batch::{RecordBatch, RecordBatchOptions};
+use bytes::Bytes;
+use roaring::RoaringBitmap;
+
+use crate::bitpack;
+use crate::bloom::Bloom;
+use crate::error::{corrupt, Result, SegmentError};
+use crate::layout::{read_footer, read_section, ColumnMeta, Encoding, Footer, SectionRef};
+use crate::types::{ColumnDef, ColumnType, Physical};
+
+/// A column's sorted dictionary, decoded.
+#[derive(Debug)]
+pub enum Dictionary {
+    Str(StringArray),
+    I64(Vec<i64>),
+    F64(Vec<f64>),
+}
+
+impl Dictionary {
+    pub fn len(&self) -> usize {
+        match self {
+            Dictionary::Str(a) => a.len(),
+            Dictionary::I64(v) => v.len(),
+            Dictionary::F64(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Decoded values of one block: dictionary ids or raw values.
+pub enum BlockValues {
+    Ids(Vec<u32>),
+    I64(Vec<i64>),
+    F64(Vec<f64>),
+}
+
+/// Offsets into an uncompressed section of serialized roaring bitmaps.
+#[derive(Debug)]
+pub(crate) struct BitmapTable {
+    base: usize,
+    offsets: Vec<u64>,
+}
+
+#[derive(Default)]
+struct ColumnCache {
+    dictionary: OnceLock<Arc<Dictionary>>,
+    nulls: OnceLock<Arc<RoaringBitmap>>,
+    inverted: OnceLock<Arc<BitmapTable>>,
+    range: OnceLock<Arc<BitmapTable>>,
+    sorted_runs: OnceLock<Arc<Vec<u32>>>,
+    bloom: OnceLock<Arc<Bloom>>,
+}
+
+/// An open segment.
+pub struct SegmentReader {
+    bytes: Bytes,
+    footer: Footer,
+    caches: Vec<ColumnCache>,
+    arrow_schema: SchemaRef,
+}
+
+impl std::fmt::Debug for SegmentReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SegmentReader")
+            .field("rows", &self.footer.row_count)
+            .field("bytes", &self.bytes.len())
+            .finish()
+    }
+}
+
+/// Fills a `OnceLock` with a fallible initialiser.
+fn cached<T>(cell: &OnceLock<Arc<T>>, init: impl FnOnce() -> Result<T>) -> Result<Arc<T>> {
+    if let Some(v) = cell.get() {
+        return Ok(v.clone());
+    }
+    let v = Arc::new(init()?);
+    Ok(cell.get_or_init(|| v).clone())
+}
+
+impl SegmentReader {
+    /// Opens a segment, validating its header, trailer and footer.
+    pub fn open(bytes: Bytes) -> Result<Self> {
+        let footer = read_footer(&bytes)?;
+        let caches = footer.columns.iter().map(|_| ColumnCache::default()).collect();
+        let arrow_schema = footer.schema.arrow_schema();
+        Ok(SegmentReader {
+            bytes,
+            footer,
+            caches,
+            arrow_schema,
+        })
+    }
+
+    pub fn footer(&self) -> &Footer {
+        &self.footer
+    }
+
+    pub fn row_count(&self) -> u32 {
+        self.footer.row_count as u32
+    }
+
+    pub fn size_bytes(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub fn arrow_schema(&self) -> &SchemaRef {
+        &self.arrow_schema
+    }
+
+    pub fn column_index(&self, name: &str) -> Result<usize> {
+        self.footer
+            .schema
+            .column_index(name)
+            .ok_or_else(|| SegmentError::UnknownColumn(name.to_string()))
+    }
+
+    pub fn column_def(&self, col: usize) -> &ColumnDef {
+        &self.footer.schema.columns[col]
+    }
+
+    pub fn column_meta(&self, col: usize) -> &ColumnMeta {
+        &self.footer.columns[col]
+    }
+
+    fn section(&self, s: &SectionRef, what: &str) -> Result<std::borrow::Cow<'_, [u8]>> {
+        read_section(&self.bytes, s, what)
+    }
+
+    /// All doc ids of the segment.
+    pub fn all_docs(&self) -> RoaringBitmap {
+        let mut b = RoaringBitmap::new();
+        if self.footer.row_count > 0 {
+            b.insert_range(0..self.footer.row_count as u32);
+        }
+        b
+    }
+
+    /// Doc ids whose value in `col` is null.
+    pub fn nulls(&self, col: usize) -> Result<Arc<RoaringBitmap>> {
+        let meta = &self.footer.columns[col];
+        cached(&self.caches[col].nulls, || match &meta.nulls {
+            None => Ok(RoaringBitmap::new()),
+            Some(s) => {
+                let raw = self.section(s, &format!("{} nulls", meta.name))?;
+                let bm = RoaringBitmap::deserialize_from(&raw[..])
+                    .map_err(|e| corrupt(format!("{} null bitmap: {e}", meta.name)))?;
+                if bm.max().is_some_and(|m| m as u64 >= self.footer.row_count) {
+                    return Err(corrupt(format!("{} null bitmap names a doc past the end", meta.name)));
+                }
+                Ok(bm)
+            }
+        })
+    }
+
+    /// The decoded dictionary of a dictionary-encoded column.
+    pub fn dictionary(&self, col: usize) -> Result<Option<Arc<Dictionary>>> {
+        let meta = &self.footer.columns[col];
+        let Encoding::Dictionary {
+            cardinality,
+            dictionary,
+            ..
+        } = &meta.encoding
+        else {
+            return Ok(None);
+        };
+        let ty = self.footer.schema.columns[col].ty;
+        cached(&self.caches[col].dictionary, || {
+            let what = format!("{} dictionary", meta.name);
+            let raw = self.section(dictionary, &what)?;
+            decode_dictionary(&raw, *cardinality as usize, ty.physical(), &what)
+        })
+        .map(Some)
+    }
+
+    pub(crate) fn inverted(&self, col: usize) -> Result<Option<Arc<BitmapTable>>> {
+        let meta = &self.footer.columns[col];
+        let Some(s) = &meta.inverted else {
+            return Ok(None);
+        };
+        cached(&self.caches[col].inverted, || {
+            self.bitmap_table(s, &format!("{} inverted index", meta.name))
+        })
+        .map(Some)
+    }
+
+    pub(crate) fn range_table(&self, col: usize) -> Result<Option<Arc<BitmapTable>>> {
+        let meta = &self.footer.columns[col];
+        let Some(r) = &meta.range else {
+            return Ok(None);
+        };
+        let t = cached(&self.caches[col].range, || {
+            self.bitmap_table(&r.section, &format!("{} range index", meta.name))
+        })?;
+        if t.offsets.len() != r.buckets.len() + 1 {
+            return Err(corrupt(format!("{} range index bucket count differs", meta.name)));
+        }
+        Ok(Some(t))
+    }
+
+    pub(crate) fn sorted_runs(&self, col: usize) -> Result<Option<Arc<Vec<u32>>>> {
+        let meta = &self.footer.columns[col];
+        let (Some(s), Encoding::Dictionary { cardinality, .. }) = (&meta.sorted_runs, &meta.encoding)
+        else {
+            return Ok(None);
+        };
+        cached(&self.caches[col].sorted_runs, || {
+            let what = format!("{} sorted runs", meta.name);
+            let raw = self.section(s, &what)?;
+            if raw.len() != (*cardinality as usize + 1) * 4 {
+                return Err(corrupt(format!("{what} has the wrong length")));
+            }
+            let starts: Vec<u32> = raw
+                .chunks_exact(4)
+                .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
+                .collect();
+            if starts.windows(2).any(|w| w[0] > w[1])
+                || starts.last().is_some_and(|&l| l as u64 > self.footer.row_count)
+            {
+                return Err(corrupt(format!("{what} are not ascending within the segment")));
+            }
+            Ok(starts)
+        })
+        .map(Some)
+    }
+
+    pub fn bloom(&self, col: usize) -> Result<Option<Arc<Bloom>>> {
+        let meta = &self.footer.columns[col];
+        let Some(s) = &meta.bloom else {
+            return Ok(None);
+        };
+        cached(&self.caches[col].bloom, || {
+            let raw = self.section(s, &format!("{} bloom filter", meta.name))?;
+            Bloom::from_bytes(&raw)
+        })
+        .map(Some)
+    }
+
+    fn bitmap_table(&self, s: &SectionRef, what: &str) -> Result<BitmapTable> {
+        // Checksum once, then keep only the offsets; bitmaps are deserialized on use.
+        let raw = self.section(s, what)?;
+        if raw.len() < 4 {
+            return Err(corrupt(format!("{what} is shorter than its header")));
+        }
+        let count = u32::from_le_bytes(raw[..4].try_into().expect("4 bytes")) as usize;
+        let table_end = 4usize
+            .checked_add(count.checked_add(1).and_then(|c| c.checked_mul(8)).ok_or_else(|| corrupt("count overflows"))?)
+            .ok_or_else(|| corrupt("count overflows"))?;
+        if table_end > raw.len() {
+            return Err(corrupt(format!("{what} offsets table is truncated")));
+        }
+        let offsets: Vec<u64> = raw[4..table_end]
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+            .collect();
+        let body = (raw.len() - table_end) as u64;
+        if offsets.first() != Some(&0)
+            || offsets.windows(2).any(|w| w[0] > w[1])
+            || offsets.last().is_some_and(|&l| l > body)
+        {
+            return Err(corrupt(format!("{what} offsets are not ascending within the section")));
+        }
+        Ok(BitmapTable {
+            base: s.offset as usize + table_end,
+            offsets,
+        })
+    }
+
+    /// Deserializes bitmap `i` of a table (inverted index entry or range bucket).
+    pub(crate) fn table_bitmap(&self, t: &BitmapTable, i: usize) -> Result<RoaringBitmap> {
+        let (Some(&a), Some(&b)) = (t.offsets.get(i), t.offsets.get(i + 1)) else {
+            return Err(corrupt(format!("bitmap {i} is outside its index")));
+        };
+        let bytes = &self.bytes[t.base + a as usize..t.base + b as usize];
+        let bm = RoaringBitmap::deserialize_from(bytes)
+            .map_err(|e| corrupt(format!("index bitmap {i}: {e}")))?;
+        if bm.max().is_some_and(|m| m as u64 >= self.footer.row_count) {
+            return Err(corrupt(format!("index bitmap {i} names a doc past the end")));
+        }
+        Ok(bm)
+    }
+
+    pub(crate) fn table_len(t: &BitmapTable) -> usize {
+        t.offsets.len().saturating_sub(1)
+    }
+
+    /// Decodes block `b` of column `col`.
+    pub fn block(&self, col: usize, b: usize) -> Result<BlockValues> {
+        let meta = &self.footer.columns[col];
+        let block = meta
+            .blocks
+            .get(b)
+            .ok_or_else(|| corrupt(format!("{} has no block {b}", meta.name)))?;
+        let rows = self.block_len(b);
+        let what = format!("{} block {b}", meta.name);
+        let raw = self.section(&block.data, &what)?;
+        match &meta.encoding {
+            Encoding::Dictionary {
+                cardinality,
+                bit_width,
+                ..
+            } => {
+                let mut ids = Vec::with_capacity(rows);
+                bitpack::unpack_into(&raw, rows, *bit_width, &mut ids)?;
+                if *cardinality == 0 {
+                    // Only nulls: ids are placeholders.
+                    return Ok(BlockValues::Ids(ids));
+                }
+                if ids.iter().any(|&id| id >= *cardinality) {
+                    return Err(corrupt(format!("{what} holds an id past the dictionary")));
+                }
+                Ok(BlockValues::Ids(ids))
+            }
+            Encoding::Raw { delta } => {
+                if raw.len() != rows * 8 {
+                    return Err(corrupt(format!(
+                        "{what} holds {} bytes for {rows} values",
+                        raw.len()
+                    )));
+                }
+                let words = raw
+                    .chunks_exact(8)
+                    .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")));
+                match self.footer.schema.columns[col].ty.physical() {
+                    Physical::F64 => Ok(BlockValues::F64(
+                        words.map(|w| f64::from_bits(w as u64)).collect(),
+                    )),
+                    Physical::I64 => {
+                        let mut prev = 0i64;
+                        Ok(BlockValues::I64(
+                            words
+                                .map(|w| {
+                                    if *delta {
+                                        prev = prev.wrapping_add(w);
+                                        prev
+                                    } else {
+                                        w
+                                    }
+                                })
+                                .collect(),
+                        ))
+                    }
+                    other => Err(corrupt(format!(
+                        "{what}: raw encoding is not valid for {other:?} columns"
+                    ))),
+                }
+            }
+        }
+    }
+
+    pub fn block_rows(&self) -> usize {
+        self.footer.block_rows as usize
+    }
+
+    /// Rows in block `b` (the last block may be short).
+    pub fn block_len(&self, b: usize) -> usize {
+        let start = b as u64 * self.footer.block_rows as u64;
+        (self.footer.row_count.saturating_sub(start)).min(self.footer.block_rows as u64) as usize
+    }
+
+    /// Materializes `projection` for `docs` (ascending doc ids) as a record batch. An empty
+    /// projection yields a batch with no columns and `docs.len()` rows.
+    pub fn read_batch(&self, projection: &[usize], docs: &[u32]) -> Result<RecordBatch> {
+        let mut arrays = Vec::with_capacity(projection.len());
+        let mut fields = Vec::with_capacity(projection.len());
+        for &c in projection {
+            if c >= self.footer.columns.len() {
+                return Err(corrupt(format!("projection names column {c}, segment has fewer")));
+            }
+            arrays.push(self.read_column(c, docs)?);
+            fields.push(self.arrow_schema.field(c).clone());
+        }
+        let schema = Arc::new(arrow::datatypes::Schema::new(fields));
+        Ok(RecordBatch::try_new_with_options(
+            schema,
+            arrays,
+            &RecordBatchOptions::new().with_row_count(Some(docs.len())),
+        )?)
+    }
+
+    /// Materializes one column for `docs` (ascending, within the segment).
+    pub fn read_column(&self, col: usize, docs: &[u32]) -> Result<ArrayRef> {
+        let def = &self.footer.schema.columns[col];
+        let nulls = self.nulls(col)?;
+        if let Some(&last) = docs.last() {
+            if last as u64 >= self.footer.row_count {
+                return Err(corrupt(format!("doc {last} is past the end of the segment")));
+            }
+        }
+        let validity: Option<Vec<bool>> = (!nulls.is_empty())
+            .then(|| docs.iter().map(|d| !nulls.contains(*d)).collect());
+        let block_rows = self.footer.block_rows;
+        let dict = self.dictionary(col)?;
+        // Per doc: a dictionary id, or a raw value.
+        let mut ids: Vec<u32> = Vec::new();
+        let mut ints: Vec<i64> = Vec::new();
+        let mut floats: Vec<f64> = Vec::new();
+        let mut i = 0;
+        while i < docs.len() {
+            let b = docs[i] / block_rows;
+            let start = b * block_rows;
+            let end = start as u64 + block_rows as u64;
+            let mut j = i;
+            while j < docs.len() && (docs[j] as u64) < end {
+                j += 1;
+            }
+            match self.block(col, b as usize)? {
+                BlockValues::Ids(v) => ids.extend(docs[i..j].iter().map(|d| v[(d - start) as usize])),
+                BlockValues::I64(v) => ints.extend(docs[i..j].iter().map(|d| v[(d - start) as usize])),
+                BlockValues::F64(v) => floats.extend(docs[i..j].iter().map(|d| v[(d - start) as usize])),
+            }
+            i = j;
+        }
+        let nb = validity.map(arrow::buffer::NullBuffer::from);
+        if let Some(dict) = dict {
+            if ids.len() != docs.len() {
+                return Err(corrupt(format!("{}: dictionary column with raw blocks", def.name)));
+            }
+            if dict.is_empty() {
+                // Every row is null.
+                return Ok(arrow::array::new_null_array(&def.ty.arrow_type(), docs.len()));
+            }
+            return dictionary_array(def.ty, &dict, ids, nb);
+        }
+        let arr: ArrayRef = match def.ty {
+            ColumnType::Int => Arc::new(Int32Array::new(
+                ints.into_iter().map(|v| v as i32).collect(),
+                nb,
+            )),
+            ColumnType::Long => Arc::new(Int64Array::new(ints.into(), nb)),
+            ColumnType::Timestamp => Arc::new(TimestampMillisecondArray::new(ints.into(), nb)),
+            ColumnType::Float => Arc::new(Float32Array::new(
+                floats.into_iter().map(|v| v as f32).collect(),
+                nb,
+            )),
+            ColumnType::Double => Arc::new(Float64Array::new(floats.into(), nb)),
+            other => {
+                return Err(corrupt(format!(
+                    "{}: {} columns must be dictionary-encoded",
+                    def.name,
+                    other.name()
+                )))
+            }
+        };
+        if arr.len() != docs.len() {
+            return Err(corrupt(format!("{}: block kinds do not match the encoding", def.name)));
+        }
+        Ok(arr)
+    }
+}
+
+/// Turns dictionary ids into the column's Arrow array. Strings become a dictionary array;
+/// a large dictionary is first compacted to the values these rows use, so downstream
+/// operators never touch millions of unused values per batch.
+fn dictionary_array(
+    ty: ColumnType,
+    dict: &Dictionary,
+    ids: Vec<u32>,
+    nulls: Option<arrow::buffer::NullBuffer>,
+) -> Result<ArrayRef> {
+    Ok(match dict {
+        Dictionary::Str(values) => {
+            let (keys, values): (Vec<i32>, ArrayRef) = if values.len() <= 4096 || values.len() <= ids.len() {
+                (ids.iter().map(|&i| i as i32).collect(), Arc::new(values.clone()))
+            } else {
+                let mut used: Vec<u32> = ids.clone();
+                used.sort_unstable();
+                used.dedup();
+                let keys = ids
+                    .iter()
+                    .map(|id| used.binary_search(id).expect("id is in used") as i32)
+                    .collect();
+                let taken = arrow::compute::take(values, &UInt32Array::from(used), None)?;
+                (keys, taken)
+            };
+            let keys = Int32Array::new(ScalarBuffer::from(keys), nulls);
+            Arc::new(DictionaryArray::<Int32Type>::try_new(keys, values)?)
+        }
+        Dictionary::I64(values) => {
+            let v: Vec<i64> = ids.iter().map(|&i| values[i as usize]).collect();
+            match ty {
+                ColumnType::Int => Arc::new(Int32Array::new(v.into_iter().map(|x| x as i32).collect(), nulls)),
+                ColumnType::Timestamp => Arc::new(TimestampMillisecondArray::new(v.into(), nulls)),
+                ColumnType::Boolean => Arc::new(BooleanArray::new(
+                    v.into_iter().map(|x| x != 0).collect(),
+                    nulls,
+                )),
+                _ => Arc::new(Int64Array::new(v.into(), nulls)),
+            }
+        }
+        Dictionary::F64(values) => {
+            let v: Vec<f64> = ids.iter().map(|&i| values[i as usize]).collect();
+            match ty {
+                ColumnType::Float => Arc::new(Float32Array::new(v.into_iter().map(|x| x as f32).collect(), nulls)),
+                _ => Arc::new(Float64Array::new(v.into(), nulls)),
+            }
+        }
+    })
+}
+
+fn decode_dictionary(raw: &[u8], cardinality: usize, p: Physical, what: &str) -> Result<Dictionary> {
+    match p {
+        Physical::Str => {
+            if raw.len() < 4 {
+                return Err(corrupt(format!("{what} is shorter than its header")));
+            }
+            let n = u32::from_le_bytes(raw[..4].try_into().expect("4 bytes")) as usize;
+            if n != cardinality {
+                return Err(corrupt(format!("{what} holds {n} values, footer says {cardinality}")));
+            }
+            let off_end = 4 + (n + 1) * 4;
+            if raw.len() < off_end {
+                return Err(corrupt(format!("{what} offsets are truncated")));
+            }
+            let offsets: Vec<i32> = raw[4..off_end]
+                .chunks_exact(4)
+                .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")) as i32)
+                .collect();
+            let data = &raw[off_end..];
+            if offsets[0] != 0
+                || offsets.windows(2).any(|w| w[0] > w[1] || w[0] < 0)
+                || offsets[n] as usize != data.len()
+            {
+                return Err(corrupt(format!("{what} offsets do not fit its bytes")));
+            }
+            let arr = StringArray::try_new(
+                OffsetBuffer::new(ScalarBuffer::from(offsets)),
+                Buffer::from(data.to_vec()),
+                None,
+            )
+            .map_err(|e| corrupt(format!("{what}: {e}")))?;
+            Ok(Dictionary::Str(arr))
+        }
+        Physical::I64 | Physical::F64 | Physical::Bool => {
+            if raw.len() != cardinality * 8 {
+                return Err(corrupt(format!(
+                    "{what} holds {} bytes for {cardinality} values",
+                    raw.len()
+                )));
+            }
+            let words = raw
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")));
+            Ok(match p {
+                Physical::F64 => Dictionary::F64(words.map(|w| f64::from_bits(w as u64)).collect()),
+                _ => Dictionary::I64(words.collect()),
+            })
+        }
+    }
+}

@@ -1,0 +1,449 @@
+//! Property tests: build → read round trips for every type and encoding, predicate evaluation
+//! against a naive three-valued reference, and corrupted bytes never panicking.
+
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, BooleanArray, Float64Array, Int32Array, Int64Array, StringArray,
+    TimestampMillisecondArray,
+};
+use arrow::record_batch::RecordBatch;
+use bytes::Bytes;
+use proptest::prelude::*;
+
+use crate::builder::{build_segment, BuildOptions};
+use crate::predicate::{evaluate, may_match, sql_like, CmpOp, Predicate};
+use crate::reader::SegmentReader;
+use crate::types::{ColumnDef, ColumnType, IndexKind, SegmentSchema, Value};
+
+#[derive(Debug, Clone, PartialEq)]
+enum V {
+    S(String),
+    I(i64),
+    F(f64),
+    B(bool),
+}
+
+const WORDS: &[&str] = &["", "a", "ab", "abc", "b", "ba", "zeta", "Zulu", "x%y", "é", "mid", "m"];
+
+fn schema() -> SegmentSchema {
+    SegmentSchema {
+        columns: vec![
+            ColumnDef::new("s", ColumnType::String).with_index(IndexKind::Inverted),
+            ColumnDef::new("s2", ColumnType::String).with_index(IndexKind::Bloom),
+            ColumnDef::new("i", ColumnType::Long).with_index(IndexKind::Range),
+            ColumnDef::new("l", ColumnType::Long),
+            ColumnDef::new("f", ColumnType::Double).with_index(IndexKind::Range),
+            ColumnDef::new("b", ColumnType::Boolean),
+            ColumnDef::new("t", ColumnType::Timestamp),
+            ColumnDef::new("n", ColumnType::Int).with_index(IndexKind::Sorted),
+        ],
+        time_column: Some("t".into()),
+    }
+}
+
+type Row = Vec<Option<V>>;
+
+fn row_strategy() -> impl Strategy<Value = Row> {
+    let word = prop::sample::select(WORDS).prop_map(|w| V::S(w.to_string()));
+    (
+        prop::option::weighted(0.9, word.clone()),
+        prop::option::weighted(0.8, word),
+        prop::option::weighted(0.9, (-20i64..20).prop_map(V::I)),
+        prop::option::weighted(0.9, any::<i64>().prop_map(V::I)),
+        prop::option::weighted(
+            0.9,
+            prop_oneof![
+                prop::sample::select(vec![-1.5f64, -0.0, 0.0, 0.5, 2.0, 1e9]).prop_map(V::F),
+                (-100.0f64..100.0).prop_map(V::F)
+            ],
+        ),
+        prop::option::weighted(0.9, any::<bool>().prop_map(V::B)),
+        prop::option::weighted(0.95, (1_700_000_000_000i64..1_700_000_100_000).prop_map(V::I)),
+        prop::option::weighted(0.95, (0i64..6).prop_map(V::I)),
+    )
+        .prop_map(|(a, b, c, d, e, f, g, h)| vec![a, b, c, d, e, f, g, h])
+}
+
+fn to_batch(rows: &[Row]) -> RecordBatch {
+    let col = |i: usize| rows.iter().map(move |r| r[i].clone());
+    let strs = |i: usize| -> ArrayRef {
+        Arc::new(StringArray::from_iter(col(i).map(|v| match v {
+            Some(V::S(s)) => Some(s),
+            _ => None,
+        })))
+    };
+    let ints = |i: usize| col(i).map(|v| match v {
+        Some(V::I(x)) => Some(x),
+        _ => None,
+    });
+    let arrays: Vec<ArrayRef> = vec![
+        strs(0),
+        strs(1),
+        Arc::new(Int64Array::from_iter(ints(2))),
+        Arc::new(Int64Array::from_iter(ints(3))),
+        Arc::new(Float64Array::from_iter(col(4).map(|v| match v {
+            Some(V::F(x)) => Some(x),
+            _ => None,
+        }))),
+        Arc::new(BooleanArray::from_iter(col(5).map(|v| match v {
+            Some(V::B(x)) => Some(x),
+            _ => None,
+        }))),
+        Arc::new(TimestampMillisecondArray::from_iter(ints(6))),
+        Arc::new(Int32Array::from_iter(ints(7).map(|v| v.map(|x| x as i32)))),
+    ];
+    let schema = Arc::new(arrow::datatypes::Schema::new(
+        schema()
+            .columns
+            .iter()
+            .zip(&arrays)
+            .map(|(c, a)| arrow::datatypes::Field::new(&c.name, a.data_type().clone(), true))
+            .collect::<Vec<_>>(),
+    ));
+    RecordBatch::try_new(schema, arrays).unwrap()
+}
+
+fn opts() -> BuildOptions {
+    BuildOptions {
+        block_rows: 16,
+        range_buckets: 4,
+        max_numeric_dictionary: 8,
+        ..BuildOptions::default()
+    }
+}
+
+/// Rows in the order the builder stores them: stable sort by the sorted column, nulls last.
+fn stored_order(rows: &[Row]) -> Vec<Row> {
+    let mut r = rows.to_vec();
+    r.sort_by_key(|row| match &row[7] {
+        Some(V::I(x)) => (0, *x),
+        _ => (1, 0),
+    });
+    r
+}
+
+fn value_of(reader_col: &ArrayRef, i: usize) -> Option<V> {
+    if reader_col.is_null(i) {
+        return None;
+    }
+    let a = reader_col.as_ref();
+    if let Some(d) = a.as_any().downcast_ref::<arrow::array::DictionaryArray<arrow::datatypes::Int32Type>>() {
+        let vals = d.values().as_any().downcast_ref::<StringArray>().unwrap();
+        return Some(V::S(vals.value(d.keys().value(i) as usize).to_string()));
+    }
+    if let Some(x) = a.as_any().downcast_ref::<Int64Array>() {
+        return Some(V::I(x.value(i)));
+    }
+    if let Some(x) = a.as_any().downcast_ref::<Int32Array>() {
+        return Some(V::I(x.value(i) as i64));
+    }
+    if let Some(x) = a.as_any().downcast_ref::<TimestampMillisecondArray>() {
+        return Some(V::I(x.value(i)));
+    }
+    if let Some(x) = a.as_any().downcast_ref::<Float64Array>() {
+        return Some(V::F(x.value(i)));
+    }
+    if let Some(x) = a.as_any().downcast_ref::<BooleanArray>() {
+        return Some(V::B(x.value(i)));
+    }
+    panic!("unexpected array type {}", a.data_type())
+}
+
+fn cmp_v(a: &V, b: &Value) -> Option<std::cmp::Ordering> {
+    match (a, b) {
+        (V::S(x), Value::Str(y)) => Some(x.as_str().cmp(y.as_str())),
+        (V::I(x), Value::Int(y)) => Some(x.cmp(y)),
+        (V::F(x), Value::Float(y)) => Some(x.total_cmp(y)),
+        (V::B(x), Value::Bool(y)) => Some(x.cmp(y)),
+        _ => None,
+    }
+}
+
+/// Naive three-valued evaluation: None is UNKNOWN.
+fn reference(p: &Predicate, row: &Row) -> Option<bool> {
+    let col = |c: &str| row[schema().column_index(c).unwrap()].clone();
+    match p {
+        Predicate::Const(b) => Some(*b),
+        Predicate::Compare { column, op, value } => {
+            let v = col(column)?;
+            let o = cmp_v(&v, value)?;
+            Some(match op {
+                CmpOp::Eq => o.is_eq(),
+                CmpOp::NotEq => o.is_ne(),
+                CmpOp::Lt => o.is_lt(),
+                CmpOp::LtEq => o.is_le(),
+                CmpOp::Gt => o.is_gt(),
+                CmpOp::GtEq => o.is_ge(),
+            })
+        }
+        Predicate::Between { column, low, high } => {
+            let v = col(column)?;
+            Some(cmp_v(&v, low)?.is_ge() && cmp_v(&v, high)?.is_le())
+        }
+        Predicate::InList { column, values, negated } => {
+            let v = col(column)?;
+            let found = values.iter().any(|x| cmp_v(&v, x).is_some_and(|o| o.is_eq()));
+            Some(found != *negated)
+        }
+        Predicate::IsNull { column, negated } => Some(col(column).is_none() != *negated),
+        Predicate::Like { column, pattern, negated, case_insensitive } => match col(column)? {
+            V::S(s) => Some(sql_like(pattern, &s, *case_insensitive) != *negated),
+            _ => None,
+        },
+        Predicate::And(v) => {
+            let r: Vec<Option<bool>> = v.iter().map(|p| reference(p, row)).collect();
+            if r.contains(&Some(false)) {
+                Some(false)
+            } else if r.contains(&None) {
+                None
+            } else {
+                Some(true)
+            }
+        }
+        Predicate::Or(v) => {
+            let r: Vec<Option<bool>> = v.iter().map(|p| reference(p, row)).collect();
+            if r.contains(&Some(true)) {
+                Some(true)
+            } else if r.contains(&None) {
+                None
+            } else {
+                Some(false)
+            }
+        }
+        Predicate::Not(p) => reference(p, row).map(|b| !b),
+    }
+}
+
+fn literal_for(col: &str) -> BoxedStrategy<Value> {
+    match col {
+        "s" | "s2" => prop_oneof![
+            prop::sample::select(WORDS).prop_map(|w| Value::Str(w.to_string())),
+            "[a-z]{0,3}".prop_map(Value::Str)
+        ]
+        .boxed(),
+        "i" | "n" => (-25i64..25).prop_map(Value::Int).boxed(),
+        "l" => prop_oneof![any::<i64>(), Just(i64::MIN), Just(i64::MAX)].prop_map(Value::Int).boxed(),
+        "t" => (1_699_999_999_000i64..1_700_000_101_000).prop_map(Value::Int).boxed(),
+        "f" => prop_oneof![
+            prop::sample::select(vec![-1.5f64, -0.0, 0.0, 0.5, 2.0, 1e9]),
+            -120.0f64..120.0
+        ]
+        .prop_map(Value::Float)
+        .boxed(),
+        "b" => any::<bool>().prop_map(Value::Bool).boxed(),
+        _ => unreachable!(),
+    }
+}
+
+fn leaf() -> impl Strategy<Value = Predicate> {
+    let cols = vec!["s", "s2", "i", "l", "f", "b", "t", "n"];
+    prop::sample::select(cols).prop_flat_map(|c| {
+        let ops = prop::sample::select(vec![
+            CmpOp::Eq,
+            CmpOp::NotEq,
+            CmpOp::Lt,
+            CmpOp::LtEq,
+            CmpOp::Gt,
+            CmpOp::GtEq,
+        ]);
+        let name = c.to_string();
+        let mut options: Vec<BoxedStrategy<Predicate>> = vec![
+            (ops, literal_for(c))
+                .prop_map({
+                    let name = name.clone();
+                    move |(op, value)| Predicate::Compare { column: name.clone(), op, value }
+                })
+                .boxed(),
+            (literal_for(c), literal_for(c))
+                .prop_map({
+                    let name = name.clone();
+                    move |(low, high)| Predicate::Between { column: name.clone(), low, high }
+                })
+                .boxed(),
+            (prop::collection::vec(literal_for(c), 0..4), any::<bool>())
+                .prop_map({
+                    let name = name.clone();
+                    move |(values, negated)| Predicate::InList { column: name.clone(), values, negated }
+                })
+                .boxed(),
+            any::<bool>()
+                .prop_map({
+                    let name = name.clone();
+                    move |negated| Predicate::IsNull { column: name.clone(), negated }
+                })
+                .boxed(),
+        ];
+        if c == "s" || c == "s2" {
+            options.push(
+                ("[abz%_]{0,4}", any::<bool>(), any::<bool>())
+                    .prop_map({
+                        let name = name.clone();
+                        move |(pattern, negated, ci)| Predicate::Like {
+                            column: name.clone(),
+                            pattern,
+                            negated,
+                            case_insensitive: ci,
+                        }
+                    })
+                    .boxed(),
+            );
+        }
+        prop::strategy::Union::new(options)
+    })
+}
+
+fn predicate() -> impl Strategy<Value = Predicate> {
+    leaf().prop_recursive(3, 12, 3, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 1..4).prop_map(Predicate::And),
+            prop::collection::vec(inner.clone(), 1..4).prop_map(Predicate::Or),
+            inner.prop_map(|p| Predicate::Not(Box::new(p))),
+        ]
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn round_trip_every_column(rows in prop::collection::vec(row_strategy(), 0..150)) {
+        let bytes = build_segment(&schema(), &[to_batch(&rows)], &opts()).unwrap();
+        let r = SegmentReader::open(Bytes::from(bytes)).unwrap();
+        prop_assert_eq!(r.row_count() as usize, rows.len());
+        let expect = stored_order(&rows);
+        let docs: Vec<u32> = (0..rows.len() as u32).collect();
+        for c in 0..8 {
+            let arr = r.read_column(c, &docs).unwrap();
+            for (i, row) in expect.iter().enumerate() {
+                let got = value_of(&arr, i);
+                let want = match (&row[c], c) {
+                    (Some(V::F(x)), _) => Some(V::F(*x)),
+                    (v, _) => v.clone(),
+                };
+                match (&got, &want) {
+                    (Some(V::F(a)), Some(V::F(b))) => prop_assert_eq!(a.to_bits(), b.to_bits()),
+                    _ => prop_assert_eq!(&got, &want, "column {} doc {}", c, i),
+                }
+            }
+        }
+        // A sparse subset reads the same values.
+        let subset: Vec<u32> = docs.iter().copied().filter(|d| d % 3 == 1).collect();
+        let arr = r.read_column(0, &subset).unwrap();
+        for (j, d) in subset.iter().enumerate() {
+            prop_assert_eq!(value_of(&arr, j), expect[*d as usize][0].clone());
+        }
+    }
+
+    #[test]
+    fn predicates_match_reference(
+        rows in prop::collection::vec(row_strategy(), 0..120),
+        preds in prop::collection::vec(predicate(), 1..6),
+    ) {
+        let bytes = build_segment(&schema(), &[to_batch(&rows)], &opts()).unwrap();
+        let r = SegmentReader::open(Bytes::from(bytes)).unwrap();
+        let stored = stored_order(&rows);
+        for p in &preds {
+            let got: Vec<u32> = evaluate(&r, p).unwrap().iter().collect();
+            let want: Vec<u32> = stored
+                .iter()
+                .enumerate()
+                .filter(|(_, row)| reference(p, row) == Some(true))
+                .map(|(i, _)| i as u32)
+                .collect();
+            prop_assert_eq!(&got, &want, "predicate {:?}", p);
+            if !want.is_empty() {
+                prop_assert!(may_match(&r, p).unwrap(), "pruned a matching segment: {:?}", p);
+            }
+        }
+    }
+
+    #[test]
+    fn corrupt_bytes_never_panic(
+        rows in prop::collection::vec(row_strategy(), 1..60),
+        flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+        cut in any::<prop::sample::Index>(),
+        truncate in any::<bool>(),
+    ) {
+        let mut bytes = build_segment(&schema(), &[to_batch(&rows)], &opts()).unwrap();
+        if truncate {
+            let n = cut.index(bytes.len());
+            bytes.truncate(n);
+        } else {
+            for (at, x) in flips {
+                let i = at.index(bytes.len());
+                bytes[i] ^= x.max(1);
+            }
+        }
+        exercise(bytes);
+    }
+}
+
+/// Opens, evaluates and reads everything; errors are fine, panics are not.
+pub(crate) fn exercise(bytes: Vec<u8>) {
+    let Ok(r) = SegmentReader::open(Bytes::from(bytes)) else { return };
+    let n = r.row_count();
+    let docs: Vec<u32> = (0..n.min(1 << 16)).collect();
+    for c in 0..r.footer().columns.len() {
+        let _ = r.read_column(c, &docs);
+        let name = r.column_def(c).name.clone();
+        for v in [Value::Int(1), Value::Str("a".into()), Value::Float(0.5), Value::Bool(true)] {
+            for op in [CmpOp::Eq, CmpOp::Lt, CmpOp::GtEq, CmpOp::NotEq] {
+                let p = Predicate::Compare { column: name.clone(), op, value: v.clone() };
+                let _ = evaluate(&r, &p);
+                let _ = may_match(&r, &p);
+            }
+        }
+        let _ = evaluate(&r, &Predicate::Like {
+            column: name.clone(),
+            pattern: "a%".into(),
+            negated: false,
+            case_insensitive: false,
+        });
+        let _ = r.bloom(c);
+    }
+}
+
+#[test]
+fn empty_segment_is_valid() {
+    let bytes = build_segment(&schema(), &[to_batch(&[])], &opts()).unwrap();
+    let r = SegmentReader::open(Bytes::from(bytes)).unwrap();
+    assert_eq!(r.row_count(), 0);
+    let p = Predicate::Compare { column: "s".into(), op: CmpOp::Eq, value: Value::Str("a".into()) };
+    assert!(evaluate(&r, &p).unwrap().is_empty());
+    assert!(!may_match(&r, &p).unwrap());
+}
+
+#[test]
+fn sorted_column_is_sorted_and_has_runs() {
+    let rows: Vec<Row> = (0..100)
+        .map(|i| {
+            let mut r = vec![None; 8];
+            r[7] = Some(V::I((i * 7 % 5) as i64));
+            r
+        })
+        .collect();
+    let bytes = build_segment(&schema(), &[to_batch(&rows)], &opts()).unwrap();
+    let r = SegmentReader::open(Bytes::from(bytes)).unwrap();
+    assert_eq!(r.footer().sorted_by.as_deref(), Some("n"));
+    assert!(r.column_meta(7).sorted_runs.is_some());
+    let p = Predicate::Compare { column: "n".into(), op: CmpOp::Eq, value: Value::Int(3) };
+    let got = evaluate(&r, &p).unwrap();
+    assert_eq!(got.len(), 20);
+    assert_eq!(got.min(), Some(60));
+}
+
+#[test]
+fn type_mismatch_is_an_error() {
+    let bytes = build_segment(&schema(), &[to_batch(&[])], &opts()).unwrap();
+    let r = SegmentReader::open(Bytes::from(bytes)).unwrap();
+    let p = Predicate::Compare { column: "s".into(), op: CmpOp::Eq, value: Value::Int(1) };
+    // An empty dictionary answers nothing; a populated one must reject the literal.
+    let _ = evaluate(&r, &p);
+    let rows = vec![vec![Some(V::S("a".into())), None, None, None, None, None, None, None]];
+    let bytes = build_segment(&schema(), &[to_batch(&rows)], &opts()).unwrap();
+    let r = SegmentReader::open(Bytes::from(bytes)).unwrap();
+    assert!(evaluate(&r, &p).is_err());
+    let p = Predicate::Compare { column: "nope".into(), op: CmpOp::Eq, value: Value::Int(1) };
+    assert!(evaluate(&r, &p).is_err());
+}
