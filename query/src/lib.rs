@@ -1,1 +1,18 @@
-//! placeholder
+//! `basalt-query`: SQL over segments through DataFusion.
+//!
+//! In: SQL text and a [`TableSource`] that hands out consistent snapshots of each table's
+//! segments. Out: Arrow record batches and Pinot-style scan counters. Filters the segment
+//! indexes can answer are pushed down exactly ([`filter`]); segments are pruned by their
+//! footer statistics; `count(*)` under such filters reads no column ([`scan`]); Pinot function
+//! names are rewritten onto DataFusion's ([`pinot`]).
+
+pub mod engine;
+pub mod error;
+pub mod filter;
+pub mod pinot;
+pub mod scan;
+pub mod table;
+
+pub use engine::{QueryEngine, QueryLimits, QueryOutput, QueryStats};
+pub use error::QueryError;
+pub use table::{SegmentTable, TableSnapshot, TableSource};

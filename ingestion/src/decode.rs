@@ -1,0 +1,596 @@
+//! Decodes request bodies into Arrow record batches that satisfy a table spec. In: NDJSON,
+//! CSV (with a header row) or Parquet bytes through `std::io::Read`. Out: batches of at most
+//! `batch_rows` rows in the table's ingest schema (strings as Utf8, timestamps in ms).
+//!
+//! Validation is schema-on-write: a value that does not fit its column is an error naming the
+//! line (or row) and the column; missing nullable fields become null; unknown fields are
+//! ignored. Timestamps are epoch milliseconds or RFC 3339 strings.
+
+use std::io::{BufRead, Read};
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayBuilder, ArrayRef, BooleanBuilder, Float32Builder, Float64Builder, Int32Builder,
+    Int64Builder, StringBuilder, TimestampMillisecondBuilder,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::record_batch::RecordBatch;
+use basalt_segment::{ColumnType, SegmentSchema};
+use serde_json::Value as Json;
+
+use crate::error::{IngestError, Result};
+
+/// The body formats `POST /tables/{name}/ingest` accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    NdJson,
+    Csv,
+    Parquet,
+}
+
+impl Format {
+    /// From a Content-Type header value.
+    pub fn from_content_type(ct: &str) -> Result<Format> {
+        let base = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        match base.as_str() {
+            "application/x-ndjson" | "application/ndjson" | "application/jsonl" | "application/json-seq" => Ok(Format::NdJson),
+            "text/csv" => Ok(Format::Csv),
+            "application/vnd.apache.parquet" | "application/x-parquet" | "application/parquet" => Ok(Format::Parquet),
+            _ => Err(IngestError::UnsupportedFormat(ct.to_string())),
+        }
+    }
+
+    /// From a file name's extension.
+    pub fn from_path(p: &std::path::Path) -> Option<Format> {
+        match p.extension()?.to_str()?.to_ascii_lowercase().as_str() {
+            "ndjson" | "jsonl" | "json" => Some(Format::NdJson),
+            "csv" => Some(Format::Csv),
+            "parquet" => Some(Format::Parquet),
+            _ => None,
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::NdJson => "application/x-ndjson",
+            Format::Csv => "text/csv",
+            Format::Parquet => "application/vnd.apache.parquet",
+        }
+    }
+}
+
+/// The Arrow schema decoded batches have: like the query schema but with plain Utf8 strings.
+pub fn ingest_schema(schema: &SegmentSchema) -> SchemaRef {
+    Arc::new(Schema::new(
+        schema
+            .columns
+            .iter()
+            .map(|c| {
+                let t = match c.ty {
+                    ColumnType::String | ColumnType::Json => DataType::Utf8,
+                    other => other.arrow_type(),
+                };
+                Field::new(&c.name, t, c.nullable)
+            })
+            .collect::<Vec<_>>(),
+    ))
+}
+
+enum ColBuilder {
+    Str(StringBuilder),
+    I32(Int32Builder),
+    I64(Int64Builder),
+    F32(Float32Builder),
+    F64(Float64Builder),
+    Bool(BooleanBuilder),
+    Ts(TimestampMillisecondBuilder),
+}
+
+/// A parsed cell.
+enum Cell {
+    Null,
+    Str(String),
+    I64(i64),
+    F64(f64),
+    Bool(bool),
+}
+
+impl ColBuilder {
+    fn new(ty: ColumnType, cap: usize) -> Self {
+        match ty {
+            ColumnType::String | ColumnType::Json => ColBuilder::Str(StringBuilder::with_capacity(cap, cap * 16)),
+            ColumnType::Int => ColBuilder::I32(Int32Builder::with_capacity(cap)),
+            ColumnType::Long => ColBuilder::I64(Int64Builder::with_capacity(cap)),
+            ColumnType::Float => ColBuilder::F32(Float32Builder::with_capacity(cap)),
+            ColumnType::Double => ColBuilder::F64(Float64Builder::with_capacity(cap)),
+            ColumnType::Boolean => ColBuilder::Bool(BooleanBuilder::with_capacity(cap)),
+            ColumnType::Timestamp => ColBuilder::Ts(TimestampMillisecondBuilder::with_capacity(cap)),
+        }
+    }
+
+    fn push(&mut self, c: Cell) {
+        match (self, c) {
+            (ColBuilder::Str(b), Cell::Str(s)) => b.append_value(s),
+            (ColBuilder::I32(b), Cell::I64(v)) => b.append_value(v as i32),
+            (ColBuilder::I64(b), Cell::I64(v)) => b.append_value(v),
+            (ColBuilder::Ts(b), Cell::I64(v)) => b.append_value(v),
+            (ColBuilder::F32(b), Cell::F64(v)) => b.append_value(v as f32),
+            (ColBuilder::F64(b), Cell::F64(v)) => b.append_value(v),
+            (ColBuilder::Bool(b), Cell::Bool(v)) => b.append_value(v),
+            (b, _) => b.push_null(),
+        }
+    }
+
+    fn push_null(&mut self) {
+        match self {
+            ColBuilder::Str(b) => b.append_null(),
+            ColBuilder::I32(b) => b.append_null(),
+            ColBuilder::I64(b) => b.append_null(),
+            ColBuilder::F32(b) => b.append_null(),
+            ColBuilder::F64(b) => b.append_null(),
+            ColBuilder::Bool(b) => b.append_null(),
+            ColBuilder::Ts(b) => b.append_null(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            ColBuilder::Str(b) => b.len(),
+            ColBuilder::I32(b) => b.len(),
+            ColBuilder::I64(b) => b.len(),
+            ColBuilder::F32(b) => b.len(),
+            ColBuilder::F64(b) => b.len(),
+            ColBuilder::Bool(b) => b.len(),
+            ColBuilder::Ts(b) => b.len(),
+        }
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        match self {
+            ColBuilder::Str(b) => Arc::new(b.finish()),
+            ColBuilder::I32(b) => Arc::new(b.finish()),
+            ColBuilder::I64(b) => Arc::new(b.finish()),
+            ColBuilder::F32(b) => Arc::new(b.finish()),
+            ColBuilder::F64(b) => Arc::new(b.finish()),
+            ColBuilder::Bool(b) => Arc::new(b.finish()),
+            ColBuilder::Ts(b) => Arc::new(b.finish()),
+        }
+    }
+}
+
+/// Accumulates validated rows into batches.
+pub struct RowWriter {
+    schema: SegmentSchema,
+    arrow: SchemaRef,
+    builders: Vec<ColBuilder>,
+    batch_rows: usize,
+}
+
+impl RowWriter {
+    pub fn new(schema: &SegmentSchema, batch_rows: usize) -> Self {
+        RowWriter {
+            builders: schema
+                .columns
+                .iter()
+                .map(|c| ColBuilder::new(c.ty, batch_rows.min(65536)))
+                .collect(),
+            arrow: ingest_schema(schema),
+            schema: schema.clone(),
+            batch_rows: batch_rows.max(1),
+        }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.builders.first().map(|b| b.len()).unwrap_or(0)
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.rows() >= self.batch_rows
+    }
+
+    pub fn finish(&mut self) -> Result<Option<RecordBatch>> {
+        if self.rows() == 0 {
+            return Ok(None);
+        }
+        let cols = self.builders.iter_mut().map(|b| b.finish()).collect();
+        Ok(Some(RecordBatch::try_new(self.arrow.clone(), cols)?))
+    }
+
+    /// Validates and appends one JSON object; nothing is appended if any field is bad.
+    pub fn push_json(&mut self, obj: &serde_json::Map<String, Json>, location: &dyn Fn() -> String) -> Result<()> {
+        let mut cells = Vec::with_capacity(self.schema.columns.len());
+        for c in &self.schema.columns {
+            let cell = match obj.get(&c.name) {
+                None | Some(Json::Null) => Cell::Null,
+                Some(v) => json_cell(c.ty, v).map_err(|m| IngestError::BadRow {
+                    location: location(),
+                    column: c.name.clone(),
+                    message: m,
+                })?,
+            };
+            cells.push(cell);
+        }
+        self.push_cells(cells, location)
+    }
+
+    /// Validates and appends one CSV record; `index[i]` is the record field of column i.
+    pub fn push_text(&mut self, fields: &[Option<&str>], location: &dyn Fn() -> String) -> Result<()> {
+        let mut cells = Vec::with_capacity(fields.len());
+        for (c, f) in self.schema.columns.iter().zip(fields) {
+            let cell = match f {
+                None => Cell::Null,
+                Some(s) if s.is_empty() && !matches!(c.ty, ColumnType::String | ColumnType::Json) => Cell::Null,
+                Some(s) => text_cell(c.ty, s).map_err(|m| IngestError::BadRow {
+                    location: location(),
+                    column: c.name.clone(),
+                    message: m,
+                })?,
+            };
+            cells.push(cell);
+        }
+        self.push_cells(cells, location)
+    }
+
+    fn push_cells(&mut self, cells: Vec<Cell>, location: &dyn Fn() -> String) -> Result<()> {
+        for (c, cell) in self.schema.columns.iter().zip(&cells) {
+            if matches!(cell, Cell::Null) && !c.nullable {
+                return Err(IngestError::BadRow {
+                    location: location(),
+                    column: c.name.clone(),
+                    message: "is required but missing or null".into(),
+                });
+            }
+        }
+        for (b, cell) in self.builders.iter_mut().zip(cells) {
+            match cell {
+                Cell::Null => b.push_null(),
+                c => b.push(c),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn json_cell(ty: ColumnType, v: &Json) -> std::result::Result<Cell, String> {
+    let describe = |v: &Json| {
+        let s = v.to_string();
+        if s.len() > 60 {
+            format!("{}…", &s[..s.char_indices().nth(60).map_or(s.len(), |(i, _)| i)])
+        } else {
+            s
+        }
+    };
+    match (ty, v) {
+        (ColumnType::Json, Json::String(s)) => Ok(Cell::Str(s.clone())),
+        (ColumnType::Json, v) => Ok(Cell::Str(v.to_string())),
+        (ColumnType::String, Json::String(s)) => Ok(Cell::Str(s.clone())),
+        (ColumnType::String, Json::Number(n)) => Ok(Cell::Str(n.to_string())),
+        (ColumnType::String, Json::Bool(b)) => Ok(Cell::Str(b.to_string())),
+        (_, Json::String(s)) => text_cell(ty, s),
+        (ColumnType::Int, Json::Number(n)) => n
+            .as_i64()
+            .and_then(|i| i32::try_from(i).ok())
+            .map(|i| Cell::I64(i as i64))
+            .ok_or_else(|| format!("expected INT (32-bit integer), got {n}")),
+        (ColumnType::Long, Json::Number(n)) => n
+            .as_i64()
+            .map(Cell::I64)
+            .ok_or_else(|| format!("expected LONG (64-bit integer), got {n}")),
+        (ColumnType::Timestamp, Json::Number(n)) => n
+            .as_i64()
+            .map(Cell::I64)
+            .ok_or_else(|| format!("expected TIMESTAMP (epoch milliseconds or RFC 3339), got {n}")),
+        (ColumnType::Float | ColumnType::Double, Json::Number(n)) => n
+            .as_f64()
+            .map(Cell::F64)
+            .ok_or_else(|| format!("expected {}, got {n}", ty.name())),
+        (ColumnType::Boolean, Json::Bool(b)) => Ok(Cell::Bool(*b)),
+        (ty, v) => Err(format!("expected {}, got {}", ty.name(), describe(v))),
+    }
+}
+
+fn text_cell(ty: ColumnType, s: &str) -> std::result::Result<Cell, String> {
+    let short = || {
+        if s.len() > 60 {
+            format!("{:?}…", &s[..s.char_indices().nth(60).map_or(s.len(), |(i, _)| i)])
+        } else {
+            format!("{s:?}")
+        }
+    };
+    match ty {
+        ColumnType::String | ColumnType::Json => Ok(Cell::Str(s.to_string())),
+        ColumnType::Int => s
+            .trim()
+            .parse::<i32>()
+            .map(|v| Cell::I64(v as i64))
+            .map_err(|_| format!("expected INT (32-bit integer), got {}", short())),
+        ColumnType::Long => s
+            .trim()
+            .parse::<i64>()
+            .map(Cell::I64)
+            .map_err(|_| format!("expected LONG (64-bit integer), got {}", short())),
+        ColumnType::Float | ColumnType::Double => s
+            .trim()
+            .parse::<f64>()
+            .map(Cell::F64)
+            .map_err(|_| format!("expected {}, got {}", ty.name(), short())),
+        ColumnType::Boolean => match s.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" => Ok(Cell::Bool(true)),
+            "false" | "0" => Ok(Cell::Bool(false)),
+            _ => Err(format!("expected BOOLEAN (true/false), got {}", short())),
+        },
+        ColumnType::Timestamp => parse_timestamp(s.trim())
+            .map(Cell::I64)
+            .ok_or_else(|| format!("expected TIMESTAMP (epoch milliseconds or RFC 3339), got {}", short())),
+    }
+}
+
+/// Epoch milliseconds from digits, RFC 3339, or `YYYY-MM-DD HH:MM:SS[.fff]` (UTC).
+pub fn parse_timestamp(s: &str) -> Option<i64> {
+    if let Ok(ms) = s.parse::<i64>() {
+        return Some(ms);
+    }
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Some(t.timestamp_millis());
+    }
+    for fmt in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"] {
+        if let Ok(t) = chrono::NaiveDateTime::parse_from_str(s, fmt) {
+            return Some(t.and_utc().timestamp_millis());
+        }
+    }
+    None
+}
+
+/// Decodes NDJSON from `r`, calling `sink` with each full batch. Blank lines are skipped.
+pub fn decode_ndjson(
+    r: impl Read,
+    schema: &SegmentSchema,
+    batch_rows: usize,
+    sink: &mut dyn FnMut(RecordBatch) -> Result<()>,
+) -> Result<usize> {
+    let mut w = RowWriter::new(schema, batch_rows);
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, r);
+    let mut line = Vec::new();
+    let mut line_no = 0usize;
+    let mut rows = 0usize;
+    loop {
+        line.clear();
+        let n = reader.read_until(b'\n', &mut line)?;
+        if n == 0 {
+            break;
+        }
+        line_no += 1;
+        let trimmed = line.trim_ascii();
+        if trimmed.is_empty() {
+            continue;
+        }
+        let loc = || format!("line {line_no}");
+        let obj: serde_json::Map<String, Json> = match serde_json::from_slice(trimmed) {
+            Ok(Json::Object(m)) => m,
+            Ok(_) => {
+                return Err(IngestError::BadInput {
+                    location: loc(),
+                    message: "expected a JSON object".into(),
+                })
+            }
+            Err(e) => {
+                return Err(IngestError::BadInput {
+                    location: loc(),
+                    message: format!("invalid JSON: {e}"),
+                })
+            }
+        };
+        w.push_json(&obj, &loc)?;
+        rows += 1;
+        if w.is_full() {
+            if let Some(b) = w.finish()? {
+                sink(b)?;
+            }
+        }
+    }
+    if let Some(b) = w.finish()? {
+        sink(b)?;
+    }
+    Ok(rows)
+}
+
+/// Decodes CSV with a header row. Columns are matched by header name; spec columns missing
+/// from the header are null; extra header columns are ignored.
+pub fn decode_csv(
+    r: impl Read,
+    schema: &SegmentSchema,
+    batch_rows: usize,
+    sink: &mut dyn FnMut(RecordBatch) -> Result<()>,
+) -> Result<usize> {
+    let mut rdr = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(false)
+        .from_reader(r);
+    let headers = rdr
+        .headers()
+        .map_err(|e| IngestError::BadInput {
+            location: "line 1".into(),
+            message: format!("cannot read the CSV header: {e}"),
+        })?
+        .clone();
+    let index: Vec<Option<usize>> = schema
+        .columns
+        .iter()
+        .map(|c| headers.iter().position(|h| h.trim() == c.name))
+        .collect();
+    let mut w = RowWriter::new(schema, batch_rows);
+    let mut rows = 0usize;
+    let mut record = csv::StringRecord::new();
+    loop {
+        let line = rdr.position().line() + 1;
+        match rdr.read_record(&mut record) {
+            Ok(false) => break,
+            Ok(true) => {}
+            Err(e) => {
+                return Err(IngestError::BadInput {
+                    location: format!("line {line}"),
+                    message: format!("invalid CSV: {e}"),
+                })
+            }
+        }
+        let line = record.position().map(|p| p.line()).unwrap_or(line);
+        let fields: Vec<Option<&str>> = index.iter().map(|i| i.and_then(|i| record.get(i))).collect();
+        w.push_text(&fields, &|| format!("line {line}"))?;
+        rows += 1;
+        if w.is_full() {
+            if let Some(b) = w.finish()? {
+                sink(b)?;
+            }
+        }
+    }
+    if let Some(b) = w.finish()? {
+        sink(b)?;
+    }
+    Ok(rows)
+}
+
+/// Decodes a Parquet file. Columns are matched by name and cast to the spec's types; a value
+/// that does not convert is an error naming the row and column.
+pub fn decode_parquet(
+    file: std::fs::File,
+    schema: &SegmentSchema,
+    batch_rows: usize,
+    sink: &mut dyn FnMut(RecordBatch) -> Result<()>,
+) -> Result<usize> {
+    let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)?
+        .with_batch_size(batch_rows.clamp(1, 65536));
+    let reader = builder.build()?;
+    let target = ingest_schema(schema);
+    let mut rows = 0usize;
+    for batch in reader {
+        let batch = batch?;
+        let mut cols: Vec<ArrayRef> = Vec::with_capacity(target.fields().len());
+        for (c, f) in schema.columns.iter().zip(target.fields()) {
+            let col = match batch.column_by_name(&c.name) {
+                None => arrow::array::new_null_array(f.data_type(), batch.num_rows()),
+                Some(a) => convert_column(a, f.data_type(), c.ty).map_err(|(row, m)| IngestError::BadRow {
+                    location: format!("row {}", rows + row + 1),
+                    column: c.name.clone(),
+                    message: m,
+                })?,
+            };
+            if !c.nullable && col.null_count() > 0 {
+                let row = (0..col.len()).find(|&i| col.is_null(i)).unwrap_or(0);
+                return Err(IngestError::BadRow {
+                    location: format!("row {}", rows + row + 1),
+                    column: c.name.clone(),
+                    message: "is required but missing or null".into(),
+                });
+            }
+            cols.push(col);
+        }
+        rows += batch.num_rows();
+        sink(RecordBatch::try_new(target.clone(), cols)?)?;
+    }
+    Ok(rows)
+}
+
+/// Casts a column to `to`; on failure returns the first failing row (0-based) and a message.
+fn convert_column(a: &ArrayRef, to: &DataType, ty: ColumnType) -> std::result::Result<ArrayRef, (usize, String)> {
+    use arrow::compute::{cast_with_options, CastOptions};
+    let from = a.data_type();
+    let compatible = match ty {
+        ColumnType::String | ColumnType::Json => true,
+        ColumnType::Boolean => matches!(from, DataType::Boolean | DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View),
+        ColumnType::Timestamp => from.is_integer() || matches!(from, DataType::Timestamp(_, _) | DataType::Date32 | DataType::Date64 | DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View),
+        _ => from.is_numeric() || matches!(from, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View),
+    };
+    if !compatible {
+        return Err((0, format!("Parquet type {from} cannot hold {} values", ty.name())));
+    }
+    let strict = CastOptions { safe: false, ..Default::default() };
+    let src = if matches!(from, DataType::Timestamp(_, Some(_))) {
+        // Drop the zone: instants are kept as UTC epoch milliseconds.
+        cast_with_options(a, &DataType::Timestamp(TimeUnit::Millisecond, None), &strict)
+            .map_err(|e| (0, e.to_string()))?
+    } else {
+        a.clone()
+    };
+    match cast_with_options(&src, to, &strict) {
+        Ok(c) => Ok(c),
+        Err(e) => {
+            // Find the first row that fails, for the error message.
+            let safe = cast_with_options(&src, to, &CastOptions::default()).map_err(|_| (0, e.to_string()))?;
+            let row = (0..src.len()).find(|&i| !src.is_null(i) && safe.is_null(i)).unwrap_or(0);
+            Err((row, format!("cannot convert to {}: {e}", ty.name())))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use basalt_segment::ColumnDef;
+
+    fn schema() -> SegmentSchema {
+        let mut ts = ColumnDef::new("ts", ColumnType::Timestamp);
+        ts.nullable = false;
+        SegmentSchema {
+            columns: vec![
+                ts,
+                ColumnDef::new("s", ColumnType::String),
+                ColumnDef::new("n", ColumnType::Int),
+                ColumnDef::new("d", ColumnType::Double),
+                ColumnDef::new("b", ColumnType::Boolean),
+                ColumnDef::new("j", ColumnType::Json),
+            ],
+            time_column: Some("ts".into()),
+        }
+    }
+
+    fn ndjson(body: &str) -> Result<Vec<RecordBatch>> {
+        let mut out = Vec::new();
+        decode_ndjson(body.as_bytes(), &schema(), 2, &mut |b| {
+            out.push(b);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    #[test]
+    fn ndjson_rows_and_nulls() {
+        let b = ndjson(
+            "{\"ts\":1700000000000,\"s\":\"a\",\"n\":3,\"d\":1.5,\"b\":true,\"j\":{\"k\":1},\"extra\":1}\n\n{\"ts\":\"2023-11-14T22:13:20Z\"}\n{\"ts\":\"2023-11-14T22:13:20.5+01:00\",\"n\":\"7\"}\n",
+        )
+        .unwrap();
+        assert_eq!(b.iter().map(|b| b.num_rows()).sum::<usize>(), 3);
+        let first = &b[0];
+        assert_eq!(first.column(1).null_count(), 1);
+        let ts = first.column(0).as_any().downcast_ref::<arrow::array::TimestampMillisecondArray>().unwrap();
+        assert_eq!(ts.value(1), 1_700_000_000_000);
+    }
+
+    #[test]
+    fn ndjson_errors_name_line_and_column() {
+        let e = ndjson("{\"ts\":1}\n{\"ts\":1,\"n\":\"x\"}\n").unwrap_err().to_string();
+        assert!(e.contains("line 2") && e.contains("\"n\"") && e.contains("INT"), "{e}");
+        let e = ndjson("{\"ts\":1}\n{\"s\":\"a\"}\n").unwrap_err().to_string();
+        assert!(e.contains("line 2") && e.contains("\"ts\"") && e.contains("required"), "{e}");
+        let e = ndjson("{\"ts\":1}\nnot json\n").unwrap_err().to_string();
+        assert!(e.contains("line 2") && e.contains("invalid JSON"), "{e}");
+        let e = ndjson("{\"ts\":1,\"n\":4294967296}\n").unwrap_err().to_string();
+        assert!(e.contains("line 1") && e.contains("32-bit"), "{e}");
+        let e = ndjson("{\"ts\":\"yesterday\"}\n").unwrap_err().to_string();
+        assert!(e.contains("TIMESTAMP"), "{e}");
+    }
+
+    #[test]
+    fn csv_rows_and_errors() {
+        let mut n = 0;
+        let rows = decode_csv("s,ts,n\nhello,1700000000000,5\n,2023-11-14T22:13:20Z,\n".as_bytes(), &schema(), 10, &mut |b| {
+            n += b.num_rows();
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!((rows, n), (2, 2));
+        let e = decode_csv("ts,n\n1,2\n3,abc\n".as_bytes(), &schema(), 10, &mut |_| Ok(()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 3") && e.contains("\"n\""), "{e}");
+    }
+}

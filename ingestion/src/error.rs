@@ -1,0 +1,58 @@
+//! Errors of ingestion: table specs, decoding rows, sealing and storing segments, metastore.
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum IngestError {
+    #[error("invalid table spec: {0}")]
+    Spec(String),
+    #[error("table {0:?} already exists")]
+    TableExists(String),
+    #[error("table {0:?} does not exist")]
+    NoSuchTable(String),
+    #[error("{location}: column {column:?}: {message}")]
+    BadRow {
+        location: String,
+        column: String,
+        message: String,
+    },
+    #[error("{location}: {message}")]
+    BadInput { location: String, message: String },
+    #[error("request body exceeds the limit of {0} bytes")]
+    TooLarge(u64),
+    #[error("unsupported content type {0:?}; use application/x-ndjson, text/csv or application/vnd.apache.parquet")]
+    UnsupportedFormat(String),
+    #[error("segment error: {0}")]
+    Segment(#[from] basalt_segment::SegmentError),
+    #[error("object store error: {0}")]
+    Store(#[from] object_store::Error),
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("arrow error: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+    #[error("parquet error: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+    #[error("metastore is corrupt: {0}")]
+    Metastore(String),
+    #[error("invalid deep store url {0:?}: {1}")]
+    DeepStore(String, String),
+}
+
+impl IngestError {
+    /// True when the caller sent something wrong (an HTTP 4xx), false for server faults.
+    pub fn is_client_error(&self) -> bool {
+        matches!(
+            self,
+            IngestError::Spec(_)
+                | IngestError::TableExists(_)
+                | IngestError::NoSuchTable(_)
+                | IngestError::BadRow { .. }
+                | IngestError::BadInput { .. }
+                | IngestError::TooLarge(_)
+                | IngestError::UnsupportedFormat(_)
+                | IngestError::Parquet(_)
+        )
+    }
+}
+
+pub type Result<T, E = IngestError> = std::result::Result<T, E>;

@@ -1,0 +1,473 @@
+//! The table store: table specs, their sealed segments and the metastore that records them.
+//! In: specs from the admin API, decoded batches from ingestion. Out: segments in the deep
+//! store (a local directory by default, S3 for an `s3://` URL), a manifest per table in the
+//! metastore, and open [`SegmentReader`]s for queries.
+//!
+//! Invariants: a segment becomes visible only when the manifest that lists it is written;
+//! an ingest request publishes all of its segments in one manifest write or none of them;
+//! segments a failed or crashed request staged are deleted (at once, or at the next start).
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arrow::record_batch::RecordBatch;
+use basalt_segment::{build_segment, BuildOptions, SegmentReader, SegmentSchema};
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::decode::{decode_csv, decode_ndjson, decode_parquet, Format};
+use crate::error::{IngestError, Result};
+use crate::spec::TableSpec;
+
+/// Version of the manifest JSON layout.
+pub const MANIFEST_VERSION: u32 = 1;
+
+/// A sealed segment as the metastore records it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SegmentMeta {
+    pub id: String,
+    /// Object path in the deep store.
+    pub path: String,
+    pub rows: u64,
+    pub bytes: u64,
+    pub time_range: Option<(i64, i64)>,
+}
+
+/// What the metastore keeps per table.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableManifest {
+    pub version: u32,
+    pub spec: TableSpec,
+    pub segments: Vec<SegmentMeta>,
+}
+
+#[derive(Debug)]
+pub struct LoadedSegment {
+    pub meta: SegmentMeta,
+    pub reader: Arc<SegmentReader>,
+}
+
+/// One table: its spec and its current segment list (replaced, never mutated, on publish).
+#[derive(Debug)]
+pub struct Table {
+    pub spec: TableSpec,
+    pub schema: SegmentSchema,
+    segments: RwLock<Arc<Vec<Arc<LoadedSegment>>>>,
+    /// Serialises manifest writes of this table.
+    publish: tokio::sync::Mutex<()>,
+}
+
+impl Table {
+    pub fn segments(&self) -> Arc<Vec<Arc<LoadedSegment>>> {
+        self.segments.read().clone()
+    }
+
+    pub fn stats(&self) -> TableStats {
+        let segs = self.segments();
+        TableStats {
+            rows: segs.iter().map(|s| s.meta.rows).sum(),
+            segments: segs.len() as u64,
+            bytes: segs.iter().map(|s| s.meta.bytes).sum(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct TableStats {
+    pub rows: u64,
+    pub segments: u64,
+    pub bytes: u64,
+}
+
+/// Where segments and the metastore live.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub data_dir: PathBuf,
+    /// `None` (default): `<data_dir>/deepstore`. Otherwise a `file://` or `s3://bucket/prefix` URL.
+    pub deep_store: Option<String>,
+    pub build: BuildOptions,
+}
+
+pub struct TableStore {
+    store: Arc<dyn ObjectStore>,
+    /// Set when the deep store is a local directory: segments are memory-mapped in place.
+    local_root: Option<PathBuf>,
+    cache_dir: PathBuf,
+    tables: RwLock<BTreeMap<String, Arc<Table>>>,
+    build: BuildOptions,
+    seq: AtomicU64,
+    /// Serialises table creation and deletion.
+    admin: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for TableStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TableStore").field("store", &self.store.to_string()).finish()
+    }
+}
+
+fn manifest_path(table: &str) -> ObjPath {
+    ObjPath::from(format!("_metastore/tables/{table}.json"))
+}
+
+fn segments_prefix(table: &str) -> ObjPath {
+    ObjPath::from(format!("segments/{table}"))
+}
+
+/// Opens the deep store named by `url` (None: a local directory under `data_dir`).
+pub fn open_deep_store(data_dir: &Path, url: Option<&str>) -> Result<(Arc<dyn ObjectStore>, Option<PathBuf>)> {
+    match url {
+        None => {
+            let root = data_dir.join("deepstore");
+            std::fs::create_dir_all(&root)?;
+            Ok((Arc::new(LocalFileSystem::new_with_prefix(&root)?), Some(root)))
+        }
+        Some(u) if u.starts_with("file://") => {
+            let root = PathBuf::from(&u["file://".len()..]);
+            std::fs::create_dir_all(&root)?;
+            Ok((Arc::new(LocalFileSystem::new_with_prefix(&root)?), Some(root)))
+        }
+        Some(u) if u.starts_with("s3://") => {
+            let parsed = url::Url::parse(u).map_err(|e| IngestError::DeepStore(u.into(), e.to_string()))?;
+            let bucket = parsed.host_str().ok_or_else(|| IngestError::DeepStore(u.into(), "no bucket".into()))?;
+            let mut b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+            let endpoint = std::env::var("AWS_ENDPOINT").or_else(|_| std::env::var("AWS_ENDPOINT_URL")).ok();
+            if let Some(ep) = endpoint {
+                if ep.starts_with("http://") {
+                    b = b.with_allow_http(true);
+                }
+                b = b.with_endpoint(ep).with_virtual_hosted_style_request(false);
+            }
+            if std::env::var("AWS_REGION").is_err() && std::env::var("AWS_DEFAULT_REGION").is_err() {
+                b = b.with_region("us-east-1");
+            }
+            let s3 = b.build().map_err(|e| IngestError::DeepStore(u.into(), e.to_string()))?;
+            let prefix = parsed.path().trim_matches('/').to_string();
+            let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
+                Arc::new(s3)
+            } else {
+                Arc::new(object_store::prefix::PrefixStore::new(s3, prefix))
+            };
+            Ok((store, None))
+        }
+        Some(u) => Err(IngestError::DeepStore(u.into(), "expected file:// or s3://".into())),
+    }
+}
+
+impl TableStore {
+    /// Opens the store and loads every table the metastore lists; removes segments that a
+    /// crashed ingest left unpublished.
+    pub async fn open(cfg: StoreConfig) -> Result<Arc<TableStore>> {
+        std::fs::create_dir_all(&cfg.data_dir)?;
+        let (store, local_root) = open_deep_store(&cfg.data_dir, cfg.deep_store.as_deref())?;
+        let cache_dir = cfg.data_dir.join("cache");
+        std::fs::create_dir_all(&cache_dir)?;
+        let ts = Arc::new(TableStore {
+            store,
+            local_root,
+            cache_dir,
+            tables: RwLock::new(BTreeMap::new()),
+            build: cfg.build,
+            seq: AtomicU64::new(0),
+            admin: tokio::sync::Mutex::new(()),
+        });
+        let manifests: Vec<_> = ts
+            .store
+            .list(Some(&ObjPath::from("_metastore/tables")))
+            .try_collect()
+            .await?;
+        for m in manifests {
+            if !m.location.as_ref().ends_with(".json") {
+                continue;
+            }
+            let bytes = ts.store.get(&m.location).await?.bytes().await?;
+            let manifest: TableManifest = serde_json::from_slice(&bytes)
+                .map_err(|e| IngestError::Metastore(format!("{}: {e}", m.location)))?;
+            if manifest.version != MANIFEST_VERSION {
+                return Err(IngestError::Metastore(format!(
+                    "{}: manifest version {} is not supported",
+                    m.location, manifest.version
+                )));
+            }
+            manifest.spec.validate()?;
+            let mut loaded = Vec::with_capacity(manifest.segments.len());
+            for s in &manifest.segments {
+                let reader = ts.open_segment(&manifest.spec.name, s).await?;
+                loaded.push(Arc::new(LoadedSegment { meta: s.clone(), reader }));
+            }
+            ts.cleanup_unpublished(&manifest).await?;
+            info!(table = %manifest.spec.name, segments = loaded.len(), "loaded table");
+            let table = Arc::new(Table {
+                schema: manifest.spec.segment_schema(),
+                spec: manifest.spec,
+                segments: RwLock::new(Arc::new(loaded)),
+                publish: tokio::sync::Mutex::new(()),
+            });
+            ts.tables.write().insert(table.spec.name.clone(), table);
+        }
+        Ok(ts)
+    }
+
+    async fn cleanup_unpublished(&self, manifest: &TableManifest) -> Result<()> {
+        let known: std::collections::HashSet<&str> =
+            manifest.segments.iter().map(|s| s.path.as_str()).collect();
+        let objects: Vec<_> = self
+            .store
+            .list(Some(&segments_prefix(&manifest.spec.name)))
+            .try_collect()
+            .await?;
+        for o in objects {
+            if !known.contains(o.location.as_ref()) {
+                warn!(path = %o.location, "deleting unpublished segment left by an earlier run");
+                self.store.delete(&o.location).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens a published segment: memory-mapped in place for a local deep store, otherwise
+    /// downloaded to the local cache first.
+    async fn open_segment(&self, table: &str, s: &SegmentMeta) -> Result<Arc<SegmentReader>> {
+        let file = match &self.local_root {
+            Some(root) => root.join(&s.path),
+            None => {
+                let cached = self.cache_dir.join(table).join(format!("{}.seg", s.id));
+                if !cached.exists() {
+                    std::fs::create_dir_all(cached.parent().expect("has parent"))?;
+                    let bytes = self.store.get(&ObjPath::from(s.path.as_str())).await?.bytes().await?;
+                    let tmp = cached.with_extension("seg.tmp");
+                    std::fs::write(&tmp, &bytes)?;
+                    std::fs::rename(&tmp, &cached)?;
+                }
+                cached
+            }
+        };
+        let f = std::fs::File::open(&file)?;
+        // SAFETY: segment files are immutable once published; nothing writes to a mapped file.
+        let map = unsafe { memmap2::Mmap::map(&f)? };
+        Ok(Arc::new(SegmentReader::open(Bytes::from_owner(map))?))
+    }
+
+    pub fn deep_store_description(&self) -> String {
+        self.store.to_string()
+    }
+
+    pub fn table(&self, name: &str) -> Option<Arc<Table>> {
+        self.tables.read().get(name).cloned()
+    }
+
+    pub fn table_names(&self) -> Vec<String> {
+        self.tables.read().keys().cloned().collect()
+    }
+
+    async fn write_manifest(&self, m: &TableManifest) -> Result<()> {
+        let json = serde_json::to_vec_pretty(m).map_err(|e| IngestError::Metastore(e.to_string()))?;
+        self.store
+            .put(&manifest_path(&m.spec.name), PutPayload::from(json))
+            .await?;
+        Ok(())
+    }
+
+    pub async fn create_table(&self, spec: TableSpec) -> Result<Arc<Table>> {
+        spec.validate()?;
+        let _g = self.admin.lock().await;
+        if self.tables.read().contains_key(&spec.name) {
+            return Err(IngestError::TableExists(spec.name));
+        }
+        self.write_manifest(&TableManifest {
+            version: MANIFEST_VERSION,
+            spec: spec.clone(),
+            segments: vec![],
+        })
+        .await?;
+        let table = Arc::new(Table {
+            schema: spec.segment_schema(),
+            spec,
+            segments: RwLock::new(Arc::new(Vec::new())),
+            publish: tokio::sync::Mutex::new(()),
+        });
+        self.tables.write().insert(table.spec.name.clone(), table.clone());
+        info!(table = %table.spec.name, "created table");
+        Ok(table)
+    }
+
+    pub async fn drop_table(&self, name: &str) -> Result<()> {
+        let _g = self.admin.lock().await;
+        let table = self.table(name).ok_or_else(|| IngestError::NoSuchTable(name.into()))?;
+        let _p = table.publish.lock().await;
+        self.store.delete(&manifest_path(name)).await?;
+        self.tables.write().remove(name);
+        let objects: Vec<_> = self.store.list(Some(&segments_prefix(name))).try_collect().await?;
+        for o in objects {
+            self.store.delete(&o.location).await?;
+        }
+        let _ = std::fs::remove_dir_all(self.cache_dir.join(name));
+        info!(table = %name, "dropped table");
+        Ok(())
+    }
+
+    fn new_segment_id(&self, table: &str) -> String {
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let rand = uuid::Uuid::new_v4().simple().to_string();
+        format!("{table}__{ms}__{seq}__{}", &rand[..8])
+    }
+
+    /// Decodes `body` in `format`, seals it into segments and publishes them all at once.
+    /// All-or-nothing: on any error nothing becomes visible and staged segments are deleted.
+    /// Runs the decoding on a blocking thread; `body` is read as it streams in.
+    pub async fn ingest(
+        self: &Arc<Self>,
+        table: &str,
+        format: Format,
+        body: Box<dyn Read + Send>,
+    ) -> Result<u64> {
+        let t = self.table(table).ok_or_else(|| IngestError::NoSuchTable(table.into()))?;
+        let me = self.clone();
+        let t2 = t.clone();
+        let handle = tokio::runtime::Handle::current();
+        let staged = tokio::task::spawn_blocking(move || me.decode_and_stage(&t2, format, body, &handle))
+            .await
+            .map_err(|e| IngestError::Io(std::io::Error::other(e.to_string())))?;
+        let staged = match staged {
+            Ok(s) => s,
+            Err((e, staged)) => {
+                self.delete_staged(&staged).await;
+                return Err(e);
+            }
+        };
+        let rows = staged.iter().map(|s| s.meta.rows).sum();
+        if let Err(e) = self.publish(&t, &staged).await {
+            self.delete_staged(&staged).await;
+            return Err(e);
+        }
+        Ok(rows)
+    }
+
+    async fn delete_staged(&self, staged: &[Arc<LoadedSegment>]) {
+        for s in staged {
+            if let Err(e) = self.store.delete(&ObjPath::from(s.meta.path.as_str())).await {
+                warn!(path = %s.meta.path, error = %e, "could not delete a staged segment; it is removed at next start");
+            }
+        }
+    }
+
+    /// Publishes staged segments: one manifest write, then the in-memory list is swapped.
+    async fn publish(&self, t: &Table, staged: &[Arc<LoadedSegment>]) -> Result<()> {
+        if staged.is_empty() {
+            return Ok(());
+        }
+        let _g = t.publish.lock().await;
+        if self.table(&t.spec.name).is_none_or(|cur| !std::ptr::eq(cur.as_ref(), t)) {
+            return Err(IngestError::NoSuchTable(t.spec.name.clone()));
+        }
+        let current = t.segments();
+        let mut next: Vec<Arc<LoadedSegment>> = current.as_ref().clone();
+        next.extend(staged.iter().cloned());
+        self.write_manifest(&TableManifest {
+            version: MANIFEST_VERSION,
+            spec: t.spec.clone(),
+            segments: next.iter().map(|s| s.meta.clone()).collect(),
+        })
+        .await?;
+        *t.segments.write() = Arc::new(next);
+        info!(table = %t.spec.name, segments = staged.len(), rows = staged.iter().map(|s| s.meta.rows).sum::<u64>(), "published segments");
+        Ok(())
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn decode_and_stage(
+        &self,
+        t: &Table,
+        format: Format,
+        mut body: Box<dyn Read + Send>,
+        handle: &tokio::runtime::Handle,
+    ) -> std::result::Result<Vec<Arc<LoadedSegment>>, (IngestError, Vec<Arc<LoadedSegment>>)> {
+        let max_rows = t.spec.segment.max_rows;
+        let mut pending: Vec<RecordBatch> = Vec::new();
+        let mut pending_rows = 0usize;
+        let mut staged: Vec<Arc<LoadedSegment>> = Vec::new();
+        let batch_rows = max_rows.min(65536);
+        let result = (|| -> Result<()> {
+            let mut sink = |b: RecordBatch| -> Result<()> {
+                let mut b = b;
+                while pending_rows + b.num_rows() >= max_rows {
+                    let take = max_rows - pending_rows;
+                    pending.push(b.slice(0, take));
+                    b = b.slice(take, b.num_rows() - take);
+                    let batches = std::mem::take(&mut pending);
+                    pending_rows = 0;
+                    staged.push(self.stage(t, &batches, handle)?);
+                }
+                if b.num_rows() > 0 {
+                    pending_rows += b.num_rows();
+                    pending.push(b);
+                }
+                Ok(())
+            };
+            match format {
+                Format::NdJson => {
+                    decode_ndjson(&mut body, &t.schema, batch_rows, &mut sink)?;
+                }
+                Format::Csv => {
+                    decode_csv(&mut body, &t.schema, batch_rows, &mut sink)?;
+                }
+                Format::Parquet => {
+                    // Parquet keeps its footer at the end: spool to disk, then read.
+                    let mut tmp = tempfile::tempfile_in(&self.cache_dir)?;
+                    std::io::copy(&mut body, &mut tmp)?;
+                    decode_parquet(tmp, &t.schema, batch_rows, &mut sink).map_err(|e| match e {
+                        IngestError::Parquet(p) => IngestError::BadInput {
+                            location: "body".into(),
+                            message: format!("not a readable Parquet file: {p}"),
+                        },
+                        e => e,
+                    })?;
+                }
+            }
+            if pending_rows > 0 {
+                let batches = std::mem::take(&mut pending);
+                staged.push(self.stage(t, &batches, handle)?);
+            }
+            Ok(())
+        })();
+        match result {
+            Ok(()) => Ok(staged),
+            Err(e) => Err((e, staged)),
+        }
+    }
+
+    /// Builds one segment and uploads it (unpublished).
+    fn stage(&self, t: &Table, batches: &[RecordBatch], handle: &tokio::runtime::Handle) -> Result<Arc<LoadedSegment>> {
+        let bytes = build_segment(&t.schema, batches, &self.build)?;
+        let reader = SegmentReader::open(Bytes::from(bytes.clone()))?;
+        let id = self.new_segment_id(&t.spec.name);
+        let path = format!("{}/{id}.seg", segments_prefix(&t.spec.name));
+        let meta = SegmentMeta {
+            id,
+            path: path.clone(),
+            rows: reader.row_count() as u64,
+            bytes: bytes.len() as u64,
+            time_range: reader.footer().time_range,
+        };
+        handle.block_on(self.store.put(&ObjPath::from(path.as_str()), PutPayload::from(bytes)))?;
+        Ok(Arc::new(LoadedSegment {
+            meta,
+            reader: Arc::new(reader),
+        }))
+    }
+}

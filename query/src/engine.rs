@@ -1,0 +1,232 @@
+//! Runs SQL over the tables of a [`TableSource`]. In: SQL text and per-query limits. Out: Arrow
+//! batches plus the scan counters Pinot clients expect, or a [`QueryError`].
+//!
+//! Each query gets its own DataFusion session with its own memory pool, so one runaway query
+//! cannot starve the others: it fails with a memory error, or with a timeout, or with a row
+//! limit error, and the server carries on.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use async_trait::async_trait;
+use datafusion::catalog::{SchemaProvider, TableProvider};
+use datafusion::error::Result as DfResult;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::sql::parser::{DFParser, Statement as DfStatement};
+use datafusion::sql::sqlparser::ast::Statement;
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use futures::StreamExt;
+
+use crate::error::{QueryError, Result};
+use crate::pinot;
+use crate::scan::ScanStats;
+use crate::table::{SegmentTable, TableSource};
+
+/// Limits applied to every query (serde-free; the server's config maps onto it).
+#[derive(Debug, Clone)]
+pub struct QueryLimits {
+    /// Wall-clock limit (default 10 s).
+    pub timeout: Duration,
+    /// Memory a query's operators may reserve (default 1 GiB).
+    pub memory_limit: usize,
+    /// Rows a result may hold (default 1,000,000).
+    pub max_rows: usize,
+}
+
+impl Default for QueryLimits {
+    fn default() -> Self {
+        QueryLimits {
+            timeout: Duration::from_secs(10),
+            memory_limit: 1 << 30,
+            max_rows: 1_000_000,
+        }
+    }
+}
+
+/// Scan counters of one query, in Pinot's vocabulary.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueryStats {
+    pub num_docs_scanned: u64,
+    pub total_docs: u64,
+    pub num_segments_queried: u64,
+    pub num_segments_matched: u64,
+    pub num_segments_pruned: u64,
+    pub index_lookups: u64,
+    pub blocks_scanned: u64,
+}
+
+#[derive(Debug)]
+pub struct QueryOutput {
+    pub schema: SchemaRef,
+    pub batches: Vec<RecordBatch>,
+    pub stats: QueryStats,
+    pub elapsed: Duration,
+}
+
+impl QueryOutput {
+    pub fn num_rows(&self) -> usize {
+        self.batches.iter().map(|b| b.num_rows()).sum()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct QueryEngine {
+    source: Arc<dyn TableSource>,
+    target_partitions: usize,
+}
+
+impl QueryEngine {
+    pub fn new(source: Arc<dyn TableSource>) -> Self {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        QueryEngine {
+            source,
+            target_partitions: cores,
+        }
+    }
+
+    /// A session whose `public` schema is this engine's tables, scanning into `stats`.
+    fn session(&self, limits: &QueryLimits, stats: Arc<ScanStats>) -> Result<SessionContext> {
+        let mut config = SessionConfig::new()
+            .with_target_partitions(self.target_partitions)
+            .with_batch_size(8192)
+            .with_information_schema(true);
+        config.options_mut().sql_parser.enable_ident_normalization = false;
+        config.options_mut().execution.time_zone = Some("+00:00".to_string());
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_limit(limits.memory_limit, 1.0)
+            .build_arc()?;
+        let state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_runtime_env(runtime)
+            .with_default_features()
+            .build();
+        let ctx = SessionContext::new_with_state(state);
+        let catalog = ctx
+            .catalog("datafusion")
+            .ok_or_else(|| QueryError::Execution("default catalog missing".into()))?;
+        catalog.register_schema(
+            "public",
+            Arc::new(TablesSchema {
+                source: self.source.clone(),
+                stats,
+            }),
+        )?;
+        Ok(ctx)
+    }
+
+    /// Parses, rewrites Pinot functions, plans and runs `sql` within `limits`.
+    pub async fn execute(&self, sql: &str, limits: &QueryLimits) -> Result<QueryOutput> {
+        let started = Instant::now();
+        let stats = Arc::new(ScanStats::default());
+        let ctx = self.session(limits, stats.clone())?;
+        let statement = parse(sql)?;
+        let run = async {
+            let plan = ctx.state().statement_to_plan(statement).await?;
+            let df = ctx.execute_logical_plan(plan).await?;
+            let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+            let mut stream = df.execute_stream().await?;
+            let mut batches = Vec::new();
+            let mut rows = 0usize;
+            while let Some(b) = stream.next().await {
+                let b = b?;
+                rows += b.num_rows();
+                if rows > limits.max_rows {
+                    return Err(QueryError::RowLimit(limits.max_rows));
+                }
+                batches.push(b);
+            }
+            Ok::<_, QueryError>((schema, batches))
+        };
+        let (schema, batches) = match tokio::time::timeout(limits.timeout, run).await {
+            Ok(r) => r?,
+            Err(_) => return Err(QueryError::Timeout(limits.timeout.as_millis() as u64)),
+        };
+        let s = &stats;
+        Ok(QueryOutput {
+            schema,
+            batches,
+            stats: QueryStats {
+                num_docs_scanned: s.docs_scanned.load(Ordering::Relaxed),
+                total_docs: s.total_docs.load(Ordering::Relaxed),
+                num_segments_queried: s.segments_queried.load(Ordering::Relaxed),
+                num_segments_matched: s.segments_matched.load(Ordering::Relaxed),
+                num_segments_pruned: s.segments_pruned.load(Ordering::Relaxed),
+                index_lookups: s.index_lookups.load(Ordering::Relaxed),
+                blocks_scanned: s.blocks_scanned.load(Ordering::Relaxed),
+            },
+            elapsed: started.elapsed(),
+        })
+    }
+}
+
+/// Parses one read-only statement (SELECT, WITH, EXPLAIN, SHOW) and applies the Pinot rewrite.
+fn parse(sql: &str) -> Result<DfStatement> {
+    let mut statements = DFParser::parse_sql_with_dialect(sql, &GenericDialect {})
+        .map_err(|e| QueryError::Sql(e.to_string()))?;
+    if statements.len() != 1 {
+        return Err(QueryError::Sql(format!(
+            "expected exactly one SQL statement, found {}",
+            statements.len()
+        )));
+    }
+    let mut statement = statements.pop_front().expect("one statement");
+    match &mut statement {
+        DfStatement::Statement(s) => {
+            match s.as_ref() {
+                Statement::Query(_)
+                | Statement::Explain { .. }
+                | Statement::ShowTables { .. }
+                | Statement::ShowColumns { .. }
+                | Statement::ShowVariable { .. } => {}
+                other => {
+                    let kind = other.to_string();
+                    let first = kind.split_whitespace().next().unwrap_or("").to_uppercase();
+                    return Err(QueryError::Sql(format!(
+                        "only queries are allowed here; {first} statements are not"
+                    )));
+                }
+            }
+            pinot::rewrite(s)?;
+        }
+        DfStatement::Explain(_) => {}
+        _ => {
+            return Err(QueryError::Sql(
+                "only queries are allowed here; use the admin API to change tables".into(),
+            ))
+        }
+    }
+    Ok(statement)
+}
+
+/// The `public` schema: every table of the source, snapshotted when the query plans.
+#[derive(Debug)]
+struct TablesSchema {
+    source: Arc<dyn TableSource>,
+    stats: Arc<ScanStats>,
+}
+
+#[async_trait]
+impl SchemaProvider for TablesSchema {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn table_names(&self) -> Vec<String> {
+        self.source.table_names()
+    }
+
+    async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        Ok(self.source.snapshot(name).map(|snap| {
+            Arc::new(SegmentTable::new(snap, self.stats.clone())) as Arc<dyn TableProvider>
+        }))
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.source.snapshot(name).is_some()
+    }
+}
