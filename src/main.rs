@@ -1,1 +1,281 @@
-fn main() {}
+//! The `basalt` binary: one process, several roles. In: command-line arguments and an optional
+//! TOML config. Out: a running server (`standalone`), or a one-shot tool (`ingest`,
+//! `gen-events`, `quickstart`).
+
+mod config;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use basalt_broker::{app_state, serve, HttpLimits};
+use basalt_ingest::gen::{write_events, GenFormat, EVENTS_SPEC};
+use basalt_ingest::{Format, StoreConfig, TableStore};
+use basalt_query::QueryLimits;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::Config;
+
+#[derive(Parser)]
+#[command(name = "basalt", version, about = "Basalt: a real-time columnar OLAP serving store", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run every role (HTTP API, ingestion, query) in one process.
+    Standalone(StandaloneArgs),
+    /// Upload NDJSON, CSV or Parquet files to a table on a running server (all-or-nothing per file).
+    Ingest {
+        /// Base URL of the server, e.g. http://127.0.0.1:8099
+        #[arg(long)]
+        server: String,
+        /// Table to load into.
+        #[arg(long)]
+        table: String,
+        /// Files; the format comes from the extension (.ndjson/.jsonl/.json, .csv, .parquet).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Write deterministic generated product events (the `events` table's schema).
+    GenEvents {
+        /// Number of events.
+        #[arg(long)]
+        rows: u64,
+        #[arg(long, value_enum, default_value = "ndjson")]
+        format: GenFormatArg,
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+        /// Random seed; the same seed gives the same events.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Average milliseconds between events; the last event is near now.
+        #[arg(long, default_value_t = 1.0)]
+        step_ms: f64,
+        /// Print the events table spec instead of generating.
+        #[arg(long)]
+        print_spec: bool,
+    },
+    /// Start a standalone server on a temporary directory, create and load the `events` table,
+    /// run a few queries and keep serving.
+    Quickstart {
+        /// Events to generate and load.
+        #[arg(long, default_value_t = 200_000)]
+        rows: u64,
+        #[arg(long, default_value = "127.0.0.1:8099")]
+        http_addr: String,
+        /// Exit after printing the results instead of serving.
+        #[arg(long)]
+        exit: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum GenFormatArg {
+    Ndjson,
+    Parquet,
+}
+
+#[derive(clap::Args)]
+struct StandaloneArgs {
+    /// Directory for local state (segments cache, default deep store).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// HTTP listen address.
+    #[arg(long)]
+    http_addr: Option<String>,
+    /// Deep store URL (file:///path or s3://bucket/prefix); default <data-dir>/deepstore.
+    #[arg(long)]
+    deep_store: Option<String>,
+    /// TOML config file; flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+fn main() {
+    let cli = Cli::parse();
+    init_tracing();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let result = rt.block_on(run(cli));
+    if let Err(e) = result {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    match cli.command {
+        Command::Standalone(a) => standalone(a).await,
+        Command::Ingest { server, table, files } => ingest_files(&server, &table, &files).await,
+        Command::GenEvents { rows, format, out, seed, step_ms, print_spec } => {
+            if print_spec {
+                println!("{EVENTS_SPEC}");
+                return Ok(());
+            }
+            gen_events(rows, format, &out, seed, step_ms)
+        }
+        Command::Quickstart { rows, http_addr, exit } => quickstart(rows, &http_addr, exit).await,
+    }
+}
+
+fn gen_events(rows: u64, format: GenFormatArg, out: &Path, seed: u64, step_ms: f64) -> Result<(), String> {
+    let f = std::fs::File::create(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+    let fmt = match format {
+        GenFormatArg::Ndjson => GenFormat::NdJson,
+        GenFormatArg::Parquet => GenFormat::Parquet,
+    };
+    let now = now_ms();
+    write_events(f, fmt, rows, seed, now, step_ms).map_err(|e| e.to_string())?;
+    eprintln!("wrote {rows} events to {}", out.display());
+    Ok(())
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+async fn start_server(
+    data_dir: PathBuf,
+    deep_store: Option<String>,
+    http_addr: &str,
+    cfg: &Config,
+) -> Result<(std::net::SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>), String> {
+    let store = TableStore::open(StoreConfig {
+        data_dir: data_dir.clone(),
+        deep_store,
+        build: Default::default(),
+    })
+    .await
+    .map_err(|e| format!("cannot open the table store in {}: {e}", data_dir.display()))?;
+    let limits = HttpLimits {
+        max_ingest_bytes: cfg.ingest.max_body_bytes,
+        query: QueryLimits {
+            timeout: Duration::from_millis(cfg.query.timeout_ms),
+            memory_limit: cfg.query.memory_limit_bytes,
+            max_rows: cfg.query.max_rows,
+        },
+    };
+    let state = app_state(store, limits);
+    let listener = tokio::net::TcpListener::bind(http_addr)
+        .await
+        .map_err(|e| format!("cannot listen on {http_addr}: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let handle = tokio::spawn(serve(listener, state, async {
+        let _ = tokio::signal::ctrl_c().await;
+    }));
+    Ok((addr, handle))
+}
+
+async fn standalone(a: StandaloneArgs) -> Result<(), String> {
+    let cfg = match &a.config {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    let data_dir = a
+        .data_dir
+        .or(cfg.server.data_dir.clone())
+        .unwrap_or_else(|| PathBuf::from("basalt-data"));
+    let http_addr = a
+        .http_addr
+        .or(cfg.server.http_addr.clone())
+        .unwrap_or_else(|| "127.0.0.1:8099".into());
+    let deep_store = a.deep_store.or(cfg.server.deep_store.clone());
+    let (addr, handle) = start_server(data_dir, deep_store, &http_addr, &cfg).await?;
+    eprintln!("basalt standalone listening on http://{addr}");
+    handle
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("http server failed: {e}"))
+}
+
+async fn ingest_files(server: &str, table: &str, files: &[PathBuf]) -> Result<(), String> {
+    let client = reqwest::Client::new();
+    let base = server.trim_end_matches('/');
+    for f in files {
+        let format = Format::from_path(f)
+            .ok_or_else(|| format!("{}: unknown extension; use .ndjson, .jsonl, .json, .csv or .parquet", f.display()))?;
+        let file = tokio::fs::File::open(f)
+            .await
+            .map_err(|e| format!("cannot open {}: {e}", f.display()))?;
+        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(file, 1 << 20));
+        let resp = client
+            .post(format!("{base}/tables/{table}/ingest"))
+            .header("content-type", format.content_type())
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| format!("{}: request failed: {e}", f.display()))?;
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        if !status.is_success() {
+            return Err(format!("{}: server answered {status}: {text}", f.display()));
+        }
+        println!("{}: {text}", f.display());
+    }
+    Ok(())
+}
+
+async fn quickstart(rows: u64, http_addr: &str, exit: bool) -> Result<(), String> {
+    let dir = tempfile::Builder::new()
+        .prefix("basalt-quickstart-")
+        .tempdir()
+        .map_err(|e| e.to_string())?;
+    let cfg = Config::default();
+    let (addr, handle) = start_server(dir.path().join("data"), None, http_addr, &cfg).await?;
+    let base = format!("http://{addr}");
+    let client = reqwest::Client::new();
+    let post = |path: &str, body: String, ct: &str| {
+        client.post(format!("{base}{path}")).header("content-type", ct).body(body).send()
+    };
+    let r = post("/tables", EVENTS_SPEC.to_string(), "application/json").await.map_err(|e| e.to_string())?;
+    println!("created table events: {}", r.text().await.unwrap_or_default());
+    let file = dir.path().join("events.parquet");
+    gen_events(rows, GenFormatArg::Parquet, &file, 42, 1.0)?;
+    ingest_files(&base, "events", &[file]).await?;
+    let queries = [
+        "SELECT count(*) AS events FROM events",
+        "SELECT event_type, count(*) AS n FROM events WHERE ts > now() - INTERVAL '1 hour' GROUP BY event_type ORDER BY n DESC LIMIT 5",
+        "SELECT country, DISTINCTCOUNTHLL(user_id) AS users FROM events GROUP BY country ORDER BY users DESC LIMIT 5",
+        "SELECT device, PERCENTILETDIGEST(latency_ms, 95) AS p95 FROM events WHERE country = 'AA' GROUP BY device ORDER BY p95 DESC",
+        "SELECT DATETRUNC('MINUTE', ts) AS minute, sum(revenue) AS revenue FROM events GROUP BY 1 ORDER BY 1 DESC LIMIT 3",
+    ];
+    for sql in queries {
+        let body = serde_json::json!({ "sql": sql }).to_string();
+        let r = post("/query/sql", body, "application/json").await.map_err(|e| e.to_string())?;
+        let v: serde_json::Value = r.json().await.map_err(|e| e.to_string())?;
+        println!("\n{sql}");
+        if let Some(ex) = v["exceptions"].as_array().filter(|e| !e.is_empty()) {
+            println!("  error: {}", ex[0]["message"]);
+            continue;
+        }
+        println!("  {}", v["resultTable"]["dataSchema"]["columnNames"]);
+        for row in v["resultTable"]["rows"].as_array().into_iter().flatten() {
+            println!("  {row}");
+        }
+        println!("  ({} ms, {} docs scanned)", v["timeUsedMs"], v["numDocsScanned"]);
+    }
+    println!("\nBasalt is serving on {base}");
+    println!("  curl -s {base}/query/sql -H 'content-type: application/json' -d '{{\"sql\":\"SELECT count(*) FROM events\"}}'");
+    if exit {
+        return Ok(());
+    }
+    println!("Press Ctrl-C to stop.");
+    handle.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())
+}

@@ -1,1 +1,42 @@
-//! placeholder
+//! `basalt-broker`: the front door. In: HTTP requests. Out: table admin, batch ingestion into
+//! the [`basalt_ingest::TableStore`], and SQL through [`basalt_query::QueryEngine`] answered in
+//! Apache Pinot's response shape; Prometheus metrics.
+
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod response;
+pub mod source;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use basalt_ingest::TableStore;
+use basalt_query::QueryEngine;
+
+pub use error::ApiError;
+pub use http::{AppState, HttpLimits};
+
+/// Builds the application state for a store.
+pub fn app_state(store: Arc<TableStore>, limits: HttpLimits) -> AppState {
+    let engine = QueryEngine::new(Arc::new(source::StoreSource(store.clone())));
+    AppState {
+        store,
+        engine,
+        metrics: metrics::Metrics::new(),
+        limits,
+    }
+}
+
+/// Serves the HTTP API on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let addr: Option<SocketAddr> = listener.local_addr().ok();
+    tracing::info!(?addr, "http api listening");
+    axum::serve(listener, http::router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

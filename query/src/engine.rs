@@ -106,6 +106,7 @@ impl QueryEngine {
             .with_default_features()
             .build();
         let ctx = SessionContext::new_with_state(state);
+        ctx.register_udaf(crate::functions::approx_distinct());
         let catalog = ctx
             .catalog("datafusion")
             .ok_or_else(|| QueryError::Execution("default catalog missing".into()))?;

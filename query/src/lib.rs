@@ -9,6 +9,7 @@
 pub mod engine;
 pub mod error;
 pub mod filter;
+pub mod functions;
 pub mod pinot;
 pub mod scan;
 pub mod table;
@@ -16,3 +17,6 @@ pub mod table;
 pub use engine::{QueryEngine, QueryLimits, QueryOutput, QueryStats};
 pub use error::QueryError;
 pub use table::{SegmentTable, TableSnapshot, TableSource};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,286 @@
+//! The HTTP API (axum). In: admin, ingest and SQL requests. Out: JSON responses; query
+//! results in Pinot's broker response shape.
+//!
+//! Routes: `POST/GET /tables`, `GET/DELETE /tables/{name}`, `POST /tables/{name}/ingest`,
+//! `POST /query/sql` (also `/query`), `GET /health`, `GET /metrics`.
+//! Ingest bodies are streamed to a blocking decoder; the byte limit is enforced while reading.
+
+use std::io::Read;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use basalt_ingest::{Format, IngestError, TableSpec, TableStore};
+use basalt_query::{QueryEngine, QueryError, QueryLimits};
+use futures::TryStreamExt;
+use serde::Deserialize;
+use serde_json::json;
+use tokio_util::io::{StreamReader, SyncIoBridge};
+
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::response;
+
+/// Limits of the HTTP API.
+#[derive(Debug, Clone)]
+pub struct HttpLimits {
+    /// Largest ingest body in bytes (default 1 GiB); larger is 413.
+    pub max_ingest_bytes: u64,
+    /// Query limits applied unless a request overrides the timeout.
+    pub query: QueryLimits,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            max_ingest_bytes: 1 << 30,
+            query: QueryLimits::default(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<TableStore>,
+    pub engine: QueryEngine,
+    pub metrics: Metrics,
+    pub limits: HttpLimits,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/tables", post(create_table).get(list_tables))
+        .route("/tables/{name}", get(get_table).delete(drop_table))
+        .route(
+            "/tables/{name}/ingest",
+            post(ingest).layer(DefaultBodyLimit::disable()),
+        )
+        .route("/query/sql", post(query_sql))
+        .route("/query", post(query_sql))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(16 << 20))
+        .with_state(state)
+}
+
+fn count(state: &AppState, route: &str, status: StatusCode) {
+    state
+        .metrics
+        .http_requests
+        .with_label_values(&[route, status.as_str()])
+        .inc();
+}
+
+fn finish(state: &AppState, route: &str, r: Result<Response, ApiError>) -> Response {
+    let resp = match r {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    };
+    count(state, route, resp.status());
+    resp
+}
+
+fn parse_json<T: for<'de> Deserialize<'de>>(body: &[u8], what: &str) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("invalid {what}: {e}")))
+}
+
+async fn create_table(State(s): State<AppState>, body: Bytes) -> Response {
+    let r = async {
+        let spec = TableSpec::from_json(&body)?;
+        let t = s.store.create_table(spec).await?;
+        Ok::<_, ApiError>((StatusCode::CREATED, Json(json!({"status": "created", "table": t.spec.name}))).into_response())
+    }
+    .await;
+    finish(&s, "create_table", r)
+}
+
+async fn list_tables(State(s): State<AppState>) -> Response {
+    let r = Ok(Json(json!({ "tables": s.store.table_names() })).into_response());
+    finish(&s, "list_tables", r)
+}
+
+async fn get_table(State(s): State<AppState>, Path(name): Path<String>) -> Response {
+    let r = match s.store.table(&name) {
+        Some(t) => Ok(Json(json!({"name": t.spec.name, "spec": t.spec, "stats": t.stats()})).into_response()),
+        None => Err(ApiError::NotFound(format!("table {name:?} does not exist"))),
+    };
+    finish(&s, "get_table", r)
+}
+
+async fn drop_table(State(s): State<AppState>, Path(name): Path<String>) -> Response {
+    let r = async {
+        s.store.drop_table(&name).await?;
+        for g in [&s.metrics.table_rows, &s.metrics.table_segments, &s.metrics.table_bytes] {
+            let _ = g.remove_label_values(&[&name]);
+        }
+        Ok::<_, ApiError>(Json(json!({"status": "deleted", "table": name})).into_response())
+    }
+    .await;
+    finish(&s, "drop_table", r)
+}
+
+/// A reader that fails once more than `limit` bytes went through it.
+struct Limited<R> {
+    inner: R,
+    read: u64,
+    limit: u64,
+    exceeded: Arc<AtomicBool>,
+    total: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for Limited<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read += n as u64;
+        self.total.store(self.read, Ordering::Relaxed);
+        if self.read > self.limit {
+            self.exceeded.store(true, Ordering::Relaxed);
+            return Err(std::io::Error::other(format!(
+                "request body exceeds the limit of {} bytes",
+                self.limit
+            )));
+        }
+        Ok(n)
+    }
+}
+
+async fn ingest(State(s): State<AppState>, Path(name): Path<String>, headers: HeaderMap, body: Body) -> Response {
+    let r = async {
+        if s.store.table(&name).is_none() {
+            return Err(ApiError::NotFound(format!("table {name:?} does not exist")));
+        }
+        let ct = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| ApiError::UnsupportedMediaType(
+                "missing Content-Type; use application/x-ndjson, text/csv or application/vnd.apache.parquet".into(),
+            ))?;
+        let format = Format::from_content_type(ct)?;
+        let limit = s.limits.max_ingest_bytes;
+        if let Some(len) = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()) {
+            if len > limit {
+                return Err(ApiError::TooLarge(format!("request body of {len} bytes exceeds the limit of {limit} bytes")));
+            }
+        }
+        let stream = body.into_data_stream().map_err(std::io::Error::other);
+        let exceeded = Arc::new(AtomicBool::new(false));
+        let total = Arc::new(AtomicU64::new(0));
+        let reader = Limited {
+            inner: SyncIoBridge::new(StreamReader::new(stream)),
+            read: 0,
+            limit,
+            exceeded: exceeded.clone(),
+            total: total.clone(),
+        };
+        let started = Instant::now();
+        let result = s.store.ingest(&name, format, Box::new(reader)).await;
+        let rows = match result {
+            Ok(rows) => rows,
+            Err(_) if exceeded.load(Ordering::Relaxed) => {
+                s.metrics.ingest_requests.with_label_values(&[&name, "too_large"]).inc();
+                return Err(IngestError::TooLarge(limit).into());
+            }
+            Err(e) => {
+                s.metrics.ingest_requests.with_label_values(&[&name, "rejected"]).inc();
+                return Err(e.into());
+            }
+        };
+        s.metrics.ingest_requests.with_label_values(&[&name, "ok"]).inc();
+        s.metrics.ingested_rows.with_label_values(&[&name]).inc_by(rows);
+        tracing::info!(table = %name, rows, bytes = total.load(Ordering::Relaxed), ms = started.elapsed().as_millis() as u64, "ingested");
+        if let Some(t) = s.store.table(&name) {
+            let st = t.stats();
+            s.metrics.table_rows.with_label_values(&[&name]).set(st.rows as i64);
+            s.metrics.table_segments.with_label_values(&[&name]).set(st.segments as i64);
+            s.metrics.table_bytes.with_label_values(&[&name]).set(st.bytes as i64);
+        }
+        Ok(Json(json!({ "rows": rows })).into_response())
+    }
+    .await;
+    finish(&s, "ingest", r)
+}
+
+#[derive(Debug, Deserialize)]
+struct SqlRequest {
+    sql: String,
+    /// Pinot-style options, `key=value;key=value`; `timeoutMs` is honoured.
+    #[serde(default, rename = "queryOptions")]
+    query_options: Option<String>,
+}
+
+/// Applies `timeoutMs=N` from Pinot query options; unknown options are ignored as Pinot does.
+fn limits_for(base: &QueryLimits, options: Option<&str>) -> Result<QueryLimits, String> {
+    let mut l = base.clone();
+    for kv in options.unwrap_or("").split(';').map(str::trim).filter(|s| !s.is_empty()) {
+        let (k, v) = kv.split_once('=').ok_or_else(|| format!("query option {kv:?} is not key=value"))?;
+        if k.trim().eq_ignore_ascii_case("timeoutMs") {
+            let ms: u64 = v.trim().parse().map_err(|_| format!("query option timeoutMs={v:?} is not a number of milliseconds"))?;
+            l.timeout = Duration::from_millis(ms.max(1));
+        }
+    }
+    Ok(l)
+}
+
+async fn query_sql(State(s): State<AppState>, body: Bytes) -> Response {
+    let started = Instant::now();
+    let r = async {
+        let req: SqlRequest = parse_json(&body, "query request (expected {\"sql\": \"...\"})")?;
+        let limits = limits_for(&s.limits.query, req.query_options.as_deref()).map_err(ApiError::BadRequest)?;
+        let result = s.engine.execute(&req.sql, &limits).await;
+        let secs = started.elapsed().as_secs_f64();
+        let body = match result {
+            Ok(out) => {
+                s.metrics.queries.with_label_values(&["ok"]).inc();
+                s.metrics.query_seconds.with_label_values(&["ok"]).observe(secs);
+                response::success(&out)
+            }
+            Err(e) => {
+                let outcome = match e {
+                    QueryError::Timeout(_) => "timeout",
+                    QueryError::Sql(_) => "invalid",
+                    _ => "error",
+                };
+                s.metrics.queries.with_label_values(&[outcome]).inc();
+                s.metrics.query_seconds.with_label_values(&[outcome]).observe(secs);
+                tracing::info!(error = %e, sql = %req.sql, "query failed");
+                response::failure(&e, started.elapsed().as_millis() as u64)
+            }
+        };
+        Ok::<_, ApiError>(Json(body).into_response())
+    }
+    .await;
+    finish(&s, "query", r)
+}
+
+async fn health(State(s): State<AppState>) -> Response {
+    let r = Ok(Json(json!({"status": "ok", "tables": s.store.table_names().len()})).into_response());
+    finish(&s, "health", r)
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics.render(),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_options() {
+        let base = QueryLimits::default();
+        assert_eq!(limits_for(&base, Some("timeoutMs=50")).unwrap().timeout, Duration::from_millis(50));
+        assert_eq!(limits_for(&base, Some("useMultistageEngine=true; timeoutMs = 7")).unwrap().timeout, Duration::from_millis(7));
+        assert!(limits_for(&base, Some("timeoutMs=abc")).is_err());
+        assert_eq!(limits_for(&base, None).unwrap().timeout, base.timeout);
+    }
+}
