@@ -19,23 +19,7 @@ use rand_distr::{Distribution, LogNormal, Zipf};
 use crate::error::Result;
 
 /// The events table spec the generator matches (as accepted by `POST /tables`).
-pub const EVENTS_SPEC: &str = r#"{"name":"events",
- "time_column":"ts",
- "columns":[
-   {"name":"event_id","type":"STRING"},
-   {"name":"ts","type":"TIMESTAMP"},
-   {"name":"user_id","type":"STRING","index":["inverted"]},
-   {"name":"session_id","type":"STRING"},
-   {"name":"event_type","type":"STRING","index":["inverted"]},
-   {"name":"country","type":"STRING","index":["inverted"]},
-   {"name":"device","type":"STRING","index":["inverted"]},
-   {"name":"os","type":"STRING"},
-   {"name":"app_version","type":"STRING"},
-   {"name":"url","type":"STRING","index":["inverted"]},
-   {"name":"revenue","type":"DOUBLE"},
-   {"name":"latency_ms","type":"DOUBLE","index":["range"]},
-   {"name":"is_bot","type":"BOOLEAN"}],
- "segment":{"max_rows":1000000}}"#;
+pub const EVENTS_SPEC: &str = include_str!("gen_events_spec.json");
 
 pub const EVENT_TYPES: [&str; 30] = [
     "page_view", "click", "scroll", "search", "add_to_cart", "remove_from_cart", "purchase",

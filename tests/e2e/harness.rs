@@ -1,0 +1,86 @@
+//! Starts and stops `basalt standalone` on a free port with its own data directory.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub struct Server {
+    child: Child,
+    pub base: String,
+}
+
+impl Server {
+    /// Starts a server on `data_dir` with optional extra TOML config.
+    pub fn start(data_dir: &Path, config: Option<&str>) -> Server {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_basalt"));
+        cmd.arg("standalone")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--http-addr")
+            .arg("127.0.0.1:0")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some(c) = config {
+            let p = data_dir.with_extension("toml");
+            std::fs::write(&p, c).unwrap();
+            cmd.arg("--config").arg(&p);
+        }
+        let mut child = cmd.spawn().expect("start basalt");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if !sent {
+                    if let Some(addr) = line.split("listening on ").nth(1) {
+                        let _ = tx.send(addr.trim().to_string());
+                        sent = true;
+                        continue;
+                    }
+                }
+                eprintln!("[basalt] {line}");
+            }
+        });
+        let base = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("basalt did not report its address within 60 s");
+        Server { child, base }
+    }
+
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub async fn sql(client: &reqwest::Client, s: &Server, q: &str) -> serde_json::Value {
+    client
+        .post(s.url("/query/sql"))
+        .json(&serde_json::json!({ "sql": q }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// The single value of a one-row, one-column result.
+pub async fn scalar(client: &reqwest::Client, s: &Server, q: &str) -> serde_json::Value {
+    let v = sql(client, s, q).await;
+    assert_eq!(v["exceptions"], serde_json::json!([]), "{q}: {v}");
+    v["resultTable"]["rows"][0][0].clone()
+}
