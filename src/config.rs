@@ -83,10 +83,16 @@ impl Default for IngestSection {
 
 impl Config {
     pub fn load(path: &std::path::Path) -> Result<Config, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let cfg: Config = toml::from_str(&text).map_err(|e| format!("invalid config {}: {e}", path.display()))?;
-        if cfg.query.timeout_ms == 0 || cfg.query.max_rows == 0 || cfg.query.memory_limit_bytes == 0 {
-            return Err(format!("invalid config {}: query limits must be positive", path.display()));
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let cfg: Config =
+            toml::from_str(&text).map_err(|e| format!("invalid config {}: {e}", path.display()))?;
+        if cfg.query.timeout_ms == 0 || cfg.query.max_rows == 0 || cfg.query.memory_limit_bytes == 0
+        {
+            return Err(format!(
+                "invalid config {}: query limits must be positive",
+                path.display()
+            ));
         }
         Ok(cfg)
     }

@@ -97,13 +97,19 @@ struct StandaloneArgs {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 fn main() {
     let cli = Cli::parse();
     init_tracing();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -120,20 +126,42 @@ fn main() {
 async fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         Command::Standalone(a) => standalone(a).await,
-        Command::Ingest { server, table, files } => ingest_files(&server, &table, &files).await,
-        Command::GenEvents { rows, format, out, seed, step_ms, print_spec } => {
+        Command::Ingest {
+            server,
+            table,
+            files,
+        } => ingest_files(&server, &table, &files).await,
+        Command::GenEvents {
+            rows,
+            format,
+            out,
+            seed,
+            step_ms,
+            print_spec,
+        } => {
             if print_spec {
                 println!("{EVENTS_SPEC}");
                 return Ok(());
             }
             gen_events(rows, format, &out, seed, step_ms)
         }
-        Command::Quickstart { rows, http_addr, exit } => quickstart(rows, &http_addr, exit).await,
+        Command::Quickstart {
+            rows,
+            http_addr,
+            exit,
+        } => quickstart(rows, &http_addr, exit).await,
     }
 }
 
-fn gen_events(rows: u64, format: GenFormatArg, out: &Path, seed: u64, step_ms: f64) -> Result<(), String> {
-    let f = std::fs::File::create(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+fn gen_events(
+    rows: u64,
+    format: GenFormatArg,
+    out: &Path,
+    seed: u64,
+    step_ms: f64,
+) -> Result<(), String> {
+    let f =
+        std::fs::File::create(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
     let fmt = match format {
         GenFormatArg::Ndjson => GenFormat::NdJson,
         GenFormatArg::Parquet => GenFormat::Parquet,
@@ -156,7 +184,13 @@ async fn start_server(
     deep_store: Option<String>,
     http_addr: &str,
     cfg: &Config,
-) -> Result<(std::net::SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>), String> {
+) -> Result<
+    (
+        std::net::SocketAddr,
+        tokio::task::JoinHandle<std::io::Result<()>>,
+    ),
+    String,
+> {
     let store = TableStore::open(StoreConfig {
         data_dir: data_dir.clone(),
         deep_store,
@@ -209,12 +243,17 @@ async fn ingest_files(server: &str, table: &str, files: &[PathBuf]) -> Result<()
     let client = reqwest::Client::new();
     let base = server.trim_end_matches('/');
     for f in files {
-        let format = Format::from_path(f)
-            .ok_or_else(|| format!("{}: unknown extension; use .ndjson, .jsonl, .json, .csv or .parquet", f.display()))?;
+        let format = Format::from_path(f).ok_or_else(|| {
+            format!(
+                "{}: unknown extension; use .ndjson, .jsonl, .json, .csv or .parquet",
+                f.display()
+            )
+        })?;
         let file = tokio::fs::File::open(f)
             .await
             .map_err(|e| format!("cannot open {}: {e}", f.display()))?;
-        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(file, 1 << 20));
+        let body =
+            reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(file, 1 << 20));
         let resp = client
             .post(format!("{base}/tables/{table}/ingest"))
             .header("content-type", format.content_type())
@@ -242,10 +281,19 @@ async fn quickstart(rows: u64, http_addr: &str, exit: bool) -> Result<(), String
     let base = format!("http://{addr}");
     let client = reqwest::Client::new();
     let post = |path: &str, body: String, ct: &str| {
-        client.post(format!("{base}{path}")).header("content-type", ct).body(body).send()
+        client
+            .post(format!("{base}{path}"))
+            .header("content-type", ct)
+            .body(body)
+            .send()
     };
-    let r = post("/tables", EVENTS_SPEC.to_string(), "application/json").await.map_err(|e| e.to_string())?;
-    println!("created table events: {}", r.text().await.unwrap_or_default());
+    let r = post("/tables", EVENTS_SPEC.to_string(), "application/json")
+        .await
+        .map_err(|e| e.to_string())?;
+    println!(
+        "created table events: {}",
+        r.text().await.unwrap_or_default()
+    );
     let file = dir.path().join("events.parquet");
     gen_events(rows, GenFormatArg::Parquet, &file, 42, 1.0)?;
     ingest_files(&base, "events", &[file]).await?;
@@ -258,7 +306,9 @@ async fn quickstart(rows: u64, http_addr: &str, exit: bool) -> Result<(), String
     ];
     for sql in queries {
         let body = serde_json::json!({ "sql": sql }).to_string();
-        let r = post("/query/sql", body, "application/json").await.map_err(|e| e.to_string())?;
+        let r = post("/query/sql", body, "application/json")
+            .await
+            .map_err(|e| e.to_string())?;
         let v: serde_json::Value = r.json().await.map_err(|e| e.to_string())?;
         println!("\n{sql}");
         if let Some(ex) = v["exceptions"].as_array().filter(|e| !e.is_empty()) {
@@ -269,7 +319,10 @@ async fn quickstart(rows: u64, http_addr: &str, exit: bool) -> Result<(), String
         for row in v["resultTable"]["rows"].as_array().into_iter().flatten() {
             println!("  {row}");
         }
-        println!("  ({} ms, {} docs scanned)", v["timeUsedMs"], v["numDocsScanned"]);
+        println!(
+            "  ({} ms, {} docs scanned)",
+            v["timeUsedMs"], v["numDocsScanned"]
+        );
     }
     println!("\nBasalt is serving on {base}");
     println!("  curl -s {base}/query/sql -H 'content-type: application/json' -d '{{\"sql\":\"SELECT count(*) FROM events\"}}'");
@@ -277,5 +330,8 @@ async fn quickstart(rows: u64, http_addr: &str, exit: bool) -> Result<(), String
         return Ok(());
     }
     println!("Press Ctrl-C to stop.");
-    handle.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())
+    handle
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
 }

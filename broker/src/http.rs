@@ -94,7 +94,13 @@ async fn create_table(State(s): State<AppState>, body: Bytes) -> Response {
     let r = async {
         let spec = TableSpec::from_json(&body)?;
         let t = s.store.create_table(spec).await?;
-        Ok::<_, ApiError>((StatusCode::CREATED, Json(json!({"status": "created", "table": t.spec.name}))).into_response())
+        Ok::<_, ApiError>(
+            (
+                StatusCode::CREATED,
+                Json(json!({"status": "created", "table": t.spec.name})),
+            )
+                .into_response(),
+        )
     }
     .await;
     finish(&s, "create_table", r)
@@ -107,7 +113,9 @@ async fn list_tables(State(s): State<AppState>) -> Response {
 
 async fn get_table(State(s): State<AppState>, Path(name): Path<String>) -> Response {
     let r = match s.store.table(&name) {
-        Some(t) => Ok(Json(json!({"name": t.spec.name, "spec": t.spec, "stats": t.stats()})).into_response()),
+        Some(t) => Ok(
+            Json(json!({"name": t.spec.name, "spec": t.spec, "stats": t.stats()})).into_response(),
+        ),
         None => Err(ApiError::NotFound(format!("table {name:?} does not exist"))),
     };
     finish(&s, "get_table", r)
@@ -116,7 +124,11 @@ async fn get_table(State(s): State<AppState>, Path(name): Path<String>) -> Respo
 async fn drop_table(State(s): State<AppState>, Path(name): Path<String>) -> Response {
     let r = async {
         s.store.drop_table(&name).await?;
-        for g in [&s.metrics.table_rows, &s.metrics.table_segments, &s.metrics.table_bytes] {
+        for g in [
+            &s.metrics.table_rows,
+            &s.metrics.table_segments,
+            &s.metrics.table_bytes,
+        ] {
             let _ = g.remove_label_values(&[&name]);
         }
         Ok::<_, ApiError>(Json(json!({"status": "deleted", "table": name})).into_response())
@@ -150,7 +162,12 @@ impl<R: Read> Read for Limited<R> {
     }
 }
 
-async fn ingest(State(s): State<AppState>, Path(name): Path<String>, headers: HeaderMap, body: Body) -> Response {
+async fn ingest(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let r = async {
         if s.store.table(&name).is_none() {
             return Err(ApiError::NotFound(format!("table {name:?} does not exist")));
@@ -217,10 +234,19 @@ struct SqlRequest {
 /// Applies `timeoutMs=N` from Pinot query options; unknown options are ignored as Pinot does.
 fn limits_for(base: &QueryLimits, options: Option<&str>) -> Result<QueryLimits, String> {
     let mut l = base.clone();
-    for kv in options.unwrap_or("").split(';').map(str::trim).filter(|s| !s.is_empty()) {
-        let (k, v) = kv.split_once('=').ok_or_else(|| format!("query option {kv:?} is not key=value"))?;
+    for kv in options
+        .unwrap_or("")
+        .split(';')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| format!("query option {kv:?} is not key=value"))?;
         if k.trim().eq_ignore_ascii_case("timeoutMs") {
-            let ms: u64 = v.trim().parse().map_err(|_| format!("query option timeoutMs={v:?} is not a number of milliseconds"))?;
+            let ms: u64 = v.trim().parse().map_err(|_| {
+                format!("query option timeoutMs={v:?} is not a number of milliseconds")
+            })?;
             l.timeout = Duration::from_millis(ms.max(1));
         }
     }
@@ -231,13 +257,17 @@ async fn query_sql(State(s): State<AppState>, body: Bytes) -> Response {
     let started = Instant::now();
     let r = async {
         let req: SqlRequest = parse_json(&body, "query request (expected {\"sql\": \"...\"})")?;
-        let limits = limits_for(&s.limits.query, req.query_options.as_deref()).map_err(ApiError::BadRequest)?;
+        let limits = limits_for(&s.limits.query, req.query_options.as_deref())
+            .map_err(ApiError::BadRequest)?;
         let result = s.engine.execute(&req.sql, &limits).await;
         let secs = started.elapsed().as_secs_f64();
         let body = match result {
             Ok(out) => {
                 s.metrics.queries.with_label_values(&["ok"]).inc();
-                s.metrics.query_seconds.with_label_values(&["ok"]).observe(secs);
+                s.metrics
+                    .query_seconds
+                    .with_label_values(&["ok"])
+                    .observe(secs);
                 response::success(&out)
             }
             Err(e) => {
@@ -247,7 +277,10 @@ async fn query_sql(State(s): State<AppState>, body: Bytes) -> Response {
                     _ => "error",
                 };
                 s.metrics.queries.with_label_values(&[outcome]).inc();
-                s.metrics.query_seconds.with_label_values(&[outcome]).observe(secs);
+                s.metrics
+                    .query_seconds
+                    .with_label_values(&[outcome])
+                    .observe(secs);
                 tracing::info!(error = %e, sql = %req.sql, "query failed");
                 response::failure(&e, started.elapsed().as_millis() as u64)
             }
@@ -259,7 +292,8 @@ async fn query_sql(State(s): State<AppState>, body: Bytes) -> Response {
 }
 
 async fn health(State(s): State<AppState>) -> Response {
-    let r = Ok(Json(json!({"status": "ok", "tables": s.store.table_names().len()})).into_response());
+    let r =
+        Ok(Json(json!({"status": "ok", "tables": s.store.table_names().len()})).into_response());
     finish(&s, "health", r)
 }
 
@@ -278,8 +312,16 @@ mod tests {
     #[test]
     fn query_options() {
         let base = QueryLimits::default();
-        assert_eq!(limits_for(&base, Some("timeoutMs=50")).unwrap().timeout, Duration::from_millis(50));
-        assert_eq!(limits_for(&base, Some("useMultistageEngine=true; timeoutMs = 7")).unwrap().timeout, Duration::from_millis(7));
+        assert_eq!(
+            limits_for(&base, Some("timeoutMs=50")).unwrap().timeout,
+            Duration::from_millis(50)
+        );
+        assert_eq!(
+            limits_for(&base, Some("useMultistageEngine=true; timeoutMs = 7"))
+                .unwrap()
+                .timeout,
+            Duration::from_millis(7)
+        );
         assert!(limits_for(&base, Some("timeoutMs=abc")).is_err());
         assert_eq!(limits_for(&base, None).unwrap().timeout, base.timeout);
     }

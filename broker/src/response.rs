@@ -3,7 +3,10 @@
 //! Out: `{"resultTable":{"dataSchema":{...},"rows":[...]},"exceptions":[],...}`.
 
 use arrow::array::{Array, ArrayRef, AsArray};
-use arrow::datatypes::{DataType, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Int8Type, TimeUnit, UInt16Type, UInt32Type, UInt64Type, UInt8Type};
+use arrow::datatypes::{
+    DataType, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Int8Type, TimeUnit,
+    UInt16Type, UInt32Type, UInt64Type, UInt8Type,
+};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use basalt_query::{QueryError, QueryOutput};
 use serde_json::{json, Value};
@@ -11,7 +14,9 @@ use serde_json::{json, Value};
 /// Pinot's name for an Arrow type.
 pub fn pinot_type(t: &DataType) -> &'static str {
     match t {
-        DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::UInt8 | DataType::UInt16 => "INT",
+        DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::UInt8 | DataType::UInt16 => {
+            "INT"
+        }
         DataType::Int64 | DataType::UInt32 | DataType::UInt64 => "LONG",
         DataType::Float32 => "FLOAT",
         DataType::Float64 => "DOUBLE",
@@ -42,7 +47,11 @@ fn timestamp_ms(ms: i64) -> Value {
     match chrono::DateTime::from_timestamp_millis(ms) {
         Some(t) => {
             let frac = ms.rem_euclid(1000);
-            let frac = if frac == 0 { "0".to_string() } else { format!("{frac:03}").trim_end_matches('0').to_string() };
+            let frac = if frac == 0 {
+                "0".to_string()
+            } else {
+                format!("{frac:03}").trim_end_matches('0').to_string()
+            };
             json!(format!("{}.{frac}", t.format("%Y-%m-%d %H:%M:%S")))
         }
         None => json!(ms),
@@ -59,7 +68,15 @@ fn column_values(a: &ArrayRef) -> Vec<Value> {
     macro_rules! prim {
         ($t:ty, $f:expr) => {{
             let p = a.as_primitive::<$t>();
-            (0..n).map(|i| if p.is_null(i) { Value::Null } else { $f(p.value(i)) }).collect()
+            (0..n)
+                .map(|i| {
+                    if p.is_null(i) {
+                        Value::Null
+                    } else {
+                        $f(p.value(i))
+                    }
+                })
+                .collect()
         }};
     }
     match a.data_type() {
@@ -75,11 +92,27 @@ fn column_values(a: &ArrayRef) -> Vec<Value> {
         DataType::Float64 => prim!(Float64Type, float),
         DataType::Boolean => {
             let b = a.as_boolean();
-            (0..n).map(|i| if b.is_null(i) { Value::Null } else { json!(b.value(i)) }).collect()
+            (0..n)
+                .map(|i| {
+                    if b.is_null(i) {
+                        Value::Null
+                    } else {
+                        json!(b.value(i))
+                    }
+                })
+                .collect()
         }
         DataType::Utf8 => {
             let s = a.as_string::<i32>();
-            (0..n).map(|i| if s.is_null(i) { Value::Null } else { json!(s.value(i)) }).collect()
+            (0..n)
+                .map(|i| {
+                    if s.is_null(i) {
+                        Value::Null
+                    } else {
+                        json!(s.value(i))
+                    }
+                })
+                .collect()
         }
         DataType::Timestamp(_, _) => {
             let ms = arrow::compute::cast(&a, &DataType::Timestamp(TimeUnit::Millisecond, None))
@@ -88,7 +121,15 @@ fn column_values(a: &ArrayRef) -> Vec<Value> {
             match ms {
                 Some(ms) => {
                     let p = ms.as_primitive::<Int64Type>();
-                    (0..n).map(|i| if p.is_null(i) { Value::Null } else { timestamp_ms(p.value(i)) }).collect()
+                    (0..n)
+                        .map(|i| {
+                            if p.is_null(i) {
+                                Value::Null
+                            } else {
+                                timestamp_ms(p.value(i))
+                            }
+                        })
+                        .collect()
                 }
                 None => formatted(&a),
             }
@@ -101,15 +142,31 @@ fn formatted(a: &ArrayRef) -> Vec<Value> {
     let opts = FormatOptions::default();
     match ArrayFormatter::try_new(a.as_ref(), &opts) {
         Ok(f) => (0..a.len())
-            .map(|i| if a.is_null(i) { Value::Null } else { json!(f.value(i).to_string()) })
+            .map(|i| {
+                if a.is_null(i) {
+                    Value::Null
+                } else {
+                    json!(f.value(i).to_string())
+                }
+            })
             .collect(),
         Err(_) => vec![Value::Null; a.len()],
     }
 }
 
 pub fn success(out: &QueryOutput) -> Value {
-    let names: Vec<&str> = out.schema.fields().iter().map(|f| f.name().as_str()).collect();
-    let types: Vec<&str> = out.schema.fields().iter().map(|f| pinot_type(f.data_type())).collect();
+    let names: Vec<&str> = out
+        .schema
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .collect();
+    let types: Vec<&str> = out
+        .schema
+        .fields()
+        .iter()
+        .map(|f| pinot_type(f.data_type()))
+        .collect();
     let mut rows: Vec<Value> = Vec::with_capacity(out.num_rows());
     for b in &out.batches {
         let cols: Vec<Vec<Value>> = b.columns().iter().map(column_values).collect();

@@ -31,11 +31,21 @@ pub enum Format {
 impl Format {
     /// From a Content-Type header value.
     pub fn from_content_type(ct: &str) -> Result<Format> {
-        let base = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let base = ct
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         match base.as_str() {
-            "application/x-ndjson" | "application/ndjson" | "application/jsonl" | "application/json-seq" => Ok(Format::NdJson),
+            "application/x-ndjson"
+            | "application/ndjson"
+            | "application/jsonl"
+            | "application/json-seq" => Ok(Format::NdJson),
             "text/csv" => Ok(Format::Csv),
-            "application/vnd.apache.parquet" | "application/x-parquet" | "application/parquet" => Ok(Format::Parquet),
+            "application/vnd.apache.parquet" | "application/x-parquet" | "application/parquet" => {
+                Ok(Format::Parquet)
+            }
             _ => Err(IngestError::UnsupportedFormat(ct.to_string())),
         }
     }
@@ -98,13 +108,17 @@ enum Cell {
 impl ColBuilder {
     fn new(ty: ColumnType, cap: usize) -> Self {
         match ty {
-            ColumnType::String | ColumnType::Json => ColBuilder::Str(StringBuilder::with_capacity(cap, cap * 16)),
+            ColumnType::String | ColumnType::Json => {
+                ColBuilder::Str(StringBuilder::with_capacity(cap, cap * 16))
+            }
             ColumnType::Int => ColBuilder::I32(Int32Builder::with_capacity(cap)),
             ColumnType::Long => ColBuilder::I64(Int64Builder::with_capacity(cap)),
             ColumnType::Float => ColBuilder::F32(Float32Builder::with_capacity(cap)),
             ColumnType::Double => ColBuilder::F64(Float64Builder::with_capacity(cap)),
             ColumnType::Boolean => ColBuilder::Bool(BooleanBuilder::with_capacity(cap)),
-            ColumnType::Timestamp => ColBuilder::Ts(TimestampMillisecondBuilder::with_capacity(cap)),
+            ColumnType::Timestamp => {
+                ColBuilder::Ts(TimestampMillisecondBuilder::with_capacity(cap))
+            }
         }
     }
 
@@ -197,7 +211,11 @@ impl RowWriter {
     }
 
     /// Validates and appends one JSON object; nothing is appended if any field is bad.
-    pub fn push_json(&mut self, obj: &serde_json::Map<String, Json>, location: &dyn Fn() -> String) -> Result<()> {
+    pub fn push_json(
+        &mut self,
+        obj: &serde_json::Map<String, Json>,
+        location: &dyn Fn() -> String,
+    ) -> Result<()> {
         let mut cells = Vec::with_capacity(self.schema.columns.len());
         for c in &self.schema.columns {
             let cell = match obj.get(&c.name) {
@@ -214,12 +232,20 @@ impl RowWriter {
     }
 
     /// Validates and appends one CSV record; `index[i]` is the record field of column i.
-    pub fn push_text(&mut self, fields: &[Option<&str>], location: &dyn Fn() -> String) -> Result<()> {
+    pub fn push_text(
+        &mut self,
+        fields: &[Option<&str>],
+        location: &dyn Fn() -> String,
+    ) -> Result<()> {
         let mut cells = Vec::with_capacity(fields.len());
         for (c, f) in self.schema.columns.iter().zip(fields) {
             let cell = match f {
                 None => Cell::Null,
-                Some(s) if s.is_empty() && !matches!(c.ty, ColumnType::String | ColumnType::Json) => Cell::Null,
+                Some(s)
+                    if s.is_empty() && !matches!(c.ty, ColumnType::String | ColumnType::Json) =>
+                {
+                    Cell::Null
+                }
                 Some(s) => text_cell(c.ty, s).map_err(|m| IngestError::BadRow {
                     location: location(),
                     column: c.name.clone(),
@@ -255,7 +281,10 @@ fn json_cell(ty: ColumnType, v: &Json) -> std::result::Result<Cell, String> {
     let describe = |v: &Json| {
         let s = v.to_string();
         if s.len() > 60 {
-            format!("{}…", &s[..s.char_indices().nth(60).map_or(s.len(), |(i, _)| i)])
+            format!(
+                "{}…",
+                &s[..s.char_indices().nth(60).map_or(s.len(), |(i, _)| i)]
+            )
         } else {
             s
         }
@@ -292,7 +321,10 @@ fn json_cell(ty: ColumnType, v: &Json) -> std::result::Result<Cell, String> {
 fn text_cell(ty: ColumnType, s: &str) -> std::result::Result<Cell, String> {
     let short = || {
         if s.len() > 60 {
-            format!("{:?}…", &s[..s.char_indices().nth(60).map_or(s.len(), |(i, _)| i)])
+            format!(
+                "{:?}…",
+                &s[..s.char_indices().nth(60).map_or(s.len(), |(i, _)| i)]
+            )
         } else {
             format!("{s:?}")
         }
@@ -319,9 +351,12 @@ fn text_cell(ty: ColumnType, s: &str) -> std::result::Result<Cell, String> {
             "false" | "0" => Ok(Cell::Bool(false)),
             _ => Err(format!("expected BOOLEAN (true/false), got {}", short())),
         },
-        ColumnType::Timestamp => parse_timestamp(s.trim())
-            .map(Cell::I64)
-            .ok_or_else(|| format!("expected TIMESTAMP (epoch milliseconds or RFC 3339), got {}", short())),
+        ColumnType::Timestamp => parse_timestamp(s.trim()).map(Cell::I64).ok_or_else(|| {
+            format!(
+                "expected TIMESTAMP (epoch milliseconds or RFC 3339), got {}",
+                short()
+            )
+        }),
     }
 }
 
@@ -434,7 +469,10 @@ pub fn decode_csv(
             }
         }
         let line = record.position().map(|p| p.line()).unwrap_or(line);
-        let fields: Vec<Option<&str>> = index.iter().map(|i| i.and_then(|i| record.get(i))).collect();
+        let fields: Vec<Option<&str>> = index
+            .iter()
+            .map(|i| i.and_then(|i| record.get(i)))
+            .collect();
         w.push_text(&fields, &|| format!("line {line}"))?;
         rows += 1;
         if w.is_full() {
@@ -468,10 +506,12 @@ pub fn decode_parquet(
         for (c, f) in schema.columns.iter().zip(target.fields()) {
             let col = match batch.column_by_name(&c.name) {
                 None => arrow::array::new_null_array(f.data_type(), batch.num_rows()),
-                Some(a) => convert_column(a, f.data_type(), c.ty).map_err(|(row, m)| IngestError::BadRow {
-                    location: format!("row {}", rows + row + 1),
-                    column: c.name.clone(),
-                    message: m,
+                Some(a) => convert_column(a, f.data_type(), c.ty).map_err(|(row, m)| {
+                    IngestError::BadRow {
+                        location: format!("row {}", rows + row + 1),
+                        column: c.name.clone(),
+                        message: m,
+                    }
                 })?,
             };
             if !c.nullable && col.null_count() > 0 {
@@ -491,23 +531,57 @@ pub fn decode_parquet(
 }
 
 /// Casts a column to `to`; on failure returns the first failing row (0-based) and a message.
-fn convert_column(a: &ArrayRef, to: &DataType, ty: ColumnType) -> std::result::Result<ArrayRef, (usize, String)> {
+fn convert_column(
+    a: &ArrayRef,
+    to: &DataType,
+    ty: ColumnType,
+) -> std::result::Result<ArrayRef, (usize, String)> {
     use arrow::compute::{cast_with_options, CastOptions};
     let from = a.data_type();
     let compatible = match ty {
         ColumnType::String | ColumnType::Json => true,
-        ColumnType::Boolean => matches!(from, DataType::Boolean | DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View),
-        ColumnType::Timestamp => from.is_integer() || matches!(from, DataType::Timestamp(_, _) | DataType::Date32 | DataType::Date64 | DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View),
-        _ => from.is_numeric() || matches!(from, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View),
+        ColumnType::Boolean => matches!(
+            from,
+            DataType::Boolean | DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+        ),
+        ColumnType::Timestamp => {
+            from.is_integer()
+                || matches!(
+                    from,
+                    DataType::Timestamp(_, _)
+                        | DataType::Date32
+                        | DataType::Date64
+                        | DataType::Utf8
+                        | DataType::LargeUtf8
+                        | DataType::Utf8View
+                )
+        }
+        _ => {
+            from.is_numeric()
+                || matches!(
+                    from,
+                    DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+                )
+        }
     };
     if !compatible {
-        return Err((0, format!("Parquet type {from} cannot hold {} values", ty.name())));
+        return Err((
+            0,
+            format!("Parquet type {from} cannot hold {} values", ty.name()),
+        ));
     }
-    let strict = CastOptions { safe: false, ..Default::default() };
+    let strict = CastOptions {
+        safe: false,
+        ..Default::default()
+    };
     let src = if matches!(from, DataType::Timestamp(_, Some(_))) {
         // Drop the zone: instants are kept as UTC epoch milliseconds.
-        cast_with_options(a, &DataType::Timestamp(TimeUnit::Millisecond, None), &strict)
-            .map_err(|e| (0, e.to_string()))?
+        cast_with_options(
+            a,
+            &DataType::Timestamp(TimeUnit::Millisecond, None),
+            &strict,
+        )
+        .map_err(|e| (0, e.to_string()))?
     } else {
         a.clone()
     };
@@ -515,8 +589,11 @@ fn convert_column(a: &ArrayRef, to: &DataType, ty: ColumnType) -> std::result::R
         Ok(c) => Ok(c),
         Err(e) => {
             // Find the first row that fails, for the error message.
-            let safe = cast_with_options(&src, to, &CastOptions::default()).map_err(|_| (0, e.to_string()))?;
-            let row = (0..src.len()).find(|&i| !src.is_null(i) && safe.is_null(i)).unwrap_or(0);
+            let safe = cast_with_options(&src, to, &CastOptions::default())
+                .map_err(|_| (0, e.to_string()))?;
+            let row = (0..src.len())
+                .find(|&i| !src.is_null(i) && safe.is_null(i))
+                .unwrap_or(0);
             Err((row, format!("cannot convert to {}: {e}", ty.name())))
         }
     }
@@ -561,19 +638,35 @@ mod tests {
         assert_eq!(b.iter().map(|b| b.num_rows()).sum::<usize>(), 3);
         let first = &b[0];
         assert_eq!(first.column(1).null_count(), 1);
-        let ts = first.column(0).as_any().downcast_ref::<arrow::array::TimestampMillisecondArray>().unwrap();
+        let ts = first
+            .column(0)
+            .as_any()
+            .downcast_ref::<arrow::array::TimestampMillisecondArray>()
+            .unwrap();
         assert_eq!(ts.value(1), 1_700_000_000_000);
     }
 
     #[test]
     fn ndjson_errors_name_line_and_column() {
-        let e = ndjson("{\"ts\":1}\n{\"ts\":1,\"n\":\"x\"}\n").unwrap_err().to_string();
-        assert!(e.contains("line 2") && e.contains("\"n\"") && e.contains("INT"), "{e}");
-        let e = ndjson("{\"ts\":1}\n{\"s\":\"a\"}\n").unwrap_err().to_string();
-        assert!(e.contains("line 2") && e.contains("\"ts\"") && e.contains("required"), "{e}");
+        let e = ndjson("{\"ts\":1}\n{\"ts\":1,\"n\":\"x\"}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("line 2") && e.contains("\"n\"") && e.contains("INT"),
+            "{e}"
+        );
+        let e = ndjson("{\"ts\":1}\n{\"s\":\"a\"}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("line 2") && e.contains("\"ts\"") && e.contains("required"),
+            "{e}"
+        );
         let e = ndjson("{\"ts\":1}\nnot json\n").unwrap_err().to_string();
         assert!(e.contains("line 2") && e.contains("invalid JSON"), "{e}");
-        let e = ndjson("{\"ts\":1,\"n\":4294967296}\n").unwrap_err().to_string();
+        let e = ndjson("{\"ts\":1,\"n\":4294967296}\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("line 1") && e.contains("32-bit"), "{e}");
         let e = ndjson("{\"ts\":\"yesterday\"}\n").unwrap_err().to_string();
         assert!(e.contains("TIMESTAMP"), "{e}");
@@ -582,15 +675,22 @@ mod tests {
     #[test]
     fn csv_rows_and_errors() {
         let mut n = 0;
-        let rows = decode_csv("s,ts,n\nhello,1700000000000,5\n,2023-11-14T22:13:20Z,\n".as_bytes(), &schema(), 10, &mut |b| {
-            n += b.num_rows();
-            Ok(())
-        })
+        let rows = decode_csv(
+            "s,ts,n\nhello,1700000000000,5\n,2023-11-14T22:13:20Z,\n".as_bytes(),
+            &schema(),
+            10,
+            &mut |b| {
+                n += b.num_rows();
+                Ok(())
+            },
+        )
         .unwrap();
         assert_eq!((rows, n), (2, 2));
-        let e = decode_csv("ts,n\n1,2\n3,abc\n".as_bytes(), &schema(), 10, &mut |_| Ok(()))
-            .unwrap_err()
-            .to_string();
+        let e = decode_csv("ts,n\n1,2\n3,abc\n".as_bytes(), &schema(), 10, &mut |_| {
+            Ok(())
+        })
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("line 3") && e.contains("\"n\""), "{e}");
     }
 }

@@ -9,7 +9,9 @@
 use std::io::Write;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, BooleanBuilder, Float64Builder, StringBuilder, TimestampMillisecondBuilder};
+use arrow::array::{
+    ArrayRef, BooleanBuilder, Float64Builder, StringBuilder, TimestampMillisecondBuilder,
+};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use rand::rngs::StdRng;
@@ -22,16 +24,41 @@ use crate::error::Result;
 pub const EVENTS_SPEC: &str = include_str!("gen_events_spec.json");
 
 pub const EVENT_TYPES: [&str; 30] = [
-    "page_view", "click", "scroll", "search", "add_to_cart", "remove_from_cart", "purchase",
-    "login", "logout", "signup", "share", "like", "comment", "video_play", "video_pause",
-    "video_complete", "download", "upload", "form_submit", "error", "notification_open",
-    "notification_dismiss", "checkout_start", "checkout_step", "coupon_apply", "wishlist_add",
-    "rating", "review", "settings_change", "app_open",
+    "page_view",
+    "click",
+    "scroll",
+    "search",
+    "add_to_cart",
+    "remove_from_cart",
+    "purchase",
+    "login",
+    "logout",
+    "signup",
+    "share",
+    "like",
+    "comment",
+    "video_play",
+    "video_pause",
+    "video_complete",
+    "download",
+    "upload",
+    "form_submit",
+    "error",
+    "notification_open",
+    "notification_dismiss",
+    "checkout_start",
+    "checkout_step",
+    "coupon_apply",
+    "wishlist_add",
+    "rating",
+    "review",
+    "settings_change",
+    "app_open",
 ];
 /// Relative weights: page views and clicks dominate, purchases are rare.
 const EVENT_WEIGHTS: [u32; 30] = [
-    300, 200, 120, 60, 40, 10, 15, 30, 10, 5, 8, 25, 6, 20, 10, 8, 4, 2, 6, 5, 12, 8, 10, 8, 3,
-    6, 4, 2, 3, 40,
+    300, 200, 120, 60, 40, 10, 15, 30, 10, 5, 8, 25, 6, 20, 10, 8, 4, 2, 6, 5, 12, 8, 10, 8, 3, 6,
+    4, 2, 3, 40,
 ];
 pub const DEVICES: [&str; 5] = ["mobile", "desktop", "tablet", "tv", "watch"];
 const DEVICE_WEIGHTS: [u32; 5] = [55, 35, 7, 2, 1];
@@ -43,7 +70,11 @@ pub const COUNTRIES: u64 = 200;
 pub fn events_arrow_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("event_id", DataType::Utf8, false),
-        Field::new("ts", DataType::Timestamp(TimeUnit::Millisecond, None), false),
+        Field::new(
+            "ts",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            false,
+        ),
         Field::new("user_id", DataType::Utf8, false),
         Field::new("session_id", DataType::Utf8, false),
         Field::new("event_type", DataType::Utf8, false),
@@ -129,7 +160,11 @@ impl EventGenerator {
             let id: u128 = r.random();
             event_id.append_value(format!("{id:032x}"));
             self.next_ts += step_ms * r.random_range(0.0..2.0);
-            let jitter = if r.random_bool(0.05) { r.random_range(0.0..5000.0) } else { 0.0 };
+            let jitter = if r.random_bool(0.05) {
+                r.random_range(0.0..5000.0)
+            } else {
+                0.0
+            };
             ts.append_value((self.next_ts - jitter) as i64);
             let u = self.users.sample(r) as u64;
             user.append_value(format!("u{u}"));
@@ -211,7 +246,8 @@ pub fn write_events(
             let props = parquet::file::properties::WriterProperties::builder()
                 .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
                 .build();
-            let mut w = parquet::arrow::ArrowWriter::try_new(out, events_arrow_schema(), Some(props))?;
+            let mut w =
+                parquet::arrow::ArrowWriter::try_new(out, events_arrow_schema(), Some(props))?;
             while left > 0 {
                 let n = left.min(65536) as usize;
                 w.write(&g.batch(n, step_ms))?;
@@ -232,7 +268,11 @@ mod tests {
         let a = EventGenerator::new(7, 0).batch(5000, 1.0);
         let b = EventGenerator::new(7, 0).batch(5000, 1.0);
         assert_eq!(a, b);
-        let types = a.column(4).as_any().downcast_ref::<arrow::array::StringArray>().unwrap();
+        let types = a
+            .column(4)
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .unwrap();
         let rev = a.column(10);
         for i in 0..a.num_rows() {
             assert_eq!(types.value(i) == "purchase", !rev.is_null(i));

@@ -93,7 +93,10 @@ impl TableSpec {
                 )));
             }
             if !seen.insert(c.name.as_str()) {
-                return Err(spec_err(format!("columns[{i}].name: duplicate column {:?}", c.name)));
+                return Err(spec_err(format!(
+                    "columns[{i}].name: duplicate column {:?}",
+                    c.name
+                )));
             }
             let ty = ColumnType::parse(&c.ty).ok_or_else(|| {
                 spec_err(format!(
@@ -126,7 +129,9 @@ impl TableSpec {
             }
         }
         if sorted > 1 {
-            return Err(spec_err("columns: at most one column can have a sorted index"));
+            return Err(spec_err(
+                "columns: at most one column can have a sorted index",
+            ));
         }
         let time = self
             .columns
@@ -153,7 +158,9 @@ impl TableSpec {
             )));
         }
         if self.segment.max_rows == 0 || self.segment.max_rows > u32::MAX as usize {
-            return Err(spec_err("segment.max_rows: must be between 1 and 4294967295"));
+            return Err(spec_err(
+                "segment.max_rows: must be between 1 and 4294967295",
+            ));
         }
         Ok(())
     }
@@ -177,7 +184,9 @@ impl TableSpec {
 }
 
 fn parse_index(s: &str) -> Option<IndexKind> {
-    IndexKind::ALL.into_iter().find(|k| k.name().eq_ignore_ascii_case(s))
+    IndexKind::ALL
+        .into_iter()
+        .find(|k| k.name().eq_ignore_ascii_case(s))
 }
 
 #[cfg(test)]
@@ -206,11 +215,16 @@ mod tests {
     fn accepts_the_events_spec() {
         let s = TableSpec::from_json(EVENTS.as_bytes()).unwrap();
         assert_eq!(s.columns.len(), 13);
-        assert_eq!(s.segment_schema().columns[2].indexes, vec![IndexKind::Inverted]);
+        assert_eq!(
+            s.segment_schema().columns[2].indexes,
+            vec![IndexKind::Inverted]
+        );
     }
 
     fn err(json: &str) -> String {
-        TableSpec::from_json(json.as_bytes()).unwrap_err().to_string()
+        TableSpec::from_json(json.as_bytes())
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]

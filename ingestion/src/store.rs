@@ -113,7 +113,9 @@ pub struct TableStore {
 
 impl std::fmt::Debug for TableStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TableStore").field("store", &self.store.to_string()).finish()
+        f.debug_struct("TableStore")
+            .field("store", &self.store.to_string())
+            .finish()
     }
 }
 
@@ -126,33 +128,50 @@ fn segments_prefix(table: &str) -> ObjPath {
 }
 
 /// Opens the deep store named by `url` (None: a local directory under `data_dir`).
-pub fn open_deep_store(data_dir: &Path, url: Option<&str>) -> Result<(Arc<dyn ObjectStore>, Option<PathBuf>)> {
+pub fn open_deep_store(
+    data_dir: &Path,
+    url: Option<&str>,
+) -> Result<(Arc<dyn ObjectStore>, Option<PathBuf>)> {
     match url {
         None => {
             let root = data_dir.join("deepstore");
             std::fs::create_dir_all(&root)?;
-            Ok((Arc::new(LocalFileSystem::new_with_prefix(&root)?), Some(root)))
+            Ok((
+                Arc::new(LocalFileSystem::new_with_prefix(&root)?),
+                Some(root),
+            ))
         }
         Some(u) if u.starts_with("file://") => {
             let root = PathBuf::from(&u["file://".len()..]);
             std::fs::create_dir_all(&root)?;
-            Ok((Arc::new(LocalFileSystem::new_with_prefix(&root)?), Some(root)))
+            Ok((
+                Arc::new(LocalFileSystem::new_with_prefix(&root)?),
+                Some(root),
+            ))
         }
         Some(u) if u.starts_with("s3://") => {
-            let parsed = url::Url::parse(u).map_err(|e| IngestError::DeepStore(u.into(), e.to_string()))?;
-            let bucket = parsed.host_str().ok_or_else(|| IngestError::DeepStore(u.into(), "no bucket".into()))?;
+            let parsed =
+                url::Url::parse(u).map_err(|e| IngestError::DeepStore(u.into(), e.to_string()))?;
+            let bucket = parsed
+                .host_str()
+                .ok_or_else(|| IngestError::DeepStore(u.into(), "no bucket".into()))?;
             let mut b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
-            let endpoint = std::env::var("AWS_ENDPOINT").or_else(|_| std::env::var("AWS_ENDPOINT_URL")).ok();
+            let endpoint = std::env::var("AWS_ENDPOINT")
+                .or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
+                .ok();
             if let Some(ep) = endpoint {
                 if ep.starts_with("http://") {
                     b = b.with_allow_http(true);
                 }
                 b = b.with_endpoint(ep).with_virtual_hosted_style_request(false);
             }
-            if std::env::var("AWS_REGION").is_err() && std::env::var("AWS_DEFAULT_REGION").is_err() {
+            if std::env::var("AWS_REGION").is_err() && std::env::var("AWS_DEFAULT_REGION").is_err()
+            {
                 b = b.with_region("us-east-1");
             }
-            let s3 = b.build().map_err(|e| IngestError::DeepStore(u.into(), e.to_string()))?;
+            let s3 = b
+                .build()
+                .map_err(|e| IngestError::DeepStore(u.into(), e.to_string()))?;
             let prefix = parsed.path().trim_matches('/').to_string();
             let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
                 Arc::new(s3)
@@ -161,7 +180,10 @@ pub fn open_deep_store(data_dir: &Path, url: Option<&str>) -> Result<(Arc<dyn Ob
             };
             Ok((store, None))
         }
-        Some(u) => Err(IngestError::DeepStore(u.into(), "expected file:// or s3://".into())),
+        Some(u) => Err(IngestError::DeepStore(
+            u.into(),
+            "expected file:// or s3://".into(),
+        )),
     }
 }
 
@@ -204,7 +226,10 @@ impl TableStore {
             let mut loaded = Vec::with_capacity(manifest.segments.len());
             for s in &manifest.segments {
                 let reader = ts.open_segment(&manifest.spec.name, s).await?;
-                loaded.push(Arc::new(LoadedSegment { meta: s.clone(), reader }));
+                loaded.push(Arc::new(LoadedSegment {
+                    meta: s.clone(),
+                    reader,
+                }));
             }
             ts.cleanup_unpublished(&manifest).await?;
             info!(table = %manifest.spec.name, segments = loaded.len(), "loaded table");
@@ -245,7 +270,12 @@ impl TableStore {
                 let cached = self.cache_dir.join(table).join(format!("{}.seg", s.id));
                 if !cached.exists() {
                     std::fs::create_dir_all(cached.parent().expect("has parent"))?;
-                    let bytes = self.store.get(&ObjPath::from(s.path.as_str())).await?.bytes().await?;
+                    let bytes = self
+                        .store
+                        .get(&ObjPath::from(s.path.as_str()))
+                        .await?
+                        .bytes()
+                        .await?;
                     let tmp = cached.with_extension("seg.tmp");
                     std::fs::write(&tmp, &bytes)?;
                     std::fs::rename(&tmp, &cached)?;
@@ -272,7 +302,8 @@ impl TableStore {
     }
 
     async fn write_manifest(&self, m: &TableManifest) -> Result<()> {
-        let json = serde_json::to_vec_pretty(m).map_err(|e| IngestError::Metastore(e.to_string()))?;
+        let json =
+            serde_json::to_vec_pretty(m).map_err(|e| IngestError::Metastore(e.to_string()))?;
         self.store
             .put(&manifest_path(&m.spec.name), PutPayload::from(json))
             .await?;
@@ -297,18 +328,26 @@ impl TableStore {
             segments: RwLock::new(Arc::new(Vec::new())),
             publish: tokio::sync::Mutex::new(()),
         });
-        self.tables.write().insert(table.spec.name.clone(), table.clone());
+        self.tables
+            .write()
+            .insert(table.spec.name.clone(), table.clone());
         info!(table = %table.spec.name, "created table");
         Ok(table)
     }
 
     pub async fn drop_table(&self, name: &str) -> Result<()> {
         let _g = self.admin.lock().await;
-        let table = self.table(name).ok_or_else(|| IngestError::NoSuchTable(name.into()))?;
+        let table = self
+            .table(name)
+            .ok_or_else(|| IngestError::NoSuchTable(name.into()))?;
         let _p = table.publish.lock().await;
         self.store.delete(&manifest_path(name)).await?;
         self.tables.write().remove(name);
-        let objects: Vec<_> = self.store.list(Some(&segments_prefix(name))).try_collect().await?;
+        let objects: Vec<_> = self
+            .store
+            .list(Some(&segments_prefix(name)))
+            .try_collect()
+            .await?;
         for o in objects {
             self.store.delete(&o.location).await?;
         }
@@ -336,13 +375,16 @@ impl TableStore {
         format: Format,
         body: Box<dyn Read + Send>,
     ) -> Result<u64> {
-        let t = self.table(table).ok_or_else(|| IngestError::NoSuchTable(table.into()))?;
+        let t = self
+            .table(table)
+            .ok_or_else(|| IngestError::NoSuchTable(table.into()))?;
         let me = self.clone();
         let t2 = t.clone();
         let handle = tokio::runtime::Handle::current();
-        let staged = tokio::task::spawn_blocking(move || me.decode_and_stage(&t2, format, body, &handle))
-            .await
-            .map_err(|e| IngestError::Io(std::io::Error::other(e.to_string())))?;
+        let staged =
+            tokio::task::spawn_blocking(move || me.decode_and_stage(&t2, format, body, &handle))
+                .await
+                .map_err(|e| IngestError::Io(std::io::Error::other(e.to_string())))?;
         let staged = match staged {
             Ok(s) => s,
             Err((e, staged)) => {
@@ -360,7 +402,11 @@ impl TableStore {
 
     async fn delete_staged(&self, staged: &[Arc<LoadedSegment>]) {
         for s in staged {
-            if let Err(e) = self.store.delete(&ObjPath::from(s.meta.path.as_str())).await {
+            if let Err(e) = self
+                .store
+                .delete(&ObjPath::from(s.meta.path.as_str()))
+                .await
+            {
                 warn!(path = %s.meta.path, error = %e, "could not delete a staged segment; it is removed at next start");
             }
         }
@@ -372,7 +418,10 @@ impl TableStore {
             return Ok(());
         }
         let _g = t.publish.lock().await;
-        if self.table(&t.spec.name).is_none_or(|cur| !std::ptr::eq(cur.as_ref(), t)) {
+        if self
+            .table(&t.spec.name)
+            .is_none_or(|cur| !std::ptr::eq(cur.as_ref(), t))
+        {
             return Err(IngestError::NoSuchTable(t.spec.name.clone()));
         }
         let current = t.segments();
@@ -452,7 +501,12 @@ impl TableStore {
     }
 
     /// Builds one segment and uploads it (unpublished).
-    fn stage(&self, t: &Table, batches: &[RecordBatch], handle: &tokio::runtime::Handle) -> Result<Arc<LoadedSegment>> {
+    fn stage(
+        &self,
+        t: &Table,
+        batches: &[RecordBatch],
+        handle: &tokio::runtime::Handle,
+    ) -> Result<Arc<LoadedSegment>> {
         let bytes = build_segment(&t.schema, batches, &self.build)?;
         let reader = SegmentReader::open(Bytes::from(bytes.clone()))?;
         let id = self.new_segment_id(&t.spec.name);
@@ -464,7 +518,10 @@ impl TableStore {
             bytes: bytes.len() as u64,
             time_range: reader.footer().time_range,
         };
-        handle.block_on(self.store.put(&ObjPath::from(path.as_str()), PutPayload::from(bytes)))?;
+        handle.block_on(
+            self.store
+                .put(&ObjPath::from(path.as_str()), PutPayload::from(bytes)),
+        )?;
         Ok(Arc::new(LoadedSegment {
             meta,
             reader: Arc::new(reader),

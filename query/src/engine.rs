@@ -82,7 +82,9 @@ pub struct QueryEngine {
 
 impl QueryEngine {
     pub fn new(source: Arc<dyn TableSource>) -> Self {
-        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
         QueryEngine {
             source,
             target_partitions: cores,

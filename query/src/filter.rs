@@ -22,7 +22,11 @@ pub fn to_predicate(expr: &Expr, schema: &SegmentSchema) -> Option<Predicate> {
             _ => {
                 let cmp = cmp_op(*op)?;
                 if let (Some(column), Some(value)) = (column_of(left, schema), literal(right)) {
-                    return Some(Predicate::Compare { column, op: cmp, value });
+                    return Some(Predicate::Compare {
+                        column,
+                        op: cmp,
+                        value,
+                    });
                 }
                 if let (Some(value), Some(column)) = (literal(left), column_of(right, schema)) {
                     return Some(Predicate::Compare {
@@ -54,7 +58,11 @@ pub fn to_predicate(expr: &Expr, schema: &SegmentSchema) -> Option<Predicate> {
                 low: literal(low)?,
                 high: literal(high)?,
             };
-            Some(if *negated { Predicate::Not(Box::new(p)) } else { p })
+            Some(if *negated {
+                Predicate::Not(Box::new(p))
+            } else {
+                p
+            })
         }
         Expr::InList(InList {
             expr,
@@ -133,8 +141,10 @@ fn column_of(e: &Expr, schema: &SegmentSchema) -> Option<String> {
 fn lossless_cast(from: ColumnType, to: &DataType) -> bool {
     use DataType as D;
     match from {
-        ColumnType::String | ColumnType::Json => matches!(to, D::Utf8 | D::LargeUtf8 | D::Utf8View)
-            || matches!(to, D::Dictionary(_, v) if matches!(v.as_ref(), D::Utf8 | D::LargeUtf8)),
+        ColumnType::String | ColumnType::Json => {
+            matches!(to, D::Utf8 | D::LargeUtf8 | D::Utf8View)
+                || matches!(to, D::Dictionary(_, v) if matches!(v.as_ref(), D::Utf8 | D::LargeUtf8))
+        }
         ColumnType::Int => matches!(to, D::Int32 | D::Int64 | D::Float64),
         ColumnType::Long => matches!(to, D::Int64),
         ColumnType::Float => matches!(to, D::Float32 | D::Float64),
@@ -200,7 +210,9 @@ mod tests {
     #[test]
     fn converts_supported_shapes() {
         let s = schema();
-        let e = col("country").eq(lit("US")).and(col("latency").gt(lit(10.0)));
+        let e = col("country")
+            .eq(lit("US"))
+            .and(col("latency").gt(lit(10.0)));
         assert!(matches!(to_predicate(&e, &s), Some(Predicate::And(_))));
         let e = lit(5).lt(col("n"));
         assert_eq!(
@@ -212,7 +224,9 @@ mod tests {
             })
         );
         assert!(to_predicate(&col("country").like(lit("ab%")), &s).is_some());
-        assert!(to_predicate(&col("country").in_list(vec![lit("a"), lit("b")], true), &s).is_some());
+        assert!(
+            to_predicate(&col("country").in_list(vec![lit("a"), lit("b")], true), &s).is_some()
+        );
     }
 
     #[test]

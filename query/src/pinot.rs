@@ -87,7 +87,9 @@ mod tests {
     use datafusion::sql::sqlparser::parser::Parser;
 
     fn rw(sql: &str) -> String {
-        let mut s = Parser::parse_sql(&GenericDialect {}, sql).unwrap().remove(0);
+        let mut s = Parser::parse_sql(&GenericDialect {}, sql)
+            .unwrap()
+            .remove(0);
         rewrite(&mut s).unwrap();
         s.to_string()
     }
@@ -102,14 +104,20 @@ mod tests {
             rw("SELECT DATETRUNC('MINUTE', ts), COUNT(*) FROM t GROUP BY 1"),
             "SELECT date_trunc('MINUTE', ts), count(*) FROM t GROUP BY 1"
         );
-        assert_eq!(rw("SELECT DISTINCTCOUNT(x) FROM t"), "SELECT count(DISTINCT x) FROM t");
+        assert_eq!(
+            rw("SELECT DISTINCTCOUNT(x) FROM t"),
+            "SELECT count(DISTINCT x) FROM t"
+        );
     }
 
     #[test]
     fn bad_percentile_is_an_error() {
-        let mut s = Parser::parse_sql(&GenericDialect {}, "SELECT PERCENTILETDIGEST(x, 101) FROM t")
-            .unwrap()
-            .remove(0);
+        let mut s = Parser::parse_sql(
+            &GenericDialect {},
+            "SELECT PERCENTILETDIGEST(x, 101) FROM t",
+        )
+        .unwrap()
+        .remove(0);
         assert!(rewrite(&mut s).is_err());
     }
 }

@@ -20,7 +20,9 @@ use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::EquivalenceProperties;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties};
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+};
 
 use crate::table::TableSnapshot;
 
@@ -75,10 +77,9 @@ impl SegmentScanExec {
             projection
                 .iter()
                 .map(|&i| {
-                    full.fields()
-                        .get(i)
-                        .cloned()
-                        .ok_or_else(|| DataFusionError::Plan(format!("projection index {i} out of range")))
+                    full.fields().get(i).cloned().ok_or_else(|| {
+                        DataFusionError::Plan(format!("projection index {i} out of range"))
+                    })
                 })
                 .collect::<DfResult<Vec<_>>>()?,
         ));
@@ -174,7 +175,10 @@ impl ExecutionPlan for SegmentScanExec {
             .get(partition)
             .ok_or_else(|| DataFusionError::Internal(format!("no partition {partition}")))?;
         let state = PartitionState {
-            segments: segs.iter().map(|&i| self.snapshot.segments[i].clone()).collect(),
+            segments: segs
+                .iter()
+                .map(|&i| self.snapshot.segments[i].clone())
+                .collect(),
             next_segment: 0,
             docs: Vec::new(),
             emitted: 0,
@@ -227,7 +231,9 @@ impl ExecutionPlan for SegmentScanExec {
                     };
                     st.next_segment += 1;
                     stats.segments_queried.fetch_add(1, Ordering::Relaxed);
-                    stats.total_docs.fetch_add(seg.row_count() as u64, Ordering::Relaxed);
+                    stats
+                        .total_docs
+                        .fetch_add(seg.row_count() as u64, Ordering::Relaxed);
                     let docs: Vec<u32> = match &predicate {
                         None => (0..seg.row_count()).collect(),
                         Some(p) => {
@@ -240,22 +246,33 @@ impl ExecutionPlan for SegmentScanExec {
                             let mut es = EvalStats::default();
                             let bm = evaluate_with_stats(&seg, p, &mut es)
                                 .map_err(|e| DataFusionError::External(Box::new(e)))?;
-                            stats.index_lookups.fetch_add(es.index_lookups, Ordering::Relaxed);
-                            stats.blocks_scanned.fetch_add(es.blocks_scanned, Ordering::Relaxed);
-                            stats.blocks_skipped.fetch_add(es.blocks_skipped, Ordering::Relaxed);
+                            stats
+                                .index_lookups
+                                .fetch_add(es.index_lookups, Ordering::Relaxed);
+                            stats
+                                .blocks_scanned
+                                .fetch_add(es.blocks_scanned, Ordering::Relaxed);
+                            stats
+                                .blocks_skipped
+                                .fetch_add(es.blocks_skipped, Ordering::Relaxed);
                             bm.iter().collect()
                         }
                     };
                     if !docs.is_empty() {
                         stats.segments_matched.fetch_add(1, Ordering::Relaxed);
                     }
-                    stats.docs_scanned.fetch_add(docs.len() as u64, Ordering::Relaxed);
+                    stats
+                        .docs_scanned
+                        .fetch_add(docs.len() as u64, Ordering::Relaxed);
                     st.docs = docs;
                     st.emitted = 0;
                     st.current = Some(seg);
                 }
             }
         });
-        Ok(Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), stream)))
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            self.schema.clone(),
+            stream,
+        )))
     }
 }

@@ -4,11 +4,16 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, BooleanArray, Float64Array, Int32Array, Int64Array, StringArray, TimestampMillisecondArray};
+use arrow::array::{
+    ArrayRef, BooleanArray, Float64Array, Int32Array, Int64Array, StringArray,
+    TimestampMillisecondArray,
+};
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
-use basalt_segment::{build_segment, BuildOptions, ColumnDef, ColumnType, IndexKind, SegmentReader, SegmentSchema};
+use basalt_segment::{
+    build_segment, BuildOptions, ColumnDef, ColumnType, IndexKind, SegmentReader, SegmentSchema,
+};
 use bytes::Bytes;
 use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
@@ -30,7 +35,9 @@ impl TableSource for Fixed {
     }
 }
 
-const CITIES: &[&str] = &["Paris", "Pune", "Perth", "Oslo", "Osaka", "Lima", "Lyon", "Quito"];
+const CITIES: &[&str] = &[
+    "Paris", "Pune", "Perth", "Oslo", "Osaka", "Lima", "Lyon", "Quito",
+];
 
 fn schema() -> SegmentSchema {
     let mut ts = ColumnDef::new("ts", ColumnType::Timestamp);
@@ -51,7 +58,11 @@ fn schema() -> SegmentSchema {
 
 fn batch(rng: &mut StdRng, rows: usize, t0: i64) -> RecordBatch {
     let s = Arc::new(Schema::new(vec![
-        Field::new("ts", DataType::Timestamp(TimeUnit::Millisecond, None), false),
+        Field::new(
+            "ts",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            false,
+        ),
         Field::new("city", DataType::Utf8, true),
         Field::new("tag", DataType::Utf8, true),
         Field::new("n", DataType::Int32, true),
@@ -60,17 +71,31 @@ fn batch(rng: &mut StdRng, rows: usize, t0: i64) -> RecordBatch {
         Field::new("ok", DataType::Boolean, true),
     ]));
     let cols: Vec<ArrayRef> = vec![
-        Arc::new(TimestampMillisecondArray::from_iter_values((0..rows).map(|i| t0 + i as i64 * 1000))),
+        Arc::new(TimestampMillisecondArray::from_iter_values(
+            (0..rows).map(|i| t0 + i as i64 * 1000),
+        )),
         Arc::new(StringArray::from_iter((0..rows).map(|_| {
-            rng.random_bool(0.9).then(|| CITIES[rng.random_range(0..CITIES.len())].to_string())
+            rng.random_bool(0.9)
+                .then(|| CITIES[rng.random_range(0..CITIES.len())].to_string())
         }))),
         Arc::new(StringArray::from_iter((0..rows).map(|_| {
-            rng.random_bool(0.8).then(|| format!("t{}", rng.random_range(0..500)))
+            rng.random_bool(0.8)
+                .then(|| format!("t{}", rng.random_range(0..500)))
         }))),
-        Arc::new(Int32Array::from_iter((0..rows).map(|_| rng.random_bool(0.95).then(|| rng.random_range(0..20))))),
-        Arc::new(Int64Array::from_iter((0..rows).map(|_| rng.random_bool(0.9).then(|| rng.random_range(-1_000_000..1_000_000))))),
-        Arc::new(Float64Array::from_iter((0..rows).map(|_| rng.random_bool(0.9).then(|| (rng.random_range(0.0..500.0f64) * 4.0).round() / 4.0)))),
-        Arc::new(BooleanArray::from_iter((0..rows).map(|_| rng.random_bool(0.9).then(|| rng.random_bool(0.3))))),
+        Arc::new(Int32Array::from_iter(
+            (0..rows).map(|_| rng.random_bool(0.95).then(|| rng.random_range(0..20))),
+        )),
+        Arc::new(Int64Array::from_iter((0..rows).map(|_| {
+            rng.random_bool(0.9)
+                .then(|| rng.random_range(-1_000_000..1_000_000))
+        }))),
+        Arc::new(Float64Array::from_iter((0..rows).map(|_| {
+            rng.random_bool(0.9)
+                .then(|| (rng.random_range(0.0..500.0f64) * 4.0).round() / 4.0)
+        }))),
+        Arc::new(BooleanArray::from_iter(
+            (0..rows).map(|_| rng.random_bool(0.9).then(|| rng.random_bool(0.3))),
+        )),
     ];
     RecordBatch::try_new(s, cols).unwrap()
 }
@@ -80,16 +105,38 @@ fn leaf(rng: &mut StdRng, t0: i64) -> String {
     let op = ops[rng.random_range(0..ops.len())];
     match rng.random_range(0..12) {
         0 => format!("city {op} '{}'", CITIES[rng.random_range(0..CITIES.len())]),
-        1 => format!("city IN ('{}', '{}', 'Nowhere')", CITIES[rng.random_range(0..8)], CITIES[rng.random_range(0..8)]),
-        2 => format!("city LIKE '{}%'", ["P", "O", "Ly", "Q", "X"][rng.random_range(0..5)]),
+        1 => format!(
+            "city IN ('{}', '{}', 'Nowhere')",
+            CITIES[rng.random_range(0..8)],
+            CITIES[rng.random_range(0..8)]
+        ),
+        2 => format!(
+            "city LIKE '{}%'",
+            ["P", "O", "Ly", "Q", "X"][rng.random_range(0..5)]
+        ),
         3 => format!("tag {op} 't{}'", rng.random_range(0..600)),
         4 => format!("n {op} {}", rng.random_range(-2..22)),
-        5 => format!("n BETWEEN {} AND {}", rng.random_range(0..10), rng.random_range(5..20)),
+        5 => format!(
+            "n BETWEEN {} AND {}",
+            rng.random_range(0..10),
+            rng.random_range(5..20)
+        ),
         6 => format!("big {op} {}", rng.random_range(-1_100_000..1_100_000)),
         7 => format!("lat {op} {}", rng.random_range(0..2000) as f64 / 4.0),
-        8 => format!("lat BETWEEN {} AND {}", rng.random_range(0..250), rng.random_range(200..520)),
-        9 => format!("ts {op} TIMESTAMP '{}'", chrono_fmt(t0 + rng.random_range(0..2_000_000))),
-        10 => format!("{} IS {}NULL", ["city", "tag", "n", "lat", "ok"][rng.random_range(0..5)], if rng.random_bool(0.5) { "NOT " } else { "" }),
+        8 => format!(
+            "lat BETWEEN {} AND {}",
+            rng.random_range(0..250),
+            rng.random_range(200..520)
+        ),
+        9 => format!(
+            "ts {op} TIMESTAMP '{}'",
+            chrono_fmt(t0 + rng.random_range(0..2_000_000))
+        ),
+        10 => format!(
+            "{} IS {}NULL",
+            ["city", "tag", "n", "lat", "ok"][rng.random_range(0..5)],
+            if rng.random_bool(0.5) { "NOT " } else { "" }
+        ),
         _ => format!("ok = {}", rng.random_bool(0.5)),
     }
 }
@@ -109,7 +156,12 @@ fn chrono_fmt(ms: i64) -> String {
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = if m <= 2 { y + 1 } else { y };
     let s = secs.rem_euclid(86400);
-    format!("{y:04}-{m:02}-{day:02} {:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+    format!(
+        "{y:04}-{m:02}-{day:02} {:02}:{:02}:{:02}",
+        s / 3600,
+        s / 60 % 60,
+        s % 60
+    )
 }
 
 fn filter(rng: &mut StdRng, t0: i64, depth: u32) -> String {
@@ -117,8 +169,16 @@ fn filter(rng: &mut StdRng, t0: i64, depth: u32) -> String {
         return leaf(rng, t0);
     }
     match rng.random_range(0..3) {
-        0 => format!("({} AND {})", filter(rng, t0, depth - 1), filter(rng, t0, depth - 1)),
-        1 => format!("({} OR {})", filter(rng, t0, depth - 1), filter(rng, t0, depth - 1)),
+        0 => format!(
+            "({} AND {})",
+            filter(rng, t0, depth - 1),
+            filter(rng, t0, depth - 1)
+        ),
+        1 => format!(
+            "({} OR {})",
+            filter(rng, t0, depth - 1),
+            filter(rng, t0, depth - 1)
+        ),
         _ => format!("NOT ({})", filter(rng, t0, depth - 1)),
     }
 }
@@ -135,9 +195,17 @@ fn render(batches: &[RecordBatch]) -> Vec<String> {
                 _ => c.clone(),
             })
             .collect();
-        let fmts: Vec<_> = cols.iter().map(|c| ArrayFormatter::try_new(c.as_ref(), &opts).unwrap()).collect();
+        let fmts: Vec<_> = cols
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &opts).unwrap())
+            .collect();
         for r in 0..b.num_rows() {
-            rows.push(fmts.iter().map(|f| f.value(r).to_string()).collect::<Vec<_>>().join("|"));
+            rows.push(
+                fmts.iter()
+                    .map(|f| f.value(r).to_string())
+                    .collect::<Vec<_>>()
+                    .join("|"),
+            );
         }
     }
     rows.sort();
@@ -148,7 +216,11 @@ fn render(batches: &[RecordBatch]) -> Vec<String> {
 async fn segments_answer_like_datafusion_over_arrow() {
     let mut rng = StdRng::seed_from_u64(0xBA5A17);
     let t0 = 1_767_225_600_000i64; // 2026-01-01
-    let opts = BuildOptions { block_rows: 256, range_buckets: 8, ..BuildOptions::default() };
+    let opts = BuildOptions {
+        block_rows: 256,
+        range_buckets: 8,
+        ..BuildOptions::default()
+    };
     let mut batches = Vec::new();
     let mut segments = Vec::new();
     for s in 0..4 {
@@ -157,7 +229,11 @@ async fn segments_answer_like_datafusion_over_arrow() {
         segments.push(Arc::new(SegmentReader::open(Bytes::from(bytes)).unwrap()));
         batches.push(b);
     }
-    let snapshot = TableSnapshot { name: "t".into(), schema: schema(), segments };
+    let snapshot = TableSnapshot {
+        name: "t".into(),
+        schema: schema(),
+        segments,
+    };
     let engine = QueryEngine::new(Arc::new(Fixed(snapshot)));
     let reference = SessionContext::new();
     let mem = MemTable::try_new(batches[0].schema(), vec![batches.clone()]).unwrap();
@@ -174,7 +250,10 @@ async fn segments_answer_like_datafusion_over_arrow() {
     for i in 0..300 {
         let f = filter(&mut rng, t0, 3);
         let sql = shapes[i % shapes.len()].replace("{f}", &f);
-        let got = engine.execute(&sql, &QueryLimits::default()).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        let got = engine
+            .execute(&sql, &QueryLimits::default())
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
         let want = reference.sql(&sql).await.unwrap().collect().await.unwrap();
         assert_eq!(render(&got.batches), render(&want), "{sql}");
         checked += 1;
@@ -192,13 +271,29 @@ async fn count_star_reads_no_columns_and_prunes() {
         let bytes = build_segment(&schema(), &[b], &BuildOptions::default()).unwrap();
         segments.push(Arc::new(SegmentReader::open(Bytes::from(bytes)).unwrap()));
     }
-    let engine = QueryEngine::new(Arc::new(Fixed(TableSnapshot { name: "t".into(), schema: schema(), segments })));
-    let sql = format!("SELECT count(*) FROM t WHERE city = 'Oslo' AND ts >= TIMESTAMP '{}'", chrono_fmt(t0 + 20_000_000));
+    let engine = QueryEngine::new(Arc::new(Fixed(TableSnapshot {
+        name: "t".into(),
+        schema: schema(),
+        segments,
+    })));
+    let sql = format!(
+        "SELECT count(*) FROM t WHERE city = 'Oslo' AND ts >= TIMESTAMP '{}'",
+        chrono_fmt(t0 + 20_000_000)
+    );
     let out = engine.execute(&sql, &QueryLimits::default()).await.unwrap();
     assert_eq!(out.stats.num_segments_queried, 3);
-    assert_eq!(out.stats.num_segments_pruned, 2, "time range prunes two segments");
-    assert_eq!(out.stats.blocks_scanned, 0, "inverted index and zone maps answer without scanning");
-    let explain = engine.execute(&format!("EXPLAIN {sql}"), &QueryLimits::default()).await.unwrap();
+    assert_eq!(
+        out.stats.num_segments_pruned, 2,
+        "time range prunes two segments"
+    );
+    assert_eq!(
+        out.stats.blocks_scanned, 0,
+        "inverted index and zone maps answer without scanning"
+    );
+    let explain = engine
+        .execute(&format!("EXPLAIN {sql}"), &QueryLimits::default())
+        .await
+        .unwrap();
     let plan = render(&explain.batches).join("\n");
     assert!(plan.contains("projection=[]"), "{plan}");
     assert!(!plan.contains("FilterExec"), "filters are exact: {plan}");
@@ -206,25 +301,53 @@ async fn count_star_reads_no_columns_and_prunes() {
 
 #[tokio::test]
 async fn limits_and_errors() {
-    let engine = QueryEngine::new(Arc::new(Fixed(TableSnapshot { name: "t".into(), schema: schema(), segments: vec![] })));
-    let e = engine.execute("SELEC 1", &QueryLimits::default()).await.unwrap_err();
+    let engine = QueryEngine::new(Arc::new(Fixed(TableSnapshot {
+        name: "t".into(),
+        schema: schema(),
+        segments: vec![],
+    })));
+    let e = engine
+        .execute("SELEC 1", &QueryLimits::default())
+        .await
+        .unwrap_err();
     assert_eq!(e.pinot_code(), 150);
-    let e = engine.execute("DROP TABLE t", &QueryLimits::default()).await.unwrap_err();
+    let e = engine
+        .execute("DROP TABLE t", &QueryLimits::default())
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("only queries"), "{e}");
-    let e = engine.execute("SELECT * FROM nope", &QueryLimits::default()).await.unwrap_err();
+    let e = engine
+        .execute("SELECT * FROM nope", &QueryLimits::default())
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("nope"), "{e}");
-    let tight = QueryLimits { max_rows: 10, ..QueryLimits::default() };
-    let e = engine.execute("SELECT * FROM generate_series(1, 100)", &tight).await.unwrap_err();
+    let tight = QueryLimits {
+        max_rows: 10,
+        ..QueryLimits::default()
+    };
+    let e = engine
+        .execute("SELECT * FROM generate_series(1, 100)", &tight)
+        .await
+        .unwrap_err();
     assert!(matches!(e, crate::QueryError::RowLimit(10)), "{e}");
-    let tiny = QueryLimits { memory_limit: 1 << 16, ..QueryLimits::default() };
+    let tiny = QueryLimits {
+        memory_limit: 1 << 16,
+        ..QueryLimits::default()
+    };
     let e = engine
         .execute("SELECT v % 100000 AS k, count(*) FROM generate_series(1, 2000000) AS g(v) GROUP BY k ORDER BY k", &tiny)
         .await
         .unwrap_err();
     assert!(matches!(e, crate::QueryError::Memory(_)), "{e}");
-    let quick = QueryLimits { timeout: std::time::Duration::from_millis(1), ..QueryLimits::default() };
+    let quick = QueryLimits {
+        timeout: std::time::Duration::from_millis(1),
+        ..QueryLimits::default()
+    };
     let e = engine
-        .execute("SELECT count(DISTINCT v) FROM generate_series(1, 50000000) AS g(v)", &quick)
+        .execute(
+            "SELECT count(DISTINCT v) FROM generate_series(1, 50000000) AS g(v)",
+            &quick,
+        )
         .await
         .unwrap_err();
     assert!(matches!(e, crate::QueryError::Timeout(1)), "{e}");

@@ -7,7 +7,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, BooleanArray, Float64Array, Int64Array, StringArray, UInt32Array};
+use arrow::array::{
+    Array, ArrayRef, BooleanArray, Float64Array, Int64Array, StringArray, UInt32Array,
+};
 use arrow::compute::{cast, concat, lexsort_to_indices, take, SortColumn, SortOptions};
 use arrow::datatypes::DataType;
 use arrow::record_batch::RecordBatch;
@@ -17,8 +19,8 @@ use crate::bitpack;
 use crate::bloom::{hash_bytes, Bloom};
 use crate::error::{Result, SegmentError};
 use crate::layout::{
-    f64_key, BlockMeta, Codec, ColumnMeta, ColumnStats, Encoding, FileWriter, Footer,
-    RangeBucket, RangeIndexMeta, SectionRef, ZoneMap, FORMAT_VERSION,
+    f64_key, BlockMeta, Codec, ColumnMeta, ColumnStats, Encoding, FileWriter, Footer, RangeBucket,
+    RangeIndexMeta, SectionRef, ZoneMap, FORMAT_VERSION,
 };
 use crate::types::{ColumnDef, IndexKind, Physical, SegmentSchema};
 
@@ -134,10 +136,12 @@ fn gather(def: &ColumnDef, batches: &[RecordBatch]) -> Result<ArrayRef> {
     let target = canonical_type(def.ty.physical());
     let mut parts: Vec<ArrayRef> = Vec::with_capacity(batches.len());
     for b in batches {
-        let col = b.column_by_name(&def.name).ok_or_else(|| SegmentError::Schema {
-            column: def.name.clone(),
-            message: "missing from the input batch".into(),
-        })?;
+        let col = b
+            .column_by_name(&def.name)
+            .ok_or_else(|| SegmentError::Schema {
+                column: def.name.clone(),
+                message: "missing from the input batch".into(),
+            })?;
         if !accepts(def, col.data_type()) {
             return Err(SegmentError::Schema {
                 column: def.name.clone(),
@@ -344,7 +348,12 @@ fn encode_column(
     };
 
     let inverted = match (&encoded, def.has_index(IndexKind::Inverted)) {
-        (Encoded::Dict { ids, cardinality, .. }, true) => {
+        (
+            Encoded::Dict {
+                ids, cardinality, ..
+            },
+            true,
+        ) => {
             let mut bms = vec![RoaringBitmap::new(); *cardinality];
             for (doc, &id) in ids.iter().enumerate() {
                 if !is_null(doc) {
@@ -356,7 +365,9 @@ fn encode_column(
         _ => None,
     };
     let sorted_runs = match &encoded {
-        Encoded::Dict { ids, cardinality, .. } if stats.sorted => {
+        Encoded::Dict {
+            ids, cardinality, ..
+        } if stats.sorted => {
             let mut starts = vec![0u32; cardinality + 1];
             // starts[i] = first doc with id >= i.
             let mut doc = 0usize;
@@ -372,7 +383,12 @@ fn encode_column(
         _ => None,
     };
     let range = if def.has_index(IndexKind::Range) {
-        Some(build_range_index(w, &doc_keys, &is_null, opts.range_buckets)?)
+        Some(build_range_index(
+            w,
+            &doc_keys,
+            &is_null,
+            opts.range_buckets,
+        )?)
     } else {
         None
     };
@@ -523,7 +539,10 @@ fn dict_strings(a: &StringArray) -> Encoded {
         cardinality: values.len(),
         min_str: values.first().map(|v| v.0.to_string()),
         max_str: values.last().map(|v| v.0.to_string()),
-        hashes: values.iter().map(|(s, _)| hash_bytes(s.as_bytes())).collect(),
+        hashes: values
+            .iter()
+            .map(|(s, _)| hash_bytes(s.as_bytes()))
+            .collect(),
         dictionary,
         id_keys: None,
     }
@@ -559,7 +578,8 @@ fn block_meta(
 
 fn write_bitmap(w: &mut FileWriter, bm: &RoaringBitmap) -> Result<SectionRef> {
     let mut raw = Vec::with_capacity(bm.serialized_size());
-    bm.serialize_into(&mut raw).map_err(SegmentError::Compress)?;
+    bm.serialize_into(&mut raw)
+        .map_err(SegmentError::Compress)?;
     w.write(&raw, Codec::None)
 }
 
@@ -569,7 +589,8 @@ fn write_bitmaps(w: &mut FileWriter, bms: &[RoaringBitmap]) -> Result<SectionRef
     let mut offsets = Vec::with_capacity(bms.len() + 1);
     offsets.push(0u64);
     for bm in bms {
-        bm.serialize_into(&mut body).map_err(SegmentError::Compress)?;
+        bm.serialize_into(&mut body)
+            .map_err(SegmentError::Compress)?;
         offsets.push(body.len() as u64);
     }
     let mut raw = Vec::with_capacity(4 + offsets.len() * 8 + body.len());
@@ -622,5 +643,9 @@ fn build_range_index(
 
 /// Convenience for tests and tools: builds from one batch.
 pub fn build_from_batch(schema: &SegmentSchema, batch: &RecordBatch) -> Result<Vec<u8>> {
-    build_segment(schema, std::slice::from_ref(batch), &BuildOptions::default())
+    build_segment(
+        schema,
+        std::slice::from_ref(batch),
+        &BuildOptions::default(),
+    )
 }

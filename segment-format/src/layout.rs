@@ -161,11 +161,15 @@ pub fn read_footer(bytes: &[u8]) -> Result<Footer> {
         )));
     }
     if &bytes[..8] != HEADER_MAGIC {
-        return Err(SegmentError::NotASegment("header magic does not match".into()));
+        return Err(SegmentError::NotASegment(
+            "header magic does not match".into(),
+        ));
     }
     let t = bytes.len() - TRAILER_LEN;
     if &bytes[bytes.len() - 8..] != TRAILER_MAGIC {
-        return Err(SegmentError::Truncated("trailer magic not found at end of file".into()));
+        return Err(SegmentError::Truncated(
+            "trailer magic not found at end of file".into(),
+        ));
     }
     let version = u32_at(bytes, t + 20);
     let header_version = u32_at(bytes, 8);
@@ -220,7 +224,10 @@ fn validate_footer(f: &Footer, data_end: u64) -> Result<()> {
     }
     let blocks = f.row_count.div_ceil(f.block_rows as u64);
     let check = |s: &SectionRef, what: &str| -> Result<()> {
-        let end = s.offset.checked_add(s.len).ok_or_else(|| corrupt("section overflows"))?;
+        let end = s
+            .offset
+            .checked_add(s.len)
+            .ok_or_else(|| corrupt("section overflows"))?;
         if s.offset < HEADER_LEN as u64 || end > data_end {
             return Err(SegmentError::Truncated(format!(
                 "{what} at {}+{} lies outside the data area (ends at {data_end})",
@@ -290,7 +297,9 @@ pub fn read_section<'a>(
         .checked_add(s.len)
         .ok_or_else(|| corrupt("section overflows"))?;
     if end > bytes.len() as u64 {
-        return Err(SegmentError::Truncated(format!("{what} ends past end of file")));
+        return Err(SegmentError::Truncated(format!(
+            "{what} ends past end of file"
+        )));
     }
     let stored = &bytes[s.offset as usize..end as usize];
     let computed = crc32fast::hash(stored);

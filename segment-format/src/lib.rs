@@ -23,4 +23,6 @@ pub use roaring::RoaringBitmap;
 pub use types::{ColumnDef, ColumnType, IndexKind, SegmentSchema, Value};
 
 #[cfg(test)]
+mod fixture;
+#[cfg(test)]
 mod tests;

@@ -11,6 +11,8 @@
 use arrow::array::Array;
 use roaring::RoaringBitmap;
 
+use crate::bloom::hash_bytes;
+use crate::builder::hash_key;
 use crate::error::{Result, SegmentError};
 use crate::layout::{f64_key, ColumnStats, Encoding};
 use crate::reader::{BlockValues, Dictionary, SegmentReader};
@@ -129,7 +131,7 @@ fn covers(set: &KeySet, lo: i64, hi: i64) -> bool {
 
 fn contains(set: &KeySet, k: i64) -> bool {
     // Intervals are sorted and disjoint.
-    match set.binary_search_by(|&(a, b)| {
+    set.binary_search_by(|&(a, b)| {
         if b < k {
             std::cmp::Ordering::Less
         } else if a > k {
@@ -137,10 +139,8 @@ fn contains(set: &KeySet, k: i64) -> bool {
         } else {
             std::cmp::Ordering::Equal
         }
-    }) {
-        Ok(_) => true,
-        Err(_) => false,
-    }
+    })
+    .is_ok()
 }
 
 fn pred_err(column: &str, message: impl Into<String>) -> SegmentError {
@@ -180,7 +180,10 @@ fn literal_bounds(reader: &SegmentReader, col: usize, v: &Value) -> Result<(i128
                 (lo, hi)
             }
             (Dictionary::Str(_), other) => {
-                return Err(pred_err(name, format!("cannot compare a string column with {other:?}")))
+                return Err(pred_err(
+                    name,
+                    format!("cannot compare a string column with {other:?}"),
+                ))
             }
         };
         return Ok((lo as i128, hi as i128));
@@ -221,7 +224,10 @@ fn numeric_bounds(p: Physical, name: &str, v: &Value) -> Result<(i128, i128)> {
             let k = f64_key(*i as f64) as i128;
             Ok((k, k + 1))
         }
-        (p, v) => Err(pred_err(name, format!("cannot compare a {p:?} column with {v:?}"))),
+        (p, v) => Err(pred_err(
+            name,
+            format!("cannot compare a {p:?} column with {v:?}"),
+        )),
     }
 }
 
@@ -266,7 +272,10 @@ fn like_keys(
 ) -> Result<KeySet> {
     let name = &reader.column_def(col).name;
     let Some(dict) = reader.dictionary(col)? else {
-        return Err(pred_err(name, "LIKE needs a dictionary-encoded string column"));
+        return Err(pred_err(
+            name,
+            "LIKE needs a dictionary-encoded string column",
+        ));
     };
     let Dictionary::Str(values) = dict.as_ref() else {
         return Err(pred_err(name, "LIKE applies to string columns"));
@@ -338,7 +347,9 @@ fn parse_like(p: &str) -> Vec<Tok> {
 fn like_match(toks: &[Tok], s: &str) -> bool {
     match toks.first() {
         None => s.is_empty(),
-        Some(Tok::Lit(l)) => s.strip_prefix(l.as_str()).is_some_and(|r| like_match(&toks[1..], r)),
+        Some(Tok::Lit(l)) => s
+            .strip_prefix(l.as_str())
+            .is_some_and(|r| like_match(&toks[1..], r)),
         Some(Tok::One) => {
             let mut it = s.chars();
             it.next().is_some() && like_match(&toks[1..], it.as_str())
@@ -360,7 +371,10 @@ fn like_match(toks: &[Tok], s: &str) -> bool {
                 }
                 return false;
             }
-            let mut it = s.char_indices().map(|(i, _)| i).chain(std::iter::once(s.len()));
+            let mut it = s
+                .char_indices()
+                .map(|(i, _)| i)
+                .chain(std::iter::once(s.len()));
             it.any(|i| like_match(rest, &s[i..]))
         }
     }
@@ -462,7 +476,11 @@ struct Evaluator<'a> {
 
 impl Evaluator<'_> {
     /// Docs where `p` is TRUE; when `candidates` is given the result may be restricted to them.
-    fn truth(&mut self, p: &Predicate, candidates: Option<&RoaringBitmap>) -> Result<RoaringBitmap> {
+    fn truth(
+        &mut self,
+        p: &Predicate,
+        candidates: Option<&RoaringBitmap>,
+    ) -> Result<RoaringBitmap> {
         match p {
             Predicate::Const(true) => Ok(self.reader.all_docs()),
             Predicate::Const(false) => Ok(RoaringBitmap::new()),
@@ -514,7 +532,9 @@ impl Evaluator<'_> {
     fn tri(&mut self, p: &Predicate) -> Result<(RoaringBitmap, RoaringBitmap)> {
         let all = self.reader.all_docs();
         match p {
-            Predicate::Const(_) | Predicate::IsNull { .. } => Ok((self.truth(p, None)?, RoaringBitmap::new())),
+            Predicate::Const(_) | Predicate::IsNull { .. } => {
+                Ok((self.truth(p, None)?, RoaringBitmap::new()))
+            }
             Predicate::And(children) => {
                 let mut t = all.clone();
                 let mut f = RoaringBitmap::new();
@@ -704,7 +724,10 @@ impl Evaluator<'_> {
                 }
             };
             match r.block(c, b)? {
-                BlockValues::Ids(ids) => ids.iter().enumerate().for_each(|(i, &id)| hit(i, id as i64)),
+                BlockValues::Ids(ids) => ids
+                    .iter()
+                    .enumerate()
+                    .for_each(|(i, &id)| hit(i, id as i64)),
                 BlockValues::I64(v) => v.iter().enumerate().for_each(|(i, &x)| hit(i, x)),
                 BlockValues::F64(v) => v.iter().enumerate().for_each(|(i, &x)| hit(i, f64_key(x))),
             }
@@ -714,6 +737,31 @@ impl Evaluator<'_> {
         }
         Ok(out)
     }
+}
+
+/// False when the column's bloom filter proves none of `values` is present.
+fn bloom_may_contain(reader: &SegmentReader, column: &str, values: &[Value]) -> Result<bool> {
+    let c = reader.column_index(column)?;
+    let Some(bloom) = reader.bloom(c)? else {
+        return Ok(true);
+    };
+    let p = reader.column_def(c).ty.physical();
+    for v in values {
+        let h = match (p, v) {
+            (Physical::Str, Value::Str(s)) => hash_bytes(s.as_bytes()),
+            (Physical::I64, Value::Int(i)) => hash_key(*i, false),
+            (Physical::Bool, Value::Bool(b)) => hash_key(*b as i64, false),
+            (Physical::F64, Value::Float(f)) => hash_key(f64_key(*f), true),
+            (Physical::F64, Value::Int(i)) => hash_key(f64_key(*i as f64), true),
+            (_, Value::Null) => continue,
+            // Anything else is decided exactly by the key-set path.
+            _ => return Ok(true),
+        };
+        if bloom.may_contain(h) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 fn stats_bounds(s: &ColumnStats) -> Option<(i64, i64)> {
@@ -742,6 +790,16 @@ pub fn may_match(reader: &SegmentReader, pred: &Predicate) -> Result<bool> {
             false
         }
         Predicate::Not(_) | Predicate::IsNull { .. } | Predicate::Like { .. } => true,
+        Predicate::Compare {
+            column,
+            op: CmpOp::Eq,
+            value,
+        } if !bloom_may_contain(reader, column, std::slice::from_ref(value))? => false,
+        Predicate::InList {
+            column,
+            values,
+            negated: false,
+        } if !bloom_may_contain(reader, column, values)? => false,
         leaf => {
             let (c, set) = leaf_keys(reader, leaf)?;
             if set.is_empty() {
@@ -785,8 +843,14 @@ mod tests {
 
     #[test]
     fn keyset_ops() {
-        assert_eq!(normalize(vec![(5, 6), (1, 2), (3, 3)]), vec![(1, 3), (5, 6)]);
-        assert_eq!(complement(&vec![(1, 3)]), vec![(i64::MIN, 0), (4, i64::MAX)]);
+        assert_eq!(
+            normalize(vec![(5, 6), (1, 2), (3, 3)]),
+            vec![(1, 3), (5, 6)]
+        );
+        assert_eq!(
+            complement(&vec![(1, 3)]),
+            vec![(i64::MIN, 0), (4, i64::MAX)]
+        );
         assert_eq!(complement(&vec![(i64::MIN, i64::MAX)]), vec![]);
         assert!(contains(&vec![(1, 3), (7, 9)], 8));
         assert!(!contains(&vec![(1, 3), (7, 9)], 5));

@@ -98,7 +98,11 @@ impl SegmentReader {
     /// Opens a segment, validating its header, trailer and footer.
     pub fn open(bytes: Bytes) -> Result<Self> {
         let footer = read_footer(&bytes)?;
-        let caches = footer.columns.iter().map(|_| ColumnCache::default()).collect();
+        let caches = footer
+            .columns
+            .iter()
+            .map(|_| ColumnCache::default())
+            .collect();
         let arrow_schema = footer.schema.arrow_schema();
         Ok(SegmentReader {
             bytes,
@@ -162,7 +166,10 @@ impl SegmentReader {
                 let bm = RoaringBitmap::deserialize_from(&raw[..])
                     .map_err(|e| corrupt(format!("{} null bitmap: {e}", meta.name)))?;
                 if bm.max().is_some_and(|m| m as u64 >= self.footer.row_count) {
-                    return Err(corrupt(format!("{} null bitmap names a doc past the end", meta.name)));
+                    return Err(corrupt(format!(
+                        "{} null bitmap names a doc past the end",
+                        meta.name
+                    )));
                 }
                 Ok(bm)
             }
@@ -209,14 +216,18 @@ impl SegmentReader {
             self.bitmap_table(&r.section, &format!("{} range index", meta.name))
         })?;
         if t.offsets.len() != r.buckets.len() + 1 {
-            return Err(corrupt(format!("{} range index bucket count differs", meta.name)));
+            return Err(corrupt(format!(
+                "{} range index bucket count differs",
+                meta.name
+            )));
         }
         Ok(Some(t))
     }
 
     pub(crate) fn sorted_runs(&self, col: usize) -> Result<Option<Arc<Vec<u32>>>> {
         let meta = &self.footer.columns[col];
-        let (Some(s), Encoding::Dictionary { cardinality, .. }) = (&meta.sorted_runs, &meta.encoding)
+        let (Some(s), Encoding::Dictionary { cardinality, .. }) =
+            (&meta.sorted_runs, &meta.encoding)
         else {
             return Ok(None);
         };
@@ -231,9 +242,13 @@ impl SegmentReader {
                 .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
                 .collect();
             if starts.windows(2).any(|w| w[0] > w[1])
-                || starts.last().is_some_and(|&l| l as u64 > self.footer.row_count)
+                || starts
+                    .last()
+                    .is_some_and(|&l| l as u64 > self.footer.row_count)
             {
-                return Err(corrupt(format!("{what} are not ascending within the segment")));
+                return Err(corrupt(format!(
+                    "{what} are not ascending within the segment"
+                )));
             }
             Ok(starts)
         })
@@ -260,7 +275,12 @@ impl SegmentReader {
         }
         let count = u32::from_le_bytes(raw[..4].try_into().expect("4 bytes")) as usize;
         let table_end = 4usize
-            .checked_add(count.checked_add(1).and_then(|c| c.checked_mul(8)).ok_or_else(|| corrupt("count overflows"))?)
+            .checked_add(
+                count
+                    .checked_add(1)
+                    .and_then(|c| c.checked_mul(8))
+                    .ok_or_else(|| corrupt("count overflows"))?,
+            )
             .ok_or_else(|| corrupt("count overflows"))?;
         if table_end > raw.len() {
             return Err(corrupt(format!("{what} offsets table is truncated")));
@@ -274,7 +294,9 @@ impl SegmentReader {
             || offsets.windows(2).any(|w| w[0] > w[1])
             || offsets.last().is_some_and(|&l| l > body)
         {
-            return Err(corrupt(format!("{what} offsets are not ascending within the section")));
+            return Err(corrupt(format!(
+                "{what} offsets are not ascending within the section"
+            )));
         }
         Ok(BitmapTable {
             base: s.offset as usize + table_end,
@@ -291,7 +313,9 @@ impl SegmentReader {
         let bm = RoaringBitmap::deserialize_from(bytes)
             .map_err(|e| corrupt(format!("index bitmap {i}: {e}")))?;
         if bm.max().is_some_and(|m| m as u64 >= self.footer.row_count) {
-            return Err(corrupt(format!("index bitmap {i} names a doc past the end")));
+            return Err(corrupt(format!(
+                "index bitmap {i} names a doc past the end"
+            )));
         }
         Ok(bm)
     }
@@ -381,7 +405,9 @@ impl SegmentReader {
         let mut fields = Vec::with_capacity(projection.len());
         for &c in projection {
             if c >= self.footer.columns.len() {
-                return Err(corrupt(format!("projection names column {c}, segment has fewer")));
+                return Err(corrupt(format!(
+                    "projection names column {c}, segment has fewer"
+                )));
             }
             arrays.push(self.read_column(c, docs)?);
             fields.push(self.arrow_schema.field(c).clone());
@@ -400,11 +426,13 @@ impl SegmentReader {
         let nulls = self.nulls(col)?;
         if let Some(&last) = docs.last() {
             if last as u64 >= self.footer.row_count {
-                return Err(corrupt(format!("doc {last} is past the end of the segment")));
+                return Err(corrupt(format!(
+                    "doc {last} is past the end of the segment"
+                )));
             }
         }
-        let validity: Option<Vec<bool>> = (!nulls.is_empty())
-            .then(|| docs.iter().map(|d| !nulls.contains(*d)).collect());
+        let validity: Option<Vec<bool>> =
+            (!nulls.is_empty()).then(|| docs.iter().map(|d| !nulls.contains(*d)).collect());
         let block_rows = self.footer.block_rows;
         let dict = self.dictionary(col)?;
         // Per doc: a dictionary id, or a raw value.
@@ -421,20 +449,32 @@ impl SegmentReader {
                 j += 1;
             }
             match self.block(col, b as usize)? {
-                BlockValues::Ids(v) => ids.extend(docs[i..j].iter().map(|d| v[(d - start) as usize])),
-                BlockValues::I64(v) => ints.extend(docs[i..j].iter().map(|d| v[(d - start) as usize])),
-                BlockValues::F64(v) => floats.extend(docs[i..j].iter().map(|d| v[(d - start) as usize])),
+                BlockValues::Ids(v) => {
+                    ids.extend(docs[i..j].iter().map(|d| v[(d - start) as usize]))
+                }
+                BlockValues::I64(v) => {
+                    ints.extend(docs[i..j].iter().map(|d| v[(d - start) as usize]))
+                }
+                BlockValues::F64(v) => {
+                    floats.extend(docs[i..j].iter().map(|d| v[(d - start) as usize]))
+                }
             }
             i = j;
         }
         let nb = validity.map(arrow::buffer::NullBuffer::from);
         if let Some(dict) = dict {
             if ids.len() != docs.len() {
-                return Err(corrupt(format!("{}: dictionary column with raw blocks", def.name)));
+                return Err(corrupt(format!(
+                    "{}: dictionary column with raw blocks",
+                    def.name
+                )));
             }
             if dict.is_empty() {
                 // Every row is null.
-                return Ok(arrow::array::new_null_array(&def.ty.arrow_type(), docs.len()));
+                return Ok(arrow::array::new_null_array(
+                    &def.ty.arrow_type(),
+                    docs.len(),
+                ));
             }
             return dictionary_array(def.ty, &dict, ids, nb);
         }
@@ -459,7 +499,10 @@ impl SegmentReader {
             }
         };
         if arr.len() != docs.len() {
-            return Err(corrupt(format!("{}: block kinds do not match the encoding", def.name)));
+            return Err(corrupt(format!(
+                "{}: block kinds do not match the encoding",
+                def.name
+            )));
         }
         Ok(arr)
     }
@@ -476,26 +519,33 @@ fn dictionary_array(
 ) -> Result<ArrayRef> {
     Ok(match dict {
         Dictionary::Str(values) => {
-            let (keys, values): (Vec<i32>, ArrayRef) = if values.len() <= 4096 || values.len() <= ids.len() {
-                (ids.iter().map(|&i| i as i32).collect(), Arc::new(values.clone()))
-            } else {
-                let mut used: Vec<u32> = ids.clone();
-                used.sort_unstable();
-                used.dedup();
-                let keys = ids
-                    .iter()
-                    .map(|id| used.binary_search(id).expect("id is in used") as i32)
-                    .collect();
-                let taken = arrow::compute::take(values, &UInt32Array::from(used), None)?;
-                (keys, taken)
-            };
+            let (keys, values): (Vec<i32>, ArrayRef) =
+                if values.len() <= 4096 || values.len() <= ids.len() {
+                    (
+                        ids.iter().map(|&i| i as i32).collect(),
+                        Arc::new(values.clone()),
+                    )
+                } else {
+                    let mut used: Vec<u32> = ids.clone();
+                    used.sort_unstable();
+                    used.dedup();
+                    let keys = ids
+                        .iter()
+                        .map(|id| used.binary_search(id).expect("id is in used") as i32)
+                        .collect();
+                    let taken = arrow::compute::take(values, &UInt32Array::from(used), None)?;
+                    (keys, taken)
+                };
             let keys = Int32Array::new(ScalarBuffer::from(keys), nulls);
             Arc::new(DictionaryArray::<Int32Type>::try_new(keys, values)?)
         }
         Dictionary::I64(values) => {
             let v: Vec<i64> = ids.iter().map(|&i| values[i as usize]).collect();
             match ty {
-                ColumnType::Int => Arc::new(Int32Array::new(v.into_iter().map(|x| x as i32).collect(), nulls)),
+                ColumnType::Int => Arc::new(Int32Array::new(
+                    v.into_iter().map(|x| x as i32).collect(),
+                    nulls,
+                )),
                 ColumnType::Timestamp => Arc::new(TimestampMillisecondArray::new(v.into(), nulls)),
                 ColumnType::Boolean => Arc::new(BooleanArray::new(
                     v.into_iter().map(|x| x != 0).collect(),
@@ -507,14 +557,22 @@ fn dictionary_array(
         Dictionary::F64(values) => {
             let v: Vec<f64> = ids.iter().map(|&i| values[i as usize]).collect();
             match ty {
-                ColumnType::Float => Arc::new(Float32Array::new(v.into_iter().map(|x| x as f32).collect(), nulls)),
+                ColumnType::Float => Arc::new(Float32Array::new(
+                    v.into_iter().map(|x| x as f32).collect(),
+                    nulls,
+                )),
                 _ => Arc::new(Float64Array::new(v.into(), nulls)),
             }
         }
     })
 }
 
-fn decode_dictionary(raw: &[u8], cardinality: usize, p: Physical, what: &str) -> Result<Dictionary> {
+fn decode_dictionary(
+    raw: &[u8],
+    cardinality: usize,
+    p: Physical,
+    what: &str,
+) -> Result<Dictionary> {
     match p {
         Physical::Str => {
             if raw.len() < 4 {
@@ -522,7 +580,9 @@ fn decode_dictionary(raw: &[u8], cardinality: usize, p: Physical, what: &str) ->
             }
             let n = u32::from_le_bytes(raw[..4].try_into().expect("4 bytes")) as usize;
             if n != cardinality {
-                return Err(corrupt(format!("{what} holds {n} values, footer says {cardinality}")));
+                return Err(corrupt(format!(
+                    "{what} holds {n} values, footer says {cardinality}"
+                )));
             }
             let off_end = 4 + (n + 1) * 4;
             if raw.len() < off_end {

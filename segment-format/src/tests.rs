@@ -24,7 +24,9 @@ enum V {
     B(bool),
 }
 
-const WORDS: &[&str] = &["", "a", "ab", "abc", "b", "ba", "zeta", "Zulu", "x%y", "é", "mid", "m"];
+const WORDS: &[&str] = &[
+    "", "a", "ab", "abc", "b", "ba", "zeta", "Zulu", "x%y", "é", "mid", "m",
+];
 
 fn schema() -> SegmentSchema {
     SegmentSchema {
@@ -59,7 +61,10 @@ fn row_strategy() -> impl Strategy<Value = Row> {
             ],
         ),
         prop::option::weighted(0.9, any::<bool>().prop_map(V::B)),
-        prop::option::weighted(0.95, (1_700_000_000_000i64..1_700_000_100_000).prop_map(V::I)),
+        prop::option::weighted(
+            0.95,
+            (1_700_000_000_000i64..1_700_000_100_000).prop_map(V::I),
+        ),
         prop::option::weighted(0.95, (0i64..6).prop_map(V::I)),
     )
         .prop_map(|(a, b, c, d, e, f, g, h)| vec![a, b, c, d, e, f, g, h])
@@ -73,10 +78,12 @@ fn to_batch(rows: &[Row]) -> RecordBatch {
             _ => None,
         })))
     };
-    let ints = |i: usize| col(i).map(|v| match v {
-        Some(V::I(x)) => Some(x),
-        _ => None,
-    });
+    let ints = |i: usize| {
+        col(i).map(|v| match v {
+            Some(V::I(x)) => Some(x),
+            _ => None,
+        })
+    };
     let arrays: Vec<ArrayRef> = vec![
         strs(0),
         strs(1),
@@ -128,7 +135,10 @@ fn value_of(reader_col: &ArrayRef, i: usize) -> Option<V> {
         return None;
     }
     let a = reader_col.as_ref();
-    if let Some(d) = a.as_any().downcast_ref::<arrow::array::DictionaryArray<arrow::datatypes::Int32Type>>() {
+    if let Some(d) = a
+        .as_any()
+        .downcast_ref::<arrow::array::DictionaryArray<arrow::datatypes::Int32Type>>()
+    {
         let vals = d.values().as_any().downcast_ref::<StringArray>().unwrap();
         return Some(V::S(vals.value(d.keys().value(i) as usize).to_string()));
     }
@@ -181,13 +191,24 @@ fn reference(p: &Predicate, row: &Row) -> Option<bool> {
             let v = col(column)?;
             Some(cmp_v(&v, low)?.is_ge() && cmp_v(&v, high)?.is_le())
         }
-        Predicate::InList { column, values, negated } => {
+        Predicate::InList {
+            column,
+            values,
+            negated,
+        } => {
             let v = col(column)?;
-            let found = values.iter().any(|x| cmp_v(&v, x).is_some_and(|o| o.is_eq()));
+            let found = values
+                .iter()
+                .any(|x| cmp_v(&v, x).is_some_and(|o| o.is_eq()));
             Some(found != *negated)
         }
         Predicate::IsNull { column, negated } => Some(col(column).is_none() != *negated),
-        Predicate::Like { column, pattern, negated, case_insensitive } => match col(column)? {
+        Predicate::Like {
+            column,
+            pattern,
+            negated,
+            case_insensitive,
+        } => match col(column)? {
             V::S(s) => Some(sql_like(pattern, &s, *case_insensitive) != *negated),
             _ => None,
         },
@@ -223,8 +244,12 @@ fn literal_for(col: &str) -> BoxedStrategy<Value> {
         ]
         .boxed(),
         "i" | "n" => (-25i64..25).prop_map(Value::Int).boxed(),
-        "l" => prop_oneof![any::<i64>(), Just(i64::MIN), Just(i64::MAX)].prop_map(Value::Int).boxed(),
-        "t" => (1_699_999_999_000i64..1_700_000_101_000).prop_map(Value::Int).boxed(),
+        "l" => prop_oneof![any::<i64>(), Just(i64::MIN), Just(i64::MAX)]
+            .prop_map(Value::Int)
+            .boxed(),
+        "t" => (1_699_999_999_000i64..1_700_000_101_000)
+            .prop_map(Value::Int)
+            .boxed(),
         "f" => prop_oneof![
             prop::sample::select(vec![-1.5f64, -0.0, 0.0, 0.5, 2.0, 1e9]),
             -120.0f64..120.0
@@ -252,25 +277,40 @@ fn leaf() -> impl Strategy<Value = Predicate> {
             (ops, literal_for(c))
                 .prop_map({
                     let name = name.clone();
-                    move |(op, value)| Predicate::Compare { column: name.clone(), op, value }
+                    move |(op, value)| Predicate::Compare {
+                        column: name.clone(),
+                        op,
+                        value,
+                    }
                 })
                 .boxed(),
             (literal_for(c), literal_for(c))
                 .prop_map({
                     let name = name.clone();
-                    move |(low, high)| Predicate::Between { column: name.clone(), low, high }
+                    move |(low, high)| Predicate::Between {
+                        column: name.clone(),
+                        low,
+                        high,
+                    }
                 })
                 .boxed(),
             (prop::collection::vec(literal_for(c), 0..4), any::<bool>())
                 .prop_map({
                     let name = name.clone();
-                    move |(values, negated)| Predicate::InList { column: name.clone(), values, negated }
+                    move |(values, negated)| Predicate::InList {
+                        column: name.clone(),
+                        values,
+                        negated,
+                    }
                 })
                 .boxed(),
             any::<bool>()
                 .prop_map({
                     let name = name.clone();
-                    move |negated| Predicate::IsNull { column: name.clone(), negated }
+                    move |negated| Predicate::IsNull {
+                        column: name.clone(),
+                        negated,
+                    }
                 })
                 .boxed(),
         ];
@@ -381,25 +421,39 @@ proptest! {
 
 /// Opens, evaluates and reads everything; errors are fine, panics are not.
 pub(crate) fn exercise(bytes: Vec<u8>) {
-    let Ok(r) = SegmentReader::open(Bytes::from(bytes)) else { return };
+    let Ok(r) = SegmentReader::open(Bytes::from(bytes)) else {
+        return;
+    };
     let n = r.row_count();
     let docs: Vec<u32> = (0..n.min(1 << 16)).collect();
     for c in 0..r.footer().columns.len() {
         let _ = r.read_column(c, &docs);
         let name = r.column_def(c).name.clone();
-        for v in [Value::Int(1), Value::Str("a".into()), Value::Float(0.5), Value::Bool(true)] {
+        for v in [
+            Value::Int(1),
+            Value::Str("a".into()),
+            Value::Float(0.5),
+            Value::Bool(true),
+        ] {
             for op in [CmpOp::Eq, CmpOp::Lt, CmpOp::GtEq, CmpOp::NotEq] {
-                let p = Predicate::Compare { column: name.clone(), op, value: v.clone() };
+                let p = Predicate::Compare {
+                    column: name.clone(),
+                    op,
+                    value: v.clone(),
+                };
                 let _ = evaluate(&r, &p);
                 let _ = may_match(&r, &p);
             }
         }
-        let _ = evaluate(&r, &Predicate::Like {
-            column: name.clone(),
-            pattern: "a%".into(),
-            negated: false,
-            case_insensitive: false,
-        });
+        let _ = evaluate(
+            &r,
+            &Predicate::Like {
+                column: name.clone(),
+                pattern: "a%".into(),
+                negated: false,
+                case_insensitive: false,
+            },
+        );
         let _ = r.bloom(c);
     }
 }
@@ -409,7 +463,11 @@ fn empty_segment_is_valid() {
     let bytes = build_segment(&schema(), &[to_batch(&[])], &opts()).unwrap();
     let r = SegmentReader::open(Bytes::from(bytes)).unwrap();
     assert_eq!(r.row_count(), 0);
-    let p = Predicate::Compare { column: "s".into(), op: CmpOp::Eq, value: Value::Str("a".into()) };
+    let p = Predicate::Compare {
+        column: "s".into(),
+        op: CmpOp::Eq,
+        value: Value::Str("a".into()),
+    };
     assert!(evaluate(&r, &p).unwrap().is_empty());
     assert!(!may_match(&r, &p).unwrap());
 }
@@ -427,7 +485,11 @@ fn sorted_column_is_sorted_and_has_runs() {
     let r = SegmentReader::open(Bytes::from(bytes)).unwrap();
     assert_eq!(r.footer().sorted_by.as_deref(), Some("n"));
     assert!(r.column_meta(7).sorted_runs.is_some());
-    let p = Predicate::Compare { column: "n".into(), op: CmpOp::Eq, value: Value::Int(3) };
+    let p = Predicate::Compare {
+        column: "n".into(),
+        op: CmpOp::Eq,
+        value: Value::Int(3),
+    };
     let got = evaluate(&r, &p).unwrap();
     assert_eq!(got.len(), 20);
     assert_eq!(got.min(), Some(60));
@@ -437,13 +499,30 @@ fn sorted_column_is_sorted_and_has_runs() {
 fn type_mismatch_is_an_error() {
     let bytes = build_segment(&schema(), &[to_batch(&[])], &opts()).unwrap();
     let r = SegmentReader::open(Bytes::from(bytes)).unwrap();
-    let p = Predicate::Compare { column: "s".into(), op: CmpOp::Eq, value: Value::Int(1) };
+    let p = Predicate::Compare {
+        column: "s".into(),
+        op: CmpOp::Eq,
+        value: Value::Int(1),
+    };
     // An empty dictionary answers nothing; a populated one must reject the literal.
     let _ = evaluate(&r, &p);
-    let rows = vec![vec![Some(V::S("a".into())), None, None, None, None, None, None, None]];
+    let rows = vec![vec![
+        Some(V::S("a".into())),
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+    ]];
     let bytes = build_segment(&schema(), &[to_batch(&rows)], &opts()).unwrap();
     let r = SegmentReader::open(Bytes::from(bytes)).unwrap();
     assert!(evaluate(&r, &p).is_err());
-    let p = Predicate::Compare { column: "nope".into(), op: CmpOp::Eq, value: Value::Int(1) };
+    let p = Predicate::Compare {
+        column: "nope".into(),
+        op: CmpOp::Eq,
+        value: Value::Int(1),
+    };
     assert!(evaluate(&r, &p).is_err());
 }

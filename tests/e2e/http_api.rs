@@ -7,17 +7,40 @@ use crate::harness::{scalar, sql, Server};
 
 const SPEC: &str = include_str!("../../ingestion/src/gen_events_spec.json");
 
-async fn post(c: &reqwest::Client, url: String, ct: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
-    let r = c.post(url).header("content-type", ct).body(body).send().await.unwrap();
+async fn post(
+    c: &reqwest::Client,
+    url: String,
+    ct: &str,
+    body: impl Into<reqwest::Body>,
+) -> (u16, Value) {
+    let r = c
+        .post(url)
+        .header("content-type", ct)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
     let status = r.status().as_u16();
     let text = r.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
 }
 
 fn gen(dir: &std::path::Path, rows: u64, format: &str, seed: u64) -> std::path::PathBuf {
     let out = dir.join(format!("events-{seed}.{format}"));
     let st = std::process::Command::new(env!("CARGO_BIN_EXE_basalt"))
-        .args(["gen-events", "--rows", &rows.to_string(), "--format", format, "--seed", &seed.to_string(), "--out"])
+        .args([
+            "gen-events",
+            "--rows",
+            &rows.to_string(),
+            "--format",
+            format,
+            "--seed",
+            &seed.to_string(),
+            "--out",
+        ])
         .arg(&out)
         .status()
         .unwrap();
@@ -39,9 +62,21 @@ async fn create_ingest_query_restart() {
 
     let nd = gen(dir.path(), 30_000, "ndjson", 1);
     let pq = gen(dir.path(), 50_000, "parquet", 2);
-    let (st, v) = post(&c, s.url("/tables/events/ingest"), "application/x-ndjson", std::fs::read(&nd).unwrap()).await;
+    let (st, v) = post(
+        &c,
+        s.url("/tables/events/ingest"),
+        "application/x-ndjson",
+        std::fs::read(&nd).unwrap(),
+    )
+    .await;
     assert_eq!((st, v.clone()), (200, json!({"rows": 30000})), "{v}");
-    let (st, v) = post(&c, s.url("/tables/events/ingest"), "application/vnd.apache.parquet", std::fs::read(&pq).unwrap()).await;
+    let (st, v) = post(
+        &c,
+        s.url("/tables/events/ingest"),
+        "application/vnd.apache.parquet",
+        std::fs::read(&pq).unwrap(),
+    )
+    .await;
     assert_eq!((st, v.clone()), (200, json!({"rows": 50000})), "{v}");
     let csv = "event_id,ts,user_id,event_type,country,device,latency_ms,is_bot\ncsv-1,2026-11-28T10:00:00Z,u1,purchase,FR,mobile,12.5,false\ncsv-2,1764324000000,u2,click,DE,desktop,,true\n";
     let (st, v) = post(&c, s.url("/tables/events/ingest"), "text/csv", csv).await;
@@ -52,41 +87,121 @@ async fn create_ingest_query_restart() {
         .arg(gen(dir.path(), 1_000, "ndjson", 3))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let total = 30_000 + 50_000 + 2 + 1_000;
-    assert_eq!(scalar(&c, &s, "SELECT count(*) FROM events").await, json!(total));
-    assert_eq!(scalar(&c, &s, "SELECT count(DISTINCT event_id) FROM events").await, json!(total));
+    assert_eq!(
+        scalar(&c, &s, "SELECT count(*) FROM events").await,
+        json!(total)
+    );
+    assert_eq!(
+        scalar(&c, &s, "SELECT count(DISTINCT event_id) FROM events").await,
+        json!(total)
+    );
     let v = sql(&c, &s, "SELECT event_type, count(*) AS n FROM events WHERE country = 'AA' AND device IN ('mobile','desktop') GROUP BY event_type ORDER BY n DESC LIMIT 3").await;
-    assert_eq!(v["resultTable"]["dataSchema"]["columnDataTypes"], json!(["STRING", "LONG"]), "{v}");
+    assert_eq!(
+        v["resultTable"]["dataSchema"]["columnDataTypes"],
+        json!(["STRING", "LONG"]),
+        "{v}"
+    );
     assert_eq!(v["resultTable"]["rows"].as_array().unwrap().len(), 3);
     assert!(v["numDocsScanned"].as_u64().unwrap() < total, "{v}");
     assert_eq!(v["totalDocs"], json!(total));
-    let v = sql(&c, &s, "SELECT ts, is_bot, latency_ms FROM events WHERE event_id = 'csv-1'").await;
-    assert_eq!(v["resultTable"]["rows"], json!([["2026-11-28 10:00:00.0", false, 12.5]]), "{v}");
-    assert_eq!(v["resultTable"]["dataSchema"]["columnDataTypes"], json!(["TIMESTAMP", "BOOLEAN", "DOUBLE"]));
-    let p95 = scalar(&c, &s, "SELECT PERCENTILETDIGEST(latency_ms, 95) FROM events").await;
+    let v = sql(
+        &c,
+        &s,
+        "SELECT ts, is_bot, latency_ms FROM events WHERE event_id = 'csv-1'",
+    )
+    .await;
+    assert_eq!(
+        v["resultTable"]["rows"],
+        json!([["2026-11-28 10:00:00.0", false, 12.5]]),
+        "{v}"
+    );
+    assert_eq!(
+        v["resultTable"]["dataSchema"]["columnDataTypes"],
+        json!(["TIMESTAMP", "BOOLEAN", "DOUBLE"])
+    );
+    let p95 = scalar(
+        &c,
+        &s,
+        "SELECT PERCENTILETDIGEST(latency_ms, 95) FROM events",
+    )
+    .await;
     assert!(p95.as_f64().unwrap() > 50.0, "{p95}");
-    let hll = scalar(&c, &s, "SELECT DISTINCTCOUNTHLL(user_id) FROM events").await.as_u64().unwrap();
-    let exact = scalar(&c, &s, "SELECT count(DISTINCT user_id) FROM events").await.as_u64().unwrap();
-    assert!((hll as f64 - exact as f64).abs() / (exact as f64) < 0.05, "{hll} vs {exact}");
-    let v = sql(&c, &s, "SELECT DATETRUNC('MINUTE', ts) AS m, count(*) FROM events GROUP BY 1 ORDER BY 1 LIMIT 2").await;
+    let hll = scalar(&c, &s, "SELECT DISTINCTCOUNTHLL(user_id) FROM events")
+        .await
+        .as_u64()
+        .unwrap();
+    let exact = scalar(&c, &s, "SELECT count(DISTINCT user_id) FROM events")
+        .await
+        .as_u64()
+        .unwrap();
+    assert!(
+        (hll as f64 - exact as f64).abs() / (exact as f64) < 0.05,
+        "{hll} vs {exact}"
+    );
+    let v = sql(
+        &c,
+        &s,
+        "SELECT DATETRUNC('MINUTE', ts) AS m, count(*) FROM events GROUP BY 1 ORDER BY 1 LIMIT 2",
+    )
+    .await;
     assert_eq!(v["exceptions"], json!([]), "{v}");
 
-    let t: Value = c.get(s.url("/tables/events")).send().await.unwrap().json().await.unwrap();
+    let t: Value = c
+        .get(s.url("/tables/events"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(t["stats"]["rows"], json!(total));
     assert_eq!(t["stats"]["segments"], json!(4));
-    let tables: Value = c.get(s.url("/tables")).send().await.unwrap().json().await.unwrap();
+    let tables: Value = c
+        .get(s.url("/tables"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(tables, json!({"tables": ["events"]}));
-    let metrics = c.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("basalt_ingested_rows_total{table=\"events\"} 81002"), "{metrics}");
+    let metrics = c
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("basalt_ingested_rows_total{table=\"events\"} 81002"),
+        "{metrics}"
+    );
     assert!(metrics.contains("basalt_queries_total"), "{metrics}");
 
     // Restart on the same data dir: everything is still there.
     s.kill();
     let s = Server::start(&data, None);
-    assert_eq!(scalar(&c, &s, "SELECT count(*) FROM events").await, json!(total));
-    assert_eq!(scalar(&c, &s, "SELECT count(*) FROM events WHERE event_id = 'csv-2'").await, json!(1));
+    assert_eq!(
+        scalar(&c, &s, "SELECT count(*) FROM events").await,
+        json!(total)
+    );
+    assert_eq!(
+        scalar(
+            &c,
+            &s,
+            "SELECT count(*) FROM events WHERE event_id = 'csv-2'"
+        )
+        .await,
+        json!(1)
+    );
 
     let r = c.delete(s.url("/tables/events")).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
@@ -98,18 +213,45 @@ async fn create_ingest_query_restart() {
 async fn bad_input_gets_clear_errors_and_nothing_partial() {
     let dir = tempfile::tempdir().unwrap();
     let c = reqwest::Client::new();
-    let s = Server::start(&dir.path().join("data"), Some("[ingest]\nmax_body_bytes = 100000\n[query]\ntimeout_ms = 5000\n"));
+    let s = Server::start(
+        &dir.path().join("data"),
+        Some("[ingest]\nmax_body_bytes = 100000\n[query]\ntimeout_ms = 5000\n"),
+    );
 
     // Table specs.
     let (st, v) = post(&c, s.url("/tables"), "application/json", "{not json").await;
     assert_eq!(st, 400, "{v}");
-    let (st, v) = post(&c, s.url("/tables"), "application/json", SPEC.replace("\"DOUBLE\",\"index\":[\"range\"]", "\"DUBBLE\",\"index\":[\"range\"]")).await;
+    let (st, v) = post(
+        &c,
+        s.url("/tables"),
+        "application/json",
+        SPEC.replace(
+            "\"DOUBLE\",\"index\":[\"range\"]",
+            "\"DUBBLE\",\"index\":[\"range\"]",
+        ),
+    )
+    .await;
     assert_eq!(st, 400);
-    assert!(v["error"].as_str().unwrap().contains("columns[11].type"), "{v}");
-    let (st, v) = post(&c, s.url("/tables"), "application/json", SPEC.replace("\"segment\"", "\"segmnt\"")).await;
+    assert!(
+        v["error"].as_str().unwrap().contains("columns[11].type"),
+        "{v}"
+    );
+    let (st, v) = post(
+        &c,
+        s.url("/tables"),
+        "application/json",
+        SPEC.replace("\"segment\"", "\"segmnt\""),
+    )
+    .await;
     assert_eq!(st, 400);
     assert!(v["error"].as_str().unwrap().contains("segmnt"), "{v}");
-    let (st, v) = post(&c, s.url("/tables"), "application/json", SPEC.replace("\"time_column\":\"ts\"", "\"time_column\":\"url\"")).await;
+    let (st, v) = post(
+        &c,
+        s.url("/tables"),
+        "application/json",
+        SPEC.replace("\"time_column\":\"ts\"", "\"time_column\":\"url\""),
+    )
+    .await;
     assert_eq!(st, 400);
     assert!(v["error"].as_str().unwrap().contains("time_column"), "{v}");
     let (st, _) = post(&c, s.url("/tables"), "application/json", SPEC).await;
@@ -118,41 +260,110 @@ async fn bad_input_gets_clear_errors_and_nothing_partial() {
     // Rows: a bad row rejects the whole request and nothing becomes visible.
     let good = "{\"event_id\":\"a\",\"ts\":1764324000000}\n";
     let body = format!("{good}{good}{{\"event_id\":\"b\",\"ts\":\"not a time\"}}\n");
-    let (st, v) = post(&c, s.url("/tables/events/ingest"), "application/x-ndjson", body).await;
+    let (st, v) = post(
+        &c,
+        s.url("/tables/events/ingest"),
+        "application/x-ndjson",
+        body,
+    )
+    .await;
     assert_eq!(st, 400, "{v}");
     let msg = v["error"].as_str().unwrap();
     assert!(msg.contains("line 3") && msg.contains("\"ts\""), "{msg}");
-    let (st, v) = post(&c, s.url("/tables/events/ingest"), "application/x-ndjson", format!("{good}{{\"event_id\":1")).await;
+    let (st, v) = post(
+        &c,
+        s.url("/tables/events/ingest"),
+        "application/x-ndjson",
+        format!("{good}{{\"event_id\":1"),
+    )
+    .await;
     assert_eq!(st, 400);
     assert!(v["error"].as_str().unwrap().contains("line 2"), "{v}");
-    let (st, v) = post(&c, s.url("/tables/events/ingest"), "text/csv", "event_id,ts,latency_ms\nx,1764324000000,fast\n").await;
+    let (st, v) = post(
+        &c,
+        s.url("/tables/events/ingest"),
+        "text/csv",
+        "event_id,ts,latency_ms\nx,1764324000000,fast\n",
+    )
+    .await;
     assert_eq!(st, 400);
     assert!(v["error"].as_str().unwrap().contains("latency_ms"), "{v}");
-    let (st, v) = post(&c, s.url("/tables/events/ingest"), "application/vnd.apache.parquet", "PAR1 nope").await;
+    let (st, v) = post(
+        &c,
+        s.url("/tables/events/ingest"),
+        "application/vnd.apache.parquet",
+        "PAR1 nope",
+    )
+    .await;
     assert_eq!(st, 400, "{v}");
     let (st, _) = post(&c, s.url("/tables/events/ingest"), "application/xml", good).await;
     assert_eq!(st, 415);
-    let (st, v) = post(&c, s.url("/tables/nope/ingest"), "application/x-ndjson", good).await;
+    let (st, v) = post(
+        &c,
+        s.url("/tables/nope/ingest"),
+        "application/x-ndjson",
+        good,
+    )
+    .await;
     assert_eq!(st, 404, "{v}");
     // Oversized: declared length and a streamed body without a length.
     let big = good.repeat(100_000 / good.len() + 10);
-    let (st, v) = post(&c, s.url("/tables/events/ingest"), "application/x-ndjson", big.clone()).await;
+    let (st, v) = post(
+        &c,
+        s.url("/tables/events/ingest"),
+        "application/x-ndjson",
+        big.clone(),
+    )
+    .await;
     assert_eq!(st, 413, "{v}");
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = big.as_bytes().chunks(4096).map(|c| Ok(c.to_vec())).collect();
-    let (st, v) = post(&c, s.url("/tables/events/ingest"), "application/x-ndjson", reqwest::Body::wrap_stream(futures::stream::iter(chunks))).await;
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = big
+        .as_bytes()
+        .chunks(4096)
+        .map(|c| Ok(c.to_vec()))
+        .collect();
+    let (st, v) = post(
+        &c,
+        s.url("/tables/events/ingest"),
+        "application/x-ndjson",
+        reqwest::Body::wrap_stream(futures::stream::iter(chunks)),
+    )
+    .await;
     assert_eq!(st, 413, "{v}");
-    assert_eq!(scalar(&c, &s, "SELECT count(*) FROM events").await, json!(0));
-    let (st, _) = post(&c, s.url("/tables/events/ingest"), "application/x-ndjson", good).await;
+    assert_eq!(
+        scalar(&c, &s, "SELECT count(*) FROM events").await,
+        json!(0)
+    );
+    let (st, _) = post(
+        &c,
+        s.url("/tables/events/ingest"),
+        "application/x-ndjson",
+        good,
+    )
+    .await;
     assert_eq!(st, 200);
-    assert_eq!(scalar(&c, &s, "SELECT count(*) FROM events").await, json!(1));
+    assert_eq!(
+        scalar(&c, &s, "SELECT count(*) FROM events").await,
+        json!(1)
+    );
 
     // SQL: errors come back in "exceptions" without a resultTable.
-    for (q, code) in [("SELEC 1", 150), ("SELECT nope FROM events", 150), ("SELECT * FROM missing", 150), ("DELETE FROM events", 150)] {
+    for (q, code) in [
+        ("SELEC 1", 150),
+        ("SELECT nope FROM events", 150),
+        ("SELECT * FROM missing", 150),
+        ("DELETE FROM events", 150),
+    ] {
         let v = sql(&c, &s, q).await;
         assert_eq!(v["exceptions"][0]["errorCode"], json!(code), "{q}: {v}");
         assert!(v.get("resultTable").is_none(), "{v}");
     }
-    let r = c.post(s.url("/query/sql")).header("content-type", "application/json").body("{\"query\":1}").send().await.unwrap();
+    let r = c
+        .post(s.url("/query/sql"))
+        .header("content-type", "application/json")
+        .body("{\"query\":1}")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 400);
     let v: Value = c
         .post(s.url("/query/sql"))
@@ -165,6 +376,13 @@ async fn bad_input_gets_clear_errors_and_nothing_partial() {
         .unwrap();
     assert_eq!(v["exceptions"][0]["errorCode"], json!(250), "{v}");
     // Still healthy after all of that.
-    let h: Value = c.get(s.url("/health")).send().await.unwrap().json().await.unwrap();
+    let h: Value = c
+        .get(s.url("/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(h["status"], json!("ok"));
 }

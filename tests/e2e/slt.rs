@@ -59,7 +59,9 @@ impl sqllogictest::AsyncDB for Http {
                             .flatten()
                             .map(|c| match c {
                                 serde_json::Value::Null => "NULL".to_string(),
-                                serde_json::Value::String(s) if s.is_empty() => "(empty)".to_string(),
+                                serde_json::Value::String(s) if s.is_empty() => {
+                                    "(empty)".to_string()
+                                }
                                 serde_json::Value::String(s) => s.clone(),
                                 other => other.to_string(),
                             })
@@ -95,7 +97,12 @@ async fn sqllogictest_files() {
         // Each file names its table after itself and brings a spec and rows.
         let stem = f.file_stem().unwrap().to_str().unwrap().to_string();
         let spec = std::fs::read_to_string(root.join(format!("{stem}.spec.json"))).unwrap();
-        let r = client.post(s.url("/tables")).body(spec).send().await.unwrap();
+        let r = client
+            .post(s.url("/tables"))
+            .body(spec)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status().as_u16(), 201, "{}", r.text().await.unwrap());
         let rows = std::fs::read(root.join(format!("{stem}.ndjson"))).unwrap();
         let r = client

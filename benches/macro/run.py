@@ -1,0 +1,137 @@
+#!/usr/bin/env python3
+"""Macro benchmark: the same generated events in Basalt, DuckDB and ClickHouse (chDB), each in
+its native storage, and the dashboard query set timed on all three in the same run.
+
+Usage: python3 benches/macro/run.py --basalt target/debug/basalt --rows 10000000 [--runs 5]
+Needs: pip install duckdb chdb. Prints per query the median latency of each engine and
+Basalt's ratio to the fastest peer (ratio < 1 means Basalt is faster), the geometric mean,
+ingest throughput, storage bytes and the server's RSS.
+"""
+import argparse, json, math, os, shutil, statistics, subprocess, sys, tempfile, time, urllib.request
+
+QUERIES = [
+    ("count last 5 min", "SELECT count(*) FROM events WHERE ts >= {now} - INTERVAL '5 minutes'"),
+    ("top event types last hour", "SELECT event_type, count(*) AS n FROM events WHERE ts >= {now} - INTERVAL '1 hour' GROUP BY event_type ORDER BY n DESC LIMIT 10"),
+    ("per-minute revenue series", "SELECT date_trunc('minute', ts) AS m, count(*) AS n, sum(revenue) AS rev FROM events WHERE ts >= {now} - INTERVAL '1 hour' GROUP BY 1 ORDER BY 1"),
+    ("p95 latency, two filters", "SELECT {p95} FROM events WHERE country = 'AB' AND device = 'mobile'"),
+    ("approx distinct users by country", "SELECT country, {hll} AS users FROM events GROUP BY country ORDER BY users DESC LIMIT 10"),
+    ("one user's latest events", "SELECT ts, event_type, url FROM events WHERE user_id = 'u12345' ORDER BY ts DESC LIMIT 20"),
+    ("top urls, two filters", "SELECT url, count(*) AS n FROM events WHERE event_type = 'page_view' AND country = 'AC' GROUP BY url ORDER BY n DESC LIMIT 10"),
+    ("substring LIKE", "SELECT count(*) FROM events WHERE url LIKE '%/p/77%'"),
+    ("full-scan group by", "SELECT device, os, count(*) AS n, avg(latency_ms) AS lat FROM events GROUP BY device, os ORDER BY n DESC"),
+    ("high-cardinality group by", "SELECT user_id, count(*) AS n FROM events GROUP BY user_id ORDER BY n DESC LIMIT 10"),
+    ("rare three-filter combination", "SELECT count(*), sum(revenue) FROM events WHERE country = 'BD' AND device = 'tv' AND event_type = 'purchase'"),
+]
+
+DIALECT = {
+    "basalt": {"p95": "PERCENTILETDIGEST(latency_ms, 95)", "hll": "DISTINCTCOUNTHLL(user_id)"},
+    "duckdb": {"p95": "approx_quantile(latency_ms, 0.95)", "hll": "approx_count_distinct(user_id)"},
+    "chdb": {"p95": "quantileTDigest(0.95)(latency_ms)", "hll": "uniq(user_id)"},
+}
+
+
+def http(url, body=None, ct="application/json", timeout=600):
+    req = urllib.request.Request(url, data=body, headers={"content-type": ct}, method="POST" if body is not None else "GET")
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+def rss_kb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def median_ms(fn, runs):
+    fn()  # warm-up
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1000)
+    return statistics.median(times)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--basalt", default="target/debug/basalt")
+    ap.add_argument("--rows", type=int, default=10_000_000)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--port", type=int, default=18199)
+    a = ap.parse_args()
+    import duckdb, chdb
+    from chdb import session as chs
+
+    work = tempfile.mkdtemp(prefix="basalt-macro-")
+    pq = os.path.join(work, "events.parquet")
+    t = time.time()
+    subprocess.run([a.basalt, "gen-events", "--rows", str(a.rows), "--format", "parquet", "--out", pq], check=True)
+    print(f"generated {a.rows} events in {time.time()-t:.1f}s; parquet (zstd) {os.path.getsize(pq)/1e6:.1f} MB")
+    now_ms = int(time.time() * 1000)
+
+    srv = subprocess.Popen([a.basalt, "standalone", "--data-dir", os.path.join(work, "basalt"), "--http-addr", f"127.0.0.1:{a.port}"],
+                           stderr=subprocess.DEVNULL, env={**os.environ, "RUST_LOG": "warn"})
+    base = f"http://127.0.0.1:{a.port}"
+    try:
+        for _ in range(100):
+            try:
+                http(base + "/health"); break
+            except Exception:
+                time.sleep(0.2)
+        spec = subprocess.run([a.basalt, "gen-events", "--rows", "0", "--out", "/dev/null", "--print-spec"], capture_output=True, text=True, check=True).stdout
+        http(base + "/tables", spec.encode())
+        t = time.time()
+        with open(pq, "rb") as f:
+            r = http(base + "/tables/events/ingest", f.read(), "application/vnd.apache.parquet", timeout=3600)
+        basalt_ingest = time.time() - t
+        info = http(base + "/tables/events")
+        print(f"basalt: ingested {r['rows']} rows from Parquet in {basalt_ingest:.1f}s ({r['rows']/basalt_ingest:,.0f} rows/s); "
+              f"segments {info['stats']['segments']}, {info['stats']['bytes']/1e6:.1f} MB ({info['stats']['bytes']/os.path.getsize(pq):.2f}x parquet); RSS {rss_kb(srv.pid)/1024:.0f} MB")
+
+        dpath = os.path.join(work, "duck.db")
+        con = duckdb.connect(dpath)
+        t = time.time()
+        con.execute(f"CREATE TABLE events AS SELECT * FROM read_parquet('{pq}')")
+        print(f"duckdb: loaded in {time.time()-t:.1f}s")
+        sess = chs.Session(os.path.join(work, "chdb"))
+        t = time.time()
+        sess.query("CREATE TABLE events ENGINE = MergeTree ORDER BY ts AS SELECT * FROM file('%s', Parquet)" % pq)
+        print(f"chdb: loaded in {time.time()-t:.1f}s")
+
+        now_lit = {"basalt": f"to_timestamp_millis({now_ms})", "duckdb": f"make_timestamp({now_ms * 1000})", "chdb": f"fromUnixTimestamp64Milli({now_ms})"}
+        rows = []
+        print(f"\n{'query':36} {'basalt ms':>10} {'duckdb ms':>10} {'chdb ms':>10} {'ratio':>7}")
+        for name, q in QUERIES:
+            res = {}
+            for eng in ("basalt", "duckdb", "chdb"):
+                sql = q.format(now=now_lit[eng], **DIALECT[eng])
+                if eng == "chdb":
+                    sql = sql.replace("date_trunc('minute', ts)", "toStartOfMinute(ts)").replace("INTERVAL '5 minutes'", "INTERVAL 5 MINUTE").replace("INTERVAL '1 hour'", "INTERVAL 1 HOUR")
+                if eng == "basalt":
+                    def run(sql=sql):
+                        v = http(base + "/query/sql", json.dumps({"sql": sql}).encode())
+                        if v.get("exceptions"):
+                            raise RuntimeError(f"{sql}: {v['exceptions']}")
+                elif eng == "duckdb":
+                    def run(sql=sql):
+                        con.execute(sql).fetchall()
+                else:
+                    def run(sql=sql):
+                        sess.query(sql, "CSV")
+                res[eng] = median_ms(run, a.runs)
+            ratio = res["basalt"] / min(res["duckdb"], res["chdb"])
+            rows.append(ratio)
+            print(f"{name:36} {res['basalt']:10.1f} {res['duckdb']:10.1f} {res['chdb']:10.1f} {ratio:7.2f}")
+        geo = math.exp(sum(math.log(r) for r in rows) / len(rows))
+        print(f"\ngeometric mean of basalt / fastest peer: {geo:.2f}  (rows={a.rows}, runs={a.runs}, median)")
+        print(f"basalt RSS after queries: {rss_kb(srv.pid)/1024:.0f} MB")
+    finally:
+        srv.terminate()
+        srv.wait()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

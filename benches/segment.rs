@@ -1,0 +1,113 @@
+//! Micro benchmarks of the hot paths under the dashboard queries: sealing generated events
+//! into a segment, evaluating indexed and scanned predicates, materialising columns for
+//! matched docs, and NDJSON decoding (the batch-ingest path without HTTP).
+//!
+//! Run: `cargo bench --bench segment` (figures in BENCHMARKS.md).
+
+use std::hint::black_box;
+
+use basalt_ingest::decode::decode_ndjson;
+use basalt_ingest::gen::{EventGenerator, EVENTS_SPEC};
+use basalt_ingest::TableSpec;
+use basalt_segment::{
+    build_segment, evaluate, BuildOptions, CmpOp, Predicate, SegmentReader, Value,
+};
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+
+const ROWS: usize = 200_000;
+
+fn events() -> (
+    basalt_segment::SegmentSchema,
+    arrow::record_batch::RecordBatch,
+) {
+    let spec = TableSpec::from_json(EVENTS_SPEC.as_bytes()).unwrap();
+    (
+        spec.segment_schema(),
+        EventGenerator::new(7, 1_795_860_000_000).batch(ROWS, 1.0),
+    )
+}
+
+fn bench(c: &mut Criterion) {
+    let (schema, batch) = events();
+    let mut g = c.benchmark_group("segment");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(ROWS as u64));
+    g.bench_function("build_200k_events", |b| {
+        b.iter(|| {
+            build_segment(
+                &schema,
+                std::slice::from_ref(&batch),
+                &BuildOptions::default(),
+            )
+            .unwrap()
+        })
+    });
+    let bytes = build_segment(
+        &schema,
+        std::slice::from_ref(&batch),
+        &BuildOptions::default(),
+    )
+    .unwrap();
+    let r = SegmentReader::open(Bytes::from(bytes)).unwrap();
+    let eq = |c: &str, v: &str| Predicate::Compare {
+        column: c.into(),
+        op: CmpOp::Eq,
+        value: Value::Str(v.into()),
+    };
+    let rare = Predicate::And(vec![
+        eq("country", "AB"),
+        eq("device", "tv"),
+        eq("event_type", "purchase"),
+    ]);
+    g.bench_function("eval_three_inverted_filters", |b| {
+        b.iter(|| black_box(evaluate(&r, &rare).unwrap()))
+    });
+    let lat = Predicate::Compare {
+        column: "latency_ms".into(),
+        op: CmpOp::Gt,
+        value: Value::Float(200.0),
+    };
+    g.bench_function("eval_range_index", |b| {
+        b.iter(|| black_box(evaluate(&r, &lat).unwrap()))
+    });
+    let like = Predicate::Like {
+        column: "url".into(),
+        pattern: "%/p/12%".into(),
+        negated: false,
+        case_insensitive: false,
+    };
+    g.bench_function("eval_like_on_dictionary", |b| {
+        b.iter(|| black_box(evaluate(&r, &like).unwrap()))
+    });
+    let user = evaluate(&r, &eq("user_id", "u3")).unwrap();
+    let docs: Vec<u32> = user.iter().collect();
+    let cols: Vec<usize> = (0..13).collect();
+    g.bench_function("materialise_one_user_all_columns", |b| {
+        b.iter(|| black_box(r.read_batch(&cols, &docs).unwrap()))
+    });
+    let all: Vec<u32> = (0..ROWS as u32).collect();
+    g.bench_function("materialise_full_scan_two_columns", |b| {
+        b.iter(|| black_box(r.read_batch(&[4, 11], &all).unwrap()))
+    });
+    let mut nd = Vec::new();
+    {
+        let mut w = arrow::json::LineDelimitedWriter::new(&mut nd);
+        w.write(&batch).unwrap();
+        w.finish().unwrap();
+    }
+    g.throughput(Throughput::Bytes(nd.len() as u64));
+    g.bench_function("decode_ndjson_200k_events", |b| {
+        b.iter(|| {
+            decode_ndjson(&nd[..], &schema, 65536, &mut |b| {
+                black_box(b);
+                Ok(())
+            })
+            .unwrap()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
