@@ -202,6 +202,20 @@ impl RowWriter {
         self.rows() >= self.batch_rows
     }
 
+    /// Hands the accumulated rows to `sink` when the batch is full, or always at the end.
+    pub fn flush(
+        &mut self,
+        sink: &mut dyn FnMut(RecordBatch) -> Result<()>,
+        end: bool,
+    ) -> Result<()> {
+        if end || self.is_full() {
+            if let Some(b) = self.finish()? {
+                sink(b)?;
+            }
+        }
+        Ok(())
+    }
+
     pub fn finish(&mut self) -> Result<Option<RecordBatch>> {
         if self.rows() == 0 {
             return Ok(None);
@@ -417,15 +431,9 @@ pub fn decode_ndjson(
         };
         w.push_json(&obj, &loc)?;
         rows += 1;
-        if w.is_full() {
-            if let Some(b) = w.finish()? {
-                sink(b)?;
-            }
-        }
+        w.flush(sink, false)?;
     }
-    if let Some(b) = w.finish()? {
-        sink(b)?;
-    }
+    w.flush(sink, true)?;
     Ok(rows)
 }
 
@@ -475,15 +483,9 @@ pub fn decode_csv(
             .collect();
         w.push_text(&fields, &|| format!("line {line}"))?;
         rows += 1;
-        if w.is_full() {
-            if let Some(b) = w.finish()? {
-                sink(b)?;
-            }
-        }
+        w.flush(sink, false)?;
     }
-    if let Some(b) = w.finish()? {
-        sink(b)?;
-    }
+    w.flush(sink, true)?;
     Ok(rows)
 }
 
