@@ -523,13 +523,11 @@ fn dict_strings(a: &StringArray) -> Encoded {
         .map(|p| if p == u32::MAX { 0 } else { remap[p as usize] })
         .collect();
     let total: usize = values.iter().map(|(s, _)| s.len()).sum();
-    let mut dictionary = Vec::with_capacity(4 + (values.len() + 1) * 4 + total);
+    let mut dictionary = Vec::with_capacity(4 + values.len() * 4 + total);
     dictionary.extend_from_slice(&(values.len() as u32).to_le_bytes());
-    let mut off = 0u32;
-    dictionary.extend_from_slice(&off.to_le_bytes());
+    // Lengths rather than offsets: equal-length values (ids, hashes) compress to nothing.
     for (s, _) in &values {
-        off += s.len() as u32;
-        dictionary.extend_from_slice(&off.to_le_bytes());
+        dictionary.extend_from_slice(&(s.len() as u32).to_le_bytes());
     }
     for (s, _) in &values {
         dictionary.extend_from_slice(s.as_bytes());

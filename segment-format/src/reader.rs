@@ -584,20 +584,24 @@ fn decode_dictionary(
                     "{what} holds {n} values, footer says {cardinality}"
                 )));
             }
-            let off_end = 4 + (n + 1) * 4;
-            if raw.len() < off_end {
-                return Err(corrupt(format!("{what} offsets are truncated")));
+            let len_end = n
+                .checked_mul(4)
+                .and_then(|l| l.checked_add(4))
+                .filter(|&e| e <= raw.len())
+                .ok_or_else(|| corrupt(format!("{what} lengths are truncated")))?;
+            let data = &raw[len_end..];
+            let mut offsets: Vec<i32> = Vec::with_capacity(n + 1);
+            offsets.push(0);
+            let mut end: u64 = 0;
+            for c in raw[4..len_end].chunks_exact(4) {
+                end += u32::from_le_bytes(c.try_into().expect("4 bytes")) as u64;
+                if end > data.len() as u64 {
+                    return Err(corrupt(format!("{what} lengths exceed its bytes")));
+                }
+                offsets.push(end as i32);
             }
-            let offsets: Vec<i32> = raw[4..off_end]
-                .chunks_exact(4)
-                .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")) as i32)
-                .collect();
-            let data = &raw[off_end..];
-            if offsets[0] != 0
-                || offsets.windows(2).any(|w| w[0] > w[1] || w[0] < 0)
-                || offsets[n] as usize != data.len()
-            {
-                return Err(corrupt(format!("{what} offsets do not fit its bytes")));
+            if end != data.len() as u64 {
+                return Err(corrupt(format!("{what} lengths do not add up to its bytes")));
             }
             let arr = StringArray::try_new(
                 OffsetBuffer::new(ScalarBuffer::from(offsets)),
