@@ -507,21 +507,33 @@ impl TableStore {
         batches: &[RecordBatch],
         handle: &tokio::runtime::Handle,
     ) -> Result<Arc<LoadedSegment>> {
-        let bytes = build_segment(&t.schema, batches, &self.build)?;
-        let reader = SegmentReader::open(Bytes::from(bytes.clone()))?;
+        let bytes = Bytes::from(build_segment(&t.schema, batches, &self.build)?);
         let id = self.new_segment_id(&t.spec.name);
         let path = format!("{}/{id}.seg", segments_prefix(&t.spec.name));
+        let size = bytes.len() as u64;
+        handle.block_on(self.store.put(
+            &ObjPath::from(path.as_str()),
+            PutPayload::from(bytes.clone()),
+        ))?;
+        // Serve from the stored copy where it is local (memory-mapped), so a large request
+        // does not hold every staged segment in memory until it is published.
+        let reader = match &self.local_root {
+            Some(root) => {
+                drop(bytes);
+                let f = std::fs::File::open(root.join(&path))?;
+                // SAFETY: the segment file was just written and is never modified.
+                let map = unsafe { memmap2::Mmap::map(&f)? };
+                SegmentReader::open(Bytes::from_owner(map))?
+            }
+            None => SegmentReader::open(bytes)?,
+        };
         let meta = SegmentMeta {
             id,
-            path: path.clone(),
+            path,
             rows: reader.row_count() as u64,
-            bytes: bytes.len() as u64,
+            bytes: size,
             time_range: reader.footer().time_range,
         };
-        handle.block_on(
-            self.store
-                .put(&ObjPath::from(path.as_str()), PutPayload::from(bytes)),
-        )?;
         Ok(Arc::new(LoadedSegment {
             meta,
             reader: Arc::new(reader),

@@ -601,7 +601,9 @@ fn decode_dictionary(
                 offsets.push(end as i32);
             }
             if end != data.len() as u64 {
-                return Err(corrupt(format!("{what} lengths do not add up to its bytes")));
+                return Err(corrupt(format!(
+                    "{what} lengths do not add up to its bytes"
+                )));
             }
             let arr = StringArray::try_new(
                 OffsetBuffer::new(ScalarBuffer::from(offsets)),
