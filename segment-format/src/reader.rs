@@ -526,15 +526,7 @@ fn dictionary_array(
                         Arc::new(values.clone()),
                     )
                 } else {
-                    let mut used: Vec<u32> = ids.clone();
-                    used.sort_unstable();
-                    used.dedup();
-                    let keys = ids
-                        .iter()
-                        .map(|id| used.binary_search(id).expect("id is in used") as i32)
-                        .collect();
-                    let taken = arrow::compute::take(values, &UInt32Array::from(used), None)?;
-                    (keys, taken)
+                    compact(values, &ids)?
                 };
             let keys = Int32Array::new(ScalarBuffer::from(keys), nulls);
             Arc::new(DictionaryArray::<Int32Type>::try_new(keys, values)?)
@@ -564,6 +556,39 @@ fn dictionary_array(
                 _ => Arc::new(Float64Array::new(v.into(), nulls)),
             }
         }
+    })
+}
+
+thread_local! {
+    /// Per-thread scratch map from dictionary id to compacted key; every slot is u32::MAX
+    /// between calls, so a batch costs O(rows), not O(dictionary).
+    static REMAP: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Keys into, and values of, a dictionary holding only the values `ids` use (first-use order).
+fn compact(values: &StringArray, ids: &[u32]) -> Result<(Vec<i32>, ArrayRef)> {
+    REMAP.with(|r| {
+        let mut remap = r.borrow_mut();
+        if remap.len() < values.len() {
+            remap.resize(values.len(), u32::MAX);
+        }
+        let mut used: Vec<u32> = Vec::new();
+        let keys: Vec<i32> = ids
+            .iter()
+            .map(|&id| {
+                let slot = &mut remap[id as usize];
+                if *slot == u32::MAX {
+                    *slot = used.len() as u32;
+                    used.push(id);
+                }
+                *slot as i32
+            })
+            .collect();
+        for &u in &used {
+            remap[u as usize] = u32::MAX;
+        }
+        let taken = arrow::compute::take(values, &UInt32Array::from(used), None)?;
+        Ok((keys, taken))
     })
 }
 

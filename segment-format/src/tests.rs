@@ -526,3 +526,47 @@ fn type_mismatch_is_an_error() {
     };
     assert!(evaluate(&r, &p).is_err());
 }
+
+#[test]
+fn large_string_dictionaries_are_compacted_per_batch() {
+    let schema = SegmentSchema {
+        columns: vec![ColumnDef::new("k", ColumnType::String)],
+        time_column: None,
+    };
+    let n = 20_000usize;
+    let vals: Vec<Option<String>> = (0..n)
+        .map(|i| (i % 7 != 0).then(|| format!("key-{:05}", (i * 7919) % n)))
+        .collect();
+    let arr: ArrayRef = Arc::new(StringArray::from_iter(vals.clone()));
+    let batch = RecordBatch::try_new(
+        Arc::new(arrow::datatypes::Schema::new(vec![
+            arrow::datatypes::Field::new("k", arrow::datatypes::DataType::Utf8, true),
+        ])),
+        vec![arr],
+    )
+    .unwrap();
+    let r = SegmentReader::open(Bytes::from(
+        build_segment(&schema, &[batch], &BuildOptions::default()).unwrap(),
+    ))
+    .unwrap();
+    for docs in [
+        (0..n as u32).step_by(13).collect::<Vec<u32>>(),
+        (5000..5100).collect(),
+        vec![19_999],
+        vec![],
+    ] {
+        let a = r.read_column(0, &docs).unwrap();
+        let d = a
+            .as_any()
+            .downcast_ref::<arrow::array::DictionaryArray<arrow::datatypes::Int32Type>>()
+            .unwrap();
+        assert!(
+            d.values().len() <= docs.len().max(1),
+            "dictionary compacted to used values"
+        );
+        for (j, doc) in docs.iter().enumerate() {
+            let want = vals[*doc as usize].clone().map(V::S);
+            assert_eq!(value_of(&a, j), want, "doc {doc}");
+        }
+    }
+}
