@@ -15,7 +15,7 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
-use basalt_segment::{ColumnType, SegmentSchema};
+use basalt_segment::{ColumnDef, ColumnType, SegmentSchema};
 use serde_json::Value as Json;
 
 use crate::error::{IngestError, Result};
@@ -230,56 +230,46 @@ impl RowWriter {
         obj: &serde_json::Map<String, Json>,
         location: &dyn Fn() -> String,
     ) -> Result<()> {
-        let mut cells = Vec::with_capacity(self.schema.columns.len());
-        for c in &self.schema.columns {
-            let cell = match obj.get(&c.name) {
-                None | Some(Json::Null) => Cell::Null,
-                Some(v) => json_cell(c.ty, v).map_err(|m| IngestError::BadRow {
-                    location: location(),
-                    column: c.name.clone(),
-                    message: m,
-                })?,
-            };
-            cells.push(cell);
-        }
-        self.push_cells(cells, location)
+        self.push_row(location, |_, c| match obj.get(&c.name) {
+            None | Some(Json::Null) => Ok(Cell::Null),
+            Some(v) => json_cell(c.ty, v),
+        })
     }
 
-    /// Validates and appends one CSV record; `index[i]` is the record field of column i.
+    /// Validates and appends one CSV record; `fields[i]` is the record field of column i.
     pub fn push_text(
         &mut self,
         fields: &[Option<&str>],
         location: &dyn Fn() -> String,
     ) -> Result<()> {
-        let mut cells = Vec::with_capacity(fields.len());
-        for (c, f) in self.schema.columns.iter().zip(fields) {
-            let cell = match f {
-                None => Cell::Null,
-                Some(s)
-                    if s.is_empty() && !matches!(c.ty, ColumnType::String | ColumnType::Json) =>
-                {
-                    Cell::Null
-                }
-                Some(s) => text_cell(c.ty, s).map_err(|m| IngestError::BadRow {
-                    location: location(),
-                    column: c.name.clone(),
-                    message: m,
-                })?,
-            };
-            cells.push(cell);
-        }
-        self.push_cells(cells, location)
+        self.push_row(location, |i, c| match fields.get(i).copied().flatten() {
+            None => Ok(Cell::Null),
+            Some(s) if s.is_empty() && !matches!(c.ty, ColumnType::String | ColumnType::Json) => {
+                Ok(Cell::Null)
+            }
+            Some(s) => text_cell(c.ty, s),
+        })
     }
 
-    fn push_cells(&mut self, cells: Vec<Cell>, location: &dyn Fn() -> String) -> Result<()> {
-        for (c, cell) in self.schema.columns.iter().zip(&cells) {
+    /// Converts every column with `cell_of`, checks nullability, then appends the row; on any
+    /// error nothing is appended and the error names the location and column.
+    fn push_row(
+        &mut self,
+        location: &dyn Fn() -> String,
+        mut cell_of: impl FnMut(usize, &ColumnDef) -> std::result::Result<Cell, String>,
+    ) -> Result<()> {
+        let mut cells = Vec::with_capacity(self.schema.columns.len());
+        for (i, c) in self.schema.columns.iter().enumerate() {
+            let bad = |message: String| IngestError::BadRow {
+                location: location(),
+                column: c.name.clone(),
+                message,
+            };
+            let cell = cell_of(i, c).map_err(bad)?;
             if matches!(cell, Cell::Null) && !c.nullable {
-                return Err(IngestError::BadRow {
-                    location: location(),
-                    column: c.name.clone(),
-                    message: "is required but missing or null".into(),
-                });
+                return Err(bad("is required but missing or null".into()));
             }
+            cells.push(cell);
         }
         for (b, cell) in self.builders.iter_mut().zip(cells) {
             match cell {

@@ -187,6 +187,14 @@ pub fn open_deep_store(
     }
 }
 
+/// Opens a segment file memory-mapped.
+fn map_segment(file: &Path) -> Result<SegmentReader> {
+    let f = std::fs::File::open(file)?;
+    // SAFETY: segment files are written once, before they are mapped, and never modified.
+    let map = unsafe { memmap2::Mmap::map(&f)? };
+    Ok(SegmentReader::open(Bytes::from_owner(map))?)
+}
+
 impl TableStore {
     /// Opens the store and loads every table the metastore lists; removes segments that a
     /// crashed ingest left unpublished.
@@ -283,10 +291,7 @@ impl TableStore {
                 cached
             }
         };
-        let f = std::fs::File::open(&file)?;
-        // SAFETY: segment files are immutable once published; nothing writes to a mapped file.
-        let map = unsafe { memmap2::Mmap::map(&f)? };
-        Ok(Arc::new(SegmentReader::open(Bytes::from_owner(map))?))
+        Ok(Arc::new(map_segment(&file)?))
     }
 
     pub fn deep_store_description(&self) -> String {
@@ -520,10 +525,7 @@ impl TableStore {
         let reader = match &self.local_root {
             Some(root) => {
                 drop(bytes);
-                let f = std::fs::File::open(root.join(&path))?;
-                // SAFETY: the segment file was just written and is never modified.
-                let map = unsafe { memmap2::Mmap::map(&f)? };
-                SegmentReader::open(Bytes::from_owner(map))?
+                map_segment(&root.join(&path))?
             }
             None => SegmentReader::open(bytes)?,
         };

@@ -142,26 +142,10 @@ fn leaf(rng: &mut StdRng, t0: i64) -> String {
 }
 
 fn chrono_fmt(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let d = secs / 86400;
-    // Days since epoch to a civil date (Howard Hinnant's algorithm).
-    let z = d + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
-    let s = secs.rem_euclid(86400);
-    format!(
-        "{y:04}-{m:02}-{day:02} {:02}:{:02}:{:02}",
-        s / 3600,
-        s / 60 % 60,
-        s % 60
-    )
+    chrono::DateTime::from_timestamp_millis(ms)
+        .expect("in range")
+        .format("%Y-%m-%d %H:%M:%S")
+        .to_string()
 }
 
 fn filter(rng: &mut StdRng, t0: i64, depth: u32) -> String {
