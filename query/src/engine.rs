@@ -25,6 +25,7 @@ use futures::StreamExt;
 use crate::error::{QueryError, Result};
 use crate::pinot;
 use crate::scan::ScanStats;
+use crate::segment_agg::SegmentAggregateRule;
 use crate::table::{SegmentTable, TableSource};
 
 /// Limits applied to every query (serde-free; the server's config maps onto it).
@@ -106,6 +107,7 @@ impl QueryEngine {
             .with_config(config)
             .with_runtime_env(runtime)
             .with_default_features()
+            .with_physical_optimizer_rule(Arc::new(SegmentAggregateRule))
             .build();
         let ctx = SessionContext::new_with_state(state);
         ctx.register_udaf(crate::functions::approx_distinct());
@@ -178,7 +180,13 @@ fn parse(sql: &str) -> Result<DfStatement> {
         )));
     }
     let mut statement = statements.pop_front().expect("one statement");
-    match &mut statement {
+    check_and_rewrite(&mut statement)?;
+    Ok(statement)
+}
+
+/// Refuses anything but a read-only statement and rewrites Pinot functions, also under EXPLAIN.
+fn check_and_rewrite(statement: &mut DfStatement) -> Result<()> {
+    match statement {
         DfStatement::Statement(s) => {
             match s.as_ref() {
                 Statement::Query(_)
@@ -196,14 +204,14 @@ fn parse(sql: &str) -> Result<DfStatement> {
             }
             pinot::rewrite(s)?;
         }
-        DfStatement::Explain(_) => {}
+        DfStatement::Explain(e) => check_and_rewrite(&mut e.statement)?,
         _ => {
             return Err(QueryError::Sql(
                 "only queries are allowed here; use the admin API to change tables".into(),
             ))
         }
     }
-    Ok(statement)
+    Ok(())
 }
 
 /// The `public` schema: every table of the source, snapshotted when the query plans.

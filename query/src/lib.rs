@@ -4,7 +4,8 @@
 //! segments. Out: Arrow record batches and Pinot-style scan counters. Filters the segment
 //! indexes can answer are pushed down exactly ([`filter`]); segments are pruned by their
 //! footer statistics; `count(*)` under such filters reads no column ([`scan`]); Pinot function
-//! names are rewritten onto DataFusion's ([`pinot`]).
+//! names are rewritten onto DataFusion's ([`pinot`]); GROUP BY runs inside the scan on
+//! dictionary ids ([`segment_agg`]).
 
 pub mod engine;
 pub mod error;
@@ -12,6 +13,7 @@ pub mod filter;
 pub mod functions;
 pub mod pinot;
 pub mod scan;
+pub mod segment_agg;
 pub mod table;
 
 pub use engine::{QueryEngine, QueryLimits, QueryOutput, QueryStats};

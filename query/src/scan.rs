@@ -117,6 +117,81 @@ impl SegmentScanExec {
     }
 }
 
+impl SegmentScanExec {
+    pub(crate) fn snapshot(&self) -> &Arc<TableSnapshot> {
+        &self.snapshot
+    }
+
+    /// Segment columns in the order of this scan's output schema.
+    pub(crate) fn projection(&self) -> &[usize] {
+        &self.projection
+    }
+
+    pub(crate) fn predicate(&self) -> Option<&Predicate> {
+        self.predicate.as_ref()
+    }
+
+    pub(crate) fn limit(&self) -> Option<usize> {
+        self.limit
+    }
+
+    /// Segment indexes per output partition, balanced by row count.
+    pub(crate) fn segment_partitions(&self) -> &[Vec<usize>] {
+        &self.partitions
+    }
+
+    pub(crate) fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+
+    pub(crate) fn stats(&self) -> &Arc<ScanStats> {
+        &self.stats
+    }
+}
+
+/// The docs of `seg` that satisfy `predicate`, counted into `stats`; `None` when the segment's
+/// statistics rule it out without evaluating the predicate.
+pub(crate) fn matching_docs(
+    seg: &SegmentReader,
+    predicate: Option<&Predicate>,
+    stats: &ScanStats,
+) -> DfResult<Option<Vec<u32>>> {
+    stats.segments_queried.fetch_add(1, Ordering::Relaxed);
+    stats
+        .total_docs
+        .fetch_add(seg.row_count() as u64, Ordering::Relaxed);
+    let docs: Vec<u32> = match predicate {
+        None => (0..seg.row_count()).collect(),
+        Some(p) => {
+            let keep = may_match(seg, p).map_err(|e| DataFusionError::External(Box::new(e)))?;
+            if !keep {
+                stats.segments_pruned.fetch_add(1, Ordering::Relaxed);
+                return Ok(None);
+            }
+            let mut es = EvalStats::default();
+            let bm = evaluate_with_stats(seg, p, &mut es)
+                .map_err(|e| DataFusionError::External(Box::new(e)))?;
+            stats
+                .index_lookups
+                .fetch_add(es.index_lookups, Ordering::Relaxed);
+            stats
+                .blocks_scanned
+                .fetch_add(es.blocks_scanned, Ordering::Relaxed);
+            stats
+                .blocks_skipped
+                .fetch_add(es.blocks_skipped, Ordering::Relaxed);
+            bm.iter().collect()
+        }
+    };
+    if !docs.is_empty() {
+        stats.segments_matched.fetch_add(1, Ordering::Relaxed);
+    }
+    stats
+        .docs_scanned
+        .fetch_add(docs.len() as u64, Ordering::Relaxed);
+    Ok(Some(docs))
+}
+
 impl DisplayAs for SegmentScanExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
         write!(
@@ -230,40 +305,9 @@ impl ExecutionPlan for SegmentScanExec {
                         return Ok(None);
                     };
                     st.next_segment += 1;
-                    stats.segments_queried.fetch_add(1, Ordering::Relaxed);
-                    stats
-                        .total_docs
-                        .fetch_add(seg.row_count() as u64, Ordering::Relaxed);
-                    let docs: Vec<u32> = match &predicate {
-                        None => (0..seg.row_count()).collect(),
-                        Some(p) => {
-                            let keep = may_match(&seg, p)
-                                .map_err(|e| DataFusionError::External(Box::new(e)))?;
-                            if !keep {
-                                stats.segments_pruned.fetch_add(1, Ordering::Relaxed);
-                                continue;
-                            }
-                            let mut es = EvalStats::default();
-                            let bm = evaluate_with_stats(&seg, p, &mut es)
-                                .map_err(|e| DataFusionError::External(Box::new(e)))?;
-                            stats
-                                .index_lookups
-                                .fetch_add(es.index_lookups, Ordering::Relaxed);
-                            stats
-                                .blocks_scanned
-                                .fetch_add(es.blocks_scanned, Ordering::Relaxed);
-                            stats
-                                .blocks_skipped
-                                .fetch_add(es.blocks_skipped, Ordering::Relaxed);
-                            bm.iter().collect()
-                        }
+                    let Some(docs) = matching_docs(&seg, predicate.as_ref(), &stats)? else {
+                        continue;
                     };
-                    if !docs.is_empty() {
-                        stats.segments_matched.fetch_add(1, Ordering::Relaxed);
-                    }
-                    stats
-                        .docs_scanned
-                        .fetch_add(docs.len() as u64, Ordering::Relaxed);
                     st.docs = docs;
                     st.emitted = 0;
                     st.current = Some(seg);

@@ -229,6 +229,12 @@ async fn segments_answer_like_datafusion_over_arrow() {
         "SELECT city, count(*), min(lat), max(big) FROM t WHERE {f} GROUP BY city",
         "SELECT n, ok, count(*), sum(big) FROM t WHERE {f} GROUP BY n, ok",
         "SELECT tag, count(DISTINCT city) FROM t WHERE {f} GROUP BY tag",
+        // Aggregation inside the scan: several dictionary keys (dense combinations), a raw
+        // column key, computed keys, accumulators without a groups form.
+        "SELECT city, tag, avg(lat), count(big), min(ts) FROM t WHERE {f} GROUP BY city, tag",
+        "SELECT tag, big, count(*) FROM t WHERE {f} GROUP BY tag, big",
+        "SELECT date_trunc('minute', ts), count(*), sum(lat) FROM t WHERE {f} GROUP BY 1",
+        "SELECT ok, big % 7, approx_distinct(tag), max(city) FROM t WHERE {f} GROUP BY ok, big % 7",
     ];
     let mut checked = 0;
     for i in 0..300 {
@@ -243,6 +249,26 @@ async fn segments_answer_like_datafusion_over_arrow() {
         checked += 1;
     }
     assert_eq!(checked, 300);
+    let explain = engine
+        .execute(
+            "EXPLAIN SELECT city, count(*), DISTINCTCOUNTHLL(tag) FROM t GROUP BY city",
+            &QueryLimits::default(),
+        )
+        .await
+        .unwrap();
+    let plan = render(&explain.batches).join("\n");
+    assert!(plan.contains("SegmentAggregateExec"), "{plan}");
+    assert!(!plan.contains("AggregateExec: mode"), "{plan}");
+    // Groups held inside the scan count against the query's memory limit.
+    let tiny = QueryLimits {
+        memory_limit: 1 << 12,
+        ..QueryLimits::default()
+    };
+    let e = engine
+        .execute("SELECT big, count(*) FROM t GROUP BY big", &tiny)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, crate::QueryError::Memory(_)), "{e}");
 }
 
 #[tokio::test]

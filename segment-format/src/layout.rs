@@ -326,11 +326,14 @@ pub fn read_section<'a>(
     }
 }
 
+thread_local! {
+    /// One decompression context per thread, reused for every block (creating one costs as
+    /// much as decompressing a small block).
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 fn zstd_decode(stored: &[u8], limit: u64, what: &str) -> Result<Vec<u8>> {
-    let mut dec = zstd::bulk::Decompressor::new().map_err(|e| SegmentError::Decompress {
-        section: what.to_string(),
-        source: e,
-    })?;
     // The frame header states the content size; refuse frames larger than the limit before
     // allocating anything.
     let size = zstd::zstd_safe::get_frame_content_size(stored)
@@ -342,11 +345,18 @@ fn zstd_decode(stored: &[u8], limit: u64, what: &str) -> Result<Vec<u8>> {
             "{what}: zstd frame claims {size} bytes, more than the {limit} allowed"
         )));
     }
-    dec.decompress(stored, size as usize)
-        .map_err(|e| SegmentError::Decompress {
-            section: what.to_string(),
-            source: e,
-        })
+    let err = |e| SegmentError::Decompress {
+        section: what.to_string(),
+        source: e,
+    };
+    DECOMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let dec = match slot.as_mut() {
+            Some(d) => d,
+            None => slot.insert(zstd::bulk::Decompressor::new().map_err(err)?),
+        };
+        dec.decompress(stored, size as usize).map_err(err)
+    })
 }
 
 /// Appends sections to a growing file image; used by the builder.

@@ -44,6 +44,14 @@ impl Dictionary {
     }
 }
 
+/// Values of some docs of one column, whichever kind the blocks hold.
+#[derive(Default)]
+struct Gathered {
+    ids: Vec<u32>,
+    ints: Vec<i64>,
+    floats: Vec<f64>,
+}
+
 /// Decoded values of one block: dictionary ids or raw values.
 pub enum BlockValues {
     Ids(Vec<u32>),
@@ -420,10 +428,33 @@ impl SegmentReader {
         )?)
     }
 
-    /// Materializes one column for `docs` (ascending, within the segment).
-    pub fn read_column(&self, col: usize, docs: &[u32]) -> Result<ArrayRef> {
-        let def = &self.footer.schema.columns[col];
-        let nulls = self.nulls(col)?;
+    /// The dictionary ids of `col` for `docs` (ascending, within the segment), or `None` when
+    /// the column is not dictionary-encoded in this segment. Null docs carry a placeholder id;
+    /// [`SegmentReader::nulls`] says which they are.
+    pub fn read_ids(&self, col: usize, docs: &[u32]) -> Result<Option<Vec<u32>>> {
+        if col >= self.footer.columns.len() {
+            return Err(corrupt(format!(
+                "column {col} is past the segment's columns"
+            )));
+        }
+        if !matches!(
+            self.footer.columns[col].encoding,
+            Encoding::Dictionary { .. }
+        ) {
+            return Ok(None);
+        }
+        let g = self.gather(col, docs)?;
+        if g.ids.len() != docs.len() {
+            return Err(corrupt(format!(
+                "{}: dictionary column with raw blocks",
+                self.footer.columns[col].name
+            )));
+        }
+        Ok(Some(g.ids))
+    }
+
+    /// Per doc of `docs`: its dictionary id or raw value, block by block.
+    fn gather(&self, col: usize, docs: &[u32]) -> Result<Gathered> {
         if let Some(&last) = docs.last() {
             if last as u64 >= self.footer.row_count {
                 return Err(corrupt(format!(
@@ -431,14 +462,8 @@ impl SegmentReader {
                 )));
             }
         }
-        let validity: Option<Vec<bool>> =
-            (!nulls.is_empty()).then(|| docs.iter().map(|d| !nulls.contains(*d)).collect());
         let block_rows = self.footer.block_rows;
-        let dict = self.dictionary(col)?;
-        // Per doc: a dictionary id, or a raw value.
-        let mut ids: Vec<u32> = Vec::new();
-        let mut ints: Vec<i64> = Vec::new();
-        let mut floats: Vec<f64> = Vec::new();
+        let mut g = Gathered::default();
         let mut i = 0;
         while i < docs.len() {
             let b = docs[i] / block_rows;
@@ -448,19 +473,25 @@ impl SegmentReader {
             while j < docs.len() && (docs[j] as u64) < end {
                 j += 1;
             }
+            let picked = docs[i..j].iter().map(|d| (d - start) as usize);
             match self.block(col, b as usize)? {
-                BlockValues::Ids(v) => {
-                    ids.extend(docs[i..j].iter().map(|d| v[(d - start) as usize]))
-                }
-                BlockValues::I64(v) => {
-                    ints.extend(docs[i..j].iter().map(|d| v[(d - start) as usize]))
-                }
-                BlockValues::F64(v) => {
-                    floats.extend(docs[i..j].iter().map(|d| v[(d - start) as usize]))
-                }
+                BlockValues::Ids(v) => g.ids.extend(picked.map(|k| v[k])),
+                BlockValues::I64(v) => g.ints.extend(picked.map(|k| v[k])),
+                BlockValues::F64(v) => g.floats.extend(picked.map(|k| v[k])),
             }
             i = j;
         }
+        Ok(g)
+    }
+
+    /// Materializes one column for `docs` (ascending, within the segment).
+    pub fn read_column(&self, col: usize, docs: &[u32]) -> Result<ArrayRef> {
+        let def = &self.footer.schema.columns[col];
+        let nulls = self.nulls(col)?;
+        let validity: Option<Vec<bool>> =
+            (!nulls.is_empty()).then(|| docs.iter().map(|d| !nulls.contains(*d)).collect());
+        let dict = self.dictionary(col)?;
+        let Gathered { ids, ints, floats } = self.gather(col, docs)?;
         let nb = validity.map(arrow::buffer::NullBuffer::from);
         if let Some(dict) = dict {
             if ids.len() != docs.len() {

@@ -1,0 +1,633 @@
+//! [`SegmentAggregateExec`]: a complete GROUP BY over a table's segments. In: the segments a
+//! [`SegmentScanExec`] would read, with its predicate; group keys; DataFusion aggregate
+//! functions and their arguments. Out: one partition of final aggregate rows, in the schema
+//! of the aggregate it replaces.
+//!
+//! One worker per scan partition (on the blocking pool) evaluates each segment's predicate to
+//! docs, maps the docs' dictionary ids to the worker's key ids — each distinct id once per
+//! segment — and feeds DataFusion's groups accumulators with dense group ids. Only the columns
+//! aggregate arguments read are materialised. Workers are then merged by key value (their
+//! accumulator states through `merge_batch`) and the final values evaluated. Memory is
+//! reserved from the query's pool, and a dropped query stops the workers at the next batch.
+
+use std::any::Any;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, DictionaryArray, Int32Array, RecordBatch, RecordBatchOptions, UInt32Array,
+};
+use arrow::compute::{cast, take};
+use arrow::datatypes::{DataType, Int32Type, SchemaRef};
+use basalt_segment::reader::Dictionary;
+use basalt_segment::SegmentReader;
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool, MemoryReservation};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
+use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
+use datafusion::physical_expr::{EquivalenceProperties, GroupsAccumulatorAdapter, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+};
+use futures::{StreamExt, TryStreamExt};
+use hashbrown::HashTable;
+use roaring::RoaringBitmap;
+
+use super::keys::{GroupMap, KeyInterner, KeyKind};
+use crate::scan::{matching_docs, SegmentScanExec};
+
+/// Where a group key's values come from.
+#[derive(Debug, Clone)]
+pub(crate) enum KeyExpr {
+    /// A table column (segment column index): grouped on dictionary ids in segments that
+    /// dictionary-encode it, on its values elsewhere.
+    Column { seg_col: usize },
+    /// Any other expression, evaluated on the materialised argument columns.
+    Expr(Arc<dyn PhysicalExpr>),
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct GroupKey {
+    pub(crate) expr: KeyExpr,
+    pub(crate) kind: KeyKind,
+    pub(crate) out_type: DataType,
+}
+
+/// Multi-key segments whose dictionaries multiply to at most this many combinations map
+/// each combination to its group once, through a dense table.
+const DENSE_COMBINATIONS: usize = 1 << 16;
+
+/// Everything the rule found in the plan it replaces.
+#[derive(Debug)]
+pub(crate) struct Job {
+    /// The [`SegmentScanExec`] whose segments and predicate are aggregated.
+    pub(crate) scan: Arc<dyn ExecutionPlan>,
+    pub(crate) keys: Vec<GroupKey>,
+    pub(crate) aggs: Vec<Arc<AggregateFunctionExpr>>,
+    /// Per aggregate, its arguments over `read_schema`.
+    pub(crate) args: Vec<Vec<Arc<dyn PhysicalExpr>>>,
+    /// Per aggregate: the string column whose distinct (group, dictionary id) pairs per
+    /// segment feed it instead of its rows (for sketches that ignore repeats).
+    pub(crate) dedup: Vec<Option<usize>>,
+    /// Segment columns materialised per batch, and their schema.
+    pub(crate) read_cols: Vec<usize>,
+    pub(crate) read_schema: SchemaRef,
+    /// Output: the schema of the final aggregate replaced.
+    pub(crate) schema: SchemaRef,
+}
+
+impl Job {
+    fn scan(&self) -> &SegmentScanExec {
+        self.scan
+            .as_any()
+            .downcast_ref::<SegmentScanExec>()
+            .expect("built over a SegmentScanExec")
+    }
+}
+
+pub struct SegmentAggregateExec {
+    job: Arc<Job>,
+    props: Arc<PlanProperties>,
+}
+
+impl fmt::Debug for SegmentAggregateExec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SegmentAggregateExec")
+            .field("keys", &self.job.keys)
+            .finish()
+    }
+}
+
+impl SegmentAggregateExec {
+    pub(crate) fn new(job: Job) -> DfResult<Self> {
+        if !job.scan.as_any().is::<SegmentScanExec>() {
+            return Err(DataFusionError::Internal(
+                "SegmentAggregateExec needs a SegmentScanExec".into(),
+            ));
+        }
+        let props = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(job.schema.clone()),
+            Partitioning::UnknownPartitioning(1),
+            EmissionType::Final,
+            Boundedness::Bounded,
+        ));
+        Ok(SegmentAggregateExec {
+            job: Arc::new(job),
+            props,
+        })
+    }
+}
+
+impl DisplayAs for SegmentAggregateExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        let job = &self.job;
+        let keys: Vec<&str> = job
+            .schema
+            .fields()
+            .iter()
+            .take(job.keys.len())
+            .map(|f| f.name().as_str())
+            .collect();
+        let aggs: Vec<&str> = job.aggs.iter().map(|a| a.name()).collect();
+        let scan = job.scan();
+        write!(
+            f,
+            "SegmentAggregateExec: table={}, gby={keys:?}, aggr={aggs:?}, predicate={:?}",
+            scan.snapshot().name,
+            scan.predicate()
+        )
+    }
+}
+
+impl ExecutionPlan for SegmentAggregateExec {
+    fn name(&self) -> &str {
+        "SegmentAggregateExec"
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.props
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        _children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> DfResult<SendableRecordBatchStream> {
+        if partition != 0 {
+            return Err(DataFusionError::Internal(format!(
+                "SegmentAggregateExec has one partition, asked for {partition}"
+            )));
+        }
+        let job = self.job.clone();
+        let pool = context.memory_pool().clone();
+        let schema = job.schema.clone();
+        let run = async move {
+            let cancel = CancelOnDrop(Arc::new(AtomicBool::new(false)));
+            let mut handles = Vec::new();
+            for segs in job.scan().segment_partitions() {
+                let (job, segs, flag, pool) =
+                    (job.clone(), segs.clone(), cancel.0.clone(), pool.clone());
+                handles.push(tokio::task::spawn_blocking(move || {
+                    let mut w = Worker::new(&job, &pool)?;
+                    for &i in &segs {
+                        w.segment(&job, &job.scan().snapshot().segments[i], &flag)?;
+                    }
+                    Ok::<_, DataFusionError>(w)
+                }));
+            }
+            let mut merged: Option<Worker> = None;
+            for h in handles {
+                let w = h
+                    .await
+                    .map_err(|e| DataFusionError::External(Box::new(e)))??;
+                match merged.as_mut() {
+                    None => merged = Some(w),
+                    Some(m) => m.merge(w)?,
+                }
+            }
+            let batches = match merged {
+                Some(w) => w.finish(&job)?,
+                None => Vec::new(),
+            };
+            drop(cancel);
+            Ok::<_, DataFusionError>(futures::stream::iter(batches.into_iter().map(Ok)))
+        };
+        let stream = futures::stream::once(run).try_flatten();
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            schema,
+            stream.boxed(),
+        )))
+    }
+}
+
+/// Tells the workers to stop when the query's future is dropped (timeout, cancel).
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+fn ext(e: basalt_segment::SegmentError) -> DataFusionError {
+    DataFusionError::External(Box::new(e))
+}
+
+/// How one key's values are found in the current segment.
+enum Source {
+    /// Dictionary ids, each mapped to a key id on first use (`u32::MAX`: not yet).
+    Dict {
+        seg_col: usize,
+        dict: Arc<Dictionary>,
+        nulls: Arc<RoaringBitmap>,
+        key_ids: Vec<u32>,
+    },
+    /// A column without a dictionary in this segment.
+    Values {
+        seg_col: usize,
+    },
+    Expr(Arc<dyn PhysicalExpr>),
+}
+
+/// The distinct (group, dictionary id) pairs of one string column in one segment.
+struct PairSet {
+    seg_col: usize,
+    dict: Arc<Dictionary>,
+    nulls: Arc<RoaringBitmap>,
+    set: HashTable<u64>,
+}
+
+fn mix(x: u64) -> u64 {
+    let x = (x ^ (x >> 31)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    x ^ (x >> 29)
+}
+
+impl PairSet {
+    fn new(seg_col: usize, dict: Arc<Dictionary>, nulls: Arc<RoaringBitmap>) -> Self {
+        PairSet {
+            seg_col,
+            dict,
+            nulls,
+            set: HashTable::new(),
+        }
+    }
+
+    fn add(&mut self, seg: &SegmentReader, docs: &[u32], groups: &[usize]) -> DfResult<()> {
+        let ids = seg
+            .read_ids(self.seg_col, docs)
+            .map_err(ext)?
+            .ok_or_else(|| DataFusionError::Internal("string column without ids".into()))?;
+        let has_nulls = !self.nulls.is_empty();
+        for (i, (&id, &g)) in ids.iter().zip(groups).enumerate() {
+            if has_nulls && self.nulls.contains(docs[i]) {
+                continue;
+            }
+            let pair = ((g as u64) << 32) | id as u64;
+            let h = mix(pair);
+            if self.set.find(h, |&p| p == pair).is_none() {
+                self.set.insert_unique(h, pair, |&p| mix(p));
+            }
+        }
+        Ok(())
+    }
+
+    /// The pairs as (string values, group per value).
+    fn finish(self) -> DfResult<(ArrayRef, Vec<usize>)> {
+        let Dictionary::Str(strings) = self.dict.as_ref() else {
+            return Err(DataFusionError::Internal(
+                "distinct pairs over a non-string dictionary".into(),
+            ));
+        };
+        let mut pairs: Vec<u64> = self.set.into_iter().collect();
+        pairs.sort_unstable();
+        let ids = UInt32Array::from_iter_values(pairs.iter().map(|&p| p as u32));
+        if ids.values().iter().any(|&i| i as usize >= strings.len()) {
+            return Err(DataFusionError::Internal(
+                "dictionary id out of range".into(),
+            ));
+        }
+        let values = take(strings, &ids, None)?;
+        Ok((values, pairs.iter().map(|&p| (p >> 32) as usize).collect()))
+    }
+}
+
+/// One worker's groups and accumulators.
+struct Worker {
+    keys: Vec<KeyInterner>,
+    groups: GroupMap,
+    accs: Vec<Box<dyn GroupsAccumulator>>,
+    reservation: MemoryReservation,
+}
+
+impl Worker {
+    fn new(job: &Job, pool: &Arc<dyn MemoryPool>) -> DfResult<Worker> {
+        let accs = job
+            .aggs
+            .iter()
+            .map(|a| {
+                if a.groups_accumulator_supported() {
+                    a.create_groups_accumulator()
+                } else {
+                    let a = a.clone();
+                    Ok(Box::new(GroupsAccumulatorAdapter::new(move || {
+                        a.create_accumulator()
+                    })) as Box<dyn GroupsAccumulator>)
+                }
+            })
+            .collect::<DfResult<Vec<_>>>()?;
+        Ok(Worker {
+            keys: job.keys.iter().map(|k| KeyInterner::new(k.kind)).collect(),
+            groups: GroupMap::new(job.keys.len()),
+            accs,
+            reservation: MemoryConsumer::new("SegmentAggregateExec").register(pool),
+        })
+    }
+
+    fn size(&self) -> usize {
+        self.keys.iter().map(|k| k.size()).sum::<usize>()
+            + self.groups.size()
+            + self.accs.iter().map(|a| a.size()).sum::<usize>()
+    }
+
+    /// Key id for dictionary id `id` (or NULL), interning the entry on first use.
+    fn dict_key(
+        interner: &mut KeyInterner,
+        dict: &Dictionary,
+        key_ids: &mut [u32],
+        id: Option<u32>,
+    ) -> DfResult<u32> {
+        let Some(id) = id else {
+            return Ok(interner.intern_null());
+        };
+        let slot = key_ids
+            .get_mut(id as usize)
+            .ok_or_else(|| DataFusionError::Internal(format!("dictionary id {id} out of range")))?;
+        if *slot == u32::MAX {
+            *slot = interner.intern_dict_entry(dict, id)?;
+        }
+        Ok(*slot)
+    }
+
+    fn segment(&mut self, job: &Job, seg: &SegmentReader, cancel: &AtomicBool) -> DfResult<()> {
+        let scan = job.scan();
+        let Some(docs) = matching_docs(seg, scan.predicate(), scan.stats())? else {
+            return Ok(());
+        };
+        if docs.is_empty() {
+            return Ok(());
+        }
+        let mut sources = Vec::with_capacity(job.keys.len());
+        for k in &job.keys {
+            sources.push(match &k.expr {
+                KeyExpr::Column { seg_col } => match seg.dictionary(*seg_col).map_err(ext)? {
+                    Some(dict) => {
+                        self.keys[sources.len()].reserve(dict.len().min(docs.len()));
+                        Source::Dict {
+                            seg_col: *seg_col,
+                            key_ids: vec![u32::MAX; dict.len()],
+                            dict,
+                            nulls: seg.nulls(*seg_col).map_err(ext)?,
+                        }
+                    }
+                    None => Source::Values { seg_col: *seg_col },
+                },
+                KeyExpr::Expr(e) => Source::Expr(e.clone()),
+            });
+        }
+        // Several dictionary keys with few combinations: one dense table from the combination
+        // of dictionary ids (NULL as id `len`) to the group.
+        let mut dense: Option<(Vec<usize>, Vec<u32>)> = None;
+        if sources.len() > 1 {
+            let mut strides = Vec::new();
+            let mut combos = 1usize;
+            for s in &sources {
+                match s {
+                    Source::Dict { dict, .. } => {
+                        strides.push(combos);
+                        combos = combos.saturating_mul(dict.len() + 1);
+                    }
+                    _ => combos = usize::MAX,
+                }
+            }
+            if combos <= DENSE_COMBINATIONS {
+                dense = Some((strides, vec![u32::MAX; combos]));
+            }
+        }
+        let mut pairs: Vec<Option<PairSet>> = Vec::with_capacity(job.dedup.len());
+        for d in &job.dedup {
+            pairs.push(match d {
+                None => None,
+                Some(col) => match seg.dictionary(*col).map_err(ext)? {
+                    Some(dict) => Some(PairSet::new(*col, dict, seg.nulls(*col).map_err(ext)?)),
+                    None => {
+                        return Err(DataFusionError::Internal(format!(
+                            "string column {col} without a dictionary"
+                        )))
+                    }
+                },
+            });
+        }
+        let nkeys = sources.len();
+        let mut codes: Vec<Vec<u32>> = vec![Vec::new(); nkeys];
+        let mut groups: Vec<usize> = Vec::new();
+        let mut tuple = vec![0u32; nkeys];
+        for chunk in docs.chunks(scan.batch_size()) {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(DataFusionError::Execution("query cancelled".into()));
+            }
+            let batch = if job.read_cols.is_empty() {
+                RecordBatch::try_new_with_options(
+                    job.read_schema.clone(),
+                    vec![],
+                    &RecordBatchOptions::new().with_row_count(Some(chunk.len())),
+                )?
+            } else {
+                let b = seg.read_batch(&job.read_cols, chunk).map_err(ext)?;
+                RecordBatch::try_new(job.read_schema.clone(), b.columns().to_vec())?
+            };
+            // Per key and row: a key id, or (dense) a dictionary id with NULL as `len`.
+            for (k, src) in sources.iter_mut().enumerate() {
+                let out = &mut codes[k];
+                out.clear();
+                match src {
+                    Source::Dict {
+                        seg_col,
+                        dict,
+                        nulls,
+                        key_ids,
+                    } => {
+                        let ids = seg.read_ids(*seg_col, chunk).map_err(ext)?.ok_or_else(|| {
+                            DataFusionError::Internal("dictionary column without ids".into())
+                        })?;
+                        let null_at = |i: usize| !nulls.is_empty() && nulls.contains(chunk[i]);
+                        if dense.is_some() {
+                            let null_code = dict.len() as u32;
+                            out.extend(ids.iter().enumerate().map(|(i, &id)| {
+                                if null_at(i) {
+                                    null_code
+                                } else {
+                                    id
+                                }
+                            }));
+                        } else {
+                            for (i, &id) in ids.iter().enumerate() {
+                                let id = (!null_at(i)).then_some(id);
+                                out.push(Self::dict_key(&mut self.keys[k], dict, key_ids, id)?);
+                            }
+                        }
+                    }
+                    Source::Values { seg_col } => {
+                        let arr = seg.read_column(*seg_col, chunk).map_err(ext)?;
+                        self.keys[k].intern_array(&arr, out)?;
+                    }
+                    Source::Expr(e) => {
+                        let arr = e.evaluate(&batch)?.into_array(chunk.len())?;
+                        self.keys[k].intern_array(&arr, out)?;
+                    }
+                }
+            }
+            groups.clear();
+            // Rows index every key's codes at once.
+            #[allow(clippy::needless_range_loop)]
+            match dense.as_mut() {
+                Some((strides, table)) => {
+                    for row in 0..chunk.len() {
+                        let combo: usize = (0..nkeys)
+                            .map(|k| codes[k][row] as usize * strides[k])
+                            .sum();
+                        if table[combo] == u32::MAX {
+                            for (k, src) in sources.iter_mut().enumerate() {
+                                let Source::Dict { dict, key_ids, .. } = src else {
+                                    unreachable!("dense only over dictionary keys");
+                                };
+                                let code = codes[k][row];
+                                let id = (code as usize != dict.len()).then_some(code);
+                                tuple[k] = Self::dict_key(&mut self.keys[k], dict, key_ids, id)?;
+                            }
+                            table[combo] = self.groups.group(&tuple);
+                        }
+                        groups.push(table[combo] as usize);
+                    }
+                }
+                None => {
+                    for row in 0..chunk.len() {
+                        for k in 0..nkeys {
+                            tuple[k] = codes[k][row];
+                        }
+                        groups.push(self.groups.group(&tuple) as usize);
+                    }
+                }
+            }
+            let total = self.groups.len();
+            for (acc, (args, pairs)) in self.accs.iter_mut().zip(job.args.iter().zip(&mut pairs)) {
+                if let Some(p) = pairs {
+                    p.add(seg, chunk, &groups)?;
+                    continue;
+                }
+                let values = args
+                    .iter()
+                    .map(|e| e.evaluate(&batch)?.into_array(chunk.len()))
+                    .collect::<DfResult<Vec<_>>>()?;
+                acc.update_batch(&values, &groups, None, total)?;
+            }
+        }
+        let total = self.groups.len();
+        for (acc, p) in self.accs.iter_mut().zip(pairs) {
+            if let Some(p) = p {
+                let (values, groups) = p.finish()?;
+                acc.update_batch(&[values], &groups, None, total)?;
+            }
+        }
+        let size = self.size();
+        self.reservation.try_resize(size)
+    }
+
+    /// Folds `other`'s groups into this worker's, matching keys by value.
+    fn merge(&mut self, mut other: Worker) -> DfResult<()> {
+        let n = other.groups.len();
+        if n == 0 {
+            return Ok(());
+        }
+        let maps: Vec<Vec<u32>> = self
+            .keys
+            .iter_mut()
+            .zip(&other.keys)
+            .map(|(mine, theirs)| {
+                (0..theirs.len() as u32)
+                    .map(|id| mine.intern_from(theirs, id))
+                    .collect()
+            })
+            .collect();
+        let mut gi = Vec::with_capacity(n);
+        let mut t = Vec::new();
+        let mut mapped = vec![0u32; maps.len()];
+        for g in 0..n {
+            other.groups.tuple(g, &mut t);
+            for (k, m) in mapped.iter_mut().enumerate() {
+                *m = maps[k][t[k] as usize];
+            }
+            gi.push(self.groups.group(&mapped) as usize);
+        }
+        let total = self.groups.len();
+        for (mine, theirs) in self.accs.iter_mut().zip(other.accs.iter_mut()) {
+            let state = theirs.state(EmitTo::All)?;
+            mine.merge_batch(&state, &gi, None, total)?;
+        }
+        drop(other);
+        let size = self.size();
+        self.reservation.try_resize(size)
+    }
+
+    /// Final rows: key values and evaluated aggregates, in batches of the scan's batch size.
+    fn finish(mut self, job: &Job) -> DfResult<Vec<RecordBatch>> {
+        let n = self.groups.len();
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(job.schema.fields().len());
+        for (k, key) in job.keys.iter().enumerate() {
+            let ids = self.groups.key_column(k);
+            let col: ArrayRef = match &key.out_type {
+                // Strings as a dictionary over the distinct values: no re-hashing.
+                DataType::Dictionary(kt, vt)
+                    if kt.as_ref() == &DataType::Int32 && vt.as_ref() == &DataType::Utf8 =>
+                {
+                    let values = self.keys[k].values(&DataType::Utf8)?;
+                    let keys = Int32Array::from_iter_values(ids.values().iter().map(|&i| i as i32));
+                    let keys = match values.nulls() {
+                        Some(nb) => Int32Array::new(
+                            keys.values().clone(),
+                            Some(
+                                ids.values()
+                                    .iter()
+                                    .map(|&i| nb.is_valid(i as usize))
+                                    .collect(),
+                            ),
+                        ),
+                        None => keys,
+                    };
+                    Arc::new(DictionaryArray::<Int32Type>::try_new(keys, values)?)
+                }
+                dt => {
+                    let values = self.keys[k].values(dt)?;
+                    take(values.as_ref(), &ids, None)?
+                }
+            };
+            columns.push(col);
+        }
+        for (i, acc) in self.accs.iter_mut().enumerate() {
+            let v = acc.evaluate(EmitTo::All)?;
+            let want = job.schema.field(job.keys.len() + i).data_type();
+            columns.push(if v.data_type() == want {
+                v
+            } else {
+                cast(&v, want)?
+            });
+        }
+        let batch = RecordBatch::try_new(job.schema.clone(), columns)?;
+        let size = job.scan().batch_size().max(1);
+        Ok((0..n)
+            .step_by(size)
+            .map(|off| batch.slice(off, size.min(n - off)))
+            .collect())
+    }
+}

@@ -1,0 +1,415 @@
+//! Group-key interning for aggregation inside the scan. In: values of one GROUP BY key — a
+//! segment's dictionary entries (each mapped once per segment, not once per row) or the rows
+//! of an Arrow array. Out: dense key ids that are equal exactly when the values are equal,
+//! across every segment one worker reads, and at the end the distinct values as an Arrow array
+//! of the key's output type.
+//!
+//! Strings live in one byte arena; numbers, booleans and timestamps as 64-bit patterns (floats
+//! by their bits, as DataFusion's grouping compares them). NULL is a value of its own.
+
+use std::sync::Arc;
+
+use ahash::RandomState;
+use arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, StringArray, UInt32Array,
+};
+use arrow::buffer::{NullBuffer, OffsetBuffer, ScalarBuffer};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Float64Type, Int64Type};
+use basalt_segment::reader::Dictionary;
+use datafusion::error::{DataFusionError, Result as DfResult};
+use hashbrown::HashTable;
+
+/// How a key's values are stored while interning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KeyKind {
+    /// Strings (any Utf8 flavour, dictionary strings included).
+    Bytes,
+    /// Signed integers, timestamps and dates, as i64.
+    Int,
+    /// Floating point, as f64 bits.
+    Float,
+    Bool,
+}
+
+impl KeyKind {
+    /// The kind for a key of Arrow type `dt`, or `None` when interning does not support it.
+    pub(crate) fn of(dt: &DataType) -> Option<KeyKind> {
+        match dt {
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => Some(KeyKind::Bytes),
+            DataType::Dictionary(_, v) => match v.as_ref() {
+                DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => Some(KeyKind::Bytes),
+                _ => None,
+            },
+            DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::Int64
+            | DataType::UInt8
+            | DataType::UInt16
+            | DataType::UInt32
+            | DataType::Timestamp(_, _) => Some(KeyKind::Int),
+            DataType::Float32 | DataType::Float64 => Some(KeyKind::Float),
+            DataType::Boolean => Some(KeyKind::Bool),
+            _ => None,
+        }
+    }
+}
+
+/// The distinct values of one GROUP BY key, numbered in first-seen order.
+pub(crate) struct KeyInterner {
+    kind: KeyKind,
+    hasher: RandomState,
+    table: HashTable<u32>,
+    /// `Bytes`: value `i` is `data[offsets[i]..offsets[i + 1]]`.
+    data: Vec<u8>,
+    offsets: Vec<usize>,
+    /// Other kinds: value `i` is `bits[i]`.
+    bits: Vec<u64>,
+    /// Hash of value `i` (0 for NULL), so growing the table re-hashes nothing.
+    hashes: Vec<u64>,
+    null_id: Option<u32>,
+    len: u32,
+}
+
+impl KeyInterner {
+    pub(crate) fn new(kind: KeyKind) -> Self {
+        KeyInterner {
+            kind,
+            hasher: RandomState::with_seeds(0x9e37, 0x79b9, 0x7f4a, 0x7c15),
+            table: HashTable::new(),
+            data: Vec::new(),
+            offsets: vec![0],
+            bits: Vec::new(),
+            hashes: Vec::new(),
+            null_id: None,
+            len: 0,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    /// Approximate heap bytes held.
+    pub(crate) fn size(&self) -> usize {
+        self.data.capacity()
+            + self.offsets.capacity() * 8
+            + self.bits.capacity() * 8
+            + self.hashes.capacity() * 8
+            + self.table.capacity() * 5
+    }
+
+    /// Room for `additional` more values without growing.
+    pub(crate) fn reserve(&mut self, additional: usize) {
+        let hashes = &self.hashes;
+        self.table.reserve(additional, |&i| hashes[i as usize]);
+        self.hashes.reserve(additional);
+    }
+
+    fn push_entry(&mut self, hash: u64) -> u32 {
+        self.hashes.push(hash);
+        let id = self.len;
+        self.len += 1;
+        id
+    }
+
+    pub(crate) fn intern_null(&mut self) -> u32 {
+        if let Some(id) = self.null_id {
+            return id;
+        }
+        match self.kind {
+            KeyKind::Bytes => self.offsets.push(self.data.len()),
+            _ => self.bits.push(0),
+        }
+        let id = self.push_entry(0);
+        self.null_id = Some(id);
+        id
+    }
+
+    pub(crate) fn intern_bytes(&mut self, v: &[u8]) -> u32 {
+        let hash = self.hasher.hash_one(v);
+        let (data, offsets, hashes) = (&self.data, &self.offsets, &self.hashes);
+        // The NULL entry is never in the table, so the empty string cannot match it.
+        let found = self.table.find(hash, |&id| {
+            let i = id as usize;
+            hashes[i] == hash && &data[offsets[i]..offsets[i + 1]] == v
+        });
+        if let Some(&id) = found {
+            return id;
+        }
+        let id = self.len;
+        self.data.extend_from_slice(v);
+        self.offsets.push(self.data.len());
+        let hashes = &self.hashes;
+        self.table.insert_unique(hash, id, |&i| hashes[i as usize]);
+        self.push_entry(hash)
+    }
+
+    pub(crate) fn intern_bits(&mut self, v: u64) -> u32 {
+        let hash = self.hasher.hash_one(v);
+        let bits = &self.bits;
+        if let Some(&id) = self.table.find(hash, |&id| bits[id as usize] == v) {
+            return id;
+        }
+        let id = self.len;
+        self.bits.push(v);
+        let hashes = &self.hashes;
+        self.table.insert_unique(hash, id, |&i| hashes[i as usize]);
+        self.push_entry(hash)
+    }
+
+    /// Interns dictionary entry `id` of a segment dictionary.
+    pub(crate) fn intern_dict_entry(&mut self, dict: &Dictionary, id: u32) -> DfResult<u32> {
+        let i = id as usize;
+        if i >= dict.len() {
+            return Err(DataFusionError::Internal(format!(
+                "dictionary id {id} past {} entries",
+                dict.len()
+            )));
+        }
+        Ok(match (dict, self.kind) {
+            (Dictionary::Str(a), KeyKind::Bytes) => self.intern_bytes(a.value(i).as_bytes()),
+            (Dictionary::I64(v), KeyKind::Int | KeyKind::Bool) => self.intern_bits(v[i] as u64),
+            (Dictionary::F64(v), KeyKind::Float) => self.intern_bits(v[i].to_bits()),
+            (_, kind) => {
+                return Err(DataFusionError::Internal(format!(
+                    "segment dictionary does not match a {kind:?} group key"
+                )))
+            }
+        })
+    }
+
+    /// Interns value `id` of another interner of the same kind (merging workers).
+    pub(crate) fn intern_from(&mut self, other: &KeyInterner, id: u32) -> u32 {
+        if other.null_id == Some(id) {
+            return self.intern_null();
+        }
+        match self.kind {
+            KeyKind::Bytes => {
+                let i = id as usize;
+                self.intern_bytes(&other.data[other.offsets[i]..other.offsets[i + 1]])
+            }
+            _ => self.intern_bits(other.bits[id as usize]),
+        }
+    }
+
+    /// Interns every row of `arr` (of this key's kind), appending the ids to `out`.
+    pub(crate) fn intern_array(&mut self, arr: &ArrayRef, out: &mut Vec<u32>) -> DfResult<()> {
+        match self.kind {
+            KeyKind::Bytes => {
+                let a = cast(arr, &DataType::Utf8)?;
+                let a = a.as_string::<i32>();
+                for i in 0..a.len() {
+                    out.push(if a.is_null(i) {
+                        self.intern_null()
+                    } else {
+                        self.intern_bytes(a.value(i).as_bytes())
+                    });
+                }
+            }
+            KeyKind::Int => {
+                let a = cast(arr, &DataType::Int64)?;
+                let a = a.as_primitive::<Int64Type>();
+                // Computed keys such as truncated timestamps come in runs: skip the lookup
+                // while the value repeats.
+                let mut last: Option<(i64, u32)> = None;
+                for i in 0..a.len() {
+                    out.push(if a.is_null(i) {
+                        self.intern_null()
+                    } else {
+                        let v = a.value(i);
+                        match last {
+                            Some((lv, id)) if lv == v => id,
+                            _ => {
+                                let id = self.intern_bits(v as u64);
+                                last = Some((v, id));
+                                id
+                            }
+                        }
+                    });
+                }
+            }
+            KeyKind::Float => {
+                let a = cast(arr, &DataType::Float64)?;
+                let a = a.as_primitive::<Float64Type>();
+                for i in 0..a.len() {
+                    out.push(if a.is_null(i) {
+                        self.intern_null()
+                    } else {
+                        self.intern_bits(a.value(i).to_bits())
+                    });
+                }
+            }
+            KeyKind::Bool => {
+                let a = arr.as_boolean_opt().ok_or_else(|| {
+                    DataFusionError::Internal(format!("boolean key got {}", arr.data_type()))
+                })?;
+                for i in 0..a.len() {
+                    out.push(if a.is_null(i) {
+                        self.intern_null()
+                    } else {
+                        self.intern_bits(a.value(i) as u64)
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The distinct values in id order, as an array of type `dt`.
+    pub(crate) fn values(&self, dt: &DataType) -> DfResult<ArrayRef> {
+        let n = self.len();
+        let nulls = self
+            .null_id
+            .map(|nid| NullBuffer::from_iter((0..n).map(|i| i != nid as usize)));
+        let arr: ArrayRef = match self.kind {
+            KeyKind::Bytes => {
+                let offsets: Vec<i32> = self
+                    .offsets
+                    .iter()
+                    .map(|&o| {
+                        i32::try_from(o).map_err(|_| {
+                            DataFusionError::ResourcesExhausted(
+                                "group keys exceed 2 GiB of string data".into(),
+                            )
+                        })
+                    })
+                    .collect::<DfResult<_>>()?;
+                Arc::new(StringArray::try_new(
+                    OffsetBuffer::new(ScalarBuffer::from(offsets)),
+                    self.data.clone().into(),
+                    nulls,
+                )?)
+            }
+            KeyKind::Int => Arc::new(Int64Array::new(
+                self.bits.iter().map(|&b| b as i64).collect(),
+                nulls,
+            )),
+            KeyKind::Float => Arc::new(Float64Array::new(
+                self.bits.iter().map(|&b| f64::from_bits(b)).collect(),
+                nulls,
+            )),
+            KeyKind::Bool => Arc::new(BooleanArray::new(
+                self.bits.iter().map(|&b| b != 0).collect(),
+                nulls,
+            )),
+        };
+        if arr.data_type() == dt {
+            Ok(arr)
+        } else {
+            Ok(cast(&arr, dt)?)
+        }
+    }
+}
+
+/// Maps tuples of key ids to dense group ids (one GROUP BY key: the key id is the group id).
+pub(crate) struct GroupMap {
+    keys: usize,
+    hasher: RandomState,
+    table: HashTable<u32>,
+    /// `keys` key ids per group, when there is more than one key.
+    tuples: Vec<u32>,
+    /// Groups when there is one key (tracked by the caller through the interner).
+    single_len: usize,
+}
+
+impl GroupMap {
+    pub(crate) fn new(keys: usize) -> Self {
+        GroupMap {
+            keys,
+            hasher: RandomState::with_seeds(0x2545, 0xf491, 0x4f6c, 0xdd1d),
+            table: HashTable::new(),
+            tuples: Vec::new(),
+            single_len: 0,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        if self.keys == 1 {
+            self.single_len
+        } else {
+            self.tuples.len() / self.keys
+        }
+    }
+
+    pub(crate) fn size(&self) -> usize {
+        self.tuples.capacity() * 4 + self.table.capacity() * 5
+    }
+
+    /// The group of a tuple of key ids, created on first sight.
+    pub(crate) fn group(&mut self, tuple: &[u32]) -> u32 {
+        if self.keys == 1 {
+            self.single_len = self.single_len.max(tuple[0] as usize + 1);
+            return tuple[0];
+        }
+        let k = self.keys;
+        let hash = self.hasher.hash_one(tuple);
+        let tuples = &self.tuples;
+        let at = |g: u32| &tuples[g as usize * k..g as usize * k + k];
+        if let Some(&g) = self.table.find(hash, |&g| at(g) == tuple) {
+            return g;
+        }
+        let g = (self.tuples.len() / k) as u32;
+        self.tuples.extend_from_slice(tuple);
+        let (tuples, hasher) = (&self.tuples, &self.hasher);
+        self.table.insert_unique(hash, g, |&g| {
+            hasher.hash_one(&tuples[g as usize * k..g as usize * k + k])
+        });
+        g
+    }
+
+    /// Key ids of key `k` for every group in group order.
+    pub(crate) fn key_column(&self, k: usize) -> UInt32Array {
+        if self.keys == 1 {
+            return UInt32Array::from_iter_values(0..self.single_len as u32);
+        }
+        UInt32Array::from_iter_values(self.tuples.iter().skip(k).step_by(self.keys).copied())
+    }
+
+    /// The key-id tuple of group `g`.
+    pub(crate) fn tuple(&self, g: usize, out: &mut Vec<u32>) {
+        out.clear();
+        if self.keys == 1 {
+            out.push(g as u32);
+        } else {
+            out.extend_from_slice(&self.tuples[g * self.keys..(g + 1) * self.keys]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interning_is_stable_and_null_is_its_own_value() {
+        let mut k = KeyInterner::new(KeyKind::Bytes);
+        let a = k.intern_bytes(b"a");
+        let e = k.intern_bytes(b"");
+        let n = k.intern_null();
+        assert_eq!(k.intern_bytes(b"a"), a);
+        assert_ne!(e, n, "empty string and NULL differ");
+        assert_eq!(k.intern_null(), n);
+        let vals = k.values(&DataType::Utf8).unwrap();
+        let vals = vals.as_string::<i32>();
+        assert_eq!(vals.value(a as usize), "a");
+        assert!(vals.is_null(n as usize));
+        assert!(!vals.is_null(e as usize));
+
+        let mut f = KeyInterner::new(KeyKind::Float);
+        let arr: ArrayRef = Arc::new(Float64Array::from(vec![Some(1.5), None, Some(1.5)]));
+        let mut ids = Vec::new();
+        f.intern_array(&arr, &mut ids).unwrap();
+        assert_eq!(ids[0], ids[2]);
+        assert_ne!(ids[0], ids[1]);
+
+        let mut g = GroupMap::new(2);
+        let x = g.group(&[1, 2]);
+        let y = g.group(&[2, 1]);
+        assert_ne!(x, y);
+        assert_eq!(g.group(&[1, 2]), x);
+        assert_eq!(g.len(), 2);
+        assert_eq!(g.key_column(1).values().to_vec(), vec![2, 1]);
+    }
+}

@@ -1,0 +1,222 @@
+//! Aggregation inside the scan, as Pinot does it per segment. In: a physical plan in which
+//! DataFusion groups the rows a [`SegmentScanExec`] produces. Out: the same plan with that
+//! aggregation (partial and final stages, with the exchanges between them) replaced by one
+//! [`SegmentAggregateExec`], which groups on each segment's dictionary ids instead of on
+//! materialised strings and merges its workers' groups by value once at the end.
+//!
+//! The rewrite applies when every GROUP BY key is a column or an expression of a supported
+//! type, no aggregate is DISTINCT, ordered or filtered, and there are no grouping sets; other
+//! plans are left to DataFusion unchanged. Aggregate functions are DataFusion's own
+//! accumulators, so results are the same as without the rewrite.
+
+mod exec;
+mod keys;
+
+use std::sync::Arc;
+
+use arrow::datatypes::DataType;
+use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode, TreeNodeRecursion};
+use datafusion::config::ConfigOptions;
+use datafusion::error::Result as DfResult;
+use datafusion::physical_expr::expressions::{CastExpr, Column};
+use datafusion::physical_expr::utils::collect_columns;
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::repartition::RepartitionExec;
+use datafusion::physical_plan::ExecutionPlan;
+
+pub use exec::SegmentAggregateExec;
+use exec::{GroupKey, Job, KeyExpr};
+use keys::KeyKind;
+
+use crate::scan::SegmentScanExec;
+
+/// The physical optimizer rule that introduces [`SegmentAggregateExec`]. Runs after
+/// DataFusion's own rules.
+#[derive(Debug, Default)]
+pub struct SegmentAggregateRule;
+
+impl PhysicalOptimizerRule for SegmentAggregateRule {
+    fn optimize(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+        _config: &ConfigOptions,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        plan.transform_down(|node| match rewrite(&node)? {
+            Some(new) => Ok(Transformed::new(new, true, TreeNodeRecursion::Jump)),
+            None => Ok(Transformed::no(node)),
+        })
+        .data()
+    }
+
+    fn name(&self) -> &str {
+        "segment_aggregate"
+    }
+
+    fn schema_check(&self) -> bool {
+        true
+    }
+}
+
+/// Steps over operators that only move rows between partitions or batches.
+fn skip_exchanges(mut plan: &Arc<dyn ExecutionPlan>) -> &Arc<dyn ExecutionPlan> {
+    loop {
+        let any = plan.as_any();
+        let is_exchange = any.is::<RepartitionExec>() || any.is::<CoalescePartitionsExec>();
+        match plan.children().first() {
+            Some(child) if is_exchange => plan = child,
+            _ => return plan,
+        }
+    }
+}
+
+fn rewrite(node: &Arc<dyn ExecutionPlan>) -> DfResult<Option<Arc<dyn ExecutionPlan>>> {
+    let Some(last) = node.as_any().downcast_ref::<AggregateExec>() else {
+        return Ok(None);
+    };
+    let first = match last.mode() {
+        AggregateMode::Final | AggregateMode::FinalPartitioned => {
+            match skip_exchanges(last.input())
+                .as_any()
+                .downcast_ref::<AggregateExec>()
+            {
+                Some(p) if *p.mode() == AggregateMode::Partial => p,
+                _ => return Ok(None),
+            }
+        }
+        AggregateMode::Single | AggregateMode::SinglePartitioned => last,
+        _ => return Ok(None),
+    };
+    let scan_plan = skip_exchanges(first.input()).clone();
+    let Some(scan) = scan_plan.as_any().downcast_ref::<SegmentScanExec>() else {
+        return Ok(None);
+    };
+    let group_by = first.group_expr();
+    if scan.limit().is_some()
+        || group_by.has_grouping_set()
+        || group_by.expr().is_empty()
+        || first.filter_expr().iter().any(Option::is_some)
+        || first
+            .aggr_expr()
+            .iter()
+            .any(|a| a.is_distinct() || !a.order_bys().is_empty())
+    {
+        return Ok(None);
+    }
+    let input_schema = first.input_schema();
+    let out_schema = last.schema();
+
+    // Columns the aggregate arguments and computed keys read, in scan-schema positions.
+    let mut needed: Vec<usize> = Vec::new();
+    let mut note = |e: &Arc<dyn PhysicalExpr>| {
+        for c in collect_columns(e) {
+            if !needed.contains(&c.index()) {
+                needed.push(c.index());
+            }
+        }
+    };
+    let mut keys = Vec::new();
+    for (i, (expr, _)) in group_by.expr().iter().enumerate() {
+        let Some(kind) = KeyKind::of(&expr.data_type(&input_schema)?) else {
+            return Ok(None);
+        };
+        let key = match expr.as_any().downcast_ref::<Column>() {
+            Some(c) => KeyExpr::Column {
+                seg_col: scan.projection()[c.index()],
+            },
+            None => {
+                note(expr);
+                KeyExpr::Expr(expr.clone())
+            }
+        };
+        keys.push(GroupKey {
+            expr: key,
+            kind,
+            out_type: out_schema.field(i).data_type().clone(),
+        });
+    }
+    // approx_distinct over a string column: fed each segment's distinct (group, value) pairs
+    // from dictionary ids instead of every row's string (a sketch ignores repeats).
+    let dedup = first
+        .aggr_expr()
+        .iter()
+        .map(|a| {
+            let args = a.expressions();
+            if a.fun().name() != "approx_distinct" || args.len() != 1 {
+                return Ok(None);
+            }
+            let mut e = &args[0];
+            while let Some(c) = e.as_any().downcast_ref::<CastExpr>() {
+                e = c.expr();
+            }
+            let Some(col) = e.as_any().downcast_ref::<Column>() else {
+                return Ok(None);
+            };
+            let is_dict_str = matches!(
+                input_schema.field(col.index()).data_type(),
+                DataType::Dictionary(_, v) if v.as_ref() == &DataType::Utf8
+            );
+            Ok(
+                (is_dict_str && args[0].data_type(&input_schema)? == DataType::Utf8)
+                    .then(|| scan.projection()[col.index()]),
+            )
+        })
+        .collect::<DfResult<Vec<_>>>()?;
+    for (agg, d) in first.aggr_expr().iter().zip(&dedup) {
+        if d.is_none() {
+            for e in agg.expressions() {
+                note(&e);
+            }
+        }
+    }
+    needed.sort_unstable();
+    // Rewrite expressions onto the batch of just the needed columns.
+    let remap = |e: &Arc<dyn PhysicalExpr>| -> DfResult<Arc<dyn PhysicalExpr>> {
+        e.clone()
+            .transform(|n| {
+                if let Some(c) = n.as_any().downcast_ref::<Column>() {
+                    let pos = needed
+                        .iter()
+                        .position(|&i| i == c.index())
+                        .expect("every referenced column was noted");
+                    return Ok(Transformed::yes(
+                        Arc::new(Column::new(c.name(), pos)) as Arc<dyn PhysicalExpr>
+                    ));
+                }
+                Ok(Transformed::no(n))
+            })
+            .data()
+    };
+    for k in keys.iter_mut() {
+        if let KeyExpr::Expr(e) = &k.expr {
+            k.expr = KeyExpr::Expr(remap(e)?);
+        }
+    }
+    let args = first
+        .aggr_expr()
+        .iter()
+        .zip(&dedup)
+        .map(|(a, d)| match d {
+            Some(_) => Ok(Vec::new()),
+            None => a
+                .expressions()
+                .iter()
+                .map(&remap)
+                .collect::<DfResult<Vec<_>>>(),
+        })
+        .collect::<DfResult<Vec<_>>>()?;
+    let read_schema = Arc::new(input_schema.project(&needed)?);
+    let read_cols: Vec<usize> = needed.iter().map(|&i| scan.projection()[i]).collect();
+    Ok(Some(Arc::new(SegmentAggregateExec::new(Job {
+        scan: scan_plan.clone(),
+        keys,
+        aggs: first.aggr_expr().to_vec(),
+        args,
+        dedup,
+        read_cols,
+        read_schema,
+        schema: out_schema,
+    })?)))
+}
