@@ -14,7 +14,7 @@ use std::sync::Arc;
 use arrow::datatypes::{Schema, SchemaRef};
 use arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use basalt_segment::predicate::{evaluate_with_stats, EvalStats};
-use basalt_segment::{may_match, Predicate, SegmentReader};
+use basalt_segment::{may_match, Predicate, RoaringBitmap, SegmentReader};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::EquivalenceProperties;
@@ -149,19 +149,43 @@ impl SegmentScanExec {
     }
 }
 
+/// The docs of a segment that satisfy a predicate.
+pub(crate) enum Matched {
+    /// Every doc (no predicate).
+    All(u32),
+    Some(RoaringBitmap),
+}
+
+impl Matched {
+    pub(crate) fn len(&self) -> u64 {
+        match self {
+            Matched::All(n) => *n as u64,
+            Matched::Some(bm) => bm.len(),
+        }
+    }
+
+    /// The doc ids, ascending.
+    pub(crate) fn docs(&self) -> Vec<u32> {
+        match self {
+            Matched::All(n) => (0..*n).collect(),
+            Matched::Some(bm) => bm.iter().collect(),
+        }
+    }
+}
+
 /// The docs of `seg` that satisfy `predicate`, counted into `stats`; `None` when the segment's
 /// statistics rule it out without evaluating the predicate.
 pub(crate) fn matching_docs(
     seg: &SegmentReader,
     predicate: Option<&Predicate>,
     stats: &ScanStats,
-) -> DfResult<Option<Vec<u32>>> {
+) -> DfResult<Option<Matched>> {
     stats.segments_queried.fetch_add(1, Ordering::Relaxed);
     stats
         .total_docs
         .fetch_add(seg.row_count() as u64, Ordering::Relaxed);
-    let docs: Vec<u32> = match predicate {
-        None => (0..seg.row_count()).collect(),
+    let matched = match predicate {
+        None => Matched::All(seg.row_count()),
         Some(p) => {
             let keep = may_match(seg, p).map_err(|e| DataFusionError::External(Box::new(e)))?;
             if !keep {
@@ -180,16 +204,16 @@ pub(crate) fn matching_docs(
             stats
                 .blocks_skipped
                 .fetch_add(es.blocks_skipped, Ordering::Relaxed);
-            bm.iter().collect()
+            Matched::Some(bm)
         }
     };
-    if !docs.is_empty() {
+    if matched.len() > 0 {
         stats.segments_matched.fetch_add(1, Ordering::Relaxed);
     }
     stats
         .docs_scanned
-        .fetch_add(docs.len() as u64, Ordering::Relaxed);
-    Ok(Some(docs))
+        .fetch_add(matched.len(), Ordering::Relaxed);
+    Ok(Some(matched))
 }
 
 impl DisplayAs for SegmentScanExec {
@@ -305,9 +329,10 @@ impl ExecutionPlan for SegmentScanExec {
                         return Ok(None);
                     };
                     st.next_segment += 1;
-                    let Some(docs) = matching_docs(&seg, predicate.as_ref(), &stats)? else {
+                    let Some(matched) = matching_docs(&seg, predicate.as_ref(), &stats)? else {
                         continue;
                     };
+                    let docs = matched.docs();
                     st.docs = docs;
                     st.emitted = 0;
                     st.current = Some(seg);

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, DictionaryArray, Int32Array, RecordBatch, RecordBatchOptions, UInt32Array,
+    Array, ArrayRef, DictionaryArray, Int32Array, Int64Array, RecordBatch, RecordBatchOptions, UInt32Array,
 };
 use arrow::compute::{cast, take};
 use arrow::datatypes::{DataType, Int32Type, SchemaRef};
@@ -334,12 +334,17 @@ impl Worker {
                 }
             })
             .collect::<DfResult<Vec<_>>>()?;
-        Ok(Worker {
+        let mut w = Worker {
             keys: job.keys.iter().map(|k| KeyInterner::new(k.kind)).collect(),
             groups: GroupMap::new(job.keys.len()),
             accs,
             reservation: MemoryConsumer::new("SegmentAggregateExec").register(pool),
-        })
+        };
+        if job.keys.is_empty() {
+            // Without GROUP BY there is one group, even over no rows (count 0).
+            w.add_row_count(0)?;
+        }
+        Ok(w)
     }
 
     fn size(&self) -> usize {
@@ -369,12 +374,17 @@ impl Worker {
 
     fn segment(&mut self, job: &Job, seg: &SegmentReader, cancel: &AtomicBool) -> DfResult<()> {
         let scan = job.scan();
-        let Some(docs) = matching_docs(seg, scan.predicate(), scan.stats())? else {
+        let Some(matched) = matching_docs(seg, scan.predicate(), scan.stats())? else {
             return Ok(());
         };
-        if docs.is_empty() {
+        if matched.len() == 0 {
             return Ok(());
         }
+        if job.keys.is_empty() {
+            // Only count(*) without keys (see the rule): the bitmap's cardinality is the count.
+            return self.add_row_count(matched.len());
+        }
+        let docs = matched.docs();
         let mut sources = Vec::with_capacity(job.keys.len());
         for k in &job.keys {
             sources.push(match &k.expr {
@@ -539,6 +549,16 @@ impl Worker {
         }
         let size = self.size();
         self.reservation.try_resize(size)
+    }
+
+    /// Adds `n` rows to every count(*) aggregate of a query without GROUP BY, through their
+    /// state: no column is read and no row materialised.
+    fn add_row_count(&mut self, n: u64) -> DfResult<()> {
+        let state: ArrayRef = Arc::new(Int64Array::from(vec![n as i64]));
+        for acc in self.accs.iter_mut() {
+            acc.merge_batch(std::slice::from_ref(&state), &[0], None, 1)?;
+        }
+        Ok(())
     }
 
     /// Folds `other`'s groups into this worker's, matching keys by value.

@@ -326,7 +326,10 @@ impl GroupMap {
     }
 
     pub(crate) fn len(&self) -> usize {
-        if self.keys == 1 {
+        if self.keys == 0 {
+            // No GROUP BY: one group.
+            1
+        } else if self.keys == 1 {
             self.single_len
         } else {
             self.tuples.len() / self.keys
@@ -339,6 +342,9 @@ impl GroupMap {
 
     /// The group of a tuple of key ids, created on first sight.
     pub(crate) fn group(&mut self, tuple: &[u32]) -> u32 {
+        if self.keys == 0 {
+            return 0;
+        }
         if self.keys == 1 {
             self.single_len = self.single_len.max(tuple[0] as usize + 1);
             return tuple[0];
@@ -370,6 +376,9 @@ impl GroupMap {
     /// The key-id tuple of group `g`.
     pub(crate) fn tuple(&self, g: usize, out: &mut Vec<u32>) {
         out.clear();
+        if self.keys == 0 {
+            return;
+        }
         if self.keys == 1 {
             out.push(g as u32);
         } else {

@@ -4,6 +4,9 @@
 //! [`SegmentAggregateExec`], which groups on each segment's dictionary ids instead of on
 //! materialised strings and merges its workers' groups by value once at the end.
 //!
+//! Without GROUP BY only `count(*)` is taken over, answered from the predicate's bitmap
+//! cardinality per segment without reading a column.
+//!
 //! The rewrite applies when every GROUP BY key is a column or an expression of a supported
 //! type, no aggregate is DISTINCT, ordered or filtered, and there are no grouping sets; other
 //! plans are left to DataFusion unchanged. Aggregate functions are DataFusion's own
@@ -18,7 +21,7 @@ use arrow::datatypes::DataType;
 use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode, TreeNodeRecursion};
 use datafusion::config::ConfigOptions;
 use datafusion::error::Result as DfResult;
-use datafusion::physical_expr::expressions::{CastExpr, Column};
+use datafusion::physical_expr::expressions::{CastExpr, Column, Literal};
 use datafusion::physical_expr::utils::collect_columns;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
@@ -72,6 +75,20 @@ fn skip_exchanges(mut plan: &Arc<dyn ExecutionPlan>) -> &Arc<dyn ExecutionPlan> 
     }
 }
 
+/// Every aggregate is `count(*)` (a count of a non-null literal): without GROUP BY, answered
+/// from bitmap cardinalities alone.
+fn only_count_star(agg: &AggregateExec) -> bool {
+    agg.aggr_expr().iter().all(|a| {
+        let args = a.expressions();
+        a.fun().name() == "count"
+            && args.len() == 1
+            && args[0]
+                .as_any()
+                .downcast_ref::<Literal>()
+                .is_some_and(|l| !l.value().is_null())
+    })
+}
+
 fn rewrite(node: &Arc<dyn ExecutionPlan>) -> DfResult<Option<Arc<dyn ExecutionPlan>>> {
     let Some(last) = node.as_any().downcast_ref::<AggregateExec>() else {
         return Ok(None);
@@ -96,7 +113,7 @@ fn rewrite(node: &Arc<dyn ExecutionPlan>) -> DfResult<Option<Arc<dyn ExecutionPl
     let group_by = first.group_expr();
     if scan.limit().is_some()
         || group_by.has_grouping_set()
-        || group_by.expr().is_empty()
+        || (group_by.expr().is_empty() && !only_count_star(first))
         || first.filter_expr().iter().any(Option::is_some)
         || first
             .aggr_expr()
