@@ -305,7 +305,10 @@ async fn count_star_reads_no_columns_and_prunes() {
         .await
         .unwrap();
     let plan = render(&explain.batches).join("\n");
-    assert!(plan.contains("SegmentAggregateExec: table=t, gby=[]"), "{plan}");
+    assert!(
+        plan.contains("SegmentAggregateExec: table=t, gby=[]"),
+        "{plan}"
+    );
     assert!(!plan.contains("FilterExec"), "filters are exact: {plan}");
 }
 

@@ -44,6 +44,26 @@ impl Dictionary {
     }
 }
 
+/// Positions in `docs` (ascending doc ids) of the docs in `nulls`, found by walking only the
+/// nulls between the first and last doc instead of probing the bitmap once per doc.
+pub fn null_positions(nulls: &RoaringBitmap, docs: &[u32]) -> Vec<usize> {
+    let (Some(&first), Some(&last)) = (docs.first(), docs.last()) else {
+        return Vec::new();
+    };
+    let contiguous = (last - first) as usize == docs.len() - 1;
+    let mut out = Vec::new();
+    let mut from = 0;
+    for d in nulls.range(first..=last) {
+        if contiguous {
+            out.push((d - first) as usize);
+        } else if let Ok(k) = docs[from..].binary_search(&d) {
+            out.push(from + k);
+            from += k + 1;
+        }
+    }
+    out
+}
+
 /// Values of some docs of one column, whichever kind the blocks hold.
 #[derive(Default)]
 struct Gathered {
@@ -474,7 +494,15 @@ impl SegmentReader {
                 j += 1;
             }
             let picked = docs[i..j].iter().map(|d| (d - start) as usize);
-            match self.block(col, b as usize)? {
+            let block = self.block(col, b as usize)?;
+            // Every doc of the block, in order: take the decoded values as they are.
+            let whole = |len: usize| {
+                j - i == len && docs[i] == start && docs[j - 1] as usize == start as usize + len - 1
+            };
+            match block {
+                BlockValues::Ids(v) if whole(v.len()) => g.ids.extend_from_slice(&v),
+                BlockValues::I64(v) if whole(v.len()) => g.ints.extend_from_slice(&v),
+                BlockValues::F64(v) if whole(v.len()) => g.floats.extend_from_slice(&v),
                 BlockValues::Ids(v) => g.ids.extend(picked.map(|k| v[k])),
                 BlockValues::I64(v) => g.ints.extend(picked.map(|k| v[k])),
                 BlockValues::F64(v) => g.floats.extend(picked.map(|k| v[k])),
@@ -488,8 +516,13 @@ impl SegmentReader {
     pub fn read_column(&self, col: usize, docs: &[u32]) -> Result<ArrayRef> {
         let def = &self.footer.schema.columns[col];
         let nulls = self.nulls(col)?;
-        let validity: Option<Vec<bool>> =
-            (!nulls.is_empty()).then(|| docs.iter().map(|d| !nulls.contains(*d)).collect());
+        let validity: Option<Vec<bool>> = (!nulls.is_empty()).then(|| {
+            let mut valid = vec![true; docs.len()];
+            for p in null_positions(&nulls, docs) {
+                valid[p] = false;
+            }
+            valid
+        });
         let dict = self.dictionary(col)?;
         let Gathered { ids, ints, floats } = self.gather(col, docs)?;
         let nb = validity.map(arrow::buffer::NullBuffer::from);

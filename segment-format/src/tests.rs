@@ -399,6 +399,29 @@ proptest! {
     }
 
     #[test]
+    fn null_positions_match_probing(
+        nulls in prop::collection::btree_set(0u32..3000, 0..300),
+        docs in prop::collection::btree_set(0u32..3000, 0..600),
+        start in 0u32..2000,
+        len in 0u32..1000,
+        contiguous in any::<bool>(),
+    ) {
+        let bm: roaring::RoaringBitmap = nulls.iter().copied().collect();
+        let docs: Vec<u32> = if contiguous {
+            (start..start + len).collect()
+        } else {
+            docs.into_iter().collect()
+        };
+        let want: Vec<usize> = docs
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| bm.contains(**d))
+            .map(|(i, _)| i)
+            .collect();
+        prop_assert_eq!(crate::reader::null_positions(&bm, &docs), want);
+    }
+
+    #[test]
     fn corrupt_bytes_never_panic(
         rows in prop::collection::vec(row_strategy(), 1..60),
         flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),

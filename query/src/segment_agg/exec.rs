@@ -16,11 +16,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, DictionaryArray, Int32Array, Int64Array, RecordBatch, RecordBatchOptions, UInt32Array,
+    Array, ArrayRef, DictionaryArray, Int32Array, Int64Array, RecordBatch, RecordBatchOptions,
+    UInt64Array,
 };
 use arrow::compute::{cast, take};
 use arrow::datatypes::{DataType, Int32Type, SchemaRef};
-use basalt_segment::reader::Dictionary;
+use basalt_segment::reader::{null_positions, Dictionary};
 use basalt_segment::SegmentReader;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool, MemoryReservation};
@@ -34,11 +35,11 @@ use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
 };
 use futures::{StreamExt, TryStreamExt};
-use hashbrown::HashTable;
 use roaring::RoaringBitmap;
 
+use super::hll::{hash_str, HllGroups};
 use super::keys::{GroupMap, KeyInterner, KeyKind};
-use crate::scan::{matching_docs, SegmentScanExec};
+use crate::scan::{matching_docs, Matched, SegmentScanExec};
 
 /// Where a group key's values come from.
 #[derive(Debug, Clone)]
@@ -70,9 +71,9 @@ pub(crate) struct Job {
     pub(crate) aggs: Vec<Arc<AggregateFunctionExpr>>,
     /// Per aggregate, its arguments over `read_schema`.
     pub(crate) args: Vec<Vec<Arc<dyn PhysicalExpr>>>,
-    /// Per aggregate: the string column whose distinct (group, dictionary id) pairs per
-    /// segment feed it instead of its rows (for sketches that ignore repeats).
-    pub(crate) dedup: Vec<Option<usize>>,
+    /// Per aggregate: for `approx_distinct` over a string column, that column; its sketch is
+    /// fed hashes computed once per dictionary entry ([`HllGroups`]).
+    pub(crate) sketch_cols: Vec<Option<usize>>,
     /// Segment columns materialised per batch, and their schema.
     pub(crate) read_cols: Vec<usize>,
     pub(crate) read_schema: SchemaRef,
@@ -248,65 +249,83 @@ enum Source {
     Expr(Arc<dyn PhysicalExpr>),
 }
 
-/// The distinct (group, dictionary id) pairs of one string column in one segment.
-struct PairSet {
+/// Sketch hashes of one string column's dictionary entries in one segment, computed on
+/// first use.
+struct DictHashes {
     seg_col: usize,
     dict: Arc<Dictionary>,
     nulls: Arc<RoaringBitmap>,
-    set: HashTable<u64>,
+    hashes: Vec<u64>,
+    done: Vec<bool>,
 }
 
-fn mix(x: u64) -> u64 {
-    let x = (x ^ (x >> 31)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    x ^ (x >> 29)
-}
-
-impl PairSet {
-    fn new(seg_col: usize, dict: Arc<Dictionary>, nulls: Arc<RoaringBitmap>) -> Self {
-        PairSet {
+impl DictHashes {
+    /// `rows`: how many docs will be hashed; when they outnumber the dictionary, every entry
+    /// is hashed up front, in dictionary order.
+    fn new(
+        seg_col: usize,
+        dict: Arc<Dictionary>,
+        nulls: Arc<RoaringBitmap>,
+        rows: u64,
+    ) -> DfResult<Self> {
+        let Dictionary::Str(strings) = dict.as_ref() else {
+            return Err(DataFusionError::Internal(format!(
+                "column {seg_col}: sketch over a non-string dictionary"
+            )));
+        };
+        let n = dict.len();
+        let (hashes, done) = if rows >= n as u64 {
+            (
+                strings.iter().map(|v| v.map_or(0, hash_str)).collect(),
+                vec![true; n],
+            )
+        } else {
+            (vec![0; n], vec![false; n])
+        };
+        Ok(DictHashes {
             seg_col,
             dict,
             nulls,
-            set: HashTable::new(),
-        }
+            hashes,
+            done,
+        })
     }
 
-    fn add(&mut self, seg: &SegmentReader, docs: &[u32], groups: &[usize]) -> DfResult<()> {
+    /// Per row of `docs`: its value's sketch hash, null for null rows.
+    fn row_hashes(&mut self, seg: &SegmentReader, docs: &[u32]) -> DfResult<ArrayRef> {
+        let Dictionary::Str(strings) = self.dict.as_ref() else {
+            unreachable!("checked in new");
+        };
         let ids = seg
             .read_ids(self.seg_col, docs)
             .map_err(ext)?
             .ok_or_else(|| DataFusionError::Internal("string column without ids".into()))?;
-        let has_nulls = !self.nulls.is_empty();
-        for (i, (&id, &g)) in ids.iter().zip(groups).enumerate() {
-            if has_nulls && self.nulls.contains(docs[i]) {
+        let null_rows = if self.nulls.is_empty() {
+            Vec::new()
+        } else {
+            null_positions(&self.nulls, docs)
+        };
+        let mut is_null = vec![false; ids.len()];
+        for &r in &null_rows {
+            is_null[r] = true;
+        }
+        let mut out = Vec::with_capacity(ids.len());
+        for (&id, &null) in ids.iter().zip(&is_null) {
+            let i = id as usize;
+            if null || i >= self.hashes.len() {
+                // Null rows carry a placeholder id; a bad id is caught by the reader.
+                out.push(0);
                 continue;
             }
-            let pair = ((g as u64) << 32) | id as u64;
-            let h = mix(pair);
-            if self.set.find(h, |&p| p == pair).is_none() {
-                self.set.insert_unique(h, pair, |&p| mix(p));
+            if !self.done[i] {
+                self.hashes[i] = hash_str(strings.value(i));
+                self.done[i] = true;
             }
+            out.push(self.hashes[i]);
         }
-        Ok(())
-    }
-
-    /// The pairs as (string values, group per value).
-    fn finish(self) -> DfResult<(ArrayRef, Vec<usize>)> {
-        let Dictionary::Str(strings) = self.dict.as_ref() else {
-            return Err(DataFusionError::Internal(
-                "distinct pairs over a non-string dictionary".into(),
-            ));
-        };
-        let mut pairs: Vec<u64> = self.set.into_iter().collect();
-        pairs.sort_unstable();
-        let ids = UInt32Array::from_iter_values(pairs.iter().map(|&p| p as u32));
-        if ids.values().iter().any(|&i| i as usize >= strings.len()) {
-            return Err(DataFusionError::Internal(
-                "dictionary id out of range".into(),
-            ));
-        }
-        let values = take(strings, &ids, None)?;
-        Ok((values, pairs.iter().map(|&p| (p >> 32) as usize).collect()))
+        let nulls = (!null_rows.is_empty())
+            .then(|| arrow::buffer::NullBuffer::from_iter(is_null.iter().map(|n| !n)));
+        Ok(Arc::new(UInt64Array::new(out.into(), nulls)))
     }
 }
 
@@ -323,8 +342,11 @@ impl Worker {
         let accs = job
             .aggs
             .iter()
-            .map(|a| {
-                if a.groups_accumulator_supported() {
+            .zip(&job.sketch_cols)
+            .map(|(a, sketch)| {
+                if sketch.is_some() {
+                    Ok(Box::new(HllGroups::default()) as Box<dyn GroupsAccumulator>)
+                } else if a.groups_accumulator_supported() {
                     a.create_groups_accumulator()
                 } else {
                     let a = a.clone();
@@ -384,13 +406,12 @@ impl Worker {
             // Only count(*) without keys (see the rule): the bitmap's cardinality is the count.
             return self.add_row_count(matched.len());
         }
-        let docs = matched.docs();
         let mut sources = Vec::with_capacity(job.keys.len());
         for k in &job.keys {
             sources.push(match &k.expr {
                 KeyExpr::Column { seg_col } => match seg.dictionary(*seg_col).map_err(ext)? {
                     Some(dict) => {
-                        self.keys[sources.len()].reserve(dict.len().min(docs.len()));
+                        self.keys[sources.len()].reserve(dict.len().min(matched.len() as usize));
                         Source::Dict {
                             seg_col: *seg_col,
                             key_ids: vec![u32::MAX; dict.len()],
@@ -422,12 +443,17 @@ impl Worker {
                 dense = Some((strides, vec![u32::MAX; combos]));
             }
         }
-        let mut pairs: Vec<Option<PairSet>> = Vec::with_capacity(job.dedup.len());
-        for d in &job.dedup {
-            pairs.push(match d {
+        let mut sketches: Vec<Option<DictHashes>> = Vec::with_capacity(job.sketch_cols.len());
+        for d in &job.sketch_cols {
+            sketches.push(match d {
                 None => None,
                 Some(col) => match seg.dictionary(*col).map_err(ext)? {
-                    Some(dict) => Some(PairSet::new(*col, dict, seg.nulls(*col).map_err(ext)?)),
+                    Some(dict) => Some(DictHashes::new(
+                        *col,
+                        dict,
+                        seg.nulls(*col).map_err(ext)?,
+                        matched.len(),
+                    )?),
                     None => {
                         return Err(DataFusionError::Internal(format!(
                             "string column {col} without a dictionary"
@@ -440,7 +466,23 @@ impl Worker {
         let mut codes: Vec<Vec<u32>> = vec![Vec::new(); nkeys];
         let mut groups: Vec<usize> = Vec::new();
         let mut tuple = vec![0u32; nkeys];
-        for chunk in docs.chunks(scan.batch_size()) {
+        // Block by block: a block the predicate covers whole is read without per-doc picking.
+        let block_rows = seg.block_rows();
+        let blocks = (seg.row_count() as usize).div_ceil(block_rows.max(1));
+        let mut docs: Vec<u32> = Vec::with_capacity(block_rows);
+        for b in 0..blocks {
+            let start = (b * block_rows) as u32;
+            let end = start + seg.block_len(b) as u32;
+            docs.clear();
+            match &matched {
+                Matched::All(_) => docs.extend(start..end),
+                Matched::Some(bm) if bm.contains_range(start..end) => docs.extend(start..end),
+                Matched::Some(bm) => docs.extend(bm.range(start..end)),
+            }
+            if docs.is_empty() {
+                continue;
+            }
+            let chunk = docs.as_slice();
             if cancel.load(Ordering::Relaxed) {
                 return Err(DataFusionError::Execution("query cancelled".into()));
             }
@@ -468,20 +510,56 @@ impl Worker {
                         let ids = seg.read_ids(*seg_col, chunk).map_err(ext)?.ok_or_else(|| {
                             DataFusionError::Internal("dictionary column without ids".into())
                         })?;
-                        let null_at = |i: usize| !nulls.is_empty() && nulls.contains(chunk[i]);
-                        if dense.is_some() {
-                            let null_code = dict.len() as u32;
-                            out.extend(ids.iter().enumerate().map(|(i, &id)| {
-                                if null_at(i) {
-                                    null_code
-                                } else {
-                                    id
-                                }
-                            }));
+                        let null_rows = if nulls.is_empty() {
+                            Vec::new()
                         } else {
-                            for (i, &id) in ids.iter().enumerate() {
-                                let id = (!null_at(i)).then_some(id);
-                                out.push(Self::dict_key(&mut self.keys[k], dict, key_ids, id)?);
+                            null_positions(nulls, chunk)
+                        };
+                        if dense.is_some() {
+                            out.extend_from_slice(&ids);
+                            for &r in &null_rows {
+                                out[r] = dict.len() as u32;
+                            }
+                        } else {
+                            // Intern the ids not seen yet in this segment, then map every row
+                            // with a plain lookup. Null rows carry a placeholder id that must
+                            // not be interned, so they are patched afterwards.
+                            let interner = &mut self.keys[k];
+                            let mut fresh = |id: u32| -> DfResult<()> {
+                                if key_ids.get(id as usize) == Some(&u32::MAX) {
+                                    Self::dict_key(interner, dict, key_ids, Some(id))?;
+                                }
+                                Ok(())
+                            };
+                            if null_rows.is_empty() {
+                                for &id in &ids {
+                                    fresh(id)?;
+                                }
+                            } else {
+                                let mut nr = null_rows.iter().peekable();
+                                for (r, &id) in ids.iter().enumerate() {
+                                    if nr.peek() == Some(&&r) {
+                                        nr.next();
+                                    } else {
+                                        fresh(id)?;
+                                    }
+                                }
+                            }
+                            out.reserve(ids.len());
+                            for &id in &ids {
+                                // Placeholder ids of null rows may be unmapped (u32::MAX) and
+                                // are overwritten below.
+                                out.push(key_ids.get(id as usize).copied().ok_or_else(|| {
+                                    DataFusionError::Internal(format!(
+                                        "dictionary id {id} out of range"
+                                    ))
+                                })?);
+                            }
+                            if !null_rows.is_empty() {
+                                let null_id = self.keys[k].intern_null();
+                                for &r in &null_rows {
+                                    out[r] = null_id;
+                                }
                             }
                         }
                     }
@@ -518,6 +596,11 @@ impl Worker {
                         groups.push(table[combo] as usize);
                     }
                 }
+                // One key: the key id is the group id.
+                None if nkeys == 1 => {
+                    groups.extend(codes[0].iter().map(|&c| c as usize));
+                    self.groups.set_single_len(self.keys[0].len());
+                }
                 None => {
                     for row in 0..chunk.len() {
                         for k in 0..nkeys {
@@ -528,9 +611,12 @@ impl Worker {
                 }
             }
             let total = self.groups.len();
-            for (acc, (args, pairs)) in self.accs.iter_mut().zip(job.args.iter().zip(&mut pairs)) {
-                if let Some(p) = pairs {
-                    p.add(seg, chunk, &groups)?;
+            for (acc, (args, sketch)) in
+                self.accs.iter_mut().zip(job.args.iter().zip(&mut sketches))
+            {
+                if let Some(h) = sketch {
+                    let hashes = h.row_hashes(seg, chunk)?;
+                    acc.update_batch(&[hashes], &groups, None, total)?;
                     continue;
                 }
                 let values = args
@@ -538,13 +624,6 @@ impl Worker {
                     .map(|e| e.evaluate(&batch)?.into_array(chunk.len()))
                     .collect::<DfResult<Vec<_>>>()?;
                 acc.update_batch(&values, &groups, None, total)?;
-            }
-        }
-        let total = self.groups.len();
-        for (acc, p) in self.accs.iter_mut().zip(pairs) {
-            if let Some(p) = p {
-                let (values, groups) = p.finish()?;
-                acc.update_batch(&[values], &groups, None, total)?;
             }
         }
         let size = self.size();

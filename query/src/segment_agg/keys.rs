@@ -60,16 +60,49 @@ impl KeyKind {
 pub(crate) struct KeyInterner {
     kind: KeyKind,
     hasher: RandomState,
-    table: HashTable<u32>,
+    /// Values up to [`INLINE`] bytes live in the table entry itself, so a lookup touches one
+    /// cache line; longer strings keep a prefix there and are confirmed in the arena.
+    table: HashTable<Entry>,
     /// `Bytes`: value `i` is `data[offsets[i]..offsets[i + 1]]`.
     data: Vec<u8>,
     offsets: Vec<usize>,
     /// Other kinds: value `i` is `bits[i]`.
     bits: Vec<u64>,
-    /// Hash of value `i` (0 for NULL), so growing the table re-hashes nothing.
-    hashes: Vec<u64>,
     null_id: Option<u32>,
     len: u32,
+}
+
+const INLINE: usize = 11;
+/// `Entry::len` of a value longer than [`INLINE`].
+const LONG: u8 = u8::MAX;
+
+/// One interned value: its id, its length (or [`LONG`]) and its first bytes, zero-padded.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Entry {
+    id: u32,
+    len: u8,
+    inline: [u8; INLINE],
+}
+
+impl Entry {
+    fn probe(v: &[u8]) -> Entry {
+        let mut inline = [0u8; INLINE];
+        let n = v.len().min(INLINE);
+        inline[..n].copy_from_slice(&v[..n]);
+        Entry {
+            id: 0,
+            len: if v.len() <= INLINE {
+                v.len() as u8
+            } else {
+                LONG
+            },
+            inline,
+        }
+    }
+
+    fn same_prefix(&self, other: &Entry) -> bool {
+        self.len == other.len && self.inline == other.inline
+    }
 }
 
 impl KeyInterner {
@@ -81,7 +114,6 @@ impl KeyInterner {
             data: Vec::new(),
             offsets: vec![0],
             bits: Vec::new(),
-            hashes: Vec::new(),
             null_id: None,
             len: 0,
         }
@@ -96,19 +128,27 @@ impl KeyInterner {
         self.data.capacity()
             + self.offsets.capacity() * 8
             + self.bits.capacity() * 8
-            + self.hashes.capacity() * 8
-            + self.table.capacity() * 5
+            + self.table.capacity() * (std::mem::size_of::<Entry>() + 1)
+    }
+
+    /// The hash of an entry's value, for growing the table.
+    fn rehash(hasher: &RandomState, data: &[u8], offsets: &[usize], e: &Entry) -> u64 {
+        if e.len == LONG {
+            let i = e.id as usize;
+            hasher.hash_one(&data[offsets[i]..offsets[i + 1]])
+        } else {
+            hasher.hash_one(&e.inline[..e.len as usize])
+        }
     }
 
     /// Room for `additional` more values without growing.
     pub(crate) fn reserve(&mut self, additional: usize) {
-        let hashes = &self.hashes;
-        self.table.reserve(additional, |&i| hashes[i as usize]);
-        self.hashes.reserve(additional);
+        let (hasher, data, offsets) = (&self.hasher, &self.data, &self.offsets);
+        self.table
+            .reserve(additional, |e| Self::rehash(hasher, data, offsets, e));
     }
 
-    fn push_entry(&mut self, hash: u64) -> u32 {
-        self.hashes.push(hash);
+    fn push_entry(&mut self) -> u32 {
         let id = self.len;
         self.len += 1;
         id
@@ -122,41 +162,46 @@ impl KeyInterner {
             KeyKind::Bytes => self.offsets.push(self.data.len()),
             _ => self.bits.push(0),
         }
-        let id = self.push_entry(0);
+        let id = self.push_entry();
         self.null_id = Some(id);
         id
     }
 
-    pub(crate) fn intern_bytes(&mut self, v: &[u8]) -> u32 {
+    /// Finds or adds `v`; `store` appends it to the value storage when it is new.
+    fn intern(&mut self, v: &[u8], store: impl FnOnce(&mut Self)) -> u32 {
         let hash = self.hasher.hash_one(v);
-        let (data, offsets, hashes) = (&self.data, &self.offsets, &self.hashes);
+        let probe = Entry::probe(v);
+        let (data, offsets) = (&self.data, &self.offsets);
         // The NULL entry is never in the table, so the empty string cannot match it.
-        let found = self.table.find(hash, |&id| {
-            let i = id as usize;
-            hashes[i] == hash && &data[offsets[i]..offsets[i + 1]] == v
+        let found = self.table.find(hash, |e| {
+            e.same_prefix(&probe)
+                && (e.len != LONG || {
+                    let i = e.id as usize;
+                    &data[offsets[i]..offsets[i + 1]] == v
+                })
         });
-        if let Some(&id) = found {
-            return id;
+        if let Some(e) = found {
+            return e.id;
         }
         let id = self.len;
-        self.data.extend_from_slice(v);
-        self.offsets.push(self.data.len());
-        let hashes = &self.hashes;
-        self.table.insert_unique(hash, id, |&i| hashes[i as usize]);
-        self.push_entry(hash)
+        store(self);
+        let (hasher, data, offsets) = (&self.hasher, &self.data, &self.offsets);
+        self.table.insert_unique(hash, Entry { id, ..probe }, |e| {
+            Self::rehash(hasher, data, offsets, e)
+        });
+        self.push_entry()
+    }
+
+    pub(crate) fn intern_bytes(&mut self, v: &[u8]) -> u32 {
+        self.intern(v, |me| {
+            me.data.extend_from_slice(v);
+            me.offsets.push(me.data.len());
+        })
     }
 
     pub(crate) fn intern_bits(&mut self, v: u64) -> u32 {
-        let hash = self.hasher.hash_one(v);
-        let bits = &self.bits;
-        if let Some(&id) = self.table.find(hash, |&id| bits[id as usize] == v) {
-            return id;
-        }
-        let id = self.len;
-        self.bits.push(v);
-        let hashes = &self.hashes;
-        self.table.insert_unique(hash, id, |&i| hashes[i as usize]);
-        self.push_entry(hash)
+        // Eight bytes always fit the entry, so the arena is never consulted for numbers.
+        self.intern(&v.to_le_bytes(), |me| me.bits.push(v))
     }
 
     /// Interns dictionary entry `id` of a segment dictionary.
@@ -340,6 +385,11 @@ impl GroupMap {
         self.tuples.capacity() * 4 + self.table.capacity() * 5
     }
 
+    /// With one key, every key id the interner holds is a group.
+    pub(crate) fn set_single_len(&mut self, len: usize) {
+        self.single_len = len;
+    }
+
     /// The group of a tuple of key ids, created on first sight.
     pub(crate) fn group(&mut self, tuple: &[u32]) -> u32 {
         if self.keys == 0 {
@@ -405,6 +455,22 @@ mod tests {
         assert_eq!(vals.value(a as usize), "a");
         assert!(vals.is_null(n as usize));
         assert!(!vals.is_null(e as usize));
+
+        // Values past the inline length that share their first bytes stay distinct, and the
+        // table keeps working across growth.
+        let long: Vec<String> = (0..5000)
+            .map(|i| format!("a-long-common-prefix-{i}"))
+            .collect();
+        let ids: Vec<u32> = long.iter().map(|v| k.intern_bytes(v.as_bytes())).collect();
+        for (v, id) in long.iter().zip(&ids) {
+            assert_eq!(k.intern_bytes(v.as_bytes()), *id);
+        }
+        let vals = k.values(&DataType::Utf8).unwrap();
+        assert_eq!(
+            vals.as_string::<i32>().value(ids[4321] as usize),
+            long[4321]
+        );
+        assert_eq!(k.len(), 3 + long.len());
 
         let mut f = KeyInterner::new(KeyKind::Float);
         let arr: ArrayRef = Arc::new(Float64Array::from(vec![Some(1.5), None, Some(1.5)]));

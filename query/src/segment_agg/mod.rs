@@ -13,6 +13,7 @@
 //! accumulators, so results are the same as without the rewrite.
 
 mod exec;
+mod hll;
 mod keys;
 
 use std::sync::Arc;
@@ -154,9 +155,9 @@ fn rewrite(node: &Arc<dyn ExecutionPlan>) -> DfResult<Option<Arc<dyn ExecutionPl
             out_type: out_schema.field(i).data_type().clone(),
         });
     }
-    // approx_distinct over a string column: fed each segment's distinct (group, value) pairs
-    // from dictionary ids instead of every row's string (a sketch ignores repeats).
-    let dedup = first
+    // approx_distinct over a string column: its sketch is fed hashes computed once per
+    // dictionary entry instead of every row's string.
+    let sketch_cols = first
         .aggr_expr()
         .iter()
         .map(|a| {
@@ -181,7 +182,7 @@ fn rewrite(node: &Arc<dyn ExecutionPlan>) -> DfResult<Option<Arc<dyn ExecutionPl
             )
         })
         .collect::<DfResult<Vec<_>>>()?;
-    for (agg, d) in first.aggr_expr().iter().zip(&dedup) {
+    for (agg, d) in first.aggr_expr().iter().zip(&sketch_cols) {
         if d.is_none() {
             for e in agg.expressions() {
                 note(&e);
@@ -214,7 +215,7 @@ fn rewrite(node: &Arc<dyn ExecutionPlan>) -> DfResult<Option<Arc<dyn ExecutionPl
     let args = first
         .aggr_expr()
         .iter()
-        .zip(&dedup)
+        .zip(&sketch_cols)
         .map(|(a, d)| match d {
             Some(_) => Ok(Vec::new()),
             None => a
@@ -231,7 +232,7 @@ fn rewrite(node: &Arc<dyn ExecutionPlan>) -> DfResult<Option<Arc<dyn ExecutionPl
         keys,
         aggs: first.aggr_expr().to_vec(),
         args,
-        dedup,
+        sketch_cols,
         read_cols,
         read_schema,
         schema: out_schema,
