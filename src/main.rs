@@ -1,6 +1,6 @@
 //! The `basalt` binary: one process, several roles. In: command-line arguments and an optional
 //! TOML config. Out: a running server (`standalone`), or a one-shot tool (`ingest`,
-//! `gen-events`, `quickstart`).
+//! `gen-events`, `quickstart`, `inspect`).
 
 mod config;
 
@@ -57,6 +57,11 @@ enum Command {
         /// Print the events table spec instead of generating.
         #[arg(long)]
         print_spec: bool,
+    },
+    /// Print where a segment file's bytes go, per column and structure.
+    Inspect {
+        /// A segment file (`.seg`).
+        file: PathBuf,
     },
     /// Start a standalone server on a temporary directory, create and load the `events` table,
     /// run a few queries and keep serving.
@@ -150,7 +155,54 @@ async fn run(cli: Cli) -> Result<(), String> {
             http_addr,
             exit,
         } => quickstart(rows, &http_addr, exit).await,
+        Command::Inspect { file } => inspect(&file),
     }
+}
+
+fn inspect(file: &Path) -> Result<(), String> {
+    let bytes = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let footer = basalt_segment::layout::read_footer(&bytes)
+        .map_err(|e| format!("{}: {e}", file.display()))?;
+    let rows = footer.row_count.max(1) as f64;
+    println!(
+        "{}: format v{}, {} rows, {} bytes ({:.2} bytes/row)",
+        file.display(),
+        footer.format_version,
+        footer.row_count,
+        bytes.len(),
+        bytes.len() as f64 / rows
+    );
+    println!(
+        "{:<16} {:<10} {:>9} {:>11} {:>11} {:>9} {:>11} {:>9} {:>9} {:>7} {:>9}",
+        "column",
+        "encoding",
+        "distinct",
+        "forward",
+        "dictionary",
+        "nulls",
+        "inverted",
+        "range",
+        "sorted",
+        "bloom",
+        "bytes/row"
+    );
+    for c in basalt_segment::inspect::column_bytes(&footer) {
+        println!(
+            "{:<16} {:<10} {:>9} {:>11} {:>11} {:>9} {:>11} {:>9} {:>9} {:>7} {:>9.2}",
+            c.column,
+            c.encoding,
+            c.cardinality.map(|n| n.to_string()).unwrap_or_default(),
+            c.forward,
+            c.dictionary,
+            c.nulls,
+            c.inverted,
+            c.range,
+            c.sorted,
+            c.bloom,
+            c.total() as f64 / rows
+        );
+    }
+    Ok(())
 }
 
 fn gen_events(

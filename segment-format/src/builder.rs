@@ -581,23 +581,10 @@ fn write_bitmap(w: &mut FileWriter, bm: &RoaringBitmap) -> Result<SectionRef> {
     w.write(&raw, Codec::None)
 }
 
-/// `count:u32 offsets:u64*(count+1) bitmaps*` — offsets are relative to the bitmap area.
+/// A posting table (see [`crate::postings`]), stored uncompressed so entries are read in
+/// place.
 fn write_bitmaps(w: &mut FileWriter, bms: &[RoaringBitmap]) -> Result<SectionRef> {
-    let mut body = Vec::new();
-    let mut offsets = Vec::with_capacity(bms.len() + 1);
-    offsets.push(0u64);
-    for bm in bms {
-        bm.serialize_into(&mut body)
-            .map_err(SegmentError::Compress)?;
-        offsets.push(body.len() as u64);
-    }
-    let mut raw = Vec::with_capacity(4 + offsets.len() * 8 + body.len());
-    raw.extend_from_slice(&(bms.len() as u32).to_le_bytes());
-    for o in offsets {
-        raw.extend_from_slice(&o.to_le_bytes());
-    }
-    raw.extend_from_slice(&body);
-    w.write(&raw, Codec::None)
+    w.write(&crate::postings::encode_table(bms)?, Codec::None)
 }
 
 fn build_range_index(

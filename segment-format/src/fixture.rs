@@ -1,6 +1,7 @@
-//! Format compatibility: `fixtures/v1.seg` was written by format version 1 and must stay
+//! Format compatibility: `fixtures/vN.seg` was written by format version N and must stay
 //! readable with the same answers by every later build. `BASALT_WRITE_FIXTURE=1 cargo test -p
-//! basalt-segment fixture` rewrites it (only when the format version changes, as a new file).
+//! basalt-segment fixture` writes the current version's file (once, when the format version
+//! changes; older files are never rewritten).
 
 use std::sync::Arc;
 
@@ -17,7 +18,11 @@ use crate::predicate::{evaluate, CmpOp, Predicate};
 use crate::reader::SegmentReader;
 use crate::types::{ColumnDef, ColumnType, IndexKind, SegmentSchema, Value};
 
-const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/v1.seg");
+/// Every format version's fixture.
+const FIXTURES: [(u32, &str); 2] = [
+    (1, concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/v1.seg")),
+    (2, concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/v2.seg")),
+];
 
 fn fixture_input() -> (SegmentSchema, RecordBatch) {
     let mut ts = ColumnDef::new("ts", ColumnType::Timestamp);
@@ -88,15 +93,27 @@ fn opts() -> BuildOptions {
 }
 
 #[test]
-fn v1_fixture_still_reads_the_same() {
+fn every_version_fixture_still_reads_the_same() {
     let (schema, batch) = fixture_input();
+    let (current, path) = FIXTURES[FIXTURES.len() - 1];
+    assert_eq!(
+        current,
+        crate::FORMAT_VERSION,
+        "add the new version's fixture"
+    );
     if std::env::var("BASALT_WRITE_FIXTURE").is_ok() {
         let bytes = build_segment(&schema, std::slice::from_ref(&batch), &opts()).unwrap();
-        std::fs::write(FIXTURE, bytes).unwrap();
+        std::fs::write(path, bytes).unwrap();
     }
-    let bytes = std::fs::read(FIXTURE).expect("fixtures/v1.seg is checked in");
+    for (version, path) in FIXTURES {
+        let bytes = std::fs::read(path).expect("fixtures are checked in");
+        check_fixture(&schema, &batch, version, bytes);
+    }
+}
+
+fn check_fixture(schema: &SegmentSchema, batch: &RecordBatch, version: u32, bytes: Vec<u8>) {
     let r = SegmentReader::open(Bytes::from(bytes)).unwrap();
-    assert_eq!(r.footer().format_version, 1);
+    assert_eq!(r.footer().format_version, version);
     assert_eq!(r.row_count(), 1000);
     assert_eq!(
         r.footer().time_range,
@@ -134,7 +151,7 @@ fn v1_fixture_still_reads_the_same() {
     );
     // The whole content matches a fresh build of the same input, column by column.
     let fresh = SegmentReader::open(Bytes::from(
-        build_segment(&schema, &[batch], &opts()).unwrap(),
+        build_segment(schema, std::slice::from_ref(batch), &opts()).unwrap(),
     ))
     .unwrap();
     let docs: Vec<u32> = (0..1000).collect();
@@ -142,7 +159,7 @@ fn v1_fixture_still_reads_the_same() {
         assert_eq!(
             r.read_column(c, &docs).unwrap().to_data(),
             fresh.read_column(c, &docs).unwrap().to_data(),
-            "column {c}"
+            "v{version} column {c}"
         );
     }
 }

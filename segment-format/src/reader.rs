@@ -20,6 +20,7 @@ use crate::bitpack;
 use crate::bloom::Bloom;
 use crate::error::{corrupt, Result, SegmentError};
 use crate::layout::{read_footer, read_section, ColumnMeta, Encoding, Footer, SectionRef};
+use crate::postings;
 use crate::types::{ColumnDef, ColumnType, Physical};
 
 /// A column's sorted dictionary, decoded.
@@ -296,56 +297,23 @@ impl SegmentReader {
     }
 
     fn bitmap_table(&self, s: &SectionRef, what: &str) -> Result<BitmapTable> {
-        // Checksum once, then keep only the offsets; bitmaps are deserialized on use.
+        // Checksum once, then keep only the offsets; entries are decoded on use.
         let raw = self.section(s, what)?;
-        if raw.len() < 4 {
-            return Err(corrupt(format!("{what} is shorter than its header")));
-        }
-        let count = u32::from_le_bytes(raw[..4].try_into().expect("4 bytes")) as usize;
-        let table_end = 4usize
-            .checked_add(
-                count
-                    .checked_add(1)
-                    .and_then(|c| c.checked_mul(8))
-                    .ok_or_else(|| corrupt("count overflows"))?,
-            )
-            .ok_or_else(|| corrupt("count overflows"))?;
-        if table_end > raw.len() {
-            return Err(corrupt(format!("{what} offsets table is truncated")));
-        }
-        let offsets: Vec<u64> = raw[4..table_end]
-            .chunks_exact(8)
-            .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
-            .collect();
-        let body = (raw.len() - table_end) as u64;
-        if offsets.first() != Some(&0)
-            || offsets.windows(2).any(|w| w[0] > w[1])
-            || offsets.last().is_some_and(|&l| l > body)
-        {
-            return Err(corrupt(format!(
-                "{what} offsets are not ascending within the section"
-            )));
-        }
+        let (table_end, offsets) = postings::parse_table(&raw, self.footer.format_version, what)?;
         Ok(BitmapTable {
             base: s.offset as usize + table_end,
             offsets,
         })
     }
 
-    /// Deserializes bitmap `i` of a table (inverted index entry or range bucket).
+    /// Decodes entry `i` of a posting table (inverted index entry or range bucket).
     pub(crate) fn table_bitmap(&self, t: &BitmapTable, i: usize) -> Result<RoaringBitmap> {
         let (Some(&a), Some(&b)) = (t.offsets.get(i), t.offsets.get(i + 1)) else {
             return Err(corrupt(format!("bitmap {i} is outside its index")));
         };
         let bytes = &self.bytes[t.base + a as usize..t.base + b as usize];
-        let bm = RoaringBitmap::deserialize_from(bytes)
-            .map_err(|e| corrupt(format!("index bitmap {i}: {e}")))?;
-        if bm.max().is_some_and(|m| m as u64 >= self.footer.row_count) {
-            return Err(corrupt(format!(
-                "index bitmap {i} names a doc past the end"
-            )));
-        }
-        Ok(bm)
+        postings::decode_entry(bytes, self.footer.format_version, self.footer.row_count)
+            .map_err(|e| corrupt(format!("index entry {i}: {e}")))
     }
 
     pub(crate) fn table_len(t: &BitmapTable) -> usize {
