@@ -4,8 +4,8 @@
 //!
 //! Format 1 stores every entry as a portable roaring bitmap behind a table of u64 offsets —
 //! about 25 bytes even for a single doc, which dominated high-cardinality indexes. Format 2
-//! bit-packs the offsets and stores each entry in the smaller of two forms: a delta-varint
-//! list (`0x00 n first gap*`) or a portable roaring bitmap (`0x01 roaring`).
+//! bit-packs the offsets and stores each entry as a delta-varint list (`0x00 n first gap*`)
+//! when that is small, or as a portable roaring bitmap (`0x01 roaring`).
 
 use roaring::RoaringBitmap;
 
@@ -38,19 +38,30 @@ fn get_varint(bytes: &[u8], pos: &mut usize) -> Result<u32> {
     Err(corrupt("posting list number is too long"))
 }
 
-/// One entry in its smaller form.
+/// Lists up to this many docs are kept as lists whenever they are smaller than the bitmap.
+const SHORT_LIST: u64 = 64;
+
+/// One entry: a short list when it is smaller, a longer list only when it is at most half the
+/// bitmap (lists decode doc by doc, bitmaps are copied in bulk — selective queries read the
+/// long lists of common values).
 fn encode_entry(bm: &RoaringBitmap, out: &mut Vec<u8>) -> Result<()> {
+    let bitmap_len = bm.serialized_size();
+    let budget = if bm.len() <= SHORT_LIST {
+        bitmap_len
+    } else {
+        bitmap_len / 2
+    };
     let mut list = Vec::new();
     put_varint(&mut list, bm.len() as u32);
     let mut prev = None;
     for d in bm {
         put_varint(&mut list, prev.map_or(d, |p| d - p));
         prev = Some(d);
-        if list.len() > bm.serialized_size() {
+        if list.len() > budget {
             break;
         }
     }
-    if list.len() <= bm.serialized_size() {
+    if list.len() <= budget {
         out.push(TAG_LIST);
         out.extend_from_slice(&list);
     } else {

@@ -45,13 +45,24 @@ impl Dictionary {
     }
 }
 
-/// Positions in `docs` (ascending doc ids) of the docs in `nulls`, found by walking only the
-/// nulls between the first and last doc instead of probing the bitmap once per doc.
+/// Positions in `docs` (ascending doc ids) of the docs in `nulls`: by walking the nulls
+/// between the first and last doc when the docs are dense there, by probing each doc when
+/// they are sparse.
 pub fn null_positions(nulls: &RoaringBitmap, docs: &[u32]) -> Vec<usize> {
     let (Some(&first), Some(&last)) = (docs.first(), docs.last()) else {
         return Vec::new();
     };
-    let contiguous = (last - first) as usize == docs.len() - 1;
+    let span = (last - first) as usize + 1;
+    let contiguous = span == docs.len();
+    // Few docs spread far apart: probing each is cheaper than walking every null between.
+    if !contiguous && docs.len() * 16 < span {
+        return docs
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| nulls.contains(**d))
+            .map(|(i, _)| i)
+            .collect();
+    }
     let mut out = Vec::new();
     let mut from = 0;
     for d in nulls.range(first..=last) {
