@@ -34,6 +34,16 @@ pub enum IngestError {
     Parquet(#[from] parquet::errors::ParquetError),
     #[error("metastore is corrupt: {0}")]
     Metastore(String),
+    #[error("table {table:?} changed after version {expected} was read (a concurrent writer committed first)")]
+    Conflict { table: String, expected: u64 },
+    #[error("table {table:?} partition {partition}: checkpoint delta ({from:?}, {to}] does not start at the checkpoint {checkpoint:?}")]
+    CheckpointMismatch {
+        table: String,
+        partition: i32,
+        checkpoint: Option<i64>,
+        from: Option<i64>,
+        to: i64,
+    },
     #[error("invalid deep store url {0:?}: {1}")]
     DeepStore(String, String),
 }

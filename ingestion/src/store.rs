@@ -1,10 +1,10 @@
 //! The table store: table specs, their sealed segments and the metastore that records them.
 //! In: specs from the admin API, decoded batches from ingestion. Out: segments in the deep
-//! store (a local directory by default, S3 for an `s3://` URL), a manifest per table in the
-//! metastore, and open [`SegmentReader`]s for queries.
+//! store (a local directory by default, S3 for an `s3://` URL), their publication in the
+//! [`crate::metastore`], and open [`SegmentReader`]s for queries.
 //!
-//! Invariants: a segment becomes visible only when the manifest that lists it is written;
-//! an ingest request publishes all of its segments in one manifest write or none of them;
+//! Invariants: a segment becomes visible only when a metastore commit lists it; an ingest
+//! request publishes all of its segments in one commit or none of them;
 //! segments a failed or crashed request staged are deleted (at once, or at the next start).
 
 use std::collections::BTreeMap;
@@ -21,36 +21,14 @@ use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use parking_lot::RwLock;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tracing::{info, warn};
 
 use crate::decode::{decode_csv, decode_ndjson, decode_parquet, Format};
 use crate::error::{IngestError, Result};
+pub use crate::metastore::SegmentMeta;
+use crate::metastore::{self, Metastore, ObjectStoreMetastore, TableState};
 use crate::spec::TableSpec;
-
-/// Version of the manifest JSON layout.
-pub const MANIFEST_VERSION: u32 = 1;
-
-/// A sealed segment as the metastore records it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SegmentMeta {
-    pub id: String,
-    /// Object path in the deep store.
-    pub path: String,
-    pub rows: u64,
-    pub bytes: u64,
-    pub time_range: Option<(i64, i64)>,
-}
-
-/// What the metastore keeps per table.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TableManifest {
-    pub version: u32,
-    pub spec: TableSpec,
-    pub segments: Vec<SegmentMeta>,
-}
 
 #[derive(Debug)]
 pub struct LoadedSegment {
@@ -101,6 +79,7 @@ pub struct StoreConfig {
 
 pub struct TableStore {
     store: Arc<dyn ObjectStore>,
+    metastore: Arc<dyn Metastore>,
     /// Set when the deep store is a local directory: segments are memory-mapped in place.
     local_root: Option<PathBuf>,
     cache_dir: PathBuf,
@@ -117,10 +96,6 @@ impl std::fmt::Debug for TableStore {
             .field("store", &self.store.to_string())
             .finish()
     }
-}
-
-fn manifest_path(table: &str) -> ObjPath {
-    ObjPath::from(format!("_metastore/tables/{table}.json"))
 }
 
 fn segments_prefix(table: &str) -> ObjPath {
@@ -203,8 +178,11 @@ impl TableStore {
         let (store, local_root) = open_deep_store(&cfg.data_dir, cfg.deep_store.as_deref())?;
         let cache_dir = cfg.data_dir.join("cache");
         std::fs::create_dir_all(&cache_dir)?;
+        let metastore: Arc<dyn Metastore> =
+            Arc::new(ObjectStoreMetastore::open(store.clone()).await?);
         let ts = Arc::new(TableStore {
             store,
+            metastore,
             local_root,
             cache_dir,
             tables: RwLock::new(BTreeMap::new()),
@@ -212,38 +190,18 @@ impl TableStore {
             seq: AtomicU64::new(0),
             admin: tokio::sync::Mutex::new(()),
         });
-        let manifests: Vec<_> = ts
-            .store
-            .list(Some(&ObjPath::from("_metastore/tables")))
-            .try_collect()
-            .await?;
-        for m in manifests {
-            if !m.location.as_ref().ends_with(".json") {
+        for name in ts.metastore.list_tables().await? {
+            let Some(state) = ts.metastore.get(&name).await? else {
                 continue;
-            }
-            let bytes = ts.store.get(&m.location).await?.bytes().await?;
-            let manifest: TableManifest = serde_json::from_slice(&bytes)
-                .map_err(|e| IngestError::Metastore(format!("{}: {e}", m.location)))?;
-            if manifest.version != MANIFEST_VERSION {
-                return Err(IngestError::Metastore(format!(
-                    "{}: manifest version {} is not supported",
-                    m.location, manifest.version
-                )));
-            }
-            manifest.spec.validate()?;
-            let mut loaded = Vec::with_capacity(manifest.segments.len());
-            for s in &manifest.segments {
-                let reader = ts.open_segment(&manifest.spec.name, s).await?;
-                loaded.push(Arc::new(LoadedSegment {
-                    meta: s.clone(),
-                    reader,
-                }));
-            }
-            ts.cleanup_unpublished(&manifest).await?;
-            info!(table = %manifest.spec.name, segments = loaded.len(), "loaded table");
+            };
+            let state = state.value;
+            state.spec.validate()?;
+            let loaded = ts.load_segments(&state, &[]).await?;
+            ts.cleanup_unpublished(&state).await?;
+            info!(table = %state.spec.name, segments = loaded.len(), "loaded table");
             let table = Arc::new(Table {
-                schema: manifest.spec.segment_schema(),
-                spec: manifest.spec,
+                schema: state.spec.segment_schema(),
+                spec: state.spec,
                 segments: RwLock::new(Arc::new(loaded)),
                 publish: tokio::sync::Mutex::new(()),
             });
@@ -252,12 +210,33 @@ impl TableStore {
         Ok(ts)
     }
 
-    async fn cleanup_unpublished(&self, manifest: &TableManifest) -> Result<()> {
+    /// Readers for every segment `state` lists, reusing those in `known`.
+    async fn load_segments(
+        &self,
+        state: &TableState,
+        known: &[Arc<LoadedSegment>],
+    ) -> Result<Vec<Arc<LoadedSegment>>> {
+        let mut loaded = Vec::with_capacity(state.segments.len());
+        for s in &state.segments {
+            if let Some(k) = known.iter().find(|k| k.meta.id == s.id) {
+                loaded.push(k.clone());
+                continue;
+            }
+            let reader = self.open_segment(&state.spec.name, s).await?;
+            loaded.push(Arc::new(LoadedSegment {
+                meta: s.clone(),
+                reader,
+            }));
+        }
+        Ok(loaded)
+    }
+
+    async fn cleanup_unpublished(&self, state: &TableState) -> Result<()> {
         let known: std::collections::HashSet<&str> =
-            manifest.segments.iter().map(|s| s.path.as_str()).collect();
+            state.segments.iter().map(|s| s.path.as_str()).collect();
         let objects: Vec<_> = self
             .store
-            .list(Some(&segments_prefix(&manifest.spec.name)))
+            .list(Some(&segments_prefix(&state.spec.name)))
             .try_collect()
             .await?;
         for o in objects {
@@ -306,27 +285,15 @@ impl TableStore {
         self.tables.read().keys().cloned().collect()
     }
 
-    async fn write_manifest(&self, m: &TableManifest) -> Result<()> {
-        let json =
-            serde_json::to_vec_pretty(m).map_err(|e| IngestError::Metastore(e.to_string()))?;
-        self.store
-            .put(&manifest_path(&m.spec.name), PutPayload::from(json))
-            .await?;
-        Ok(())
-    }
-
     pub async fn create_table(&self, spec: TableSpec) -> Result<Arc<Table>> {
         spec.validate()?;
         let _g = self.admin.lock().await;
         if self.tables.read().contains_key(&spec.name) {
             return Err(IngestError::TableExists(spec.name));
         }
-        self.write_manifest(&TableManifest {
-            version: MANIFEST_VERSION,
-            spec: spec.clone(),
-            segments: vec![],
-        })
-        .await?;
+        self.metastore
+            .create(&TableState::new(spec.clone()))
+            .await?;
         let table = Arc::new(Table {
             schema: spec.segment_schema(),
             spec,
@@ -346,7 +313,7 @@ impl TableStore {
             .table(name)
             .ok_or_else(|| IngestError::NoSuchTable(name.into()))?;
         let _p = table.publish.lock().await;
-        self.store.delete(&manifest_path(name)).await?;
+        self.metastore.drop_table(name).await?;
         self.tables.write().remove(name);
         let objects: Vec<_> = self
             .store
@@ -417,7 +384,7 @@ impl TableStore {
         }
     }
 
-    /// Publishes staged segments: one manifest write, then the in-memory list is swapped.
+    /// Publishes staged segments in one metastore commit, then swaps the in-memory list.
     async fn publish(&self, t: &Table, staged: &[Arc<LoadedSegment>]) -> Result<()> {
         if staged.is_empty() {
             return Ok(());
@@ -429,15 +396,12 @@ impl TableStore {
         {
             return Err(IngestError::NoSuchTable(t.spec.name.clone()));
         }
-        let current = t.segments();
-        let mut next: Vec<Arc<LoadedSegment>> = current.as_ref().clone();
-        next.extend(staged.iter().cloned());
-        self.write_manifest(&TableManifest {
-            version: MANIFEST_VERSION,
-            spec: t.spec.clone(),
-            segments: next.iter().map(|s| s.meta.clone()).collect(),
-        })
-        .await?;
+        let metas: Vec<SegmentMeta> = staged.iter().map(|s| s.meta.clone()).collect();
+        let state = metastore::publish(self.metastore.as_ref(), &t.spec.name, &metas, &[]).await?;
+        // The published list may hold other writers' segments too: open those.
+        let mut known: Vec<Arc<LoadedSegment>> = t.segments().as_ref().clone();
+        known.extend(staged.iter().cloned());
+        let next = self.load_segments(&state.value, &known).await?;
         *t.segments.write() = Arc::new(next);
         info!(table = %t.spec.name, segments = staged.len(), rows = staged.iter().map(|s| s.meta.rows).sum::<u64>(), "published segments");
         Ok(())

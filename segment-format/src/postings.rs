@@ -101,9 +101,15 @@ pub(crate) fn parse_table(raw: &[u8], version: u32, what: &str) -> Result<(usize
         return Err(corrupt(format!("{what} is shorter than its header")));
     }
     let count = u32::from_le_bytes(raw[..4].try_into().expect("4 bytes")) as usize;
-    let n = count
-        .checked_add(1)
-        .ok_or_else(|| corrupt(format!("{what}: count overflows")))?;
+    // Every entry takes at least one byte, so a count past the section length is corrupt
+    // (and must not size an allocation).
+    if count > raw.len() {
+        return Err(corrupt(format!(
+            "{what} claims {count} entries in {} bytes",
+            raw.len()
+        )));
+    }
+    let n = count + 1;
     let (table_end, offsets) = if version >= 2 {
         let width = *raw
             .get(4)

@@ -3,4 +3,5 @@
 
 mod harness;
 mod http_api;
+mod s3;
 mod slt;
