@@ -58,8 +58,13 @@ start_s3() {
 
 stop_s3() {
   if [ -f "$DIR/s3.pid" ]; then
-    kill "$(cat "$DIR/s3.pid")" 2>/dev/null || true
-    pkill -f "weed mini -dir=$DIR/s3" 2>/dev/null || true
+    pid=$(cat "$DIR/s3.pid")
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 20); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.5
+    done
+    kill -9 "$pid" 2>/dev/null || true
     rm -f "$DIR/s3.pid"
   fi
 }
