@@ -335,7 +335,7 @@ impl TableStore {
             .unwrap_or(0);
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         let rand = uuid::Uuid::new_v4().simple().to_string();
-        format!("{table}__{ms}__{seq}__{}", &rand[..8])
+        format!("{table}__{ms}__{seq:06}__{}", &rand[..8])
     }
 
     /// Decodes `body` in `format`, seals it into segments and publishes them all at once.
@@ -416,57 +416,107 @@ impl TableStore {
         handle: &tokio::runtime::Handle,
     ) -> std::result::Result<Vec<Arc<LoadedSegment>>, (IngestError, Vec<Arc<LoadedSegment>>)> {
         let max_rows = t.spec.segment.max_rows;
-        let mut pending: Vec<RecordBatch> = Vec::new();
-        let mut pending_rows = 0usize;
-        let mut staged: Vec<Arc<LoadedSegment>> = Vec::new();
         let batch_rows = max_rows.min(65536);
-        let result = (|| -> Result<()> {
-            let mut sink = |b: RecordBatch| -> Result<()> {
-                let mut b = b;
-                while pending_rows + b.num_rows() >= max_rows {
-                    let take = max_rows - pending_rows;
-                    pending.push(b.slice(0, take));
-                    b = b.slice(take, b.num_rows() - take);
-                    let batches = std::mem::take(&mut pending);
-                    pending_rows = 0;
-                    staged.push(self.stage(t, &batches, handle)?);
+        // Decoding and sealing overlap: full segments go through a one-slot channel to one
+        // builder thread per core, so at most `builders + 2` segments' rows are in memory.
+        let builders = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .clamp(1, 4);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<RecordBatch>>(1);
+        let rx = std::sync::Mutex::new(rx);
+        let failed = std::sync::atomic::AtomicBool::new(false);
+        let (rx, failed) = (&rx, &failed);
+        std::thread::scope(move |scope| {
+            let workers: Vec<_> = (0..builders)
+                .map(|_| {
+                    scope.spawn(move || {
+                        let mut staged: Vec<Arc<LoadedSegment>> = Vec::new();
+                        loop {
+                            let next = rx.lock().map(|r| r.recv());
+                            let Ok(Ok(batches)) = next else {
+                                return (staged, None);
+                            };
+                            if failed.load(Ordering::Relaxed) {
+                                continue;
+                            }
+                            match self.stage(t, &batches, handle) {
+                                Ok(s) => staged.push(s),
+                                Err(e) => {
+                                    failed.store(true, Ordering::Relaxed);
+                                    return (staged, Some(e));
+                                }
+                            }
+                        }
+                    })
+                })
+                .collect();
+            let decoded = (|| -> Result<()> {
+                let mut pending: Vec<RecordBatch> = Vec::new();
+                let mut pending_rows = 0usize;
+                let seal = |batches: Vec<RecordBatch>| -> Result<()> {
+                    tx.send(batches).map_err(|_| {
+                        IngestError::Io(std::io::Error::other("the segment builder stopped"))
+                    })
+                };
+                let mut sink = |b: RecordBatch| -> Result<()> {
+                    let mut b = b;
+                    while pending_rows + b.num_rows() >= max_rows {
+                        let take = max_rows - pending_rows;
+                        pending.push(b.slice(0, take));
+                        b = b.slice(take, b.num_rows() - take);
+                        pending_rows = 0;
+                        seal(std::mem::take(&mut pending))?;
+                    }
+                    if b.num_rows() > 0 {
+                        pending_rows += b.num_rows();
+                        pending.push(b);
+                    }
+                    Ok(())
+                };
+                match format {
+                    Format::NdJson => {
+                        decode_ndjson(&mut body, &t.schema, batch_rows, &mut sink)?;
+                    }
+                    Format::Csv => {
+                        decode_csv(&mut body, &t.schema, batch_rows, &mut sink)?;
+                    }
+                    Format::Parquet => {
+                        // Parquet keeps its footer at the end: spool to disk, then read.
+                        let mut tmp = tempfile::tempfile_in(&self.cache_dir)?;
+                        std::io::copy(&mut body, &mut tmp)?;
+                        decode_parquet(tmp, &t.schema, batch_rows, &mut sink).map_err(
+                            |e| match e {
+                                IngestError::Parquet(p) => IngestError::BadInput {
+                                    location: "body".into(),
+                                    message: format!("not a readable Parquet file: {p}"),
+                                },
+                                e => e,
+                            },
+                        )?;
+                    }
                 }
-                if b.num_rows() > 0 {
-                    pending_rows += b.num_rows();
-                    pending.push(b);
+                if pending_rows > 0 {
+                    seal(std::mem::take(&mut pending))?;
                 }
                 Ok(())
-            };
-            match format {
-                Format::NdJson => {
-                    decode_ndjson(&mut body, &t.schema, batch_rows, &mut sink)?;
-                }
-                Format::Csv => {
-                    decode_csv(&mut body, &t.schema, batch_rows, &mut sink)?;
-                }
-                Format::Parquet => {
-                    // Parquet keeps its footer at the end: spool to disk, then read.
-                    let mut tmp = tempfile::tempfile_in(&self.cache_dir)?;
-                    std::io::copy(&mut body, &mut tmp)?;
-                    decode_parquet(tmp, &t.schema, batch_rows, &mut sink).map_err(|e| match e {
-                        IngestError::Parquet(p) => IngestError::BadInput {
-                            location: "body".into(),
-                            message: format!("not a readable Parquet file: {p}"),
-                        },
-                        e => e,
-                    })?;
-                }
+            })();
+            drop(tx);
+            let mut staged = Vec::new();
+            let mut build_error = None;
+            for w in workers {
+                let (s, e) = w.join().expect("segment builder thread");
+                staged.extend(s);
+                build_error = build_error.or(e);
             }
-            if pending_rows > 0 {
-                let batches = std::mem::take(&mut pending);
-                staged.push(self.stage(t, &batches, handle)?);
+            // Segments are published in the order of their ids (creation order).
+            staged.sort_by(|a, b| a.meta.id.cmp(&b.meta.id));
+            // A builder's own error explains a "builder stopped" on the decoding side.
+            match (decoded, build_error) {
+                (_, Some(e)) | (Err(e), None) => Err((e, staged)),
+                (Ok(()), None) => Ok(staged),
             }
-            Ok(())
-        })();
-        match result {
-            Ok(()) => Ok(staged),
-            Err(e) => Err((e, staged)),
-        }
+        })
     }
 
     /// Builds one segment and uploads it (unpublished).

@@ -459,8 +459,14 @@ fn numeric(
 }
 
 /// Dictionary-encodes numeric keys; None when there are more than `limit` distinct values.
+/// A fast hasher for building dictionaries (ids come from sorting, so its seeds do not
+/// affect the segment).
+fn fast_hasher() -> ahash::RandomState {
+    ahash::RandomState::with_seeds(0x243f_6a88, 0x85a3_08d3, 0x1319_8a2e, 0x0370_7344)
+}
+
 fn dict_numeric(keys: &[Option<i64>], float: bool, limit: usize) -> Option<Encoded> {
-    let mut distinct: HashMap<i64, u32> = HashMap::new();
+    let mut distinct: HashMap<i64, u32, ahash::RandomState> = HashMap::with_hasher(fast_hasher());
     for k in keys.iter().flatten() {
         if !distinct.contains_key(k) {
             if distinct.len() >= limit {
@@ -500,7 +506,7 @@ fn dict_numeric(keys: &[Option<i64>], float: bool, limit: usize) -> Option<Encod
 }
 
 fn dict_strings(a: &StringArray) -> Encoded {
-    let mut first: HashMap<&str, u32> = HashMap::new();
+    let mut first: HashMap<&str, u32, ahash::RandomState> = HashMap::with_hasher(fast_hasher());
     let mut provisional = Vec::with_capacity(a.len());
     for v in a.iter() {
         let id = match v {

@@ -346,6 +346,50 @@ async fn bad_input_gets_clear_errors_and_nothing_partial() {
         json!(1)
     );
 
+    // A bad row after several sealed segments: those segments are staged in the deep store
+    // but never published, and are deleted.
+    let small = SPEC
+        .replace("\"name\":\"events\"", "\"name\":\"small\"")
+        .replace("\"max_rows\":1000000", "\"max_rows\":10");
+    let (st, v) = post(&c, s.url("/tables"), "application/json", small).await;
+    assert_eq!(st, 201, "{v}");
+    let body = format!("{}{{\"event_id\":\"z\",\"ts\":true}}\n", good.repeat(35));
+    let (st, v) = post(
+        &c,
+        s.url("/tables/small/ingest"),
+        "application/x-ndjson",
+        body,
+    )
+    .await;
+    assert_eq!(st, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("line 36"), "{v}");
+    assert_eq!(scalar(&c, &s, "SELECT count(*) FROM small").await, json!(0));
+    let staged = dir.path().join("data/deepstore/segments/small");
+    let left: Vec<_> = std::fs::read_dir(&staged)
+        .map(|d| d.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    assert!(
+        left.is_empty(),
+        "staged segments were not removed: {left:?}"
+    );
+    let (st, v) = post(
+        &c,
+        s.url("/tables/small/ingest"),
+        "application/x-ndjson",
+        good.repeat(35),
+    )
+    .await;
+    assert_eq!((st, v["rows"].clone()), (200, json!(35)), "{v}");
+    let stats: Value = c
+        .get(s.url("/tables/small"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["stats"]["segments"], json!(4), "{stats}");
+
     // SQL: errors come back in "exceptions" without a resultTable.
     for (q, code) in [
         ("SELEC 1", 150),
