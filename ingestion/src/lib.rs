@@ -8,6 +8,7 @@ pub mod decode;
 pub mod error;
 pub mod gen;
 pub mod metastore;
+pub mod mutable;
 pub mod spec;
 pub mod store;
 
