@@ -18,6 +18,44 @@ pub struct TableSpec {
     pub columns: Vec<ColumnSpec>,
     #[serde(default)]
     pub segment: SegmentConfig,
+    /// A stream the table consumes continuously (real-time table).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceSpec>,
+    /// Where this table's segments and metastore state live (`file://` or `s3://`); default:
+    /// the server's deep store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deep_store: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSpec {
+    pub kafka: KafkaSource,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSource {
+    /// Bootstrap servers, `host:port[,host:port...]`.
+    pub brokers: String,
+    pub topic: String,
+    /// Message format; `json` (one object per message).
+    #[serde(default = "default_format")]
+    pub format: String,
+    /// Where a partition without a checkpoint starts: `earliest` or `latest`.
+    #[serde(default = "default_start")]
+    pub start: String,
+    /// librdkafka settings passed through (e.g. `session.timeout.ms`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub properties: std::collections::BTreeMap<String, String>,
+}
+
+fn default_format() -> String {
+    "json".into()
+}
+
+fn default_start() -> String {
+    "earliest".into()
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -41,6 +79,59 @@ pub struct SegmentConfig {
     /// Rows per sealed segment (default 1,000,000).
     #[serde(default = "default_max_rows")]
     pub max_rows: usize,
+    /// Seal a real-time segment this long after its first row, e.g. `10m` (units ms, s, m,
+    /// h, d).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<String>,
+    /// Seal a segment once its rows hold this much memory, e.g. `256MB` (B, KB, MB, GB, TB
+    /// as powers of 1024; KiB.. also accepted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<String>,
+}
+
+/// Parses a duration such as `500ms`, `30s`, `10m`, `1h` or `7d`.
+pub fn parse_duration(s: &str) -> std::result::Result<std::time::Duration, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{s:?} has no unit (ms, s, m, h, d)"))?;
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} does not start with a whole number"))?;
+    let ms = match unit.trim() {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        u => return Err(format!("{s:?}: unknown unit {u:?} (ms, s, m, h, d)")),
+    };
+    n.checked_mul(ms)
+        .map(std::time::Duration::from_millis)
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("{s:?} must be positive and below 584 million years"))
+}
+
+/// Parses a size such as `256MB`, `1GiB` or `4096` (bytes).
+pub fn parse_bytes(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} does not start with a whole number"))?;
+    let shift = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "KB" | "KIB" | "K" => 10,
+        "MB" | "MIB" | "M" => 20,
+        "GB" | "GIB" | "G" => 30,
+        "TB" | "TIB" | "T" => 40,
+        u => return Err(format!("{s:?}: unknown unit {u:?} (B, KB, MB, GB, TB)")),
+    };
+    n.checked_mul(1u64 << shift)
+        .filter(|&b| b > 0)
+        .ok_or_else(|| format!("{s:?} must be positive and fit in 64 bits"))
 }
 
 fn default_max_rows() -> usize {
@@ -51,6 +142,8 @@ impl Default for SegmentConfig {
     fn default() -> Self {
         SegmentConfig {
             max_rows: default_max_rows(),
+            max_age: None,
+            max_bytes: None,
         }
     }
 }
@@ -162,7 +255,50 @@ impl TableSpec {
                 "segment.max_rows: must be between 1 and 4294967295",
             ));
         }
+        if let Some(a) = &self.segment.max_age {
+            parse_duration(a).map_err(|e| spec_err(format!("segment.max_age: {e}")))?;
+        }
+        self.max_bytes()?;
+        if let Some(src) = &self.source {
+            let k = &src.kafka;
+            if k.brokers.trim().is_empty() {
+                return Err(spec_err(
+                    "source.kafka.brokers: must name at least one broker",
+                ));
+            }
+            if k.topic.trim().is_empty() {
+                return Err(spec_err("source.kafka.topic: must not be empty"));
+            }
+            if k.format != "json" {
+                return Err(spec_err(format!(
+                    "source.kafka.format: {:?} is not supported (json)",
+                    k.format
+                )));
+            }
+            if k.start != "earliest" && k.start != "latest" {
+                return Err(spec_err(format!(
+                    "source.kafka.start: {:?} must be \"earliest\" or \"latest\"",
+                    k.start
+                )));
+            }
+        }
+        if let Some(d) = &self.deep_store {
+            if !(d.starts_with("s3://") || d.starts_with("file://")) {
+                return Err(spec_err(format!(
+                    "deep_store: {d:?} must be an s3:// or file:// URL"
+                )));
+            }
+        }
         Ok(())
+    }
+
+    /// `segment.max_bytes` in bytes, if set.
+    pub fn max_bytes(&self) -> Result<Option<u64>> {
+        self.segment
+            .max_bytes
+            .as_deref()
+            .map(|b| parse_bytes(b).map_err(|e| spec_err(format!("segment.max_bytes: {e}"))))
+            .transpose()
     }
 
     /// The segment schema; call only on a validated spec.
@@ -225,6 +361,46 @@ mod tests {
         TableSpec::from_json(json.as_bytes())
             .unwrap_err()
             .to_string()
+    }
+
+    #[test]
+    fn accepts_the_real_time_additions_as_written() {
+        let rt = EVENTS.replace(
+            "\"segment\":{\"max_rows\":1000000}}",
+            r#""source":{"kafka":{"brokers":"127.0.0.1:9092","topic":"events","format":"json",
+            "start":"earliest","properties":{"session.timeout.ms":"6000"}}},
+ "segment":{"max_rows":1000000,"max_age":"10m","max_bytes":"256MB"},
+ "deep_store":"s3://basalt/segments"}"#,
+        );
+        let s = TableSpec::from_json(rt.as_bytes()).unwrap();
+        let k = &s.source.as_ref().unwrap().kafka;
+        assert_eq!(k.properties["session.timeout.ms"], "6000");
+        assert_eq!(s.max_bytes().unwrap(), Some(256 << 20));
+        assert_eq!(
+            parse_duration(s.segment.max_age.as_deref().unwrap()).unwrap(),
+            std::time::Duration::from_secs(600)
+        );
+        // Round trip: what GET returns parses to the same spec.
+        let back = TableSpec::from_json(&serde_json::to_vec(&s).unwrap()).unwrap();
+        assert_eq!(back, s);
+        for (from, to, field) in [
+            ("\"10m\"", "\"10 minutes\"", "segment.max_age"),
+            ("\"256MB\"", "\"lots\"", "segment.max_bytes"),
+            ("\"earliest\"", "\"yesterday\"", "source.kafka.start"),
+            (
+                "\"format\":\"json\"",
+                "\"format\":\"avro\"",
+                "source.kafka.format",
+            ),
+            ("s3://basalt/segments", "ftp://x", "deep_store"),
+            ("\"brokers\"", "\"brokerz\"", "brokerz"),
+        ] {
+            let e = err(&rt.replace(from, to));
+            assert!(e.contains(field), "{from} -> {to}: {e}");
+        }
+        assert_eq!(parse_bytes("1GiB").unwrap(), 1 << 30);
+        assert_eq!(parse_duration("500ms").unwrap().as_millis(), 500);
+        assert!(parse_duration("0s").is_err());
     }
 
     #[test]

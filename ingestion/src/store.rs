@@ -79,6 +79,8 @@ pub struct StoreConfig {
 
 pub struct TableStore {
     store: Arc<dyn ObjectStore>,
+    /// The deep store URL the server was started with (`None`: the data dir).
+    deep_store_url: Option<String>,
     metastore: Arc<dyn Metastore>,
     /// Set when the deep store is a local directory: segments are memory-mapped in place.
     local_root: Option<PathBuf>,
@@ -192,6 +194,7 @@ impl TableStore {
             Arc::new(ObjectStoreMetastore::open(store.clone()).await?);
         let ts = Arc::new(TableStore {
             store,
+            deep_store_url: cfg.deep_store.clone(),
             metastore,
             local_root,
             cache_dir,
@@ -297,6 +300,23 @@ impl TableStore {
 
     pub async fn create_table(&self, spec: TableSpec) -> Result<Arc<Table>> {
         spec.validate()?;
+        if spec.source.is_some() {
+            return Err(IngestError::Spec(
+                "source: real-time ingestion from Kafka is not available in this build yet; \
+                 create the table without `source` and load it with POST /tables/{name}/ingest"
+                    .into(),
+            ));
+        }
+        if let Some(d) = &spec.deep_store {
+            if Some(d) != self.deep_store_url.as_ref() {
+                return Err(IngestError::Spec(format!(
+                    "deep_store: per-table deep stores are not supported yet; this server \
+                     writes every table to {} (omit deep_store or start the server with \
+                     --deep-store {d})",
+                    self.store
+                )));
+            }
+        }
         let _g = self.admin.lock().await;
         if self.tables.read().contains_key(&spec.name) {
             return Err(IngestError::TableExists(spec.name));
@@ -428,6 +448,7 @@ impl TableStore {
         handle: &tokio::runtime::Handle,
     ) -> std::result::Result<Vec<Arc<LoadedSegment>>, (IngestError, Vec<Arc<LoadedSegment>>)> {
         let max_rows = t.spec.segment.max_rows;
+        let max_bytes = t.spec.max_bytes().ok().flatten();
         let batch_rows = max_rows.min(65536);
         // Decoding and sealing overlap: full segments go through a one-slot channel to one
         // builder thread per core, so at most `builders + 2` segments' rows are in memory.
@@ -473,8 +494,22 @@ impl TableStore {
                 };
                 let mut sink = |b: RecordBatch| -> Result<()> {
                     let mut b = b;
-                    while pending_rows + b.num_rows() >= max_rows {
-                        let take = max_rows - pending_rows;
+                    // segment.max_bytes caps a segment's rows by their in-memory size.
+                    let limit = match max_bytes {
+                        Some(cap) if b.num_rows() > 0 => {
+                            // Bytes the rows use, not the decoder's spare capacity.
+                            let used: usize = b
+                                .columns()
+                                .iter()
+                                .map(|c| c.to_data().get_slice_memory_size().unwrap_or(0))
+                                .sum();
+                            let per_row = (used / b.num_rows()).max(1);
+                            max_rows.min((cap as usize / per_row).max(1))
+                        }
+                        _ => max_rows,
+                    };
+                    while pending_rows + b.num_rows() >= limit {
+                        let take = limit.saturating_sub(pending_rows).min(b.num_rows());
                         pending.push(b.slice(0, take));
                         b = b.slice(take, b.num_rows() - take);
                         pending_rows = 0;

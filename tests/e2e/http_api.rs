@@ -28,6 +28,47 @@ async fn post(
     )
 }
 
+/// Posts a body over the server's limit: the answer is 413, or — when the server answers and
+/// closes while the client is still uploading — a connection the server closed.
+async fn oversized(c: &reqwest::Client, url: String, body: reqwest::Body) {
+    match c
+        .post(url)
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .send()
+        .await
+    {
+        Ok(r) => {
+            let st = r.status().as_u16();
+            assert_eq!(st, 413, "{}", r.text().await.unwrap_or_default());
+        }
+        Err(e) => assert!(
+            e.is_request() || e.is_body(),
+            "oversized upload failed other than by the server closing it: {e}"
+        ),
+    }
+}
+
+/// Ingests `body` (NDJSON of `rows` good rows) into `table` and returns its GET answer.
+async fn ingest_good_rows(
+    c: &reqwest::Client,
+    s: &Server,
+    table: &str,
+    body: &str,
+    rows: u64,
+) -> Value {
+    let url = s.url(&format!("/tables/{table}/ingest"));
+    let (st, v) = post(c, url, "application/x-ndjson", body.to_string()).await;
+    assert_eq!((st, v["rows"].clone()), (200, json!(rows)), "{v}");
+    c.get(s.url(&format!("/tables/{table}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 fn gen(dir: &std::path::Path, rows: u64, format: &str, seed: u64) -> std::path::PathBuf {
     let out = dir.join(format!("events-{seed}.{format}"));
     let st = std::process::Command::new(env!("CARGO_BIN_EXE_basalt"))
@@ -308,27 +349,18 @@ async fn bad_input_gets_clear_errors_and_nothing_partial() {
     assert_eq!(st, 404, "{v}");
     // Oversized: declared length and a streamed body without a length.
     let big = good.repeat(100_000 / good.len() + 10);
-    let (st, v) = post(
-        &c,
-        s.url("/tables/events/ingest"),
-        "application/x-ndjson",
-        big.clone(),
-    )
-    .await;
-    assert_eq!(st, 413, "{v}");
+    oversized(&c, s.url("/tables/events/ingest"), big.clone().into()).await;
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> = big
         .as_bytes()
         .chunks(4096)
         .map(|c| Ok(c.to_vec()))
         .collect();
-    let (st, v) = post(
+    oversized(
         &c,
         s.url("/tables/events/ingest"),
-        "application/x-ndjson",
         reqwest::Body::wrap_stream(futures::stream::iter(chunks)),
     )
     .await;
-    assert_eq!(st, 413, "{v}");
     assert_eq!(
         scalar(&c, &s, "SELECT count(*) FROM events").await,
         json!(0)
@@ -372,23 +404,29 @@ async fn bad_input_gets_clear_errors_and_nothing_partial() {
         left.is_empty(),
         "staged segments were not removed: {left:?}"
     );
-    let (st, v) = post(
-        &c,
-        s.url("/tables/small/ingest"),
-        "application/x-ndjson",
-        good.repeat(35),
-    )
-    .await;
-    assert_eq!((st, v["rows"].clone()), (200, json!(35)), "{v}");
-    let stats: Value = c
-        .get(s.url("/tables/small"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats = ingest_good_rows(&c, &s, "small", &good.repeat(35), 35).await;
     assert_eq!(stats["stats"]["segments"], json!(4), "{stats}");
+
+    // segment.max_bytes seals by size: 200 rows in segments of at most ~4 KiB of rows.
+    let sized = SPEC
+        .replace("\"name\":\"events\"", "\"name\":\"sized\"")
+        .replace(
+            "\"max_rows\":1000000",
+            "\"max_rows\":1000000,\"max_bytes\":\"4KB\"",
+        );
+    let (st, v) = post(&c, s.url("/tables"), "application/json", sized).await;
+    assert_eq!(st, 201, "{v}");
+    let stats = ingest_good_rows(&c, &s, "sized", &good.repeat(200), 200).await;
+    let segments = stats["stats"]["segments"].as_u64().unwrap();
+    assert!(segments > 1 && segments < 200, "{stats}");
+    // Real-time sources are not built yet: refused with a message naming the field.
+    let rt = SPEC.replace(
+        "\"segment\"",
+        "\"source\":{\"kafka\":{\"brokers\":\"127.0.0.1:9092\",\"topic\":\"e\"}},\"segment\"",
+    );
+    let (st, v) = post(&c, s.url("/tables"), "application/json", rt).await;
+    assert_eq!(st, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("source"), "{v}");
 
     // SQL: errors come back in "exceptions" without a resultTable.
     for (q, code) in [
