@@ -9,6 +9,7 @@ pub mod error;
 pub mod gen;
 pub mod metastore;
 pub mod mutable;
+pub mod quarantine;
 pub mod spec;
 pub mod store;
 
