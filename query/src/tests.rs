@@ -234,6 +234,8 @@ async fn segments_answer_like_datafusion_over_arrow() {
         "SELECT city, tag, avg(lat), count(big), min(ts) FROM t WHERE {f} GROUP BY city, tag",
         "SELECT tag, big, count(*) FROM t WHERE {f} GROUP BY tag, big",
         "SELECT date_trunc('minute', ts), count(*), sum(lat) FROM t WHERE {f} GROUP BY 1",
+        // Blocks within one hour take their key from the zone map without decoding `ts`.
+        "SELECT date_trunc('hour', ts), city, count(*), max(big) FROM t WHERE {f} GROUP BY 1, 2",
         "SELECT ok, big % 7, approx_distinct(tag), max(city) FROM t WHERE {f} GROUP BY ok, big % 7",
     ];
     let mut checked = 0;

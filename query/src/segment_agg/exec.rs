@@ -49,6 +49,13 @@ pub(crate) enum KeyExpr {
     Column { seg_col: usize },
     /// Any other expression, evaluated on the materialised argument columns.
     Expr(Arc<dyn PhysicalExpr>),
+    /// `date_trunc` of a timestamp column (`expr` reads it as column 0 of a one-column batch
+    /// of `field`): a block whose zone map truncates to one value is not decoded at all.
+    TimeTrunc {
+        seg_col: usize,
+        expr: Arc<dyn PhysicalExpr>,
+        field: arrow::datatypes::FieldRef,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -247,6 +254,22 @@ enum Source {
         seg_col: usize,
     },
     Expr(Arc<dyn PhysicalExpr>),
+    TimeTrunc {
+        seg_col: usize,
+        expr: Arc<dyn PhysicalExpr>,
+        schema: SchemaRef,
+    },
+}
+
+/// Evaluates a one-column expression over `values`.
+fn eval_single(
+    expr: &Arc<dyn PhysicalExpr>,
+    schema: &SchemaRef,
+    values: ArrayRef,
+) -> DfResult<ArrayRef> {
+    let n = values.len();
+    let batch = RecordBatch::try_new(schema.clone(), vec![values])?;
+    expr.evaluate(&batch)?.into_array(n)
 }
 
 /// Sketch hashes of one string column's dictionary entries in one segment, computed on
@@ -422,6 +445,15 @@ impl Worker {
                     None => Source::Values { seg_col: *seg_col },
                 },
                 KeyExpr::Expr(e) => Source::Expr(e.clone()),
+                KeyExpr::TimeTrunc {
+                    seg_col,
+                    expr,
+                    field,
+                } => Source::TimeTrunc {
+                    seg_col: *seg_col,
+                    expr: expr.clone(),
+                    schema: Arc::new(arrow::datatypes::Schema::new(vec![field.clone()])),
+                },
             });
         }
         // Several dictionary keys with few combinations: one dense table from the combination
@@ -570,6 +602,42 @@ impl Worker {
                     Source::Expr(e) => {
                         let arr = e.evaluate(&batch)?.into_array(chunk.len())?;
                         self.keys[k].intern_array(&arr, out)?;
+                    }
+                    Source::TimeTrunc {
+                        seg_col,
+                        expr,
+                        schema,
+                    } => {
+                        let block = &seg.footer().columns[*seg_col].blocks[b];
+                        let constant = match block.zone {
+                            Some(z) if block.null_count == 0 => {
+                                let ends: ArrayRef =
+                                    Arc::new(arrow::array::TimestampMillisecondArray::from(vec![
+                                        z.min, z.max,
+                                    ]));
+                                let t = eval_single(expr, schema, ends)?;
+                                (t.null_count() == 0
+                                    && arrow::compute::kernels::cmp::eq(
+                                        &t.slice(0, 1),
+                                        &t.slice(1, 1),
+                                    )?
+                                    .value(0))
+                                .then_some(t)
+                            }
+                            _ => None,
+                        };
+                        match constant {
+                            Some(t) => {
+                                let mut id = Vec::with_capacity(1);
+                                self.keys[k].intern_array(&t.slice(0, 1), &mut id)?;
+                                out.resize(chunk.len(), id[0]);
+                            }
+                            None => {
+                                let values = seg.read_column(*seg_col, chunk).map_err(ext)?;
+                                let arr = eval_single(expr, schema, values)?;
+                                self.keys[k].intern_array(&arr, out)?;
+                            }
+                        }
                     }
                 }
             }

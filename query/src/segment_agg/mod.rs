@@ -24,7 +24,7 @@ use datafusion::config::ConfigOptions;
 use datafusion::error::Result as DfResult;
 use datafusion::physical_expr::expressions::{CastExpr, Column, Literal};
 use datafusion::physical_expr::utils::collect_columns;
-use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::{PhysicalExpr, ScalarFunctionExpr};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
@@ -74,6 +74,41 @@ fn skip_exchanges(mut plan: &Arc<dyn ExecutionPlan>) -> &Arc<dyn ExecutionPlan> 
             _ => return plan,
         }
     }
+}
+
+/// `date_trunc('<unit>', <timestamp column>)`: the column's scan index and the expression
+/// rewritten onto a one-column batch. Truncation is monotonic, so a block whose zone map
+/// truncates to one value holds that value in every row.
+fn time_trunc(
+    expr: &Arc<dyn PhysicalExpr>,
+    schema: &arrow::datatypes::Schema,
+) -> Option<(usize, Arc<dyn PhysicalExpr>)> {
+    let f = expr.as_any().downcast_ref::<ScalarFunctionExpr>()?;
+    let [unit, col] = f.args() else {
+        return None;
+    };
+    let c = col.as_any().downcast_ref::<Column>()?;
+    let is_literal = unit.as_any().downcast_ref::<Literal>().is_some();
+    let is_ts = matches!(
+        schema.field(c.index()).data_type(),
+        DataType::Timestamp(_, None)
+    );
+    if f.name() != "date_trunc" || !is_literal || !is_ts {
+        return None;
+    }
+    let single = expr
+        .clone()
+        .transform(|n| {
+            if let Some(col) = n.as_any().downcast_ref::<Column>() {
+                return Ok(Transformed::yes(
+                    Arc::new(Column::new(col.name(), 0)) as Arc<dyn PhysicalExpr>
+                ));
+            }
+            Ok(Transformed::no(n))
+        })
+        .data()
+        .ok()?;
+    Some((c.index(), single))
 }
 
 /// Every aggregate is `count(*)` (a count of a non-null literal): without GROUP BY, answered
@@ -144,10 +179,17 @@ fn rewrite(node: &Arc<dyn ExecutionPlan>) -> DfResult<Option<Arc<dyn ExecutionPl
             Some(c) => KeyExpr::Column {
                 seg_col: scan.projection()[c.index()],
             },
-            None => {
-                note(expr);
-                KeyExpr::Expr(expr.clone())
-            }
+            None => match time_trunc(expr, &input_schema) {
+                Some((c, single)) => KeyExpr::TimeTrunc {
+                    seg_col: scan.projection()[c],
+                    expr: single,
+                    field: Arc::new(input_schema.field(c).clone()),
+                },
+                None => {
+                    note(expr);
+                    KeyExpr::Expr(expr.clone())
+                }
+            },
         };
         keys.push(GroupKey {
             expr: key,
