@@ -256,50 +256,47 @@ impl KeyInterner {
             KeyKind::Int => {
                 let a = cast(arr, &DataType::Int64)?;
                 let a = a.as_primitive::<Int64Type>();
-                // Computed keys such as truncated timestamps come in runs: skip the lookup
-                // while the value repeats.
-                let mut last: Option<(i64, u32)> = None;
-                for i in 0..a.len() {
-                    out.push(if a.is_null(i) {
-                        self.intern_null()
-                    } else {
-                        let v = a.value(i);
-                        match last {
-                            Some((lv, id)) if lv == v => id,
-                            _ => {
-                                let id = self.intern_bits(v as u64);
-                                last = Some((v, id));
-                                id
-                            }
-                        }
-                    });
-                }
+                self.intern_bit_rows(a, |i| a.value(i) as u64, out);
             }
             KeyKind::Float => {
                 let a = cast(arr, &DataType::Float64)?;
                 let a = a.as_primitive::<Float64Type>();
-                for i in 0..a.len() {
-                    out.push(if a.is_null(i) {
-                        self.intern_null()
-                    } else {
-                        self.intern_bits(a.value(i).to_bits())
-                    });
-                }
+                self.intern_bit_rows(a, |i| a.value(i).to_bits(), out);
             }
             KeyKind::Bool => {
                 let a = arr.as_boolean_opt().ok_or_else(|| {
                     DataFusionError::Internal(format!("boolean key got {}", arr.data_type()))
                 })?;
-                for i in 0..a.len() {
-                    out.push(if a.is_null(i) {
-                        self.intern_null()
-                    } else {
-                        self.intern_bits(a.value(i) as u64)
-                    });
-                }
+                self.intern_bit_rows(a, |i| a.value(i) as u64, out);
             }
         }
         Ok(())
+    }
+
+    /// Interns the 64-bit pattern `bits(i)` of every non-null row of `arr`. Computed keys
+    /// such as truncated timestamps come in runs: the lookup is skipped while a value repeats.
+    fn intern_bit_rows(
+        &mut self,
+        arr: &dyn Array,
+        bits: impl Fn(usize) -> u64,
+        out: &mut Vec<u32>,
+    ) {
+        let mut last: Option<(u64, u32)> = None;
+        for i in 0..arr.len() {
+            out.push(if arr.is_null(i) {
+                self.intern_null()
+            } else {
+                let v = bits(i);
+                match last {
+                    Some((lv, id)) if lv == v => id,
+                    _ => {
+                        let id = self.intern_bits(v);
+                        last = Some((v, id));
+                        id
+                    }
+                }
+            });
+        }
     }
 
     /// The distinct values in id order, as an array of type `dt`.

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use arrow::datatypes::DataType;
 use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode, TreeNodeRecursion};
 use datafusion::config::ConfigOptions;
-use datafusion::error::Result as DfResult;
+use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::physical_expr::expressions::{CastExpr, Column, Literal};
 use datafusion::physical_expr::utils::collect_columns;
 use datafusion::physical_expr::{PhysicalExpr, ScalarFunctionExpr};
@@ -76,6 +76,26 @@ fn skip_exchanges(mut plan: &Arc<dyn ExecutionPlan>) -> &Arc<dyn ExecutionPlan> 
     }
 }
 
+/// `expr` with every column reference moved to the index `to` gives for its old index.
+fn reindex_columns(
+    expr: &Arc<dyn PhysicalExpr>,
+    to: impl Fn(usize) -> Option<usize>,
+) -> DfResult<Arc<dyn PhysicalExpr>> {
+    expr.clone()
+        .transform(|n| match n.as_any().downcast_ref::<Column>() {
+            Some(c) => {
+                let i = to(c.index()).ok_or_else(|| {
+                    DataFusionError::Internal(format!("column {} has no new position", c.name()))
+                })?;
+                Ok(Transformed::yes(
+                    Arc::new(Column::new(c.name(), i)) as Arc<dyn PhysicalExpr>
+                ))
+            }
+            None => Ok(Transformed::no(n)),
+        })
+        .data()
+}
+
 /// `date_trunc('<unit>', <timestamp column>)`: the column's scan index and the expression
 /// rewritten onto a one-column batch. Truncation is monotonic, so a block whose zone map
 /// truncates to one value holds that value in every row.
@@ -96,18 +116,7 @@ fn time_trunc(
     if f.name() != "date_trunc" || !is_literal || !is_ts {
         return None;
     }
-    let single = expr
-        .clone()
-        .transform(|n| {
-            if let Some(col) = n.as_any().downcast_ref::<Column>() {
-                return Ok(Transformed::yes(
-                    Arc::new(Column::new(col.name(), 0)) as Arc<dyn PhysicalExpr>
-                ));
-            }
-            Ok(Transformed::no(n))
-        })
-        .data()
-        .ok()?;
+    let single = reindex_columns(expr, |_| Some(0)).ok()?;
     Some((c.index(), single))
 }
 
@@ -233,22 +242,8 @@ fn rewrite(node: &Arc<dyn ExecutionPlan>) -> DfResult<Option<Arc<dyn ExecutionPl
     }
     needed.sort_unstable();
     // Rewrite expressions onto the batch of just the needed columns.
-    let remap = |e: &Arc<dyn PhysicalExpr>| -> DfResult<Arc<dyn PhysicalExpr>> {
-        e.clone()
-            .transform(|n| {
-                if let Some(c) = n.as_any().downcast_ref::<Column>() {
-                    let pos = needed
-                        .iter()
-                        .position(|&i| i == c.index())
-                        .expect("every referenced column was noted");
-                    return Ok(Transformed::yes(
-                        Arc::new(Column::new(c.name(), pos)) as Arc<dyn PhysicalExpr>
-                    ));
-                }
-                Ok(Transformed::no(n))
-            })
-            .data()
-    };
+    let remap =
+        |e: &Arc<dyn PhysicalExpr>| reindex_columns(e, |i| needed.iter().position(|&n| n == i));
     for k in keys.iter_mut() {
         if let KeyExpr::Expr(e) = &k.expr {
             k.expr = KeyExpr::Expr(remap(e)?);
