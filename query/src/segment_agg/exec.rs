@@ -557,24 +557,12 @@ impl Worker {
                             // with a plain lookup. Null rows carry a placeholder id that must
                             // not be interned, so they are patched afterwards.
                             let interner = &mut self.keys[k];
-                            let mut fresh = |id: u32| -> DfResult<()> {
-                                if key_ids.get(id as usize) == Some(&u32::MAX) {
+                            let mut nr = null_rows.iter().peekable();
+                            for (r, &id) in ids.iter().enumerate() {
+                                if nr.peek() == Some(&&r) {
+                                    nr.next();
+                                } else {
                                     Self::dict_key(interner, dict, key_ids, Some(id))?;
-                                }
-                                Ok(())
-                            };
-                            if null_rows.is_empty() {
-                                for &id in &ids {
-                                    fresh(id)?;
-                                }
-                            } else {
-                                let mut nr = null_rows.iter().peekable();
-                                for (r, &id) in ids.iter().enumerate() {
-                                    if nr.peek() == Some(&&r) {
-                                        nr.next();
-                                    } else {
-                                        fresh(id)?;
-                                    }
                                 }
                             }
                             out.reserve(ids.len());
