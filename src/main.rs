@@ -258,14 +258,20 @@ async fn start_server(
             max_rows: cfg.query.max_rows,
         },
     };
-    let state = app_state(store, limits);
+    let state = app_state(store.clone(), limits);
     let listener = tokio::net::TcpListener::bind(http_addr)
         .await
         .map_err(|e| format!("cannot listen on {http_addr}: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let handle = tokio::spawn(serve(listener, state, async {
-        let _ = tokio::signal::ctrl_c().await;
-    }));
+    let handle = tokio::spawn(async move {
+        let served = serve(listener, state, async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await;
+        // Stop consuming; unsealed rows are read again from the checkpoints next time.
+        let _ = tokio::task::spawn_blocking(move || store.shutdown()).await;
+        served
+    });
     Ok((addr, handle))
 }
 
@@ -376,6 +382,44 @@ async fn quickstart(rows: u64, http_addr: &str, exit: bool) -> Result<(), String
             v["timeUsedMs"], v["numDocsScanned"]
         );
     }
+    // The real-time path: a table fed by the built-in generator source goes through the same
+    // decode, mutable segment, seal and checkpoint path as a Kafka topic.
+    let mut live: serde_json::Value =
+        serde_json::from_str(EVENTS_SPEC).map_err(|e| e.to_string())?;
+    live["name"] = "live_events".into();
+    live["source"] = serde_json::json!({"generator": {
+        "events_per_second": 2000, "partitions": 2, "malformed_ratio": 0.001}});
+    live["segment"] = serde_json::json!({"max_rows": 1_000_000, "max_age": "30s"});
+    let r = post("/tables", live.to_string(), "application/json")
+        .await
+        .map_err(|e| e.to_string())?;
+    println!(
+        "\ncreated real-time table live_events (generator source, 2000 events/s): {}",
+        r.text().await.unwrap_or_default()
+    );
+    for _ in 0..3 {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let sql = "SELECT count(*) AS events, max(ts) AS newest FROM live_events";
+        let body = serde_json::json!({ "sql": sql }).to_string();
+        let v: serde_json::Value = post("/query/sql", body, "application/json")
+            .await
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| e.to_string())?;
+        println!("  {sql}: {}", v["resultTable"]["rows"]);
+    }
+    let sql = r#"SELECT count(*) AS quarantined FROM "live_events$quarantine""#;
+    let body = serde_json::json!({ "sql": sql }).to_string();
+    let v: serde_json::Value = post("/query/sql", body, "application/json")
+        .await
+        .map_err(|e| e.to_string())?
+        .json()
+        .await
+        .map_err(|e| e.to_string())?;
+    println!("  {sql}: {}", v["resultTable"]["rows"]);
+    println!("  ingestion status: curl -s {base}/tables/live_events/ingestion");
+
     println!("\nBasalt is serving on {base}");
     println!("  curl -s {base}/query/sql -H 'content-type: application/json' -d '{{\"sql\":\"SELECT count(*) FROM events\"}}'");
     if exit {

@@ -2,7 +2,8 @@
 //! results in Pinot's broker response shape.
 //!
 //! Routes: `POST/GET /tables`, `GET/DELETE /tables/{name}`, `POST /tables/{name}/ingest`,
-//! `POST /query/sql` (also `/query`), `GET /health`, `GET /metrics`.
+//! `GET /tables/{name}/ingestion` (real-time status), `POST /query/sql` (also `/query`),
+//! `GET /health`, `GET /metrics`.
 //! Ingest bodies are streamed to a blocking decoder; the byte limit is enforced while reading.
 
 use std::io::Read;
@@ -57,6 +58,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/tables", post(create_table).get(list_tables))
         .route("/tables/{name}", get(get_table).delete(drop_table))
+        .route("/tables/{name}/ingestion", get(get_ingestion))
         .route(
             "/tables/{name}/ingest",
             post(ingest).layer(DefaultBodyLimit::disable()),
@@ -113,12 +115,30 @@ async fn list_tables(State(s): State<AppState>) -> Response {
 
 async fn get_table(State(s): State<AppState>, Path(name): Path<String>) -> Response {
     let r = match s.store.table(&name) {
-        Some(t) => Ok(
-            Json(json!({"name": t.spec.name, "spec": t.spec, "stats": t.stats()})).into_response(),
-        ),
+        Some(t) => Ok(Json(json!({
+            "name": t.spec.name,
+            "spec": t.spec,
+            "stats": t.stats(),
+            "deep_store": t.deep_store(),
+            "ingestion": t.ingestion(),
+        }))
+        .into_response()),
         None => Err(ApiError::NotFound(format!("table {name:?} does not exist"))),
     };
     finish(&s, "get_table", r)
+}
+
+async fn get_ingestion(State(s): State<AppState>, Path(name): Path<String>) -> Response {
+    let r = match s.store.table(&name) {
+        Some(t) => match t.ingestion() {
+            Some(st) => Ok(Json(st).into_response()),
+            None => Err(ApiError::NotFound(format!(
+                "table {name:?} has no real-time source (it is loaded with POST /tables/{name}/ingest)"
+            ))),
+        },
+        None => Err(ApiError::NotFound(format!("table {name:?} does not exist"))),
+    };
+    finish(&s, "get_ingestion", r)
 }
 
 async fn drop_table(State(s): State<AppState>, Path(name): Path<String>) -> Response {
@@ -291,13 +311,58 @@ async fn query_sql(State(s): State<AppState>, body: Bytes) -> Response {
     finish(&s, "query", r)
 }
 
+/// `ok`, or `degraded` with the tables whose real-time ingestion is not consuming (their
+/// broker is unreachable, or consumption is restarting after an error). The server itself
+/// answers either way, so the status code stays 200.
 async fn health(State(s): State<AppState>) -> Response {
-    let r =
-        Ok(Json(json!({"status": "ok", "tables": s.store.table_names().len()})).into_response());
+    let mut problems = Vec::new();
+    for name in s.store.table_names() {
+        if let Some(st) = s.store.table(&name).and_then(|t| t.ingestion()) {
+            if st.degraded() {
+                problems.push(json!({
+                    "table": st.table,
+                    "state": st.state,
+                    "broker_reachable": st.broker_reachable,
+                    "error": st.error,
+                }));
+            }
+        }
+    }
+    let status = if problems.is_empty() {
+        "ok"
+    } else {
+        "degraded"
+    };
+    let r = Ok(Json(json!({
+        "status": status,
+        "tables": s.store.table_names().len(),
+        "ingestion_problems": problems,
+    }))
+    .into_response());
     finish(&s, "health", r)
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
+    for name in s.store.table_names() {
+        if let Some(t) = s.store.table(&name) {
+            let st = t.stats();
+            s.metrics
+                .table_rows
+                .with_label_values(&[&name])
+                .set(st.rows as i64);
+            s.metrics
+                .table_segments
+                .with_label_values(&[&name])
+                .set(st.segments as i64);
+            s.metrics
+                .table_bytes
+                .with_label_values(&[&name])
+                .set(st.bytes as i64);
+            if let Some(ing) = t.ingestion() {
+                s.metrics.ingestion.observe(&ing);
+            }
+        }
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         s.metrics.render(),

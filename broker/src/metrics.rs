@@ -1,7 +1,8 @@
 //! Prometheus metrics of the broker, served at `GET /metrics` in the text format.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 #[derive(Clone)]
@@ -16,6 +17,166 @@ pub struct Metrics {
     pub table_rows: IntGaugeVec,
     pub table_segments: IntGaugeVec,
     pub table_bytes: IntGaugeVec,
+    pub ingestion: IngestionMetrics,
+}
+
+/// Real-time ingestion, per table and partition; refreshed from the ingesters' status at
+/// each scrape.
+#[derive(Clone)]
+pub struct IngestionMetrics {
+    pub consumed_offset: IntGaugeVec,
+    pub checkpoint_offset: IntGaugeVec,
+    pub high_watermark: IntGaugeVec,
+    pub lag: IntGaugeVec,
+    pub mutable_rows: IntGaugeVec,
+    pub events: IntCounterVec,
+    pub quarantined: IntCounterVec,
+    pub events_per_second: GaugeVec,
+    pub last_seal: IntGaugeVec,
+    pub broker_up: IntGaugeVec,
+    pub unknown_fields: IntCounterVec,
+    pub seals: IntCounterVec,
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("unique metric");
+    g
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric");
+    c
+}
+
+impl IngestionMetrics {
+    fn new(r: &Registry) -> Self {
+        let tp = &["table", "partition"];
+        let events_per_second = GaugeVec::new(
+            Opts::new(
+                "basalt_ingestion_events_per_second",
+                "Messages consumed per second, per partition",
+            ),
+            tp,
+        )
+        .expect("valid metric");
+        r.register(Box::new(events_per_second.clone()))
+            .expect("unique metric");
+        IngestionMetrics {
+            consumed_offset: gauge(
+                r,
+                "basalt_ingestion_consumed_offset",
+                "Next offset the ingester reads",
+                tp,
+            ),
+            checkpoint_offset: gauge(
+                r,
+                "basalt_ingestion_checkpoint_offset",
+                "Next offset after the last published seal (metastore checkpoint)",
+                tp,
+            ),
+            high_watermark: gauge(
+                r,
+                "basalt_ingestion_high_watermark",
+                "Offset the next produced message gets",
+                tp,
+            ),
+            lag: gauge(
+                r,
+                "basalt_ingestion_lag",
+                "Messages produced and not consumed yet",
+                tp,
+            ),
+            mutable_rows: gauge(
+                r,
+                "basalt_ingestion_mutable_rows",
+                "Rows consumed and queryable but not sealed yet",
+                tp,
+            ),
+            events: counter(r, "basalt_ingestion_events_total", "Messages consumed", tp),
+            quarantined: counter(
+                r,
+                "basalt_ingestion_quarantined_total",
+                "Messages sent to the quarantine",
+                tp,
+            ),
+            events_per_second,
+            last_seal: gauge(
+                r,
+                "basalt_ingestion_last_seal_timestamp_seconds",
+                "Unix time of the last published seal",
+                tp,
+            ),
+            broker_up: gauge(
+                r,
+                "basalt_ingestion_broker_up",
+                "1 when the table's source is reachable",
+                &["table"],
+            ),
+            unknown_fields: counter(
+                r,
+                "basalt_ingestion_unknown_fields_total",
+                "Message fields the table has no column for (ignored)",
+                &["table"],
+            ),
+            seals: counter(
+                r,
+                "basalt_ingestion_seals_total",
+                "Seals published",
+                &["table"],
+            ),
+        }
+    }
+
+    /// Sets the metrics from one table's status.
+    pub fn observe(&self, st: &basalt_ingest::IngestionStatus) {
+        let t = st.table.as_str();
+        let up = i64::from(st.broker_reachable);
+        self.broker_up.with_label_values(&[t]).set(up);
+        advance(&self.unknown_fields, &[t], st.unknown_fields);
+        advance(&self.seals, &[t], st.seals);
+        for p in &st.partitions {
+            let part = p.partition.to_string();
+            let l = [t, part.as_str()];
+            let set = |g: &IntGaugeVec, v: Option<i64>| match v {
+                Some(v) => g.with_label_values(&l).set(v),
+                None => {
+                    let _ = g.remove_label_values(&l);
+                }
+            };
+            set(&self.consumed_offset, p.consumed_offset);
+            set(&self.checkpoint_offset, p.checkpoint_offset);
+            set(&self.high_watermark, p.high_watermark);
+            set(&self.lag, p.lag);
+            set(&self.mutable_rows, Some(p.mutable_rows as i64));
+            set(
+                &self.last_seal,
+                p.last_seal_time
+                    .as_deref()
+                    .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+                    .map(|d| d.timestamp()),
+            );
+            self.events_per_second
+                .with_label_values(&l)
+                .set(p.events_per_second);
+            advance(&self.events, &l, p.events);
+            advance(&self.quarantined, &l, p.quarantined);
+        }
+    }
+}
+
+/// Moves a counter up to `total` (the ingester keeps the running totals).
+fn advance(c: &IntCounterVec, labels: &[&str], total: u64) {
+    let c = c.with_label_values(labels);
+    let cur = c.get();
+    if total > cur {
+        c.inc_by(total - cur);
+    }
 }
 
 impl Metrics {
@@ -99,7 +260,9 @@ impl Metrics {
                 .register(Box::new(g.clone()))
                 .expect("unique metric");
         }
+        let ingestion = IngestionMetrics::new(&registry);
         Metrics {
+            ingestion,
             registry,
             http_requests,
             queries,

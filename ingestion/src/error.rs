@@ -1,4 +1,5 @@
-//! Errors of ingestion: table specs, decoding rows, sealing and storing segments, metastore.
+//! Errors of ingestion: table specs, decoding rows, sealing and storing segments, metastore,
+//! real-time sources.
 
 use thiserror::Error;
 
@@ -8,6 +9,8 @@ pub enum IngestError {
     Spec(String),
     #[error("table {0:?} already exists")]
     TableExists(String),
+    #[error("table {table:?} already exists in deep store {deep_store} with a different spec; post the same spec to attach it, or drop it first")]
+    TableExistsElsewhere { table: String, deep_store: String },
     #[error("table {0:?} does not exist")]
     NoSuchTable(String),
     #[error("{location}: column {column:?}: {message}")]
@@ -55,6 +58,7 @@ impl IngestError {
             self,
             IngestError::Spec(_)
                 | IngestError::TableExists(_)
+                | IngestError::TableExistsElsewhere { .. }
                 | IngestError::NoSuchTable(_)
                 | IngestError::BadRow { .. }
                 | IngestError::BadInput { .. }

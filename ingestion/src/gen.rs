@@ -14,7 +14,7 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
-use rand::rngs::StdRng;
+use rand::rngs::{SmallRng, StdRng};
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, LogNormal, Zipf};
 
@@ -117,7 +117,7 @@ fn cdf(w: &[u32]) -> Vec<u32> {
         .collect()
 }
 
-fn pick(cdf: &[u32], rng: &mut StdRng) -> usize {
+fn pick(cdf: &[u32], rng: &mut impl Rng) -> usize {
     let total = *cdf.last().expect("non-empty");
     let x = rng.random_range(0..total);
     cdf.partition_point(|&c| c <= x)
@@ -206,6 +206,80 @@ impl EventGenerator {
             Arc::new(bot.finish()),
         ];
         RecordBatch::try_new(events_arrow_schema(), cols).expect("schema matches")
+    }
+}
+
+/// Stateless generator of JSON event messages for stream sources: the message at
+/// (partition, offset) is always the same event (same `event_id`, user, type, ...), so a
+/// consumer that re-reads an offset after a restart sees the message it saw before. Only the
+/// timestamp is the caller's (the time of production).
+pub struct MessageGenerator {
+    users: Zipf<f64>,
+    urls: Zipf<f64>,
+    countries: Zipf<f64>,
+    latency: LogNormal<f64>,
+    event_cdf: Vec<u32>,
+    device_cdf: Vec<u32>,
+}
+
+impl Default for MessageGenerator {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MessageGenerator {
+    pub fn new() -> Self {
+        MessageGenerator {
+            users: Zipf::new(USERS as f64, 1.05).expect("valid zipf"),
+            urls: Zipf::new(URLS as f64, 1.1).expect("valid zipf"),
+            countries: Zipf::new(COUNTRIES as f64, 1.2).expect("valid zipf"),
+            latency: LogNormal::new(4.0, 0.8).expect("valid lognormal"),
+            event_cdf: cdf(&EVENT_WEIGHTS),
+            device_cdf: cdf(&DEVICE_WEIGHTS),
+        }
+    }
+
+    /// The `event_id` of the message at (partition, offset).
+    pub fn event_id(partition: i32, offset: i64) -> String {
+        format!("p{partition}-{offset:012}")
+    }
+
+    /// Writes the event at (partition, offset) as one JSON object, stamped `ts_ms`.
+    pub fn write(&self, partition: i32, offset: i64, ts_ms: i64, out: &mut Vec<u8>) {
+        let seed = (partition as u64) << 48 ^ offset as u64;
+        let mut r = SmallRng::seed_from_u64(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let u = self.users.sample(&mut r) as u64;
+        let e = pick(&self.event_cdf, &mut r);
+        let d = pick(&self.device_cdf, &mut r);
+        let o = match d {
+            0 => (u % 2) as usize,
+            1 => 2 + (u % 3) as usize,
+            _ => 5 - (u % 2) as usize * 4,
+        };
+        let ctry = country(self.countries.sample(&mut r) as u64 - 1);
+        let url = self.urls.sample(&mut r) as u64;
+        let latency = (self.latency.sample(&mut r) * 100.0).round() / 100.0;
+        let _ = write!(
+            out,
+            "{{\"event_id\":\"{}\",\"ts\":{ts_ms},\"user_id\":\"u{u}\",\"session_id\":\"s{u}_{}\",\"event_type\":\"{}\",\"country\":\"{ctry}\",\"device\":\"{}\",\"os\":\"{}\",\"app_version\":\"{}.{}.{}\",\"url\":\"/p/{url}\",",
+            Self::event_id(partition, offset),
+            ts_ms / 1_800_000,
+            EVENT_TYPES[e],
+            DEVICES[d],
+            OSES[o.min(OSES.len() - 1)],
+            3 + u % 3,
+            u % 10,
+            u % 4,
+        );
+        if EVENT_TYPES[e] == "purchase" {
+            let _ = write!(
+                out,
+                "\"revenue\":{},",
+                (r.random_range(100..50_000) as f64) / 100.0
+            );
+        }
+        let _ = write!(out, "\"latency_ms\":{latency},\"is_bot\":{}}}", u % 50 == 7);
     }
 }
 

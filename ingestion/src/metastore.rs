@@ -56,6 +56,10 @@ pub struct TableState {
     /// `segments` (or was quarantined).
     #[serde(default)]
     pub checkpoints: BTreeMap<i32, i64>,
+    /// Segments of quarantined messages (`<table>$quarantine`), published with the
+    /// checkpoints that cover them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quarantine: Vec<SegmentMeta>,
 }
 
 impl TableState {
@@ -65,6 +69,7 @@ impl TableState {
             spec,
             segments: Vec::new(),
             checkpoints: BTreeMap::new(),
+            quarantine: Vec::new(),
         }
     }
 }
@@ -124,14 +129,27 @@ pub fn apply_deltas(
     Ok(())
 }
 
-/// Publishes `segments` and advances checkpoints by `deltas` in one commit. A concurrent
-/// change by another writer is re-read and retried; a checkpoint mismatch is not.
+/// What one publish adds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Publish<'a> {
+    pub segments: &'a [SegmentMeta],
+    pub quarantine: &'a [SegmentMeta],
+    pub deltas: &'a [CheckpointDelta],
+}
+
+/// Publishes segments and quarantine segments and advances checkpoints by the deltas in one
+/// commit. A concurrent change by another writer is re-read and retried; a checkpoint
+/// mismatch is not.
 pub async fn publish(
     ms: &dyn Metastore,
     table: &str,
-    segments: &[SegmentMeta],
-    deltas: &[CheckpointDelta],
+    change: Publish<'_>,
 ) -> Result<Versioned<TableState>> {
+    let Publish {
+        segments,
+        quarantine,
+        deltas,
+    } = change;
     const ATTEMPTS: usize = 16;
     for attempt in 1..=ATTEMPTS {
         let cur = ms
@@ -141,6 +159,7 @@ pub async fn publish(
         let mut next = cur.value.clone();
         apply_deltas(table, &mut next.checkpoints, deltas)?;
         next.segments.extend(segments.iter().cloned());
+        next.quarantine.extend(quarantine.iter().cloned());
         match ms.commit(table, cur.version, &next).await {
             Ok(version) => {
                 return Ok(Versioned {
@@ -412,16 +431,23 @@ pub mod contract {
             from,
             to,
         };
-        publish(&*ms, t, &[segment("s2")], &[d(None, 10)])
+        fn pub_<'a>(segments: &'a [SegmentMeta], deltas: &'a [CheckpointDelta]) -> Publish<'a> {
+            Publish {
+                segments,
+                quarantine: &[],
+                deltas,
+            }
+        }
+        publish(&*ms, t, pub_(&[segment("s2")], &[d(None, 10)]))
             .await
             .unwrap();
-        publish(&*ms, t, &[segment("s3")], &[d(Some(10), 25)])
+        publish(&*ms, t, pub_(&[segment("s3")], &[d(Some(10), 25)]))
             .await
             .unwrap();
         for bad in [d(None, 30), d(Some(9), 30), d(Some(25), 20)] {
             assert!(
                 matches!(
-                    publish(&*ms, t, &[segment("bad")], &[bad]).await,
+                    publish(&*ms, t, pub_(&[segment("bad")], &[bad])).await,
                     Err(IngestError::CheckpointMismatch { .. })
                 ),
                 "delta {bad:?} after checkpoint 25 is refused"
@@ -443,7 +469,7 @@ pub mod contract {
                     from: None,
                     to: 1,
                 };
-                publish(&*ms, t, &[segment(&format!("w{w}"))], &[delta]).await
+                publish(&*ms, t, pub_(&[segment(&format!("w{w}"))], &[delta])).await
             }));
         }
         for h in handles {

@@ -10,9 +10,9 @@
 //! chunk merges with its neighbour while the neighbour is at most twice its size), so a
 //! snapshot holds O(log n) chunks and each row is rebuilt O(log n) times before its seal.
 //!
-//! Not wired to a source yet: the Kafka consumer of the real-time path will own one of these
-//! per partition, rotate it at a seal and drop the old one once its sealed segment is
-//! published.
+//! The real-time ingester owns one [`MutablePart`] per source partition — rows and
+//! quarantined messages — rotates it at a seal and retires the old one in the same step that
+//! publishes its sealed segment, so a query sees each row exactly once.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -159,6 +159,38 @@ impl MutableSegment {
             .flat_map(|c| c.batches.iter().cloned())
             .chain(st.pending.iter().cloned())
             .collect()
+    }
+}
+
+/// What one source partition delivered since its last seal: rows, and messages that went to
+/// the quarantine. Both are sealed and published together with the partition's checkpoint.
+#[derive(Debug)]
+pub struct MutablePart {
+    pub partition: i32,
+    pub rows: MutableSegment,
+    pub quarantine: MutableSegment,
+}
+
+impl MutablePart {
+    pub fn new(partition: i32, rows: MutableSegment, quarantine: MutableSegment) -> Self {
+        MutablePart {
+            partition,
+            rows,
+            quarantine,
+        }
+    }
+
+    /// Rows plus quarantine entries.
+    pub fn entries(&self) -> usize {
+        self.rows.rows() + self.quarantine.rows()
+    }
+
+    pub fn memory_bytes(&self) -> usize {
+        self.rows.memory_bytes() + self.quarantine.memory_bytes()
+    }
+
+    pub fn age(&self) -> std::time::Duration {
+        self.rows.age().max(self.quarantine.age())
     }
 }
 

@@ -4,8 +4,8 @@
 //! the raw bytes and the reason — a bad message never stops ingestion and never vanishes.
 //!
 //! Quarantine entries have a table schema of their own ([`quarantine_schema`]) so they are
-//! built into segments and queried like any table (`"events$quarantine"`). Not yet fed by a
-//! source: the real-time consumer will own one decoder per partition.
+//! built into segments and queried like any table (`"events$quarantine"`). The real-time
+//! ingester owns one decoder per partition.
 
 use std::collections::HashSet;
 
@@ -90,6 +90,11 @@ impl MessageDecoder {
         self.unknown_fields += obj.keys().filter(|k| !self.columns.contains(*k)).count() as u64;
         self.rows += 1;
         Ok(())
+    }
+
+    /// Rows decoded and not taken yet.
+    pub fn pending_rows(&self) -> usize {
+        self.writer.rows()
     }
 
     /// The rows decoded since the last call, as one batch.

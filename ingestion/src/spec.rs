@@ -30,7 +30,41 @@ pub struct TableSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceSpec {
-    pub kafka: KafkaSource,
+    /// Consume a Kafka topic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<KafkaSource>,
+    /// Built-in generator of `events`-shaped JSON messages (quickstart, benchmarks): needs no
+    /// broker and goes through the same decode, mutable segment, seal and checkpoint path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generator: Option<GeneratorSource>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GeneratorSource {
+    /// Events per second over all partitions; 0 = as fast as ingestion goes.
+    #[serde(default = "default_generator_rate")]
+    pub events_per_second: u64,
+    #[serde(default = "default_generator_partitions")]
+    pub partitions: i32,
+    /// Stop after this many events per partition (default: never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_events: Option<i64>,
+    /// Fraction of messages that are malformed (to show the quarantine), 0.0..=1.0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub malformed_ratio: f64,
+}
+
+fn is_zero(f: &f64) -> bool {
+    *f == 0.0
+}
+
+fn default_generator_rate() -> u64 {
+    1000
+}
+
+fn default_generator_partitions() -> i32 {
+    2
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -48,6 +82,61 @@ pub struct KafkaSource {
     /// librdkafka settings passed through (e.g. `session.timeout.ms`).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub properties: std::collections::BTreeMap<String, String>,
+}
+
+impl KafkaSource {
+    fn validate(&self) -> Result<()> {
+        if self.brokers.trim().is_empty() {
+            return Err(spec_err(
+                "source.kafka.brokers: must name at least one broker",
+            ));
+        }
+        if self.topic.trim().is_empty() {
+            return Err(spec_err("source.kafka.topic: must not be empty"));
+        }
+        if self.format != "json" {
+            return Err(spec_err(format!(
+                "source.kafka.format: {:?} is not supported (json)",
+                self.format
+            )));
+        }
+        if self.start != "earliest" && self.start != "latest" {
+            return Err(spec_err(format!(
+                "source.kafka.start: {:?} must be \"earliest\" or \"latest\"",
+                self.start
+            )));
+        }
+        for key in ["enable.auto.commit", "bootstrap.servers"] {
+            if self.properties.contains_key(key) {
+                return Err(spec_err(format!(
+                    "source.kafka.properties.{key}: is set by Basalt (checkpoints live in the \
+                     metastore; brokers come from source.kafka.brokers)"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl GeneratorSource {
+    fn validate(&self) -> Result<()> {
+        if !(1..=1024).contains(&self.partitions) {
+            return Err(spec_err(
+                "source.generator.partitions: must be between 1 and 1024",
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.malformed_ratio) {
+            return Err(spec_err(
+                "source.generator.malformed_ratio: must be between 0.0 and 1.0",
+            ));
+        }
+        if self.max_events.is_some_and(|m| m < 0) {
+            return Err(spec_err(
+                "source.generator.max_events: must not be negative",
+            ));
+        }
+        Ok(())
+    }
 }
 
 fn default_format() -> String {
@@ -260,26 +349,14 @@ impl TableSpec {
         }
         self.max_bytes()?;
         if let Some(src) = &self.source {
-            let k = &src.kafka;
-            if k.brokers.trim().is_empty() {
-                return Err(spec_err(
-                    "source.kafka.brokers: must name at least one broker",
-                ));
-            }
-            if k.topic.trim().is_empty() {
-                return Err(spec_err("source.kafka.topic: must not be empty"));
-            }
-            if k.format != "json" {
-                return Err(spec_err(format!(
-                    "source.kafka.format: {:?} is not supported (json)",
-                    k.format
-                )));
-            }
-            if k.start != "earliest" && k.start != "latest" {
-                return Err(spec_err(format!(
-                    "source.kafka.start: {:?} must be \"earliest\" or \"latest\"",
-                    k.start
-                )));
+            match (&src.kafka, &src.generator) {
+                (Some(k), None) => k.validate()?,
+                (None, Some(g)) => g.validate()?,
+                _ => {
+                    return Err(spec_err(
+                        "source: name exactly one of \"kafka\" or \"generator\"",
+                    ))
+                }
             }
         }
         if let Some(d) = &self.deep_store {
@@ -373,7 +450,7 @@ mod tests {
  "deep_store":"s3://basalt/segments"}"#,
         );
         let s = TableSpec::from_json(rt.as_bytes()).unwrap();
-        let k = &s.source.as_ref().unwrap().kafka;
+        let k = s.source.as_ref().unwrap().kafka.as_ref().unwrap();
         assert_eq!(k.properties["session.timeout.ms"], "6000");
         assert_eq!(s.max_bytes().unwrap(), Some(256 << 20));
         assert_eq!(
@@ -393,6 +470,11 @@ mod tests {
                 "source.kafka.format",
             ),
             ("s3://basalt/segments", "ftp://x", "deep_store"),
+            (
+                "\"session.timeout.ms\"",
+                "\"enable.auto.commit\"",
+                "source.kafka.properties.enable.auto.commit",
+            ),
             ("\"brokers\"", "\"brokerz\"", "brokerz"),
         ] {
             let e = err(&rt.replace(from, to));

@@ -1,33 +1,37 @@
-//! The table store: table specs, their sealed segments and the metastore that records them.
-//! In: specs from the admin API, decoded batches from ingestion. Out: segments in the deep
-//! store (a local directory by default, S3 for an `s3://` URL), their publication in the
-//! [`crate::metastore`], and open [`SegmentReader`]s for queries.
+//! The table store: table specs, their segments and the metastore that records them.
+//! In: specs from the admin API, decoded batches from ingestion, sealed segments and
+//! checkpoint deltas from the real-time ingester. Out: segments in each table's [`Home`]
+//! (the server's deep store, or the table's own `deep_store`), their publication in that
+//! home's [`crate::metastore`], and per table a [`TableView`] for queries: sealed segments
+//! plus the real-time partitions' mutable segments.
 //!
 //! Invariants: a segment becomes visible only when a metastore commit lists it; an ingest
-//! request publishes all of its segments in one commit or none of them;
-//! segments a failed or crashed request staged are deleted (at once, or at the next start).
+//! request publishes all of its segments in one commit or none of them; a sealed real-time
+//! segment replaces its mutable segment in the view in one step (never both, never neither);
+//! segments a failed or crashed request or seal staged are deleted (at once, or at the next
+//! start).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arrow::record_batch::RecordBatch;
 use basalt_segment::{build_segment, BuildOptions, SegmentReader, SegmentSchema};
 use bytes::Bytes;
-use futures::TryStreamExt;
-use object_store::local::LocalFileSystem;
-use object_store::path::Path as ObjPath;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
 use tracing::{info, warn};
 
 use crate::decode::{decode_csv, decode_ndjson, decode_parquet, Format};
 use crate::error::{IngestError, Result};
+pub use crate::home::open_deep_store;
+use crate::home::{Home, SegmentKind};
 pub use crate::metastore::SegmentMeta;
-use crate::metastore::{self, Metastore, ObjectStoreMetastore, TableState};
+use crate::metastore::{self, CheckpointDelta, Publish, TableState};
+use crate::mutable::MutablePart;
+use crate::realtime::{Ingester, IngestionStatus};
 use crate::spec::TableSpec;
 
 #[derive(Debug)]
@@ -36,36 +40,112 @@ pub struct LoadedSegment {
     pub reader: Arc<SegmentReader>,
 }
 
-/// One table: its spec and its current segment list (replaced, never mutated, on publish).
+/// What a query of a table sees: replaced as a whole, never mutated.
+#[derive(Debug, Default)]
+pub struct TableView {
+    pub segments: Vec<Arc<LoadedSegment>>,
+    pub quarantine: Vec<Arc<LoadedSegment>>,
+    /// Real-time rows not sealed yet, per partition (a partition being sealed has two).
+    pub mutable: Vec<Arc<MutablePart>>,
+}
+
+/// One table: its spec, its home and its current view.
 #[derive(Debug)]
 pub struct Table {
     pub spec: TableSpec,
     pub schema: SegmentSchema,
-    segments: RwLock<Arc<Vec<Arc<LoadedSegment>>>>,
-    /// Serialises manifest writes of this table.
+    pub(crate) home: Arc<Home>,
+    view: RwLock<Arc<TableView>>,
+    /// Serialises metastore writes of this table.
     publish: tokio::sync::Mutex<()>,
+    realtime: Mutex<Option<Ingester>>,
 }
 
 impl Table {
-    pub fn segments(&self) -> Arc<Vec<Arc<LoadedSegment>>> {
-        self.segments.read().clone()
+    fn new(spec: TableSpec, home: Arc<Home>, view: TableView) -> Table {
+        Table {
+            schema: spec.segment_schema(),
+            spec,
+            home,
+            view: RwLock::new(Arc::new(view)),
+            publish: tokio::sync::Mutex::new(()),
+            realtime: Mutex::new(None),
+        }
+    }
+
+    pub fn view(&self) -> Arc<TableView> {
+        self.view.read().clone()
+    }
+
+    pub fn segments(&self) -> Vec<Arc<LoadedSegment>> {
+        self.view().segments.clone()
+    }
+
+    /// Where the table's segments and metastore state live.
+    pub fn deep_store(&self) -> String {
+        self.home.describe()
     }
 
     pub fn stats(&self) -> TableStats {
-        let segs = self.segments();
+        let v = self.view();
         TableStats {
-            rows: segs.iter().map(|s| s.meta.rows).sum(),
-            segments: segs.len() as u64,
-            bytes: segs.iter().map(|s| s.meta.bytes).sum(),
+            rows: v.segments.iter().map(|s| s.meta.rows).sum(),
+            segments: v.segments.len() as u64,
+            bytes: v.segments.iter().map(|s| s.meta.bytes).sum(),
+            mutable_rows: v.mutable.iter().map(|p| p.rows.rows() as u64).sum(),
+            quarantined: v.quarantine.iter().map(|s| s.meta.rows).sum::<u64>()
+                + v.mutable
+                    .iter()
+                    .map(|p| p.quarantine.rows() as u64)
+                    .sum::<u64>(),
         }
+    }
+
+    /// The real-time ingester's status, for a table with a source.
+    pub fn ingestion(&self) -> Option<IngestionStatus> {
+        self.realtime.lock().as_ref().map(|i| i.status())
+    }
+
+    /// Adds a partition's new mutable segment to the view (the ingester's rotation).
+    pub(crate) fn add_mutable(&self, part: Arc<MutablePart>) {
+        let mut v = self.view.write();
+        let mut mutable = v.mutable.clone();
+        mutable.push(part);
+        *v = Arc::new(TableView {
+            segments: v.segments.clone(),
+            quarantine: v.quarantine.clone(),
+            mutable,
+        });
+    }
+
+    /// Removes mutable segments from the view without publishing them (an ingester restart:
+    /// their offsets are consumed again from the checkpoint).
+    pub(crate) fn remove_mutable(&self, parts: &[Arc<MutablePart>]) {
+        let mut v = self.view.write();
+        let mutable = v
+            .mutable
+            .iter()
+            .filter(|p| !parts.iter().any(|r| Arc::ptr_eq(p, r)))
+            .cloned()
+            .collect();
+        *v = Arc::new(TableView {
+            segments: v.segments.clone(),
+            quarantine: v.quarantine.clone(),
+            mutable,
+        });
     }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct TableStats {
+    /// Rows in sealed segments.
     pub rows: u64,
     pub segments: u64,
     pub bytes: u64,
+    /// Real-time rows not sealed yet.
+    pub mutable_rows: u64,
+    /// Messages in the quarantine (sealed and not).
+    pub quarantined: u64,
 }
 
 /// Where segments and the metastore live.
@@ -78,15 +158,14 @@ pub struct StoreConfig {
 }
 
 pub struct TableStore {
-    store: Arc<dyn ObjectStore>,
-    /// The deep store URL the server was started with (`None`: the data dir).
-    deep_store_url: Option<String>,
-    metastore: Arc<dyn Metastore>,
-    /// Set when the deep store is a local directory: segments are memory-mapped in place.
-    local_root: Option<PathBuf>,
+    data_dir: PathBuf,
     cache_dir: PathBuf,
+    /// The server's deep store: tables without a `deep_store` of their own live here.
+    default_home: Arc<Home>,
+    /// Homes of tables with their own `deep_store`, by URL.
+    homes: Mutex<HashMap<String, Arc<Home>>>,
     tables: RwLock<BTreeMap<String, Arc<Table>>>,
-    build: BuildOptions,
+    pub(crate) build: BuildOptions,
     seq: AtomicU64,
     /// Serialises table creation and deletion.
     admin: tokio::sync::Mutex<()>,
@@ -95,78 +174,14 @@ pub struct TableStore {
 impl std::fmt::Debug for TableStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TableStore")
-            .field("store", &self.store.to_string())
+            .field("store", &self.default_home.describe())
             .finish()
-    }
-}
-
-fn segments_prefix(table: &str) -> ObjPath {
-    ObjPath::from(format!("segments/{table}"))
-}
-
-/// Opens the deep store named by `url` (None: a local directory under `data_dir`).
-pub fn open_deep_store(
-    data_dir: &Path,
-    url: Option<&str>,
-) -> Result<(Arc<dyn ObjectStore>, Option<PathBuf>)> {
-    match url {
-        None => {
-            let root = data_dir.join("deepstore");
-            std::fs::create_dir_all(&root)?;
-            Ok((
-                Arc::new(LocalFileSystem::new_with_prefix(&root)?),
-                Some(root),
-            ))
-        }
-        Some(u) if u.starts_with("file://") => {
-            let root = PathBuf::from(&u["file://".len()..]);
-            std::fs::create_dir_all(&root)?;
-            Ok((
-                Arc::new(LocalFileSystem::new_with_prefix(&root)?),
-                Some(root),
-            ))
-        }
-        Some(u) if u.starts_with("s3://") => {
-            let parsed =
-                url::Url::parse(u).map_err(|e| IngestError::DeepStore(u.into(), e.to_string()))?;
-            let bucket = parsed
-                .host_str()
-                .ok_or_else(|| IngestError::DeepStore(u.into(), "no bucket".into()))?;
-            let mut b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
-            let endpoint = std::env::var("AWS_ENDPOINT")
-                .or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
-                .ok();
-            if let Some(ep) = endpoint {
-                if ep.starts_with("http://") {
-                    b = b.with_allow_http(true);
-                }
-                b = b.with_endpoint(ep).with_virtual_hosted_style_request(false);
-            }
-            if std::env::var("AWS_REGION").is_err() && std::env::var("AWS_DEFAULT_REGION").is_err()
-            {
-                b = b.with_region("us-east-1");
-            }
-            let s3 = b
-                .build()
-                .map_err(|e| IngestError::DeepStore(u.into(), e.to_string()))?;
-            let prefix = parsed.path().trim_matches('/').to_string();
-            let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
-                Arc::new(s3)
-            } else {
-                Arc::new(object_store::prefix::PrefixStore::new(s3, prefix))
-            };
-            Ok((store, None))
-        }
-        Some(u) => Err(IngestError::DeepStore(
-            u.into(),
-            "expected file:// or s3://".into(),
-        )),
     }
 }
 
 /// Hands memory the segment builders freed back to the OS. glibc keeps each thread's freed
 /// arena otherwise, so a large ingest would leave the server's RSS at its peak.
-fn release_freed_memory() {
+pub(crate) fn release_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns free pages of the allocator's own heaps to the OS.
     unsafe {
@@ -174,120 +189,116 @@ fn release_freed_memory() {
     }
 }
 
-/// Opens a segment file memory-mapped.
-fn map_segment(file: &Path) -> Result<SegmentReader> {
-    let f = std::fs::File::open(file)?;
-    // SAFETY: segment files are written once, before they are mapped, and never modified.
-    let map = unsafe { memmap2::Mmap::map(&f)? };
-    Ok(SegmentReader::open(Bytes::from_owner(map))?)
-}
-
 impl TableStore {
-    /// Opens the store and loads every table the metastore lists; removes segments that a
-    /// crashed ingest left unpublished.
+    /// Opens the store and loads every table of the server's deep store and of the tables
+    /// with their own deep store (remembered in `<data_dir>/catalog/`); removes segments
+    /// that a crashed ingest or seal left unpublished; starts real-time ingestion.
     pub async fn open(cfg: StoreConfig) -> Result<Arc<TableStore>> {
         std::fs::create_dir_all(&cfg.data_dir)?;
-        let (store, local_root) = open_deep_store(&cfg.data_dir, cfg.deep_store.as_deref())?;
         let cache_dir = cfg.data_dir.join("cache");
         std::fs::create_dir_all(&cache_dir)?;
-        let metastore: Arc<dyn Metastore> =
-            Arc::new(ObjectStoreMetastore::open(store.clone()).await?);
+        std::fs::create_dir_all(cfg.data_dir.join("catalog"))?;
+        let default_home = Arc::new(
+            Home::open(&cfg.data_dir, cfg.deep_store.as_deref(), cache_dir.clone()).await?,
+        );
         let ts = Arc::new(TableStore {
-            store,
-            deep_store_url: cfg.deep_store.clone(),
-            metastore,
-            local_root,
+            data_dir: cfg.data_dir.clone(),
             cache_dir,
+            default_home: default_home.clone(),
+            homes: Mutex::new(HashMap::new()),
             tables: RwLock::new(BTreeMap::new()),
             build: cfg.build,
             seq: AtomicU64::new(0),
             admin: tokio::sync::Mutex::new(()),
         });
-        for name in ts.metastore.list_tables().await? {
-            let Some(state) = ts.metastore.get(&name).await? else {
+        for name in default_home.metastore.list_tables().await? {
+            let Some(state) = default_home.metastore.get(&name).await? else {
                 continue;
             };
-            let state = state.value;
-            state.spec.validate()?;
-            let loaded = ts.load_segments(&state, &[]).await?;
-            ts.cleanup_unpublished(&state).await?;
-            info!(table = %state.spec.name, segments = loaded.len(), "loaded table");
-            let table = Arc::new(Table {
-                schema: state.spec.segment_schema(),
-                spec: state.spec,
-                segments: RwLock::new(Arc::new(loaded)),
-                publish: tokio::sync::Mutex::new(()),
-            });
-            ts.tables.write().insert(table.spec.name.clone(), table);
+            ts.load_table(default_home.clone(), state.value).await?;
+        }
+        for (spec, file) in ts.catalog()? {
+            let home = ts.home_for(spec.deep_store.as_deref()).await?;
+            match home.metastore.get(&spec.name).await? {
+                Some(state) => {
+                    ts.load_table(home, state.value).await?;
+                }
+                None => {
+                    warn!(table = %spec.name, deep_store = %home.describe(), "table is gone from its deep store; forgetting it");
+                    let _ = std::fs::remove_file(file);
+                }
+            }
         }
         Ok(ts)
     }
 
-    /// Readers for every segment `state` lists, reusing those in `known`.
-    async fn load_segments(
-        &self,
-        state: &TableState,
-        known: &[Arc<LoadedSegment>],
-    ) -> Result<Vec<Arc<LoadedSegment>>> {
-        let mut loaded = Vec::with_capacity(state.segments.len());
-        for s in &state.segments {
-            if let Some(k) = known.iter().find(|k| k.meta.id == s.id) {
-                loaded.push(k.clone());
-                continue;
-            }
-            let reader = self.open_segment(&state.spec.name, s).await?;
-            loaded.push(Arc::new(LoadedSegment {
-                meta: s.clone(),
-                reader,
-            }));
-        }
-        Ok(loaded)
-    }
-
-    async fn cleanup_unpublished(&self, state: &TableState) -> Result<()> {
-        let known: std::collections::HashSet<&str> =
-            state.segments.iter().map(|s| s.path.as_str()).collect();
-        let objects: Vec<_> = self
-            .store
-            .list(Some(&segments_prefix(&state.spec.name)))
-            .try_collect()
-            .await?;
-        for o in objects {
-            if !known.contains(o.location.as_ref()) {
-                warn!(path = %o.location, "deleting unpublished segment left by an earlier run");
-                self.store.delete(&o.location).await?;
+    /// Specs of tables with their own deep store.
+    fn catalog(&self) -> Result<Vec<(TableSpec, PathBuf)>> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(self.data_dir.join("catalog"))? {
+            let path = e?.path();
+            if path.extension().is_some_and(|x| x == "json") {
+                let spec = TableSpec::from_json(&std::fs::read(&path)?)
+                    .map_err(|e| IngestError::Metastore(format!("{}: {e}", path.display())))?;
+                out.push((spec, path));
             }
         }
-        Ok(())
+        Ok(out)
     }
 
-    /// Opens a published segment: memory-mapped in place for a local deep store, otherwise
-    /// downloaded to the local cache first.
-    async fn open_segment(&self, table: &str, s: &SegmentMeta) -> Result<Arc<SegmentReader>> {
-        let file = match &self.local_root {
-            Some(root) => root.join(&s.path),
-            None => {
-                let cached = self.cache_dir.join(table).join(format!("{}.seg", s.id));
-                if !cached.exists() {
-                    std::fs::create_dir_all(cached.parent().expect("has parent"))?;
-                    let bytes = self
-                        .store
-                        .get(&ObjPath::from(s.path.as_str()))
-                        .await?
-                        .bytes()
-                        .await?;
-                    let tmp = cached.with_extension("seg.tmp");
-                    std::fs::write(&tmp, &bytes)?;
-                    std::fs::rename(&tmp, &cached)?;
-                }
-                cached
-            }
+    fn catalog_file(&self, table: &str) -> PathBuf {
+        self.data_dir.join("catalog").join(format!("{table}.json"))
+    }
+
+    /// The home for a table's `deep_store` (the server's own when absent or equal).
+    async fn home_for(&self, url: Option<&str>) -> Result<Arc<Home>> {
+        let Some(url) = url.filter(|u| Some(*u) != self.default_home.url.as_deref()) else {
+            return Ok(self.default_home.clone());
         };
-        Ok(Arc::new(map_segment(&file)?))
+        if let Some(h) = self.homes.lock().get(url) {
+            return Ok(h.clone());
+        }
+        let home = Arc::new(Home::open(&self.data_dir, Some(url), self.cache_dir.clone()).await?);
+        Ok(self
+            .homes
+            .lock()
+            .entry(url.to_string())
+            .or_insert(home)
+            .clone())
+    }
+
+    /// Opens a table's published segments, cleans up unpublished ones and starts its
+    /// real-time ingestion.
+    async fn load_table(
+        self: &Arc<Self>,
+        home: Arc<Home>,
+        state: TableState,
+    ) -> Result<Arc<Table>> {
+        state.spec.validate()?;
+        home.cleanup_unpublished(&state).await?;
+        let view = TableView {
+            segments: load_segments(&home, &state.spec.name, &state.segments, &[]).await?,
+            quarantine: load_segments(&home, &state.spec.name, &state.quarantine, &[]).await?,
+            mutable: Vec::new(),
+        };
+        info!(table = %state.spec.name, segments = view.segments.len(), deep_store = %home.describe(), "loaded table");
+        let table = Arc::new(Table::new(state.spec, home, view));
+        self.tables
+            .write()
+            .insert(table.spec.name.clone(), table.clone());
+        self.start_realtime(&table);
+        Ok(table)
+    }
+
+    fn start_realtime(self: &Arc<Self>, table: &Arc<Table>) {
+        if table.spec.source.is_some() {
+            let ingester = Ingester::start(self.clone(), table.clone());
+            *table.realtime.lock() = Some(ingester);
+        }
     }
 
     pub fn deep_store_description(&self) -> String {
-        self.store.to_string()
+        self.default_home.describe()
     }
 
     pub fn table(&self, name: &str) -> Option<Arc<Table>> {
@@ -298,42 +309,44 @@ impl TableStore {
         self.tables.read().keys().cloned().collect()
     }
 
-    pub async fn create_table(&self, spec: TableSpec) -> Result<Arc<Table>> {
+    /// Creates a table. A table whose deep store already holds it under the same spec is
+    /// attached instead (its segments and checkpoints are found there): the deep store is
+    /// the source of truth, the local data dir only a cache.
+    pub async fn create_table(self: &Arc<Self>, spec: TableSpec) -> Result<Arc<Table>> {
         spec.validate()?;
-        if spec.source.is_some() {
-            return Err(IngestError::Spec(
-                "source: real-time ingestion from Kafka is not available in this build yet; \
-                 create the table without `source` and load it with POST /tables/{name}/ingest"
-                    .into(),
-            ));
-        }
-        if let Some(d) = &spec.deep_store {
-            if Some(d) != self.deep_store_url.as_ref() {
-                return Err(IngestError::Spec(format!(
-                    "deep_store: per-table deep stores are not supported yet; this server \
-                     writes every table to {} (omit deep_store or start the server with \
-                     --deep-store {d})",
-                    self.store
-                )));
-            }
-        }
         let _g = self.admin.lock().await;
         if self.tables.read().contains_key(&spec.name) {
             return Err(IngestError::TableExists(spec.name));
         }
-        self.metastore
-            .create(&TableState::new(spec.clone()))
-            .await?;
-        let table = Arc::new(Table {
-            schema: spec.segment_schema(),
-            spec,
-            segments: RwLock::new(Arc::new(Vec::new())),
-            publish: tokio::sync::Mutex::new(()),
-        });
-        self.tables
-            .write()
-            .insert(table.spec.name.clone(), table.clone());
-        info!(table = %table.spec.name, "created table");
+        let home = self.home_for(spec.deep_store.as_deref()).await?;
+        let own_home = !Arc::ptr_eq(&home, &self.default_home);
+        let table = match home.metastore.get(&spec.name).await? {
+            Some(existing) if existing.value.spec == spec => {
+                info!(table = %spec.name, deep_store = %home.describe(), "attaching a table found in its deep store");
+                self.load_table(home.clone(), existing.value).await?
+            }
+            Some(_) => {
+                return Err(IngestError::TableExistsElsewhere {
+                    table: spec.name.clone(),
+                    deep_store: home.describe(),
+                })
+            }
+            None => {
+                home.metastore
+                    .create(&TableState::new(spec.clone()))
+                    .await?;
+                info!(table = %spec.name, deep_store = %home.describe(), "created table");
+                self.load_table(home.clone(), TableState::new(spec.clone()))
+                    .await?
+            }
+        };
+        if own_home {
+            let json = serde_json::to_vec_pretty(&spec)
+                .map_err(|e| IngestError::Metastore(e.to_string()))?;
+            let file = self.catalog_file(&spec.name);
+            std::fs::write(file.with_extension("json.tmp"), json)?;
+            std::fs::rename(file.with_extension("json.tmp"), file)?;
+        }
         Ok(table)
     }
 
@@ -342,23 +355,33 @@ impl TableStore {
         let table = self
             .table(name)
             .ok_or_else(|| IngestError::NoSuchTable(name.into()))?;
-        let _p = table.publish.lock().await;
-        self.metastore.drop_table(name).await?;
-        self.tables.write().remove(name);
-        let objects: Vec<_> = self
-            .store
-            .list(Some(&segments_prefix(name)))
-            .try_collect()
-            .await?;
-        for o in objects {
-            self.store.delete(&o.location).await?;
+        let ingester = table.realtime.lock().take();
+        if let Some(i) = ingester {
+            tokio::task::spawn_blocking(move || i.stop())
+                .await
+                .map_err(|e| IngestError::Io(std::io::Error::other(e.to_string())))?;
         }
-        let _ = std::fs::remove_dir_all(self.cache_dir.join(name));
+        let _p = table.publish.lock().await;
+        table.home.metastore.drop_table(name).await?;
+        self.tables.write().remove(name);
+        table.home.delete_table_objects(name).await?;
+        let _ = std::fs::remove_file(self.catalog_file(name));
         info!(table = %name, "dropped table");
         Ok(())
     }
 
-    fn new_segment_id(&self, table: &str) -> String {
+    /// Stops every real-time ingester (their unsealed rows are consumed again at the next
+    /// start, from the checkpoints).
+    pub fn shutdown(&self) {
+        let tables: Vec<_> = self.tables.read().values().cloned().collect();
+        for t in tables {
+            if let Some(i) = t.realtime.lock().take() {
+                i.stop();
+            }
+        }
+    }
+
+    pub(crate) fn new_segment_id(&self, table: &str) -> String {
         let ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis())
@@ -390,35 +413,37 @@ impl TableStore {
         let staged = match staged {
             Ok(s) => s,
             Err((e, staged)) => {
-                self.delete_staged(&staged).await;
+                self.delete_staged(&t, &staged).await;
                 return Err(e);
             }
         };
         let rows = staged.iter().map(|s| s.meta.rows).sum();
-        let published = self.publish(&t, &staged).await;
+        let published = self.publish(&t, &staged, &[], &[], None).await;
         release_freed_memory();
         if let Err(e) = published {
-            self.delete_staged(&staged).await;
+            self.delete_staged(&t, &staged).await;
             return Err(e);
         }
         Ok(rows)
     }
 
-    async fn delete_staged(&self, staged: &[Arc<LoadedSegment>]) {
-        for s in staged {
-            if let Err(e) = self
-                .store
-                .delete(&ObjPath::from(s.meta.path.as_str()))
-                .await
-            {
-                warn!(path = %s.meta.path, error = %e, "could not delete a staged segment; it is removed at next start");
-            }
-        }
+    async fn delete_staged(&self, t: &Table, staged: &[Arc<LoadedSegment>]) {
+        let metas: Vec<SegmentMeta> = staged.iter().map(|s| s.meta.clone()).collect();
+        t.home.delete_staged(&t.spec.name, &metas).await;
     }
 
-    /// Publishes staged segments in one metastore commit, then swaps the in-memory list.
-    async fn publish(&self, t: &Table, staged: &[Arc<LoadedSegment>]) -> Result<()> {
-        if staged.is_empty() {
+    /// Publishes staged segments, quarantine segments and checkpoint deltas in one metastore
+    /// commit, then swaps the view: the new segments in, the `retire`d mutable segment (whose
+    /// rows they hold) out, in one step.
+    pub(crate) async fn publish(
+        &self,
+        t: &Table,
+        staged: &[Arc<LoadedSegment>],
+        staged_quarantine: &[Arc<LoadedSegment>],
+        deltas: &[CheckpointDelta],
+        retire: Option<&Arc<MutablePart>>,
+    ) -> Result<()> {
+        if staged.is_empty() && staged_quarantine.is_empty() && deltas.is_empty() {
             return Ok(());
         }
         let _g = t.publish.lock().await;
@@ -429,13 +454,43 @@ impl TableStore {
             return Err(IngestError::NoSuchTable(t.spec.name.clone()));
         }
         let metas: Vec<SegmentMeta> = staged.iter().map(|s| s.meta.clone()).collect();
-        let state = metastore::publish(self.metastore.as_ref(), &t.spec.name, &metas, &[]).await?;
-        // The published list may hold other writers' segments too: open those.
-        let mut known: Vec<Arc<LoadedSegment>> = t.segments().as_ref().clone();
+        let qmetas: Vec<SegmentMeta> = staged_quarantine.iter().map(|s| s.meta.clone()).collect();
+        let state = metastore::publish(
+            t.home.metastore.as_ref(),
+            &t.spec.name,
+            Publish {
+                segments: &metas,
+                quarantine: &qmetas,
+                deltas,
+            },
+        )
+        .await?;
+        // The published lists may hold other writers' segments too: open those.
+        // The commit is done: from here on nothing may fail the publish (the caller would
+        // delete segments that are published). A segment of another writer that cannot be
+        // opened now is left out of the view and logged.
+        let cur = t.view();
+        let mut known = cur.segments.clone();
         known.extend(staged.iter().cloned());
-        let next = self.load_segments(&state.value, &known).await?;
-        *t.segments.write() = Arc::new(next);
-        info!(table = %t.spec.name, segments = staged.len(), rows = staged.iter().map(|s| s.meta.rows).sum::<u64>(), "published segments");
+        let segments = load_published(t, &state.value.segments, known).await;
+        let mut known_q = cur.quarantine.clone();
+        known_q.extend(staged_quarantine.iter().cloned());
+        let quarantine = load_published(t, &state.value.quarantine, known_q).await;
+        {
+            let mut v = t.view.write();
+            let mutable = v
+                .mutable
+                .iter()
+                .filter(|p| retire.is_none_or(|r| !Arc::ptr_eq(p, r)))
+                .cloned()
+                .collect();
+            *v = Arc::new(TableView {
+                segments,
+                quarantine,
+                mutable,
+            });
+        }
+        info!(table = %t.spec.name, segments = staged.len(), quarantine_segments = staged_quarantine.len(), rows = staged.iter().map(|s| s.meta.rows).sum::<u64>(), "published segments");
         Ok(())
     }
 
@@ -473,7 +528,7 @@ impl TableStore {
                             if failed.load(Ordering::Relaxed) {
                                 continue;
                             }
-                            match self.stage(t, &batches, handle) {
+                            match self.stage(t, SegmentKind::Rows, &t.schema, &batches, handle) {
                                 Ok(s) => staged.push(s),
                                 Err(e) => {
                                     failed.store(true, Ordering::Relaxed);
@@ -566,40 +621,66 @@ impl TableStore {
         })
     }
 
-    /// Builds one segment and uploads it (unpublished).
-    fn stage(
+    /// Builds one segment and uploads it (unpublished). Called from a blocking thread.
+    pub(crate) fn stage(
         &self,
         t: &Table,
+        kind: SegmentKind,
+        schema: &SegmentSchema,
         batches: &[RecordBatch],
         handle: &tokio::runtime::Handle,
     ) -> Result<Arc<LoadedSegment>> {
-        let bytes = Bytes::from(build_segment(&t.schema, batches, &self.build)?);
+        let bytes = Bytes::from(build_segment(schema, batches, &self.build)?);
         let id = self.new_segment_id(&t.spec.name);
-        let path = format!("{}/{id}.seg", segments_prefix(&t.spec.name));
-        let size = bytes.len() as u64;
-        handle.block_on(self.store.put(
-            &ObjPath::from(path.as_str()),
-            PutPayload::from(bytes.clone()),
-        ))?;
-        // Serve from the stored copy where it is local (memory-mapped), so a large request
-        // does not hold every staged segment in memory until it is published.
-        let reader = match &self.local_root {
-            Some(root) => {
-                drop(bytes);
-                map_segment(&root.join(&path))?
-            }
-            None => SegmentReader::open(bytes)?,
-        };
-        let meta = SegmentMeta {
-            id,
-            path,
-            rows: reader.row_count() as u64,
-            bytes: size,
-            time_range: reader.footer().time_range,
-        };
-        Ok(Arc::new(LoadedSegment {
-            meta,
-            reader: Arc::new(reader),
-        }))
+        let (meta, reader) = handle.block_on(t.home.stage(&t.spec.name, kind, id, bytes))?;
+        Ok(Arc::new(LoadedSegment { meta, reader }))
     }
+}
+
+/// Readers for the published list, reusing `known` ones; those that cannot be opened are
+/// logged and left out.
+async fn load_published(
+    t: &Table,
+    listed: &[SegmentMeta],
+    known: Vec<Arc<LoadedSegment>>,
+) -> Vec<Arc<LoadedSegment>> {
+    let mut out = Vec::with_capacity(listed.len());
+    for s in listed {
+        if let Some(k) = known.iter().find(|k| k.meta.id == s.id) {
+            out.push(k.clone());
+            continue;
+        }
+        match t.home.open_segment(&t.spec.name, s).await {
+            Ok(reader) => out.push(Arc::new(LoadedSegment {
+                meta: s.clone(),
+                reader,
+            })),
+            Err(e) => {
+                warn!(table = %t.spec.name, segment = %s.id, error = %e, "a published segment could not be opened; it is missing from queries until restart")
+            }
+        }
+    }
+    out
+}
+
+/// Readers for every segment in `listed`, reusing those in `known`.
+async fn load_segments(
+    home: &Home,
+    table: &str,
+    listed: &[SegmentMeta],
+    known: &[Arc<LoadedSegment>],
+) -> Result<Vec<Arc<LoadedSegment>>> {
+    let mut loaded = Vec::with_capacity(listed.len());
+    for s in listed {
+        if let Some(k) = known.iter().find(|k| k.meta.id == s.id) {
+            loaded.push(k.clone());
+            continue;
+        }
+        let reader = home.open_segment(table, s).await?;
+        loaded.push(Arc::new(LoadedSegment {
+            meta: s.clone(),
+            reader,
+        }));
+    }
+    Ok(loaded)
 }

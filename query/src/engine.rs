@@ -13,7 +13,7 @@ use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use datafusion::catalog::{SchemaProvider, TableProvider};
-use datafusion::error::Result as DfResult;
+use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
@@ -232,12 +232,16 @@ impl SchemaProvider for TablesSchema {
     }
 
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
-        Ok(self.source.snapshot(name).map(|snap| {
+        let snap = self
+            .source
+            .snapshot(name)
+            .map_err(|e| DataFusionError::Execution(format!("table {name:?}: {e}")))?;
+        Ok(snap.map(|snap| {
             Arc::new(SegmentTable::new(snap, self.stats.clone())) as Arc<dyn TableProvider>
         }))
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        self.source.snapshot(name).is_some()
+        self.source.table_names().iter().any(|n| n == name)
     }
 }

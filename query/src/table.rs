@@ -37,7 +37,9 @@ impl TableSnapshot {
 /// Where tables come from; implemented by the server's table registry.
 pub trait TableSource: Send + Sync + std::fmt::Debug {
     fn table_names(&self) -> Vec<String>;
-    fn snapshot(&self, name: &str) -> Option<TableSnapshot>;
+    /// The table's segments as of now (`Ok(None)`: no such table). Taking a snapshot may
+    /// freeze in-memory rows into segments, which can fail.
+    fn snapshot(&self, name: &str) -> Result<Option<TableSnapshot>, String>;
 }
 
 /// DataFusion's view of one table snapshot.

@@ -30,8 +30,8 @@ impl TableSource for Fixed {
     fn table_names(&self) -> Vec<String> {
         vec![self.0.name.clone()]
     }
-    fn snapshot(&self, name: &str) -> Option<TableSnapshot> {
-        (name == self.0.name).then(|| self.0.clone())
+    fn snapshot(&self, name: &str) -> Result<Option<TableSnapshot>, String> {
+        Ok((name == self.0.name).then(|| self.0.clone()))
     }
 }
 

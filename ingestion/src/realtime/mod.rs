@@ -1,0 +1,617 @@
+//! Real-time ingestion: a table whose spec names a `source` is consumed continuously. In:
+//! messages of every partition of the stream ([`source::Source`]: Kafka or the built-in
+//! generator). Out: rows queryable at once in per-partition mutable segments, sealed into
+//! immutable segments published with the partition's checkpoint delta in one metastore
+//! commit.
+//!
+//! One ingest thread per table polls the source, decodes each message into its partition's
+//! [`MutablePart`] (or its quarantine), and flushes decoded rows into the part at least every
+//! [`FLUSH_EVERY`] so they are queryable within a second. A part that reaches
+//! `segment.max_rows`, `max_age` or `max_bytes` is rotated out: a fresh part takes the next
+//! rows at once while the [`seal`] thread builds, uploads and publishes the old one, and swaps
+//! it for its sealed segment in the table's view in one step. Consumption does not wait for a
+//! seal, except as back-pressure when seals fall behind.
+//!
+//! Exactly once: every session starts at the metastore checkpoints (never at Kafka's
+//! committed offsets); messages below a partition's position are skipped; a seal's delta
+//! `(from, to]` must start where the partition's checkpoint ends. After an error the session
+//! drops its unsealed rows and starts again from the checkpoints.
+
+pub mod generator;
+pub mod kafka;
+pub mod seal;
+pub mod source;
+pub mod status;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use tracing::{info, warn};
+
+use crate::decode::ingest_schema;
+use crate::metastore::CheckpointDelta;
+use crate::mutable::{MutablePart, MutableSegment};
+use crate::quarantine::{
+    quarantine_batch, quarantine_schema, MessageDecoder, MessageOrigin, QuarantineEntry,
+};
+use crate::spec::parse_duration;
+use crate::store::{Table, TableStore};
+use seal::{SealJob, SealOutcome, Sealer};
+use source::{open_source, Message, Source, SourceError};
+pub use status::{IngestionState, IngestionStatus, PartitionStatus};
+
+/// Decoded rows become queryable at least this often.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
+/// ... or when a partition has decoded this many rows.
+const FLUSH_ROWS: usize = 16_384;
+/// How long one poll of the source waits for a message.
+const POLL_WAIT: Duration = Duration::from_millis(50);
+/// High watermarks and broker reachability are refreshed this often.
+const WATERMARKS_EVERY: Duration = Duration::from_secs(2);
+/// New partitions of the stream are looked for this often.
+const PARTITIONS_EVERY: Duration = Duration::from_secs(30);
+/// Status is published this often.
+const STATUS_EVERY: Duration = Duration::from_millis(250);
+/// A real-time segment without `segment.max_age` is sealed after this long (Pinot's default
+/// flush threshold time).
+const DEFAULT_MAX_AGE: Duration = Duration::from_secs(6 * 3600);
+
+/// A running ingester of one table.
+pub struct Ingester {
+    stop: Arc<AtomicBool>,
+    status: Arc<Mutex<IngestionStatus>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Ingester {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ingester")
+            .field("table", &self.status.lock().table)
+            .finish()
+    }
+}
+
+/// What the ingest and seal threads share.
+pub(crate) struct Ctx {
+    pub store: Arc<TableStore>,
+    pub table: Arc<Table>,
+    pub stop: Arc<AtomicBool>,
+    pub status: Arc<Mutex<IngestionStatus>>,
+    pub handle: tokio::runtime::Handle,
+}
+
+impl Ctx {
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// Sleeps up to `d`, returning early (true) when the ingester is stopped.
+    pub(crate) fn pause(&self, d: Duration) -> bool {
+        let until = Instant::now() + d;
+        while Instant::now() < until {
+            if self.stopped() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20).min(until - Instant::now()));
+        }
+        self.stopped()
+    }
+
+    fn set_state(&self, state: IngestionState, error: Option<String>) {
+        let mut s = self.status.lock();
+        s.state = state;
+        s.broker_reachable = !matches!(state, IngestionState::BrokerUnreachable)
+            && (s.broker_reachable || state == IngestionState::Consuming);
+        if error.is_some() || state == IngestionState::Consuming {
+            s.error = error;
+        }
+    }
+}
+
+impl Ingester {
+    /// Starts consuming the table's source on a thread of its own. Must be called from
+    /// within the tokio runtime (seals use it for uploads and metastore commits).
+    pub fn start(store: Arc<TableStore>, table: Arc<Table>) -> Ingester {
+        let describe = table
+            .spec
+            .source
+            .as_ref()
+            .map(|s| match (&s.kafka, &s.generator) {
+                (Some(k), _) => format!("kafka topic {:?} at {}", k.topic, k.brokers),
+                (None, Some(g)) => format!(
+                    "generator of {} events/s in {} partitions",
+                    g.events_per_second, g.partitions
+                ),
+                _ => "none".into(),
+            })
+            .unwrap_or_default();
+        let status = Arc::new(Mutex::new(IngestionStatus::new(&table.spec.name, describe)));
+        let stop = Arc::new(AtomicBool::new(false));
+        let ctx = Arc::new(Ctx {
+            store,
+            table: table.clone(),
+            stop: stop.clone(),
+            status: status.clone(),
+            handle: tokio::runtime::Handle::current(),
+        });
+        let thread = std::thread::Builder::new()
+            .name(format!("ingest-{}", table.spec.name))
+            .spawn(move || run(&ctx))
+            .expect("spawn the ingest thread");
+        Ingester {
+            stop,
+            status,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn status(&self) -> IngestionStatus {
+        self.status.lock().clone()
+    }
+
+    /// Stops consuming and waits for the threads. Unsealed rows are dropped; they are
+    /// consumed again from the checkpoints at the next start.
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Ingester {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Runs sessions until stopped; a failed session is retried from the checkpoints.
+fn run(ctx: &Arc<Ctx>) {
+    let mut backoff = Duration::from_secs(1);
+    while !ctx.stopped() {
+        let started = Instant::now();
+        match session(ctx) {
+            Ok(()) => break,
+            Err(e) => {
+                warn!(table = %ctx.table.spec.name, error = %e, "real-time ingestion stopped; restarting from the checkpoints");
+                ctx.set_state(IngestionState::Error, Some(e));
+                if started.elapsed() > Duration::from_secs(60) {
+                    backoff = Duration::from_secs(1);
+                }
+                if ctx.pause(backoff) {
+                    break;
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+    ctx.status.lock().state = IngestionState::Stopped;
+}
+
+/// One partition's consumption state.
+struct PartitionIngest {
+    partition: i32,
+    decoder: MessageDecoder,
+    quarantined: Vec<QuarantineEntry>,
+    /// Receives the partition's rows; rotated out at a seal.
+    part: Arc<MutablePart>,
+    /// Messages in `part` plus those decoded but not flushed into it.
+    entries: usize,
+    /// The checkpoint `part` started at.
+    from: Option<i64>,
+    /// The next offset to read (`None` until the first message when there was no checkpoint).
+    next: Option<i64>,
+    checkpoint: Option<i64>,
+    high_watermark: Option<i64>,
+    last_seal: Option<chrono::DateTime<chrono::Utc>>,
+    events: u64,
+    quarantined_total: u64,
+    rate_mark: (Instant, u64),
+    events_per_second: f64,
+}
+
+/// Session-wide settings.
+struct Limits {
+    max_rows: usize,
+    max_age: Duration,
+    max_bytes: Option<u64>,
+}
+
+fn new_part(table: &Table, store: &TableStore, partition: i32) -> Arc<MutablePart> {
+    let qschema = quarantine_schema();
+    Arc::new(MutablePart::new(
+        partition,
+        MutableSegment::new(
+            table.schema.clone(),
+            ingest_schema(&table.schema),
+            store.build.clone(),
+        ),
+        MutableSegment::new(
+            qschema.clone(),
+            ingest_schema(&qschema),
+            store.build.clone(),
+        ),
+    ))
+}
+
+struct Session<'a> {
+    ctx: &'a Ctx,
+    topic: String,
+    limits: Limits,
+    parts: BTreeMap<i32, PartitionIngest>,
+    sealer: Sealer,
+    /// Positions to commit to the broker (lag monitoring) after published seals.
+    commits: Vec<(i32, i64)>,
+    seals: u64,
+}
+
+fn session(ctx: &Arc<Ctx>) -> Result<(), String> {
+    let t = &ctx.table;
+    let spec = t.spec.source.as_ref().ok_or("the table has no source")?;
+    ctx.set_state(IngestionState::Starting, None);
+    let state = ctx
+        .handle
+        .block_on(t.home.metastore.get(&t.spec.name))
+        .map_err(|e| format!("reading the checkpoints: {e}"))?
+        .ok_or_else(|| format!("table {:?} is not in the metastore", t.spec.name))?;
+    let checkpoints = state.value.checkpoints;
+    let mut source = open_source(&t.spec.name, spec).map_err(|e| e.to_string())?;
+    let partitions = loop {
+        match source.partitions(Duration::from_secs(2)) {
+            Ok(p) => break p,
+            Err(SourceError::Unreachable(e)) => {
+                ctx.set_state(IngestionState::BrokerUnreachable, Some(e));
+                if ctx.pause(Duration::from_millis(500)) {
+                    return Ok(());
+                }
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    };
+    let limits = Limits {
+        max_rows: t.spec.segment.max_rows,
+        max_age: t
+            .spec
+            .segment
+            .max_age
+            .as_deref()
+            .and_then(|a| parse_duration(a).ok())
+            .unwrap_or(DEFAULT_MAX_AGE),
+        max_bytes: t.spec.max_bytes().ok().flatten(),
+    };
+    let topic = spec
+        .kafka
+        .as_ref()
+        .map(|k| k.topic.clone())
+        .unwrap_or_else(|| "generator".into());
+    let mut s = Session {
+        ctx,
+        topic,
+        limits,
+        parts: BTreeMap::new(),
+        sealer: Sealer::start(ctx),
+        commits: Vec::new(),
+        seals: 0,
+    };
+    for p in partitions {
+        s.add_partition(p, checkpoints.get(&p).copied());
+    }
+    info!(table = %t.spec.name, source = %source.describe(), checkpoints = ?checkpoints, "real-time ingestion started");
+    let result = s.consume(source.as_mut());
+    // Whatever is not sealed is dropped from the view; it is read again from the checkpoint.
+    let retired = s.sealer.stop();
+    let mut parts: Vec<Arc<MutablePart>> = s.parts.values().map(|p| p.part.clone()).collect();
+    parts.extend(retired);
+    t.remove_mutable(&parts);
+    result
+}
+
+impl Session<'_> {
+    fn add_partition(&mut self, partition: i32, checkpoint: Option<i64>) {
+        let part = new_part(&self.ctx.table, &self.ctx.store, partition);
+        self.ctx.table.add_mutable(part.clone());
+        // Counters run on across sessions.
+        let (events, quarantined_total) = self
+            .ctx
+            .status
+            .lock()
+            .partitions
+            .iter()
+            .find(|p| p.partition == partition)
+            .map(|p| (p.events, p.quarantined))
+            .unwrap_or((0, 0));
+        self.parts.insert(
+            partition,
+            PartitionIngest {
+                partition,
+                decoder: MessageDecoder::new(&self.ctx.table.schema, FLUSH_ROWS),
+                quarantined: Vec::new(),
+                part,
+                entries: 0,
+                from: checkpoint,
+                next: checkpoint,
+                checkpoint,
+                high_watermark: None,
+                last_seal: None,
+                events,
+                quarantined_total,
+                rate_mark: (Instant::now(), events),
+                events_per_second: 0.0,
+            },
+        );
+    }
+
+    fn assignment(&self) -> Vec<(i32, Option<i64>)> {
+        self.parts.values().map(|p| (p.partition, p.next)).collect()
+    }
+
+    fn consume(&mut self, source: &mut dyn Source) -> Result<(), String> {
+        source
+            .assign(&self.assignment())
+            .map_err(|e| e.to_string())?;
+        let ctx = self.ctx;
+        ctx.set_state(IngestionState::Consuming, None);
+        let (mut last_flush, mut last_status) = (Instant::now(), Instant::now());
+        let mut last_watermarks = Instant::now() - WATERMARKS_EVERY;
+        let mut last_partitions = Instant::now();
+        loop {
+            if ctx.stopped() {
+                return Ok(());
+            }
+            self.collect_seals(source)?;
+            // Back-pressure: do not run further ahead than a few seals.
+            if self.sealer.pending() > 2 * self.parts.len() + 2 {
+                if let Some(o) = self.sealer.wait(Duration::from_millis(100)) {
+                    self.on_seal(o, source)?;
+                }
+                continue;
+            }
+            let mut full: Option<i32> = None;
+            let mut flush: Option<i32> = None;
+            let polled = {
+                let parts = &mut self.parts;
+                let topic = &self.topic;
+                let max_rows = self.limits.max_rows;
+                source.poll(POLL_WAIT, &mut |m: Message<'_>| {
+                    if let Some(p) = parts.get_mut(&m.partition) {
+                        if p.accept(topic, m) {
+                            if p.entries >= max_rows {
+                                full = Some(p.partition);
+                            } else if p.decoder.pending_rows() >= FLUSH_ROWS {
+                                flush = Some(p.partition);
+                            }
+                        }
+                    } else {
+                        warn!(
+                            partition = m.partition,
+                            "message of an unassigned partition ignored"
+                        );
+                    }
+                })
+            };
+            match polled {
+                Ok(got) => {
+                    if got && ctx.status.lock().state != IngestionState::Consuming {
+                        ctx.set_state(IngestionState::Consuming, None);
+                    }
+                }
+                Err(SourceError::Unreachable(e)) => {
+                    ctx.set_state(IngestionState::BrokerUnreachable, Some(e));
+                    ctx.pause(Duration::from_millis(200));
+                }
+                Err(SourceError::Other(e)) => {
+                    warn!(table = %ctx.table.spec.name, error = %e, "source error");
+                    ctx.status.lock().error = Some(e);
+                    ctx.pause(Duration::from_millis(200));
+                }
+            }
+            if let Some(p) = full {
+                self.rotate(p)?;
+            } else if let Some(p) = flush {
+                self.parts.get_mut(&p).expect("known partition").flush()?;
+            }
+            if last_flush.elapsed() >= FLUSH_EVERY {
+                last_flush = Instant::now();
+                let ids: Vec<i32> = self.parts.keys().copied().collect();
+                for id in ids {
+                    let p = self.parts.get_mut(&id).expect("known partition");
+                    p.flush()?;
+                    let due = p.entries > 0
+                        && (p.part.age() >= self.limits.max_age
+                            || self
+                                .limits
+                                .max_bytes
+                                .is_some_and(|b| p.part.memory_bytes() as u64 >= b));
+                    if due {
+                        self.rotate(id)?;
+                    }
+                }
+            }
+            if last_watermarks.elapsed() >= WATERMARKS_EVERY {
+                last_watermarks = Instant::now();
+                self.refresh_watermarks(source);
+            }
+            if last_partitions.elapsed() >= PARTITIONS_EVERY {
+                last_partitions = Instant::now();
+                if let Ok(found) = source.partitions(Duration::from_secs(1)) {
+                    let new: Vec<i32> = found
+                        .into_iter()
+                        .filter(|p| !self.parts.contains_key(p))
+                        .collect();
+                    if !new.is_empty() {
+                        info!(table = %ctx.table.spec.name, partitions = ?new, "new partitions");
+                        for p in new {
+                            self.add_partition(p, None);
+                        }
+                        source
+                            .assign(&self.assignment())
+                            .map_err(|e| e.to_string())?;
+                    }
+                }
+            }
+            if last_status.elapsed() >= STATUS_EVERY {
+                last_status = Instant::now();
+                self.publish_status();
+            }
+        }
+    }
+
+    /// Hands a partition's part to the sealer and starts a fresh one.
+    fn rotate(&mut self, partition: i32) -> Result<(), String> {
+        let fresh = new_part(&self.ctx.table, &self.ctx.store, partition);
+        let p = self.parts.get_mut(&partition).expect("known partition");
+        p.flush()?;
+        let Some(to) = p.next else {
+            return Ok(());
+        };
+        if p.entries == 0 {
+            return Ok(());
+        }
+        self.ctx.table.add_mutable(fresh.clone());
+        let old = std::mem::replace(&mut p.part, fresh);
+        let delta = CheckpointDelta {
+            partition,
+            from: p.from,
+            to,
+        };
+        p.from = Some(to);
+        p.entries = 0;
+        self.sealer.submit(SealJob { part: old, delta });
+        Ok(())
+    }
+
+    fn collect_seals(&mut self, source: &mut dyn Source) -> Result<(), String> {
+        while let Some(o) = self.sealer.try_outcome() {
+            self.on_seal(o, source)?;
+        }
+        Ok(())
+    }
+
+    fn on_seal(&mut self, o: SealOutcome, source: &mut dyn Source) -> Result<(), String> {
+        match o {
+            SealOutcome::Published { delta, at } => {
+                if let Some(p) = self.parts.get_mut(&delta.partition) {
+                    p.checkpoint = Some(delta.to);
+                    p.last_seal = Some(at);
+                }
+                self.seals += 1;
+                self.commits.push((delta.partition, delta.to));
+                source.commit(&std::mem::take(&mut self.commits));
+                Ok(())
+            }
+            SealOutcome::Failed(e) => Err(e),
+        }
+    }
+
+    fn refresh_watermarks(&mut self, source: &mut dyn Source) {
+        let ids: Vec<i32> = self.parts.keys().copied().collect();
+        for id in ids {
+            match source.high_watermark(id, Duration::from_secs(1)) {
+                Ok(hw) => {
+                    self.parts.get_mut(&id).expect("known").high_watermark = Some(hw);
+                    let mut s = self.ctx.status.lock();
+                    if s.state == IngestionState::BrokerUnreachable {
+                        drop(s);
+                        self.ctx.set_state(IngestionState::Consuming, None);
+                    } else {
+                        s.broker_reachable = true;
+                    }
+                }
+                Err(SourceError::Unreachable(e)) => {
+                    self.ctx
+                        .set_state(IngestionState::BrokerUnreachable, Some(e));
+                    return;
+                }
+                Err(SourceError::Other(e)) => {
+                    self.ctx.status.lock().error = Some(e);
+                }
+            }
+        }
+    }
+
+    fn publish_status(&mut self) {
+        let mut unknown = 0;
+        let partitions = self
+            .parts
+            .values_mut()
+            .map(|p| {
+                let (at, n) = p.rate_mark;
+                let dt = at.elapsed().as_secs_f64();
+                if dt >= 1.0 {
+                    p.events_per_second = (p.events - n) as f64 / dt;
+                    p.rate_mark = (Instant::now(), p.events);
+                }
+                unknown += p.decoder.unknown_fields;
+                PartitionStatus {
+                    partition: p.partition,
+                    consumed_offset: p.next,
+                    checkpoint_offset: p.checkpoint,
+                    high_watermark: p.high_watermark,
+                    lag: p
+                        .high_watermark
+                        .map(|hw| (hw - p.next.or(p.checkpoint).unwrap_or(0)).max(0)),
+                    mutable_rows: p.part.rows.rows() as u64,
+                    last_seal_time: p.last_seal.map(|t| t.to_rfc3339()),
+                    quarantined: p.quarantined_total,
+                    events: p.events,
+                    events_per_second: (p.events_per_second * 10.0).round() / 10.0,
+                }
+            })
+            .collect();
+        let mut s = self.ctx.status.lock();
+        s.partitions = partitions;
+        s.unknown_fields = unknown;
+        s.seals = self.seals;
+        s.seals_pending = self.sealer.pending();
+    }
+}
+
+impl PartitionIngest {
+    /// Decodes one message into the partition (or its quarantine). False when the message
+    /// was below the partition's position (already consumed) and skipped.
+    fn accept(&mut self, topic: &str, m: Message<'_>) -> bool {
+        if self.next.is_some_and(|n| m.offset < n) {
+            return false;
+        }
+        let origin = MessageOrigin {
+            topic: topic.to_string(),
+            partition: m.partition,
+            offset: m.offset,
+            timestamp: m.timestamp,
+        };
+        let outcome = match m.payload {
+            Some(payload) => self.decoder.decode(payload, origin),
+            None => Err(QuarantineEntry {
+                origin,
+                raw: Vec::new(),
+                reason: "message has no payload".into(),
+            }),
+        };
+        if let Err(entry) = outcome {
+            self.quarantined.push(entry);
+            self.quarantined_total += 1;
+        }
+        self.next = Some(m.offset + 1);
+        self.entries += 1;
+        self.events += 1;
+        true
+    }
+
+    /// Makes decoded rows and quarantine entries queryable.
+    fn flush(&mut self) -> Result<(), String> {
+        if let Some(batch) = self.decoder.take_batch().map_err(|e| e.to_string())? {
+            self.part.rows.append(batch).map_err(|e| e.to_string())?;
+        }
+        if !self.quarantined.is_empty() {
+            let entries = std::mem::take(&mut self.quarantined);
+            if let Some(b) = quarantine_batch(&entries).map_err(|e| e.to_string())? {
+                self.part.quarantine.append(b).map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(())
+    }
+}

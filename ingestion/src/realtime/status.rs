@@ -1,0 +1,80 @@
+//! What the real-time ingester reports: per table and per partition, for
+//! `GET /tables/{name}/ingestion`, `/health` and the Prometheus metrics.
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IngestionState {
+    /// Connecting, reading checkpoints.
+    Starting,
+    Consuming,
+    /// The broker cannot be reached; the ingester keeps retrying by itself.
+    BrokerUnreachable,
+    /// Consumption stopped on an error and restarts from the checkpoints after a pause.
+    Error,
+    Stopped,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct IngestionStatus {
+    pub table: String,
+    pub source: String,
+    pub state: IngestionState,
+    pub broker_reachable: bool,
+    /// The latest error (cleared when consumption recovers).
+    pub error: Option<String>,
+    /// Fields messages carried that the table has no column for (ignored).
+    pub unknown_fields: u64,
+    /// Seals published since the server started.
+    pub seals: u64,
+    /// Seals built or waiting to publish.
+    pub seals_pending: usize,
+    pub partitions: Vec<PartitionStatus>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PartitionStatus {
+    pub partition: i32,
+    /// The next offset the ingester will read.
+    pub consumed_offset: Option<i64>,
+    /// The next offset after the last published seal (the metastore checkpoint).
+    pub checkpoint_offset: Option<i64>,
+    /// The offset the next message produced to the partition will get.
+    pub high_watermark: Option<i64>,
+    /// Messages produced but not consumed yet.
+    pub lag: Option<i64>,
+    /// Rows consumed and queryable but not sealed yet.
+    pub mutable_rows: u64,
+    /// RFC 3339 time of the last published seal.
+    pub last_seal_time: Option<String>,
+    /// Messages sent to the quarantine since the server started.
+    pub quarantined: u64,
+    /// Messages consumed since the server started.
+    pub events: u64,
+    pub events_per_second: f64,
+}
+
+impl IngestionStatus {
+    pub fn new(table: &str, source: String) -> Self {
+        IngestionStatus {
+            table: table.into(),
+            source,
+            state: IngestionState::Starting,
+            broker_reachable: false,
+            error: None,
+            unknown_fields: 0,
+            seals: 0,
+            seals_pending: 0,
+            partitions: Vec::new(),
+        }
+    }
+
+    /// True when the table is not consuming normally.
+    pub fn degraded(&self) -> bool {
+        matches!(
+            self.state,
+            IngestionState::BrokerUnreachable | IngestionState::Error
+        )
+    }
+}
