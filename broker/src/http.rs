@@ -95,11 +95,14 @@ fn parse_json<T: for<'de> Deserialize<'de>>(body: &[u8], what: &str) -> Result<T
 async fn create_table(State(s): State<AppState>, body: Bytes) -> Response {
     let r = async {
         let spec = TableSpec::from_json(&body)?;
-        let t = s.store.create_table(spec).await?;
+        let (t, attached) = s.store.create_table(spec).await?;
+        // Attached: the table's deep store already held it (same spec); its segments and
+        // checkpoints were found there.
+        let status = if attached { "attached" } else { "created" };
         Ok::<_, ApiError>(
             (
                 StatusCode::CREATED,
-                Json(json!({"status": "created", "table": t.spec.name})),
+                Json(json!({"status": status, "table": t.spec.name, "stats": t.stats()})),
             )
                 .into_response(),
         )

@@ -311,8 +311,9 @@ impl TableStore {
 
     /// Creates a table. A table whose deep store already holds it under the same spec is
     /// attached instead (its segments and checkpoints are found there): the deep store is
-    /// the source of truth, the local data dir only a cache.
-    pub async fn create_table(self: &Arc<Self>, spec: TableSpec) -> Result<Arc<Table>> {
+    /// the source of truth, the local data dir only a cache. Returns the table and whether
+    /// it was attached.
+    pub async fn create_table(self: &Arc<Self>, spec: TableSpec) -> Result<(Arc<Table>, bool)> {
         spec.validate()?;
         let _g = self.admin.lock().await;
         if self.tables.read().contains_key(&spec.name) {
@@ -320,10 +321,10 @@ impl TableStore {
         }
         let home = self.home_for(spec.deep_store.as_deref()).await?;
         let own_home = !Arc::ptr_eq(&home, &self.default_home);
-        let table = match home.metastore.get(&spec.name).await? {
+        let (table, attached) = match home.metastore.get(&spec.name).await? {
             Some(existing) if existing.value.spec == spec => {
                 info!(table = %spec.name, deep_store = %home.describe(), "attaching a table found in its deep store");
-                self.load_table(home.clone(), existing.value).await?
+                (self.load_table(home.clone(), existing.value).await?, true)
             }
             Some(_) => {
                 return Err(IngestError::TableExistsElsewhere {
@@ -336,8 +337,10 @@ impl TableStore {
                     .create(&TableState::new(spec.clone()))
                     .await?;
                 info!(table = %spec.name, deep_store = %home.describe(), "created table");
-                self.load_table(home.clone(), TableState::new(spec.clone()))
-                    .await?
+                let t = self
+                    .load_table(home.clone(), TableState::new(spec.clone()))
+                    .await?;
+                (t, false)
             }
         };
         if own_home {
@@ -347,7 +350,7 @@ impl TableStore {
             std::fs::write(file.with_extension("json.tmp"), json)?;
             std::fs::rename(file.with_extension("json.tmp"), file)?;
         }
-        Ok(table)
+        Ok((table, attached))
     }
 
     pub async fn drop_table(&self, name: &str) -> Result<()> {

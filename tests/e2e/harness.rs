@@ -84,3 +84,38 @@ pub async fn scalar(client: &reqwest::Client, s: &Server, q: &str) -> serde_json
     assert_eq!(v["exceptions"], serde_json::json!([]), "{q}: {v}");
     v["resultTable"]["rows"][0][0].clone()
 }
+
+/// The value of a service's environment variable (set by `tests/services/services.sh env`),
+/// or `None` — the test then prints SKIPPED — unless `BASALT_REQUIRE_SERVICES` is set (as in
+/// `.ci/run`), where a missing service fails the test.
+pub fn service_env(var: &str, test: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(v) => Some(v),
+        Err(_) if std::env::var("BASALT_REQUIRE_SERVICES").is_ok() => {
+            panic!("BASALT_REQUIRE_SERVICES is set but {var} is not: start tests/services/services.sh and eval its env")
+        }
+        Err(_) => {
+            eprintln!("SKIPPED {test}: no service ({var} unset; see DEVELOPERS.md)");
+            None
+        }
+    }
+}
+
+/// Polls `f` until it returns `Some`, for at most `timeout`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

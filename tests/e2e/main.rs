@@ -3,5 +3,6 @@
 
 mod harness;
 mod http_api;
+mod realtime;
 mod s3;
 mod slt;

@@ -12,28 +12,18 @@ use futures::TryStreamExt;
 use object_store::ObjectStore;
 use serde_json::json;
 
-use crate::harness::{scalar, sql, Server};
+use crate::harness::{scalar, service_env, sql, Server};
 
 const SPEC: &str = include_str!("../../ingestion/src/gen_events_spec.json");
 
 /// `s3://bucket/<unique prefix>` for one test, or `None` when no S3 service is configured.
-fn s3_prefix(test: &str) -> Option<String> {
-    match std::env::var("BASALT_TEST_S3") {
-        Ok(url) => {
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos();
-            Some(format!("{}/{test}-{nanos}", url.trim_end_matches('/')))
-        }
-        Err(_) if std::env::var("BASALT_REQUIRE_SERVICES").is_ok() => {
-            panic!("BASALT_REQUIRE_SERVICES is set but BASALT_TEST_S3 is not: start tests/services/services.sh and eval its env")
-        }
-        Err(_) => {
-            eprintln!("SKIPPED {test}: no S3 service (BASALT_TEST_S3 unset; see DEVELOPERS.md)");
-            None
-        }
-    }
+pub fn s3_prefix(test: &str) -> Option<String> {
+    let url = service_env("BASALT_TEST_S3", test)?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    Some(format!("{}/{test}-{nanos}", url.trim_end_matches('/')))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

