@@ -6,6 +6,7 @@
 //! line (or row) and the column; missing nullable fields become null; unknown fields are
 //! ignored. Timestamps are epoch milliseconds or RFC 3339 strings.
 
+use std::borrow::Cow;
 use std::io::{BufRead, Read};
 use std::sync::Arc;
 
@@ -19,6 +20,8 @@ use basalt_segment::{ColumnDef, ColumnType, SegmentSchema};
 use serde_json::Value as Json;
 
 use crate::error::{IngestError, Result};
+use crate::json_row::{is_text, parse_object, raw_field, ColumnIndex, ObjectError, RawField};
+use serde_json::value::RawValue;
 
 /// The body formats `POST /tables/{name}/ingest` accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,10 +99,10 @@ enum ColBuilder {
     Ts(TimestampMillisecondBuilder),
 }
 
-/// A parsed cell.
-enum Cell {
+/// A parsed cell (strings borrowed from the input where possible).
+enum Cell<'a> {
     Null,
-    Str(String),
+    Str(Cow<'a, str>),
     I64(i64),
     F64(f64),
     Bool(bool),
@@ -122,7 +125,7 @@ impl ColBuilder {
         }
     }
 
-    fn push(&mut self, c: Cell) {
+    fn push(&mut self, c: Cell<'_>) {
         match (self, c) {
             (ColBuilder::Str(b), Cell::Str(s)) => b.append_value(s),
             (ColBuilder::I32(b), Cell::I64(v)) => b.append_value(v as i32),
@@ -172,9 +175,19 @@ impl ColBuilder {
     }
 }
 
+/// Why a JSON object could not become a row.
+#[derive(Debug)]
+pub enum JsonRowError {
+    /// Not a JSON object (or not JSON).
+    Object(ObjectError),
+    /// A field breaks the spec.
+    Row(IngestError),
+}
+
 /// Accumulates validated rows into batches.
 pub struct RowWriter {
     schema: SegmentSchema,
+    index: ColumnIndex,
     arrow: SchemaRef,
     builders: Vec<ColBuilder>,
     batch_rows: usize,
@@ -189,6 +202,7 @@ impl RowWriter {
                 .map(|c| ColBuilder::new(c.ty, batch_rows.min(65536)))
                 .collect(),
             arrow: ingest_schema(schema),
+            index: ColumnIndex::new(schema),
             schema: schema.clone(),
             batch_rows: batch_rows.max(1),
         }
@@ -236,6 +250,30 @@ impl RowWriter {
         })
     }
 
+    /// Parses one JSON object from bytes, validates it and appends it; nothing is appended if
+    /// any field is bad. Returns the number of fields the table has no column for.
+    pub fn push_json_bytes(
+        &mut self,
+        bytes: &[u8],
+        location: &dyn Fn() -> String,
+    ) -> std::result::Result<u64, JsonRowError> {
+        let obj = parse_object(bytes, &self.index).map_err(JsonRowError::Object)?;
+        self.push_raw_fields(&obj.fields, location)
+            .map_err(JsonRowError::Row)?;
+        Ok(obj.unknown)
+    }
+
+    fn push_raw_fields(
+        &mut self,
+        fields: &[Option<&RawValue>],
+        location: &dyn Fn() -> String,
+    ) -> Result<()> {
+        self.push_row(location, |i, c| match fields[i] {
+            None => Ok(Cell::Null),
+            Some(v) => raw_cell(c.ty, raw_field(v)?),
+        })
+    }
+
     /// Validates and appends one CSV record; `fields[i]` is the record field of column i.
     pub fn push_text(
         &mut self,
@@ -253,10 +291,10 @@ impl RowWriter {
 
     /// Converts every column with `cell_of`, checks nullability, then appends the row; on any
     /// error nothing is appended and the error names the location and column.
-    fn push_row(
+    fn push_row<'c>(
         &mut self,
         location: &dyn Fn() -> String,
-        mut cell_of: impl FnMut(usize, &ColumnDef) -> std::result::Result<Cell, String>,
+        mut cell_of: impl FnMut(usize, &ColumnDef) -> std::result::Result<Cell<'c>, String>,
     ) -> Result<()> {
         let mut cells = Vec::with_capacity(self.schema.columns.len());
         for (i, c) in self.schema.columns.iter().enumerate() {
@@ -281,7 +319,7 @@ impl RowWriter {
     }
 }
 
-fn json_cell(ty: ColumnType, v: &Json) -> std::result::Result<Cell, String> {
+fn json_cell(ty: ColumnType, v: &Json) -> std::result::Result<Cell<'_>, String> {
     let describe = |v: &Json| {
         let s = v.to_string();
         if s.len() > 60 {
@@ -294,11 +332,11 @@ fn json_cell(ty: ColumnType, v: &Json) -> std::result::Result<Cell, String> {
         }
     };
     match (ty, v) {
-        (ColumnType::Json, Json::String(s)) => Ok(Cell::Str(s.clone())),
-        (ColumnType::Json, v) => Ok(Cell::Str(v.to_string())),
-        (ColumnType::String, Json::String(s)) => Ok(Cell::Str(s.clone())),
-        (ColumnType::String, Json::Number(n)) => Ok(Cell::Str(n.to_string())),
-        (ColumnType::String, Json::Bool(b)) => Ok(Cell::Str(b.to_string())),
+        (ColumnType::Json, Json::String(s)) => Ok(Cell::Str(Cow::Borrowed(s))),
+        (ColumnType::Json, v) => Ok(Cell::Str(Cow::Owned(v.to_string()))),
+        (ColumnType::String, Json::String(s)) => Ok(Cell::Str(Cow::Borrowed(s))),
+        (ColumnType::String, Json::Number(n)) => Ok(Cell::Str(Cow::Owned(n.to_string()))),
+        (ColumnType::String, Json::Bool(b)) => Ok(Cell::Str(Cow::Owned(b.to_string()))),
         (_, Json::String(s)) => text_cell(ty, s),
         (ColumnType::Int, Json::Number(n)) => n
             .as_i64()
@@ -322,7 +360,7 @@ fn json_cell(ty: ColumnType, v: &Json) -> std::result::Result<Cell, String> {
     }
 }
 
-fn text_cell(ty: ColumnType, s: &str) -> std::result::Result<Cell, String> {
+fn text_cell(ty: ColumnType, s: &str) -> std::result::Result<Cell<'_>, String> {
     let short = || {
         if s.len() > 60 {
             format!(
@@ -334,7 +372,7 @@ fn text_cell(ty: ColumnType, s: &str) -> std::result::Result<Cell, String> {
         }
     };
     match ty {
-        ColumnType::String | ColumnType::Json => Ok(Cell::Str(s.to_string())),
+        ColumnType::String | ColumnType::Json => Ok(Cell::Str(Cow::Borrowed(s))),
         ColumnType::Int => s
             .trim()
             .parse::<i32>()
@@ -361,6 +399,59 @@ fn text_cell(ty: ColumnType, s: &str) -> std::result::Result<Cell, String> {
                 short()
             )
         }),
+    }
+}
+
+/// A cell from a field's raw JSON text, with the conversions and messages of [`json_cell`].
+fn raw_cell<'a>(ty: ColumnType, f: RawField<'a>) -> std::result::Result<Cell<'a>, String> {
+    let short = |t: &str| {
+        if t.len() > 60 {
+            format!(
+                "{}…",
+                &t[..t.char_indices().nth(60).map_or(t.len(), |(i, _)| i)]
+            )
+        } else {
+            t.to_string()
+        }
+    };
+    match (ty, f) {
+        (_, RawField::Null) => Ok(Cell::Null),
+        (t, RawField::Str(s)) if is_text(t) => Ok(Cell::Str(s)),
+        (_, RawField::Str(s)) => text_cell(ty, &s).map(|c| match c {
+            Cell::Str(x) => Cell::Str(Cow::Owned(x.into_owned())),
+            Cell::Null => Cell::Null,
+            Cell::I64(v) => Cell::I64(v),
+            Cell::F64(v) => Cell::F64(v),
+            Cell::Bool(v) => Cell::Bool(v),
+        }),
+        (t, RawField::Number(n)) if is_text(t) => Ok(Cell::Str(Cow::Borrowed(n))),
+        (t, RawField::Bool(b)) if is_text(t) => {
+            Ok(Cell::Str(Cow::Borrowed(if b { "true" } else { "false" })))
+        }
+        (ColumnType::Json, RawField::Nested(t)) => Ok(Cell::Str(Cow::Borrowed(t))),
+        (ColumnType::Int, RawField::Number(n)) => n
+            .parse::<i32>()
+            .map(|i| Cell::I64(i as i64))
+            .map_err(|_| format!("expected INT (32-bit integer), got {n}")),
+        (ColumnType::Long, RawField::Number(n)) => n
+            .parse::<i64>()
+            .map(Cell::I64)
+            .map_err(|_| format!("expected LONG (64-bit integer), got {n}")),
+        (ColumnType::Timestamp, RawField::Number(n)) => n
+            .parse::<i64>()
+            .map(Cell::I64)
+            .map_err(|_| format!("expected TIMESTAMP (epoch milliseconds or RFC 3339), got {n}")),
+        (ColumnType::Float | ColumnType::Double, RawField::Number(n)) => n
+            .parse::<f64>()
+            .ok()
+            .filter(|v| v.is_finite())
+            .map(Cell::F64)
+            .ok_or_else(|| format!("expected {}, got {n}", ty.name())),
+        (ColumnType::Boolean, RawField::Bool(b)) => Ok(Cell::Bool(b)),
+        (ty, RawField::Bool(b)) => Err(format!("expected {}, got {b}", ty.name())),
+        (ty, RawField::Number(t) | RawField::Nested(t)) => {
+            Err(format!("expected {}, got {}", ty.name(), short(t)))
+        }
     }
 }
 
@@ -404,22 +495,22 @@ pub fn decode_ndjson(
             continue;
         }
         let loc = || format!("line {line_no}");
-        let obj: serde_json::Map<String, Json> = match serde_json::from_slice(trimmed) {
-            Ok(Json::Object(m)) => m,
-            Ok(_) => {
+        match w.push_json_bytes(trimmed, &loc) {
+            Ok(_) => {}
+            Err(JsonRowError::Row(e)) => return Err(e),
+            Err(JsonRowError::Object(ObjectError::NotAnObject(_))) => {
                 return Err(IngestError::BadInput {
                     location: loc(),
                     message: "expected a JSON object".into(),
                 })
             }
-            Err(e) => {
+            Err(JsonRowError::Object(ObjectError::Invalid(e))) => {
                 return Err(IngestError::BadInput {
                     location: loc(),
                     message: format!("invalid JSON: {e}"),
                 })
             }
-        };
-        w.push_json(&obj, &loc)?;
+        }
         rows += 1;
         w.flush(sink, false)?;
     }
@@ -684,5 +775,70 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("line 3") && e.contains("\"n\""), "{e}");
+    }
+
+    proptest::proptest! {
+        /// The borrowed parse of raw bytes accepts and converts exactly what the
+        /// `serde_json::Value` path does, with the same rows and the same error locations.
+        #[test]
+        fn raw_bytes_and_value_paths_agree(
+            picks in proptest::collection::vec((0usize..8, 0usize..24), 0..10)
+        ) {
+            const KEYS: [&str; 8] = ["ts", "s", "n", "l", "d", "b", "j", "extra"];
+            const VALUES: [&str; 24] = [
+                "1", "-7", "2147483648", "1.5", "-0.25", "1e3", "true", "false", "null",
+                "\"x\"", "\"h\\u00e9\\\"q\"", "\"12\"", "\"2026-11-28T12:00:00Z\"",
+                "\"true\"", "\"abc\"", "[1,2]", "{\"k\":[true,null]}", "[]", "{}",
+                "9223372036854775807", "18446744073709551616", "\"\"", "0", "\"1.25\"",
+            ];
+            let schema = SegmentSchema {
+                columns: vec![
+                    ColumnDef::new("ts", ColumnType::Timestamp),
+                    ColumnDef::new("s", ColumnType::String),
+                    ColumnDef::new("n", ColumnType::Int),
+                    ColumnDef::new("l", ColumnType::Long),
+                    ColumnDef::new("d", ColumnType::Double),
+                    ColumnDef::new("b", ColumnType::Boolean),
+                    ColumnDef::new("j", ColumnType::Json),
+                ],
+                time_column: None,
+            };
+            let body = format!(
+                "{{{}}}",
+                picks
+                    .iter()
+                    .map(|&(k, v)| format!("\"{}\":{}", KEYS[k], VALUES[v]))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
+            let loc = || "here".to_string();
+            let mut by_value = RowWriter::new(&schema, 8);
+            let obj: serde_json::Map<String, Json> = serde_json::from_str(&body).unwrap();
+            let a = by_value.push_json(&obj, &loc).map_err(|e| e.to_string());
+            let mut by_bytes = RowWriter::new(&schema, 8);
+            let b = by_bytes.push_json_bytes(body.as_bytes(), &loc).map(|_| ()).map_err(|e| match e {
+                JsonRowError::Row(e) => e.to_string(),
+                JsonRowError::Object(o) => format!("{o:?}"),
+            });
+            // Numbers serde_json re-renders are the one difference: a STRING or JSON column
+            // keeps the text as written ("1e3", "18446744073709551616") where serde_json
+            // renders it ("1000.0", "1.8446744073709552e19").
+            let exp_in_string = picks.iter().any(|&(k, v)| {
+                (k == 1 || k == 6) && ["1e3", "18446744073709551616"].contains(&VALUES[v])
+            });
+            // Error messages show numbers as written rather than as serde_json renders them;
+            // the location and column must agree.
+            let column = |r: &std::result::Result<(), String>| {
+                r.clone().map_err(|e| e.split(": expected").next().unwrap_or("").to_string())
+            };
+            if !exp_in_string {
+                proptest::prop_assert_eq!(column(&a), column(&b), "{}", body);
+                if a.is_ok() {
+                    let x = by_value.finish().unwrap().unwrap();
+                    let y = by_bytes.finish().unwrap().unwrap();
+                    proptest::prop_assert_eq!(x, y, "{}", body);
+                }
+            }
+        }
     }
 }

@@ -11,6 +11,7 @@ pub mod decode;
 pub mod error;
 pub mod gen;
 pub mod home;
+pub mod json_row;
 pub mod metastore;
 pub mod mutable;
 pub mod quarantine;

@@ -7,14 +7,13 @@
 //! built into segments and queried like any table (`"events$quarantine"`). The real-time
 //! ingester owns one decoder per partition.
 
-use std::collections::HashSet;
-
 use arrow::record_batch::RecordBatch;
 use basalt_segment::{ColumnDef, ColumnType, SegmentSchema};
-use serde_json::Value as Json;
+use std::sync::Arc;
 
-use crate::decode::RowWriter;
+use crate::decode::{ingest_schema, JsonRowError, RowWriter};
 use crate::error::Result;
+use crate::json_row::ObjectError;
 
 /// Where a message came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,7 +36,6 @@ pub struct QuarantineEntry {
 /// Decodes JSON messages into rows of one table.
 pub struct MessageDecoder {
     writer: RowWriter,
-    columns: HashSet<String>,
     /// Fields messages carried that the table has no column for (ignored, counted).
     pub unknown_fields: u64,
     pub rows: u64,
@@ -48,7 +46,6 @@ impl MessageDecoder {
     pub fn new(schema: &SegmentSchema, batch_rows: usize) -> Self {
         MessageDecoder {
             writer: RowWriter::new(schema, batch_rows),
-            columns: schema.columns.iter().map(|c| c.name.clone()).collect(),
             unknown_fields: 0,
             rows: 0,
             quarantined: 0,
@@ -69,25 +66,17 @@ impl MessageDecoder {
                 reason,
             })
         };
-        let obj = match serde_json::from_slice::<Json>(payload) {
-            Ok(Json::Object(o)) => o,
-            Ok(other) => {
-                let kind = match other {
-                    Json::Array(_) => "an array",
-                    Json::String(_) => "a string",
-                    Json::Number(_) => "a number",
-                    Json::Bool(_) => "a boolean",
-                    _ => "null",
-                };
-                return reject(self, format!("message is {kind}, not a JSON object"));
-            }
-            Err(e) => return reject(self, format!("message is not valid JSON: {e}")),
-        };
         let location = || format!("{}/{}@{}", origin.topic, origin.partition, origin.offset);
-        if let Err(e) = self.writer.push_json(&obj, &location) {
-            return reject(self, e.to_string());
+        match self.writer.push_json_bytes(payload, &location) {
+            Ok(unknown) => self.unknown_fields += unknown,
+            Err(JsonRowError::Object(ObjectError::NotAnObject(kind))) => {
+                return reject(self, format!("message is {kind}, not a JSON object"))
+            }
+            Err(JsonRowError::Object(ObjectError::Invalid(e))) => {
+                return reject(self, format!("message is not valid JSON: {e}"))
+            }
+            Err(JsonRowError::Row(e)) => return reject(self, e.to_string()),
         }
-        self.unknown_fields += obj.keys().filter(|k| !self.columns.contains(*k)).count() as u64;
         self.rows += 1;
         Ok(())
     }
@@ -125,26 +114,39 @@ pub fn quarantine_schema() -> SegmentSchema {
 
 /// Quarantine entries as a batch of [`quarantine_schema`] (raw bytes as lossy UTF-8 text).
 pub fn quarantine_batch(entries: &[QuarantineEntry]) -> Result<Option<RecordBatch>> {
-    let schema = quarantine_schema();
-    let mut w = RowWriter::new(&schema, entries.len().max(1));
-    for e in entries {
-        let mut obj = serde_json::Map::new();
-        obj.insert("topic".into(), Json::from(e.origin.topic.clone()));
-        obj.insert("partition".into(), Json::from(e.origin.partition));
-        obj.insert("offset".into(), Json::from(e.origin.offset));
-        if let Some(t) = e.origin.timestamp {
-            obj.insert("timestamp".into(), Json::from(t));
-        }
-        obj.insert(
-            "raw".into(),
-            Json::from(String::from_utf8_lossy(&e.raw).into_owned()),
-        );
-        obj.insert("reason".into(), Json::from(e.reason.clone()));
-        w.push_json(&obj, &|| {
-            format!("quarantine entry at offset {}", e.origin.offset)
-        })?;
+    use arrow::array::{
+        ArrayRef, Int32Builder, Int64Builder, StringBuilder, TimestampMillisecondBuilder,
+    };
+    if entries.is_empty() {
+        return Ok(None);
     }
-    w.finish()
+    let n = entries.len();
+    let mut topic = StringBuilder::with_capacity(n, n * 8);
+    let mut partition = Int32Builder::with_capacity(n);
+    let mut offset = Int64Builder::with_capacity(n);
+    let mut timestamp = TimestampMillisecondBuilder::with_capacity(n);
+    let mut raw = StringBuilder::with_capacity(n, entries.iter().map(|e| e.raw.len()).sum());
+    let mut reason = StringBuilder::with_capacity(n, n * 48);
+    for e in entries {
+        topic.append_value(&e.origin.topic);
+        partition.append_value(e.origin.partition);
+        offset.append_value(e.origin.offset);
+        timestamp.append_option(e.origin.timestamp);
+        raw.append_value(String::from_utf8_lossy(&e.raw));
+        reason.append_value(&e.reason);
+    }
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(topic.finish()),
+        Arc::new(partition.finish()),
+        Arc::new(offset.finish()),
+        Arc::new(timestamp.finish()),
+        Arc::new(raw.finish()),
+        Arc::new(reason.finish()),
+    ];
+    Ok(Some(RecordBatch::try_new(
+        ingest_schema(&quarantine_schema()),
+        cols,
+    )?))
 }
 
 #[cfg(test)]

@@ -315,6 +315,11 @@ impl TableStore {
     /// it was attached.
     pub async fn create_table(self: &Arc<Self>, spec: TableSpec) -> Result<(Arc<Table>, bool)> {
         spec.validate()?;
+        if let Some(k) = spec.source.as_ref().and_then(|s| s.kafka.as_ref()) {
+            // librdkafka checks the properties when a client is created (no connection yet).
+            crate::realtime::kafka::KafkaStream::open(&spec.name, k)
+                .map_err(|e| IngestError::Spec(e.to_string()))?;
+        }
         let _g = self.admin.lock().await;
         if self.tables.read().contains_key(&spec.name) {
             return Err(IngestError::TableExists(spec.name));

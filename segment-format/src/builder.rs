@@ -38,6 +38,9 @@ pub struct BuildOptions {
     pub numeric_dictionary_ratio: usize,
     /// Buckets of a range index (default 64).
     pub range_buckets: usize,
+    /// zstd-compress blocks and dictionaries (default true). In-memory segments that live
+    /// for seconds (real-time chunks) skip it: building is faster and reads borrow the bytes.
+    pub compress: bool,
 }
 
 impl Default for BuildOptions {
@@ -48,6 +51,7 @@ impl Default for BuildOptions {
             max_numeric_dictionary: 65536,
             numeric_dictionary_ratio: 4,
             range_buckets: 64,
+            compress: true,
         }
     }
 }
@@ -86,7 +90,7 @@ pub fn build_segment(
         }
     }
 
-    let mut w = FileWriter::new(opts.zstd_level);
+    let mut w = FileWriter::new(opts.compress.then_some(opts.zstd_level));
     let mut metas = Vec::with_capacity(columns.len());
     for (def, col) in schema.columns.iter().zip(&columns) {
         metas.push(encode_column(&mut w, def, col, opts)?);

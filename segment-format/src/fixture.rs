@@ -93,6 +93,28 @@ fn opts() -> BuildOptions {
 }
 
 #[test]
+fn uncompressed_segments_read_the_same() {
+    let (schema, batch) = fixture_input();
+    let build = |compress| {
+        let o = BuildOptions { compress, ..opts() };
+        SegmentReader::open(Bytes::from(
+            build_segment(&schema, std::slice::from_ref(&batch), &o).unwrap(),
+        ))
+        .unwrap()
+    };
+    let (z, raw) = (build(true), build(false));
+    assert!(raw.size_bytes() > z.size_bytes());
+    let all: Vec<u32> = (0..z.row_count()).collect();
+    for c in 0..schema.columns.len() {
+        let (a, b) = (
+            z.read_column(c, &all).unwrap(),
+            raw.read_column(c, &all).unwrap(),
+        );
+        assert_eq!(a.as_ref(), b.as_ref(), "column {c}");
+    }
+}
+
+#[test]
 fn every_version_fixture_still_reads_the_same() {
     let (schema, batch) = fixture_input();
     let (current, path) = FIXTURES[FIXTURES.len() - 1];

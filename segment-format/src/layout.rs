@@ -362,11 +362,12 @@ fn zstd_decode(stored: &[u8], limit: u64, what: &str) -> Result<Vec<u8>> {
 /// Appends sections to a growing file image; used by the builder.
 pub(crate) struct FileWriter {
     pub buf: Vec<u8>,
-    level: i32,
+    /// zstd level; `None` stores every section uncompressed.
+    level: Option<i32>,
 }
 
 impl FileWriter {
-    pub fn new(level: i32) -> Self {
+    pub fn new(level: Option<i32>) -> Self {
         let mut buf = Vec::with_capacity(1 << 20);
         buf.extend_from_slice(HEADER_MAGIC);
         buf.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
@@ -375,12 +376,16 @@ impl FileWriter {
 
     pub fn write(&mut self, raw: &[u8], codec: Codec) -> Result<SectionRef> {
         let offset = self.buf.len() as u64;
-        match codec {
-            Codec::None => self.buf.extend_from_slice(raw),
-            Codec::Zstd => {
-                let c = zstd::bulk::compress(raw, self.level).map_err(SegmentError::Compress)?;
+        let codec = match (codec, self.level) {
+            (Codec::Zstd, None) => Codec::None,
+            (c, _) => c,
+        };
+        match (codec, self.level) {
+            (Codec::Zstd, Some(level)) => {
+                let c = zstd::bulk::compress(raw, level).map_err(SegmentError::Compress)?;
                 self.buf.extend_from_slice(&c);
             }
+            _ => self.buf.extend_from_slice(raw),
         }
         let stored = &self.buf[offset as usize..];
         Ok(SectionRef {
@@ -394,6 +399,10 @@ impl FileWriter {
 
     pub fn finish(mut self, footer: &Footer) -> Result<Vec<u8>> {
         let json = serde_json::to_vec(footer)?;
+        // The trailer does not record the footer's codec: the footer is always zstd.
+        if self.level.is_none() {
+            self.level = Some(3);
+        }
         let s = self.write(&json, Codec::Zstd)?;
         self.buf.extend_from_slice(&s.offset.to_le_bytes());
         self.buf.extend_from_slice(&s.len.to_le_bytes());

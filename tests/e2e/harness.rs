@@ -54,6 +54,12 @@ impl Server {
         let _ = self.child.wait();
     }
 
+    /// The server's process id (the real-time benchmark reads its RSS).
+    #[allow(dead_code)]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
@@ -66,16 +72,18 @@ impl Drop for Server {
     }
 }
 
+/// Sends a request and reads the JSON answer.
+async fn json_of(req: reqwest::RequestBuilder) -> serde_json::Value {
+    req.send().await.unwrap().json().await.unwrap()
+}
+
 pub async fn sql(client: &reqwest::Client, s: &Server, q: &str) -> serde_json::Value {
-    client
-        .post(s.url("/query/sql"))
-        .json(&serde_json::json!({ "sql": q }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    json_of(
+        client
+            .post(s.url("/query/sql"))
+            .json(&serde_json::json!({ "sql": q })),
+    )
+    .await
 }
 
 /// The single value of a one-row, one-column result.
@@ -118,4 +126,18 @@ where
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+pub async fn get_json(client: &reqwest::Client, s: &Server, path: &str) -> serde_json::Value {
+    json_of(client.get(s.url(path))).await
+}
+
+/// Drops a table and checks the server said yes.
+pub async fn drop_table(client: &reqwest::Client, s: &Server, table: &str) {
+    let r = client
+        .delete(s.url(&format!("/tables/{table}")))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "drop {table}: {}", r.status());
 }

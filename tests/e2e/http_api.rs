@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use crate::harness::{scalar, sql, Server};
+use crate::harness::{get_json, scalar, sql, Server};
 
 const SPEC: &str = include_str!("../../ingestion/src/gen_events_spec.json");
 
@@ -60,13 +60,7 @@ async fn ingest_good_rows(
     let url = s.url(&format!("/tables/{table}/ingest"));
     let (st, v) = post(c, url, "application/x-ndjson", body.to_string()).await;
     assert_eq!((st, v["rows"].clone()), (200, json!(rows)), "{v}");
-    c.get(s.url(&format!("/tables/{table}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    get_json(c, s, &format!("/tables/{table}")).await
 }
 
 fn gen(dir: &std::path::Path, rows: u64, format: &str, seed: u64) -> std::path::PathBuf {
@@ -419,14 +413,38 @@ async fn bad_input_gets_clear_errors_and_nothing_partial() {
     let stats = ingest_good_rows(&c, &s, "sized", &good.repeat(200), 200).await;
     let segments = stats["stats"]["segments"].as_u64().unwrap();
     assert!(segments > 1 && segments < 200, "{stats}");
-    // Real-time sources are not built yet: refused with a message naming the field.
-    let rt = SPEC.replace(
-        "\"segment\"",
-        "\"source\":{\"kafka\":{\"brokers\":\"127.0.0.1:9092\",\"topic\":\"e\"}},\"segment\"",
-    );
-    let (st, v) = post(&c, s.url("/tables"), "application/json", rt).await;
-    assert_eq!(st, 400, "{v}");
-    assert!(v["error"].as_str().unwrap().contains("source"), "{v}");
+    // Real-time sources: a bad librdkafka property or an ambiguous source is refused with a
+    // message naming it, before anything is created.
+    for (source, says) in [
+        (
+            r#"{"kafka":{"brokers":"127.0.0.1:9092","topic":"e","properties":{"session.timeout.ms":"soon"}}}"#,
+            "session.timeout.ms",
+        ),
+        (
+            r#"{"kafka":{"brokers":"127.0.0.1:9092","topic":"e"},"generator":{}}"#,
+            "exactly one",
+        ),
+        (
+            r#"{"generator":{"partitions":0}}"#,
+            "source.generator.partitions",
+        ),
+    ] {
+        let rt = SPEC
+            .replace("\"name\":\"events\"", "\"name\":\"rt\"")
+            .replace("\"segment\"", &format!("\"source\":{source},\"segment\""));
+        let (st, v) = post(&c, s.url("/tables"), "application/json", rt).await;
+        assert_eq!(st, 400, "{v}");
+        assert!(v["error"].as_str().unwrap().contains(says), "{says}: {v}");
+    }
+    let r = c.get(s.url("/tables/rt")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 404, "nothing was created");
+    // A table without a source has no ingestion status.
+    let r = c
+        .get(s.url("/tables/events/ingestion"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
 
     // SQL: errors come back in "exceptions" without a resultTable.
     for (q, code) in [

@@ -3,6 +3,7 @@
 
 mod harness;
 mod http_api;
+mod kafka;
 mod realtime;
 mod s3;
 mod slt;

@@ -13,15 +13,10 @@ use std::time::Duration;
 use basalt_ingest::gen::MessageGenerator;
 use futures::TryStreamExt;
 use object_store::ObjectStore;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::{ClientContext, DefaultClientContext};
-use rdkafka::config::ClientConfig;
-use rdkafka::error::KafkaError;
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
-use rdkafka::types::RDKafkaErrorCode;
 use serde_json::{json, Value};
 
-use crate::harness::{scalar, service_env, sql, wait_for, Server};
+use crate::harness::{drop_table, get_json, scalar, service_env, sql, wait_for, Server};
+use crate::kafka::{create_topic, produce_all, producer, unique, TestProducer};
 use crate::s3::s3_prefix;
 
 const SPEC: &str = include_str!("../../ingestion/src/gen_events_spec.json");
@@ -29,82 +24,8 @@ const PARTITIONS: i32 = 4;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{prefix}_{nanos}")
-}
-
-async fn create_topic(brokers: &str, topic: &str) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .unwrap();
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(20)));
-    let results = admin
-        .create_topics(
-            &[NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(1))],
-            &opts,
-        )
-        .await
-        .unwrap();
-    for r in results {
-        r.unwrap();
-    }
-}
-
-/// Counts failed deliveries, so a test never believes it produced what the broker lost.
-#[derive(Default)]
-struct Deliveries {
-    failed: AtomicU64,
-}
-
-impl ClientContext for Deliveries {}
-
-impl ProducerContext for Deliveries {
-    type DeliveryOpaque = ();
-    fn delivery(&self, r: &DeliveryResult<'_>, _: ()) {
-        if let Err((e, _)) = r {
-            eprintln!("delivery failed: {e}");
-            self.failed.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-}
-
-fn producer(brokers: &str) -> BaseProducer<Deliveries> {
-    ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("message.timeout.ms", "60000")
-        .set("linger.ms", "5")
-        .create_with_context(Deliveries::default())
-        .unwrap()
-}
-
-/// Produces the messages (partition, payload) and waits until the broker has them all.
-fn produce(p: &BaseProducer<Deliveries>, topic: &str, msgs: Vec<(i32, Vec<u8>)>) {
-    for (partition, payload) in &msgs {
-        loop {
-            let rec = BaseRecord::<(), [u8]>::to(topic)
-                .partition(*partition)
-                .payload(payload);
-            match p.send(rec) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                    p.poll(Duration::from_millis(20));
-                }
-                Err((e, _)) => panic!("produce: {e}"),
-            }
-        }
-        p.poll(Duration::ZERO);
-    }
-    p.flush(Duration::from_secs(90)).unwrap();
-    assert_eq!(
-        p.context().failed.load(Ordering::Relaxed),
-        0,
-        "every message delivered"
-    );
+fn produce(p: &TestProducer, topic: &str, msgs: Vec<(i32, Vec<u8>)>) {
+    produce_all(p, topic, &msgs)
 }
 
 /// Good events `from..to`, spread over the partitions (event_id unique per index).
@@ -174,22 +95,18 @@ async fn wait_count(c: &reqwest::Client, s: &Server, q: &str, want: u64) {
         if n == want {
             return;
         }
-        assert!(
-            start.elapsed() < Duration::from_secs(90),
-            "{q}: {n} after 90 s, want {want}"
-        );
+        if start.elapsed() > Duration::from_secs(90) {
+            // Say where ingestion stands, for whoever reads the failure.
+            let tables = get_json(c, s, "/tables").await;
+            for t in tables["tables"].as_array().into_iter().flatten() {
+                let st =
+                    get_json(c, s, &format!("/tables/{}/ingestion", t.as_str().unwrap())).await;
+                eprintln!("ingestion of {t}: {st}");
+            }
+            panic!("{q}: {n} after 90 s, want {want}");
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-async fn get_json(c: &reqwest::Client, s: &Server, path: &str) -> Value {
-    c.get(s.url(path))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
 }
 
 fn services_script(args: &[&str]) {
@@ -210,7 +127,7 @@ async fn exactly_n_events_with_quarantine_and_seals_under_concurrent_queries() {
     };
     let _serial = SERIAL.lock().await;
     let (topic, table) = (unique("events"), unique("rt"));
-    create_topic(&brokers, &topic).await;
+    create_topic(&brokers, &topic, PARTITIONS).await;
     let dir = tempfile::tempdir().unwrap();
     let s = Arc::new(Server::start(&dir.path().join("data"), None));
     let c = reqwest::Client::new();
@@ -338,12 +255,7 @@ async fn exactly_n_events_with_quarantine_and_seals_under_concurrent_queries() {
     assert_eq!(total("basalt_ingestion_events_total"), n + bad);
     assert_eq!(total("basalt_ingestion_lag{"), 0);
     assert_eq!(total("basalt_ingestion_broker_up"), 1);
-    let r = c
-        .delete(s.url(&format!("/tables/{table}")))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success());
+    drop_table(&c, &s, &table).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -356,7 +268,7 @@ async fn kill_9_restart_and_an_empty_data_dir_resume_exactly_once_from_s3() {
     };
     let _serial = SERIAL.lock().await;
     let (topic, table) = (unique("events"), unique("rt"));
-    create_topic(&brokers, &topic).await;
+    create_topic(&brokers, &topic, PARTITIONS).await;
     let dir = tempfile::tempdir().unwrap();
     let c = reqwest::Client::new();
     let spec = table_spec(&table, &brokers, &topic, Some(&deep_store));
@@ -422,12 +334,7 @@ async fn kill_9_restart_and_an_empty_data_dir_resume_exactly_once_from_s3() {
     assert!(msg.contains("different spec"), "{msg}");
     // Dropping removes the table's objects from the bucket.
     create(&c, &s, &spec).await;
-    let r = c
-        .delete(s.url(&format!("/tables/{table}")))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success());
+    drop_table(&c, &s, &table).await;
     let left: Vec<_> = store.list(None).try_collect().await.unwrap();
     assert!(left.is_empty(), "{left:?}");
 }
@@ -439,7 +346,7 @@ async fn broker_stopped_and_restarted_mid_stream() {
     };
     let _serial = SERIAL.lock().await;
     let (topic, table) = (unique("events"), unique("rt"));
-    create_topic(&brokers, &topic).await;
+    create_topic(&brokers, &topic, PARTITIONS).await;
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(&dir.path().join("data"), None);
     let c = reqwest::Client::new();
@@ -495,10 +402,5 @@ async fn broker_stopped_and_restarted_mid_stream() {
         async { (fut.await["status"] == "ok").then_some(()) }
     })
     .await;
-    let r = c
-        .delete(s.url(&format!("/tables/{table}")))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success());
+    drop_table(&c, &s, &table).await;
 }

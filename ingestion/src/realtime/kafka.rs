@@ -87,7 +87,13 @@ impl KafkaStream {
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "false")
             .set("auto.offset.reset", &spec.start)
-            .set("client.id", format!("basalt-{table}"));
+            .set("client.id", format!("basalt-{table}"))
+            // A caught-up consumer waits at most this long for new data; brokers that do not
+            // answer a fetch as soon as data arrives (tansu) would otherwise add up to 500 ms
+            // to every event's freshness.
+            .set("fetch.wait.max.ms", "100");
+        // librdkafka's prefetch queue (queued.max.messages.kbytes, 64 MiB) stays at its
+        // default: measured against tansu, 16 MiB cut throughput to 0.8 of a plain consumer.
         for (k, v) in &spec.properties {
             cfg.set(k, v);
         }

@@ -45,7 +45,7 @@ use source::{open_source, Message, Source, SourceError};
 pub use status::{IngestionState, IngestionStatus, PartitionStatus};
 
 /// Decoded rows become queryable at least this often.
-pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
+pub const FLUSH_EVERY: Duration = Duration::from_millis(50);
 /// ... or when a partition has decoded this many rows.
 const FLUSH_ROWS: usize = 16_384;
 /// How long one poll of the source waits for a message.
@@ -223,18 +223,19 @@ struct Limits {
 
 fn new_part(table: &Table, store: &TableStore, partition: i32) -> Arc<MutablePart> {
     let qschema = quarantine_schema();
+    // Chunks live in memory for seconds: no zstd (the sealed segment is compressed).
+    let build = basalt_segment::BuildOptions {
+        compress: false,
+        ..store.build.clone()
+    };
     Arc::new(MutablePart::new(
         partition,
         MutableSegment::new(
             table.schema.clone(),
             ingest_schema(&table.schema),
-            store.build.clone(),
+            build.clone(),
         ),
-        MutableSegment::new(
-            qschema.clone(),
-            ingest_schema(&qschema),
-            store.build.clone(),
-        ),
+        MutableSegment::new(qschema.clone(), ingest_schema(&qschema), build),
     ))
 }
 
@@ -555,6 +556,7 @@ impl Session<'_> {
                         .high_watermark
                         .map(|hw| (hw - p.next.or(p.checkpoint).unwrap_or(0)).max(0)),
                     mutable_rows: p.part.rows.rows() as u64,
+                    mutable_bytes: p.part.memory_bytes() as u64,
                     last_seal_time: p.last_seal.map(|t| t.to_rfc3339()),
                     quarantined: p.quarantined_total,
                     events: p.events,

@@ -46,6 +46,8 @@ pub struct PartitionStatus {
     pub lag: Option<i64>,
     /// Rows consumed and queryable but not sealed yet.
     pub mutable_rows: u64,
+    /// Memory the partition's mutable segments hold (rows and their queryable chunks).
+    pub mutable_bytes: u64,
     /// RFC 3339 time of the last published seal.
     pub last_seal_time: Option<String>,
     /// Messages sent to the quarantine since the server started.
