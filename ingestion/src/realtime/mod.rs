@@ -22,6 +22,8 @@ pub mod kafka;
 pub mod seal;
 pub mod source;
 pub mod status;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -201,6 +203,9 @@ struct PartitionIngest {
     part: Arc<MutablePart>,
     /// Messages in `part` plus those decoded but not flushed into it.
     entries: usize,
+    /// Memory of `part` at its last flush, plus the payload bytes decoded since: what
+    /// `segment.max_bytes` is checked against on every message.
+    bytes: u64,
     /// The checkpoint `part` started at.
     from: Option<i64>,
     /// The next offset to read (`None` until the first message when there was no checkpoint).
@@ -333,6 +338,7 @@ impl Session<'_> {
                 quarantined: Vec::new(),
                 part,
                 entries: 0,
+                bytes: 0,
                 from: checkpoint,
                 next: checkpoint,
                 checkpoint,
@@ -377,10 +383,11 @@ impl Session<'_> {
                 let parts = &mut self.parts;
                 let topic = &self.topic;
                 let max_rows = self.limits.max_rows;
+                let max_bytes = self.limits.max_bytes.unwrap_or(u64::MAX);
                 source.poll(POLL_WAIT, &mut |m: Message<'_>| {
                     if let Some(p) = parts.get_mut(&m.partition) {
                         if p.accept(topic, m) {
-                            if p.entries >= max_rows {
+                            if p.entries >= max_rows || p.bytes >= max_bytes {
                                 full = Some(p.partition);
                             } else if p.decoder.pending_rows() >= FLUSH_ROWS {
                                 flush = Some(p.partition);
@@ -481,6 +488,7 @@ impl Session<'_> {
         };
         p.from = Some(to);
         p.entries = 0;
+        p.bytes = 0;
         self.sealer.submit(SealJob { part: old, delta });
         Ok(())
     }
@@ -599,6 +607,7 @@ impl PartitionIngest {
         }
         self.next = Some(m.offset + 1);
         self.entries += 1;
+        self.bytes += m.payload.map_or(0, |b| b.len()) as u64;
         self.events += 1;
         true
     }
@@ -614,6 +623,7 @@ impl PartitionIngest {
                 self.part.quarantine.append(b).map_err(|e| e.to_string())?;
             }
         }
+        self.bytes = self.part.memory_bytes() as u64;
         Ok(())
     }
 }
