@@ -486,3 +486,43 @@ async fn bad_input_gets_clear_errors_and_nothing_partial() {
         .unwrap();
     assert_eq!(h["status"], json!("ok"));
 }
+
+/// The README's main command: loads `events`, answers queries, and streams `live_events`
+/// through the real-time path (generator source) with rows visible as they arrive.
+#[test]
+fn quickstart_shows_batch_and_real_time() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_basalt"))
+        .args([
+            "quickstart",
+            "--rows",
+            "5000",
+            "--exit",
+            "--http-addr",
+            "127.0.0.1:0",
+        ])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("[5000]"), "batch count: {stdout}");
+    let live: Vec<u64> = stdout
+        .lines()
+        .filter(|l| l.contains("FROM live_events:"))
+        .map(|l| {
+            let rows: serde_json::Value =
+                serde_json::from_str(l.rsplit(": ").next().unwrap()).unwrap();
+            rows[0][0].as_u64().unwrap()
+        })
+        .collect();
+    assert_eq!(live.len(), 3, "{stdout}");
+    assert!(
+        live[0] > 0 && live[0] < live[1] && live[1] < live[2],
+        "live counts grow: {live:?}"
+    );
+    assert!(stdout.contains("live_events$quarantine"), "{stdout}");
+}

@@ -231,6 +231,27 @@ async fn exactly_n_events_with_quarantine_and_seals_under_concurrent_queries() {
     );
     assert_eq!(status["state"], "consuming", "{status}");
     assert_eq!(status["broker_reachable"], true, "{status}");
+    // Kafka's committed offsets follow the checkpoints (for lag monitoring only).
+    let committed = tokio::task::block_in_place(|| {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let consumer: BaseConsumer = rdkafka::config::ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", format!("basalt-{table}"))
+            .create()
+            .unwrap();
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for p in 0..PARTITIONS {
+            tpl.add_partition(&topic, p);
+        }
+        consumer
+            .committed_offsets(tpl, Duration::from_secs(10))
+            .unwrap()
+            .elements()
+            .iter()
+            .map(|e| e.offset().to_raw().unwrap_or(-1))
+            .sum::<i64>()
+    });
+    assert_eq!(committed as u64, n + bad, "committed offsets");
     let t = get_json(&c, &s, &format!("/tables/{table}")).await;
     assert_eq!(t["stats"]["rows"], json!(n), "every row sealed: {t}");
     assert!(t["stats"]["segments"].as_u64().unwrap() >= n / 700, "{t}");
