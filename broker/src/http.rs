@@ -146,7 +146,11 @@ async fn get_ingestion(State(s): State<AppState>, Path(name): Path<String>) -> R
 
 async fn drop_table(State(s): State<AppState>, Path(name): Path<String>) -> Response {
     let r = async {
+        let ingestion = s.store.table(&name).and_then(|t| t.ingestion());
         s.store.drop_table(&name).await?;
+        if let Some(st) = ingestion {
+            s.metrics.ingestion.forget(&st);
+        }
         for g in [
             &s.metrics.table_rows,
             &s.metrics.table_segments,

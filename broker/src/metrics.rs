@@ -170,6 +170,33 @@ impl IngestionMetrics {
     }
 }
 
+impl IngestionMetrics {
+    /// Removes a dropped table's series.
+    pub fn forget(&self, st: &basalt_ingest::IngestionStatus) {
+        let t = st.table.as_str();
+        let _ = self.broker_up.remove_label_values(&[t]);
+        let _ = self.unknown_fields.remove_label_values(&[t]);
+        let _ = self.seals.remove_label_values(&[t]);
+        for p in &st.partitions {
+            let part = p.partition.to_string();
+            let l = [t, part.as_str()];
+            for g in [
+                &self.consumed_offset,
+                &self.checkpoint_offset,
+                &self.high_watermark,
+                &self.lag,
+                &self.mutable_rows,
+                &self.last_seal,
+            ] {
+                let _ = g.remove_label_values(&l);
+            }
+            let _ = self.events_per_second.remove_label_values(&l);
+            let _ = self.events.remove_label_values(&l);
+            let _ = self.quarantined.remove_label_values(&l);
+        }
+    }
+}
+
 /// Moves a counter up to `total` (the ingester keeps the running totals).
 fn advance(c: &IntCounterVec, labels: &[&str], total: u64) {
     let c = c.with_label_values(labels);
