@@ -345,6 +345,17 @@ async fn quickstart(rows: u64, http_addr: &str, exit: bool) -> Result<(), String
             .body(body)
             .send()
     };
+    let query = |sql: &str| {
+        let body = serde_json::json!({ "sql": sql }).to_string();
+        let r = post("/query/sql", body, "application/json");
+        async move {
+            r.await
+                .map_err(|e| e.to_string())?
+                .json::<serde_json::Value>()
+                .await
+                .map_err(|e| e.to_string())
+        }
+    };
     let r = post("/tables", EVENTS_SPEC.to_string(), "application/json")
         .await
         .map_err(|e| e.to_string())?;
@@ -363,11 +374,7 @@ async fn quickstart(rows: u64, http_addr: &str, exit: bool) -> Result<(), String
         "SELECT DATETRUNC('MINUTE', ts) AS minute, sum(revenue) AS revenue FROM events GROUP BY 1 ORDER BY 1 DESC LIMIT 3",
     ];
     for sql in queries {
-        let body = serde_json::json!({ "sql": sql }).to_string();
-        let r = post("/query/sql", body, "application/json")
-            .await
-            .map_err(|e| e.to_string())?;
-        let v: serde_json::Value = r.json().await.map_err(|e| e.to_string())?;
+        let v = query(sql).await?;
         println!("\n{sql}");
         if let Some(ex) = v["exceptions"].as_array().filter(|e| !e.is_empty()) {
             println!("  error: {}", ex[0]["message"]);
@@ -400,24 +407,10 @@ async fn quickstart(rows: u64, http_addr: &str, exit: bool) -> Result<(), String
     for _ in 0..3 {
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         let sql = "SELECT count(*) AS events, max(ts) AS newest FROM live_events";
-        let body = serde_json::json!({ "sql": sql }).to_string();
-        let v: serde_json::Value = post("/query/sql", body, "application/json")
-            .await
-            .map_err(|e| e.to_string())?
-            .json()
-            .await
-            .map_err(|e| e.to_string())?;
-        println!("  {sql}: {}", v["resultTable"]["rows"]);
+        println!("  {sql}: {}", query(sql).await?["resultTable"]["rows"]);
     }
     let sql = r#"SELECT count(*) AS quarantined FROM "live_events$quarantine""#;
-    let body = serde_json::json!({ "sql": sql }).to_string();
-    let v: serde_json::Value = post("/query/sql", body, "application/json")
-        .await
-        .map_err(|e| e.to_string())?
-        .json()
-        .await
-        .map_err(|e| e.to_string())?;
-    println!("  {sql}: {}", v["resultTable"]["rows"]);
+    println!("  {sql}: {}", query(sql).await?["resultTable"]["rows"]);
     println!("  ingestion status: curl -s {base}/tables/live_events/ingestion");
 
     println!("\nBasalt is serving on {base}");

@@ -100,12 +100,84 @@ pub struct EventGenerator {
     rng: StdRng,
     next_ts: f64,
     emitted: u64,
+    dists: Distributions,
+}
+
+/// The distributions every generated event is drawn from.
+struct Distributions {
     users: Zipf<f64>,
     urls: Zipf<f64>,
     countries: Zipf<f64>,
     latency: LogNormal<f64>,
     event_cdf: Vec<u32>,
     device_cdf: Vec<u32>,
+}
+
+/// One event's attributes (everything but its id and time).
+struct Draw {
+    user: u64,
+    event_type: &'static str,
+    country: String,
+    /// Index into [`DEVICES`].
+    device: usize,
+    url: u64,
+    revenue: Option<f64>,
+    latency: f64,
+}
+
+impl Draw {
+    fn os(&self) -> &'static str {
+        let u = self.user;
+        let o = match self.device {
+            0 => (u % 2) as usize,
+            1 => 2 + (u % 3) as usize,
+            _ => 5 - (u % 2) as usize * 4,
+        };
+        OSES[o.min(OSES.len() - 1)]
+    }
+
+    fn app_version(&self) -> String {
+        let u = self.user;
+        format!("{}.{}.{}", 3 + u % 3, u % 10, u % 4)
+    }
+
+    fn is_bot(&self) -> bool {
+        self.user % 50 == 7
+    }
+}
+
+impl Distributions {
+    fn new() -> Self {
+        Distributions {
+            users: Zipf::new(USERS as f64, 1.05).expect("valid zipf"),
+            urls: Zipf::new(URLS as f64, 1.1).expect("valid zipf"),
+            countries: Zipf::new(COUNTRIES as f64, 1.2).expect("valid zipf"),
+            latency: LogNormal::new(4.0, 0.8).expect("valid lognormal"),
+            event_cdf: cdf(&EVENT_WEIGHTS),
+            device_cdf: cdf(&DEVICE_WEIGHTS),
+        }
+    }
+
+    /// Draws one event's attributes (in a fixed order, so a seeded generator repeats).
+    fn draw(&self, r: &mut impl Rng) -> Draw {
+        let user = self.users.sample(r) as u64;
+        let event_type = EVENT_TYPES[pick(&self.event_cdf, r)];
+        let country = country(self.countries.sample(r) as u64 - 1);
+        let device = pick(&self.device_cdf, r);
+        let url = self.urls.sample(r) as u64;
+        let revenue =
+            (event_type == "purchase").then(|| (r.random_range(100..50_000) as f64) / 100.0);
+        let latency = (self.latency.sample(r) * 100.0).round() / 100.0;
+        Draw {
+            user,
+            event_type,
+            country,
+            device,
+            url,
+            revenue,
+            latency,
+        }
+    }
 }
 
 fn cdf(w: &[u32]) -> Vec<u32> {
@@ -130,12 +202,7 @@ impl EventGenerator {
             rng: StdRng::seed_from_u64(seed),
             next_ts: start_ms as f64,
             emitted: 0,
-            users: Zipf::new(USERS as f64, 1.05).expect("valid zipf"),
-            urls: Zipf::new(URLS as f64, 1.1).expect("valid zipf"),
-            countries: Zipf::new(COUNTRIES as f64, 1.2).expect("valid zipf"),
-            latency: LogNormal::new(4.0, 0.8).expect("valid lognormal"),
-            event_cdf: cdf(&EVENT_WEIGHTS),
-            device_cdf: cdf(&DEVICE_WEIGHTS),
+            dists: Distributions::new(),
         }
     }
 
@@ -166,29 +233,19 @@ impl EventGenerator {
                 0.0
             };
             ts.append_value((self.next_ts - jitter) as i64);
-            let u = self.users.sample(r) as u64;
+            let d = self.dists.draw(r);
+            let u = d.user;
             user.append_value(format!("u{u}"));
             session.append_value(format!("s{u}_{}", (self.next_ts as i64) / 1_800_000));
-            let e = pick(&self.event_cdf, r);
-            etype.append_value(EVENT_TYPES[e]);
-            ctry.append_value(country(self.countries.sample(r) as u64 - 1));
-            let d = pick(&self.device_cdf, r);
-            device.append_value(DEVICES[d]);
-            let o = match d {
-                0 => (u % 2) as usize,
-                1 => 2 + (u % 3) as usize,
-                _ => 5 - (u % 2) as usize * 4,
-            };
-            os.append_value(OSES[o.min(OSES.len() - 1)]);
-            ver.append_value(format!("{}.{}.{}", 3 + u % 3, u % 10, u % 4));
-            url.append_value(format!("/p/{}", self.urls.sample(r) as u64));
-            if EVENT_TYPES[e] == "purchase" {
-                revenue.append_value((r.random_range(100..50_000) as f64) / 100.0);
-            } else {
-                revenue.append_null();
-            }
-            latency.append_value((self.latency.sample(r) * 100.0).round() / 100.0);
-            bot.append_value(u % 50 == 7);
+            etype.append_value(d.event_type);
+            ctry.append_value(&d.country);
+            device.append_value(DEVICES[d.device]);
+            os.append_value(d.os());
+            ver.append_value(d.app_version());
+            url.append_value(format!("/p/{}", d.url));
+            revenue.append_option(d.revenue);
+            latency.append_value(d.latency);
+            bot.append_value(d.is_bot());
         }
         let cols: Vec<ArrayRef> = vec![
             Arc::new(event_id.finish()),
@@ -214,12 +271,7 @@ impl EventGenerator {
 /// consumer that re-reads an offset after a restart sees the message it saw before. Only the
 /// timestamp is the caller's (the time of production).
 pub struct MessageGenerator {
-    users: Zipf<f64>,
-    urls: Zipf<f64>,
-    countries: Zipf<f64>,
-    latency: LogNormal<f64>,
-    event_cdf: Vec<u32>,
-    device_cdf: Vec<u32>,
+    dists: Distributions,
 }
 
 impl Default for MessageGenerator {
@@ -231,12 +283,7 @@ impl Default for MessageGenerator {
 impl MessageGenerator {
     pub fn new() -> Self {
         MessageGenerator {
-            users: Zipf::new(USERS as f64, 1.05).expect("valid zipf"),
-            urls: Zipf::new(URLS as f64, 1.1).expect("valid zipf"),
-            countries: Zipf::new(COUNTRIES as f64, 1.2).expect("valid zipf"),
-            latency: LogNormal::new(4.0, 0.8).expect("valid lognormal"),
-            event_cdf: cdf(&EVENT_WEIGHTS),
-            device_cdf: cdf(&DEVICE_WEIGHTS),
+            dists: Distributions::new(),
         }
     }
 
@@ -249,37 +296,29 @@ impl MessageGenerator {
     pub fn write(&self, partition: i32, offset: i64, ts_ms: i64, out: &mut Vec<u8>) {
         let seed = (partition as u64) << 48 ^ offset as u64;
         let mut r = SmallRng::seed_from_u64(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        let u = self.users.sample(&mut r) as u64;
-        let e = pick(&self.event_cdf, &mut r);
-        let d = pick(&self.device_cdf, &mut r);
-        let o = match d {
-            0 => (u % 2) as usize,
-            1 => 2 + (u % 3) as usize,
-            _ => 5 - (u % 2) as usize * 4,
-        };
-        let ctry = country(self.countries.sample(&mut r) as u64 - 1);
-        let url = self.urls.sample(&mut r) as u64;
-        let latency = (self.latency.sample(&mut r) * 100.0).round() / 100.0;
+        let d = self.dists.draw(&mut r);
+        let u = d.user;
         let _ = write!(
             out,
-            "{{\"event_id\":\"{}\",\"ts\":{ts_ms},\"user_id\":\"u{u}\",\"session_id\":\"s{u}_{}\",\"event_type\":\"{}\",\"country\":\"{ctry}\",\"device\":\"{}\",\"os\":\"{}\",\"app_version\":\"{}.{}.{}\",\"url\":\"/p/{url}\",",
+            "{{\"event_id\":\"{}\",\"ts\":{ts_ms},\"user_id\":\"u{u}\",\"session_id\":\"s{u}_{}\",\"event_type\":\"{}\",\"country\":\"{}\",\"device\":\"{}\",\"os\":\"{}\",\"app_version\":\"{}\",\"url\":\"/p/{}\",",
             Self::event_id(partition, offset),
             ts_ms / 1_800_000,
-            EVENT_TYPES[e],
-            DEVICES[d],
-            OSES[o.min(OSES.len() - 1)],
-            3 + u % 3,
-            u % 10,
-            u % 4,
+            d.event_type,
+            d.country,
+            DEVICES[d.device],
+            d.os(),
+            d.app_version(),
+            d.url,
         );
-        if EVENT_TYPES[e] == "purchase" {
-            let _ = write!(
-                out,
-                "\"revenue\":{},",
-                (r.random_range(100..50_000) as f64) / 100.0
-            );
+        if let Some(revenue) = d.revenue {
+            let _ = write!(out, "\"revenue\":{revenue},");
         }
-        let _ = write!(out, "\"latency_ms\":{latency},\"is_bot\":{}}}", u % 50 == 7);
+        let _ = write!(
+            out,
+            "\"latency_ms\":{},\"is_bot\":{}}}",
+            d.latency,
+            d.is_bot()
+        );
     }
 }
 

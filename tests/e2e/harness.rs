@@ -128,6 +128,17 @@ where
     }
 }
 
+pub async fn get_text(client: &reqwest::Client, s: &Server, path: &str) -> String {
+    client
+        .get(s.url(path))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 pub async fn get_json(client: &reqwest::Client, s: &Server, path: &str) -> serde_json::Value {
     json_of(client.get(s.url(path))).await
 }

@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use crate::harness::{get_json, scalar, sql, Server};
+use crate::harness::{get_json, get_text, scalar, sql, Server};
 
 const SPEC: &str = include_str!("../../ingestion/src/gen_events_spec.json");
 
@@ -207,14 +207,7 @@ async fn create_ingest_query_restart() {
         .await
         .unwrap();
     assert_eq!(tables, json!({"tables": ["events"]}));
-    let metrics = c
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&c, &s, "/metrics").await;
     assert!(
         metrics.contains("basalt_ingested_rows_total{table=\"events\"} 81002"),
         "{metrics}"

@@ -15,9 +15,9 @@ use futures::TryStreamExt;
 use object_store::ObjectStore;
 use serde_json::{json, Value};
 
-use crate::harness::{drop_table, get_json, scalar, service_env, sql, wait_for, Server};
+use crate::harness::{drop_table, get_json, get_text, scalar, service_env, sql, wait_for, Server};
 use crate::kafka::{create_topic, produce_all, producer, unique, TestProducer};
-use crate::s3::s3_prefix;
+use crate::s3::{deep_store_objects, s3_prefix};
 
 const SPEC: &str = include_str!("../../ingestion/src/gen_events_spec.json");
 const PARTITIONS: i32 = 4;
@@ -109,6 +109,19 @@ async fn wait_count(c: &reqwest::Client, s: &Server, q: &str, want: u64) {
     }
 }
 
+/// A fresh topic, a server on a data dir of its own, and a table consuming the topic.
+async fn topic_and_table(
+    brokers: &str,
+) -> (String, String, tempfile::TempDir, Server, reqwest::Client) {
+    let (topic, table) = (unique("events"), unique("rt"));
+    create_topic(brokers, &topic, PARTITIONS).await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("data"), None);
+    let c = reqwest::Client::new();
+    create(&c, &s, &table_spec(&table, brokers, &topic, None)).await;
+    (topic, table, dir, s, c)
+}
+
 fn services_script(args: &[&str]) {
     let script = std::env::var("BASALT_SERVICES_SCRIPT").unwrap_or_else(|_| {
         concat!(env!("CARGO_MANIFEST_DIR"), "/tests/services/services.sh").into()
@@ -126,12 +139,8 @@ async fn exactly_n_events_with_quarantine_and_seals_under_concurrent_queries() {
         return;
     };
     let _serial = SERIAL.lock().await;
-    let (topic, table) = (unique("events"), unique("rt"));
-    create_topic(&brokers, &topic, PARTITIONS).await;
-    let dir = tempfile::tempdir().unwrap();
-    let s = Arc::new(Server::start(&dir.path().join("data"), None));
-    let c = reqwest::Client::new();
-    create(&c, &s, &table_spec(&table, &brokers, &topic, None)).await;
+    let (topic, table, _dir, s, c) = topic_and_table(&brokers).await;
+    let s = Arc::new(s);
 
     // A dashboard polling while events stream in and segments seal (max_rows 700): the
     // count never exceeds what was produced and never goes down.
@@ -257,14 +266,7 @@ async fn exactly_n_events_with_quarantine_and_seals_under_concurrent_queries() {
     assert!(t["stats"]["segments"].as_u64().unwrap() >= n / 700, "{t}");
 
     // The same figures as Prometheus metrics.
-    let metrics = c
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&c, &s, "/metrics").await;
     let total = |name: &str| -> u64 {
         metrics
             .lines()
@@ -314,13 +316,7 @@ async fn kill_9_restart_and_an_empty_data_dir_resume_exactly_once_from_s3() {
     s.kill();
 
     // The segments and checkpoints are in the bucket.
-    let (store, _) = basalt_ingest::store::open_deep_store(dir.path(), Some(&deep_store)).unwrap();
-    let objects: Vec<String> = store
-        .list(None)
-        .map_ok(|o| o.location.to_string())
-        .try_collect()
-        .await
-        .unwrap();
+    let (store, objects) = deep_store_objects(dir.path(), &deep_store).await;
     let segs = objects
         .iter()
         .filter(|p| p.starts_with(&format!("segments/{table}/")) && p.ends_with(".seg"))
@@ -366,12 +362,7 @@ async fn broker_stopped_and_restarted_mid_stream() {
         return;
     };
     let _serial = SERIAL.lock().await;
-    let (topic, table) = (unique("events"), unique("rt"));
-    create_topic(&brokers, &topic, PARTITIONS).await;
-    let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(&dir.path().join("data"), None);
-    let c = reqwest::Client::new();
-    create(&c, &s, &table_spec(&table, &brokers, &topic, None)).await;
+    let (topic, table, _dir, s, c) = topic_and_table(&brokers).await;
     let total = format!("SELECT count(*) FROM {table}");
     {
         let p = producer(&brokers);

@@ -26,6 +26,21 @@ pub fn s3_prefix(test: &str) -> Option<String> {
     Some(format!("{}/{test}-{nanos}", url.trim_end_matches('/')))
 }
 
+/// The deep store at `url` and the paths of every object in it.
+pub async fn deep_store_objects(
+    dir: &std::path::Path,
+    url: &str,
+) -> (Arc<dyn ObjectStore>, Vec<String>) {
+    let (store, _) = basalt_ingest::store::open_deep_store(dir, Some(url)).unwrap();
+    let objects = store
+        .list(None)
+        .map_ok(|o| o.location.to_string())
+        .try_collect()
+        .await
+        .unwrap();
+    (store, objects)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn metastore_contract_on_s3() {
     let Some(url) = s3_prefix("contract") else {
@@ -77,13 +92,7 @@ async fn s3_deep_store_is_the_source_of_truth() {
     s.kill();
 
     // The segment and the metastore state are objects in the bucket.
-    let (store, _) = basalt_ingest::store::open_deep_store(dir.path(), Some(&url)).unwrap();
-    let objects: Vec<String> = store
-        .list(None)
-        .map_ok(|o| o.location.to_string())
-        .try_collect()
-        .await
-        .unwrap();
+    let (store, objects) = deep_store_objects(dir.path(), &url).await;
     assert!(
         objects
             .iter()

@@ -49,33 +49,48 @@ start_s3() {
       -master.telemetry=false -webdav=false -admin.ui=false -s3.port="$S3_PORT" \
       -bucket=basalt >"$DIR/s3.log" 2>&1) &
   echo $! >"$DIR/s3.pid"
+  wait_ready s3 "SeaweedFS S3 ready on 127.0.0.1:$S3_PORT" s3_ready
+}
+
+# Unsigned requests get 403 once the S3 API answers; the bucket exists once HEAD says so.
+s3_ready() {
+  local code
+  code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$S3_PORT/basalt" || true)
+  [ "$code" != "000" ] && grep -q "S3 .*ready\|ready.*S3\|S3 *ready" "$DIR/s3.log" 2>/dev/null
+}
+
+# wait_ready NAME MESSAGE CHECK...: waits up to 60 s for CHECK to pass while the process in
+# $DIR/NAME.pid lives; on failure prints the end of $DIR/NAME.log and exits 1.
+wait_ready() {
+  local name=$1 message=$2
+  shift 2
   for _ in $(seq 120); do
-    # Unsigned requests get 403 once the S3 API answers; the bucket exists once HEAD says so.
-    code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$S3_PORT/basalt" || true)
-    if [ "$code" != "000" ] && grep -q "S3 .*ready\|ready.*S3\|S3 *ready" "$DIR/s3.log" 2>/dev/null; then
-      echo "SeaweedFS S3 ready on 127.0.0.1:$S3_PORT (pid $(cat "$DIR/s3.pid"))"
+    if "$@"; then
+      echo "$message (pid $(cat "$DIR/$name.pid"))"
       return
     fi
-    if ! kill -0 "$(cat "$DIR/s3.pid")" 2>/dev/null; then
+    if ! kill -0 "$(cat "$DIR/$name.pid")" 2>/dev/null; then
       break
     fi
     sleep 0.5
   done
-  echo "SeaweedFS did not start; its log:" >&2
-  tail -50 "$DIR/s3.log" >&2 || true
+  echo "$name did not start; its log:" >&2
+  tail -50 "$DIR/$name.log" >&2 || true
   exit 1
 }
 
-stop_s3() {
-  if [ -f "$DIR/s3.pid" ]; then
-    pid=$(cat "$DIR/s3.pid")
+# stop_service NAME: stops the process in $DIR/NAME.pid (TERM, then KILL after 10 s).
+stop_service() {
+  local pid
+  if [ -f "$DIR/$1.pid" ]; then
+    pid=$(cat "$DIR/$1.pid")
     kill "$pid" 2>/dev/null || true
     for _ in $(seq 20); do
       kill -0 "$pid" 2>/dev/null || break
       sleep 0.5
     done
     kill -9 "$pid" 2>/dev/null || true
-    rm -f "$DIR/s3.pid"
+    rm -f "$DIR/$1.pid"
   fi
 }
 
@@ -99,39 +114,14 @@ start_kafka() {
       --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
       --storage-engine "sqlite://tansu.db" >>"$DIR/kafka.log" 2>&1) &
   echo $! >"$DIR/kafka.pid"
-  for _ in $(seq 120); do
-    if port_open "$KAFKA_PORT"; then
-      echo "tansu (Kafka API) ready on 127.0.0.1:$KAFKA_PORT (pid $(cat "$DIR/kafka.pid"))"
-      return
-    fi
-    if ! kill -0 "$(cat "$DIR/kafka.pid")" 2>/dev/null; then
-      break
-    fi
-    sleep 0.5
-  done
-  echo "tansu did not start; its log:" >&2
-  tail -50 "$DIR/kafka.log" >&2 || true
-  exit 1
-}
-
-stop_kafka() {
-  if [ -f "$DIR/kafka.pid" ]; then
-    pid=$(cat "$DIR/kafka.pid")
-    kill "$pid" 2>/dev/null || true
-    for _ in $(seq 20); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.5
-    done
-    kill -9 "$pid" 2>/dev/null || true
-    rm -f "$DIR/kafka.pid"
-  fi
+  wait_ready kafka "tansu (Kafka API) ready on 127.0.0.1:$KAFKA_PORT" port_open "$KAFKA_PORT"
 }
 
 case "${1:-}" in
   start) start_s3; start_kafka ;;
-  stop) stop_kafka; stop_s3 ;;
+  stop) stop_service kafka; stop_service s3 ;;
   env) env_lines ;;
   kafka-start) start_kafka ;;
-  kafka-stop) stop_kafka ;;
+  kafka-stop) stop_service kafka ;;
   *) echo "usage: $0 start|stop|env|kafka-start|kafka-stop" >&2; exit 2 ;;
 esac

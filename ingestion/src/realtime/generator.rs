@@ -71,13 +71,6 @@ impl GeneratorStream {
 }
 
 impl Source for GeneratorStream {
-    fn describe(&self) -> String {
-        format!(
-            "generator of {} events/s in {} partitions",
-            self.spec.events_per_second, self.spec.partitions
-        )
-    }
-
     fn partitions(&mut self, _timeout: Duration) -> Result<Vec<i32>, SourceError> {
         Ok((0..self.spec.partitions).collect())
     }

@@ -50,7 +50,6 @@ impl ConsumerContext for Ctx {}
 pub struct KafkaStream {
     consumer: BaseConsumer<Ctx>,
     topic: String,
-    brokers: String,
     start: Offset,
 }
 
@@ -103,7 +102,6 @@ impl KafkaStream {
         Ok(KafkaStream {
             consumer,
             topic: spec.topic.clone(),
-            brokers: spec.brokers.clone(),
             start: if spec.start == "latest" {
                 Offset::End
             } else {
@@ -124,10 +122,6 @@ impl KafkaStream {
 }
 
 impl Source for KafkaStream {
-    fn describe(&self) -> String {
-        format!("kafka topic {:?} at {}", self.topic, self.brokers)
-    }
-
     fn partitions(&mut self, timeout: Duration) -> Result<Vec<i32>, SourceError> {
         let md = self
             .consumer

@@ -106,10 +106,24 @@ impl Ctx {
     fn set_state(&self, state: IngestionState, error: Option<String>) {
         let mut s = self.status.lock();
         s.state = state;
-        s.broker_reachable = !matches!(state, IngestionState::BrokerUnreachable)
-            && (s.broker_reachable || state == IngestionState::Consuming);
+        s.broker_reachable = match state {
+            IngestionState::Consuming => true,
+            IngestionState::BrokerUnreachable => false,
+            _ => s.broker_reachable,
+        };
         if error.is_some() || state == IngestionState::Consuming {
             s.error = error;
+        }
+    }
+
+    /// The source answered: consuming again if it was not (the error is cleared).
+    fn reachable(&self) {
+        let mut s = self.status.lock();
+        if s.state == IngestionState::Consuming {
+            s.broker_reachable = true;
+        } else {
+            drop(s);
+            self.set_state(IngestionState::Consuming, None);
         }
     }
 }
@@ -122,14 +136,7 @@ impl Ingester {
             .spec
             .source
             .as_ref()
-            .map(|s| match (&s.kafka, &s.generator) {
-                (Some(k), _) => format!("kafka topic {:?} at {}", k.topic, k.brokers),
-                (None, Some(g)) => format!(
-                    "generator of {} events/s in {} partitions",
-                    g.events_per_second, g.partitions
-                ),
-                _ => "none".into(),
-            })
+            .map(source::describe)
             .unwrap_or_default();
         let status = Arc::new(Mutex::new(IngestionStatus::new(&table.spec.name, describe)));
         let stop = Arc::new(AtomicBool::new(false));
@@ -306,7 +313,7 @@ fn session(ctx: &Arc<Ctx>) -> Result<(), String> {
     for p in partitions {
         s.add_partition(p, checkpoints.get(&p).copied());
     }
-    info!(table = %t.spec.name, source = %source.describe(), checkpoints = ?checkpoints, "real-time ingestion started");
+    info!(table = %t.spec.name, source = %source::describe(spec), checkpoints = ?checkpoints, "real-time ingestion started");
     let result = s.consume(source.as_mut());
     // Whatever is not sealed is dropped from the view; it is read again from the checkpoint.
     let retired = s.sealer.stop();
@@ -402,11 +409,8 @@ impl Session<'_> {
                 })
             };
             match polled {
-                Ok(got) => {
-                    if got && ctx.status.lock().state != IngestionState::Consuming {
-                        ctx.set_state(IngestionState::Consuming, None);
-                    }
-                }
+                Ok(true) => ctx.reachable(),
+                Ok(false) => {}
                 Err(SourceError::Unreachable(e)) => {
                     ctx.set_state(IngestionState::BrokerUnreachable, Some(e));
                     ctx.pause(Duration::from_millis(200));
@@ -522,13 +526,7 @@ impl Session<'_> {
             match source.high_watermark(id, Duration::from_secs(1)) {
                 Ok(hw) => {
                     self.parts.get_mut(&id).expect("known").high_watermark = Some(hw);
-                    let mut s = self.ctx.status.lock();
-                    if s.state == IngestionState::BrokerUnreachable {
-                        drop(s);
-                        self.ctx.set_state(IngestionState::Consuming, None);
-                    } else {
-                        s.broker_reachable = true;
-                    }
+                    self.ctx.reachable();
                 }
                 Err(SourceError::Unreachable(e)) => {
                     self.ctx

@@ -39,8 +39,6 @@ impl std::fmt::Display for SourceError {
 }
 
 pub trait Source: Send {
-    /// What is being consumed, for status reports.
-    fn describe(&self) -> String;
     /// The stream's partitions.
     fn partitions(&mut self, timeout: Duration) -> Result<Vec<i32>, SourceError>;
     /// Reads `partitions` from the given positions (`None`: the spec's start position);
@@ -56,6 +54,18 @@ pub trait Source: Send {
     fn high_watermark(&mut self, partition: i32, timeout: Duration) -> Result<i64, SourceError>;
     /// Records consumed positions with the broker (for lag monitoring; best effort).
     fn commit(&mut self, positions: &[(i32, i64)]);
+}
+
+/// What a spec's source consumes, for status reports and logs.
+pub fn describe(spec: &SourceSpec) -> String {
+    match (&spec.kafka, &spec.generator) {
+        (Some(k), _) => format!("kafka topic {:?} at {}", k.topic, k.brokers),
+        (None, Some(g)) => format!(
+            "generator of {} events/s in {} partitions",
+            g.events_per_second, g.partitions
+        ),
+        (None, None) => "no source".into(),
+    }
 }
 
 /// Opens the source a spec names.
