@@ -7,6 +7,8 @@ pub mod http;
 pub mod metrics;
 pub mod response;
 pub mod source;
+#[cfg(test)]
+mod upsert_tests;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use basalt_ingest::quarantine::quarantine_schema;
 use basalt_ingest::TableStore;
 use basalt_query::{TableSnapshot, TableSource};
+use basalt_segment::RoaringBitmap;
 
 /// The suffix naming a table's quarantine.
 pub const QUARANTINE_SUFFIX: &str = "$quarantine";
@@ -47,21 +48,52 @@ impl TableSource for StoreSource {
         } else {
             (&view.segments, t.schema.clone())
         };
+        // Upsert tables: only valid docs. The view's bitmaps were installed after the rows
+        // they cover were appended, so rows appended since are beyond them (not valid yet).
+        let valid_docs = view.valid.as_ref().filter(|_| !quarantine);
+        let none = Arc::new(RoaringBitmap::new());
+        let valid_of = |id: &str| valid_docs.and_then(|v| v.get(id)).unwrap_or(&none);
         let mut segments: Vec<_> = sealed.iter().map(|s| s.reader.clone()).collect();
+        let mut valid: Vec<Arc<RoaringBitmap>> = match valid_docs {
+            Some(_) => sealed
+                .iter()
+                .map(|s| valid_of(&s.meta.id).clone())
+                .collect(),
+            None => Vec::new(),
+        };
         for part in &view.mutable {
             let m = if quarantine {
                 &part.quarantine
             } else {
                 &part.rows
             };
-            segments.extend(m.snapshot().map_err(|e| {
-                format!("freezing partition {}'s recent rows: {e}", part.partition)
-            })?);
+            let chunks = m
+                .snapshot_chunks()
+                .map_err(|e| format!("freezing partition {}'s recent rows: {e}", part.partition))?;
+            for (reader, start) in chunks {
+                if valid_docs.is_some() {
+                    let all = valid_of(&part.segment_id);
+                    valid.push(Arc::new(slice(all, start, reader.row_count())));
+                }
+                segments.push(reader);
+            }
         }
         Ok(Some(TableSnapshot {
             name: name.to_string(),
             schema,
             segments,
+            valid,
         }))
     }
+}
+
+/// The docs of `bm` in `start..start + len`, renumbered from 0 (a mutable chunk's share of
+/// its part's valid docs).
+fn slice(bm: &Arc<RoaringBitmap>, start: u32, len: u32) -> RoaringBitmap {
+    if start == 0 && bm.max().is_none_or(|m| m < len) {
+        return RoaringBitmap::clone(bm);
+    }
+    let end = start.saturating_add(len);
+    RoaringBitmap::from_sorted_iter(bm.range(start..end).map(|d| d - start))
+        .expect("a range of a bitmap is sorted")
 }

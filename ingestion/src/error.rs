@@ -47,6 +47,10 @@ pub enum IngestError {
         from: Option<i64>,
         to: i64,
     },
+    #[error("persisted state is damaged: {0}")]
+    Corrupt(String),
+    #[error("upsert/dedup state: {0}")]
+    Keyed(String),
     #[error("invalid deep store url {0:?}: {1}")]
     DeepStore(String, String),
 }

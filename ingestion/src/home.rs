@@ -22,20 +22,29 @@ use tracing::warn;
 use crate::error::{IngestError, Result};
 use crate::metastore::{Metastore, ObjectStoreMetastore, SegmentMeta, TableState};
 
-/// Which of a table's segment sets a segment belongs to.
+/// Which of a table's object sets an object belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SegmentKind {
     /// The table's rows.
     Rows,
     /// Quarantined messages (`<table>$quarantine`).
     Quarantine,
+    /// Keyed snapshots of upsert and dedup tables (not segments).
+    KeyedSnapshot,
 }
 
 impl SegmentKind {
+    const ALL: [SegmentKind; 3] = [
+        SegmentKind::Rows,
+        SegmentKind::Quarantine,
+        SegmentKind::KeyedSnapshot,
+    ];
+
     pub fn prefix(self, table: &str) -> ObjPath {
         match self {
             SegmentKind::Rows => ObjPath::from(format!("segments/{table}")),
             SegmentKind::Quarantine => ObjPath::from(format!("quarantine/{table}")),
+            SegmentKind::KeyedSnapshot => ObjPath::from(format!("keyed/{table}")),
         }
     }
 }
@@ -212,6 +221,25 @@ impl Home {
         }
     }
 
+    /// Writes a small object (a keyed snapshot).
+    pub async fn put_object(&self, path: &str, bytes: Vec<u8>) -> Result<()> {
+        self.store
+            .put(&ObjPath::from(path), PutPayload::from(bytes))
+            .await?;
+        Ok(())
+    }
+
+    pub async fn get_object(&self, path: &str) -> Result<Bytes> {
+        Ok(self.store.get(&ObjPath::from(path)).await?.bytes().await?)
+    }
+
+    /// Deletes an object, logging failure (what is left is removed at the next start).
+    pub async fn delete_object(&self, path: &str) {
+        if let Err(e) = self.store.delete(&ObjPath::from(path)).await {
+            warn!(path, error = %e, "could not delete an object; it is removed at next start");
+        }
+    }
+
     /// Deletes segment objects of the table that `state` does not list (left by a crashed
     /// ingest or seal).
     pub async fn cleanup_unpublished(&self, state: &TableState) -> Result<()> {
@@ -220,8 +248,9 @@ impl Home {
             .iter()
             .chain(&state.quarantine)
             .map(|s| s.path.as_str())
+            .chain(state.keyed_snapshots.values().map(|p| p.as_str()))
             .collect();
-        for kind in [SegmentKind::Rows, SegmentKind::Quarantine] {
+        for kind in SegmentKind::ALL {
             let objects: Vec<_> = self
                 .store
                 .list(Some(&kind.prefix(&state.spec.name)))
@@ -239,7 +268,7 @@ impl Home {
 
     /// Deletes every segment object of a table and its local cache.
     pub async fn delete_table_objects(&self, table: &str) -> Result<()> {
-        for kind in [SegmentKind::Rows, SegmentKind::Quarantine] {
+        for kind in SegmentKind::ALL {
             let objects: Vec<_> = self
                 .store
                 .list(Some(&kind.prefix(table)))

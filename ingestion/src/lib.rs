@@ -18,6 +18,7 @@ pub mod quarantine;
 pub mod realtime;
 pub mod spec;
 pub mod store;
+pub mod upsert;
 
 pub use decode::Format;
 pub use error::{IngestError, Result};

@@ -60,6 +60,10 @@ pub struct TableState {
     /// checkpoints that cover them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub quarantine: Vec<SegmentMeta>,
+    /// Upsert and dedup tables: per partition, the object holding its keyed snapshot (valid
+    /// docs and tombstones of its segments) as of its checkpoint.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub keyed_snapshots: BTreeMap<i32, String>,
 }
 
 impl TableState {
@@ -70,6 +74,7 @@ impl TableState {
             segments: Vec::new(),
             checkpoints: BTreeMap::new(),
             quarantine: Vec::new(),
+            keyed_snapshots: BTreeMap::new(),
         }
     }
 }
@@ -135,6 +140,8 @@ pub struct Publish<'a> {
     pub segments: &'a [SegmentMeta],
     pub quarantine: &'a [SegmentMeta],
     pub deltas: &'a [CheckpointDelta],
+    /// Keyed snapshots replacing the partitions' previous ones.
+    pub snapshots: &'a [(i32, String)],
 }
 
 /// Publishes segments and quarantine segments and advances checkpoints by the deltas in one
@@ -149,6 +156,7 @@ pub async fn publish(
         segments,
         quarantine,
         deltas,
+        snapshots,
     } = change;
     const ATTEMPTS: usize = 16;
     for attempt in 1..=ATTEMPTS {
@@ -160,6 +168,7 @@ pub async fn publish(
         apply_deltas(table, &mut next.checkpoints, deltas)?;
         next.segments.extend(segments.iter().cloned());
         next.quarantine.extend(quarantine.iter().cloned());
+        next.keyed_snapshots.extend(snapshots.iter().cloned());
         match ms.commit(table, cur.version, &next).await {
             Ok(version) => {
                 return Ok(Versioned {
@@ -436,6 +445,7 @@ pub mod contract {
                 segments,
                 quarantine: &[],
                 deltas,
+                snapshots: &[],
             }
         }
         publish(&*ms, t, pub_(&[segment("s2")], &[d(None, 10)]))

@@ -116,6 +116,16 @@ impl MutableSegment {
 
     /// Immutable chunks holding every row appended so far, for one query.
     pub fn snapshot(&self) -> Result<Vec<Arc<SegmentReader>>> {
+        Ok(self
+            .snapshot_chunks()?
+            .into_iter()
+            .map(|(r, _)| r)
+            .collect())
+    }
+
+    /// Like [`MutableSegment::snapshot`], with the position of each chunk's first row among
+    /// all appended rows (what the valid docs of an upsert table are numbered by).
+    pub fn snapshot_chunks(&self) -> Result<Vec<(Arc<SegmentReader>, u32)>> {
         let mut st = self.state.lock();
         if !st.pending.is_empty() {
             let batches = std::mem::take(&mut st.pending);
@@ -148,7 +158,34 @@ impl MutableSegment {
                 });
             }
         }
-        Ok(st.chunks.iter().map(|c| c.reader.clone()).collect())
+        let mut start = 0u32;
+        Ok(st
+            .chunks
+            .iter()
+            .map(|c| {
+                let at = start;
+                start += c.rows as u32;
+                (c.reader.clone(), at)
+            })
+            .collect())
+    }
+
+    /// Row `doc` (in arrival order) as a one-row batch of the ingest schema.
+    pub fn row(&self, doc: usize) -> Option<RecordBatch> {
+        let st = self.state.lock();
+        let mut at = doc;
+        for b in st
+            .chunks
+            .iter()
+            .flat_map(|c| c.batches.iter())
+            .chain(st.pending.iter())
+        {
+            if at < b.num_rows() {
+                return Some(b.slice(at, 1));
+            }
+            at -= b.num_rows();
+        }
+        None
     }
 
     /// Every appended row, in arrival order (what a seal builds the segment from).
@@ -167,14 +204,23 @@ impl MutableSegment {
 #[derive(Debug)]
 pub struct MutablePart {
     pub partition: i32,
+    /// The id its rows segment gets when sealed (known in advance: an upsert table's
+    /// valid docs are kept by segment id across the seal).
+    pub segment_id: String,
     pub rows: MutableSegment,
     pub quarantine: MutableSegment,
 }
 
 impl MutablePart {
-    pub fn new(partition: i32, rows: MutableSegment, quarantine: MutableSegment) -> Self {
+    pub fn new(
+        partition: i32,
+        segment_id: String,
+        rows: MutableSegment,
+        quarantine: MutableSegment,
+    ) -> Self {
         MutablePart {
             partition,
+            segment_id,
             rows,
             quarantine,
         }

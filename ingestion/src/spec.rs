@@ -25,6 +25,46 @@ pub struct TableSpec {
     /// the server's deep store.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deep_store: Option<String>,
+    /// Columns whose values identify an entity (upsert and dedup tables).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub primary_key: Vec<String>,
+    /// Keep one current row per primary key (Pinot's upsert).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upsert: Option<UpsertSpec>,
+    /// Drop rows whose primary key was already seen (Pinot's dedup).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedup: Option<DedupSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpsertSpec {
+    /// `FULL` (a new row replaces the key's row) or `PARTIAL` (merged column by column).
+    pub mode: String,
+    /// The column that orders a key's rows (default: the time column): a row with a smaller
+    /// value than the key's current row is ignored; on equal values the later arrival wins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comparison_column: Option<String>,
+    /// A BOOLEAN column: a row with `true` hides its key until the next accepted row.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delete_column: Option<String>,
+    /// PARTIAL only: column → OVERWRITE, IGNORE, INCREMENT, MAX, MIN, APPEND or UNION.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub partial_strategies: std::collections::BTreeMap<String, String>,
+    /// Forget keys whose comparison value is older than the largest seen minus this, e.g.
+    /// `7d` (the comparison column must be the time column or hold epoch milliseconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata_ttl: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DedupSpec {
+    pub enabled: bool,
+    /// Keys are remembered this long after the largest time seen, e.g. `1d` (default:
+    /// forever).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -37,6 +77,17 @@ pub struct SourceSpec {
     /// broker and goes through the same decode, mutable segment, seal and checkpoint path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generator: Option<GeneratorSource>,
+    /// An in-process topic written by the embedding program (tests, embedding).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<MemorySource>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemorySource {
+    pub topic: String,
+    #[serde(default = "default_generator_partitions")]
+    pub partitions: i32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -349,12 +400,18 @@ impl TableSpec {
         }
         self.max_bytes()?;
         if let Some(src) = &self.source {
-            match (&src.kafka, &src.generator) {
-                (Some(k), None) => k.validate()?,
-                (None, Some(g)) => g.validate()?,
+            match (&src.kafka, &src.generator, &src.memory) {
+                (Some(k), None, None) => k.validate()?,
+                (None, Some(g), None) => g.validate()?,
+                (None, None, Some(m)) if (1..=1024).contains(&m.partitions) => {}
+                (None, None, Some(_)) => {
+                    return Err(spec_err(
+                        "source.memory.partitions: must be between 1 and 1024",
+                    ))
+                }
                 _ => {
                     return Err(spec_err(
-                        "source: name exactly one of \"kafka\" or \"generator\"",
+                        "source: name exactly one of \"kafka\", \"generator\" or \"memory\"",
                     ))
                 }
             }
@@ -366,7 +423,16 @@ impl TableSpec {
                 )));
             }
         }
+        crate::upsert::config::validate(self)?;
         Ok(())
+    }
+
+    /// The column's declared type, for a validated spec.
+    pub fn column_type(&self, name: &str) -> Option<ColumnType> {
+        self.columns
+            .iter()
+            .find(|c| c.name == name)
+            .and_then(|c| ColumnType::parse(&c.ty))
     }
 
     /// `segment.max_bytes` in bytes, if set.
@@ -378,8 +444,18 @@ impl TableSpec {
             .transpose()
     }
 
-    /// The segment schema; call only on a validated spec.
+    /// The segment schema; call only on a validated spec. The time column, primary key
+    /// columns and an upsert's comparison column are never null.
     pub fn segment_schema(&self) -> SegmentSchema {
+        let comparison = self
+            .upsert
+            .as_ref()
+            .and_then(|u| u.comparison_column.as_deref());
+        let required = |name: &str| {
+            name == self.time_column
+                || self.primary_key.iter().any(|k| k == name)
+                || comparison == Some(name)
+        };
         SegmentSchema {
             columns: self
                 .columns
@@ -387,7 +463,7 @@ impl TableSpec {
                 .map(|c| ColumnDef {
                     name: c.name.clone(),
                     ty: ColumnType::parse(&c.ty).expect("validated type"),
-                    nullable: c.name != self.time_column && c.nullable.unwrap_or(true),
+                    nullable: !required(&c.name) && c.nullable.unwrap_or(true),
                     indexes: c.index.iter().filter_map(|k| parse_index(k)).collect(),
                 })
                 .collect(),

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arrow::record_batch::RecordBatch;
-use basalt_segment::{build_segment, BuildOptions, SegmentReader, SegmentSchema};
+use basalt_segment::{build_segment, BuildOptions, RoaringBitmap, SegmentReader, SegmentSchema};
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
@@ -40,13 +40,21 @@ pub struct LoadedSegment {
     pub reader: Arc<SegmentReader>,
 }
 
+/// Valid docs of an upsert table: segment id (a mutable part's is its future segment's) →
+/// the docs holding a key's current row. A segment without an entry has none.
+pub type ValidDocs = HashMap<String, Arc<RoaringBitmap>>;
+
 /// What a query of a table sees: replaced as a whole, never mutated.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct TableView {
     pub segments: Vec<Arc<LoadedSegment>>,
     pub quarantine: Vec<Arc<LoadedSegment>>,
     /// Real-time rows not sealed yet, per partition (a partition being sealed has two).
     pub mutable: Vec<Arc<MutablePart>>,
+    /// Upsert tables only. Rows are appended to a mutable part before the view with their
+    /// valid docs is installed, so a query sees either a flush's rows and their valid docs
+    /// or neither (rows past the bitmaps it holds are not valid to it).
+    pub valid: Option<Arc<ValidDocs>>,
 }
 
 /// One table: its spec, its home and its current view.
@@ -106,34 +114,57 @@ impl Table {
         self.realtime.lock().as_ref().map(|i| i.status())
     }
 
+    /// Replaces the view with a changed copy of it.
+    pub(crate) fn change_view(&self, f: impl FnOnce(&mut TableView)) {
+        let mut v = self.view.write();
+        let mut next = TableView::clone(&v);
+        f(&mut next);
+        *v = Arc::new(next);
+    }
+
     /// Adds a partition's new mutable segment to the view (the ingester's rotation).
     pub(crate) fn add_mutable(&self, part: Arc<MutablePart>) {
-        let mut v = self.view.write();
-        let mut mutable = v.mutable.clone();
-        mutable.push(part);
-        *v = Arc::new(TableView {
-            segments: v.segments.clone(),
-            quarantine: v.quarantine.clone(),
-            mutable,
-        });
+        self.change_view(|v| v.mutable.push(part));
     }
 
     /// Removes mutable segments from the view without publishing them (an ingester restart:
-    /// their offsets are consumed again from the checkpoint).
-    pub(crate) fn remove_mutable(&self, parts: &[Arc<MutablePart>]) {
-        let mut v = self.view.write();
-        let mutable = v
-            .mutable
-            .iter()
-            .filter(|p| !parts.iter().any(|r| Arc::ptr_eq(p, r)))
-            .cloned()
-            .collect();
-        *v = Arc::new(TableView {
-            segments: v.segments.clone(),
-            quarantine: v.quarantine.clone(),
-            mutable,
+    /// their offsets are consumed again from the checkpoint); an upsert table's valid docs
+    /// become `valid` in the same step.
+    pub(crate) fn remove_mutable(&self, parts: &[Arc<MutablePart>], valid: Option<ValidDocs>) {
+        self.change_view(|v| {
+            v.mutable
+                .retain(|p| !parts.iter().any(|r| Arc::ptr_eq(p, r)));
+            if let Some(valid) = valid {
+                v.valid = Some(Arc::new(valid));
+            }
         });
     }
+
+    /// Installs changed valid docs (after the rows they cover were appended).
+    pub(crate) fn update_valid(&self, changes: Vec<(String, Arc<RoaringBitmap>)>) {
+        if changes.is_empty() {
+            return;
+        }
+        self.change_view(|v| {
+            let mut valid = v.valid.as_deref().cloned().unwrap_or_default();
+            valid.extend(changes);
+            v.valid = Some(Arc::new(valid));
+        });
+    }
+}
+
+/// What one [`TableStore::publish`] commits and swaps into the view.
+#[derive(Default)]
+pub(crate) struct PublishChange<'a> {
+    pub staged: &'a [Arc<LoadedSegment>],
+    pub staged_quarantine: &'a [Arc<LoadedSegment>],
+    pub deltas: &'a [CheckpointDelta],
+    /// Keyed snapshot objects replacing the partitions' previous ones.
+    pub snapshots: &'a [(i32, String)],
+    /// The mutable part the staged segments hold the rows of.
+    pub retire: Option<&'a Arc<MutablePart>>,
+    /// Valid docs of the staged segments (upsert tables).
+    pub valid: Vec<(String, Arc<RoaringBitmap>)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -155,6 +186,17 @@ pub struct StoreConfig {
     /// `None` (default): `<data_dir>/deepstore`. Otherwise a `file://` or `s3://bucket/prefix` URL.
     pub deep_store: Option<String>,
     pub build: BuildOptions,
+}
+
+impl StoreConfig {
+    /// Everything under `data_dir`, default build options.
+    pub fn local(data_dir: &std::path::Path) -> StoreConfig {
+        StoreConfig {
+            data_dir: data_dir.to_path_buf(),
+            deep_store: None,
+            build: BuildOptions::default(),
+        }
+    }
 }
 
 pub struct TableStore {
@@ -280,6 +322,7 @@ impl TableStore {
             segments: load_segments(&home, &state.spec.name, &state.segments, &[]).await?,
             quarantine: load_segments(&home, &state.spec.name, &state.quarantine, &[]).await?,
             mutable: Vec::new(),
+            valid: None,
         };
         info!(table = %state.spec.name, segments = view.segments.len(), deep_store = %home.describe(), "loaded table");
         let table = Arc::new(Table::new(state.spec, home, view));
@@ -426,7 +469,15 @@ impl TableStore {
             }
         };
         let rows = staged.iter().map(|s| s.meta.rows).sum();
-        let published = self.publish(&t, &staged, &[], &[], None).await;
+        let published = self
+            .publish(
+                &t,
+                PublishChange {
+                    staged: &staged,
+                    ..Default::default()
+                },
+            )
+            .await;
         release_freed_memory();
         if let Err(e) = published {
             self.delete_staged(&t, &staged).await;
@@ -440,17 +491,18 @@ impl TableStore {
         t.home.delete_staged(&t.spec.name, &metas).await;
     }
 
-    /// Publishes staged segments, quarantine segments and checkpoint deltas in one metastore
-    /// commit, then swaps the view: the new segments in, the `retire`d mutable segment (whose
-    /// rows they hold) out, in one step.
-    pub(crate) async fn publish(
-        &self,
-        t: &Table,
-        staged: &[Arc<LoadedSegment>],
-        staged_quarantine: &[Arc<LoadedSegment>],
-        deltas: &[CheckpointDelta],
-        retire: Option<&Arc<MutablePart>>,
-    ) -> Result<()> {
+    /// Publishes staged segments, quarantine segments, checkpoint deltas and keyed
+    /// snapshots in one metastore commit, then swaps the view: the new segments in, the
+    /// `retire`d mutable segment (whose rows they hold) out, valid docs changed, in one step.
+    pub(crate) async fn publish(&self, t: &Table, change: PublishChange<'_>) -> Result<()> {
+        let PublishChange {
+            staged,
+            staged_quarantine,
+            deltas,
+            snapshots,
+            retire,
+            valid,
+        } = change;
         if staged.is_empty() && staged_quarantine.is_empty() && deltas.is_empty() {
             return Ok(());
         }
@@ -470,6 +522,7 @@ impl TableStore {
                 segments: &metas,
                 quarantine: &qmetas,
                 deltas,
+                snapshots,
             },
         )
         .await?;
@@ -484,20 +537,17 @@ impl TableStore {
         let mut known_q = cur.quarantine.clone();
         known_q.extend(staged_quarantine.iter().cloned());
         let quarantine = load_published(t, &state.value.quarantine, known_q).await;
-        {
-            let mut v = t.view.write();
-            let mutable = v
-                .mutable
-                .iter()
-                .filter(|p| retire.is_none_or(|r| !Arc::ptr_eq(p, r)))
-                .cloned()
-                .collect();
-            *v = Arc::new(TableView {
-                segments,
-                quarantine,
-                mutable,
-            });
-        }
+        t.change_view(|v| {
+            v.mutable
+                .retain(|p| retire.is_none_or(|r| !Arc::ptr_eq(p, r)));
+            v.segments = segments;
+            v.quarantine = quarantine;
+            if !valid.is_empty() {
+                let mut all = v.valid.as_deref().cloned().unwrap_or_default();
+                all.extend(valid);
+                v.valid = Some(Arc::new(all));
+            }
+        });
         info!(table = %t.spec.name, segments = staged.len(), quarantine_segments = staged_quarantine.len(), rows = staged.iter().map(|s| s.meta.rows).sum::<u64>(), "published segments");
         Ok(())
     }
@@ -536,7 +586,14 @@ impl TableStore {
                             if failed.load(Ordering::Relaxed) {
                                 continue;
                             }
-                            match self.stage(t, SegmentKind::Rows, &t.schema, &batches, handle) {
+                            match self.stage(
+                                t,
+                                SegmentKind::Rows,
+                                &t.schema,
+                                &batches,
+                                None,
+                                handle,
+                            ) {
                                 Ok(s) => staged.push(s),
                                 Err(e) => {
                                     failed.store(true, Ordering::Relaxed);
@@ -636,10 +693,11 @@ impl TableStore {
         kind: SegmentKind,
         schema: &SegmentSchema,
         batches: &[RecordBatch],
+        id: Option<String>,
         handle: &tokio::runtime::Handle,
     ) -> Result<Arc<LoadedSegment>> {
         let bytes = Bytes::from(build_segment(schema, batches, &self.build)?);
-        let id = self.new_segment_id(&t.spec.name);
+        let id = id.unwrap_or_else(|| self.new_segment_id(&t.spec.name));
         let (meta, reader) = handle.block_on(t.home.stage(&t.spec.name, kind, id, bytes))?;
         Ok(Arc::new(LoadedSegment { meta, reader }))
     }

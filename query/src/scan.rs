@@ -173,10 +173,12 @@ impl Matched {
     }
 }
 
-/// The docs of `seg` that satisfy `predicate`, counted into `stats`; `None` when the segment's
-/// statistics rule it out without evaluating the predicate.
+/// The docs of `seg` that satisfy `predicate` and are `valid` (upsert tables), counted into
+/// `stats`; `None` when the segment's statistics rule it out without evaluating the
+/// predicate, or it has no valid doc.
 pub(crate) fn matching_docs(
     seg: &SegmentReader,
+    valid: Option<&Arc<RoaringBitmap>>,
     predicate: Option<&Predicate>,
     stats: &ScanStats,
 ) -> DfResult<Option<Matched>> {
@@ -184,8 +186,15 @@ pub(crate) fn matching_docs(
     stats
         .total_docs
         .fetch_add(seg.row_count() as u64, Ordering::Relaxed);
+    if valid.is_some_and(|v| v.is_empty()) {
+        stats.segments_pruned.fetch_add(1, Ordering::Relaxed);
+        return Ok(None);
+    }
     let matched = match predicate {
-        None => Matched::All(seg.row_count()),
+        None => match valid {
+            Some(v) => Matched::Some(RoaringBitmap::clone(v)),
+            None => Matched::All(seg.row_count()),
+        },
         Some(p) => {
             let keep = may_match(seg, p).map_err(|e| DataFusionError::External(Box::new(e)))?;
             if !keep {
@@ -204,7 +213,10 @@ pub(crate) fn matching_docs(
             stats
                 .blocks_skipped
                 .fetch_add(es.blocks_skipped, Ordering::Relaxed);
-            Matched::Some(bm)
+            match valid {
+                Some(v) => Matched::Some(bm & v.as_ref()),
+                None => Matched::Some(bm),
+            }
         }
     };
     if matched.len() > 0 {
@@ -231,7 +243,7 @@ impl DisplayAs for SegmentScanExec {
 }
 
 struct PartitionState {
-    segments: Vec<Arc<SegmentReader>>,
+    segments: Vec<(Arc<SegmentReader>, Option<Arc<RoaringBitmap>>)>,
     next_segment: usize,
     /// Matched docs of the current segment and how many were emitted.
     docs: Vec<u32>,
@@ -276,7 +288,12 @@ impl ExecutionPlan for SegmentScanExec {
         let state = PartitionState {
             segments: segs
                 .iter()
-                .map(|&i| self.snapshot.segments[i].clone())
+                .map(|&i| {
+                    (
+                        self.snapshot.segments[i].clone(),
+                        self.snapshot.valid_of(i).cloned(),
+                    )
+                })
                 .collect(),
             next_segment: 0,
             docs: Vec::new(),
@@ -325,11 +342,13 @@ impl ExecutionPlan for SegmentScanExec {
                         }
                         st.current = None;
                     }
-                    let Some(seg) = st.segments.get(st.next_segment).cloned() else {
+                    let Some((seg, valid)) = st.segments.get(st.next_segment).cloned() else {
                         return Ok(None);
                     };
                     st.next_segment += 1;
-                    let Some(matched) = matching_docs(&seg, predicate.as_ref(), &stats)? else {
+                    let Some(matched) =
+                        matching_docs(&seg, valid.as_ref(), predicate.as_ref(), &stats)?
+                    else {
                         continue;
                     };
                     let docs = matched.docs();

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
-use basalt_segment::{Predicate, SegmentReader, SegmentSchema};
+use basalt_segment::{Predicate, RoaringBitmap, SegmentReader, SegmentSchema};
 use datafusion::catalog::Session;
 use datafusion::datasource::{TableProvider, TableType};
 use datafusion::error::Result as DfResult;
@@ -26,9 +26,17 @@ pub struct TableSnapshot {
     pub name: String,
     pub schema: SegmentSchema,
     pub segments: Vec<Arc<SegmentReader>>,
+    /// Upsert tables: per segment (same order), the docs a query may see — every other doc
+    /// is a superseded, out-of-order or delete row. Empty for other tables (all docs).
+    pub valid: Vec<Arc<RoaringBitmap>>,
 }
 
 impl TableSnapshot {
+    /// The docs of segment `i` a query may see (`None`: all of them).
+    pub fn valid_of(&self, i: usize) -> Option<&Arc<RoaringBitmap>> {
+        self.valid.get(i)
+    }
+
     pub fn total_docs(&self) -> u64 {
         self.segments.iter().map(|s| s.row_count() as u64).sum()
     }

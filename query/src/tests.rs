@@ -214,6 +214,7 @@ async fn segments_answer_like_datafusion_over_arrow() {
         batches.push(b);
     }
     let snapshot = TableSnapshot {
+        valid: Vec::new(),
         name: "t".into(),
         schema: schema(),
         segments,
@@ -284,6 +285,7 @@ async fn count_star_reads_no_columns_and_prunes() {
         segments.push(Arc::new(SegmentReader::open(Bytes::from(bytes)).unwrap()));
     }
     let engine = QueryEngine::new(Arc::new(Fixed(TableSnapshot {
+        valid: Vec::new(),
         name: "t".into(),
         schema: schema(),
         segments,
@@ -317,6 +319,7 @@ async fn count_star_reads_no_columns_and_prunes() {
 #[tokio::test]
 async fn limits_and_errors() {
     let engine = QueryEngine::new(Arc::new(Fixed(TableSnapshot {
+        valid: Vec::new(),
         name: "t".into(),
         schema: schema(),
         segments: vec![],

@@ -19,6 +19,7 @@
 
 pub mod generator;
 pub mod kafka;
+pub mod memory;
 pub mod seal;
 pub mod source;
 pub mod status;
@@ -35,16 +36,21 @@ use parking_lot::Mutex;
 use tracing::{info, warn};
 
 use crate::decode::ingest_schema;
+use crate::home::SegmentKind;
 use crate::metastore::CheckpointDelta;
+use crate::metastore::TableState;
 use crate::mutable::{MutablePart, MutableSegment};
 use crate::quarantine::{
     quarantine_batch, quarantine_schema, MessageDecoder, MessageOrigin, QuarantineEntry,
 };
 use crate::spec::parse_duration;
+use crate::store::ValidDocs;
 use crate::store::{Table, TableStore};
-use seal::{SealJob, SealOutcome, Sealer};
+use crate::upsert::keymap::KeyHash;
+use crate::upsert::{snapshot, KeyedPartition, KeyedTable};
+use seal::{KeyedSeal, SealJob, SealOutcome, Sealer};
 use source::{open_source, Message, Source, SourceError};
-pub use status::{IngestionState, IngestionStatus, PartitionStatus};
+pub use status::{IngestionState, IngestionStatus, KeyedStatus, PartitionStatus};
 
 /// Decoded rows become queryable at least this often.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(50);
@@ -224,6 +230,8 @@ struct PartitionIngest {
     quarantined_total: u64,
     rate_mark: (Instant, u64),
     events_per_second: f64,
+    /// The partition's latest keyed snapshot (published or submitted with a seal).
+    snapshot_path: Option<String>,
 }
 
 /// Session-wide settings.
@@ -242,6 +250,7 @@ fn new_part(table: &Table, store: &TableStore, partition: i32) -> Arc<MutablePar
     };
     Arc::new(MutablePart::new(
         partition,
+        store.new_segment_id(&table.spec.name),
         MutableSegment::new(
             table.schema.clone(),
             ingest_schema(&table.schema),
@@ -260,6 +269,11 @@ struct Session<'a> {
     /// Positions to commit to the broker (lag monitoring) after published seals.
     commits: Vec<(i32, i64)>,
     seals: u64,
+    /// Upsert and dedup tables: each partition's keyed state.
+    keyed: BTreeMap<i32, KeyedPartition>,
+    keyed_table: Option<Arc<KeyedTable>>,
+    /// Keyed snapshot objects of partitions at session start.
+    snapshots: BTreeMap<i32, String>,
 }
 
 fn session(ctx: &Arc<Ctx>) -> Result<(), String> {
@@ -271,7 +285,12 @@ fn session(ctx: &Arc<Ctx>) -> Result<(), String> {
         .block_on(t.home.metastore.get(&t.spec.name))
         .map_err(|e| format!("reading the checkpoints: {e}"))?
         .ok_or_else(|| format!("table {:?} is not in the metastore", t.spec.name))?;
-    let checkpoints = state.value.checkpoints;
+    let checkpoints = state.value.checkpoints.clone();
+    let keyed_table = KeyedTable::of(&t.spec).map(Arc::new);
+    let keyed = match &keyed_table {
+        Some(k) => restore_keyed(ctx, k, &state.value)?,
+        None => BTreeMap::new(),
+    };
     let mut source = open_source(&t.spec.name, spec).map_err(|e| e.to_string())?;
     let partitions = loop {
         match source.partitions(Duration::from_secs(2)) {
@@ -296,11 +315,11 @@ fn session(ctx: &Arc<Ctx>) -> Result<(), String> {
             .unwrap_or(DEFAULT_MAX_AGE),
         max_bytes: t.spec.max_bytes().ok().flatten(),
     };
-    let topic = spec
-        .kafka
-        .as_ref()
-        .map(|k| k.topic.clone())
-        .unwrap_or_else(|| "generator".into());
+    let topic = match (&spec.kafka, &spec.memory) {
+        (Some(k), _) => k.topic.clone(),
+        (None, Some(m)) => m.topic.clone(),
+        (None, None) => "generator".into(),
+    };
     let mut s = Session {
         ctx,
         topic,
@@ -309,9 +328,12 @@ fn session(ctx: &Arc<Ctx>) -> Result<(), String> {
         sealer: Sealer::start(ctx),
         commits: Vec::new(),
         seals: 0,
+        keyed,
+        keyed_table,
+        snapshots: state.value.keyed_snapshots.clone(),
     };
     for p in partitions {
-        s.add_partition(p, checkpoints.get(&p).copied());
+        s.add_partition(p, checkpoints.get(&p).copied())?;
     }
     info!(table = %t.spec.name, source = %source::describe(spec), checkpoints = ?checkpoints, "real-time ingestion started");
     let result = s.consume(source.as_mut());
@@ -319,14 +341,68 @@ fn session(ctx: &Arc<Ctx>) -> Result<(), String> {
     let retired = s.sealer.stop();
     let mut parts: Vec<Arc<MutablePart>> = s.parts.values().map(|p| p.part.clone()).collect();
     parts.extend(retired);
-    t.remove_mutable(&parts);
+    t.remove_mutable(&parts, None);
     result
 }
 
+/// Rebuilds each partition's keyed state from its snapshot and the sealed segments, and
+/// installs the valid docs (upsert) in the table's view. Slow for many keys: the key columns
+/// of every valid doc are read and hashed.
+fn restore_keyed(
+    ctx: &Ctx,
+    cfg: &Arc<KeyedTable>,
+    state: &TableState,
+) -> Result<BTreeMap<i32, KeyedPartition>, String> {
+    let t = &ctx.table;
+    let started = Instant::now();
+    let view = t.view();
+    let mut out = BTreeMap::new();
+    let mut valid = ValidDocs::new();
+    for (&partition, path) in &state.keyed_snapshots {
+        let bytes = ctx
+            .handle
+            .block_on(t.home.get_object(path))
+            .map_err(|e| format!("reading keyed snapshot {path}: {e}"))?;
+        let slots = snapshot::decode(&bytes).map_err(|e| format!("{path}: {e}"))?;
+        let mut k = KeyedPartition::new(cfg.clone(), ingest_schema(&t.schema));
+        for slot in &slots {
+            let seg = view
+                .segments
+                .iter()
+                .find(|s| s.meta.id == slot.id)
+                .ok_or_else(|| {
+                    format!(
+                        "keyed snapshot {path} names segment {} which is not published",
+                        slot.id
+                    )
+                })?;
+            k.restore_segment(seg.reader.clone(), slot)
+                .map_err(|e| format!("restoring keys of segment {}: {e}", slot.id))?;
+        }
+        k.evict();
+        valid.extend(k.valid_docs());
+        out.insert(partition, k);
+    }
+    if cfg.is_upsert() {
+        t.change_view(|v| v.valid = Some(Arc::new(valid)));
+    }
+    let keys: usize = out.values().map(|k| k.keys()).sum();
+    info!(table = %t.spec.name, keys, partitions = out.len(), elapsed_ms = started.elapsed().as_millis() as u64, "restored keyed state");
+    Ok(out)
+}
+
 impl Session<'_> {
-    fn add_partition(&mut self, partition: i32, checkpoint: Option<i64>) {
+    fn add_partition(&mut self, partition: i32, checkpoint: Option<i64>) -> Result<(), String> {
         let part = new_part(&self.ctx.table, &self.ctx.store, partition);
         self.ctx.table.add_mutable(part.clone());
+        if let Some(cfg) = &self.keyed_table {
+            let t = &self.ctx.table;
+            self.keyed
+                .entry(partition)
+                .or_insert_with(|| KeyedPartition::new(cfg.clone(), ingest_schema(&t.schema)))
+                .start_part(part.clone())
+                .map_err(|e| e.to_string())?;
+        }
         // Counters run on across sessions.
         let (events, quarantined_total) = self
             .ctx
@@ -355,8 +431,33 @@ impl Session<'_> {
                 quarantined_total,
                 rate_mark: (Instant::now(), events),
                 events_per_second: 0.0,
+                snapshot_path: self.snapshots.get(&partition).cloned(),
             },
         );
+        Ok(())
+    }
+
+    /// Makes a partition's decoded rows queryable; on a keyed table they go through the
+    /// partition's key map first, and the changed valid docs follow the rows into the view.
+    fn flush(&mut self, id: i32) -> Result<(), String> {
+        let mut keyed = self.keyed.remove(&id);
+        let result = {
+            let others = &self.keyed;
+            let elsewhere = |h: KeyHash| others.values().any(|k| k.contains(h));
+            let p = self.parts.get_mut(&id).expect("known partition");
+            p.flush(
+                keyed
+                    .as_mut()
+                    .map(|k| (k, &elsewhere as &dyn Fn(KeyHash) -> bool)),
+            )
+        };
+        if let Some(mut k) = keyed {
+            if result.is_ok() && self.keyed_table.as_ref().is_some_and(|c| c.is_upsert()) {
+                self.ctx.table.update_valid(k.take_changes());
+            }
+            self.keyed.insert(id, k);
+        }
+        result
     }
 
     fn assignment(&self) -> Vec<(i32, Option<i64>)> {
@@ -424,14 +525,14 @@ impl Session<'_> {
             if let Some(p) = full {
                 self.rotate(p)?;
             } else if let Some(p) = flush {
-                self.parts.get_mut(&p).expect("known partition").flush()?;
+                self.flush(p)?;
             }
             if last_flush.elapsed() >= FLUSH_EVERY {
                 last_flush = Instant::now();
                 let ids: Vec<i32> = self.parts.keys().copied().collect();
                 for id in ids {
-                    let p = self.parts.get_mut(&id).expect("known partition");
-                    p.flush()?;
+                    self.flush(id)?;
+                    let p = &self.parts[&id];
                     let due = p.entries > 0
                         && (p.part.age() >= self.limits.max_age
                             || self
@@ -457,7 +558,7 @@ impl Session<'_> {
                     if !new.is_empty() {
                         info!(table = %ctx.table.spec.name, partitions = ?new, "new partitions");
                         for p in new {
-                            self.add_partition(p, None);
+                            self.add_partition(p, None)?;
                         }
                         source
                             .assign(&self.assignment())
@@ -475,8 +576,9 @@ impl Session<'_> {
     /// Hands a partition's part to the sealer and starts a fresh one.
     fn rotate(&mut self, partition: i32) -> Result<(), String> {
         let fresh = new_part(&self.ctx.table, &self.ctx.store, partition);
+        self.flush(partition)?;
+        let table = self.ctx.table.spec.name.clone();
         let p = self.parts.get_mut(&partition).expect("known partition");
-        p.flush()?;
         let Some(to) = p.next else {
             return Ok(());
         };
@@ -484,7 +586,7 @@ impl Session<'_> {
             return Ok(());
         }
         self.ctx.table.add_mutable(fresh.clone());
-        let old = std::mem::replace(&mut p.part, fresh);
+        let old = std::mem::replace(&mut p.part, fresh.clone());
         let delta = CheckpointDelta {
             partition,
             from: p.from,
@@ -493,7 +595,32 @@ impl Session<'_> {
         p.from = Some(to);
         p.entries = 0;
         p.bytes = 0;
-        self.sealer.submit(SealJob { part: old, delta });
+        let keyed = match self.keyed.get_mut(&partition) {
+            Some(k) => {
+                k.evict();
+                let path = format!(
+                    "{}/p{partition}-{to:020}-{}.snap",
+                    SegmentKind::KeyedSnapshot.prefix(&table),
+                    &uuid::Uuid::new_v4().simple().to_string()[..8]
+                );
+                let seal = KeyedSeal {
+                    slots: k.snapshot(),
+                    path: path.clone(),
+                    previous: p.snapshot_path.replace(path),
+                };
+                k.start_part(fresh.clone()).map_err(|e| e.to_string())?;
+                if self.keyed_table.as_ref().is_some_and(|c| c.is_upsert()) {
+                    self.ctx.table.update_valid(k.take_changes());
+                }
+                Some(seal)
+            }
+            None => None,
+        };
+        self.sealer.submit(SealJob {
+            part: old,
+            delta,
+            keyed,
+        });
         Ok(())
     }
 
@@ -506,10 +633,17 @@ impl Session<'_> {
 
     fn on_seal(&mut self, o: SealOutcome, source: &mut dyn Source) -> Result<(), String> {
         match o {
-            SealOutcome::Published { delta, at } => {
+            SealOutcome::Published {
+                delta, at, segment, ..
+            } => {
                 if let Some(p) = self.parts.get_mut(&delta.partition) {
                     p.checkpoint = Some(delta.to);
                     p.last_seal = Some(at);
+                }
+                if let (Some(k), Some((id, reader))) =
+                    (self.keyed.get_mut(&delta.partition), segment)
+                {
+                    k.sealed(&id, reader);
                 }
                 self.seals += 1;
                 self.commits.push((delta.partition, delta.to));
@@ -542,6 +676,7 @@ impl Session<'_> {
 
     fn publish_status(&mut self) {
         let mut unknown = 0;
+        let keyed = &self.keyed;
         let partitions = self
             .parts
             .values_mut()
@@ -567,6 +702,11 @@ impl Session<'_> {
                     quarantined: p.quarantined_total,
                     events: p.events,
                     events_per_second: (p.events_per_second * 10.0).round() / 10.0,
+                    keyed: keyed.get(&p.partition).map(|k| KeyedStatus {
+                        keys: k.keys() as u64,
+                        memory_bytes: k.memory_bytes() as u64,
+                        counters: k.counters,
+                    }),
                 }
             })
             .collect();
@@ -610,10 +750,20 @@ impl PartitionIngest {
         true
     }
 
-    /// Makes decoded rows and quarantine entries queryable.
-    fn flush(&mut self) -> Result<(), String> {
+    /// Makes decoded rows and quarantine entries queryable; a keyed table's rows go
+    /// through its key map first (what it returns is appended).
+    fn flush(
+        &mut self,
+        keyed: Option<(&mut KeyedPartition, &dyn Fn(KeyHash) -> bool)>,
+    ) -> Result<(), String> {
         if let Some(batch) = self.decoder.take_batch().map_err(|e| e.to_string())? {
-            self.part.rows.append(batch).map_err(|e| e.to_string())?;
+            let rows = match keyed {
+                Some((k, elsewhere)) => k.apply(&batch, elsewhere).map_err(|e| e.to_string())?,
+                None => Some(batch),
+            };
+            if let Some(rows) = rows {
+                self.part.rows.append(rows).map_err(|e| e.to_string())?;
+            }
         }
         if !self.quarantined.is_empty() {
             let entries = std::mem::take(&mut self.quarantined);

@@ -23,17 +23,33 @@ use crate::home::SegmentKind;
 use crate::metastore::{CheckpointDelta, SegmentMeta};
 use crate::mutable::MutablePart;
 use crate::quarantine::quarantine_schema;
-use crate::store::release_freed_memory;
+use crate::store::{release_freed_memory, PublishChange};
+use crate::upsert::{snapshot, SlotSnapshot};
+use basalt_segment::SegmentReader;
 
 pub struct SealJob {
     pub part: Arc<MutablePart>,
     pub delta: CheckpointDelta,
+    /// Upsert and dedup tables: the partition's keyed state at `delta.to`.
+    pub keyed: Option<KeyedSeal>,
+}
+
+/// The keyed snapshot a seal persists, and the one it replaces.
+pub struct KeyedSeal {
+    pub slots: Vec<SlotSnapshot>,
+    /// Where this snapshot goes.
+    pub path: String,
+    pub previous: Option<String>,
 }
 
 pub enum SealOutcome {
     Published {
         delta: CheckpointDelta,
         at: chrono::DateTime<chrono::Utc>,
+        /// The rows segment (id, reader), when the part had rows.
+        segment: Option<(String, Arc<SegmentReader>)>,
+        /// Where the keyed snapshot went.
+        snapshot: Option<String>,
     },
     /// Not retryable; the session must restart from the checkpoints.
     Failed(String),
@@ -127,11 +143,13 @@ fn seal_loop(
         let mut backoff = Duration::from_millis(500);
         loop {
             match seal(ctx, &job) {
-                Ok(()) => {
+                Ok((segment, snapshot)) => {
                     pending.fetch_sub(1, Ordering::Relaxed);
                     let _ = outcomes.send(SealOutcome::Published {
                         delta: job.delta,
                         at: chrono::Utc::now(),
+                        segment,
+                        snapshot,
                     });
                     break;
                 }
@@ -170,16 +188,27 @@ fn retryable(e: &IngestError) -> bool {
     )
 }
 
-/// Builds, uploads and publishes one part; staged uploads are deleted on failure.
-fn seal(ctx: &Ctx, job: &SealJob) -> Result<(), IngestError> {
+type Sealed = (Option<(String, Arc<SegmentReader>)>, Option<String>);
+
+/// Builds, uploads and publishes one part (with its keyed snapshot); staged uploads are
+/// deleted on failure.
+fn seal(ctx: &Ctx, job: &SealJob) -> Result<Sealed, IngestError> {
     let (store, t) = (&ctx.store, &ctx.table);
     let rows = job.part.rows.batches();
     let quarantined = job.part.quarantine.batches();
     let mut staged = Vec::new();
     let mut staged_q = Vec::new();
+    let mut snapshot: Option<String> = None;
     let result = (|| {
         if !rows.is_empty() {
-            staged.push(store.stage(t, SegmentKind::Rows, &t.schema, &rows, &ctx.handle)?);
+            staged.push(store.stage(
+                t,
+                SegmentKind::Rows,
+                &t.schema,
+                &rows,
+                Some(job.part.segment_id.clone()),
+                &ctx.handle,
+            )?);
         }
         if !quarantined.is_empty() {
             staged_q.push(store.stage(
@@ -187,11 +216,29 @@ fn seal(ctx: &Ctx, job: &SealJob) -> Result<(), IngestError> {
                 SegmentKind::Quarantine,
                 &quarantine_schema(),
                 &quarantined,
+                None,
                 &ctx.handle,
             )?);
         }
-        ctx.handle
-            .block_on(store.publish(t, &staged, &staged_q, &[job.delta], Some(&job.part)))
+        let mut snapshots = Vec::new();
+        if let Some(k) = &job.keyed {
+            let bytes = snapshot::encode(&k.slots)?;
+            let path = k.path.clone();
+            ctx.handle.block_on(t.home.put_object(&path, bytes))?;
+            snapshot = Some(path.clone());
+            snapshots.push((job.delta.partition, path));
+        }
+        ctx.handle.block_on(store.publish(
+            t,
+            PublishChange {
+                staged: &staged,
+                staged_quarantine: &staged_q,
+                deltas: &[job.delta],
+                snapshots: &snapshots,
+                retire: Some(&job.part),
+                valid: Vec::new(),
+            },
+        ))
     })();
     drop((rows, quarantined));
     if result.is_err() {
@@ -202,7 +249,17 @@ fn seal(ctx: &Ctx, job: &SealJob) -> Result<(), IngestError> {
             .collect();
         ctx.handle
             .block_on(t.home.delete_staged(&t.spec.name, &metas));
+        if let Some(p) = &snapshot {
+            ctx.handle.block_on(t.home.delete_object(p));
+        }
     }
     release_freed_memory();
-    result
+    result?;
+    if let Some(prev) = job.keyed.as_ref().and_then(|k| k.previous.as_deref()) {
+        ctx.handle.block_on(t.home.delete_object(prev));
+    }
+    let segment = staged
+        .first()
+        .map(|s| (s.meta.id.clone(), s.reader.clone()));
+    Ok((segment, snapshot))
 }

@@ -58,21 +58,23 @@ pub trait Source: Send {
 
 /// What a spec's source consumes, for status reports and logs.
 pub fn describe(spec: &SourceSpec) -> String {
-    match (&spec.kafka, &spec.generator) {
-        (Some(k), _) => format!("kafka topic {:?} at {}", k.topic, k.brokers),
-        (None, Some(g)) => format!(
+    match (&spec.kafka, &spec.generator, &spec.memory) {
+        (Some(k), _, _) => format!("kafka topic {:?} at {}", k.topic, k.brokers),
+        (None, Some(g), _) => format!(
             "generator of {} events/s in {} partitions",
             g.events_per_second, g.partitions
         ),
-        (None, None) => "no source".into(),
+        (None, None, Some(m)) => format!("in-memory topic {:?}", m.topic),
+        (None, None, None) => "no source".into(),
     }
 }
 
 /// Opens the source a spec names.
 pub fn open_source(table: &str, spec: &SourceSpec) -> Result<Box<dyn Source>, SourceError> {
-    match (&spec.kafka, &spec.generator) {
-        (Some(k), _) => Ok(Box::new(super::kafka::KafkaStream::open(table, k)?)),
-        (None, Some(g)) => Ok(Box::new(super::generator::GeneratorStream::new(g.clone()))),
-        (None, None) => Err(SourceError::Other("the spec names no source".into())),
+    match (&spec.kafka, &spec.generator, &spec.memory) {
+        (Some(k), _, _) => Ok(Box::new(super::kafka::KafkaStream::open(table, k)?)),
+        (None, Some(g), _) => Ok(Box::new(super::generator::GeneratorStream::new(g.clone()))),
+        (None, None, Some(m)) => Ok(Box::new(super::memory::MemoryStream::new(m))),
+        (None, None, None) => Err(SourceError::Other("the spec names no source".into())),
     }
 }

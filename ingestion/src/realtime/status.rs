@@ -3,6 +3,8 @@
 
 use serde::Serialize;
 
+use crate::upsert::KeyedCounters;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum IngestionState {
@@ -55,6 +57,19 @@ pub struct PartitionStatus {
     /// Messages consumed since the server started.
     pub events: u64,
     pub events_per_second: f64,
+    /// Upsert and dedup tables: the partition's key map.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keyed: Option<KeyedStatus>,
+}
+
+/// One partition's key map and what it did (upsert and dedup tables).
+#[derive(Debug, Clone, Serialize)]
+pub struct KeyedStatus {
+    pub keys: u64,
+    /// Key map and bitmap bytes.
+    pub memory_bytes: u64,
+    #[serde(flatten)]
+    pub counters: KeyedCounters,
 }
 
 impl IngestionStatus {

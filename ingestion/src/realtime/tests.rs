@@ -18,13 +18,7 @@ fn spec(name: &str, segment: serde_json::Value) -> TableSpec {
 }
 
 async fn open(dir: &std::path::Path) -> std::sync::Arc<TableStore> {
-    TableStore::open(StoreConfig {
-        data_dir: dir.to_path_buf(),
-        deep_store: None,
-        build: Default::default(),
-    })
-    .await
-    .unwrap()
+    TableStore::open(StoreConfig::local(dir)).await.unwrap()
 }
 
 /// Rows and quarantine entries in sealed segments, and rows still mutable.

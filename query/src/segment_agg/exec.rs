@@ -197,7 +197,8 @@ impl ExecutionPlan for SegmentAggregateExec {
                 handles.push(tokio::task::spawn_blocking(move || {
                     let mut w = Worker::new(&job, &pool)?;
                     for &i in &segs {
-                        w.segment(&job, &job.scan().snapshot().segments[i], &flag)?;
+                        let snap = job.scan().snapshot();
+                        w.segment(&job, &snap.segments[i], snap.valid_of(i), &flag)?;
                     }
                     Ok::<_, DataFusionError>(w)
                 }));
@@ -417,9 +418,15 @@ impl Worker {
         Ok(*slot)
     }
 
-    fn segment(&mut self, job: &Job, seg: &SegmentReader, cancel: &AtomicBool) -> DfResult<()> {
+    fn segment(
+        &mut self,
+        job: &Job,
+        seg: &SegmentReader,
+        valid: Option<&Arc<RoaringBitmap>>,
+        cancel: &AtomicBool,
+    ) -> DfResult<()> {
         let scan = job.scan();
-        let Some(matched) = matching_docs(seg, scan.predicate(), scan.stats())? else {
+        let Some(matched) = matching_docs(seg, valid, scan.predicate(), scan.stats())? else {
             return Ok(());
         };
         if matched.len() == 0 {

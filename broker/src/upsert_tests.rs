@@ -1,0 +1,368 @@
+//! Upsert tables against a reference model: random streams of inserts, updates, deletes and
+//! out-of-order rows over keyed partitions, with seals (tiny `max_rows`) and restarts of the
+//! store interleaved; after each step every query through the SQL engine must equal what a
+//! plain map from key to current row says, and no query may ever show a key twice.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::Array;
+use arrow::util::display::array_value_to_string;
+use basalt_ingest::realtime::memory::memory_topic;
+use basalt_ingest::{StoreConfig, TableSpec, TableStore};
+use basalt_query::{QueryEngine, QueryLimits};
+use proptest::prelude::*;
+
+use crate::source::StoreSource;
+
+const PARTITIONS: i32 = 3;
+
+#[derive(Debug, Clone)]
+struct Event {
+    key: u8,
+    cmp: i64,
+    delete: bool,
+    status: Option<u8>,
+    amount: Option<i64>,
+    max_seen: Option<i64>,
+    note: Option<u8>,
+    city: Option<u8>,
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    Send(Vec<Event>),
+    Restart,
+}
+
+fn event() -> impl Strategy<Value = Event> {
+    (
+        0u8..24,
+        0i64..40,
+        prop::bool::weighted(0.12),
+        prop::option::weighted(0.8, 0u8..4),
+        prop::option::weighted(0.8, 1i64..100),
+        prop::option::weighted(0.8, 0i64..50),
+        prop::option::weighted(0.5, 0u8..4),
+        prop::option::weighted(0.8, 0u8..3),
+    )
+        .prop_map(
+            |(key, cmp, delete, status, amount, max_seen, note, city)| Event {
+                key,
+                cmp,
+                delete,
+                status,
+                amount,
+                max_seen,
+                note,
+                city,
+            },
+        )
+}
+
+fn steps() -> impl Strategy<Value = Vec<Step>> {
+    prop::collection::vec(
+        prop_oneof![
+            5 => prop::collection::vec(event(), 1..40).prop_map(Step::Send),
+            1 => Just(Step::Restart),
+        ],
+        1..7,
+    )
+}
+
+/// The key's current row: column values as the query prints them ("NULL" for null).
+#[derive(Debug, Clone, PartialEq)]
+struct Row {
+    cmp: i64,
+    status: Option<String>,
+    amount: Option<i64>,
+    max_seen: Option<f64>,
+    note: Option<String>,
+    city: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct Model {
+    /// key → (comparison value, deleted, row)
+    keys: BTreeMap<u8, (i64, bool, Option<Row>)>,
+}
+
+fn keep<T: Clone>(old: &Option<T>, new: Option<T>) -> Option<T> {
+    new.or_else(|| old.clone())
+}
+
+impl Model {
+    fn apply(&mut self, e: &Event, partial: bool) {
+        if let Some((cmp, _, _)) = self.keys.get(&e.key) {
+            if e.cmp < *cmp {
+                return;
+            }
+        }
+        let new = Row {
+            cmp: e.cmp,
+            status: e.status.map(|s| format!("s{s}")),
+            amount: e.amount,
+            max_seen: e.max_seen.map(|m| m as f64 + 0.5),
+            note: e.note.map(|n| format!("n{n}")),
+            city: e.city.map(|c| format!("c{c}")),
+        };
+        if e.delete {
+            self.keys.insert(e.key, (e.cmp, true, None));
+            return;
+        }
+        let prev = self
+            .keys
+            .get(&e.key)
+            .and_then(|(_, d, r)| (!d).then(|| r.clone()).flatten());
+        let row = match (partial, prev) {
+            (true, Some(old)) => Row {
+                cmp: e.cmp,
+                // OVERWRITE (listed and default), IGNORE, INCREMENT, MAX.
+                status: keep(&old.status, new.status),
+                amount: match (old.amount, new.amount) {
+                    (Some(a), Some(b)) => Some(a + b),
+                    (a, b) => b.or(a),
+                },
+                max_seen: match (old.max_seen, new.max_seen) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    (a, b) => b.or(a),
+                },
+                note: old.note.clone().or(new.note),
+                city: keep(&old.city, new.city),
+            },
+            _ => new,
+        };
+        self.keys.insert(e.key, (e.cmp, false, Some(row)));
+    }
+
+    fn live(&self) -> impl Iterator<Item = (u8, &Row)> {
+        self.keys
+            .iter()
+            .filter_map(|(k, (_, d, r))| (!d).then_some((*k, r.as_ref()?)))
+    }
+
+    /// What `SELECT order_id, updated_at, status, amount, max_seen, note, city ... ORDER BY
+    /// order_id` prints.
+    fn rows(&self) -> Vec<String> {
+        let s = |v: &Option<String>| v.clone().unwrap_or_else(|| "NULL".into());
+        let mut out: Vec<String> = self
+            .live()
+            .map(|(k, r)| {
+                format!(
+                    "k{k:02}|{}|{}|{}|{}|{}|{}",
+                    r.cmp,
+                    s(&r.status),
+                    r.amount.map_or("NULL".into(), |a| a.to_string()),
+                    r.max_seen.map_or("NULL".into(), |m| m.to_string()),
+                    s(&r.note),
+                    s(&r.city)
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// `SELECT count(*), sum(amount) ... WHERE city = 'c1'`.
+    fn city1(&self) -> Vec<String> {
+        let rows: Vec<&Row> = self
+            .live()
+            .map(|(_, r)| r)
+            .filter(|r| r.city.as_deref() == Some("c1"))
+            .collect();
+        let sum: Option<i64> = rows.iter().filter_map(|r| r.amount).reduce(|a, b| a + b);
+        vec![format!(
+            "{}|{}",
+            rows.len(),
+            sum.map_or("NULL".into(), |s| s.to_string())
+        )]
+    }
+}
+
+fn spec(name: &str, partial: bool, max_rows: usize) -> TableSpec {
+    let upsert = if partial {
+        serde_json::json!({"mode":"PARTIAL","comparison_column":"updated_at",
+            "delete_column":"is_deleted",
+            "partial_strategies":{"amount":"INCREMENT","max_seen":"MAX","note":"IGNORE",
+                                  "status":"OVERWRITE"}})
+    } else {
+        serde_json::json!({"mode":"FULL","comparison_column":"updated_at",
+            "delete_column":"is_deleted"})
+    };
+    let v = serde_json::json!({
+        "name": name, "time_column": "ts",
+        "columns": [
+            {"name":"order_id","type":"STRING"},
+            {"name":"updated_at","type":"LONG"},
+            {"name":"ts","type":"TIMESTAMP"},
+            {"name":"status","type":"STRING"},
+            {"name":"amount","type":"LONG"},
+            {"name":"max_seen","type":"DOUBLE"},
+            {"name":"note","type":"STRING"},
+            {"name":"is_deleted","type":"BOOLEAN"},
+            {"name":"city","type":"STRING","index":["inverted"]}],
+        "primary_key": ["order_id"],
+        "upsert": upsert,
+        "source": {"memory": {"topic": name, "partitions": PARTITIONS}},
+        "segment": {"max_rows": max_rows, "max_age": "2s"}
+    });
+    TableSpec::from_json(v.to_string().as_bytes()).unwrap()
+}
+
+fn message(e: &Event, seq: usize) -> Vec<u8> {
+    let mut m = serde_json::json!({
+        "order_id": format!("k{:02}", e.key),
+        "updated_at": e.cmp,
+        "ts": 1_790_000_000_000i64 + seq as i64,
+        "is_deleted": e.delete,
+    });
+    if let Some(s) = e.status {
+        m["status"] = format!("s{s}").into();
+    }
+    if let Some(a) = e.amount {
+        m["amount"] = a.into();
+    }
+    if let Some(x) = e.max_seen {
+        m["max_seen"] = (x as f64 + 0.5).into();
+    }
+    if let Some(n) = e.note {
+        m["note"] = format!("n{n}").into();
+    }
+    if let Some(c) = e.city {
+        m["city"] = format!("c{c}").into();
+    }
+    m.to_string().into_bytes()
+}
+
+async fn rows(engine: &QueryEngine, sql: &str) -> Vec<String> {
+    let out = engine
+        .execute(sql, &QueryLimits::default())
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let mut rows = Vec::new();
+    for b in &out.batches {
+        for i in 0..b.num_rows() {
+            let cells: Vec<String> = b
+                .columns()
+                .iter()
+                .map(|c| {
+                    if c.is_null(i) {
+                        "NULL".to_string()
+                    } else {
+                        array_value_to_string(c, i).unwrap()
+                    }
+                })
+                .collect();
+            rows.push(cells.join("|"));
+        }
+    }
+    rows
+}
+
+async fn open(dir: &std::path::Path) -> Arc<TableStore> {
+    TableStore::open(StoreConfig::local(dir)).await.unwrap()
+}
+
+/// Queries until they equal the model (the stream is consumed asynchronously); every answer
+/// on the way must show each key at most once.
+async fn check(engine: &QueryEngine, table: &str, model: &Model) -> Result<(), String> {
+    let all = format!(
+        "SELECT order_id, updated_at, status, amount, max_seen, note, city FROM {table} \
+         ORDER BY order_id"
+    );
+    let city = format!("SELECT count(*), sum(amount) FROM {table} WHERE city = 'c1'");
+    let count = format!("SELECT count(*), count(DISTINCT order_id) FROM {table}");
+    let (want_rows, want_city) = (model.rows(), model.city1());
+    let start = Instant::now();
+    loop {
+        let got = rows(engine, &all).await;
+        let got_city = rows(engine, &city).await;
+        let c = rows(engine, &count).await;
+        let parts: Vec<&str> = c[0].split('|').collect();
+        if parts[0] != parts[1] {
+            return Err(format!("a key shows twice: count(*) | distinct = {}", c[0]));
+        }
+        if got == want_rows && got_city == want_city && parts[0] == want_rows.len().to_string() {
+            return Ok(());
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            return Err(format!(
+                "rows:\n got {got:?}\nwant {want_rows:?}\ncity: got {got_city:?} want {want_city:?}; count {c:?}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+}
+
+fn run_case(case: usize, partial: bool, max_rows: usize, steps: &[Step]) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let name = format!("upsert_prop_{}_{case}_{}", std::process::id(), uuid_like());
+        let topic = memory_topic(&name, PARTITIONS);
+        let mut store = open(dir.path()).await;
+        store
+            .create_table(spec(&name, partial, max_rows))
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut model = Model::default();
+        let mut seq = 0;
+        for step in steps {
+            match step {
+                Step::Send(events) => {
+                    for e in events {
+                        topic.send(e.key as i32 % PARTITIONS, &message(e, seq));
+                        seq += 1;
+                        model.apply(e, partial);
+                    }
+                }
+                Step::Restart => {
+                    store.shutdown();
+                    drop(store);
+                    store = open(dir.path()).await;
+                }
+            }
+            let engine = QueryEngine::new(Arc::new(StoreSource(store.clone())));
+            check(&engine, &name, &model).await?;
+        }
+        let t = store.table(&name).unwrap();
+        let status = t.ingestion().unwrap();
+        let conflicts: u64 = status
+            .partitions
+            .iter()
+            .filter_map(|p| p.keyed.as_ref())
+            .map(|k| k.counters.key_conflicts)
+            .sum();
+        if conflicts != 0 {
+            return Err(format!("{conflicts} key conflicts on a keyed topic"));
+        }
+        store.shutdown();
+        Ok(())
+    })
+}
+
+fn uuid_like() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 10, max_shrink_iters: 20, ..ProptestConfig::default() })]
+    #[test]
+    fn upsert_queries_match_the_reference_model(
+        partial in any::<bool>(),
+        max_rows in 3usize..40,
+        steps in steps(),
+    ) {
+        let case = uuid_like() as usize;
+        if let Err(e) = run_case(case, partial, max_rows, &steps) {
+            prop_assert!(false, "{}", e);
+        }
+    }
+}

@@ -1,0 +1,275 @@
+//! The upsert and dedup settings of a table spec, checked and resolved to column positions.
+//! In: a [`TableSpec`]. Out: errors naming the offending field (at `POST /tables`), or a
+//! [`KeyedTable`] the key map and the merge work from.
+
+use basalt_segment::ColumnType;
+
+use crate::error::{IngestError, Result};
+use crate::spec::{parse_duration, TableSpec};
+
+/// How a PARTIAL upsert combines a column of the key's current row with a new row's value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    /// The new value, when it is not null (also the default of unlisted columns).
+    Overwrite,
+    /// Keep the first non-null value ever seen.
+    Ignore,
+    /// Add the new value to the current one.
+    Increment,
+    Max,
+    Min,
+    /// Array columns: the new elements after the current ones.
+    Append,
+    /// Array columns: the current elements plus new ones not already present.
+    Union,
+}
+
+impl Strategy {
+    const ALL: [(&'static str, Strategy); 7] = [
+        ("OVERWRITE", Strategy::Overwrite),
+        ("IGNORE", Strategy::Ignore),
+        ("INCREMENT", Strategy::Increment),
+        ("MAX", Strategy::Max),
+        ("MIN", Strategy::Min),
+        ("APPEND", Strategy::Append),
+        ("UNION", Strategy::Union),
+    ];
+
+    fn parse(s: &str) -> Option<Strategy> {
+        Strategy::ALL
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(s))
+            .map(|(_, st)| *st)
+    }
+}
+
+/// What a keyed table does with a row whose key is known.
+#[derive(Debug, Clone, PartialEq)]
+pub enum KeyMode {
+    /// The row replaces the key's row.
+    Full,
+    /// The row is merged into the key's row; one strategy per column.
+    Partial(Vec<Strategy>),
+    /// The row is dropped.
+    Dedup,
+}
+
+/// An upsert or dedup table's settings, resolved against its columns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyedTable {
+    pub mode: KeyMode,
+    /// Positions of the primary key columns.
+    pub key: Vec<usize>,
+    /// Position of the column ordering a key's rows (dedup: the time column).
+    pub comparison: usize,
+    pub delete: Option<usize>,
+    /// Keys older than the largest comparison value minus this are forgotten.
+    pub ttl_ms: Option<i64>,
+}
+
+impl KeyedTable {
+    /// `None` for a plain append table; call on a validated spec.
+    pub fn of(spec: &TableSpec) -> Option<KeyedTable> {
+        resolve(spec).ok().flatten()
+    }
+
+    pub fn is_upsert(&self) -> bool {
+        !matches!(self.mode, KeyMode::Dedup)
+    }
+}
+
+fn err(msg: impl Into<String>) -> IngestError {
+    IngestError::Spec(msg.into())
+}
+
+/// Checks the spec's `primary_key`, `upsert` and `dedup` fields.
+pub fn validate(spec: &TableSpec) -> Result<()> {
+    resolve(spec).map(|_| ())
+}
+
+fn resolve(spec: &TableSpec) -> Result<Option<KeyedTable>> {
+    let dedup = spec.dedup.as_ref().filter(|d| d.enabled);
+    if spec.upsert.is_some() && dedup.is_some() {
+        return Err(err(
+            "dedup: a table is either an upsert table or a dedup table, not both",
+        ));
+    }
+    if spec.primary_key.is_empty() {
+        if spec.upsert.is_some() || dedup.is_some() {
+            let field = if spec.upsert.is_some() {
+                "upsert"
+            } else {
+                "dedup"
+            };
+            return Err(err(format!(
+                "primary_key: {field} needs the columns that identify a row"
+            )));
+        }
+        return Ok(None);
+    }
+    let position = |field: &str, name: &str| {
+        spec.columns
+            .iter()
+            .position(|c| c.name == name)
+            .ok_or_else(|| err(format!("{field}: {name:?} is not one of the columns")))
+    };
+    let ty = |i: usize| ColumnType::parse(&spec.columns[i].ty).expect("validated type");
+    let mut key = Vec::new();
+    for (i, k) in spec.primary_key.iter().enumerate() {
+        let pos = position(&format!("primary_key[{i}]"), k)?;
+        if key.contains(&pos) {
+            return Err(err(format!("primary_key[{i}]: {k:?} is listed twice")));
+        }
+        if ty(pos).is_array() {
+            return Err(err(format!(
+                "primary_key[{i}]: {k:?} is an array column; keys are single values"
+            )));
+        }
+        key.push(pos);
+    }
+    if spec.upsert.is_none() && dedup.is_none() {
+        return Err(err(
+            "primary_key: set \"upsert\" or \"dedup\" to say what a repeated key does",
+        ));
+    }
+    if spec
+        .columns
+        .iter()
+        .any(|c| c.index.iter().any(|i| i.eq_ignore_ascii_case("sorted")))
+    {
+        return Err(err(
+            "columns: a sorted index re-orders rows at seal, which upsert and dedup tables \
+             do not support yet (their valid-docs bitmaps are by arrival order)",
+        ));
+    }
+    if spec.segment.max_rows > super::keymap::MAX_DOC as usize + 1 {
+        return Err(err(format!(
+            "segment.max_rows: upsert and dedup tables seal at most {} rows per segment",
+            super::keymap::MAX_DOC as u64 + 1
+        )));
+    }
+    let time = position("time_column", &spec.time_column)?;
+    if let Some(d) = dedup {
+        let ttl_ms = d.ttl.as_deref().map(|t| ttl("dedup.ttl", t)).transpose()?;
+        return Ok(Some(KeyedTable {
+            mode: KeyMode::Dedup,
+            key,
+            comparison: time,
+            delete: None,
+            ttl_ms,
+        }));
+    }
+    let u = spec.upsert.as_ref().expect("upsert or dedup");
+    let comparison = match &u.comparison_column {
+        Some(c) => position("upsert.comparison_column", c)?,
+        None => time,
+    };
+    match ty(comparison) {
+        ColumnType::Int
+        | ColumnType::Long
+        | ColumnType::Timestamp
+        | ColumnType::Float
+        | ColumnType::Double => {}
+        other => {
+            return Err(err(format!(
+                "upsert.comparison_column: {:?} is {}, must be a number or TIMESTAMP",
+                spec.columns[comparison].name,
+                other.name()
+            )))
+        }
+    }
+    let delete = match &u.delete_column {
+        Some(c) => {
+            let pos = position("upsert.delete_column", c)?;
+            if ty(pos) != ColumnType::Boolean {
+                return Err(err(format!(
+                    "upsert.delete_column: {c:?} must be BOOLEAN, not {}",
+                    ty(pos).name()
+                )));
+            }
+            Some(pos)
+        }
+        None => None,
+    };
+    let mode = match u.mode.to_ascii_uppercase().as_str() {
+        "FULL" => {
+            if !u.partial_strategies.is_empty() {
+                return Err(err(
+                    "upsert.partial_strategies: only a PARTIAL upsert merges columns",
+                ));
+            }
+            KeyMode::Full
+        }
+        "PARTIAL" => {
+            let mut strategies = vec![Strategy::Overwrite; spec.columns.len()];
+            for (col, s) in &u.partial_strategies {
+                let field = format!("upsert.partial_strategies.{col}");
+                let pos = position(&field, col)?;
+                let st = Strategy::parse(s).ok_or_else(|| {
+                    err(format!(
+                        "{field}: unknown strategy {s:?} (OVERWRITE, IGNORE, INCREMENT, MAX, MIN, APPEND, UNION)"
+                    ))
+                })?;
+                if key.contains(&pos) || pos == comparison || Some(pos) == delete {
+                    return Err(err(format!(
+                        "{field}: {col:?} is a primary key, comparison or delete column; \
+                         those are not merged"
+                    )));
+                }
+                let t = ty(pos);
+                let fits = match st {
+                    Strategy::Overwrite | Strategy::Ignore => true,
+                    Strategy::Increment => matches!(
+                        t,
+                        ColumnType::Int | ColumnType::Long | ColumnType::Float | ColumnType::Double
+                    ),
+                    Strategy::Max | Strategy::Min => matches!(
+                        t,
+                        ColumnType::Int
+                            | ColumnType::Long
+                            | ColumnType::Float
+                            | ColumnType::Double
+                            | ColumnType::Timestamp
+                    ),
+                    Strategy::Append | Strategy::Union => t.is_array(),
+                };
+                if !fits {
+                    return Err(err(format!(
+                        "{field}: {s} does not apply to {col:?}, a {} column",
+                        t.name()
+                    )));
+                }
+                strategies[pos] = st;
+            }
+            KeyMode::Partial(strategies)
+        }
+        other => {
+            return Err(err(format!(
+                "upsert.mode: {other:?} must be FULL or PARTIAL"
+            )))
+        }
+    };
+    let ttl_ms = u
+        .metadata_ttl
+        .as_deref()
+        .map(|t| ttl("upsert.metadata_ttl", t))
+        .transpose()?;
+    if ttl_ms.is_some() && matches!(ty(comparison), ColumnType::Float | ColumnType::Double) {
+        return Err(err(
+            "upsert.metadata_ttl: needs a comparison column in epoch milliseconds (LONG or \
+             TIMESTAMP), not a floating-point one",
+        ));
+    }
+    Ok(Some(KeyedTable {
+        mode,
+        key,
+        comparison,
+        delete,
+        ttl_ms,
+    }))
+}
+
+fn ttl(field: &str, s: &str) -> Result<i64> {
+    let d = parse_duration(s).map_err(|e| err(format!("{field}: {e}")))?;
+    i64::try_from(d.as_millis()).map_err(|_| err(format!("{field}: {s:?} is too long")))
+}

@@ -1,0 +1,464 @@
+//! The keyed state of one stream partition (or of a table's batch ingests): its [`KeyMap`],
+//! and per segment of the partition — a *slot* — the valid docs (the current row of each live
+//! key) and the tombstones (the delete row of each deleted key). In: decoded batches, in
+//! arrival order. Out: the rows to append to the partition's mutable segment (PARTIAL rows
+//! merged, dedup duplicates dropped), and the changed valid-docs bitmaps for queries.
+//!
+//! Rules (upsert): a row whose comparison value is below the key's is appended but not valid
+//! (out of order); otherwise it becomes the key's row — equal values: the later arrival wins
+//! — and the key's previous row stops being valid. A delete row hides its key: it is a
+//! tombstone, not valid, and the next accepted row starts fresh. PARTIAL rows are merged
+//! with the key's current row (read back from the mutable segment or the sealed segment).
+//! Dedup: a row whose key is known is dropped.
+//!
+//! Doc ids are arrival order within a slot; a sealed segment keeps its mutable segment's
+//! order (keyed tables refuse the `sorted` index), so a slot's bitmaps survive the seal.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use arrow::compute::filter_record_batch;
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use basalt_segment::{RoaringBitmap, SegmentReader};
+use serde::Serialize;
+
+use super::config::{KeyMode, KeyedTable};
+use super::keymap::{Entry, KeyHash, KeyMap, Location, MAX_DOC, MAX_SLOT};
+use super::merge::merge_row;
+use super::rows::{cells_to_batch, comparison_values, delete_flags, key_hashes, row_cells, Cell};
+use crate::error::{IngestError, Result};
+use crate::mutable::MutablePart;
+
+/// Where a slot's rows can be read back (PARTIAL merges, restore).
+#[derive(Debug, Clone)]
+pub enum SlotRows {
+    Part(Arc<MutablePart>),
+    Segment(Arc<SegmentReader>),
+}
+
+#[derive(Debug)]
+struct Slot {
+    /// The segment id (a mutable part's is the id its sealed segment will have).
+    id: String,
+    valid: Arc<RoaringBitmap>,
+    tombstones: Arc<RoaringBitmap>,
+    rows: SlotRows,
+    docs: u32,
+}
+
+/// A slot's bitmaps, as persisted with each seal.
+#[derive(Debug, Clone)]
+pub struct SlotSnapshot {
+    pub id: String,
+    pub docs: u32,
+    pub valid: Arc<RoaringBitmap>,
+    pub tombstones: Arc<RoaringBitmap>,
+}
+
+/// What a keyed partition did, for status and metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct KeyedCounters {
+    /// Rows ignored because their comparison value was below the key's.
+    pub out_of_order: u64,
+    /// Delete rows accepted.
+    pub deletes: u64,
+    /// Dedup: rows dropped because their key was known.
+    pub duplicates: u64,
+    /// Keys first seen in this partition that another partition already holds (the topic
+    /// is not keyed by the primary key).
+    pub key_conflicts: u64,
+    /// Keys forgotten by the metadata TTL.
+    pub evicted: u64,
+}
+
+#[derive(Debug)]
+pub struct KeyedPartition {
+    cfg: Arc<KeyedTable>,
+    /// The schema of appended batches.
+    schema: SchemaRef,
+    map: KeyMap,
+    slots: Vec<Option<Slot>>,
+    current: Option<u32>,
+    max_comparison: i64,
+    /// Slots whose valid docs changed since the last [`KeyedPartition::take_changes`].
+    dirty: BTreeSet<u32>,
+    pub counters: KeyedCounters,
+}
+
+fn corrupt(msg: String) -> IngestError {
+    IngestError::Keyed(msg)
+}
+
+impl KeyedPartition {
+    pub fn new(cfg: Arc<KeyedTable>, schema: SchemaRef) -> Self {
+        KeyedPartition {
+            cfg,
+            schema,
+            map: KeyMap::new(),
+            slots: Vec::new(),
+            current: None,
+            max_comparison: i64::MIN,
+            dirty: BTreeSet::new(),
+            counters: KeyedCounters::default(),
+        }
+    }
+
+    pub fn keys(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn contains(&self, h: KeyHash) -> bool {
+        self.map.get(h).is_some()
+    }
+
+    /// Bytes of the key map and the bitmaps.
+    pub fn memory_bytes(&self) -> usize {
+        self.map.memory_bytes()
+            + self
+                .slots
+                .iter()
+                .flatten()
+                .map(|s| s.valid.serialized_size() + s.tombstones.serialized_size())
+                .sum::<usize>()
+    }
+
+    fn slot(&self, i: u32) -> Result<&Slot> {
+        self.slots
+            .get(i as usize)
+            .and_then(|s| s.as_ref())
+            .ok_or_else(|| corrupt(format!("keyed state: no slot {i}")))
+    }
+
+    fn push_slot(&mut self, slot: Slot) -> Result<u32> {
+        let i = self.slots.len() as u32;
+        if i > MAX_SLOT {
+            return Err(corrupt(format!(
+                "keyed state: more than {MAX_SLOT} segments in one partition"
+            )));
+        }
+        self.slots.push(Some(slot));
+        Ok(i)
+    }
+
+    /// Restores a sealed segment of the partition from its persisted bitmaps: the key map
+    /// gets an entry for each valid doc and each tombstone.
+    pub fn restore_segment(
+        &mut self,
+        reader: Arc<SegmentReader>,
+        snap: &SlotSnapshot,
+    ) -> Result<()> {
+        if snap.docs != reader.row_count() {
+            return Err(corrupt(format!(
+                "keyed snapshot of segment {} says {} docs, the segment has {}",
+                snap.id,
+                snap.docs,
+                reader.row_count()
+            )));
+        }
+        let slot = self.push_slot(Slot {
+            id: snap.id.clone(),
+            valid: snap.valid.clone(),
+            tombstones: snap.tombstones.clone(),
+            rows: SlotRows::Segment(reader.clone()),
+            docs: snap.docs,
+        })?;
+        let mut cols: Vec<usize> = self.cfg.key.clone();
+        cols.push(self.cfg.comparison);
+        let nkey = self.cfg.key.len();
+        for (bitmap, deleted) in [(&snap.valid, false), (&snap.tombstones, true)] {
+            let docs: Vec<u32> = bitmap.iter().collect();
+            for chunk in docs.chunks(65_536) {
+                if chunk.last().is_some_and(|&d| d >= snap.docs) {
+                    return Err(corrupt(format!(
+                        "keyed snapshot of segment {} names a doc past its end",
+                        snap.id
+                    )));
+                }
+                let b = reader.read_batch(&cols, chunk)?;
+                let key_cols: Vec<_> = b.columns()[..nkey].iter().collect();
+                let hashes = key_hashes(&key_cols, b.num_rows())?;
+                let cmps = comparison_values(b.column(nkey))?;
+                for ((h, c), &doc) in hashes.into_iter().zip(cmps).zip(chunk) {
+                    let e = Entry {
+                        location: Location { slot, doc },
+                        comparison: c,
+                        deleted,
+                    };
+                    // Keys the TTL forgot can have two valid rows; the newest owns the key.
+                    match self.map.get(h) {
+                        Some(cur) if cur.comparison > c => {}
+                        _ => {
+                            self.map.insert(h, e);
+                        }
+                    }
+                    self.max_comparison = self.max_comparison.max(c);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A new mutable part receives the next rows.
+    pub fn start_part(&mut self, part: Arc<MutablePart>) -> Result<()> {
+        let slot = self.push_slot(Slot {
+            id: part.segment_id.clone(),
+            valid: Arc::new(RoaringBitmap::new()),
+            tombstones: Arc::new(RoaringBitmap::new()),
+            rows: SlotRows::Part(part),
+            docs: 0,
+        })?;
+        self.current = Some(slot);
+        Ok(())
+    }
+
+    /// The part `id` was sealed into `reader` (same docs): rows are read from there now and
+    /// the part's memory can go.
+    pub fn sealed(&mut self, id: &str, reader: Arc<SegmentReader>) {
+        for s in self.slots.iter_mut().flatten() {
+            if s.id == id {
+                s.rows = SlotRows::Segment(reader);
+                return;
+            }
+        }
+    }
+
+    /// Bitmaps of every slot holding rows, for the snapshot persisted with a seal.
+    pub fn snapshot(&self) -> Vec<SlotSnapshot> {
+        self.slots
+            .iter()
+            .flatten()
+            .filter(|s| s.docs > 0)
+            .map(|s| SlotSnapshot {
+                id: s.id.clone(),
+                docs: s.docs,
+                valid: s.valid.clone(),
+                tombstones: s.tombstones.clone(),
+            })
+            .collect()
+    }
+
+    /// Every slot's valid docs (segment id → bitmap), for the table's query view.
+    pub fn valid_docs(&self) -> Vec<(String, Arc<RoaringBitmap>)> {
+        self.slots
+            .iter()
+            .flatten()
+            .map(|s| (s.id.clone(), s.valid.clone()))
+            .collect()
+    }
+
+    /// Valid docs changed since the last call.
+    pub fn take_changes(&mut self) -> Vec<(String, Arc<RoaringBitmap>)> {
+        let dirty = std::mem::take(&mut self.dirty);
+        dirty
+            .into_iter()
+            .filter_map(|i| self.slots[i as usize].as_ref())
+            .map(|s| (s.id.clone(), s.valid.clone()))
+            .collect()
+    }
+
+    /// Sets or clears `loc` in its slot's valid docs (`tombstone`: its tombstones).
+    fn mark(&mut self, loc: Location, tombstone: bool, on: bool) {
+        let Some(s) = self.slots[loc.slot as usize].as_mut() else {
+            return;
+        };
+        let bm = Arc::make_mut(if tombstone {
+            &mut s.tombstones
+        } else {
+            &mut s.valid
+        });
+        if on {
+            bm.insert(loc.doc);
+        } else {
+            bm.remove(loc.doc);
+        }
+        if !tombstone {
+            self.dirty.insert(loc.slot);
+        }
+    }
+
+    fn set_valid(&mut self, loc: Location, valid: bool) {
+        self.mark(loc, false, valid);
+    }
+
+    fn set_tombstone(&mut self, loc: Location, on: bool) {
+        self.mark(loc, true, on);
+    }
+
+    /// Row `loc` as cells: from `pending` (rows of this call not appended yet, from doc
+    /// `base` of the current slot), the mutable part, or the sealed segment.
+    fn row_at(&self, loc: Location, base: u32, pending: &[Vec<Cell>]) -> Result<Vec<Cell>> {
+        if Some(loc.slot) == self.current && loc.doc >= base {
+            return pending
+                .get((loc.doc - base) as usize)
+                .cloned()
+                .ok_or_else(|| corrupt(format!("keyed state: doc {} not decoded yet", loc.doc)));
+        }
+        let missing = || {
+            corrupt(format!(
+                "keyed state: slot {} has no doc {}",
+                loc.slot, loc.doc
+            ))
+        };
+        let batch = match &self.slot(loc.slot)?.rows {
+            SlotRows::Part(p) => p.rows.row(loc.doc as usize).ok_or_else(missing)?,
+            SlotRows::Segment(r) => {
+                let all: Vec<usize> = (0..self.schema.fields().len()).collect();
+                r.read_batch(&all, &[loc.doc])?
+            }
+        };
+        row_cells(&batch, 0)
+    }
+
+    /// Applies decoded rows in arrival order; returns what to append to the current part
+    /// (every row for upsert, PARTIAL rows merged; dedup without duplicates). `elsewhere`
+    /// says whether another partition holds a key.
+    pub fn apply(
+        &mut self,
+        batch: &RecordBatch,
+        elsewhere: &dyn Fn(KeyHash) -> bool,
+    ) -> Result<Option<RecordBatch>> {
+        let cur = self
+            .current
+            .ok_or_else(|| corrupt("keyed state: no part to append to".into()))?;
+        let base = self.slot(cur)?.docs;
+        let n = batch.num_rows();
+        if n == 0 {
+            return Ok(None);
+        }
+        if base as usize + n > MAX_DOC as usize + 1 {
+            return Err(corrupt(format!(
+                "keyed state: a segment of a keyed table holds at most {} rows",
+                MAX_DOC as u64 + 1
+            )));
+        }
+        let cfg = self.cfg.clone();
+        let key_cols: Vec<_> = cfg.key.iter().map(|&i| batch.column(i)).collect();
+        let hashes = key_hashes(&key_cols, n)?;
+        let cmps = comparison_values(batch.column(cfg.comparison))?;
+        let deletes = match cfg.delete {
+            Some(d) => delete_flags(batch.column(d))?,
+            None => vec![false; n],
+        };
+        let out = match &cfg.mode {
+            KeyMode::Dedup => {
+                let mut keep = Vec::with_capacity(n);
+                let mut doc = base;
+                for (&h, &c) in hashes.iter().zip(&cmps) {
+                    self.max_comparison = self.max_comparison.max(c);
+                    if self.map.get(h).is_some() {
+                        self.counters.duplicates += 1;
+                        keep.push(false);
+                        continue;
+                    }
+                    if elsewhere(h) {
+                        self.counters.key_conflicts += 1;
+                    }
+                    let loc = Location { slot: cur, doc };
+                    self.map.insert(
+                        h,
+                        Entry {
+                            location: loc,
+                            comparison: c,
+                            deleted: false,
+                        },
+                    );
+                    self.set_valid(loc, true);
+                    keep.push(true);
+                    doc += 1;
+                }
+                let mask = arrow::array::BooleanArray::from(keep);
+                let kept = filter_record_batch(batch, &mask)?;
+                (kept.num_rows() > 0).then_some(kept)
+            }
+            mode => {
+                let partial = match mode {
+                    KeyMode::Partial(s) => Some(s.clone()),
+                    _ => None,
+                };
+                let mut merged: Vec<Vec<Cell>> = Vec::new();
+                for i in 0..n {
+                    let (h, c) = (hashes[i], cmps[i]);
+                    let loc = Location {
+                        slot: cur,
+                        doc: base + i as u32,
+                    };
+                    let prev = self.map.get(h);
+                    let new_cells = match partial {
+                        Some(_) => Some(row_cells(batch, i)?),
+                        None => None,
+                    };
+                    if prev.is_some_and(|p| c < p.comparison) {
+                        self.counters.out_of_order += 1;
+                        merged.extend(new_cells);
+                        continue;
+                    }
+                    self.max_comparison = self.max_comparison.max(c);
+                    match prev {
+                        None if elsewhere(h) => self.counters.key_conflicts += 1,
+                        None => {}
+                        Some(p) if p.deleted => self.set_tombstone(p.location, false),
+                        Some(p) => self.set_valid(p.location, false),
+                    }
+                    let deleted = deletes[i];
+                    if deleted {
+                        self.counters.deletes += 1;
+                        self.set_tombstone(loc, true);
+                        merged.extend(new_cells);
+                    } else {
+                        self.set_valid(loc, true);
+                        if let (Some(strategies), Some(new)) = (&partial, new_cells) {
+                            let row = match prev {
+                                Some(p) if !p.deleted => {
+                                    let old = self.row_at(p.location, base, &merged)?;
+                                    merge_row(strategies, &old, new)
+                                }
+                                _ => new,
+                            };
+                            merged.push(row);
+                        }
+                    }
+                    self.map.insert(
+                        h,
+                        Entry {
+                            location: loc,
+                            comparison: c,
+                            deleted,
+                        },
+                    );
+                }
+                if partial.is_some() {
+                    Some(cells_to_batch(&self.schema, &merged)?)
+                } else {
+                    Some(batch.clone())
+                }
+            }
+        };
+        let appended = out.as_ref().map_or(0, |b| b.num_rows()) as u32;
+        if let Some(s) = self.slots[cur as usize].as_mut() {
+            s.docs += appended;
+        }
+        Ok(out)
+    }
+
+    /// Forgets keys whose comparison value is below the largest seen minus the TTL. Their
+    /// rows stay valid (as in Pinot: a later row for such a key is taken as a new key);
+    /// forgotten tombstones are dropped.
+    pub fn evict(&mut self) {
+        let Some(ttl) = self.cfg.ttl_ms else { return };
+        if self.max_comparison == i64::MIN {
+            return;
+        }
+        let min = self.max_comparison.saturating_sub(ttl);
+        let mut dropped = Vec::new();
+        let n = self.map.evict_below(min, |e| {
+            if e.deleted {
+                dropped.push(e.location);
+            }
+        });
+        for loc in dropped {
+            self.set_tombstone(loc, false);
+        }
+        self.counters.evicted += n as u64;
+    }
+}
