@@ -41,9 +41,9 @@ impl From<IngestError> for ApiError {
         let msg = e.to_string();
         match e {
             IngestError::NoSuchTable(_) => ApiError::NotFound(msg),
-            IngestError::TableExists(_) | IngestError::TableExistsElsewhere { .. } => {
-                ApiError::Conflict(msg)
-            }
+            IngestError::TableExists(_)
+            | IngestError::TableExistsElsewhere { .. }
+            | IngestError::NotSupported(_) => ApiError::Conflict(msg),
             IngestError::TooLarge(_) => ApiError::TooLarge(msg),
             IngestError::UnsupportedFormat(_) => ApiError::UnsupportedMediaType(msg),
             e if e.is_client_error() => ApiError::BadRequest(msg),

@@ -36,6 +36,12 @@ pub struct IngestionMetrics {
     pub broker_up: IntGaugeVec,
     pub unknown_fields: IntCounterVec,
     pub seals: IntCounterVec,
+    /// Upsert and dedup tables.
+    pub keys: IntGaugeVec,
+    pub key_map_bytes: IntGaugeVec,
+    /// Labels: table, partition, outcome (out_of_order, delete, duplicate, key_conflict,
+    /// evicted).
+    pub keyed_rows: IntCounterVec,
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
@@ -130,6 +136,26 @@ impl IngestionMetrics {
                 "Seals published",
                 &["table"],
             ),
+            keys: gauge(
+                r,
+                "basalt_upsert_keys",
+                "Primary keys in a partition's key map (upsert and dedup tables)",
+                tp,
+            ),
+            key_map_bytes: gauge(
+                r,
+                "basalt_upsert_key_map_bytes",
+                "Memory of a partition's key map and valid-docs bitmaps",
+                tp,
+            ),
+            keyed_rows: counter(
+                r,
+                "basalt_upsert_rows_total",
+                "Rows of upsert/dedup tables by outcome: out_of_order (ignored), delete, \
+                 duplicate (dedup, dropped), key_conflict (key already in another partition), \
+                 evicted (keys forgotten by the TTL)",
+                &["table", "partition", "outcome"],
+            ),
         }
     }
 
@@ -166,8 +192,25 @@ impl IngestionMetrics {
                 .set(p.events_per_second);
             advance(&self.events, &l, p.events);
             advance(&self.quarantined, &l, p.quarantined);
+            if let Some(k) = &p.keyed {
+                set(&self.keys, Some(k.keys as i64));
+                set(&self.key_map_bytes, Some(k.memory_bytes as i64));
+                for (outcome, n) in keyed_outcomes(&k.counters) {
+                    advance(&self.keyed_rows, &[t, part.as_str(), outcome], n);
+                }
+            }
         }
     }
+}
+
+fn keyed_outcomes(c: &basalt_ingest::upsert::KeyedCounters) -> [(&'static str, u64); 5] {
+    [
+        ("out_of_order", c.out_of_order),
+        ("delete", c.deletes),
+        ("duplicate", c.duplicates),
+        ("key_conflict", c.key_conflicts),
+        ("evicted", c.evicted),
+    ]
 }
 
 impl IngestionMetrics {
@@ -187,8 +230,17 @@ impl IngestionMetrics {
                 &self.lag,
                 &self.mutable_rows,
                 &self.last_seal,
+                &self.keys,
+                &self.key_map_bytes,
             ] {
                 let _ = g.remove_label_values(&l);
+            }
+            if let Some(k) = &p.keyed {
+                for (outcome, _) in keyed_outcomes(&k.counters) {
+                    let _ = self
+                        .keyed_rows
+                        .remove_label_values(&[t, part.as_str(), outcome]);
+                }
             }
             let _ = self.events_per_second.remove_label_values(&l);
             let _ = self.events.remove_label_values(&l);

@@ -366,3 +366,89 @@ proptest! {
         }
     }
 }
+
+/// Dedup: the first row of each key is kept, later ones are dropped — across seals and a
+/// restart that replays from the checkpoints.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dedup_keeps_the_first_row_of_each_key_through_seals_and_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let name = format!("dedup_{}", std::process::id());
+    let topic = memory_topic(&name, PARTITIONS);
+    let mut v: serde_json::Value =
+        serde_json::from_str(&serde_json::to_string(&spec(&name, false, 7)).unwrap()).unwrap();
+    v.as_object_mut().unwrap().remove("upsert");
+    v["dedup"] = serde_json::json!({"enabled": true, "ttl": "1d"});
+    let spec = TableSpec::from_json(v.to_string().as_bytes()).unwrap();
+    let mut store = open(dir.path()).await;
+    store.create_table(spec).await.unwrap();
+    let mut first: BTreeMap<u8, i64> = BTreeMap::new();
+    let mut x: u64 = 7;
+    for round in 0..3 {
+        for i in 0..150 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let key = (x >> 33) as u8 % 40;
+            let e = Event {
+                key,
+                cmp: (round * 150 + i) as i64,
+                delete: false,
+                status: None,
+                amount: Some(1),
+                max_seen: None,
+                note: None,
+                city: Some(key % 3),
+            };
+            topic.send(key as i32 % PARTITIONS, &message(&e, round * 150 + i));
+            first.entry(key).or_insert(e.cmp);
+        }
+        if round == 1 {
+            store.shutdown();
+            drop(store);
+            store = open(dir.path()).await;
+        }
+        let engine = QueryEngine::new(Arc::new(StoreSource(store.clone())));
+        let want: Vec<String> = first.iter().map(|(k, c)| format!("k{k:02}|{c}")).collect();
+        let sql = format!("SELECT order_id, updated_at FROM {name} ORDER BY order_id");
+        let start = Instant::now();
+        loop {
+            let got = rows(&engine, &sql).await;
+            let distinct: std::collections::BTreeSet<_> = got.iter().map(|r| &r[..3]).collect();
+            assert_eq!(distinct.len(), got.len(), "a key shows twice: {got:?}");
+            if got == want {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "got {got:?}\nwant {want:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
+    }
+    let start = Instant::now();
+    loop {
+        let status = store.table(&name).unwrap().ingestion().unwrap();
+        let keyed: Vec<_> = status
+            .partitions
+            .iter()
+            .filter_map(|p| p.keyed.clone())
+            .collect();
+        let dropped: u64 = keyed.iter().map(|k| k.counters.duplicates).sum();
+        let keys: u64 = keyed.iter().map(|k| k.keys).sum();
+        if dropped > 0 && keys == first.len() as u64 {
+            let m = crate::metrics::Metrics::new();
+            m.ingestion.observe(&status);
+            let text = m.render();
+            let dup = format!("basalt_upsert_rows_total{{outcome=\"duplicate\",partition=\"0\",table=\"{name}\"}}");
+            assert!(text.contains(&dup), "{text}");
+            assert!(text.contains("basalt_upsert_keys{"), "{text}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "duplicates and keys are reported: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    store.shutdown();
+}

@@ -47,6 +47,8 @@ pub enum IngestError {
         from: Option<i64>,
         to: i64,
     },
+    #[error("not supported: {0}")]
+    NotSupported(String),
     #[error("persisted state is damaged: {0}")]
     Corrupt(String),
     #[error("upsert/dedup state: {0}")]
@@ -69,6 +71,7 @@ impl IngestError {
                 | IngestError::TooLarge(_)
                 | IngestError::UnsupportedFormat(_)
                 | IngestError::Parquet(_)
+                | IngestError::NotSupported(_)
         )
     }
 }

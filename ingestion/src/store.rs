@@ -454,6 +454,13 @@ impl TableStore {
         let t = self
             .table(table)
             .ok_or_else(|| IngestError::NoSuchTable(table.into()))?;
+        if crate::upsert::KeyedTable::of(&t.spec).is_some() {
+            // Segments published here would bypass the key maps and show a key twice.
+            return Err(IngestError::NotSupported(format!(
+                "table {table:?} is an upsert/dedup table; batch ingestion into it is not \
+                 built yet (rows must come through its stream source)"
+            )));
+        }
         let me = self.clone();
         let t2 = t.clone();
         let handle = tokio::runtime::Handle::current();

@@ -404,15 +404,24 @@ impl Session<'_> {
                 .map_err(|e| e.to_string())?;
         }
         // Counters run on across sessions.
-        let (events, quarantined_total) = self
+        let (events, quarantined_total, keyed_counters) = self
             .ctx
             .status
             .lock()
             .partitions
             .iter()
             .find(|p| p.partition == partition)
-            .map(|p| (p.events, p.quarantined))
-            .unwrap_or((0, 0));
+            .map(|p| {
+                (
+                    p.events,
+                    p.quarantined,
+                    p.keyed.as_ref().map(|k| k.counters),
+                )
+            })
+            .unwrap_or((0, 0, None));
+        if let (Some(k), Some(c)) = (self.keyed.get_mut(&partition), keyed_counters) {
+            k.counters = c;
+        }
         self.parts.insert(
             partition,
             PartitionIngest {

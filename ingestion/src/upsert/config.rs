@@ -273,3 +273,100 @@ fn ttl(field: &str, s: &str) -> Result<i64> {
     let d = parse_duration(s).map_err(|e| err(format!("{field}: {e}")))?;
     i64::try_from(d.as_millis()).map_err(|_| err(format!("{field}: {s:?} is too long")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(extra: &str) -> std::result::Result<TableSpec, String> {
+        let json = format!(
+            r#"{{"name":"orders","time_column":"ts",
+             "columns":[{{"name":"order_id","type":"STRING"}},{{"name":"ts","type":"TIMESTAMP"}},
+               {{"name":"updated_at","type":"LONG"}},{{"name":"is_deleted","type":"BOOLEAN"}},
+               {{"name":"amount","type":"DOUBLE"}},{{"name":"status","type":"STRING"}},
+               {{"name":"max_seen","type":"LONG"}}]{extra}}}"#
+        );
+        TableSpec::from_json(json.as_bytes()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn accepts_the_issue_spec_and_resolves_columns() {
+        // As written in the issue, less `"tags":"UNION"` (array columns are not built yet).
+        let s = spec(
+            r#","primary_key":["order_id"],
+ "upsert":{"mode":"PARTIAL","comparison_column":"updated_at","delete_column":"is_deleted",
+           "partial_strategies":{"amount":"INCREMENT","status":"OVERWRITE","max_seen":"MAX"},
+           "metadata_ttl":"7d"}"#,
+        )
+        .unwrap();
+        let k = KeyedTable::of(&s).unwrap();
+        assert_eq!(k.key, vec![0]);
+        assert_eq!((k.comparison, k.delete), (2, Some(3)));
+        assert_eq!(k.ttl_ms, Some(7 * 86_400_000));
+        let KeyMode::Partial(st) = &k.mode else {
+            panic!("partial")
+        };
+        assert_eq!(st[4], Strategy::Increment);
+        assert_eq!(st[6], Strategy::Max);
+        assert_eq!(st[5], Strategy::Overwrite);
+        // Key and comparison columns are never null.
+        let schema = s.segment_schema();
+        assert!(!schema.columns[0].nullable && !schema.columns[2].nullable);
+        let d = spec(r#","primary_key":["order_id"],"dedup":{"enabled":true,"ttl":"1d"}"#).unwrap();
+        assert_eq!(KeyedTable::of(&d).unwrap().mode, KeyMode::Dedup);
+        // Round trip.
+        let back = TableSpec::from_json(&serde_json::to_vec(&s).unwrap()).unwrap();
+        assert_eq!(back, s);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        for (extra, field) in [
+            (r#","upsert":{"mode":"FULL"}"#, "primary_key"),
+            (
+                r#","primary_key":["nope"],"upsert":{"mode":"FULL"}"#,
+                "primary_key[0]",
+            ),
+            (r#","primary_key":["order_id"]"#, "primary_key"),
+            (
+                r#","primary_key":["order_id"],"upsert":{"mode":"HALF"}"#,
+                "upsert.mode",
+            ),
+            (
+                r#","primary_key":["order_id"],"upsert":{"mode":"FULL","comparison_column":"status"}"#,
+                "upsert.comparison_column",
+            ),
+            (
+                r#","primary_key":["order_id"],"upsert":{"mode":"FULL","delete_column":"amount"}"#,
+                "upsert.delete_column",
+            ),
+            (
+                r#","primary_key":["order_id"],"upsert":{"mode":"PARTIAL","partial_strategies":{"status":"INCREMENT"}}"#,
+                "upsert.partial_strategies.status",
+            ),
+            (
+                r#","primary_key":["order_id"],"upsert":{"mode":"PARTIAL","partial_strategies":{"amount":"SUM"}}"#,
+                "upsert.partial_strategies.amount",
+            ),
+            (
+                r#","primary_key":["order_id"],"upsert":{"mode":"FULL","partial_strategies":{"amount":"MAX"}}"#,
+                "upsert.partial_strategies",
+            ),
+            (
+                r#","primary_key":["order_id"],"upsert":{"mode":"FULL","metadata_ttl":"soon"}"#,
+                "upsert.metadata_ttl",
+            ),
+            (
+                r#","primary_key":["order_id"],"upsert":{"mode":"FULL"},"dedup":{"enabled":true}"#,
+                "dedup",
+            ),
+            (
+                r#","primary_key":["order_id"],"upsert":{"mode":"FULL","extra":1}"#,
+                "unknown field `extra`",
+            ),
+        ] {
+            let e = spec(extra).unwrap_err();
+            assert!(e.contains(field), "{extra}: {e}");
+        }
+    }
+}
