@@ -20,6 +20,11 @@ use hashbrown::HashTable;
 /// A primary key's 128-bit hash (xxh3), computed from its column values.
 pub type KeyHash = u128;
 
+/// The hash of a key's encoded bytes.
+pub fn hash_key(bytes: &[u8]) -> KeyHash {
+    twox_hash::XxHash3_128::oneshot(bytes)
+}
+
 /// Shards of the map; their shares of the keys grow geometrically.
 pub const SHARDS: usize = 64;
 /// Resolution of the shard lookup (top bits of the hash → shard).

@@ -95,7 +95,7 @@ pub fn key_hashes(cols: &[&ArrayRef], rows: usize) -> Result<Vec<KeyHash>> {
         for c in cols {
             key_bytes(c.as_ref(), i, &mut buf)?;
         }
-        out.push(twox_hash::XxHash3_128::oneshot(&buf));
+        out.push(super::keymap::hash_key(&buf));
     }
     Ok(out)
 }
