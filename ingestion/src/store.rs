@@ -128,15 +128,11 @@ impl Table {
     }
 
     /// Removes mutable segments from the view without publishing them (an ingester restart:
-    /// their offsets are consumed again from the checkpoint); an upsert table's valid docs
-    /// become `valid` in the same step.
-    pub(crate) fn remove_mutable(&self, parts: &[Arc<MutablePart>], valid: Option<ValidDocs>) {
+    /// their offsets are consumed again from the checkpoint).
+    pub(crate) fn remove_mutable(&self, parts: &[Arc<MutablePart>]) {
         self.change_view(|v| {
             v.mutable
                 .retain(|p| !parts.iter().any(|r| Arc::ptr_eq(p, r)));
-            if let Some(valid) = valid {
-                v.valid = Some(Arc::new(valid));
-            }
         });
     }
 
@@ -163,8 +159,6 @@ pub(crate) struct PublishChange<'a> {
     pub snapshots: &'a [(i32, String)],
     /// The mutable part the staged segments hold the rows of.
     pub retire: Option<&'a Arc<MutablePart>>,
-    /// Valid docs of the staged segments (upsert tables).
-    pub valid: Vec<(String, Arc<RoaringBitmap>)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -500,7 +494,8 @@ impl TableStore {
 
     /// Publishes staged segments, quarantine segments, checkpoint deltas and keyed
     /// snapshots in one metastore commit, then swaps the view: the new segments in, the
-    /// `retire`d mutable segment (whose rows they hold) out, valid docs changed, in one step.
+    /// `retire`d mutable segment (whose rows they hold) out, in one step. An upsert table's
+    /// valid docs need no change: they are kept by segment id, which the part already had.
     pub(crate) async fn publish(&self, t: &Table, change: PublishChange<'_>) -> Result<()> {
         let PublishChange {
             staged,
@@ -508,7 +503,6 @@ impl TableStore {
             deltas,
             snapshots,
             retire,
-            valid,
         } = change;
         if staged.is_empty() && staged_quarantine.is_empty() && deltas.is_empty() {
             return Ok(());
@@ -549,11 +543,6 @@ impl TableStore {
                 .retain(|p| retire.is_none_or(|r| !Arc::ptr_eq(p, r)));
             v.segments = segments;
             v.quarantine = quarantine;
-            if !valid.is_empty() {
-                let mut all = v.valid.as_deref().cloned().unwrap_or_default();
-                all.extend(valid);
-                v.valid = Some(Arc::new(all));
-            }
         });
         info!(table = %t.spec.name, segments = staged.len(), quarantine_segments = staged_quarantine.len(), rows = staged.iter().map(|s| s.meta.rows).sum::<u64>(), "published segments");
         Ok(())

@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::source::{Message, Source, SourceError};
+use super::source::{next_turn, Message, Source, SourceError};
 use crate::gen::MessageGenerator;
 use crate::spec::GeneratorSource;
 
@@ -97,11 +97,10 @@ impl Source for GeneratorStream {
         f: &mut dyn FnMut(Message<'_>),
     ) -> Result<bool, SourceError> {
         let n = self.parts.len();
-        for k in 0..n {
-            let i = (self.turn + k) % n;
-            if self.parts[i].next >= self.produced(&self.parts[i]) {
-                continue;
-            }
+        let due = next_turn(self.turn, n, |i| {
+            self.parts[i].next < self.produced(&self.parts[i])
+        });
+        if let Some(i) = due {
             self.turn = i + 1;
             let (partition, offset) = (self.parts[i].partition, self.parts[i].next);
             self.parts[i].next += 1;

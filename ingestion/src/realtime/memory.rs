@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use super::source::{Message, Source, SourceError};
+use super::source::{next_turn, Message, Source, SourceError};
 use crate::spec::MemorySource;
 
 /// One in-memory topic.
@@ -100,21 +100,23 @@ impl Source for MemoryStream {
     ) -> Result<bool, SourceError> {
         let until = Instant::now() + timeout;
         loop {
-            let n = self.assigned.len();
-            for k in 0..n {
-                let i = (self.turn + k) % n;
+            let (topic, assigned) = (&self.topic, &self.assigned);
+            let ready = next_turn(self.turn, assigned.len(), |i| {
+                assigned[i].1 < topic.len(assigned[i].0)
+            });
+            if let Some(i) = ready {
                 let (partition, next) = self.assigned[i];
-                if let Some(payload) = self.topic.get(partition, next) {
-                    self.assigned[i].1 += 1;
-                    self.turn = i + 1;
-                    f(Message {
-                        partition,
-                        offset: next,
-                        timestamp: None,
-                        payload: Some(&payload),
-                    });
-                    return Ok(true);
-                }
+                self.assigned[i].1 += 1;
+                self.turn = i + 1;
+                // Present: partitions only grow.
+                let payload = self.topic.get(partition, next);
+                f(Message {
+                    partition,
+                    offset: next,
+                    timestamp: None,
+                    payload: payload.as_deref(),
+                });
+                return Ok(true);
             }
             let now = Instant::now();
             if now >= until {

@@ -341,7 +341,7 @@ fn session(ctx: &Arc<Ctx>) -> Result<(), String> {
     let retired = s.sealer.stop();
     let mut parts: Vec<Arc<MutablePart>> = s.parts.values().map(|p| p.part.clone()).collect();
     parts.extend(retired);
-    t.remove_mutable(&parts, None);
+    t.remove_mutable(&parts);
     result
 }
 
@@ -461,7 +461,7 @@ impl Session<'_> {
             )
         };
         if let Some(mut k) = keyed {
-            if result.is_ok() && self.keyed_table.as_ref().is_some_and(|c| c.is_upsert()) {
+            if result.is_ok() {
                 self.ctx.table.update_valid(k.take_changes());
             }
             self.keyed.insert(id, k);
@@ -618,9 +618,6 @@ impl Session<'_> {
                     previous: p.snapshot_path.replace(path),
                 };
                 k.start_part(fresh.clone()).map_err(|e| e.to_string())?;
-                if self.keyed_table.as_ref().is_some_and(|c| c.is_upsert()) {
-                    self.ctx.table.update_valid(k.take_changes());
-                }
                 Some(seal)
             }
             None => None,
@@ -642,9 +639,7 @@ impl Session<'_> {
 
     fn on_seal(&mut self, o: SealOutcome, source: &mut dyn Source) -> Result<(), String> {
         match o {
-            SealOutcome::Published {
-                delta, at, segment, ..
-            } => {
+            SealOutcome::Published { delta, at, segment } => {
                 if let Some(p) = self.parts.get_mut(&delta.partition) {
                     p.checkpoint = Some(delta.to);
                     p.last_seal = Some(at);

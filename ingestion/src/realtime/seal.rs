@@ -48,8 +48,6 @@ pub enum SealOutcome {
         at: chrono::DateTime<chrono::Utc>,
         /// The rows segment (id, reader), when the part had rows.
         segment: Option<(String, Arc<SegmentReader>)>,
-        /// Where the keyed snapshot went.
-        snapshot: Option<String>,
     },
     /// Not retryable; the session must restart from the checkpoints.
     Failed(String),
@@ -143,13 +141,12 @@ fn seal_loop(
         let mut backoff = Duration::from_millis(500);
         loop {
             match seal(ctx, &job) {
-                Ok((segment, snapshot)) => {
+                Ok(segment) => {
                     pending.fetch_sub(1, Ordering::Relaxed);
                     let _ = outcomes.send(SealOutcome::Published {
                         delta: job.delta,
                         at: chrono::Utc::now(),
                         segment,
-                        snapshot,
                     });
                     break;
                 }
@@ -188,17 +185,15 @@ fn retryable(e: &IngestError) -> bool {
     )
 }
 
-type Sealed = (Option<(String, Arc<SegmentReader>)>, Option<String>);
-
 /// Builds, uploads and publishes one part (with its keyed snapshot); staged uploads are
-/// deleted on failure.
-fn seal(ctx: &Ctx, job: &SealJob) -> Result<Sealed, IngestError> {
+/// deleted on failure. Returns the rows segment, if the part had rows.
+fn seal(ctx: &Ctx, job: &SealJob) -> Result<Option<(String, Arc<SegmentReader>)>, IngestError> {
     let (store, t) = (&ctx.store, &ctx.table);
     let rows = job.part.rows.batches();
     let quarantined = job.part.quarantine.batches();
     let mut staged = Vec::new();
     let mut staged_q = Vec::new();
-    let mut snapshot: Option<String> = None;
+    let mut snapshot_uploaded = false;
     let result = (|| {
         if !rows.is_empty() {
             staged.push(store.stage(
@@ -223,10 +218,9 @@ fn seal(ctx: &Ctx, job: &SealJob) -> Result<Sealed, IngestError> {
         let mut snapshots = Vec::new();
         if let Some(k) = &job.keyed {
             let bytes = snapshot::encode(&k.slots)?;
-            let path = k.path.clone();
-            ctx.handle.block_on(t.home.put_object(&path, bytes))?;
-            snapshot = Some(path.clone());
-            snapshots.push((job.delta.partition, path));
+            ctx.handle.block_on(t.home.put_object(&k.path, bytes))?;
+            snapshot_uploaded = true;
+            snapshots.push((job.delta.partition, k.path.clone()));
         }
         ctx.handle.block_on(store.publish(
             t,
@@ -236,7 +230,6 @@ fn seal(ctx: &Ctx, job: &SealJob) -> Result<Sealed, IngestError> {
                 deltas: &[job.delta],
                 snapshots: &snapshots,
                 retire: Some(&job.part),
-                valid: Vec::new(),
             },
         ))
     })();
@@ -249,8 +242,8 @@ fn seal(ctx: &Ctx, job: &SealJob) -> Result<Sealed, IngestError> {
             .collect();
         ctx.handle
             .block_on(t.home.delete_staged(&t.spec.name, &metas));
-        if let Some(p) = &snapshot {
-            ctx.handle.block_on(t.home.delete_object(p));
+        if let Some(k) = job.keyed.as_ref().filter(|_| snapshot_uploaded) {
+            ctx.handle.block_on(t.home.delete_object(&k.path));
         }
     }
     release_freed_memory();
@@ -258,8 +251,7 @@ fn seal(ctx: &Ctx, job: &SealJob) -> Result<Sealed, IngestError> {
     if let Some(prev) = job.keyed.as_ref().and_then(|k| k.previous.as_deref()) {
         ctx.handle.block_on(t.home.delete_object(prev));
     }
-    let segment = staged
+    Ok(staged
         .first()
-        .map(|s| (s.meta.id.clone(), s.reader.clone()));
-    Ok((segment, snapshot))
+        .map(|s| (s.meta.id.clone(), s.reader.clone())))
 }

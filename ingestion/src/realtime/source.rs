@@ -56,6 +56,17 @@ pub trait Source: Send {
     fn commit(&mut self, positions: &[(i32, i64)]);
 }
 
+/// The first of `n` assigned partitions, counting from `turn` and wrapping around, that
+/// `ready` accepts: how in-process sources take partitions in turns (the caller moves its
+/// turn past the answer).
+pub(crate) fn next_turn(
+    turn: usize,
+    n: usize,
+    mut ready: impl FnMut(usize) -> bool,
+) -> Option<usize> {
+    (0..n).map(|k| (turn + k) % n).find(|&i| ready(i))
+}
+
 /// What a spec's source consumes, for status reports and logs.
 pub fn describe(spec: &SourceSpec) -> String {
     match (&spec.kafka, &spec.generator, &spec.memory) {

@@ -23,7 +23,7 @@ use arrow::record_batch::RecordBatch;
 use basalt_segment::{RoaringBitmap, SegmentReader};
 use serde::Serialize;
 
-use super::config::{KeyMode, KeyedTable};
+use super::config::{KeyMode, KeyedTable, Strategy};
 use super::keymap::{Entry, KeyHash, KeyMap, Location, MAX_DOC, MAX_SLOT};
 use super::merge::merge_row;
 use super::rows::{cells_to_batch, comparison_values, delete_flags, key_hashes, row_cells, Cell};
@@ -45,6 +45,14 @@ struct Slot {
     tombstones: Arc<RoaringBitmap>,
     rows: SlotRows,
     docs: u32,
+}
+
+/// A decoded batch with each row's key hash, comparison value and delete flag.
+struct Rows<'a> {
+    batch: &'a RecordBatch,
+    hashes: &'a [KeyHash],
+    cmps: &'a [i64],
+    deletes: &'a [bool],
 }
 
 /// A slot's bitmaps, as persisted with each seal.
@@ -78,10 +86,11 @@ pub struct KeyedPartition {
     /// The schema of appended batches.
     schema: SchemaRef,
     map: KeyMap,
-    slots: Vec<Option<Slot>>,
+    slots: Vec<Slot>,
     current: Option<u32>,
     max_comparison: i64,
-    /// Slots whose valid docs changed since the last [`KeyedPartition::take_changes`].
+    /// Upsert: slots whose valid docs changed since the last
+    /// [`KeyedPartition::take_changes`] (dedup tables filter no docs at query time).
     dirty: BTreeSet<u32>,
     pub counters: KeyedCounters,
 }
@@ -118,7 +127,6 @@ impl KeyedPartition {
             + self
                 .slots
                 .iter()
-                .flatten()
                 .map(|s| s.valid.serialized_size() + s.tombstones.serialized_size())
                 .sum::<usize>()
     }
@@ -126,7 +134,6 @@ impl KeyedPartition {
     fn slot(&self, i: u32) -> Result<&Slot> {
         self.slots
             .get(i as usize)
-            .and_then(|s| s.as_ref())
             .ok_or_else(|| corrupt(format!("keyed state: no slot {i}")))
     }
 
@@ -137,7 +144,7 @@ impl KeyedPartition {
                 "keyed state: more than {MAX_SLOT} segments in one partition"
             )));
         }
-        self.slots.push(Some(slot));
+        self.slots.push(slot);
         Ok(i)
     }
 
@@ -215,7 +222,7 @@ impl KeyedPartition {
     /// The part `id` was sealed into `reader` (same docs): rows are read from there now and
     /// the part's memory can go.
     pub fn sealed(&mut self, id: &str, reader: Arc<SegmentReader>) {
-        for s in self.slots.iter_mut().flatten() {
+        for s in self.slots.iter_mut() {
             if s.id == id {
                 s.rows = SlotRows::Segment(reader);
                 return;
@@ -227,7 +234,6 @@ impl KeyedPartition {
     pub fn snapshot(&self) -> Vec<SlotSnapshot> {
         self.slots
             .iter()
-            .flatten()
             .filter(|s| s.docs > 0)
             .map(|s| SlotSnapshot {
                 id: s.id.clone(),
@@ -242,26 +248,23 @@ impl KeyedPartition {
     pub fn valid_docs(&self) -> Vec<(String, Arc<RoaringBitmap>)> {
         self.slots
             .iter()
-            .flatten()
             .map(|s| (s.id.clone(), s.valid.clone()))
             .collect()
     }
 
-    /// Valid docs changed since the last call.
+    /// Valid docs changed since the last call (always none for dedup).
     pub fn take_changes(&mut self) -> Vec<(String, Arc<RoaringBitmap>)> {
         let dirty = std::mem::take(&mut self.dirty);
         dirty
             .into_iter()
-            .filter_map(|i| self.slots[i as usize].as_ref())
+            .map(|i| &self.slots[i as usize])
             .map(|s| (s.id.clone(), s.valid.clone()))
             .collect()
     }
 
     /// Sets or clears `loc` in its slot's valid docs (`tombstone`: its tombstones).
     fn mark(&mut self, loc: Location, tombstone: bool, on: bool) {
-        let Some(s) = self.slots[loc.slot as usize].as_mut() else {
-            return;
-        };
+        let s = &mut self.slots[loc.slot as usize];
         let bm = Arc::make_mut(if tombstone {
             &mut s.tombstones
         } else {
@@ -272,7 +275,7 @@ impl KeyedPartition {
         } else {
             bm.remove(loc.doc);
         }
-        if !tombstone {
+        if !tombstone && self.cfg.is_upsert() {
             self.dirty.insert(loc.slot);
         }
     }
@@ -336,109 +339,133 @@ impl KeyedPartition {
         let key_cols: Vec<_> = cfg.key.iter().map(|&i| batch.column(i)).collect();
         let hashes = key_hashes(&key_cols, n)?;
         let cmps = comparison_values(batch.column(cfg.comparison))?;
-        let deletes = match cfg.delete {
-            Some(d) => delete_flags(batch.column(d))?,
-            None => vec![false; n],
+        let at = Location {
+            slot: cur,
+            doc: base,
         };
         let out = match &cfg.mode {
-            KeyMode::Dedup => {
-                let mut keep = Vec::with_capacity(n);
-                let mut doc = base;
-                for (&h, &c) in hashes.iter().zip(&cmps) {
-                    self.max_comparison = self.max_comparison.max(c);
-                    if self.map.get(h).is_some() {
-                        self.counters.duplicates += 1;
-                        keep.push(false);
-                        continue;
-                    }
-                    if elsewhere(h) {
-                        self.counters.key_conflicts += 1;
-                    }
-                    let loc = Location { slot: cur, doc };
-                    self.map.insert(
-                        h,
-                        Entry {
-                            location: loc,
-                            comparison: c,
-                            deleted: false,
-                        },
-                    );
-                    self.set_valid(loc, true);
-                    keep.push(true);
-                    doc += 1;
-                }
-                let mask = arrow::array::BooleanArray::from(keep);
-                let kept = filter_record_batch(batch, &mask)?;
-                (kept.num_rows() > 0).then_some(kept)
-            }
+            KeyMode::Dedup => self.dedup(batch, at, &hashes, &cmps, elsewhere)?,
             mode => {
-                let partial = match mode {
-                    KeyMode::Partial(s) => Some(s.clone()),
+                let deletes = match cfg.delete {
+                    Some(d) => delete_flags(batch.column(d))?,
+                    None => vec![false; n],
+                };
+                let strategies = match mode {
+                    KeyMode::Partial(s) => Some(s.as_slice()),
                     _ => None,
                 };
-                let mut merged: Vec<Vec<Cell>> = Vec::new();
-                for i in 0..n {
-                    let (h, c) = (hashes[i], cmps[i]);
-                    let loc = Location {
-                        slot: cur,
-                        doc: base + i as u32,
-                    };
-                    let prev = self.map.get(h);
-                    let new_cells = match partial {
-                        Some(_) => Some(row_cells(batch, i)?),
-                        None => None,
-                    };
-                    if prev.is_some_and(|p| c < p.comparison) {
-                        self.counters.out_of_order += 1;
-                        merged.extend(new_cells);
-                        continue;
-                    }
-                    self.max_comparison = self.max_comparison.max(c);
-                    match prev {
-                        None if elsewhere(h) => self.counters.key_conflicts += 1,
-                        None => {}
-                        Some(p) if p.deleted => self.set_tombstone(p.location, false),
-                        Some(p) => self.set_valid(p.location, false),
-                    }
-                    let deleted = deletes[i];
-                    if deleted {
-                        self.counters.deletes += 1;
-                        self.set_tombstone(loc, true);
-                        merged.extend(new_cells);
-                    } else {
-                        self.set_valid(loc, true);
-                        if let (Some(strategies), Some(new)) = (&partial, new_cells) {
-                            let row = match prev {
-                                Some(p) if !p.deleted => {
-                                    let old = self.row_at(p.location, base, &merged)?;
-                                    merge_row(strategies, &old, new)
-                                }
-                                _ => new,
-                            };
-                            merged.push(row);
-                        }
-                    }
-                    self.map.insert(
-                        h,
-                        Entry {
-                            location: loc,
-                            comparison: c,
-                            deleted,
-                        },
-                    );
-                }
-                if partial.is_some() {
-                    Some(cells_to_batch(&self.schema, &merged)?)
-                } else {
-                    Some(batch.clone())
-                }
+                let rows = Rows {
+                    batch,
+                    hashes: &hashes,
+                    cmps: &cmps,
+                    deletes: &deletes,
+                };
+                Some(self.upsert(rows, at, strategies, elsewhere)?)
             }
         };
-        let appended = out.as_ref().map_or(0, |b| b.num_rows()) as u32;
-        if let Some(s) = self.slots[cur as usize].as_mut() {
-            s.docs += appended;
-        }
+        self.slots[cur as usize].docs += out.as_ref().map_or(0, |b| b.num_rows()) as u32;
         Ok(out)
+    }
+
+    /// Dedup: keeps the rows of unknown keys (the first of each), from doc `at`.
+    fn dedup(
+        &mut self,
+        batch: &RecordBatch,
+        mut at: Location,
+        hashes: &[KeyHash],
+        cmps: &[i64],
+        elsewhere: &dyn Fn(KeyHash) -> bool,
+    ) -> Result<Option<RecordBatch>> {
+        let mut keep = Vec::with_capacity(hashes.len());
+        for (&h, &c) in hashes.iter().zip(cmps) {
+            self.max_comparison = self.max_comparison.max(c);
+            if self.map.get(h).is_some() {
+                self.counters.duplicates += 1;
+                keep.push(false);
+                continue;
+            }
+            if elsewhere(h) {
+                self.counters.key_conflicts += 1;
+            }
+            self.map.insert(
+                h,
+                Entry {
+                    location: at,
+                    comparison: c,
+                    deleted: false,
+                },
+            );
+            self.set_valid(at, true);
+            keep.push(true);
+            at.doc += 1;
+        }
+        let kept = filter_record_batch(batch, &arrow::array::BooleanArray::from(keep))?;
+        Ok((kept.num_rows() > 0).then_some(kept))
+    }
+
+    /// Upsert: every row is appended from doc `at`; each accepted one becomes its key's row
+    /// (merged with the key's current row when `strategies` are given: PARTIAL).
+    fn upsert(
+        &mut self,
+        rows: Rows<'_>,
+        at: Location,
+        strategies: Option<&[Strategy]>,
+        elsewhere: &dyn Fn(KeyHash) -> bool,
+    ) -> Result<RecordBatch> {
+        let mut merged: Vec<Vec<Cell>> = Vec::new();
+        for i in 0..rows.batch.num_rows() {
+            let (h, c, deleted) = (rows.hashes[i], rows.cmps[i], rows.deletes[i]);
+            let loc = Location {
+                slot: at.slot,
+                doc: at.doc + i as u32,
+            };
+            let prev = self.map.get(h);
+            let new_cells = match strategies {
+                Some(_) => Some(row_cells(rows.batch, i)?),
+                None => None,
+            };
+            if prev.is_some_and(|p| c < p.comparison) {
+                self.counters.out_of_order += 1;
+                merged.extend(new_cells);
+                continue;
+            }
+            self.max_comparison = self.max_comparison.max(c);
+            match prev {
+                None if elsewhere(h) => self.counters.key_conflicts += 1,
+                None => {}
+                Some(p) if p.deleted => self.set_tombstone(p.location, false),
+                Some(p) => self.set_valid(p.location, false),
+            }
+            if deleted {
+                self.counters.deletes += 1;
+                self.set_tombstone(loc, true);
+                merged.extend(new_cells);
+            } else {
+                self.set_valid(loc, true);
+                if let (Some(strategies), Some(new)) = (strategies, new_cells) {
+                    let row = match prev {
+                        Some(p) if !p.deleted => {
+                            let old = self.row_at(p.location, at.doc, &merged)?;
+                            merge_row(strategies, &old, new)
+                        }
+                        _ => new,
+                    };
+                    merged.push(row);
+                }
+            }
+            self.map.insert(
+                h,
+                Entry {
+                    location: loc,
+                    comparison: c,
+                    deleted,
+                },
+            );
+        }
+        match strategies {
+            Some(_) => cells_to_batch(&self.schema, &merged),
+            None => Ok(rows.batch.clone()),
+        }
     }
 
     /// Forgets keys whose comparison value is below the largest seen minus the TTL. Their
