@@ -24,7 +24,7 @@ use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
 use tracing::{info, warn};
 
-use crate::decode::{decode_csv, decode_ndjson, decode_parquet, Format};
+use crate::decode::{decode_csv, decode_ndjson, decode_parquet, ingest_schema, Format};
 use crate::error::{IngestError, Result};
 pub use crate::home::open_deep_store;
 use crate::home::{Home, SegmentKind};
@@ -33,6 +33,7 @@ use crate::metastore::{self, CheckpointDelta, Publish, TableState};
 use crate::mutable::MutablePart;
 use crate::realtime::{Ingester, IngestionStatus};
 use crate::spec::TableSpec;
+use crate::upsert::{snapshot, KeyedPartition, KeyedTable, BATCH_PARTITION};
 
 #[derive(Debug)]
 pub struct LoadedSegment {
@@ -67,6 +68,17 @@ pub struct Table {
     /// Serialises metastore writes of this table.
     publish: tokio::sync::Mutex<()>,
     realtime: Mutex<Option<Ingester>>,
+    /// Upsert and dedup tables without a stream source: the key space of batch ingests
+    /// (one ingest at a time). `None` until the first ingest after load restores it.
+    batch_keys: tokio::sync::Mutex<Option<BatchKeys>>,
+}
+
+/// The keyed state of a table's batch ingests and the snapshot object it was restored
+/// from or last persisted to.
+#[derive(Debug)]
+struct BatchKeys {
+    part: KeyedPartition,
+    snapshot: Option<String>,
 }
 
 impl Table {
@@ -78,6 +90,7 @@ impl Table {
             view: RwLock::new(Arc::new(view)),
             publish: tokio::sync::Mutex::new(()),
             realtime: Mutex::new(None),
+            batch_keys: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -149,6 +162,9 @@ impl Table {
     }
 }
 
+/// The segments a request staged, or its error with those it staged before failing.
+type Staged = std::result::Result<Vec<Arc<LoadedSegment>>, (IngestError, Vec<Arc<LoadedSegment>>)>;
+
 /// What one [`TableStore::publish`] commits and swaps into the view.
 #[derive(Default)]
 pub(crate) struct PublishChange<'a> {
@@ -159,6 +175,9 @@ pub(crate) struct PublishChange<'a> {
     pub snapshots: &'a [(i32, String)],
     /// The mutable part the staged segments hold the rows of.
     pub retire: Option<&'a Arc<MutablePart>>,
+    /// Valid docs to install with the staged segments (a batch ingest into an upsert
+    /// table).
+    pub valid: Vec<(String, Arc<RoaringBitmap>)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -316,7 +335,7 @@ impl TableStore {
             segments: load_segments(&home, &state.spec.name, &state.segments, &[]).await?,
             quarantine: load_segments(&home, &state.spec.name, &state.quarantine, &[]).await?,
             mutable: Vec::new(),
-            valid: None,
+            valid: persisted_valid(&home, &state).await?.map(Arc::new),
         };
         info!(table = %state.spec.name, segments = view.segments.len(), deep_store = %home.describe(), "loaded table");
         let table = Arc::new(Table::new(state.spec, home, view));
@@ -439,6 +458,10 @@ impl TableStore {
     /// Decodes `body` in `format`, seals it into segments and publishes them all at once.
     /// All-or-nothing: on any error nothing becomes visible and staged segments are deleted.
     /// Runs the decoding on a blocking thread; `body` is read as it streams in.
+    ///
+    /// Upsert and dedup tables (without a stream source) apply the rows to the key space
+    /// of batch ingests, one request at a time; a failed request's changes to it are rolled
+    /// back, and a published one commits its keyed snapshot with its segments.
     pub async fn ingest(
         self: &Arc<Self>,
         table: &str,
@@ -448,43 +471,160 @@ impl TableStore {
         let t = self
             .table(table)
             .ok_or_else(|| IngestError::NoSuchTable(table.into()))?;
-        if crate::upsert::KeyedTable::of(&t.spec).is_some() {
-            // Segments published here would bypass the key maps and show a key twice.
+        let keyed = KeyedTable::of(&t.spec).map(Arc::new);
+        if keyed.is_some() && t.spec.source.is_some() {
+            // Its key maps are per stream partition: batch rows could not replace the
+            // current row of a key the stream holds.
             return Err(IngestError::NotSupported(format!(
-                "table {table:?} is an upsert/dedup table; batch ingestion into it is not \
-                 built yet (rows must come through its stream source)"
+                "table {table:?} is an upsert/dedup table with a stream source; its rows \
+                 must come through the stream (the topic keyed by the primary key)"
             )));
         }
+        let mut guard = match &keyed {
+            Some(_) => Some(t.batch_keys.lock().await),
+            None => None,
+        };
+        let mut keys = match (&keyed, guard.as_deref_mut()) {
+            (Some(cfg), Some(slot)) => Some(match slot.take() {
+                Some(k) => k,
+                None => self.restore_batch_keys(&t, cfg.clone()).await?,
+            }),
+            _ => None,
+        };
+        let savepoint = keys.as_mut().map(|k| k.part.savepoint());
         let me = self.clone();
         let t2 = t.clone();
         let handle = tokio::runtime::Handle::current();
-        let staged =
-            tokio::task::spawn_blocking(move || me.decode_and_stage(&t2, format, body, &handle))
-                .await
-                .map_err(|e| IngestError::Io(std::io::Error::other(e.to_string())))?;
+        // A panic on the blocking thread loses `keys`; the next ingest restores them.
+        let (staged, mut keys) = tokio::task::spawn_blocking(move || {
+            let staged = me.decode_and_stage(
+                &t2,
+                format,
+                body,
+                &handle,
+                keys.as_mut().map(|k| &mut k.part),
+            );
+            (staged, keys)
+        })
+        .await
+        .map_err(|e| IngestError::Io(std::io::Error::other(e.to_string())))?;
+        let result = self.publish_ingest(&t, staged, keys.as_mut()).await;
+        if let (Some(mut k), Some(sp), Some(slot)) = (keys, savepoint, guard.as_deref_mut()) {
+            match &result {
+                Ok(_) => {
+                    k.part.commit();
+                    k.part.evict();
+                }
+                Err(_) => k.part.rollback(sp),
+            }
+            *slot = Some(k);
+        }
+        result
+    }
+
+    /// Publishes a request's staged segments (with the batch key space's snapshot and
+    /// changed valid docs, for a keyed table); deletes what it staged when that fails.
+    async fn publish_ingest(
+        &self,
+        t: &Table,
+        staged: Staged,
+        keys: Option<&mut BatchKeys>,
+    ) -> Result<u64> {
         let staged = match staged {
             Ok(s) => s,
             Err((e, staged)) => {
-                self.delete_staged(&t, &staged).await;
+                self.delete_staged(t, &staged).await;
                 return Err(e);
             }
         };
         let rows = staged.iter().map(|s| s.meta.rows).sum();
+        let mut snapshot = None;
+        let mut valid = Vec::new();
+        let mut keys = keys.filter(|_| !staged.is_empty());
+        if let Some(k) = keys.as_deref_mut() {
+            valid = k.part.take_changes();
+            let path = format!(
+                "{}/batch-{}.snap",
+                SegmentKind::KeyedSnapshot.prefix(&t.spec.name),
+                self.new_segment_id(&t.spec.name)
+            );
+            let put = match snapshot::encode(&k.part.snapshot()) {
+                Ok(bytes) => t.home.put_object(&path, bytes).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = put {
+                self.delete_staged(t, &staged).await;
+                return Err(e);
+            }
+            snapshot = Some(path);
+        }
+        let snapshots: Vec<(i32, String)> = snapshot
+            .iter()
+            .map(|p| (BATCH_PARTITION, p.clone()))
+            .collect();
         let published = self
             .publish(
-                &t,
+                t,
                 PublishChange {
                     staged: &staged,
+                    snapshots: &snapshots,
+                    valid,
                     ..Default::default()
                 },
             )
             .await;
         release_freed_memory();
         if let Err(e) = published {
-            self.delete_staged(&t, &staged).await;
+            self.delete_staged(t, &staged).await;
+            if let Some(path) = &snapshot {
+                t.home.delete_object(path).await;
+            }
             return Err(e);
         }
+        if let Some(k) = keys {
+            if let Some(prev) = std::mem::replace(&mut k.snapshot, snapshot) {
+                t.home.delete_object(&prev).await;
+            }
+        }
         Ok(rows)
+    }
+
+    /// The batch key space of a keyed table, rebuilt from its last published snapshot.
+    async fn restore_batch_keys(&self, t: &Table, cfg: Arc<KeyedTable>) -> Result<BatchKeys> {
+        let started = std::time::Instant::now();
+        let schema = ingest_schema(&t.schema);
+        let state = t
+            .home
+            .metastore
+            .get(&t.spec.name)
+            .await?
+            .ok_or_else(|| IngestError::NoSuchTable(t.spec.name.clone()))?;
+        let Some(path) = state.value.keyed_snapshots.get(&BATCH_PARTITION).cloned() else {
+            return Ok(BatchKeys {
+                part: KeyedPartition::new(cfg, schema),
+                snapshot: None,
+            });
+        };
+        let bytes = t.home.get_object(&path).await?;
+        let slots = snapshot::decode(&bytes)
+            .map_err(|e| IngestError::Keyed(format!("keyed snapshot {path}: {e}")))?;
+        let view = t.view();
+        let part = tokio::task::spawn_blocking(move || {
+            KeyedPartition::restore(cfg, schema, &slots, |id| {
+                view.segments
+                    .iter()
+                    .find(|s| s.meta.id == id)
+                    .map(|s| s.reader.clone())
+            })
+        })
+        .await
+        .map_err(|e| IngestError::Io(std::io::Error::other(e.to_string())))?
+        .map_err(|e| IngestError::Keyed(format!("keyed snapshot {path}: {e}")))?;
+        info!(table = %t.spec.name, keys = part.keys(), elapsed_ms = started.elapsed().as_millis() as u64, "restored the keys of batch ingests");
+        Ok(BatchKeys {
+            part,
+            snapshot: Some(path),
+        })
     }
 
     async fn delete_staged(&self, t: &Table, staged: &[Arc<LoadedSegment>]) {
@@ -503,6 +643,7 @@ impl TableStore {
             deltas,
             snapshots,
             retire,
+            valid,
         } = change;
         if staged.is_empty() && staged_quarantine.is_empty() && deltas.is_empty() {
             return Ok(());
@@ -543,19 +684,24 @@ impl TableStore {
                 .retain(|p| retire.is_none_or(|r| !Arc::ptr_eq(p, r)));
             v.segments = segments;
             v.quarantine = quarantine;
+            if !valid.is_empty() {
+                let mut docs = v.valid.as_deref().cloned().unwrap_or_default();
+                docs.extend(valid);
+                v.valid = Some(Arc::new(docs));
+            }
         });
         info!(table = %t.spec.name, segments = staged.len(), quarantine_segments = staged_quarantine.len(), rows = staged.iter().map(|s| s.meta.rows).sum::<u64>(), "published segments");
         Ok(())
     }
 
-    #[allow(clippy::type_complexity)]
     fn decode_and_stage(
         &self,
         t: &Table,
         format: Format,
         mut body: Box<dyn Read + Send>,
         handle: &tokio::runtime::Handle,
-    ) -> std::result::Result<Vec<Arc<LoadedSegment>>, (IngestError, Vec<Arc<LoadedSegment>>)> {
+        mut keyed: Option<&mut KeyedPartition>,
+    ) -> Staged {
         let max_rows = t.spec.segment.max_rows;
         let max_bytes = t.spec.max_bytes().ok().flatten();
         let batch_rows = max_rows.min(65536);
@@ -565,32 +711,36 @@ impl TableStore {
             .map(|n| n.get())
             .unwrap_or(1)
             .clamp(1, 4);
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<RecordBatch>>(1);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(Option<String>, Vec<RecordBatch>)>(1);
         let rx = std::sync::Mutex::new(rx);
+        // Keyed tables: built segments go back to the decoding side, which then reads
+        // PARTIAL merges' earlier rows from them instead of memory.
+        let (built_tx, built_rx) = std::sync::mpsc::channel::<(String, Arc<SegmentReader>)>();
+        let built_tx = keyed.is_some().then_some(built_tx);
         let failed = std::sync::atomic::AtomicBool::new(false);
         let (rx, failed) = (&rx, &failed);
         std::thread::scope(move |scope| {
             let workers: Vec<_> = (0..builders)
                 .map(|_| {
+                    let built_tx = built_tx.clone();
                     scope.spawn(move || {
                         let mut staged: Vec<Arc<LoadedSegment>> = Vec::new();
                         loop {
                             let next = rx.lock().map(|r| r.recv());
-                            let Ok(Ok(batches)) = next else {
+                            let Ok(Ok((id, batches))) = next else {
                                 return (staged, None);
                             };
                             if failed.load(Ordering::Relaxed) {
                                 continue;
                             }
-                            match self.stage(
-                                t,
-                                SegmentKind::Rows,
-                                &t.schema,
-                                &batches,
-                                None,
-                                handle,
-                            ) {
-                                Ok(s) => staged.push(s),
+                            match self.stage(t, SegmentKind::Rows, &t.schema, &batches, id, handle)
+                            {
+                                Ok(s) => {
+                                    if let Some(b) = &built_tx {
+                                        let _ = b.send((s.meta.id.clone(), s.reader.clone()));
+                                    }
+                                    staged.push(s)
+                                }
                                 Err(e) => {
                                     failed.store(true, Ordering::Relaxed);
                                     return (staged, Some(e));
@@ -603,8 +753,25 @@ impl TableStore {
             let decoded = (|| -> Result<()> {
                 let mut pending: Vec<RecordBatch> = Vec::new();
                 let mut pending_rows = 0usize;
-                let seal = |batches: Vec<RecordBatch>| -> Result<()> {
-                    tx.send(batches).map_err(|_| {
+                let ingest_schema = ingest_schema(&t.schema);
+                let mut seal = |batches: Vec<RecordBatch>| -> Result<()> {
+                    let job = match keyed.as_deref_mut() {
+                        None => (None, batches),
+                        Some(k) => {
+                            while let Ok((id, reader)) = built_rx.try_recv() {
+                                k.sealed(&id, reader);
+                            }
+                            // Doc ids are the order rows are applied in: one batch per
+                            // segment, applied before it is built.
+                            let rows = arrow::compute::concat_batches(&ingest_schema, &batches)?;
+                            let id = self.new_segment_id(&t.spec.name);
+                            match k.apply_segment(id.clone(), &rows)? {
+                                Some(kept) => (Some(id), vec![kept]),
+                                None => return Ok(()),
+                            }
+                        }
+                    };
+                    tx.send(job).map_err(|_| {
                         IngestError::Io(std::io::Error::other("the segment builder stopped"))
                     })
                 };
@@ -674,6 +841,11 @@ impl TableStore {
             }
             // Segments are published in the order of their ids (creation order).
             staged.sort_by(|a, b| a.meta.id.cmp(&b.meta.id));
+            if let Some(k) = keyed {
+                for s in &staged {
+                    k.sealed(&s.meta.id, s.reader.clone());
+                }
+            }
             // A builder's own error explains a "builder stopped" on the decoding side.
             match (decoded, build_error) {
                 (_, Some(e)) | (Err(e), None) => Err((e, staged)),
@@ -697,6 +869,23 @@ impl TableStore {
         let (meta, reader) = handle.block_on(t.home.stage(&t.spec.name, kind, id, bytes))?;
         Ok(Arc::new(LoadedSegment { meta, reader }))
     }
+}
+
+/// An upsert table's valid docs as its keyed snapshots persisted them, so that queries
+/// after a start see the sealed state at once (the key maps are rebuilt later: the
+/// ingester's at its start, the batch one at the first ingest). `None` for other tables.
+async fn persisted_valid(home: &Home, state: &TableState) -> Result<Option<ValidDocs>> {
+    if !KeyedTable::of(&state.spec).is_some_and(|k| k.is_upsert()) {
+        return Ok(None);
+    }
+    let mut valid = ValidDocs::new();
+    for path in state.keyed_snapshots.values() {
+        let bytes = home.get_object(path).await?;
+        let slots = snapshot::decode(&bytes)
+            .map_err(|e| IngestError::Keyed(format!("keyed snapshot {path}: {e}")))?;
+        valid.extend(slots.into_iter().map(|s| (s.id, s.valid)));
+    }
+    Ok(Some(valid))
 }
 
 /// Readers for the published list, reusing `known` ones; those that cannot be opened are

@@ -18,10 +18,11 @@ use crate::predicate::{evaluate, CmpOp, Predicate};
 use crate::reader::SegmentReader;
 use crate::types::{ColumnDef, ColumnType, IndexKind, SegmentSchema, Value};
 
-/// Every format version's fixture.
-const FIXTURES: [(u32, &str); 2] = [
-    (1, concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/v1.seg")),
-    (2, concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/v2.seg")),
+/// Every format version's fixture: its version, where it is written, and its bytes (built
+/// in, so a test binary that cargo reuses for another checkout reads the right ones).
+const FIXTURES: [(u32, &str, &[u8]); 2] = [
+    (1, "fixtures/v1.seg", include_bytes!("../fixtures/v1.seg")),
+    (2, "fixtures/v2.seg", include_bytes!("../fixtures/v2.seg")),
 ];
 
 fn fixture_input() -> (SegmentSchema, RecordBatch) {
@@ -117,7 +118,7 @@ fn uncompressed_segments_read_the_same() {
 #[test]
 fn every_version_fixture_still_reads_the_same() {
     let (schema, batch) = fixture_input();
-    let (current, path) = FIXTURES[FIXTURES.len() - 1];
+    let (current, path, _) = FIXTURES[FIXTURES.len() - 1];
     assert_eq!(
         current,
         crate::FORMAT_VERSION,
@@ -125,11 +126,11 @@ fn every_version_fixture_still_reads_the_same() {
     );
     if std::env::var("BASALT_WRITE_FIXTURE").is_ok() {
         let bytes = build_segment(&schema, std::slice::from_ref(&batch), &opts()).unwrap();
-        std::fs::write(path, bytes).unwrap();
+        let dir = std::env::var("CARGO_MANIFEST_DIR").expect("run by cargo test");
+        std::fs::write(std::path::Path::new(&dir).join(path), bytes).unwrap();
     }
-    for (version, path) in FIXTURES {
-        let bytes = std::fs::read(path).expect("fixtures are checked in");
-        check_fixture(&schema, &batch, version, bytes);
+    for (version, _, bytes) in FIXTURES {
+        check_fixture(&schema, &batch, version, bytes.to_vec());
     }
 }
 

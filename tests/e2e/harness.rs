@@ -72,6 +72,15 @@ impl Drop for Server {
     }
 }
 
+/// A path in the checkout the tests run from: `cargo test` sets CARGO_MANIFEST_DIR when it
+/// runs them (a test binary reused from another checkout has that one's path built in).
+pub fn repo_path(rel: &str) -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
+        .join(rel)
+}
+
 /// Sends a request and reads the JSON answer.
 async fn json_of(req: reqwest::RequestBuilder) -> serde_json::Value {
     req.send().await.unwrap().json().await.unwrap()

@@ -7,3 +7,4 @@ mod kafka;
 mod realtime;
 mod s3;
 mod slt;
+mod upsert;

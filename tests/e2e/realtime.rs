@@ -22,7 +22,7 @@ use crate::s3::{deep_store_objects, s3_prefix};
 const SPEC: &str = include_str!("../../ingestion/src/gen_events_spec.json");
 const PARTITIONS: i32 = 4;
 
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub(crate) static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn produce(p: &TestProducer, topic: &str, msgs: Vec<(i32, Vec<u8>)>) {
     produce_all(p, topic, &msgs)
@@ -71,7 +71,7 @@ fn table_spec(table: &str, brokers: &str, topic: &str, deep_store: Option<&str>)
     v.to_string()
 }
 
-async fn create(c: &reqwest::Client, s: &Server, spec: &str) -> Value {
+pub(crate) async fn create(c: &reqwest::Client, s: &Server, spec: &str) -> Value {
     let r = c
         .post(s.url("/tables"))
         .header("content-type", "application/json")
@@ -123,9 +123,9 @@ async fn topic_and_table(
 }
 
 fn services_script(args: &[&str]) {
-    let script = std::env::var("BASALT_SERVICES_SCRIPT").unwrap_or_else(|_| {
-        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/services/services.sh").into()
-    });
+    let script = std::env::var_os("BASALT_SERVICES_SCRIPT")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| crate::harness::repo_path("tests/services/services.sh"));
     let st = std::process::Command::new(script)
         .args(args)
         .status()

@@ -85,7 +85,7 @@ async fn sqllogictest_files() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(&dir.path().join("data"), None);
     let client = reqwest::Client::new();
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/slt");
+    let root = crate::harness::repo_path("tests/slt");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&root)
         .unwrap()
         .map(|e| e.unwrap().path())

@@ -47,7 +47,7 @@ use crate::spec::parse_duration;
 use crate::store::ValidDocs;
 use crate::store::{Table, TableStore};
 use crate::upsert::keymap::KeyHash;
-use crate::upsert::{snapshot, KeyedPartition, KeyedTable};
+use crate::upsert::{snapshot, KeyedPartition, KeyedTable, BATCH_PARTITION};
 use seal::{KeyedSeal, SealJob, SealOutcome, Sealer};
 use source::{open_source, Message, Source, SourceError};
 pub use status::{IngestionState, IngestionStatus, KeyedStatus, PartitionStatus};
@@ -359,32 +359,28 @@ fn restore_keyed(
     let mut out = BTreeMap::new();
     let mut valid = ValidDocs::new();
     for (&partition, path) in &state.keyed_snapshots {
+        if partition == BATCH_PARTITION {
+            continue;
+        }
         let bytes = ctx
             .handle
             .block_on(t.home.get_object(path))
             .map_err(|e| format!("reading keyed snapshot {path}: {e}"))?;
         let slots = snapshot::decode(&bytes).map_err(|e| format!("{path}: {e}"))?;
-        let mut k = KeyedPartition::new(cfg.clone(), ingest_schema(&t.schema));
-        for slot in &slots {
-            let seg = view
-                .segments
+        let k = KeyedPartition::restore(cfg.clone(), ingest_schema(&t.schema), &slots, |id| {
+            view.segments
                 .iter()
-                .find(|s| s.meta.id == slot.id)
-                .ok_or_else(|| {
-                    format!(
-                        "keyed snapshot {path} names segment {} which is not published",
-                        slot.id
-                    )
-                })?;
-            k.restore_segment(seg.reader.clone(), slot)
-                .map_err(|e| format!("restoring keys of segment {}: {e}", slot.id))?;
-        }
-        k.evict();
+                .find(|s| s.meta.id == id)
+                .map(|s| s.reader.clone())
+        })
+        .map_err(|e| format!("{path}: {e}"))?;
         valid.extend(k.valid_docs());
         out.insert(partition, k);
     }
     if cfg.is_upsert() {
-        t.change_view(|v| v.valid = Some(Arc::new(valid)));
+        // Replaces the valid docs of the snapshots' segments (rows of dropped mutable
+        // parts may have changed them).
+        t.update_valid(valid.into_iter().collect());
     }
     let keys: usize = out.values().map(|k| k.keys()).sum();
     info!(table = %t.spec.name, keys, partitions = out.len(), elapsed_ms = started.elapsed().as_millis() as u64, "restored keyed state");

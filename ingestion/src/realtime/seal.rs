@@ -230,6 +230,7 @@ fn seal(ctx: &Ctx, job: &SealJob) -> Result<Option<(String, Arc<SegmentReader>)>
                 deltas: &[job.delta],
                 snapshots: &snapshots,
                 retire: Some(&job.part),
+                valid: Vec::new(),
             },
         ))
     })();

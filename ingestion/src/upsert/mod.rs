@@ -19,4 +19,8 @@ pub mod rows;
 pub mod snapshot;
 
 pub use config::{KeyMode, KeyedTable, Strategy};
+
+/// The key space of a table's batch ingests, as a partition id in the metastore's keyed
+/// snapshots (stream partitions are 0 and up).
+pub const BATCH_PARTITION: i32 = -1;
 pub use partition::{KeyedCounters, KeyedPartition, SlotSnapshot};

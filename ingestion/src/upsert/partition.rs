@@ -35,6 +35,8 @@ use crate::mutable::MutablePart;
 pub enum SlotRows {
     Part(Arc<MutablePart>),
     Segment(Arc<SegmentReader>),
+    /// A batch ingest's segment while it is being built.
+    Batch(RecordBatch),
 }
 
 #[derive(Debug)]
@@ -93,6 +95,26 @@ pub struct KeyedPartition {
     /// [`KeyedPartition::take_changes`] (dedup tables filter no docs at query time).
     dirty: BTreeSet<u32>,
     pub counters: KeyedCounters,
+    /// While a [`Savepoint`] is open: what its rollback restores in the key map (keys it
+    /// added, and the previous entries of keys it changed).
+    journal: Option<Journal>,
+}
+
+#[derive(Debug, Default)]
+struct Journal {
+    added: Vec<KeyHash>,
+    replaced: Vec<(KeyHash, Entry)>,
+}
+
+/// The state [`KeyedPartition::rollback`] returns to (a batch ingest is all-or-nothing).
+/// Bitmaps are shared copy-on-write, so keeping them costs nothing until they change.
+#[derive(Debug)]
+pub struct Savepoint {
+    slots: usize,
+    bitmaps: Vec<(Arc<RoaringBitmap>, Arc<RoaringBitmap>, u32)>,
+    current: Option<u32>,
+    max_comparison: i64,
+    counters: KeyedCounters,
 }
 
 fn corrupt(msg: String) -> IngestError {
@@ -110,6 +132,62 @@ impl KeyedPartition {
             max_comparison: i64::MIN,
             dirty: BTreeSet::new(),
             counters: KeyedCounters::default(),
+            journal: None,
+        }
+    }
+
+    /// Starts recording changes so that [`KeyedPartition::rollback`] can undo them (until
+    /// [`KeyedPartition::commit`]). TTL eviction waits for the commit.
+    pub fn savepoint(&mut self) -> Savepoint {
+        self.journal = Some(Journal::default());
+        Savepoint {
+            slots: self.slots.len(),
+            bitmaps: self
+                .slots
+                .iter()
+                .map(|s| (s.valid.clone(), s.tombstones.clone(), s.docs))
+                .collect(),
+            current: self.current,
+            max_comparison: self.max_comparison,
+            counters: self.counters,
+        }
+    }
+
+    /// Keeps the changes since the savepoint.
+    pub fn commit(&mut self) {
+        self.journal = None;
+    }
+
+    /// Undoes every change since `sp`: key map entries, slots, bitmaps, counters.
+    pub fn rollback(&mut self, sp: Savepoint) {
+        if let Some(j) = self.journal.take() {
+            for (h, e) in j.replaced.into_iter().rev() {
+                self.map.insert(h, e);
+            }
+            for h in j.added {
+                self.map.remove(h);
+            }
+        }
+        self.slots.truncate(sp.slots);
+        for (s, (valid, tombstones, docs)) in self.slots.iter_mut().zip(sp.bitmaps) {
+            s.valid = valid;
+            s.tombstones = tombstones;
+            s.docs = docs;
+        }
+        self.current = sp.current;
+        self.max_comparison = sp.max_comparison;
+        self.counters = sp.counters;
+        self.dirty.clear();
+    }
+
+    /// Sets a key's entry, journaled while a savepoint is open.
+    fn put(&mut self, h: KeyHash, e: Entry) {
+        let prev = self.map.insert(h, e);
+        if let Some(j) = &mut self.journal {
+            match prev {
+                Some(p) => j.replaced.push((h, p)),
+                None => j.added.push(h),
+            }
         }
     }
 
@@ -148,13 +226,32 @@ impl KeyedPartition {
         Ok(i)
     }
 
+    /// Rebuilds a partition from its persisted snapshot: `segment` opens each slot's sealed
+    /// segment. Keys past the TTL are evicted.
+    pub fn restore(
+        cfg: Arc<KeyedTable>,
+        schema: SchemaRef,
+        slots: &[SlotSnapshot],
+        segment: impl Fn(&str) -> Option<Arc<SegmentReader>>,
+    ) -> Result<Self> {
+        let mut k = KeyedPartition::new(cfg, schema);
+        for slot in slots {
+            let reader = segment(&slot.id).ok_or_else(|| {
+                corrupt(format!(
+                    "the keyed snapshot names segment {} which is not published",
+                    slot.id
+                ))
+            })?;
+            k.restore_segment(reader, slot)
+                .map_err(|e| corrupt(format!("restoring keys of segment {}: {e}", slot.id)))?;
+        }
+        k.evict();
+        Ok(k)
+    }
+
     /// Restores a sealed segment of the partition from its persisted bitmaps: the key map
     /// gets an entry for each valid doc and each tombstone.
-    pub fn restore_segment(
-        &mut self,
-        reader: Arc<SegmentReader>,
-        snap: &SlotSnapshot,
-    ) -> Result<()> {
+    fn restore_segment(&mut self, reader: Arc<SegmentReader>, snap: &SlotSnapshot) -> Result<()> {
         if snap.docs != reader.row_count() {
             return Err(corrupt(format!(
                 "keyed snapshot of segment {} says {} docs, the segment has {}",
@@ -217,6 +314,34 @@ impl KeyedPartition {
         })?;
         self.current = Some(slot);
         Ok(())
+    }
+
+    /// Applies the rows of one batch-ingest segment `id` (a new slot); returns the rows the
+    /// segment holds, in doc order. They are read from memory until
+    /// [`KeyedPartition::sealed`] says the segment is built.
+    pub fn apply_segment(
+        &mut self,
+        id: String,
+        batch: &RecordBatch,
+    ) -> Result<Option<RecordBatch>> {
+        let slot = self.push_slot(Slot {
+            id,
+            valid: Arc::new(RoaringBitmap::new()),
+            tombstones: Arc::new(RoaringBitmap::new()),
+            rows: SlotRows::Batch(RecordBatch::new_empty(self.schema.clone())),
+            docs: 0,
+        })?;
+        self.current = Some(slot);
+        let out = self.apply(batch, &|_| false)?;
+        match &out {
+            Some(rows) => self.slots[slot as usize].rows = SlotRows::Batch(rows.clone()),
+            None => {
+                // Nothing kept (dedup duplicates only): no segment, no slot.
+                self.slots.pop();
+                self.current = None;
+            }
+        }
+        Ok(out)
     }
 
     /// The part `id` was sealed into `reader` (same docs): rows are read from there now and
@@ -305,6 +430,8 @@ impl KeyedPartition {
         };
         let batch = match &self.slot(loc.slot)?.rows {
             SlotRows::Part(p) => p.rows.row(loc.doc as usize).ok_or_else(missing)?,
+            SlotRows::Batch(b) if (loc.doc as usize) < b.num_rows() => b.slice(loc.doc as usize, 1),
+            SlotRows::Batch(_) => return Err(missing()),
             SlotRows::Segment(r) => {
                 let all: Vec<usize> = (0..self.schema.fields().len()).collect();
                 r.read_batch(&all, &[loc.doc])?
@@ -387,7 +514,7 @@ impl KeyedPartition {
             if elsewhere(h) {
                 self.counters.key_conflicts += 1;
             }
-            self.map.insert(
+            self.put(
                 h,
                 Entry {
                     location: at,
@@ -453,7 +580,7 @@ impl KeyedPartition {
                     merged.push(row);
                 }
             }
-            self.map.insert(
+            self.put(
                 h,
                 Entry {
                     location: loc,
