@@ -64,13 +64,23 @@ pub fn null_positions(nulls: &RoaringBitmap, docs: &[u32]) -> Vec<usize> {
             .collect();
     }
     let mut out = Vec::new();
-    let mut from = 0;
+    if contiguous {
+        out.extend(nulls.range(first..=last).map(|d| (d - first) as usize));
+        return out;
+    }
+    // Both ascending: one merge walk (docs are at least 1/16 of the span here, so walking
+    // them costs no more than walking the nulls).
+    let mut j = 0;
     for d in nulls.range(first..=last) {
-        if contiguous {
-            out.push((d - first) as usize);
-        } else if let Ok(k) = docs[from..].binary_search(&d) {
-            out.push(from + k);
-            from += k + 1;
+        while docs[j] < d {
+            j += 1;
+        }
+        if docs[j] == d {
+            out.push(j);
+            j += 1;
+            if j == docs.len() {
+                break;
+            }
         }
     }
     out
