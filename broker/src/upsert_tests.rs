@@ -526,3 +526,67 @@ async fn dedup_keeps_the_first_row_of_each_key_through_seals_and_restarts() {
     }
     store.shutdown();
 }
+
+/// A session that ends on an error drops its unsealed rows; the sealed rows they had
+/// superseded must be visible again at once (from the published snapshots), not hidden
+/// until the next session has restored the keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_session_hides_no_key_while_it_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let name = format!("upsert_fail_{}", std::process::id());
+    let topic = memory_topic(&name, PARTITIONS);
+    let store = open(dir.path()).await;
+    store
+        .create_table(spec(&name, false, 5, false))
+        .await
+        .unwrap();
+    let engine = QueryEngine::new(Arc::new(StoreSource(store.clone())));
+    let mut model = Model::default();
+    let send = |key: u8, cmp: i64, model: &mut Model| {
+        let e = Event {
+            key,
+            cmp,
+            delete: false,
+            status: Some(cmp as u8),
+            amount: Some(1),
+            max_seen: None,
+            note: None,
+            city: Some(1),
+        };
+        topic.send(key as i32 % PARTITIONS, &message(&e, key as usize));
+        model.apply(&e, false);
+    };
+    // 10 keys per partition, max_rows 5: everything sealed.
+    (0..30).for_each(|k| send(k, 1, &mut model));
+    check(&engine, &name, &model).await.unwrap();
+    let t = store.table(&name).unwrap();
+    let start = Instant::now();
+    while t.stats().rows < 30 {
+        assert!(start.elapsed() < Duration::from_secs(20), "{:?}", t.stats());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Updates that stay unsealed: they supersede sealed rows.
+    (0..6).for_each(|k| send(k, 2, &mut model));
+    check(&engine, &name, &model).await.unwrap();
+    topic.fail_next_poll("injected broker error");
+    let count = format!("SELECT count(*), count(DISTINCT order_id) FROM {name}");
+    let mut saw_error = false;
+    let start = Instant::now();
+    loop {
+        let state = t.ingestion().unwrap().state;
+        saw_error |= state == basalt_ingest::realtime::IngestionState::Error;
+        assert_eq!(
+            rows(&engine, &count).await,
+            vec!["30|30".to_string()],
+            "state {state:?}"
+        );
+        if saw_error && state == basalt_ingest::realtime::IngestionState::Consuming {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "no restart seen");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The restarted session replays the updates.
+    check(&engine, &name, &model).await.unwrap();
+    store.shutdown();
+}

@@ -141,11 +141,17 @@ impl Table {
     }
 
     /// Removes mutable segments from the view without publishing them (an ingester restart:
-    /// their offsets are consumed again from the checkpoint).
-    pub(crate) fn remove_mutable(&self, parts: &[Arc<MutablePart>]) {
+    /// their offsets are consumed again from the checkpoint), with `valid` docs replacing
+    /// those of their segments in the same swap.
+    pub(crate) fn remove_mutable(&self, parts: &[Arc<MutablePart>], valid: Option<ValidDocs>) {
         self.change_view(|v| {
             v.mutable
                 .retain(|p| !parts.iter().any(|r| Arc::ptr_eq(p, r)));
+            if let Some(valid) = valid {
+                let mut docs = v.valid.as_deref().cloned().unwrap_or_default();
+                docs.extend(valid);
+                v.valid = Some(Arc::new(docs));
+            }
         });
     }
 
@@ -874,7 +880,7 @@ impl TableStore {
 /// An upsert table's valid docs as its keyed snapshots persisted them, so that queries
 /// after a start see the sealed state at once (the key maps are rebuilt later: the
 /// ingester's at its start, the batch one at the first ingest). `None` for other tables.
-async fn persisted_valid(home: &Home, state: &TableState) -> Result<Option<ValidDocs>> {
+pub(crate) async fn persisted_valid(home: &Home, state: &TableState) -> Result<Option<ValidDocs>> {
     if !KeyedTable::of(&state.spec).is_some_and(|k| k.is_upsert()) {
         return Ok(None);
     }

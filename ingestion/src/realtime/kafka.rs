@@ -72,6 +72,8 @@ fn is_transport(e: &KafkaError) -> bool {
 fn classify(e: KafkaError, what: &str) -> SourceError {
     if is_transport(&e) {
         SourceError::Unreachable(format!("{what}: {e}"))
+    } else if e.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
+        SourceError::Fatal(format!("{what}: {e}"))
     } else {
         SourceError::Other(format!("{what}: {e}"))
     }
@@ -115,6 +117,8 @@ impl KafkaStream {
         let (e, reason) = self.consumer.context().error.lock().take()?;
         Some(if is_transport(&e) {
             SourceError::Unreachable(format!("{reason} ({e})"))
+        } else if e.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
+            SourceError::Fatal(format!("{reason} ({e})"))
         } else {
             SourceError::Other(format!("{reason} ({e})"))
         })

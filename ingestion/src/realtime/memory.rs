@@ -18,6 +18,8 @@ use crate::spec::MemorySource;
 #[derive(Debug)]
 pub struct MemoryTopic {
     partitions: Mutex<Vec<Vec<Arc<[u8]>>>>,
+    /// An error the next poll of a consumer returns (as a broker error would).
+    fail: Mutex<Option<String>>,
 }
 
 impl MemoryTopic {
@@ -31,6 +33,12 @@ impl MemoryTopic {
 
     pub fn partitions(&self) -> i32 {
         self.partitions.lock().len() as i32
+    }
+
+    /// Makes the next poll of one consumer of the topic fail with a fatal error (its
+    /// ingestion session ends and restarts from the checkpoints, as after librdkafka's).
+    pub fn fail_next_poll(&self, message: &str) {
+        *self.fail.lock() = Some(message.to_string());
     }
 
     fn get(&self, partition: i32, offset: i64) -> Option<Arc<[u8]>> {
@@ -58,6 +66,7 @@ pub fn memory_topic(name: &str, partitions: i32) -> Arc<MemoryTopic> {
         .or_insert_with(|| {
             Arc::new(MemoryTopic {
                 partitions: Mutex::new(vec![Vec::new(); partitions.max(1) as usize]),
+                fail: Mutex::new(None),
             })
         })
         .clone()
@@ -98,6 +107,9 @@ impl Source for MemoryStream {
         timeout: Duration,
         f: &mut dyn FnMut(Message<'_>),
     ) -> Result<bool, SourceError> {
+        if let Some(m) = self.topic.fail.lock().take() {
+            return Err(SourceError::Fatal(m));
+        }
         let until = Instant::now() + timeout;
         loop {
             let (topic, assigned) = (&self.topic, &self.assigned);

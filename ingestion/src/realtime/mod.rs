@@ -341,8 +341,34 @@ fn session(ctx: &Arc<Ctx>) -> Result<(), String> {
     let retired = s.sealer.stop();
     let mut parts: Vec<Arc<MutablePart>> = s.parts.values().map(|p| p.part.clone()).collect();
     parts.extend(retired);
-    t.remove_mutable(&parts);
+    // Upsert: the dropped rows may have superseded sealed rows; the valid docs go back to
+    // what the published snapshots say in the same view swap, so no key is hidden until
+    // the next session restores.
+    let valid = match &s.keyed_table {
+        Some(k) if k.is_upsert() => persisted_valid_now(ctx),
+        _ => None,
+    };
+    t.remove_mutable(&parts, valid);
     result
+}
+
+/// The valid docs the table's published keyed snapshots hold (`None`, logged, when they
+/// cannot be read: the next session's restore installs them).
+fn persisted_valid_now(ctx: &Ctx) -> Option<ValidDocs> {
+    let t = &ctx.table;
+    let read = ctx.handle.block_on(async {
+        match t.home.metastore.get(&t.spec.name).await? {
+            Some(state) => crate::store::persisted_valid(&t.home, &state.value).await,
+            None => Ok(None), // dropped
+        }
+    });
+    match read {
+        Ok(v) => v,
+        Err(e) => {
+            warn!(table = %t.spec.name, error = %e, "could not read the keyed snapshots at the end of a session");
+            None
+        }
+    }
 }
 
 /// Rebuilds each partition's keyed state from its snapshot and the sealed segments, and
@@ -526,6 +552,7 @@ impl Session<'_> {
                     ctx.status.lock().error = Some(e);
                     ctx.pause(Duration::from_millis(200));
                 }
+                Err(e @ SourceError::Fatal(_)) => return Err(e.to_string()),
             }
             if let Some(p) = full {
                 self.rotate(p)?;
@@ -667,7 +694,7 @@ impl Session<'_> {
                         .set_state(IngestionState::BrokerUnreachable, Some(e));
                     return;
                 }
-                Err(SourceError::Other(e)) => {
+                Err(SourceError::Other(e) | SourceError::Fatal(e)) => {
                     self.ctx.status.lock().error = Some(e);
                 }
             }

@@ -25,8 +25,11 @@ pub struct Message<'a> {
 pub enum SourceError {
     /// The broker could not be reached; the source keeps trying.
     Unreachable(String),
-    /// Anything else (bad configuration, unknown topic, ...).
+    /// Anything else (bad configuration, unknown topic, ...); the session goes on.
     Other(String),
+    /// The consumer cannot go on (librdkafka's fatal errors): the session ends and a new
+    /// one starts from the checkpoints with a new consumer.
+    Fatal(String),
 }
 
 impl std::fmt::Display for SourceError {
@@ -34,6 +37,7 @@ impl std::fmt::Display for SourceError {
         match self {
             SourceError::Unreachable(m) => write!(f, "broker unreachable: {m}"),
             SourceError::Other(m) => f.write_str(m),
+            SourceError::Fatal(m) => write!(f, "fatal consumer error: {m}"),
         }
     }
 }
