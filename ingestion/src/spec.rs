@@ -465,6 +465,8 @@ impl TableSpec {
                     ty: ColumnType::parse(&c.ty).expect("validated type"),
                     nullable: !required(&c.name) && c.nullable.unwrap_or(true),
                     indexes: c.index.iter().filter_map(|k| parse_index(k)).collect(),
+                    // STRING_ARRAY / LONG_ARRAY in specs come with ingestion of arrays.
+                    multi_value: false,
                 })
                 .collect(),
             time_column: Some(self.time_column.clone()),

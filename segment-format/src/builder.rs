@@ -137,7 +137,10 @@ fn stable_sort_indices(col: &ArrayRef) -> Result<UInt32Array> {
 
 /// Concatenates one column of every batch, cast to the column's canonical Arrow type.
 fn gather(def: &ColumnDef, batches: &[RecordBatch]) -> Result<ArrayRef> {
-    let target = canonical_type(def.ty.physical());
+    let target = match def.multi_value {
+        true => crate::multi_value::list_type(def.ty.physical()),
+        false => canonical_type(def.ty.physical()),
+    };
     let mut parts: Vec<ArrayRef> = Vec::with_capacity(batches.len());
     for b in batches {
         let col = b
@@ -194,6 +197,15 @@ fn canonical_type(p: Physical) -> DataType {
 
 fn accepts(def: &ColumnDef, t: &DataType) -> bool {
     use DataType::*;
+    if def.multi_value {
+        return match t {
+            List(f) | LargeList(f) => {
+                let item = ColumnDef::new("item", def.ty);
+                !f.data_type().is_nested() && accepts(&item, f.data_type())
+            }
+            _ => false,
+        };
+    }
     match def.ty.physical() {
         Physical::I64 => matches!(
             t,
@@ -210,7 +222,7 @@ fn accepts(def: &ColumnDef, t: &DataType) -> bool {
 }
 
 /// Per-doc keys of a column after dictionary or raw encoding.
-enum Encoded {
+pub(crate) enum Encoded {
     /// Dictionary ids, the dictionary's serialized section bytes, and its value bounds.
     Dict {
         ids: Vec<u32>,
@@ -233,6 +245,9 @@ fn encode_column(
     col: &ArrayRef,
     opts: &BuildOptions,
 ) -> Result<ColumnMeta> {
+    if def.multi_value {
+        return crate::multi_value::encode_column(w, def, col, opts);
+    }
     let rows = col.len();
     let null_count = col.null_count();
     let wants_dict = def.has_index(IndexKind::Inverted) || def.has_index(IndexKind::Sorted);
@@ -469,7 +484,7 @@ fn fast_hasher() -> ahash::RandomState {
     ahash::RandomState::with_seeds(0x243f_6a88, 0x85a3_08d3, 0x1319_8a2e, 0x0370_7344)
 }
 
-fn dict_numeric(keys: &[Option<i64>], float: bool, limit: usize) -> Option<Encoded> {
+pub(crate) fn dict_numeric(keys: &[Option<i64>], float: bool, limit: usize) -> Option<Encoded> {
     let mut distinct: HashMap<i64, u32, ahash::RandomState> = HashMap::with_hasher(fast_hasher());
     for k in keys.iter().flatten() {
         if !distinct.contains_key(k) {
@@ -509,7 +524,7 @@ fn dict_numeric(keys: &[Option<i64>], float: bool, limit: usize) -> Option<Encod
     })
 }
 
-fn dict_strings(a: &StringArray) -> Encoded {
+pub(crate) fn dict_strings(a: &StringArray) -> Encoded {
     let mut first: HashMap<&str, u32, ahash::RandomState> = HashMap::with_hasher(fast_hasher());
     let mut provisional = Vec::with_capacity(a.len());
     for v in a.iter() {
@@ -584,7 +599,7 @@ fn block_meta(
     }
 }
 
-fn write_bitmap(w: &mut FileWriter, bm: &RoaringBitmap) -> Result<SectionRef> {
+pub(crate) fn write_bitmap(w: &mut FileWriter, bm: &RoaringBitmap) -> Result<SectionRef> {
     let mut raw = Vec::with_capacity(bm.serialized_size());
     bm.serialize_into(&mut raw)
         .map_err(SegmentError::Compress)?;
@@ -593,7 +608,7 @@ fn write_bitmap(w: &mut FileWriter, bm: &RoaringBitmap) -> Result<SectionRef> {
 
 /// A posting table (see [`crate::postings`]), stored uncompressed so entries are read in
 /// place.
-fn write_bitmaps(w: &mut FileWriter, bms: &[RoaringBitmap]) -> Result<SectionRef> {
+pub(crate) fn write_bitmaps(w: &mut FileWriter, bms: &[RoaringBitmap]) -> Result<SectionRef> {
     w.write(&crate::postings::encode_table(bms)?, Codec::None)
 }
 

@@ -50,6 +50,11 @@ pub fn column_bytes(footer: &Footer) -> Vec<ColumnBytes> {
                     ..
                 } => ("dictionary", Some(*cardinality), dictionary.len),
                 Encoding::Raw { .. } => ("raw", None, 0),
+                Encoding::MultiValue {
+                    cardinality,
+                    dictionary,
+                    ..
+                } => ("multi_value", Some(*cardinality), dictionary.len),
             };
             ColumnBytes {
                 column: c.name.clone(),

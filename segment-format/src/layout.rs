@@ -14,7 +14,7 @@ pub const HEADER_MAGIC: &[u8; 8] = b"BASALTSG";
 /// Last 8 bytes of every segment file.
 pub const TRAILER_MAGIC: &[u8; 8] = b"BSLTEND\0";
 /// The format version this build writes.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 /// header magic + version.
 pub const HEADER_LEN: usize = 12;
 /// footer offset u64 + footer length u64 + footer crc u32 + version u32 + magic.
@@ -71,6 +71,14 @@ pub enum Encoding {
     /// Plain little-endian values per block; `delta` stores the first value then differences
     /// (integers only).
     Raw { delta: bool },
+    /// Multi-value columns (format 3): sorted dictionary over the arrays' values; a block
+    /// holds its docs' value counts (`count_width` bits) then the values' ids (`bit_width`).
+    MultiValue {
+        cardinality: u32,
+        bit_width: u8,
+        count_width: u8,
+        dictionary: SectionRef,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -258,15 +266,35 @@ fn validate_footer(f: &Footer, data_end: u64) -> Result<()> {
         for b in &c.blocks {
             check(&b.data, &format!("column {:?} block", c.name))?;
         }
-        if let Encoding::Dictionary {
-            dictionary,
-            bit_width,
-            cardinality,
-        } = &c.encoding
-        {
-            check(dictionary, &format!("column {:?} dictionary", c.name))?;
-            if *bit_width > 32 || *bit_width < crate::bitpack::width_for(*cardinality as usize) {
-                return Err(corrupt(format!("column {:?} bit width is wrong", c.name)));
+        if def.multi_value != matches!(c.encoding, Encoding::MultiValue { .. }) {
+            return Err(corrupt(format!(
+                "column {:?}: multi-value schema and encoding disagree",
+                c.name
+            )));
+        }
+        match &c.encoding {
+            Encoding::Dictionary {
+                dictionary,
+                bit_width,
+                cardinality,
+            }
+            | Encoding::MultiValue {
+                dictionary,
+                bit_width,
+                cardinality,
+                ..
+            } => {
+                check(dictionary, &format!("column {:?} dictionary", c.name))?;
+                if *bit_width > 32 || *bit_width < crate::bitpack::width_for(*cardinality as usize)
+                {
+                    return Err(corrupt(format!("column {:?} bit width is wrong", c.name)));
+                }
+            }
+            Encoding::Raw { .. } => {}
+        }
+        if let Encoding::MultiValue { count_width, .. } = &c.encoding {
+            if *count_width > 32 {
+                return Err(corrupt(format!("column {:?} count width is wrong", c.name)));
             }
         }
         for (s, what) in [

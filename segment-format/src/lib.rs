@@ -11,6 +11,7 @@ pub mod builder;
 pub mod error;
 pub mod inspect;
 pub mod layout;
+pub mod multi_value;
 pub mod postings;
 pub mod predicate;
 pub mod reader;

@@ -465,8 +465,23 @@ pub fn evaluate_with_stats(
     pred: &Predicate,
     stats: &mut EvalStats,
 ) -> Result<RoaringBitmap> {
+    single_value_only(reader, pred)?;
     let mut e = Evaluator { reader, stats };
     e.truth(pred, None)
+}
+
+/// Predicates over multi-value columns (any/none-of-the-values semantics) are not built
+/// yet: an error naming the column, never a wrong answer.
+fn single_value_only(reader: &SegmentReader, pred: &Predicate) -> Result<()> {
+    let mut cols = Vec::new();
+    pred.columns(&mut cols);
+    for c in cols {
+        let i = reader.column_index(&c)?;
+        if reader.column_def(i).multi_value {
+            return Err(multi_value_leaf(reader.column_meta(i)));
+        }
+    }
+    Ok(())
 }
 
 struct Evaluator<'a> {
@@ -610,6 +625,7 @@ impl Evaluator<'_> {
                 Some(b) => b,
                 None => return Ok(RoaringBitmap::new()),
             },
+            Encoding::MultiValue { .. } => return Err(multi_value_leaf(meta)),
         };
         if !intersects(set, kmin, kmax) {
             return Ok(RoaringBitmap::new());
@@ -730,6 +746,7 @@ impl Evaluator<'_> {
                     .for_each(|(i, &id)| hit(i, id as i64)),
                 BlockValues::I64(v) => v.iter().enumerate().for_each(|(i, &x)| hit(i, x)),
                 BlockValues::F64(v) => v.iter().enumerate().for_each(|(i, &x)| hit(i, f64_key(x))),
+                BlockValues::Multi { .. } => return Err(multi_value_leaf(r.column_meta(c))),
             }
         }
         if !nulls.is_empty() {
@@ -771,6 +788,7 @@ fn stats_bounds(s: &ColumnStats) -> Option<(i64, i64)> {
 /// Whether a segment can hold any row matching `pred`, judged from footer statistics and
 /// bloom filters only (no blocks read). False means the segment can be skipped.
 pub fn may_match(reader: &SegmentReader, pred: &Predicate) -> Result<bool> {
+    single_value_only(reader, pred)?;
     Ok(match pred {
         Predicate::Const(b) => *b,
         Predicate::And(v) => {
@@ -811,6 +829,7 @@ pub fn may_match(reader: &SegmentReader, pred: &Predicate) -> Result<bool> {
                     (*cardinality > 0).then(|| (0, *cardinality as i64 - 1))
                 }
                 Encoding::Raw { .. } => stats_bounds(&meta.stats),
+                Encoding::MultiValue { .. } => return Err(multi_value_leaf(meta)),
             };
             let Some((lo, hi)) = bounds else {
                 return Ok(false);
@@ -821,6 +840,13 @@ pub fn may_match(reader: &SegmentReader, pred: &Predicate) -> Result<bool> {
             true
         }
     })
+}
+
+fn multi_value_leaf(meta: &crate::layout::ColumnMeta) -> SegmentError {
+    SegmentError::Predicate {
+        column: meta.name.clone(),
+        message: "filters on multi-value columns are not supported yet".into(),
+    }
 }
 
 #[cfg(test)]

@@ -99,6 +99,11 @@ pub enum BlockValues {
     Ids(Vec<u32>),
     I64(Vec<i64>),
     F64(Vec<f64>),
+    /// Multi-value: per doc its value count, then every value's id.
+    Multi {
+        counts: Vec<u32>,
+        ids: Vec<u32>,
+    },
 }
 
 /// Offsets into an uncompressed section of serialized roaring bitmaps.
@@ -226,14 +231,34 @@ impl SegmentReader {
         })
     }
 
-    /// The decoded dictionary of a dictionary-encoded column.
+    /// The decoded dictionary of a (single-value) dictionary-encoded column.
     pub fn dictionary(&self, col: usize) -> Result<Option<Arc<Dictionary>>> {
+        match &self.footer.columns[col].encoding {
+            Encoding::Dictionary { .. } => self.any_dictionary(col),
+            _ => Ok(None),
+        }
+    }
+
+    /// The dictionary of the values of a multi-value column.
+    pub fn value_dictionary(&self, col: usize) -> Result<Option<Arc<Dictionary>>> {
+        match &self.footer.columns[col].encoding {
+            Encoding::MultiValue { .. } => self.any_dictionary(col),
+            _ => Ok(None),
+        }
+    }
+
+    fn any_dictionary(&self, col: usize) -> Result<Option<Arc<Dictionary>>> {
         let meta = &self.footer.columns[col];
-        let Encoding::Dictionary {
+        let (Encoding::Dictionary {
             cardinality,
             dictionary,
             ..
-        } = &meta.encoding
+        }
+        | Encoding::MultiValue {
+            cardinality,
+            dictionary,
+            ..
+        }) = &meta.encoding
         else {
             return Ok(None);
         };
@@ -368,6 +393,22 @@ impl SegmentReader {
                 }
                 Ok(BlockValues::Ids(ids))
             }
+            Encoding::MultiValue {
+                cardinality,
+                bit_width,
+                count_width,
+                ..
+            } => {
+                let (counts, ids) = crate::multi_value::decode_block(
+                    &raw,
+                    rows,
+                    *cardinality,
+                    *bit_width,
+                    *count_width,
+                    &what,
+                )?;
+                Ok(BlockValues::Multi { counts, ids })
+            }
             Encoding::Raw { delta } => {
                 if raw.len() != rows * 8 {
                     return Err(corrupt(format!(
@@ -495,6 +536,12 @@ impl SegmentReader {
                 BlockValues::Ids(v) => g.ids.extend(picked.map(|k| v[k])),
                 BlockValues::I64(v) => g.ints.extend(picked.map(|k| v[k])),
                 BlockValues::F64(v) => g.floats.extend(picked.map(|k| v[k])),
+                BlockValues::Multi { .. } => {
+                    return Err(corrupt(format!(
+                        "{}: a multi-value column read as single values",
+                        self.footer.columns[col].name
+                    )))
+                }
             }
             i = j;
         }
@@ -512,6 +559,10 @@ impl SegmentReader {
             }
             valid
         });
+        if def.multi_value {
+            let nb = validity.map(arrow::buffer::NullBuffer::from);
+            return self.read_multi_value(col, docs, nb);
+        }
         let dict = self.dictionary(col)?;
         let Gathered { ids, ints, floats } = self.gather(col, docs)?;
         let nb = validity.map(arrow::buffer::NullBuffer::from);
@@ -558,6 +609,56 @@ impl SegmentReader {
             )));
         }
         Ok(arr)
+    }
+}
+
+impl SegmentReader {
+    /// A multi-value column for `docs` (ascending) as an Arrow `List` array.
+    fn read_multi_value(
+        &self,
+        col: usize,
+        docs: &[u32],
+        nulls: Option<arrow::buffer::NullBuffer>,
+    ) -> Result<ArrayRef> {
+        if docs
+            .last()
+            .is_some_and(|&d| d as u64 >= self.footer.row_count)
+        {
+            return Err(corrupt("a doc past the end of the segment"));
+        }
+        let dict = self.value_dictionary(col)?.ok_or_else(|| {
+            corrupt(format!(
+                "{}: not multi-value",
+                self.footer.columns[col].name
+            ))
+        })?;
+        let block_rows = self.footer.block_rows;
+        let (mut counts, mut ids) = (Vec::with_capacity(docs.len()), Vec::new());
+        let mut i = 0;
+        while i < docs.len() {
+            let b = docs[i] / block_rows;
+            let start = b * block_rows;
+            let BlockValues::Multi {
+                counts: bc,
+                ids: bi,
+            } = self.block(col, b as usize)?
+            else {
+                return Err(corrupt("a multi-value block decoded as single values"));
+            };
+            // Where each doc's values start within the block.
+            let mut at = Vec::with_capacity(bc.len() + 1);
+            at.push(0usize);
+            for &c in &bc {
+                at.push(at[at.len() - 1] + c as usize);
+            }
+            while i < docs.len() && docs[i] / block_rows == b {
+                let k = (docs[i] - start) as usize;
+                counts.push(bc[k]);
+                ids.extend_from_slice(&bi[at[k]..at[k + 1]]);
+                i += 1;
+            }
+        }
+        crate::multi_value::list_array(&dict, &counts, &ids, nulls)
     }
 }
 

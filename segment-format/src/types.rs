@@ -141,10 +141,17 @@ pub struct ColumnDef {
     pub nullable: bool,
     #[serde(default)]
     pub indexes: Vec<IndexKind>,
+    /// Each doc holds an array of `ty` values (format 3; strings and integers only).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub multi_value: bool,
 }
 
 fn default_true() -> bool {
     true
+}
+
+fn is_false(b: &bool) -> bool {
+    !b
 }
 
 impl ColumnDef {
@@ -154,6 +161,23 @@ impl ColumnDef {
             ty,
             nullable: true,
             indexes: Vec::new(),
+            multi_value: false,
+        }
+    }
+
+    /// A multi-value column of `ty` values.
+    pub fn multi_value(name: impl Into<String>, ty: ColumnType) -> Self {
+        ColumnDef {
+            multi_value: true,
+            ..ColumnDef::new(name, ty)
+        }
+    }
+
+    /// The Arrow type the reader produces for this column.
+    pub fn arrow_type(&self) -> DataType {
+        match self.multi_value {
+            true => crate::multi_value::list_type(self.ty.physical()),
+            false => self.ty.arrow_type(),
         }
     }
 
@@ -190,7 +214,7 @@ impl SegmentSchema {
         Arc::new(Schema::new(
             self.columns
                 .iter()
-                .map(|c| Field::new(&c.name, c.ty.arrow_type(), c.nullable))
+                .map(|c| Field::new(&c.name, c.arrow_type(), c.nullable))
                 .collect::<Vec<_>>(),
         ))
     }
