@@ -8,6 +8,8 @@
 //! The set is answered, in order of preference, by sorted runs, the inverted index, the range
 //! index, or a scan of the blocks whose zone maps can match.
 
+use std::sync::Arc;
+
 use arrow::array::Array;
 use roaring::RoaringBitmap;
 
@@ -155,7 +157,7 @@ fn pred_err(column: &str, message: impl Into<String>) -> SegmentError {
 /// column 2.5 gives (3, 3).
 fn literal_bounds(reader: &SegmentReader, col: usize, v: &Value) -> Result<(i128, i128)> {
     let def = reader.column_def(col);
-    let dict = reader.dictionary(col)?;
+    let dict = key_dictionary(reader, col)?;
     let name = &def.name;
     if let Some(dict) = dict {
         // Dictionary space: ids.
@@ -189,6 +191,14 @@ fn literal_bounds(reader: &SegmentReader, col: usize, v: &Value) -> Result<(i128
         return Ok((lo as i128, hi as i128));
     }
     numeric_bounds(def.ty.physical(), name, v)
+}
+
+/// The dictionary keys are ids in: a dictionary column's, or a multi-value column's values'.
+fn key_dictionary(reader: &SegmentReader, col: usize) -> Result<Option<Arc<Dictionary>>> {
+    match reader.dictionary(col)? {
+        Some(d) => Ok(Some(d)),
+        None => reader.value_dictionary(col),
+    }
 }
 
 fn partition(n: usize, pred: impl Fn(usize) -> bool) -> usize {
@@ -271,7 +281,7 @@ fn like_keys(
     case_insensitive: bool,
 ) -> Result<KeySet> {
     let name = &reader.column_def(col).name;
-    let Some(dict) = reader.dictionary(col)? else {
+    let Some(dict) = key_dictionary(reader, col)? else {
         return Err(pred_err(
             name,
             "LIKE needs a dictionary-encoded string column",
@@ -465,23 +475,44 @@ pub fn evaluate_with_stats(
     pred: &Predicate,
     stats: &mut EvalStats,
 ) -> Result<RoaringBitmap> {
-    single_value_only(reader, pred)?;
+    check_multi_value(reader, pred)?;
     let mut e = Evaluator { reader, stats };
     e.truth(pred, None)
 }
 
-/// Predicates over multi-value columns (any/none-of-the-values semantics) are not built
-/// yet: an error naming the column, never a wrong answer.
-fn single_value_only(reader: &SegmentReader, pred: &Predicate) -> Result<()> {
-    let mut cols = Vec::new();
-    pred.columns(&mut cols);
-    for c in cols {
-        let i = reader.column_index(&c)?;
-        if reader.column_def(i).multi_value {
-            return Err(multi_value_leaf(reader.column_meta(i)));
+/// Multi-value columns: a leaf matches a doc when any of its values does; "none of the
+/// values" is `NOT (leaf)`. Leaves that would mean "some value differs" (`!=`, `NOT IN`,
+/// `NOT LIKE`) are refused rather than answered in a sense the caller may not mean.
+fn check_multi_value(reader: &SegmentReader, pred: &Predicate) -> Result<()> {
+    let mv = |column: &str| -> Result<bool> {
+        Ok(reader.column_def(reader.column_index(column)?).multi_value)
+    };
+    match pred {
+        Predicate::And(v) | Predicate::Or(v) => {
+            v.iter().try_for_each(|p| check_multi_value(reader, p))
         }
+        Predicate::Not(p) => check_multi_value(reader, p),
+        Predicate::Compare {
+            column,
+            op: CmpOp::NotEq,
+            ..
+        }
+        | Predicate::InList {
+            column,
+            negated: true,
+            ..
+        }
+        | Predicate::Like {
+            column,
+            negated: true,
+            ..
+        } if mv(column)? => Err(pred_err(
+            column,
+            "a multi-value column matches when any value does: write NOT (column = ...) \
+             for none of its values",
+        )),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 struct Evaluator<'a> {
@@ -615,7 +646,7 @@ impl Evaluator<'_> {
             return Ok(RoaringBitmap::new());
         }
         let (kmin, kmax) = match &meta.encoding {
-            Encoding::Dictionary { cardinality, .. } => {
+            Encoding::Dictionary { cardinality, .. } | Encoding::MultiValue { cardinality, .. } => {
                 if *cardinality == 0 {
                     return Ok(RoaringBitmap::new());
                 }
@@ -625,12 +656,13 @@ impl Evaluator<'_> {
                 Some(b) => b,
                 None => return Ok(RoaringBitmap::new()),
             },
-            Encoding::MultiValue { .. } => return Err(multi_value_leaf(meta)),
         };
+        let multi = matches!(meta.encoding, Encoding::MultiValue { .. });
         if !intersects(set, kmin, kmax) {
             return Ok(RoaringBitmap::new());
         }
-        if covers(set, kmin, kmax) {
+        // (A multi-value doc may hold no value at all.)
+        if covers(set, kmin, kmax) && !multi {
             return Ok(r.all_docs() - nulls.as_ref());
         }
         if let Some(starts) = r.sorted_runs(c)? {
@@ -658,7 +690,8 @@ impl Evaluator<'_> {
                     .sum();
                 let card = (kmax + 1) as u64;
                 let mut out = RoaringBitmap::new();
-                if ids * 2 <= card {
+                // Multi-value docs can hold matching and other values: union only.
+                if ids * 2 <= card || multi {
                     for &(a, b) in set {
                         for id in a.max(kmin)..=b.min(kmax) {
                             out |= r.table_bitmap(&table, id as usize)?;
@@ -710,6 +743,7 @@ impl Evaluator<'_> {
     ) -> Result<RoaringBitmap> {
         let r = self.reader;
         let meta = r.column_meta(c);
+        let multi = matches!(meta.encoding, Encoding::MultiValue { .. });
         let br = r.block_rows() as u32;
         let mut out = RoaringBitmap::new();
         for (b, block) in meta.blocks.iter().enumerate() {
@@ -729,7 +763,7 @@ impl Evaluator<'_> {
                 self.stats.blocks_skipped += 1;
                 continue;
             }
-            if covers(set, zone.min, zone.max) && block.null_count == 0 {
+            if covers(set, zone.min, zone.max) && block.null_count == 0 && !multi {
                 out.insert_range(start..end);
                 continue;
             }
@@ -746,7 +780,17 @@ impl Evaluator<'_> {
                     .for_each(|(i, &id)| hit(i, id as i64)),
                 BlockValues::I64(v) => v.iter().enumerate().for_each(|(i, &x)| hit(i, x)),
                 BlockValues::F64(v) => v.iter().enumerate().for_each(|(i, &x)| hit(i, f64_key(x))),
-                BlockValues::Multi { .. } => return Err(multi_value_leaf(r.column_meta(c))),
+                BlockValues::Multi { counts, ids } => {
+                    // A doc matches when any of its values does.
+                    let mut at = 0usize;
+                    for (i, &n) in counts.iter().enumerate() {
+                        let values = &ids[at..at + n as usize];
+                        if values.iter().any(|&id| contains(set, id as i64)) {
+                            out.insert(start + i as u32);
+                        }
+                        at += n as usize;
+                    }
+                }
             }
         }
         if !nulls.is_empty() {
@@ -788,7 +832,7 @@ fn stats_bounds(s: &ColumnStats) -> Option<(i64, i64)> {
 /// Whether a segment can hold any row matching `pred`, judged from footer statistics and
 /// bloom filters only (no blocks read). False means the segment can be skipped.
 pub fn may_match(reader: &SegmentReader, pred: &Predicate) -> Result<bool> {
-    single_value_only(reader, pred)?;
+    check_multi_value(reader, pred)?;
     Ok(match pred {
         Predicate::Const(b) => *b,
         Predicate::And(v) => {
@@ -828,8 +872,10 @@ pub fn may_match(reader: &SegmentReader, pred: &Predicate) -> Result<bool> {
                 Encoding::Dictionary { cardinality, .. } => {
                     (*cardinality > 0).then(|| (0, *cardinality as i64 - 1))
                 }
+                Encoding::MultiValue { cardinality, .. } => {
+                    (*cardinality > 0).then(|| (0, *cardinality as i64 - 1))
+                }
                 Encoding::Raw { .. } => stats_bounds(&meta.stats),
-                Encoding::MultiValue { .. } => return Err(multi_value_leaf(meta)),
             };
             let Some((lo, hi)) = bounds else {
                 return Ok(false);
@@ -840,13 +886,6 @@ pub fn may_match(reader: &SegmentReader, pred: &Predicate) -> Result<bool> {
             true
         }
     })
-}
-
-fn multi_value_leaf(meta: &crate::layout::ColumnMeta) -> SegmentError {
-    SegmentError::Predicate {
-        column: meta.name.clone(),
-        message: "filters on multi-value columns are not supported yet".into(),
-    }
 }
 
 #[cfg(test)]
