@@ -2,6 +2,7 @@
 //! DataFusion hands them to `TableProvider::scan`. Out: a predicate the segment indexes answer
 //! exactly, or `None` when any part cannot be answered (DataFusion then filters itself).
 
+use arrow::array::Array;
 use arrow::datatypes::{DataType, TimeUnit};
 use basalt_segment::{CmpOp, ColumnType, Predicate, SegmentSchema, Value};
 use datafusion::logical_expr::{expr::InList, Between, BinaryExpr, Cast, Expr, Like, Operator};
@@ -98,6 +99,60 @@ pub fn to_predicate(expr: &Expr, schema: &SegmentSchema) -> Option<Predicate> {
             })
         }
         Expr::Literal(ScalarValue::Boolean(Some(b)), _) => Some(Predicate::Const(*b)),
+        Expr::ScalarFunction(f) => array_predicate(f.name(), &f.args, schema),
+        _ => None,
+    }
+}
+
+/// `array_has(col, v)`, `array_has_any(col, [..])`, `array_has_all(col, [..])` on a
+/// multi-value column: leaves that match a doc when any of its values does (so `NOT` of one
+/// means none does, as in SQL on a non-null array).
+fn array_predicate(name: &str, args: &[Expr], schema: &SegmentSchema) -> Option<Predicate> {
+    let [array, needle] = args else {
+        return None;
+    };
+    let column = match array {
+        Expr::Column(c) => schema
+            .column(&c.name)
+            .filter(|d| d.multi_value)
+            .map(|d| d.name.clone())?,
+        _ => return None,
+    };
+    let eq = |value: Value| Predicate::Compare {
+        column: column.clone(),
+        op: CmpOp::Eq,
+        value,
+    };
+    match name {
+        "array_has" => literal(needle).filter(|v| *v != Value::Null).map(eq),
+        "array_has_any" | "array_has_all" => {
+            let values = list_literal(needle)?;
+            if values.is_empty() || values.contains(&Value::Null) {
+                return None;
+            }
+            Some(match name {
+                "array_has_any" => Predicate::InList {
+                    column: column.clone(),
+                    values,
+                    negated: false,
+                },
+                _ => Predicate::And(values.into_iter().map(eq).collect()),
+            })
+        }
+        _ => None,
+    }
+}
+
+/// The elements of a list literal (folded `make_array(..)` or not).
+fn list_literal(e: &Expr) -> Option<Vec<Value>> {
+    match e {
+        Expr::Literal(ScalarValue::List(a), _) if a.len() == 1 && !a.is_null(0) => {
+            let values = a.value(0);
+            (0..values.len())
+                .map(|i| scalar(&ScalarValue::try_from_array(&values, i).ok()?))
+                .collect()
+        }
+        Expr::ScalarFunction(f) if f.name() == "make_array" => f.args.iter().map(literal).collect(),
         _ => None,
     }
 }
@@ -127,7 +182,11 @@ fn flip(op: CmpOp) -> CmpOp {
 /// A column reference, possibly under a value-preserving cast.
 fn column_of(e: &Expr, schema: &SegmentSchema) -> Option<String> {
     match e {
-        Expr::Column(c) => schema.column(&c.name).map(|d| d.name.clone()),
+        // A multi-value column only through the array functions.
+        Expr::Column(c) => schema
+            .column(&c.name)
+            .filter(|d| !d.multi_value)
+            .map(|d| d.name.clone()),
         Expr::Cast(Cast { expr, data_type }) => {
             let name = column_of(expr, schema)?;
             let ty = schema.column(&name)?.ty;
