@@ -25,7 +25,15 @@ pub fn pinot_type(t: &DataType) -> &'static str {
         DataType::Decimal128(_, _) | DataType::Decimal256(_, _) => "BIG_DECIMAL",
         DataType::Binary | DataType::LargeBinary | DataType::BinaryView => "BYTES",
         DataType::Dictionary(_, v) => pinot_type(v),
-        DataType::List(_) | DataType::LargeList(_) => "STRING_ARRAY",
+        DataType::List(f) | DataType::LargeList(f) => match pinot_type(f.data_type()) {
+            "INT" => "INT_ARRAY",
+            "LONG" => "LONG_ARRAY",
+            "FLOAT" => "FLOAT_ARRAY",
+            "DOUBLE" => "DOUBLE_ARRAY",
+            "BOOLEAN" => "BOOLEAN_ARRAY",
+            "TIMESTAMP" => "TIMESTAMP_ARRAY",
+            _ => "STRING_ARRAY",
+        },
         _ => "STRING",
     }
 }
@@ -133,6 +141,19 @@ fn column_values(a: &ArrayRef) -> Vec<Value> {
                 }
                 None => formatted(&a),
             }
+        }
+        DataType::List(_) => {
+            // Pinot answers multi-value cells as JSON arrays.
+            let l = a.as_list::<i32>();
+            (0..n)
+                .map(|i| {
+                    if l.is_null(i) {
+                        Value::Null
+                    } else {
+                        Value::Array(column_values(&l.value(i)))
+                    }
+                })
+                .collect()
         }
         _ => formatted(&a),
     }

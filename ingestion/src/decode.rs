@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use arrow::array::{
     ArrayBuilder, ArrayRef, BooleanBuilder, Float32Builder, Float64Builder, Int32Builder,
-    Int64Builder, StringBuilder, TimestampMillisecondBuilder,
+    Int64Builder, ListBuilder, StringBuilder, TimestampMillisecondBuilder,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
@@ -80,6 +80,7 @@ pub fn ingest_schema(schema: &SegmentSchema) -> SchemaRef {
             .iter()
             .map(|c| {
                 let t = match c.ty {
+                    _ if c.multi_value => c.arrow_type(),
                     ColumnType::String | ColumnType::Json => DataType::Utf8,
                     other => other.arrow_type(),
                 };
@@ -97,6 +98,8 @@ enum ColBuilder {
     F64(Float64Builder),
     Bool(BooleanBuilder),
     Ts(TimestampMillisecondBuilder),
+    StrList(ListBuilder<StringBuilder>),
+    I64List(ListBuilder<Int64Builder>),
 }
 
 /// A parsed cell (strings borrowed from the input where possible).
@@ -106,11 +109,20 @@ enum Cell<'a> {
     I64(i64),
     F64(f64),
     Bool(bool),
+    /// An array column's values (never null inside).
+    StrList(Vec<Cow<'a, str>>),
+    I64List(Vec<i64>),
 }
 
 impl ColBuilder {
-    fn new(ty: ColumnType, cap: usize) -> Self {
-        match ty {
+    fn new(def: &ColumnDef, cap: usize) -> Self {
+        if def.multi_value {
+            return match def.ty {
+                ColumnType::Long => ColBuilder::I64List(ListBuilder::new(Int64Builder::new())),
+                _ => ColBuilder::StrList(ListBuilder::new(StringBuilder::new())),
+            };
+        }
+        match def.ty {
             ColumnType::String | ColumnType::Json => {
                 ColBuilder::Str(StringBuilder::with_capacity(cap, cap * 16))
             }
@@ -134,6 +146,14 @@ impl ColBuilder {
             (ColBuilder::F32(b), Cell::F64(v)) => b.append_value(v as f32),
             (ColBuilder::F64(b), Cell::F64(v)) => b.append_value(v),
             (ColBuilder::Bool(b), Cell::Bool(v)) => b.append_value(v),
+            (ColBuilder::StrList(b), Cell::StrList(v)) => {
+                v.iter().for_each(|s| b.values().append_value(s));
+                b.append(true);
+            }
+            (ColBuilder::I64List(b), Cell::I64List(v)) => {
+                b.values().append_slice(&v);
+                b.append(true);
+            }
             (b, _) => b.push_null(),
         }
     }
@@ -147,6 +167,8 @@ impl ColBuilder {
             ColBuilder::F64(b) => b.append_null(),
             ColBuilder::Bool(b) => b.append_null(),
             ColBuilder::Ts(b) => b.append_null(),
+            ColBuilder::StrList(b) => b.append(false),
+            ColBuilder::I64List(b) => b.append(false),
         }
     }
 
@@ -159,6 +181,8 @@ impl ColBuilder {
             ColBuilder::F64(b) => b.len(),
             ColBuilder::Bool(b) => b.len(),
             ColBuilder::Ts(b) => b.len(),
+            ColBuilder::StrList(b) => b.len(),
+            ColBuilder::I64List(b) => b.len(),
         }
     }
 
@@ -171,6 +195,8 @@ impl ColBuilder {
             ColBuilder::F64(b) => Arc::new(b.finish()),
             ColBuilder::Bool(b) => Arc::new(b.finish()),
             ColBuilder::Ts(b) => Arc::new(b.finish()),
+            ColBuilder::StrList(b) => Arc::new(b.finish()),
+            ColBuilder::I64List(b) => Arc::new(b.finish()),
         }
     }
 }
@@ -199,7 +225,7 @@ impl RowWriter {
             builders: schema
                 .columns
                 .iter()
-                .map(|c| ColBuilder::new(c.ty, batch_rows.min(65536)))
+                .map(|c| ColBuilder::new(c, batch_rows.min(65536)))
                 .collect(),
             arrow: ingest_schema(schema),
             index: ColumnIndex::new(schema),
@@ -246,6 +272,7 @@ impl RowWriter {
     ) -> Result<()> {
         self.push_row(location, |_, c| match obj.get(&c.name) {
             None | Some(Json::Null) => Ok(Cell::Null),
+            Some(v) if c.multi_value => json_array_cell(c.ty, v),
             Some(v) => json_cell(c.ty, v),
         })
     }
@@ -270,6 +297,13 @@ impl RowWriter {
     ) -> Result<()> {
         self.push_row(location, |i, c| match fields[i] {
             None => Ok(Cell::Null),
+            Some(v) if c.multi_value => match raw_field(v)? {
+                RawField::Null => Ok(Cell::Null),
+                _ => {
+                    let json: Json = serde_json::from_str(v.get()).map_err(|e| e.to_string())?;
+                    json_array_cell(c.ty, &json)
+                }
+            },
             Some(v) => raw_cell(c.ty, raw_field(v)?),
         })
     }
@@ -282,9 +316,18 @@ impl RowWriter {
     ) -> Result<()> {
         self.push_row(location, |i, c| match fields.get(i).copied().flatten() {
             None => Ok(Cell::Null),
-            Some(s) if s.is_empty() && !matches!(c.ty, ColumnType::String | ColumnType::Json) => {
+            Some(s)
+                if s.is_empty()
+                    && (c.multi_value
+                        || !matches!(c.ty, ColumnType::String | ColumnType::Json)) =>
+            {
                 Ok(Cell::Null)
             }
+            // A CSV array cell is a JSON array (or one value).
+            Some(s) if c.multi_value => match serde_json::from_str::<Json>(s.trim()) {
+                Ok(json) => json_array_cell(c.ty, &json),
+                Err(_) => json_array_cell(c.ty, &Json::String(s.to_string())),
+            },
             Some(s) => text_cell(c.ty, s),
         })
     }
@@ -317,6 +360,31 @@ impl RowWriter {
         }
         Ok(())
     }
+}
+
+/// An array column's cell from JSON: an array of values, or one value taken as a
+/// one-element array (as Pinot takes it). Values inside may not be null.
+fn json_array_cell(ty: ColumnType, v: &Json) -> std::result::Result<Cell<'static>, String> {
+    let items: Vec<&Json> = match v {
+        Json::Array(a) => a.iter().collect(),
+        other => vec![other],
+    };
+    let mut strs = Vec::new();
+    let mut ints = Vec::new();
+    for (i, item) in items.into_iter().enumerate() {
+        if item.is_null() {
+            return Err(format!("array value {i} is null"));
+        }
+        match json_cell(ty, item)? {
+            Cell::Str(s) => strs.push(Cow::Owned(s.into_owned())),
+            Cell::I64(x) => ints.push(x),
+            _ => return Err(format!("array value {i}: expected {}", ty.name())),
+        }
+    }
+    Ok(match ty {
+        ColumnType::Long => Cell::I64List(ints),
+        _ => Cell::StrList(strs),
+    })
 }
 
 fn json_cell(ty: ColumnType, v: &Json) -> std::result::Result<Cell<'_>, String> {
@@ -423,6 +491,10 @@ fn raw_cell<'a>(ty: ColumnType, f: RawField<'a>) -> std::result::Result<Cell<'a>
             Cell::I64(v) => Cell::I64(v),
             Cell::F64(v) => Cell::F64(v),
             Cell::Bool(v) => Cell::Bool(v),
+            Cell::StrList(v) => {
+                Cell::StrList(v.into_iter().map(|s| Cow::Owned(s.into_owned())).collect())
+            }
+            Cell::I64List(v) => Cell::I64List(v),
         }),
         (t, RawField::Number(n)) if is_text(t) => Ok(Cell::Str(Cow::Borrowed(n))),
         (t, RawField::Bool(b)) if is_text(t) => {
@@ -622,6 +694,10 @@ fn convert_column(
     use arrow::compute::{cast_with_options, CastOptions};
     let from = a.data_type();
     let compatible = match ty {
+        // An array column from a Parquet list of castable values.
+        _ if matches!(to, DataType::List(_)) => {
+            matches!(from, DataType::List(_) | DataType::LargeList(_))
+        }
         ColumnType::String | ColumnType::Json => true,
         ColumnType::Boolean => matches!(
             from,

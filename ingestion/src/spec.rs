@@ -331,9 +331,9 @@ impl TableSpec {
                     c.name
                 )));
             }
-            let ty = ColumnType::parse(&c.ty).ok_or_else(|| {
+            let (ty, multi_value) = column_kind(&c.ty).ok_or_else(|| {
                 spec_err(format!(
-                    "columns[{i}].type: unknown type {:?} (expected one of STRING, INT, LONG, FLOAT, DOUBLE, BOOLEAN, TIMESTAMP, JSON)",
+                    "columns[{i}].type: unknown type {:?} (expected one of STRING, INT, LONG, FLOAT, DOUBLE, BOOLEAN, TIMESTAMP, JSON, STRING_ARRAY, LONG_ARRAY)",
                     c.ty
                 ))
             })?;
@@ -344,6 +344,13 @@ impl TableSpec {
                     ))
                 })?;
                 match kind {
+                    IndexKind::Range | IndexKind::Sorted if multi_value => {
+                        return Err(spec_err(format!(
+                            "columns[{i}].index[{j}]: a {} index does not apply to {}, an array column (inverted and bloom do)",
+                            kind.name(),
+                            c.name
+                        )))
+                    }
                     IndexKind::Text => {
                         return Err(spec_err(format!(
                             "columns[{i}].index[{j}]: the text index is reserved and not available yet"
@@ -376,8 +383,8 @@ impl TableSpec {
                     self.time_column
                 ))
             })?;
-        match ColumnType::parse(&self.columns[time].ty) {
-            Some(ColumnType::Timestamp | ColumnType::Long) => {}
+        match column_kind(&self.columns[time].ty) {
+            Some((ColumnType::Timestamp | ColumnType::Long, false)) => {}
             _ => {
                 return Err(spec_err(format!(
                     "time_column: {:?} must be TIMESTAMP or LONG, not {}",
@@ -427,12 +434,21 @@ impl TableSpec {
         Ok(())
     }
 
-    /// The column's declared type, for a validated spec.
+    /// The column's declared type (an array column's element type), for a validated spec.
     pub fn column_type(&self, name: &str) -> Option<ColumnType> {
         self.columns
             .iter()
             .find(|c| c.name == name)
-            .and_then(|c| ColumnType::parse(&c.ty))
+            .and_then(|c| column_kind(&c.ty))
+            .map(|(t, _)| t)
+    }
+
+    /// Whether column `i` is an array (multi-value) column.
+    pub fn is_array(&self, i: usize) -> bool {
+        self.columns
+            .get(i)
+            .and_then(|c| column_kind(&c.ty))
+            .is_some_and(|(_, mv)| mv)
     }
 
     /// `segment.max_bytes` in bytes, if set.
@@ -460,17 +476,29 @@ impl TableSpec {
             columns: self
                 .columns
                 .iter()
-                .map(|c| ColumnDef {
-                    name: c.name.clone(),
-                    ty: ColumnType::parse(&c.ty).expect("validated type"),
-                    nullable: !required(&c.name) && c.nullable.unwrap_or(true),
-                    indexes: c.index.iter().filter_map(|k| parse_index(k)).collect(),
-                    // STRING_ARRAY / LONG_ARRAY in specs come with ingestion of arrays.
-                    multi_value: false,
+                .map(|c| {
+                    let (ty, multi_value) = column_kind(&c.ty).expect("validated type");
+                    ColumnDef {
+                        name: c.name.clone(),
+                        ty,
+                        nullable: !required(&c.name) && c.nullable.unwrap_or(true),
+                        indexes: c.index.iter().filter_map(|k| parse_index(k)).collect(),
+                        multi_value,
+                    }
                 })
                 .collect(),
             time_column: Some(self.time_column.clone()),
         }
+    }
+}
+
+/// A spec `type`: the element type, and whether the column holds arrays (STRING_ARRAY,
+/// LONG_ARRAY: multi-value columns, Pinot's `singleValueField: false`).
+pub fn column_kind(s: &str) -> Option<(ColumnType, bool)> {
+    match s.to_ascii_uppercase().as_str() {
+        "STRING_ARRAY" => Some((ColumnType::String, true)),
+        "LONG_ARRAY" => Some((ColumnType::Long, true)),
+        _ => ColumnType::parse(s).map(|t| (t, false)),
     }
 }
 

@@ -83,11 +83,6 @@ impl ColumnType {
         }
     }
 
-    /// Whether the column holds arrays (multi-value); none of the current types do.
-    pub fn is_array(self) -> bool {
-        false
-    }
-
     pub fn parse(s: &str) -> Option<ColumnType> {
         ColumnType::ALL
             .into_iter()

@@ -519,3 +519,109 @@ fn quickstart_shows_batch_and_real_time() {
     );
     assert!(stdout.contains("live_events$quarantine"), "{stdout}");
 }
+
+/// Multi-value columns (STRING_ARRAY, LONG_ARRAY) through the real binary: arrays from
+/// NDJSON (a single value is a one-element array), CSV (JSON array text), a bad array
+/// rejected by name, `array_has*` filters, Pinot's array column types and JSON array cells,
+/// and the same answers after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn array_columns_ingest_filter_and_answer_as_pinot_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let c = reqwest::Client::new();
+    let s = Server::start(&data, None);
+    let spec = json!({"name":"items","time_column":"ts","columns":[
+        {"name":"id","type":"STRING"},{"name":"ts","type":"TIMESTAMP"},
+        {"name":"tags","type":"STRING_ARRAY","index":["inverted"]},
+        {"name":"codes","type":"LONG_ARRAY"}]});
+    let bad_spec = spec.to_string().replace("[\"inverted\"]", "[\"range\"]");
+    let (st, v) = post(&c, s.url("/tables"), "application/json", bad_spec).await;
+    assert_eq!(st, 400, "{v}");
+    assert!(v.to_string().contains("array column"), "{v}");
+    let (st, v) = post(&c, s.url("/tables"), "application/json", spec.to_string()).await;
+    assert_eq!(st, 201, "{v}");
+    let nd = [
+        r#"{"id":"a","ts":1000,"tags":["red","sale"],"codes":[1,2,3]}"#,
+        r#"{"id":"b","ts":2000,"tags":"red","codes":[]}"#,
+        r#"{"id":"c","ts":3000,"tags":[],"codes":null}"#,
+        r#"{"id":"d","ts":4000,"codes":[7]}"#,
+    ]
+    .join("\n");
+    let (st, v) = post(
+        &c,
+        s.url("/tables/items/ingest"),
+        "application/x-ndjson",
+        nd,
+    )
+    .await;
+    assert_eq!((st, v.clone()), (200, json!({"rows": 4})), "{v}");
+    let csv = "id,ts,tags,codes\ne,5000,\"[\"\"blue\"\",\"\"red\"\"]\",[9]\nf,6000,green,\n";
+    let (st, v) = post(&c, s.url("/tables/items/ingest"), "text/csv", csv).await;
+    assert_eq!((st, v.clone()), (200, json!({"rows": 2})), "{v}");
+    let bad = r#"{"id":"x","ts":1,"tags":["ok",null]}"#;
+    let (st, v) = post(
+        &c,
+        s.url("/tables/items/ingest"),
+        "application/x-ndjson",
+        bad,
+    )
+    .await;
+    assert_eq!(st, 400, "{v}");
+    assert!(
+        v.to_string().contains("tags") && v.to_string().contains("null"),
+        "{v}"
+    );
+
+    check_arrays(&c, &s).await;
+    drop(s);
+    // After a restart the rows come from the sealed segment on disk.
+    let s = Server::start(&data, None);
+    check_arrays(&c, &s).await;
+    let v = sql(
+        &c,
+        &s,
+        "SELECT id, tags FROM items WHERE array_has(tags, 'green')",
+    )
+    .await;
+    assert_eq!(v["resultTable"]["rows"], json!([["f", ["green"]]]), "{v}");
+    assert_eq!(scalar(&c, &s, "SELECT count(*) FROM items").await, json!(6));
+}
+
+async fn check_arrays(c: &reqwest::Client, s: &Server) {
+    let q = |f: &str| format!("SELECT id FROM items WHERE {f} ORDER BY id");
+    let ids = |v: Value| -> Vec<String> {
+        v["resultTable"]["rows"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{v}"))
+            .iter()
+            .map(|r| r[0].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        ids(sql(c, s, &q("array_has(tags, 'red')")).await),
+        ["a", "b", "e"]
+    );
+    assert_eq!(
+        ids(sql(c, s, &q("NOT array_has(tags, 'red')")).await),
+        ["c", "f"]
+    );
+    assert_eq!(
+        ids(sql(c, s, &q("array_has_any(codes, make_array(3, 9))")).await),
+        ["a", "e"]
+    );
+    assert_eq!(
+        ids(sql(c, s, &q("array_has_all(tags, make_array('red', 'sale'))")).await),
+        ["a"]
+    );
+    let v = sql(c, s, "SELECT tags, codes FROM items WHERE id = 'a'").await;
+    assert_eq!(
+        v["resultTable"]["dataSchema"]["columnDataTypes"],
+        json!(["STRING_ARRAY", "LONG_ARRAY"]),
+        "{v}"
+    );
+    assert_eq!(
+        v["resultTable"]["rows"],
+        json!([[["red", "sale"], [1, 2, 3]]]),
+        "{v}"
+    );
+}

@@ -113,14 +113,18 @@ fn resolve(spec: &TableSpec) -> Result<Option<KeyedTable>> {
             .position(|c| c.name == name)
             .ok_or_else(|| err(format!("{field}: {name:?} is not one of the columns")))
     };
-    let ty = |i: usize| ColumnType::parse(&spec.columns[i].ty).expect("validated type");
+    let ty = |i: usize| {
+        crate::spec::column_kind(&spec.columns[i].ty)
+            .expect("validated type")
+            .0
+    };
     let mut key = Vec::new();
     for (i, k) in spec.primary_key.iter().enumerate() {
         let pos = position(&format!("primary_key[{i}]"), k)?;
         if key.contains(&pos) {
             return Err(err(format!("primary_key[{i}]: {k:?} is listed twice")));
         }
-        if ty(pos).is_array() {
+        if spec.is_array(pos) {
             return Err(err(format!(
                 "primary_key[{i}]: {k:?} is an array column; keys are single values"
             )));
@@ -165,6 +169,12 @@ fn resolve(spec: &TableSpec) -> Result<Option<KeyedTable>> {
         None => time,
     };
     match ty(comparison) {
+        _ if spec.is_array(comparison) => {
+            return Err(err(format!(
+                "upsert.comparison_column: {:?} is an array column, must be a number or TIMESTAMP",
+                spec.columns[comparison].name
+            )))
+        }
         ColumnType::Int
         | ColumnType::Long
         | ColumnType::Timestamp
@@ -181,7 +191,7 @@ fn resolve(spec: &TableSpec) -> Result<Option<KeyedTable>> {
     let delete = match &u.delete_column {
         Some(c) => {
             let pos = position("upsert.delete_column", c)?;
-            if ty(pos) != ColumnType::Boolean {
+            if ty(pos) != ColumnType::Boolean || spec.is_array(pos) {
                 return Err(err(format!(
                     "upsert.delete_column: {c:?} must be BOOLEAN, not {}",
                     ty(pos).name()
@@ -201,6 +211,13 @@ fn resolve(spec: &TableSpec) -> Result<Option<KeyedTable>> {
             KeyMode::Full
         }
         "PARTIAL" => {
+            if let Some(i) = (0..spec.columns.len()).find(|&i| spec.is_array(i)) {
+                return Err(err(format!(
+                    "upsert.mode: PARTIAL merges of array columns ({:?}; APPEND, UNION) are \
+                     not built yet; use FULL",
+                    spec.columns[i].name
+                )));
+            }
             let mut strategies = vec![Strategy::Overwrite; spec.columns.len()];
             for (col, s) in &u.partial_strategies {
                 let field = format!("upsert.partial_strategies.{col}");
@@ -231,7 +248,7 @@ fn resolve(spec: &TableSpec) -> Result<Option<KeyedTable>> {
                             | ColumnType::Double
                             | ColumnType::Timestamp
                     ),
-                    Strategy::Append | Strategy::Union => t.is_array(),
+                    Strategy::Append | Strategy::Union => spec.is_array(pos),
                 };
                 if !fits {
                     return Err(err(format!(
