@@ -590,3 +590,85 @@ async fn a_failed_session_hides_no_key_while_it_restarts() {
     check(&engine, &name, &model).await.unwrap();
     store.shutdown();
 }
+
+/// PARTIAL merges of array columns — UNION of tags, APPEND of codes — through the stream
+/// (rows read back from mutable parts and sealed segments) and through batch ingests, with
+/// a restart; the issue's spec with `"tags":"UNION"` as written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_union_and_append_merge_arrays() {
+    for batch in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let name = format!("arrays_{}_{batch}", std::process::id());
+        let mut v = serde_json::json!({
+            "name": name, "time_column": "ts",
+            "columns": [
+                {"name":"order_id","type":"STRING"}, {"name":"ts","type":"TIMESTAMP"},
+                {"name":"updated_at","type":"LONG"}, {"name":"is_deleted","type":"BOOLEAN"},
+                {"name":"amount","type":"DOUBLE"}, {"name":"status","type":"STRING"},
+                {"name":"max_seen","type":"LONG"},
+                {"name":"tags","type":"STRING_ARRAY","index":["inverted"]},
+                {"name":"codes","type":"LONG_ARRAY"}],
+            "primary_key":["order_id"],
+            "upsert":{"mode":"PARTIAL","comparison_column":"updated_at","delete_column":"is_deleted",
+                      "partial_strategies":{"amount":"INCREMENT","tags":"UNION","status":"OVERWRITE",
+                                            "max_seen":"MAX","codes":"APPEND"},
+                      "metadata_ttl":"7d"},
+            "segment": {"max_rows": 2, "max_age": "2s"}
+        });
+        if !batch {
+            v["source"] = serde_json::json!({"memory": {"topic": name, "partitions": 1}});
+        }
+        let spec = TableSpec::from_json(v.to_string().as_bytes()).unwrap();
+        let topic = memory_topic(&name, 1);
+        let mut store = open(dir.path()).await;
+        store.create_table(spec).await.unwrap();
+        let events = [
+            r#"{"order_id":"o1","ts":1,"updated_at":1,"amount":1.5,"tags":["new"],"codes":[1]}"#,
+            r#"{"order_id":"o2","ts":2,"updated_at":1,"tags":"gift","codes":[]}"#,
+            r#"{"order_id":"o1","ts":3,"updated_at":2,"amount":2,"tags":["sale","new"],"codes":[2,1]}"#,
+            r#"{"order_id":"o1","ts":4,"updated_at":0,"tags":["late"],"codes":[9]}"#,
+            r#"{"order_id":"o2","ts":5,"updated_at":2,"tags":["gift","vip"]}"#,
+            r#"{"order_id":"o1","ts":6,"updated_at":3,"status":"paid","tags":["vip"],"codes":[3]}"#,
+        ];
+        for (i, chunk) in events.chunks(2).enumerate() {
+            if batch {
+                let body = chunk.join("\n").into_bytes();
+                store
+                    .ingest(&name, Format::NdJson, Box::new(std::io::Cursor::new(body)))
+                    .await
+                    .unwrap();
+            } else {
+                chunk.iter().for_each(|r| {
+                    topic.send(0, r.as_bytes());
+                });
+            }
+            if i == 1 {
+                store.shutdown();
+                drop(store);
+                store = open(dir.path()).await;
+            }
+        }
+        let engine = QueryEngine::new(Arc::new(StoreSource(store.clone())));
+        let sql =
+            format!("SELECT order_id, amount, status, tags, codes FROM {name} ORDER BY order_id");
+        let want = vec![
+            "o1|3.5|paid|[new, sale, vip]|[1, 2, 1, 3]".to_string(),
+            "o2|NULL|NULL|[gift, vip]|[]".to_string(),
+        ];
+        let start = Instant::now();
+        loop {
+            let got = rows(&engine, &sql).await;
+            if got == want {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "batch {batch}: {got:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
+        let f = format!("SELECT order_id FROM {name} WHERE array_has(tags, 'sale')");
+        assert_eq!(rows(&engine, &f).await, vec!["o1".to_string()]);
+        store.shutdown();
+    }
+}

@@ -49,8 +49,23 @@ fn merge_one(strategy: Strategy, old: &Cell, new: Cell) -> Cell {
                 new
             }
         }
-        // Array columns only (checked at spec validation); arrays are not Cells yet.
-        Strategy::Append | Strategy::Union => new,
+        // Array columns only (checked at spec validation).
+        Strategy::Append => match (old, new) {
+            (Cell::List(a), Cell::List(b)) => Cell::List(a.iter().cloned().chain(b).collect()),
+            (_, new) => new,
+        },
+        Strategy::Union => match (old, new) {
+            (Cell::List(a), Cell::List(b)) => {
+                let mut out: Vec<Cell> = Vec::with_capacity(a.len() + b.len());
+                for v in a.iter().cloned().chain(b) {
+                    if !out.contains(&v) {
+                        out.push(v);
+                    }
+                }
+                Cell::List(out)
+            }
+            (_, new) => new,
+        },
     }
 }
 
@@ -65,6 +80,28 @@ pub fn merge_row(strategies: &[Strategy], old: &[Cell], new: Vec<Cell>) -> Vec<C
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn append_and_union_merge_arrays() {
+        use Cell::*;
+        let list = |v: &[&str]| List(v.iter().map(|s| Str(s.to_string())).collect());
+        let old = vec![list(&["a", "b"]), list(&["a", "b"]), list(&["x"])];
+        let new = vec![list(&["b", "c"]), list(&["b", "c", "c"]), Null];
+        let s = [Strategy::Append, Strategy::Union, Strategy::Union];
+        assert_eq!(
+            merge_row(&s, &old, new),
+            vec![
+                list(&["a", "b", "b", "c"]),
+                list(&["a", "b", "c"]),
+                list(&["x"])
+            ]
+        );
+        // No current array: the new one as it is.
+        assert_eq!(
+            merge_row(&[Strategy::Union], &[Null], vec![list(&["c", "c"])]),
+            vec![list(&["c", "c"])]
+        );
+    }
 
     #[test]
     fn strategies() {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use arrow::array::{
     Array, ArrayRef, AsArray, BooleanBuilder, Float32Builder, Float64Builder, Int32Builder,
-    Int64Builder, StringBuilder, TimestampMillisecondBuilder,
+    Int64Builder, ListBuilder, StringBuilder, TimestampMillisecondBuilder,
 };
 use arrow::datatypes::{
     DataType, Float32Type, Float64Type, Int32Type, Int64Type, SchemaRef, TimeUnit,
@@ -150,6 +150,8 @@ pub enum Cell {
     Float(f64),
     Bool(bool),
     Str(String),
+    /// An array column's values.
+    List(Vec<Cell>),
 }
 
 impl Cell {
@@ -181,6 +183,14 @@ fn cell(a: &dyn Array, i: usize) -> Result<Cell> {
         DataType::Float32 => Cell::Float(a.as_primitive::<Float32Type>().value(i) as f64),
         DataType::Float64 => Cell::Float(a.as_primitive::<Float64Type>().value(i)),
         DataType::Boolean => Cell::Bool(a.as_boolean().value(i)),
+        DataType::List(_) => {
+            let values = a.as_list::<i32>().value(i);
+            Cell::List(
+                (0..values.len())
+                    .map(|j| cell(values.as_ref(), j))
+                    .collect::<Result<_>>()?,
+            )
+        }
         other => return Err(unsupported(other)),
     })
 }
@@ -206,6 +216,28 @@ pub fn cells_to_batch(schema: &SchemaRef, rows: &[Vec<Cell>]) -> Result<RecordBa
                 Arc::new(b.finish()) as ArrayRef
             }};
         }
+        // The same for an array column: `$pat` is the cell each of a list's values is.
+        macro_rules! build_list {
+            ($builder:ty, $item:expr, $pat:pat => $v:expr) => {{
+                let mut b = ListBuilder::new(<$builder>::new()).with_field($item.clone());
+                for v in vals {
+                    match v {
+                        Cell::Null => b.append(false),
+                        Cell::List(items) => {
+                            for x in items {
+                                match x {
+                                    $pat => b.values().append_value($v),
+                                    _ => return Err(mismatch()),
+                                }
+                            }
+                            b.append(true);
+                        }
+                        _ => return Err(mismatch()),
+                    }
+                }
+                Arc::new(b.finish()) as ArrayRef
+            }};
+        }
         let arr = match f.data_type() {
             DataType::Utf8 => build!(StringBuilder, Cell::Str(s) => s),
             DataType::Int32 => build!(Int32Builder, Cell::Int(x) => *x as i32),
@@ -216,6 +248,12 @@ pub fn cells_to_batch(schema: &SchemaRef, rows: &[Vec<Cell>]) -> Result<RecordBa
             DataType::Float32 => build!(Float32Builder, Cell::Float(x) => *x as f32),
             DataType::Float64 => build!(Float64Builder, Cell::Float(x) => *x),
             DataType::Boolean => build!(BooleanBuilder, Cell::Bool(x) => *x),
+            DataType::List(item) if item.data_type() == &DataType::Utf8 => {
+                build_list!(StringBuilder, item, Cell::Str(x) => x)
+            }
+            DataType::List(item) if item.data_type() == &DataType::Int64 => {
+                build_list!(Int64Builder, item, Cell::Int(x) => *x)
+            }
             other => return Err(unsupported(other)),
         };
         cols.push(arr);
