@@ -233,6 +233,20 @@ impl Home {
         Ok(self.store.get(&ObjPath::from(path)).await?.bytes().await?)
     }
 
+    /// Reads and decodes a keyed snapshot object (upsert and dedup tables).
+    pub async fn read_keyed_snapshot(
+        &self,
+        path: &str,
+    ) -> Result<Vec<crate::upsert::SlotSnapshot>> {
+        let keyed =
+            |e: String| crate::error::IngestError::Keyed(format!("keyed snapshot {path}: {e}"));
+        let bytes = self
+            .get_object(path)
+            .await
+            .map_err(|e| keyed(e.to_string()))?;
+        crate::upsert::snapshot::decode(&bytes).map_err(|e| keyed(e.to_string()))
+    }
+
     /// Deletes an object, logging failure (what is left is removed at the next start).
     pub async fn delete_object(&self, path: &str) {
         if let Err(e) = self.store.delete(&ObjPath::from(path)).await {

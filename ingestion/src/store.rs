@@ -58,6 +58,16 @@ pub struct TableView {
     pub valid: Option<Arc<ValidDocs>>,
 }
 
+impl TableView {
+    /// The reader of sealed segment `id`, if the view holds it.
+    pub fn segment_reader(&self, id: &str) -> Option<Arc<SegmentReader>> {
+        self.segments
+            .iter()
+            .find(|s| s.meta.id == id)
+            .map(|s| s.reader.clone())
+    }
+}
+
 /// One table: its spec, its home and its current view.
 #[derive(Debug)]
 pub struct Table {
@@ -611,17 +621,10 @@ impl TableStore {
                 snapshot: None,
             });
         };
-        let bytes = t.home.get_object(&path).await?;
-        let slots = snapshot::decode(&bytes)
-            .map_err(|e| IngestError::Keyed(format!("keyed snapshot {path}: {e}")))?;
+        let slots = t.home.read_keyed_snapshot(&path).await?;
         let view = t.view();
         let part = tokio::task::spawn_blocking(move || {
-            KeyedPartition::restore(cfg, schema, &slots, |id| {
-                view.segments
-                    .iter()
-                    .find(|s| s.meta.id == id)
-                    .map(|s| s.reader.clone())
-            })
+            KeyedPartition::restore(cfg, schema, &slots, |id| view.segment_reader(id))
         })
         .await
         .map_err(|e| IngestError::Io(std::io::Error::other(e.to_string())))?
@@ -886,9 +889,7 @@ pub(crate) async fn persisted_valid(home: &Home, state: &TableState) -> Result<O
     }
     let mut valid = ValidDocs::new();
     for path in state.keyed_snapshots.values() {
-        let bytes = home.get_object(path).await?;
-        let slots = snapshot::decode(&bytes)
-            .map_err(|e| IngestError::Keyed(format!("keyed snapshot {path}: {e}")))?;
+        let slots = home.read_keyed_snapshot(path).await?;
         valid.extend(slots.into_iter().map(|s| (s.id, s.valid)));
     }
     Ok(Some(valid))

@@ -196,6 +196,15 @@ fn render(batches: &[RecordBatch]) -> Vec<String> {
     rows
 }
 
+/// The EXPLAIN output of `sql`, one line per row.
+async fn explain(engine: &QueryEngine, sql: &str) -> String {
+    let out = engine
+        .execute(&format!("EXPLAIN {sql}"), &QueryLimits::default())
+        .await
+        .unwrap();
+    render(&out.batches).join("\n")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn segments_answer_like_datafusion_over_arrow() {
     let mut rng = StdRng::seed_from_u64(0xBA5A17);
@@ -252,14 +261,11 @@ async fn segments_answer_like_datafusion_over_arrow() {
         checked += 1;
     }
     assert_eq!(checked, 300);
-    let explain = engine
-        .execute(
-            "EXPLAIN SELECT city, count(*), DISTINCTCOUNTHLL(tag) FROM t GROUP BY city",
-            &QueryLimits::default(),
-        )
-        .await
-        .unwrap();
-    let plan = render(&explain.batches).join("\n");
+    let plan = explain(
+        &engine,
+        "SELECT city, count(*), DISTINCTCOUNTHLL(tag) FROM t GROUP BY city",
+    )
+    .await;
     assert!(plan.contains("SegmentAggregateExec"), "{plan}");
     assert!(!plan.contains("AggregateExec: mode"), "{plan}");
     // Groups held inside the scan count against the query's memory limit.
@@ -304,11 +310,7 @@ async fn count_star_reads_no_columns_and_prunes() {
         out.stats.blocks_scanned, 0,
         "inverted index and zone maps answer without scanning"
     );
-    let explain = engine
-        .execute(&format!("EXPLAIN {sql}"), &QueryLimits::default())
-        .await
-        .unwrap();
-    let plan = render(&explain.batches).join("\n");
+    let plan = explain(&engine, &sql).await;
     assert!(
         plan.contains("SegmentAggregateExec: table=t, gby=[]"),
         "{plan}"
@@ -457,15 +459,9 @@ async fn multi_value_filters_answer_like_datafusion_over_arrow() {
         "SELECT count(*) FROM t WHERE {f}",
         "SELECT n, tags, ids FROM t WHERE {f}",
         "SELECT count(tags), sum(n) FROM t WHERE {f}",
+        "SELECT tags, count(*), sum(n) FROM t WHERE {f} GROUP BY tags",
     ];
-    let explain = engine
-        .execute(
-            "EXPLAIN SELECT n FROM t WHERE array_has(tags, 'red')",
-            &QueryLimits::default(),
-        )
-        .await
-        .unwrap();
-    let plan = render(&explain.batches).join("\n");
+    let plan = explain(&engine, "SELECT n FROM t WHERE array_has(tags, 'red')").await;
     assert!(plan.contains("Compare"), "array_has is pushed down: {plan}");
     for i in 0..120 {
         let (a, b) = (leaf(&mut rng), leaf(&mut rng));

@@ -73,10 +73,8 @@ pub(crate) fn encode_column(
         take.push((a, b));
     }
     let values = list.values();
-    if take
-        .iter()
-        .any(|&(a, b)| values.slice(a, b - a).null_count() > 0)
-    {
+    // Only the values of non-null docs count (a null doc's slot may hold anything).
+    if values.null_count() > 0 && take.iter().any(|&(a, b)| (a..b).any(|j| values.is_null(j))) {
         return Err(schema_error(def, "an array holds a null value"));
     }
     let encoded = match def.ty.physical() {

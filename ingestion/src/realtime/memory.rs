@@ -6,6 +6,7 @@
 //! runs exactly as with Kafka. Messages live as long as the process.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
@@ -20,6 +21,8 @@ pub struct MemoryTopic {
     partitions: Mutex<Vec<Vec<Arc<[u8]>>>>,
     /// An error the next poll of a consumer returns (as a broker error would).
     fail: Mutex<Option<String>>,
+    /// Whether `fail` is set: polls check this, not the lock.
+    failing: AtomicBool,
 }
 
 impl MemoryTopic {
@@ -39,6 +42,7 @@ impl MemoryTopic {
     /// ingestion session ends and restarts from the checkpoints, as after librdkafka's).
     pub fn fail_next_poll(&self, message: &str) {
         *self.fail.lock() = Some(message.to_string());
+        self.failing.store(true, Ordering::Release);
     }
 
     fn get(&self, partition: i32, offset: i64) -> Option<Arc<[u8]>> {
@@ -67,6 +71,7 @@ pub fn memory_topic(name: &str, partitions: i32) -> Arc<MemoryTopic> {
             Arc::new(MemoryTopic {
                 partitions: Mutex::new(vec![Vec::new(); partitions.max(1) as usize]),
                 fail: Mutex::new(None),
+                failing: AtomicBool::new(false),
             })
         })
         .clone()
@@ -107,8 +112,10 @@ impl Source for MemoryStream {
         timeout: Duration,
         f: &mut dyn FnMut(Message<'_>),
     ) -> Result<bool, SourceError> {
-        if let Some(m) = self.topic.fail.lock().take() {
-            return Err(SourceError::Fatal(m));
+        if self.topic.failing.swap(false, Ordering::AcqRel) {
+            if let Some(m) = self.topic.fail.lock().take() {
+                return Err(SourceError::Fatal(m));
+            }
         }
         let until = Instant::now() + timeout;
         loop {

@@ -47,7 +47,7 @@ use crate::spec::parse_duration;
 use crate::store::ValidDocs;
 use crate::store::{Table, TableStore};
 use crate::upsert::keymap::KeyHash;
-use crate::upsert::{snapshot, KeyedPartition, KeyedTable, BATCH_PARTITION};
+use crate::upsert::{KeyedPartition, KeyedTable, BATCH_PARTITION};
 use seal::{KeyedSeal, SealJob, SealOutcome, Sealer};
 use source::{open_source, Message, Source, SourceError};
 pub use status::{IngestionState, IngestionStatus, KeyedStatus, PartitionStatus};
@@ -388,24 +388,20 @@ fn restore_keyed(
         if partition == BATCH_PARTITION {
             continue;
         }
-        let bytes = ctx
+        let slots = ctx
             .handle
-            .block_on(t.home.get_object(path))
-            .map_err(|e| format!("reading keyed snapshot {path}: {e}"))?;
-        let slots = snapshot::decode(&bytes).map_err(|e| format!("{path}: {e}"))?;
+            .block_on(t.home.read_keyed_snapshot(path))
+            .map_err(|e| e.to_string())?;
         let k = KeyedPartition::restore(cfg.clone(), ingest_schema(&t.schema), &slots, |id| {
-            view.segments
-                .iter()
-                .find(|s| s.meta.id == id)
-                .map(|s| s.reader.clone())
+            view.segment_reader(id)
         })
         .map_err(|e| format!("{path}: {e}"))?;
         valid.extend(k.valid_docs());
         out.insert(partition, k);
     }
     if cfg.is_upsert() {
-        // Replaces the valid docs of the snapshots' segments (rows of dropped mutable
-        // parts may have changed them).
+        // The view has these from the load or the last session's end already, unless
+        // reading the snapshots failed there.
         t.update_valid(valid.into_iter().collect());
     }
     let keys: usize = out.values().map(|k| k.keys()).sum();
