@@ -14,6 +14,19 @@ pub struct Config {
     pub query: QuerySection,
     #[serde(default)]
     pub ingest: IngestSection,
+    #[serde(default)]
+    pub auth: AuthSection,
+}
+
+/// Password authentication for HTTP and the PostgreSQL protocol (off by default).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    /// Per-user tokens, `user = "token"`. A PostgreSQL client logs in as `user` with the token
+    /// as its password; an HTTP client sends `Authorization: Bearer <token>` (or Basic
+    /// `user:token`). Empty (the default): no authentication.
+    #[serde(default)]
+    pub tokens: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -23,6 +36,8 @@ pub struct ServerSection {
     pub data_dir: Option<PathBuf>,
     /// HTTP listen address (default 127.0.0.1:8099).
     pub http_addr: Option<String>,
+    /// PostgreSQL wire protocol listen address (default 127.0.0.1:5433).
+    pub pg_addr: Option<String>,
     /// Deep store URL: `file:///path` or `s3://bucket/prefix` (default `<data_dir>/deepstore`).
     pub deep_store: Option<String>,
 }
@@ -91,6 +106,17 @@ impl Config {
         {
             return Err(format!(
                 "invalid config {}: query limits must be positive",
+                path.display()
+            ));
+        }
+        if let Some((user, _)) = cfg
+            .auth
+            .tokens
+            .iter()
+            .find(|(u, t)| u.is_empty() || t.is_empty())
+        {
+            return Err(format!(
+                "invalid config {}: auth.tokens: user {user:?} needs a non-empty name and token",
                 path.display()
             ));
         }

@@ -7,7 +7,7 @@ mod config;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use basalt_broker::{app_state, serve, HttpLimits};
+use basalt_broker::{app_state, pg, serve, Auth, HttpLimits};
 use basalt_ingest::gen::{write_events, GenFormat, EVENTS_SPEC};
 use basalt_ingest::{Format, StoreConfig, TableStore};
 use basalt_query::QueryLimits;
@@ -71,6 +71,9 @@ enum Command {
         rows: u64,
         #[arg(long, default_value = "127.0.0.1:8099")]
         http_addr: String,
+        /// PostgreSQL wire protocol listen address.
+        #[arg(long, default_value = "127.0.0.1:5433")]
+        pg_addr: String,
         /// Exit after printing the results instead of serving.
         #[arg(long)]
         exit: bool,
@@ -88,9 +91,12 @@ struct StandaloneArgs {
     /// Directory for local state (segments cache, default deep store).
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// HTTP listen address.
+    /// HTTP listen address (default 127.0.0.1:8099).
     #[arg(long)]
     http_addr: Option<String>,
+    /// PostgreSQL wire protocol listen address (default 127.0.0.1:5433).
+    #[arg(long)]
+    pg_addr: Option<String>,
     /// Deep store URL (file:///path or s3://bucket/prefix); default <data-dir>/deepstore.
     #[arg(long)]
     deep_store: Option<String>,
@@ -153,8 +159,9 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::Quickstart {
             rows,
             http_addr,
+            pg_addr,
             exit,
-        } => quickstart(rows, &http_addr, exit).await,
+        } => quickstart(rows, &http_addr, &pg_addr, exit).await,
         Command::Inspect { file } => inspect(&file),
     }
 }
@@ -231,18 +238,26 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// A running server: where it listens, and the task that ends when it stops.
+struct Running {
+    http: std::net::SocketAddr,
+    pg: std::net::SocketAddr,
+    handle: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+async fn bind(addr: &str, what: &str) -> Result<tokio::net::TcpListener, String> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr} ({what}): {e}"))
+}
+
 async fn start_server(
     data_dir: PathBuf,
     deep_store: Option<String>,
     http_addr: &str,
+    pg_addr: &str,
     cfg: &Config,
-) -> Result<
-    (
-        std::net::SocketAddr,
-        tokio::task::JoinHandle<std::io::Result<()>>,
-    ),
-    String,
-> {
+) -> Result<Running, String> {
     let store = TableStore::open(StoreConfig {
         data_dir: data_dir.clone(),
         deep_store,
@@ -258,21 +273,26 @@ async fn start_server(
             max_rows: cfg.query.max_rows,
         },
     };
-    let state = app_state(store.clone(), limits);
-    let listener = tokio::net::TcpListener::bind(http_addr)
-        .await
-        .map_err(|e| format!("cannot listen on {http_addr}: {e}"))?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let state = app_state(store.clone(), limits, Auth::new(cfg.auth.tokens.clone()));
+    let listener = bind(http_addr, "http").await?;
+    let pg_listener = bind(pg_addr, "postgres").await?;
+    let http = listener.local_addr().map_err(|e| e.to_string())?;
+    let pg = pg_listener.local_addr().map_err(|e| e.to_string())?;
+    let pg_server = std::sync::Arc::new(pg::PgServer::new(&state, state.auth.clone()));
+    let pg_task = tokio::spawn(pg::serve(pg_listener, pg_server, state.clone(), async {
+        let _ = tokio::signal::ctrl_c().await;
+    }));
     let handle = tokio::spawn(async move {
         let served = serve(listener, state, async {
             let _ = tokio::signal::ctrl_c().await;
         })
         .await;
+        pg_task.abort();
         // Stop consuming; unsealed rows are read again from the checkpoints next time.
         let _ = tokio::task::spawn_blocking(move || store.shutdown()).await;
         served
     });
-    Ok((addr, handle))
+    Ok(Running { http, pg, handle })
 }
 
 async fn standalone(a: StandaloneArgs) -> Result<(), String> {
@@ -288,10 +308,18 @@ async fn standalone(a: StandaloneArgs) -> Result<(), String> {
         .http_addr
         .or(cfg.server.http_addr.clone())
         .unwrap_or_else(|| "127.0.0.1:8099".into());
+    let pg_addr = a
+        .pg_addr
+        .or(cfg.server.pg_addr.clone())
+        .unwrap_or_else(|| "127.0.0.1:5433".into());
     let deep_store = a.deep_store.or(cfg.server.deep_store.clone());
-    let (addr, handle) = start_server(data_dir, deep_store, &http_addr, &cfg).await?;
-    eprintln!("basalt standalone listening on http://{addr}");
-    handle
+    let r = start_server(data_dir, deep_store, &http_addr, &pg_addr, &cfg).await?;
+    // One line, read by the end-to-end tests: "listening on http://H postgres://P".
+    eprintln!(
+        "basalt standalone listening on http://{} postgres://{}",
+        r.http, r.pg
+    );
+    r.handle
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("http server failed: {e}"))
@@ -329,14 +357,14 @@ async fn ingest_files(server: &str, table: &str, files: &[PathBuf]) -> Result<()
     Ok(())
 }
 
-async fn quickstart(rows: u64, http_addr: &str, exit: bool) -> Result<(), String> {
+async fn quickstart(rows: u64, http_addr: &str, pg_addr: &str, exit: bool) -> Result<(), String> {
     let dir = tempfile::Builder::new()
         .prefix("basalt-quickstart-")
         .tempdir()
         .map_err(|e| e.to_string())?;
     let cfg = Config::default();
-    let (addr, handle) = start_server(dir.path().join("data"), None, http_addr, &cfg).await?;
-    let base = format!("http://{addr}");
+    let running = start_server(dir.path().join("data"), None, http_addr, pg_addr, &cfg).await?;
+    let base = format!("http://{}", running.http);
     let client = reqwest::Client::new();
     let post = |path: &str, body: String, ct: &str| {
         client
@@ -414,12 +442,19 @@ async fn quickstart(rows: u64, http_addr: &str, exit: bool) -> Result<(), String
     println!("  ingestion status: curl -s {base}/tables/live_events/ingestion");
 
     println!("\nBasalt is serving on {base}");
+    println!("  web console:  {base}/");
+    println!(
+        "  psql:         psql -h {} -p {} -U basalt basalt -c 'SELECT count(*) FROM events'",
+        running.pg.ip(),
+        running.pg.port()
+    );
     println!("  curl -s {base}/query/sql -H 'content-type: application/json' -d '{{\"sql\":\"SELECT count(*) FROM events\"}}'");
     if exit {
         return Ok(());
     }
     println!("Press Ctrl-C to stop.");
-    handle
+    running
+        .handle
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())

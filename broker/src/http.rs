@@ -3,7 +3,8 @@
 //!
 //! Routes: `POST/GET /tables`, `GET/DELETE /tables/{name}`, `POST /tables/{name}/ingest`,
 //! `GET /tables/{name}/ingestion` (real-time status), `POST /query/sql` (also `/query`),
-//! `GET /health`, `GET /metrics`.
+//! `GET /health`, `GET /metrics`. With tokens configured every route but `/health` needs
+//! credentials ([`crate::auth`]).
 //! Ingest bodies are streamed to a blocking decoder; the byte limit is enforced while reading.
 
 use std::io::Read;
@@ -52,6 +53,7 @@ pub struct AppState {
     pub engine: QueryEngine,
     pub metrics: Metrics,
     pub limits: HttpLimits,
+    pub auth: crate::auth::Auth,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -65,10 +67,39 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/query/sql", post(query_sql))
         .route("/query", post(query_sql))
-        .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_auth,
+        ))
+        .route("/health", get(health))
         .layer(DefaultBodyLimit::max(16 << 20))
         .with_state(state)
+}
+
+/// With tokens configured, every route but `/health` needs credentials (see [`crate::auth`]).
+async fn require_auth(
+    State(s): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    match s.auth.check_header(header) {
+        Ok(_) => next.run(req).await,
+        Err(reason) => {
+            let resp = (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer realm=\"basalt\"")],
+                Json(json!({ "error": reason })),
+            )
+                .into_response();
+            count(&s, "unauthorized", resp.status());
+            resp
+        }
+    }
 }
 
 fn count(state: &AppState, route: &str, status: StatusCode) {
@@ -290,23 +321,26 @@ async fn query_sql(State(s): State<AppState>, body: Bytes) -> Response {
         let secs = started.elapsed().as_secs_f64();
         let body = match result {
             Ok(out) => {
-                s.metrics.queries.with_label_values(&["ok"]).inc();
+                s.metrics.queries.with_label_values(&["http", "ok"]).inc();
                 s.metrics
                     .query_seconds
-                    .with_label_values(&["ok"])
+                    .with_label_values(&["http", "ok"])
                     .observe(secs);
                 response::success(&out)
             }
             Err(e) => {
                 let outcome = match e {
                     QueryError::Timeout(_) => "timeout",
-                    QueryError::Sql(_) => "invalid",
+                    QueryError::Sql(_) | QueryError::ReadOnly(_) => "invalid",
                     _ => "error",
                 };
-                s.metrics.queries.with_label_values(&[outcome]).inc();
+                s.metrics
+                    .queries
+                    .with_label_values(&["http", outcome])
+                    .inc();
                 s.metrics
                     .query_seconds
-                    .with_label_values(&[outcome])
+                    .with_label_values(&["http", outcome])
                     .observe(secs);
                 tracing::info!(error = %e, sql = %req.sql, "query failed");
                 response::failure(&e, started.elapsed().as_millis() as u64)

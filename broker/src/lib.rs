@@ -1,10 +1,12 @@
-//! `basalt-broker`: the front door. In: HTTP requests. Out: table admin, batch ingestion into
+//! `basalt-broker`: the front door. In: HTTP requests and PostgreSQL connections ([`pg`]). Out: table admin, batch ingestion into
 //! the [`basalt_ingest::TableStore`], and SQL through [`basalt_query::QueryEngine`] answered in
 //! Apache Pinot's response shape; Prometheus metrics.
 
+pub mod auth;
 pub mod error;
 pub mod http;
 pub mod metrics;
+pub mod pg;
 pub mod response;
 pub mod source;
 #[cfg(test)]
@@ -16,17 +18,19 @@ use std::sync::Arc;
 use basalt_ingest::TableStore;
 use basalt_query::QueryEngine;
 
+pub use auth::Auth;
 pub use error::ApiError;
 pub use http::{AppState, HttpLimits};
 
-/// Builds the application state for a store.
-pub fn app_state(store: Arc<TableStore>, limits: HttpLimits) -> AppState {
+/// Builds the application state for a store; `auth` guards HTTP and PostgreSQL alike.
+pub fn app_state(store: Arc<TableStore>, limits: HttpLimits, auth: auth::Auth) -> AppState {
     let engine = QueryEngine::new(Arc::new(source::StoreSource(store.clone())));
     AppState {
         store,
         engine,
         metrics: metrics::Metrics::new(),
         limits,
+        auth,
     }
 }
 

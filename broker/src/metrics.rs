@@ -18,6 +18,8 @@ pub struct Metrics {
     pub table_segments: IntGaugeVec,
     pub table_bytes: IntGaugeVec,
     pub ingestion: IngestionMetrics,
+    /// Open PostgreSQL protocol connections.
+    pub pg_connections: prometheus::IntGauge,
 }
 
 /// Real-time ingestion, per table and partition; refreshed from the ingesters' status at
@@ -270,15 +272,22 @@ impl Metrics {
         )
         .expect("valid metric");
         let queries = IntCounterVec::new(
-            Opts::new("basalt_queries_total", "SQL queries by outcome"),
-            &["outcome"],
+            Opts::new(
+                "basalt_queries_total",
+                "SQL queries by protocol (http, postgres) and outcome",
+            ),
+            &["protocol", "outcome"],
         )
         .expect("valid metric");
         let query_seconds = HistogramVec::new(
-            HistogramOpts::new("basalt_query_duration_seconds", "SQL query latency").buckets(vec![
+            HistogramOpts::new(
+                "basalt_query_duration_seconds",
+                "SQL query latency by protocol (http, postgres) and outcome",
+            )
+            .buckets(vec![
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
             ]),
-            &["outcome"],
+            &["protocol", "outcome"],
         )
         .expect("valid metric");
         let docs_scanned = IntCounterVec::new(
@@ -340,8 +349,17 @@ impl Metrics {
                 .expect("unique metric");
         }
         let ingestion = IngestionMetrics::new(&registry);
+        let pg_connections = prometheus::IntGauge::new(
+            "basalt_pg_connections",
+            "Open PostgreSQL protocol connections",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(pg_connections.clone()))
+            .expect("unique metric");
         Metrics {
             ingestion,
+            pg_connections,
             registry,
             http_requests,
             queries,

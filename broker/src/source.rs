@@ -8,7 +8,7 @@ use std::sync::Arc;
 use basalt_ingest::quarantine::quarantine_schema;
 use basalt_ingest::TableStore;
 use basalt_query::{TableSnapshot, TableSource};
-use basalt_segment::RoaringBitmap;
+use basalt_segment::{RoaringBitmap, SegmentSchema};
 
 /// The suffix naming a table's quarantine.
 pub const QUARANTINE_SUFFIX: &str = "$quarantine";
@@ -27,6 +27,17 @@ impl TableSource for StoreSource {
             names.push(n);
         }
         names
+    }
+
+    fn schema(&self, name: &str) -> Option<SegmentSchema> {
+        match name.strip_suffix(QUARANTINE_SUFFIX) {
+            Some(base) => self
+                .0
+                .table(base)
+                .filter(|t| t.spec.source.is_some())
+                .map(|_| quarantine_schema()),
+            None => self.0.table(name).map(|t| t.schema.clone()),
+        }
     }
 
     fn snapshot(&self, name: &str) -> Result<Option<TableSnapshot>, String> {

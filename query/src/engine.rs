@@ -9,10 +9,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{DataType, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use datafusion::catalog::{SchemaProvider, TableProvider};
+use datafusion::common::ScalarValue;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::SessionStateBuilder;
@@ -24,6 +25,7 @@ use futures::StreamExt;
 
 use crate::error::{QueryError, Result};
 use crate::pinot;
+use crate::postgres::{self, catalog::PgCatalog, PgSession};
 use crate::scan::ScanStats;
 use crate::segment_agg::SegmentAggregateRule;
 use crate::table::{SegmentTable, TableSource};
@@ -92,8 +94,14 @@ impl QueryEngine {
         }
     }
 
-    /// A session whose `public` schema is this engine's tables, scanning into `stats`.
-    fn session(&self, limits: &QueryLimits, stats: Arc<ScanStats>) -> Result<SessionContext> {
+    /// A session whose `public` schema is this engine's tables, scanning into `stats`. A
+    /// PostgreSQL session (`pg`) also has `pg_catalog` and PostgreSQL's system functions.
+    fn session(
+        &self,
+        limits: &QueryLimits,
+        stats: Arc<ScanStats>,
+        pg: Option<&Arc<PgSession>>,
+    ) -> Result<SessionContext> {
         let mut config = SessionConfig::new()
             .with_target_partitions(self.target_partitions)
             .with_batch_size(8192)
@@ -114,24 +122,100 @@ impl QueryEngine {
         let catalog = ctx
             .catalog("datafusion")
             .ok_or_else(|| QueryError::Execution("default catalog missing".into()))?;
-        catalog.register_schema(
-            "public",
-            Arc::new(TablesSchema {
+        let tables = Arc::new(TablesSchema {
+            source: self.source.clone(),
+            stats,
+        });
+        if let Some(pg) = pg {
+            let pg_catalog = Arc::new(PgCatalog {
                 source: self.source.clone(),
-                stats,
-            }),
-        )?;
+                session: pg.clone(),
+            });
+            catalog.register_schema("pg_catalog", pg_catalog.clone())?;
+            // As in PostgreSQL, pg_catalog is searched before the tables.
+            catalog.register_schema(
+                "public",
+                Arc::new(SearchPath {
+                    first: pg_catalog,
+                    then: tables,
+                }),
+            )?;
+            for f in postgres::functions::all(pg, Arc::new(self.source.table_names())) {
+                ctx.register_udf(f);
+            }
+        } else {
+            catalog.register_schema("public", tables)?;
+        }
         Ok(ctx)
     }
 
     /// Parses, rewrites Pinot functions, plans and runs `sql` within `limits`.
     pub async fn execute(&self, sql: &str, limits: &QueryLimits) -> Result<QueryOutput> {
+        let statement = parse(sql)?;
+        self.run(statement, Vec::new(), limits, None).await
+    }
+
+    /// PostgreSQL: the result schema of `statement` and the types DataFusion infers for its
+    /// `$n` parameters (`None` where it cannot tell), without running it.
+    pub async fn describe_pg(
+        &self,
+        statement: &DfStatement,
+        session: &Arc<PgSession>,
+    ) -> Result<(SchemaRef, Vec<Option<DataType>>)> {
+        let ctx = self.session(
+            &QueryLimits::default(),
+            Arc::new(ScanStats::default()),
+            Some(session),
+        )?;
+        let plan = ctx.state().statement_to_plan(statement.clone()).await?;
+        let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
+        let mut params: Vec<Option<DataType>> = Vec::new();
+        for (name, ty) in plan.get_parameter_types()? {
+            let Some(i) = name
+                .strip_prefix('$')
+                .and_then(|n| n.parse::<usize>().ok())
+                .filter(|&i| i >= 1)
+            else {
+                return Err(QueryError::Sql(format!(
+                    "parameter {name} is not of the form $1, $2, ..."
+                )));
+            };
+            if params.len() < i {
+                params.resize(i, None);
+            }
+            params[i - 1] = ty;
+        }
+        Ok((schema, params))
+    }
+
+    /// PostgreSQL: plans `statement` on a fresh snapshot, binds `params` to its `$n`
+    /// placeholders and runs it within `limits`.
+    pub async fn execute_pg(
+        &self,
+        statement: &DfStatement,
+        params: Vec<ScalarValue>,
+        session: &Arc<PgSession>,
+        limits: &QueryLimits,
+    ) -> Result<QueryOutput> {
+        self.run(statement.clone(), params, limits, Some(session))
+            .await
+    }
+
+    async fn run(
+        &self,
+        statement: DfStatement,
+        params: Vec<ScalarValue>,
+        limits: &QueryLimits,
+        pg: Option<&Arc<PgSession>>,
+    ) -> Result<QueryOutput> {
         let started = Instant::now();
         let stats = Arc::new(ScanStats::default());
-        let ctx = self.session(limits, stats.clone())?;
-        let statement = parse(sql)?;
+        let ctx = self.session(limits, stats.clone(), pg)?;
         let run = async {
-            let plan = ctx.state().statement_to_plan(statement).await?;
+            let mut plan = ctx.state().statement_to_plan(statement).await?;
+            if !params.is_empty() {
+                plan = plan.with_param_values(params)?;
+            }
             let df = ctx.execute_logical_plan(plan).await?;
             let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
             let mut stream = df.execute_stream().await?;
@@ -179,7 +263,11 @@ fn parse(sql: &str) -> Result<DfStatement> {
             statements.len()
         )));
     }
-    let mut statement = statements.pop_front().expect("one statement");
+    check_query(statements.pop_front().expect("one statement"))
+}
+
+/// Refuses anything but a read-only statement and applies the Pinot rewrite.
+pub(crate) fn check_query(mut statement: DfStatement) -> Result<DfStatement> {
     check_and_rewrite(&mut statement)?;
     Ok(statement)
 }
@@ -197,17 +285,20 @@ fn check_and_rewrite(statement: &mut DfStatement) -> Result<()> {
                 other => {
                     let kind = other.to_string();
                     let first = kind.split_whitespace().next().unwrap_or("").to_uppercase();
-                    return Err(QueryError::Sql(format!(
-                        "only queries are allowed here; {first} statements are not"
+                    return Err(QueryError::ReadOnly(format!(
+                        "only queries are allowed here (Basalt's SQL is read-only); {first} statements are not"
                     )));
                 }
+            }
+            if let Statement::Query(_) | Statement::Explain { .. } = s.as_ref() {
+                postgres::rewrite::rewrite(s);
             }
             pinot::rewrite(s)?;
         }
         DfStatement::Explain(e) => check_and_rewrite(&mut e.statement)?,
         _ => {
-            return Err(QueryError::Sql(
-                "only queries are allowed here; use the admin API to change tables".into(),
+            return Err(QueryError::ReadOnly(
+                "only queries are allowed here (Basalt's SQL is read-only); use the admin API to change tables".into(),
             ))
         }
     }
@@ -243,5 +334,34 @@ impl SchemaProvider for TablesSchema {
 
     fn table_exist(&self, name: &str) -> bool {
         self.source.table_names().iter().any(|n| n == name)
+    }
+}
+
+/// A PostgreSQL session's default schema: `pg_catalog`'s tables, then Basalt's.
+#[derive(Debug)]
+struct SearchPath {
+    first: Arc<PgCatalog>,
+    then: Arc<TablesSchema>,
+}
+
+#[async_trait]
+impl SchemaProvider for SearchPath {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn table_names(&self) -> Vec<String> {
+        self.then.table_names()
+    }
+
+    async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        if self.first.table_exist(name) {
+            return self.first.table(name).await;
+        }
+        self.then.table(name).await
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.first.table_exist(name) || self.then.table_exist(name)
     }
 }

@@ -6,6 +6,9 @@ use thiserror::Error;
 pub enum QueryError {
     #[error("{0}")]
     Sql(String),
+    /// A statement that would change data or schema: Basalt's SQL is read-only.
+    #[error("{0}")]
+    ReadOnly(String),
     #[error("query timed out after {0} ms")]
     Timeout(u64),
     #[error("query result exceeds the row limit of {0} rows; add a LIMIT")]
@@ -35,7 +38,7 @@ impl QueryError {
     /// Pinot-compatible error codes: 150 SQL parsing/planning, 250 timeout, 200 execution.
     pub fn pinot_code(&self) -> i32 {
         match self {
-            QueryError::Sql(_) => 150,
+            QueryError::Sql(_) | QueryError::ReadOnly(_) => 150,
             QueryError::Timeout(_) => 250,
             QueryError::RowLimit(_) | QueryError::Memory(_) => 245,
             QueryError::Execution(_) | QueryError::Segment(_) => 200,

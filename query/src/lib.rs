@@ -12,6 +12,7 @@ pub mod error;
 pub mod filter;
 pub mod functions;
 pub mod pinot;
+pub mod postgres;
 pub mod scan;
 pub mod segment_agg;
 pub mod table;

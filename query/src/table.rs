@@ -48,6 +48,11 @@ pub trait TableSource: Send + Sync + std::fmt::Debug {
     /// The table's segments as of now (`Ok(None)`: no such table). Taking a snapshot may
     /// freeze in-memory rows into segments, which can fail.
     fn snapshot(&self, name: &str) -> Result<Option<TableSnapshot>, String>;
+    /// The table's schema (`None`: no such table), for catalogs; cheaper than a snapshot
+    /// where the source can answer without freezing rows.
+    fn schema(&self, name: &str) -> Option<SegmentSchema> {
+        self.snapshot(name).ok().flatten().map(|s| s.schema)
+    }
 }
 
 /// DataFusion's view of one table snapshot.

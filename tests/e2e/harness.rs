@@ -8,6 +8,9 @@ use std::time::Duration;
 pub struct Server {
     child: Child,
     pub base: String,
+    /// The PostgreSQL protocol address, `host:port`.
+    #[allow(dead_code)]
+    pub pg: String,
 }
 
 impl Server {
@@ -18,6 +21,8 @@ impl Server {
             .arg("--data-dir")
             .arg(data_dir)
             .arg("--http-addr")
+            .arg("127.0.0.1:0")
+            .arg("--pg-addr")
             .arg("127.0.0.1:0")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -43,10 +48,18 @@ impl Server {
                 eprintln!("[basalt] {line}");
             }
         });
-        let base = rx
+        let line = rx
             .recv_timeout(Duration::from_secs(60))
             .expect("basalt did not report its address within 60 s");
-        Server { child, base }
+        // "http://H postgres://P"
+        let (base, pg) = line
+            .split_once(" postgres://")
+            .unwrap_or_else(|| panic!("unexpected listening line: {line}"));
+        Server {
+            child,
+            base: base.to_string(),
+            pg: pg.to_string(),
+        }
     }
 
     pub fn kill(mut self) {

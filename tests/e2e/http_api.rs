@@ -492,6 +492,8 @@ fn quickstart_shows_batch_and_real_time() {
             "--exit",
             "--http-addr",
             "127.0.0.1:0",
+            "--pg-addr",
+            "127.0.0.1:0",
         ])
         .env("RUST_LOG", "warn")
         .output()

@@ -1,9 +1,12 @@
-//! End-to-end tests: they start the real `basalt` binary and talk to it over HTTP.
+//! End-to-end tests: they start the real `basalt` binary and talk to it over HTTP and the
+//! PostgreSQL protocol.
 //! One test binary (every integration test target links the whole tree).
 
 mod harness;
+mod dashboards;
 mod http_api;
 mod kafka;
+mod postgres;
 mod realtime;
 mod s3;
 mod slt;

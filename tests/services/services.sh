@@ -12,6 +12,8 @@
 # Kafka: tansu 0.6.0, an Apache Kafka-compatible broker (`cargo install tansu`, ~11 min once,
 # then cached in ~/.cargo/bin), on :9092 with its log in a local sqlite file, so offsets
 # survive a broker restart.
+# Clients: psql (Debian's postgresql-client) and the Python PostgreSQL drivers (psycopg 3,
+# psycopg2, SQLAlchemy) the PostgreSQL-protocol tests drive Basalt with.
 # State lives in $BASALT_SERVICES_DIR (default /tmp/basalt-services). Fails loudly, with the
 # service's log, when a service does not come up.
 set -euo pipefail
@@ -32,6 +34,7 @@ export BASALT_TEST_S3=s3://basalt
 export BASALT_TEST_KAFKA=127.0.0.1:$KAFKA_PORT
 export BASALT_SERVICES_SCRIPT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/services.sh
 export BASALT_SERVICES_DIR=$DIR
+export BASALT_TEST_PG_CLIENTS=$(command -v python3)
 ENV
 }
 
@@ -117,8 +120,30 @@ start_kafka() {
   wait_ready kafka "tansu (Kafka API) ready on 127.0.0.1:$KAFKA_PORT" port_open "$KAFKA_PORT"
 }
 
+apt_install() {
+  echo "installing $* (apt-get)"
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+  else
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+  fi
+}
+
+install_clients() {
+  command -v psql >/dev/null 2>&1 || apt_install postgresql-client
+  if ! python3 -c "import psycopg, psycopg2, sqlalchemy" 2>/dev/null; then
+    echo "installing psycopg 3, psycopg2 and SQLAlchemy (pip)"
+    python3 -m pip install --quiet "psycopg[binary]==3.3.9" "psycopg2-binary==2.9.13" \
+      "sqlalchemy==2.1.9"
+  fi
+  psql --version >/dev/null || { echo "psql did not install" >&2; exit 1; }
+  python3 -c "import psycopg, psycopg2, sqlalchemy" ||
+    { echo "the Python PostgreSQL clients did not install" >&2; exit 1; }
+  echo "PostgreSQL clients ready ($(psql --version))"
+}
+
 case "${1:-}" in
-  start) start_s3; start_kafka ;;
+  start) install_clients; start_s3; start_kafka ;;
   stop) stop_service kafka; stop_service s3 ;;
   env) env_lines ;;
   kafka-start) start_kafka ;;

@@ -1,0 +1,489 @@
+//! Query handling for PostgreSQL connections: the simple protocol (`Query`, several
+//! statements per message) and the extended protocol (`Parse`/`Bind`/`Describe`/`Execute`).
+//! In: SQL text, bound parameters and the connection's session. Out: row descriptions and
+//! rows, command tags, and ErrorResponses with SQLSTATE codes.
+//!
+//! A `Parse` plans the statement once to describe its result columns and infer its
+//! parameter types; every `Execute` plans it again on a fresh snapshot of the tables, so a
+//! prepared statement a dashboard re-runs every second sees new rows.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{ArrayRef, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use async_trait::async_trait;
+use basalt_query::postgres::{self, PgCommand, PgSession};
+use basalt_query::{QueryEngine, QueryError, QueryLimits};
+use datafusion::common::ScalarValue;
+use futures::{stream, Sink};
+use parking_lot::Mutex;
+use pgwire::api::portal::{Format, Portal};
+use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use pgwire::api::results::{FieldInfo, QueryResponse, Response, Tag};
+use pgwire::api::stmt::QueryParser;
+use pgwire::api::store::PortalStore;
+use pgwire::api::{ClientInfo, ClientPortalStore, Type, METADATA_DATABASE, METADATA_USER};
+use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::PgWireBackendMessage;
+
+use super::encode;
+use super::params;
+use crate::metrics::Metrics;
+
+/// A statement of the extended protocol, as `Parse` left it.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    command: PgCommand,
+    /// Per `$n`: the type DataFusion inferred, if it could.
+    inferred: Vec<Option<DataType>>,
+    /// Per `$n`: the type the client is told (declared by it, else inferred).
+    param_types: Vec<Type>,
+    /// Result columns of queries and `SHOW` (`None`: no rows).
+    schema: Option<SchemaRef>,
+}
+
+/// Settings a client's startup message carries that are not settings.
+const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];
+
+/// The connection's session, created from its startup parameters on first use.
+fn session<C: ClientInfo + ?Sized>(client: &C) -> Arc<Mutex<PgSession>> {
+    client.session_extensions().get_or_insert_with(|| {
+        let meta = client.metadata();
+        let user = meta
+            .get(METADATA_USER)
+            .cloned()
+            .unwrap_or_else(|| "basalt".into());
+        let database = meta
+            .get(METADATA_DATABASE)
+            .cloned()
+            .unwrap_or_else(|| user.clone());
+        let mut s = PgSession::new(user, database);
+        for (k, v) in meta {
+            if !NOT_SETTINGS.contains(&k.as_str()) {
+                s.set(k, v.clone());
+            }
+        }
+        Mutex::new(s)
+    })
+}
+
+fn snapshot<C: ClientInfo + ?Sized>(client: &C) -> Arc<PgSession> {
+    Arc::new(session(client).lock().clone())
+}
+
+/// The SQLSTATE of a query error.
+fn sqlstate(e: &QueryError) -> &'static str {
+    match e {
+        QueryError::ReadOnly(_) => "25006",
+        QueryError::Timeout(_) => "57014",
+        QueryError::RowLimit(_) => "54000",
+        QueryError::Memory(_) => "53200",
+        QueryError::Segment(_) => "XX001",
+        QueryError::Sql(m) | QueryError::Execution(m) => {
+            let m = m.to_ascii_lowercase();
+            if m.contains("sql parser error") || m.contains("expected exactly one") {
+                "42601"
+            } else if (m.contains("table") && m.contains("not found")) || m.contains("relation \"")
+            {
+                "42P01"
+            } else if m.contains("no field named")
+                || m.contains("column") && m.contains("not found")
+            {
+                "42703"
+            } else if m.contains("invalid function") || m.contains("unknown function") {
+                "42883"
+            } else if m.contains("unrecognized configuration parameter") {
+                "42704"
+            } else if m.contains("divide by zero") || m.contains("division by zero") {
+                "22012"
+            } else if m.contains("cast") || m.contains("invalid input syntax") {
+                "22P02"
+            } else if matches!(e, QueryError::Sql(_)) {
+                "42000"
+            } else {
+                "XX000"
+            }
+        }
+    }
+}
+
+/// An ErrorResponse to send (boxed: it is large).
+type PgError = Box<ErrorInfo>;
+
+fn error_info(code: &str, message: impl Into<String>) -> PgError {
+    Box::new(ErrorInfo::new(
+        "ERROR".to_string(),
+        code.to_string(),
+        message.into(),
+    ))
+}
+
+fn query_error(e: &QueryError) -> PgError {
+    error_info(sqlstate(e), e.to_string())
+}
+
+fn user_error(info: PgError) -> PgWireError {
+    PgWireError::UserError(info)
+}
+
+/// The handlers of every PostgreSQL connection.
+pub struct Backend {
+    engine: QueryEngine,
+    limits: QueryLimits,
+    metrics: Metrics,
+    parser: Arc<StatementParser>,
+}
+
+impl Backend {
+    pub fn new(engine: QueryEngine, limits: QueryLimits, metrics: Metrics) -> Self {
+        Backend {
+            parser: Arc::new(StatementParser {
+                engine: engine.clone(),
+            }),
+            engine,
+            limits,
+            metrics,
+        }
+    }
+
+    /// The connection's limits: the server's, with its `statement_timeout` when set.
+    fn limits(&self, session: &PgSession) -> QueryLimits {
+        let mut l = self.limits.clone();
+        if let Some(ms) = session
+            .setting("statement_timeout")
+            .and_then(parse_duration_ms)
+            .filter(|&ms| ms > 0)
+        {
+            l.timeout = Duration::from_millis(ms);
+        }
+        l
+    }
+
+    /// Runs one command; `format` is the result format the client asked for.
+    async fn run<C: ClientInfo + ?Sized>(
+        &self,
+        client: &C,
+        command: &PgCommand,
+        params: Vec<ScalarValue>,
+        format: &Format,
+    ) -> Result<Response, PgError> {
+        match command {
+            PgCommand::Query(statement) => {
+                let session = snapshot(client);
+                let started = Instant::now();
+                let result = self
+                    .engine
+                    .execute_pg(statement, params, &session, &self.limits(&session))
+                    .await;
+                let outcome = match &result {
+                    Ok(_) => "ok",
+                    Err(QueryError::Timeout(_)) => "timeout",
+                    Err(QueryError::Sql(_) | QueryError::ReadOnly(_)) => "invalid",
+                    Err(_) => "error",
+                };
+                self.metrics
+                    .queries
+                    .with_label_values(&["postgres", outcome])
+                    .inc();
+                self.metrics
+                    .query_seconds
+                    .with_label_values(&["postgres", outcome])
+                    .observe(started.elapsed().as_secs_f64());
+                let out = result.map_err(|e| {
+                    tracing::info!(error = %e, sql = %statement, "postgres query failed");
+                    query_error(&e)
+                })?;
+                rows_response(&out.schema, &out.batches, format)
+            }
+            PgCommand::Set { name, value } => {
+                session(client).lock().set(name, value.clone());
+                Ok(Response::Execution(Tag::new("SET")))
+            }
+            PgCommand::Show(name) => {
+                let (schema, batch) = show(&session(client).lock(), name)?;
+                rows_response(&schema, &[batch], format)
+            }
+            PgCommand::Begin => Ok(Response::TransactionStart(Tag::new("BEGIN"))),
+            PgCommand::Commit => Ok(Response::TransactionEnd(Tag::new("COMMIT"))),
+            PgCommand::Rollback => Ok(Response::TransactionEnd(Tag::new("ROLLBACK"))),
+            PgCommand::Noop(tag) => Ok(Response::Execution(Tag::new(tag))),
+        }
+    }
+}
+
+fn rows_response(
+    schema: &Schema,
+    batches: &[RecordBatch],
+    format: &Format,
+) -> Result<Response, PgError> {
+    let fields = Arc::new(encode::fields(schema, format));
+    let rows = encode::rows(batches, &fields)
+        .map_err(|e| error_info("XX000", format!("encoding the result: {e}")))?;
+    Ok(Response::Query(QueryResponse::new(
+        fields,
+        stream::iter(rows.into_iter().map(Ok)),
+    )))
+}
+
+/// `statement_timeout` values: milliseconds, or with a unit (`ms`, `s`, `min`).
+fn parse_duration_ms(v: &str) -> Option<u64> {
+    let v = v.trim().trim_matches('\'');
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (n, unit) = v.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    Some(match unit.trim() {
+        "" | "ms" => n,
+        "s" => n * 1000,
+        "min" => n * 60_000,
+        _ => return None,
+    })
+}
+
+fn show_schema(name: &str) -> SchemaRef {
+    if name == "all" {
+        Arc::new(Schema::new(vec![
+            Field::new("name", DataType::Utf8, false),
+            Field::new("setting", DataType::Utf8, false),
+            Field::new("description", DataType::Utf8, false),
+        ]))
+    } else {
+        Arc::new(Schema::new(vec![Field::new(name, DataType::Utf8, false)]))
+    }
+}
+
+/// `SHOW name` / `SHOW ALL` as a result.
+fn show(session: &PgSession, name: &str) -> Result<(SchemaRef, RecordBatch), PgError> {
+    let schema = show_schema(name);
+    let columns: Vec<ArrayRef> = if name == "all" {
+        let names: Vec<&str> = session.settings.keys().map(String::as_str).collect();
+        let values: Vec<&str> = session.settings.values().map(String::as_str).collect();
+        vec![
+            Arc::new(StringArray::from(names)),
+            Arc::new(StringArray::from(values)),
+            Arc::new(StringArray::from(vec![""; session.settings.len()])),
+        ]
+    } else {
+        let value = session.setting(name).ok_or_else(|| {
+            error_info(
+                "42704",
+                format!("unrecognized configuration parameter \"{name}\""),
+            )
+        })?;
+        vec![Arc::new(StringArray::from(vec![value]))]
+    };
+    let batch = RecordBatch::try_new(schema.clone(), columns)
+        .map_err(|e| error_info("XX000", e.to_string()))?;
+    Ok((schema, batch))
+}
+
+/// Parses and describes statements of the extended protocol.
+#[derive(Debug)]
+pub struct StatementParser {
+    engine: QueryEngine,
+}
+
+#[async_trait]
+impl QueryParser for StatementParser {
+    type Statement = Prepared;
+
+    async fn parse_sql<C>(
+        &self,
+        client: &C,
+        sql: &str,
+        types: &[Option<Type>],
+    ) -> PgWireResult<Option<Prepared>>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        let mut commands = postgres::parse(sql).map_err(|e| user_error(query_error(&e)))?;
+        if commands.len() > 1 {
+            return Err(user_error(error_info(
+                "42601",
+                "cannot insert multiple commands into a prepared statement",
+            )));
+        }
+        let Some(command) = commands.pop() else {
+            return Ok(None);
+        };
+        let (schema, inferred) = match &command {
+            PgCommand::Query(statement) => {
+                let (schema, inferred) = self
+                    .engine
+                    .describe_pg(statement, &snapshot(client))
+                    .await
+                    .map_err(|e| user_error(query_error(&e)))?;
+                (Some(schema), inferred)
+            }
+            PgCommand::Show(name) => (Some(show_schema(name)), Vec::new()),
+            _ => (None, Vec::new()),
+        };
+        let n = inferred.len().max(types.len());
+        let param_types =
+            (0..n)
+                .map(|i| {
+                    types
+                        .get(i)
+                        .cloned()
+                        .flatten()
+                        .filter(|t| t.oid() != 0)
+                        .or_else(|| {
+                            inferred.get(i).cloned().flatten().map(|dt| {
+                                encode::pg_wire_type(postgres::types::pg_type_of(&dt).oid)
+                            })
+                        })
+                        .unwrap_or(Type::UNKNOWN)
+                })
+                .collect();
+        Ok(Some(Prepared {
+            command,
+            inferred,
+            param_types,
+            schema,
+        }))
+    }
+
+    fn get_parameter_types(&self, stmt: &Prepared) -> PgWireResult<Vec<Type>> {
+        Ok(stmt.param_types.clone())
+    }
+
+    fn get_result_schema(
+        &self,
+        stmt: &Prepared,
+        column_format: Option<&Format>,
+    ) -> PgWireResult<Vec<FieldInfo>> {
+        Ok(match &stmt.schema {
+            Some(s) => encode::fields(s, column_format.unwrap_or(&Format::UnifiedText)),
+            None => Vec::new(),
+        })
+    }
+}
+
+#[async_trait]
+impl SimpleQueryHandler for Backend {
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let commands = match postgres::parse(query) {
+            Ok(c) => c,
+            Err(e) => return Ok(vec![Response::Error(query_error(&e))]),
+        };
+        let mut out = Vec::with_capacity(commands.len());
+        for c in &commands {
+            match self
+                .run(&*client, c, Vec::new(), &Format::UnifiedText)
+                .await
+            {
+                Ok(r) => out.push(r),
+                Err(e) => {
+                    // Like PostgreSQL, the statements after a failed one do not run.
+                    out.push(Response::Error(e));
+                    break;
+                }
+            }
+        }
+        if out.is_empty() {
+            out.push(Response::EmptyQuery);
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl ExtendedQueryHandler for Backend {
+    type Statement = Prepared;
+    type QueryParser = StatementParser;
+
+    fn query_parser(&self) -> Arc<Self::QueryParser> {
+        self.parser.clone()
+    }
+
+    async fn do_query<C>(
+        &self,
+        client: &mut C,
+        portal: &Portal<Self::Statement>,
+        _max_rows: usize,
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let stmt = &portal.statement.statement;
+        let declared = &portal.statement.parameter_types;
+        let values = (0..portal.parameter_len())
+            .map(|i| {
+                params::decode(
+                    i,
+                    portal.parameters[i].as_ref(),
+                    portal.parameter_format.is_binary(i),
+                    declared.get(i).and_then(|t| t.as_ref()),
+                    stmt.inferred.get(i).and_then(|t| t.as_ref()),
+                )
+            })
+            .collect::<Result<Vec<_>, String>>()
+            .map_err(|m| user_error(error_info("22P02", m)))?;
+        self.run(
+            &*client,
+            &stmt.command,
+            values,
+            &portal.result_column_format,
+        )
+        .await
+        .map_err(user_error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_carry_sqlstate_codes() {
+        assert_eq!(
+            sqlstate(&QueryError::Sql(
+                "sql parser error: Expected: an expression".into()
+            )),
+            "42601"
+        );
+        assert_eq!(
+            sqlstate(&QueryError::Sql(
+                "Error during planning: table 'datafusion.public.nope' not found".into()
+            )),
+            "42P01"
+        );
+        assert_eq!(
+            sqlstate(&QueryError::Sql(
+                "Schema error: No field named nope.".into()
+            )),
+            "42703"
+        );
+        assert_eq!(
+            sqlstate(&QueryError::Sql(
+                "Error during planning: Invalid function 'nope'".into()
+            )),
+            "42883"
+        );
+        assert_eq!(
+            sqlstate(&QueryError::ReadOnly("only queries".into())),
+            "25006"
+        );
+        assert_eq!(sqlstate(&QueryError::Timeout(5)), "57014");
+        assert_eq!(sqlstate(&QueryError::RowLimit(5)), "54000");
+        assert_eq!(sqlstate(&QueryError::Memory("x".into())), "53200");
+    }
+
+    #[test]
+    fn statement_timeouts_parse() {
+        assert_eq!(parse_duration_ms("2500"), Some(2500));
+        assert_eq!(parse_duration_ms("'5s'"), Some(5000));
+        assert_eq!(parse_duration_ms("1min"), Some(60_000));
+        assert_eq!(parse_duration_ms("soon"), None);
+    }
+}

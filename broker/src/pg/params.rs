@@ -1,0 +1,179 @@
+//! Bound parameters of the extended query protocol. In: a portal's raw parameter bytes, the
+//! format (text or binary) of each, the type the client declared (or none), and the type
+//! DataFusion inferred for the `$n` placeholder. Out: DataFusion [`ScalarValue`]s.
+//!
+//! Text parameters are parsed into the declared type, else into the inferred one (an untyped
+//! `'42'` compared with a LONG column binds as 42). Binary parameters need a declared type;
+//! the common ones (bool, integers, floats, text, bytea, date, timestamp[tz], oid) decode.
+
+use arrow::datatypes::{DataType, TimeUnit};
+use basalt_query::postgres::types as pgt;
+use bytes::Bytes;
+use datafusion::common::ScalarValue;
+use pgwire::api::Type;
+
+/// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01).
+const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+/// Days from the Unix epoch to PostgreSQL's.
+const PG_EPOCH_DAYS: i32 = 10_957;
+
+/// The Arrow type a declared PostgreSQL parameter type decodes into.
+fn arrow_type(t: &Type) -> Option<DataType> {
+    Some(match t.oid() {
+        o if o == pgt::BOOL.oid => DataType::Boolean,
+        o if o == pgt::INT2.oid => DataType::Int16,
+        o if o == pgt::INT4.oid => DataType::Int32,
+        o if o == pgt::INT8.oid => DataType::Int64,
+        o if o == pgt::OID.oid => DataType::UInt32,
+        o if o == pgt::FLOAT4.oid => DataType::Float32,
+        o if o == pgt::FLOAT8.oid || o == pgt::NUMERIC.oid => DataType::Float64,
+        o if o == pgt::TEXT.oid || o == pgt::VARCHAR.oid || o == pgt::NAME.oid || o == 1042 => {
+            DataType::Utf8
+        }
+        o if o == pgt::BYTEA.oid => DataType::Binary,
+        o if o == pgt::DATE.oid => DataType::Date32,
+        o if o == pgt::TIMESTAMP.oid => DataType::Timestamp(TimeUnit::Microsecond, None),
+        o if o == pgt::TIMESTAMPTZ.oid => {
+            DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into()))
+        }
+        _ => return None,
+    })
+}
+
+fn fixed<const N: usize>(b: &[u8], what: &str) -> Result<[u8; N], String> {
+    b.try_into()
+        .map_err(|_| format!("binary {what} parameter must be {N} bytes, got {}", b.len()))
+}
+
+fn binary(t: &Type, b: &[u8]) -> Result<ScalarValue, String> {
+    let o = t.oid();
+    Ok(if o == pgt::BOOL.oid {
+        ScalarValue::Boolean(Some(fixed::<1>(b, "bool")?[0] != 0))
+    } else if o == pgt::INT2.oid {
+        ScalarValue::Int16(Some(i16::from_be_bytes(fixed(b, "int2")?)))
+    } else if o == pgt::INT4.oid {
+        ScalarValue::Int32(Some(i32::from_be_bytes(fixed(b, "int4")?)))
+    } else if o == pgt::INT8.oid {
+        ScalarValue::Int64(Some(i64::from_be_bytes(fixed(b, "int8")?)))
+    } else if o == pgt::OID.oid {
+        ScalarValue::UInt32(Some(u32::from_be_bytes(fixed(b, "oid")?)))
+    } else if o == pgt::FLOAT4.oid {
+        ScalarValue::Float32(Some(f32::from_be_bytes(fixed(b, "float4")?)))
+    } else if o == pgt::FLOAT8.oid {
+        ScalarValue::Float64(Some(f64::from_be_bytes(fixed(b, "float8")?)))
+    } else if o == pgt::BYTEA.oid {
+        ScalarValue::Binary(Some(b.to_vec()))
+    } else if o == pgt::DATE.oid {
+        ScalarValue::Date32(Some(i32::from_be_bytes(fixed(b, "date")?) + PG_EPOCH_DAYS))
+    } else if o == pgt::TIMESTAMP.oid || o == pgt::TIMESTAMPTZ.oid {
+        let us = i64::from_be_bytes(fixed(b, "timestamp")?) + PG_EPOCH_MICROS;
+        let tz = (o == pgt::TIMESTAMPTZ.oid).then(|| "+00:00".into());
+        ScalarValue::TimestampMicrosecond(Some(us), tz)
+    } else if arrow_type(t) == Some(DataType::Utf8) || o == pgt::UNKNOWN.oid {
+        ScalarValue::Utf8(Some(
+            std::str::from_utf8(b)
+                .map_err(|_| "text parameter is not valid UTF-8".to_string())?
+                .to_string(),
+        ))
+    } else {
+        return Err(format!(
+            "binary parameters of type {} are not supported; send them in text format",
+            t.name()
+        ));
+    })
+}
+
+fn text(b: &[u8], target: Option<&DataType>) -> Result<ScalarValue, String> {
+    let s = std::str::from_utf8(b).map_err(|_| "text parameter is not valid UTF-8".to_string())?;
+    let v = ScalarValue::Utf8(Some(s.to_string()));
+    match target {
+        None | Some(DataType::Utf8) => Ok(v),
+        Some(DataType::Boolean) => match s.trim().to_ascii_lowercase().as_str() {
+            "t" | "true" | "yes" | "on" | "1" | "y" => Ok(ScalarValue::Boolean(Some(true))),
+            "f" | "false" | "no" | "off" | "0" | "n" => Ok(ScalarValue::Boolean(Some(false))),
+            _ => Err(format!("invalid input syntax for type boolean: {s:?}")),
+        },
+        Some(dt) => v
+            .cast_to(dt)
+            .map_err(|_| format!("invalid input syntax for type {dt}: {s:?}")),
+    }
+}
+
+/// Decodes parameter `i` of a portal: `raw` is `None` for SQL NULL.
+pub fn decode(
+    i: usize,
+    raw: Option<&Bytes>,
+    binary_format: bool,
+    declared: Option<&Type>,
+    inferred: Option<&DataType>,
+) -> Result<ScalarValue, String> {
+    let declared = declared.filter(|t| t.oid() != 0 && t.oid() != pgt::UNKNOWN.oid);
+    let target = declared.and_then(arrow_type).or_else(|| inferred.cloned());
+    let Some(raw) = raw else {
+        return Ok(match &target {
+            Some(dt) => ScalarValue::try_from(dt).unwrap_or(ScalarValue::Null),
+            None => ScalarValue::Null,
+        });
+    };
+    let value = if binary_format {
+        let t = declared.ok_or_else(|| {
+            format!(
+                "binary parameter ${} has no declared type; send it as text",
+                i + 1
+            )
+        })?;
+        binary(t, raw)
+    } else {
+        text(raw, target.as_ref())
+    }
+    .map_err(|e| format!("parameter ${}: {e}", i + 1))?;
+    // An inferred type wins when it differs (a float4 bound to a DOUBLE comparison).
+    match inferred {
+        Some(dt) if dt != &value.data_type() && !matches!(dt, DataType::Null) => value
+            .cast_to(dt)
+            .map_err(|e| format!("parameter ${}: cannot use it as {dt}: {e}", i + 1)),
+        _ => Ok(value),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameters_decode_by_declared_then_inferred_type() {
+        let b = |s: &str| Bytes::from(s.to_string());
+        assert_eq!(
+            decode(0, Some(&b("42")), false, None, Some(&DataType::Int64)).unwrap(),
+            ScalarValue::Int64(Some(42))
+        );
+        assert_eq!(
+            decode(0, Some(&b("US")), false, None, None).unwrap(),
+            ScalarValue::Utf8(Some("US".into()))
+        );
+        assert_eq!(
+            decode(0, Some(&b("true")), false, Some(&Type::BOOL), None).unwrap(),
+            ScalarValue::Boolean(Some(true))
+        );
+        let eight = Bytes::from(7i64.to_be_bytes().to_vec());
+        assert_eq!(
+            decode(0, Some(&eight), true, Some(&Type::INT8), None).unwrap(),
+            ScalarValue::Int64(Some(7))
+        );
+        // 2000-01-01T00:00:01Z in PostgreSQL's binary timestamp form
+        let ts = Bytes::from(1_000_000i64.to_be_bytes().to_vec());
+        assert_eq!(
+            decode(0, Some(&ts), true, Some(&Type::TIMESTAMPTZ), None).unwrap(),
+            ScalarValue::TimestampMicrosecond(Some(946_684_801_000_000), Some("+00:00".into()))
+        );
+        assert_eq!(
+            decode(1, None, false, None, Some(&DataType::Int64)).unwrap(),
+            ScalarValue::Int64(None)
+        );
+        let e = decode(2, Some(&b("x")), false, None, Some(&DataType::Int64)).unwrap_err();
+        assert!(e.contains("$3"), "{e}");
+        let e = decode(0, Some(&eight), true, None, None).unwrap_err();
+        assert!(e.contains("no declared type"), "{e}");
+        assert!(decode(0, Some(&b("abc")), true, Some(&Type::INT8), None).is_err());
+    }
+}

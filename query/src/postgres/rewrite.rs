@@ -1,0 +1,420 @@
+//! PostgreSQL syntax DataFusion does not plan, rewritten on the parsed statement. In: a
+//! statement parsed with the PostgreSQL dialect. Out: the same statement in forms DataFusion
+//! plans, with the same meaning:
+//!
+//! - `pg_catalog.f(...)` → `f(...)` (system functions are registered unqualified);
+//! - `x::regclass` / `x::regtype` → OID lookups by name; `x::oid` → an unsigned 32-bit cast;
+//!   `x::regproc`, `x::regnamespace` → OIDs; `x::name`, `x::"char"` → text; types spelled
+//!   `pg_catalog.int4`, `int8`, `float8`, `timestamptz`, … → DataFusion's names for them;
+//! - `a OPERATOR(pg_catalog.~) b` → `a ~ b`, and `expr COLLATE "C"` → `expr`;
+//! - `x = ANY (ARRAY[a, b])` → `x IN (a, b)`, `x <> ALL (ARRAY[...])` → `x NOT IN (...)`;
+//! - bare `current_user`, `session_user`, `current_schema`, `current_catalog` → calls;
+//! - a correlated scalar subquery over `pg_catalog` that is not aggregated (psql's `\d` asks
+//!   for a column's default and collation that way) → its value wrapped in `first_value`,
+//!   which DataFusion can decorrelate; PostgreSQL would fail on more than one row, and the
+//!   catalogs these subqueries read hold at most one.
+
+use std::ops::ControlFlow;
+
+use datafusion::sql::sqlparser::ast::{
+    visit_expressions_mut, BinaryOperator, CastKind, DataType as SqlType, Expr, Function,
+    FunctionArg, FunctionArgExpr, FunctionArgumentList, FunctionArguments, Ident, ObjectName,
+    ObjectNamePart, Statement, Value,
+};
+
+/// The function `::regclass` casts become.
+pub const REGCLASS_FN: &str = "basalt_regclass";
+/// The function `::regtype` casts become.
+pub const REGTYPE_FN: &str = "basalt_regtype";
+
+fn name(s: &str) -> ObjectName {
+    ObjectName(vec![ObjectNamePart::Identifier(Ident::new(s))])
+}
+
+fn call(f: &str, args: Vec<Expr>) -> Expr {
+    Expr::Function(Function {
+        name: name(f),
+        uses_odbc_syntax: false,
+        parameters: FunctionArguments::None,
+        args: FunctionArguments::List(FunctionArgumentList {
+            duplicate_treatment: None,
+            args: args
+                .into_iter()
+                .map(|e| FunctionArg::Unnamed(FunctionArgExpr::Expr(e)))
+                .collect(),
+            clauses: vec![],
+        }),
+        filter: None,
+        null_treatment: None,
+        over: None,
+        within_group: vec![],
+    })
+}
+
+/// The last part of a (possibly `pg_catalog.`-qualified) type or function name, lowercased.
+fn last_lower(n: &ObjectName) -> Option<String> {
+    match n.0.last()? {
+        ObjectNamePart::Identifier(i) => Some(i.value.to_ascii_lowercase()),
+        _ => None,
+    }
+}
+
+fn in_pg_catalog(n: &ObjectName) -> bool {
+    n.0.len() == 2
+        && matches!(&n.0[0], ObjectNamePart::Identifier(i) if i.value.eq_ignore_ascii_case("pg_catalog"))
+}
+
+/// What a cast to a PostgreSQL-only type becomes (`None`: leave the cast to DataFusion).
+fn rewrite_cast(expr: &Expr, ty: &SqlType) -> Option<Expr> {
+    let type_name = match ty {
+        SqlType::Regclass => "regclass".to_string(),
+        SqlType::Custom(n, _) => last_lower(n)?,
+        _ => return None,
+    };
+    let inner = expr.clone();
+    Some(match type_name.as_str() {
+        "regclass" => call(REGCLASS_FN, vec![inner]),
+        "regtype" => call(REGTYPE_FN, vec![inner]),
+        "oid" | "regproc" | "regprocedure" | "regnamespace" | "regrole" | "xid" | "cid" | "tid" => {
+            call(
+                "arrow_cast",
+                vec![
+                    inner,
+                    Expr::Value(Value::SingleQuotedString("UInt32".into()).into()),
+                ],
+            )
+        }
+        other => {
+            let data_type = match other {
+                "name" | "char" | "bpchar" | "int2vector" | "oidvector" | "text" | "varchar" => {
+                    SqlType::Text
+                }
+                "int2" | "smallint" => SqlType::SmallInt(None),
+                "int4" | "int" | "integer" => SqlType::Int(None),
+                "int8" | "bigint" => SqlType::BigInt(None),
+                "float4" | "real" => SqlType::Real,
+                "float8" => SqlType::Double(datafusion::sql::sqlparser::ast::ExactNumberInfo::None),
+                "bool" | "boolean" => SqlType::Boolean,
+                "date" => SqlType::Date,
+                "timestamp" => {
+                    SqlType::Timestamp(None, datafusion::sql::sqlparser::ast::TimezoneInfo::None)
+                }
+                "timestamptz" => SqlType::Timestamp(
+                    None,
+                    datafusion::sql::sqlparser::ast::TimezoneInfo::WithTimeZone,
+                ),
+                _ => return None,
+            };
+            Expr::Cast {
+                kind: CastKind::Cast,
+                expr: Box::new(inner),
+                data_type,
+                array: false,
+                format: None,
+            }
+        }
+    })
+}
+
+fn custom_operator(parts: &[String]) -> Option<BinaryOperator> {
+    Some(match parts.last()?.as_str() {
+        "~" => BinaryOperator::PGRegexMatch,
+        "~*" => BinaryOperator::PGRegexIMatch,
+        "!~" => BinaryOperator::PGRegexNotMatch,
+        "!~*" => BinaryOperator::PGRegexNotIMatch,
+        "~~" => BinaryOperator::PGLikeMatch,
+        "!~~" => BinaryOperator::PGNotLikeMatch,
+        "=" => BinaryOperator::Eq,
+        "<>" => BinaryOperator::NotEq,
+        "<" => BinaryOperator::Lt,
+        "<=" => BinaryOperator::LtEq,
+        ">" => BinaryOperator::Gt,
+        ">=" => BinaryOperator::GtEq,
+        _ => return None,
+    })
+}
+
+const AGGREGATES: &[&str] = &[
+    "count",
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "array_agg",
+    "string_agg",
+    "bool_and",
+    "bool_or",
+    "first_value",
+    "last_value",
+    "approx_distinct",
+    "approx_percentile_cont",
+    "median",
+];
+
+/// Whether `e` calls an aggregate function anywhere.
+fn has_aggregate(e: &Expr) -> bool {
+    let mut found = false;
+    let _ = datafusion::sql::sqlparser::ast::visit_expressions(e, |x| {
+        if let Expr::Function(f) = x {
+            if last_lower(&f.name).is_some_and(|n| AGGREGATES.contains(&n.as_str())) {
+                found = true;
+                return ControlFlow::Break(());
+            }
+        }
+        ControlFlow::Continue(())
+    });
+    found
+}
+
+/// Whether a scalar subquery inner-joins a catalog that never has rows in Basalt, so it
+/// yields no row and is NULL (`(SELECT pg_get_expr(d.adbin, …) FROM pg_attrdef d WHERE …)`).
+fn reads_an_empty_catalog(q: &datafusion::sql::sqlparser::ast::Query) -> bool {
+    use datafusion::sql::sqlparser::ast::SetExpr;
+    match q.body.as_ref() {
+        SetExpr::Select(select) => select_is_empty(select),
+        _ => false,
+    }
+}
+
+/// Whether a SELECT inner-joins a catalog that never has rows in Basalt.
+fn select_is_empty(select: &datafusion::sql::sqlparser::ast::Select) -> bool {
+    use datafusion::sql::sqlparser::ast::{JoinOperator, TableFactor};
+    let empty = |f: &TableFactor| match f {
+        TableFactor::Table { name, .. } => {
+            let parts: Vec<String> = name
+                .0
+                .iter()
+                .map(|p| p.to_string().to_ascii_lowercase())
+                .collect();
+            match parts.as_slice() {
+                [t] | [_, t] if parts.len() == 1 || parts[0] == "pg_catalog" => {
+                    super::catalog::always_empty(t)
+                }
+                _ => false,
+            }
+        }
+        _ => false,
+    };
+    select.from.iter().any(|t| {
+        empty(&t.relation)
+            || t.joins.iter().any(|j| {
+                matches!(
+                    j.join_operator,
+                    JoinOperator::Inner(_) | JoinOperator::Join(_)
+                ) && empty(&j.relation)
+            })
+    })
+}
+
+/// `(SELECT x FROM pg_catalog.t WHERE …)` → `(SELECT first_value(x) FROM …)`.
+fn aggregate_catalog_subquery(q: &mut datafusion::sql::sqlparser::ast::Query) {
+    use datafusion::sql::sqlparser::ast::{GroupByExpr, SelectItem, SetExpr, TableFactor};
+    let SetExpr::Select(select) = q.body.as_mut() else {
+        return;
+    };
+    let reads_catalog = select.from.iter().any(|t| {
+        matches!(&t.relation, TableFactor::Table { name, .. } if name.to_string().to_ascii_lowercase().contains("pg_"))
+    });
+    let grouped = !matches!(&select.group_by, GroupByExpr::Expressions(e, _) if e.is_empty());
+    if !reads_catalog || grouped || select.projection.len() != 1 {
+        return;
+    }
+    let wrap = |e: &mut Expr| {
+        if !has_aggregate(e) {
+            *e = call("first_value", vec![e.clone()]);
+        }
+    };
+    match &mut select.projection[0] {
+        SelectItem::UnnamedExpr(e) => wrap(e),
+        SelectItem::ExprWithAlias { expr, .. } => wrap(expr),
+        _ => {}
+    }
+}
+
+/// A SELECT over a catalog that never has rows returns none, so its projected expressions
+/// are never evaluated (nor is its WHERE, which becomes FALSE): every one but a plain column
+/// becomes NULL under its name, so the
+/// functions and subqueries psql's policy, statistics and publication lookups use need not
+/// plan (the result, no rows, is the same).
+fn blank_empty_projection(statement: &mut Statement) {
+    if let Statement::Query(q) = statement {
+        blank_set_expr(q.body.as_mut());
+    }
+}
+
+fn blank_derived(t: &mut datafusion::sql::sqlparser::ast::TableFactor) {
+    if let datafusion::sql::sqlparser::ast::TableFactor::Derived { subquery, .. } = t {
+        blank_set_expr(subquery.body.as_mut());
+    }
+}
+
+fn blank_set_expr(body: &mut datafusion::sql::sqlparser::ast::SetExpr) {
+    use datafusion::sql::sqlparser::ast::{SelectItem, SetExpr};
+    let select = match body {
+        SetExpr::Select(select) => {
+            for t in &mut select.from {
+                blank_derived(&mut t.relation);
+                for j in &mut t.joins {
+                    blank_derived(&mut j.relation);
+                }
+            }
+            select
+        }
+        SetExpr::Query(q) => return blank_set_expr(q.body.as_mut()),
+        SetExpr::SetOperation { left, right, .. } => {
+            blank_set_expr(left);
+            blank_set_expr(right);
+            return;
+        }
+        _ => return,
+    };
+    if !select_is_empty(select) {
+        return;
+    }
+    // The filter is never evaluated either.
+    select.selection = Some(Expr::Value(Value::Boolean(false).into()));
+    let plain = |e: &Expr| matches!(e, Expr::Identifier(_) | Expr::CompoundIdentifier(_));
+    let mut names = std::collections::HashSet::new();
+    for item in &mut select.projection {
+        match item {
+            SelectItem::UnnamedExpr(e) if !plain(e) => {
+                let mut name = e.to_string();
+                while !names.insert(name.clone()) {
+                    name.push('_');
+                }
+                let alias = Ident::new(name);
+                *item = SelectItem::ExprWithAlias {
+                    expr: Expr::Value(Value::Null.into()),
+                    alias,
+                };
+            }
+            SelectItem::ExprWithAlias { expr, .. } if !plain(expr) => {
+                *expr = Expr::Value(Value::Null.into());
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Applies every rewrite of this module to `statement`.
+pub fn rewrite(statement: &mut Statement) {
+    blank_empty_projection(statement);
+    let _ = visit_expressions_mut(statement, |expr| {
+        let replacement = match expr {
+            Expr::Function(f) if in_pg_catalog(&f.name) => {
+                f.name = ObjectName(vec![f.name.0[1].clone()]);
+                None
+            }
+            Expr::Cast {
+                expr: inner,
+                data_type,
+                ..
+            } => rewrite_cast(inner, data_type),
+            Expr::BinaryOp {
+                left,
+                op: BinaryOperator::PGCustomBinaryOperator(parts),
+                right,
+            } => custom_operator(parts).map(|op| Expr::BinaryOp {
+                left: left.clone(),
+                op,
+                right: right.clone(),
+            }),
+            Expr::Collate { expr: inner, .. } => Some((**inner).clone()),
+            Expr::Subquery(q) if reads_an_empty_catalog(q) => Some(Expr::Value(Value::Null.into())),
+            Expr::Subquery(q) => {
+                blank_set_expr(q.body.as_mut());
+                aggregate_catalog_subquery(q);
+                None
+            }
+            Expr::AnyOp {
+                left,
+                compare_op: BinaryOperator::Eq,
+                right,
+                ..
+            } => match right.as_ref() {
+                Expr::Array(a) => Some(Expr::InList {
+                    expr: left.clone(),
+                    list: a.elem.clone(),
+                    negated: false,
+                }),
+                _ => None,
+            },
+            Expr::AllOp {
+                left,
+                compare_op: BinaryOperator::NotEq,
+                right,
+            } => match right.as_ref() {
+                Expr::Array(a) => Some(Expr::InList {
+                    expr: left.clone(),
+                    list: a.elem.clone(),
+                    negated: true,
+                }),
+                _ => None,
+            },
+            Expr::Identifier(i) if i.quote_style.is_none() => {
+                let lower = i.value.to_ascii_lowercase();
+                match lower.as_str() {
+                    "current_user" | "session_user" | "current_schema" | "current_catalog"
+                    | "current_role" => Some(call(&lower, vec![])),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        if let Some(r) = replacement {
+            *expr = r;
+        }
+        ControlFlow::<()>::Continue(())
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+    use datafusion::sql::sqlparser::parser::Parser;
+
+    fn rw(sql: &str) -> String {
+        let mut s = Parser::parse_sql(&PostgreSqlDialect {}, sql)
+            .unwrap()
+            .remove(0);
+        rewrite(&mut s);
+        s.to_string()
+    }
+
+    #[test]
+    fn postgres_only_syntax_becomes_plannable() {
+        assert_eq!(
+            rw("SELECT pg_catalog.pg_get_userbyid(c.relowner) FROM pg_catalog.pg_class c"),
+            "SELECT pg_get_userbyid(c.relowner) FROM pg_catalog.pg_class c"
+        );
+        assert_eq!(
+            rw("SELECT 'events'::regclass, c.oid::pg_catalog.regclass FROM t"),
+            "SELECT basalt_regclass('events'), basalt_regclass(c.oid) FROM t"
+        );
+        assert_eq!(
+            rw("SELECT x::oid, y::name FROM t"),
+            "SELECT arrow_cast(x, 'UInt32'), CAST(y AS TEXT) FROM t"
+        );
+        assert_eq!(
+            rw("SELECT 1 FROM t WHERE c.relname OPERATOR(pg_catalog.~) '^(events)$' COLLATE pg_catalog.default"),
+            "SELECT 1 FROM t WHERE c.relname ~ '^(events)$'"
+        );
+        assert_eq!(
+            rw("SELECT 1 FROM t WHERE relkind = ANY (ARRAY['r', 'p']) AND k <> ALL (ARRAY['x'])"),
+            "SELECT 1 FROM t WHERE relkind IN ('r', 'p') AND k NOT IN ('x')"
+        );
+        assert_eq!(
+            rw("SELECT (SELECT c.collname FROM pg_catalog.pg_collation c, pg_catalog.pg_type t WHERE c.oid = a.attcollation), \
+                (SELECT n.nspname FROM pg_catalog.pg_namespace n WHERE n.oid = a.attrelid), \
+                (SELECT count(*) FROM pg_catalog.pg_class) FROM pg_catalog.pg_attribute a"),
+            "SELECT NULL, \
+                (SELECT first_value(n.nspname) FROM pg_catalog.pg_namespace n WHERE n.oid = a.attrelid), \
+                (SELECT count(*) FROM pg_catalog.pg_class) FROM pg_catalog.pg_attribute a"
+        );
+        assert_eq!(
+            rw("SELECT current_user, current_schema, \"current_user\" FROM t"),
+            "SELECT current_user, current_schema(), \"current_user\" FROM t"
+        );
+    }
+}

@@ -1,0 +1,152 @@
+//! The PostgreSQL wire protocol through the real binary: psql, psycopg 3, psycopg2,
+//! SQLAlchemy and Grafana's macro-expanded SQL (`tests/clients/pg_clients.py`), then
+//! password authentication on both PostgreSQL and HTTP with tokens from the config.
+
+use std::process::Command;
+
+use serde_json::json;
+
+use crate::harness::{repo_path, service_env, Server};
+
+/// Creates `events` and loads `rows` generated events through the HTTP API.
+pub async fn load_events(c: &reqwest::Client, s: &Server, dir: &std::path::Path, rows: u64) {
+    let st = c
+        .post(s.url("/tables"))
+        .header("content-type", "application/json")
+        .body(basalt_ingest::gen::EVENTS_SPEC)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(st.status(), 201);
+    let file = dir.join("events.parquet");
+    let ok = Command::new(env!("CARGO_BIN_EXE_basalt"))
+        .args([
+            "gen-events",
+            "--rows",
+            &rows.to_string(),
+            "--format",
+            "parquet",
+        ])
+        .arg("--out")
+        .arg(&file)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let r = c
+        .post(s.url("/tables/events/ingest"))
+        .header("content-type", "application/vnd.apache.parquet")
+        .body(std::fs::read(&file).unwrap())
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!((status.as_u16(), v), (200, json!({ "rows": rows })));
+}
+
+fn host_port(pg: &str) -> (&str, &str) {
+    pg.rsplit_once(':').expect("host:port")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_clients_and_grafana_sql() {
+    let Some(python) = service_env("BASALT_TEST_PG_CLIENTS", "postgres_clients_and_grafana_sql")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("data"), None);
+    let c = reqwest::Client::new();
+    load_events(&c, &s, dir.path(), 20_000).await;
+    let (host, port) = host_port(&s.pg);
+    let out = Command::new(python)
+        .arg(repo_path("tests/clients/pg_clients.py"))
+        .args([host, port])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("client checks passed"), "{stdout}");
+}
+
+fn psql(pg: &str, user: &str, password: &str, sql: &str) -> std::process::Output {
+    let (host, port) = host_port(pg);
+    Command::new("psql")
+        .args([
+            "-X", "-At", "-h", host, "-p", port, "-U", user, "-w", "basalt", "-c", sql,
+        ])
+        .env("PGPASSWORD", password)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_guard_postgres_and_http() {
+    if service_env("BASALT_TEST_PG_CLIENTS", "tokens_guard_postgres_and_http").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(
+        &dir.path().join("data"),
+        Some("[auth]\ntokens = { grafana = \"s3cret\", ops = \"other\" }\n"),
+    );
+    let c = reqwest::Client::new();
+
+    // HTTP: 401 without or with a wrong token; /health stays open.
+    let r = c.get(s.url("/tables")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("authentication required"),
+        "{v}"
+    );
+    let r = c
+        .get(s.url("/tables"))
+        .bearer_auth("nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(c.get(s.url("/health")).send().await.unwrap().status(), 200);
+    let r = c
+        .get(s.url("/tables"))
+        .bearer_auth("s3cret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = c
+        .post(s.url("/query/sql"))
+        .basic_auth("ops", Some("other"))
+        .json(&json!({"sql": "SELECT 1 AS one"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // PostgreSQL: the token is the user's password.
+    let ok = psql(&s.pg, "grafana", "s3cret", "SELECT 41 + 1");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&ok.stdout).trim(), "42");
+    for (user, password) in [("grafana", "other"), ("nobody", "s3cret"), ("grafana", "")] {
+        let bad = psql(&s.pg, user, password, "SELECT 1");
+        let err = String::from_utf8_lossy(&bad.stderr);
+        assert!(!bad.status.success(), "{user}/{password} logged in");
+        assert!(
+            err.contains("password") || err.contains("authentication"),
+            "{err}"
+        );
+    }
+}
