@@ -3,8 +3,9 @@
 //!
 //! Routes: `POST/GET /tables`, `GET/DELETE /tables/{name}`, `POST /tables/{name}/ingest`,
 //! `GET /tables/{name}/ingestion` (real-time status), `POST /query/sql` (also `/query`),
-//! `GET /health`, `GET /metrics`. With tokens configured every route but `/health` needs
-//! credentials ([`crate::auth`]).
+//! `GET /health`, `GET /metrics`; the web console at `GET /` ([`crate::console`]). With tokens
+//! configured every route but `/health` and the console's files needs credentials
+//! ([`crate::auth`]).
 //! Ingest bodies are streamed to a blocking decoder; the byte limit is enforced while reading.
 
 use std::io::Read;
@@ -73,6 +74,8 @@ pub fn router(state: AppState) -> Router {
             require_auth,
         ))
         .route("/health", get(health))
+        .route("/", get(crate::console::index))
+        .route("/console/{file}", get(crate::console::file))
         .layer(DefaultBodyLimit::max(16 << 20))
         .with_state(state)
 }

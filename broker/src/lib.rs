@@ -3,6 +3,7 @@
 //! Apache Pinot's response shape; Prometheus metrics.
 
 pub mod auth;
+pub mod console;
 pub mod error;
 pub mod http;
 pub mod metrics;

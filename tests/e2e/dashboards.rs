@@ -12,8 +12,10 @@ use crate::postgres::load_events;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grafana_dashboards_run_against_basalt() {
-    let Some(python) = service_env("BASALT_TEST_PG_CLIENTS", "grafana_dashboards_run_against_basalt")
-    else {
+    let Some(python) = service_env(
+        "BASALT_TEST_PG_CLIENTS",
+        "grafana_dashboards_run_against_basalt",
+    ) else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

@@ -2,8 +2,9 @@
 //! PostgreSQL protocol.
 //! One test binary (every integration test target links the whole tree).
 
-mod harness;
+mod console;
 mod dashboards;
+mod harness;
 mod http_api;
 mod kafka;
 mod postgres;

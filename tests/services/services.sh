@@ -13,7 +13,8 @@
 # then cached in ~/.cargo/bin), on :9092 with its log in a local sqlite file, so offsets
 # survive a broker restart.
 # Clients: psql (Debian's postgresql-client) and the Python PostgreSQL drivers (psycopg 3,
-# psycopg2, SQLAlchemy) the PostgreSQL-protocol tests drive Basalt with.
+# psycopg2, SQLAlchemy) the PostgreSQL-protocol tests drive Basalt with; Debian's chromium
+# and chromedriver with Selenium for the web console's browser test.
 # State lives in $BASALT_SERVICES_DIR (default /tmp/basalt-services). Fails loudly, with the
 # service's log, when a service does not come up.
 set -euo pipefail
@@ -35,6 +36,7 @@ export BASALT_TEST_KAFKA=127.0.0.1:$KAFKA_PORT
 export BASALT_SERVICES_SCRIPT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/services.sh
 export BASALT_SERVICES_DIR=$DIR
 export BASALT_TEST_PG_CLIENTS=$(command -v python3)
+export BASALT_TEST_CHROMIUM=$(command -v python3)
 ENV
 }
 
@@ -140,6 +142,15 @@ install_clients() {
   python3 -c "import psycopg, psycopg2, sqlalchemy" ||
     { echo "the Python PostgreSQL clients did not install" >&2; exit 1; }
   echo "PostgreSQL clients ready ($(psql --version))"
+  # The web console's browser test: Debian's chromium and chromedriver, driven by Selenium
+  # (given the driver's path, so it downloads nothing).
+  if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+    apt_install chromium chromium-driver
+  fi
+  python3 -c "import selenium" 2>/dev/null || python3 -m pip install --quiet selenium==4.51.0
+  /usr/bin/chromium --version >/dev/null && python3 -c "import selenium" ||
+    { echo "chromium or selenium did not install" >&2; exit 1; }
+  echo "headless Chromium ready ($(/usr/bin/chromium --version))"
 }
 
 case "${1:-}" in
