@@ -1,0 +1,321 @@
+//! Dashboard load: panels refreshing every second against the `events` table, through the
+//! PostgreSQL protocol and through HTTP, open loop (each query is sent at its scheduled time
+//! whether or not earlier ones finished; latency counts from that time, so queueing shows).
+//!
+//! `cargo bench --bench dashboard_load -- [--rows 10000000] [--data DIR] [--seconds 10]
+//!  [--rates 50,100,200] [--window 5m] [--panels 200]`
+//!
+//! Loads `--rows` generated events (seed 42) into a Basalt store in `--data` (kept, so later
+//! runs skip the load), serves it in this process on loopback (HTTP and PostgreSQL), then for
+//! each protocol and target rate opens one connection per panel and runs the product
+//! dashboard's panel queries (events per second, top event types, p95 latency by device,
+//! revenue per minute, active users, events in range) as Grafana expands them over the last
+//! `--window` of data. Prints p50/p99 latency, queries/s completed and errors per step.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use basalt_broker::{app_state, pg, serve, Auth, HttpLimits};
+use basalt_ingest::gen::{write_events, GenFormat, EVENTS_SPEC};
+use basalt_ingest::{Format, StoreConfig, TableSpec, TableStore};
+
+struct Args {
+    rows: u64,
+    data: std::path::PathBuf,
+    seconds: u64,
+    rates: Vec<u64>,
+    window_s: u64,
+    panels: usize,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        rows: 10_000_000,
+        data: std::env::temp_dir().join("basalt-dashboard-load"),
+        seconds: 10,
+        rates: vec![50, 100, 200, 300],
+        window_s: 300,
+        panels: 200,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(k) = it.next() {
+        let mut v = || it.next().expect("flag value");
+        match k.as_str() {
+            "--rows" => a.rows = v().parse().unwrap(),
+            "--data" => a.data = v().into(),
+            "--seconds" => a.seconds = v().parse().unwrap(),
+            "--rates" => a.rates = v().split(',').map(|r| r.parse().unwrap()).collect(),
+            "--window" => {
+                let w = v();
+                a.window_s = match w.strip_suffix('m') {
+                    Some(m) => m.parse::<u64>().unwrap() * 60,
+                    None => w.trim_end_matches('s').parse().unwrap(),
+                }
+            }
+            "--panels" => a.panels = v().parse().unwrap(),
+            "--bench" => {}
+            _ => {}
+        }
+    }
+    a
+}
+
+/// The product dashboard's panels, macros expanded as Grafana does, over [from, to].
+fn panel_sql(i: usize, from: &str, to: &str, s: u64) -> String {
+    let filter = format!("ts BETWEEN '{from}' AND '{to}'");
+    let group = |secs: u64| format!("floor(extract(epoch from ts)/{secs})*{secs} AS \"time\"");
+    match i % 6 {
+        0 => format!("SELECT {}, count(*) / 10.0 AS \"events/s\" FROM events WHERE {filter} GROUP BY 1 ORDER BY 1", group(10)),
+        1 => format!("SELECT event_type, count(*) AS events FROM events WHERE {filter} GROUP BY event_type ORDER BY events DESC LIMIT 10"),
+        2 => format!("SELECT {}, device AS metric, approx_percentile_cont(latency_ms, 0.95) AS p95 FROM events WHERE {filter} GROUP BY 1, 2 ORDER BY 1, 2", group(60.max(s / 30))),
+        3 => format!("SELECT {}, sum(revenue) AS revenue FROM events WHERE {filter} GROUP BY 1 ORDER BY 1", group(60)),
+        4 => format!("SELECT {}, approx_distinct(user_id) AS \"active users\" FROM events WHERE {filter} GROUP BY 1 ORDER BY 1", group(60)),
+        _ => format!("SELECT count(*) AS events FROM events WHERE {filter}"),
+    }
+}
+
+fn rfc3339(ms: i64) -> String {
+    let t = chrono_like(ms);
+    format!("{}Z", t)
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` of a Unix millisecond time (UTC), without a date crate.
+fn chrono_like(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // civil_from_days (Howard Hinnant)
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Protocol {
+    Postgres,
+    Http,
+}
+
+struct Step {
+    latencies_ms: Vec<f64>,
+    errors: usize,
+    elapsed: f64,
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+async fn run_step(
+    proto: Protocol,
+    rate: u64,
+    a: &Args,
+    http: &str,
+    pg_addr: &str,
+    newest_ms: i64,
+) -> Step {
+    let panels = a.panels;
+    // Each panel refreshes every panels/rate seconds; panel i starts at offset i/rate.
+    let period = Duration::from_secs_f64(panels as f64 / rate as f64);
+    let deadline = Duration::from_secs(a.seconds);
+    let started = Instant::now() + Duration::from_millis(500);
+    let mut tasks = Vec::new();
+    for i in 0..panels {
+        let http = http.to_string();
+        let pg_addr = pg_addr.to_string();
+        let window = a.window_s;
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut errors = 0;
+            let pg_client = if proto == Protocol::Postgres {
+                let (host, port) = pg_addr.rsplit_once(':').unwrap();
+                let (client, conn) = tokio_postgres::connect(
+                    &format!("host={host} port={port} user=grafana dbname=basalt"),
+                    tokio_postgres::NoTls,
+                )
+                .await
+                .expect("connect");
+                tokio::spawn(conn);
+                Some(client)
+            } else {
+                None
+            };
+            let http_client = reqwest::Client::new();
+            let mut n = 0u32;
+            loop {
+                let at = started + Duration::from_secs_f64(i as f64 / rate as f64) + period * n;
+                if at.duration_since(started) >= deadline {
+                    break;
+                }
+                tokio::time::sleep_until(at.into()).await;
+                // The dashboard's time range moves with the clock, by the second.
+                let shift = (Instant::now() - started).as_millis() as i64 / 1000 * 1000;
+                let to = newest_ms + shift;
+                let sql = panel_sql(i, &rfc3339(to - window as i64 * 1000), &rfc3339(to), window);
+                let ok = match &pg_client {
+                    Some(c) => c.simple_query(&sql).await.is_ok(),
+                    None => {
+                        let r = http_client
+                            .post(format!("{http}/query/sql"))
+                            .json(&serde_json::json!({ "sql": sql }))
+                            .send()
+                            .await;
+                        match r {
+                            Ok(r) => r
+                                .json::<serde_json::Value>()
+                                .await
+                                .map(|v| v["exceptions"] == serde_json::json!([]))
+                                .unwrap_or(false),
+                            Err(_) => false,
+                        }
+                    }
+                };
+                if ok {
+                    lat.push((Instant::now() - at).as_secs_f64() * 1000.0);
+                } else {
+                    errors += 1;
+                }
+                n += 1;
+            }
+            (lat, errors)
+        }));
+    }
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (l, e) = t.await.unwrap();
+        all.extend(l);
+        errors += e;
+    }
+    let elapsed = (Instant::now() - started).as_secs_f64();
+    all.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    Step {
+        latencies_ms: all,
+        errors,
+        elapsed,
+    }
+}
+
+fn main() {
+    let a = args();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        std::fs::create_dir_all(&a.data).unwrap();
+        let store = TableStore::open(StoreConfig::local(&a.data)).await.unwrap();
+        if store.table("events").is_none() {
+            let t = Instant::now();
+            store
+                .create_table(TableSpec::from_json(EVENTS_SPEC.as_bytes()).unwrap())
+                .await
+                .unwrap();
+            let file = a.data.join("events.parquet");
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as i64;
+            write_events(
+                std::fs::File::create(&file).unwrap(),
+                GenFormat::Parquet,
+                a.rows,
+                42,
+                now,
+                1.0,
+            )
+            .unwrap();
+            let f = std::fs::File::open(&file).unwrap();
+            let rows = store
+                .ingest(
+                    "events",
+                    Format::Parquet,
+                    Box::new(std::io::BufReader::new(f)),
+                )
+                .await
+                .unwrap();
+            std::fs::remove_file(&file).unwrap();
+            println!("loaded {rows} events in {:.1}s", t.elapsed().as_secs_f64());
+        }
+        let state = app_state(store.clone(), HttpLimits::default(), Auth::default());
+        let http_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let pg_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http = format!("http://{}", http_l.local_addr().unwrap());
+        let pg_addr = pg_l.local_addr().unwrap().to_string();
+        let pg_server = Arc::new(pg::PgServer::new(&state, Auth::default()));
+        tokio::spawn(pg::serve(
+            pg_l,
+            pg_server,
+            state.clone(),
+            std::future::pending(),
+        ));
+        tokio::spawn(serve(http_l, state, std::future::pending()));
+        let v: serde_json::Value = reqwest::Client::new()
+            .post(format!("{http}/query/sql"))
+            .json(
+                &serde_json::json!({"sql": "SELECT count(*), CAST(max(ts) AS BIGINT) FROM events"}),
+            )
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let rows = &v["resultTable"]["rows"][0];
+        let newest_ms = rows[1].as_i64().unwrap();
+        println!(
+            "events: {} rows; {} panels over the last {} s of data; {} s per step",
+            rows[0], a.panels, a.window_s, a.seconds
+        );
+        println!(
+            "{:<9} {:>8} {:>10} {:>9} {:>9} {:>9} {:>7}",
+            "protocol", "target/s", "achieved/s", "p50 ms", "p99 ms", "max ms", "errors"
+        );
+        for proto in [Protocol::Postgres, Protocol::Http] {
+            for &rate in &a.rates {
+                let s = run_step(proto, rate, &a, &http, &pg_addr, newest_ms).await;
+                let l = &s.latencies_ms;
+                println!(
+                    "{:<9} {:>8} {:>10.1} {:>9.1} {:>9.1} {:>9.1} {:>7}",
+                    if proto == Protocol::Postgres {
+                        "postgres"
+                    } else {
+                        "http"
+                    },
+                    rate,
+                    l.len() as f64 / s.elapsed,
+                    pct(l, 0.50),
+                    pct(l, 0.99),
+                    l.last().copied().unwrap_or(f64::NAN),
+                    s.errors
+                );
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rfc3339_of_known_times() {
+        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::rfc3339(1_795_906_534_802), "2026-11-28T22:55:34Z");
+    }
+}
