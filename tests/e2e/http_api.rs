@@ -505,6 +505,9 @@ fn quickstart_shows_batch_and_real_time() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("[5000]"), "batch count: {stdout}");
+    // Where to go next: the console and a psql command line for the PostgreSQL port.
+    assert!(stdout.contains("web console:  http://127.0.0.1:"), "{stdout}");
+    assert!(stdout.contains("psql -h 127.0.0.1 -p "), "{stdout}");
     let live: Vec<u64> = stdout
         .lines()
         .filter(|l| l.contains("FROM live_events:"))
