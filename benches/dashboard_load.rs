@@ -3,7 +3,7 @@
 //! whether or not earlier ones finished; latency counts from that time, so queueing shows).
 //!
 //! `cargo bench --bench dashboard_load -- [--rows 10000000] [--data DIR] [--seconds 10]
-//!  [--rates 50,100,200] [--window 5m] [--panels 200]`
+//!  [--rates 50,100,200] [--window 5m] [--panels 200] [--no-cache]`
 //!
 //! Loads `--rows` generated events (seed 42) into a Basalt store in `--data` (kept, so later
 //! runs skip the load), serves it in this process on loopback (HTTP and PostgreSQL), then for
@@ -11,6 +11,7 @@
 //! dashboard's panel queries (events per second, top event types, p95 latency by device,
 //! revenue per minute, active users, events in range) as Grafana expands them over the last
 //! `--window` of data. Prints p50/p99 latency, queries/s completed and errors per step.
+//! `--no-cache` turns the result cache off: every query computes, as over a real-time table.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,6 +27,7 @@ struct Args {
     rates: Vec<u64>,
     window_s: u64,
     panels: usize,
+    cache: bool,
 }
 
 fn args() -> Args {
@@ -36,6 +38,7 @@ fn args() -> Args {
         rates: vec![50, 100, 200, 300],
         window_s: 300,
         panels: 200,
+        cache: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -53,6 +56,7 @@ fn args() -> Args {
                 }
             }
             "--panels" => a.panels = v().parse().unwrap(),
+            "--no-cache" => a.cache = false,
             "--bench" => {}
             _ => {}
         }
@@ -253,7 +257,9 @@ fn main() {
             std::fs::remove_file(&file).unwrap();
             println!("loaded {rows} events in {:.1}s", t.elapsed().as_secs_f64());
         }
-        let state = app_state(store.clone(), HttpLimits::default(), Auth::default());
+        let mut limits = HttpLimits::default();
+        limits.query.use_cache = a.cache;
+        let state = app_state(store.clone(), limits, Auth::default());
         let http_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let pg_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let http = format!("http://{}", http_l.local_addr().unwrap());

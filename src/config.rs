@@ -54,6 +54,14 @@ pub struct QuerySection {
     /// Rows one result may hold (default 1,000,000).
     #[serde(default = "default_rows")]
     pub max_rows: usize,
+    /// Answer a query repeated over unchanged batch tables from the result cache (default
+    /// true; real-time tables are never cached).
+    #[serde(default = "default_true")]
+    pub result_cache: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_timeout() -> u64 {
@@ -72,6 +80,7 @@ impl Default for QuerySection {
             timeout_ms: default_timeout(),
             memory_limit_bytes: default_memory(),
             max_rows: default_rows(),
+            result_cache: true,
         }
     }
 }

@@ -271,6 +271,7 @@ async fn start_server(
             timeout: Duration::from_millis(cfg.query.timeout_ms),
             memory_limit: cfg.query.memory_limit_bytes,
             max_rows: cfg.query.max_rows,
+            use_cache: cfg.query.result_cache,
         },
     };
     let state = app_state(store.clone(), limits, Auth::new(cfg.auth.tokens.clone()));

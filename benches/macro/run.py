@@ -111,7 +111,7 @@ def main():
                     sql = sql.replace("date_trunc('minute', ts)", "toStartOfMinute(ts)").replace("INTERVAL '5 minutes'", "INTERVAL 5 MINUTE").replace("INTERVAL '1 hour'", "INTERVAL 1 HOUR")
                 if eng == "basalt":
                     def run(sql=sql):
-                        v = http(base + "/query/sql", json.dumps({"sql": sql}).encode())
+                        v = http(base + "/query/sql", json.dumps({"sql": sql, "queryOptions": "useResultCache=false"}).encode())
                         if v.get("exceptions"):
                             raise RuntimeError(f"{sql}: {v['exceptions']}")
                 elif eng == "duckdb":

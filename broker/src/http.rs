@@ -292,7 +292,8 @@ struct SqlRequest {
     query_options: Option<String>,
 }
 
-/// Applies `timeoutMs=N` from Pinot query options; unknown options are ignored as Pinot does.
+/// Applies `timeoutMs=N` and `useResultCache=false` from Pinot query options; unknown
+/// options are ignored as Pinot does.
 fn limits_for(base: &QueryLimits, options: Option<&str>) -> Result<QueryLimits, String> {
     let mut l = base.clone();
     for kv in options
@@ -309,6 +310,8 @@ fn limits_for(base: &QueryLimits, options: Option<&str>) -> Result<QueryLimits, 
                 format!("query option timeoutMs={v:?} is not a number of milliseconds")
             })?;
             l.timeout = Duration::from_millis(ms.max(1));
+        } else if k.trim().eq_ignore_ascii_case("useResultCache") {
+            l.use_cache = !v.trim().eq_ignore_ascii_case("false");
         }
     }
     Ok(l)
@@ -432,6 +435,12 @@ mod tests {
             Duration::from_millis(7)
         );
         assert!(limits_for(&base, Some("timeoutMs=abc")).is_err());
+        assert!(
+            !limits_for(&base, Some("useResultCache=false"))
+                .unwrap()
+                .use_cache
+        );
+        assert!(limits_for(&base, None).unwrap().use_cache);
         assert_eq!(limits_for(&base, None).unwrap().timeout, base.timeout);
     }
 }

@@ -40,6 +40,20 @@ impl TableSource for StoreSource {
         }
     }
 
+    /// Batch tables only: their view is replaced as a whole when an ingest publishes. A
+    /// real-time table's rows change with every message, so it has no version.
+    fn data_version(&self, name: &str) -> Option<basalt_query::cache::DataVersion> {
+        let t = self.0.table(name)?;
+        if t.spec.source.is_some() {
+            return None;
+        }
+        let view = t.view();
+        if !view.mutable.is_empty() {
+            return None;
+        }
+        Some(view)
+    }
+
     fn snapshot(&self, name: &str) -> Result<Option<TableSnapshot>, String> {
         let (base, quarantine) = match name.strip_suffix(QUARANTINE_SUFFIX) {
             Some(b) => (b, true),

@@ -5,8 +5,10 @@
 //! indexes can answer are pushed down exactly ([`filter`]); segments are pruned by their
 //! footer statistics; `count(*)` under such filters reads no column ([`scan`]); Pinot function
 //! names are rewritten onto DataFusion's ([`pinot`]); GROUP BY runs inside the scan on
-//! dictionary ids ([`segment_agg`]).
+//! dictionary ids ([`segment_agg`]); a query repeated over unchanged tables is answered from
+//! the result cache ([`cache`]).
 
+pub mod cache;
 pub mod engine;
 pub mod error;
 pub mod filter;

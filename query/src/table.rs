@@ -53,6 +53,12 @@ pub trait TableSource: Send + Sync + std::fmt::Debug {
     fn schema(&self, name: &str) -> Option<SegmentSchema> {
         self.snapshot(name).ok().flatten().map(|s| s.schema)
     }
+    /// A token pointer-equal for as long as the table's data is unchanged, for the result
+    /// cache (`None`, the default: the table changes without notice, so results over it are
+    /// not cached).
+    fn data_version(&self, _name: &str) -> Option<crate::cache::DataVersion> {
+        None
+    }
 }
 
 /// DataFusion's view of one table snapshot.

@@ -480,3 +480,67 @@ async fn multi_value_filters_answer_like_datafusion_over_arrow() {
         assert_eq!(render(&got.batches), render(&want), "{sql}");
     }
 }
+
+/// A source whose table carries a replaceable data version (like a batch table's view).
+#[derive(Debug)]
+struct Versioned {
+    snapshot: TableSnapshot,
+    version: parking_lot::Mutex<crate::cache::DataVersion>,
+}
+
+impl TableSource for Versioned {
+    fn table_names(&self) -> Vec<String> {
+        vec![self.snapshot.name.clone()]
+    }
+    fn snapshot(&self, name: &str) -> Result<Option<TableSnapshot>, String> {
+        Ok((name == self.snapshot.name).then(|| self.snapshot.clone()))
+    }
+    fn data_version(&self, name: &str) -> Option<crate::cache::DataVersion> {
+        (name == self.snapshot.name).then(|| self.version.lock().clone())
+    }
+}
+
+#[tokio::test]
+async fn repeated_queries_over_unchanged_tables_come_from_the_cache() {
+    let mut rng = StdRng::seed_from_u64(3);
+    let b = batch(&mut rng, 2000, 1_767_225_600_000);
+    let bytes = build_segment(&schema(), &[b], &BuildOptions::default()).unwrap();
+    let source = Arc::new(Versioned {
+        snapshot: TableSnapshot {
+            valid: Vec::new(),
+            name: "t".into(),
+            schema: schema(),
+            segments: vec![Arc::new(SegmentReader::open(Bytes::from(bytes)).unwrap())],
+        },
+        version: parking_lot::Mutex::new(Arc::new(1u32)),
+    });
+    let engine = QueryEngine::new(source.clone());
+    let l = QueryLimits::default();
+    let sql = "SELECT city, count(*) AS n FROM t GROUP BY city ORDER BY city";
+    let first = engine.execute(sql, &l).await.unwrap();
+    let second = engine.execute(sql, &l).await.unwrap();
+    assert!(!first.cached && second.cached);
+    assert_eq!(first.batches, second.batches);
+    assert_eq!(first.stats, second.stats, "the computing run's counters");
+    // Another query text is another entry.
+    let other = engine
+        .execute("SELECT count(*) FROM t WHERE city = 'Oslo'", &l)
+        .await
+        .unwrap();
+    assert!(!other.cached);
+    // New data (a new version) is never answered from the old result.
+    *source.version.lock() = Arc::new(2u32);
+    let third = engine.execute(sql, &l).await.unwrap();
+    assert!(!third.cached);
+    assert!(engine.execute(sql, &l).await.unwrap().cached);
+    // Time-dependent queries are never cached.
+    let now = "SELECT count(*) FROM t WHERE ts < now()";
+    engine.execute(now, &l).await.unwrap();
+    assert!(!engine.execute(now, &l).await.unwrap().cached);
+    // A row limit smaller than the cached result still fails.
+    let tight = QueryLimits {
+        max_rows: 2,
+        ..QueryLimits::default()
+    };
+    assert!(engine.execute(sql, &tight).await.is_err());
+}

@@ -506,7 +506,10 @@ fn quickstart_shows_batch_and_real_time() {
     );
     assert!(stdout.contains("[5000]"), "batch count: {stdout}");
     // Where to go next: the console and a psql command line for the PostgreSQL port.
-    assert!(stdout.contains("web console:  http://127.0.0.1:"), "{stdout}");
+    assert!(
+        stdout.contains("web console:  http://127.0.0.1:"),
+        "{stdout}"
+    );
     assert!(stdout.contains("psql -h 127.0.0.1 -p "), "{stdout}");
     let live: Vec<u64> = stdout
         .lines()
