@@ -166,9 +166,12 @@ grafana = {
         WHERE ts BETWEEN '{frm}' AND '{to}' ORDER BY 1 DESC LIMIT 10""",
     "timeEpoch": f"""SELECT extract(epoch from ts) AS "time", revenue FROM events
         WHERE ts BETWEEN '{frm}' AND '{to}' AND revenue > 0 ORDER BY 1 LIMIT 10""",
-    "table list": """SELECT quote_ident(table_name) AS "table" FROM information_schema.tables
+    # Table and column lists over information_schema, in the shape of Grafana's code-mode
+    # helpers (not its builder-mode pickers, which expand the search path with
+    # generate_series over string_to_array in FROM: not supported yet).
+    "information_schema table list": """SELECT quote_ident(table_name) AS "table" FROM information_schema.tables
         WHERE table_schema = current_schema() AND table_type = 'BASE TABLE' ORDER BY 1""",
-    "column list": """SELECT quote_ident(column_name) AS "column", data_type AS "type"
+    "information_schema column list": """SELECT quote_ident(column_name) AS "column", data_type AS "type"
         FROM information_schema.columns WHERE quote_ident(table_name) = 'events'""",
 }
 with psycopg.connect(dsn, autocommit=True) as conn:
