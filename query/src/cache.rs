@@ -4,8 +4,9 @@
 //!
 //! Exact, not time-based: an entry is valid only while every table it read is pointer-equal
 //! to the version it was computed from (a batch table's view is replaced as a whole when an
-//! ingest publishes), and the entry holds those versions, so a replaced view's address is
-//! never reused under it. Real-time tables have no version (their rows change every moment)
+//! ingest publishes). The entry keeps weak references to those versions: a replaced view's
+//! contents (its segments) are freed, but its allocation is not reused while the entry
+//! lives, so an address can never match a different view. Real-time tables have no version (their rows change every moment)
 //! and queries calling time- or session-dependent functions (`now()`, `random()`,
 //! `current_setting()`, …) are never cached. Dashboards refreshing the same panels every
 //! second are the case this serves: many viewers, one computation per data version.
@@ -102,7 +103,7 @@ pub struct Cached {
 }
 
 struct Entry {
-    versions: Vec<DataVersion>,
+    versions: Vec<std::sync::Weak<dyn Any + Send + Sync>>,
     result: Cached,
     bytes: usize,
 }
@@ -126,8 +127,12 @@ impl std::fmt::Debug for ResultCache {
     }
 }
 
-fn same(a: &[DataVersion], b: &[DataVersion]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| Arc::ptr_eq(x, y))
+fn same(held: &[std::sync::Weak<dyn Any + Send + Sync>], now: &[DataVersion]) -> bool {
+    held.len() == now.len()
+        && held
+            .iter()
+            .zip(now)
+            .all(|(w, a)| std::ptr::addr_eq(w.as_ptr(), Arc::as_ptr(a)))
 }
 
 impl ResultCache {
@@ -177,7 +182,7 @@ impl ResultCache {
         inner.entries.insert(
             key,
             Entry {
-                versions,
+                versions: versions.iter().map(Arc::downgrade).collect(),
                 result,
                 bytes,
             },
