@@ -166,9 +166,39 @@ grafana = {
         WHERE ts BETWEEN '{frm}' AND '{to}' ORDER BY 1 DESC LIMIT 10""",
     "timeEpoch": f"""SELECT extract(epoch from ts) AS "time", revenue FROM events
         WHERE ts BETWEEN '{frm}' AND '{to}' AND revenue > 0 ORDER BY 1 LIMIT 10""",
-    # Table and column lists over information_schema, in the shape of Grafana's code-mode
-    # helpers (not its builder-mode pickers, which expand the search path with
-    # generate_series over string_to_array in FROM: not supported yet).
+    # Grafana's query-builder pickers: its table list and column list, as Grafana sends them.
+    "picker tables": """SELECT CASE WHEN quote_ident(table_schema) IN (
+          SELECT CASE WHEN trim(s[i]) = '"$user"' THEN user ELSE trim(s[i]) END
+          FROM generate_series(
+            array_lower(string_to_array(current_setting('search_path'),','),1),
+            array_upper(string_to_array(current_setting('search_path'),','),1)) as i,
+            string_to_array(current_setting('search_path'),',') s)
+        THEN quote_ident(table_name)
+        ELSE quote_ident(table_schema) || '.' || quote_ident(table_name) END AS "table"
+        FROM information_schema.tables
+        WHERE quote_ident(table_schema) NOT IN ('information_schema', 'pg_catalog',
+          '_timescaledb_cache', '_timescaledb_catalog', '_timescaledb_internal',
+          '_timescaledb_config', 'timescaledb_information', 'timescaledb_experimental')
+        ORDER BY CASE WHEN quote_ident(table_schema) IN (
+          SELECT CASE WHEN trim(s[i]) = '"$user"' THEN user ELSE trim(s[i]) END
+          FROM generate_series(
+            array_lower(string_to_array(current_setting('search_path'),','),1),
+            array_upper(string_to_array(current_setting('search_path'),','),1)) as i,
+            string_to_array(current_setting('search_path'),',') s) THEN 0 ELSE 1 END, 1""",
+    "picker columns": """SELECT quote_ident(column_name) AS "column", data_type AS "type"
+        FROM information_schema.columns
+        WHERE CASE WHEN array_length(parse_ident('public.events'),1) = 2
+          THEN quote_ident(table_schema) = (parse_ident('public.events'))[1]
+            AND quote_ident(table_name) = (parse_ident('public.events'))[2]
+          ELSE quote_ident(table_name) = 'public.events'
+            AND quote_ident(table_schema) IN (
+            SELECT CASE WHEN trim(s[i]) = '"$user"' THEN user ELSE trim(s[i]) END
+            FROM generate_series(
+              array_lower(string_to_array(current_setting('search_path'),','),1),
+              array_upper(string_to_array(current_setting('search_path'),','),1)) as i,
+              string_to_array(current_setting('search_path'),',') s)
+        END""",
+    # Table and column lists over information_schema, as Grafana's code-mode helpers ask.
     "information_schema table list": """SELECT quote_ident(table_name) AS "table" FROM information_schema.tables
         WHERE table_schema = current_schema() AND table_type = 'BASE TABLE' ORDER BY 1""",
     "information_schema column list": """SELECT quote_ident(column_name) AS "column", data_type AS "type"
@@ -178,6 +208,10 @@ with psycopg.connect(dsn, autocommit=True) as conn:
     for name, sql in grafana.items():
         rows = conn.execute(sql).fetchall()
         check(f"grafana {name}", len(rows) > 0, rows[:3])
+        if name == "picker tables":
+            check("grafana picker lists events unqualified", ("events",) in [tuple(r) for r in rows], rows)
+        if name == "picker columns":
+            check("grafana picker lists the columns", len(rows) == 13, rows)
         if name == "timeGroupAlias":
             times = [r[0] for r in rows]
             check("grafana series ordered by time", times == sorted(times), times[:5])

@@ -373,6 +373,24 @@ pub fn all(session: &Arc<PgSession>, tables: Arc<Vec<String>>) -> Vec<ScalarUDF>
             }
         },
     ));
+    v.push(udf(
+        "parse_ident",
+        &[1, 2],
+        DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
+        |a| {
+            let Some(s) = as_str(&a[0]) else {
+                return Ok(ScalarValue::List(ScalarValue::new_list_nullable(
+                    &[],
+                    &DataType::Utf8,
+                )));
+            };
+            let parts: Vec<ScalarValue> = parse_ident(s).into_iter().map(utf8).collect();
+            Ok(ScalarValue::List(ScalarValue::new_list_nullable(
+                &parts,
+                &DataType::Utf8,
+            )))
+        },
+    ));
     v.push(udf("array_lower", &[2], DataType::Int32, |a| {
         Ok(ScalarValue::Int32(
             list_len(&a[0]).filter(|&n| n > 0).map(|_| 1),
@@ -384,6 +402,29 @@ pub fn all(session: &Arc<PgSession>, tables: Arc<Vec<String>>) -> Vec<ScalarUDF>
         ))
     }));
     v
+}
+
+/// `parse_ident('public."My Table"')` → `["public", "My Table"]`: dots split, quotes keep
+/// case and dots, unquoted parts are lowercased.
+fn parse_ident(s: &str) -> Vec<String> {
+    let mut parts = Vec::new();
+    let mut cur = String::new();
+    let mut chars = s.chars().peekable();
+    let mut quoted = false;
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                chars.next();
+                cur.push('"');
+            }
+            '"' => quoted = !quoted,
+            '.' if !quoted => parts.push(std::mem::take(&mut cur)),
+            c if quoted => cur.push(c),
+            c => cur.push(c.to_ascii_lowercase()),
+        }
+    }
+    parts.push(cur);
+    parts
 }
 
 fn list_len(v: &ScalarValue) -> Option<usize> {
@@ -426,5 +467,8 @@ mod tests {
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
         assert_eq!(size_pretty(512), "512 bytes");
         assert_eq!(size_pretty(20 * 1024 * 1024), "20 MB");
+        assert_eq!(parse_ident("public.events"), ["public", "events"]);
+        assert_eq!(parse_ident("\"My.T\"\"x\""), ["My.T\"x"]);
+        assert_eq!(parse_ident("Events"), ["events"]);
     }
 }

@@ -9,6 +9,8 @@
 //! - `a OPERATOR(pg_catalog.~) b` → `a ~ b`, and `expr COLLATE "C"` → `expr`;
 //! - `x = ANY (ARRAY[a, b])` → `x IN (a, b)`, `x <> ALL (ARRAY[...])` → `x NOT IN (...)`;
 //! - bare `current_user`, `session_user`, `current_schema`, `current_catalog` → calls;
+//! - `x IN (<the search path's schemas, expanded with generate_series>)` (Grafana's
+//!   pickers) → `array_has(current_schemas(false), x)`;
 //! - a correlated scalar subquery over `pg_catalog` that is not aggregated (psql's `\d` asks
 //!   for a column's default and collation that way) → its value wrapped in `first_value`,
 //!   which DataFusion can decorrelate; PostgreSQL would fail on more than one row, and the
@@ -166,6 +168,18 @@ fn has_aggregate(e: &Expr) -> bool {
     found
 }
 
+/// Grafana's table and column pickers list the schemas of the search path with
+/// `SELECT CASE WHEN trim(s[i]) = '"$user"' THEN user ELSE trim(s[i]) END FROM
+/// generate_series(array_lower(…), array_upper(…)) AS i, string_to_array(current_setting(
+/// 'search_path'), ',') s`: set-returning functions in FROM, which DataFusion does not
+/// plan. `x IN (that)` means "x is a schema of the search path", which is what
+/// `array_has(current_schemas(false), x)` answers.
+fn expands_search_path(q: &datafusion::sql::sqlparser::ast::Query) -> bool {
+    let text = q.to_string().to_ascii_lowercase();
+    text.contains("generate_series")
+        && text.contains("string_to_array(current_setting('search_path')")
+}
+
 /// Whether a scalar subquery inner-joins a catalog that never has rows in Basalt, so it
 /// yields no row and is NULL (`(SELECT pg_get_expr(d.adbin, …) FROM pg_attrdef d WHERE …)`).
 fn reads_an_empty_catalog(q: &datafusion::sql::sqlparser::ast::Query) -> bool {
@@ -320,6 +334,30 @@ pub fn rewrite(statement: &mut Statement) {
                 right: right.clone(),
             }),
             Expr::Collate { expr: inner, .. } => Some((**inner).clone()),
+            Expr::InSubquery {
+                expr: inner,
+                subquery,
+                negated,
+            } if expands_search_path(subquery) => {
+                let has = call(
+                    "array_has",
+                    vec![
+                        call(
+                            "current_schemas",
+                            vec![Expr::Value(Value::Boolean(false).into())],
+                        ),
+                        (**inner).clone(),
+                    ],
+                );
+                Some(if *negated {
+                    Expr::UnaryOp {
+                        op: datafusion::sql::sqlparser::ast::UnaryOperator::Not,
+                        expr: Box::new(has),
+                    }
+                } else {
+                    has
+                })
+            }
             Expr::Subquery(q) if reads_an_empty_catalog(q) => Some(Expr::Value(Value::Null.into())),
             Expr::Subquery(q) => {
                 blank_set_expr(q.body.as_mut());
@@ -411,6 +449,13 @@ mod tests {
             "SELECT NULL, \
                 (SELECT first_value(n.nspname) FROM pg_catalog.pg_namespace n WHERE n.oid = a.attrelid), \
                 (SELECT count(*) FROM pg_catalog.pg_class) FROM pg_catalog.pg_attribute a"
+        );
+        assert_eq!(
+            rw("SELECT 1 FROM t WHERE quote_ident(table_schema) IN (SELECT CASE WHEN trim(s[i]) = '\"$user\"' THEN user ELSE trim(s[i]) END \
+                FROM generate_series(array_lower(string_to_array(current_setting('search_path'),','),1), \
+                array_upper(string_to_array(current_setting('search_path'),','),1)) as i, \
+                string_to_array(current_setting('search_path'),',') s)"),
+            "SELECT 1 FROM t WHERE array_has(current_schemas(false), quote_ident(table_schema))"
         );
         assert_eq!(
             rw("SELECT current_user, current_schema, \"current_user\" FROM t"),
