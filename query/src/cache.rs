@@ -13,17 +13,16 @@
 
 use std::any::Any;
 use std::collections::{HashMap, VecDeque};
-use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use datafusion::sql::parser::Statement as DfStatement;
-use datafusion::sql::sqlparser::ast::{visit_expressions, Expr, ObjectNamePart};
 use datafusion::sql::TableReference;
 use parking_lot::Mutex;
 
 use crate::engine::QueryStats;
+use crate::postgres::rewrite::calls_any;
 use crate::table::TableSource;
 
 /// A table's data version: pointer-equal while its data is unchanged.
@@ -55,21 +54,10 @@ const VOLATILE: &[&str] = &[
 ];
 
 fn volatile(statement: &DfStatement) -> bool {
-    let DfStatement::Statement(s) = statement else {
-        return true;
-    };
-    let flow = visit_expressions(s.as_ref(), |e| match e {
-        Expr::Function(f) => match f.name.0.last() {
-            Some(ObjectNamePart::Identifier(i))
-                if VOLATILE.contains(&i.value.to_ascii_lowercase().as_str()) =>
-            {
-                ControlFlow::Break(())
-            }
-            _ => ControlFlow::Continue(()),
-        },
-        _ => ControlFlow::Continue(()),
-    });
-    flow.is_break()
+    match statement {
+        DfStatement::Statement(s) => calls_any(s.as_ref(), VOLATILE),
+        _ => true,
+    }
 }
 
 /// The data versions of every table `statement` reads, or `None` when its result may not be

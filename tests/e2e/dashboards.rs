@@ -2,13 +2,12 @@
 //! its Grafana macros expanded, runs over the PostgreSQL protocol and answers rows; every
 //! Prometheus panel names metrics `/metrics` exposes (`tests/clients/dashboards.py`).
 
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::json;
 
-use crate::harness::{repo_path, scalar, service_env, wait_for, Server};
-use crate::postgres::load_events;
+use crate::harness::{scalar, service_env, wait_for, Server};
+use crate::postgres::{create_live_events, load_events, run_client_script};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grafana_dashboards_run_against_basalt() {
@@ -23,31 +22,24 @@ async fn grafana_dashboards_run_against_basalt() {
     let c = reqwest::Client::new();
     load_events(&c, &s, dir.path(), 20_000).await;
     // A real-time table, so the operations dashboard has ingestion metrics and a quarantine.
-    let mut live: serde_json::Value =
-        serde_json::from_str(basalt_ingest::gen::EVENTS_SPEC).unwrap();
-    live["name"] = "live_events".into();
-    live["source"] = json!({"generator": {
-        "events_per_second": 2000, "partitions": 2, "malformed_ratio": 0.01}});
-    let r = c.post(s.url("/tables")).json(&live).send().await.unwrap();
-    assert_eq!(r.status(), 201);
+    create_live_events(
+        &c,
+        &s,
+        json!({"events_per_second": 2000, "partitions": 2, "malformed_ratio": 0.01}),
+    )
+    .await;
     wait_for("quarantined messages", Duration::from_secs(30), || async {
         let n = scalar(&c, &s, r#"SELECT count(*) FROM "live_events$quarantine""#).await;
         (n.as_u64().unwrap_or(0) > 0).then_some(())
     })
     .await;
-    // One query over each protocol, so the latency histograms have series for both.
+    // A query, so the latency histogram has series before the script reads /metrics.
     scalar(&c, &s, "SELECT count(*) FROM live_events").await;
     let (host, port) = s.pg.rsplit_once(':').unwrap();
-    let out = Command::new(python)
-        .arg(repo_path("tests/clients/dashboards.py"))
-        .args([host, port, &s.base])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_client_script(
+        &python,
+        "dashboards.py",
+        &[host, port, &s.base],
+        "dashboard queries checked",
     );
-    assert!(stdout.contains("dashboard queries checked"), "{stdout}");
 }

@@ -45,6 +45,33 @@ pub async fn load_events(c: &reqwest::Client, s: &Server, dir: &std::path::Path,
     assert_eq!((status.as_u16(), v), (200, json!({ "rows": rows })));
 }
 
+/// Creates `live_events`, the events schema fed by the built-in generator with `generator`
+/// as its source settings.
+pub async fn create_live_events(c: &reqwest::Client, s: &Server, generator: serde_json::Value) {
+    let mut live: serde_json::Value =
+        serde_json::from_str(basalt_ingest::gen::EVENTS_SPEC).unwrap();
+    live["name"] = "live_events".into();
+    live["source"] = json!({ "generator": generator });
+    let r = c.post(s.url("/tables")).json(&live).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+}
+
+/// Runs a client script of `tests/clients` with `python`; it must succeed and print `done`.
+pub fn run_client_script(python: &str, script: &str, args: &[&str], done: &str) {
+    let out = Command::new(python)
+        .arg(repo_path(&format!("tests/clients/{script}")))
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(done), "{stdout}");
+}
+
 fn host_port(pg: &str) -> (&str, &str) {
     pg.rsplit_once(':').expect("host:port")
 }
@@ -60,18 +87,12 @@ async fn postgres_clients_and_grafana_sql() {
     let c = reqwest::Client::new();
     load_events(&c, &s, dir.path(), 20_000).await;
     let (host, port) = host_port(&s.pg);
-    let out = Command::new(python)
-        .arg(repo_path("tests/clients/pg_clients.py"))
-        .args([host, port])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_client_script(
+        &python,
+        "pg_clients.py",
+        &[host, port],
+        "client checks passed",
     );
-    assert!(stdout.contains("client checks passed"), "{stdout}");
 }
 
 fn psql(pg: &str, user: &str, password: &str, sql: &str) -> std::process::Output {

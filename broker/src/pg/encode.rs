@@ -18,7 +18,7 @@ use arrow::datatypes::{DataType, Field, Int16Type, Int32Type, Int64Type, TimeUni
 use arrow::record_batch::RecordBatch;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use basalt_query::postgres::types::{self as pgt, pg_type_of};
-use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime};
+use chrono::{DateTime, NaiveDate, NaiveTime};
 use pgwire::api::portal::Format;
 use pgwire::api::results::{DataRowEncoder, FieldInfo};
 use pgwire::api::Type;
@@ -273,14 +273,4 @@ pub fn rows(batches: &[RecordBatch], fields: &Arc<Vec<FieldInfo>>) -> PgWireResu
         }
     }
     Ok(out)
-}
-
-/// Decodes a `date` value (for tests and parameters): days since 1970-01-01.
-pub fn days_since_epoch(d: NaiveDate) -> i32 {
-    (d - EPOCH_DATE).num_days() as i32
-}
-
-/// A timestamp without time zone as microseconds since the Unix epoch.
-pub fn micros(t: NaiveDateTime) -> i64 {
-    t.and_utc().timestamp_micros()
 }

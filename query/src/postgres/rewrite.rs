@@ -153,19 +153,19 @@ const AGGREGATES: &[&str] = &[
     "median",
 ];
 
-/// Whether `e` calls an aggregate function anywhere.
-fn has_aggregate(e: &Expr) -> bool {
-    let mut found = false;
-    let _ = datafusion::sql::sqlparser::ast::visit_expressions(e, |x| {
-        if let Expr::Function(f) = x {
-            if last_lower(&f.name).is_some_and(|n| AGGREGATES.contains(&n.as_str())) {
-                found = true;
-                return ControlFlow::Break(());
-            }
+/// Whether `node` (an expression or a statement) calls a function named in `names`
+/// (lowercase; matched on the last part of the name, case-insensitively) anywhere.
+pub(crate) fn calls_any<V: datafusion::sql::sqlparser::ast::Visit>(
+    node: &V,
+    names: &[&str],
+) -> bool {
+    datafusion::sql::sqlparser::ast::visit_expressions(node, |x| match x {
+        Expr::Function(f) if last_lower(&f.name).is_some_and(|n| names.contains(&n.as_str())) => {
+            ControlFlow::Break(())
         }
-        ControlFlow::Continue(())
-    });
-    found
+        _ => ControlFlow::Continue(()),
+    })
+    .is_break()
 }
 
 /// Grafana's table and column pickers list the schemas of the search path with
@@ -234,7 +234,7 @@ fn aggregate_catalog_subquery(q: &mut datafusion::sql::sqlparser::ast::Query) {
         return;
     }
     let wrap = |e: &mut Expr| {
-        if !has_aggregate(e) {
+        if !calls_any(e, AGGREGATES) {
             *e = call("first_value", vec![e.clone()]);
         }
     };
