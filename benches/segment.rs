@@ -17,19 +17,41 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 const ROWS: usize = 200_000;
 
-fn events() -> (
+fn events(
+    rows: usize,
+) -> (
     basalt_segment::SegmentSchema,
     arrow::record_batch::RecordBatch,
 ) {
     let spec = TableSpec::from_json(EVENTS_SPEC.as_bytes()).unwrap();
     (
         spec.segment_schema(),
-        EventGenerator::new(7, 1_795_860_000_000).batch(ROWS, 1.0),
+        EventGenerator::new(7, 1_795_860_000_000).batch(rows, 1.0),
     )
 }
 
+fn open_segment(
+    schema: &basalt_segment::SegmentSchema,
+    batch: &arrow::record_batch::RecordBatch,
+) -> SegmentReader {
+    let bytes = build_segment(
+        schema,
+        std::slice::from_ref(batch),
+        &BuildOptions::default(),
+    );
+    SegmentReader::open(Bytes::from(bytes.unwrap())).unwrap()
+}
+
+fn eq(c: &str, v: &str) -> Predicate {
+    Predicate::Compare {
+        column: c.into(),
+        op: CmpOp::Eq,
+        value: Value::Str(v.into()),
+    }
+}
+
 fn bench(c: &mut Criterion) {
-    let (schema, batch) = events();
+    let (schema, batch) = events(ROWS);
     let mut g = c.benchmark_group("segment");
     g.sample_size(10);
     g.throughput(Throughput::Elements(ROWS as u64));
@@ -43,18 +65,7 @@ fn bench(c: &mut Criterion) {
             .unwrap()
         })
     });
-    let bytes = build_segment(
-        &schema,
-        std::slice::from_ref(&batch),
-        &BuildOptions::default(),
-    )
-    .unwrap();
-    let r = SegmentReader::open(Bytes::from(bytes)).unwrap();
-    let eq = |c: &str, v: &str| Predicate::Compare {
-        column: c.into(),
-        op: CmpOp::Eq,
-        value: Value::Str(v.into()),
-    };
+    let r = open_segment(&schema, &batch);
     let rare = Predicate::And(vec![
         eq("country", "AB"),
         eq("device", "tv"),
@@ -109,5 +120,62 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+/// Index lookups on a production-sized (1M-row) segment: a dense value (`device = 'mobile'`,
+/// 55% of rows), a 2% value, a common and a rare three-filter combination, one user, and a range.
+fn bench_postings(c: &mut Criterion) {
+    let (schema, batch) = events(1_000_000);
+    let r = open_segment(&schema, &batch);
+    let cases = [
+        ("dense_value", eq("device", "mobile")),
+        ("two_percent_value", eq("device", "tv")),
+        (
+            "common_three_filters",
+            Predicate::And(vec![
+                eq("country", "AA"),
+                eq("device", "desktop"),
+                eq("event_type", "page_view"),
+            ]),
+        ),
+        (
+            "rare_three_filters",
+            Predicate::And(vec![
+                eq("country", "AB"),
+                eq("device", "tv"),
+                eq("event_type", "purchase"),
+            ]),
+        ),
+        ("one_user", eq("user_id", "u3")),
+        (
+            "range",
+            Predicate::Compare {
+                column: "latency_ms".into(),
+                op: CmpOp::Gt,
+                value: Value::Float(200.0),
+            },
+        ),
+    ];
+    let mut g = c.benchmark_group("postings_1m");
+    g.sample_size(20);
+    // Rice decoding alone, and into a bitmap: 30k docs in 1M (about 3%, like one heavy user).
+    let list: basalt_segment::RoaringBitmap = (0..30_000u32).map(|i| i * 33 + i % 7).collect();
+    let (k, _) = basalt_segment::rice::choose(&list);
+    let mut coded = Vec::new();
+    basalt_segment::rice::encode(&list, k, &mut coded);
+    g.bench_function("rice_decode_30k", |b| {
+        b.iter(|| {
+            let mut n = 0u32;
+            basalt_segment::rice::decode(&coded, k, 1_000_000, |d| n ^= d).unwrap();
+            black_box(n)
+        })
+    });
+    g.bench_function("rice_decode_bitmap_30k", |b| {
+        b.iter(|| black_box(basalt_segment::rice::decode_bitmap(&coded, k, 1_000_000).unwrap()))
+    });
+    for (name, p) in &cases {
+        g.bench_function(*name, |b| b.iter(|| black_box(evaluate(&r, p).unwrap())));
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench, bench_postings);
 criterion_main!(benches);

@@ -22,6 +22,7 @@ use crate::layout::{
     f64_key, BlockMeta, Codec, ColumnMeta, ColumnStats, Encoding, FileWriter, Footer, RangeBucket,
     RangeIndexMeta, SectionRef, ZoneMap, FORMAT_VERSION,
 };
+use crate::postings::TableKind;
 use crate::types::{ColumnDef, IndexKind, Physical, SegmentSchema};
 
 /// Knobs of the builder; the defaults are what the server uses.
@@ -379,7 +380,7 @@ fn encode_column(
                     bms[id as usize].insert(doc as u32);
                 }
             }
-            Some(write_bitmaps(w, &bms)?)
+            Some(write_bitmaps(w, &bms, TableKind::Inverted)?)
         }
         _ => None,
     };
@@ -608,8 +609,12 @@ pub(crate) fn write_bitmap(w: &mut FileWriter, bm: &RoaringBitmap) -> Result<Sec
 
 /// A posting table (see [`crate::postings`]), stored uncompressed so entries are read in
 /// place.
-pub(crate) fn write_bitmaps(w: &mut FileWriter, bms: &[RoaringBitmap]) -> Result<SectionRef> {
-    w.write(&crate::postings::encode_table(bms)?, Codec::None)
+pub(crate) fn write_bitmaps(
+    w: &mut FileWriter,
+    bms: &[RoaringBitmap],
+    kind: TableKind,
+) -> Result<SectionRef> {
+    w.write(&crate::postings::encode_table(bms, kind)?, Codec::None)
 }
 
 fn build_range_index(
@@ -646,7 +651,7 @@ fn build_range_index(
         i = end;
     }
     Ok(RangeIndexMeta {
-        section: write_bitmaps(w, &bms)?,
+        section: write_bitmaps(w, &bms, TableKind::Range)?,
         buckets: metas,
     })
 }

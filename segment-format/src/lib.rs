@@ -15,6 +15,8 @@ pub mod multi_value;
 pub mod postings;
 pub mod predicate;
 pub mod reader;
+#[doc(hidden)] // public for benches/segment.rs only
+pub mod rice;
 pub mod types;
 
 pub use builder::{build_segment, BuildOptions};
