@@ -20,11 +20,12 @@ use crate::types::{ColumnDef, ColumnType, IndexKind, SegmentSchema, Value};
 
 /// Every format version's fixture: its version, where it is written, and its bytes (built
 /// in, so a test binary that cargo reuses for another checkout reads the right ones).
-const FIXTURES: [(u32, &str, &[u8]); 4] = [
+const FIXTURES: [(u32, &str, &[u8]); 5] = [
     (1, "fixtures/v1.seg", include_bytes!("../fixtures/v1.seg")),
     (2, "fixtures/v2.seg", include_bytes!("../fixtures/v2.seg")),
     (3, "fixtures/v3.seg", include_bytes!("../fixtures/v3.seg")),
     (4, "fixtures/v4.seg", include_bytes!("../fixtures/v4.seg")),
+    (5, "fixtures/v5.seg", include_bytes!("../fixtures/v5.seg")),
 ];
 
 fn fixture_input() -> (SegmentSchema, RecordBatch) {

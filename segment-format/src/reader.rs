@@ -266,7 +266,13 @@ impl SegmentReader {
         cached(&self.caches[col].dictionary, || {
             let what = format!("{} dictionary", meta.name);
             let raw = self.section(dictionary, &what)?;
-            decode_dictionary(&raw, *cardinality as usize, ty.physical(), &what)
+            decode_dictionary(
+                &raw,
+                *cardinality as usize,
+                ty.physical(),
+                self.footer.format_version,
+                &what,
+            )
         })
         .map(Some)
     }
@@ -746,10 +752,98 @@ fn compact(values: &StringArray, ids: &[u32]) -> Result<(Vec<i32>, ArrayRef)> {
     })
 }
 
+/// Format 1–4 string dictionary body: `length:u32{n} utf8_bytes`. Out: Arrow offsets and
+/// the value bytes.
+fn plain_strings(raw: &[u8], n: usize, what: &str) -> Result<(Vec<i32>, Vec<u8>)> {
+    let len_end = n
+        .checked_mul(4)
+        .filter(|&e| e <= raw.len())
+        .ok_or_else(|| corrupt(format!("{what} lengths are truncated")))?;
+    let data = &raw[len_end..];
+    let mut offsets: Vec<i32> = Vec::with_capacity(n + 1);
+    offsets.push(0);
+    let mut end: u64 = 0;
+    for c in raw[..len_end].chunks_exact(4) {
+        end += u32::from_le_bytes(c.try_into().expect("4 bytes")) as u64;
+        if end > data.len() as u64 {
+            return Err(corrupt(format!("{what} lengths exceed its bytes")));
+        }
+        offsets.push(end as i32);
+    }
+    if end != data.len() as u64 {
+        return Err(corrupt(format!(
+            "{what} lengths do not add up to its bytes"
+        )));
+    }
+    Ok((offsets, data.to_vec()))
+}
+
+/// Format 5 front-coded string dictionary body (after the count; see
+/// `builder::front_code`): `width:u8 prefix:u8{n} suffix_len:u{width*8}{n} suffixes`.
+fn front_decode(raw: &[u8], n: usize, what: &str) -> Result<(Vec<i32>, Vec<u8>)> {
+    let width =
+        *raw.first()
+            .ok_or_else(|| corrupt(format!("{what} is shorter than its header")))? as usize;
+    if !matches!(width, 1 | 2 | 4) {
+        return Err(corrupt(format!("{what} suffix length width {width}")));
+    }
+    let lens_at = n.checked_add(1);
+    let suffixes_at = lens_at
+        .and_then(|a| n.checked_mul(width).and_then(|l| a.checked_add(l)))
+        .filter(|&e| e <= raw.len())
+        .ok_or_else(|| corrupt(format!("{what} lengths are truncated")))?;
+    let prefixes = &raw[1..1 + n];
+    let lens = &raw[1 + n..suffixes_at];
+    let suffixes = &raw[suffixes_at..];
+    let suffix_len = |i: usize| {
+        let mut b = [0u8; 4];
+        b[..width].copy_from_slice(&lens[i * width..(i + 1) * width]);
+        u32::from_le_bytes(b) as usize
+    };
+    // Sizes first: every value's length, checked against its neighbour and the bytes.
+    let (mut total, mut suffix_total, mut prev_len) = (0usize, 0usize, 0usize);
+    for (i, &p) in prefixes.iter().enumerate() {
+        let (p, s) = (p as usize, suffix_len(i));
+        if p > prev_len {
+            return Err(corrupt(format!(
+                "{what} value {i} shares more bytes than its neighbour has"
+            )));
+        }
+        suffix_total += s;
+        if suffix_total > suffixes.len() {
+            return Err(corrupt(format!("{what} lengths exceed its bytes")));
+        }
+        prev_len = p + s;
+        total += prev_len;
+    }
+    if suffix_total != suffixes.len() {
+        return Err(corrupt(format!(
+            "{what} lengths do not add up to its bytes"
+        )));
+    }
+    let total = i32::try_from(total)
+        .map_err(|_| corrupt(format!("{what} is over 2 GiB of strings")))? as usize;
+    let mut data: Vec<u8> = Vec::with_capacity(total);
+    let mut offsets: Vec<i32> = Vec::with_capacity(n + 1);
+    offsets.push(0);
+    let (mut prev_start, mut at) = (0usize, 0usize);
+    for (i, &p) in prefixes.iter().enumerate() {
+        let start = data.len();
+        data.extend_from_within(prev_start..prev_start + p as usize);
+        let s = suffix_len(i);
+        data.extend_from_slice(&suffixes[at..at + s]);
+        at += s;
+        prev_start = start;
+        offsets.push(data.len() as i32);
+    }
+    Ok((offsets, data))
+}
+
 fn decode_dictionary(
     raw: &[u8],
     cardinality: usize,
     p: Physical,
+    version: u32,
     what: &str,
 ) -> Result<Dictionary> {
     match p {
@@ -763,30 +857,14 @@ fn decode_dictionary(
                     "{what} holds {n} values, footer says {cardinality}"
                 )));
             }
-            let len_end = n
-                .checked_mul(4)
-                .and_then(|l| l.checked_add(4))
-                .filter(|&e| e <= raw.len())
-                .ok_or_else(|| corrupt(format!("{what} lengths are truncated")))?;
-            let data = &raw[len_end..];
-            let mut offsets: Vec<i32> = Vec::with_capacity(n + 1);
-            offsets.push(0);
-            let mut end: u64 = 0;
-            for c in raw[4..len_end].chunks_exact(4) {
-                end += u32::from_le_bytes(c.try_into().expect("4 bytes")) as u64;
-                if end > data.len() as u64 {
-                    return Err(corrupt(format!("{what} lengths exceed its bytes")));
-                }
-                offsets.push(end as i32);
-            }
-            if end != data.len() as u64 {
-                return Err(corrupt(format!(
-                    "{what} lengths do not add up to its bytes"
-                )));
-            }
+            let (offsets, data) = if version >= 5 {
+                front_decode(&raw[4..], n, what)?
+            } else {
+                plain_strings(&raw[4..], n, what)?
+            };
             let arr = StringArray::try_new(
                 OffsetBuffer::new(ScalarBuffer::from(offsets)),
-                Buffer::from(data.to_vec()),
+                Buffer::from(data),
                 None,
             )
             .map_err(|e| corrupt(format!("{what}: {e}")))?;
@@ -806,6 +884,33 @@ fn decode_dictionary(
                 Physical::F64 => Dictionary::F64(words.map(|w| f64::from_bits(w as u64)).collect()),
                 _ => Dictionary::I64(words.collect()),
             })
+        }
+    }
+}
+
+#[cfg(test)]
+mod dictionary_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn front_coded_dictionaries_round_trip(
+            set in prop::collection::btree_set("[a-c]{0,4}[\\x{e9}x]{0,300}", 0..60)
+        ) {
+            let values: Vec<&str> = set.iter().map(String::as_str).collect();
+            let raw = crate::builder::front_code(values.iter().map(|s| s.as_bytes()), values.len());
+            let Dictionary::Str(arr) = decode_dictionary(&raw, values.len(), Physical::Str, 5, "d")
+                .unwrap() else { panic!("a string dictionary") };
+            prop_assert_eq!(arr.iter().map(Option::unwrap).collect::<Vec<_>>(), values);
+        }
+
+        #[test]
+        fn corrupt_dictionaries_are_errors(bytes in prop::collection::vec(any::<u8>(), 0..200), n in 0usize..20) {
+            let mut raw = (n as u32).to_le_bytes().to_vec();
+            raw.extend_from_slice(&bytes);
+            let _ = decode_dictionary(&raw, n, Physical::Str, 5, "d");
+            let _ = decode_dictionary(&raw, n, Physical::Str, 4, "d");
         }
     }
 }
