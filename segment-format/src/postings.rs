@@ -6,9 +6,9 @@
 //! about 25 bytes even for a single doc, which dominated high-cardinality indexes. Format 2
 //! bit-packs the offsets and stores each entry as a delta-varint list (`0x00 n first gap*`)
 //! when that is small, or as a portable roaring bitmap (`0x01 roaring`). Format 4 adds a
-//! Rice-coded list (`0x80|k bits`, see [`crate::rice`]) and stores each entry in whichever of
-//! the three forms is smallest: about `log2(rows / docs) + 1.6` bits per doc, against 8–24
-//! for a varint gap and 16 for a roaring array container.
+//! Rice-coded list (`0x80|k bits`, see [`crate::rice`]): about `log2(rows / docs) + 1.6` bits
+//! per doc, against 8–24 for a varint gap and 16 for a roaring array container. Each entry
+//! takes the smallest of the three forms its table allows (see [`TableKind`]).
 
 use roaring::RoaringBitmap;
 
@@ -68,19 +68,16 @@ impl TableKind {
     }
 }
 
-/// The most docs `bm` holds in one 65,536-doc container.
+/// The most docs `bm` holds in one 65,536-doc container (read from the containers'
+/// cardinalities, not by walking the docs).
 fn densest_container(bm: &RoaringBitmap) -> u64 {
-    let mut best = 0;
-    let (mut key, mut run) = (u32::MAX, 0u64);
-    for d in bm {
-        if d >> 16 != key {
-            key = d >> 16;
-            run = 0;
-        }
-        run += 1;
-        best = best.max(run);
-    }
-    best
+    let (Some(lo), Some(hi)) = (bm.min(), bm.max()) else {
+        return 0;
+    };
+    ((lo >> 16)..=(hi >> 16))
+        .map(|key| bm.range_cardinality(key << 16..=(key << 16) | 0xffff))
+        .max()
+        .unwrap_or(0)
 }
 
 /// One entry, in the smallest form allowed: a varint list (short lists only: a longer one is

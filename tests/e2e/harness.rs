@@ -94,6 +94,17 @@ pub fn repo_path(rel: &str) -> std::path::PathBuf {
         .join(rel)
 }
 
+/// Asserts a finished child process succeeded (showing its output if not); its stdout.
+pub fn succeeded(out: &std::process::Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 /// Sends a request and reads the JSON answer.
 async fn json_of(req: reqwest::RequestBuilder) -> serde_json::Value {
     req.send().await.unwrap().json().await.unwrap()

@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use crate::harness::{get_json, get_text, scalar, sql, Server};
+use crate::harness::{get_json, get_text, scalar, sql, succeeded, Server};
 
 const SPEC: &str = include_str!("../../ingestion/src/gen_events_spec.json");
 
@@ -122,11 +122,7 @@ async fn create_ingest_query_restart() {
         .arg(gen(dir.path(), 1_000, "ndjson", 3))
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded(&out);
 
     let total = 30_000 + 50_000 + 2 + 1_000;
     assert_eq!(
@@ -498,12 +494,7 @@ fn quickstart_shows_batch_and_real_time() {
         .env("RUST_LOG", "warn")
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = succeeded(&out);
     assert!(stdout.contains("[5000]"), "batch count: {stdout}");
     // Where to go next: the console and a psql command line for the PostgreSQL port.
     assert!(

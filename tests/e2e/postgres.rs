@@ -6,7 +6,7 @@ use std::process::Command;
 
 use serde_json::json;
 
-use crate::harness::{repo_path, service_env, Server};
+use crate::harness::{repo_path, service_env, succeeded, Server};
 
 /// Creates `events` and loads `rows` generated events through the HTTP API.
 pub async fn load_events(c: &reqwest::Client, s: &Server, dir: &std::path::Path, rows: u64) {
@@ -63,12 +63,7 @@ pub fn run_client_script(python: &str, script: &str, args: &[&str], done: &str) 
         .args(args)
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = succeeded(&out);
     assert!(stdout.contains(done), "{stdout}");
 }
 
