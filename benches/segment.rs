@@ -174,6 +174,21 @@ fn bench_postings(c: &mut Criterion) {
     for (name, p) in &cases {
         g.bench_function(*name, |b| b.iter(|| black_box(evaluate(&r, p).unwrap())));
     }
+    // The macro query "one user's latest events": ts, event_type, url of a user with a
+    // handful of docs, each in a different block.
+    let docs: Vec<u32> = evaluate(&r, &eq("user_id", "u12345"))
+        .unwrap()
+        .iter()
+        .collect();
+    let cols = [
+        r.column_index("ts").unwrap(),
+        r.column_index("event_type").unwrap(),
+        r.column_index("url").unwrap(),
+    ];
+    g.bench_function(
+        format!("materialise_{}_docs_three_columns", docs.len()),
+        |b| b.iter(|| black_box(r.read_batch(&cols, &docs).unwrap())),
+    );
     g.finish();
 }
 

@@ -1,6 +1,7 @@
-//! Fixed-width bit packing of dictionary ids. In: `u32` ids and a bit width (0..=32). Out: a
-//! little-endian byte string of `ceil(n * width / 8)` bytes (rounded up to whole u64 words), and
-//! back. Width 0 means every id is 0 (a one-value dictionary) and takes no bytes.
+//! Fixed-width bit packing of dictionary ids (`u32`, widths 0..=32) and of integer offsets
+//! (`u64`, widths 0..=64). In: values and a bit width. Out: a little-endian byte string of
+//! `ceil(n * width / 8)` bytes (rounded up to whole u64 words), and back, whole or one value at
+//! a time. Width 0 means every value is 0 (a one-value dictionary) and takes no bytes.
 
 use crate::error::{corrupt, Result};
 
@@ -20,17 +21,25 @@ pub fn packed_len(n: usize, width: u8) -> usize {
 
 /// Packs `ids` into `width` bits each. Ids must fit in `width` bits.
 pub fn pack(ids: &[u32], width: u8) -> Vec<u8> {
-    let mut out = vec![0u8; packed_len(ids.len(), width)];
+    pack_iter(ids.len(), width, ids.iter().map(|&v| v as u64))
+}
+
+/// Packs `values` into `width` (0..=64) bits each. Values must fit in `width` bits.
+pub fn pack64(values: &[u64], width: u8) -> Vec<u8> {
+    pack_iter(values.len(), width, values.iter().copied())
+}
+
+fn pack_iter(n: usize, width: u8, values: impl Iterator<Item = u64>) -> Vec<u8> {
+    let mut out = vec![0u8; packed_len(n, width)];
     if width == 0 {
         return out;
     }
     let w = width as usize;
     let mut words = vec![0u64; out.len() / 8];
-    for (i, &id) in ids.iter().enumerate() {
+    for (i, v) in values.enumerate() {
         let bit = i * w;
         let word = bit / 64;
         let off = bit % 64;
-        let v = id as u64;
         words[word] |= v << off;
         if off + w > 64 {
             words[word + 1] |= v >> (64 - off);
@@ -47,9 +56,41 @@ pub fn unpack_into(bytes: &[u8], n: usize, width: u8, out: &mut Vec<u32>) -> Res
     if width > 32 {
         return Err(corrupt(format!("bit width {width} is over 32")));
     }
+    out.reserve(n);
+    unpack_with(bytes, n, width, |v| out.push(v as u32))
+}
+
+/// Calls `f` with each of `n` values of `width` (0..=64) bits, in order. Fails on short
+/// input or a width over 64.
+pub fn unpack_with(bytes: &[u8], n: usize, width: u8, mut f: impl FnMut(u64)) -> Result<()> {
+    check(bytes, n, width)?;
     if width == 0 {
-        out.resize(out.len() + n, 0);
+        (0..n).for_each(|_| f(0));
         return Ok(());
+    }
+    let words: Vec<u64> = bytes[..packed_len(n, width)]
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().expect("chunks_exact(8)")))
+        .collect();
+    let w = width as usize;
+    let mask: u64 = if w == 64 { u64::MAX } else { (1u64 << w) - 1 };
+    for i in 0..n {
+        let bit = i * w;
+        let word = bit / 64;
+        let off = bit % 64;
+        let mut v = words[word] >> off;
+        if off + w > 64 {
+            v |= words[word + 1] << (64 - off);
+        }
+        f(v & mask);
+    }
+    Ok(())
+}
+
+/// Fails unless `bytes` holds `n` values of `width` (0..=64) bits.
+pub fn check(bytes: &[u8], n: usize, width: u8) -> Result<()> {
+    if width > 64 {
+        return Err(corrupt(format!("bit width {width} is over 64")));
     }
     let need = packed_len(n, width);
     if bytes.len() < need {
@@ -61,24 +102,28 @@ pub fn unpack_into(bytes: &[u8], n: usize, width: u8, out: &mut Vec<u32>) -> Res
             need
         )));
     }
-    let words: Vec<u64> = bytes[..need]
-        .chunks_exact(8)
-        .map(|c| u64::from_le_bytes(c.try_into().expect("chunks_exact(8)")))
-        .collect();
-    let w = width as usize;
-    let mask: u64 = if w == 64 { u64::MAX } else { (1u64 << w) - 1 };
-    out.reserve(n);
-    for i in 0..n {
-        let bit = i * w;
-        let word = bit / 64;
-        let off = bit % 64;
-        let mut v = words[word] >> off;
-        if off + w > 64 {
-            v |= words[word + 1] << (64 - off);
-        }
-        out.push((v & mask) as u32);
-    }
     Ok(())
+}
+
+/// Value `i` of a packed run of `width` bits, without unpacking the others. The caller has
+/// [`check`]ed that the run holds more than `i` values.
+pub fn get(bytes: &[u8], width: u8, i: usize) -> u64 {
+    if width == 0 {
+        return 0;
+    }
+    let w = width as usize;
+    let bit = i * w;
+    let word = |k: usize| u64::from_le_bytes(bytes[k * 8..k * 8 + 8].try_into().expect("8 bytes"));
+    let off = bit % 64;
+    let mut v = word(bit / 64) >> off;
+    if off + w > 64 {
+        v |= word(bit / 64 + 1) << (64 - off);
+    }
+    if w == 64 {
+        v
+    } else {
+        v & ((1u64 << w) - 1)
+    }
 }
 
 #[cfg(test)]
@@ -104,7 +149,24 @@ mod tests {
             let packed = pack(&ids, width);
             let mut back = Vec::new();
             unpack_into(&packed, ids.len(), width, &mut back).unwrap();
-            prop_assert_eq!(back, ids);
+            prop_assert_eq!(&back, &ids);
+            for (i, &id) in ids.iter().enumerate() {
+                prop_assert_eq!(get(&packed, width, i), id as u64);
+            }
+        }
+
+        #[test]
+        fn round_trip_64(width in 0u8..=64, raw in proptest::collection::vec(any::<u64>(), 0..700)) {
+            let mask = match width { 0 => 0, 64 => u64::MAX, w => (1u64 << w) - 1 };
+            let values: Vec<u64> = raw.iter().map(|v| v & mask).collect();
+            let packed = pack64(&values, width);
+            prop_assert_eq!(packed.len(), packed_len(values.len(), width));
+            let mut back = Vec::new();
+            unpack_with(&packed, values.len(), width, |v| back.push(v)).unwrap();
+            prop_assert_eq!(&back, &values);
+            for (i, &v) in values.iter().enumerate() {
+                prop_assert_eq!(get(&packed, width, i), v);
+            }
         }
 
         #[test]

@@ -333,24 +333,18 @@ fn encode_column(
             }
         }
         Encoded::Raw { keys, float } => {
-            let delta = !*float;
             for start in (0..rows).step_by(opts.block_rows) {
                 let end = (start + opts.block_rows).min(rows);
-                let mut raw = Vec::with_capacity((end - start) * 8);
-                let mut prev = 0i64;
-                for &k in &keys[start..end] {
-                    let v = if *float {
-                        crate::layout::key_f64(k).to_bits() as i64
-                    } else if delta {
-                        let d = k.wrapping_sub(prev);
-                        prev = k;
-                        d
-                    } else {
-                        k
-                    };
-                    raw.extend_from_slice(&v.to_le_bytes());
-                }
-                let data = w.write(&raw, Codec::Zstd)?;
+                let data = if *float {
+                    let raw: Vec<u8> = keys[start..end]
+                        .iter()
+                        .flat_map(|&k| crate::layout::key_f64(k).to_bits().to_le_bytes())
+                        .collect();
+                    w.write(&raw, Codec::Zstd)?
+                } else {
+                    let filled = filled_nulls(&keys[start..end], start, &is_null);
+                    w.write_smallest(&crate::int_block::encode_both(&filled))?
+                };
                 blocks.push(block_meta(data, &keys[start..end], start, &is_null));
             }
             let mut min = None::<i64>;
@@ -363,7 +357,11 @@ fn encode_column(
             }
             stats.min_key = min;
             stats.max_key = max;
-            Encoding::Raw { delta }
+            if *float {
+                Encoding::Raw { delta: false }
+            } else {
+                Encoding::Packed
+            }
         }
     };
 
@@ -445,6 +443,24 @@ fn encode_column(
         sorted_runs,
         bloom,
     })
+}
+
+/// A block's integer keys with each null row holding the value before it (or the block's
+/// first non-null value), so nulls cost no bits in [`crate::int_block`].
+fn filled_nulls(keys: &[i64], start: usize, is_null: &impl Fn(usize) -> bool) -> Vec<i64> {
+    let first = (0..keys.len())
+        .find(|&i| !is_null(start + i))
+        .map_or(0, |i| keys[i]);
+    let mut prev = first;
+    keys.iter()
+        .enumerate()
+        .map(|(i, &k)| {
+            if !is_null(start + i) {
+                prev = k;
+            }
+            prev
+        })
+        .collect()
 }
 
 /// The bloom hash of a numeric key: integers hash their i64 bytes, floats their f64 bits.

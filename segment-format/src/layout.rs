@@ -14,7 +14,7 @@ pub const HEADER_MAGIC: &[u8; 8] = b"BASALTSG";
 /// Last 8 bytes of every segment file.
 pub const TRAILER_MAGIC: &[u8; 8] = b"BSLTEND\0";
 /// The format version this build writes.
-pub const FORMAT_VERSION: u32 = 5;
+pub const FORMAT_VERSION: u32 = 6;
 /// header magic + version.
 pub const HEADER_LEN: usize = 12;
 /// footer offset u64 + footer length u64 + footer crc u32 + version u32 + magic.
@@ -71,6 +71,9 @@ pub enum Encoding {
     /// Plain little-endian values per block; `delta` stores the first value then differences
     /// (integers only).
     Raw { delta: bool },
+    /// Integer columns (format 6): per block, frame-of-reference or zigzag-delta bit packing
+    /// (see [`crate::int_block`]).
+    Packed,
     /// Multi-value columns (format 3): sorted dictionary over the arrays' values; a block
     /// holds its docs' value counts (`count_width` bits) then the values' ids (`bit_width`).
     MultiValue {
@@ -290,7 +293,7 @@ fn validate_footer(f: &Footer, data_end: u64) -> Result<()> {
                     return Err(corrupt(format!("column {:?} bit width is wrong", c.name)));
                 }
             }
-            Encoding::Raw { .. } => {}
+            Encoding::Raw { .. } | Encoding::Packed => {}
         }
         if let Encoding::MultiValue { count_width, .. } = &c.encoding {
             if *count_width > 32 {
@@ -402,36 +405,67 @@ impl FileWriter {
         FileWriter { buf, level }
     }
 
+    /// Appends a section. A zstd section whose compressed form is not smaller than `raw` is
+    /// stored uncompressed (readers then use it in place).
     pub fn write(&mut self, raw: &[u8], codec: Codec) -> Result<SectionRef> {
-        let offset = self.buf.len() as u64;
-        let codec = match (codec, self.level) {
-            (Codec::Zstd, None) => Codec::None,
-            (c, _) => c,
+        let compressed = match (codec, self.level) {
+            (Codec::Zstd, Some(level)) => Some(self.compress(raw, level)?),
+            _ => None,
         };
-        match (codec, self.level) {
-            (Codec::Zstd, Some(level)) => {
-                let c = zstd::bulk::compress(raw, level).map_err(SegmentError::Compress)?;
-                self.buf.extend_from_slice(&c);
+        Ok(self.append(raw, compressed.filter(|c| c.len() < raw.len())))
+    }
+
+    /// Appends whichever of `candidates` (encodings of the same values) is smallest as stored:
+    /// zstd-compressed when that is smaller, as in [`FileWriter::write`].
+    pub fn write_smallest(&mut self, candidates: &[Vec<u8>]) -> Result<SectionRef> {
+        let mut best: Option<(&[u8], Option<Vec<u8>>)> = None;
+        let stored = |b: &(&[u8], Option<Vec<u8>>)| b.1.as_ref().map_or(b.0.len(), Vec::len);
+        for raw in candidates {
+            let compressed = match self.level {
+                Some(level) => Some(self.compress(raw, level)?).filter(|c| c.len() < raw.len()),
+                None => None,
+            };
+            let this = (raw.as_slice(), compressed);
+            if best.as_ref().is_none_or(|b| stored(&this) < stored(b)) {
+                best = Some(this);
             }
-            _ => self.buf.extend_from_slice(raw),
         }
+        let (raw, compressed) = best.unwrap_or((&[], None));
+        Ok(self.append(raw, compressed))
+    }
+
+    fn compress(&self, raw: &[u8], level: i32) -> Result<Vec<u8>> {
+        zstd::bulk::compress(raw, level).map_err(SegmentError::Compress)
+    }
+
+    /// Appends `compressed` (zstd of `raw`) if given, else `raw`.
+    fn append(&mut self, raw: &[u8], compressed: Option<Vec<u8>>) -> SectionRef {
+        let offset = self.buf.len() as u64;
+        let codec = match &compressed {
+            Some(c) => {
+                self.buf.extend_from_slice(c);
+                Codec::Zstd
+            }
+            None => {
+                self.buf.extend_from_slice(raw);
+                Codec::None
+            }
+        };
         let stored = &self.buf[offset as usize..];
-        Ok(SectionRef {
+        SectionRef {
             offset,
             len: stored.len() as u64,
             raw_len: raw.len() as u64,
             codec,
             crc: crc32fast::hash(stored),
-        })
+        }
     }
 
     pub fn finish(mut self, footer: &Footer) -> Result<Vec<u8>> {
         let json = serde_json::to_vec(footer)?;
         // The trailer does not record the footer's codec: the footer is always zstd.
-        if self.level.is_none() {
-            self.level = Some(3);
-        }
-        let s = self.write(&json, Codec::Zstd)?;
+        let c = self.compress(&json, self.level.unwrap_or(3))?;
+        let s = self.append(&json, Some(c));
         self.buf.extend_from_slice(&s.offset.to_le_bytes());
         self.buf.extend_from_slice(&s.len.to_le_bytes());
         self.buf.extend_from_slice(&s.crc.to_le_bytes());

@@ -10,6 +10,7 @@ pub mod bloom;
 pub mod builder;
 pub mod error;
 pub mod inspect;
+pub mod int_block;
 pub mod layout;
 pub mod multi_value;
 pub mod postings;

@@ -652,7 +652,7 @@ impl Evaluator<'_> {
                 }
                 (0, *cardinality as i64 - 1)
             }
-            Encoding::Raw { .. } => match stats_bounds(&meta.stats) {
+            Encoding::Raw { .. } | Encoding::Packed => match stats_bounds(&meta.stats) {
                 Some(b) => b,
                 None => return Ok(RoaringBitmap::new()),
             },
@@ -875,7 +875,7 @@ pub fn may_match(reader: &SegmentReader, pred: &Predicate) -> Result<bool> {
                 Encoding::MultiValue { cardinality, .. } => {
                     (*cardinality > 0).then(|| (0, *cardinality as i64 - 1))
                 }
-                Encoding::Raw { .. } => stats_bounds(&meta.stats),
+                Encoding::Raw { .. } | Encoding::Packed => stats_bounds(&meta.stats),
             };
             let Some((lo, hi)) = bounds else {
                 return Ok(false);

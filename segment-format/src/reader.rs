@@ -106,6 +106,19 @@ pub enum BlockValues {
     },
 }
 
+impl BlockValues {
+    /// The values of rows `picked` (ascending offsets within the block). Multi-value blocks
+    /// are returned whole.
+    fn pick(self, picked: &[usize]) -> BlockValues {
+        match self {
+            BlockValues::Ids(v) => BlockValues::Ids(picked.iter().map(|&k| v[k]).collect()),
+            BlockValues::I64(v) => BlockValues::I64(picked.iter().map(|&k| v[k]).collect()),
+            BlockValues::F64(v) => BlockValues::F64(picked.iter().map(|&k| v[k]).collect()),
+            multi @ BlockValues::Multi { .. } => multi,
+        }
+    }
+}
+
 /// Offsets into an uncompressed section of serialized roaring bitmaps.
 #[derive(Debug)]
 pub(crate) struct BitmapTable {
@@ -374,6 +387,13 @@ impl SegmentReader {
 
     /// Decodes block `b` of column `col`.
     pub fn block(&self, col: usize, b: usize) -> Result<BlockValues> {
+        self.block_values(col, b, None)
+    }
+
+    /// Decodes rows `picked` (ascending offsets within the block) of block `b` of column
+    /// `col`, or every row when `picked` is `None`. Picked rows of bit-packed blocks are read
+    /// without unpacking the others.
+    fn block_values(&self, col: usize, b: usize, picked: Option<&[usize]>) -> Result<BlockValues> {
         let meta = &self.footer.columns[col];
         let block = meta
             .blocks
@@ -381,6 +401,9 @@ impl SegmentReader {
             .ok_or_else(|| corrupt(format!("{} has no block {b}", meta.name)))?;
         let rows = self.block_len(b);
         let what = format!("{} block {b}", meta.name);
+        if picked.and_then(|p| p.last()).is_some_and(|&k| k >= rows) {
+            return Err(corrupt(format!("{what}: a picked row is past the block")));
+        }
         let raw = self.section(&block.data, &what)?;
         match &meta.encoding {
             Encoding::Dictionary {
@@ -388,8 +411,19 @@ impl SegmentReader {
                 bit_width,
                 ..
             } => {
-                let mut ids = Vec::with_capacity(rows);
-                bitpack::unpack_into(&raw, rows, *bit_width, &mut ids)?;
+                let ids = match picked {
+                    Some(p) => {
+                        bitpack::check(&raw, rows, *bit_width)?;
+                        p.iter()
+                            .map(|&k| bitpack::get(&raw, *bit_width, k) as u32)
+                            .collect()
+                    }
+                    None => {
+                        let mut ids = Vec::with_capacity(rows);
+                        bitpack::unpack_into(&raw, rows, *bit_width, &mut ids)?;
+                        ids
+                    }
+                };
                 if *cardinality == 0 {
                     // Only nulls: ids are placeholders.
                     return Ok(BlockValues::Ids(ids));
@@ -405,6 +439,9 @@ impl SegmentReader {
                 count_width,
                 ..
             } => {
+                if picked.is_some() {
+                    return Err(corrupt(format!("{what}: multi-value rows read one by one")));
+                }
                 let (counts, ids) = crate::multi_value::decode_block(
                     &raw,
                     rows,
@@ -415,6 +452,21 @@ impl SegmentReader {
                 )?;
                 Ok(BlockValues::Multi { counts, ids })
             }
+            Encoding::Packed => {
+                if self.footer.schema.columns[col].ty.physical() != Physical::I64 {
+                    return Err(corrupt(format!(
+                        "{what}: packed encoding is only valid for integer columns"
+                    )));
+                }
+                Ok(BlockValues::I64(match picked {
+                    Some(p) => {
+                        let mut out = Vec::with_capacity(p.len());
+                        crate::int_block::decode_picked(&raw, rows, p, &mut out, &what)?;
+                        out
+                    }
+                    None => crate::int_block::decode(&raw, rows, &what)?,
+                }))
+            }
             Encoding::Raw { delta } => {
                 if raw.len() != rows * 8 {
                     return Err(corrupt(format!(
@@ -422,28 +474,36 @@ impl SegmentReader {
                         raw.len()
                     )));
                 }
-                let words = raw
-                    .chunks_exact(8)
-                    .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")));
-                match self.footer.schema.columns[col].ty.physical() {
-                    Physical::F64 => Ok(BlockValues::F64(
-                        words.map(|w| f64::from_bits(w as u64)).collect(),
-                    )),
-                    Physical::I64 => {
+                let word = |k: usize| {
+                    i64::from_le_bytes(raw[k * 8..k * 8 + 8].try_into().expect("8 bytes"))
+                };
+                let values: Vec<i64> = match (picked, *delta) {
+                    (Some(p), false) => p.iter().map(|&k| word(k)).collect(),
+                    // Deltas (formats 1-5): every value up to the last picked row is summed.
+                    (picked, true) => {
+                        let upto = picked.and_then(|p| p.last()).map_or(rows, |&k| k + 1);
                         let mut prev = 0i64;
-                        Ok(BlockValues::I64(
-                            words
-                                .map(|w| {
-                                    if *delta {
-                                        prev = prev.wrapping_add(w);
-                                        prev
-                                    } else {
-                                        w
-                                    }
-                                })
-                                .collect(),
-                        ))
+                        let all: Vec<i64> = (0..upto)
+                            .map(|k| {
+                                prev = prev.wrapping_add(word(k));
+                                prev
+                            })
+                            .collect();
+                        match picked {
+                            Some(p) => p.iter().map(|&k| all[k]).collect(),
+                            None => all,
+                        }
                     }
+                    (None, false) => (0..rows).map(word).collect(),
+                };
+                match self.footer.schema.columns[col].ty.physical() {
+                    Physical::F64 if !*delta => Ok(BlockValues::F64(
+                        values
+                            .into_iter()
+                            .map(|w| f64::from_bits(w as u64))
+                            .collect(),
+                    )),
+                    Physical::I64 => Ok(BlockValues::I64(values)),
                     other => Err(corrupt(format!(
                         "{what}: raw encoding is not valid for {other:?} columns"
                     ))),
@@ -529,19 +589,23 @@ impl SegmentReader {
             while j < docs.len() && (docs[j] as u64) < end {
                 j += 1;
             }
-            let picked = docs[i..j].iter().map(|d| (d - start) as usize);
-            let block = self.block(col, b as usize)?;
-            // Every doc of the block, in order: take the decoded values as they are.
-            let whole = |len: usize| {
-                j - i == len && docs[i] == start && docs[j - 1] as usize == start as usize + len - 1
+            let picked: Vec<usize> = docs[i..j].iter().map(|d| (d - start) as usize).collect();
+            let len = self.block_len(b as usize);
+            // A few rows of the block: read them alone; most of it: decode all and pick.
+            let block = if picked.len() * 4 < len {
+                self.block_values(col, b as usize, Some(&picked))?
+            } else {
+                let all = self.block(col, b as usize)?;
+                if picked.len() == len {
+                    all
+                } else {
+                    all.pick(&picked)
+                }
             };
             match block {
-                BlockValues::Ids(v) if whole(v.len()) => g.ids.extend_from_slice(&v),
-                BlockValues::I64(v) if whole(v.len()) => g.ints.extend_from_slice(&v),
-                BlockValues::F64(v) if whole(v.len()) => g.floats.extend_from_slice(&v),
-                BlockValues::Ids(v) => g.ids.extend(picked.map(|k| v[k])),
-                BlockValues::I64(v) => g.ints.extend(picked.map(|k| v[k])),
-                BlockValues::F64(v) => g.floats.extend(picked.map(|k| v[k])),
+                BlockValues::Ids(v) => g.ids.extend_from_slice(&v),
+                BlockValues::I64(v) => g.ints.extend_from_slice(&v),
+                BlockValues::F64(v) => g.floats.extend_from_slice(&v),
                 BlockValues::Multi { .. } => {
                     return Err(corrupt(format!(
                         "{}: a multi-value column read as single values",
