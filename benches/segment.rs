@@ -189,6 +189,15 @@ fn bench_postings(c: &mut Criterion) {
         format!("materialise_{}_docs_three_columns", docs.len()),
         |b| b.iter(|| black_box(r.read_batch(&cols, &docs).unwrap())),
     );
+    // `event_id` is near-unique and unindexed, so it is stored raw (format 6): a lookup scans
+    // its blocks' strings.
+    let id = r
+        .read_column(r.column_index("event_id").unwrap(), &[777_777])
+        .unwrap();
+    let id = arrow::util::display::array_value_to_string(&id, 0).unwrap();
+    g.bench_function("raw_string_eq_scan", |b| {
+        b.iter(|| black_box(evaluate(&r, &eq("event_id", &id)).unwrap()))
+    });
     g.finish();
 }
 

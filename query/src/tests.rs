@@ -51,6 +51,8 @@ fn schema() -> SegmentSchema {
             ColumnDef::new("big", ColumnType::Long),
             ColumnDef::new("lat", ColumnType::Double).with_index(IndexKind::Range),
             ColumnDef::new("ok", ColumnType::Boolean),
+            // Near-unique and unindexed: stored as raw strings.
+            ColumnDef::new("uid", ColumnType::String),
         ],
         time_column: Some("ts".into()),
     }
@@ -69,6 +71,7 @@ fn batch(rng: &mut StdRng, rows: usize, t0: i64) -> RecordBatch {
         Field::new("big", DataType::Int64, true),
         Field::new("lat", DataType::Float64, true),
         Field::new("ok", DataType::Boolean, true),
+        Field::new("uid", DataType::Utf8, true),
     ]));
     let cols: Vec<ArrayRef> = vec![
         Arc::new(TimestampMillisecondArray::from_iter_values(
@@ -96,6 +99,10 @@ fn batch(rng: &mut StdRng, rows: usize, t0: i64) -> RecordBatch {
         Arc::new(BooleanArray::from_iter(
             (0..rows).map(|_| rng.random_bool(0.9).then(|| rng.random_bool(0.3))),
         )),
+        Arc::new(StringArray::from_iter((0..rows).map(|_| {
+            rng.random_bool(0.9)
+                .then(|| format!("{:06x}", rng.random_range(0..0x1000000)))
+        }))),
     ];
     RecordBatch::try_new(s, cols).unwrap()
 }
@@ -103,7 +110,17 @@ fn batch(rng: &mut StdRng, rows: usize, t0: i64) -> RecordBatch {
 fn leaf(rng: &mut StdRng, t0: i64) -> String {
     let ops = ["=", "!=", "<", "<=", ">", ">="];
     let op = ops[rng.random_range(0..ops.len())];
-    match rng.random_range(0..12) {
+    match rng.random_range(0..15) {
+        12 => format!("uid {op} '{:06x}'", rng.random_range(0..0x1000000)),
+        13 => format!(
+            "uid {}LIKE '{:x}%'",
+            if rng.random_bool(0.3) { "NOT " } else { "" },
+            rng.random_range(0..16)
+        ),
+        14 => format!(
+            "uid IS {}NULL",
+            if rng.random_bool(0.5) { "NOT " } else { "" }
+        ),
         0 => format!("city {op} '{}'", CITIES[rng.random_range(0..CITIES.len())]),
         1 => format!(
             "city IN ('{}', '{}', 'Nowhere')",
@@ -222,6 +239,10 @@ async fn segments_answer_like_datafusion_over_arrow() {
         segments.push(Arc::new(SegmentReader::open(Bytes::from(bytes)).unwrap()));
         batches.push(b);
     }
+    assert!(segments.iter().all(|r| matches!(
+        r.column_meta(7).encoding,
+        basalt_segment::layout::Encoding::RawStrings
+    )));
     let snapshot = TableSnapshot {
         valid: Vec::new(),
         name: "t".into(),
@@ -235,7 +256,10 @@ async fn segments_answer_like_datafusion_over_arrow() {
 
     let shapes = [
         "SELECT count(*) FROM t WHERE {f}",
-        "SELECT ts, city, tag, n, big, lat, ok FROM t WHERE {f}",
+        "SELECT ts, city, tag, n, big, lat, ok, uid FROM t WHERE {f}",
+        // Raw string keys and sketches (no dictionary).
+        "SELECT uid, count(*), max(n) FROM t WHERE {f} GROUP BY uid",
+        "SELECT city, approx_distinct(uid), min(uid) FROM t WHERE {f} GROUP BY city",
         "SELECT city, count(*), min(lat), max(big) FROM t WHERE {f} GROUP BY city",
         "SELECT n, ok, count(*), sum(big) FROM t WHERE {f} GROUP BY n, ok",
         "SELECT tag, count(DISTINCT city) FROM t WHERE {f} GROUP BY tag",

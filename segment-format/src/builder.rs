@@ -23,6 +23,7 @@ use crate::layout::{
     RangeIndexMeta, SectionRef, ZoneMap, FORMAT_VERSION,
 };
 use crate::postings::TableKind;
+use crate::string_block::{length_width, put_lengths};
 use crate::types::{ColumnDef, IndexKind, Physical, SegmentSchema};
 
 /// Knobs of the builder; the defaults are what the server uses.
@@ -238,6 +239,12 @@ pub(crate) enum Encoded {
     },
     /// Raw order-preserving keys per doc (0 for nulls) and the stored value bytes per doc.
     Raw { keys: Vec<i64>, float: bool },
+    /// Near-unique strings stored as they are (see [`raw_strings_pay`]).
+    RawStr {
+        distinct: usize,
+        min_str: Option<String>,
+        max_str: Option<String>,
+    },
 }
 
 fn encode_column(
@@ -252,8 +259,12 @@ fn encode_column(
     let rows = col.len();
     let null_count = col.null_count();
     let wants_dict = def.has_index(IndexKind::Inverted) || def.has_index(IndexKind::Sorted);
+    let strings = col.as_any().downcast_ref::<StringArray>();
     let encoded = match def.ty.physical() {
-        Physical::Str => dict_strings(col.as_any().downcast_ref::<StringArray>().expect("utf8")),
+        Physical::Str => dict_strings(
+            strings.expect("utf8"),
+            !wants_dict && !def.has_index(IndexKind::Range),
+        ),
         Physical::Bool => {
             let a = col.as_any().downcast_ref::<BooleanArray>().expect("bool");
             let keys: Vec<Option<i64>> = a.iter().map(|v| v.map(|b| b as i64)).collect();
@@ -295,12 +306,17 @@ fn encode_column(
     let doc_keys: Vec<i64> = match &encoded {
         Encoded::Dict { ids, .. } => ids.iter().map(|&i| i as i64).collect(),
         Encoded::Raw { keys, .. } => keys.clone(),
+        Encoded::RawStr { .. } => strings
+            .expect("utf8")
+            .iter()
+            .map(|v| v.map_or(0, |s| crate::string_block::prefix_key(s.as_bytes())))
+            .collect(),
     };
-    for i in 1..rows {
-        if doc_keys[i] < doc_keys[i - 1] {
-            stats.sorted = false;
-            break;
-        }
+    if let (Encoded::RawStr { .. }, Some(a)) = (&encoded, strings) {
+        // Prefix keys can tie where strings differ: compare the strings.
+        stats.sorted &= (1..rows).all(|i| a.value(i - 1) <= a.value(i));
+    } else if (1..rows).any(|i| doc_keys[i] < doc_keys[i - 1]) {
+        stats.sorted = false;
     }
     let encoding = match &encoded {
         Encoded::Dict {
@@ -362,6 +378,23 @@ fn encode_column(
             } else {
                 Encoding::Packed
             }
+        }
+        Encoded::RawStr {
+            distinct,
+            min_str,
+            max_str,
+        } => {
+            let a = strings.expect("utf8");
+            for start in (0..rows).step_by(opts.block_rows) {
+                let end = (start + opts.block_rows).min(rows);
+                let raw = crate::string_block::encode(a.slice(start, end - start).iter());
+                let data = w.write(&raw, Codec::Zstd)?;
+                blocks.push(block_meta(data, &doc_keys[start..end], start, &is_null));
+            }
+            stats.min_str = min_str.clone();
+            stats.max_str = max_str.clone();
+            stats.distinct = Some(*distinct as u64);
+            Encoding::RawStrings
         }
     };
 
@@ -425,6 +458,12 @@ fn encode_column(
                     if !is_null(i) {
                         b.insert(hash_key(k, *float));
                     }
+                }
+            }
+            Encoded::RawStr { distinct, .. } => {
+                b = Bloom::with_capacity(*distinct);
+                for s in strings.expect("utf8").iter().flatten() {
+                    b.insert(hash_bytes(s.as_bytes()));
                 }
             }
         }
@@ -561,29 +600,29 @@ pub(crate) fn front_code<'a>(values: impl Iterator<Item = &'a [u8]> + Clone, n: 
         suffix_lens.push((v.len() - shared) as u32);
         prev = v;
     }
-    let longest = suffix_lens.iter().copied().max().unwrap_or(0);
-    let width: u8 = if longest <= u8::MAX as u32 {
-        1
-    } else if longest <= u16::MAX as u32 {
-        2
-    } else {
-        4
-    };
+    let width = length_width(suffix_lens.iter().copied().max().unwrap_or(0) as usize);
     let total: usize = suffix_lens.iter().map(|&l| l as usize).sum();
     let mut out = Vec::with_capacity(5 + n * (1 + width as usize) + total);
     out.extend_from_slice(&(n as u32).to_le_bytes());
     out.push(width);
     out.extend_from_slice(&prefixes);
-    for &l in &suffix_lens {
-        out.extend_from_slice(&l.to_le_bytes()[..width as usize]);
-    }
+    put_lengths(&mut out, &suffix_lens, width);
     for (v, &p) in values.zip(&prefixes) {
         out.extend_from_slice(&v[p as usize..]);
     }
     out
 }
 
-pub(crate) fn dict_strings(a: &StringArray) -> Encoded {
+/// Whether `distinct` values over `non_null` rows are stored cheaper raw than in a dictionary:
+/// when over 7 in 8 rows hold a value no other row holds, a dictionary saves little and every
+/// row still pays a `log2(distinct)`-bit id.
+fn raw_strings_pay(distinct: usize, non_null: usize) -> bool {
+    non_null > 0 && distinct * 8 > non_null * 7
+}
+
+/// Dictionary-encodes a string column, or (when `allow_raw` and [`raw_strings_pay`]) leaves it
+/// raw.
+pub(crate) fn dict_strings(a: &StringArray, allow_raw: bool) -> Encoded {
     let mut first: HashMap<&str, u32, ahash::RandomState> = HashMap::with_hasher(fast_hasher());
     let mut provisional = Vec::with_capacity(a.len());
     for v in a.iter() {
@@ -595,6 +634,15 @@ pub(crate) fn dict_strings(a: &StringArray) -> Encoded {
             None => u32::MAX,
         };
         provisional.push(id);
+    }
+    if allow_raw && raw_strings_pay(first.len(), a.len() - a.null_count()) {
+        let min_str = first.keys().min().map(|s| s.to_string());
+        let max_str = first.keys().max().map(|s| s.to_string());
+        return Encoded::RawStr {
+            distinct: first.len(),
+            min_str,
+            max_str,
+        };
     }
     let mut values: Vec<(&str, u32)> = first.into_iter().collect();
     values.sort_unstable_by(|a, b| a.0.cmp(b.0));

@@ -51,6 +51,7 @@ pub fn column_bytes(footer: &Footer) -> Vec<ColumnBytes> {
                 } => ("dictionary", Some(*cardinality), dictionary.len),
                 Encoding::Raw { .. } => ("raw", None, 0),
                 Encoding::Packed => ("packed", None, 0),
+                Encoding::RawStrings => ("raw_strings", c.stats.distinct.map(|d| d as u32), 0),
                 Encoding::MultiValue {
                     cardinality,
                     dictionary,

@@ -71,6 +71,10 @@ pub enum Encoding {
     /// Plain little-endian values per block; `delta` stores the first value then differences
     /// (integers only).
     Raw { delta: bool },
+    /// Near-unique string columns without an inverted or sorted index (format 6): each block
+    /// holds its rows' lengths and bytes (see [`crate::string_block`]); zone maps hold
+    /// [`crate::string_block::prefix_key`]s.
+    RawStrings,
     /// Integer columns (format 6): per block, frame-of-reference or zigzag-delta bit packing
     /// (see [`crate::int_block`]).
     Packed,
@@ -293,7 +297,7 @@ fn validate_footer(f: &Footer, data_end: u64) -> Result<()> {
                     return Err(corrupt(format!("column {:?} bit width is wrong", c.name)));
                 }
             }
-            Encoding::Raw { .. } | Encoding::Packed => {}
+            Encoding::Raw { .. } | Encoding::Packed | Encoding::RawStrings => {}
         }
         if let Encoding::MultiValue { count_width, .. } = &c.encoding {
             if *count_width > 32 {

@@ -18,6 +18,8 @@ pub mod predicate;
 pub mod reader;
 #[doc(hidden)] // public for benches/segment.rs only
 pub mod rice;
+pub mod string_block;
+mod string_leaf;
 pub mod types;
 
 pub use builder::{build_segment, BuildOptions};

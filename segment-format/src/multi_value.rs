@@ -85,7 +85,7 @@ pub(crate) fn encode_column(
                 .iter()
                 .flat_map(|&(a, b)| (a..b).map(|j| Some(strings.value(j))))
                 .collect();
-            dict_strings(&flat)
+            dict_strings(&flat, false)
         }
         Physical::I64 => {
             let ints = values.as_primitive::<Int64Type>();

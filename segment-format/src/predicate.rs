@@ -18,6 +18,7 @@ use crate::builder::hash_key;
 use crate::error::{Result, SegmentError};
 use crate::layout::{f64_key, ColumnStats, Encoding};
 use crate::reader::{BlockValues, Dictionary, SegmentReader};
+use crate::string_leaf;
 use crate::types::{Physical, Value};
 
 /// Comparison operators.
@@ -90,7 +91,7 @@ impl Predicate {
 /// Sorted, disjoint, inclusive intervals of keys.
 pub type KeySet = Vec<(i64, i64)>;
 
-fn normalize(mut v: KeySet) -> KeySet {
+pub(crate) fn normalize(mut v: KeySet) -> KeySet {
     v.retain(|(a, b)| a <= b);
     v.sort_unstable();
     let mut out: KeySet = Vec::with_capacity(v.len());
@@ -123,7 +124,7 @@ fn complement(set: &KeySet) -> KeySet {
     out
 }
 
-fn intersects(set: &KeySet, lo: i64, hi: i64) -> bool {
+pub(crate) fn intersects(set: &KeySet, lo: i64, hi: i64) -> bool {
     set.iter().any(|&(a, b)| a <= hi && b >= lo)
 }
 
@@ -319,13 +320,13 @@ fn like_keys(
 }
 
 #[derive(Debug, Clone, PartialEq)]
-enum Tok {
+pub(crate) enum Tok {
     Lit(String),
     One,
     Any,
 }
 
-fn parse_like(p: &str) -> Vec<Tok> {
+pub(crate) fn parse_like(p: &str) -> Vec<Tok> {
     let mut out = Vec::new();
     let mut lit = String::new();
     let mut chars = p.chars();
@@ -354,7 +355,7 @@ fn parse_like(p: &str) -> Vec<Tok> {
 }
 
 /// Matches `s` against LIKE tokens (backtracking on `%`).
-fn like_match(toks: &[Tok], s: &str) -> bool {
+pub(crate) fn like_match(toks: &[Tok], s: &str) -> bool {
     match toks.first() {
         None => s.is_empty(),
         Some(Tok::Lit(l)) => s
@@ -397,6 +398,26 @@ pub fn sql_like(pattern: &str, s: &str, case_insensitive: bool) -> bool {
     } else {
         like_match(&parse_like(pattern), s)
     }
+}
+
+/// A compiled leaf: key intervals, or a test per value for raw string columns.
+enum Leaf {
+    Keys(KeySet),
+    Strings(string_leaf::StrTest),
+}
+
+/// Compiles a leaf predicate for its column. IS NULL is handled by the caller.
+fn compile_leaf(reader: &SegmentReader, p: &Predicate) -> Result<(usize, Leaf)> {
+    let mut cols = Vec::new();
+    p.columns(&mut cols);
+    if let [name] = cols.as_slice() {
+        let c = reader.column_index(name)?;
+        if matches!(reader.column_meta(c).encoding, Encoding::RawStrings) {
+            return Ok((c, Leaf::Strings(string_leaf::compile(name, p)?)));
+        }
+    }
+    let (c, set) = leaf_keys(reader, p)?;
+    Ok((c, Leaf::Keys(set)))
 }
 
 /// Compiles a leaf predicate to (column, key set). IS NULL is handled by the caller.
@@ -567,10 +588,12 @@ impl Evaluator<'_> {
                 let (t, u) = self.tri(inner)?;
                 Ok(self.reader.all_docs() - t - u)
             }
-            leaf => {
-                let (c, set) = leaf_keys(self.reader, leaf)?;
-                self.keys_to_docs(c, &set, candidates)
-            }
+            leaf => match compile_leaf(self.reader, leaf)? {
+                (c, Leaf::Keys(set)) => self.keys_to_docs(c, &set, candidates),
+                (c, Leaf::Strings(test)) => {
+                    string_leaf::docs(self.reader, c, &test, candidates, self.stats)
+                }
+            },
         }
     }
 
@@ -608,8 +631,13 @@ impl Evaluator<'_> {
                 Ok((all - &t - &u, u))
             }
             leaf => {
-                let (c, set) = leaf_keys(self.reader, leaf)?;
-                let t = self.keys_to_docs(c, &set, None)?;
+                let (c, t) = match compile_leaf(self.reader, leaf)? {
+                    (c, Leaf::Keys(set)) => (c, self.keys_to_docs(c, &set, None)?),
+                    (c, Leaf::Strings(test)) => (
+                        c,
+                        string_leaf::docs(self.reader, c, &test, None, self.stats)?,
+                    ),
+                };
                 Ok((t, self.reader.nulls(c)?.as_ref().clone()))
             }
         }
@@ -656,6 +684,9 @@ impl Evaluator<'_> {
                 Some(b) => b,
                 None => return Ok(RoaringBitmap::new()),
             },
+            Encoding::RawStrings => {
+                return Err(pred_err(&meta.name, "raw strings have no key space"))
+            }
         };
         let multi = matches!(meta.encoding, Encoding::MultiValue { .. });
         if !intersects(set, kmin, kmax) {
@@ -780,6 +811,9 @@ impl Evaluator<'_> {
                     .for_each(|(i, &id)| hit(i, id as i64)),
                 BlockValues::I64(v) => v.iter().enumerate().for_each(|(i, &x)| hit(i, x)),
                 BlockValues::F64(v) => v.iter().enumerate().for_each(|(i, &x)| hit(i, f64_key(x))),
+                BlockValues::Strs(_) => {
+                    return Err(pred_err(&meta.name, "raw strings have no key space"))
+                }
                 BlockValues::Multi { counts, ids } => {
                     // A doc matches when any of its values does.
                     let mut at = 0usize;
@@ -863,7 +897,13 @@ pub fn may_match(reader: &SegmentReader, pred: &Predicate) -> Result<bool> {
             negated: false,
         } if !bloom_may_contain(reader, column, values)? => false,
         leaf => {
-            let (c, set) = leaf_keys(reader, leaf)?;
+            let (c, set) = match compile_leaf(reader, leaf)? {
+                (c, Leaf::Keys(set)) => (c, set),
+                (c, Leaf::Strings(test)) => {
+                    let s = &reader.column_meta(c).stats;
+                    return Ok(test.may_match(s.min_str.as_deref(), s.max_str.as_deref()));
+                }
+            };
             if set.is_empty() {
                 return Ok(false);
             }
@@ -876,6 +916,7 @@ pub fn may_match(reader: &SegmentReader, pred: &Predicate) -> Result<bool> {
                     (*cardinality > 0).then(|| (0, *cardinality as i64 - 1))
                 }
                 Encoding::Raw { .. } | Encoding::Packed => stats_bounds(&meta.stats),
+                Encoding::RawStrings => None,
             };
             let Some((lo, hi)) = bounds else {
                 return Ok(false);

@@ -21,6 +21,7 @@ use crate::bloom::Bloom;
 use crate::error::{corrupt, Result, SegmentError};
 use crate::layout::{read_footer, read_section, ColumnMeta, Encoding, Footer, SectionRef};
 use crate::postings;
+use crate::string_block::length_at;
 use crate::types::{ColumnDef, ColumnType, Physical};
 
 /// A column's sorted dictionary, decoded.
@@ -92,6 +93,8 @@ struct Gathered {
     ids: Vec<u32>,
     ints: Vec<i64>,
     floats: Vec<f64>,
+    /// Raw string columns: the picked rows of each block read.
+    strs: Vec<StringArray>,
 }
 
 /// Decoded values of one block: dictionary ids or raw values.
@@ -99,6 +102,8 @@ pub enum BlockValues {
     Ids(Vec<u32>),
     I64(Vec<i64>),
     F64(Vec<f64>),
+    /// Raw strings (format 6); null rows hold empty strings.
+    Strs(StringArray),
     /// Multi-value: per doc its value count, then every value's id.
     Multi {
         counts: Vec<u32>,
@@ -114,6 +119,9 @@ impl BlockValues {
             BlockValues::Ids(v) => BlockValues::Ids(picked.iter().map(|&k| v[k]).collect()),
             BlockValues::I64(v) => BlockValues::I64(picked.iter().map(|&k| v[k]).collect()),
             BlockValues::F64(v) => BlockValues::F64(picked.iter().map(|&k| v[k]).collect()),
+            BlockValues::Strs(v) => BlockValues::Strs(StringArray::from_iter_values(
+                picked.iter().map(|&k| v.value(k)),
+            )),
             multi @ BlockValues::Multi { .. } => multi,
         }
     }
@@ -385,6 +393,23 @@ impl SegmentReader {
         t.offsets.len().saturating_sub(1)
     }
 
+    /// The (decompressed) bytes of block `b` of column `col`, its row count, and its name for
+    /// errors.
+    pub(crate) fn block_bytes(
+        &self,
+        col: usize,
+        b: usize,
+    ) -> Result<(std::borrow::Cow<'_, [u8]>, usize, String)> {
+        let meta = &self.footer.columns[col];
+        let block = meta
+            .blocks
+            .get(b)
+            .ok_or_else(|| corrupt(format!("{} has no block {b}", meta.name)))?;
+        let what = format!("{} block {b}", meta.name);
+        let raw = self.section(&block.data, &what)?;
+        Ok((raw, self.block_len(b), what))
+    }
+
     /// Decodes block `b` of column `col`.
     pub fn block(&self, col: usize, b: usize) -> Result<BlockValues> {
         self.block_values(col, b, None)
@@ -393,18 +418,17 @@ impl SegmentReader {
     /// Decodes rows `picked` (ascending offsets within the block) of block `b` of column
     /// `col`, or every row when `picked` is `None`. Picked rows of bit-packed blocks are read
     /// without unpacking the others.
-    fn block_values(&self, col: usize, b: usize, picked: Option<&[usize]>) -> Result<BlockValues> {
+    pub(crate) fn block_values(
+        &self,
+        col: usize,
+        b: usize,
+        picked: Option<&[usize]>,
+    ) -> Result<BlockValues> {
         let meta = &self.footer.columns[col];
-        let block = meta
-            .blocks
-            .get(b)
-            .ok_or_else(|| corrupt(format!("{} has no block {b}", meta.name)))?;
-        let rows = self.block_len(b);
-        let what = format!("{} block {b}", meta.name);
+        let (raw, rows, what) = self.block_bytes(col, b)?;
         if picked.and_then(|p| p.last()).is_some_and(|&k| k >= rows) {
             return Err(corrupt(format!("{what}: a picked row is past the block")));
         }
-        let raw = self.section(&block.data, &what)?;
         match &meta.encoding {
             Encoding::Dictionary {
                 cardinality,
@@ -451,6 +475,18 @@ impl SegmentReader {
                     &what,
                 )?;
                 Ok(BlockValues::Multi { counts, ids })
+            }
+            Encoding::RawStrings => {
+                if self.footer.schema.columns[col].ty.physical() != Physical::Str {
+                    return Err(corrupt(format!(
+                        "{what}: raw strings are only valid for string columns"
+                    )));
+                }
+                let all = crate::string_block::decode(&raw, rows, &what)?;
+                Ok(match picked {
+                    Some(p) => BlockValues::Strs(all).pick(p),
+                    None => BlockValues::Strs(all),
+                })
             }
             Encoding::Packed => {
                 if self.footer.schema.columns[col].ty.physical() != Physical::I64 {
@@ -606,6 +642,7 @@ impl SegmentReader {
                 BlockValues::Ids(v) => g.ids.extend_from_slice(&v),
                 BlockValues::I64(v) => g.ints.extend_from_slice(&v),
                 BlockValues::F64(v) => g.floats.extend_from_slice(&v),
+                BlockValues::Strs(v) => g.strs.push(v),
                 BlockValues::Multi { .. } => {
                     return Err(corrupt(format!(
                         "{}: a multi-value column read as single values",
@@ -634,8 +671,16 @@ impl SegmentReader {
             return self.read_multi_value(col, docs, nb);
         }
         let dict = self.dictionary(col)?;
-        let Gathered { ids, ints, floats } = self.gather(col, docs)?;
+        let Gathered {
+            ids,
+            ints,
+            floats,
+            strs,
+        } = self.gather(col, docs)?;
         let nb = validity.map(arrow::buffer::NullBuffer::from);
+        if matches!(self.footer.columns[col].encoding, Encoding::RawStrings) {
+            return raw_strings_array(&strs, docs.len(), nb, &def.name);
+        }
         if let Some(dict) = dict {
             if ids.len() != docs.len() {
                 return Err(corrupt(format!(
@@ -730,6 +775,31 @@ impl SegmentReader {
         }
         crate::multi_value::list_array(&dict, &counts, &ids, nulls)
     }
+}
+
+/// The picked rows of raw string blocks as the column's Arrow type, `Dictionary(Int32, Utf8)`,
+/// one dictionary entry per row.
+fn raw_strings_array(
+    parts: &[StringArray],
+    rows: usize,
+    nulls: Option<arrow::buffer::NullBuffer>,
+    name: &str,
+) -> Result<ArrayRef> {
+    let refs: Vec<&dyn Array> = parts.iter().map(|a| a as &dyn Array).collect();
+    let values: ArrayRef = match refs.len() {
+        0 => Arc::new(StringArray::from(Vec::<&str>::new())),
+        1 => Arc::new(parts[0].clone()),
+        _ => arrow::compute::concat(&refs)?,
+    };
+    if values.len() != rows {
+        return Err(corrupt(format!(
+            "{name}: raw string blocks do not match the docs"
+        )));
+    }
+    let keys = Int32Array::new((0..rows as i32).collect(), nulls);
+    Ok(Arc::new(DictionaryArray::<Int32Type>::try_new(
+        keys, values,
+    )?))
 }
 
 /// Turns dictionary ids into the column's Arrow array. Strings become a dictionary array;
@@ -859,11 +929,7 @@ fn front_decode(raw: &[u8], n: usize, what: &str) -> Result<(Vec<i32>, Vec<u8>)>
     let prefixes = &raw[1..1 + n];
     let lens = &raw[1 + n..suffixes_at];
     let suffixes = &raw[suffixes_at..];
-    let suffix_len = |i: usize| {
-        let mut b = [0u8; 4];
-        b[..width].copy_from_slice(&lens[i * width..(i + 1) * width]);
-        u32::from_le_bytes(b) as usize
-    };
+    let suffix_len = |i: usize| length_at(lens, width, i);
     // Sizes first: every value's length, checked against its neighbour and the bytes.
     let (mut total, mut suffix_total, mut prev_len) = (0usize, 0usize, 0usize);
     for (i, &p) in prefixes.iter().enumerate() {

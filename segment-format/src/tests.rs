@@ -39,6 +39,8 @@ fn schema() -> SegmentSchema {
             ColumnDef::new("b", ColumnType::Boolean),
             ColumnDef::new("t", ColumnType::Timestamp),
             ColumnDef::new("n", ColumnType::Int).with_index(IndexKind::Sorted),
+            // Near-unique, unindexed: usually stored as raw strings (format 6).
+            ColumnDef::new("u", ColumnType::String),
         ],
         time_column: Some("t".into()),
     }
@@ -66,8 +68,16 @@ fn row_strategy() -> impl Strategy<Value = Row> {
             (1_700_000_000_000i64..1_700_000_100_000).prop_map(V::I),
         ),
         prop::option::weighted(0.95, (0i64..6).prop_map(V::I)),
+        prop::option::weighted(
+            0.9,
+            prop_oneof![
+                9 => "[a-z]{3,8}",
+                1 => prop::sample::select(WORDS).prop_map(str::to_string),
+            ]
+            .prop_map(V::S),
+        ),
     )
-        .prop_map(|(a, b, c, d, e, f, g, h)| vec![a, b, c, d, e, f, g, h])
+        .prop_map(|(a, b, c, d, e, f, g, h, u)| vec![a, b, c, d, e, f, g, h, u])
 }
 
 fn to_batch(rows: &[Row]) -> RecordBatch {
@@ -99,6 +109,7 @@ fn to_batch(rows: &[Row]) -> RecordBatch {
         }))),
         Arc::new(TimestampMillisecondArray::from_iter(ints(6))),
         Arc::new(Int32Array::from_iter(ints(7).map(|v| v.map(|x| x as i32)))),
+        strs(8),
     ];
     let schema = Arc::new(arrow::datatypes::Schema::new(
         schema()
@@ -238,7 +249,7 @@ fn reference(p: &Predicate, row: &Row) -> Option<bool> {
 
 fn literal_for(col: &str) -> BoxedStrategy<Value> {
     match col {
-        "s" | "s2" => prop_oneof![
+        "s" | "s2" | "u" => prop_oneof![
             prop::sample::select(WORDS).prop_map(|w| Value::Str(w.to_string())),
             "[a-z]{0,3}".prop_map(Value::Str)
         ]
@@ -262,7 +273,7 @@ fn literal_for(col: &str) -> BoxedStrategy<Value> {
 }
 
 fn leaf() -> impl Strategy<Value = Predicate> {
-    let cols = vec!["s", "s2", "i", "l", "f", "b", "t", "n"];
+    let cols = vec!["s", "s2", "i", "l", "f", "b", "t", "n", "u"];
     prop::sample::select(cols).prop_flat_map(|c| {
         let ops = prop::sample::select(vec![
             CmpOp::Eq,
@@ -314,7 +325,7 @@ fn leaf() -> impl Strategy<Value = Predicate> {
                 })
                 .boxed(),
         ];
-        if c == "s" || c == "s2" {
+        if c == "s" || c == "s2" || c == "u" {
             options.push(
                 ("[abz%_]{0,4}", any::<bool>(), any::<bool>())
                     .prop_map({
@@ -353,7 +364,7 @@ proptest! {
         prop_assert_eq!(r.row_count() as usize, rows.len());
         let expect = stored_order(&rows);
         let docs: Vec<u32> = (0..rows.len() as u32).collect();
-        for c in 0..8 {
+        for c in 0..9 {
             let arr = r.read_column(c, &docs).unwrap();
             for (i, row) in expect.iter().enumerate() {
                 let got = value_of(&arr, i);
@@ -369,9 +380,11 @@ proptest! {
         }
         // A sparse subset reads the same values.
         let subset: Vec<u32> = docs.iter().copied().filter(|d| d % 3 == 1).collect();
-        let arr = r.read_column(0, &subset).unwrap();
-        for (j, d) in subset.iter().enumerate() {
-            prop_assert_eq!(value_of(&arr, j), expect[*d as usize][0].clone());
+        for c in [0, 8] {
+            let arr = r.read_column(c, &subset).unwrap();
+            for (j, d) in subset.iter().enumerate() {
+                prop_assert_eq!(value_of(&arr, j), expect[*d as usize][c].clone());
+            }
         }
     }
 
@@ -499,7 +512,7 @@ fn empty_segment_is_valid() {
 fn sorted_column_is_sorted_and_has_runs() {
     let rows: Vec<Row> = (0..100)
         .map(|i| {
-            let mut r = vec![None; 8];
+            let mut r = vec![None; 9];
             r[7] = Some(V::I((i * 7 % 5) as i64));
             r
         })
@@ -538,6 +551,7 @@ fn type_mismatch_is_an_error() {
         None,
         None,
         None,
+        None,
     ]];
     let bytes = build_segment(&schema(), &[to_batch(&rows)], &opts()).unwrap();
     let r = SegmentReader::open(Bytes::from(bytes)).unwrap();
@@ -553,7 +567,8 @@ fn type_mismatch_is_an_error() {
 #[test]
 fn large_string_dictionaries_are_compacted_per_batch() {
     let schema = SegmentSchema {
-        columns: vec![ColumnDef::new("k", ColumnType::String)],
+        // Distinct values: the inverted index keeps the column dictionary-encoded.
+        columns: vec![ColumnDef::new("k", ColumnType::String).with_index(IndexKind::Inverted)],
         time_column: None,
     };
     let n = 20_000usize;
@@ -592,4 +607,50 @@ fn large_string_dictionaries_are_compacted_per_batch() {
             assert_eq!(value_of(&a, j), want, "doc {doc}");
         }
     }
+}
+
+#[test]
+fn near_unique_strings_are_stored_raw_and_answer_filters() {
+    let rows: Vec<Row> = (0..200)
+        .map(|i| {
+            let mut r = vec![None; 9];
+            r[7] = Some(V::I(0));
+            r[8] = (i % 10 != 3).then(|| V::S(format!("id-{:04}", (i * 37) % 200)));
+            r
+        })
+        .collect();
+    let bytes = build_segment(&schema(), &[to_batch(&rows)], &opts()).unwrap();
+    let r = SegmentReader::open(Bytes::from(bytes)).unwrap();
+    assert_eq!(
+        r.column_meta(8).encoding,
+        crate::layout::Encoding::RawStrings
+    );
+    assert_eq!(r.column_meta(8).stats.distinct, Some(180));
+    let cmp = |op, v: &str| Predicate::Compare {
+        column: "u".into(),
+        op,
+        value: Value::Str(v.into()),
+    };
+    let count = |p: &Predicate| evaluate(&r, p).unwrap().len();
+    assert_eq!(count(&cmp(CmpOp::Eq, "id-0037")), 1);
+    assert_eq!(count(&cmp(CmpOp::Lt, "id-0100")), 90);
+    assert_eq!(count(&cmp(CmpOp::NotEq, "id-0037")), 179);
+    let like = Predicate::Like {
+        column: "u".into(),
+        pattern: "id-01%".into(),
+        negated: false,
+        case_insensitive: false,
+    };
+    assert_eq!(count(&like), 90);
+    // Outside the segment's [min, max]: pruned from statistics alone.
+    assert!(!may_match(&r, &cmp(CmpOp::Eq, "zz")).unwrap());
+    assert!(may_match(&r, &cmp(CmpOp::Eq, "id-0037")).unwrap());
+    let docs: Vec<u32> = evaluate(&r, &cmp(CmpOp::Eq, "id-0037"))
+        .unwrap()
+        .iter()
+        .collect();
+    assert_eq!(
+        value_of(&r.read_column(8, &docs).unwrap(), 0),
+        Some(V::S("id-0037".into()))
+    );
 }

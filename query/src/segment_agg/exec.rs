@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, DictionaryArray, Int32Array, Int64Array, RecordBatch, RecordBatchOptions,
-    UInt64Array,
+    Array, ArrayRef, AsArray, DictionaryArray, Int32Array, Int64Array, RecordBatch,
+    RecordBatchOptions, UInt64Array,
 };
 use arrow::compute::{cast, take};
 use arrow::datatypes::{DataType, Int32Type, SchemaRef};
@@ -273,6 +273,36 @@ fn eval_single(
     expr.evaluate(&batch)?.into_array(n)
 }
 
+/// Sketch hashes of one string column's rows in one segment: through its dictionary, or
+/// (raw string columns) value by value.
+enum SketchHashes {
+    Dict(DictHashes),
+    Rows { seg_col: usize },
+}
+
+impl SketchHashes {
+    /// Per row of `docs`: its value's sketch hash, null for null rows.
+    fn row_hashes(&mut self, seg: &SegmentReader, docs: &[u32]) -> DfResult<ArrayRef> {
+        match self {
+            SketchHashes::Dict(d) => d.row_hashes(seg, docs),
+            SketchHashes::Rows { seg_col } => {
+                let values = cast(
+                    &seg.read_column(*seg_col, docs).map_err(ext)?,
+                    &DataType::Utf8,
+                )?;
+                let strings = values.as_string::<i32>();
+                let hashes: Vec<u64> = (0..strings.len())
+                    .map(|i| hash_str(strings.value(i)))
+                    .collect();
+                Ok(Arc::new(UInt64Array::new(
+                    hashes.into(),
+                    strings.nulls().cloned(),
+                )))
+            }
+        }
+    }
+}
+
 /// Sketch hashes of one string column's dictionary entries in one segment, computed on
 /// first use.
 struct DictHashes {
@@ -482,23 +512,20 @@ impl Worker {
                 dense = Some((strides, vec![u32::MAX; combos]));
             }
         }
-        let mut sketches: Vec<Option<DictHashes>> = Vec::with_capacity(job.sketch_cols.len());
+        let mut sketches: Vec<Option<SketchHashes>> = Vec::with_capacity(job.sketch_cols.len());
         for d in &job.sketch_cols {
             sketches.push(match d {
                 None => None,
-                Some(col) => match seg.dictionary(*col).map_err(ext)? {
-                    Some(dict) => Some(DictHashes::new(
+                Some(col) => Some(match seg.dictionary(*col).map_err(ext)? {
+                    Some(dict) => SketchHashes::Dict(DictHashes::new(
                         *col,
                         dict,
                         seg.nulls(*col).map_err(ext)?,
                         matched.len(),
                     )?),
-                    None => {
-                        return Err(DataFusionError::Internal(format!(
-                            "string column {col} without a dictionary"
-                        )))
-                    }
-                },
+                    // Raw strings: each row's value is hashed.
+                    None => SketchHashes::Rows { seg_col: *col },
+                }),
             });
         }
         let nkeys = sources.len();
