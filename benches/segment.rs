@@ -198,6 +198,30 @@ fn bench_postings(c: &mut Criterion) {
     g.bench_function("raw_string_eq_scan", |b| {
         b.iter(|| black_box(evaluate(&r, &eq("event_id", &id)).unwrap()))
     });
+    // The same lookup and the 6-doc read with `event_id` in a dictionary (format 5's layout
+    // for it): a binary search in the (cached) dictionary, then a scan of 20-bit ids.
+    let with_dict = SegmentReader::open(Bytes::from(
+        build_segment(
+            &schema,
+            std::slice::from_ref(&batch),
+            &BuildOptions {
+                raw_strings: false,
+                ..BuildOptions::default()
+            },
+        )
+        .unwrap(),
+    ))
+    .unwrap();
+    g.bench_function("dictionary_eq_scan", |b| {
+        b.iter(|| black_box(evaluate(&with_dict, &eq("event_id", &id)).unwrap()))
+    });
+    let all: Vec<usize> = (0..13).collect();
+    for (name, seg) in [("raw", &r), ("dictionary", &with_dict)] {
+        g.bench_function(
+            format!("materialise_{}_docs_all_columns_{name}", docs.len()),
+            |b| b.iter(|| black_box(seg.read_batch(&all, &docs).unwrap())),
+        );
+    }
     g.finish();
 }
 

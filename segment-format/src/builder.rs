@@ -43,6 +43,9 @@ pub struct BuildOptions {
     /// zstd-compress blocks and dictionaries (default true). In-memory segments that live
     /// for seconds (real-time chunks) skip it: building is faster and reads borrow the bytes.
     pub compress: bool,
+    /// Store near-unique unindexed strings raw instead of in a dictionary (default true; see
+    /// `raw_strings_pay`). Like Pinot's `noDictionaryColumns`, but chosen per segment.
+    pub raw_strings: bool,
 }
 
 impl Default for BuildOptions {
@@ -54,6 +57,7 @@ impl Default for BuildOptions {
             numeric_dictionary_ratio: 4,
             range_buckets: 64,
             compress: true,
+            raw_strings: true,
         }
     }
 }
@@ -263,7 +267,7 @@ fn encode_column(
     let encoded = match def.ty.physical() {
         Physical::Str => dict_strings(
             strings.expect("utf8"),
-            !wants_dict && !def.has_index(IndexKind::Range),
+            opts.raw_strings && !wants_dict && !def.has_index(IndexKind::Range),
         ),
         Physical::Bool => {
             let a = col.as_any().downcast_ref::<BooleanArray>().expect("bool");

@@ -482,11 +482,10 @@ impl SegmentReader {
                         "{what}: raw strings are only valid for string columns"
                     )));
                 }
-                let all = crate::string_block::decode(&raw, rows, &what)?;
-                Ok(match picked {
-                    Some(p) => BlockValues::Strs(all).pick(p),
-                    None => BlockValues::Strs(all),
-                })
+                Ok(BlockValues::Strs(match picked {
+                    Some(p) => crate::string_block::pick(&raw, rows, p, &what)?,
+                    None => crate::string_block::decode(&raw, rows, &what)?,
+                }))
             }
             Encoding::Packed => {
                 if self.footer.schema.columns[col].ty.physical() != Physical::I64 {

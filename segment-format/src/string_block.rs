@@ -125,6 +125,31 @@ pub fn decode(raw: &[u8], rows: usize, what: &str) -> Result<StringArray> {
         .map_err(|e| corrupt(format!("{what}: {e}")))
 }
 
+/// Rows `picked` (ascending, each below `rows`) of a block, without validating or copying the
+/// others.
+pub fn pick(raw: &[u8], rows: usize, picked: &[usize], what: &str) -> Result<StringArray> {
+    let (width, lens, data) = parse(raw, rows, what)?;
+    let mut out = arrow::array::StringBuilder::with_capacity(picked.len(), picked.len() * 16);
+    let mut next = picked.iter().peekable();
+    let mut start = 0usize;
+    for (row, end) in ends(width, lens, data.len(), rows, what).enumerate() {
+        let end = end?;
+        while next.next_if(|&&k| k == row).is_some() {
+            let v = std::str::from_utf8(&data[start..end])
+                .map_err(|e| corrupt(format!("{what}: row {row}: {e}")))?;
+            out.append_value(v);
+        }
+        if next.peek().is_none() {
+            break;
+        }
+        start = end;
+    }
+    if next.peek().is_some() {
+        return Err(corrupt(format!("{what}: a picked row is past the block")));
+    }
+    Ok(out.finish())
+}
+
 /// Calls `f(row, value)` for every row of a block in order, without building an array
 /// (filter scans).
 pub fn for_each(raw: &[u8], rows: usize, what: &str, mut f: impl FnMut(usize, &str)) -> Result<()> {
@@ -233,6 +258,11 @@ mod tests {
                 .map(|(i, v)| (i, v.clone().unwrap_or_default()))
                 .collect();
             prop_assert_eq!(seen, want);
+            let every_other: Vec<usize> = (0..values.len()).step_by(2).collect();
+            let some = pick(&raw, values.len(), &every_other, "t").unwrap();
+            for (j, &i) in every_other.iter().enumerate() {
+                prop_assert_eq!(some.value(j), values[i].as_deref().unwrap_or(""));
+            }
             // Exact-match search agrees with comparing every row.
             let needles: Vec<String> = values.iter().flatten().take(2).filter(|s| !s.is_empty()).cloned().collect();
             let mut needles: Vec<&[u8]> = needles.iter().map(|s| s.as_bytes()).collect();
