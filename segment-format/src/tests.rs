@@ -462,8 +462,11 @@ pub(crate) fn exercise(bytes: Vec<u8>) {
     };
     let n = r.row_count();
     let docs: Vec<u32> = (0..n.min(1 << 16)).collect();
+    // Every 5th doc: blocks are read for a few rows (the picked-row paths).
+    let sparse: Vec<u32> = docs.iter().copied().step_by(5).collect();
     for c in 0..r.footer().columns.len() {
         let _ = r.read_column(c, &docs);
+        let _ = r.read_column(c, &sparse);
         let name = r.column_def(c).name.clone();
         for v in [
             Value::Int(1),
