@@ -391,8 +391,10 @@ fn encode_column(
             let a = strings.expect("utf8");
             for start in (0..rows).step_by(opts.block_rows) {
                 let end = (start + opts.block_rows).min(rows);
-                let raw = crate::string_block::encode(a.slice(start, end - start).iter());
-                let data = w.write(&raw, Codec::Zstd)?;
+                // Frames inside the block are compressed on their own.
+                let raw =
+                    crate::string_block::encode(a.slice(start, end - start).iter(), w.level())?;
+                let data = w.write(&raw, Codec::None)?;
                 blocks.push(block_meta(data, &doc_keys[start..end], start, &is_null));
             }
             stats.min_str = min_str.clone();

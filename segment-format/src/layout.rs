@@ -368,7 +368,7 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
-fn zstd_decode(stored: &[u8], limit: u64, what: &str) -> Result<Vec<u8>> {
+pub(crate) fn zstd_decode(stored: &[u8], limit: u64, what: &str) -> Result<Vec<u8>> {
     // The frame header states the content size; refuse frames larger than the limit before
     // allocating anything.
     let size = zstd::zstd_safe::get_frame_content_size(stored)
@@ -407,6 +407,11 @@ impl FileWriter {
         buf.extend_from_slice(HEADER_MAGIC);
         buf.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
         FileWriter { buf, level }
+    }
+
+    /// The zstd level sections are compressed at, if any.
+    pub fn level(&self) -> Option<i32> {
+        self.level
     }
 
     /// Appends a section. A zstd section whose compressed form is not smaller than `raw` is
