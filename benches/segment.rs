@@ -215,6 +215,21 @@ fn bench_postings(c: &mut Criterion) {
     g.bench_function("dictionary_eq_scan", |b| {
         b.iter(|| black_box(evaluate(&with_dict, &eq("event_id", &id)).unwrap()))
     });
+    // A raw string filter under a selective indexed one: only the candidates' frames are read.
+    let under_user = Predicate::And(vec![
+        eq("user_id", "u12345"),
+        Predicate::Like {
+            column: "event_id".into(),
+            pattern: "a%".into(),
+            negated: false,
+            case_insensitive: false,
+        },
+    ]);
+    for (name, seg) in [("raw", &r), ("dictionary", &with_dict)] {
+        g.bench_function(format!("one_user_and_event_id_like_{name}"), |b| {
+            b.iter(|| black_box(evaluate(seg, &under_user).unwrap()))
+        });
+    }
     let all: Vec<usize> = (0..13).collect();
     for (name, seg) in [("raw", &r), ("dictionary", &with_dict)] {
         g.bench_function(

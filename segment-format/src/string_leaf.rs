@@ -276,37 +276,36 @@ pub(crate) fn docs(
         }
         stats.blocks_scanned += 1;
         let (raw, rows, what) = reader.block_bytes(c, b)?;
-        if let Some(needles) = test.search_needles() {
-            let mut next = picked.as_ref().map(|p| p.iter().peekable());
-            (crate::string_block::find_equal(&raw, rows, &what, &needles, |i| {
-                let doc = start + i as u32;
-                let wanted = match next.as_mut() {
-                    Some(p) => {
-                        while p.next_if(|&&d| d < doc).is_some() {}
-                        p.peek() == Some(&&doc)
-                    }
-                    None => true,
-                };
-                if wanted {
+        // A few candidates: decompress only the frames holding them and test those rows.
+        if let Some(p) = picked.as_ref().filter(|p| p.len() * 4 < rows) {
+            let local: Vec<usize> = p.iter().map(|&d| (d - start) as usize).collect();
+            let values = crate::string_block::pick(&raw, rows, &local, &what)?;
+            for (j, &doc) in p.iter().enumerate() {
+                if test.matches(values.value(j)) {
                     add(&mut out, doc);
                 }
-            }))?;
+            }
             continue;
         }
-        match &picked {
-            // Only the candidate rows are tested.
+        let mut candidates = picked.as_ref().map(|p| p.iter().peekable());
+        let mut wanted = |doc: u32| match candidates.as_mut() {
             Some(p) => {
-                let mut next = p.iter().peekable();
-                crate::string_block::for_each(&raw, rows, &what, |i, s| {
-                    let doc = start + i as u32;
-                    if next.next_if(|&&d| d == doc).is_some() && test.matches(s) {
-                        add(&mut out, doc);
-                    }
-                })?;
+                while p.next_if(|&&d| d < doc).is_some() {}
+                p.peek() == Some(&&doc)
             }
+            None => true,
+        };
+        match test.search_needles() {
+            Some(needles) => crate::string_block::find_equal(&raw, rows, &what, &needles, |i| {
+                let doc = start + i as u32;
+                if wanted(doc) {
+                    add(&mut out, doc);
+                }
+            })?,
             None => crate::string_block::for_each(&raw, rows, &what, |i, s| {
-                if test.matches(s) {
-                    add(&mut out, start + i as u32);
+                let doc = start + i as u32;
+                if wanted(doc) && test.matches(s) {
+                    add(&mut out, doc);
                 }
             })?,
         }
