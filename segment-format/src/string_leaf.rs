@@ -1,8 +1,10 @@
 //! Filter leaves on raw string columns (format 6 `RawStrings`: no dictionary, so no key
 //! space). In: a leaf predicate (`=`, `!=`, `<`, `<=`, `>`, `>=`, `BETWEEN`, `IN`, `NOT IN`,
 //! `LIKE`, `NOT LIKE`) on such a column. Out: a test per value, and the docs of a segment
-//! where the leaf is TRUE — by scanning the blocks whose zone maps (prefix keys) can match,
-//! testing each row's string. Null rows are never TRUE.
+//! where the leaf is TRUE — by scanning the blocks whose zone maps (prefix keys) can match:
+//! under a few candidates only the frames holding them are read and those rows tested;
+//! otherwise `=` and `IN` search each frame's bytes, and other leaves test every row's
+//! string. Null rows are never TRUE.
 
 use std::ops::Bound;
 
