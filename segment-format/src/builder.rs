@@ -363,7 +363,8 @@ fn encode_column(
                     w.write(&raw, Codec::Zstd)?
                 } else {
                     let filled = filled_nulls(&keys[start..end], start, &is_null);
-                    w.write_smallest(&crate::int_block::encode_both(&filled))?
+                    let [frame, delta] = crate::int_block::encode_both(&filled);
+                    w.write_smallest(&[&frame, &delta])?
                 };
                 blocks.push(block_meta(data, &keys[start..end], start, &is_null));
             }

@@ -71,9 +71,9 @@ pub enum Encoding {
     /// Plain little-endian values per block; `delta` stores the first value then differences
     /// (integers only).
     Raw { delta: bool },
-    /// Near-unique string columns without an inverted or sorted index (format 6): each block
-    /// holds its rows' lengths and bytes (see [`crate::string_block`]); zone maps hold
-    /// [`crate::string_block::prefix_key`]s.
+    /// Near-unique string columns without an inverted, sorted or range index (format 6): each
+    /// block holds its rows' lengths and bytes in separately compressed 1,024-row frames (see
+    /// [`crate::string_block`]); zone maps hold [`crate::string_block::prefix_key`]s.
     RawStrings,
     /// Integer columns (format 6): per block, frame-of-reference or zigzag-delta bit packing
     /// (see [`crate::int_block`]).
@@ -417,24 +417,23 @@ impl FileWriter {
     /// Appends a section. A zstd section whose compressed form is not smaller than `raw` is
     /// stored uncompressed (readers then use it in place).
     pub fn write(&mut self, raw: &[u8], codec: Codec) -> Result<SectionRef> {
-        let compressed = match (codec, self.level) {
-            (Codec::Zstd, Some(level)) => Some(self.compress(raw, level)?),
-            _ => None,
-        };
-        Ok(self.append(raw, compressed.filter(|c| c.len() < raw.len())))
+        match codec {
+            Codec::Zstd => self.write_smallest(&[raw]),
+            Codec::None => Ok(self.append(raw, None)),
+        }
     }
 
-    /// Appends whichever of `candidates` (encodings of the same values) is smallest as stored:
-    /// zstd-compressed when that is smaller, as in [`FileWriter::write`].
-    pub fn write_smallest(&mut self, candidates: &[Vec<u8>]) -> Result<SectionRef> {
+    /// Appends whichever of `candidates` (encodings of the same values) is smallest as stored,
+    /// each zstd-compressed when the writer compresses and that makes it smaller.
+    pub fn write_smallest(&mut self, candidates: &[&[u8]]) -> Result<SectionRef> {
         let mut best: Option<(&[u8], Option<Vec<u8>>)> = None;
         let stored = |b: &(&[u8], Option<Vec<u8>>)| b.1.as_ref().map_or(b.0.len(), Vec::len);
-        for raw in candidates {
+        for &raw in candidates {
             let compressed = match self.level {
                 Some(level) => Some(self.compress(raw, level)?).filter(|c| c.len() < raw.len()),
                 None => None,
             };
-            let this = (raw.as_slice(), compressed);
+            let this = (raw, compressed);
             if best.as_ref().is_none_or(|b| stored(&this) < stored(b)) {
                 best = Some(this);
             }

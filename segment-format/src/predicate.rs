@@ -146,7 +146,7 @@ fn contains(set: &KeySet, k: i64) -> bool {
     .is_ok()
 }
 
-fn pred_err(column: &str, message: impl Into<String>) -> SegmentError {
+pub(crate) fn pred_err(column: &str, message: impl Into<String>) -> SegmentError {
     SegmentError::Predicate {
         column: column.to_string(),
         message: message.into(),
@@ -588,12 +588,7 @@ impl Evaluator<'_> {
                 let (t, u) = self.tri(inner)?;
                 Ok(self.reader.all_docs() - t - u)
             }
-            leaf => match compile_leaf(self.reader, leaf)? {
-                (c, Leaf::Keys(set)) => self.keys_to_docs(c, &set, candidates),
-                (c, Leaf::Strings(test)) => {
-                    string_leaf::docs(self.reader, c, &test, candidates, self.stats)
-                }
-            },
+            leaf => Ok(self.leaf_docs(leaf, candidates)?.1),
         }
     }
 
@@ -631,16 +626,26 @@ impl Evaluator<'_> {
                 Ok((all - &t - &u, u))
             }
             leaf => {
-                let (c, t) = match compile_leaf(self.reader, leaf)? {
-                    (c, Leaf::Keys(set)) => (c, self.keys_to_docs(c, &set, None)?),
-                    (c, Leaf::Strings(test)) => (
-                        c,
-                        string_leaf::docs(self.reader, c, &test, None, self.stats)?,
-                    ),
-                };
+                let (c, t) = self.leaf_docs(leaf, None)?;
                 Ok((t, self.reader.nulls(c)?.as_ref().clone()))
             }
         }
+    }
+
+    /// A leaf's column and the docs where it is TRUE (restricted to `candidates` if given):
+    /// through its key set, or row by row on raw string columns.
+    fn leaf_docs(
+        &mut self,
+        leaf: &Predicate,
+        candidates: Option<&RoaringBitmap>,
+    ) -> Result<(usize, RoaringBitmap)> {
+        Ok(match compile_leaf(self.reader, leaf)? {
+            (c, Leaf::Keys(set)) => (c, self.keys_to_docs(c, &set, candidates)?),
+            (c, Leaf::Strings(test)) => (
+                c,
+                string_leaf::docs(self.reader, c, &test, candidates, self.stats)?,
+            ),
+        })
     }
 
     /// A rough cost rank: indexed leaves first, scans last.

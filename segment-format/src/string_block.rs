@@ -68,7 +68,8 @@ fn encode_frame<'a>(values: impl Iterator<Item = Option<&'a str>> + Clone) -> Ve
     out
 }
 
-/// A block's lengths table (`width` bytes each) and its bytes, checked against `rows`.
+/// A frame's lengths table (`width` bytes each) and its bytes, checked against `rows` (the
+/// lengths themselves are checked as [`ends`] walks them).
 fn parse<'a>(raw: &'a [u8], rows: usize, what: &str) -> Result<(usize, &'a [u8], &'a [u8])> {
     let width =
         *raw.first()
@@ -84,6 +85,12 @@ fn parse<'a>(raw: &'a [u8], rows: usize, what: &str) -> Result<(usize, &'a [u8],
     let data = &raw[bytes_at..];
     if data.len() > i32::MAX as usize {
         return Err(corrupt(format!("{what} is over 2 GiB of strings")));
+    }
+    // `ends` checks the lengths add up to the bytes at the last row; without rows, here.
+    if rows == 0 && !data.is_empty() {
+        return Err(corrupt(format!(
+            "{what} lengths do not add up to its bytes"
+        )));
     }
     Ok((width, &raw[1..bytes_at], data))
 }
@@ -118,11 +125,6 @@ fn decode_frame(raw: &[u8], rows: usize, what: &str) -> Result<StringArray> {
     offsets.push(0);
     for end in ends(width, lens, data.len(), rows, what) {
         offsets.push(end? as i32);
-    }
-    if rows == 0 && !data.is_empty() {
-        return Err(corrupt(format!(
-            "{what} lengths do not add up to its bytes"
-        )));
     }
     let offsets = OffsetBuffer::new(ScalarBuffer::from(offsets));
     StringArray::try_new(offsets, Buffer::from(data), None)
@@ -163,11 +165,6 @@ fn for_each_frame(
 ) -> Result<()> {
     let (width, lens, data) = parse(raw, rows, what)?;
     let data = std::str::from_utf8(data).map_err(|e| corrupt(format!("{what}: {e}")))?;
-    if rows == 0 && !data.is_empty() {
-        return Err(corrupt(format!(
-            "{what} lengths do not add up to its bytes"
-        )));
-    }
     let mut start = 0usize;
     for (i, end) in ends(width, lens, data.len(), rows, what).enumerate() {
         let end = end?;

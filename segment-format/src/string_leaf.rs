@@ -10,8 +10,10 @@ use std::ops::Bound;
 
 use roaring::RoaringBitmap;
 
-use crate::error::{Result, SegmentError};
-use crate::predicate::{intersects, like_match, normalize, parse_like, CmpOp, EvalStats, KeySet};
+use crate::error::Result;
+use crate::predicate::{
+    intersects, like_match, normalize, parse_like, pred_err, CmpOp, EvalStats, KeySet,
+};
 use crate::predicate::{Predicate, Tok};
 use crate::reader::SegmentReader;
 use crate::string_block::prefix_key;
@@ -40,10 +42,10 @@ fn literal<'a>(column: &str, v: &'a Value) -> Result<Option<&'a str>> {
     match v {
         Value::Str(s) => Ok(Some(s)),
         Value::Null => Ok(None),
-        other => Err(SegmentError::Predicate {
-            column: column.to_string(),
-            message: format!("cannot compare a string column with {other:?}"),
-        }),
+        other => Err(pred_err(
+            column,
+            format!("cannot compare a string column with {other:?}"),
+        )),
     }
 }
 
@@ -125,12 +127,7 @@ pub(crate) fn compile(column: &str, p: &Predicate) -> Result<StrTest> {
             },
             negated: *negated,
         },
-        other => {
-            return Err(SegmentError::Predicate {
-                column: column.to_string(),
-                message: format!("not a leaf: {other:?}"),
-            })
-        }
+        other => return Err(pred_err(column, format!("not a leaf: {other:?}"))),
     })
 }
 
