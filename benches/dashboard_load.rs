@@ -259,12 +259,16 @@ fn main() {
         }
         let mut limits = HttpLimits::default();
         limits.query.use_cache = a.cache;
-        let state = app_state(store.clone(), limits, Auth::default());
+        let state = app_state(store.clone(), limits, Auth::default(), Default::default());
         let http_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let pg_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let http = format!("http://{}", http_l.local_addr().unwrap());
         let pg_addr = pg_l.local_addr().unwrap().to_string();
-        let pg_server = Arc::new(pg::PgServer::new(&state, Auth::default()));
+        let pg_server = Arc::new(pg::PgServer::new(
+            &state,
+            Auth::default(),
+            Default::default(),
+        ));
         tokio::spawn(pg::serve(
             pg_l,
             pg_server,

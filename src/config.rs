@@ -16,17 +16,166 @@ pub struct Config {
     pub ingest: IngestSection,
     #[serde(default)]
     pub auth: AuthSection,
+    #[serde(default)]
+    pub pg: PgSection,
+    #[serde(default)]
+    pub storage: StorageSection,
+    #[serde(default)]
+    pub tables: TablesSection,
+}
+
+/// Where table specs may put their data.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSection {
+    /// Deep stores a table spec's `deep_store` may name, as URL roots (`s3://bucket/prefix`,
+    /// `file:///abs/dir`). Empty (the default): the server's own deep store and data dir.
+    #[serde(default)]
+    pub allowed_roots: Vec<String>,
+}
+
+/// Limits on what one table spec may ask for.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TablesSection {
+    /// Columns a table may have (default 1000).
+    #[serde(default = "default_max_columns")]
+    pub max_columns: usize,
+    /// Partitions a table may consume or generate (default 1024).
+    #[serde(default = "default_max_partitions")]
+    pub max_partitions: usize,
+    /// `${env:NAME}` secret references in Kafka properties may only name variables with
+    /// this prefix (default `BASALT_SECRET_`).
+    #[serde(default = "default_secret_prefix")]
+    pub secret_env_prefix: String,
+}
+
+fn default_max_columns() -> usize {
+    1000
+}
+fn default_max_partitions() -> usize {
+    1024
+}
+fn default_secret_prefix() -> String {
+    "BASALT_SECRET_".into()
+}
+
+impl Default for TablesSection {
+    fn default() -> Self {
+        TablesSection {
+            max_columns: default_max_columns(),
+            max_partitions: default_max_partitions(),
+            secret_env_prefix: default_secret_prefix(),
+        }
+    }
+}
+
+impl TablesSection {
+    /// The limits as the table store takes them.
+    pub fn policy(&self, storage: &StorageSection) -> basalt_ingest::policy::TablePolicy {
+        basalt_ingest::policy::TablePolicy {
+            max_columns: self.max_columns,
+            max_partitions: self.max_partitions,
+            allowed_roots: storage.allowed_roots.clone(),
+            secret_env_prefix: self.secret_env_prefix.clone(),
+        }
+    }
 }
 
 /// Password authentication for HTTP and the PostgreSQL protocol (off by default).
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct AuthSection {
-    /// Per-user tokens, `user = "token"`. A PostgreSQL client logs in as `user` with the token
-    /// as its password; an HTTP client sends `Authorization: Bearer <token>` (or Basic
-    /// `user:token`). Empty (the default): no authentication.
+    /// Per-user tokens: `user = "token"` (role `read`) or `user = { token = "...", role =
+    /// "admin" }`. A PostgreSQL client logs in as `user` with the token as its password; an
+    /// HTTP client sends `Authorization: Bearer <token>` (or Basic `user:token`). `read`
+    /// queries and reads specs, status, console and metrics; `admin` also creates, drops and
+    /// ingests. Empty (the default): no authentication.
     #[serde(default)]
-    pub tokens: std::collections::BTreeMap<String, String>,
+    pub tokens: std::collections::BTreeMap<String, TokenEntry>,
+}
+
+/// One user's token, with its role.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum TokenEntry {
+    /// A token with the `read` role.
+    Plain(String),
+    WithRole(TokenWithRole),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenWithRole {
+    pub token: String,
+    pub role: basalt_broker::auth::Role,
+}
+
+impl TokenEntry {
+    fn token(&self) -> &str {
+        match self {
+            TokenEntry::Plain(t) => t,
+            TokenEntry::WithRole(t) => &t.token,
+        }
+    }
+}
+
+impl AuthSection {
+    /// The configured users as the broker's authenticator takes them.
+    pub fn auth(&self) -> basalt_broker::Auth {
+        basalt_broker::Auth::new(self.tokens.iter().map(|(user, e)| {
+            let role = match e {
+                TokenEntry::Plain(_) => basalt_broker::auth::Role::Read,
+                TokenEntry::WithRole(t) => t.role,
+            };
+            (user.clone(), e.token().to_string(), role)
+        }))
+    }
+}
+
+/// The PostgreSQL protocol's limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PgSection {
+    /// Sessions at once; more get SQLSTATE 53300 (default 100).
+    #[serde(default = "default_pg_connections")]
+    pub max_connections: usize,
+    /// Longest message a client may send, in bytes (default 16 MiB).
+    #[serde(default = "default_pg_message")]
+    pub max_message_bytes: usize,
+    /// Seconds a session may sit idle between queries before it is closed (default 600).
+    #[serde(default = "default_pg_idle")]
+    pub idle_timeout_secs: u64,
+}
+
+fn default_pg_connections() -> usize {
+    100
+}
+fn default_pg_message() -> usize {
+    16 << 20
+}
+fn default_pg_idle() -> u64 {
+    600
+}
+
+impl Default for PgSection {
+    fn default() -> Self {
+        PgSection {
+            max_connections: default_pg_connections(),
+            max_message_bytes: default_pg_message(),
+            idle_timeout_secs: default_pg_idle(),
+        }
+    }
+}
+
+impl PgSection {
+    pub fn limits(&self) -> basalt_broker::pg::conn::PgLimits {
+        basalt_broker::pg::conn::PgLimits {
+            max_connections: self.max_connections,
+            max_message_bytes: self.max_message_bytes,
+            idle_timeout: std::time::Duration::from_secs(self.idle_timeout_secs),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -40,6 +189,17 @@ pub struct ServerSection {
     pub pg_addr: Option<String>,
     /// Deep store URL: `file:///path` or `s3://bucket/prefix` (default `<data_dir>/deepstore`).
     pub deep_store: Option<String>,
+    /// Listen on a non-loopback address without `[auth] tokens` (default false: refused).
+    #[serde(default)]
+    pub allow_unauthenticated: bool,
+    /// Host names the HTTP API answers to while authentication is off, besides IP addresses
+    /// and `localhost` (DNS rebinding guard).
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// Browser origins (`https://host[:port]`) allowed to call the HTTP API besides the
+    /// server's own.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -118,11 +278,35 @@ impl Config {
                 path.display()
             ));
         }
+        if cfg.tables.max_columns == 0 || cfg.tables.max_partitions == 0 {
+            return Err(format!(
+                "invalid config {}: tables.max_columns and tables.max_partitions must be positive",
+                path.display()
+            ));
+        }
+        if cfg.tables.secret_env_prefix.len() < 4 {
+            return Err(format!(
+                "invalid config {}: tables.secret_env_prefix must be at least 4 characters, so \
+                 secret references cannot name any environment variable",
+                path.display()
+            ));
+        }
+        basalt_ingest::policy::TablePolicy::validate_roots(&cfg.storage.allowed_roots)
+            .map_err(|e| format!("invalid config {}: {e}", path.display()))?;
+        if cfg.pg.max_connections == 0
+            || cfg.pg.max_message_bytes < 1024
+            || cfg.pg.idle_timeout_secs == 0
+        {
+            return Err(format!(
+                "invalid config {}: pg.max_connections and pg.idle_timeout_secs must be positive, pg.max_message_bytes at least 1024",
+                path.display()
+            ));
+        }
         if let Some((user, _)) = cfg
             .auth
             .tokens
             .iter()
-            .find(|(u, t)| u.is_empty() || t.is_empty())
+            .find(|(u, t)| u.is_empty() || t.token().is_empty())
         {
             return Err(format!(
                 "invalid config {}: auth.tokens: user {user:?} needs a non-empty name and token",

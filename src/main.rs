@@ -7,7 +7,8 @@ mod config;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use basalt_broker::{app_state, pg, serve, Auth, HttpLimits};
+use basalt_broker::guard::Guard;
+use basalt_broker::{app_state, pg, serve, HttpLimits};
 use basalt_ingest::gen::{write_events, GenFormat, EVENTS_SPEC};
 use basalt_ingest::{Format, StoreConfig, TableStore};
 use basalt_query::QueryLimits;
@@ -103,6 +104,10 @@ struct StandaloneArgs {
     /// TOML config file; flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Listen on a non-loopback address without `[auth] tokens` (anyone who reaches the
+    /// ports can then create, drop and read every table).
+    #[arg(long)]
+    allow_unauthenticated: bool,
 }
 
 fn init_tracing() {
@@ -262,6 +267,7 @@ async fn start_server(
         data_dir: data_dir.clone(),
         deep_store,
         build: Default::default(),
+        policy: cfg.tables.policy(&cfg.storage),
     })
     .await
     .map_err(|e| format!("cannot open the table store in {}: {e}", data_dir.display()))?;
@@ -274,12 +280,26 @@ async fn start_server(
             use_cache: cfg.query.result_cache,
         },
     };
-    let state = app_state(store.clone(), limits, Auth::new(cfg.auth.tokens.clone()));
+    let auth = cfg.auth.auth();
     let listener = bind(http_addr, "http").await?;
     let pg_listener = bind(pg_addr, "postgres").await?;
     let http = listener.local_addr().map_err(|e| e.to_string())?;
     let pg = pg_listener.local_addr().map_err(|e| e.to_string())?;
-    let pg_server = std::sync::Arc::new(pg::PgServer::new(&state, state.auth.clone()));
+    check_exposure(
+        &[http, pg],
+        auth.enabled(),
+        cfg.server.allow_unauthenticated,
+    )?;
+    let guard = Guard {
+        allowed_hosts: cfg.server.allowed_hosts.clone(),
+        allowed_origins: cfg.server.allowed_origins.clone(),
+    };
+    let state = app_state(store.clone(), limits, auth, guard);
+    let pg_server = std::sync::Arc::new(pg::PgServer::new(
+        &state,
+        state.auth.clone(),
+        cfg.pg.limits(),
+    ));
     let pg_task = tokio::spawn(pg::serve(pg_listener, pg_server, state.clone(), async {
         let _ = tokio::signal::ctrl_c().await;
     }));
@@ -296,11 +316,43 @@ async fn start_server(
     Ok(Running { http, pg, handle })
 }
 
+/// Refuses to listen beyond loopback without authentication unless the operator said so
+/// (then says so loudly in the log).
+fn check_exposure(
+    addrs: &[std::net::SocketAddr],
+    auth: bool,
+    allow_unauthenticated: bool,
+) -> Result<(), String> {
+    let exposed: Vec<String> = addrs
+        .iter()
+        .filter(|a| !a.ip().is_loopback())
+        .map(|a| a.to_string())
+        .collect();
+    if exposed.is_empty() || auth {
+        return Ok(());
+    }
+    if !allow_unauthenticated {
+        return Err(format!(
+            "refusing to listen on {} without authentication: configure [auth] tokens, or pass \
+             --allow-unauthenticated (allow_unauthenticated = true under [server]) to expose \
+             every table to anyone who reaches these ports",
+            exposed.join(", ")
+        ));
+    }
+    tracing::warn!(addresses = %exposed.join(", "), "UNAUTHENTICATED: listening beyond loopback without [auth] tokens (--allow-unauthenticated); anyone who reaches these ports can create, drop, ingest and read every table");
+    eprintln!(
+        "WARNING: basalt is listening on {} WITHOUT AUTHENTICATION (--allow-unauthenticated)",
+        exposed.join(", ")
+    );
+    Ok(())
+}
+
 async fn standalone(a: StandaloneArgs) -> Result<(), String> {
-    let cfg = match &a.config {
+    let mut cfg = match &a.config {
         Some(p) => Config::load(p)?,
         None => Config::default(),
     };
+    cfg.server.allow_unauthenticated |= a.allow_unauthenticated;
     let data_dir = a
         .data_dir
         .or(cfg.server.data_dir.clone())

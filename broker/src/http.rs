@@ -55,6 +55,7 @@ pub struct AppState {
     pub metrics: Metrics,
     pub limits: HttpLimits,
     pub auth: crate::auth::Auth,
+    pub guard: crate::guard::Guard,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -76,11 +77,60 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health))
         .route("/", get(crate::console::index))
         .route("/console/{file}", get(crate::console::file))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            browser_guard,
+        ))
         .layer(DefaultBodyLimit::max(16 << 20))
         .with_state(state)
 }
 
-/// With tokens configured, every route but `/health` needs credentials (see [`crate::auth`]).
+/// Refuses cross-site requests and, while authentication is off, foreign `Host` names (see
+/// [`crate::guard`]).
+async fn browser_guard(
+    State(s): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let checked = {
+        let h = |name: header::HeaderName| req.headers().get(name).and_then(|v| v.to_str().ok());
+        s.guard
+            .check(h(header::HOST), h(header::ORIGIN), s.auth.enabled())
+    };
+    match checked {
+        Ok(()) => next.run(req).await,
+        Err(e) => {
+            s.metrics
+                .refused
+                .with_label_values(&["http", e.reason()])
+                .inc();
+            tracing::info!(error = %e, "request refused by the browser guard");
+            let resp = (
+                StatusCode::FORBIDDEN,
+                Json(json!({ "error": e.to_string() })),
+            )
+                .into_response();
+            count(&s, "forbidden", resp.status());
+            resp
+        }
+    }
+}
+
+/// The role a route needs: `admin` for creating, dropping and ingesting, `read` otherwise.
+fn required_role(method: &axum::http::Method, path: &str) -> crate::auth::Role {
+    use crate::auth::Role;
+    let admin = *method == axum::http::Method::DELETE
+        || (*method == axum::http::Method::POST
+            && (path == "/tables" || path.ends_with("/ingest")));
+    if admin {
+        Role::Admin
+    } else {
+        Role::Read
+    }
+}
+
+/// With tokens configured, every route but `/health` and the console's files needs
+/// credentials, and admin routes need an admin token (see [`crate::auth`]).
 async fn require_auth(
     State(s): State<AppState>,
     req: axum::extract::Request,
@@ -90,18 +140,51 @@ async fn require_auth(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    match s.auth.check_header(header) {
-        Ok(_) => next.run(req).await,
-        Err(reason) => {
-            let resp = (
-                StatusCode::UNAUTHORIZED,
-                [(header::WWW_AUTHENTICATE, "Bearer realm=\"basalt\"")],
-                Json(json!({ "error": reason })),
+    let resp = match s.auth.check_header(header) {
+        Ok(None) => return next.run(req).await,
+        Ok(Some(p)) => {
+            let needed = required_role(req.method(), req.uri().path());
+            if p.role >= needed {
+                return next.run(req).await;
+            }
+            (
+                StatusCode::FORBIDDEN,
+                Json(json!({ "error": format!(
+                    "user {:?} has the {} role; {} {} needs {}",
+                    p.user,
+                    p.role.name(),
+                    req.method(),
+                    req.uri().path(),
+                    needed.name()
+                ) })),
             )
-                .into_response();
-            count(&s, "unauthorized", resp.status());
-            resp
+                .into_response()
         }
+        Err(reason) => (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer realm=\"basalt\"")],
+            Json(json!({ "error": reason.to_string() })),
+        )
+            .into_response(),
+    };
+    count(&s, "unauthorized", resp.status());
+    resp
+}
+
+/// Refuses a body that is not declared as JSON (415): the API's JSON routes take nothing
+/// else, and a cross-site form post cannot send this content type without a CORS check.
+fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let base = ct.split(';').next().unwrap_or("").trim();
+    if base.eq_ignore_ascii_case("application/json") {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType(format!(
+            "Content-Type {ct:?} is not accepted here; send application/json"
+        )))
     }
 }
 
@@ -126,8 +209,9 @@ fn parse_json<T: for<'de> Deserialize<'de>>(body: &[u8], what: &str) -> Result<T
     serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("invalid {what}: {e}")))
 }
 
-async fn create_table(State(s): State<AppState>, body: Bytes) -> Response {
+async fn create_table(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     let r = async {
+        require_json(&headers)?;
         let spec = TableSpec::from_json(&body)?;
         let (t, attached) = s.store.create_table(spec).await?;
         // Attached: the table's deep store already held it (same spec); its segments and
@@ -154,7 +238,7 @@ async fn get_table(State(s): State<AppState>, Path(name): Path<String>) -> Respo
     let r = match s.store.table(&name) {
         Some(t) => Ok(Json(json!({
             "name": t.spec.name,
-            "spec": t.spec,
+            "spec": t.spec.redacted(),
             "stats": t.stats(),
             "deep_store": t.deep_store(),
             "ingestion": t.ingestion(),
@@ -317,9 +401,10 @@ fn limits_for(base: &QueryLimits, options: Option<&str>) -> Result<QueryLimits, 
     Ok(l)
 }
 
-async fn query_sql(State(s): State<AppState>, body: Bytes) -> Response {
+async fn query_sql(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     let started = Instant::now();
     let r = async {
+        require_json(&headers)?;
         let req: SqlRequest = parse_json(&body, "query request (expected {\"sql\": \"...\"})")?;
         let limits = limits_for(&s.limits.query, req.query_options.as_deref())
             .map_err(ApiError::BadRequest)?;

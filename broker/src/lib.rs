@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod console;
 pub mod error;
+pub mod guard;
 pub mod http;
 pub mod metrics;
 pub mod pg;
@@ -23,8 +24,14 @@ pub use auth::Auth;
 pub use error::ApiError;
 pub use http::{AppState, HttpLimits};
 
-/// Builds the application state for a store; `auth` guards HTTP and PostgreSQL alike.
-pub fn app_state(store: Arc<TableStore>, limits: HttpLimits, auth: auth::Auth) -> AppState {
+/// Builds the application state for a store; `auth` guards HTTP and PostgreSQL alike,
+/// `guard` the HTTP API against cross-site requests and DNS rebinding.
+pub fn app_state(
+    store: Arc<TableStore>,
+    limits: HttpLimits,
+    auth: auth::Auth,
+    guard: guard::Guard,
+) -> AppState {
     let engine = QueryEngine::new(Arc::new(source::StoreSource(store.clone())));
     AppState {
         store,
@@ -32,6 +39,7 @@ pub fn app_state(store: Arc<TableStore>, limits: HttpLimits, auth: auth::Auth) -
         metrics: metrics::Metrics::new(),
         limits,
         auth,
+        guard,
     }
 }
 

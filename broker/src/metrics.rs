@@ -20,6 +20,9 @@ pub struct Metrics {
     pub ingestion: IngestionMetrics,
     /// Open PostgreSQL protocol connections.
     pub pg_connections: prometheus::IntGauge,
+    /// Requests and connections a limit or a guard refused. Labels: door (http, postgres),
+    /// reason.
+    pub refused: IntCounterVec,
 }
 
 /// Real-time ingestion, per table and partition; refreshed from the ingesters' status at
@@ -357,9 +360,16 @@ impl Metrics {
         registry
             .register(Box::new(pg_connections.clone()))
             .expect("unique metric");
+        let refused = counter(
+            &registry,
+            "basalt_refused_total",
+            "Requests and connections refused by a limit or a guard, by door and reason",
+            &["door", "reason"],
+        );
         Metrics {
             ingestion,
             pg_connections,
+            refused,
             registry,
             http_requests,
             queries,

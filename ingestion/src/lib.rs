@@ -14,6 +14,7 @@ pub mod home;
 pub mod json_row;
 pub mod metastore;
 pub mod mutable;
+pub mod policy;
 pub mod quarantine;
 pub mod realtime;
 pub mod spec;

@@ -93,7 +93,8 @@ pub struct MemorySource {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GeneratorSource {
-    /// Events per second over all partitions; 0 = as fast as ingestion goes.
+    /// Events per second over all partitions (at most 1,000,000); 0 = as fast as ingestion
+    /// goes, allowed only with `max_events`.
     #[serde(default = "default_generator_rate")]
     pub events_per_second: u64,
     #[serde(default = "default_generator_partitions")]
@@ -105,6 +106,11 @@ pub struct GeneratorSource {
     #[serde(default, skip_serializing_if = "is_zero")]
     pub malformed_ratio: f64,
 }
+
+/// Fastest generator a spec may ask for, events per second over all partitions.
+pub const MAX_GENERATOR_RATE: u64 = 1_000_000;
+/// Most events per partition a generator may produce.
+pub const MAX_GENERATOR_EVENTS: i64 = 1_000_000_000;
 
 fn is_zero(f: &f64) -> bool {
     *f == 0.0
@@ -118,7 +124,7 @@ fn default_generator_partitions() -> i32 {
     2
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaSource {
     /// Bootstrap servers, `host:port[,host:port...]`.
@@ -130,7 +136,8 @@ pub struct KafkaSource {
     /// Where a partition without a checkpoint starts: `earliest` or `latest`.
     #[serde(default = "default_start")]
     pub start: String,
-    /// librdkafka settings passed through (e.g. `session.timeout.ms`).
+    /// librdkafka settings from an allowlist (e.g. `session.timeout.ms`, `sasl.*`); secrets
+    /// may be `${env:NAME}` references (see [`crate::realtime::kafka_config`]).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub properties: std::collections::BTreeMap<String, String>,
 }
@@ -157,15 +164,32 @@ impl KafkaSource {
                 self.start
             )));
         }
-        for key in ["enable.auto.commit", "bootstrap.servers"] {
-            if self.properties.contains_key(key) {
-                return Err(spec_err(format!(
-                    "source.kafka.properties.{key}: is set by Basalt (checkpoints live in the \
-                     metastore; brokers come from source.kafka.brokers)"
-                )));
-            }
+        crate::realtime::kafka_config::validate(&self.properties)
+            .map_err(|e| spec_err(e.to_string()))
+    }
+
+    /// The spec as responses and logs show it: literal secrets as `***`.
+    pub fn redacted(&self) -> KafkaSource {
+        KafkaSource {
+            properties: crate::realtime::kafka_config::redacted(&self.properties),
+            ..self.clone()
         }
-        Ok(())
+    }
+}
+
+/// Secrets in `properties` are shown as `***`.
+impl std::fmt::Debug for KafkaSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSource")
+            .field("brokers", &self.brokers)
+            .field("topic", &self.topic)
+            .field("format", &self.format)
+            .field("start", &self.start)
+            .field(
+                "properties",
+                &crate::realtime::kafka_config::redacted(&self.properties),
+            )
+            .finish()
     }
 }
 
@@ -181,9 +205,23 @@ impl GeneratorSource {
                 "source.generator.malformed_ratio: must be between 0.0 and 1.0",
             ));
         }
-        if self.max_events.is_some_and(|m| m < 0) {
+        if self
+            .max_events
+            .is_some_and(|m| !(0..=MAX_GENERATOR_EVENTS).contains(&m))
+        {
+            return Err(spec_err(format!(
+                "source.generator.max_events: must be between 0 and {MAX_GENERATOR_EVENTS}"
+            )));
+        }
+        if self.events_per_second > MAX_GENERATOR_RATE {
+            return Err(spec_err(format!(
+                "source.generator.events_per_second: must be at most {MAX_GENERATOR_RATE}"
+            )));
+        }
+        if self.events_per_second == 0 && self.max_events.is_none() {
             return Err(spec_err(
-                "source.generator.max_events: must not be negative",
+                "source.generator.events_per_second: 0 (unthrottled) needs max_events, so the \
+                 generator cannot run without bound",
             ));
         }
         Ok(())
@@ -424,14 +462,23 @@ impl TableSpec {
             }
         }
         if let Some(d) = &self.deep_store {
-            if !(d.starts_with("s3://") || d.starts_with("file://")) {
+            if !(d.starts_with("s3://") || d.starts_with("file:///")) {
                 return Err(spec_err(format!(
-                    "deep_store: {d:?} must be an s3:// or file:// URL"
+                    "deep_store: {d:?} must be an s3:// or file:/// URL (an absolute path)"
                 )));
             }
         }
         crate::upsert::config::validate(self)?;
         Ok(())
+    }
+
+    /// The spec as responses and logs show it: literal secrets as `***`.
+    pub fn redacted(&self) -> TableSpec {
+        let mut s = self.clone();
+        if let Some(k) = s.source.as_mut().and_then(|src| src.kafka.as_mut()) {
+            *k = k.redacted();
+        }
+        s
     }
 
     /// The column's declared type (an array column's element type), for a validated spec.

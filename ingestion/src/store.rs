@@ -31,6 +31,7 @@ use crate::home::{Home, SegmentKind};
 pub use crate::metastore::SegmentMeta;
 use crate::metastore::{self, CheckpointDelta, Publish, TableState};
 use crate::mutable::MutablePart;
+use crate::policy::{file_url, TablePolicy};
 use crate::realtime::{Ingester, IngestionStatus};
 use crate::spec::TableSpec;
 use crate::upsert::{snapshot, KeyedPartition, KeyedTable, BATCH_PARTITION};
@@ -215,15 +216,18 @@ pub struct StoreConfig {
     /// `None` (default): `<data_dir>/deepstore`. Otherwise a `file://` or `s3://bucket/prefix` URL.
     pub deep_store: Option<String>,
     pub build: BuildOptions,
+    /// The operator's limits on table specs.
+    pub policy: TablePolicy,
 }
 
 impl StoreConfig {
-    /// Everything under `data_dir`, default build options.
+    /// Everything under `data_dir`, default build options and limits.
     pub fn local(data_dir: &std::path::Path) -> StoreConfig {
         StoreConfig {
             data_dir: data_dir.to_path_buf(),
             deep_store: None,
             build: BuildOptions::default(),
+            policy: TablePolicy::default(),
         }
     }
 }
@@ -240,6 +244,10 @@ pub struct TableStore {
     seq: AtomicU64,
     /// Serialises table creation and deletion.
     admin: tokio::sync::Mutex<()>,
+    pub(crate) policy: TablePolicy,
+    /// Deep stores a spec may name: the configured roots, or the server's own deep store
+    /// and data dir.
+    allowed_roots: Vec<String>,
 }
 
 impl std::fmt::Debug for TableStore {
@@ -281,6 +289,14 @@ impl TableStore {
             build: cfg.build,
             seq: AtomicU64::new(0),
             admin: tokio::sync::Mutex::new(()),
+            allowed_roots: if cfg.policy.allowed_roots.is_empty() {
+                let mut roots = vec![file_url(&cfg.data_dir)];
+                roots.extend(cfg.deep_store.clone());
+                roots
+            } else {
+                cfg.policy.allowed_roots.clone()
+            },
+            policy: cfg.policy,
         });
         for name in default_home.metastore.list_tables().await? {
             let Some(state) = default_home.metastore.get(&name).await? else {
@@ -387,10 +403,16 @@ impl TableStore {
     /// it was attached.
     pub async fn create_table(self: &Arc<Self>, spec: TableSpec) -> Result<(Arc<Table>, bool)> {
         spec.validate()?;
+        self.policy.check(&spec, &self.allowed_roots)?;
         if let Some(k) = spec.source.as_ref().and_then(|s| s.kafka.as_ref()) {
-            // librdkafka checks the properties when a client is created (no connection yet).
-            crate::realtime::kafka::KafkaStream::open(&spec.name, k)
-                .map_err(|e| IngestError::Spec(e.to_string()))?;
+            // librdkafka checks the properties when a client is created (no connection yet);
+            // secret references are resolved here too, so a missing variable is a 400.
+            crate::realtime::kafka::KafkaStream::open(
+                &spec.name,
+                k,
+                &self.policy.secret_env_prefix,
+            )
+            .map_err(|e| IngestError::Spec(e.to_string()))?;
         }
         let _g = self.admin.lock().await;
         if self.tables.read().contains_key(&spec.name) {

@@ -16,7 +16,13 @@ pub struct Server {
 impl Server {
     /// Starts a server on `data_dir` with optional extra TOML config.
     pub fn start(data_dir: &Path, config: Option<&str>) -> Server {
+        Server::start_with(data_dir, config, &[])
+    }
+
+    /// Starts a server with extra TOML config and environment variables.
+    pub fn start_with(data_dir: &Path, config: Option<&str>, env: &[(&str, &str)]) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_basalt"));
+        cmd.envs(env.iter().copied());
         cmd.arg("standalone")
             .arg("--data-dir")
             .arg(data_dir)

@@ -2,6 +2,8 @@
 //! PostgreSQL protocol.
 //! One test binary (every integration test target links the whole tree).
 
+#[path = "../chaos/mod.rs"]
+mod chaos;
 mod console;
 mod dashboards;
 mod harness;

@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 
 use crate::harness::{drop_table, get_json, get_text, scalar, service_env, sql, wait_for, Server};
 use crate::kafka::{create_topic, produce_all, producer, unique, TestProducer};
-use crate::s3::{deep_store_objects, s3_prefix};
+use crate::s3::{allowing, deep_store_objects, s3_prefix};
 
 const SPEC: &str = include_str!("../../ingestion/src/gen_events_spec.json");
 const PARTITIONS: i32 = 4;
@@ -300,7 +300,7 @@ async fn kill_9_restart_and_an_empty_data_dir_resume_exactly_once_from_s3() {
     let distinct = format!("SELECT count(DISTINCT event_id) FROM {table}");
 
     // Mid-stream: some rows sealed, some only in mutable segments, then kill -9.
-    let s = Server::start(&dir.path().join("a"), None);
+    let s = Server::start(&dir.path().join("a"), Some(&allowing(&deep_store)));
     create(&c, &s, &spec).await;
     tokio::task::block_in_place(|| produce(&p, &topic, events(0, 3000)));
     wait_count(&c, &s, &total, 3000).await;
@@ -308,7 +308,7 @@ async fn kill_9_restart_and_an_empty_data_dir_resume_exactly_once_from_s3() {
     tokio::task::block_in_place(|| produce(&p, &topic, events(3000, 6000)));
 
     // Restart on the same data dir: resumes from the checkpoints, no loss, no duplicates.
-    let s = Server::start(&dir.path().join("a"), None);
+    let s = Server::start(&dir.path().join("a"), Some(&allowing(&deep_store)));
     wait_count(&c, &s, &total, 6000).await;
     tokio::time::sleep(Duration::from_secs(4)).await; // seals happen meanwhile
     assert_eq!(count(&c, &s, &total).await, 6000);
@@ -332,7 +332,7 @@ async fn kill_9_restart_and_an_empty_data_dir_resume_exactly_once_from_s3() {
     // A server with an empty data dir, given the same spec, attaches the table from the deep
     // store and resumes from its checkpoints.
     tokio::task::block_in_place(|| produce(&p, &topic, events(6000, 7000)));
-    let s = Server::start(&dir.path().join("empty"), None);
+    let s = Server::start(&dir.path().join("empty"), Some(&allowing(&deep_store)));
     let v = create(&c, &s, &spec).await;
     assert_eq!(v["status"], "attached", "{v}");
     assert!(
@@ -344,8 +344,14 @@ async fn kill_9_restart_and_an_empty_data_dir_resume_exactly_once_from_s3() {
     // The same name with another spec is refused, naming the deep store.
     let other = spec.replace("\"max_rows\":700", "\"max_rows\":701");
     s.kill();
-    let s = Server::start(&dir.path().join("empty2"), None);
-    let r = c.post(s.url("/tables")).body(other).send().await.unwrap();
+    let s = Server::start(&dir.path().join("empty2"), Some(&allowing(&deep_store)));
+    let r = c
+        .post(s.url("/tables"))
+        .header("content-type", "application/json")
+        .body(other)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 409);
     let msg = r.text().await.unwrap();
     assert!(msg.contains("different spec"), "{msg}");

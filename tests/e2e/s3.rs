@@ -26,6 +26,12 @@ pub fn s3_prefix(test: &str) -> Option<String> {
     Some(format!("{}/{test}-{nanos}", url.trim_end_matches('/')))
 }
 
+/// Server config that lets table specs name a deep store under `url` (outside the server's
+/// own, which the default `storage.allowed_roots` refuses).
+pub fn allowing(url: &str) -> String {
+    format!("[storage]\nallowed_roots = [\"{url}\"]\n")
+}
+
 /// The deep store at `url` and the paths of every object in it.
 pub async fn deep_store_objects(
     dir: &std::path::Path,

@@ -99,6 +99,7 @@ async fn sqllogictest_files() {
         let spec = std::fs::read_to_string(root.join(format!("{stem}.spec.json"))).unwrap();
         let r = client
             .post(s.url("/tables"))
+            .header("content-type", "application/json")
             .body(spec)
             .send()
             .await

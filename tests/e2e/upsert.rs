@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use crate::harness::{get_json, service_env, sql, Server};
 use crate::kafka::{create_topic, produce_all, producer, unique};
 use crate::realtime::{create, SERIAL};
-use crate::s3::{deep_store_objects, s3_prefix};
+use crate::s3::{allowing, deep_store_objects, s3_prefix};
 
 const PARTITIONS: i32 = 4;
 const KEYS: u64 = 400;
@@ -181,7 +181,7 @@ async fn kafka_upsert_table_survives_kill_9_with_one_current_row_per_key() {
     };
 
     // Mid-stream: some rows sealed (snapshots on S3), the rest only in mutable segments.
-    let s = Server::start(&dir.path().join("a"), None);
+    let s = Server::start(&dir.path().join("a"), Some(&allowing(&deep_store)));
     create(&c, &s, &spec).await;
     send(0, 2000, &mut model);
     wait_model(&c, &s, &table, &model).await;
@@ -190,7 +190,7 @@ async fn kafka_upsert_table_survives_kill_9_with_one_current_row_per_key() {
 
     // Restart: keys restored from the last snapshot, the rest replayed from the checkpoint;
     // a replayed INCREMENT counted twice or a lost event shows in the sums.
-    let s = Server::start(&dir.path().join("a"), None);
+    let s = Server::start(&dir.path().join("a"), Some(&allowing(&deep_store)));
     wait_model(&c, &s, &table, &model).await;
     tokio::time::sleep(Duration::from_secs(3)).await; // seals happen meanwhile
     assert_eq!(summary(&c, &s, &table).await, model.summary());
@@ -230,7 +230,7 @@ async fn kafka_upsert_table_survives_kill_9_with_one_current_row_per_key() {
         "keyed snapshots on S3: {objects:?}"
     );
     send(4000, 5000, &mut model);
-    let s = Server::start(&dir.path().join("b"), None);
+    let s = Server::start(&dir.path().join("b"), Some(&allowing(&deep_store)));
     let v = create(&c, &s, &spec).await;
     assert_eq!(v["status"], "attached", "{v}");
     wait_model(&c, &s, &table, &model).await;

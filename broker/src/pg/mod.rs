@@ -6,9 +6,11 @@
 //! into typed rows, [`params`] decodes bound parameters. Startup accepts any user and
 //! database when authentication is off; with tokens configured ([`Auth`]) it asks for a
 //! cleartext password and checks it against the user's token. Cancel requests stop the
-//! running query (its DataFusion stream is dropped).
+//! running query (its DataFusion stream is dropped). [`conn`] drives each connection with
+//! Basalt's limits: connection count, message size, idle sessions.
 
 pub mod backend;
+pub mod conn;
 pub mod encode;
 pub mod params;
 
@@ -54,7 +56,7 @@ impl AuthSource for Tokens {
     ) -> PgWireResult<Option<()>> {
         let user = login.user().unwrap_or_default();
         let token = std::str::from_utf8(presented).unwrap_or_default();
-        if self.0.check(user, token) {
+        if self.0.login(user, token).is_some() {
             Ok(None)
         } else {
             tracing::info!(user, "postgres login refused");
@@ -132,10 +134,12 @@ pub struct PgServer {
     backend: Arc<Backend>,
     startup: Arc<Startup>,
     cancel: Arc<DefaultCancelHandler>,
+    limits: conn::PgLimits,
+    sessions: Arc<conn::Sessions>,
 }
 
 impl PgServer {
-    pub fn new(state: &AppState, auth: Auth) -> Self {
+    pub fn new(state: &AppState, auth: Auth, limits: conn::PgLimits) -> Self {
         let manager = Arc::new(ConnectionManager::new());
         let password = auth.enabled().then(|| {
             CleartextPasswordAuthStartupHandler::new(Tokens(auth.clone()), parameters())
@@ -154,6 +158,8 @@ impl PgServer {
                 password,
             }),
             cancel: Arc::new(DefaultCancelHandler::new(manager)),
+            limits,
+            sessions: Arc::new(conn::Sessions::default()),
         }
     }
 }
@@ -191,13 +197,28 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((socket, peer)) => {
                     let server = server.clone();
-                    let connections = state.metrics.pg_connections.clone();
+                    let metrics = state.metrics.clone();
                     tokio::spawn(async move {
-                        connections.inc();
-                        if let Err(e) = pgwire::tokio::process_socket(socket, None, server).await {
-                            tracing::debug!(%peer, error = %e, "postgres connection ended with an error");
+                        metrics.pg_connections.inc();
+                        let sessions = server.sessions.clone();
+                        let limits = server.limits.clone();
+                        match conn::serve_connection(socket, server, sessions, &limits).await {
+                            Ok(conn::Ended::Normally) => {}
+                            Ok(ended) => {
+                                let reason = match ended {
+                                    conn::Ended::TooManyConnections => "too_many_connections",
+                                    conn::Ended::MessageTooLarge => "message_too_large",
+                                    conn::Ended::Idle => "idle_timeout",
+                                    _ => "startup_timeout",
+                                };
+                                tracing::info!(%peer, reason, "postgres connection closed by a limit");
+                                metrics.refused.with_label_values(&["postgres", reason]).inc();
+                            }
+                            Err(e) => {
+                                tracing::debug!(%peer, error = %e, "postgres connection ended with an error");
+                            }
                         }
-                        connections.dec();
+                        metrics.pg_connections.dec();
                     });
                 }
                 Err(e) => {

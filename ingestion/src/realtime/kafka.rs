@@ -80,27 +80,46 @@ fn classify(e: KafkaError, what: &str) -> SourceError {
 }
 
 impl KafkaStream {
-    pub fn open(table: &str, spec: &KafkaSource) -> Result<KafkaStream, SourceError> {
+    /// A consumer for `spec`; `env_prefix` is the operator's prefix for `${env:NAME}`
+    /// references in its properties (resolved here, never stored).
+    pub fn open(
+        table: &str,
+        spec: &KafkaSource,
+        env_prefix: &str,
+    ) -> Result<KafkaStream, SourceError> {
+        let properties = super::kafka_config::resolve(&spec.properties, env_prefix)
+            .map_err(|e| SourceError::Other(e.to_string()))?;
         let mut cfg = ClientConfig::new();
+        // The spec's settings first (an allowlist, checked with the spec), then Basalt's own.
+        for (k, v) in &properties {
+            cfg.set(k, v);
+        }
         cfg.set("bootstrap.servers", &spec.brokers)
             .set("group.id", format!("basalt-{table}"))
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "false")
             .set("auto.offset.reset", &spec.start)
-            .set("client.id", format!("basalt-{table}"))
-            // A caught-up consumer waits at most this long for new data; brokers that do not
-            // answer a fetch as soon as data arrives (tansu) would otherwise add up to 500 ms
-            // to every event's freshness.
-            .set("fetch.wait.max.ms", "100");
-        // librdkafka's prefetch queue (queued.max.messages.kbytes, 64 MiB) stays at its
-        // default: measured against tansu, 16 MiB cut throughput to 0.8 of a plain consumer.
-        for (k, v) in &spec.properties {
-            cfg.set(k, v);
+            .set(
+                "client.id",
+                properties
+                    .get("client.id")
+                    .cloned()
+                    .unwrap_or_else(|| format!("basalt-{table}")),
+            );
+        // A caught-up consumer waits at most this long for new data (unless the spec says);
+        // brokers that do not answer a fetch as soon as data arrives (tansu) would otherwise
+        // add up to 500 ms to every event's freshness. librdkafka's prefetch queue
+        // (queued.max.messages.kbytes, 64 MiB) stays at its default: measured against tansu,
+        // 16 MiB cut throughput to 0.8 of a plain consumer.
+        if !properties.contains_key("fetch.wait.max.ms") {
+            cfg.set("fetch.wait.max.ms", "100");
         }
-        let consumer: BaseConsumer<Ctx> = cfg
-            .create_with_context(Ctx::default())
-            .map_err(|e| SourceError::Other(format!("source.kafka.properties: {e}")))?;
+        let consumer: BaseConsumer<Ctx> = cfg.create_with_context(Ctx::default()).map_err(|e| {
+            // librdkafka quotes the value it refuses: keep secrets out of the message.
+            let msg = super::kafka_config::scrub(&e.to_string(), &properties);
+            SourceError::Other(format!("source.kafka.properties: {msg}"))
+        })?;
         Ok(KafkaStream {
             consumer,
             topic: spec.topic.clone(),

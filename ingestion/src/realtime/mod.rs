@@ -19,6 +19,7 @@
 
 pub mod generator;
 pub mod kafka;
+pub mod kafka_config;
 pub mod memory;
 pub mod seal;
 pub mod source;
@@ -291,9 +292,18 @@ fn session(ctx: &Arc<Ctx>) -> Result<(), String> {
         Some(k) => restore_keyed(ctx, k, &state.value)?,
         None => BTreeMap::new(),
     };
-    let mut source = open_source(&t.spec.name, spec).map_err(|e| e.to_string())?;
+    let mut source = open_source(&t.spec.name, spec, &ctx.store.policy.secret_env_prefix)
+        .map_err(|e| e.to_string())?;
+    let max_partitions = ctx.store.policy.max_partitions;
     let partitions = loop {
         match source.partitions(Duration::from_secs(2)) {
+            Ok(p) if p.len() > max_partitions => {
+                return Err(format!(
+                    "the stream has {} partitions, more than this server consumes for one \
+                     table ({max_partitions}, tables.max_partitions)",
+                    p.len()
+                ))
+            }
             Ok(p) => break p,
             Err(SourceError::Unreachable(e)) => {
                 ctx.set_state(IngestionState::BrokerUnreachable, Some(e));
@@ -579,6 +589,14 @@ impl Session<'_> {
             if last_partitions.elapsed() >= PARTITIONS_EVERY {
                 last_partitions = Instant::now();
                 if let Ok(found) = source.partitions(Duration::from_secs(1)) {
+                    if found.len() > ctx.store.policy.max_partitions {
+                        return Err(format!(
+                            "the stream grew to {} partitions, more than this server consumes \
+                             for one table ({}, tables.max_partitions)",
+                            found.len(),
+                            ctx.store.policy.max_partitions
+                        ));
+                    }
                     let new: Vec<i32> = found
                         .into_iter()
                         .filter(|p| !self.parts.contains_key(p))

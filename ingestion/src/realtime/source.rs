@@ -84,10 +84,17 @@ pub fn describe(spec: &SourceSpec) -> String {
     }
 }
 
-/// Opens the source a spec names.
-pub fn open_source(table: &str, spec: &SourceSpec) -> Result<Box<dyn Source>, SourceError> {
+/// Opens the source a spec names; `env_prefix` is the operator's prefix for secret
+/// references in Kafka properties.
+pub fn open_source(
+    table: &str,
+    spec: &SourceSpec,
+    env_prefix: &str,
+) -> Result<Box<dyn Source>, SourceError> {
     match (&spec.kafka, &spec.generator, &spec.memory) {
-        (Some(k), _, _) => Ok(Box::new(super::kafka::KafkaStream::open(table, k)?)),
+        (Some(k), _, _) => Ok(Box::new(super::kafka::KafkaStream::open(
+            table, k, env_prefix,
+        )?)),
         (None, Some(g), _) => Ok(Box::new(super::generator::GeneratorStream::new(g.clone()))),
         (None, None, Some(m)) => Ok(Box::new(super::memory::MemoryStream::new(m))),
         (None, None, None) => Err(SourceError::Other("the spec names no source".into())),

@@ -1,0 +1,7 @@
+//! The hardening and chaos suite: hostile input and faults against the real binary (and,
+//! where a test needs them, real tansu and SeaweedFS). Compiled into the one end-to-end
+//! test binary (`tests/e2e/main.rs` includes this folder). Tests that inject many faults
+//! run a bounded number of rounds by default; `BASALT_CHAOS_LONG=1` runs more.
+
+mod front_doors;
+mod hostile_specs;
