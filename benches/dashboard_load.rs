@@ -259,7 +259,13 @@ fn main() {
         }
         let mut limits = HttpLimits::default();
         limits.query.use_cache = a.cache;
-        let state = app_state(store.clone(), limits, Auth::default(), Default::default());
+        let state = app_state(
+            store.clone(),
+            limits,
+            Default::default(),
+            Auth::default(),
+            Default::default(),
+        );
         let http_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let pg_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let http = format!("http://{}", http_l.local_addr().unwrap());

@@ -110,7 +110,7 @@ fn bench(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(nd.len() as u64));
     g.bench_function("decode_ndjson_200k_events", |b| {
         b.iter(|| {
-            decode_ndjson(&nd[..], &schema, 65536, &mut |b| {
+            decode_ndjson(&nd[..], &schema, 65536, &Default::default(), &mut |b| {
                 black_box(b);
                 Ok(())
             })

@@ -239,7 +239,7 @@ impl TableSource for Unfiltered {
     fn table_names(&self) -> Vec<String> {
         self.0.table_names()
     }
-    fn snapshot(&self, name: &str) -> Result<Option<TableSnapshot>, String> {
+    fn snapshot(&self, name: &str) -> Result<Option<TableSnapshot>, basalt_query::QueryError> {
         Ok(self.0.snapshot(name)?.map(|mut s| {
             s.valid.clear();
             s

@@ -218,6 +218,80 @@ pub struct QuerySection {
     /// true; real-time tables are never cached).
     #[serde(default = "default_true")]
     pub result_cache: bool,
+    /// The longest timeout a request may ask for (`timeoutMs`, `statement_timeout`), in
+    /// milliseconds (default 300000).
+    #[serde(default = "default_max_timeout")]
+    pub max_timeout_ms: u64,
+    /// Memory all running queries may hold together, in bytes (default: half the machine's).
+    #[serde(default)]
+    pub shared_memory_bytes: Option<usize>,
+    /// Queries running at once (default 4 per core); more wait for a turn.
+    #[serde(default)]
+    pub max_concurrent: Option<usize>,
+    /// Queries waiting for a turn; more are refused with HTTP 503 / SQLSTATE 53300
+    /// (default 256).
+    #[serde(default = "default_max_queued")]
+    pub max_queued: usize,
+    /// Bytes one encoded answer may have (default 256 MiB).
+    #[serde(default = "default_max_response")]
+    pub max_response_bytes: usize,
+    /// Longest SQL text, in bytes (default 4 MiB).
+    #[serde(default = "default_max_sql")]
+    pub max_sql_bytes: usize,
+    /// Operators one statement may have (default 4096).
+    #[serde(default = "default_max_terms")]
+    pub max_expression_terms: usize,
+    /// Relations one statement may name (default 256).
+    #[serde(default = "default_max_relations")]
+    pub max_relations: usize,
+}
+
+fn default_max_timeout() -> u64 {
+    300_000
+}
+fn default_max_queued() -> usize {
+    256
+}
+fn default_max_response() -> usize {
+    256 << 20
+}
+fn default_max_sql() -> usize {
+    4 << 20
+}
+fn default_max_terms() -> usize {
+    4096
+}
+fn default_max_relations() -> usize {
+    256
+}
+
+impl QuerySection {
+    /// Each query's limits.
+    pub fn limits(&self) -> basalt_query::QueryLimits {
+        basalt_query::QueryLimits {
+            timeout: std::time::Duration::from_millis(self.timeout_ms.min(self.max_timeout_ms)),
+            memory_limit: self.memory_limit_bytes,
+            max_rows: self.max_rows,
+            use_cache: self.result_cache,
+            statement: basalt_query::StatementLimits {
+                max_sql_bytes: self.max_sql_bytes,
+                max_expression_terms: self.max_expression_terms,
+                max_relations: self.max_relations,
+            },
+            max_response_bytes: self.max_response_bytes,
+        }
+    }
+
+    /// The engine's server-wide limits.
+    pub fn engine(&self) -> basalt_query::EngineConfig {
+        let d = basalt_query::EngineConfig::default();
+        basalt_query::EngineConfig {
+            shared_memory_bytes: self.shared_memory_bytes.unwrap_or(d.shared_memory_bytes),
+            max_concurrent: self.max_concurrent.unwrap_or(d.max_concurrent),
+            max_queued: self.max_queued,
+            max_timeout: std::time::Duration::from_millis(self.max_timeout_ms),
+        }
+    }
 }
 
 fn default_true() -> bool {
@@ -241,6 +315,14 @@ impl Default for QuerySection {
             memory_limit_bytes: default_memory(),
             max_rows: default_rows(),
             result_cache: true,
+            max_timeout_ms: default_max_timeout(),
+            shared_memory_bytes: None,
+            max_concurrent: None,
+            max_queued: default_max_queued(),
+            max_response_bytes: default_max_response(),
+            max_sql_bytes: default_max_sql(),
+            max_expression_terms: default_max_terms(),
+            max_relations: default_max_relations(),
         }
     }
 }
@@ -251,16 +333,58 @@ pub struct IngestSection {
     /// Largest ingest request body in bytes (default 1 GiB).
     #[serde(default = "default_body")]
     pub max_body_bytes: u64,
+    /// Ingest requests decoding at once; more are refused with 503 (default 4).
+    #[serde(default = "default_ingests")]
+    pub max_concurrent: usize,
+    /// Seconds a request body may go without sending a byte before it is refused with 408
+    /// (default 30).
+    #[serde(default = "default_body_timeout")]
+    pub body_read_timeout_secs: u64,
+    /// Longest NDJSON line or CSV record, in bytes (default 16 MiB).
+    #[serde(default = "default_line")]
+    pub max_line_bytes: usize,
+    /// Bytes of one segment's rows held in memory while a request decodes (default 256 MiB);
+    /// a request holds a few segments at most.
+    #[serde(default = "default_segment_bytes")]
+    pub max_segment_bytes: u64,
 }
 
 fn default_body() -> u64 {
     1 << 30
+}
+fn default_ingests() -> usize {
+    4
+}
+fn default_body_timeout() -> u64 {
+    30
+}
+fn default_line() -> usize {
+    16 << 20
+}
+fn default_segment_bytes() -> u64 {
+    256 << 20
 }
 
 impl Default for IngestSection {
     fn default() -> Self {
         IngestSection {
             max_body_bytes: default_body(),
+            max_concurrent: default_ingests(),
+            body_read_timeout_secs: default_body_timeout(),
+            max_line_bytes: default_line(),
+            max_segment_bytes: default_segment_bytes(),
+        }
+    }
+}
+
+impl IngestSection {
+    pub fn limits(&self) -> basalt_ingest::IngestLimits {
+        basalt_ingest::IngestLimits {
+            decode: basalt_ingest::decode::DecodeLimits {
+                max_line_bytes: self.max_line_bytes,
+                ..Default::default()
+            },
+            max_segment_bytes: self.max_segment_bytes,
         }
     }
 }
@@ -271,7 +395,20 @@ impl Config {
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let cfg: Config =
             toml::from_str(&text).map_err(|e| format!("invalid config {}: {e}", path.display()))?;
-        if cfg.query.timeout_ms == 0 || cfg.query.max_rows == 0 || cfg.query.memory_limit_bytes == 0
+        let q = &cfg.query;
+        if [
+            q.timeout_ms as usize,
+            q.max_rows,
+            q.memory_limit_bytes,
+            q.max_timeout_ms as usize,
+            q.shared_memory_bytes.unwrap_or(1),
+            q.max_concurrent.unwrap_or(1),
+            q.max_response_bytes,
+            q.max_sql_bytes,
+            q.max_expression_terms,
+            q.max_relations,
+        ]
+        .contains(&0)
         {
             return Err(format!(
                 "invalid config {}: query limits must be positive",
@@ -293,6 +430,17 @@ impl Config {
         }
         basalt_ingest::policy::TablePolicy::validate_roots(&cfg.storage.allowed_roots)
             .map_err(|e| format!("invalid config {}: {e}", path.display()))?;
+        let i = &cfg.ingest;
+        if i.max_concurrent == 0
+            || i.body_read_timeout_secs == 0
+            || i.max_line_bytes < 1024
+            || i.max_segment_bytes < (1 << 20)
+        {
+            return Err(format!(
+                "invalid config {}: ingest.max_concurrent and ingest.body_read_timeout_secs must be positive, ingest.max_line_bytes at least 1024, ingest.max_segment_bytes at least 1 MiB",
+                path.display()
+            ));
+        }
         if cfg.pg.max_connections == 0
             || cfg.pg.max_message_bytes < 1024
             || cfg.pg.idle_timeout_secs == 0

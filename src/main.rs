@@ -5,13 +5,11 @@
 mod config;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use basalt_broker::guard::Guard;
 use basalt_broker::{app_state, pg, serve, HttpLimits};
 use basalt_ingest::gen::{write_events, GenFormat, EVENTS_SPEC};
 use basalt_ingest::{Format, StoreConfig, TableStore};
-use basalt_query::QueryLimits;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::Config;
@@ -122,8 +120,11 @@ fn init_tracing() {
 fn main() {
     let cli = Cli::parse();
     init_tracing();
+    // Planning and optimizing recurse over the statement's tree; the statement guards bound
+    // its depth, and a roomier stack than tokio's 2 MiB keeps that bound generous.
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .thread_stack_size(16 << 20)
         .build()
     {
         Ok(rt) => rt,
@@ -268,17 +269,15 @@ async fn start_server(
         deep_store,
         build: Default::default(),
         policy: cfg.tables.policy(&cfg.storage),
+        ingest: cfg.ingest.limits(),
     })
     .await
     .map_err(|e| format!("cannot open the table store in {}: {e}", data_dir.display()))?;
     let limits = HttpLimits {
         max_ingest_bytes: cfg.ingest.max_body_bytes,
-        query: QueryLimits {
-            timeout: Duration::from_millis(cfg.query.timeout_ms),
-            memory_limit: cfg.query.memory_limit_bytes,
-            max_rows: cfg.query.max_rows,
-            use_cache: cfg.query.result_cache,
-        },
+        max_concurrent_ingests: cfg.ingest.max_concurrent,
+        body_read_timeout: std::time::Duration::from_secs(cfg.ingest.body_read_timeout_secs),
+        query: cfg.query.limits(),
     };
     let auth = cfg.auth.auth();
     let listener = bind(http_addr, "http").await?;
@@ -294,7 +293,7 @@ async fn start_server(
         allowed_hosts: cfg.server.allowed_hosts.clone(),
         allowed_origins: cfg.server.allowed_origins.clone(),
     };
-    let state = app_state(store.clone(), limits, auth, guard);
+    let state = app_state(store.clone(), limits, cfg.query.engine(), auth, guard);
     let pg_server = std::sync::Arc::new(pg::PgServer::new(
         &state,
         state.auth.clone(),

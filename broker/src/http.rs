@@ -20,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use basalt_ingest::{Format, IngestError, TableSpec, TableStore};
-use basalt_query::{QueryEngine, QueryError, QueryLimits};
+use basalt_query::{QueryEngine, QueryLimits};
 use futures::TryStreamExt;
 use serde::Deserialize;
 use serde_json::json;
@@ -35,6 +35,10 @@ use crate::response;
 pub struct HttpLimits {
     /// Largest ingest body in bytes (default 1 GiB); larger is 413.
     pub max_ingest_bytes: u64,
+    /// Ingest requests decoding at once; more get 503 (default 4).
+    pub max_concurrent_ingests: usize,
+    /// An ingest body that sends nothing for this long gets 408 (default 30 s).
+    pub body_read_timeout: Duration,
     /// Query limits applied unless a request overrides the timeout.
     pub query: QueryLimits,
 }
@@ -43,6 +47,8 @@ impl Default for HttpLimits {
     fn default() -> Self {
         HttpLimits {
             max_ingest_bytes: 1 << 30,
+            max_concurrent_ingests: 4,
+            body_read_timeout: Duration::from_secs(30),
             query: QueryLimits::default(),
         }
     }
@@ -56,6 +62,8 @@ pub struct AppState {
     pub limits: HttpLimits,
     pub auth: crate::auth::Auth,
     pub guard: crate::guard::Guard,
+    /// Places for ingest requests decoding at once.
+    pub ingest_slots: Arc<tokio::sync::Semaphore>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -282,6 +290,35 @@ async fn drop_table(State(s): State<AppState>, Path(name): Path<String>) -> Resp
     finish(&s, "drop_table", r)
 }
 
+/// The body's chunks, failing (and setting `stalled`) when none arrives for `timeout`.
+fn with_read_timeout<S>(
+    body: S,
+    timeout: Duration,
+    stalled: Arc<AtomicBool>,
+) -> impl futures::Stream<Item = std::io::Result<Bytes>> + Send
+where
+    S: futures::Stream<Item = std::io::Result<Bytes>> + Send + Unpin,
+{
+    futures::stream::unfold(Some(body), move |state| {
+        let stalled = stalled.clone();
+        async move {
+            let mut body = state?;
+            match tokio::time::timeout(timeout, futures::StreamExt::next(&mut body)).await {
+                Ok(Some(item)) => Some((item, Some(body))),
+                Ok(None) => None,
+                Err(_) => {
+                    stalled.store(true, Ordering::Relaxed);
+                    let e = std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the request body stalled",
+                    );
+                    Some((Err(e), None))
+                }
+            }
+        }
+    })
+}
+
 /// A reader that fails once more than `limit` bytes went through it.
 struct Limited<R> {
     inner: R,
@@ -324,13 +361,25 @@ async fn ingest(
                 "missing Content-Type; use application/x-ndjson, text/csv or application/vnd.apache.parquet".into(),
             ))?;
         let format = Format::from_content_type(ct)?;
+        let Ok(_slot) = s.ingest_slots.clone().try_acquire_owned() else {
+            s.metrics.refused.with_label_values(&["http", "ingest_busy"]).inc();
+            return Err(ApiError::Busy(format!(
+                "{} ingest requests are running (ingest.max_concurrent); try again",
+                s.limits.max_concurrent_ingests
+            )));
+        };
         let limit = s.limits.max_ingest_bytes;
         if let Some(len) = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()) {
             if len > limit {
                 return Err(ApiError::TooLarge(format!("request body of {len} bytes exceeds the limit of {limit} bytes")));
             }
         }
-        let stream = body.into_data_stream().map_err(std::io::Error::other);
+        let stalled = Arc::new(AtomicBool::new(false));
+        let stream = Box::pin(with_read_timeout(
+            body.into_data_stream().map_err(std::io::Error::other),
+            s.limits.body_read_timeout,
+            stalled.clone(),
+        ));
         let exceeded = Arc::new(AtomicBool::new(false));
         let total = Arc::new(AtomicU64::new(0));
         let reader = Limited {
@@ -347,6 +396,13 @@ async fn ingest(
             Err(_) if exceeded.load(Ordering::Relaxed) => {
                 s.metrics.ingest_requests.with_label_values(&[&name, "too_large"]).inc();
                 return Err(IngestError::TooLarge(limit).into());
+            }
+            Err(_) if stalled.load(Ordering::Relaxed) => {
+                s.metrics.ingest_requests.with_label_values(&[&name, "stalled"]).inc();
+                return Err(ApiError::Timeout(format!(
+                    "the request body sent nothing for {} s (ingest.body_read_timeout_secs); nothing was ingested",
+                    s.limits.body_read_timeout.as_secs()
+                )));
             }
             Err(e) => {
                 s.metrics.ingest_requests.with_label_values(&[&name, "rejected"]).inc();
@@ -376,9 +432,13 @@ struct SqlRequest {
     query_options: Option<String>,
 }
 
-/// Applies `timeoutMs=N` and `useResultCache=false` from Pinot query options; unknown
-/// options are ignored as Pinot does.
-fn limits_for(base: &QueryLimits, options: Option<&str>) -> Result<QueryLimits, String> {
+/// Applies `timeoutMs=N` (within the server's ceiling) and `useResultCache=false` from Pinot
+/// query options; unknown options are ignored as Pinot does.
+fn limits_for(
+    base: &QueryLimits,
+    engine: &QueryEngine,
+    options: Option<&str>,
+) -> Result<QueryLimits, ApiError> {
     let mut l = base.clone();
     for kv in options
         .unwrap_or("")
@@ -388,12 +448,14 @@ fn limits_for(base: &QueryLimits, options: Option<&str>) -> Result<QueryLimits, 
     {
         let (k, v) = kv
             .split_once('=')
-            .ok_or_else(|| format!("query option {kv:?} is not key=value"))?;
+            .ok_or_else(|| ApiError::BadRequest(format!("query option {kv:?} is not key=value")))?;
         if k.trim().eq_ignore_ascii_case("timeoutMs") {
             let ms: u64 = v.trim().parse().map_err(|_| {
-                format!("query option timeoutMs={v:?} is not a number of milliseconds")
+                ApiError::BadRequest(format!(
+                    "query option timeoutMs={v:?} is not a number of milliseconds"
+                ))
             })?;
-            l.timeout = Duration::from_millis(ms.max(1));
+            l.timeout = engine.clamp_timeout(Duration::from_millis(ms));
         } else if k.trim().eq_ignore_ascii_case("useResultCache") {
             l.use_cache = !v.trim().eq_ignore_ascii_case("false");
         }
@@ -406,41 +468,70 @@ async fn query_sql(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -
     let r = async {
         require_json(&headers)?;
         let req: SqlRequest = parse_json(&body, "query request (expected {\"sql\": \"...\"})")?;
-        let limits = limits_for(&s.limits.query, req.query_options.as_deref())
-            .map_err(ApiError::BadRequest)?;
-        let result = s.engine.execute(&req.sql, &limits).await;
-        let secs = started.elapsed().as_secs_f64();
-        let body = match result {
-            Ok(out) => {
-                s.metrics.queries.with_label_values(&["http", "ok"]).inc();
-                s.metrics
-                    .query_seconds
-                    .with_label_values(&["http", "ok"])
-                    .observe(secs);
-                response::success(&out)
+        let limits = limits_for(&s.limits.query, &s.engine, req.query_options.as_deref())?;
+        let result = match s.engine.execute(&req.sql, &limits).await {
+            Ok(mut out) => {
+                response::success(&mut out, limits.max_response_bytes).map(|body| (body, out))
             }
-            Err(e) => {
-                let outcome = match e {
-                    QueryError::Timeout(_) => "timeout",
-                    QueryError::Sql(_) | QueryError::ReadOnly(_) => "invalid",
-                    _ => "error",
-                };
-                s.metrics
-                    .queries
-                    .with_label_values(&["http", outcome])
-                    .inc();
-                s.metrics
-                    .query_seconds
-                    .with_label_values(&["http", outcome])
-                    .observe(secs);
-                tracing::info!(error = %e, sql = %req.sql, "query failed");
-                response::failure(&e, started.elapsed().as_millis() as u64)
-            }
+            Err(e) => Err(e),
         };
-        Ok::<_, ApiError>(Json(body).into_response())
+        let secs = started.elapsed().as_secs_f64();
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) => crate::metrics::outcome(e),
+        };
+        s.metrics
+            .queries
+            .with_label_values(&["http", outcome])
+            .inc();
+        s.metrics
+            .query_seconds
+            .with_label_values(&["http", outcome])
+            .observe(secs);
+        Ok::<_, ApiError>(match result {
+            Ok((body, out)) => (
+                [(header::CONTENT_TYPE, "application/json")],
+                held_body(body, out),
+            )
+                .into_response(),
+            Err(e) => {
+                tracing::info!(error = %e, sql = %req.sql, "query failed");
+                let body = Json(response::failure(&e, started.elapsed().as_millis() as u64));
+                if e.kind() == basalt_query::ErrorKind::Overloaded {
+                    // Pinot's body, with a status load balancers and clients retry on.
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        [(header::RETRY_AFTER, "1")],
+                        body,
+                    )
+                        .into_response()
+                } else {
+                    body.into_response()
+                }
+            }
+        })
     }
     .await;
     finish(&s, "query", r)
+}
+
+/// A response body that keeps the query's memory reserved until it has been handed to the
+/// connection (the encoded answer is the largest thing a query leaves behind).
+fn held_body(bytes: Vec<u8>, out: basalt_query::QueryOutput) -> Body {
+    let stream = futures::stream::unfold((Some(bytes), Some(out)), |(bytes, out)| async move {
+        match bytes {
+            Some(b) => Some((
+                Ok::<_, std::convert::Infallible>(Bytes::from(b)),
+                (None, out),
+            )),
+            // Polled again once the answer was taken: the reservation is released here.
+            None => {
+                drop(out);
+                None
+            }
+        }
+    });
+    Body::from_stream(stream)
 }
 
 /// `ok`, or `degraded` with the tables whose real-time ingestion is not consuming (their
@@ -506,26 +597,50 @@ async fn metrics(State(s): State<AppState>) -> Response {
 mod tests {
     use super::*;
 
+    #[derive(Debug)]
+    struct NoTables;
+
+    impl basalt_query::TableSource for NoTables {
+        fn table_names(&self) -> Vec<String> {
+            Vec::new()
+        }
+        fn snapshot(
+            &self,
+            _name: &str,
+        ) -> Result<Option<basalt_query::TableSnapshot>, basalt_query::QueryError> {
+            Ok(None)
+        }
+    }
+
     #[test]
     fn query_options() {
         let base = QueryLimits::default();
+        let engine = QueryEngine::with_config(
+            Arc::new(NoTables),
+            basalt_query::EngineConfig {
+                max_timeout: Duration::from_secs(60),
+                ..Default::default()
+            },
+        );
+        let l = |o: Option<&str>| limits_for(&base, &engine, o);
         assert_eq!(
-            limits_for(&base, Some("timeoutMs=50")).unwrap().timeout,
+            l(Some("timeoutMs=50")).unwrap().timeout,
             Duration::from_millis(50)
         );
         assert_eq!(
-            limits_for(&base, Some("useMultistageEngine=true; timeoutMs = 7"))
+            l(Some("useMultistageEngine=true; timeoutMs = 7"))
                 .unwrap()
                 .timeout,
             Duration::from_millis(7)
         );
-        assert!(limits_for(&base, Some("timeoutMs=abc")).is_err());
-        assert!(
-            !limits_for(&base, Some("useResultCache=false"))
-                .unwrap()
-                .use_cache
+        // A request cannot ask for more than the server's ceiling.
+        assert_eq!(
+            l(Some("timeoutMs=99999999999")).unwrap().timeout,
+            Duration::from_secs(60)
         );
-        assert!(limits_for(&base, None).unwrap().use_cache);
-        assert_eq!(limits_for(&base, None).unwrap().timeout, base.timeout);
+        assert!(l(Some("timeoutMs=abc")).is_err());
+        assert!(!l(Some("useResultCache=false")).unwrap().use_cache);
+        assert!(l(None).unwrap().use_cache);
+        assert_eq!(l(None).unwrap().timeout, base.timeout);
     }
 }

@@ -29,14 +29,18 @@ pub use http::{AppState, HttpLimits};
 pub fn app_state(
     store: Arc<TableStore>,
     limits: HttpLimits,
+    engine: basalt_query::EngineConfig,
     auth: auth::Auth,
     guard: guard::Guard,
 ) -> AppState {
-    let engine = QueryEngine::new(Arc::new(source::StoreSource(store.clone())));
+    let engine = QueryEngine::with_config(Arc::new(source::StoreSource(store.clone())), engine);
     AppState {
         store,
         engine,
         metrics: metrics::Metrics::new(),
+        ingest_slots: Arc::new(tokio::sync::Semaphore::new(
+            limits.max_concurrent_ingests.max(1),
+        )),
         limits,
         auth,
         guard,

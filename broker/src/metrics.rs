@@ -390,6 +390,18 @@ impl Metrics {
     }
 }
 
+/// The `outcome` label of a failed query, from its kind.
+pub fn outcome(e: &basalt_query::QueryError) -> &'static str {
+    use basalt_query::ErrorKind::*;
+    match e.kind() {
+        Timeout => "timeout",
+        Overloaded => "overloaded",
+        Memory | RowLimit | ResponseTooLarge => "limit",
+        _ if e.is_client_error() => "invalid",
+        _ => "error",
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()

@@ -175,7 +175,10 @@ fn formatted(a: &ArrayRef) -> Vec<Value> {
     }
 }
 
-pub fn success(out: &QueryOutput) -> Value {
+/// The Pinot response for `out`, encoded batch by batch: each batch's bytes are reserved in
+/// the query's memory and counted against `max_bytes`, so a huge result fails with a limit
+/// error instead of being built whole.
+pub fn success(out: &mut QueryOutput, max_bytes: usize) -> Result<Vec<u8>, QueryError> {
     let names: Vec<&str> = out
         .schema
         .fields()
@@ -188,19 +191,38 @@ pub fn success(out: &QueryOutput) -> Value {
         .iter()
         .map(|f| pinot_type(f.data_type()))
         .collect();
-    let mut rows: Vec<Value> = Vec::with_capacity(out.num_rows());
-    for b in &out.batches {
+    let mut buf: Vec<u8> = Vec::with_capacity(1024);
+    buf.extend_from_slice(b"{\"resultTable\":{\"dataSchema\":");
+    let schema = json!({"columnNames": names, "columnDataTypes": types});
+    serde_json::to_writer(&mut buf, &schema).expect("writing to a Vec");
+    buf.extend_from_slice(b",\"rows\":[");
+    let mut first = true;
+    let mut charged = 0usize;
+    for b in std::mem::take(&mut out.batches) {
         let cols: Vec<Vec<Value>> = b.columns().iter().map(column_values).collect();
         for r in 0..b.num_rows() {
-            rows.push(Value::Array(cols.iter().map(|c| c[r].clone()).collect()));
+            if !first {
+                buf.push(b',');
+            }
+            first = false;
+            buf.push(b'[');
+            for (i, c) in cols.iter().enumerate() {
+                if i > 0 {
+                    buf.push(b',');
+                }
+                serde_json::to_writer(&mut buf, &c[r]).expect("writing to a Vec");
+            }
+            buf.push(b']');
         }
+        if buf.len() > max_bytes {
+            return Err(QueryError::ResponseTooLarge { limit: max_bytes });
+        }
+        out.reserve(buf.capacity().saturating_sub(charged))?;
+        charged = buf.capacity();
     }
+    buf.extend_from_slice(b"]},");
     let s = &out.stats;
-    json!({
-        "resultTable": {
-            "dataSchema": {"columnNames": names, "columnDataTypes": types},
-            "rows": rows,
-        },
+    let rest = json!({
         "exceptions": [],
         "numServersQueried": 1,
         "numServersResponded": 1,
@@ -215,7 +237,11 @@ pub fn success(out: &QueryOutput) -> Value {
         "numEntriesScannedPostFilter": s.num_docs_scanned,
         "numGroupsLimitReached": false,
         "timeUsedMs": out.elapsed.as_millis() as u64,
-    })
+    });
+    let rest = serde_json::to_vec(&rest).expect("writing to a Vec");
+    // `rest` is an object: splice its members after the result table.
+    buf.extend_from_slice(&rest[1..]);
+    Ok(buf)
 }
 
 pub fn failure(e: &QueryError, elapsed_ms: u64) -> Value {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use basalt_ingest::quarantine::quarantine_schema;
 use basalt_ingest::TableStore;
-use basalt_query::{TableSnapshot, TableSource};
+use basalt_query::{QueryError, TableSnapshot, TableSource};
 use basalt_segment::{RoaringBitmap, SegmentSchema};
 
 /// The suffix naming a table's quarantine.
@@ -54,7 +54,7 @@ impl TableSource for StoreSource {
         Some(view)
     }
 
-    fn snapshot(&self, name: &str) -> Result<Option<TableSnapshot>, String> {
+    fn snapshot(&self, name: &str) -> Result<Option<TableSnapshot>, QueryError> {
         let (base, quarantine) = match name.strip_suffix(QUARANTINE_SUFFIX) {
             Some(b) => (b, true),
             None => (name, false),
@@ -92,9 +92,10 @@ impl TableSource for StoreSource {
             } else {
                 &part.rows
             };
-            let chunks = m
-                .snapshot_chunks()
-                .map_err(|e| format!("freezing partition {}'s recent rows: {e}", part.partition))?;
+            let chunks = m.snapshot_chunks().map_err(|e| QueryError::Snapshot {
+                table: name.to_string(),
+                source: Box::new(e),
+            })?;
             for (reader, start) in chunks {
                 if valid_docs.is_some() {
                     let all = valid_of(&part.segment_id);

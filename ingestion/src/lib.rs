@@ -25,4 +25,4 @@ pub use decode::Format;
 pub use error::{IngestError, Result};
 pub use realtime::{IngestionState, IngestionStatus, PartitionStatus};
 pub use spec::TableSpec;
-pub use store::{StoreConfig, Table, TableStats, TableStore, TableView};
+pub use store::{IngestLimits, StoreConfig, Table, TableStats, TableStore, TableView};

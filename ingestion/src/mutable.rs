@@ -264,10 +264,16 @@ mod tests {
         }
         let schema = spec().segment_schema();
         let mut out = Vec::new();
-        decode_ndjson(&mut body.as_bytes(), &schema, 64, &mut |b| {
-            out.push(b);
-            Ok(())
-        })
+        decode_ndjson(
+            &mut body.as_bytes(),
+            &schema,
+            64,
+            &Default::default(),
+            &mut |b| {
+                out.push(b);
+                Ok(())
+            },
+        )
         .unwrap();
         out
     }

@@ -24,7 +24,9 @@ use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
 use tracing::{info, warn};
 
-use crate::decode::{decode_csv, decode_ndjson, decode_parquet, ingest_schema, Format};
+use crate::decode::{
+    decode_csv, decode_ndjson, decode_parquet, ingest_schema, DecodeLimits, Format,
+};
 use crate::error::{IngestError, Result};
 pub use crate::home::open_deep_store;
 use crate::home::{Home, SegmentKind};
@@ -218,6 +220,26 @@ pub struct StoreConfig {
     pub build: BuildOptions,
     /// The operator's limits on table specs.
     pub policy: TablePolicy,
+    /// What one ingest request may hold in memory.
+    pub ingest: IngestLimits,
+}
+
+/// Bounds on one batch ingest request, whatever its format.
+#[derive(Debug, Clone, Copy)]
+pub struct IngestLimits {
+    pub decode: DecodeLimits,
+    /// Rows of one segment in memory are capped at this many bytes (default 256 MiB) even
+    /// when the spec sets no `segment.max_bytes`; a request holds at most a few segments.
+    pub max_segment_bytes: u64,
+}
+
+impl Default for IngestLimits {
+    fn default() -> Self {
+        IngestLimits {
+            decode: DecodeLimits::default(),
+            max_segment_bytes: 256 << 20,
+        }
+    }
 }
 
 impl StoreConfig {
@@ -228,6 +250,7 @@ impl StoreConfig {
             deep_store: None,
             build: BuildOptions::default(),
             policy: TablePolicy::default(),
+            ingest: IngestLimits::default(),
         }
     }
 }
@@ -245,6 +268,7 @@ pub struct TableStore {
     /// Serialises table creation and deletion.
     admin: tokio::sync::Mutex<()>,
     pub(crate) policy: TablePolicy,
+    ingest_limits: IngestLimits,
     /// Deep stores a spec may name: the configured roots, or the server's own deep store
     /// and data dir.
     allowed_roots: Vec<String>,
@@ -297,6 +321,7 @@ impl TableStore {
                 cfg.policy.allowed_roots.clone()
             },
             policy: cfg.policy,
+            ingest_limits: cfg.ingest,
         });
         for name in default_home.metastore.list_tables().await? {
             let Some(state) = default_home.metastore.get(&name).await? else {
@@ -734,7 +759,16 @@ impl TableStore {
         mut keyed: Option<&mut KeyedPartition>,
     ) -> Staged {
         let max_rows = t.spec.segment.max_rows;
-        let max_bytes = t.spec.max_bytes().ok().flatten();
+        let limits = self.ingest_limits;
+        // A segment's rows in memory are bounded by bytes even without segment.max_bytes.
+        let max_bytes = Some(
+            t.spec
+                .max_bytes()
+                .ok()
+                .flatten()
+                .unwrap_or(u64::MAX)
+                .min(limits.max_segment_bytes),
+        );
         let batch_rows = max_rows.min(65536);
         // Decoding and sealing overlap: full segments go through a one-slot channel to one
         // builder thread per core, so at most `builders + 2` segments' rows are in memory.
@@ -837,10 +871,10 @@ impl TableStore {
                 };
                 match format {
                     Format::NdJson => {
-                        decode_ndjson(&mut body, &t.schema, batch_rows, &mut sink)?;
+                        decode_ndjson(&mut body, &t.schema, batch_rows, &limits.decode, &mut sink)?;
                     }
                     Format::Csv => {
-                        decode_csv(&mut body, &t.schema, batch_rows, &mut sink)?;
+                        decode_csv(&mut body, &t.schema, batch_rows, &limits.decode, &mut sink)?;
                     }
                     Format::Parquet => {
                         // Parquet keeps its footer at the end: spool to disk, then read.

@@ -15,6 +15,7 @@ use async_trait::async_trait;
 use datafusion::catalog::{SchemaProvider, TableProvider};
 use datafusion::common::ScalarValue;
 use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::memory_pool::{MemoryPool, MemoryReservation};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
@@ -23,8 +24,11 @@ use datafusion::sql::sqlparser::ast::Statement;
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use futures::StreamExt;
 
+use crate::admission::Admission;
 use crate::cache::{self, ResultCache};
-use crate::error::{QueryError, Result};
+use crate::error::{ErrorKind, QueryError, Result};
+use crate::guard::{self, StatementLimits};
+use crate::memory::{fresh_bytes, result_reservation, QueryPool, SharedBudget};
 use crate::pinot;
 use crate::postgres::{self, catalog::PgCatalog, PgSession};
 use crate::scan::ScanStats;
@@ -34,14 +38,20 @@ use crate::table::{SegmentTable, TableSource};
 /// Limits applied to every query (serde-free; the server's config maps onto it).
 #[derive(Debug, Clone)]
 pub struct QueryLimits {
-    /// Wall-clock limit (default 10 s).
+    /// Wall-clock limit, queueing for a turn included (default 10 s).
     pub timeout: Duration,
-    /// Memory a query's operators may reserve (default 1 GiB).
+    /// Memory a query may reserve: its operators, its collected result and the response
+    /// being encoded (default 1 GiB).
     pub memory_limit: usize,
     /// Rows a result may hold (default 1,000,000).
     pub max_rows: usize,
     /// Whether the result cache may answer (default true; benchmarks turn it off).
     pub use_cache: bool,
+    /// Size and shape of the statement.
+    pub statement: StatementLimits,
+    /// Bytes an encoded answer may have (Pinot JSON, PostgreSQL rows), checked by the front
+    /// doors as they encode (default 256 MiB).
+    pub max_response_bytes: usize,
 }
 
 impl Default for QueryLimits {
@@ -51,6 +61,35 @@ impl Default for QueryLimits {
             memory_limit: 1 << 30,
             max_rows: 1_000_000,
             use_cache: true,
+            statement: StatementLimits::default(),
+            max_response_bytes: 256 << 20,
+        }
+    }
+}
+
+/// Server-wide limits of the engine, shared by every query.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Memory all running queries may hold together (default half the machine's).
+    pub shared_memory_bytes: usize,
+    /// Queries running at once (default 4 per core).
+    pub max_concurrent: usize,
+    /// Queries waiting for a turn; more are refused (default 256).
+    pub max_queued: usize,
+    /// The longest timeout a request may ask for (default 5 minutes).
+    pub max_timeout: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        EngineConfig {
+            shared_memory_bytes: crate::memory::default_shared_budget(),
+            max_concurrent: 4 * cores,
+            max_queued: 256,
+            max_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -76,11 +115,20 @@ pub struct QueryOutput {
     pub elapsed: Duration,
     /// Answered from the result cache ([`crate::cache`]).
     pub cached: bool,
+    /// The memory the result holds, in the query's pool; the front door grows it while it
+    /// encodes the response, and it is released when the output is dropped.
+    memory: MemoryReservation,
 }
 
 impl QueryOutput {
     pub fn num_rows(&self) -> usize {
         self.batches.iter().map(|b| b.num_rows()).sum()
+    }
+
+    /// Reserves `bytes` more for the response being encoded (within the query's memory
+    /// limit and the server's shared budget).
+    pub fn reserve(&mut self, bytes: usize) -> Result<()> {
+        self.memory.try_grow(bytes).map_err(QueryError::from)
     }
 }
 
@@ -89,6 +137,9 @@ pub struct QueryEngine {
     source: Arc<dyn TableSource>,
     target_partitions: usize,
     cache: Arc<ResultCache>,
+    shared: Arc<SharedBudget>,
+    admission: Arc<Admission>,
+    max_timeout: Duration,
 }
 
 /// Bytes of results the cache keeps (64 MiB); one result may take a sixteenth of it.
@@ -96,6 +147,10 @@ const RESULT_CACHE_BYTES: usize = 64 << 20;
 
 impl QueryEngine {
     pub fn new(source: Arc<dyn TableSource>) -> Self {
+        Self::with_config(source, EngineConfig::default())
+    }
+
+    pub fn with_config(source: Arc<dyn TableSource>, cfg: EngineConfig) -> Self {
         let cores = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2);
@@ -103,14 +158,32 @@ impl QueryEngine {
             source,
             target_partitions: cores,
             cache: Arc::new(ResultCache::new(RESULT_CACHE_BYTES)),
+            shared: SharedBudget::new(cfg.shared_memory_bytes),
+            admission: Arc::new(Admission::new(cfg.max_concurrent, cfg.max_queued)),
+            max_timeout: cfg.max_timeout,
         }
+    }
+
+    /// Memory all running queries hold now, and the shared budget.
+    pub fn memory(&self) -> (usize, usize) {
+        (self.shared.used(), self.shared.limit())
+    }
+
+    /// Queries running and waiting now.
+    pub fn load(&self) -> (usize, usize) {
+        (self.admission.running(), self.admission.queued())
+    }
+
+    /// The timeout a request asked for, within the server's ceiling.
+    pub fn clamp_timeout(&self, asked: Duration) -> Duration {
+        asked.min(self.max_timeout).max(Duration::from_millis(1))
     }
 
     /// A session whose `public` schema is this engine's tables, scanning into `stats`. A
     /// PostgreSQL session (`pg`) also has `pg_catalog` and PostgreSQL's system functions.
     fn session(
         &self,
-        limits: &QueryLimits,
+        pool: &Arc<dyn MemoryPool>,
         stats: Arc<ScanStats>,
         pg: Option<&Arc<PgSession>>,
     ) -> Result<SessionContext> {
@@ -121,19 +194,23 @@ impl QueryEngine {
         config.options_mut().sql_parser.enable_ident_normalization = false;
         config.options_mut().execution.time_zone = Some("+00:00".to_string());
         let runtime = RuntimeEnvBuilder::new()
-            .with_memory_limit(limits.memory_limit, 1.0)
+            .with_memory_pool(pool.clone())
             .build_arc()?;
         let state = SessionStateBuilder::new()
             .with_config(config)
             .with_runtime_env(runtime)
             .with_default_features()
             .with_physical_optimizer_rule(Arc::new(SegmentAggregateRule))
+            .with_physical_optimizer_rule(Arc::new(crate::coop::YieldEverywhere))
             .build();
         let ctx = SessionContext::new_with_state(state);
         ctx.register_udaf(crate::functions::approx_distinct());
+        for f in crate::bounded::wrappers(ctx.state().scalar_functions(), pool) {
+            ctx.register_udf(f);
+        }
         let catalog = ctx
             .catalog("datafusion")
-            .ok_or_else(|| QueryError::Execution("default catalog missing".into()))?;
+            .ok_or_else(|| QueryError::invalid(ErrorKind::Internal, "default catalog missing"))?;
         let tables = Arc::new(TablesSchema {
             source: self.source.clone(),
             stats,
@@ -163,8 +240,13 @@ impl QueryEngine {
 
     /// Parses, rewrites Pinot functions, plans and runs `sql` within `limits`.
     pub async fn execute(&self, sql: &str, limits: &QueryLimits) -> Result<QueryOutput> {
-        let statement = parse(sql)?;
+        let statement = parse(sql, &limits.statement)?;
         self.run(statement, Vec::new(), limits, None).await
+    }
+
+    /// A pool for one query: its own limit within the shared budget.
+    fn pool(&self, limits: &QueryLimits) -> Arc<dyn MemoryPool> {
+        QueryPool::new(limits.memory_limit, self.shared.clone())
     }
 
     /// PostgreSQL: the result schema of `statement` and the types DataFusion infers for its
@@ -174,12 +256,13 @@ impl QueryEngine {
         statement: &DfStatement,
         session: &Arc<PgSession>,
     ) -> Result<(SchemaRef, Vec<Option<DataType>>)> {
-        let ctx = self.session(
-            &QueryLimits::default(),
-            Arc::new(ScanStats::default()),
-            Some(session),
-        )?;
-        let plan = ctx.state().statement_to_plan(statement.clone()).await?;
+        let pool = self.pool(&QueryLimits::default());
+        let ctx = self.session(&pool, Arc::new(ScanStats::default()), Some(session))?;
+        let plan = ctx
+            .state()
+            .statement_to_plan(statement.clone())
+            .await
+            .map_err(|e| planning_error(e, statement, &ctx))?;
         let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
         let mut params: Vec<Option<DataType>> = Vec::new();
         for (name, ty) in plan.get_parameter_types()? {
@@ -188,9 +271,10 @@ impl QueryEngine {
                 .and_then(|n| n.parse::<usize>().ok())
                 .filter(|&i| i >= 1)
             else {
-                return Err(QueryError::Sql(format!(
-                    "parameter {name} is not of the form $1, $2, ..."
-                )));
+                return Err(QueryError::invalid(
+                    ErrorKind::InvalidQuery,
+                    format!("parameter {name} is not of the form $1, $2, ..."),
+                ));
             };
             if params.len() < i {
                 params.resize(i, None);
@@ -221,6 +305,11 @@ impl QueryEngine {
         pg: Option<&Arc<PgSession>>,
     ) -> Result<QueryOutput> {
         let started = Instant::now();
+        let timeout = self.clamp_timeout(limits.timeout);
+        let timed_out = || QueryError::Timeout(timeout.as_millis() as u64);
+        let _permit = self.admission.admit(timeout).await?;
+        let pool = self.pool(limits);
+        let memory = result_reservation(&pool);
         // Versions first: a result is never stored under versions newer than its data.
         let versions = match limits.use_cache {
             true => cache::versions(&statement, self.source.as_ref()),
@@ -234,20 +323,28 @@ impl QueryEngine {
             if let Some(hit) = self.cache.get(key, versions) {
                 let rows: usize = hit.batches.iter().map(|b| b.num_rows()).sum();
                 if rows <= limits.max_rows {
+                    let mut seen = std::collections::HashSet::new();
+                    let bytes: usize = hit.batches.iter().map(|b| fresh_bytes(b, &mut seen)).sum();
+                    memory.try_grow(bytes)?;
                     return Ok(QueryOutput {
                         schema: hit.schema,
                         batches: hit.batches,
                         stats: hit.stats,
                         elapsed: started.elapsed(),
                         cached: true,
+                        memory,
                     });
                 }
             }
         }
         let stats = Arc::new(ScanStats::default());
-        let ctx = self.session(limits, stats.clone(), pg)?;
+        let ctx = self.session(&pool, stats.clone(), pg)?;
         let run = async {
-            let mut plan = ctx.state().statement_to_plan(statement).await?;
+            let mut plan = ctx
+                .state()
+                .statement_to_plan(statement.clone())
+                .await
+                .map_err(|e| planning_error(e, &statement, &ctx))?;
             if !params.is_empty() {
                 plan = plan.with_param_values(params)?;
             }
@@ -256,19 +353,23 @@ impl QueryEngine {
             let mut stream = df.execute_stream().await?;
             let mut batches = Vec::new();
             let mut rows = 0usize;
+            let mut seen = std::collections::HashSet::new();
             while let Some(b) = stream.next().await {
                 let b = b?;
                 rows += b.num_rows();
                 if rows > limits.max_rows {
                     return Err(QueryError::RowLimit(limits.max_rows));
                 }
+                // The collected result counts against the query's memory.
+                memory.try_grow(fresh_bytes(&b, &mut seen))?;
                 batches.push(b);
             }
             Ok::<_, QueryError>((schema, batches))
         };
-        let (schema, batches) = match tokio::time::timeout(limits.timeout, run).await {
+        let remaining = timeout.saturating_sub(started.elapsed());
+        let (schema, batches) = match tokio::time::timeout(remaining, run).await {
             Ok(r) => r?,
-            Err(_) => return Err(QueryError::Timeout(limits.timeout.as_millis() as u64)),
+            Err(_) => return Err(timed_out()),
         };
         let s = &stats;
         let stats = QueryStats {
@@ -297,21 +398,53 @@ impl QueryEngine {
             stats,
             elapsed: started.elapsed(),
             cached: false,
+            memory,
         })
     }
 }
 
-/// Parses one read-only statement (SELECT, WITH, EXPLAIN, SHOW) and applies the Pinot rewrite.
-fn parse(sql: &str) -> Result<DfStatement> {
-    let mut statements = DFParser::parse_sql_with_dialect(sql, &GenericDialect {})
-        .map_err(|e| QueryError::Sql(e.to_string()))?;
-    if statements.len() != 1 {
-        return Err(QueryError::Sql(format!(
-            "expected exactly one SQL statement, found {}",
-            statements.len()
-        )));
+/// A planning error with its kind: unknown table and function names are found by resolving
+/// every name of the statement against the session's catalogs and registries, not by
+/// reading DataFusion's message.
+fn planning_error(
+    e: datafusion::error::DataFusionError,
+    statement: &DfStatement,
+    ctx: &SessionContext,
+) -> QueryError {
+    let q = QueryError::from(e);
+    if q.kind() != ErrorKind::InvalidQuery {
+        return q;
     }
-    check_query(statements.pop_front().expect("one statement"))
+    let state = ctx.state();
+    if let Some(table) = guard::unknown_table(statement, &state, ctx) {
+        return QueryError::UndefinedTable(table);
+    }
+    match (guard::unknown_function(statement, &state), q) {
+        (Some(name), QueryError::DataFusion { source, .. }) => QueryError::DataFusion {
+            kind: ErrorKind::UndefinedFunction,
+            source: source.context(format!("function {name:?} does not exist")),
+        },
+        (_, q) => q,
+    }
+}
+
+/// Parses one read-only statement (SELECT, WITH, EXPLAIN, SHOW) within `limits` and applies
+/// the Pinot rewrite.
+fn parse(sql: &str, limits: &StatementLimits) -> Result<DfStatement> {
+    guard::check_text(sql, &GenericDialect {}, limits)?;
+    let mut statements = DFParser::parse_sql_with_dialect(sql, &GenericDialect {})?;
+    if statements.len() != 1 {
+        return Err(QueryError::invalid(
+            ErrorKind::Syntax,
+            format!(
+                "expected exactly one SQL statement, found {}",
+                statements.len()
+            ),
+        ));
+    }
+    let statement = statements.pop_front().expect("one statement");
+    guard::check_statement(&statement, limits)?;
+    check_query(statement)
 }
 
 /// Refuses anything but a read-only statement and applies the Pinot rewrite.
@@ -371,10 +504,12 @@ impl SchemaProvider for TablesSchema {
     }
 
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        // DataFusion asks for every name the statement references (table functions too): an
+        // unknown one is `None` here, and [`planning_error`] gives its failure its kind.
         let snap = self
             .source
             .snapshot(name)
-            .map_err(|e| DataFusionError::Execution(format!("table {name:?}: {e}")))?;
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
         Ok(snap.map(|snap| {
             Arc::new(SegmentTable::new(snap, self.stats.clone())) as Arc<dyn TableProvider>
         }))

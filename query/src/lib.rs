@@ -8,19 +8,25 @@
 //! dictionary ids ([`segment_agg`]); a query repeated over unchanged tables is answered from
 //! the result cache ([`cache`]).
 
+pub mod admission;
+pub mod bounded;
 pub mod cache;
+pub mod coop;
 pub mod engine;
 pub mod error;
 pub mod filter;
 pub mod functions;
+pub mod guard;
+pub mod memory;
 pub mod pinot;
 pub mod postgres;
 pub mod scan;
 pub mod segment_agg;
 pub mod table;
 
-pub use engine::{QueryEngine, QueryLimits, QueryOutput, QueryStats};
-pub use error::QueryError;
+pub use engine::{EngineConfig, QueryEngine, QueryLimits, QueryOutput, QueryStats};
+pub use error::{ErrorKind, QueryError};
+pub use guard::StatementLimits;
 pub use table::{SegmentTable, TableSnapshot, TableSource};
 
 #[cfg(test)]

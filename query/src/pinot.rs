@@ -57,9 +57,9 @@ pub fn rewrite(statement: &mut Statement) -> Result<(), QueryError> {
 /// PERCENTILETDIGEST takes a percentile in 0..=100; DataFusion wants 0..=1.
 fn scale_percentile(args: &mut FunctionArguments) -> Result<(), QueryError> {
     let bad = || {
-        QueryError::Sql(
-            "PERCENTILETDIGEST(column, percentile) needs a numeric percentile literal between 0 and 100"
-                .into(),
+        QueryError::invalid(
+            crate::ErrorKind::InvalidQuery,
+            "PERCENTILETDIGEST(column, percentile) needs a numeric percentile literal between 0 and 100",
         )
     };
     let FunctionArguments::List(list) = args else {

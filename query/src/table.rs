@@ -47,7 +47,7 @@ pub trait TableSource: Send + Sync + std::fmt::Debug {
     fn table_names(&self) -> Vec<String>;
     /// The table's segments as of now (`Ok(None)`: no such table). Taking a snapshot may
     /// freeze in-memory rows into segments, which can fail.
-    fn snapshot(&self, name: &str) -> Result<Option<TableSnapshot>, String>;
+    fn snapshot(&self, name: &str) -> Result<Option<TableSnapshot>, crate::QueryError>;
     /// The table's schema (`None`: no such table), for catalogs; cheaper than a snapshot
     /// where the source can answer without freezing rows.
     fn schema(&self, name: &str) -> Option<SegmentSchema> {

@@ -30,7 +30,7 @@ impl TableSource for Fixed {
     fn table_names(&self) -> Vec<String> {
         vec![self.0.name.clone()]
     }
-    fn snapshot(&self, name: &str) -> Result<Option<TableSnapshot>, String> {
+    fn snapshot(&self, name: &str) -> Result<Option<TableSnapshot>, crate::QueryError> {
         Ok((name == self.0.name).then(|| self.0.clone()))
     }
 }
@@ -304,6 +304,63 @@ async fn segments_answer_like_datafusion_over_arrow() {
     assert!(matches!(e, crate::QueryError::Memory(_)), "{e}");
 }
 
+/// More groups than one output batch holds, sorted above the scan's aggregation: the same
+/// rows as DataFusion over Arrow, within a small memory limit (each output batch carries only
+/// the dictionary values it uses, so a sort's merge does not copy every group's value into
+/// every batch).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_groups_sort_within_a_small_memory_limit() {
+    let mut rng = StdRng::seed_from_u64(7);
+    let t0 = 1_767_225_600_000i64;
+    let mut batches = Vec::new();
+    let mut segments = Vec::new();
+    for s in 0..3 {
+        let mut b = batch(&mut rng, 60_000, t0 + s as i64 * 60_000_000);
+        // `tag` with 150,000 values: about 130,000 groups with `city`, 16 output batches.
+        let tags: ArrayRef = Arc::new(StringArray::from_iter(
+            (0..b.num_rows()).map(|_| Some(format!("k{:06}", rng.random_range(0..150_000)))),
+        ));
+        let mut cols = b.columns().to_vec();
+        cols[2] = tags;
+        b = RecordBatch::try_new(b.schema(), cols).unwrap();
+        let bytes = build_segment(
+            &schema(),
+            std::slice::from_ref(&b),
+            &BuildOptions::default(),
+        )
+        .unwrap();
+        segments.push(Arc::new(SegmentReader::open(Bytes::from(bytes)).unwrap()));
+        batches.push(b);
+    }
+    let engine = QueryEngine::new(Arc::new(Fixed(TableSnapshot {
+        valid: Vec::new(),
+        name: "t".into(),
+        schema: schema(),
+        segments,
+    })));
+    let reference = SessionContext::new();
+    let mem = MemTable::try_new(batches[0].schema(), vec![batches.clone()]).unwrap();
+    reference.register_table("t", Arc::new(mem)).unwrap();
+    let limits = QueryLimits {
+        memory_limit: 128 << 20,
+        ..QueryLimits::default()
+    };
+    for sql in [
+        "SELECT tag, city, count(*) AS n FROM t GROUP BY tag, city ORDER BY n DESC, tag, city",
+        "SELECT tag, max(lat) AS m FROM t GROUP BY tag ORDER BY m, tag",
+    ] {
+        let plan = explain(&engine, sql).await;
+        assert!(plan.contains("SegmentAggregateExec"), "{plan}");
+        let got = engine
+            .execute(sql, &limits)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        assert!(got.num_rows() > 8192, "{sql}: {} groups", got.num_rows());
+        let want = reference.sql(sql).await.unwrap().collect().await.unwrap();
+        assert_eq!(render(&got.batches), render(&want), "{sql}");
+    }
+}
+
 #[tokio::test]
 async fn count_star_reads_no_columns_and_prunes() {
     let mut rng = StdRng::seed_from_u64(1);
@@ -395,6 +452,67 @@ async fn limits_and_errors() {
         .await
         .unwrap_err();
     assert!(matches!(e, crate::QueryError::Timeout(1)), "{e}");
+}
+
+/// Every failure has its kind from the error's structure or from resolving names, whatever
+/// its message says.
+#[tokio::test]
+async fn errors_have_kinds() {
+    use crate::ErrorKind::*;
+    let engine = QueryEngine::new(Arc::new(Fixed(TableSnapshot {
+        valid: Vec::new(),
+        name: "t".into(),
+        schema: schema(),
+        segments: vec![],
+    })));
+    for (sql, kind) in [
+        ("SELEC 1", Syntax),
+        ("SELECT 1; SELECT 2", Syntax),
+        ("DELETE FROM t", ReadOnly),
+        ("SELECT * FROM nope", UndefinedTable),
+        (
+            "WITH x AS (SELECT 1 AS a) SELECT * FROM x JOIN nope ON true",
+            UndefinedTable,
+        ),
+        ("SELECT nope FROM t", UndefinedColumn),
+        ("SELECT no_such_function(1)", UndefinedFunction),
+        (
+            "SELECT count(*) FROM t GROUP BY no_such_function(1)",
+            UndefinedFunction,
+        ),
+        ("SELECT 1 / 0", DivisionByZero),
+        ("SELECT CAST('x' AS INT)", InvalidValue),
+        ("SELECT PERCENTILETDIGEST(1, 500)", InvalidQuery),
+        ("SELECT 'a' + 1", InvalidQuery),
+        ("SELECT repeat('x', 2000000000)", Memory),
+        ("SELECT range(0, 3000000000)", Memory),
+        ("SELECT lpad('x', 2000000000)", Memory),
+        (
+            "SELECT replace(repeat('a', 100000), 'a', repeat('b', 100000))",
+            Memory,
+        ),
+    ] {
+        let e = engine
+            .execute(sql, &QueryLimits::default())
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), kind, "{sql}: {e}");
+    }
+    // Names that do exist plan, table functions and CTEs included.
+    for sql in [
+        "WITH x AS (SELECT 1 AS a) SELECT * FROM x",
+        "SELECT count(*) FROM generate_series(1, 10)",
+        "SELECT repeat('x', 3), range(0, 4)",
+    ] {
+        engine.execute(sql, &QueryLimits::default()).await.unwrap();
+    }
+    // A chain too long to plan safely is refused before parsing.
+    let chain = format!("SELECT 1{}", "+1".repeat(5000));
+    let e = engine
+        .execute(&chain, &QueryLimits::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), TooComplex, "{e}");
 }
 
 /// Multi-value columns: the same random `array_has` / `array_has_any` / `array_has_all`
@@ -516,7 +634,7 @@ impl TableSource for Versioned {
     fn table_names(&self) -> Vec<String> {
         vec![self.snapshot.name.clone()]
     }
-    fn snapshot(&self, name: &str) -> Result<Option<TableSnapshot>, String> {
+    fn snapshot(&self, name: &str) -> Result<Option<TableSnapshot>, crate::QueryError> {
         Ok((name == self.snapshot.name).then(|| self.snapshot.clone()))
     }
     fn data_version(&self, name: &str) -> Option<crate::cache::DataVersion> {

@@ -5,3 +5,4 @@
 
 mod front_doors;
 mod hostile_specs;
+mod resources;

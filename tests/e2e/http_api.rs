@@ -439,7 +439,7 @@ async fn bad_input_gets_clear_errors_and_nothing_partial() {
     for (q, code) in [
         ("SELEC 1", 150),
         ("SELECT nope FROM events", 150),
-        ("SELECT * FROM missing", 150),
+        ("SELECT * FROM missing", 190),
         ("DELETE FROM events", 150),
     ] {
         let v = sql(&c, &s, q).await;

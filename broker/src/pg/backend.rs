@@ -73,39 +73,33 @@ fn snapshot<C: ClientInfo + ?Sized>(client: &C) -> Arc<PgSession> {
     Arc::new(session(client).lock().clone())
 }
 
-/// The SQLSTATE of a query error.
-fn sqlstate(e: &QueryError) -> &'static str {
-    match e {
-        QueryError::ReadOnly(_) => "25006",
-        QueryError::Timeout(_) => "57014",
-        QueryError::RowLimit(_) => "54000",
-        QueryError::Memory(_) => "53200",
-        QueryError::Segment(_) => "XX001",
-        QueryError::Sql(m) | QueryError::Execution(m) => {
-            let m = m.to_ascii_lowercase();
-            if m.contains("sql parser error") || m.contains("expected exactly one") {
-                "42601"
-            } else if (m.contains("table") && m.contains("not found")) || m.contains("relation \"")
-            {
-                "42P01"
-            } else if m.contains("no field named")
-                || m.contains("column") && m.contains("not found")
-            {
-                "42703"
-            } else if m.contains("invalid function") || m.contains("unknown function") {
-                "42883"
-            } else if m.contains("unrecognized configuration parameter") {
-                "42704"
-            } else if m.contains("divide by zero") || m.contains("division by zero") {
-                "22012"
-            } else if m.contains("cast") || m.contains("invalid input syntax") {
-                "22P02"
-            } else if matches!(e, QueryError::Sql(_)) {
-                "42000"
-            } else {
-                "XX000"
-            }
-        }
+/// The SQLSTATE of a query error, chosen from its kind.
+pub fn sqlstate(e: &QueryError) -> &'static str {
+    use basalt_query::ErrorKind::*;
+    match e.kind() {
+        Syntax => "42601",
+        ReadOnly => "25006",
+        UndefinedTable => "42P01",
+        UndefinedColumn => "42703",
+        AmbiguousColumn => "42702",
+        DuplicateColumn => "42701",
+        UndefinedFunction => "42883",
+        InvalidQuery => "42000",
+        NotSupported => "0A000",
+        TooComplex => "54001",
+        DivisionByZero => "22012",
+        NumericOverflow => "22003",
+        InvalidValue => "22P02",
+        DataException => "22000",
+        InvalidParameter => "22023",
+        Timeout => "57014",
+        RowLimit | ResponseTooLarge => "54000",
+        Memory => "53200",
+        Overloaded => "53300",
+        Unavailable => "57P03",
+        DataCorrupted => "XX001",
+        Io => "58030",
+        Internal => "XX000",
     }
 }
 
@@ -141,6 +135,7 @@ impl Backend {
         Backend {
             parser: Arc::new(StatementParser {
                 engine: engine.clone(),
+                limits: limits.statement,
             }),
             engine,
             limits,
@@ -148,15 +143,16 @@ impl Backend {
         }
     }
 
-    /// The connection's limits: the server's, with its `statement_timeout` when set.
+    /// The connection's limits: the server's, with its `statement_timeout` when set (within
+    /// the server's ceiling).
     fn limits(&self, session: &PgSession) -> QueryLimits {
         let mut l = self.limits.clone();
         if let Some(ms) = session
             .setting("statement_timeout")
-            .and_then(parse_duration_ms)
+            .and_then(|v| parse_duration_ms(v).ok())
             .filter(|&ms| ms > 0)
         {
-            l.timeout = Duration::from_millis(ms);
+            l.timeout = self.engine.clamp_timeout(Duration::from_millis(ms));
         }
         l
     }
@@ -179,9 +175,7 @@ impl Backend {
                     .await;
                 let outcome = match &result {
                     Ok(_) => "ok",
-                    Err(QueryError::Timeout(_)) => "timeout",
-                    Err(QueryError::Sql(_) | QueryError::ReadOnly(_)) => "invalid",
-                    Err(_) => "error",
+                    Err(e) => crate::metrics::outcome(e),
                 };
                 self.metrics
                     .queries
@@ -191,19 +185,32 @@ impl Backend {
                     .query_seconds
                     .with_label_values(&["postgres", outcome])
                     .observe(started.elapsed().as_secs_f64());
-                let out = result.map_err(|e| {
+                let mut out = result.map_err(|e| {
                     tracing::info!(error = %e, sql = %statement, "postgres query failed");
                     query_error(&e)
                 })?;
-                rows_response(&out.schema, &out.batches, format)
+                let max = self.limits.max_response_bytes;
+                let mut sent = 0usize;
+                let schema = out.schema.clone();
+                let batches = std::mem::take(&mut out.batches);
+                rows_response(&schema, &batches, format, |bytes| {
+                    sent += bytes;
+                    if sent > max {
+                        return Err(query_error(&QueryError::ResponseTooLarge { limit: max }));
+                    }
+                    out.reserve(bytes).map_err(|e| query_error(&e))
+                })
             }
             PgCommand::Set { name, value } => {
+                if name.eq_ignore_ascii_case("statement_timeout") {
+                    parse_duration_ms(value).map_err(|m| error_info("22023", m))?;
+                }
                 session(client).lock().set(name, value.clone());
                 Ok(Response::Execution(Tag::new("SET")))
             }
             PgCommand::Show(name) => {
                 let (schema, batch) = show(&session(client).lock(), name)?;
-                rows_response(&schema, &[batch], format)
+                rows_response(&schema, &[batch], format, |_| Ok(()))
             }
             PgCommand::Begin => Ok(Response::TransactionStart(Tag::new("BEGIN"))),
             PgCommand::Commit => Ok(Response::TransactionEnd(Tag::new("COMMIT"))),
@@ -213,32 +220,50 @@ impl Backend {
     }
 }
 
+/// Encodes `batches` as rows; `budget` sees each batch's bytes and may refuse them.
 fn rows_response(
     schema: &Schema,
     batches: &[RecordBatch],
     format: &Format,
+    budget: impl FnMut(usize) -> Result<(), PgError>,
 ) -> Result<Response, PgError> {
     let fields = Arc::new(encode::fields(schema, format));
-    let rows = encode::rows(batches, &fields)
-        .map_err(|e| error_info("XX000", format!("encoding the result: {e}")))?;
+    let mut budget = budget;
+    let rows =
+        encode::rows(batches, &fields, |bytes| budget(bytes).map_err(user_error)).map_err(|e| {
+            match e {
+                PgWireError::UserError(info) => info,
+                e => error_info("XX000", format!("encoding the result: {e}")),
+            }
+        })?;
     Ok(Response::Query(QueryResponse::new(
         fields,
         stream::iter(rows.into_iter().map(Ok)),
     )))
 }
 
-/// `statement_timeout` values: milliseconds, or with a unit (`ms`, `s`, `min`).
-fn parse_duration_ms(v: &str) -> Option<u64> {
-    let v = v.trim().trim_matches('\'');
-    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
-    let (n, unit) = v.split_at(split);
-    let n: u64 = n.parse().ok()?;
-    Some(match unit.trim() {
-        "" | "ms" => n,
-        "s" => n * 1000,
-        "min" => n * 60_000,
-        _ => return None,
-    })
+/// `statement_timeout` values as PostgreSQL takes them: milliseconds, or with a unit (`us`,
+/// `ms`, `s`, `min`, `h`, `d`), at most 2147483647 ms.
+fn parse_duration_ms(v: &str) -> Result<u64, String> {
+    let bad = || {
+        format!(
+            "invalid value for parameter \"statement_timeout\": \"{v}\" (a duration up to 2147483647 ms)"
+        )
+    };
+    let t = v.trim().trim_matches('\'').trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: u64 = n.parse().map_err(|_| bad())?;
+    let ms = match unit.trim() {
+        "us" => Some(n / 1000),
+        "" | "ms" => Some(n),
+        "s" => n.checked_mul(1000),
+        "min" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        "d" => n.checked_mul(86_400_000),
+        _ => None,
+    };
+    ms.filter(|&ms| ms <= i32::MAX as u64).ok_or_else(bad)
 }
 
 fn show_schema(name: &str) -> SchemaRef {
@@ -282,6 +307,7 @@ fn show(session: &PgSession, name: &str) -> Result<(SchemaRef, RecordBatch), PgE
 #[derive(Debug)]
 pub struct StatementParser {
     engine: QueryEngine,
+    limits: basalt_query::StatementLimits,
 }
 
 #[async_trait]
@@ -297,7 +323,8 @@ impl QueryParser for StatementParser {
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
-        let mut commands = postgres::parse(sql).map_err(|e| user_error(query_error(&e)))?;
+        let mut commands =
+            postgres::parse(sql, &self.limits).map_err(|e| user_error(query_error(&e)))?;
         if commands.len() > 1 {
             return Err(user_error(error_info(
                 "42601",
@@ -369,7 +396,7 @@ impl SimpleQueryHandler for Backend {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let commands = match postgres::parse(query) {
+        let commands = match postgres::parse(query, &self.limits.statement) {
             Ok(c) => c,
             Err(e) => return Ok(vec![Response::Error(query_error(&e))]),
         };
@@ -445,45 +472,46 @@ mod tests {
     use super::*;
 
     #[test]
-    fn errors_carry_sqlstate_codes() {
+    fn errors_carry_sqlstate_codes_from_their_kind() {
+        use basalt_query::ErrorKind;
         assert_eq!(
-            sqlstate(&QueryError::Sql(
-                "sql parser error: Expected: an expression".into()
-            )),
+            sqlstate(&QueryError::invalid(ErrorKind::Syntax, "x")),
             "42601"
         );
-        assert_eq!(
-            sqlstate(&QueryError::Sql(
-                "Error during planning: table 'datafusion.public.nope' not found".into()
-            )),
-            "42P01"
-        );
-        assert_eq!(
-            sqlstate(&QueryError::Sql(
-                "Schema error: No field named nope.".into()
-            )),
-            "42703"
-        );
-        assert_eq!(
-            sqlstate(&QueryError::Sql(
-                "Error during planning: Invalid function 'nope'".into()
-            )),
-            "42883"
-        );
+        assert_eq!(sqlstate(&QueryError::UndefinedTable("t".into())), "42P01");
         assert_eq!(
             sqlstate(&QueryError::ReadOnly("only queries".into())),
             "25006"
         );
         assert_eq!(sqlstate(&QueryError::Timeout(5)), "57014");
         assert_eq!(sqlstate(&QueryError::RowLimit(5)), "54000");
-        assert_eq!(sqlstate(&QueryError::Memory("x".into())), "53200");
+        assert_eq!(
+            sqlstate(&QueryError::Overloaded {
+                running: 1,
+                queued: 1
+            }),
+            "53300"
+        );
+        // The same words in a message do not change the code.
+        assert_eq!(
+            sqlstate(&QueryError::invalid(
+                ErrorKind::Internal,
+                "sql parser error: table not found"
+            )),
+            "XX000"
+        );
     }
 
     #[test]
     fn statement_timeouts_parse() {
-        assert_eq!(parse_duration_ms("2500"), Some(2500));
-        assert_eq!(parse_duration_ms("'5s'"), Some(5000));
-        assert_eq!(parse_duration_ms("1min"), Some(60_000));
-        assert_eq!(parse_duration_ms("soon"), None);
+        assert_eq!(parse_duration_ms("2500"), Ok(2500));
+        assert_eq!(parse_duration_ms("'5s'"), Ok(5000));
+        assert_eq!(parse_duration_ms("1min"), Ok(60_000));
+        assert!(parse_duration_ms("soon").is_err());
+        // Huge values are refused, not overflowed.
+        assert!(parse_duration_ms("99999999999999999999min").is_err());
+        assert!(parse_duration_ms("307445734561825861min").is_err());
+        assert!(parse_duration_ms("2147483648").is_err());
+        assert_eq!(parse_duration_ms("2147483647"), Ok(2147483647));
     }
 }

@@ -256,7 +256,13 @@ fn encode_cell(enc: &mut DataRowEncoder, col: &Column, row: usize) -> PgWireResu
 }
 
 /// Encodes every row of `batches` for a client that described the result as `fields`.
-pub fn rows(batches: &[RecordBatch], fields: &Arc<Vec<FieldInfo>>) -> PgWireResult<Vec<DataRow>> {
+/// Encodes every row; after each batch `budget` is told how many bytes the batch's rows
+/// took and may stop the encoding with its error (memory and response-size limits).
+pub fn rows(
+    batches: &[RecordBatch],
+    fields: &Arc<Vec<FieldInfo>>,
+    mut budget: impl FnMut(usize) -> PgWireResult<()>,
+) -> PgWireResult<Vec<DataRow>> {
     let mut out = Vec::with_capacity(batches.iter().map(|b| b.num_rows()).sum());
     let mut enc = DataRowEncoder::new(fields.clone());
     for batch in batches {
@@ -265,12 +271,16 @@ pub fn rows(batches: &[RecordBatch], fields: &Arc<Vec<FieldInfo>>) -> PgWireResu
             .iter()
             .map(prepare)
             .collect::<PgWireResult<Vec<_>>>()?;
+        let mut bytes = 0usize;
         for row in 0..batch.num_rows() {
             for col in &columns {
                 encode_cell(&mut enc, col, row)?;
             }
-            out.push(enc.take_row());
+            let r = enc.take_row();
+            bytes += r.data.len() + 8;
+            out.push(r);
         }
+        budget(bytes)?;
     }
     Ok(out)
 }

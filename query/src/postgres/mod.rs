@@ -20,7 +20,7 @@ use datafusion::sql::parser::{DFParser, Statement as DfStatement};
 use datafusion::sql::sqlparser::ast::{Expr, Set, Statement, Value};
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 
-use crate::error::{QueryError, Result};
+use crate::error::Result;
 
 /// The PostgreSQL version Basalt reports (`server_version`, `version()`).
 pub const SERVER_VERSION: &str = "16.6";
@@ -113,10 +113,14 @@ pub enum PgCommand {
     Noop(&'static str),
 }
 
-/// Splits `sql` into statements and classifies each. Empty input yields no commands.
-pub fn parse(sql: &str) -> Result<Vec<PgCommand>> {
-    let statements = DFParser::parse_sql_with_dialect(sql, &PostgreSqlDialect {})
-        .map_err(|e| QueryError::Sql(e.to_string()))?;
+/// Splits `sql` into statements within `limits` and classifies each. Empty input yields no
+/// commands.
+pub fn parse(sql: &str, limits: &crate::StatementLimits) -> Result<Vec<PgCommand>> {
+    crate::guard::check_text(sql, &PostgreSqlDialect {}, limits)?;
+    let statements = DFParser::parse_sql_with_dialect(sql, &PostgreSqlDialect {})?;
+    for s in &statements {
+        crate::guard::check_statement(s, limits)?;
+    }
     statements.into_iter().map(classify).collect()
 }
 
@@ -252,7 +256,7 @@ mod tests {
     use super::*;
 
     fn one(sql: &str) -> PgCommand {
-        let mut c = parse(sql).unwrap();
+        let mut c = parse(sql, &Default::default()).unwrap();
         assert_eq!(c.len(), 1, "{sql}");
         c.remove(0)
     }
@@ -278,8 +282,13 @@ mod tests {
         assert!(matches!(one("ROLLBACK"), PgCommand::Rollback));
         assert!(matches!(one("DISCARD ALL"), PgCommand::Noop("DISCARD ALL")));
         assert!(matches!(one("SELECT 1"), PgCommand::Query(_)));
-        assert_eq!(parse("SELECT 1; SELECT 2").unwrap().len(), 2);
-        assert!(parse("").unwrap().is_empty());
+        assert_eq!(
+            parse("SELECT 1; SELECT 2", &Default::default())
+                .unwrap()
+                .len(),
+            2
+        );
+        assert!(parse("", &Default::default()).unwrap().is_empty());
     }
 
     #[test]
@@ -302,8 +311,8 @@ mod tests {
             "CREATE TABLE t (a int)",
             "DELETE FROM events",
         ] {
-            match parse(sql) {
-                Err(QueryError::ReadOnly(m)) => assert!(m.contains("read-only"), "{m}"),
+            match parse(sql, &Default::default()) {
+                Err(crate::QueryError::ReadOnly(m)) => assert!(m.contains("read-only"), "{m}"),
                 other => panic!("{sql}: {other:?}"),
             }
         }

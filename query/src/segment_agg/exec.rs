@@ -814,9 +814,47 @@ impl Worker {
         }
         let batch = RecordBatch::try_new(job.schema.clone(), columns)?;
         let size = job.scan().batch_size().max(1);
-        Ok((0..n)
+        if n <= size {
+            return Ok(vec![batch]);
+        }
+        // Each batch gets a dictionary of only the values it holds. Slices sharing one
+        // dictionary of every group's value would be copied whole into every batch an
+        // operator above interleaves from them (a sort's merge): gigabytes for a few MB of
+        // groups.
+        (0..n)
             .step_by(size)
-            .map(|off| batch.slice(off, size.min(n - off)))
-            .collect())
+            .map(|off| {
+                let slice = batch.slice(off, size.min(n - off));
+                let cols = slice
+                    .columns()
+                    .iter()
+                    .map(compact_dictionary)
+                    .collect::<DfResult<Vec<_>>>()?;
+                Ok(RecordBatch::try_new(job.schema.clone(), cols)?)
+            })
+            .collect()
     }
+}
+
+/// A dictionary column with only the values its keys use (other columns as they are).
+fn compact_dictionary(col: &ArrayRef) -> DfResult<ArrayRef> {
+    let Some(dict) = col.as_any().downcast_ref::<DictionaryArray<Int32Type>>() else {
+        return Ok(col.clone());
+    };
+    let keys = dict.keys();
+    let mut used: Vec<i32> = keys.iter().flatten().collect();
+    used.sort_unstable();
+    used.dedup();
+    let values = take(
+        dict.values().as_ref(),
+        &arrow::array::UInt32Array::from_iter_values(used.iter().map(|&k| k as u32)),
+        None,
+    )?;
+    let remapped: Int32Array = keys
+        .iter()
+        .map(|k| k.map(|k| used.binary_search(&k).unwrap_or(0) as i32))
+        .collect();
+    Ok(Arc::new(DictionaryArray::<Int32Type>::try_new(
+        remapped, values,
+    )?))
 }

@@ -7,20 +7,22 @@
 //! ignored. Timestamps are epoch milliseconds or RFC 3339 strings.
 
 use std::borrow::Cow;
-use std::io::{BufRead, Read};
 use std::sync::Arc;
 
 use arrow::array::{
     ArrayBuilder, ArrayRef, BooleanBuilder, Float32Builder, Float64Builder, Int32Builder,
     Int64Builder, ListBuilder, StringBuilder, TimestampMillisecondBuilder,
 };
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use basalt_segment::{ColumnDef, ColumnType, SegmentSchema};
 use serde_json::Value as Json;
 
 use crate::error::{IngestError, Result};
 use crate::json_row::{is_text, parse_object, raw_field, ColumnIndex, ObjectError, RawField};
+
+mod formats;
+pub use formats::{decode_csv, decode_ndjson, decode_parquet, DecodeLimits};
 use serde_json::value::RawValue;
 
 /// The body formats `POST /tables/{name}/ingest` accepts.
@@ -210,6 +212,10 @@ pub enum JsonRowError {
     Row(IngestError),
 }
 
+/// Why a FLOAT or DOUBLE value is refused in every format.
+pub(crate) const NON_FINITE: &str =
+    "NaN and infinities are not accepted (FLOAT and DOUBLE values must be finite numbers)";
+
 /// Accumulates validated rows into batches.
 pub struct RowWriter {
     schema: SegmentSchema,
@@ -217,6 +223,10 @@ pub struct RowWriter {
     arrow: SchemaRef,
     builders: Vec<ColBuilder>,
     batch_rows: usize,
+    /// A batch is full at this many bytes of values, whatever its row count.
+    max_bytes: usize,
+    /// Bytes of the values appended since the last batch (strings' lengths, 8 per number).
+    bytes: usize,
 }
 
 impl RowWriter {
@@ -231,7 +241,15 @@ impl RowWriter {
             index: ColumnIndex::new(schema),
             schema: schema.clone(),
             batch_rows: batch_rows.max(1),
+            max_bytes: usize::MAX,
+            bytes: 0,
         }
+    }
+
+    /// Hands a batch on once its values hold `max_bytes`.
+    pub fn with_max_bytes(mut self, max_bytes: usize) -> Self {
+        self.max_bytes = max_bytes.max(1);
+        self
     }
 
     pub fn rows(&self) -> usize {
@@ -239,7 +257,7 @@ impl RowWriter {
     }
 
     pub fn is_full(&self) -> bool {
-        self.rows() >= self.batch_rows
+        self.rows() >= self.batch_rows || self.bytes >= self.max_bytes
     }
 
     /// Hands the accumulated rows to `sink` when the batch is full, or always at the end.
@@ -260,6 +278,7 @@ impl RowWriter {
         if self.rows() == 0 {
             return Ok(None);
         }
+        self.bytes = 0;
         let cols = self.builders.iter_mut().map(|b| b.finish()).collect();
         Ok(Some(RecordBatch::try_new(self.arrow.clone(), cols)?))
     }
@@ -353,6 +372,13 @@ impl RowWriter {
             cells.push(cell);
         }
         for (b, cell) in self.builders.iter_mut().zip(cells) {
+            self.bytes += match &cell {
+                Cell::Null => 1,
+                Cell::Str(s) => s.len() + 4,
+                Cell::StrList(v) => v.iter().map(|s| s.len() + 4).sum::<usize>() + 4,
+                Cell::I64List(v) => v.len() * 8 + 4,
+                _ => 8,
+            };
             match cell {
                 Cell::Null => b.push_null(),
                 c => b.push(c),
@@ -421,6 +447,7 @@ fn json_cell(ty: ColumnType, v: &Json) -> std::result::Result<Cell<'_>, String> 
             .ok_or_else(|| format!("expected TIMESTAMP (epoch milliseconds or RFC 3339), got {n}")),
         (ColumnType::Float | ColumnType::Double, Json::Number(n)) => n
             .as_f64()
+            .filter(|v| finite_in(ty, *v))
             .map(Cell::F64)
             .ok_or_else(|| format!("expected {}, got {n}", ty.name())),
         (ColumnType::Boolean, Json::Bool(b)) => Ok(Cell::Bool(*b)),
@@ -451,11 +478,11 @@ fn text_cell(ty: ColumnType, s: &str) -> std::result::Result<Cell<'_>, String> {
             .parse::<i64>()
             .map(Cell::I64)
             .map_err(|_| format!("expected LONG (64-bit integer), got {}", short())),
-        ColumnType::Float | ColumnType::Double => s
-            .trim()
-            .parse::<f64>()
-            .map(Cell::F64)
-            .map_err(|_| format!("expected {}, got {}", ty.name(), short())),
+        ColumnType::Float | ColumnType::Double => match s.trim().parse::<f64>() {
+            Ok(v) if finite_in(ty, v) => Ok(Cell::F64(v)),
+            Ok(_) => Err(format!("got {}: {NON_FINITE}", short())),
+            Err(_) => Err(format!("expected {}, got {}", ty.name(), short())),
+        },
         ColumnType::Boolean => match s.trim().to_ascii_lowercase().as_str() {
             "true" | "1" => Ok(Cell::Bool(true)),
             "false" | "0" => Ok(Cell::Bool(false)),
@@ -516,7 +543,7 @@ fn raw_cell<'a>(ty: ColumnType, f: RawField<'a>) -> std::result::Result<Cell<'a>
         (ColumnType::Float | ColumnType::Double, RawField::Number(n)) => n
             .parse::<f64>()
             .ok()
-            .filter(|v| v.is_finite())
+            .filter(|v| finite_in(ty, *v))
             .map(Cell::F64)
             .ok_or_else(|| format!("expected {}, got {n}", ty.name())),
         (ColumnType::Boolean, RawField::Bool(b)) => Ok(Cell::Bool(b)),
@@ -524,6 +551,14 @@ fn raw_cell<'a>(ty: ColumnType, f: RawField<'a>) -> std::result::Result<Cell<'a>
         (ty, RawField::Number(t) | RawField::Nested(t)) => {
             Err(format!("expected {}, got {}", ty.name(), short(t)))
         }
+    }
+}
+
+/// Whether `v` is finite as a value of `ty` (a FLOAT overflows to infinity beyond f32).
+fn finite_in(ty: ColumnType, v: f64) -> bool {
+    match ty {
+        ColumnType::Float => (v as f32).is_finite(),
+        _ => v.is_finite(),
     }
 }
 
@@ -541,221 +576,6 @@ pub fn parse_timestamp(s: &str) -> Option<i64> {
         }
     }
     None
-}
-
-/// Decodes NDJSON from `r`, calling `sink` with each full batch. Blank lines are skipped.
-pub fn decode_ndjson(
-    r: impl Read,
-    schema: &SegmentSchema,
-    batch_rows: usize,
-    sink: &mut dyn FnMut(RecordBatch) -> Result<()>,
-) -> Result<usize> {
-    let mut w = RowWriter::new(schema, batch_rows);
-    let mut reader = std::io::BufReader::with_capacity(1 << 20, r);
-    let mut line = Vec::new();
-    let mut line_no = 0usize;
-    let mut rows = 0usize;
-    loop {
-        line.clear();
-        let n = reader.read_until(b'\n', &mut line)?;
-        if n == 0 {
-            break;
-        }
-        line_no += 1;
-        let trimmed = line.trim_ascii();
-        if trimmed.is_empty() {
-            continue;
-        }
-        let loc = || format!("line {line_no}");
-        match w.push_json_bytes(trimmed, &loc) {
-            Ok(_) => {}
-            Err(JsonRowError::Row(e)) => return Err(e),
-            Err(JsonRowError::Object(ObjectError::NotAnObject(_))) => {
-                return Err(IngestError::BadInput {
-                    location: loc(),
-                    message: "expected a JSON object".into(),
-                })
-            }
-            Err(JsonRowError::Object(ObjectError::Invalid(e))) => {
-                return Err(IngestError::BadInput {
-                    location: loc(),
-                    message: format!("invalid JSON: {e}"),
-                })
-            }
-        }
-        rows += 1;
-        w.flush(sink, false)?;
-    }
-    w.flush(sink, true)?;
-    Ok(rows)
-}
-
-/// Decodes CSV with a header row. Columns are matched by header name; spec columns missing
-/// from the header are null; extra header columns are ignored.
-pub fn decode_csv(
-    r: impl Read,
-    schema: &SegmentSchema,
-    batch_rows: usize,
-    sink: &mut dyn FnMut(RecordBatch) -> Result<()>,
-) -> Result<usize> {
-    let mut rdr = csv::ReaderBuilder::new()
-        .has_headers(true)
-        .flexible(false)
-        .from_reader(r);
-    let headers = rdr
-        .headers()
-        .map_err(|e| IngestError::BadInput {
-            location: "line 1".into(),
-            message: format!("cannot read the CSV header: {e}"),
-        })?
-        .clone();
-    let index: Vec<Option<usize>> = schema
-        .columns
-        .iter()
-        .map(|c| headers.iter().position(|h| h.trim() == c.name))
-        .collect();
-    let mut w = RowWriter::new(schema, batch_rows);
-    let mut rows = 0usize;
-    let mut record = csv::StringRecord::new();
-    loop {
-        let line = rdr.position().line() + 1;
-        match rdr.read_record(&mut record) {
-            Ok(false) => break,
-            Ok(true) => {}
-            Err(e) => {
-                return Err(IngestError::BadInput {
-                    location: format!("line {line}"),
-                    message: format!("invalid CSV: {e}"),
-                })
-            }
-        }
-        let line = record.position().map(|p| p.line()).unwrap_or(line);
-        let fields: Vec<Option<&str>> = index
-            .iter()
-            .map(|i| i.and_then(|i| record.get(i)))
-            .collect();
-        w.push_text(&fields, &|| format!("line {line}"))?;
-        rows += 1;
-        w.flush(sink, false)?;
-    }
-    w.flush(sink, true)?;
-    Ok(rows)
-}
-
-/// Decodes a Parquet file. Columns are matched by name and cast to the spec's types; a value
-/// that does not convert is an error naming the row and column.
-pub fn decode_parquet(
-    file: std::fs::File,
-    schema: &SegmentSchema,
-    batch_rows: usize,
-    sink: &mut dyn FnMut(RecordBatch) -> Result<()>,
-) -> Result<usize> {
-    let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)?
-        .with_batch_size(batch_rows.clamp(1, 65536));
-    let reader = builder.build()?;
-    let target = ingest_schema(schema);
-    let mut rows = 0usize;
-    for batch in reader {
-        let batch = batch?;
-        let mut cols: Vec<ArrayRef> = Vec::with_capacity(target.fields().len());
-        for (c, f) in schema.columns.iter().zip(target.fields()) {
-            let col = match batch.column_by_name(&c.name) {
-                None => arrow::array::new_null_array(f.data_type(), batch.num_rows()),
-                Some(a) => convert_column(a, f.data_type(), c.ty).map_err(|(row, m)| {
-                    IngestError::BadRow {
-                        location: format!("row {}", rows + row + 1),
-                        column: c.name.clone(),
-                        message: m,
-                    }
-                })?,
-            };
-            if !c.nullable && col.null_count() > 0 {
-                let row = (0..col.len()).find(|&i| col.is_null(i)).unwrap_or(0);
-                return Err(IngestError::BadRow {
-                    location: format!("row {}", rows + row + 1),
-                    column: c.name.clone(),
-                    message: "is required but missing or null".into(),
-                });
-            }
-            cols.push(col);
-        }
-        rows += batch.num_rows();
-        sink(RecordBatch::try_new(target.clone(), cols)?)?;
-    }
-    Ok(rows)
-}
-
-/// Casts a column to `to`; on failure returns the first failing row (0-based) and a message.
-fn convert_column(
-    a: &ArrayRef,
-    to: &DataType,
-    ty: ColumnType,
-) -> std::result::Result<ArrayRef, (usize, String)> {
-    use arrow::compute::{cast_with_options, CastOptions};
-    let from = a.data_type();
-    let compatible = match ty {
-        // An array column from a Parquet list of castable values.
-        _ if matches!(to, DataType::List(_)) => {
-            matches!(from, DataType::List(_) | DataType::LargeList(_))
-        }
-        ColumnType::String | ColumnType::Json => true,
-        ColumnType::Boolean => matches!(
-            from,
-            DataType::Boolean | DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
-        ),
-        ColumnType::Timestamp => {
-            from.is_integer()
-                || matches!(
-                    from,
-                    DataType::Timestamp(_, _)
-                        | DataType::Date32
-                        | DataType::Date64
-                        | DataType::Utf8
-                        | DataType::LargeUtf8
-                        | DataType::Utf8View
-                )
-        }
-        _ => {
-            from.is_numeric()
-                || matches!(
-                    from,
-                    DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
-                )
-        }
-    };
-    if !compatible {
-        return Err((
-            0,
-            format!("Parquet type {from} cannot hold {} values", ty.name()),
-        ));
-    }
-    let strict = CastOptions {
-        safe: false,
-        ..Default::default()
-    };
-    let src = if matches!(from, DataType::Timestamp(_, Some(_))) {
-        // Drop the zone: instants are kept as UTC epoch milliseconds.
-        cast_with_options(
-            a,
-            &DataType::Timestamp(TimeUnit::Millisecond, None),
-            &strict,
-        )
-        .map_err(|e| (0, e.to_string()))?
-    } else {
-        a.clone()
-    };
-    match cast_with_options(&src, to, &strict) {
-        Ok(c) => Ok(c),
-        Err(e) => {
-            // Find the first row that fails, for the error message.
-            let safe = cast_with_options(&src, to, &CastOptions::default())
-                .map_err(|_| (0, e.to_string()))?;
-            let row = (0..src.len())
-                .find(|&i| !src.is_null(i) && safe.is_null(i))
-                .unwrap_or(0);
-            Err((row, format!("cannot convert to {}: {e}", ty.name())))
-        }
-    }
 }
 
 #[cfg(test)]
@@ -781,10 +601,16 @@ mod tests {
 
     fn ndjson(body: &str) -> Result<Vec<RecordBatch>> {
         let mut out = Vec::new();
-        decode_ndjson(body.as_bytes(), &schema(), 2, &mut |b| {
-            out.push(b);
-            Ok(())
-        })?;
+        decode_ndjson(
+            body.as_bytes(),
+            &schema(),
+            2,
+            &Default::default(),
+            &mut |b| {
+                out.push(b);
+                Ok(())
+            },
+        )?;
         Ok(out)
     }
 
@@ -838,6 +664,7 @@ mod tests {
             "s,ts,n\nhello,1700000000000,5\n,2023-11-14T22:13:20Z,\n".as_bytes(),
             &schema(),
             10,
+            &Default::default(),
             &mut |b| {
                 n += b.num_rows();
                 Ok(())
@@ -845,12 +672,123 @@ mod tests {
         )
         .unwrap();
         assert_eq!((rows, n), (2, 2));
-        let e = decode_csv("ts,n\n1,2\n3,abc\n".as_bytes(), &schema(), 10, &mut |_| {
-            Ok(())
-        })
+        let e = decode_csv(
+            "ts,n\n1,2\n3,abc\n".as_bytes(),
+            &schema(),
+            10,
+            &Default::default(),
+            &mut |_| Ok(()),
+        )
         .unwrap_err()
         .to_string();
         assert!(e.contains("line 3") && e.contains("\"n\""), "{e}");
+    }
+
+    #[test]
+    fn long_lines_and_records_are_refused_before_they_are_buffered() {
+        let limits = DecodeLimits {
+            max_line_bytes: 64,
+            max_batch_bytes: 1 << 20,
+        };
+        let ok = format!("{{\"ts\":1,\"s\":\"{}\"}}\n", "x".repeat(40));
+        let long = format!("{{\"ts\":1,\"s\":\"{}\"}}\n", "x".repeat(100));
+        let run =
+            |body: String| decode_ndjson(body.as_bytes(), &schema(), 10, &limits, &mut |_| Ok(()));
+        assert_eq!(run(ok.repeat(3)).unwrap(), 3);
+        let e = run(format!("{ok}{long}")).unwrap_err().to_string();
+        assert!(
+            e.contains("line 2") && e.contains("ingest.max_line_bytes"),
+            "{e}"
+        );
+        // A line with no newline at all (a body that is one huge line).
+        let e = run("x".repeat(10_000)).unwrap_err().to_string();
+        assert!(e.contains("line 1"), "{e}");
+        let csv = |body: &str| decode_csv(body.as_bytes(), &schema(), 10, &limits, &mut |_| Ok(()));
+        assert_eq!(csv("ts,s\n1,\"a\nb\"\n2,c\n").unwrap(), 2);
+        let e = csv(&format!("ts,s\n1,{}\n", "y".repeat(100)))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("line 2") && e.contains("ingest.max_line_bytes"),
+            "{e}"
+        );
+        // Newlines inside quotes do not end a record: a quoted field cannot grow unbounded.
+        let quoted = format!("ts,s\n1,\"{}\"\n", "z\n".repeat(50));
+        assert!(csv(&quoted).is_err());
+    }
+
+    #[test]
+    fn batches_are_bounded_by_bytes() {
+        let limits = DecodeLimits {
+            max_line_bytes: 1 << 20,
+            max_batch_bytes: 1000,
+        };
+        let line = format!("{{\"ts\":1,\"s\":\"{}\"}}\n", "x".repeat(300));
+        let mut batches = Vec::new();
+        decode_ndjson(
+            line.repeat(10).as_bytes(),
+            &schema(),
+            1000,
+            &limits,
+            &mut |b| {
+                batches.push(b.num_rows());
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert!(
+            batches.len() >= 3 && batches.iter().all(|&n| n <= 4),
+            "{batches:?}"
+        );
+        assert_eq!(batches.iter().sum::<usize>(), 10);
+    }
+
+    #[test]
+    fn nan_and_infinity_are_refused_in_every_format() {
+        for v in ["\"NaN\"", "\"inf\"", "\"-Infinity\"", "1e400"] {
+            let e = ndjson(&format!("{{\"ts\":1,\"d\":{v}}}\n"))
+                .expect_err(v)
+                .to_string();
+            assert!(e.contains("\"d\""), "{v}: {e}");
+        }
+        for v in ["NaN", "inf", "-infinity", "1e400"] {
+            let e = decode_csv(
+                format!("ts,d\n1,{v}\n").as_bytes(),
+                &schema(),
+                10,
+                &Default::default(),
+                &mut |_| Ok(()),
+            )
+            .expect_err(v)
+            .to_string();
+            assert!(e.contains("\"d\"") && e.contains("line 2"), "{v}: {e}");
+        }
+        // Parquet: a file holding NaN.
+        let file = tempfile::tempfile().unwrap();
+        let arrow_schema = Arc::new(Schema::new(vec![
+            Field::new("ts", DataType::Int64, false),
+            Field::new("d", DataType::Float64, true),
+        ]));
+        let batch = RecordBatch::try_new(
+            arrow_schema.clone(),
+            vec![
+                Arc::new(arrow::array::Int64Array::from(vec![1, 2])),
+                Arc::new(arrow::array::Float64Array::from(vec![1.5, f64::NAN])),
+            ],
+        )
+        .unwrap();
+        let mut w =
+            parquet::arrow::ArrowWriter::try_new(file.try_clone().unwrap(), arrow_schema, None)
+                .unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        let e = decode_parquet(file, &schema(), 10, &mut |_| Ok(()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("row 2") && e.contains("\"d\"") && e.contains("NaN"),
+            "{e}"
+        );
     }
 
     proptest::proptest! {
