@@ -347,6 +347,15 @@ pub struct IngestSection {
     /// a request holds a few segments at most.
     #[serde(default = "default_segment_bytes")]
     pub max_segment_bytes: u64,
+    /// Seconds a real-time table's consumer lease lasts without renewal (default 30): when
+    /// the server consuming a table dies, another server sharing its deep store takes the
+    /// table over after this long.
+    #[serde(default = "default_consumer_lease")]
+    pub consumer_lease_secs: u64,
+}
+
+fn default_consumer_lease() -> u64 {
+    30
 }
 
 fn default_body() -> u64 {
@@ -373,6 +382,7 @@ impl Default for IngestSection {
             body_read_timeout_secs: default_body_timeout(),
             max_line_bytes: default_line(),
             max_segment_bytes: default_segment_bytes(),
+            consumer_lease_secs: default_consumer_lease(),
         }
     }
 }
@@ -435,9 +445,10 @@ impl Config {
             || i.body_read_timeout_secs == 0
             || i.max_line_bytes < 1024
             || i.max_segment_bytes < (1 << 20)
+            || i.consumer_lease_secs < 3
         {
             return Err(format!(
-                "invalid config {}: ingest.max_concurrent and ingest.body_read_timeout_secs must be positive, ingest.max_line_bytes at least 1024, ingest.max_segment_bytes at least 1 MiB",
+                "invalid config {}: ingest.max_concurrent and ingest.body_read_timeout_secs must be positive, ingest.max_line_bytes at least 1024, ingest.max_segment_bytes at least 1 MiB, ingest.consumer_lease_secs at least 3",
                 path.display()
             ));
         }

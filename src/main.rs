@@ -270,6 +270,7 @@ async fn start_server(
         build: Default::default(),
         policy: cfg.tables.policy(&cfg.storage),
         ingest: cfg.ingest.limits(),
+        consumer_lease: std::time::Duration::from_secs(cfg.ingest.consumer_lease_secs),
     })
     .await
     .map_err(|e| format!("cannot open the table store in {}: {e}", data_dir.display()))?;

@@ -25,6 +25,9 @@ pub enum ApiError {
     /// The request body stopped arriving.
     #[error("{0}")]
     Timeout(String),
+    /// What the request needs cannot be reached now (a table's deep store).
+    #[error("{0}")]
+    Unavailable(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -37,7 +40,7 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Busy(_) | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -53,6 +56,8 @@ impl From<IngestError> for ApiError {
             | IngestError::TableExistsElsewhere { .. }
             | IngestError::NotSupported(_) => ApiError::Conflict(msg),
             IngestError::TooLarge(_) => ApiError::TooLarge(msg),
+            IngestError::Fenced { .. } => ApiError::Conflict(msg),
+            IngestError::Unavailable { .. } => ApiError::Unavailable(msg),
             IngestError::UnsupportedFormat(_) => ApiError::UnsupportedMediaType(msg),
             e if e.is_client_error() => ApiError::BadRequest(msg),
             _ => ApiError::Internal(msg),

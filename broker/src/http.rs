@@ -237,12 +237,33 @@ async fn create_table(State(s): State<AppState>, headers: HeaderMap, body: Bytes
     finish(&s, "create_table", r)
 }
 
+/// Every table, and among them those that cannot be used now (with why).
 async fn list_tables(State(s): State<AppState>) -> Response {
-    let r = Ok(Json(json!({ "tables": s.store.table_names() })).into_response());
+    let unavailable = s.store.unavailable();
+    let mut tables = s.store.table_names();
+    tables.extend(unavailable.iter().map(|u| u.table.clone()));
+    tables.sort();
+    let r = Ok(Json(json!({ "tables": tables, "unavailable": unavailable })).into_response());
     finish(&s, "list_tables", r)
 }
 
 async fn get_table(State(s): State<AppState>, Path(name): Path<String>) -> Response {
+    if let Some(u) = s.store.unavailable_table(&name) {
+        let spec = u.spec.as_ref().map(|s| s.redacted());
+        let r = Ok((
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({
+                "name": u.table,
+                "status": "unavailable",
+                "reason": u.reason,
+                "since": u.since,
+                "deep_store": u.deep_store,
+                "spec": spec,
+            })),
+        )
+            .into_response());
+        return finish(&s, "get_table", r);
+    }
     let r = match s.store.table(&name) {
         Some(t) => Ok(Json(json!({
             "name": t.spec.name,
@@ -351,6 +372,12 @@ async fn ingest(
     body: Body,
 ) -> Response {
     let r = async {
+        if let Some(u) = s.store.unavailable_table(&name) {
+            return Err(ApiError::Unavailable(format!(
+                "table {name:?} is unavailable: {}",
+                u.reason
+            )));
+        }
         if s.store.table(&name).is_none() {
             return Err(ApiError::NotFound(format!("table {name:?} does not exist")));
         }
@@ -535,8 +562,9 @@ fn held_body(bytes: Vec<u8>, out: basalt_query::QueryOutput) -> Body {
 }
 
 /// `ok`, or `degraded` with the tables whose real-time ingestion is not consuming (their
-/// broker is unreachable, or consumption is restarting after an error). The server itself
-/// answers either way, so the status code stays 200.
+/// broker is unreachable, or consumption is restarting after an error, a panic included),
+/// the tables that cannot be loaded now and why, and the deep store's error when it cannot
+/// be listed. The server itself answers either way, so the status code stays 200.
 async fn health(State(s): State<AppState>) -> Response {
     let mut problems = Vec::new();
     for name in s.store.table_names() {
@@ -551,7 +579,9 @@ async fn health(State(s): State<AppState>) -> Response {
             }
         }
     }
-    let status = if problems.is_empty() {
+    let unavailable = s.store.unavailable();
+    let store_error = s.store.store_error();
+    let status = if problems.is_empty() && unavailable.is_empty() && store_error.is_none() {
         "ok"
     } else {
         "degraded"
@@ -560,6 +590,8 @@ async fn health(State(s): State<AppState>) -> Response {
         "status": status,
         "tables": s.store.table_names().len(),
         "ingestion_problems": problems,
+        "tables_unavailable": unavailable,
+        "deep_store_error": store_error,
     }))
     .into_response());
     finish(&s, "health", r)

@@ -26,6 +26,8 @@ impl TableSource for StoreSource {
             }
             names.push(n);
         }
+        // Unavailable tables keep their names: a query of one says why it cannot run.
+        names.extend(self.0.unavailable().into_iter().map(|u| u.table));
         names
     }
 
@@ -36,7 +38,12 @@ impl TableSource for StoreSource {
                 .table(base)
                 .filter(|t| t.spec.source.is_some())
                 .map(|_| quarantine_schema()),
-            None => self.0.table(name).map(|t| t.schema.clone()),
+            None => self.0.table(name).map(|t| t.schema.clone()).or_else(|| {
+                self.0
+                    .unavailable_table(name)
+                    .and_then(|u| u.spec)
+                    .map(|s| s.segment_schema())
+            }),
         }
     }
 
@@ -60,7 +67,13 @@ impl TableSource for StoreSource {
             None => (name, false),
         };
         let Some(t) = self.0.table(base) else {
-            return Ok(None);
+            return match self.0.unavailable_table(base) {
+                Some(u) => Err(QueryError::Unavailable {
+                    table: u.table,
+                    reason: u.reason,
+                }),
+                None => Ok(None),
+            };
         };
         if quarantine && t.spec.source.is_none() {
             return Ok(None);

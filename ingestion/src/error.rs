@@ -55,6 +55,34 @@ pub enum IngestError {
     Keyed(String),
     #[error("invalid deep store url {0:?}: {1}")]
     DeepStore(String, String),
+    /// A writer that is no longer allowed to commit: the table was dropped and created
+    /// again, or another server took over its consumer lease.
+    #[error("table {table:?}: this writer is fenced: {reason}")]
+    Fenced { table: String, reason: String },
+    /// A thread panicked; what it was doing was abandoned and cleaned up.
+    #[error("{what} panicked: {message}")]
+    Panicked { what: String, message: String },
+    /// The table exists but cannot be used now (its deep store or segments).
+    #[error("table {table:?} is unavailable: {reason}")]
+    Unavailable { table: String, reason: String },
+    /// This data dir is used by another running server.
+    #[error("data dir {0} is in use by another basalt process")]
+    DataDirLocked(String),
+}
+
+impl IngestError {
+    /// An error for a caught panic's payload.
+    pub fn panicked(what: &str, payload: Box<dyn std::any::Any + Send>) -> IngestError {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a non-string panic".into());
+        IngestError::Panicked {
+            what: what.into(),
+            message,
+        }
+    }
 }
 
 impl IngestError {

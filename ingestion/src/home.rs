@@ -6,7 +6,15 @@
 //!
 //! Because the metastore lives next to the segments, a home is self-describing: a server
 //! with an empty data dir that is given the same deep store finds every segment and
-//! checkpoint there. The local disk is only a cache.
+//! checkpoint there. The local disk is only a cache: a cached copy that fails its checksums
+//! is fetched again.
+//!
+//! A table's objects live under its generation (`segments/<table>/<generation>/...`; tables
+//! from before format 3 directly under `segments/<table>/`), so dropping one incarnation
+//! never touches another's. A staged object is named after the node that wrote it: at a
+//! start, a node deletes its own unpublished leftovers at once, and another node's only once
+//! they are older than [`UNPUBLISHED_GRACE`] (that node may still be about to publish them).
+//! Local writes are durable when they return ([`crate::durable`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,13 +22,21 @@ use std::sync::Arc;
 use basalt_segment::SegmentReader;
 use bytes::Bytes;
 use futures::TryStreamExt;
-use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use tracing::warn;
 
+use crate::durable::{write_file_durably, DurableFs};
 use crate::error::{IngestError, Result};
 use crate::metastore::{Metastore, ObjectStoreMetastore, SegmentMeta, TableState};
+
+/// Unpublished objects of another node are left alone this long: it may still publish them.
+pub const UNPUBLISHED_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// The tag in a staged object's name that says which node wrote it.
+pub fn node_tag(node: &str) -> String {
+    format!("__n{node}")
+}
 
 /// Which of a table's object sets an object belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,11 +56,18 @@ impl SegmentKind {
         SegmentKind::KeyedSnapshot,
     ];
 
-    pub fn prefix(self, table: &str) -> ObjPath {
-        match self {
-            SegmentKind::Rows => ObjPath::from(format!("segments/{table}")),
-            SegmentKind::Quarantine => ObjPath::from(format!("quarantine/{table}")),
-            SegmentKind::KeyedSnapshot => ObjPath::from(format!("keyed/{table}")),
+    /// Where a table incarnation's objects of this kind live (`generation` empty: a table
+    /// from before format 3, directly under the table's prefix).
+    pub fn prefix(self, table: &str, generation: &str) -> ObjPath {
+        let kind = match self {
+            SegmentKind::Rows => "segments",
+            SegmentKind::Quarantine => "quarantine",
+            SegmentKind::KeyedSnapshot => "keyed",
+        };
+        if generation.is_empty() {
+            ObjPath::from(format!("{kind}/{table}"))
+        } else {
+            ObjPath::from(format!("{kind}/{table}/{generation}"))
         }
     }
 }
@@ -55,6 +78,7 @@ pub struct Home {
     pub url: Option<String>,
     pub store: Arc<dyn ObjectStore>,
     pub metastore: Arc<dyn Metastore>,
+    object_metastore: Arc<ObjectStoreMetastore>,
     /// Set when the deep store is a local directory: segments are memory-mapped in place.
     local_root: Option<PathBuf>,
     cache_dir: PathBuf,
@@ -69,18 +93,12 @@ pub fn open_deep_store(
         None => {
             let root = data_dir.join("deepstore");
             std::fs::create_dir_all(&root)?;
-            Ok((
-                Arc::new(LocalFileSystem::new_with_prefix(&root)?),
-                Some(root),
-            ))
+            Ok((Arc::new(DurableFs::new(&root)?), Some(root)))
         }
         Some(u) if u.starts_with("file://") => {
             let root = PathBuf::from(&u["file://".len()..]);
             std::fs::create_dir_all(&root)?;
-            Ok((
-                Arc::new(LocalFileSystem::new_with_prefix(&root)?),
-                Some(root),
-            ))
+            Ok((Arc::new(DurableFs::new(&root)?), Some(root)))
         }
         Some(u) if u.starts_with("s3://") => {
             let parsed =
@@ -129,18 +147,25 @@ pub(crate) fn map_segment(file: &Path) -> Result<SegmentReader> {
 }
 
 impl Home {
-    /// Opens the home at `url` with its metastore; `cache_dir` holds downloaded segments.
-    pub async fn open(data_dir: &Path, url: Option<&str>, cache_dir: PathBuf) -> Result<Home> {
+    /// The home at `url` with its metastore; `cache_dir` holds downloaded segments. Nothing
+    /// is read yet (the store may be unreachable now): see [`Home::prepare`].
+    pub fn open(data_dir: &Path, url: Option<&str>, cache_dir: PathBuf) -> Result<Home> {
         let (store, local_root) = open_deep_store(data_dir, url)?;
-        let metastore: Arc<dyn Metastore> =
-            Arc::new(ObjectStoreMetastore::open(store.clone()).await?);
+        let object_metastore = Arc::new(ObjectStoreMetastore::new(store.clone()));
         Ok(Home {
             url: url.map(str::to_string),
             store,
-            metastore,
+            metastore: object_metastore.clone(),
+            object_metastore,
             local_root,
             cache_dir,
         })
+    }
+
+    /// Converts old metastore layouts (idempotent); the first thing done once the store
+    /// answers.
+    pub async fn prepare(&self) -> Result<()> {
+        self.object_metastore.upgrade_manifests().await
     }
 
     pub fn describe(&self) -> String {
@@ -152,25 +177,36 @@ impl Home {
     }
 
     /// Opens a published segment: memory-mapped in place for a local deep store, otherwise
-    /// downloaded to the local cache first.
+    /// from the local cache, fetched from the deep store when it is missing or fails its
+    /// checksums (a copy truncated or damaged by a crash is fetched again).
     pub async fn open_segment(&self, table: &str, s: &SegmentMeta) -> Result<Arc<SegmentReader>> {
-        let file = match &self.local_root {
-            Some(root) => root.join(&s.path),
-            None => {
-                let cached = self.cached_path(table, &s.id);
-                if !cached.exists() {
-                    let bytes = self
-                        .store
-                        .get(&ObjPath::from(s.path.as_str()))
-                        .await?
-                        .bytes()
-                        .await?;
-                    write_cache_file(&cached, &bytes)?;
+        if let Some(root) = &self.local_root {
+            return Ok(Arc::new(map_segment(&root.join(&s.path))?));
+        }
+        let cached = self.cached_path(table, &s.id);
+        if cached.exists() {
+            let checked = map_segment(&cached).and_then(|r| {
+                r.verify()?;
+                Ok(r)
+            });
+            match checked {
+                Ok(r) => return Ok(Arc::new(r)),
+                Err(e) => {
+                    warn!(path = %cached.display(), error = %e, "a cached segment failed its checks; fetching it again");
+                    let _ = std::fs::remove_file(&cached);
                 }
-                cached
             }
-        };
-        Ok(Arc::new(map_segment(&file)?))
+        }
+        let bytes = self
+            .store
+            .get(&ObjPath::from(s.path.as_str()))
+            .await?
+            .bytes()
+            .await?;
+        write_cache_file(&cached, &bytes)?;
+        let r = map_segment(&cached)?;
+        r.verify()?;
+        Ok(Arc::new(r))
     }
 
     /// Uploads a built segment (unpublished) and opens it from the stored copy (local) or
@@ -178,11 +214,12 @@ impl Home {
     pub async fn stage(
         &self,
         table: &str,
+        generation: &str,
         kind: SegmentKind,
         id: String,
         bytes: Bytes,
     ) -> Result<(SegmentMeta, Arc<SegmentReader>)> {
-        let path = format!("{}/{id}.seg", kind.prefix(table));
+        let path = format!("{}/{id}.seg", kind.prefix(table, generation));
         let size = bytes.len() as u64;
         self.store
             .put(
@@ -254,9 +291,27 @@ impl Home {
         }
     }
 
-    /// Deletes segment objects of the table that `state` does not list (left by a crashed
-    /// ingest or seal).
-    pub async fn cleanup_unpublished(&self, state: &TableState) -> Result<()> {
+    /// The objects of kind `kind` of a table incarnation: under its generation's prefix, or
+    /// for a legacy incarnation directly under the table's prefix (not in another
+    /// generation's folder).
+    async fn objects_of(
+        &self,
+        table: &str,
+        generation: &str,
+        kind: SegmentKind,
+    ) -> Result<Vec<object_store::ObjectMeta>> {
+        let prefix = kind.prefix(table, generation);
+        if generation.is_empty() {
+            Ok(self.store.list_with_delimiter(Some(&prefix)).await?.objects)
+        } else {
+            Ok(self.store.list(Some(&prefix)).try_collect().await?)
+        }
+    }
+
+    /// Deletes objects of the table's incarnation that `state` does not list (left by a
+    /// crashed ingest or seal): at once when `node` wrote them (its previous run), after
+    /// [`UNPUBLISHED_GRACE`] when another node did (it may be about to publish them).
+    pub async fn cleanup_unpublished(&self, state: &TableState, node: &str) -> Result<()> {
         let known: std::collections::HashSet<&str> = state
             .segments
             .iter()
@@ -264,15 +319,20 @@ impl Home {
             .map(|s| s.path.as_str())
             .chain(state.keyed_snapshots.values().map(|p| p.as_str()))
             .collect();
+        let mine = node_tag(node);
+        let cutoff = chrono::Utc::now()
+            - chrono::Duration::from_std(UNPUBLISHED_GRACE).unwrap_or(chrono::Duration::zero());
         for kind in SegmentKind::ALL {
-            let objects: Vec<_> = self
-                .store
-                .list(Some(&kind.prefix(&state.spec.name)))
-                .try_collect()
-                .await?;
-            for o in objects {
-                if !known.contains(o.location.as_ref()) {
-                    warn!(path = %o.location, "deleting unpublished segment left by an earlier run");
+            for o in self
+                .objects_of(&state.spec.name, &state.generation, kind)
+                .await?
+            {
+                let path = o.location.as_ref();
+                if known.contains(path) {
+                    continue;
+                }
+                if path.contains(&mine) || o.last_modified < cutoff {
+                    warn!(path = %o.location, "deleting an unpublished object left by an earlier run");
                     self.store.delete(&o.location).await?;
                 }
             }
@@ -280,27 +340,37 @@ impl Home {
         Ok(())
     }
 
-    /// Deletes every segment object of a table and its local cache.
-    pub async fn delete_table_objects(&self, table: &str) -> Result<()> {
-        for kind in SegmentKind::ALL {
-            let objects: Vec<_> = self
-                .store
-                .list(Some(&kind.prefix(table)))
-                .try_collect()
-                .await?;
-            for o in objects {
-                self.store.delete(&o.location).await?;
+    /// Deletes every object of a dropped incarnation: those its tombstone lists and any
+    /// unpublished one under its generation. Objects of other incarnations stay.
+    pub async fn delete_incarnation(&self, tomb: &TableState) -> Result<()> {
+        let table = &tomb.spec.name;
+        let listed = tomb
+            .segments
+            .iter()
+            .chain(&tomb.quarantine)
+            .map(|s| s.path.clone())
+            .chain(tomb.keyed_snapshots.values().cloned());
+        for path in listed {
+            match self.store.delete(&ObjPath::from(path.as_str())).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
             }
         }
-        let _ = std::fs::remove_dir_all(self.cache_dir.join(table));
+        for kind in SegmentKind::ALL {
+            for o in self.objects_of(table, &tomb.generation, kind).await? {
+                match self.store.delete(&o.location).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        for s in tomb.segments.iter().chain(&tomb.quarantine) {
+            let _ = std::fs::remove_file(self.cached_path(table, &s.id));
+        }
         Ok(())
     }
 }
 
 fn write_cache_file(path: &Path, bytes: &[u8]) -> Result<()> {
-    std::fs::create_dir_all(path.parent().expect("cache files have a parent"))?;
-    let tmp = path.with_extension("seg.tmp");
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
+    Ok(write_file_durably(path, bytes)?)
 }

@@ -8,7 +8,9 @@
 //! [`metastore`]), plus a deterministic event generator for tests and benchmarks ([`gen`]).
 
 pub mod decode;
+pub mod durable;
 pub mod error;
+pub mod fault;
 pub mod gen;
 pub mod home;
 pub mod json_row;

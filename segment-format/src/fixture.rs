@@ -140,6 +140,7 @@ fn every_version_fixture_still_reads_the_same() {
 
 fn check_fixture(schema: &SegmentSchema, batch: &RecordBatch, version: u32, bytes: Vec<u8>) {
     let r = SegmentReader::open(Bytes::from(bytes)).unwrap();
+    r.verify().unwrap();
     assert_eq!(r.footer().format_version, version);
     assert_eq!(r.row_count(), 1000);
     assert_eq!(

@@ -205,10 +205,26 @@ mod tests {
         }
 
         #[test]
-        fn corrupt_blocks_are_errors(bytes in proptest::collection::vec(any::<u8>(), 0..120), rows in 0usize..40) {
-            let _ = decode(&bytes, rows, "t");
+        fn corrupt_blocks_are_errors(
+            bytes in proptest::collection::vec(any::<u8>(), 0..120),
+            rows in 0usize..40,
+            values in proptest::collection::vec(any::<i64>(), 1..40),
+            cut in any::<proptest::sample::Index>(),
+        ) {
+            // Arbitrary bytes: an error, or exactly the rows asked for.
+            if let Ok(v) = decode(&bytes, rows, "t") {
+                prop_assert_eq!(v.len(), rows);
+            }
             let picked: Vec<usize> = (0..rows).step_by(3).collect();
-            let _ = decode_picked(&bytes, rows, &picked, &mut Vec::new(), "t");
+            let mut got = Vec::new();
+            if decode_picked(&bytes, rows, &picked, &mut got, "t").is_ok() {
+                prop_assert_eq!(got.len(), picked.len());
+            }
+            // A valid block cut short is an error in both modes.
+            for raw in encode_both(&values) {
+                let n = cut.index(raw.len());
+                prop_assert!(decode(&raw[..n], values.len(), "t").is_err());
+            }
         }
     }
 

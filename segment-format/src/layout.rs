@@ -321,6 +321,62 @@ fn validate_footer(f: &Footer, data_end: u64) -> Result<()> {
     Ok(())
 }
 
+/// Every section the footer names, with what it is (for error messages).
+pub fn sections(footer: &Footer) -> Vec<(String, SectionRef)> {
+    let mut out = Vec::new();
+    for c in &footer.columns {
+        let mut add = |what: &str, s: &SectionRef| out.push((format!("{} {what}", c.name), *s));
+        match &c.encoding {
+            Encoding::Dictionary { dictionary, .. } | Encoding::MultiValue { dictionary, .. } => {
+                add("dictionary", dictionary)
+            }
+            Encoding::Raw { .. } | Encoding::RawStrings | Encoding::Packed => {}
+        }
+        for (i, b) in c.blocks.iter().enumerate() {
+            add(&format!("block {i}"), &b.data);
+        }
+        for (what, s) in [
+            ("nulls", &c.nulls),
+            ("inverted index", &c.inverted),
+            ("sorted runs", &c.sorted_runs),
+            ("bloom filter", &c.bloom),
+        ] {
+            if let Some(s) = s {
+                add(what, s);
+            }
+        }
+        if let Some(r) = &c.range {
+            add("range index", &r.section);
+        }
+    }
+    out
+}
+
+/// Checks the bounds and checksum of every section, without decoding any: a segment that
+/// passes is the file that was written (a truncated or damaged copy fails here).
+pub fn verify_sections(bytes: &[u8], footer: &Footer) -> Result<()> {
+    for (what, s) in sections(footer) {
+        let end = s
+            .offset
+            .checked_add(s.len)
+            .ok_or_else(|| corrupt(format!("{what} overflows")))?;
+        if end > bytes.len() as u64 {
+            return Err(SegmentError::Truncated(format!(
+                "{what} ends past end of file"
+            )));
+        }
+        let computed = crc32fast::hash(&bytes[s.offset as usize..end as usize]);
+        if computed != s.crc {
+            return Err(SegmentError::Checksum {
+                section: what,
+                stored: s.crc,
+                computed,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Returns a section's decoded bytes after checking bounds and checksum.
 pub fn read_section<'a>(
     bytes: &'a [u8],

@@ -259,9 +259,22 @@ mod tests {
         }
 
         #[test]
-        fn corrupt_entries_are_errors(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
-            let _ = decode_entry(&bytes, crate::FORMAT_VERSION, 1000);
+        fn corrupt_entries_are_errors(
+            bytes in prop::collection::vec(any::<u8>(), 0..64),
+            docs in prop::collection::btree_set(0u32..1000, 1..100),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            // Arbitrary bytes: an error, or docs inside the segment.
+            if let Ok(bm) = decode_entry(&bytes, crate::FORMAT_VERSION, 1000) {
+                prop_assert!(bm.max().is_none_or(|m| m < 1000));
+            }
             let _ = parse_table(&bytes, 2, "t");
+            // A valid entry cut short is an error.
+            let bm: RoaringBitmap = docs.into_iter().collect();
+            let mut out = Vec::new();
+            encode_entry(&bm, TableKind::Inverted, &mut out).unwrap();
+            let short = &out[..cut.index(out.len())];
+            prop_assert!(decode_entry(short, crate::FORMAT_VERSION, 1000).is_err());
         }
     }
 

@@ -192,6 +192,12 @@ impl SegmentReader {
         &self.footer
     }
 
+    /// Checks every section's checksum now rather than at its first read (a copy fetched
+    /// from elsewhere, or a local cache file after a crash).
+    pub fn verify(&self) -> Result<()> {
+        crate::layout::verify_sections(&self.bytes, &self.footer)
+    }
+
     pub fn row_count(&self) -> u32 {
         self.footer.row_count as u32
     }
@@ -1035,11 +1041,25 @@ mod dictionary_tests {
         }
 
         #[test]
-        fn corrupt_dictionaries_are_errors(bytes in prop::collection::vec(any::<u8>(), 0..200), n in 0usize..20) {
+        fn corrupt_dictionaries_are_errors(
+            bytes in prop::collection::vec(any::<u8>(), 0..200),
+            n in 0usize..20,
+            set in prop::collection::btree_set("[a-c]{0,6}", 1..20),
+            cut in any::<prop::sample::Index>(),
+        ) {
             let mut raw = (n as u32).to_le_bytes().to_vec();
             raw.extend_from_slice(&bytes);
-            let _ = decode_dictionary(&raw, n, Physical::Str, 5, "d");
-            let _ = decode_dictionary(&raw, n, Physical::Str, 4, "d");
+            // Arbitrary bytes: an error, or exactly `n` values.
+            for version in [4, 5] {
+                if let Ok(Dictionary::Str(a)) = decode_dictionary(&raw, n, Physical::Str, version, "d") {
+                    prop_assert_eq!(a.len(), n);
+                }
+            }
+            // A valid front-coded dictionary cut short is an error.
+            let values: Vec<&str> = set.iter().map(String::as_str).collect();
+            let full = crate::builder::front_code(values.iter().map(|s| s.as_bytes()), values.len());
+            let short = &full[..cut.index(full.len())];
+            prop_assert!(decode_dictionary(short, values.len(), Physical::Str, 5, "d").is_err());
         }
     }
 }

@@ -442,6 +442,7 @@ proptest! {
         truncate in any::<bool>(),
     ) {
         let mut bytes = build_segment(&schema(), &[to_batch(&rows)], &opts()).unwrap();
+        let original = bytes.clone();
         if truncate {
             let n = cut.index(bytes.len());
             bytes.truncate(n);
@@ -450,6 +451,11 @@ proptest! {
                 let i = at.index(bytes.len());
                 bytes[i] ^= x.max(1);
             }
+        }
+        // Every byte is under a checksum: a changed file fails to open or to verify.
+        if bytes != original {
+            let checked = SegmentReader::open(Bytes::from(bytes.clone())).and_then(|r| r.verify());
+            prop_assert!(checked.is_err(), "damaged segment passed its checks");
         }
         exercise(bytes);
     }

@@ -21,6 +21,7 @@ pub mod generator;
 pub mod kafka;
 pub mod kafka_config;
 pub mod memory;
+mod ownership;
 pub mod seal;
 pub mod source;
 pub mod status;
@@ -37,6 +38,7 @@ use parking_lot::Mutex;
 use tracing::{info, warn};
 
 use crate::decode::ingest_schema;
+use crate::error::IngestError;
 use crate::home::SegmentKind;
 use crate::metastore::CheckpointDelta;
 use crate::metastore::TableState;
@@ -91,6 +93,9 @@ pub(crate) struct Ctx {
     pub stop: Arc<AtomicBool>,
     pub status: Arc<Mutex<IngestionStatus>>,
     pub handle: tokio::runtime::Handle,
+    /// The consumer lease this server holds while a session consumes (seals publish under
+    /// it).
+    pub lease: Mutex<Option<crate::metastore::Lease>>,
 }
 
 impl Ctx {
@@ -153,6 +158,7 @@ impl Ingester {
             stop: stop.clone(),
             status: status.clone(),
             handle: tokio::runtime::Handle::current(),
+            lease: Mutex::new(None),
         });
         let thread = std::thread::Builder::new()
             .name(format!("ingest-{}", table.spec.name))
@@ -185,12 +191,21 @@ impl Drop for Ingester {
     }
 }
 
-/// Runs sessions until stopped; a failed session is retried from the checkpoints.
+/// Runs sessions until stopped; a failed session is retried from the checkpoints. A panic
+/// in a session is caught like an error: its unsealed rows leave the view (they are read
+/// again from the checkpoints) and the table is reported in error until the next session
+/// consumes.
 fn run(ctx: &Arc<Ctx>) {
     let mut backoff = Duration::from_secs(1);
     while !ctx.stopped() {
         let started = Instant::now();
-        match session(ctx) {
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| session(ctx)))
+            .unwrap_or_else(|p| {
+                let e = IngestError::panicked("the ingest thread", p);
+                drop_unsealed(ctx);
+                Err(e.to_string())
+            });
+        match outcome {
             Ok(()) => break,
             Err(e) => {
                 warn!(table = %ctx.table.spec.name, error = %e, "real-time ingestion stopped; restarting from the checkpoints");
@@ -205,7 +220,21 @@ fn run(ctx: &Arc<Ctx>) {
             }
         }
     }
+    ownership::release(ctx);
     ctx.status.lock().state = IngestionState::Stopped;
+}
+
+/// After a panic left a session half-way: every mutable part leaves the view (its offsets
+/// are read again from the checkpoints), with an upsert table's valid docs back to what
+/// its published snapshots say.
+fn drop_unsealed(ctx: &Ctx) {
+    let t = &ctx.table;
+    let parts: Vec<Arc<MutablePart>> = t.view().mutable.clone();
+    let valid = match KeyedTable::of(&t.spec) {
+        Some(k) if k.is_upsert() => persisted_valid_now(ctx),
+        _ => None,
+    };
+    t.remove_mutable(&parts, valid);
 }
 
 /// One partition's consumption state.
@@ -280,6 +309,11 @@ struct Session<'a> {
 fn session(ctx: &Arc<Ctx>) -> Result<(), String> {
     let t = &ctx.table;
     let spec = t.spec.source.as_ref().ok_or("the table has no source")?;
+    ctx.set_state(IngestionState::Starting, None);
+    // The lease first, then the checkpoints: a previous owner's last publish is read.
+    if ownership::acquire(ctx)?.is_none() {
+        return Ok(());
+    }
     ctx.set_state(IngestionState::Starting, None);
     let state = ctx
         .handle
@@ -477,6 +511,7 @@ impl Session<'_> {
     /// Makes a partition's decoded rows queryable; on a keyed table they go through the
     /// partition's key map first, and the changed valid docs follow the rows into the view.
     fn flush(&mut self, id: i32) -> Result<(), String> {
+        crate::fault::hit("ingest.flush");
         let mut keyed = self.keyed.remove(&id);
         let result = {
             let others = &self.keyed;
@@ -510,10 +545,12 @@ impl Session<'_> {
         let (mut last_flush, mut last_status) = (Instant::now(), Instant::now());
         let mut last_watermarks = Instant::now() - WATERMARKS_EVERY;
         let mut last_partitions = Instant::now();
+        let mut last_renewal = Instant::now();
         loop {
             if ctx.stopped() {
                 return Ok(());
             }
+            ownership::renew_if_due(ctx, &mut last_renewal)?;
             self.collect_seals(source)?;
             // Back-pressure: do not run further ahead than a few seals.
             if self.sealer.pending() > 2 * self.parts.len() + 2 {
@@ -645,9 +682,10 @@ impl Session<'_> {
             Some(k) => {
                 k.evict();
                 let path = format!(
-                    "{}/p{partition}-{to:020}-{}.snap",
-                    SegmentKind::KeyedSnapshot.prefix(&table),
-                    &uuid::Uuid::new_v4().simple().to_string()[..8]
+                    "{}/p{partition}-{to:020}-{}{}.snap",
+                    SegmentKind::KeyedSnapshot.prefix(&table, &self.ctx.table.generation),
+                    &uuid::Uuid::new_v4().simple().to_string()[..8],
+                    crate::home::node_tag(&self.ctx.store.node)
                 );
                 let seal = KeyedSeal {
                     slots: k.snapshot(),

@@ -6,8 +6,8 @@
 //!
 //! Transient failures (the deep store is unreachable) are retried with back-off while the
 //! part stays queryable; staged uploads of a failed attempt are deleted. A failure that
-//! retrying cannot fix (the checkpoint moved under us) ends the session, which restarts
-//! from the metastore's checkpoints.
+//! retrying cannot fix (the checkpoint moved under us, the consumer lease was lost, a
+//! panic) ends the session, which restarts from the metastore's checkpoints.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
@@ -194,7 +194,9 @@ fn seal(ctx: &Ctx, job: &SealJob) -> Result<Option<(String, Arc<SegmentReader>)>
     let mut staged = Vec::new();
     let mut staged_q = Vec::new();
     let mut snapshot_uploaded = false;
-    let result = (|| {
+    let lease = ctx.lease.lock().clone();
+    let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        crate::fault::hit("seal.build");
         if !rows.is_empty() {
             staged.push(store.stage(
                 t,
@@ -222,6 +224,7 @@ fn seal(ctx: &Ctx, job: &SealJob) -> Result<Option<(String, Arc<SegmentReader>)>
             snapshot_uploaded = true;
             snapshots.push((job.delta.partition, k.path.clone()));
         }
+        crate::fault::hit("seal.before_publish");
         ctx.handle.block_on(store.publish(
             t,
             PublishChange {
@@ -231,9 +234,13 @@ fn seal(ctx: &Ctx, job: &SealJob) -> Result<Option<(String, Arc<SegmentReader>)>
                 snapshots: &snapshots,
                 retire: Some(&job.part),
                 valid: Vec::new(),
+                lease: lease.as_ref(),
             },
         ))
-    })();
+    }));
+    // A panic (a builder's, or anywhere above) fails the seal like an error: what it
+    // staged is deleted and the session restarts from the checkpoints.
+    let result = attempt.unwrap_or_else(|p| Err(IngestError::panicked("the seal thread", p)));
     drop((rows, quarantined));
     if result.is_err() {
         let metas: Vec<SegmentMeta> = staged

@@ -15,6 +15,8 @@ pub enum IngestionState {
     BrokerUnreachable,
     /// Consumption stopped on an error and restarts from the checkpoints after a pause.
     Error,
+    /// Another server holds the table's consumer lease; this one takes over when it lapses.
+    Standby,
     Stopped,
 }
 
@@ -32,6 +34,8 @@ pub struct IngestionStatus {
     pub seals: u64,
     /// Seals built or waiting to publish.
     pub seals_pending: usize,
+    /// The consumer lease this server holds (node and epoch), or the one it waits for.
+    pub owner: Option<crate::metastore::Lease>,
     pub partitions: Vec<PartitionStatus>,
 }
 
@@ -83,6 +87,7 @@ impl IngestionStatus {
             unknown_fields: 0,
             seals: 0,
             seals_pending: 0,
+            owner: None,
             partitions: Vec::new(),
         }
     }

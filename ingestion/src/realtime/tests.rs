@@ -112,12 +112,26 @@ async fn generator_offsets_land_once_through_seals_and_restarts() {
     );
     let before = a.view().segments.len();
 
-    // A crashed seal's upload (staged, never published) is deleted at the next start, and
-    // consumption resumes at the checkpoints: nothing is read twice.
-    let orphan = dir
+    // A crashed seal's upload (staged by this node, never published) is deleted at the next
+    // start, and consumption resumes at the checkpoints: nothing is read twice. Another
+    // node's fresh staged object stays (it may be about to publish it); an old one goes.
+    let node = std::fs::read_to_string(dir.path().join("node_id")).unwrap();
+    let folder = dir
         .path()
-        .join("deepstore/segments/by_rows/by_rows__crashed.seg");
+        .join("deepstore/segments/by_rows")
+        .join(&a.generation);
+    let orphan = folder.join(format!("by_rows__crashed__n{}.seg", node.trim()));
     std::fs::write(&orphan, b"half a segment").unwrap();
+    let others = folder.join("by_rows__staged__n0123456789ab.seg");
+    std::fs::write(&others, b"another node's upload").unwrap();
+    let stale = folder.join("by_rows__stale__n0123456789ab.seg");
+    std::fs::write(&stale, b"another node's old upload").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&stale)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - Duration::from_secs(7200))
+        .unwrap();
     tokio::task::spawn_blocking({
         let s = store.clone();
         move || s.shutdown()
@@ -127,6 +141,8 @@ async fn generator_offsets_land_once_through_seals_and_restarts() {
     drop((a, b, store));
     let store = open(dir.path()).await;
     assert!(!orphan.exists(), "staged leftovers are deleted at start");
+    assert!(others.exists(), "another node's fresh upload is left alone");
+    assert!(!stale.exists(), "another node's upload older than the grace is deleted");
     let a = store.table("by_rows").unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let (rows, q, mutable) = counts(&a);
