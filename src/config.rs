@@ -438,8 +438,14 @@ impl Config {
                 path.display()
             ));
         }
-        basalt_ingest::policy::TablePolicy::validate_roots(&cfg.storage.allowed_roots)
-            .map_err(|e| format!("invalid config {}: {e}", path.display()))?;
+        basalt_ingest::policy::TablePolicy::validate_roots(&cfg.storage.allowed_roots).map_err(
+            |e| {
+                format!(
+                    "invalid config {}: storage.allowed_roots: {e}",
+                    path.display()
+                )
+            },
+        )?;
         let i = &cfg.ingest;
         if i.max_concurrent == 0
             || i.body_read_timeout_secs == 0

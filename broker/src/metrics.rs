@@ -45,7 +45,7 @@ pub struct IngestionMetrics {
     pub keys: IntGaugeVec,
     pub key_map_bytes: IntGaugeVec,
     /// Labels: table, partition, outcome (out_of_order, delete, duplicate, key_conflict,
-    /// evicted).
+    /// evicted, rejected).
     pub keyed_rows: IntCounterVec,
 }
 
@@ -158,7 +158,8 @@ impl IngestionMetrics {
                 "basalt_upsert_rows_total",
                 "Rows of upsert/dedup tables by outcome: out_of_order (ignored), delete, \
                  duplicate (dedup, dropped), key_conflict (key already in another partition), \
-                 evicted (keys forgotten by the TTL)",
+                 evicted (keys forgotten by the TTL), rejected (PARTIAL merges out of range, \
+                 quarantined)",
                 &["table", "partition", "outcome"],
             ),
         }
@@ -208,13 +209,14 @@ impl IngestionMetrics {
     }
 }
 
-fn keyed_outcomes(c: &basalt_ingest::upsert::KeyedCounters) -> [(&'static str, u64); 5] {
+fn keyed_outcomes(c: &basalt_ingest::upsert::KeyedCounters) -> [(&'static str, u64); 6] {
     [
         ("out_of_order", c.out_of_order),
         ("delete", c.deletes),
         ("duplicate", c.duplicates),
         ("key_conflict", c.key_conflicts),
         ("evicted", c.evicted),
+        ("rejected", c.rejected),
     ]
 }
 

@@ -672,3 +672,76 @@ async fn partial_union_and_append_merge_arrays() {
         store.shutdown();
     }
 }
+
+/// A PARTIAL INCREMENT past an INT column's range is never truncated or wrapped: a stream's
+/// row is quarantined with its message and the key keeps its row; a batch request fails
+/// naming the column, and nothing of it takes effect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn increments_out_of_range_are_refused_not_truncated() {
+    for batch in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let name = format!("overflow_{}_{batch}", std::process::id());
+        let mut v = serde_json::json!({
+            "name": name, "time_column": "ts",
+            "columns": [
+                {"name":"k","type":"STRING"}, {"name":"ts","type":"TIMESTAMP"},
+                {"name":"n","type":"INT"}],
+            "primary_key":["k"],
+            "upsert":{"mode":"PARTIAL","partial_strategies":{"n":"INCREMENT"}},
+            "segment": {"max_rows": 1000}
+        });
+        if !batch {
+            v["source"] = serde_json::json!({"memory": {"topic": name, "partitions": 1}});
+        }
+        let spec = TableSpec::from_json(v.to_string().as_bytes()).unwrap();
+        let topic = memory_topic(&name, 1);
+        let store = open(dir.path()).await;
+        store.create_table(spec).await.unwrap();
+        let first = [
+            r#"{"k":"a","ts":1,"n":2147483000}"#,
+            r#"{"k":"b","ts":1,"n":5}"#,
+        ];
+        let second = [r#"{"k":"a","ts":2,"n":1000}"#, r#"{"k":"b","ts":2,"n":1}"#];
+        let engine = QueryEngine::new(Arc::new(StoreSource(store.clone())));
+        let sql = format!("SELECT k, n FROM {name} ORDER BY k");
+        if batch {
+            for (chunk, ok) in [(&first, true), (&second, false)] {
+                let body = chunk.join("\n").into_bytes();
+                let r = store
+                    .ingest(&name, Format::NdJson, Box::new(std::io::Cursor::new(body)))
+                    .await;
+                assert_eq!(r.is_ok(), ok, "{r:?}");
+                if let Err(e) = r {
+                    let m = e.to_string();
+                    assert!(m.contains("\"n\"") && m.contains("overflows INT"), "{m}");
+                }
+            }
+            assert_eq!(
+                rows(&engine, &sql).await,
+                vec!["a|2147483000".to_string(), "b|5".to_string()],
+                "the failed request changed nothing"
+            );
+        } else {
+            for r in first.iter().chain(&second) {
+                topic.send(0, r.as_bytes());
+            }
+            let want = vec!["a|2147483000".to_string(), "b|6".to_string()];
+            let q = format!("SELECT reason FROM \"{name}$quarantine\"");
+            let start = Instant::now();
+            loop {
+                let got = rows(&engine, &sql).await;
+                let quarantined = rows(&engine, &q).await;
+                if got == want && quarantined.len() == 1 {
+                    assert!(quarantined[0].contains("overflows INT"), "{quarantined:?}");
+                    break;
+                }
+                assert!(
+                    start.elapsed() < Duration::from_secs(20),
+                    "{got:?} {quarantined:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(40)).await;
+            }
+        }
+        store.shutdown();
+    }
+}

@@ -50,14 +50,27 @@ enum Location {
     File(Vec<String>),
 }
 
+/// Why a deep-store URL cannot be compared with the allowed roots.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LocationError {
+    #[error("{0:?} may not contain \".\" or \"..\" segments")]
+    DotSegment(String),
+    #[error("{0:?} names no bucket")]
+    NoBucket(String),
+    #[error("{0:?} must be an absolute path (file:///dir)")]
+    Relative(String),
+    #[error("{0:?} must be an s3:// or file:// URL")]
+    Scheme(String),
+}
+
 /// Parses `s3://bucket/prefix` or `file:///abs/path`; refuses relative paths and `.`/`..`
 /// segments so a lexical comparison means containment.
-fn location(url: &str) -> std::result::Result<Location, String> {
-    let segments = |p: &str| -> std::result::Result<Vec<String>, String> {
+fn location(url: &str) -> std::result::Result<Location, LocationError> {
+    let segments = |p: &str| -> std::result::Result<Vec<String>, LocationError> {
         p.split('/')
             .filter(|s| !s.is_empty())
             .map(|s| match s {
-                "." | ".." => Err(format!("{url:?} may not contain \".\" or \"..\" segments")),
+                "." | ".." => Err(LocationError::DotSegment(url.to_string())),
                 s => Ok(s.to_string()),
             })
             .collect()
@@ -65,7 +78,7 @@ fn location(url: &str) -> std::result::Result<Location, String> {
     if let Some(rest) = url.strip_prefix("s3://") {
         let (bucket, path) = rest.split_once('/').unwrap_or((rest, ""));
         if bucket.is_empty() {
-            return Err(format!("{url:?} names no bucket"));
+            return Err(LocationError::NoBucket(url.to_string()));
         }
         return Ok(Location::S3 {
             bucket: bucket.to_string(),
@@ -74,11 +87,11 @@ fn location(url: &str) -> std::result::Result<Location, String> {
     }
     if let Some(path) = url.strip_prefix("file://") {
         if !path.starts_with('/') {
-            return Err(format!("{url:?} must be an absolute path (file:///dir)"));
+            return Err(LocationError::Relative(url.to_string()));
         }
         return Ok(Location::File(segments(path)?));
     }
-    Err(format!("{url:?} must be an s3:// or file:// URL"))
+    Err(LocationError::Scheme(url.to_string()))
 }
 
 /// The `file://` URL of a local directory (for default roots).
@@ -158,9 +171,9 @@ impl TablePolicy {
     }
 
     /// Checks the configured roots parse.
-    pub fn validate_roots(roots: &[String]) -> std::result::Result<(), String> {
+    pub fn validate_roots(roots: &[String]) -> std::result::Result<(), LocationError> {
         for r in roots {
-            location(r).map_err(|e| format!("storage.allowed_roots: {e}"))?;
+            location(r)?;
         }
         Ok(())
     }

@@ -36,6 +36,9 @@ pub struct QuarantineEntry {
 /// Decodes JSON messages into rows of one table.
 pub struct MessageDecoder {
     writer: RowWriter,
+    /// With [`MessageDecoder::with_origins`]: each pending row's origin and raw bytes, so a
+    /// row refused after decoding (a PARTIAL upsert merge) can still be quarantined.
+    origins: Option<Vec<(MessageOrigin, Vec<u8>)>>,
     /// Fields messages carried that the table has no column for (ignored, counted).
     pub unknown_fields: u64,
     pub rows: u64,
@@ -46,10 +49,26 @@ impl MessageDecoder {
     pub fn new(schema: &SegmentSchema, batch_rows: usize) -> Self {
         MessageDecoder {
             writer: RowWriter::new(schema, batch_rows),
+            origins: None,
             unknown_fields: 0,
             rows: 0,
             quarantined: 0,
         }
+    }
+
+    /// Keeps each pending row's origin and raw bytes (see [`MessageDecoder::take_origins`]).
+    pub fn with_origins(mut self) -> Self {
+        self.origins = Some(Vec::new());
+        self
+    }
+
+    /// The origins and raw bytes of the rows of the last [`MessageDecoder::take_batch`], in
+    /// row order (empty without [`MessageDecoder::with_origins`]).
+    pub fn take_origins(&mut self) -> Vec<(MessageOrigin, Vec<u8>)> {
+        self.origins
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     /// Appends the message as a row, or returns it as a quarantine entry.
@@ -76,6 +95,9 @@ impl MessageDecoder {
                 return reject(self, format!("message is not valid JSON: {e}"))
             }
             Err(JsonRowError::Row(e)) => return reject(self, e.to_string()),
+        }
+        if let Some(o) = self.origins.as_mut() {
+            o.push((origin, payload.to_vec()));
         }
         self.rows += 1;
         Ok(())

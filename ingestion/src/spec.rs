@@ -267,49 +267,92 @@ pub struct SegmentConfig {
     pub max_bytes: Option<String>,
 }
 
-/// Parses a duration such as `500ms`, `30s`, `10m`, `1h` or `7d`.
-pub fn parse_duration(s: &str) -> std::result::Result<std::time::Duration, String> {
+/// Why a duration (`30s`) or size (`256MB`) setting does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UnitError {
+    #[error("{input:?} has no unit ({units})")]
+    NoUnit { input: String, units: &'static str },
+    #[error("{input:?} does not start with a whole number")]
+    NotANumber { input: String },
+    #[error("{input:?}: unknown unit {unit:?} ({units})")]
+    UnknownUnit {
+        input: String,
+        unit: String,
+        units: &'static str,
+    },
+    #[error("{input:?} must be positive and {bound}")]
+    OutOfRange { input: String, bound: &'static str },
+}
+
+const DURATION_UNITS: &str = "ms, s, m, h, d";
+const SIZE_UNITS: &str = "B, KB, MB, GB, TB";
+
+/// Splits `s` into its leading whole number and the unit after it.
+fn number_and_unit(s: &str) -> std::result::Result<(u64, &str), UnitError> {
     let t = s.trim();
-    let split = t
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("{s:?} has no unit (ms, s, m, h, d)"))?;
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} does not start with a whole number"))?;
-    let ms = match unit.trim() {
+    let n = num.parse().map_err(|_| UnitError::NotANumber {
+        input: s.to_string(),
+    })?;
+    Ok((n, unit.trim()))
+}
+
+/// Parses a duration such as `500ms`, `30s`, `10m`, `1h` or `7d`.
+pub fn parse_duration(s: &str) -> std::result::Result<std::time::Duration, UnitError> {
+    let (n, unit) = number_and_unit(s)?;
+    let ms = match unit {
+        "" => {
+            return Err(UnitError::NoUnit {
+                input: s.to_string(),
+                units: DURATION_UNITS,
+            })
+        }
         "ms" => 1,
         "s" => 1_000,
         "m" => 60_000,
         "h" => 3_600_000,
         "d" => 86_400_000,
-        u => return Err(format!("{s:?}: unknown unit {u:?} (ms, s, m, h, d)")),
+        u => {
+            return Err(UnitError::UnknownUnit {
+                input: s.to_string(),
+                unit: u.to_string(),
+                units: DURATION_UNITS,
+            })
+        }
     };
     n.checked_mul(ms)
         .map(std::time::Duration::from_millis)
         .filter(|d| !d.is_zero())
-        .ok_or_else(|| format!("{s:?} must be positive and below 584 million years"))
+        .ok_or_else(|| UnitError::OutOfRange {
+            input: s.to_string(),
+            bound: "below 584 million years",
+        })
 }
 
 /// Parses a size such as `256MB`, `1GiB` or `4096` (bytes).
-pub fn parse_bytes(s: &str) -> std::result::Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} does not start with a whole number"))?;
-    let shift = match unit.trim().to_ascii_uppercase().as_str() {
+pub fn parse_bytes(s: &str) -> std::result::Result<u64, UnitError> {
+    let (n, unit) = number_and_unit(s)?;
+    let shift = match unit.to_ascii_uppercase().as_str() {
         "" | "B" => 0,
         "KB" | "KIB" | "K" => 10,
         "MB" | "MIB" | "M" => 20,
         "GB" | "GIB" | "G" => 30,
         "TB" | "TIB" | "T" => 40,
-        u => return Err(format!("{s:?}: unknown unit {u:?} (B, KB, MB, GB, TB)")),
+        u => {
+            return Err(UnitError::UnknownUnit {
+                input: s.to_string(),
+                unit: u.to_string(),
+                units: SIZE_UNITS,
+            })
+        }
     };
     n.checked_mul(1u64 << shift)
         .filter(|&b| b > 0)
-        .ok_or_else(|| format!("{s:?} must be positive and fit in 64 bits"))
+        .ok_or_else(|| UnitError::OutOfRange {
+            input: s.to_string(),
+            bound: "fit in 64 bits",
+        })
 }
 
 fn default_max_rows() -> usize {
@@ -635,7 +678,23 @@ mod tests {
         }
         assert_eq!(parse_bytes("1GiB").unwrap(), 1 << 30);
         assert_eq!(parse_duration("500ms").unwrap().as_millis(), 500);
-        assert!(parse_duration("0s").is_err());
+        assert!(matches!(
+            parse_duration("0s"),
+            Err(UnitError::OutOfRange { .. })
+        ));
+        assert!(matches!(parse_duration("5"), Err(UnitError::NoUnit { .. })));
+        assert!(matches!(
+            parse_duration("s"),
+            Err(UnitError::NotANumber { .. })
+        ));
+        assert!(matches!(
+            parse_bytes("3 parsecs"),
+            Err(UnitError::UnknownUnit { .. })
+        ));
+        assert!(matches!(
+            parse_bytes("99999999TB"),
+            Err(UnitError::OutOfRange { .. })
+        ));
     }
 
     #[test]

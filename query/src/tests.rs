@@ -110,7 +110,14 @@ fn batch(rng: &mut StdRng, rows: usize, t0: i64) -> RecordBatch {
 fn leaf(rng: &mut StdRng, t0: i64) -> String {
     let ops = ["=", "!=", "<", "<=", ">", ">="];
     let op = ops[rng.random_range(0..ops.len())];
-    match rng.random_range(0..15) {
+    match rng.random_range(0..17) {
+        15 | 16 => format!(
+            "{} {}{}LIKE '{}'",
+            ["city", "tag", "uid"][rng.random_range(0..3)],
+            if rng.random_bool(0.3) { "NOT " } else { "" },
+            if rng.random_bool(0.3) { "I" } else { "" },
+            like_pattern(rng)
+        ),
         12 => format!("uid {op} '{:06x}'", rng.random_range(0..0x1000000)),
         13 => format!(
             "uid {}LIKE '{:x}%'",
@@ -156,6 +163,18 @@ fn leaf(rng: &mut StdRng, t0: i64) -> String {
         ),
         _ => format!("ok = {}", rng.random_bool(0.5)),
     }
+}
+
+/// A `LIKE` pattern from wildcards, escapes, letters of both cases and pieces of the data
+/// (dictionary and raw columns must answer exactly what DataFusion's kernel answers).
+fn like_pattern(rng: &mut StdRng) -> String {
+    const PIECES: &[&str] = &[
+        "%", "%%", "_", "\\%", "\\_", "\\\\", "\\", "P", "p", "a", "is", "t1", "0", "f", "Ly", "o",
+        "''",
+    ];
+    (0..rng.random_range(0..6))
+        .map(|_| PIECES[rng.random_range(0..PIECES.len())])
+        .collect()
 }
 
 fn chrono_fmt(ms: i64) -> String {

@@ -12,6 +12,7 @@ pub mod error;
 pub mod inspect;
 pub mod int_block;
 pub mod layout;
+pub mod like;
 pub mod multi_value;
 pub mod postings;
 pub mod predicate;

@@ -17,6 +17,7 @@ use crate::bloom::hash_bytes;
 use crate::builder::hash_key;
 use crate::error::{Result, SegmentError};
 use crate::layout::{f64_key, ColumnStats, Encoding};
+use crate::like::Like;
 use crate::reader::{BlockValues, Dictionary, SegmentReader};
 use crate::string_leaf;
 use crate::types::{Physical, Value};
@@ -274,7 +275,9 @@ fn compare_keys(reader: &SegmentReader, col: usize, op: CmpOp, v: &Value) -> Res
     })
 }
 
-/// Compiles a LIKE pattern over a string dictionary into the set of matching ids.
+/// Compiles a LIKE pattern over a string dictionary into the set of matching ids: Arrow's
+/// kernel over the dictionary's values (see [`crate::like`]), or for a plain `prefix%` the
+/// range of the sorted dictionary that starts with the prefix.
 fn like_keys(
     reader: &SegmentReader,
     col: usize,
@@ -291,113 +294,22 @@ fn like_keys(
     let Dictionary::Str(values) = dict.as_ref() else {
         return Err(pred_err(name, "LIKE applies to string columns"));
     };
-    let tokens = parse_like(pattern);
-    // A literal prefix followed by a lone trailing % is a dictionary range.
-    if !case_insensitive {
-        if let [Tok::Lit(prefix), Tok::Any] = tokens.as_slice() {
-            let n = values.len();
-            let lo = partition(n, |i| values.value(i) < prefix.as_str());
-            let hi = partition(n, |i| {
-                let v = values.value(i);
-                v < prefix.as_str() || v.starts_with(prefix.as_str())
-            });
-            return Ok(normalize(vec![(lo as i64, hi as i64 - 1)]));
-        }
+    let like = Like::new(pattern, case_insensitive);
+    if let Some(prefix) = like.prefix_only() {
+        let n = values.len();
+        let lo = partition(n, |i| values.value(i) < prefix);
+        let hi = partition(n, |i| {
+            let v = values.value(i);
+            v < prefix || v.starts_with(prefix)
+        });
+        return Ok(normalize(vec![(lo as i64, hi as i64 - 1)]));
     }
-    let mut ids = Vec::new();
-    for i in 0..values.len() {
-        let v = values.value(i);
-        let ok = if case_insensitive {
-            like_match(&parse_like(&pattern.to_lowercase()), &v.to_lowercase())
-        } else {
-            like_match(&tokens, v)
-        };
-        if ok {
-            ids.push((i as i64, i as i64));
-        }
-    }
+    let mask = like.mask(values)?;
+    let ids = (0..mask.len())
+        .filter(|&i| mask.is_valid(i) && mask.value(i))
+        .map(|i| (i as i64, i as i64))
+        .collect();
     Ok(normalize(ids))
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Tok {
-    Lit(String),
-    One,
-    Any,
-}
-
-pub(crate) fn parse_like(p: &str) -> Vec<Tok> {
-    let mut out = Vec::new();
-    let mut lit = String::new();
-    let mut chars = p.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' => match chars.next() {
-                Some(n) => lit.push(n),
-                None => lit.push('\\'),
-            },
-            '%' | '_' => {
-                if !lit.is_empty() {
-                    out.push(Tok::Lit(std::mem::take(&mut lit)));
-                }
-                let t = if c == '%' { Tok::Any } else { Tok::One };
-                if !(t == Tok::Any && out.last() == Some(&Tok::Any)) {
-                    out.push(t);
-                }
-            }
-            c => lit.push(c),
-        }
-    }
-    if !lit.is_empty() {
-        out.push(Tok::Lit(lit));
-    }
-    out
-}
-
-/// Matches `s` against LIKE tokens (backtracking on `%`).
-pub(crate) fn like_match(toks: &[Tok], s: &str) -> bool {
-    match toks.first() {
-        None => s.is_empty(),
-        Some(Tok::Lit(l)) => s
-            .strip_prefix(l.as_str())
-            .is_some_and(|r| like_match(&toks[1..], r)),
-        Some(Tok::One) => {
-            let mut it = s.chars();
-            it.next().is_some() && like_match(&toks[1..], it.as_str())
-        }
-        Some(Tok::Any) => {
-            let rest = &toks[1..];
-            if rest.is_empty() {
-                return true;
-            }
-            if let Some(Tok::Lit(l)) = rest.first() {
-                // Jump between occurrences of the next literal.
-                let mut from = 0;
-                while let Some(pos) = s[from..].find(l.as_str()) {
-                    let at = from + pos;
-                    if like_match(rest, &s[at..]) {
-                        return true;
-                    }
-                    from = at + s[at..].chars().next().map_or(1, |c| c.len_utf8());
-                }
-                return false;
-            }
-            let mut it = s
-                .char_indices()
-                .map(|(i, _)| i)
-                .chain(std::iter::once(s.len()));
-            it.any(|i| like_match(rest, &s[i..]))
-        }
-    }
-}
-
-/// Public LIKE matcher over plain strings, used by reference implementations and tests.
-pub fn sql_like(pattern: &str, s: &str, case_insensitive: bool) -> bool {
-    if case_insensitive {
-        like_match(&parse_like(&pattern.to_lowercase()), &s.to_lowercase())
-    } else {
-        like_match(&parse_like(pattern), s)
-    }
 }
 
 /// A compiled leaf: key intervals, or a test per value for raw string columns.
@@ -937,20 +849,6 @@ pub fn may_match(reader: &SegmentReader, pred: &Predicate) -> Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn like_patterns() {
-        assert!(sql_like("abc%", "abcdef", false));
-        assert!(!sql_like("abc%", "xabc", false));
-        assert!(sql_like("%bc%", "xabcx", false));
-        assert!(sql_like("a_c", "abc", false));
-        assert!(!sql_like("a_c", "abbc", false));
-        assert!(sql_like("%", "", false));
-        assert!(sql_like("a\\%", "a%", false));
-        assert!(!sql_like("a\\%", "ab", false));
-        assert!(sql_like("%a%a", "banana", false));
-        assert!(sql_like("ABC%", "abcd", true));
-    }
 
     #[test]
     fn keyset_ops() {

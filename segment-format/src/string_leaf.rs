@@ -3,18 +3,19 @@
 //! `LIKE`, `NOT LIKE`) on such a column. Out: a test per value, and the docs of a segment
 //! where the leaf is TRUE — by scanning the blocks whose zone maps (prefix keys) can match:
 //! under a few candidates only the frames holding them are read and those rows tested;
-//! otherwise `=` and `IN` search each frame's bytes, and other leaves test every row's
-//! string. Null rows are never TRUE.
+//! otherwise `=` and `IN` search each frame's bytes, `LIKE` runs Arrow's kernel over each
+//! decoded block (see [`crate::like`]), and other leaves test every row's string. Null rows
+//! are never TRUE.
 
 use std::ops::Bound;
 
+use arrow::array::{Array, StringArray};
 use roaring::RoaringBitmap;
 
 use crate::error::Result;
-use crate::predicate::{
-    intersects, like_match, normalize, parse_like, pred_err, CmpOp, EvalStats, KeySet,
-};
-use crate::predicate::{Predicate, Tok};
+use crate::like::Like;
+use crate::predicate::Predicate;
+use crate::predicate::{intersects, normalize, pred_err, CmpOp, EvalStats, KeySet};
 use crate::reader::SegmentReader;
 use crate::string_block::prefix_key;
 use crate::types::Value;
@@ -32,10 +33,7 @@ enum Kind {
     Equals(Vec<String>),
     /// The value lies in one of these intervals.
     Ranges(Vec<(Bound<String>, Bound<String>)>),
-    Like {
-        tokens: Vec<Tok>,
-        lowercase: bool,
-    },
+    Like(Like),
 }
 
 fn literal<'a>(column: &str, v: &'a Value) -> Result<Option<&'a str>> {
@@ -117,14 +115,7 @@ pub(crate) fn compile(column: &str, p: &Predicate) -> Result<StrTest> {
             case_insensitive,
             ..
         } => StrTest {
-            kind: Kind::Like {
-                tokens: parse_like(&if *case_insensitive {
-                    pattern.to_lowercase()
-                } else {
-                    pattern.clone()
-                }),
-                lowercase: *case_insensitive,
-            },
+            kind: Kind::Like(Like::new(pattern, *case_insensitive)),
             negated: *negated,
         },
         other => return Err(pred_err(column, format!("not a leaf: {other:?}"))),
@@ -152,15 +143,25 @@ impl StrTest {
             Kind::Equals(v) if v.len() <= 8 => v.iter().any(|x| x == s),
             Kind::Equals(v) => v.binary_search_by(|x| x.as_str().cmp(s)).is_ok(),
             Kind::Ranges(r) => r.iter().any(|r| in_range(s, r)),
-            Kind::Like { tokens, lowercase } => {
-                if *lowercase {
-                    like_match(tokens, &s.to_lowercase())
-                } else {
-                    like_match(tokens, s)
-                }
-            }
+            Kind::Like(like) => like.matches(s),
         };
         hit != self.negated
+    }
+
+    /// Which of `values` (a decoded block, no nulls) make the leaf TRUE: one kernel call
+    /// for `LIKE`, a test per value otherwise.
+    fn matching(&self, values: &StringArray) -> Result<Vec<bool>> {
+        Ok(match &self.kind {
+            Kind::Like(like) => {
+                let mask = like.mask(values)?;
+                (0..mask.len())
+                    .map(|i| (mask.is_valid(i) && mask.value(i)) != self.negated)
+                    .collect()
+            }
+            _ => (0..values.len())
+                .map(|i| self.matches(values.value(i)))
+                .collect(),
+        })
     }
 
     /// `= v` and `IN (...)` of non-empty values: the byte strings to search blocks for.
@@ -194,18 +195,11 @@ impl StrTest {
                     .collect(),
             )),
             // Values that start with the literal prefix share its first bytes.
-            Kind::Like {
-                tokens,
-                lowercase: false,
-            } => match tokens.first() {
-                Some(Tok::Lit(prefix)) => {
-                    let mut high = prefix.as_bytes()[..prefix.len().min(8)].to_vec();
-                    high.resize(8, 0xFF);
-                    Some(vec![(prefix_key(prefix.as_bytes()), prefix_key(&high))])
-                }
-                _ => None,
-            },
-            Kind::Like { .. } => None,
+            Kind::Like(like) => like.literal_prefix().map(|prefix| {
+                let mut high = prefix.as_bytes()[..prefix.len().min(8)].to_vec();
+                high.resize(8, 0xFF);
+                vec![(prefix_key(prefix.as_bytes()), prefix_key(&high))]
+            }),
         }
     }
 
@@ -233,7 +227,7 @@ impl StrTest {
                 below_max && above_min
             }),
             (Kind::Ranges(_), true) => true,
-            (Kind::Like { .. }, _) => true,
+            (Kind::Like(_), _) => true,
         }
     }
 }
@@ -279,8 +273,8 @@ pub(crate) fn docs(
         if let Some(p) = picked.as_ref().filter(|p| p.len() * 4 < rows) {
             let local: Vec<usize> = p.iter().map(|&d| (d - start) as usize).collect();
             let values = crate::string_block::pick(&raw, rows, &local, &what)?;
-            for (j, &doc) in p.iter().enumerate() {
-                if test.matches(values.value(j)) {
+            for (&doc, hit) in p.iter().zip(test.matching(&values)?) {
+                if hit {
                     add(&mut out, doc);
                 }
             }
@@ -295,6 +289,15 @@ pub(crate) fn docs(
             None => true,
         };
         match test.search_needles() {
+            _ if matches!(test.kind, Kind::Like(_)) => {
+                let values = crate::string_block::decode(&raw, rows, &what)?;
+                for (i, hit) in test.matching(&values)?.into_iter().enumerate() {
+                    let doc = start + i as u32;
+                    if hit && wanted(doc) {
+                        add(&mut out, doc);
+                    }
+                }
+            }
             Some(needles) => crate::string_block::find_equal(&raw, rows, &what, &needles, |i| {
                 let doc = start + i as u32;
                 if wanted(doc) {

@@ -12,7 +12,8 @@ use bytes::Bytes;
 use proptest::prelude::*;
 
 use crate::builder::{build_segment, BuildOptions};
-use crate::predicate::{evaluate, may_match, sql_like, CmpOp, Predicate};
+use crate::like::sql_like;
+use crate::predicate::{evaluate, may_match, CmpOp, Predicate};
 use crate::reader::SegmentReader;
 use crate::types::{ColumnDef, ColumnType, IndexKind, SegmentSchema, Value};
 

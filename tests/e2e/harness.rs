@@ -68,6 +68,12 @@ impl Server {
         }
     }
 
+    /// Whether the process has exited (a failpoint aborted it), without waiting.
+    #[allow(dead_code)]
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
     pub fn kill(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -190,4 +196,20 @@ pub async fn drop_table(client: &reqwest::Client, s: &Server, table: &str) {
         .await
         .unwrap();
     assert!(r.status().is_success(), "drop {table}: {}", r.status());
+}
+
+/// Every file under `dir`.
+pub fn files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let Ok(d) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    d.flat_map(|e| {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            files(&p)
+        } else {
+            vec![p]
+        }
+    })
+    .collect()
 }

@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use crate::harness::{get_json, get_text, scalar, sql, succeeded, Server};
+use crate::harness::{files, get_json, get_text, scalar, sql, succeeded, Server};
 
 const SPEC: &str = include_str!("../../ingestion/src/gen_events_spec.json");
 
@@ -380,20 +380,6 @@ async fn bad_input_gets_clear_errors_and_nothing_partial() {
     assert!(v["error"].as_str().unwrap().contains("line 36"), "{v}");
     assert_eq!(scalar(&c, &s, "SELECT count(*) FROM small").await, json!(0));
     // The table's objects live in its generation's folder: no file may be left there.
-    fn files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-        let Ok(d) = std::fs::read_dir(dir) else {
-            return Vec::new();
-        };
-        d.flat_map(|e| {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                files(&p)
-            } else {
-                vec![p]
-            }
-        })
-        .collect()
-    }
     let left = files(&dir.path().join("data/deepstore/segments/small"));
     assert!(
         left.is_empty(),

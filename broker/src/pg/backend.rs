@@ -454,8 +454,8 @@ impl ExtendedQueryHandler for Backend {
                     stmt.inferred.get(i).and_then(|t| t.as_ref()),
                 )
             })
-            .collect::<Result<Vec<_>, String>>()
-            .map_err(|m| user_error(error_info("22P02", m)))?;
+            .collect::<Result<Vec<_>, params::ParamError>>()
+            .map_err(|e| user_error(error_info(e.sqlstate(), e.to_string())))?;
         self.run(
             &*client,
             &stmt.command,

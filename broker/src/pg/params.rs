@@ -5,6 +5,9 @@
 //! Text parameters are parsed into the declared type, else into the inferred one (an untyped
 //! `'42'` compared with a LONG column binds as 42). Binary parameters need a declared type;
 //! the common ones (bool, integers, floats, text, bytea, date, timestamp[tz], oid) decode.
+//! Every failure is a [`ParamError`] with its SQLSTATE: malformed input 22P02, a date or
+//! timestamp out of range (binary `infinity` included) 22008, an unsupported binary type
+//! 0A000.
 
 use arrow::datatypes::{DataType, TimeUnit};
 use basalt_query::postgres::types as pgt;
@@ -40,12 +43,64 @@ fn arrow_type(t: &Type) -> Option<DataType> {
     })
 }
 
-fn fixed<const N: usize>(b: &[u8], what: &str) -> Result<[u8; N], String> {
-    b.try_into()
-        .map_err(|_| format!("binary {what} parameter must be {N} bytes, got {}", b.len()))
+/// Why a bound parameter could not be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParamError {
+    #[error("parameter ${index}: {reason}")]
+    Invalid { index: usize, reason: String },
+    #[error("parameter ${index}: {what} out of range ({reason})")]
+    OutOfRange {
+        index: usize,
+        what: &'static str,
+        reason: String,
+    },
+    #[error("binary parameter ${index} has no declared type; send it as text")]
+    Untyped { index: usize },
+    #[error("parameter ${index}: binary parameters of type {ty} are not supported; send them in text format")]
+    Unsupported { index: usize, ty: String },
 }
 
-fn binary(t: &Type, b: &[u8]) -> Result<ScalarValue, String> {
+impl ParamError {
+    pub fn sqlstate(&self) -> &'static str {
+        match self {
+            ParamError::Invalid { .. } | ParamError::Untyped { .. } => "22P02",
+            ParamError::OutOfRange { .. } => "22008",
+            ParamError::Unsupported { .. } => "0A000",
+        }
+    }
+}
+
+/// A failure before its parameter's index is known.
+enum Fault {
+    Invalid(String),
+    OutOfRange(&'static str, String),
+    Unsupported(String),
+}
+
+impl Fault {
+    fn at(self, index: usize) -> ParamError {
+        match self {
+            Fault::Invalid(reason) => ParamError::Invalid { index, reason },
+            Fault::OutOfRange(what, reason) => ParamError::OutOfRange {
+                index,
+                what,
+                reason,
+            },
+            Fault::Unsupported(ty) => ParamError::Unsupported { index, ty },
+        }
+    }
+}
+
+fn fixed<const N: usize>(b: &[u8], what: &str) -> Result<[u8; N], Fault> {
+    b.try_into().map_err(|_| {
+        Fault::Invalid(format!(
+            "binary {what} parameter must be {N} bytes, got {}",
+            b.len()
+        ))
+    })
+}
+
+fn binary(t: &Type, b: &[u8]) -> Result<ScalarValue, Fault> {
     let o = t.oid();
     Ok(if o == pgt::BOOL.oid {
         ScalarValue::Boolean(Some(fixed::<1>(b, "bool")?[0] != 0))
@@ -64,38 +119,55 @@ fn binary(t: &Type, b: &[u8]) -> Result<ScalarValue, String> {
     } else if o == pgt::BYTEA.oid {
         ScalarValue::Binary(Some(b.to_vec()))
     } else if o == pgt::DATE.oid {
-        ScalarValue::Date32(Some(i32::from_be_bytes(fixed(b, "date")?) + PG_EPOCH_DAYS))
+        // PostgreSQL sends `infinity` as i32::MAX and `-infinity` as i32::MIN.
+        let raw = i32::from_be_bytes(fixed(b, "date")?);
+        let days = raw
+            .checked_add(PG_EPOCH_DAYS)
+            .filter(|_| raw != i32::MAX && raw != i32::MIN)
+            .ok_or_else(|| {
+                Fault::OutOfRange("date", "infinity and far dates are not supported".into())
+            })?;
+        ScalarValue::Date32(Some(days))
     } else if o == pgt::TIMESTAMP.oid || o == pgt::TIMESTAMPTZ.oid {
-        let us = i64::from_be_bytes(fixed(b, "timestamp")?) + PG_EPOCH_MICROS;
+        let raw = i64::from_be_bytes(fixed(b, "timestamp")?);
+        let us = raw
+            .checked_add(PG_EPOCH_MICROS)
+            .filter(|_| raw != i64::MAX && raw != i64::MIN)
+            .ok_or_else(|| {
+                Fault::OutOfRange(
+                    "timestamp",
+                    "infinity and far timestamps are not supported".into(),
+                )
+            })?;
         let tz = (o == pgt::TIMESTAMPTZ.oid).then(|| "+00:00".into());
         ScalarValue::TimestampMicrosecond(Some(us), tz)
     } else if arrow_type(t) == Some(DataType::Utf8) || o == pgt::UNKNOWN.oid {
         ScalarValue::Utf8(Some(
             std::str::from_utf8(b)
-                .map_err(|_| "text parameter is not valid UTF-8".to_string())?
+                .map_err(|_| Fault::Invalid("text parameter is not valid UTF-8".into()))?
                 .to_string(),
         ))
     } else {
-        return Err(format!(
-            "binary parameters of type {} are not supported; send them in text format",
-            t.name()
-        ));
+        return Err(Fault::Unsupported(t.name().to_string()));
     })
 }
 
-fn text(b: &[u8], target: Option<&DataType>) -> Result<ScalarValue, String> {
-    let s = std::str::from_utf8(b).map_err(|_| "text parameter is not valid UTF-8".to_string())?;
+fn text(b: &[u8], target: Option<&DataType>) -> Result<ScalarValue, Fault> {
+    let s = std::str::from_utf8(b)
+        .map_err(|_| Fault::Invalid("text parameter is not valid UTF-8".into()))?;
     let v = ScalarValue::Utf8(Some(s.to_string()));
     match target {
         None | Some(DataType::Utf8) => Ok(v),
         Some(DataType::Boolean) => match s.trim().to_ascii_lowercase().as_str() {
             "t" | "true" | "yes" | "on" | "1" | "y" => Ok(ScalarValue::Boolean(Some(true))),
             "f" | "false" | "no" | "off" | "0" | "n" => Ok(ScalarValue::Boolean(Some(false))),
-            _ => Err(format!("invalid input syntax for type boolean: {s:?}")),
+            _ => Err(Fault::Invalid(format!(
+                "invalid input syntax for type boolean: {s:?}"
+            ))),
         },
         Some(dt) => v
             .cast_to(dt)
-            .map_err(|_| format!("invalid input syntax for type {dt}: {s:?}")),
+            .map_err(|_| Fault::Invalid(format!("invalid input syntax for type {dt}: {s:?}"))),
     }
 }
 
@@ -106,7 +178,7 @@ pub fn decode(
     binary_format: bool,
     declared: Option<&Type>,
     inferred: Option<&DataType>,
-) -> Result<ScalarValue, String> {
+) -> Result<ScalarValue, ParamError> {
     let declared = declared.filter(|t| t.oid() != 0 && t.oid() != pgt::UNKNOWN.oid);
     let target = declared.and_then(arrow_type).or_else(|| inferred.cloned());
     let Some(raw) = raw else {
@@ -115,23 +187,22 @@ pub fn decode(
             None => ScalarValue::Null,
         });
     };
+    let index = i + 1;
     let value = if binary_format {
-        let t = declared.ok_or_else(|| {
-            format!(
-                "binary parameter ${} has no declared type; send it as text",
-                i + 1
-            )
-        })?;
+        let t = declared.ok_or(ParamError::Untyped { index })?;
         binary(t, raw)
     } else {
         text(raw, target.as_ref())
     }
-    .map_err(|e| format!("parameter ${}: {e}", i + 1))?;
+    .map_err(|f| f.at(index))?;
     // An inferred type wins when it differs (a float4 bound to a DOUBLE comparison).
     match inferred {
-        Some(dt) if dt != &value.data_type() && !matches!(dt, DataType::Null) => value
-            .cast_to(dt)
-            .map_err(|e| format!("parameter ${}: cannot use it as {dt}: {e}", i + 1)),
+        Some(dt) if dt != &value.data_type() && !matches!(dt, DataType::Null) => {
+            value.cast_to(dt).map_err(|e| ParamError::Invalid {
+                index,
+                reason: format!("cannot use it as {dt}: {e}"),
+            })
+        }
         _ => Ok(value),
     }
 }
@@ -171,9 +242,23 @@ mod tests {
             ScalarValue::Int64(None)
         );
         let e = decode(2, Some(&b("x")), false, None, Some(&DataType::Int64)).unwrap_err();
-        assert!(e.contains("$3"), "{e}");
+        assert!(
+            e.to_string().contains("$3") && e.sqlstate() == "22P02",
+            "{e}"
+        );
         let e = decode(0, Some(&eight), true, None, None).unwrap_err();
-        assert!(e.contains("no declared type"), "{e}");
+        assert!(e.to_string().contains("no declared type"), "{e}");
         assert!(decode(0, Some(&b("abc")), true, Some(&Type::INT8), None).is_err());
+        // Binary infinity (and values past the range) are errors, not overflows.
+        for (raw, ty) in [
+            (i64::MAX.to_be_bytes().to_vec(), Type::TIMESTAMP),
+            (i64::MIN.to_be_bytes().to_vec(), Type::TIMESTAMPTZ),
+            ((i64::MAX - 5).to_be_bytes().to_vec(), Type::TIMESTAMP),
+            (i32::MAX.to_be_bytes().to_vec(), Type::DATE),
+            (i32::MIN.to_be_bytes().to_vec(), Type::DATE),
+        ] {
+            let e = decode(0, Some(&Bytes::from(raw)), true, Some(&ty), None).unwrap_err();
+            assert_eq!(e.sqlstate(), "22008", "{e}");
+        }
     }
 }

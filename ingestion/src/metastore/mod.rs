@@ -333,6 +333,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_purged_drop_leaves_only_its_tombstone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn ObjectStore> =
+            Arc::new(LocalFileSystem::new_with_prefix(dir.path()).unwrap());
+        let ms = ObjectStoreMetastore::open(store.clone()).await.unwrap();
+        let spec: crate::spec::TableSpec = serde_json::from_value(serde_json::json!({
+            "name": "gone", "time_column": "ts", "columns": [{"name": "ts", "type": "TIMESTAMP"}]
+        }))
+        .unwrap();
+        ms.create(&TableState::new(spec)).await.unwrap();
+        let g = ms.get("gone").await.unwrap().unwrap().value.generation;
+        for _ in 0..3 {
+            update(&ms, "gone", &g, |_| Ok(())).await.unwrap();
+        }
+        drop_table(&ms, "gone", &g).await.unwrap();
+        let versions = || async {
+            let left: Vec<_> = futures::TryStreamExt::try_collect::<Vec<_>>(
+                store.list(Some(&ObjPath::from("_metastore/tables/gone"))),
+            )
+            .await
+            .unwrap();
+            left.len()
+        };
+        assert_eq!(versions().await, 5, "history is kept until the purge");
+        mark_purged(&ms, "gone", &g).await.unwrap();
+        assert_eq!(versions().await, 1);
+        let tomb = ms.get("gone").await.unwrap().unwrap();
+        assert_eq!(tomb.version, 6, "version numbers go on after the tombstone");
+        assert!(tomb.value.dropped.is_some_and(|d| d.purged));
+    }
+
+    #[tokio::test]
     async fn format_1_manifests_are_converted() {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn ObjectStore> =

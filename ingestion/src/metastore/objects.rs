@@ -207,10 +207,18 @@ impl Metastore for ObjectStoreMetastore {
     async fn commit(&self, table: &str, expected: u64, next: &TableState) -> Result<u64> {
         let version = expected + 1;
         self.put_new(table, version, next).await?;
-        // Old versions are history only; losing this cleanup is harmless.
-        if version > KEEP_VERSIONS + 1 {
+        // Old versions are history only; losing this cleanup is harmless. A purged
+        // tombstone keeps no history: it alone remains, so version numbers never go back
+        // (a writer that read a version before the drop cannot commit over a new
+        // incarnation's history).
+        let keep = if next.dropped.as_ref().is_some_and(|d| d.purged) {
+            0
+        } else {
+            KEEP_VERSIONS
+        };
+        if version > keep + 1 {
             for v in self.versions(table).await? {
-                if v + KEEP_VERSIONS < version {
+                if v + keep < version {
                     if let Err(e) = self.store.delete(&version_path(table, v)).await {
                         warn!(table, version = v, error = %e, "could not prune an old metastore version");
                     }

@@ -320,6 +320,11 @@ fn session(ctx: &Arc<Ctx>) -> Result<(), String> {
         .block_on(t.home.metastore.get(&t.spec.name))
         .map_err(|e| format!("reading the checkpoints: {e}"))?
         .ok_or_else(|| format!("table {:?} is not in the metastore", t.spec.name))?;
+    // Segments another server published while this one was not the owner come into the
+    // view before consuming resumes after them.
+    ctx.handle
+        .block_on(ctx.store.refresh(t, &state.value))
+        .map_err(|e| format!("loading the published segments: {e}"))?;
     let checkpoints = state.value.checkpoints.clone();
     let keyed_table = KeyedTable::of(&t.spec).map(Arc::new);
     let keyed = match &keyed_table {
@@ -488,7 +493,14 @@ impl Session<'_> {
             partition,
             PartitionIngest {
                 partition,
-                decoder: MessageDecoder::new(&self.ctx.table.schema, FLUSH_ROWS),
+                decoder: {
+                    let d = MessageDecoder::new(&self.ctx.table.schema, FLUSH_ROWS);
+                    // PARTIAL upserts may refuse a decoded row at its merge: keep origins.
+                    match &self.keyed_table {
+                        Some(k) if k.is_partial() => d.with_origins(),
+                        _ => d,
+                    }
+                },
                 quarantined: Vec::new(),
                 part,
                 entries: 0,
@@ -836,8 +848,24 @@ impl PartitionIngest {
         keyed: Option<(&mut KeyedPartition, &dyn Fn(KeyHash) -> bool)>,
     ) -> Result<(), String> {
         if let Some(batch) = self.decoder.take_batch().map_err(|e| e.to_string())? {
+            let origins = self.decoder.take_origins();
             let rows = match keyed {
-                Some((k, elsewhere)) => k.apply(&batch, elsewhere).map_err(|e| e.to_string())?,
+                Some((k, elsewhere)) => {
+                    let rows = k.apply(&batch, elsewhere).map_err(|e| e.to_string())?;
+                    // Rows whose merge was refused stay in the stream's record: quarantined
+                    // with their message, the key keeping its row.
+                    for r in k.take_rejected() {
+                        if let Some((origin, raw)) = origins.get(r.row) {
+                            self.quarantined.push(QuarantineEntry {
+                                origin: origin.clone(),
+                                raw: raw.clone(),
+                                reason: format!("column {:?}: {}", r.column, r.message),
+                            });
+                            self.quarantined_total += 1;
+                        }
+                    }
+                    rows
+                }
                 None => Some(batch),
             };
             if let Some(rows) = rows {

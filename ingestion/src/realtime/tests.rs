@@ -142,7 +142,10 @@ async fn generator_offsets_land_once_through_seals_and_restarts() {
     let store = open(dir.path()).await;
     assert!(!orphan.exists(), "staged leftovers are deleted at start");
     assert!(others.exists(), "another node's fresh upload is left alone");
-    assert!(!stale.exists(), "another node's upload older than the grace is deleted");
+    assert!(
+        !stale.exists(),
+        "another node's upload older than the grace is deleted"
+    );
     let a = store.table("by_rows").unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let (rows, q, mutable) = counts(&a);

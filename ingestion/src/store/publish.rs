@@ -100,6 +100,28 @@ impl TableStore {
     }
 }
 
+impl TableStore {
+    /// Makes the view's sealed segments those `state` lists (a consumer taking a table over
+    /// loads what the previous owner published). Fails if a listed segment cannot be opened.
+    pub(crate) async fn refresh(&self, t: &Table, state: &TableState) -> Result<()> {
+        let cur = t.view();
+        let segments = load_segments(&t.home, &t.spec.name, &state.segments, &cur.segments).await?;
+        let quarantine =
+            load_segments(&t.home, &t.spec.name, &state.quarantine, &cur.quarantine).await?;
+        let valid = persisted_valid(&t.home, state).await?;
+        t.change_view(|v| {
+            v.segments = segments;
+            v.quarantine = quarantine;
+            if let Some(valid) = valid {
+                let mut docs = v.valid.as_deref().cloned().unwrap_or_default();
+                docs.extend(valid);
+                v.valid = Some(Arc::new(docs));
+            }
+        });
+        Ok(())
+    }
+}
+
 /// An upsert table's valid docs as its keyed snapshots persisted them, so that queries
 /// after a start see the sealed state at once (the key maps are rebuilt later: the
 /// ingester's at its start, the batch one at the first ingest). `None` for other tables.

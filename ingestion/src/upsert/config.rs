@@ -73,6 +73,11 @@ impl KeyedTable {
         resolve(spec).ok().flatten()
     }
 
+    /// PARTIAL upsert: rows merge column by column (and a merge can be refused).
+    pub fn is_partial(&self) -> bool {
+        matches!(self.mode, KeyMode::Partial(_))
+    }
+
     pub fn is_upsert(&self) -> bool {
         !matches!(self.mode, KeyMode::Dedup)
     }

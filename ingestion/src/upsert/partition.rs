@@ -80,6 +80,17 @@ pub struct KeyedCounters {
     pub key_conflicts: u64,
     /// Keys forgotten by the metadata TTL.
     pub evicted: u64,
+    /// PARTIAL rows refused because their merge could not be stored (an INCREMENT out of
+    /// its column's range); quarantined (streams) or refused with the request (batches).
+    pub rejected: u64,
+}
+
+/// A row [`KeyedPartition::apply`] refused, by its index in the applied batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    pub row: usize,
+    pub column: String,
+    pub message: String,
 }
 
 #[derive(Debug)]
@@ -98,6 +109,8 @@ pub struct KeyedPartition {
     /// While a [`Savepoint`] is open: what its rollback restores in the key map (keys it
     /// added, and the previous entries of keys it changed).
     journal: Option<Journal>,
+    /// Rows the last [`KeyedPartition::apply`] refused (see [`Rejected`]).
+    rejected: Vec<Rejected>,
 }
 
 #[derive(Debug, Default)]
@@ -133,7 +146,13 @@ impl KeyedPartition {
             dirty: BTreeSet::new(),
             counters: KeyedCounters::default(),
             journal: None,
+            rejected: Vec::new(),
         }
+    }
+
+    /// The rows the last [`KeyedPartition::apply`] refused, by index in its batch.
+    pub fn take_rejected(&mut self) -> Vec<Rejected> {
+        std::mem::take(&mut self.rejected)
     }
 
     /// Starts recording changes so that [`KeyedPartition::rollback`] can undo them (until
@@ -333,6 +352,14 @@ impl KeyedPartition {
         })?;
         self.current = Some(slot);
         let out = self.apply(batch, &|_| false)?;
+        // A batch request is all-or-nothing: a refused merge fails it, naming the row.
+        if let Some(r) = self.take_rejected().into_iter().next() {
+            return Err(IngestError::BadRow {
+                location: format!("row {} of the segment being built", r.row + 1),
+                column: r.column,
+                message: r.message,
+            });
+        }
         match &out {
             Some(rows) => self.slots[slot as usize].rows = SlotRows::Batch(rows.clone()),
             None => {
@@ -540,6 +567,15 @@ impl KeyedPartition {
         elsewhere: &dyn Fn(KeyHash) -> bool,
     ) -> Result<RecordBatch> {
         let mut merged: Vec<Vec<Cell>> = Vec::new();
+        let types: Vec<arrow::datatypes::DataType> = match strategies {
+            Some(_) => self
+                .schema
+                .fields()
+                .iter()
+                .map(|f| f.data_type().clone())
+                .collect(),
+            None => Vec::new(),
+        };
         for i in 0..rows.batch.num_rows() {
             let (h, c, deleted) = (rows.hashes[i], rows.cmps[i], rows.deletes[i]);
             let loc = Location {
@@ -556,6 +592,29 @@ impl KeyedPartition {
                 merged.extend(new_cells);
                 continue;
             }
+            // PARTIAL: merge before anything changes. A merge that cannot be stored (an
+            // INCREMENT past its type) refuses the row: it is appended but not valid, the key
+            // keeps its row, and the caller reports it (quarantine, or the request's error).
+            let row = match (strategies, new_cells.as_ref(), prev) {
+                (Some(st), Some(new), Some(p)) if !p.deleted && !deleted => {
+                    let old = self.row_at(p.location, at.doc, &merged)?;
+                    match merge_row(st, &types, &old, new.clone()) {
+                        Ok(r) => Some(r),
+                        Err(e) => {
+                            self.counters.rejected += 1;
+                            let column = self.schema.field(e.column).name().clone();
+                            self.rejected.push(Rejected {
+                                row: i,
+                                column,
+                                message: e.message,
+                            });
+                            merged.extend(new_cells);
+                            continue;
+                        }
+                    }
+                }
+                _ => new_cells,
+            };
             self.max_comparison = self.max_comparison.max(c);
             match prev {
                 None if elsewhere(h) => self.counters.key_conflicts += 1,
@@ -566,20 +625,10 @@ impl KeyedPartition {
             if deleted {
                 self.counters.deletes += 1;
                 self.set_tombstone(loc, true);
-                merged.extend(new_cells);
             } else {
                 self.set_valid(loc, true);
-                if let (Some(strategies), Some(new)) = (strategies, new_cells) {
-                    let row = match prev {
-                        Some(p) if !p.deleted => {
-                            let old = self.row_at(p.location, at.doc, &merged)?;
-                            merge_row(strategies, &old, new)
-                        }
-                        _ => new,
-                    };
-                    merged.push(row);
-                }
             }
+            merged.extend(row);
             self.put(
                 h,
                 Entry {
