@@ -9,6 +9,8 @@ pub mod bitpack;
 pub mod bloom;
 pub mod builder;
 pub mod error;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod inspect;
 pub mod int_block;
 pub mod layout;

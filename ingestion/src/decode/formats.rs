@@ -278,31 +278,32 @@ pub fn decode_csv(
     Ok(rows)
 }
 
-/// Decodes a Parquet file. Columns are matched by name and cast to the spec's types; a value
+/// Decodes a Parquet file (a local file, or bytes in memory). Columns are matched by name and cast to the spec's types; a value
 /// that does not convert is an error naming the row and column.
-pub fn decode_parquet(
-    file: std::fs::File,
+pub fn decode_parquet<R: parquet::file::reader::ChunkReader + 'static>(
+    file: R,
     schema: &SegmentSchema,
     batch_rows: usize,
     sink: &mut dyn FnMut(RecordBatch) -> Result<()>,
 ) -> Result<usize> {
-    let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)?
-        .with_batch_size(batch_rows.clamp(1, 65536));
-    // Only the spec's columns are decoded; the file's others cost nothing.
-    let wanted: Vec<usize> = builder
-        .schema()
-        .fields()
-        .iter()
-        .enumerate()
-        .filter(|(_, f)| schema.columns.iter().any(|c| c.name == *f.name()))
-        .map(|(i, _)| i)
-        .collect();
-    let mask = parquet::arrow::ProjectionMask::roots(builder.parquet_schema(), wanted);
-    let reader = builder.with_projection(mask).build()?;
+    let mut reader = parquet_guard(|| {
+        let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)?
+            .with_batch_size(batch_rows.clamp(1, 65536));
+        // Only the spec's columns are decoded; the file's others cost nothing.
+        let wanted: Vec<usize> = builder
+            .schema()
+            .fields()
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| schema.columns.iter().any(|c| c.name == *f.name()))
+            .map(|(i, _)| i)
+            .collect();
+        let mask = parquet::arrow::ProjectionMask::roots(builder.parquet_schema(), wanted);
+        Ok(builder.with_projection(mask).build()?)
+    })?;
     let target = ingest_schema(schema);
     let mut rows = 0usize;
-    for batch in reader {
-        let batch = batch?;
+    while let Some(batch) = parquet_guard(|| Ok(reader.next().transpose()?))? {
         let mut cols: Vec<ArrayRef> = Vec::with_capacity(target.fields().len());
         for (c, f) in schema.columns.iter().zip(target.fields()) {
             let col = match batch.column_by_name(&c.name) {
@@ -336,6 +337,37 @@ pub fn decode_parquet(
         sink(RecordBatch::try_new(target.clone(), cols)?)?;
     }
     Ok(rows)
+}
+
+thread_local! {
+    static IN_PARQUET_READER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether this thread is inside a step of the Parquet reader, whose panics the decoder
+/// turns into errors (panic hooks use it to tell those from real crashes; the fuzz target
+/// does).
+pub fn in_parquet_reader() -> bool {
+    IN_PARQUET_READER.with(|f| f.get())
+}
+
+/// Runs a step of the Parquet reader, turning a panic inside it into an error: the reader
+/// panics on some malformed files (e.g. a dictionary-encoded page without its dictionary,
+/// found by the `parquet` fuzz target), and a client's file must not take a thread down.
+fn parquet_guard<T>(step: impl FnOnce() -> Result<T>) -> Result<T> {
+    IN_PARQUET_READER.with(|f| f.set(true));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(step));
+    IN_PARQUET_READER.with(|f| f.set(false));
+    r.unwrap_or_else(|panic| {
+        let why = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown failure".into());
+        Err(IngestError::BadInput {
+            location: "Parquet file".into(),
+            message: format!("the file is malformed (the Parquet reader failed: {why})"),
+        })
+    })
 }
 
 /// The first row of a FLOAT or DOUBLE column holding NaN or an infinity.

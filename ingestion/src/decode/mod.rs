@@ -22,7 +22,7 @@ use crate::error::{IngestError, Result};
 use crate::json_row::{is_text, parse_object, raw_field, ColumnIndex, ObjectError, RawField};
 
 mod formats;
-pub use formats::{decode_csv, decode_ndjson, decode_parquet, DecodeLimits};
+pub use formats::{decode_csv, decode_ndjson, decode_parquet, in_parquet_reader, DecodeLimits};
 use serde_json::value::RawValue;
 
 /// The body formats `POST /tables/{name}/ingest` accepts.
@@ -787,6 +787,20 @@ mod tests {
             .to_string();
         assert!(
             e.contains("row 2") && e.contains("\"d\"") && e.contains("NaN"),
+            "{e}"
+        );
+    }
+
+    /// A file the `parquet` fuzz target found: a dictionary-encoded page whose dictionary
+    /// page is missing makes the Parquet reader panic; the decoder answers an error.
+    #[test]
+    fn a_parquet_file_that_panics_the_reader_is_an_error() {
+        let bytes =
+            bytes::Bytes::from_static(include_bytes!("fixtures/dictionary_page_missing.parquet"));
+        let schema = basalt_segment::fuzzing::every_type_schema();
+        let e = decode_parquet(bytes, &schema, 64, &mut |_| Ok(())).unwrap_err();
+        assert!(
+            matches!(&e, IngestError::BadInput { message, .. } if message.contains("malformed")),
             "{e}"
         );
     }

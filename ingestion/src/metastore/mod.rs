@@ -115,6 +115,20 @@ impl TableState {
     pub fn is_dropped(&self) -> bool {
         self.dropped.is_some()
     }
+
+    /// Reads a persisted state (`what` names it in errors): formats 2 and 3 (format 2 reads
+    /// as format 3 with the legacy, empty, generation); anything else is an error.
+    pub fn decode(bytes: &[u8], what: &str) -> Result<TableState> {
+        let value: TableState = serde_json::from_slice(bytes)
+            .map_err(|e| IngestError::Metastore(format!("{what}: {e}")))?;
+        if value.version != TABLE_STATE_VERSION && value.version != 2 {
+            return Err(IngestError::Metastore(format!(
+                "{what}: table state version {} is not supported",
+                value.version
+            )));
+        }
+        Ok(value)
+    }
 }
 
 /// Offsets `(from, to]` of one partition consumed into the segments being published, as

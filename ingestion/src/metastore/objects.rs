@@ -10,7 +10,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload}
 use serde::Deserialize;
 use tracing::{info, warn};
 
-use super::{Metastore, SegmentMeta, TableState, Versioned, TABLE_STATE_VERSION};
+use super::{Metastore, SegmentMeta, TableState, Versioned};
 use crate::error::{IngestError, Result};
 use crate::spec::TableSpec;
 
@@ -176,15 +176,7 @@ impl Metastore for ObjectStoreMetastore {
             Err(object_store::Error::NotFound { .. }) => return Box::pin(self.get(table)).await,
             Err(e) => return Err(e.into()),
         };
-        let value: TableState = serde_json::from_slice(&bytes)
-            .map_err(|e| IngestError::Metastore(format!("{path}: {e}")))?;
-        // Format 2 reads as format 3 with the legacy (empty) generation.
-        if value.version != TABLE_STATE_VERSION && value.version != 2 {
-            return Err(IngestError::Metastore(format!(
-                "{path}: table state version {} is not supported",
-                value.version
-            )));
-        }
+        let value = TableState::decode(&bytes, path.as_ref())?;
         Ok(Some(Versioned { version, value }))
     }
 

@@ -158,7 +158,6 @@ impl TableStore {
         };
         match listed {
             Ok(names) => {
-                *self.store_error.write() = None;
                 let mut names: Vec<(String, Option<TableSpec>)> =
                     names.into_iter().map(|n| (n, None)).collect();
                 // Remembered here but gone from the deep store: dropped elsewhere.
@@ -168,6 +167,9 @@ impl TableStore {
                     }
                 }
                 self.discover_in(&default, names).await;
+                // Only now: until the listed tables are loaded (or marked unavailable),
+                // health must not say `ok` for a server that cannot answer for them yet.
+                *self.store_error.write() = None;
             }
             Err(e) => {
                 warn!(deep_store = %default.describe(), error = %e, "the deep store cannot be listed; trying again in the background");
