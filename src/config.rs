@@ -244,6 +244,24 @@ pub struct QuerySection {
     /// Relations one statement may name (default 256).
     #[serde(default = "default_max_relations")]
     pub max_relations: usize,
+    /// Memory one `analyst` query may use (`workload=analyst`), in bytes (default: a
+    /// quarter of the machine's memory).
+    #[serde(default)]
+    pub analyst_memory_limit_bytes: Option<usize>,
+    /// Default timeout of an `analyst` query in milliseconds (default: `max_timeout_ms`).
+    #[serde(default)]
+    pub analyst_timeout_ms: Option<u64>,
+    /// Where `analyst` queries spill sorts, aggregations and joins beyond their memory
+    /// (default `<data_dir>/spill`).
+    #[serde(default)]
+    pub spill_dir: Option<std::path::PathBuf>,
+    /// Bytes of spill files all queries may hold together (default 50 GiB).
+    #[serde(default = "default_max_spill")]
+    pub max_spill_bytes: u64,
+}
+
+fn default_max_spill() -> u64 {
+    50 << 30
 }
 
 fn default_max_timeout() -> u64 {
@@ -279,17 +297,37 @@ impl QuerySection {
                 max_relations: self.max_relations,
             },
             max_response_bytes: self.max_response_bytes,
+            spill: false,
         }
     }
 
-    /// The engine's server-wide limits.
-    pub fn engine(&self) -> basalt_query::EngineConfig {
+    /// The limits of an `analyst` query.
+    pub fn analyst_limits(&self) -> basalt_query::QueryLimits {
+        let timeout = self
+            .analyst_timeout_ms
+            .unwrap_or(self.max_timeout_ms)
+            .min(self.max_timeout_ms);
+        self.limits().analyst(
+            self.analyst_memory_limit_bytes
+                .unwrap_or_else(basalt_query::memory::default_analyst_limit),
+            std::time::Duration::from_millis(timeout),
+        )
+    }
+
+    /// The engine's server-wide limits; spill files under `data_dir` unless `spill_dir`.
+    pub fn engine(&self, data_dir: &std::path::Path) -> basalt_query::EngineConfig {
         let d = basalt_query::EngineConfig::default();
         basalt_query::EngineConfig {
             shared_memory_bytes: self.shared_memory_bytes.unwrap_or(d.shared_memory_bytes),
             max_concurrent: self.max_concurrent.unwrap_or(d.max_concurrent),
             max_queued: self.max_queued,
             max_timeout: std::time::Duration::from_millis(self.max_timeout_ms),
+            spill_dir: Some(
+                self.spill_dir
+                    .clone()
+                    .unwrap_or_else(|| data_dir.join("spill")),
+            ),
+            max_spill_bytes: self.max_spill_bytes,
         }
     }
 }
@@ -323,6 +361,10 @@ impl Default for QuerySection {
             max_sql_bytes: default_max_sql(),
             max_expression_terms: default_max_terms(),
             max_relations: default_max_relations(),
+            analyst_memory_limit_bytes: None,
+            analyst_timeout_ms: None,
+            spill_dir: None,
+            max_spill_bytes: default_max_spill(),
         }
     }
 }

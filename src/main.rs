@@ -279,6 +279,7 @@ async fn start_server(
         max_concurrent_ingests: cfg.ingest.max_concurrent,
         body_read_timeout: std::time::Duration::from_secs(cfg.ingest.body_read_timeout_secs),
         query: cfg.query.limits(),
+        analyst: cfg.query.analyst_limits(),
     };
     let auth = cfg.auth.auth();
     let listener = bind(http_addr, "http").await?;
@@ -294,7 +295,13 @@ async fn start_server(
         allowed_hosts: cfg.server.allowed_hosts.clone(),
         allowed_origins: cfg.server.allowed_origins.clone(),
     };
-    let state = app_state(store.clone(), limits, cfg.query.engine(), auth, guard);
+    let state = app_state(
+        store.clone(),
+        limits,
+        cfg.query.engine(&data_dir),
+        auth,
+        guard,
+    );
     let pg_server = std::sync::Arc::new(pg::PgServer::new(
         &state,
         state.auth.clone(),

@@ -20,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use basalt_ingest::{Format, IngestError, TableSpec, TableStore};
-use basalt_query::{QueryEngine, QueryLimits};
+use basalt_query::{QueryEngine, QueryLimits, Workload};
 use futures::TryStreamExt;
 use serde::Deserialize;
 use serde_json::json;
@@ -39,8 +39,10 @@ pub struct HttpLimits {
     pub max_concurrent_ingests: usize,
     /// An ingest body that sends nothing for this long gets 408 (default 30 s).
     pub body_read_timeout: Duration,
-    /// Query limits applied unless a request overrides the timeout.
+    /// Query limits applied unless a request overrides the timeout (the `dashboard` class).
     pub query: QueryLimits,
+    /// The limits of the `analyst` class (`queryOptions` `workload=analyst`).
+    pub analyst: QueryLimits,
 }
 
 impl Default for HttpLimits {
@@ -50,6 +52,10 @@ impl Default for HttpLimits {
             max_concurrent_ingests: 4,
             body_read_timeout: Duration::from_secs(30),
             query: QueryLimits::default(),
+            analyst: QueryLimits::default().analyst(
+                basalt_query::memory::default_analyst_limit(),
+                Duration::from_secs(300),
+            ),
         }
     }
 }
@@ -459,14 +465,15 @@ struct SqlRequest {
     query_options: Option<String>,
 }
 
-/// Applies `timeoutMs=N` (within the server's ceiling) and `useResultCache=false` from Pinot
-/// query options; unknown options are ignored as Pinot does.
+/// The limits of a request's class (`workload=dashboard|analyst`, default dashboard), with
+/// `timeoutMs=N` (within the server's ceiling) and `useResultCache=false` from Pinot query
+/// options applied; unknown options are ignored as Pinot does.
 fn limits_for(
-    base: &QueryLimits,
+    limits: &HttpLimits,
     engine: &QueryEngine,
     options: Option<&str>,
 ) -> Result<QueryLimits, ApiError> {
-    let mut l = base.clone();
+    let mut pairs = Vec::new();
     for kv in options
         .unwrap_or("")
         .split(';')
@@ -476,15 +483,31 @@ fn limits_for(
         let (k, v) = kv
             .split_once('=')
             .ok_or_else(|| ApiError::BadRequest(format!("query option {kv:?} is not key=value")))?;
-        if k.trim().eq_ignore_ascii_case("timeoutMs") {
+        pairs.push((k.trim(), v.trim()));
+    }
+    let workload = match pairs
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("workload"))
+    {
+        Some((_, v)) => v
+            .parse::<Workload>()
+            .map_err(|e| ApiError::BadRequest(format!("query option {e}")))?,
+        None => Workload::Dashboard,
+    };
+    let mut l = match workload {
+        Workload::Dashboard => limits.query.clone(),
+        Workload::Analyst => limits.analyst.clone(),
+    };
+    for (k, v) in pairs {
+        if k.eq_ignore_ascii_case("timeoutMs") {
             let ms: u64 = v.trim().parse().map_err(|_| {
                 ApiError::BadRequest(format!(
                     "query option timeoutMs={v:?} is not a number of milliseconds"
                 ))
             })?;
             l.timeout = engine.clamp_timeout(Duration::from_millis(ms));
-        } else if k.trim().eq_ignore_ascii_case("useResultCache") {
-            l.use_cache = !v.trim().eq_ignore_ascii_case("false");
+        } else if k.eq_ignore_ascii_case("useResultCache") {
+            l.use_cache = !v.eq_ignore_ascii_case("false");
         }
     }
     Ok(l)
@@ -495,7 +518,7 @@ async fn query_sql(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -
     let r = async {
         require_json(&headers)?;
         let req: SqlRequest = parse_json(&body, "query request (expected {\"sql\": \"...\"})")?;
-        let limits = limits_for(&s.limits.query, &s.engine, req.query_options.as_deref())?;
+        let limits = limits_for(&s.limits, &s.engine, req.query_options.as_deref())?;
         let result = match s.engine.execute(&req.sql, &limits).await {
             Ok(mut out) => {
                 response::success(&mut out, limits.max_response_bytes).map(|body| (body, out))
@@ -646,7 +669,8 @@ mod tests {
 
     #[test]
     fn query_options() {
-        let base = QueryLimits::default();
+        let limits = HttpLimits::default();
+        let base = limits.query.clone();
         let engine = QueryEngine::with_config(
             Arc::new(NoTables),
             basalt_query::EngineConfig {
@@ -654,7 +678,7 @@ mod tests {
                 ..Default::default()
             },
         );
-        let l = |o: Option<&str>| limits_for(&base, &engine, o);
+        let l = |o: Option<&str>| limits_for(&limits, &engine, o);
         assert_eq!(
             l(Some("timeoutMs=50")).unwrap().timeout,
             Duration::from_millis(50)
@@ -674,5 +698,16 @@ mod tests {
         assert!(!l(Some("useResultCache=false")).unwrap().use_cache);
         assert!(l(None).unwrap().use_cache);
         assert_eq!(l(None).unwrap().timeout, base.timeout);
+        // The class: analyst limits (larger memory, spilling), then the request's timeout.
+        let a = l(Some("workload=analyst;timeoutMs=1000")).unwrap();
+        assert!(a.spill && !base.spill);
+        assert_eq!(a.memory_limit, limits.analyst.memory_limit);
+        assert_eq!(a.timeout, Duration::from_millis(1000));
+        assert_eq!(
+            l(Some("workload=Dashboard")).unwrap().memory_limit,
+            base.memory_limit
+        );
+        let e = l(Some("workload=batch")).unwrap_err();
+        assert!(e.to_string().contains("dashboard, analyst"), "{e}");
     }
 }

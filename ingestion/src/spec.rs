@@ -13,8 +13,10 @@ use crate::error::{IngestError, Result};
 #[serde(deny_unknown_fields)]
 pub struct TableSpec {
     pub name: String,
-    /// The column rows are placed in time by; must be TIMESTAMP or LONG (epoch ms).
-    pub time_column: String,
+    /// The column rows are placed in time by; must be TIMESTAMP or LONG (epoch ms). A table
+    /// without one is a dimension table (Pinot's): its segments carry no time range.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_column: Option<String>,
     pub columns: Vec<ColumnSpec>,
     #[serde(default)]
     pub segment: SegmentConfig,
@@ -454,29 +456,30 @@ impl TableSpec {
                 "columns: at most one column can have a sorted index",
             ));
         }
-        let time = self
-            .columns
-            .iter()
-            .position(|c| c.name == self.time_column)
-            .ok_or_else(|| {
-                spec_err(format!(
-                    "time_column: {:?} is not one of the columns",
-                    self.time_column
-                ))
-            })?;
-        match column_kind(&self.columns[time].ty) {
-            Some((ColumnType::Timestamp | ColumnType::Long, false)) => {}
-            _ => {
-                return Err(spec_err(format!(
-                    "time_column: {:?} must be TIMESTAMP or LONG, not {}",
-                    self.time_column, self.columns[time].ty
-                )))
+        if let Some(time_column) = &self.time_column {
+            let time = self
+                .columns
+                .iter()
+                .position(|c| c.name == *time_column)
+                .ok_or_else(|| {
+                    spec_err(format!(
+                        "time_column: {time_column:?} is not one of the columns"
+                    ))
+                })?;
+            match column_kind(&self.columns[time].ty) {
+                Some((ColumnType::Timestamp | ColumnType::Long, false)) => {}
+                _ => {
+                    return Err(spec_err(format!(
+                        "time_column: {time_column:?} must be TIMESTAMP or LONG, not {}",
+                        self.columns[time].ty
+                    )))
+                }
             }
-        }
-        if self.columns[time].nullable == Some(true) {
-            return Err(spec_err(format!(
-                "columns[{time}].nullable: the time column cannot be nullable"
-            )));
+            if self.columns[time].nullable == Some(true) {
+                return Err(spec_err(format!(
+                    "columns[{time}].nullable: the time column cannot be nullable"
+                )));
+            }
         }
         if self.segment.max_rows == 0 || self.segment.max_rows > u32::MAX as usize {
             return Err(spec_err(
@@ -558,7 +561,7 @@ impl TableSpec {
             .as_ref()
             .and_then(|u| u.comparison_column.as_deref());
         let required = |name: &str| {
-            name == self.time_column
+            self.time_column.as_deref() == Some(name)
                 || self.primary_key.iter().any(|k| k == name)
                 || comparison == Some(name)
         };
@@ -577,7 +580,7 @@ impl TableSpec {
                     }
                 })
                 .collect(),
-            time_column: Some(self.time_column.clone()),
+            time_column: self.time_column.clone(),
         }
     }
 }
@@ -695,6 +698,36 @@ mod tests {
             parse_bytes("99999999TB"),
             Err(UnitError::OutOfRange { .. })
         ));
+    }
+
+    /// A table without a time column is a dimension table: its segments have no time
+    /// range; upsert needs a comparison column then, and dedup (ordered by time) is refused.
+    #[test]
+    fn the_time_column_is_optional() {
+        let dim = TableSpec::from_json(
+            br#"{"name":"nation","columns":[{"name":"n_nationkey","type":"LONG"},
+                 {"name":"n_name","type":"STRING"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(dim.time_column, None);
+        assert_eq!(dim.segment_schema().time_column, None);
+        assert!(!serde_json::to_string(&dim).unwrap().contains("time_column"));
+        let upsert = r#"{"name":"dim","columns":[{"name":"k","type":"LONG"},
+            {"name":"v","type":"LONG"}],"primary_key":["k"],"upsert":{"mode":"FULL"}}"#;
+        let e = err(upsert);
+        assert!(e.contains("upsert.comparison_column"), "{e}");
+        TableSpec::from_json(
+            upsert
+                .replace(
+                    r#""mode":"FULL""#,
+                    r#""mode":"FULL","comparison_column":"v""#,
+                )
+                .as_bytes(),
+        )
+        .unwrap();
+        let e = err(r#"{"name":"dim","columns":[{"name":"k","type":"LONG"}],
+            "primary_key":["k"],"dedup":{"enabled":true}}"#);
+        assert!(e.contains("time_column"), "{e}");
     }
 
     #[test]

@@ -15,6 +15,7 @@ use async_trait::async_trait;
 use datafusion::catalog::{SchemaProvider, TableProvider};
 use datafusion::common::ScalarValue;
 use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::disk_manager::{DiskManager, DiskManagerMode};
 use datafusion::execution::memory_pool::{MemoryPool, MemoryReservation};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::SessionStateBuilder;
@@ -52,6 +53,23 @@ pub struct QueryLimits {
     /// Bytes an encoded answer may have (Pinot JSON, PostgreSQL rows), checked by the front
     /// doors as they encode (default 256 MiB).
     pub max_response_bytes: usize,
+    /// Whether sorts, aggregations and joins that DataFusion can spill write to the
+    /// engine's spill directory when the memory limit is reached (default false: a
+    /// dashboard query over its limit fails at once; analyst queries spill).
+    pub spill: bool,
+}
+
+impl QueryLimits {
+    /// The analyst class: a larger memory limit (default a quarter of the machine's), a
+    /// longer timeout, spilling to disk; rows and response size as `self`.
+    pub fn analyst(&self, memory_limit: usize, timeout: Duration) -> QueryLimits {
+        QueryLimits {
+            memory_limit,
+            timeout,
+            spill: true,
+            ..self.clone()
+        }
+    }
 }
 
 impl Default for QueryLimits {
@@ -63,6 +81,7 @@ impl Default for QueryLimits {
             use_cache: true,
             statement: StatementLimits::default(),
             max_response_bytes: 256 << 20,
+            spill: false,
         }
     }
 }
@@ -78,6 +97,11 @@ pub struct EngineConfig {
     pub max_queued: usize,
     /// The longest timeout a request may ask for (default 5 minutes).
     pub max_timeout: Duration,
+    /// Where spilling queries write their temporary files (a fresh directory is made under
+    /// it and removed with the engine); `None`: no query spills.
+    pub spill_dir: Option<std::path::PathBuf>,
+    /// Bytes of temporary files all spilling queries may hold together (default 50 GiB).
+    pub max_spill_bytes: u64,
 }
 
 impl Default for EngineConfig {
@@ -90,6 +114,8 @@ impl Default for EngineConfig {
             max_concurrent: 4 * cores,
             max_queued: 256,
             max_timeout: Duration::from_secs(300),
+            spill_dir: None,
+            max_spill_bytes: 50 << 30,
         }
     }
 }
@@ -140,6 +166,9 @@ pub struct QueryEngine {
     shared: Arc<SharedBudget>,
     admission: Arc<Admission>,
     max_timeout: Duration,
+    /// Temporary files of spilling queries (`None` when no spill directory is configured
+    /// or it could not be made); every other query's disk manager is disabled.
+    spill: Option<Arc<DiskManager>>,
 }
 
 /// Bytes of results the cache keeps (64 MiB); one result may take a sixteenth of it.
@@ -154,6 +183,23 @@ impl QueryEngine {
         let cores = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2);
+        let spill = cfg.spill_dir.as_ref().and_then(|dir| {
+            let built = std::fs::create_dir_all(dir)
+                .map_err(DataFusionError::from)
+                .and_then(|()| {
+                    DiskManager::builder()
+                        .with_mode(DiskManagerMode::Directories(vec![dir.clone()]))
+                        .with_max_temp_directory_size(cfg.max_spill_bytes)
+                        .build()
+                });
+            match built {
+                Ok(d) => Some(Arc::new(d)),
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot spill there; analyst queries over their memory limit will fail instead");
+                    None
+                }
+            }
+        });
         QueryEngine {
             source,
             target_partitions: cores,
@@ -161,7 +207,14 @@ impl QueryEngine {
             shared: SharedBudget::new(cfg.shared_memory_bytes),
             admission: Arc::new(Admission::new(cfg.max_concurrent, cfg.max_queued)),
             max_timeout: cfg.max_timeout,
+            spill,
         }
+    }
+
+    /// The same engine planning `n` partitions per scan (default: one per core).
+    pub fn with_target_partitions(mut self, n: usize) -> Self {
+        self.target_partitions = n.max(1);
+        self
     }
 
     /// Memory all running queries hold now, and the shared budget.
@@ -186,6 +239,7 @@ impl QueryEngine {
         pool: &Arc<dyn MemoryPool>,
         stats: Arc<ScanStats>,
         pg: Option<&Arc<PgSession>>,
+        spill: bool,
     ) -> Result<SessionContext> {
         let mut config = SessionConfig::new()
             .with_target_partitions(self.target_partitions)
@@ -193,9 +247,14 @@ impl QueryEngine {
             .with_information_schema(true);
         config.options_mut().sql_parser.enable_ident_normalization = false;
         config.options_mut().execution.time_zone = Some("+00:00".to_string());
-        let runtime = RuntimeEnvBuilder::new()
+        let mut runtime = RuntimeEnvBuilder::new()
             .with_memory_pool(pool.clone())
-            .build_arc()?;
+            .with_disk_manager_builder(DiskManager::builder().with_mode(DiskManagerMode::Disabled))
+            .build()?;
+        if let (true, Some(d)) = (spill, &self.spill) {
+            runtime.disk_manager = d.clone();
+        }
+        let runtime = Arc::new(runtime);
         let state = SessionStateBuilder::new()
             .with_config(config)
             .with_runtime_env(runtime)
@@ -246,7 +305,10 @@ impl QueryEngine {
 
     /// A pool for one query: its own limit within the shared budget.
     fn pool(&self, limits: &QueryLimits) -> Arc<dyn MemoryPool> {
-        QueryPool::new(limits.memory_limit, self.shared.clone())
+        match limits.spill {
+            true => QueryPool::fair(limits.memory_limit, self.shared.clone()),
+            false => QueryPool::new(limits.memory_limit, self.shared.clone()),
+        }
     }
 
     /// PostgreSQL: the result schema of `statement` and the types DataFusion infers for its
@@ -257,7 +319,7 @@ impl QueryEngine {
         session: &Arc<PgSession>,
     ) -> Result<(SchemaRef, Vec<Option<DataType>>)> {
         let pool = self.pool(&QueryLimits::default());
-        let ctx = self.session(&pool, Arc::new(ScanStats::default()), Some(session))?;
+        let ctx = self.session(&pool, Arc::new(ScanStats::default()), Some(session), false)?;
         let plan = ctx
             .state()
             .statement_to_plan(statement.clone())
@@ -307,7 +369,7 @@ impl QueryEngine {
         let started = Instant::now();
         let timeout = self.clamp_timeout(limits.timeout);
         let timed_out = || QueryError::Timeout(timeout.as_millis() as u64);
-        let _permit = self.admission.admit(timeout).await?;
+        let permit = self.admission.admit(timeout).await?;
         let pool = self.pool(limits);
         let memory = result_reservation(&pool);
         // Versions first: a result is never stored under versions newer than its data.
@@ -338,13 +400,20 @@ impl QueryEngine {
             }
         }
         let stats = Arc::new(ScanStats::default());
-        let ctx = self.session(&pool, stats.clone(), pg)?;
-        let run = async {
+        let ctx = self.session(&pool, stats.clone(), pg, limits.spill)?;
+        let max_rows = limits.max_rows;
+        let planned = statement.clone();
+        // Executed on the query threads (`crate::runtime`): this task only waits, so the
+        // deadline fires on time even while a step of DataFusion holds every query thread.
+        // The admission permit goes with the work, so a query counts as running until its
+        // work has really stopped.
+        let work = async move {
+            let _permit = permit;
             let mut plan = ctx
                 .state()
-                .statement_to_plan(statement.clone())
+                .statement_to_plan(planned.clone())
                 .await
-                .map_err(|e| planning_error(e, &statement, &ctx))?;
+                .map_err(|e| planning_error(e, &planned, &ctx))?;
             if !params.is_empty() {
                 plan = plan.with_param_values(params)?;
             }
@@ -357,20 +426,27 @@ impl QueryEngine {
             while let Some(b) = stream.next().await {
                 let b = b?;
                 rows += b.num_rows();
-                if rows > limits.max_rows {
-                    return Err(QueryError::RowLimit(limits.max_rows));
+                if rows > max_rows {
+                    return Err(QueryError::RowLimit(max_rows));
                 }
                 // The collected result counts against the query's memory.
                 memory.try_grow(fresh_bytes(&b, &mut seen))?;
                 batches.push(b);
             }
-            Ok::<_, QueryError>((schema, batches))
+            Ok::<_, QueryError>((schema, batches, memory))
         };
         let remaining = timeout.saturating_sub(started.elapsed());
-        let (schema, batches) = match tokio::time::timeout(remaining, run).await {
-            Ok(r) => r?,
-            Err(_) => return Err(timed_out()),
-        };
+        let (schema, batches, memory) =
+            match tokio::time::timeout(remaining, crate::runtime::spawn(work)).await {
+                Ok(Ok(r)) => r?,
+                Ok(Err(e)) => {
+                    return Err(QueryError::invalid(
+                        ErrorKind::Internal,
+                        format!("the query's execution failed: {e}"),
+                    ))
+                }
+                Err(_) => return Err(timed_out()),
+            };
         let s = &stats;
         let stats = QueryStats {
             num_docs_scanned: s.docs_scanned.load(Ordering::Relaxed),

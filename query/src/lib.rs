@@ -20,14 +20,21 @@ pub mod guard;
 pub mod memory;
 pub mod pinot;
 pub mod postgres;
+mod runtime;
 pub mod scan;
 pub mod segment_agg;
 pub mod table;
+pub mod workload;
 
 pub use engine::{EngineConfig, QueryEngine, QueryLimits, QueryOutput, QueryStats};
 pub use error::{ErrorKind, QueryError};
 pub use guard::StatementLimits;
 pub use table::{SegmentTable, TableSnapshot, TableSource};
+pub use workload::Workload;
 
+#[cfg(test)]
+mod join_tests;
+#[cfg(test)]
+mod spill_tests;
 #[cfg(test)]
 mod tests;

@@ -63,7 +63,18 @@ impl SharedBudget {
 /// The half of physical memory (from `/proc/meminfo`) the shared budget defaults to; 4 GiB
 /// when the machine does not say.
 pub fn default_shared_budget() -> usize {
-    let total = std::fs::read_to_string("/proc/meminfo")
+    machine_memory().map(|t| t / 2).unwrap_or(4 << 30)
+}
+
+/// The default memory limit of an analyst query: a quarter of the machine's memory (4 GiB
+/// when it cannot be read).
+pub fn default_analyst_limit() -> usize {
+    machine_memory().map(|t| t / 4).unwrap_or(4 << 30)
+}
+
+/// The machine's memory in bytes, from `/proc/meminfo`.
+fn machine_memory() -> Option<usize> {
+    std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|m| {
             m.lines()
@@ -71,43 +82,141 @@ pub fn default_shared_budget() -> usize {
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|kb| kb.parse::<usize>().ok())
         })
-        .map(|kb| kb.saturating_mul(1024));
-    total.map(|t| t / 2).unwrap_or(4 << 30)
+        .map(|kb| kb.saturating_mul(1024))
 }
 
 /// One query's pool: its own limit, drawn from the shared budget.
+///
+/// A spilling query's pool is also fair, as DataFusion's `FairSpillPool`: the memory not held
+/// by consumers that cannot spill is split evenly among those that can (the sorts and
+/// aggregations of each partition), so one partition cannot take it all and leave another
+/// without the room it needs to sort its state before spilling it.
 #[derive(Debug)]
 pub struct QueryPool {
     limit: usize,
     used: AtomicUsize,
     shared: Arc<SharedBudget>,
+    fair: Option<parking_lot::Mutex<Fair>>,
+}
+
+/// What a fair pool tracks: spillable consumers and the bytes of each kind held.
+#[derive(Debug, Default)]
+struct Fair {
+    spillers: usize,
+    spillable: usize,
+    unspillable: usize,
 }
 
 impl QueryPool {
     pub fn new(limit: usize, shared: Arc<SharedBudget>) -> Arc<QueryPool> {
+        Self::build(limit, shared, false)
+    }
+
+    /// A pool that shares its memory fairly among spilling consumers (analyst queries).
+    pub fn fair(limit: usize, shared: Arc<SharedBudget>) -> Arc<QueryPool> {
+        Self::build(limit, shared, true)
+    }
+
+    fn build(limit: usize, shared: Arc<SharedBudget>, fair: bool) -> Arc<QueryPool> {
         Arc::new(QueryPool {
             limit,
             used: AtomicUsize::new(0),
             shared,
+            fair: fair.then(|| parking_lot::Mutex::new(Fair::default())),
         })
+    }
+
+    /// A fair pool's check of `additional` more bytes for `r`, recording them if allowed.
+    fn fair_grow(&self, fair: &mut Fair, r: &MemoryReservation, additional: usize) -> DfResult<()> {
+        if r.consumer().can_spill() {
+            let share = self.limit.saturating_sub(fair.unspillable) / fair.spillers.max(1);
+            if r.size() + additional > share {
+                return Err(resources_datafusion_err!(
+                    "{} asked for {additional} more bytes; it holds {} of its fair share {} of the query's {} (query.analyst_memory_limit_bytes)",
+                    r.consumer().name(),
+                    r.size(),
+                    share,
+                    self.limit
+                ));
+            }
+            fair.spillable += additional;
+        } else {
+            if fair.unspillable + fair.spillable + additional > self.limit {
+                return Err(resources_datafusion_err!(
+                    "{} asked for {additional} more bytes; the query holds {} of its {} (query.analyst_memory_limit_bytes)",
+                    r.consumer().name(),
+                    fair.unspillable + fair.spillable,
+                    self.limit
+                ));
+            }
+            fair.unspillable += additional;
+        }
+        Ok(())
+    }
+
+    fn fair_shrink(&self, r: &MemoryReservation, bytes: usize) {
+        if let Some(f) = &self.fair {
+            let mut f = f.lock();
+            if r.consumer().can_spill() {
+                f.spillable = f.spillable.saturating_sub(bytes);
+            } else {
+                f.unspillable = f.unspillable.saturating_sub(bytes);
+            }
+        }
     }
 }
 
 impl MemoryPool for QueryPool {
-    fn grow(&self, _r: &MemoryReservation, additional: usize) {
+    fn register(&self, consumer: &MemoryConsumer) {
+        if let (Some(f), true) = (&self.fair, consumer.can_spill()) {
+            f.lock().spillers += 1;
+        }
+    }
+
+    fn unregister(&self, consumer: &MemoryConsumer) {
+        if let (Some(f), true) = (&self.fair, consumer.can_spill()) {
+            let mut f = f.lock();
+            f.spillers = f.spillers.saturating_sub(1);
+        }
+    }
+
+    fn grow(&self, r: &MemoryReservation, additional: usize) {
+        if let Some(f) = &self.fair {
+            let mut f = f.lock();
+            if r.consumer().can_spill() {
+                f.spillable += additional;
+            } else {
+                f.unspillable += additional;
+            }
+        }
         self.used.fetch_add(additional, Ordering::AcqRel);
         self.shared.used.fetch_add(additional, Ordering::AcqRel);
     }
 
-    fn shrink(&self, _r: &MemoryReservation, shrink: usize) {
+    fn shrink(&self, r: &MemoryReservation, shrink: usize) {
+        self.fair_shrink(r, shrink);
         self.used.fetch_sub(shrink, Ordering::AcqRel);
         self.shared.sub(shrink);
     }
 
     fn try_grow(&self, r: &MemoryReservation, additional: usize) -> DfResult<()> {
+        let mut fair = self.fair.as_ref().map(|f| f.lock());
+        if let Some(f) = fair.as_deref_mut() {
+            self.fair_grow(f, r, additional)?;
+        }
+        let undo = |fair: Option<&mut Fair>| {
+            if let Some(f) = fair {
+                if r.consumer().can_spill() {
+                    f.spillable -= additional;
+                } else {
+                    f.unspillable -= additional;
+                }
+            }
+        };
         let mut cur = self.used.load(Ordering::Relaxed);
         loop {
             let Some(next) = cur.checked_add(additional).filter(|&v| v <= self.limit) else {
+                undo(fair.as_deref_mut());
                 return Err(resources_datafusion_err!(
                     "{} asked for {additional} more bytes; the query holds {cur} of its {} (query.memory_limit_bytes)",
                     r.consumer().name(),
@@ -124,6 +233,7 @@ impl MemoryPool for QueryPool {
         }
         if !self.shared.try_add(additional) {
             self.used.fetch_sub(additional, Ordering::AcqRel);
+            undo(fair.as_deref_mut());
             return Err(resources_datafusion_err!(
                 "{} asked for {additional} more bytes; all queries hold {} of the server's {} (query.shared_memory_bytes)",
                 r.consumer().name(),
@@ -204,5 +314,32 @@ mod tests {
         assert_eq!(shared.used(), 400);
         drop(rb);
         assert_eq!(shared.used(), 0);
+    }
+
+    /// A fair pool splits what unspillable consumers leave among spillable ones.
+    #[test]
+    fn a_fair_pool_splits_memory_among_spillers() {
+        let shared = SharedBudget::new(10_000);
+        let p: Arc<dyn MemoryPool> = QueryPool::fair(1000, shared.clone());
+        let result = MemoryConsumer::new("result").register(&p);
+        let s1 = MemoryConsumer::new("sort 1")
+            .with_can_spill(true)
+            .register(&p);
+        let s2 = MemoryConsumer::new("sort 2")
+            .with_can_spill(true)
+            .register(&p);
+        result.try_grow(200).unwrap();
+        s1.try_grow(400).unwrap();
+        let e = s1.try_grow(1).unwrap_err().to_string();
+        assert!(e.contains("fair share 400"), "{e}");
+        s2.try_grow(400).unwrap();
+        // Unspillable memory can still take what is left.
+        assert!(result.try_grow(1).is_err());
+        drop(s2);
+        s1.try_grow(400).unwrap();
+        assert_eq!(p.reserved(), 1000);
+        assert_eq!(shared.used(), 1000);
+        drop((s1, result));
+        assert_eq!((p.reserved(), shared.used()), (0, 0));
     }
 }

@@ -39,7 +39,7 @@ const CITIES: &[&str] = &[
     "Paris", "Pune", "Perth", "Oslo", "Osaka", "Lima", "Lyon", "Quito",
 ];
 
-fn schema() -> SegmentSchema {
+pub(crate) fn schema() -> SegmentSchema {
     let mut ts = ColumnDef::new("ts", ColumnType::Timestamp);
     ts.nullable = false;
     SegmentSchema {
@@ -58,7 +58,7 @@ fn schema() -> SegmentSchema {
     }
 }
 
-fn batch(rng: &mut StdRng, rows: usize, t0: i64) -> RecordBatch {
+pub(crate) fn batch(rng: &mut StdRng, rows: usize, t0: i64) -> RecordBatch {
     let s = Arc::new(Schema::new(vec![
         Field::new(
             "ts",
@@ -184,7 +184,7 @@ fn chrono_fmt(ms: i64) -> String {
         .to_string()
 }
 
-fn filter(rng: &mut StdRng, t0: i64, depth: u32) -> String {
+pub(crate) fn filter(rng: &mut StdRng, t0: i64, depth: u32) -> String {
     if depth == 0 || rng.random_bool(0.4) {
         return leaf(rng, t0);
     }
@@ -203,7 +203,7 @@ fn filter(rng: &mut StdRng, t0: i64, depth: u32) -> String {
     }
 }
 
-fn render(batches: &[RecordBatch]) -> Vec<String> {
+pub(crate) fn render(batches: &[RecordBatch]) -> Vec<String> {
     let opts = FormatOptions::default().with_null("NULL");
     let mut rows = Vec::new();
     for b in batches {
@@ -232,8 +232,19 @@ fn render(batches: &[RecordBatch]) -> Vec<String> {
     rows
 }
 
+/// Asserts that `sql` answers the same rows on `engine` (segments) as on `reference`
+/// (DataFusion over plain Arrow tables).
+pub(crate) async fn assert_same(engine: &QueryEngine, reference: &SessionContext, sql: &str) {
+    let got = engine
+        .execute(sql, &QueryLimits::default())
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let want = reference.sql(sql).await.unwrap().collect().await.unwrap();
+    assert_eq!(render(&got.batches), render(&want), "{sql}");
+}
+
 /// The EXPLAIN output of `sql`, one line per row.
-async fn explain(engine: &QueryEngine, sql: &str) -> String {
+pub(crate) async fn explain(engine: &QueryEngine, sql: &str) -> String {
     let out = engine
         .execute(&format!("EXPLAIN {sql}"), &QueryLimits::default())
         .await
@@ -295,12 +306,7 @@ async fn segments_answer_like_datafusion_over_arrow() {
     for i in 0..300 {
         let f = filter(&mut rng, t0, 3);
         let sql = shapes[i % shapes.len()].replace("{f}", &f);
-        let got = engine
-            .execute(&sql, &QueryLimits::default())
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"));
-        let want = reference.sql(&sql).await.unwrap().collect().await.unwrap();
-        assert_eq!(render(&got.batches), render(&want), "{sql}");
+        assert_same(&engine, &reference, &sql).await;
         checked += 1;
     }
     assert_eq!(checked, 300);
@@ -633,12 +639,7 @@ async fn multi_value_filters_answer_like_datafusion_over_arrow() {
             _ => format!("{a} OR {b}"),
         };
         let sql = shapes[i % shapes.len()].replace("{f}", &f);
-        let got = engine
-            .execute(&sql, &QueryLimits::default())
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"));
-        let want = reference.sql(&sql).await.unwrap().collect().await.unwrap();
-        assert_eq!(render(&got.batches), render(&want), "{sql}");
+        assert_same(&engine, &reference, &sql).await;
     }
 }
 

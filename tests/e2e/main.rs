@@ -13,4 +13,6 @@ mod postgres;
 mod realtime;
 mod s3;
 mod slt;
+mod tpch;
 mod upsert;
+mod workload;

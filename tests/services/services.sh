@@ -12,6 +12,7 @@
 # Kafka: tansu 0.6.0, an Apache Kafka-compatible broker (`cargo install tansu`, ~11 min once,
 # then cached in ~/.cargo/bin), on :9092 with its log in a local sqlite file, so offsets
 # survive a broker restart.
+# TPC-H: DuckDB 1.5.5 and duckdb-extension-tpch in a venv (data and reference answers).
 # Clients: psql (Debian's postgresql-client) and the Python PostgreSQL drivers (psycopg 3,
 # psycopg2, SQLAlchemy) the PostgreSQL-protocol tests drive Basalt with; Debian's chromium
 # and chromedriver with Selenium for the web console's browser test.
@@ -22,6 +23,9 @@ set -euo pipefail
 DIR="${BASALT_SERVICES_DIR:-/tmp/basalt-services}"
 S3_PORT="${BASALT_S3_PORT:-8333}"
 KAFKA_PORT="${BASALT_KAFKA_PORT:-9092}"
+# DuckDB 1.5.5 and its tpch extension live in a venv of their own (the benchmarks' peers use
+# a newer DuckDB); kept across runs.
+TPCH_VENV="${BASALT_TPCH_VENV:-$HOME/.cache/basalt/tpch-venv}"
 export AWS_ACCESS_KEY_ID="${AWS_ACCESS_KEY_ID:-basalt}"
 export AWS_SECRET_ACCESS_KEY="${AWS_SECRET_ACCESS_KEY:-basalt-secret}"
 
@@ -37,6 +41,7 @@ export BASALT_SERVICES_SCRIPT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/serv
 export BASALT_SERVICES_DIR=$DIR
 export BASALT_TEST_PG_CLIENTS=$(command -v python3)
 export BASALT_TEST_CHROMIUM=$(command -v python3)
+export BASALT_TEST_TPCH=$TPCH_VENV/bin/python
 ENV
 }
 
@@ -153,8 +158,20 @@ install_clients() {
   echo "headless Chromium ready ($(/usr/bin/chromium --version))"
 }
 
+# TPC-H data and reference answers: DuckDB 1.5.5 with duckdb-extension-tpch 1.5.5.
+install_tpch() {
+  if ! "$TPCH_VENV/bin/python" -c "import duckdb, duckdb_extension_tpch" 2>/dev/null; then
+    echo "installing DuckDB 1.5.5 and its tpch extension (pip, venv $TPCH_VENV)"
+    python3 -m venv "$TPCH_VENV"
+    "$TPCH_VENV/bin/python" -m pip install --quiet duckdb==1.5.5 duckdb-extension-tpch==1.5.5
+  fi
+  "$TPCH_VENV/bin/python" -c "import duckdb, duckdb_extension_tpch" ||
+    { echo "DuckDB's tpch extension did not install" >&2; exit 1; }
+  echo "TPC-H generator ready (DuckDB $("$TPCH_VENV/bin/python" -c 'import duckdb; print(duckdb.__version__)'))"
+}
+
 case "${1:-}" in
-  start) install_clients; start_s3; start_kafka ;;
+  start) install_clients; install_tpch; start_s3; start_kafka ;;
   stop) stop_service kafka; stop_service s3 ;;
   env) env_lines ;;
   kafka-start) start_kafka ;;

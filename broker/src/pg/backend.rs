@@ -15,7 +15,7 @@ use arrow::array::{ArrayRef, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use async_trait::async_trait;
 use basalt_query::postgres::{self, PgCommand, PgSession};
-use basalt_query::{QueryEngine, QueryError, QueryLimits};
+use basalt_query::{workload, QueryEngine, QueryError, QueryLimits, Workload};
 use datafusion::common::ScalarValue;
 use futures::{stream, Sink};
 use parking_lot::Mutex;
@@ -126,12 +126,19 @@ fn user_error(info: PgError) -> PgWireError {
 pub struct Backend {
     engine: QueryEngine,
     limits: QueryLimits,
+    /// The `analyst` class (`SET basalt.workload = 'analyst'`).
+    analyst: QueryLimits,
     metrics: Metrics,
     parser: Arc<StatementParser>,
 }
 
 impl Backend {
-    pub fn new(engine: QueryEngine, limits: QueryLimits, metrics: Metrics) -> Self {
+    pub fn new(
+        engine: QueryEngine,
+        limits: QueryLimits,
+        analyst: QueryLimits,
+        metrics: Metrics,
+    ) -> Self {
         Backend {
             parser: Arc::new(StatementParser {
                 engine: engine.clone(),
@@ -139,14 +146,22 @@ impl Backend {
             }),
             engine,
             limits,
+            analyst,
             metrics,
         }
     }
 
-    /// The connection's limits: the server's, with its `statement_timeout` when set (within
-    /// the server's ceiling).
+    /// The connection's limits: the server's for its class (`basalt.workload`), with its
+    /// `statement_timeout` when set (within the server's ceiling).
     fn limits(&self, session: &PgSession) -> QueryLimits {
-        let mut l = self.limits.clone();
+        let workload = session
+            .setting(workload::PG_SETTING)
+            .and_then(|w| w.parse().ok())
+            .unwrap_or_default();
+        let mut l = match workload {
+            Workload::Dashboard => self.limits.clone(),
+            Workload::Analyst => self.analyst.clone(),
+        };
         if let Some(ms) = session
             .setting("statement_timeout")
             .and_then(|v| parse_duration_ms(v).ok())
@@ -204,6 +219,11 @@ impl Backend {
             PgCommand::Set { name, value } => {
                 if name.eq_ignore_ascii_case("statement_timeout") {
                     parse_duration_ms(value).map_err(|m| error_info("22023", m))?;
+                }
+                if name.eq_ignore_ascii_case(workload::PG_SETTING) {
+                    value
+                        .parse::<Workload>()
+                        .map_err(|e| error_info("22023", e.to_string()))?;
                 }
                 session(client).lock().set(name, value.clone());
                 Ok(Response::Execution(Tag::new("SET")))

@@ -149,6 +149,7 @@ impl PgServer {
             backend: Arc::new(Backend::new(
                 state.engine.clone(),
                 state.limits.query.clone(),
+                state.limits.analyst.clone(),
                 state.metrics.clone(),
             )),
             startup: Arc::new(Startup {

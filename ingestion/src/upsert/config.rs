@@ -159,8 +159,15 @@ fn resolve(spec: &TableSpec) -> Result<Option<KeyedTable>> {
             super::keymap::MAX_DOC as u64 + 1
         )));
     }
-    let time = position("time_column", &spec.time_column)?;
+    let time = spec
+        .time_column
+        .as_deref()
+        .map(|t| position("time_column", t))
+        .transpose()?;
     if let Some(d) = dedup {
+        let time = time.ok_or_else(|| {
+            err("time_column: a dedup table needs one (its TTL and first-wins order are by time)")
+        })?;
         let ttl_ms = d.ttl.as_deref().map(|t| ttl("dedup.ttl", t)).transpose()?;
         return Ok(Some(KeyedTable {
             mode: KeyMode::Dedup,
@@ -173,7 +180,9 @@ fn resolve(spec: &TableSpec) -> Result<Option<KeyedTable>> {
     let u = spec.upsert.as_ref().expect("upsert or dedup");
     let comparison = match &u.comparison_column {
         Some(c) => position("upsert.comparison_column", c)?,
-        None => time,
+        None => time.ok_or_else(|| {
+            err("upsert.comparison_column: required for a table without a time_column")
+        })?,
     };
     match ty(comparison)? {
         _ if spec.is_array(comparison) => {

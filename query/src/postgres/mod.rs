@@ -267,6 +267,8 @@ mod tests {
             PgCommand::Set { name, value } if name == "extra_float_digits" && value == "3"));
         assert!(matches!(one("SET application_name TO 'grafana'"),
             PgCommand::Set { name, value } if name == "application_name" && value == "grafana"));
+        assert!(matches!(one("SET basalt.workload = 'analyst'"),
+            PgCommand::Set { name, value } if name == "basalt.workload" && value == "analyst"));
         assert!(matches!(one("SET TIME ZONE 'UTC'"),
             PgCommand::Set { name, value } if name == "timezone" && value == "UTC"));
         assert!(matches!(one("SHOW transaction isolation level"),

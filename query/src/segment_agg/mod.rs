@@ -29,7 +29,7 @@ use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::repartition::RepartitionExec;
-use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, Partitioning};
 
 pub use exec::SegmentAggregateExec;
 use exec::{GroupKey, Job, KeyExpr};
@@ -264,7 +264,7 @@ fn rewrite(node: &Arc<dyn ExecutionPlan>) -> DfResult<Option<Arc<dyn ExecutionPl
         .collect::<DfResult<Vec<_>>>()?;
     let read_schema = Arc::new(input_schema.project(&needed)?);
     let read_cols: Vec<usize> = needed.iter().map(|&i| scan.projection()[i]).collect();
-    Ok(Some(Arc::new(SegmentAggregateExec::new(Job {
+    let exec: Arc<dyn ExecutionPlan> = Arc::new(SegmentAggregateExec::new(Job {
         scan: scan_plan.clone(),
         keys,
         aggs: first.aggr_expr().to_vec(),
@@ -273,5 +273,25 @@ fn rewrite(node: &Arc<dyn ExecutionPlan>) -> DfResult<Option<Arc<dyn ExecutionPl
         read_cols,
         read_schema,
         schema: out_schema,
-    })?)))
+    })?);
+    Ok(Some(same_partitioning(exec, node)?))
+}
+
+/// `exec` partitioned as the `replaced` node was: its parents were planned against that
+/// partitioning (a partitioned hash join pairs partition i of both sides, so the aggregate
+/// under one side must still deliver the rows of hash bucket i in partition i), while
+/// [`SegmentAggregateExec`] merges everything into one partition.
+fn same_partitioning(
+    exec: Arc<dyn ExecutionPlan>,
+    replaced: &Arc<dyn ExecutionPlan>,
+) -> DfResult<Arc<dyn ExecutionPlan>> {
+    let want = replaced.output_partitioning();
+    if want.partition_count() <= 1 {
+        return Ok(exec);
+    }
+    let target = match want {
+        Partitioning::Hash(..) => want.clone(),
+        other => Partitioning::RoundRobinBatch(other.partition_count()),
+    };
+    Ok(Arc::new(RepartitionExec::try_new(exec, target)?))
 }
