@@ -139,8 +139,11 @@ class Basalt:
                 http(self.base + f"/tables/{t}/ingest", f.read(), "application/vnd.apache.parquet")
         return time.time() - t0
 
+    workload = "dashboard"
+
     def query(self, sql):
-        body = json.dumps({"sql": sql, "queryOptions": "useResultCache=false;timeoutMs=600000"})
+        opts = f"useResultCache=false;timeoutMs=600000;workload={self.workload}"
+        body = json.dumps({"sql": sql, "queryOptions": opts})
         return http(self.base + "/query/sql", body.encode())
 
     def stop(self):
@@ -326,6 +329,8 @@ def main():
     ap.add_argument("--bench", action="store_true")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--config", help="a basalt.toml for the server")
+    ap.add_argument("--workload", default="analyst", choices=["analyst", "dashboard"],
+                    help="the query class (analyst: a quarter of RAM per query, spilling)")
     ap.add_argument("--segment-rows", type=int, default=1000000,
                     help="segment.max_rows of every table (smaller: more segments, more partitions)")
     a = ap.parse_args()
@@ -338,6 +343,7 @@ def main():
     if not (a.basalt or a.url):
         sys.exit("give --basalt or --url")
     basalt = Basalt(a.basalt, a.work, a.port, config, a.url)
+    basalt.workload = a.workload
     try:
         load_s = basalt.load(con, folder, a.segment_rows)
         print(f"basalt loaded sf={a.sf} in {load_s:.1f}s", flush=True)

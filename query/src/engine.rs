@@ -259,6 +259,7 @@ impl QueryEngine {
             .with_config(config)
             .with_runtime_env(runtime)
             .with_default_features()
+            .with_analyzer_rule(Arc::new(crate::plain_strings::PlainStringsAcrossTables))
             .with_physical_optimizer_rule(Arc::new(SegmentAggregateRule))
             .with_physical_optimizer_rule(Arc::new(crate::coop::YieldEverywhere))
             .build();

@@ -19,6 +19,7 @@ pub mod functions;
 pub mod guard;
 pub mod memory;
 pub mod pinot;
+pub mod plain_strings;
 pub mod postgres;
 mod runtime;
 pub mod scan;
