@@ -694,6 +694,9 @@ impl Evaluator<'_> {
         let multi = matches!(meta.encoding, Encoding::MultiValue { .. });
         let br = r.block_rows() as u32;
         let mut out = RoaringBitmap::new();
+        // A block's matches are collected, then appended in one sorted run (blocks come in
+        // doc order): one `insert` per matching row cost half of a selective scan's time.
+        let mut hits: Vec<u32> = Vec::with_capacity(br as usize);
         for (b, block) in meta.blocks.iter().enumerate() {
             let start = b as u32 * br;
             let end = start + r.block_len(b) as u32;
@@ -716,9 +719,10 @@ impl Evaluator<'_> {
                 continue;
             }
             self.stats.blocks_scanned += 1;
+            hits.clear();
             let mut hit = |i: usize, k: i64| {
                 if contains(set, k) {
-                    out.insert(start + i as u32);
+                    hits.push(start + i as u32);
                 }
             };
             match r.block(c, b)? {
@@ -737,12 +741,15 @@ impl Evaluator<'_> {
                     for (i, &n) in counts.iter().enumerate() {
                         let values = &ids[at..at + n as usize];
                         if values.iter().any(|&id| contains(set, id as i64)) {
-                            out.insert(start + i as u32);
+                            hits.push(start + i as u32);
                         }
                         at += n as usize;
                     }
                 }
             }
+            // Sorted and above everything `out` holds (earlier blocks only).
+            out.append(hits.iter().copied())
+                .map_err(|e| pred_err(&meta.name, format!("unsorted matches: {e}")))?;
         }
         if !nulls.is_empty() {
             out -= nulls;
