@@ -107,6 +107,25 @@ struct Fair {
     unspillable: usize,
 }
 
+impl Fair {
+    /// The bytes `r`'s kind of consumer holds.
+    fn held(&mut self, r: &MemoryReservation) -> &mut usize {
+        match r.consumer().can_spill() {
+            true => &mut self.spillable,
+            false => &mut self.unspillable,
+        }
+    }
+
+    fn add(&mut self, r: &MemoryReservation, bytes: usize) {
+        *self.held(r) += bytes;
+    }
+
+    fn sub(&mut self, r: &MemoryReservation, bytes: usize) {
+        let held = self.held(r);
+        *held = held.saturating_sub(bytes);
+    }
+}
+
 impl QueryPool {
     pub fn new(limit: usize, shared: Arc<SharedBudget>) -> Arc<QueryPool> {
         Self::build(limit, shared, false)
@@ -139,30 +158,16 @@ impl QueryPool {
                     self.limit
                 ));
             }
-            fair.spillable += additional;
-        } else {
-            if fair.unspillable + fair.spillable + additional > self.limit {
-                return Err(resources_datafusion_err!(
-                    "{} asked for {additional} more bytes; the query holds {} of its {} (query.analyst_memory_limit_bytes)",
-                    r.consumer().name(),
-                    fair.unspillable + fair.spillable,
-                    self.limit
-                ));
-            }
-            fair.unspillable += additional;
+        } else if fair.unspillable + fair.spillable + additional > self.limit {
+            return Err(resources_datafusion_err!(
+                "{} asked for {additional} more bytes; the query holds {} of its {} (query.analyst_memory_limit_bytes)",
+                r.consumer().name(),
+                fair.unspillable + fair.spillable,
+                self.limit
+            ));
         }
+        fair.add(r, additional);
         Ok(())
-    }
-
-    fn fair_shrink(&self, r: &MemoryReservation, bytes: usize) {
-        if let Some(f) = &self.fair {
-            let mut f = f.lock();
-            if r.consumer().can_spill() {
-                f.spillable = f.spillable.saturating_sub(bytes);
-            } else {
-                f.unspillable = f.unspillable.saturating_sub(bytes);
-            }
-        }
     }
 }
 
@@ -182,19 +187,16 @@ impl MemoryPool for QueryPool {
 
     fn grow(&self, r: &MemoryReservation, additional: usize) {
         if let Some(f) = &self.fair {
-            let mut f = f.lock();
-            if r.consumer().can_spill() {
-                f.spillable += additional;
-            } else {
-                f.unspillable += additional;
-            }
+            f.lock().add(r, additional);
         }
         self.used.fetch_add(additional, Ordering::AcqRel);
         self.shared.used.fetch_add(additional, Ordering::AcqRel);
     }
 
     fn shrink(&self, r: &MemoryReservation, shrink: usize) {
-        self.fair_shrink(r, shrink);
+        if let Some(f) = &self.fair {
+            f.lock().sub(r, shrink);
+        }
         self.used.fetch_sub(shrink, Ordering::AcqRel);
         self.shared.sub(shrink);
     }
@@ -206,11 +208,7 @@ impl MemoryPool for QueryPool {
         }
         let undo = |fair: Option<&mut Fair>| {
             if let Some(f) = fair {
-                if r.consumer().can_spill() {
-                    f.spillable -= additional;
-                } else {
-                    f.unspillable -= additional;
-                }
+                f.sub(r, additional);
             }
         };
         let mut cur = self.used.load(Ordering::Relaxed);
