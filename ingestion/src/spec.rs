@@ -13,8 +13,9 @@ use crate::error::{IngestError, Result};
 #[serde(deny_unknown_fields)]
 pub struct TableSpec {
     pub name: String,
-    /// The column rows are placed in time by; must be TIMESTAMP or LONG (epoch ms). A table
-    /// without one is a dimension table (Pinot's): its segments carry no time range.
+    /// The column rows are placed in time by; must be TIMESTAMP or LONG (epoch ms) or DATE (a
+    /// segment's time range then covers its days). A table without one is a dimension table
+    /// (Pinot's): its segments carry no time range.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_column: Option<String>,
     pub columns: Vec<ColumnSpec>,
@@ -242,7 +243,8 @@ fn default_start() -> String {
 #[serde(deny_unknown_fields)]
 pub struct ColumnSpec {
     pub name: String,
-    /// One of STRING, INT, LONG, FLOAT, DOUBLE, BOOLEAN, TIMESTAMP, JSON.
+    /// One of STRING, INT, LONG, FLOAT, DOUBLE, BOOLEAN, TIMESTAMP, DATE, DECIMAL(p, s), JSON,
+    /// STRING_ARRAY, LONG_ARRAY.
     #[serde(rename = "type")]
     pub ty: String,
     /// Index kinds: inverted, range, sorted, bloom ("text" is reserved).
@@ -415,10 +417,15 @@ impl TableSpec {
                 )));
             }
             let (ty, multi_value) = column_kind(&c.ty).ok_or_else(|| {
-                spec_err(format!(
-                    "columns[{i}].type: unknown type {:?} (expected one of STRING, INT, LONG, FLOAT, DOUBLE, BOOLEAN, TIMESTAMP, JSON, STRING_ARRAY, LONG_ARRAY)",
-                    c.ty
-                ))
+                let why = match ColumnType::parse_checked(&c.ty) {
+                    Err(e) if e.starts_with("unknown") => format!(
+                        "unknown type {:?} (expected one of STRING, INT, LONG, FLOAT, DOUBLE, BOOLEAN, TIMESTAMP, DATE, DECIMAL(precision, scale), JSON, STRING_ARRAY, LONG_ARRAY)",
+                        c.ty
+                    ),
+                    Err(e) => e,
+                    Ok(t) => format!("unknown type {t}"),
+                };
+                spec_err(format!("columns[{i}].type: {why}"))
             })?;
             for (j, k) in c.index.iter().enumerate() {
                 let kind = parse_index(k).ok_or_else(|| {
@@ -467,10 +474,10 @@ impl TableSpec {
                     ))
                 })?;
             match column_kind(&self.columns[time].ty) {
-                Some((ColumnType::Timestamp | ColumnType::Long, false)) => {}
+                Some((ColumnType::Timestamp | ColumnType::Long | ColumnType::Date, false)) => {}
                 _ => {
                     return Err(spec_err(format!(
-                        "time_column: {time_column:?} must be TIMESTAMP or LONG, not {}",
+                        "time_column: {time_column:?} must be TIMESTAMP, DATE or LONG, not {}",
                         self.columns[time].ty
                     )))
                 }
@@ -739,7 +746,7 @@ mod tests {
         let e = err(&EVENTS.replace("\"time_column\":\"ts\"", "\"time_column\":\"tz\""));
         assert!(e.contains("time_column"), "{e}");
         let e = err(&EVENTS.replace("\"time_column\":\"ts\"", "\"time_column\":\"os\""));
-        assert!(e.contains("TIMESTAMP or LONG"), "{e}");
+        assert!(e.contains("TIMESTAMP, DATE or LONG"), "{e}");
         let e = err(&EVENTS.replace("\"segment\"", "\"segmnt\""));
         assert!(e.contains("unknown field `segmnt`"), "{e}");
         let e = err(&EVENTS.replace("{\"max_rows\":1000000}", "{\"max_rows\":1000000,\"x\":1}"));

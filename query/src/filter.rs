@@ -22,21 +22,21 @@ pub fn to_predicate(expr: &Expr, schema: &SegmentSchema) -> Option<Predicate> {
             ])),
             _ => {
                 let cmp = cmp_op(*op)?;
-                if let (Some(column), Some(value)) = (column_of(left, schema), literal(right)) {
+                if let Some(column) = column_of(left, schema) {
+                    let value = literal_for(right, schema, &column)?;
                     return Some(Predicate::Compare {
                         column,
                         op: cmp,
                         value,
                     });
                 }
-                if let (Some(value), Some(column)) = (literal(left), column_of(right, schema)) {
-                    return Some(Predicate::Compare {
-                        column,
-                        op: flip(cmp),
-                        value,
-                    });
-                }
-                None
+                let column = column_of(right, schema)?;
+                let value = literal_for(left, schema, &column)?;
+                Some(Predicate::Compare {
+                    column,
+                    op: flip(cmp),
+                    value,
+                })
             }
         },
         Expr::Not(e) => Some(Predicate::Not(Box::new(to_predicate(e, schema)?))),
@@ -54,10 +54,11 @@ pub fn to_predicate(expr: &Expr, schema: &SegmentSchema) -> Option<Predicate> {
             low,
             high,
         }) => {
+            let column = column_of(expr, schema)?;
             let p = Predicate::Between {
-                column: column_of(expr, schema)?,
-                low: literal(low)?,
-                high: literal(high)?,
+                low: literal_for(low, schema, &column)?,
+                high: literal_for(high, schema, &column)?,
+                column,
             };
             Some(if *negated {
                 Predicate::Not(Box::new(p))
@@ -69,11 +70,17 @@ pub fn to_predicate(expr: &Expr, schema: &SegmentSchema) -> Option<Predicate> {
             expr,
             list,
             negated,
-        }) => Some(Predicate::InList {
-            column: column_of(expr, schema)?,
-            values: list.iter().map(literal).collect::<Option<Vec<_>>>()?,
-            negated: *negated,
-        }),
+        }) => {
+            let column = column_of(expr, schema)?;
+            Some(Predicate::InList {
+                values: list
+                    .iter()
+                    .map(|e| literal_for(e, schema, &column))
+                    .collect::<Option<Vec<_>>>()?,
+                column,
+                negated: *negated,
+            })
+        }
         Expr::Like(Like {
             negated,
             expr,
@@ -210,7 +217,86 @@ fn lossless_cast(from: ColumnType, to: &DataType) -> bool {
         ColumnType::Double => matches!(to, D::Float64),
         ColumnType::Boolean => matches!(to, D::Boolean),
         ColumnType::Timestamp => matches!(to, D::Timestamp(TimeUnit::Millisecond, _) | D::Int64),
+        // Day d becomes d days' worth of the target unit: distinct and ordered.
+        ColumnType::Date => matches!(to, D::Date32 | D::Date64 | D::Timestamp(_, _)),
+        // Widening: at least as many digits on both sides of the point.
+        ColumnType::Decimal { precision, scale } => match to {
+            D::Decimal128(p, s) | D::Decimal256(p, s) => {
+                *s >= scale as i8 && (*p as i16 - *s as i16) >= (precision as i16 - scale as i16)
+            }
+            _ => false,
+        },
     }
+}
+
+/// A literal compared with `column`, in that column's stored units: DATE literals as days,
+/// DECIMAL literals as unscaled values at the column's scale (`Value::Ratio` when the
+/// literal falls between two stored values, so comparisons stay exact).
+fn literal_for(e: &Expr, schema: &SegmentSchema, column: &str) -> Option<Value> {
+    let ty = schema.column(column)?.ty;
+    let Expr::Literal(v, _) = e else {
+        return literal(e);
+    };
+    if v.is_null() {
+        return Some(Value::Null);
+    }
+    let v = match v {
+        ScalarValue::Dictionary(_, inner) => inner.as_ref(),
+        v => v,
+    };
+    use ScalarValue as S;
+    match ty {
+        ColumnType::Date => {
+            const DAY_MS: i128 = 86_400_000;
+            let (n, d) = match v {
+                S::Date32(Some(x)) => (*x as i128, 1),
+                S::Date64(Some(x)) => (*x as i128, DAY_MS),
+                S::TimestampSecond(Some(x), _) => (*x as i128, 86_400),
+                S::TimestampMillisecond(Some(x), _) => (*x as i128, DAY_MS),
+                S::TimestampMicrosecond(Some(x), _) => (*x as i128, DAY_MS * 1000),
+                S::TimestampNanosecond(Some(x), _) => (*x as i128, DAY_MS * 1_000_000),
+                _ => return None,
+            };
+            ratio(n, d)
+        }
+        ColumnType::Decimal { scale, .. } => {
+            let (unscaled, lit_scale): (i128, i8) = match v {
+                S::Decimal32(Some(x), _, s) => (*x as i128, *s),
+                S::Decimal64(Some(x), _, s) => (*x as i128, *s),
+                S::Decimal128(Some(x), _, s) => (*x, *s),
+                S::Int8(Some(x)) => (*x as i128, 0),
+                S::Int16(Some(x)) => (*x as i128, 0),
+                S::Int32(Some(x)) => (*x as i128, 0),
+                S::Int64(Some(x)) => (*x as i128, 0),
+                S::UInt8(Some(x)) => (*x as i128, 0),
+                S::UInt16(Some(x)) => (*x as i128, 0),
+                S::UInt32(Some(x)) => (*x as i128, 0),
+                S::UInt64(Some(x)) => (*x as i128, 0),
+                // Floats are not exact decimals: DataFusion filters those itself.
+                _ => return None,
+            };
+            // value = unscaled / 10^lit_scale; stored = value * 10^scale.
+            let shift = scale as i32 - lit_scale as i32;
+            let pow = |k: i32| 10i128.checked_pow(k.unsigned_abs());
+            if shift >= 0 {
+                ratio(unscaled.checked_mul(pow(shift)?)?, 1)
+            } else {
+                ratio(unscaled, pow(shift)?)
+            }
+        }
+        _ => scalar(v),
+    }
+}
+
+/// `n / d` as an exact segment value: an integer when `d` divides `n`.
+fn ratio(n: i128, d: i128) -> Option<Value> {
+    if d <= 0 {
+        return None;
+    }
+    if n % d == 0 {
+        return i64::try_from(n / d).ok().map(Value::Int);
+    }
+    Some(Value::Ratio(n, d))
 }
 
 /// A literal as a segment value; None for literals the segment cannot compare exactly.

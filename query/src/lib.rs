@@ -39,3 +39,5 @@ mod join_tests;
 mod spill_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod typed_tests;

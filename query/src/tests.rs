@@ -24,7 +24,7 @@ use crate::engine::{QueryEngine, QueryLimits};
 use crate::table::{TableSnapshot, TableSource};
 
 #[derive(Debug)]
-struct Fixed(TableSnapshot);
+pub(crate) struct Fixed(pub(crate) TableSnapshot);
 
 impl TableSource for Fixed {
     fn table_names(&self) -> Vec<String> {
@@ -234,6 +234,25 @@ pub(crate) fn render(batches: &[RecordBatch]) -> Vec<String> {
 
 /// Asserts that `sql` answers the same rows on `engine` (segments) as on `reference`
 /// (DataFusion over plain Arrow tables).
+/// An engine over table `t` made of `segments`, and DataFusion over the same rows as plain
+/// Arrow `batches` (the reference the differential tests compare with).
+pub(crate) fn engine_and_reference(
+    schema: SegmentSchema,
+    segments: Vec<Arc<SegmentReader>>,
+    batches: &[RecordBatch],
+) -> (QueryEngine, SessionContext) {
+    let engine = QueryEngine::new(Arc::new(Fixed(TableSnapshot {
+        valid: Vec::new(),
+        name: "t".into(),
+        schema,
+        segments,
+    })));
+    let reference = SessionContext::new();
+    let mem = MemTable::try_new(batches[0].schema(), vec![batches.to_vec()]).unwrap();
+    reference.register_table("t", Arc::new(mem)).unwrap();
+    (engine, reference)
+}
+
 pub(crate) async fn assert_same(engine: &QueryEngine, reference: &SessionContext, sql: &str) {
     let got = engine
         .execute(sql, &QueryLimits::default())
@@ -357,15 +376,7 @@ async fn many_groups_sort_within_a_small_memory_limit() {
         segments.push(Arc::new(SegmentReader::open(Bytes::from(bytes)).unwrap()));
         batches.push(b);
     }
-    let engine = QueryEngine::new(Arc::new(Fixed(TableSnapshot {
-        valid: Vec::new(),
-        name: "t".into(),
-        schema: schema(),
-        segments,
-    })));
-    let reference = SessionContext::new();
-    let mem = MemTable::try_new(batches[0].schema(), vec![batches.clone()]).unwrap();
-    reference.register_table("t", Arc::new(mem)).unwrap();
+    let (engine, reference) = engine_and_reference(schema(), segments, &batches);
     let limits = QueryLimits {
         memory_limit: 128 << 20,
         ..QueryLimits::default()

@@ -24,7 +24,7 @@ use crate::layout::{
 };
 use crate::postings::TableKind;
 use crate::string_block::{length_width, put_lengths};
-use crate::types::{ColumnDef, IndexKind, Physical, SegmentSchema};
+use crate::types::{ColumnDef, ColumnType, IndexKind, Physical, SegmentSchema};
 
 /// Knobs of the builder; the defaults are what the server uses.
 #[derive(Debug, Clone)]
@@ -103,7 +103,18 @@ pub fn build_segment(
     }
     let time_range = schema.time_column.as_ref().and_then(|t| {
         let i = schema.column_index(t)?;
-        Some((metas[i].stats.min_key?, metas[i].stats.max_key?))
+        let (lo, hi) = (metas[i].stats.min_key?, metas[i].stats.max_key?);
+        Some(match schema.columns[i].ty {
+            // Days: the range covers the first to the last millisecond of those days.
+            ColumnType::Date => {
+                const DAY_MS: i64 = 86_400_000;
+                (
+                    lo.saturating_mul(DAY_MS),
+                    hi.saturating_mul(DAY_MS).saturating_add(DAY_MS - 1),
+                )
+            }
+            _ => (lo, hi),
+        })
     });
     let footer = Footer {
         format_version: FORMAT_VERSION,
@@ -171,8 +182,16 @@ fn gather(def: &ColumnDef, batches: &[RecordBatch]) -> Result<ArrayRef> {
                 message: "column is not nullable but the input has nulls".into(),
             });
         }
-        let c = match col.data_type() {
-            DataType::Timestamp(_, _) => {
+        let c = match (def.ty, col.data_type()) {
+            _ if def.multi_value => match col.data_type() {
+                t if t == &target => col.clone(),
+                _ => cast(col, &target)?,
+            },
+            (ColumnType::Date, _) => date_days(def, col)?,
+            (ColumnType::Decimal { precision, scale }, _) => {
+                decimal_unscaled(def, col, precision, scale)?
+            }
+            (_, DataType::Timestamp(_, _)) => {
                 // Normalise to milliseconds first, then reinterpret as i64.
                 let ms = cast(
                     col,
@@ -180,7 +199,7 @@ fn gather(def: &ColumnDef, batches: &[RecordBatch]) -> Result<ArrayRef> {
                 )?;
                 cast(&ms, &DataType::Int64)?
             }
-            t if t == &target => col.clone(),
+            (_, t) if t == &target => col.clone(),
             _ => cast(col, &target)?,
         };
         parts.push(c);
@@ -190,6 +209,51 @@ fn gather(def: &ColumnDef, batches: &[RecordBatch]) -> Result<ArrayRef> {
     }
     let refs: Vec<&dyn Array> = parts.iter().map(|a| a.as_ref()).collect();
     Ok(concat(&refs)?)
+}
+
+/// A DATE column's input as days since the epoch (Int64); timestamps keep their day.
+fn date_days(def: &ColumnDef, col: &ArrayRef) -> Result<ArrayRef> {
+    let days = match col.data_type() {
+        DataType::Date32 => col.clone(),
+        _ => strict_cast(def, col, &DataType::Date32)?,
+    };
+    Ok(cast(&days, &DataType::Int64)?)
+}
+
+/// A DECIMAL column's input as unscaled Int64 values at the column's scale: decimals of
+/// another scale are rounded (half away from zero, as PostgreSQL does); a value that needs
+/// more than `precision` digits is an error, never a silent null.
+fn decimal_unscaled(def: &ColumnDef, col: &ArrayRef, precision: u8, scale: u8) -> Result<ArrayRef> {
+    let to = DataType::Decimal128(precision, scale as i8);
+    let exact = match col.data_type() {
+        t if t == &to => col.clone(),
+        _ => strict_cast(def, col, &to)?,
+    };
+    let dec = exact
+        .as_any()
+        .downcast_ref::<arrow::array::Decimal128Array>()
+        .ok_or_else(|| SegmentError::Schema {
+            column: def.name.clone(),
+            message: "decimal cast produced no Decimal128 values".into(),
+        })?;
+    // Validated to `precision` <= 18 digits, so every value fits an i64.
+    let values: Vec<i64> = dec.values().iter().map(|&v| v as i64).collect();
+    Ok(Arc::new(arrow::array::Int64Array::new(
+        values.into(),
+        dec.nulls().cloned(),
+    )))
+}
+
+/// A cast that fails (naming the column) instead of turning unconvertible values into nulls.
+fn strict_cast(def: &ColumnDef, col: &ArrayRef, to: &DataType) -> Result<ArrayRef> {
+    let opts = arrow::compute::CastOptions {
+        safe: false,
+        ..Default::default()
+    };
+    arrow::compute::cast_with_options(col, to, &opts).map_err(|e| SegmentError::Schema {
+        column: def.name.clone(),
+        message: format!("cannot hold the input as {}: {e}", def.ty),
+    })
 }
 
 fn canonical_type(p: Physical) -> DataType {
@@ -211,6 +275,16 @@ fn accepts(def: &ColumnDef, t: &DataType) -> bool {
             }
             _ => false,
         };
+    }
+    match def.ty {
+        ColumnType::Date => return matches!(t, Date32 | Date64 | Timestamp(_, _)),
+        ColumnType::Decimal { .. } => {
+            return matches!(
+                t,
+                Decimal32(..) | Decimal64(..) | Decimal128(..) | Decimal256(..)
+            ) || t.is_integer()
+        }
+        _ => {}
     }
     match def.ty.physical() {
         Physical::I64 => matches!(

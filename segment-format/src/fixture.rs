@@ -6,8 +6,8 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, BooleanArray, Float64Array, Int32Array, Int64Array, StringArray,
-    TimestampMillisecondArray,
+    Array, ArrayRef, BooleanArray, Date32Array, Decimal128Array, Float64Array, Int32Array,
+    Int64Array, StringArray, TimestampMillisecondArray,
 };
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use arrow::record_batch::RecordBatch;
@@ -20,16 +20,67 @@ use crate::types::{ColumnDef, ColumnType, IndexKind, SegmentSchema, Value};
 
 /// Every format version's fixture: its version, where it is written, and its bytes (built
 /// in, so a test binary that cargo reuses for another checkout reads the right ones).
-const FIXTURES: [(u32, &str, &[u8]); 6] = [
+const FIXTURES: [(u32, &str, &[u8]); 7] = [
     (1, "fixtures/v1.seg", include_bytes!("../fixtures/v1.seg")),
     (2, "fixtures/v2.seg", include_bytes!("../fixtures/v2.seg")),
     (3, "fixtures/v3.seg", include_bytes!("../fixtures/v3.seg")),
     (4, "fixtures/v4.seg", include_bytes!("../fixtures/v4.seg")),
     (5, "fixtures/v5.seg", include_bytes!("../fixtures/v5.seg")),
     (6, "fixtures/v6.seg", include_bytes!("../fixtures/v6.seg")),
+    (7, "fixtures/v7.seg", include_bytes!("../fixtures/v7.seg")),
 ];
 
+/// The input of the current version's fixture.
 fn fixture_input() -> (SegmentSchema, RecordBatch) {
+    fixture_input_for(crate::FORMAT_VERSION)
+}
+
+/// The input a version's fixture was built from: version 7 added DATE and DECIMAL columns.
+fn fixture_input_for(version: u32) -> (SegmentSchema, RecordBatch) {
+    let (mut schema, batch) = fixture_input_v1();
+    if version < 7 {
+        return (schema, batch);
+    }
+    schema
+        .columns
+        .push(ColumnDef::new("day", ColumnType::Date).with_index(IndexKind::Range));
+    schema.columns.push(ColumnDef::new(
+        "price",
+        ColumnType::Decimal {
+            precision: 12,
+            scale: 2,
+        },
+    ));
+    let n = batch.num_rows();
+    let mut fields: Vec<Field> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(Field::new("day", DataType::Date32, true));
+    fields.push(Field::new("price", DataType::Decimal128(12, 2), true));
+    let mut cols = batch.columns().to_vec();
+    cols.push(Arc::new(Date32Array::from_iter(
+        (0..n).map(|i| (i % 19 != 0).then_some(20_000 + (i % 60) as i32)),
+    )));
+    cols.push(Arc::new(
+        Decimal128Array::from_iter((0..n).map(|i| (i % 23 != 0).then_some(fixture_price(i))))
+            .with_precision_and_scale(12, 2)
+            .unwrap(),
+    ));
+    (
+        schema,
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).unwrap(),
+    )
+}
+
+/// Row i's price in cents: signed, with many distinct values.
+fn fixture_price(i: usize) -> i128 {
+    (i as i128 * 7919) % 100_003 - 20_000
+}
+
+fn fixture_input_v1() -> (SegmentSchema, RecordBatch) {
     let mut ts = ColumnDef::new("ts", ColumnType::Timestamp);
     ts.nullable = false;
     let schema = SegmentSchema {
@@ -121,7 +172,6 @@ fn uncompressed_segments_read_the_same() {
 
 #[test]
 fn every_version_fixture_still_reads_the_same() {
-    let (schema, batch) = fixture_input();
     let (current, path, _) = FIXTURES[FIXTURES.len() - 1];
     assert_eq!(
         current,
@@ -129,11 +179,13 @@ fn every_version_fixture_still_reads_the_same() {
         "add the new version's fixture"
     );
     if std::env::var("BASALT_WRITE_FIXTURE").is_ok() {
+        let (schema, batch) = fixture_input();
         let bytes = build_segment(&schema, std::slice::from_ref(&batch), &opts()).unwrap();
         let dir = std::env::var("CARGO_MANIFEST_DIR").expect("run by cargo test");
         std::fs::write(std::path::Path::new(&dir).join(path), bytes).unwrap();
     }
     for (version, _, bytes) in FIXTURES {
+        let (schema, batch) = fixture_input_for(version);
         check_fixture(&schema, &batch, version, bytes.to_vec());
     }
 }
@@ -177,6 +229,43 @@ fn check_fixture(schema: &SegmentSchema, batch: &RecordBatch, version: u32, byte
         }),
         77
     );
+    if version >= 7 {
+        // DATE: days since the epoch; DECIMAL: unscaled cents, compared exactly even with a
+        // literal between two cents (Value::Ratio).
+        let want_days = (0..1000)
+            .filter(|i| i % 19 != 0 && 20_000 + i % 60 >= 20_030)
+            .count() as u64;
+        assert_eq!(
+            count(Predicate::Compare {
+                column: "day".into(),
+                op: CmpOp::GtEq,
+                value: Value::Int(20_030),
+            }),
+            want_days
+        );
+        let want_price = (0..1000usize)
+            .filter(|&i| i % 23 != 0 && fixture_price(i) * 10 < 12_345)
+            .count() as u64;
+        assert_eq!(
+            count(Predicate::Compare {
+                column: "price".into(),
+                op: CmpOp::Lt,
+                value: Value::Ratio(12_345, 10),
+            }),
+            want_price
+        );
+        // Rows are reordered by the sorted column: compare order-free facts.
+        let all: Vec<u32> = (0..1000).collect();
+        let price = r
+            .read_column(schema.column_index("price").unwrap(), &all)
+            .unwrap();
+        assert_eq!(price.data_type(), &DataType::Decimal128(12, 2));
+        let p = price.as_any().downcast_ref::<Decimal128Array>().unwrap();
+        let sum: i128 = p.iter().flatten().sum();
+        let want: i128 = (0..1000).filter(|i| i % 23 != 0).map(fixture_price).sum();
+        assert_eq!(sum, want);
+        assert_eq!(p.null_count(), (0..1000).filter(|i| i % 23 == 0).count());
+    }
     // The whole content matches a fresh build of the same input, column by column.
     let fresh = SegmentReader::open(Bytes::from(
         build_segment(schema, std::slice::from_ref(batch), &opts()).unwrap(),

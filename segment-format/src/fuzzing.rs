@@ -32,6 +32,14 @@ pub fn every_type_schema() -> SegmentSchema {
             ColumnDef::new("d", ColumnType::Double),
             ColumnDef::new("b", ColumnType::Boolean),
             ColumnDef::new("j", ColumnType::Json),
+            ColumnDef::new("day", ColumnType::Date),
+            ColumnDef::new(
+                "dec",
+                ColumnType::Decimal {
+                    precision: 12,
+                    scale: 2,
+                },
+            ),
             ColumnDef::multi_value("tags", ColumnType::String),
             ColumnDef::multi_value("ns", ColumnType::Long),
         ],
@@ -143,6 +151,7 @@ pub fn exercise(bytes: Vec<u8>) {
             Value::Str("a".into()),
             Value::Float(0.5),
             Value::Bool(true),
+            Value::Ratio(-7, 3),
         ] {
             for op in [CmpOp::Eq, CmpOp::Lt, CmpOp::GtEq, CmpOp::NotEq] {
                 preds.push(Predicate::Compare {

@@ -14,7 +14,7 @@ pub const HEADER_MAGIC: &[u8; 8] = b"BASALTSG";
 /// Last 8 bytes of every segment file.
 pub const TRAILER_MAGIC: &[u8; 8] = b"BSLTEND\0";
 /// The format version this build writes.
-pub const FORMAT_VERSION: u32 = 6;
+pub const FORMAT_VERSION: u32 = 7;
 /// header magic + version.
 pub const HEADER_LEN: usize = 12;
 /// footer offset u64 + footer length u64 + footer crc u32 + version u32 + magic.

@@ -8,6 +8,7 @@
 pub mod bitpack;
 pub mod bloom;
 pub mod builder;
+pub mod decimal;
 pub mod error;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;

@@ -231,6 +231,12 @@ fn numeric_bounds(p: Physical, name: &str, v: &Value) -> Result<(i128, i128)> {
             let hi = if f.fract() == 0.0 { lo + 1 } else { lo };
             Ok((lo, hi))
         }
+        (Physical::I64, Value::Ratio(n, d)) if *d > 0 => {
+            // Stored values are integers: the first >= n/d is its ceiling.
+            let lo = n.div_euclid(*d) + (n.rem_euclid(*d) != 0) as i128;
+            let hi = if n.rem_euclid(*d) == 0 { lo + 1 } else { lo };
+            Ok((lo, hi))
+        }
         (Physical::F64, Value::Float(f)) => Ok((f64_key(*f) as i128, f64_key(*f) as i128 + 1)),
         (Physical::F64, Value::Int(i)) => {
             let k = f64_key(*i as f64) as i128;

@@ -7,8 +7,8 @@
 use std::sync::{Arc, OnceLock};
 
 use arrow::array::{
-    Array, ArrayRef, BooleanArray, DictionaryArray, Float32Array, Float64Array, Int32Array,
-    Int64Array, StringArray, TimestampMillisecondArray, UInt32Array,
+    Array, ArrayRef, BooleanArray, Date32Array, Decimal128Array, DictionaryArray, Float32Array,
+    Float64Array, Int32Array, Int64Array, StringArray, TimestampMillisecondArray, UInt32Array,
 };
 use arrow::buffer::{Buffer, OffsetBuffer, ScalarBuffer};
 use arrow::datatypes::{Int32Type, SchemaRef};
@@ -703,12 +703,11 @@ impl SegmentReader {
             return dictionary_array(def.ty, &dict, ids, nb);
         }
         let arr: ArrayRef = match def.ty {
-            ColumnType::Int => Arc::new(Int32Array::new(
-                ints.into_iter().map(|v| v as i32).collect(),
-                nb,
-            )),
-            ColumnType::Long => Arc::new(Int64Array::new(ints.into(), nb)),
-            ColumnType::Timestamp => Arc::new(TimestampMillisecondArray::new(ints.into(), nb)),
+            ColumnType::Int
+            | ColumnType::Long
+            | ColumnType::Timestamp
+            | ColumnType::Date
+            | ColumnType::Decimal { .. } => int_array(def.ty, ints, nb)?,
             ColumnType::Float => Arc::new(Float32Array::new(
                 floats.into_iter().map(|v| v as f32).collect(),
                 nb,
@@ -782,6 +781,32 @@ impl SegmentReader {
     }
 }
 
+/// Stored 64-bit integers as the Arrow type of an integer-backed column: INT narrows, a
+/// DATE's days become `Date32`, a DECIMAL's unscaled values become `Decimal128(p, s)`.
+fn int_array(
+    ty: ColumnType,
+    v: Vec<i64>,
+    nulls: Option<arrow::buffer::NullBuffer>,
+) -> Result<ArrayRef> {
+    Ok(match ty {
+        ColumnType::Int => Arc::new(Int32Array::new(
+            v.into_iter().map(|x| x as i32).collect(),
+            nulls,
+        )),
+        ColumnType::Timestamp => Arc::new(TimestampMillisecondArray::new(v.into(), nulls)),
+        ColumnType::Date => Arc::new(Date32Array::new(
+            v.into_iter().map(|x| x as i32).collect(),
+            nulls,
+        )),
+        ColumnType::Decimal { precision, scale } => Arc::new(
+            Decimal128Array::new(v.into_iter().map(i128::from).collect(), nulls)
+                .with_precision_and_scale(precision, scale as i8)
+                .map_err(|e| corrupt(format!("decimal column: {e}")))?,
+        ),
+        _ => Arc::new(Int64Array::new(v.into(), nulls)),
+    })
+}
+
 /// The picked rows of raw string blocks as the column's Arrow type, `Dictionary(Int32, Utf8)`,
 /// one dictionary entry per row.
 fn raw_strings_array(
@@ -833,16 +858,11 @@ fn dictionary_array(
         Dictionary::I64(values) => {
             let v: Vec<i64> = ids.iter().map(|&i| values[i as usize]).collect();
             match ty {
-                ColumnType::Int => Arc::new(Int32Array::new(
-                    v.into_iter().map(|x| x as i32).collect(),
-                    nulls,
-                )),
-                ColumnType::Timestamp => Arc::new(TimestampMillisecondArray::new(v.into(), nulls)),
                 ColumnType::Boolean => Arc::new(BooleanArray::new(
                     v.into_iter().map(|x| x != 0).collect(),
                     nulls,
                 )),
-                _ => Arc::new(Int64Array::new(v.into(), nulls)),
+                _ => int_array(ty, v, nulls)?,
             }
         }
         Dictionary::F64(values) => {

@@ -2,16 +2,21 @@
 //! the predicate evaluator. In: nothing. Out: the vocabulary of the segment schema.
 //!
 //! Every logical type maps to one physical kind that decides how values are stored:
-//! INT/LONG/TIMESTAMP → i64, FLOAT/DOUBLE → f64, BOOLEAN → bool, STRING/JSON → UTF-8 bytes.
+//! INT/LONG/TIMESTAMP/DATE/DECIMAL → i64, FLOAT/DOUBLE → f64, BOOLEAN → bool, STRING/JSON →
+//! UTF-8 bytes. A DATE is stored as days since 1970-01-01; a `DECIMAL(p, s)` as its unscaled
+//! integer (the value times 10^s), so sums are exact and keys keep the values' order.
 
+use std::fmt;
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// A column's logical type, as written in a table spec.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "UPPERCASE")]
+/// The widest DECIMAL a segment stores: unscaled values are 64-bit integers.
+pub const MAX_DECIMAL_PRECISION: u8 = 18;
+
+/// A column's logical type, as written in a table spec (`"STRING"`, `"DECIMAL(15, 2)"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ColumnType {
     String,
     Int,
@@ -23,6 +28,36 @@ pub enum ColumnType {
     Timestamp,
     /// Kept as a string for now.
     Json,
+    /// A calendar day: days since 1970-01-01 (Arrow `Date32`, PostgreSQL `date`).
+    Date,
+    /// An exact number of `precision` digits, `scale` of them after the point (Arrow
+    /// `Decimal128`, PostgreSQL `numeric`); `1 <= precision <= 18`, `scale <= precision`.
+    Decimal {
+        precision: u8,
+        scale: u8,
+    },
+}
+
+impl fmt::Display for ColumnType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ColumnType::Decimal { precision, scale } => write!(f, "DECIMAL({precision}, {scale})"),
+            other => f.write_str(other.keyword()),
+        }
+    }
+}
+
+impl Serialize for ColumnType {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ColumnType {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = std::borrow::Cow::<str>::deserialize(d)?;
+        ColumnType::parse_checked(&s).map_err(serde::de::Error::custom)
+    }
 }
 
 /// How values of a type are stored.
@@ -35,7 +70,8 @@ pub enum Physical {
 }
 
 impl ColumnType {
-    pub const ALL: [ColumnType; 8] = [
+    /// One of each type (DECIMAL with one precision and scale), for tests and fuzzing.
+    pub const ALL: [ColumnType; 10] = [
         ColumnType::String,
         ColumnType::Int,
         ColumnType::Long,
@@ -44,11 +80,25 @@ impl ColumnType {
         ColumnType::Boolean,
         ColumnType::Timestamp,
         ColumnType::Json,
+        ColumnType::Date,
+        ColumnType::Decimal {
+            precision: 15,
+            scale: 2,
+        },
     ];
+
+    /// `DECIMAL(precision, scale)`, not validated (specs go through [`ColumnType::parse`]).
+    pub const fn decimal(precision: u8, scale: u8) -> ColumnType {
+        ColumnType::Decimal { precision, scale }
+    }
 
     pub fn physical(self) -> Physical {
         match self {
-            ColumnType::Int | ColumnType::Long | ColumnType::Timestamp => Physical::I64,
+            ColumnType::Int
+            | ColumnType::Long
+            | ColumnType::Timestamp
+            | ColumnType::Date
+            | ColumnType::Decimal { .. } => Physical::I64,
             ColumnType::Float | ColumnType::Double => Physical::F64,
             ColumnType::Boolean => Physical::Bool,
             ColumnType::String | ColumnType::Json => Physical::Str,
@@ -67,10 +117,20 @@ impl ColumnType {
             ColumnType::String | ColumnType::Json => {
                 DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8))
             }
+            ColumnType::Date => DataType::Date32,
+            ColumnType::Decimal { precision, scale } => {
+                DataType::Decimal128(precision, scale as i8)
+            }
         }
     }
 
-    pub fn name(self) -> &'static str {
+    /// The name a spec uses for this type (`DECIMAL(15, 2)` with its precision and scale).
+    pub fn name(self) -> String {
+        self.to_string()
+    }
+
+    /// The keyword of the type (`DECIMAL` without precision and scale).
+    fn keyword(self) -> &'static str {
         match self {
             ColumnType::String => "STRING",
             ColumnType::Int => "INT",
@@ -80,14 +140,67 @@ impl ColumnType {
             ColumnType::Boolean => "BOOLEAN",
             ColumnType::Timestamp => "TIMESTAMP",
             ColumnType::Json => "JSON",
+            ColumnType::Date => "DATE",
+            ColumnType::Decimal { .. } => "DECIMAL",
         }
     }
 
     pub fn parse(s: &str) -> Option<ColumnType> {
+        ColumnType::parse_checked(s).ok()
+    }
+
+    /// Parses a type name, case-insensitively: a keyword, or `DECIMAL(p, s)` / `DECIMAL(p)`
+    /// (`NUMERIC` is a synonym); the error says what is wrong with it.
+    pub fn parse_checked(s: &str) -> std::result::Result<ColumnType, String> {
+        let t = s.trim();
+        let upper = t.to_ascii_uppercase();
+        let args = ["DECIMAL", "NUMERIC"]
+            .iter()
+            .find_map(|k| upper.strip_prefix(k))
+            .map(str::trim_start);
+        if let Some(args) = args.filter(|a| a.starts_with('(')) {
+            return parse_decimal_args(args).ok_or_else(|| {
+                format!(
+                    "bad DECIMAL type {t:?}: write DECIMAL(precision, scale) with \
+                     1 <= precision <= {MAX_DECIMAL_PRECISION} and 0 <= scale <= precision"
+                )
+            });
+        }
+        if matches!(upper.as_str(), "DECIMAL" | "NUMERIC") {
+            return Err(format!(
+                "{t:?} needs a precision and scale: DECIMAL(precision, scale), precision at \
+                 most {MAX_DECIMAL_PRECISION}"
+            ));
+        }
         ColumnType::ALL
             .into_iter()
-            .find(|t| t.name().eq_ignore_ascii_case(s))
+            .find(|c| c.keyword().eq_ignore_ascii_case(t))
+            .ok_or_else(|| {
+                format!(
+                    "unknown column type {t:?}; known types: STRING, INT, LONG, FLOAT, DOUBLE, \
+                     BOOLEAN, TIMESTAMP, DATE, DECIMAL(p, s), JSON"
+                )
+            })
     }
+}
+
+/// `(p, s)` or `(p)` after DECIMAL, validated.
+fn parse_decimal_args(args: &str) -> Option<ColumnType> {
+    let inner = args.strip_prefix('(')?.strip_suffix(')')?;
+    let mut parts = inner.split(',').map(str::trim);
+    let precision: u8 = parts.next()?.parse().ok()?;
+    let scale: u8 = match parts.next() {
+        Some(s) => s.parse().ok()?,
+        None => 0,
+    };
+    if parts.next().is_some()
+        || precision == 0
+        || precision > MAX_DECIMAL_PRECISION
+        || scale > precision
+    {
+        return None;
+    }
+    Some(ColumnType::Decimal { precision, scale })
 }
 
 /// Index kinds a column may ask for.
@@ -223,6 +336,10 @@ pub enum Value {
     Int(i64),
     Float(f64),
     Str(String),
+    /// The exact rational `num / den` (`den > 0`) in the column's stored units: a decimal or
+    /// date literal that falls between two stored values (`0.125` on a `DECIMAL(9, 2)`
+    /// column is 12.5 hundredths: `Ratio(25, 2)`).
+    Ratio(i128, i128),
 }
 
 impl Value {

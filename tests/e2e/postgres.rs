@@ -166,3 +166,109 @@ async fn tokens_guard_postgres_and_http() {
         );
     }
 }
+
+/// DATE and DECIMAL columns end to end: a spec declares them, NDJSON loads them (a decimal
+/// rounded to the column's scale), HTTP answers Pinot's BIG_DECIMAL as exact text, and
+/// PostgreSQL clients see `date` and `numeric` (OIDs 1082 and 1700) in text (psql) and
+/// binary (psycopg 3) results, with exact sums.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dates_and_decimals_through_http_and_postgres() {
+    let Some(python) = service_env(
+        "BASALT_TEST_PG_CLIENTS",
+        "dates_and_decimals_through_http_and_postgres",
+    ) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("data"), None);
+    let c = reqwest::Client::new();
+    let spec = json!({
+        "name": "prices",
+        "time_column": "day",
+        "columns": [
+            {"name": "day", "type": "DATE", "nullable": false},
+            {"name": "sku", "type": "STRING"},
+            {"name": "price", "type": "DECIMAL(12, 2)", "index": ["range"]}
+        ]
+    });
+    let r = c.post(s.url("/tables")).json(&spec).send().await.unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    // A bad type is refused with what is wrong.
+    let mut bad = spec.clone();
+    bad["name"] = "bad".into();
+    bad["columns"][2]["type"] = "DECIMAL(40, 2)".into();
+    let r = c.post(s.url("/tables")).json(&bad).send().await.unwrap();
+    let why = r.text().await.unwrap();
+    assert!(why.contains("DECIMAL") && why.contains("18"), "{why}");
+
+    let rows = "{\"day\":\"2026-01-02\",\"sku\":\"a\",\"price\":0.1}\n\
+                {\"day\":\"2026-01-02\",\"sku\":\"b\",\"price\":0.2}\n\
+                {\"day\":\"2026-01-03\",\"sku\":\"c\",\"price\":\"1234567890.125\"}\n\
+                {\"day\":\"2026-01-04\",\"sku\":\"d\"}\n";
+    let r = c
+        .post(s.url("/tables/prices/ingest"))
+        .header("content-type", "application/x-ndjson")
+        .body(rows)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+
+    let v = crate::harness::sql(
+        &c,
+        &s,
+        "SELECT day, sum(price) AS total FROM prices WHERE price >= 0.1 AND day < DATE '2026-01-04' \
+         GROUP BY day ORDER BY day",
+    )
+    .await;
+    assert_eq!(v["exceptions"], json!([]), "{v}");
+    assert_eq!(
+        v["resultTable"]["dataSchema"]["columnDataTypes"],
+        json!(["STRING", "BIG_DECIMAL"]),
+        "{v}"
+    );
+    assert_eq!(
+        v["resultTable"]["rows"],
+        json!([["2026-01-02", "0.30"], ["2026-01-03", "1234567890.13"]]),
+        "{v}"
+    );
+
+    // psql: text results, and the types PostgreSQL would name.
+    let out = psql(
+        &s.pg,
+        "basalt",
+        "",
+        "SELECT day, price, pg_typeof(day)::text, pg_typeof(price)::text FROM prices \
+         WHERE sku = 'c'",
+    );
+    let text = succeeded(&out);
+    assert_eq!(
+        text.trim(),
+        "2026-01-03|1234567890.13|date|numeric",
+        "{text}"
+    );
+
+    // psycopg 3 asks for binary results: exact Decimals and dates, OIDs 1082 and 1700.
+    let (host, port) = host_port(&s.pg);
+    let script = r#"
+import datetime, decimal, sys, psycopg
+with psycopg.connect(host=sys.argv[1], port=sys.argv[2], user="basalt", dbname="basalt") as conn:
+    cur = conn.cursor(binary=True)
+    cur.execute("SELECT day, price, sum(price) OVER () FROM prices WHERE price IS NOT NULL ORDER BY price")
+    assert [d.type_code for d in cur.description[:2]] == [1082, 1700], cur.description
+    rows = cur.fetchall()
+    assert rows[0][:2] == (datetime.date(2026, 1, 2), decimal.Decimal("0.10")), rows
+    assert rows[2][1] == decimal.Decimal("1234567890.13"), rows
+    assert rows[0][2] == decimal.Decimal("1234567890.43"), rows
+    cur = conn.cursor()
+    cur.execute("SELECT price - 0.05 FROM prices WHERE sku = 'a'")
+    print(cur.fetchone()[0])
+print("typed checks passed")
+"#;
+    let out = Command::new(&python)
+        .args(["-c", script, host, port])
+        .output()
+        .unwrap();
+    let stdout = succeeded(&out);
+    assert!(stdout.contains("typed checks passed"), "{stdout}");
+}

@@ -9,10 +9,11 @@
 
 use std::sync::Arc;
 
+use super::numeric::PgNumeric;
 use arrow::array::{
-    Array, ArrayRef, AsArray, BinaryArray, BooleanArray, Date32Array, Float32Array, Float64Array,
-    Int16Array, Int32Array, Int64Array, ListArray, StringArray, Time64MicrosecondArray,
-    TimestampMicrosecondArray, UInt32Array,
+    Array, ArrayRef, AsArray, BinaryArray, BooleanArray, Date32Array, Decimal128Array,
+    Float32Array, Float64Array, Int16Array, Int32Array, Int64Array, ListArray, StringArray,
+    Time64MicrosecondArray, TimestampMicrosecondArray, UInt32Array,
 };
 use arrow::datatypes::{DataType, Field, Int16Type, Int32Type, Int64Type, TimeUnit};
 use arrow::record_batch::RecordBatch;
@@ -66,6 +67,12 @@ fn canonical(t: pgt::PgType, dt: &DataType) -> Option<DataType> {
         pgt::FLOAT8 => DataType::Float64,
         pgt::BYTEA => DataType::Binary,
         pgt::DATE => DataType::Date32,
+        pgt::NUMERIC => match dt {
+            DataType::Decimal32(p, s) | DataType::Decimal64(p, s) | DataType::Decimal128(p, s) => {
+                DataType::Decimal128(*p, *s)
+            }
+            _ => return None,
+        },
         pgt::TIME => DataType::Time64(TimeUnit::Microsecond),
         pgt::TIMESTAMP => DataType::Timestamp(TimeUnit::Microsecond, None),
         pgt::TIMESTAMPTZ => DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into())),
@@ -194,6 +201,22 @@ fn encode_cell(enc: &mut DataRowEncoder, col: &Column, row: usize) -> PgWireResu
                 .downcast_ref::<BinaryArray>()
                 .map(|a| a.value(row)),
         ),
+        DataType::Decimal128(_, scale) => {
+            let v = array
+                .as_any()
+                .downcast_ref::<Decimal128Array>()
+                .map(|a| a.value(row))
+                .unwrap_or_default();
+            // A negative scale means trailing zeros: write them out.
+            let (unscaled, scale) = match u32::try_from(*scale) {
+                Ok(s) => (v, s as u8),
+                Err(_) => (
+                    v.saturating_mul(10i128.saturating_pow(scale.unsigned_abs() as u32)),
+                    0,
+                ),
+            };
+            enc.encode_field(&PgNumeric { unscaled, scale })
+        }
         DataType::Date32 => {
             enc.encode_field(&array.as_any().downcast_ref::<Date32Array>().and_then(|a| {
                 EPOCH_DATE.checked_add_signed(chrono::Duration::days(a.value(row) as i64))

@@ -12,6 +12,7 @@
 pub mod backend;
 pub mod conn;
 pub mod encode;
+pub mod numeric;
 pub mod params;
 
 use std::fmt::Debug;

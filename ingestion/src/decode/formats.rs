@@ -405,6 +405,15 @@ fn convert_column(
             from,
             DataType::Boolean | DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
         ),
+        ColumnType::Date => matches!(
+            from,
+            DataType::Date32
+                | DataType::Date64
+                | DataType::Timestamp(_, _)
+                | DataType::Utf8
+                | DataType::LargeUtf8
+                | DataType::Utf8View
+        ),
         ColumnType::Timestamp => {
             from.is_integer()
                 || matches!(

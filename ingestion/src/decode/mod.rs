@@ -10,8 +10,9 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayBuilder, ArrayRef, BooleanBuilder, Float32Builder, Float64Builder, Int32Builder,
-    Int64Builder, ListBuilder, StringBuilder, TimestampMillisecondBuilder,
+    ArrayBuilder, ArrayRef, BooleanBuilder, Date32Builder, Decimal128Builder, Float32Builder,
+    Float64Builder, Int32Builder, Int64Builder, ListBuilder, StringBuilder,
+    TimestampMillisecondBuilder,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
@@ -100,6 +101,8 @@ enum ColBuilder {
     F64(Float64Builder),
     Bool(BooleanBuilder),
     Ts(TimestampMillisecondBuilder),
+    Date(Date32Builder),
+    Dec(Decimal128Builder),
     StrList(ListBuilder<StringBuilder>),
     I64List(ListBuilder<Int64Builder>),
 }
@@ -136,6 +139,12 @@ impl ColBuilder {
             ColumnType::Timestamp => {
                 ColBuilder::Ts(TimestampMillisecondBuilder::with_capacity(cap))
             }
+            ColumnType::Date => ColBuilder::Date(Date32Builder::with_capacity(cap)),
+            ColumnType::Decimal { precision, scale } => ColBuilder::Dec(
+                Decimal128Builder::with_capacity(cap)
+                    .with_precision_and_scale(precision, scale as i8)
+                    .expect("a validated DECIMAL type"),
+            ),
         }
     }
 
@@ -145,6 +154,8 @@ impl ColBuilder {
             (ColBuilder::I32(b), Cell::I64(v)) => b.append_value(v as i32),
             (ColBuilder::I64(b), Cell::I64(v)) => b.append_value(v),
             (ColBuilder::Ts(b), Cell::I64(v)) => b.append_value(v),
+            (ColBuilder::Date(b), Cell::I64(v)) => b.append_value(v as i32),
+            (ColBuilder::Dec(b), Cell::I64(v)) => b.append_value(v as i128),
             (ColBuilder::F32(b), Cell::F64(v)) => b.append_value(v as f32),
             (ColBuilder::F64(b), Cell::F64(v)) => b.append_value(v),
             (ColBuilder::Bool(b), Cell::Bool(v)) => b.append_value(v),
@@ -169,6 +180,8 @@ impl ColBuilder {
             ColBuilder::F64(b) => b.append_null(),
             ColBuilder::Bool(b) => b.append_null(),
             ColBuilder::Ts(b) => b.append_null(),
+            ColBuilder::Date(b) => b.append_null(),
+            ColBuilder::Dec(b) => b.append_null(),
             ColBuilder::StrList(b) => b.append(false),
             ColBuilder::I64List(b) => b.append(false),
         }
@@ -183,6 +196,8 @@ impl ColBuilder {
             ColBuilder::F64(b) => b.len(),
             ColBuilder::Bool(b) => b.len(),
             ColBuilder::Ts(b) => b.len(),
+            ColBuilder::Date(b) => b.len(),
+            ColBuilder::Dec(b) => b.len(),
             ColBuilder::StrList(b) => b.len(),
             ColBuilder::I64List(b) => b.len(),
         }
@@ -197,6 +212,8 @@ impl ColBuilder {
             ColBuilder::F64(b) => Arc::new(b.finish()),
             ColBuilder::Bool(b) => Arc::new(b.finish()),
             ColBuilder::Ts(b) => Arc::new(b.finish()),
+            ColBuilder::Date(b) => Arc::new(b.finish()),
+            ColBuilder::Dec(b) => Arc::new(b.finish()),
             ColBuilder::StrList(b) => Arc::new(b.finish()),
             ColBuilder::I64List(b) => Arc::new(b.finish()),
         }
@@ -450,6 +467,11 @@ fn json_cell(ty: ColumnType, v: &Json) -> std::result::Result<Cell<'_>, String> 
             .filter(|v| finite_in(ty, *v))
             .map(Cell::F64)
             .ok_or_else(|| format!("expected {}, got {n}", ty.name())),
+        (ColumnType::Decimal { precision, scale }, Json::Number(n)) => {
+            basalt_segment::decimal::parse_decimal(&n.to_string(), precision, scale)
+                .map(Cell::I64)
+                .map_err(|e| format!("expected {ty}: {e}"))
+        }
         (ColumnType::Boolean, Json::Bool(b)) => Ok(Cell::Bool(*b)),
         (ty, v) => Err(format!("expected {}, got {}", ty.name(), describe(v))),
     }
@@ -494,6 +516,14 @@ fn text_cell(ty: ColumnType, s: &str) -> std::result::Result<Cell<'_>, String> {
                 short()
             )
         }),
+        ColumnType::Date => parse_date(s.trim())
+            .map(|d| Cell::I64(d as i64))
+            .ok_or_else(|| format!("expected DATE (YYYY-MM-DD), got {}", short())),
+        ColumnType::Decimal { precision, scale } => {
+            basalt_segment::decimal::parse_decimal(s, precision, scale)
+                .map(Cell::I64)
+                .map_err(|e| format!("expected {ty}: {e}"))
+        }
     }
 }
 
@@ -546,6 +576,11 @@ fn raw_cell<'a>(ty: ColumnType, f: RawField<'a>) -> std::result::Result<Cell<'a>
             .filter(|v| finite_in(ty, *v))
             .map(Cell::F64)
             .ok_or_else(|| format!("expected {}, got {n}", ty.name())),
+        (ColumnType::Decimal { precision, scale }, RawField::Number(n)) => {
+            basalt_segment::decimal::parse_decimal(n, precision, scale)
+                .map(Cell::I64)
+                .map_err(|e| format!("expected {ty}: {e}"))
+        }
         (ColumnType::Boolean, RawField::Bool(b)) => Ok(Cell::Bool(b)),
         (ty, RawField::Bool(b)) => Err(format!("expected {}, got {b}", ty.name())),
         (ty, RawField::Number(t) | RawField::Nested(t)) => {
@@ -560,6 +595,13 @@ fn finite_in(ty: ColumnType, v: f64) -> bool {
         ColumnType::Float => (v as f32).is_finite(),
         _ => v.is_finite(),
     }
+}
+
+/// Days since 1970-01-01 of a `YYYY-MM-DD` date.
+pub fn parse_date(s: &str) -> Option<i32> {
+    let d = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").ok()?;
+    let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1)?;
+    i32::try_from(d.signed_duration_since(epoch).num_days()).ok()
 }
 
 /// Epoch milliseconds from digits, RFC 3339, or `YYYY-MM-DD HH:MM:SS[.fff]` (UTC).
@@ -612,6 +654,15 @@ mod tests {
             },
         )?;
         Ok(out)
+    }
+
+    /// Writes `batch` as a Parquet file into `file`.
+    fn write_parquet(file: &std::fs::File, batch: &RecordBatch) {
+        let mut w =
+            parquet::arrow::ArrowWriter::try_new(file.try_clone().unwrap(), batch.schema(), None)
+                .unwrap();
+        w.write(batch).unwrap();
+        w.close().unwrap();
     }
 
     #[test]
@@ -770,18 +821,14 @@ mod tests {
             Field::new("d", DataType::Float64, true),
         ]));
         let batch = RecordBatch::try_new(
-            arrow_schema.clone(),
+            arrow_schema,
             vec![
                 Arc::new(arrow::array::Int64Array::from(vec![1, 2])),
                 Arc::new(arrow::array::Float64Array::from(vec![1.5, f64::NAN])),
             ],
         )
         .unwrap();
-        let mut w =
-            parquet::arrow::ArrowWriter::try_new(file.try_clone().unwrap(), arrow_schema, None)
-                .unwrap();
-        w.write(&batch).unwrap();
-        w.close().unwrap();
+        write_parquet(&file, &batch);
         let e = decode_parquet(file, &schema(), 10, &mut |_| Ok(()))
             .unwrap_err()
             .to_string();
@@ -789,6 +836,121 @@ mod tests {
             e.contains("row 2") && e.contains("\"d\"") && e.contains("NaN"),
             "{e}"
         );
+    }
+
+    /// DATE and DECIMAL columns from NDJSON, CSV and Parquet: the same days and exact
+    /// unscaled values (rounded half away from zero to the column's scale), and errors that
+    /// name the row, the column and the type.
+    #[test]
+    fn dates_and_decimals_from_every_format() {
+        use arrow::array::{Date32Array, Decimal128Array};
+        let schema = SegmentSchema {
+            columns: vec![
+                ColumnDef::new("day", ColumnType::Date),
+                ColumnDef::new("p", ColumnType::decimal(9, 2)),
+            ],
+            time_column: None,
+        };
+        let collect =
+            |r: Result<usize>, out: Vec<RecordBatch>| -> (Vec<Option<i32>>, Vec<Option<i128>>) {
+                r.unwrap();
+                let mut days = Vec::new();
+                let mut ps = Vec::new();
+                for b in out {
+                    let d = b.column(0).as_any().downcast_ref::<Date32Array>().unwrap();
+                    let p = b
+                        .column(1)
+                        .as_any()
+                        .downcast_ref::<Decimal128Array>()
+                        .unwrap();
+                    assert_eq!(p.precision(), 9);
+                    assert_eq!(p.scale(), 2);
+                    days.extend(d.iter());
+                    ps.extend(p.iter());
+                }
+                (days, ps)
+            };
+        let want_days = vec![Some(20_455), Some(0), None];
+        let want_ps = vec![Some(1235), Some(-100_000), Some(5)];
+
+        type Decoder = fn(
+            &[u8],
+            &SegmentSchema,
+            usize,
+            &DecodeLimits,
+            &mut dyn FnMut(RecordBatch) -> Result<()>,
+        ) -> Result<usize>;
+        let texts: [(Decoder, &str); 2] = [
+            (
+                |b, s, n, l, sink| decode_ndjson(b, s, n, l, sink),
+                "{\"day\":\"2026-01-02\",\"p\":12.345}\n{\"day\":\"1970-01-01\",\"p\":\"-1e3\"}\n{\"p\":0.045}\n",
+            ),
+            (
+                |b, s, n, l, sink| decode_csv(b, s, n, l, sink),
+                "day,p\n2026-01-02,12.345\n1970-01-01,-1000\n,.045\n",
+            ),
+        ];
+        for (decode, body) in texts {
+            let mut out = Vec::new();
+            let r = decode(body.as_bytes(), &schema, 2, &Default::default(), &mut |b| {
+                out.push(b);
+                Ok(())
+            });
+            assert_eq!(collect(r, out), (want_days.clone(), want_ps.clone()));
+        }
+
+        // Parquet: a timestamp keeps its day; a DECIMAL(10, 3) is rounded to two places.
+        let file = tempfile::tempfile().unwrap();
+        let arrow_schema = Arc::new(Schema::new(vec![
+            Field::new(
+                "day",
+                DataType::Timestamp(arrow::datatypes::TimeUnit::Millisecond, None),
+                true,
+            ),
+            Field::new("p", DataType::Decimal128(10, 3), true),
+        ]));
+        let batch = RecordBatch::try_new(
+            arrow_schema,
+            vec![
+                Arc::new(arrow::array::TimestampMillisecondArray::from(vec![
+                    Some(20_455 * 86_400_000 + 3_600_000),
+                    Some(0),
+                    None,
+                ])),
+                Arc::new(
+                    Decimal128Array::from(vec![Some(12_345), Some(-1_000_000), Some(45)])
+                        .with_precision_and_scale(10, 3)
+                        .unwrap(),
+                ),
+            ],
+        )
+        .unwrap();
+        write_parquet(&file, &batch);
+        let mut out = Vec::new();
+        let r = decode_parquet(file, &schema, 10, &mut |b| {
+            out.push(b);
+            Ok(())
+        });
+        assert_eq!(collect(r, out), (want_days, want_ps));
+
+        // Errors name the line, the column and the type.
+        for (body, what) in [
+            ("{\"p\":12345678.9}", "does not fit DECIMAL(9, 2)"),
+            ("{\"p\":\"twelve\"}", "not a decimal number"),
+            ("{\"day\":\"2026-13-01\"}", "DATE (YYYY-MM-DD)"),
+            ("{\"day\":20455}", "DATE"),
+        ] {
+            let e = decode_ndjson(
+                format!("{{}}\n{body}\n").as_bytes(),
+                &schema,
+                2,
+                &Default::default(),
+                &mut |_| Ok(()),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("line 2") && e.contains(what), "{body}: {e}");
+        }
     }
 
     /// A file the `parquet` fuzz target found: a dictionary-encoded page whose dictionary

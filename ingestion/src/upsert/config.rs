@@ -168,6 +168,12 @@ fn resolve(spec: &TableSpec) -> Result<Option<KeyedTable>> {
         let time = time.ok_or_else(|| {
             err("time_column: a dedup table needs one (its TTL and first-wins order are by time)")
         })?;
+        if ty(time)? == ColumnType::Date {
+            return Err(err(
+                "time_column: a dedup table's time column must be TIMESTAMP or LONG (its TTL \
+                 is in milliseconds), not DATE",
+            ));
+        }
         let ttl_ms = d.ttl.as_deref().map(|t| ttl("dedup.ttl", t)).transpose()?;
         return Ok(Some(KeyedTable {
             mode: KeyMode::Dedup,
@@ -194,11 +200,13 @@ fn resolve(spec: &TableSpec) -> Result<Option<KeyedTable>> {
         ColumnType::Int
         | ColumnType::Long
         | ColumnType::Timestamp
+        | ColumnType::Date
+        | ColumnType::Decimal { .. }
         | ColumnType::Float
         | ColumnType::Double => {}
         other => {
             return Err(err(format!(
-                "upsert.comparison_column: {:?} is {}, must be a number or TIMESTAMP",
+                "upsert.comparison_column: {:?} is {}, must be a number, DATE or TIMESTAMP",
                 spec.columns[comparison].name,
                 other.name()
             )))
@@ -259,6 +267,8 @@ fn resolve(spec: &TableSpec) -> Result<Option<KeyedTable>> {
                             | ColumnType::Float
                             | ColumnType::Double
                             | ColumnType::Timestamp
+                            | ColumnType::Date
+                            | ColumnType::Decimal { .. }
                     ),
                 };
                 if !fits {

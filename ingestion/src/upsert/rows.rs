@@ -9,12 +9,13 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanBuilder, Float32Builder, Float64Builder, Int32Builder,
-    Int64Builder, ListBuilder, StringBuilder, TimestampMillisecondBuilder,
+    Array, ArrayRef, AsArray, BooleanBuilder, Date32Builder, Decimal128Builder, Float32Builder,
+    Float64Builder, Int32Builder, Int64Builder, ListBuilder, StringBuilder,
+    TimestampMillisecondBuilder,
 };
 use arrow::datatypes::{
-    DataType, Float32Type, Float64Type, Int32Type, Int64Type, SchemaRef, TimeUnit,
-    TimestampMillisecondType,
+    DataType, Date32Type, Decimal128Type, Float32Type, Float64Type, Int32Type, Int64Type,
+    SchemaRef, TimeUnit, TimestampMillisecondType,
 };
 use arrow::record_batch::RecordBatch;
 
@@ -81,9 +82,24 @@ fn key_bytes(a: &dyn Array, i: usize, buf: &mut Vec<u8>) -> Result<()> {
             buf.push(4);
             buf.push(a.as_boolean().value(i) as u8);
         }
+        // Days, and unscaled values at the column's one scale.
+        DataType::Date32 | DataType::Decimal128(..) => {
+            buf.push(2);
+            buf.extend_from_slice(&int_at(a, i)?.to_le_bytes());
+        }
         other => return Err(unsupported(other)),
     }
     Ok(())
+}
+
+/// A DATE's days or a DECIMAL's unscaled value (at most 18 digits: it fits an i64).
+fn int_at(a: &dyn Array, i: usize) -> Result<i64> {
+    match a.data_type() {
+        DataType::Date32 => Ok(a.as_primitive::<Date32Type>().value(i) as i64),
+        DataType::Decimal128(..) => i64::try_from(a.as_primitive::<Decimal128Type>().value(i))
+            .map_err(|_| IngestError::Keyed("a DECIMAL value beyond 18 digits".into())),
+        other => Err(unsupported(other)),
+    }
 }
 
 /// The key hash of every row; `cols` are the key columns' arrays.
@@ -125,6 +141,7 @@ pub fn comparison_values(a: &ArrayRef) -> Result<Vec<i64>> {
             }
             DataType::Float32 => ordered_f64(a.as_primitive::<Float32Type>().value(i) as f64),
             DataType::Float64 => ordered_f64(a.as_primitive::<Float64Type>().value(i)),
+            DataType::Date32 | DataType::Decimal128(..) => int_at(a.as_ref(), i)?,
             other => return Err(unsupported(other)),
         })
     };
@@ -183,6 +200,7 @@ fn cell(a: &dyn Array, i: usize) -> Result<Cell> {
         DataType::Float32 => Cell::Float(a.as_primitive::<Float32Type>().value(i) as f64),
         DataType::Float64 => Cell::Float(a.as_primitive::<Float64Type>().value(i)),
         DataType::Boolean => Cell::Bool(a.as_boolean().value(i)),
+        DataType::Date32 | DataType::Decimal128(..) => Cell::Int(int_at(a, i)?),
         DataType::List(_) => {
             let values = a.as_list::<i32>().value(i);
             Cell::List(
@@ -248,6 +266,15 @@ pub fn cells_to_batch(schema: &SchemaRef, rows: &[Vec<Cell>]) -> Result<RecordBa
             DataType::Float32 => build!(Float32Builder, Cell::Float(x) => *x as f32),
             DataType::Float64 => build!(Float64Builder, Cell::Float(x) => *x),
             DataType::Boolean => build!(BooleanBuilder, Cell::Bool(x) => *x),
+            DataType::Date32 => build!(Date32Builder, Cell::Int(x) => *x as i32),
+            DataType::Decimal128(p, s) => {
+                let a: ArrayRef = build!(Decimal128Builder, Cell::Int(x) => *x as i128);
+                Arc::new(
+                    a.as_primitive::<Decimal128Type>()
+                        .clone()
+                        .with_precision_and_scale(*p, *s)?,
+                )
+            }
             DataType::List(item) if item.data_type() == &DataType::Utf8 => {
                 build_list!(StringBuilder, item, Cell::Str(x) => x)
             }

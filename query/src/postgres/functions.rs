@@ -227,6 +227,11 @@ pub fn all(session: &Arc<PgSession>, tables: Arc<Vec<String>>) -> Vec<ScalarUDF>
             None => exec_err!("unrecognized configuration parameter \"{name}\""),
         }
     }));
+    // The PostgreSQL type a value is described as (`regtype` there; text here).
+    v.push(udf("pg_typeof", &[1], text.clone(), |a| {
+        let t = types::pg_type_of(&a[0].data_type());
+        Ok(utf8(types::format_type(t.oid).unwrap_or(t.name)))
+    }));
     v.push(udf("current_schema", &[0], text.clone(), |_| {
         Ok(utf8("public"))
     }));

@@ -111,8 +111,8 @@ pub fn by_oid(oid: u32) -> Option<PgType> {
 }
 
 /// The PostgreSQL type a column of Arrow type `dt` is described as. Values of types without a
-/// PostgreSQL counterpart (structs, maps, intervals, durations, decimals wider than f64)
-/// arrive as their text rendering, typed `text` (decimals as `float8`).
+/// PostgreSQL counterpart (structs, maps, intervals, durations, 256-bit decimals) arrive as
+/// their text rendering, typed `text`; decimals are `numeric`.
 pub fn pg_type_of(dt: &DataType) -> PgType {
     use DataType as D;
     match dt {
@@ -123,11 +123,8 @@ pub fn pg_type_of(dt: &DataType) -> PgType {
         // Catalog OIDs are unsigned 32-bit, as in PostgreSQL.
         D::UInt32 => OID,
         D::Float16 | D::Float32 => FLOAT4,
-        D::Float64
-        | D::Decimal32(..)
-        | D::Decimal64(..)
-        | D::Decimal128(..)
-        | D::Decimal256(..) => FLOAT8,
+        D::Float64 => FLOAT8,
+        D::Decimal32(..) | D::Decimal64(..) | D::Decimal128(..) => NUMERIC,
         D::Utf8 | D::LargeUtf8 | D::Utf8View | D::Null => TEXT,
         D::Dictionary(_, v) => pg_type_of(v),
         D::Binary | D::LargeBinary | D::BinaryView | D::FixedSizeBinary(_) => BYTEA,

@@ -48,6 +48,7 @@ impl KeyKind {
             | DataType::UInt8
             | DataType::UInt16
             | DataType::UInt32
+            | DataType::Date32
             | DataType::Timestamp(_, _) => Some(KeyKind::Int),
             DataType::Float32 | DataType::Float64 => Some(KeyKind::Float),
             DataType::Boolean => Some(KeyKind::Bool),
@@ -337,10 +338,11 @@ impl KeyInterner {
                 nulls,
             )),
         };
-        if arr.data_type() == dt {
-            Ok(arr)
-        } else {
-            Ok(cast(&arr, dt)?)
+        match dt {
+            _ if arr.data_type() == dt => Ok(arr),
+            // Days: narrowed first (Arrow casts Int32, not Int64, to Date32).
+            DataType::Date32 => Ok(cast(&cast(&arr, &DataType::Int32)?, dt)?),
+            _ => Ok(cast(&arr, dt)?),
         }
     }
 }
