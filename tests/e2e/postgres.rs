@@ -260,6 +260,9 @@ with psycopg.connect(host=sys.argv[1], port=sys.argv[2], user="basalt", dbname="
     assert rows[0][:2] == (datetime.date(2026, 1, 2), decimal.Decimal("0.10")), rows
     assert rows[2][1] == decimal.Decimal("1234567890.13"), rows
     assert rows[0][2] == decimal.Decimal("1234567890.43"), rows
+    # A Decimal parameter sent in binary (numeric_send's layout) binds to the DECIMAL column.
+    cur.execute("SELECT sku FROM prices WHERE price = %b", [decimal.Decimal("0.10")])
+    assert cur.fetchall() == [("a",)]
     cur = conn.cursor()
     cur.execute("SELECT price - 0.05 FROM prices WHERE sku = 'a'")
     print(cur.fetchone()[0])

@@ -63,6 +63,65 @@ impl PgNumeric {
     }
 }
 
+impl PgNumeric {
+    /// Reads PostgreSQL's binary `numeric` (what a client sends for a `numeric` parameter in
+    /// binary format): the value at its display scale. NaN and infinities, a malformed
+    /// layout, and values beyond 38 digits are errors naming what is wrong.
+    pub fn from_binary(b: &[u8]) -> Result<PgNumeric, String> {
+        let word = |i: usize| u16::from_be_bytes([b[i], b[i + 1]]);
+        if b.len() < 8 {
+            return Err(format!(
+                "binary numeric is {} bytes, shorter than its 8-byte header",
+                b.len()
+            ));
+        }
+        let (ndigits, weight, sign, dscale) =
+            (word(0) as i16, word(2) as i16 as i32, word(4), word(6));
+        if ndigits < 0 || b.len() != 8 + 2 * ndigits as usize {
+            return Err(format!(
+                "binary numeric declares {ndigits} digits in {} bytes",
+                b.len()
+            ));
+        }
+        let negative = match sign {
+            0x0000 => false,
+            0x4000 => true,
+            0xC000 => return Err("NaN is not a value a DECIMAL holds".into()),
+            _ => return Err("infinity is not a value a DECIMAL holds".into()),
+        };
+        if dscale > 38 {
+            return Err(format!("scale {dscale} is beyond 38 digits"));
+        }
+        let too_big = || "the value has more than 38 digits".to_string();
+        let mut unscaled: i128 = 0;
+        for i in 0..ndigits as usize {
+            let d = word(8 + 2 * i) as i16;
+            if !(0..=9999).contains(&d) {
+                return Err(format!("binary numeric digit {d} is not base 10000"));
+            }
+            // Digit i counts 10000^(weight - i): in units of 10^-dscale that is 10^exp.
+            let exp = 4 * (weight - i as i32) + dscale as i32;
+            let term = match exp {
+                e if e >= 0 => 10i128
+                    .checked_pow(e as u32)
+                    .and_then(|p| p.checked_mul(d as i128))
+                    .ok_or_else(too_big)?,
+                // Digits below the display scale (PostgreSQL never sends them) are dropped.
+                e if e > -4 => d as i128 / 10i128.pow((-e) as u32),
+                _ => 0,
+            };
+            unscaled = unscaled.checked_add(term).ok_or_else(too_big)?;
+        }
+        if unscaled >= 10i128.pow(38) {
+            return Err(too_big());
+        }
+        Ok(PgNumeric {
+            unscaled: if negative { -unscaled } else { unscaled },
+            scale: dscale as u8,
+        })
+    }
+}
+
 impl ToSql for PgNumeric {
     fn to_sql(&self, _ty: &Type, out: &mut BytesMut) -> Result<IsNull, BoxError> {
         self.binary(out);
@@ -119,5 +178,33 @@ mod tests {
         assert_eq!(send(1, 4), words(&[1, -1, 0, 4, 1]));
         // 0.00001: digits [1000], weight -2.
         assert_eq!(send(1, 5), words(&[1, -2, 0, 5, 1000]));
+    }
+
+    #[test]
+    fn binary_parameters_read_back() {
+        for (v, s) in [
+            (12345i128, 2u8),
+            (-5, 2),
+            (0, 2),
+            (12345678, 0),
+            (100_000_000, 4),
+            (1, 5),
+            (-99_999_999_999_999_999_999_999_999_999_999_999, 3),
+        ] {
+            let n = PgNumeric::from_binary(&send(v, s)).unwrap();
+            assert_eq!((n.unscaled, n.scale), (v, s));
+        }
+        for (bytes, why) in [
+            (vec![0u8; 4], "shorter"),
+            (words(&[2, 0, 0, 2, 1]), "declares 2 digits"),
+            (words(&[0, 0, 0xC000u16 as i16, 0]), "NaN"),
+            (words(&[0, 0, 0xD000u16 as i16, 0]), "infinity"),
+            (words(&[1, 0, 0, 0, 10000]), "base 10000"),
+            (words(&[1, 20, 0, 0, 1]), "38 digits"),
+            (words(&[0, 0, 0, 40]), "scale 40"),
+        ] {
+            let e = PgNumeric::from_binary(&bytes).unwrap_err();
+            assert!(e.contains(why), "{why}: {e}");
+        }
     }
 }

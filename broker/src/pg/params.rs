@@ -4,7 +4,8 @@
 //!
 //! Text parameters are parsed into the declared type, else into the inferred one (an untyped
 //! `'42'` compared with a LONG column binds as 42). Binary parameters need a declared type;
-//! the common ones (bool, integers, floats, text, bytea, date, timestamp[tz], oid) decode.
+//! the common ones (bool, integers, floats, numeric, text, bytea, date, timestamp[tz], oid)
+//! decode.
 //! Every failure is a [`ParamError`] with its SQLSTATE: malformed input 22P02, a date or
 //! timestamp out of range (binary `infinity` included) 22008, an unsupported binary type
 //! 0A000.
@@ -116,6 +117,9 @@ fn binary(t: &Type, b: &[u8]) -> Result<ScalarValue, Fault> {
         ScalarValue::Float32(Some(f32::from_be_bytes(fixed(b, "float4")?)))
     } else if o == pgt::FLOAT8.oid {
         ScalarValue::Float64(Some(f64::from_be_bytes(fixed(b, "float8")?)))
+    } else if o == pgt::NUMERIC.oid {
+        let n = super::numeric::PgNumeric::from_binary(b).map_err(Fault::Invalid)?;
+        ScalarValue::Decimal128(Some(n.unscaled), 38, n.scale as i8)
     } else if o == pgt::BYTEA.oid {
         ScalarValue::Binary(Some(b.to_vec()))
     } else if o == pgt::DATE.oid {
@@ -245,6 +249,24 @@ mod tests {
         assert!(
             e.to_string().contains("$3") && e.sqlstate() == "22P02",
             "{e}"
+        );
+        // Binary numeric 123.45, bound to a DECIMAL(12, 2) comparison.
+        let numeric = Bytes::from(
+            [2i16, 0, 0, 2, 123, 4500]
+                .iter()
+                .flat_map(|w| w.to_be_bytes())
+                .collect::<Vec<u8>>(),
+        );
+        assert_eq!(
+            decode(
+                0,
+                Some(&numeric),
+                true,
+                Some(&Type::NUMERIC),
+                Some(&DataType::Decimal128(12, 2))
+            )
+            .unwrap(),
+            ScalarValue::Decimal128(Some(12345), 12, 2)
         );
         let e = decode(0, Some(&eight), true, None, None).unwrap_err();
         assert!(e.to_string().contains("no declared type"), "{e}");
