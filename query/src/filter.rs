@@ -247,7 +247,7 @@ fn literal_for(e: &Expr, schema: &SegmentSchema, column: &str) -> Option<Value> 
     use ScalarValue as S;
     match ty {
         ColumnType::Date => {
-            const DAY_MS: i128 = 86_400_000;
+            const DAY_MS: i128 = basalt_segment::types::DAY_MS as i128;
             let (n, d) = match v {
                 S::Date32(Some(x)) => (*x as i128, 1),
                 S::Date64(Some(x)) => (*x as i128, DAY_MS),

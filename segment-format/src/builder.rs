@@ -107,7 +107,7 @@ pub fn build_segment(
         Some(match schema.columns[i].ty {
             // Days: the range covers the first to the last millisecond of those days.
             ColumnType::Date => {
-                const DAY_MS: i64 = 86_400_000;
+                use crate::types::DAY_MS;
                 (
                     lo.saturating_mul(DAY_MS),
                     hi.saturating_mul(DAY_MS).saturating_add(DAY_MS - 1),

@@ -12,6 +12,9 @@ use std::sync::Arc;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+/// Milliseconds in a day: a DATE's unit in a TIMESTAMP's.
+pub const DAY_MS: i64 = 86_400_000;
+
 /// The widest DECIMAL a segment stores: unscaled values are 64-bit integers.
 pub const MAX_DECIMAL_PRECISION: u8 = 18;
 

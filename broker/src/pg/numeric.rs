@@ -61,9 +61,7 @@ impl PgNumeric {
             out.put_i16(d);
         }
     }
-}
 
-impl PgNumeric {
     /// Reads PostgreSQL's binary `numeric` (what a client sends for a `numeric` parameter in
     /// binary format): the value at its display scale. NaN and infinities, a malformed
     /// layout, and values beyond 38 digits are errors naming what is wrong.

@@ -467,11 +467,7 @@ fn json_cell(ty: ColumnType, v: &Json) -> std::result::Result<Cell<'_>, String> 
             .filter(|v| finite_in(ty, *v))
             .map(Cell::F64)
             .ok_or_else(|| format!("expected {}, got {n}", ty.name())),
-        (ColumnType::Decimal { precision, scale }, Json::Number(n)) => {
-            basalt_segment::decimal::parse_decimal(&n.to_string(), precision, scale)
-                .map(Cell::I64)
-                .map_err(|e| format!("expected {ty}: {e}"))
-        }
+        (ColumnType::Decimal { .. }, Json::Number(n)) => decimal_cell(ty, &n.to_string()),
         (ColumnType::Boolean, Json::Bool(b)) => Ok(Cell::Bool(*b)),
         (ty, v) => Err(format!("expected {}, got {}", ty.name(), describe(v))),
     }
@@ -519,11 +515,7 @@ fn text_cell(ty: ColumnType, s: &str) -> std::result::Result<Cell<'_>, String> {
         ColumnType::Date => parse_date(s.trim())
             .map(|d| Cell::I64(d as i64))
             .ok_or_else(|| format!("expected DATE (YYYY-MM-DD), got {}", short())),
-        ColumnType::Decimal { precision, scale } => {
-            basalt_segment::decimal::parse_decimal(s, precision, scale)
-                .map(Cell::I64)
-                .map_err(|e| format!("expected {ty}: {e}"))
-        }
+        ColumnType::Decimal { .. } => decimal_cell(ty, s),
     }
 }
 
@@ -576,11 +568,7 @@ fn raw_cell<'a>(ty: ColumnType, f: RawField<'a>) -> std::result::Result<Cell<'a>
             .filter(|v| finite_in(ty, *v))
             .map(Cell::F64)
             .ok_or_else(|| format!("expected {}, got {n}", ty.name())),
-        (ColumnType::Decimal { precision, scale }, RawField::Number(n)) => {
-            basalt_segment::decimal::parse_decimal(n, precision, scale)
-                .map(Cell::I64)
-                .map_err(|e| format!("expected {ty}: {e}"))
-        }
+        (ColumnType::Decimal { .. }, RawField::Number(n)) => decimal_cell(ty, n),
         (ColumnType::Boolean, RawField::Bool(b)) => Ok(Cell::Bool(b)),
         (ty, RawField::Bool(b)) => Err(format!("expected {}, got {b}", ty.name())),
         (ty, RawField::Number(t) | RawField::Nested(t)) => {
@@ -595,6 +583,16 @@ fn finite_in(ty: ColumnType, v: f64) -> bool {
         ColumnType::Float => (v as f32).is_finite(),
         _ => v.is_finite(),
     }
+}
+
+/// A DECIMAL cell from its text (a JSON number as written, a string, a CSV field).
+fn decimal_cell(ty: ColumnType, text: &str) -> std::result::Result<Cell<'static>, String> {
+    let ColumnType::Decimal { precision, scale } = ty else {
+        return Err(format!("expected {ty}, got a decimal number"));
+    };
+    basalt_segment::decimal::parse_decimal(text, precision, scale)
+        .map(Cell::I64)
+        .map_err(|e| format!("expected {ty}: {e}"))
 }
 
 /// Days since 1970-01-01 of a `YYYY-MM-DD` date.
