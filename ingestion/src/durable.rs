@@ -47,6 +47,42 @@ pub fn write_file_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     sync_dir(dir)
 }
 
+/// Files under `dir` (recursively) left by a local put that never finished: object_store's
+/// `LocalFileSystem` writes `<name>#<n>` and renames it, so a process killed mid-put leaves
+/// the `#<n>` file behind. Its listings skip such names, so only a walk of the directory
+/// finds them. Each comes with its modification time. A missing `dir` has none.
+pub fn interrupted_uploads(dir: &Path) -> std::io::Result<Vec<(PathBuf, std::time::SystemTime)>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries = match std::fs::read_dir(&d) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let ty = entry.file_type()?;
+            if ty.is_dir() {
+                stack.push(entry.path());
+                continue;
+            }
+            let name = entry.file_name();
+            let staged = name
+                .to_str()
+                .and_then(|n| n.rsplit_once('#'))
+                .is_some_and(|(base, n)| {
+                    !base.is_empty() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
+                });
+            if ty.is_file() && staged {
+                out.push((entry.path(), entry.metadata()?.modified()?));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
 /// A local directory as an object store whose puts are durable when they return.
 #[derive(Debug)]
 pub struct DurableFs {
@@ -132,6 +168,7 @@ impl ObjectStore for DurableFs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::TryStreamExt;
     use object_store::ObjectStoreExt;
 
     #[tokio::test]
@@ -155,5 +192,39 @@ mod tests {
         let f = dir.path().join("x/y.bin");
         write_file_durably(&f, b"hello").unwrap();
         assert_eq!(std::fs::read(&f).unwrap(), b"hello");
+    }
+
+    #[tokio::test]
+    async fn interrupted_uploads_are_found_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = DurableFs::new(dir.path()).unwrap();
+        s.put(&ObjPath::from("t/g/a.seg"), PutPayload::from(vec![1u8]))
+            .await
+            .unwrap();
+        for name in [
+            "t/g/b.seg#1",
+            "t/g/deeper/c.seg#23",
+            "t/odd#x",
+            "t/#7",
+            "t/d#",
+        ] {
+            let f = dir.path().join(name);
+            std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+            std::fs::write(&f, b"partial").unwrap();
+        }
+        let found: Vec<String> = interrupted_uploads(&dir.path().join("t"))
+            .unwrap()
+            .into_iter()
+            .map(|(p, _)| p.strip_prefix(dir.path()).unwrap().display().to_string())
+            .collect();
+        assert_eq!(found, ["t/g/b.seg#1", "t/g/deeper/c.seg#23"]);
+        // The store's own listing does not see them: that is why the walk exists.
+        let listed: Vec<ObjectMeta> = s.list(None).try_collect().await.unwrap();
+        let mut listed: Vec<String> = listed.into_iter().map(|o| o.location.to_string()).collect();
+        listed.sort();
+        assert_eq!(listed, ["t/d#", "t/g/a.seg", "t/odd#x"]);
+        assert!(interrupted_uploads(&dir.path().join("missing"))
+            .unwrap()
+            .is_empty());
     }
 }

@@ -336,6 +336,21 @@ impl Home {
                     self.store.delete(&o.location).await?;
                 }
             }
+            // A local put killed half-way leaves a `<name>#<n>` file no listing shows.
+            if let Some(root) = &self.local_root {
+                let dir = root.join(kind.prefix(&state.spec.name, &state.generation).as_ref());
+                for (file, modified) in crate::durable::interrupted_uploads(&dir)? {
+                    // A legacy incarnation owns only the files directly in its folder.
+                    if state.generation.is_empty() && file.parent() != Some(dir.as_path()) {
+                        continue;
+                    }
+                    let old = chrono::DateTime::<chrono::Utc>::from(modified) < cutoff;
+                    if file.to_string_lossy().contains(&mine) || old {
+                        warn!(path = %file.display(), "deleting an interrupted upload left by an earlier run");
+                        std::fs::remove_file(&file)?;
+                    }
+                }
+            }
         }
         Ok(())
     }

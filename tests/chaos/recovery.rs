@@ -235,10 +235,23 @@ async fn kill_9_in_the_middle_of_a_1_gib_ingest_leaves_nothing() {
     .await;
     s.kill();
     upload.abort();
+    // The kill may or may not land inside a local put (which leaves `<name>#<n>`); plant one
+    // so the cleanup of interrupted uploads is always exercised. It is older than the grace
+    // period, so it is removed whichever node wrote it.
+    let generation = files(&segments)[0].parent().unwrap().to_path_buf();
+    let planted = generation.join("big__0__000009__00000000__nother.seg#4");
+    let f = std::fs::File::create(&planted).unwrap();
+    f.set_modified(std::time::SystemTime::now() - Duration::from_secs(2 * 3600))
+        .unwrap();
+    drop(f);
     let s = Server::start(&data, None);
     assert_eq!(
         scalar(&c, &s, "SELECT count(*) FROM big").await,
         json!(1000)
+    );
+    assert!(
+        !planted.exists(),
+        "an interrupted upload is removed at start"
     );
     assert_eq!(files(&segments).len(), before, "orphans removed at start");
 }
