@@ -14,6 +14,7 @@ pub mod error;
 pub mod fuzzing;
 pub mod inspect;
 pub mod int_block;
+mod key_match;
 pub mod layout;
 pub mod like;
 pub mod multi_value;

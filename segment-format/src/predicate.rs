@@ -16,6 +16,7 @@ use roaring::RoaringBitmap;
 use crate::bloom::hash_bytes;
 use crate::builder::hash_key;
 use crate::error::{Result, SegmentError};
+use crate::key_match::KeyMatcher;
 use crate::layout::{f64_key, ColumnStats, Encoding};
 use crate::like::Like;
 use crate::reader::{BlockValues, Dictionary, SegmentReader};
@@ -133,7 +134,7 @@ fn covers(set: &KeySet, lo: i64, hi: i64) -> bool {
     set.iter().any(|&(a, b)| a <= lo && b >= hi)
 }
 
-fn contains(set: &KeySet, k: i64) -> bool {
+pub(crate) fn contains(set: &KeySet, k: i64) -> bool {
     // Intervals are sorted and disjoint.
     set.binary_search_by(|&(a, b)| {
         if b < k {
@@ -687,7 +688,8 @@ impl Evaluator<'_> {
         self.scan(c, set, candidates, &nulls)
     }
 
-    /// Decodes the blocks whose zone maps can match and tests each doc.
+    /// Decodes the blocks whose zone maps can match and tests each doc. A block where few
+    /// docs are still candidates decodes and tests only those.
     fn scan(
         &mut self,
         c: usize,
@@ -698,19 +700,30 @@ impl Evaluator<'_> {
         let r = self.reader;
         let meta = r.column_meta(c);
         let multi = matches!(meta.encoding, Encoding::MultiValue { .. });
+        let (kmin, kmax) = match &meta.encoding {
+            Encoding::Dictionary { cardinality, .. } | Encoding::MultiValue { cardinality, .. } => {
+                (0, (*cardinality as i64).saturating_sub(1))
+            }
+            _ => stats_bounds(&meta.stats).unwrap_or((i64::MIN, i64::MAX)),
+        };
+        let matcher = KeyMatcher::new(set, kmin, kmax);
         let br = r.block_rows() as u32;
         let mut out = RoaringBitmap::new();
         // A block's matches are collected, then appended in one sorted run (blocks come in
         // doc order): one `insert` per matching row cost half of a selective scan's time.
         let mut hits: Vec<u32> = Vec::with_capacity(br as usize);
+        let mut picked: Vec<usize> = Vec::new();
         for (b, block) in meta.blocks.iter().enumerate() {
             let start = b as u32 * br;
-            let end = start + r.block_len(b) as u32;
-            if let Some(cand) = candidates {
-                if cand.range_cardinality(start..end) == 0 {
-                    self.stats.blocks_skipped += 1;
-                    continue;
-                }
+            let len = r.block_len(b);
+            let end = start + len as u32;
+            let in_block = match candidates {
+                Some(cand) => cand.range_cardinality(start..end),
+                None => len as u64,
+            };
+            if in_block == 0 {
+                self.stats.blocks_skipped += 1;
+                continue;
             }
             let Some(zone) = block.zone else {
                 self.stats.blocks_skipped += 1;
@@ -726,18 +739,32 @@ impl Evaluator<'_> {
             }
             self.stats.blocks_scanned += 1;
             hits.clear();
-            let mut hit = |i: usize, k: i64| {
-                if contains(set, k) {
-                    hits.push(start + i as u32);
+            // Few candidates left in the block: read those rows alone (bit-packed and packed
+            // blocks are read without unpacking the rest).
+            let sparse = !multi && in_block * 4 < len as u64;
+            let values = if sparse {
+                picked.clear();
+                if let Some(cand) = candidates {
+                    picked.extend(cand.range(start..end).map(|d| (d - start) as usize));
                 }
+                r.block_values(c, b, Some(&picked))?
+            } else {
+                r.block(c, b)?
             };
-            match r.block(c, b)? {
-                BlockValues::Ids(ids) => ids
-                    .iter()
-                    .enumerate()
-                    .for_each(|(i, &id)| hit(i, id as i64)),
-                BlockValues::I64(v) => v.iter().enumerate().for_each(|(i, &x)| hit(i, x)),
-                BlockValues::F64(v) => v.iter().enumerate().for_each(|(i, &x)| hit(i, f64_key(x))),
+            let rows = if sparse { picked.len() } else { len };
+            if values.len() != rows {
+                return Err(pred_err(
+                    &meta.name,
+                    format!("block {b} decodes to {} of its {rows} rows", values.len()),
+                ));
+            }
+            let row = |i: usize| start + if sparse { picked[i] as u32 } else { i as u32 };
+            match values {
+                BlockValues::Ids(ids) => {
+                    matcher.select(ids.len(), |i| ids[i] as i64, row, &mut hits)
+                }
+                BlockValues::I64(v) => matcher.select(v.len(), |i| v[i], row, &mut hits),
+                BlockValues::F64(v) => matcher.select(v.len(), |i| f64_key(v[i]), row, &mut hits),
                 BlockValues::Strs(_) => {
                     return Err(pred_err(&meta.name, "raw strings have no key space"))
                 }
@@ -745,8 +772,13 @@ impl Evaluator<'_> {
                     // A doc matches when any of its values does.
                     let mut at = 0usize;
                     for (i, &n) in counts.iter().enumerate() {
-                        let values = &ids[at..at + n as usize];
-                        if values.iter().any(|&id| contains(set, id as i64)) {
+                        let values = ids.get(at..at + n as usize).ok_or_else(|| {
+                            pred_err(
+                                &meta.name,
+                                "a multi-value block holds fewer values than its counts",
+                            )
+                        })?;
+                        if values.iter().any(|&id| matcher.test(id as i64)) {
                             hits.push(start + i as u32);
                         }
                         at += n as usize;

@@ -112,6 +112,21 @@ pub enum BlockValues {
 }
 
 impl BlockValues {
+    /// Rows of the block (docs, for a multi-value block).
+    pub fn len(&self) -> usize {
+        match self {
+            BlockValues::Ids(v) => v.len(),
+            BlockValues::I64(v) => v.len(),
+            BlockValues::F64(v) => v.len(),
+            BlockValues::Strs(v) => v.len(),
+            BlockValues::Multi { counts, .. } => counts.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// The values of rows `picked` (ascending offsets within the block). Multi-value blocks
     /// are returned whole.
     fn pick(self, picked: &[usize]) -> BlockValues {
