@@ -247,6 +247,10 @@ impl QueryEngine {
             .with_information_schema(true);
         config.options_mut().sql_parser.enable_ident_normalization = false;
         config.options_mut().execution.time_zone = Some("+00:00".to_string());
+        // Segment estimates pick the build side; only a tiny build is broadcast (CollectLeft
+        // builds on one thread), larger ones stay partitioned over every core.
+        config.options_mut().optimizer.hash_join_single_partition_threshold = 64 << 10;
+        config.options_mut().optimizer.hash_join_single_partition_threshold_rows = 4096;
         let mut runtime = RuntimeEnvBuilder::new()
             .with_memory_pool(pool.clone())
             .with_disk_manager_builder(DiskManager::builder().with_mode(DiskManagerMode::Disabled))

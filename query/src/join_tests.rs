@@ -161,6 +161,20 @@ async fn joins_answer_like_datafusion_over_arrow() {
         plan.contains("predicate=Some(Compare { column: \"city\""),
         "{plan}"
     );
+    // Segment row counts reach the join planner: the small table builds the hash table
+    // (the join's first child) whichever side of the SQL it is written on.
+    for sql in [
+        "SELECT count(*) FROM t JOIN d ON t.n = d.k",
+        "SELECT count(*) FROM d JOIN t ON t.n = d.k",
+    ] {
+        let plan = explain(&engine, sql).await;
+        let join = plan.find("HashJoinExec").expect("a hash join");
+        let build = plan[join..].find("SegmentScanExec: table=").expect("a scan") + join;
+        assert!(
+            plan[build..].starts_with("SegmentScanExec: table=d"),
+            "{sql}:\n{plan}"
+        );
+    }
     let plan = explain(&engine, "SELECT city FROM t WHERE city = 'Oslo'").await;
     assert!(
         !plan.contains("CAST("),

@@ -15,6 +15,8 @@ use arrow::datatypes::{Schema, SchemaRef};
 use arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use basalt_segment::predicate::{evaluate_with_stats, EvalStats};
 use basalt_segment::{may_match, Predicate, RoaringBitmap, SegmentReader};
+use datafusion::common::stats::Precision;
+use datafusion::common::Statistics;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::EquivalenceProperties;
@@ -274,6 +276,42 @@ impl ExecutionPlan for SegmentScanExec {
         _children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         Ok(self)
+    }
+
+    /// Row and byte estimates from the segments' footers, for DataFusion's join planning
+    /// (which side builds the hash table, whether it is broadcast). Always inexact: a pushed
+    /// predicate's selectivity is a guess (DataFusion's default 20%), and DataFusion would
+    /// answer `count(*)` from an exact count without scanning, skipping Basalt's counters.
+    fn partition_statistics(&self, partition: Option<usize>) -> DfResult<Statistics> {
+        let segments: Vec<usize> = match partition {
+            Some(p) => self.partitions.get(p).cloned().unwrap_or_default(),
+            None => (0..self.snapshot.segments.len()).collect(),
+        };
+        let mut rows: usize = segments
+            .iter()
+            .map(|&i| match self.snapshot.valid_of(i) {
+                Some(valid) => valid.len() as usize,
+                None => self.snapshot.segments[i].row_count() as usize,
+            })
+            .sum();
+        if self.predicate.is_some() {
+            rows = rows.div_ceil(5);
+        }
+        if let Some(limit) = self.limit {
+            rows = rows.min(limit);
+        }
+        // Fixed-width values take their width; strings and lists a guess of 16 bytes.
+        let row_bytes: usize = self
+            .schema
+            .fields()
+            .iter()
+            .map(|f| f.data_type().primitive_width().unwrap_or(16))
+            .sum();
+        Ok(Statistics {
+            num_rows: Precision::Inexact(rows),
+            total_byte_size: Precision::Inexact(rows.saturating_mul(row_bytes)),
+            column_statistics: Statistics::unknown_column(&self.schema),
+        })
     }
 
     fn execute(
