@@ -130,6 +130,9 @@ pub struct QueryStats {
     pub num_segments_pruned: u64,
     pub index_lookups: u64,
     pub blocks_scanned: u64,
+    /// Docs a dynamic filter (a join's build side, a TopK) removed row by row in the scan,
+    /// before the rest of their columns were read.
+    pub docs_removed_by_dynamic_filters: u64,
 }
 
 #[derive(Debug)]
@@ -249,8 +252,14 @@ impl QueryEngine {
         config.options_mut().execution.time_zone = Some("+00:00".to_string());
         // Segment estimates pick the build side; only a tiny build is broadcast (CollectLeft
         // builds on one thread), larger ones stay partitioned over every core.
-        config.options_mut().optimizer.hash_join_single_partition_threshold = 64 << 10;
-        config.options_mut().optimizer.hash_join_single_partition_threshold_rows = 4096;
+        config
+            .options_mut()
+            .optimizer
+            .hash_join_single_partition_threshold = 64 << 10;
+        config
+            .options_mut()
+            .optimizer
+            .hash_join_single_partition_threshold_rows = 4096;
         let mut runtime = RuntimeEnvBuilder::new()
             .with_memory_pool(pool.clone())
             .with_disk_manager_builder(DiskManager::builder().with_mode(DiskManagerMode::Disabled))
@@ -461,6 +470,7 @@ impl QueryEngine {
             num_segments_pruned: s.segments_pruned.load(Ordering::Relaxed),
             index_lookups: s.index_lookups.load(Ordering::Relaxed),
             blocks_scanned: s.blocks_scanned.load(Ordering::Relaxed),
+            docs_removed_by_dynamic_filters: s.dynamic_removed.load(Ordering::Relaxed),
         };
         if let Some((key, versions)) = cache_key {
             self.cache.put(

@@ -169,7 +169,10 @@ async fn joins_answer_like_datafusion_over_arrow() {
     ] {
         let plan = explain(&engine, sql).await;
         let join = plan.find("HashJoinExec").expect("a hash join");
-        let build = plan[join..].find("SegmentScanExec: table=").expect("a scan") + join;
+        let build = plan[join..]
+            .find("SegmentScanExec: table=")
+            .expect("a scan")
+            + join;
         assert!(
             plan[build..].starts_with("SegmentScanExec: table=d"),
             "{sql}:\n{plan}"
@@ -216,4 +219,142 @@ fn qualify(f: &str, q: &str) -> String {
         }
     }
     out
+}
+
+/// A hash join's build side filters the probe side's scan: its bounds and key set reach the
+/// segment predicate (zone maps and segment statistics prune with them), and a key set the
+/// predicate cannot hold is checked on the key column before the other columns are read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_build_side_filters_the_probe_scan() {
+    use arrow::array::Int64Array;
+    use datafusion::arrow::util::pretty::pretty_format_batches;
+    let fact_schema = fact_schema_named("v");
+    let arrow_fact = Arc::new(Schema::new(vec![
+        Field::new("k", DataType::Int64, true),
+        Field::new("v", DataType::Int64, true),
+    ]));
+    // Four segments of 5,000 rows, keys ascending: segment and block ranges follow them.
+    let facts: Vec<RecordBatch> = (0..4i64)
+        .map(|s| {
+            let k: Vec<i64> = (s * 5000..(s + 1) * 5000).collect();
+            let v: Vec<i64> = k.iter().map(|k| k % 97).collect();
+            RecordBatch::try_new(
+                arrow_fact.clone(),
+                vec![
+                    Arc::new(Int64Array::from(k)) as ArrayRef,
+                    Arc::new(Int64Array::from(v)),
+                ],
+            )
+            .unwrap()
+        })
+        .collect();
+    let fact_segs: Vec<_> = facts.iter().map(|b| segment(&fact_schema, b)).collect();
+    let dim = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int32, true),
+            Field::new("label", DataType::Utf8, true),
+            Field::new("w", DataType::Float64, true),
+        ])),
+        vec![
+            Arc::new(Int32Array::from(vec![100, 101, 102, 15_000, 15_001])) as ArrayRef,
+            Arc::new(StringArray::from(vec!["a", "a", "b", "c", "c"])),
+            Arc::new(Float64Array::from(vec![1.0, 2.0, 3.0, 4.0, 5.0])),
+        ],
+    )
+    .unwrap();
+    let snapshot = |name: &str, schema: SegmentSchema, segments| TableSnapshot {
+        valid: Vec::new(),
+        name: name.into(),
+        schema,
+        segments,
+    };
+    let reference = SessionContext::new();
+    for (name, batches) in [("f", facts.clone()), ("d", vec![dim.clone()])] {
+        let mem = MemTable::try_new(batches[0].schema(), vec![batches]).unwrap();
+        reference.register_table(name, Arc::new(mem)).unwrap();
+    }
+    for partitions in [1, 4] {
+        let engine = QueryEngine::new(Arc::new(Tables(vec![
+            snapshot("f", fact_schema.clone(), fact_segs.clone()),
+            snapshot("d", dim_schema(), vec![segment(&dim_schema(), &dim)]),
+        ])))
+        .with_target_partitions(partitions);
+        let sql = "SELECT f.k, f.v, d.w FROM f JOIN d ON f.k = d.k WHERE d.label = 'a'";
+        let plan = explain(&engine, sql).await;
+        assert!(plan.contains("dynamic_filters=[DynamicFilter"), "{plan}");
+        assert_same(&engine, &reference, sql).await;
+        // Two fact rows match; the dimension side reads its 5 rows. Without the dynamic
+        // filter all 20,000 fact rows would be scanned.
+        let out = engine
+            .execute(sql, &crate::QueryLimits::default())
+            .await
+            .unwrap();
+        assert_eq!(out.num_rows(), 2);
+        assert!(
+            out.stats.num_docs_scanned <= 2 + 5,
+            "{partitions} partitions: {} docs scanned\n{}",
+            out.stats.num_docs_scanned,
+            pretty_format_batches(&out.batches).unwrap()
+        );
+        // Keys far apart: the bounds alone keep most of the range; the key set (an IN
+        // list or the hash table) removes the rest before `v` is read. The answer is exact.
+        for sql in [
+            "SELECT f.k, f.v, d.w FROM f JOIN d ON f.k = d.k WHERE d.label IN ('a', 'c')",
+            "SELECT sum(f.v), count(*) FROM f JOIN d ON f.k = d.k",
+            "SELECT f.k FROM f WHERE f.k IN (SELECT k FROM d WHERE w > 2)",
+            "SELECT count(*) FROM f LEFT JOIN d ON f.k = d.k",
+        ] {
+            assert_same(&engine, &reference, sql).await;
+        }
+    }
+    // A build side too large for an IN list (6,000 keys, every 7th up to 42,000): the scan
+    // checks the fact keys against the join's hash table(s) and reads `v` only for the
+    // seventh that can match.
+    let big = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int64, true),
+            Field::new("z", DataType::Int64, true),
+        ])),
+        vec![
+            Arc::new(Int64Array::from_iter_values((0..6000).map(|i| i * 7))) as ArrayRef,
+            Arc::new(Int64Array::from_iter_values((0..6000).map(|i| i % 5))),
+        ],
+    )
+    .unwrap();
+    let mem = MemTable::try_new(big.schema(), vec![vec![big.clone()]]).unwrap();
+    reference.register_table("b", Arc::new(mem)).unwrap();
+    for partitions in [1, 4] {
+        let engine = QueryEngine::new(Arc::new(Tables(vec![
+            snapshot("f", fact_schema.clone(), fact_segs.clone()),
+            snapshot(
+                "b",
+                fact_schema_named("z"),
+                vec![segment(&fact_schema_named("z"), &big)],
+            ),
+        ])))
+        .with_target_partitions(partitions);
+        let sql = "SELECT count(*), sum(f.v), sum(b.z) FROM f JOIN b ON f.k = b.k";
+        assert_same(&engine, &reference, sql).await;
+        let out = engine
+            .execute(sql, &crate::QueryLimits::default())
+            .await
+            .unwrap();
+        // 20,000 fact rows, 2,858 of them keys of `b`.
+        assert!(
+            out.stats.docs_removed_by_dynamic_filters >= 17_000,
+            "{partitions} partitions: {:?}",
+            out.stats
+        );
+    }
+}
+
+/// `k LONG` and one more LONG column named `other`.
+fn fact_schema_named(other: &str) -> SegmentSchema {
+    SegmentSchema {
+        columns: vec![
+            ColumnDef::new("k", ColumnType::Long),
+            ColumnDef::new(other, ColumnType::Long),
+        ],
+        time_column: None,
+    }
 }

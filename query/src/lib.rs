@@ -12,6 +12,7 @@ pub mod admission;
 pub mod bounded;
 pub mod cache;
 pub mod coop;
+mod dynamic_filter;
 pub mod engine;
 pub mod error;
 pub mod filter;

@@ -17,15 +17,20 @@ use basalt_segment::predicate::{evaluate_with_stats, EvalStats};
 use basalt_segment::{may_match, Predicate, RoaringBitmap, SegmentReader};
 use datafusion::common::stats::Precision;
 use datafusion::common::Statistics;
+use datafusion::config::ConfigOptions;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::EquivalenceProperties;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::filter_pushdown::{
+    ChildPushdownResult, FilterPushdownPhase, FilterPushdownPropagation, PushedDown,
+};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PhysicalExpr, PlanProperties,
 };
 
+use crate::dynamic_filter::{for_segment, generation, is_dynamic, rows_now, RowFilter};
 use crate::table::TableSnapshot;
 
 /// Counters a query reports back (Pinot's numDocsScanned, numSegmentsQueried, ...).
@@ -39,12 +44,18 @@ pub struct ScanStats {
     pub index_lookups: AtomicU64,
     pub blocks_scanned: AtomicU64,
     pub blocks_skipped: AtomicU64,
+    /// Docs removed row by row by dynamic filters.
+    pub dynamic_removed: AtomicU64,
 }
 
+#[derive(Clone)]
 pub struct SegmentScanExec {
     snapshot: Arc<TableSnapshot>,
     projection: Vec<usize>,
     predicate: Option<Predicate>,
+    /// Filters DataFusion pushed in while planning whose value is known only while the plan
+    /// runs (hash join builds, TopK, running MIN/MAX): see [`crate::dynamic_filter`].
+    dynamic: Vec<Arc<dyn PhysicalExpr>>,
     limit: Option<usize>,
     batch_size: usize,
     /// Segment indexes per output partition.
@@ -109,6 +120,7 @@ impl SegmentScanExec {
             snapshot,
             projection,
             predicate,
+            dynamic: Vec::new(),
             limit,
             batch_size: batch_size.max(1),
             partitions,
@@ -240,7 +252,12 @@ impl DisplayAs for SegmentScanExec {
             self.projection,
             self.predicate,
             self.limit
-        )
+        )?;
+        if !self.dynamic.is_empty() {
+            let shown: Vec<String> = self.dynamic.iter().map(|d| d.to_string()).collect();
+            write!(f, ", dynamic_filters=[{}]", shown.join(", "))?;
+        }
+        Ok(())
     }
 }
 
@@ -252,6 +269,84 @@ struct PartitionState {
     emitted: usize,
     current: Option<Arc<SegmentReader>>,
     remaining: Option<usize>,
+    /// The current segment's row-level dynamic filter, while it is worth running.
+    rows: Option<RowFilter>,
+    /// Rows the row filter saw and kept in the current segment.
+    rows_seen: usize,
+    rows_kept: usize,
+    /// [`generation`] of the dynamic filters when `rows` was made.
+    dynamic_generation: u64,
+}
+
+/// A row filter keeping more than this share of the rows it saw (after [`ROW_FILTER_PROBE`]
+/// rows) is dropped for the rest of the segment: reading its columns twice costs more than
+/// the rows it removes.
+const ROW_FILTER_KEEP_LIMIT: f64 = 0.75;
+const ROW_FILTER_PROBE: usize = 32 * 1024;
+
+impl PartitionState {
+    /// The next batch of at most `n` of the current segment's docs, through the row filter
+    /// if any; `None` when the filter removed them all.
+    fn next_batch(
+        &mut self,
+        seg: &SegmentReader,
+        projection: &[usize],
+        schema: &SchemaRef,
+        n: usize,
+        stats: &ScanStats,
+    ) -> DfResult<Option<RecordBatch>> {
+        let docs = &self.docs[self.emitted..self.emitted + n];
+        self.emitted += n;
+        let ext = |e| DataFusionError::External(Box::new(e));
+        let Some(rf) = &self.rows else {
+            if projection.is_empty() {
+                return Ok(Some(RecordBatch::try_new_with_options(
+                    schema.clone(),
+                    vec![],
+                    &RecordBatchOptions::new().with_row_count(Some(n)),
+                )?));
+            }
+            let b = seg.read_batch(projection, docs).map_err(ext)?;
+            // The reader's field list equals our schema; rebuild to share it.
+            return Ok(Some(RecordBatch::try_new(
+                schema.clone(),
+                b.columns().to_vec(),
+            )?));
+        };
+        let input_cols = rf.inputs.clone();
+        let inputs = input_cols
+            .iter()
+            .map(|&i| seg.read_column(projection[i], docs))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ext)?;
+        let keep = rf.evaluate(inputs.clone())?;
+        let kept = keep.true_count();
+        self.rows_seen += n;
+        self.rows_kept += kept;
+        stats
+            .dynamic_removed
+            .fetch_add((n - kept) as u64, Ordering::Relaxed);
+        if self.rows_seen >= ROW_FILTER_PROBE
+            && self.rows_kept as f64 > self.rows_seen as f64 * ROW_FILTER_KEEP_LIMIT
+        {
+            self.rows = None;
+        }
+        if kept == 0 {
+            return Ok(None);
+        }
+        let kept_docs: Vec<u32> = docs
+            .iter()
+            .zip(keep.values().iter())
+            .filter_map(|(&d, k)| k.then_some(d))
+            .collect();
+        let columns = (0..projection.len())
+            .map(|i| match input_cols.iter().position(|&x| x == i) {
+                Some(p) => Ok(arrow::compute::filter(&inputs[p], &keep)?),
+                None => seg.read_column(projection[i], &kept_docs).map_err(ext),
+            })
+            .collect::<DfResult<Vec<_>>>()?;
+        Ok(Some(RecordBatch::try_new(schema.clone(), columns)?))
+    }
 }
 
 impl ExecutionPlan for SegmentScanExec {
@@ -314,6 +409,35 @@ impl ExecutionPlan for SegmentScanExec {
         })
     }
 
+    /// Keeps the dynamic filters among those pushed down from above (static ones reached
+    /// the table provider as exact filters already). They are reported as not pushed down:
+    /// the scan applies them as a superset, never as the final word.
+    fn handle_child_pushdown_result(
+        &self,
+        phase: FilterPushdownPhase,
+        child_pushdown_result: ChildPushdownResult,
+        _config: &ConfigOptions,
+    ) -> DfResult<FilterPushdownPropagation<Arc<dyn ExecutionPlan>>> {
+        let filters: Vec<Arc<dyn PhysicalExpr>> = child_pushdown_result
+            .parent_filters
+            .into_iter()
+            .map(|f| f.filter)
+            .collect();
+        let result = vec![PushedDown::No; filters.len()];
+        let dynamic: Vec<_> = filters.into_iter().filter(is_dynamic).collect();
+        if phase != FilterPushdownPhase::Post || dynamic.is_empty() {
+            return Ok(FilterPushdownPropagation::with_parent_pushdown_result(
+                result,
+            ));
+        }
+        let mut node = self.clone();
+        node.dynamic.extend(dynamic);
+        Ok(
+            FilterPushdownPropagation::with_parent_pushdown_result(result)
+                .with_updated_node(Arc::new(node)),
+        )
+    }
+
     fn execute(
         &self,
         partition: usize,
@@ -338,7 +462,13 @@ impl ExecutionPlan for SegmentScanExec {
             emitted: 0,
             current: None,
             remaining: self.limit,
+            rows: None,
+            rows_seen: 0,
+            rows_kept: 0,
+            dynamic_generation: 0,
         };
+        let dynamic = self.dynamic.clone();
+        let table_schema = self.snapshot.schema.clone();
         let projection = self.projection.clone();
         let predicate = self.predicate.clone();
         let stats = self.stats.clone();
@@ -347,6 +477,8 @@ impl ExecutionPlan for SegmentScanExec {
         let stream = futures::stream::try_unfold(state, move |mut st| {
             let projection = projection.clone();
             let predicate = predicate.clone();
+            let dynamic = dynamic.clone();
+            let table_schema = table_schema.clone();
             let stats = stats.clone();
             let schema = schema.clone();
             async move {
@@ -355,27 +487,38 @@ impl ExecutionPlan for SegmentScanExec {
                         return Ok(None);
                     }
                     if let Some(seg) = st.current.clone() {
+                        if st.emitted < st.docs.len() && !dynamic.is_empty() {
+                            // A filter that got its value since the segment was opened (a
+                            // partitioned join's build finishing) still filters what is left.
+                            let g = generation(&dynamic);
+                            if g != st.dynamic_generation {
+                                st.dynamic_generation = g;
+                                st.rows = rows_now(&dynamic, &schema)?;
+                                st.rows_seen = 0;
+                                st.rows_kept = 0;
+                            }
+                        }
                         if st.emitted < st.docs.len() {
                             let mut n = (st.docs.len() - st.emitted).min(batch_size);
-                            if let Some(r) = st.remaining.as_mut() {
-                                n = n.min(*r);
-                                *r -= n;
+                            let filtered = st.rows.is_some();
+                            if !filtered {
+                                if let Some(r) = st.remaining.as_mut() {
+                                    n = n.min(*r);
+                                    *r -= n;
+                                }
                             }
-                            let docs = &st.docs[st.emitted..st.emitted + n];
-                            st.emitted += n;
-                            let batch = if projection.is_empty() {
-                                RecordBatch::try_new_with_options(
-                                    schema.clone(),
-                                    vec![],
-                                    &RecordBatchOptions::new().with_row_count(Some(n)),
-                                )?
-                            } else {
-                                let b = seg
-                                    .read_batch(&projection, docs)
-                                    .map_err(|e| DataFusionError::External(Box::new(e)))?;
-                                // The reader's field list equals our schema; rebuild to share it.
-                                RecordBatch::try_new(schema.clone(), b.columns().to_vec())?
+                            let Some(mut batch) =
+                                st.next_batch(&seg, &projection, &schema, n, &stats)?
+                            else {
+                                continue;
                             };
+                            if filtered {
+                                if let Some(r) = st.remaining.as_mut() {
+                                    let k = batch.num_rows().min(*r);
+                                    batch = batch.slice(0, k);
+                                    *r -= k;
+                                }
+                            }
                             return Ok(Some((batch, st)));
                         }
                         st.current = None;
@@ -384,8 +527,18 @@ impl ExecutionPlan for SegmentScanExec {
                         return Ok(None);
                     };
                     st.next_segment += 1;
+                    // Dynamic filters as they are now (a join's build may have finished).
+                    st.dynamic_generation = generation(&dynamic);
+                    let dynamic = for_segment(&dynamic, &schema, &table_schema)?;
+                    let combined = match (&predicate, dynamic.predicate) {
+                        (Some(p), Some(d)) => Some(Predicate::And(vec![p.clone(), d])),
+                        (p, d) => d.or_else(|| p.clone()),
+                    };
+                    st.rows = dynamic.rows;
+                    st.rows_seen = 0;
+                    st.rows_kept = 0;
                     let Some(matched) =
-                        matching_docs(&seg, valid.as_ref(), predicate.as_ref(), &stats)?
+                        matching_docs(&seg, valid.as_ref(), combined.as_ref(), &stats)?
                     else {
                         continue;
                     };

@@ -1,0 +1,298 @@
+//! Dynamic filters at the segment scan. In: the filters DataFusion pushes into a
+//! [`crate::scan::SegmentScanExec`] while the plan runs — a hash join's build-side bounds and
+//! key set (an `IN` list for small builds, a hash-table lookup for large ones, one branch per
+//! partition for partitioned joins), a TopK's threshold, an aggregate's running MIN/MAX.
+//! Out: per segment, at the moment it is opened, a segment [`Predicate`] implied by the
+//! filter's current value (so indexes, zone maps and segment statistics prune with it), and
+//! a [`RowFilter`] that evaluates whatever of it the predicate could not express on the
+//! filter's columns alone, before the other columns are read.
+//!
+//! A dynamic filter only ever removes rows its producer would discard anyway, so the scan
+//! may return more rows than it keeps: the predicate is a superset, parts it cannot express
+//! are dropped from conjunctions, and the scan reports the filters as not pushed down.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, BooleanArray};
+use arrow::datatypes::{Field, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use basalt_segment::{Predicate, SegmentSchema};
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::error::Result as DfResult;
+use datafusion::logical_expr::{col, lit, BinaryExpr as LBinary, Cast as LCast, Expr, Operator};
+use datafusion::physical_expr::expressions::{
+    BinaryExpr, CaseExpr, CastExpr, Column, DynamicFilterPhysicalExpr, InListExpr, Literal,
+};
+use datafusion::physical_expr::utils::collect_columns;
+use datafusion::physical_expr_common::physical_expr::{
+    snapshot_generation, snapshot_physical_expr,
+};
+use datafusion::physical_plan::PhysicalExpr;
+use datafusion::scalar::ScalarValue;
+
+use crate::filter::to_predicate;
+
+/// Whether `e` holds a dynamic filter (one whose value changes while the plan runs).
+pub(crate) fn is_dynamic(e: &Arc<dyn PhysicalExpr>) -> bool {
+    e.exists(|n| Ok(n.as_any().is::<DynamicFilterPhysicalExpr>()))
+        .unwrap_or(false)
+}
+
+/// What a scan does with its dynamic filters for one segment.
+pub(crate) struct SegmentFilter {
+    /// Implied by the filters' current values: answered by the indexes.
+    pub predicate: Option<Predicate>,
+    /// The part the predicate does not express, evaluated row by row.
+    pub rows: Option<RowFilter>,
+}
+
+/// The current values of `filters`, without those that do not filter yet (a join whose
+/// build has not finished holds `true`).
+fn current(filters: &[Arc<dyn PhysicalExpr>]) -> DfResult<Vec<Arc<dyn PhysicalExpr>>> {
+    let mut out = Vec::with_capacity(filters.len());
+    for f in filters {
+        let now = snapshot_physical_expr(Arc::clone(f))?;
+        let is_true = now
+            .as_any()
+            .downcast_ref::<Literal>()
+            .is_some_and(|l| l.value() == &ScalarValue::Boolean(Some(true)));
+        if !is_true {
+            out.push(now);
+        }
+    }
+    Ok(out)
+}
+
+/// A number that changes whenever one of `filters` gets a new value.
+pub(crate) fn generation(filters: &[Arc<dyn PhysicalExpr>]) -> u64 {
+    filters
+        .iter()
+        .map(snapshot_generation)
+        .fold(0, u64::wrapping_add)
+}
+
+/// Takes the current value of each dynamic filter and translates it for a segment of a table
+/// with `table` schema, scanned as `output` (the scan's projected schema, which the filters'
+/// columns index).
+pub(crate) fn for_segment(
+    filters: &[Arc<dyn PhysicalExpr>],
+    output: &SchemaRef,
+    table: &SegmentSchema,
+) -> DfResult<SegmentFilter> {
+    let mut preds = Vec::new();
+    let mut residual = Vec::new();
+    for now in current(filters)? {
+        let (p, exact) = implied(&now, output, table);
+        preds.extend(p);
+        if !exact {
+            residual.push(now);
+        }
+    }
+    let predicate = match preds.len() {
+        0 => None,
+        1 => preds.pop(),
+        _ => Some(Predicate::And(preds)),
+    };
+    Ok(SegmentFilter {
+        predicate,
+        rows: row_filter(residual, output)?,
+    })
+}
+
+/// The whole current value of `filters` as a row filter: for the rest of a segment whose
+/// docs were chosen before the filters changed.
+pub(crate) fn rows_now(
+    filters: &[Arc<dyn PhysicalExpr>],
+    output: &SchemaRef,
+) -> DfResult<Option<RowFilter>> {
+    row_filter(current(filters)?, output)
+}
+
+fn row_filter(
+    exprs: Vec<Arc<dyn PhysicalExpr>>,
+    output: &SchemaRef,
+) -> DfResult<Option<RowFilter>> {
+    exprs
+        .into_iter()
+        .reduce(|a, b| Arc::new(BinaryExpr::new(a, Operator::And, b)) as Arc<dyn PhysicalExpr>)
+        .map(|e| RowFilter::new(e, output))
+        .transpose()
+}
+
+/// A predicate implied by `e` (a superset of its TRUE rows), and whether it is exactly `e`.
+fn implied(
+    e: &Arc<dyn PhysicalExpr>,
+    output: &Schema,
+    table: &SegmentSchema,
+) -> (Option<Predicate>, bool) {
+    let any = e.as_any();
+    if let Some(b) = any.downcast_ref::<BinaryExpr>() {
+        match b.op() {
+            Operator::And => {
+                let (l, le) = implied(b.left(), output, table);
+                let (r, re) = implied(b.right(), output, table);
+                let exact = le && re;
+                return match (l, r) {
+                    (Some(l), Some(r)) => (Some(Predicate::And(vec![l, r])), exact),
+                    (Some(p), None) | (None, Some(p)) => (Some(p), false),
+                    (None, None) => (None, false),
+                };
+            }
+            Operator::Or => {
+                let (l, le) = implied(b.left(), output, table);
+                let (r, re) = implied(b.right(), output, table);
+                return match (l, r) {
+                    (Some(l), Some(r)) => (Some(Predicate::Or(vec![l, r])), le && re),
+                    _ => (None, false),
+                };
+            }
+            op => {
+                let logical = match (operand(b.left(), output), operand(b.right(), output)) {
+                    (Some(l), Some(r)) => Some(Expr::BinaryExpr(LBinary::new(
+                        Box::new(l),
+                        *op,
+                        Box::new(r),
+                    ))),
+                    _ => None,
+                };
+                return exact_predicate(logical, table);
+            }
+        }
+    }
+    if let Some(i) = any.downcast_ref::<InListExpr>() {
+        let Some(c) = operand(i.expr(), output) else {
+            return (None, false);
+        };
+        let Some(values) = i
+            .list()
+            .iter()
+            .map(as_literal)
+            .collect::<Option<Vec<ScalarValue>>>()
+        else {
+            return (None, false);
+        };
+        let list = values.into_iter().map(lit).collect();
+        return exact_predicate(Some(c.in_list(list, i.negated())), table);
+    }
+    if let Some(c) = any.downcast_ref::<CaseExpr>() {
+        // A partitioned join's filter: CASE hash(keys) % n WHEN p THEN <partition p's filter>
+        // ... ELSE false. A row passes only through one of the branches.
+        let else_false = c
+            .else_expr()
+            .and_then(as_literal)
+            .is_some_and(|v| v == ScalarValue::Boolean(Some(false)));
+        if !else_false || c.when_then_expr().is_empty() {
+            return (None, false);
+        }
+        let mut branches = Vec::new();
+        for (_, then) in c.when_then_expr() {
+            match implied(then, output, table) {
+                (Some(p), _) => branches.push(p),
+                (None, _) => return (None, false),
+            }
+        }
+        return (Some(Predicate::Or(branches)), false);
+    }
+    if let Some(v) = as_literal(e) {
+        return match v {
+            ScalarValue::Boolean(Some(b)) => (Some(Predicate::Const(b)), true),
+            _ => (None, false),
+        };
+    }
+    (None, false)
+}
+
+fn exact_predicate(logical: Option<Expr>, table: &SegmentSchema) -> (Option<Predicate>, bool) {
+    match logical.and_then(|e| to_predicate(&e, table)) {
+        Some(p) => (Some(p), true),
+        None => (None, false),
+    }
+}
+
+/// A column (possibly under casts) or a literal, as a logical expression for
+/// [`to_predicate`], which decides which casts keep the comparison exact.
+fn operand(e: &Arc<dyn PhysicalExpr>, output: &Schema) -> Option<Expr> {
+    if let Some(c) = as_column(e, output) {
+        return Some(col(c));
+    }
+    if let Some(v) = as_literal(e) {
+        return Some(lit(v));
+    }
+    let cast = e.as_any().downcast_ref::<CastExpr>()?;
+    Some(Expr::Cast(LCast::new(
+        Box::new(operand(cast.expr(), output)?),
+        cast.cast_type().clone(),
+    )))
+}
+
+/// The segment column a physical column of the scan's output names.
+fn as_column(e: &Arc<dyn PhysicalExpr>, output: &Schema) -> Option<String> {
+    let c = e.as_any().downcast_ref::<Column>()?;
+    let f = output.fields().get(c.index())?;
+    (f.name() == c.name()).then(|| c.name().to_string())
+}
+
+fn as_literal(e: &Arc<dyn PhysicalExpr>) -> Option<ScalarValue> {
+    Some(e.as_any().downcast_ref::<Literal>()?.value().clone())
+}
+
+/// Filters rows on a few of the scan's columns before the rest are read.
+pub(crate) struct RowFilter {
+    /// The filter with its columns renumbered onto `inputs`.
+    expr: Arc<dyn PhysicalExpr>,
+    /// Output columns (indexes into the scan's schema) the filter reads, in order.
+    pub inputs: Vec<usize>,
+    schema: SchemaRef,
+}
+
+impl RowFilter {
+    fn new(e: Arc<dyn PhysicalExpr>, output: &SchemaRef) -> DfResult<RowFilter> {
+        let mut inputs: Vec<usize> = collect_columns(&e).iter().map(|c| c.index()).collect();
+        inputs.sort_unstable();
+        inputs.dedup();
+        let fields: Vec<Field> = inputs.iter().map(|&i| output.field(i).clone()).collect();
+        let schema = Arc::new(Schema::new(fields));
+        let expr = renumber(e, &inputs)?;
+        Ok(RowFilter {
+            expr,
+            inputs,
+            schema,
+        })
+    }
+
+    /// Which rows of `columns` (the arrays of [`Self::inputs`], in order) pass; a NULL result
+    /// does not pass.
+    pub(crate) fn evaluate(&self, columns: Vec<Arc<dyn Array>>) -> DfResult<BooleanArray> {
+        let n = columns.first().map_or(0, |c| c.len());
+        let batch = RecordBatch::try_new_with_options(
+            Arc::clone(&self.schema),
+            columns,
+            &arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(n)),
+        )?;
+        let v = self.expr.evaluate(&batch)?.into_array(n)?;
+        let b = v.as_any().downcast_ref::<BooleanArray>().ok_or_else(|| {
+            datafusion::error::DataFusionError::Internal(format!(
+                "a dynamic filter evaluated to {} rather than booleans",
+                v.data_type()
+            ))
+        })?;
+        Ok(match b.null_count() {
+            0 => b.clone(),
+            _ => arrow::compute::prep_null_mask_filter(b),
+        })
+    }
+}
+
+/// `e` with each column renumbered to its position in `inputs`.
+fn renumber(e: Arc<dyn PhysicalExpr>, inputs: &[usize]) -> DfResult<Arc<dyn PhysicalExpr>> {
+    e.transform(|n| {
+        Ok(match n.as_any().downcast_ref::<Column>() {
+            Some(c) => {
+                let at = inputs.iter().position(|&i| i == c.index()).unwrap_or(0);
+                Transformed::yes(Arc::new(Column::new(c.name(), at)) as Arc<dyn PhysicalExpr>)
+            }
+            None => Transformed::no(n),
+        })
+    })
+    .map(|t| t.data)
+}
