@@ -359,6 +359,8 @@ def main():
                     help="the query class (analyst: a quarter of RAM per query, spilling)")
     ap.add_argument("--segment-rows", type=int, default=1000000,
                     help="segment.max_rows of every table (smaller: more segments, more partitions)")
+    ap.add_argument("--loaded", action="store_true",
+                    help="with --url: the tables are loaded already (profiling a kept server)")
     a = ap.parse_args()
     if not (a.check or a.bench):
         a.check = True
@@ -371,8 +373,11 @@ def main():
     basalt = Basalt(a.basalt, a.work, a.port, config, a.url)
     basalt.workload = a.workload
     try:
-        load_s = basalt.load(con, folder, a.segment_rows)
-        print(f"basalt loaded sf={a.sf} in {load_s:.1f}s", flush=True)
+        if a.loaded and a.url:
+            load_s = float("nan")
+        else:
+            load_s = basalt.load(con, folder, a.segment_rows)
+            print(f"basalt loaded sf={a.sf} in {load_s:.1f}s", flush=True)
         qs = queries(con, wanted)
         if a.check:
             failed = run_check(con, basalt, qs)
