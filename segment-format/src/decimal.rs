@@ -129,6 +129,20 @@ mod tests {
     }
 
     #[test]
+    fn huge_exponents_and_long_digit_strings_are_cheap_and_exact() {
+        let p = |t: &str| parse_decimal(t, 12, 2);
+        assert_eq!(p("0e2000000000"), Ok(0));
+        assert_eq!(p("-0.000e-2000000000"), Ok(0));
+        assert_eq!(p("1e-2000000000"), Ok(0));
+        assert!(p("1e2000000000").unwrap_err().contains("does not fit"));
+        assert!(p("1e99999999999").unwrap_err().contains("not a decimal"));
+        let long = format!("0.{}1", "0".repeat(1 << 20));
+        assert_eq!(p(&long), Ok(0));
+        let long = format!("{}1.5", "0".repeat(1 << 20));
+        assert_eq!(p(&long), Ok(150));
+    }
+
+    #[test]
     fn formats() {
         assert_eq!(format_decimal(12345, 2), "123.45");
         assert_eq!(format_decimal(-5, 2), "-0.05");
