@@ -169,6 +169,13 @@ fn text(b: &[u8], target: Option<&DataType>) -> Result<ScalarValue, Fault> {
                 "invalid input syntax for type boolean: {s:?}"
             ))),
         },
+        Some(DataType::Decimal128(p, scale))
+            if *p <= basalt_segment::types::MAX_DECIMAL_PRECISION && *scale >= 0 =>
+        {
+            basalt_segment::decimal::parse_decimal(s, *p, *scale as u8)
+                .map(|u| ScalarValue::Decimal128(Some(u as i128), *p, *scale))
+                .map_err(Fault::Invalid)
+        }
         Some(dt) => v
             .cast_to(dt)
             .map_err(|_| Fault::Invalid(format!("invalid input syntax for type {dt}: {s:?}"))),
@@ -184,7 +191,13 @@ pub fn decode(
     inferred: Option<&DataType>,
 ) -> Result<ScalarValue, ParamError> {
     let declared = declared.filter(|t| t.oid() != 0 && t.oid() != pgt::UNKNOWN.oid);
-    let target = declared.and_then(arrow_type).or_else(|| inferred.cloned());
+    // Numeric text bound to a decimal comparison is parsed exactly, not through a double.
+    let exact_decimal = matches!(inferred, Some(DataType::Decimal128(..)))
+        && declared.is_none_or(|t| t.oid() == pgt::NUMERIC.oid);
+    let target = match exact_decimal {
+        true => inferred.cloned(),
+        false => declared.and_then(arrow_type).or_else(|| inferred.cloned()),
+    };
     let Some(raw) = raw else {
         return Ok(match &target {
             Some(dt) => ScalarValue::try_from(dt).unwrap_or(ScalarValue::Null),
@@ -268,6 +281,27 @@ mod tests {
             .unwrap(),
             ScalarValue::Decimal128(Some(12345), 12, 2)
         );
+        // Text numerics bound to a decimal are exact (through a double, 18 digits are not).
+        let dec = Some(DataType::Decimal128(18, 2));
+        for declared in [None, Some(&Type::NUMERIC)] {
+            assert_eq!(
+                decode(
+                    0,
+                    Some(&b("9999999999999999.99")),
+                    false,
+                    declared,
+                    dec.as_ref()
+                )
+                .unwrap(),
+                ScalarValue::Decimal128(Some(999_999_999_999_999_999), 18, 2)
+            );
+            assert_eq!(
+                decode(0, Some(&b("0.075")), false, declared, dec.as_ref()).unwrap(),
+                ScalarValue::Decimal128(Some(8), 18, 2)
+            );
+            let e = decode(0, Some(&b("1e40")), false, declared, dec.as_ref()).unwrap_err();
+            assert!(e.to_string().contains("does not fit"), "{e}");
+        }
         let e = decode(0, Some(&eight), true, None, None).unwrap_err();
         assert!(e.to_string().contains("no declared type"), "{e}");
         assert!(decode(0, Some(&b("abc")), true, Some(&Type::INT8), None).is_err());
