@@ -260,6 +260,11 @@ impl QueryEngine {
             .options_mut()
             .optimizer
             .hash_join_single_partition_threshold_rows = 4096;
+        // A build of up to 4,096 distinct keys reaches the probe side's scan as an IN list,
+        // which the segment predicate holds exactly (a bit lookup per key over a block).
+        let opt = &mut config.options_mut().optimizer;
+        opt.hash_join_inlist_pushdown_max_distinct_values = 4096;
+        opt.hash_join_inlist_pushdown_max_size = 512 << 10;
         let mut runtime = RuntimeEnvBuilder::new()
             .with_memory_pool(pool.clone())
             .with_disk_manager_builder(DiskManager::builder().with_mode(DiskManagerMode::Disabled))

@@ -339,12 +339,18 @@ async fn a_join_build_side_filters_the_probe_scan() {
             .execute(sql, &crate::QueryLimits::default())
             .await
             .unwrap();
-        // 20,000 fact rows, 2,858 of them keys of `b`.
+        // 20,000 fact rows, 2,858 of them keys of `b` (6,000 rows): at most those, and b's
+        // rows, leave the scans. One partition: the 6,000 keys are too many for an IN list,
+        // so the hash-table lookup runs on `k` in the scan. Four: each partition's IN list
+        // is small enough to become a segment predicate.
+        let s = &out.stats;
         assert!(
-            out.stats.docs_removed_by_dynamic_filters >= 17_000,
-            "{partitions} partitions: {:?}",
-            out.stats
+            s.num_docs_scanned - s.docs_removed_by_dynamic_filters <= 2_858 + 6_000,
+            "{partitions} partitions: {s:?}"
         );
+        if partitions == 1 {
+            assert!(s.docs_removed_by_dynamic_filters >= 17_000, "{s:?}");
+        }
     }
 }
 

@@ -145,6 +145,13 @@ impl SegmentScanExec {
         self.predicate.as_ref()
     }
 
+    /// The pushed predicate and what the dynamic filters imply now, for a segment about to
+    /// be read (their row-level remainder is left to the caller's join).
+    pub(crate) fn predicate_now(&self) -> DfResult<Option<Predicate>> {
+        let dynamic = for_segment(&self.dynamic, &self.schema, &self.snapshot.schema)?;
+        Ok(both(self.predicate.as_ref(), dynamic.predicate))
+    }
+
     pub(crate) fn limit(&self) -> Option<usize> {
         self.limit
     }
@@ -160,6 +167,14 @@ impl SegmentScanExec {
 
     pub(crate) fn stats(&self) -> &Arc<ScanStats> {
         &self.stats
+    }
+}
+
+/// `p AND d`, either possibly absent.
+fn both(p: Option<&Predicate>, d: Option<Predicate>) -> Option<Predicate> {
+    match (p, d) {
+        (Some(p), Some(d)) => Some(Predicate::And(vec![p.clone(), d])),
+        (p, d) => d.or_else(|| p.cloned()),
     }
 }
 
@@ -530,10 +545,7 @@ impl ExecutionPlan for SegmentScanExec {
                     // Dynamic filters as they are now (a join's build may have finished).
                     st.dynamic_generation = generation(&dynamic);
                     let dynamic = for_segment(&dynamic, &schema, &table_schema)?;
-                    let combined = match (&predicate, dynamic.predicate) {
-                        (Some(p), Some(d)) => Some(Predicate::And(vec![p.clone(), d])),
-                        (p, d) => d.or_else(|| p.clone()),
-                    };
+                    let combined = both(predicate.as_ref(), dynamic.predicate);
                     st.rows = dynamic.rows;
                     st.rows_seen = 0;
                     st.rows_kept = 0;

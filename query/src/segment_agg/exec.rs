@@ -456,7 +456,9 @@ impl Worker {
         cancel: &AtomicBool,
     ) -> DfResult<()> {
         let scan = job.scan();
-        let Some(matched) = matching_docs(seg, valid, scan.predicate(), scan.stats())? else {
+        // With what a join's build (on the other side) has learnt by now.
+        let predicate = scan.predicate_now()?;
+        let Some(matched) = matching_docs(seg, valid, predicate.as_ref(), scan.stats())? else {
             return Ok(());
         };
         if matched.len() == 0 {
