@@ -713,6 +713,7 @@ impl Evaluator<'_> {
         // doc order): one `insert` per matching row cost half of a selective scan's time.
         let mut hits: Vec<u32> = Vec::with_capacity(br as usize);
         let mut picked: Vec<usize> = Vec::new();
+        let mut mask: Vec<u8> = Vec::new();
         for (b, block) in meta.blocks.iter().enumerate() {
             let start = b as u32 * br;
             let len = r.block_len(b);
@@ -785,8 +786,7 @@ impl Evaluator<'_> {
                     }
                 }
             }
-            // Sorted and above everything `out` holds (earlier blocks only).
-            out.append(hits.iter().copied())
+            append_hits(&mut out, &hits, start, len, &mut mask)
                 .map_err(|e| pred_err(&meta.name, format!("unsorted matches: {e}")))?;
         }
         if !nulls.is_empty() {
@@ -794,6 +794,31 @@ impl Evaluator<'_> {
         }
         Ok(out)
     }
+}
+
+/// Adds a block's matching docs (ascending, in `start..start + len`, above everything `out`
+/// holds) to `out`. Many matches go in as a bit mask (roaring builds its containers from the
+/// bytes); a few are appended one by one.
+fn append_hits(
+    out: &mut RoaringBitmap,
+    hits: &[u32],
+    start: u32,
+    len: usize,
+    mask: &mut Vec<u8>,
+) -> std::result::Result<(), roaring::NonSortedIntegers> {
+    if hits.len() * 16 < len || start % 8 != 0 {
+        return out.append(hits.iter().copied()).map(|_| ());
+    }
+    mask.clear();
+    mask.resize(len.div_ceil(8), 0);
+    for &d in hits {
+        let i = d.wrapping_sub(start) as usize;
+        if let Some(byte) = mask.get_mut(i >> 3) {
+            *byte |= 1 << (i & 7);
+        }
+    }
+    *out |= RoaringBitmap::from_lsb0_bytes(start, mask);
+    Ok(())
 }
 
 /// False when the column's bloom filter proves none of `values` is present.
