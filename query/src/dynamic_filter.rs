@@ -107,17 +107,6 @@ fn routes_partitions(e: &Arc<dyn PhysicalExpr>) -> bool {
         .unwrap_or(false)
 }
 
-/// The whole current value of `filters` as a row filter: for the rest of a segment whose
-/// docs were chosen before the filters changed.
-pub(crate) fn rows_now(
-    filters: &[Arc<dyn PhysicalExpr>],
-    output: &SchemaRef,
-) -> DfResult<Option<RowFilter>> {
-    let mut now = current(filters)?;
-    now.retain(|e| !routes_partitions(e));
-    row_filter(now, output)
-}
-
 fn row_filter(
     exprs: Vec<Arc<dyn PhysicalExpr>>,
     output: &SchemaRef,

@@ -30,7 +30,7 @@ use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PhysicalExpr, PlanProperties,
 };
 
-use crate::dynamic_filter::{for_segment, generation, is_dynamic, rows_now, RowFilter};
+use crate::dynamic_filter::{for_segment, generation, is_dynamic, RowFilter};
 use crate::table::TableSnapshot;
 
 /// Counters a query reports back (Pinot's numDocsScanned, numSegmentsQueried, ...).
@@ -300,6 +300,40 @@ const ROW_FILTER_KEEP_LIMIT: f64 = 0.75;
 const ROW_FILTER_PROBE: usize = 32 * 1024;
 
 impl PartitionState {
+    /// The dynamic filters changed while segment `seg` was being read: its remaining docs go
+    /// through their implied predicate now, and the rest through the row filter.
+    fn refilter(
+        &mut self,
+        seg: &SegmentReader,
+        dynamic: &[Arc<dyn PhysicalExpr>],
+        schema: &SchemaRef,
+        table: &basalt_segment::SegmentSchema,
+        stats: &ScanStats,
+    ) -> DfResult<()> {
+        let now = for_segment(dynamic, schema, table)?;
+        self.rows = now.rows;
+        self.rows_seen = 0;
+        self.rows_kept = 0;
+        let Some(p) = now.predicate else {
+            return Ok(());
+        };
+        let mut es = EvalStats::default();
+        let pass = evaluate_with_stats(seg, &p, &mut es)
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let before = self.docs.len() - self.emitted;
+        let left: Vec<u32> = self.docs[self.emitted..]
+            .iter()
+            .copied()
+            .filter(|d| pass.contains(*d))
+            .collect();
+        stats
+            .dynamic_removed
+            .fetch_add((before - left.len()) as u64, Ordering::Relaxed);
+        self.docs = left;
+        self.emitted = 0;
+        Ok(())
+    }
+
     /// The next batch of at most `n` of the current segment's docs, through the row filter
     /// if any; `None` when the filter removed them all.
     fn next_batch(
@@ -508,9 +542,7 @@ impl ExecutionPlan for SegmentScanExec {
                             let g = generation(&dynamic);
                             if g != st.dynamic_generation {
                                 st.dynamic_generation = g;
-                                st.rows = rows_now(&dynamic, &schema)?;
-                                st.rows_seen = 0;
-                                st.rows_kept = 0;
+                                st.refilter(&seg, &dynamic, &schema, &table_schema, &stats)?;
                             }
                         }
                         if st.emitted < st.docs.len() {

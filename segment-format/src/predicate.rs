@@ -806,7 +806,7 @@ fn append_hits(
     len: usize,
     mask: &mut Vec<u8>,
 ) -> std::result::Result<(), roaring::NonSortedIntegers> {
-    if hits.len() * 16 < len || start % 8 != 0 {
+    if hits.len() * 16 < len || !start.is_multiple_of(8) {
         return out.append(hits.iter().copied()).map(|_| ());
     }
     mask.clear();
