@@ -21,7 +21,8 @@ use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::error::Result as DfResult;
 use datafusion::logical_expr::{col, lit, BinaryExpr as LBinary, Cast as LCast, Expr, Operator};
 use datafusion::physical_expr::expressions::{
-    BinaryExpr, CaseExpr, CastExpr, Column, DynamicFilterPhysicalExpr, InListExpr, Literal,
+    BinaryExpr, CaseExpr, CastExpr, Column, DynamicFilterPhysicalExpr, InListExpr, IsNotNullExpr,
+    IsNullExpr, Literal,
 };
 use datafusion::physical_expr::utils::collect_columns;
 use datafusion::physical_expr_common::physical_expr::{
@@ -172,6 +173,14 @@ fn implied(
         };
         let list = values.into_iter().map(lit).collect();
         return exact_predicate(Some(c.in_list(list, i.negated())), table);
+    }
+    if let Some(n) = any.downcast_ref::<IsNullExpr>() {
+        let logical = operand(n.arg(), output).map(|c| Expr::IsNull(Box::new(c)));
+        return exact_predicate(logical, table);
+    }
+    if let Some(n) = any.downcast_ref::<IsNotNullExpr>() {
+        let logical = operand(n.arg(), output).map(|c| Expr::IsNotNull(Box::new(c)));
+        return exact_predicate(logical, table);
     }
     if let Some(c) = any.downcast_ref::<CaseExpr>() {
         // A partitioned join's filter: CASE hash(keys) % n WHEN p THEN <partition p's filter>

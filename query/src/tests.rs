@@ -232,6 +232,12 @@ pub(crate) fn render(batches: &[RecordBatch]) -> Vec<String> {
     rows
 }
 
+/// A segment of `schema()` holding `b`, built with the default options.
+fn default_segment(b: &RecordBatch) -> Arc<SegmentReader> {
+    let bytes = build_segment(&schema(), std::slice::from_ref(b), &BuildOptions::default());
+    Arc::new(SegmentReader::open(Bytes::from(bytes.unwrap())).unwrap())
+}
+
 /// Asserts that `sql` answers the same rows on `engine` (segments) as on `reference`
 /// (DataFusion over plain Arrow tables).
 /// An engine over table `t` made of `segments`, and DataFusion over the same rows as plain
@@ -367,13 +373,7 @@ async fn many_groups_sort_within_a_small_memory_limit() {
         let mut cols = b.columns().to_vec();
         cols[2] = tags;
         b = RecordBatch::try_new(b.schema(), cols).unwrap();
-        let bytes = build_segment(
-            &schema(),
-            std::slice::from_ref(&b),
-            &BuildOptions::default(),
-        )
-        .unwrap();
-        segments.push(Arc::new(SegmentReader::open(Bytes::from(bytes)).unwrap()));
+        segments.push(default_segment(&b));
         batches.push(b);
     }
     let (engine, reference) = engine_and_reference(schema(), segments, &batches);
@@ -433,6 +433,34 @@ async fn count_star_reads_no_columns_and_prunes() {
         "{plan}"
     );
     assert!(!plan.contains("FilterExec"), "filters are exact: {plan}");
+}
+
+/// `ORDER BY ts LIMIT n` (a dashboard's "latest events"): the TopK's running threshold
+/// reaches the scan as a dynamic filter, and segments past it are pruned by their time range.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topk_threshold_prunes_later_segments() {
+    let mut rng = StdRng::seed_from_u64(7);
+    let t0 = 1_767_225_600_000i64;
+    let (mut segments, mut batches) = (Vec::new(), Vec::new());
+    for s in 0..4 {
+        let b = batch(&mut rng, 400, t0 + s * 10_000_000);
+        segments.push(default_segment(&b));
+        batches.push(b);
+    }
+    let (engine, reference) = engine_and_reference(schema(), segments, &batches);
+    // One partition reads the segments oldest first.
+    let engine = engine.with_target_partitions(1);
+    for sql in [
+        "SELECT ts, city FROM t WHERE ts IS NOT NULL ORDER BY ts LIMIT 5",
+        "SELECT ts, city FROM t ORDER BY ts NULLS FIRST LIMIT 5",
+        "SELECT ts, n FROM t ORDER BY ts DESC LIMIT 5",
+    ] {
+        assert_same(&engine, &reference, sql).await;
+    }
+    let sql = "SELECT ts, city FROM t WHERE ts IS NOT NULL ORDER BY ts LIMIT 5";
+    let out = engine.execute(sql, &QueryLimits::default()).await.unwrap();
+    assert_eq!(out.stats.num_segments_queried, 4);
+    assert_eq!(out.stats.num_segments_pruned, 3, "{:?}", out.stats);
 }
 
 #[tokio::test]
