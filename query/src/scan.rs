@@ -300,6 +300,13 @@ const ROW_FILTER_KEEP_LIMIT: f64 = 0.75;
 const ROW_FILTER_PROBE: usize = 32 * 1024;
 
 impl PartitionState {
+    /// Starts `rows` as the row filter, with fresh counts for its keep ratio.
+    fn set_row_filter(&mut self, rows: Option<RowFilter>) {
+        self.rows = rows;
+        self.rows_seen = 0;
+        self.rows_kept = 0;
+    }
+
     /// The dynamic filters changed while segment `seg` was being read: its remaining docs go
     /// through their implied predicate now, and the rest through the row filter.
     fn refilter(
@@ -311,9 +318,7 @@ impl PartitionState {
         stats: &ScanStats,
     ) -> DfResult<()> {
         let now = for_segment(dynamic, schema, table)?;
-        self.rows = now.rows;
-        self.rows_seen = 0;
-        self.rows_kept = 0;
+        self.set_row_filter(now.rows);
         let Some(p) = now.predicate else {
             return Ok(());
         };
@@ -578,9 +583,7 @@ impl ExecutionPlan for SegmentScanExec {
                     st.dynamic_generation = generation(&dynamic);
                     let dynamic = for_segment(&dynamic, &schema, &table_schema)?;
                     let combined = both(predicate.as_ref(), dynamic.predicate);
-                    st.rows = dynamic.rows;
-                    st.rows_seen = 0;
-                    st.rows_kept = 0;
+                    st.set_row_filter(dynamic.rows);
                     let Some(matched) =
                         matching_docs(&seg, valid.as_ref(), combined.as_ref(), &stats)?
                     else {

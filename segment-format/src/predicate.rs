@@ -681,31 +681,27 @@ impl Evaluator<'_> {
                 partial &= cand;
             }
             if !partial.is_empty() {
-                out |= self.scan(c, set, Some(&partial), &nulls)?;
+                out |= self.scan(c, set, (kmin, kmax), Some(&partial), &nulls)?;
             }
             return Ok(out);
         }
-        self.scan(c, set, candidates, &nulls)
+        self.scan(c, set, (kmin, kmax), candidates, &nulls)
     }
 
-    /// Decodes the blocks whose zone maps can match and tests each doc. A block where few
-    /// docs are still candidates decodes and tests only those.
+    /// Decodes the blocks whose zone maps can match and tests each doc (its key within
+    /// `bounds`, the column's key space). A block where few docs are still candidates
+    /// decodes and tests only those.
     fn scan(
         &mut self,
         c: usize,
         set: &KeySet,
+        (kmin, kmax): (i64, i64),
         candidates: Option<&RoaringBitmap>,
         nulls: &RoaringBitmap,
     ) -> Result<RoaringBitmap> {
         let r = self.reader;
         let meta = r.column_meta(c);
         let multi = matches!(meta.encoding, Encoding::MultiValue { .. });
-        let (kmin, kmax) = match &meta.encoding {
-            Encoding::Dictionary { cardinality, .. } | Encoding::MultiValue { cardinality, .. } => {
-                (0, (*cardinality as i64).saturating_sub(1))
-            }
-            _ => stats_bounds(&meta.stats).unwrap_or((i64::MIN, i64::MAX)),
-        };
         let matcher = KeyMatcher::new(set, kmin, kmax);
         let br = r.block_rows() as u32;
         let mut out = RoaringBitmap::new();
