@@ -181,12 +181,24 @@ async fn date_and_decimal_columns_answer_like_datafusion_over_arrow() {
         "SELECT g, sum(amount), max(price) FROM t WHERE {f} GROUP BY g",
         "SELECT price, count(*) FROM t WHERE {f} GROUP BY price",
         "SELECT date_trunc('month', d), sum(price * 2) FROM t WHERE {f} GROUP BY 1",
+        // TPC-H Q01's shape: a common subexpression DataFusion projects once.
+        "SELECT g, sum(price * (1 - amount)), sum(price * (1 - amount) * (1 + price)), \
+         avg(amount), count(*) FROM t WHERE {f} GROUP BY g",
     ];
     for i in 0..300 {
         let f = filter(&mut rng, 2);
         let sql = shapes[i % shapes.len()].replace("{f}", &f);
         assert_same(&engine, &reference, &sql).await;
     }
+
+    // The common subexpression's projection runs inside the scan's own aggregation.
+    let q01 = "SELECT g, d, sum(price * (1 - amount)) AS a, \
+               sum(price * (1 - amount) * (1 + price)) AS b, count(*) FROM t \
+               WHERE d <= DATE '2026-01-20' GROUP BY g, d ORDER BY g, d";
+    let plan = explain(&engine, q01).await;
+    assert!(plan.contains("SegmentAggregateExec"), "{plan}");
+    assert!(!plan.contains("ProjectionExec: expr=[__common"), "{plan}");
+    assert_same(&engine, &reference, q01).await;
 
     // Exact literals, and ones between two stored values, are answered by the indexes.
     for sql in [

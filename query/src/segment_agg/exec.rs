@@ -76,7 +76,11 @@ pub(crate) struct Job {
     pub(crate) scan: Arc<dyn ExecutionPlan>,
     pub(crate) keys: Vec<GroupKey>,
     pub(crate) aggs: Vec<Arc<AggregateFunctionExpr>>,
-    /// Per aggregate, its arguments over `read_schema`.
+    /// Expressions evaluated over each `read_schema` batch before the arguments, and the
+    /// schema of their output: a projection DataFusion put between the aggregate and the scan
+    /// (common subexpressions computed once).
+    pub(crate) pre: Option<(Vec<Arc<dyn PhysicalExpr>>, SchemaRef)>,
+    /// Per aggregate, its arguments over `read_schema`, or over `pre`'s output when set.
     pub(crate) args: Vec<Vec<Arc<dyn PhysicalExpr>>>,
     /// Per aggregate: for `approx_distinct` over a string column, that column; its sketch is
     /// fed hashes computed once per dictionary entry ([`HllGroups`]).
@@ -702,6 +706,17 @@ impl Worker {
                     }
                 }
             }
+            let batch = match &job.pre {
+                None => batch,
+                Some((exprs, schema)) => RecordBatch::try_new_with_options(
+                    schema.clone(),
+                    exprs
+                        .iter()
+                        .map(|e| e.evaluate(&batch)?.into_array(chunk.len()))
+                        .collect::<DfResult<Vec<_>>>()?,
+                    &RecordBatchOptions::new().with_row_count(Some(chunk.len())),
+                )?,
+            };
             let total = self.groups.len();
             for (acc, (args, sketch)) in
                 self.accs.iter_mut().zip(job.args.iter().zip(&mut sketches))

@@ -28,6 +28,7 @@ use datafusion::physical_expr::{PhysicalExpr, ScalarFunctionExpr};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, Partitioning};
 
@@ -151,7 +152,23 @@ fn rewrite(node: &Arc<dyn ExecutionPlan>) -> DfResult<Option<Arc<dyn ExecutionPl
         AggregateMode::Single | AggregateMode::SinglePartitioned => last,
         _ => return Ok(None),
     };
-    let scan_plan = skip_exchanges(first.input()).clone();
+    // DataFusion's common-subexpression elimination may put a projection between the
+    // aggregate and the scan (`__common_expr_1 = price * (1 - discount)`): its expressions
+    // are evaluated once per batch before the aggregate arguments, and group keys are
+    // resolved through it onto the scan's columns.
+    let below = skip_exchanges(first.input()).clone();
+    let (proj, scan_plan) = match below.as_any().downcast_ref::<ProjectionExec>() {
+        Some(p) => (
+            Some(
+                p.expr()
+                    .iter()
+                    .map(|pe| pe.expr.clone())
+                    .collect::<Vec<_>>(),
+            ),
+            skip_exchanges(p.input()).clone(),
+        ),
+        None => (None, below),
+    };
     let Some(scan) = scan_plan.as_any().downcast_ref::<SegmentScanExec>() else {
         return Ok(None);
     };
@@ -167,8 +184,23 @@ fn rewrite(node: &Arc<dyn ExecutionPlan>) -> DfResult<Option<Arc<dyn ExecutionPl
     {
         return Ok(None);
     }
-    let input_schema = first.input_schema();
+    // The aggregate's expressions are over `agg_schema`: the projection's output when there
+    // is one, else the scan's.
+    let agg_schema = first.input_schema();
+    let input_schema = scan_plan.schema();
     let out_schema = last.schema();
+    // An expression over the aggregate's input, rewritten onto the scan's columns.
+    let resolve = |e: &Arc<dyn PhysicalExpr>| -> DfResult<Arc<dyn PhysicalExpr>> {
+        let Some(p) = &proj else {
+            return Ok(e.clone());
+        };
+        e.clone()
+            .transform(|n| match n.as_any().downcast_ref::<Column>() {
+                Some(c) => Ok(Transformed::yes(p[c.index()].clone())),
+                None => Ok(Transformed::no(n)),
+            })
+            .data()
+    };
 
     // Columns the aggregate arguments and computed keys read, in scan-schema positions.
     let mut needed: Vec<usize> = Vec::new();
@@ -181,6 +213,7 @@ fn rewrite(node: &Arc<dyn ExecutionPlan>) -> DfResult<Option<Arc<dyn ExecutionPl
     };
     let mut keys = Vec::new();
     for (i, (expr, _)) in group_by.expr().iter().enumerate() {
+        let expr = resolve(expr)?;
         let Some(kind) = KeyKind::of(&expr.data_type(&input_schema)?) else {
             return Ok(None);
         };
@@ -188,14 +221,14 @@ fn rewrite(node: &Arc<dyn ExecutionPlan>) -> DfResult<Option<Arc<dyn ExecutionPl
             Some(c) => KeyExpr::Column {
                 seg_col: scan.projection()[c.index()],
             },
-            None => match time_trunc(expr, &input_schema) {
+            None => match time_trunc(&expr, &input_schema) {
                 Some((c, single)) => KeyExpr::TimeTrunc {
                     seg_col: scan.projection()[c],
                     expr: single,
                     field: Arc::new(input_schema.field(c).clone()),
                 },
                 None => {
-                    note(expr);
+                    note(&expr);
                     KeyExpr::Expr(expr.clone())
                 }
             },
@@ -216,7 +249,8 @@ fn rewrite(node: &Arc<dyn ExecutionPlan>) -> DfResult<Option<Arc<dyn ExecutionPl
             if a.fun().name() != "approx_distinct" || args.len() != 1 {
                 return Ok(None);
             }
-            let mut e = &args[0];
+            let arg = resolve(&args[0])?;
+            let mut e = &arg;
             while let Some(c) = e.as_any().downcast_ref::<CastExpr>() {
                 e = c.expr();
             }
@@ -228,16 +262,34 @@ fn rewrite(node: &Arc<dyn ExecutionPlan>) -> DfResult<Option<Arc<dyn ExecutionPl
                 DataType::Dictionary(_, v) if v.as_ref() == &DataType::Utf8
             );
             Ok(
-                (is_dict_str && args[0].data_type(&input_schema)? == DataType::Utf8)
+                (is_dict_str && arg.data_type(&input_schema)? == DataType::Utf8)
                     .then(|| scan.projection()[col.index()]),
             )
         })
         .collect::<DfResult<Vec<_>>>()?;
-    for (agg, d) in first.aggr_expr().iter().zip(&sketch_cols) {
-        if d.is_none() {
-            for e in agg.expressions() {
-                note(&e);
+    // With a projection, the outputs of it the arguments use become the pre-projection, and
+    // the arguments are moved onto its output.
+    let arg_exprs = || {
+        first
+            .aggr_expr()
+            .iter()
+            .zip(&sketch_cols)
+            .filter(|(_, d)| d.is_none())
+            .flat_map(|(a, _)| a.expressions())
+    };
+    let mut pre_cols: Vec<usize> = Vec::new();
+    match &proj {
+        None => arg_exprs().for_each(|e| note(&e)),
+        Some(p) => {
+            for e in arg_exprs() {
+                for c in collect_columns(&e) {
+                    if !pre_cols.contains(&c.index()) {
+                        pre_cols.push(c.index());
+                    }
+                }
             }
+            pre_cols.sort_unstable();
+            pre_cols.iter().for_each(|&i| note(&p[i]));
         }
     }
     needed.sort_unstable();
@@ -249,6 +301,20 @@ fn rewrite(node: &Arc<dyn ExecutionPlan>) -> DfResult<Option<Arc<dyn ExecutionPl
             k.expr = KeyExpr::Expr(remap(e)?);
         }
     }
+    let pre = match &proj {
+        None => None,
+        Some(p) => Some((
+            pre_cols
+                .iter()
+                .map(|&i| remap(&p[i]))
+                .collect::<DfResult<Vec<_>>>()?,
+            Arc::new(agg_schema.project(&pre_cols)?),
+        )),
+    };
+    let arg_remap = |e: &Arc<dyn PhysicalExpr>| match proj {
+        None => remap(e),
+        Some(_) => reindex_columns(e, |i| pre_cols.iter().position(|&n| n == i)),
+    };
     let args = first
         .aggr_expr()
         .iter()
@@ -258,7 +324,7 @@ fn rewrite(node: &Arc<dyn ExecutionPlan>) -> DfResult<Option<Arc<dyn ExecutionPl
             None => a
                 .expressions()
                 .iter()
-                .map(&remap)
+                .map(&arg_remap)
                 .collect::<DfResult<Vec<_>>>(),
         })
         .collect::<DfResult<Vec<_>>>()?;
@@ -268,6 +334,7 @@ fn rewrite(node: &Arc<dyn ExecutionPlan>) -> DfResult<Option<Arc<dyn ExecutionPl
         scan: scan_plan.clone(),
         keys,
         aggs: first.aggr_expr().to_vec(),
+        pre,
         args,
         sketch_cols,
         read_cols,
