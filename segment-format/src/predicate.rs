@@ -126,6 +126,54 @@ fn complement(set: &KeySet) -> KeySet {
     out
 }
 
+/// The keys in both sets.
+fn intersect(a: &KeySet, b: &KeySet) -> KeySet {
+    let (mut i, mut j, mut out) = (0, 0, Vec::new());
+    while i < a.len() && j < b.len() {
+        let (lo, hi) = (a[i].0.max(b[j].0), a[i].1.min(b[j].1));
+        if lo <= hi {
+            out.push((lo, hi));
+        }
+        if a[i].1 < b[j].1 {
+            i += 1;
+        } else {
+            j += 1;
+        }
+    }
+    out
+}
+
+/// A predicate over one column, made of leaves with key sets and ANDs and ORs of them, as
+/// one key set (intersections and unions). `None` for anything else (IS NULL, NOT,
+/// constants, raw-string tests).
+fn combined_keys(reader: &SegmentReader, p: &Predicate) -> Result<Option<KeySet>> {
+    Ok(match p {
+        Predicate::And(v) | Predicate::Or(v) => {
+            let and = matches!(p, Predicate::And(_));
+            let mut acc: Option<KeySet> = None;
+            for child in v {
+                let Some(set) = combined_keys(reader, child)? else {
+                    return Ok(None);
+                };
+                acc = Some(match acc {
+                    None => set,
+                    Some(prev) if and => intersect(&prev, &set),
+                    Some(mut prev) => {
+                        prev.extend(set);
+                        normalize(prev)
+                    }
+                });
+            }
+            acc
+        }
+        Predicate::Compare { .. }
+        | Predicate::Between { .. }
+        | Predicate::InList { .. }
+        | Predicate::Like { .. } => Some(leaf_keys(reader, p)?.1),
+        Predicate::IsNull { .. } | Predicate::Not(_) | Predicate::Const(_) => None,
+    })
+}
+
 pub(crate) fn intersects(set: &KeySet, lo: i64, hi: i64) -> bool {
     set.iter().any(|&(a, b)| a <= hi && b >= lo)
 }
@@ -455,6 +503,13 @@ fn check_multi_value(reader: &SegmentReader, pred: &Predicate) -> Result<()> {
     }
 }
 
+/// A child of an AND: the merged key set of its children over one column, or a child
+/// evaluated on its own.
+enum Part<'p> {
+    Keys(usize, KeySet),
+    Pred(&'p Predicate),
+}
+
 struct Evaluator<'a> {
     reader: &'a SegmentReader,
     stats: &'a mut EvalStats,
@@ -481,11 +536,31 @@ impl Evaluator<'_> {
             }
             Predicate::And(children) => {
                 let mut acc: Option<RoaringBitmap> = candidates.cloned();
+                // Children over the same column merge into one key set, so the column is
+                // decoded once (`k >= a AND k <= b AND k IN (..)`, as dynamic filters put it).
+                let mut order: Vec<Part> = Vec::with_capacity(children.len());
+                for child in children {
+                    match self.one_column_keys(child)? {
+                        Some((c, set)) => match order.iter_mut().find_map(|p| match p {
+                            Part::Keys(pc, ps) if *pc == c => Some(ps),
+                            _ => None,
+                        }) {
+                            Some(ps) => *ps = intersect(ps, &set),
+                            None => order.push(Part::Keys(c, set)),
+                        },
+                        None => order.push(Part::Pred(child)),
+                    }
+                }
                 // Cheap, indexed children first so scans see fewer candidates.
-                let mut order: Vec<&Predicate> = children.iter().collect();
-                order.sort_by_key(|c| self.cost(c));
-                for c in order {
-                    let t = self.truth(c, acc.as_ref())?;
+                order.sort_by_key(|p| match p {
+                    Part::Keys(c, _) => 2 - u8::from(self.indexed(*c)),
+                    Part::Pred(p) => self.cost(p),
+                });
+                for part in order {
+                    let t = match part {
+                        Part::Keys(c, set) => self.keys_to_docs(c, &set, acc.as_ref())?,
+                        Part::Pred(p) => self.truth(p, acc.as_ref())?,
+                    };
                     acc = Some(match acc {
                         Some(a) => a & t,
                         None => t,
@@ -497,6 +572,11 @@ impl Evaluator<'_> {
                 Ok(acc.unwrap_or_else(|| self.reader.all_docs()))
             }
             Predicate::Or(children) => {
+                // Branches over one column (a dynamic filter's per-partition IN lists) are
+                // one key set: one decode of the column instead of one per branch.
+                if let Some((c, set)) = self.one_column_keys(p)? {
+                    return self.keys_to_docs(c, &set, candidates);
+                }
                 let mut acc = RoaringBitmap::new();
                 for c in children {
                     acc |= self.truth(c, candidates)?;
@@ -567,16 +647,36 @@ impl Evaluator<'_> {
         })
     }
 
+    /// `p` as one key set of one single-valued column with keys (see [`combined_keys`]);
+    /// the column is checked before any leaf is compiled.
+    fn one_column_keys(&self, p: &Predicate) -> Result<Option<(usize, KeySet)>> {
+        let mut cols = Vec::new();
+        p.columns(&mut cols);
+        let [name] = cols.as_slice() else {
+            return Ok(None);
+        };
+        let c = self.reader.column_index(name)?;
+        if matches!(
+            self.reader.column_meta(c).encoding,
+            Encoding::RawStrings | Encoding::MultiValue { .. }
+        ) {
+            return Ok(None);
+        }
+        Ok(combined_keys(self.reader, p)?.map(|set| (c, set)))
+    }
+
+    fn indexed(&self, c: usize) -> bool {
+        let m = self.reader.column_meta(c);
+        m.inverted.is_some() || m.sorted_runs.is_some() || m.range.is_some()
+    }
+
     /// A rough cost rank: indexed leaves first, scans last.
     fn cost(&self, p: &Predicate) -> u8 {
         let mut cols = Vec::new();
         p.columns(&mut cols);
-        let indexed = cols.iter().all(|c| {
-            self.reader.column_index(c).is_ok_and(|i| {
-                let m = self.reader.column_meta(i);
-                m.inverted.is_some() || m.sorted_runs.is_some() || m.range.is_some()
-            })
-        });
+        let indexed = cols
+            .iter()
+            .all(|c| self.reader.column_index(c).is_ok_and(|i| self.indexed(i)));
         match (p, indexed) {
             (Predicate::Const(_) | Predicate::IsNull { .. }, _) => 0,
             (_, true) => 1,
@@ -929,5 +1029,26 @@ mod tests {
         assert_eq!(complement(&vec![(i64::MIN, i64::MAX)]), vec![]);
         assert!(contains(&vec![(1, 3), (7, 9)], 8));
         assert!(!contains(&vec![(1, 3), (7, 9)], 5));
+        assert_eq!(
+            intersect(&vec![(1, 5), (8, 12), (20, 20)], &vec![(3, 9), (11, 30)]),
+            vec![(3, 5), (8, 9), (11, 12), (20, 20)]
+        );
+        assert_eq!(intersect(&vec![(1, 2)], &vec![(3, 4)]), vec![]);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn intersect_is_the_keys_in_both(
+            a in proptest::collection::vec((-20i64..20, 0i64..6), 0..6),
+            b in proptest::collection::vec((-20i64..20, 0i64..6), 0..6),
+        ) {
+            let set = |v: &Vec<(i64, i64)>| normalize(v.iter().map(|&(s, l)| (s, s + l)).collect());
+            let (a, b) = (set(&a), set(&b));
+            let both = intersect(&a, &b);
+            for k in -25..30 {
+                proptest::prop_assert_eq!(contains(&both, k), contains(&a, k) && contains(&b, k));
+            }
+            proptest::prop_assert_eq!(normalize(both.clone()), both);
+        }
     }
 }
