@@ -25,6 +25,7 @@ use datafusion::physical_expr::expressions::{
     IsNullExpr, Literal,
 };
 use datafusion::physical_expr::utils::collect_columns;
+use datafusion::physical_expr::ScalarFunctionExpr;
 use datafusion::physical_expr_common::physical_expr::{
     snapshot_generation, snapshot_physical_expr,
 };
@@ -160,6 +161,13 @@ fn implied(
         }
     }
     if let Some(i) = any.downcast_ref::<InListExpr>() {
+        if let Some(f) = i.expr().as_any().downcast_ref::<ScalarFunctionExpr>() {
+            return if f.name() == "struct" && !i.negated() {
+                struct_in_list(f.args(), i.list(), output, table)
+            } else {
+                (None, false)
+            };
+        }
         let Some(c) = operand(i.expr(), output) else {
             return (None, false);
         };
@@ -208,6 +216,48 @@ fn implied(
         };
     }
     (None, false)
+}
+
+/// A multi-column join's key set, `struct(a, b) IN ((a1, b1), ...)`: each key column IN its
+/// own values is implied (not exact: the pairs are not checked together).
+fn struct_in_list(
+    args: &[Arc<dyn PhysicalExpr>],
+    list: &[Arc<dyn PhysicalExpr>],
+    output: &Schema,
+    table: &SegmentSchema,
+) -> (Option<Predicate>, bool) {
+    let mut per_field: Vec<Vec<ScalarValue>> = vec![Vec::with_capacity(list.len()); args.len()];
+    for item in list {
+        let Some(ScalarValue::Struct(row)) = as_literal(item) else {
+            return (None, false);
+        };
+        if row.num_columns() != args.len() || row.len() != 1 {
+            return (None, false);
+        }
+        for (values, column) in per_field.iter_mut().zip(row.columns()) {
+            match ScalarValue::try_from_array(column, 0) {
+                Ok(v) => values.push(v),
+                Err(_) => return (None, false),
+            }
+        }
+    }
+    let mut parts = Vec::new();
+    for (arg, mut values) in args.iter().zip(per_field) {
+        let Some(c) = operand(arg, output) else {
+            continue;
+        };
+        values.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+        values.dedup();
+        let list = values.into_iter().map(lit).collect();
+        if let (Some(p), _) = exact_predicate(Some(c.in_list(list, false)), table) {
+            parts.push(p);
+        }
+    }
+    match parts.len() {
+        0 => (None, false),
+        1 => (parts.pop(), false),
+        _ => (Some(Predicate::And(parts)), false),
+    }
 }
 
 fn exact_predicate(logical: Option<Expr>, table: &SegmentSchema) -> (Option<Predicate>, bool) {
@@ -303,4 +353,71 @@ fn renumber(e: Arc<dyn PhysicalExpr>, inputs: &[usize]) -> DfResult<Arc<dyn Phys
         })
     })
     .map(|t| t.data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{ArrayRef, Int64Array, StructArray};
+    use arrow::datatypes::{DataType, Fields};
+    use basalt_segment::{ColumnDef, ColumnType, Value};
+    use datafusion::config::ConfigOptions;
+
+    /// A two-column join key's IN list (`struct(k, v) IN (SET)`, as DataFusion builds it for
+    /// a small build side) implies one IN list per column, with each column's distinct values.
+    #[test]
+    fn a_multi_column_key_set_implies_an_in_list_per_column() {
+        let table = SegmentSchema {
+            columns: vec![
+                ColumnDef::new("k", ColumnType::Long),
+                ColumnDef::new("v", ColumnType::Long),
+            ],
+            time_column: None,
+        };
+        let output = Schema::new(vec![
+            Field::new("k", DataType::Int64, true),
+            Field::new("v", DataType::Int64, true),
+        ]);
+        let fields = Fields::from(vec![
+            Field::new("c0", DataType::Int64, true),
+            Field::new("c1", DataType::Int64, true),
+        ]);
+        let args: Vec<Arc<dyn PhysicalExpr>> =
+            vec![Arc::new(Column::new("k", 0)), Arc::new(Column::new("v", 1))];
+        let key = Arc::new(ScalarFunctionExpr::new(
+            "struct",
+            datafusion::functions::core::r#struct(),
+            args,
+            Arc::new(Field::new("struct", DataType::Struct(fields.clone()), true)),
+            Arc::new(ConfigOptions::default()),
+        ));
+        let pairs: ArrayRef = Arc::new(StructArray::new(
+            fields,
+            vec![
+                Arc::new(Int64Array::from(vec![7, 3, 7])) as ArrayRef,
+                Arc::new(Int64Array::from(vec![1, 2, 2])),
+            ],
+            None,
+        ));
+        let e: Arc<dyn PhysicalExpr> =
+            Arc::new(InListExpr::try_new_from_array(key.clone(), pairs.clone(), false).unwrap());
+        let in_list = |column: &str, values: &[i64]| Predicate::InList {
+            column: column.into(),
+            values: values.iter().map(|&v| Value::Int(v)).collect(),
+            negated: false,
+        };
+        let (p, exact) = implied(&e, &output, &table);
+        assert!(!exact);
+        assert_eq!(
+            p,
+            Some(Predicate::And(vec![
+                in_list("k", &[3, 7]),
+                in_list("v", &[1, 2])
+            ]))
+        );
+        // NOT IN implies nothing about either column.
+        let e: Arc<dyn PhysicalExpr> =
+            Arc::new(InListExpr::try_new_from_array(key, pairs, true).unwrap());
+        assert_eq!(implied(&e, &output, &table), (None, false));
+    }
 }
