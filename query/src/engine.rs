@@ -380,6 +380,17 @@ impl QueryEngine {
             .await
     }
 
+    /// The physical plan of `sql`, as the engine would run it (tests inspect its estimates).
+    #[cfg(test)]
+    pub(crate) async fn physical_plan(
+        &self,
+        sql: &str,
+    ) -> Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+        let pool = self.pool(&QueryLimits::default());
+        let ctx = self.session(&pool, Arc::new(ScanStats::default()), None, false)?;
+        Ok(ctx.sql(sql).await?.create_physical_plan().await?)
+    }
+
     async fn run(
         &self,
         statement: DfStatement,

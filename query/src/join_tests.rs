@@ -12,6 +12,7 @@ use basalt_segment::{
     build_segment, BuildOptions, ColumnDef, ColumnType, IndexKind, SegmentReader, SegmentSchema,
 };
 use bytes::Bytes;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 use rand::rngs::StdRng;
@@ -311,6 +312,50 @@ async fn a_join_build_side_filters_the_probe_scan() {
             assert_same(&engine, &reference, sql).await;
         }
     }
+    // Join estimates: `f.v` holds 97 values, each ~200 times. With row counts alone the
+    // planner takes `g JOIN f ON g.k = f.v` for 97 rows (rows over the larger side's row
+    // count); the segments' distinct counts (dictionary sizes, HyperLogLog estimates) make it
+    // thousands, as it is (20,000).
+    let g_batch = RecordBatch::try_new(
+        arrow_fact.clone(),
+        vec![
+            Arc::new(Int64Array::from_iter_values(0..97)) as ArrayRef,
+            Arc::new(Int64Array::from_iter_values(0..97)),
+        ],
+    )
+    .unwrap();
+    reference
+        .register_table(
+            "g",
+            Arc::new(MemTable::try_new(arrow_fact.clone(), vec![vec![g_batch.clone()]]).unwrap()),
+        )
+        .unwrap();
+    let engine = QueryEngine::new(Arc::new(Tables(vec![
+        snapshot("f", fact_schema.clone(), fact_segs.clone()),
+        snapshot(
+            "g",
+            fact_schema.clone(),
+            vec![segment(&fact_schema, &g_batch)],
+        ),
+    ])));
+    let sql = "SELECT g.v, f.k FROM g JOIN f ON g.k = f.v";
+    let plan = engine.physical_plan(sql).await.unwrap();
+    let mut estimate = None;
+    plan.apply(|node| {
+        if node.name() == "HashJoinExec" {
+            estimate = node
+                .partition_statistics(None)?
+                .num_rows
+                .get_value()
+                .copied();
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })
+    .unwrap();
+    let estimate = estimate.expect("a hash join with an estimate");
+    assert!((2_000..=40_000).contains(&estimate), "{estimate}");
+    assert_same(&engine, &reference, sql).await;
+
     // A build side too large for an IN list (70,000 keys, every 7th up to 490,000): the scan
     // checks the fact keys against the join's hash table(s) and reads `v` only for the
     // seventh that can match.

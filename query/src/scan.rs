@@ -11,12 +11,12 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use arrow::datatypes::{Schema, SchemaRef};
+use arrow::datatypes::{DataType, Schema, SchemaRef};
 use arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use basalt_segment::predicate::{evaluate_with_stats, EvalStats};
 use basalt_segment::{may_match, Predicate, RoaringBitmap, SegmentReader};
 use datafusion::common::stats::Precision;
-use datafusion::common::Statistics;
+use datafusion::common::{ColumnStatistics, ScalarValue, Statistics};
 use datafusion::config::ConfigOptions;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -403,6 +403,65 @@ impl PartitionState {
     }
 }
 
+impl SegmentScanExec {
+    /// Estimated distinct non-null values of segment column `c` over `segments`: the sum of
+    /// the segments' counts (exact per dictionary, estimated per packed column), at most
+    /// `rows`. None when a segment has no count.
+    pub(crate) fn distinct_estimate(
+        &self,
+        segments: &[usize],
+        c: usize,
+        rows: usize,
+    ) -> Option<usize> {
+        let mut sum: u64 = 0;
+        for &i in segments {
+            sum = sum.saturating_add(self.snapshot.segments[i].column_meta(c).stats.distinct?);
+        }
+        Some((sum as usize).min(rows))
+    }
+
+    /// What the planner may know of column `c` (a segment column of type `ty`): null count,
+    /// integer bounds and distinct values, all inexact (upserts and predicates remove rows).
+    /// DataFusion sizes joins with them: rows over the larger key's distinct count.
+    fn column_statistics(
+        &self,
+        segments: &[usize],
+        c: usize,
+        ty: &DataType,
+        rows: usize,
+    ) -> ColumnStatistics {
+        let mut out = ColumnStatistics::new_unknown();
+        if segments.is_empty() {
+            return out;
+        }
+        let metas = || {
+            segments
+                .iter()
+                .map(|&i| &self.snapshot.segments[i].column_meta(c).stats)
+        };
+        out.null_count = Precision::Inexact(metas().map(|m| m.null_count as usize).sum());
+        if let Some(d) = self.distinct_estimate(segments, c, rows) {
+            out.distinct_count = Precision::Inexact(d);
+        }
+        let bounds = metas().try_fold((i64::MAX, i64::MIN), |(lo, hi), m| {
+            Some((lo.min(m.min_key?), hi.max(m.max_key?)))
+        });
+        let scalar = |k: i64| match ty {
+            DataType::Int64 => Some(ScalarValue::Int64(Some(k))),
+            DataType::Int32 => i32::try_from(k).ok().map(|v| ScalarValue::Int32(Some(v))),
+            DataType::Date32 => i32::try_from(k).ok().map(|v| ScalarValue::Date32(Some(v))),
+            _ => None,
+        };
+        if let Some((lo, hi)) = bounds.filter(|(lo, hi)| lo <= hi) {
+            if let (Some(lo), Some(hi)) = (scalar(lo), scalar(hi)) {
+                out.min_value = Precision::Inexact(lo);
+                out.max_value = Precision::Inexact(hi);
+            }
+        }
+        out
+    }
+}
+
 impl ExecutionPlan for SegmentScanExec {
     fn name(&self) -> &str {
         "SegmentScanExec"
@@ -456,10 +515,17 @@ impl ExecutionPlan for SegmentScanExec {
             .iter()
             .map(|f| f.data_type().primitive_width().unwrap_or(16))
             .sum();
+        let column_statistics = self
+            .schema
+            .fields()
+            .iter()
+            .zip(&self.projection)
+            .map(|(f, &c)| self.column_statistics(&segments, c, f.data_type(), rows))
+            .collect();
         Ok(Statistics {
             num_rows: Precision::Inexact(rows),
             total_byte_size: Precision::Inexact(rows.saturating_mul(row_bytes)),
-            column_statistics: Statistics::unknown_column(&self.schema),
+            column_statistics,
         })
     }
 

@@ -452,6 +452,12 @@ fn encode_column(
             }
             stats.min_key = min;
             stats.max_key = max;
+            stats.distinct = Some(crate::ndv::estimate(
+                keys.iter()
+                    .enumerate()
+                    .filter(|&(i, _)| !is_null(i))
+                    .map(|(_, &k)| k),
+            ));
             if *float {
                 Encoding::Raw { delta: false }
             } else {

@@ -111,7 +111,9 @@ pub struct ColumnStats {
     pub min_str: Option<String>,
     pub max_str: Option<String>,
     pub null_count: u64,
-    /// Distinct non-null values (exact for dictionary columns).
+    /// Distinct non-null values: exact for dictionary and raw-string columns, a HyperLogLog
+    /// estimate ([`crate::ndv`]) for packed and raw numeric ones, absent in segments written
+    /// before estimates were kept.
     pub distinct: Option<u64>,
     /// Non-null values are non-decreasing in doc order and there are no nulls.
     pub sorted: bool,

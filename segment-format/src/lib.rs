@@ -18,6 +18,7 @@ mod key_match;
 pub mod layout;
 pub mod like;
 pub mod multi_value;
+pub mod ndv;
 pub mod postings;
 pub mod predicate;
 pub mod reader;

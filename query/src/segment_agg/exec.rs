@@ -23,6 +23,8 @@ use arrow::compute::{cast, take};
 use arrow::datatypes::{DataType, Int32Type, SchemaRef};
 use basalt_segment::reader::{null_positions, Dictionary};
 use basalt_segment::SegmentReader;
+use datafusion::common::stats::Precision;
+use datafusion::common::Statistics;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool, MemoryReservation};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -177,6 +179,39 @@ impl ExecutionPlan for SegmentAggregateExec {
         _children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         Ok(self)
+    }
+
+    /// At most one group per input row, and per combination of the key columns' distinct
+    /// values; a key column's distinct count carries over to its output column. The planner
+    /// compares these with the other side of a join (TPC-H Q18's `HAVING` subquery must be
+    /// the build side of its semi join, not the 6M-row join it filters).
+    fn partition_statistics(&self, _partition: Option<usize>) -> DfResult<Statistics> {
+        let scan = self.job.scan();
+        let input = scan.partition_statistics(None)?;
+        let rows = *input.num_rows.get_value().unwrap_or(&usize::MAX);
+        let mut column_statistics = Statistics::unknown_column(&self.job.schema);
+        let all: Vec<usize> = (0..scan.snapshot().segments.len()).collect();
+        let mut groups: usize = 1;
+        for (k, key) in self.job.keys.iter().enumerate() {
+            let distinct = match key.expr {
+                KeyExpr::Column { seg_col } => scan.distinct_estimate(&all, seg_col, rows),
+                _ => None,
+            };
+            if let (Some(d), Some(c)) = (distinct, column_statistics.get_mut(k)) {
+                c.distinct_count = Precision::Inexact(d);
+            }
+            groups = groups.saturating_mul(distinct.unwrap_or(rows).max(1));
+        }
+        let rows = if self.job.keys.is_empty() {
+            1
+        } else {
+            groups.min(rows)
+        };
+        Ok(Statistics {
+            num_rows: Precision::Inexact(rows),
+            total_byte_size: Precision::Absent,
+            column_statistics,
+        })
     }
 
     fn execute(
