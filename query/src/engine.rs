@@ -281,6 +281,7 @@ impl QueryEngine {
             .with_default_features()
             .with_analyzer_rule(Arc::new(crate::plain_strings::PlainStringsAcrossTables))
             .with_physical_optimizer_rule(Arc::new(SegmentAggregateRule))
+            .with_physical_optimizer_rule(Arc::new(crate::build_side::SemiJoinBuildSide))
             .with_physical_optimizer_rule(Arc::new(crate::coop::YieldEverywhere))
             .build();
         let ctx = SessionContext::new_with_state(state);

@@ -355,6 +355,25 @@ async fn a_join_build_side_filters_the_probe_scan() {
     let estimate = estimate.expect("a hash join with an estimate");
     assert!((2_000..=40_000).contains(&estimate), "{estimate}");
     assert_same(&engine, &reference, sql).await;
+    // TPC-H Q18's shape: that join semi-joined with the keys a HAVING keeps. DataFusion
+    // takes the aggregate for as many groups as rows and hashes the join; with the scan's
+    // own aggregation estimated from `v`'s distinct values the aggregate is hashed instead.
+    for partitions in [2, 4] {
+        let engine = QueryEngine::new(Arc::new(Tables(vec![
+            snapshot("f", fact_schema.clone(), fact_segs.clone()),
+            snapshot(
+                "g",
+                fact_schema.clone(),
+                vec![segment(&fact_schema, &g_batch)],
+            ),
+        ])))
+        .with_target_partitions(partitions);
+        let sql = "SELECT count(*), sum(f.k) FROM g JOIN f ON g.k = f.v WHERE f.v IN \
+                   (SELECT v FROM f GROUP BY v HAVING count(*) > 206)";
+        let plan = explain(&engine, sql).await;
+        assert!(plan.contains("join_type=RightSemi"), "{plan}");
+        assert_same(&engine, &reference, sql).await;
+    }
 
     // A build side too large for an IN list (70,000 keys, every 7th up to 490,000): the scan
     // checks the fact keys against the join's hash table(s) and reads `v` only for the

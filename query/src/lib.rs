@@ -10,6 +10,7 @@
 
 pub mod admission;
 pub mod bounded;
+mod build_side;
 pub mod cache;
 pub mod coop;
 mod dynamic_filter;
