@@ -330,14 +330,18 @@ async fn a_join_build_side_filters_the_probe_scan() {
             Arc::new(MemTable::try_new(arrow_fact.clone(), vec![vec![g_batch.clone()]]).unwrap()),
         )
         .unwrap();
-    let engine = QueryEngine::new(Arc::new(Tables(vec![
-        snapshot("f", fact_schema.clone(), fact_segs.clone()),
-        snapshot(
-            "g",
-            fact_schema.clone(),
-            vec![segment(&fact_schema, &g_batch)],
-        ),
-    ])));
+    let fg_engine = |partitions: usize| {
+        QueryEngine::new(Arc::new(Tables(vec![
+            snapshot("f", fact_schema.clone(), fact_segs.clone()),
+            snapshot(
+                "g",
+                fact_schema.clone(),
+                vec![segment(&fact_schema, &g_batch)],
+            ),
+        ])))
+        .with_target_partitions(partitions)
+    };
+    let engine = fg_engine(2);
     let sql = "SELECT g.v, f.k FROM g JOIN f ON g.k = f.v";
     let plan = engine.physical_plan(sql).await.unwrap();
     let mut estimate = None;
@@ -359,15 +363,7 @@ async fn a_join_build_side_filters_the_probe_scan() {
     // takes the aggregate for as many groups as rows and hashes the join; with the scan's
     // own aggregation estimated from `v`'s distinct values the aggregate is hashed instead.
     for partitions in [2, 4] {
-        let engine = QueryEngine::new(Arc::new(Tables(vec![
-            snapshot("f", fact_schema.clone(), fact_segs.clone()),
-            snapshot(
-                "g",
-                fact_schema.clone(),
-                vec![segment(&fact_schema, &g_batch)],
-            ),
-        ])))
-        .with_target_partitions(partitions);
+        let engine = fg_engine(partitions);
         let sql = "SELECT count(*), sum(f.k) FROM g JOIN f ON g.k = f.v WHERE f.v IN \
                    (SELECT v FROM f GROUP BY v HAVING count(*) > 206)";
         let plan = explain(&engine, sql).await;
