@@ -280,6 +280,7 @@ impl QueryEngine {
             .with_runtime_env(runtime)
             .with_default_features()
             .with_analyzer_rule(Arc::new(crate::plain_strings::PlainStringsAcrossTables))
+            .with_optimizer_rule(Arc::new(crate::semi_join_pushdown::SemiJoinPushdown))
             .with_physical_optimizer_rule(Arc::new(SegmentAggregateRule))
             .with_physical_optimizer_rule(Arc::new(crate::build_side::SemiJoinBuildSide))
             .with_physical_optimizer_rule(Arc::new(crate::coop::YieldEverywhere))

@@ -370,6 +370,25 @@ async fn a_join_build_side_filters_the_probe_scan() {
         assert!(plan.contains("join_type=RightSemi"), "{plan}");
         assert_same(&engine, &reference, sql).await;
     }
+    // The semi join with a HAVING subquery moves below the inner join, onto `f`, whose
+    // columns it reads; the answers stay DataFusion's.
+    let engine = fg_engine(2);
+    for sql in [
+        "SELECT count(*), sum(f.k) FROM g JOIN f ON g.k = f.v WHERE f.k IN \
+         (SELECT k FROM f GROUP BY k HAVING sum(v) > 90)",
+        "SELECT g.v, f.k FROM g JOIN f ON g.k = f.v WHERE f.k IN \
+         (SELECT k FROM f GROUP BY k HAVING sum(v) > 95) AND g.k IN \
+         (SELECT v FROM f GROUP BY v HAVING count(*) > 206) ORDER BY f.k",
+    ] {
+        let plan = explain(&engine, sql).await;
+        let logical = plan.split("physical_plan").next().unwrap_or_default();
+        let (inner, semi) = (logical.find("Inner Join"), logical.find("LeftSemi Join"));
+        assert!(
+            matches!((inner, semi), (Some(i), Some(s)) if i < s),
+            "{plan}"
+        );
+        assert_same(&engine, &reference, sql).await;
+    }
 
     // A build side too large for an IN list (70,000 keys, every 7th up to 490,000): the scan
     // checks the fact keys against the join's hash table(s) and reads `v` only for the

@@ -26,6 +26,7 @@ pub mod postgres;
 mod runtime;
 pub mod scan;
 pub mod segment_agg;
+mod semi_join_pushdown;
 pub mod table;
 pub mod workload;
 
