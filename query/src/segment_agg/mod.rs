@@ -77,6 +77,15 @@ fn skip_exchanges(mut plan: &Arc<dyn ExecutionPlan>) -> &Arc<dyn ExecutionPlan> 
     }
 }
 
+/// Adds the input columns `e` reads to `cols`, each once.
+fn add_columns(cols: &mut Vec<usize>, e: &Arc<dyn PhysicalExpr>) {
+    for c in collect_columns(e) {
+        if !cols.contains(&c.index()) {
+            cols.push(c.index());
+        }
+    }
+}
+
 /// `expr` with every column reference moved to the index `to` gives for its old index.
 fn reindex_columns(
     expr: &Arc<dyn PhysicalExpr>,
@@ -204,13 +213,7 @@ fn rewrite(node: &Arc<dyn ExecutionPlan>) -> DfResult<Option<Arc<dyn ExecutionPl
 
     // Columns the aggregate arguments and computed keys read, in scan-schema positions.
     let mut needed: Vec<usize> = Vec::new();
-    let mut note = |e: &Arc<dyn PhysicalExpr>| {
-        for c in collect_columns(e) {
-            if !needed.contains(&c.index()) {
-                needed.push(c.index());
-            }
-        }
-    };
+    let mut note = |e: &Arc<dyn PhysicalExpr>| add_columns(&mut needed, e);
     let mut keys = Vec::new();
     for (i, (expr, _)) in group_by.expr().iter().enumerate() {
         let expr = resolve(expr)?;
@@ -281,13 +284,7 @@ fn rewrite(node: &Arc<dyn ExecutionPlan>) -> DfResult<Option<Arc<dyn ExecutionPl
     match &proj {
         None => arg_exprs().for_each(|e| note(&e)),
         Some(p) => {
-            for e in arg_exprs() {
-                for c in collect_columns(&e) {
-                    if !pre_cols.contains(&c.index()) {
-                        pre_cols.push(c.index());
-                    }
-                }
-            }
+            arg_exprs().for_each(|e| add_columns(&mut pre_cols, &e));
             pre_cols.sort_unstable();
             pre_cols.iter().for_each(|&i| note(&p[i]));
         }
