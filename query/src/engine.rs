@@ -165,6 +165,9 @@ impl QueryOutput {
 pub struct QueryEngine {
     source: Arc<dyn TableSource>,
     target_partitions: usize,
+    /// Hash joins whose build side is estimated below this many rows (and 32 bytes a row)
+    /// are broadcast (`CollectLeft`); larger builds are partitioned.
+    broadcast_rows: usize,
     cache: Arc<ResultCache>,
     shared: Arc<SharedBudget>,
     admission: Arc<Admission>,
@@ -173,6 +176,9 @@ pub struct QueryEngine {
     /// or it could not be made); every other query's disk manager is disabled.
     spill: Option<Arc<DiskManager>>,
 }
+
+/// Builds below this many estimated rows are broadcast: see [`QueryEngine::session`].
+const BROADCAST_JOIN_ROWS: usize = 1 << 20;
 
 /// Bytes of results the cache keeps (64 MiB); one result may take a sixteenth of it.
 const RESULT_CACHE_BYTES: usize = 64 << 20;
@@ -206,6 +212,7 @@ impl QueryEngine {
         QueryEngine {
             source,
             target_partitions: cores,
+            broadcast_rows: BROADCAST_JOIN_ROWS,
             cache: Arc::new(ResultCache::new(RESULT_CACHE_BYTES)),
             shared: SharedBudget::new(cfg.shared_memory_bytes),
             admission: Arc::new(Admission::new(cfg.max_concurrent, cfg.max_queued)),
@@ -217,6 +224,13 @@ impl QueryEngine {
     /// The same engine planning `n` partitions per scan (default: one per core).
     pub fn with_target_partitions(mut self, n: usize) -> Self {
         self.target_partitions = n.max(1);
+        self
+    }
+
+    /// The same engine broadcasting hash join builds of fewer than `rows` estimated rows
+    /// (0: every join with statistics is partitioned).
+    pub fn with_broadcast_join_rows(mut self, rows: usize) -> Self {
+        self.broadcast_rows = rows;
         self
     }
 
@@ -250,16 +264,15 @@ impl QueryEngine {
             .with_information_schema(true);
         config.options_mut().sql_parser.enable_ident_normalization = false;
         config.options_mut().execution.time_zone = Some("+00:00".to_string());
-        // Segment estimates pick the build side; only a tiny build is broadcast (CollectLeft
-        // builds on one thread), larger ones stay partitioned over every core.
-        config
-            .options_mut()
-            .optimizer
-            .hash_join_single_partition_threshold = 64 << 10;
-        config
-            .options_mut()
-            .optimizer
-            .hash_join_single_partition_threshold_rows = 4096;
+        // Segment estimates pick the build side and the join mode. A build of up to 1M rows
+        // (32 MiB) is broadcast: built once on one thread, it spares the probe side a hash
+        // repartition (at TPC-H SF10, 60M line items through an exchange cost more than the
+        // whole build), and its dynamic filter is a plain lookup the probe scan can run row by
+        // row before decoding the other columns, where a partitioned join's per-partition CASE
+        // only narrows the key's bounds. Larger builds stay partitioned over every core.
+        let opt = &mut config.options_mut().optimizer;
+        opt.hash_join_single_partition_threshold = self.broadcast_rows.saturating_mul(32);
+        opt.hash_join_single_partition_threshold_rows = self.broadcast_rows;
         // A build of up to 4,096 distinct keys (per partition) reaches the probe side's scan
         // as an IN list, which the segment predicate holds exactly (a bit lookup per key over
         // a block); a multi-column key as one IN list per column. Larger builds send a
@@ -285,6 +298,7 @@ impl QueryEngine {
             .with_optimizer_rule(Arc::new(crate::semi_join_pushdown::SemiJoinPushdown))
             .with_physical_optimizer_rule(Arc::new(SegmentAggregateRule))
             .with_physical_optimizer_rule(Arc::new(crate::build_side::SemiJoinBuildSide))
+            .with_physical_optimizer_rule(Arc::new(crate::deferred::DeferBroadcastBuilds))
             .with_physical_optimizer_rule(Arc::new(crate::coop::YieldEverywhere))
             .build();
         let ctx = SessionContext::new_with_state(state);

@@ -106,6 +106,8 @@ async fn joins_answer_like_datafusion_over_arrow() {
         snapshot("d", dim_schema(), dim_segs),
     ])))
     .with_target_partitions(4);
+    // Every join partitioned, as builds too large to broadcast are.
+    let partitioned = engine.clone().with_broadcast_join_rows(0);
     let reference = SessionContext::new();
     for (name, batches) in [("t", facts), ("d", dims)] {
         let mem = MemTable::try_new(batches[0].schema(), vec![batches]).unwrap();
@@ -140,11 +142,13 @@ async fn joins_answer_like_datafusion_over_arrow() {
             _ => qualify(&filter(&mut rng, t0, 2), q),
         };
         let sql = shape.replace("{f}", &f);
-        assert_same(&engine, &reference, &sql).await;
+        // Each shape in turn broadcast (small builds) and partitioned.
+        let e = [&engine, &partitioned][(i / shapes.len()) % 2];
+        assert_same(e, &reference, &sql).await;
     }
     // The aggregated side of a partitioned join is the scan's own aggregation.
     let plan = explain(
-        &engine,
+        &partitioned,
         "SELECT a.n, a.s, b.c FROM (SELECT n, sum(big) AS s FROM t GROUP BY n) a \
          JOIN (SELECT n, count(*) AS c FROM t GROUP BY n) b ON a.n = b.n",
     )

@@ -13,6 +13,7 @@ pub mod bounded;
 mod build_side;
 pub mod cache;
 pub mod coop;
+mod deferred;
 mod dynamic_filter;
 pub mod engine;
 pub mod error;
