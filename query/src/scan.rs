@@ -146,10 +146,28 @@ impl SegmentScanExec {
     }
 
     /// The pushed predicate and what the dynamic filters imply now, for a segment about to
-    /// be read (their row-level remainder is left to the caller's join).
-    pub(crate) fn predicate_now(&self) -> DfResult<Option<Predicate>> {
+    /// be read, and their row-level remainder (over this scan's output columns), if any.
+    /// A number that changes whenever one of the dynamic filters gets a new value (read it
+    /// before [`Self::filters_now`], so a change between the two is seen next time).
+    pub(crate) fn dynamic_generation(&self) -> u64 {
+        generation(&self.dynamic)
+    }
+
+    pub(crate) fn filters_now(&self) -> DfResult<(Option<Predicate>, Option<RowFilter>)> {
         let dynamic = for_segment(&self.dynamic, &self.schema, &self.snapshot.schema)?;
-        Ok(both(self.predicate.as_ref(), dynamic.predicate))
+        Ok((
+            both(self.predicate.as_ref(), dynamic.predicate),
+            dynamic.rows,
+        ))
+    }
+
+    /// `, dynamic_filters=[...]` for plan displays, when the scan has any.
+    pub(crate) fn fmt_dynamic(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        if !self.dynamic.is_empty() {
+            let shown: Vec<String> = self.dynamic.iter().map(|d| d.to_string()).collect();
+            write!(f, ", dynamic_filters=[{}]", shown.join(", "))?;
+        }
+        Ok(())
     }
 
     pub(crate) fn limit(&self) -> Option<usize> {
@@ -268,11 +286,7 @@ impl DisplayAs for SegmentScanExec {
             self.predicate,
             self.limit
         )?;
-        if !self.dynamic.is_empty() {
-            let shown: Vec<String> = self.dynamic.iter().map(|d| d.to_string()).collect();
-            write!(f, ", dynamic_filters=[{}]", shown.join(", "))?;
-        }
-        Ok(())
+        self.fmt_dynamic(f)
     }
 }
 
@@ -296,8 +310,8 @@ struct PartitionState {
 /// A row filter keeping more than this share of the rows it saw (after [`ROW_FILTER_PROBE`]
 /// rows) is dropped for the rest of the segment: reading its columns twice costs more than
 /// the rows it removes.
-const ROW_FILTER_KEEP_LIMIT: f64 = 0.75;
-const ROW_FILTER_PROBE: usize = 32 * 1024;
+pub(crate) const ROW_FILTER_KEEP_LIMIT: f64 = 0.75;
+pub(crate) const ROW_FILTER_PROBE: usize = 32 * 1024;
 
 impl PartitionState {
     /// Starts `rows` as the row filter, with fresh counts for its keep ratio.

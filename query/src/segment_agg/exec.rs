@@ -21,6 +21,7 @@ use arrow::array::{
 };
 use arrow::compute::{cast, take};
 use arrow::datatypes::{DataType, Int32Type, SchemaRef};
+use basalt_segment::predicate::{evaluate_with_stats, EvalStats};
 use basalt_segment::reader::{null_positions, Dictionary};
 use basalt_segment::SegmentReader;
 use datafusion::common::stats::Precision;
@@ -41,7 +42,9 @@ use roaring::RoaringBitmap;
 
 use super::hll::{hash_str, HllGroups};
 use super::keys::{GroupMap, KeyInterner, KeyKind};
-use crate::scan::{matching_docs, Matched, SegmentScanExec};
+use crate::scan::{
+    matching_docs, Matched, SegmentScanExec, ROW_FILTER_KEEP_LIMIT, ROW_FILTER_PROBE,
+};
 
 /// Where a group key's values come from.
 #[derive(Debug, Clone)]
@@ -153,7 +156,8 @@ impl DisplayAs for SegmentAggregateExec {
             "SegmentAggregateExec: table={}, gby={keys:?}, aggr={aggs:?}, predicate={:?}",
             scan.snapshot().name,
             scan.predicate()
-        )
+        )?;
+        scan.fmt_dynamic(f)
     }
 }
 
@@ -495,9 +499,13 @@ impl Worker {
         cancel: &AtomicBool,
     ) -> DfResult<()> {
         let scan = job.scan();
-        // With what a join's build (on the other side) has learnt by now.
-        let predicate = scan.predicate_now()?;
-        let Some(matched) = matching_docs(seg, valid, predicate.as_ref(), scan.stats())? else {
+        // With what a join's build (on the other side) has learnt by now: as a predicate
+        // where the indexes can answer it, else row by row on its columns (a large build's
+        // hash-table lookup) before any other column is read.
+        let mut seen_generation = scan.dynamic_generation();
+        let (predicate, mut rows) = scan.filters_now()?;
+        let (mut rows_seen, mut rows_kept) = (0usize, 0usize);
+        let Some(mut matched) = matching_docs(seg, valid, predicate.as_ref(), scan.stats())? else {
             return Ok(());
         };
         if matched.len() == 0 {
@@ -578,6 +586,23 @@ impl Worker {
         let blocks = (seg.row_count() as usize).div_ceil(block_rows.max(1));
         let mut docs: Vec<u32> = Vec::with_capacity(block_rows);
         for b in 0..blocks {
+            // A filter that got its value since the segment was opened filters the blocks
+            // left: a partitioned join's last build, or a broadcast join whose leader was
+            // still writing its filter when the barrier released this probe side.
+            let g = scan.dynamic_generation();
+            if g != seen_generation {
+                seen_generation = g;
+                let (now, now_rows) = scan.filters_now()?;
+                (rows, rows_seen, rows_kept) = (now_rows, 0, 0);
+                if let Some(p) = now {
+                    let pass =
+                        evaluate_with_stats(seg, &p, &mut EvalStats::default()).map_err(ext)?;
+                    matched = match matched {
+                        Matched::All(_) => Matched::Some(pass),
+                        Matched::Some(bm) => Matched::Some(bm & pass),
+                    };
+                }
+            }
             let start = (b * block_rows) as u32;
             let end = start + seg.block_len(b) as u32;
             docs.clear();
@@ -588,6 +613,33 @@ impl Worker {
             }
             if docs.is_empty() {
                 continue;
+            }
+            if let Some(rf) = &rows {
+                let inputs = rf
+                    .inputs
+                    .iter()
+                    .map(|&i| seg.read_column(scan.projection()[i], &docs))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(ext)?;
+                let keep = rf.evaluate(inputs)?;
+                let n = keep.true_count();
+                scan.stats()
+                    .dynamic_removed
+                    .fetch_add((docs.len() - n) as u64, Ordering::Relaxed);
+                rows_seen += docs.len();
+                rows_kept += n;
+                if n < docs.len() {
+                    let mut pass = keep.values().iter();
+                    docs.retain(|_| pass.next().unwrap_or(false));
+                }
+                if rows_seen >= ROW_FILTER_PROBE
+                    && rows_kept as f64 > rows_seen as f64 * ROW_FILTER_KEEP_LIMIT
+                {
+                    rows = None;
+                }
+                if docs.is_empty() {
+                    continue;
+                }
             }
             let chunk = docs.as_slice();
             if cancel.load(Ordering::Relaxed) {

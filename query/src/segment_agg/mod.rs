@@ -28,6 +28,7 @@ use datafusion::physical_expr::{PhysicalExpr, ScalarFunctionExpr};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::coop::CooperativeExec;
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, Partitioning};
@@ -65,11 +66,15 @@ impl PhysicalOptimizerRule for SegmentAggregateRule {
     }
 }
 
-/// Steps over operators that only move rows between partitions or batches.
+/// Steps over operators that only move rows between partitions or batches, and over the
+/// `CooperativeExec` DataFusion puts above a scan no exchange makes cooperative (a plan of
+/// one partition): [`SegmentAggregateExec`] checks its own cancellation.
 fn skip_exchanges(mut plan: &Arc<dyn ExecutionPlan>) -> &Arc<dyn ExecutionPlan> {
     loop {
         let any = plan.as_any();
-        let is_exchange = any.is::<RepartitionExec>() || any.is::<CoalescePartitionsExec>();
+        let is_exchange = any.is::<RepartitionExec>()
+            || any.is::<CoalescePartitionsExec>()
+            || any.is::<CooperativeExec>();
         match plan.children().first() {
             Some(child) if is_exchange => plan = child,
             _ => return plan,
