@@ -76,17 +76,22 @@ pub(crate) fn generation(filters: &[Arc<dyn PhysicalExpr>]) -> u64 {
 /// Takes the current value of each dynamic filter and translates it for a segment of a table
 /// with `table` schema, scanned as `output` (the scan's projected schema, which the filters'
 /// columns index).
+///
+/// `route_rows`: whether a partitioned join's per-partition CASE is also evaluated row by
+/// row (see [`routes_partitions`]); worth it before an aggregation, which would otherwise
+/// hash every row into its groups.
 pub(crate) fn for_segment(
     filters: &[Arc<dyn PhysicalExpr>],
     output: &SchemaRef,
     table: &SegmentSchema,
+    route_rows: bool,
 ) -> DfResult<SegmentFilter> {
     let mut preds = Vec::new();
     let mut residual = Vec::new();
     for now in current(filters)? {
         let (p, exact) = implied(&now, output, table);
         preds.extend(p);
-        if !exact && !routes_partitions(&now) {
+        if !exact && (route_rows || !routes_partitions(&now)) {
             residual.push(now);
         }
     }

@@ -145,16 +145,18 @@ impl SegmentScanExec {
         self.predicate.as_ref()
     }
 
-    /// The pushed predicate and what the dynamic filters imply now, for a segment about to
-    /// be read, and their row-level remainder (over this scan's output columns), if any.
     /// A number that changes whenever one of the dynamic filters gets a new value (read it
     /// before [`Self::filters_now`], so a change between the two is seen next time).
     pub(crate) fn dynamic_generation(&self) -> u64 {
         generation(&self.dynamic)
     }
 
+    /// The pushed predicate and what the dynamic filters imply now, for a segment about to
+    /// be read, and their row-level remainder (over this scan's output columns), if any. The
+    /// remainder includes a partitioned join's per-partition CASE: this is what the segment
+    /// aggregation runs before hashing rows into its groups.
     pub(crate) fn filters_now(&self) -> DfResult<(Option<Predicate>, Option<RowFilter>)> {
-        let dynamic = for_segment(&self.dynamic, &self.schema, &self.snapshot.schema)?;
+        let dynamic = for_segment(&self.dynamic, &self.schema, &self.snapshot.schema, true)?;
         Ok((
             both(self.predicate.as_ref(), dynamic.predicate),
             dynamic.rows,
@@ -331,7 +333,7 @@ impl PartitionState {
         table: &basalt_segment::SegmentSchema,
         stats: &ScanStats,
     ) -> DfResult<()> {
-        let now = for_segment(dynamic, schema, table)?;
+        let now = for_segment(dynamic, schema, table, false)?;
         self.set_row_filter(now.rows);
         let Some(p) = now.predicate else {
             return Ok(());
@@ -661,7 +663,7 @@ impl ExecutionPlan for SegmentScanExec {
                     st.next_segment += 1;
                     // Dynamic filters as they are now (a join's build may have finished).
                     st.dynamic_generation = generation(&dynamic);
-                    let dynamic = for_segment(&dynamic, &schema, &table_schema)?;
+                    let dynamic = for_segment(&dynamic, &schema, &table_schema, false)?;
                     let combined = both(predicate.as_ref(), dynamic.predicate);
                     st.set_row_filter(dynamic.rows);
                     let Some(matched) =
