@@ -28,6 +28,7 @@ mod runtime;
 pub mod scan;
 pub mod segment_agg;
 mod semi_join_pushdown;
+mod semi_to_inner;
 pub mod table;
 pub mod workload;
 

@@ -30,7 +30,7 @@ use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PhysicalExpr, PlanProperties,
 };
 
-use crate::dynamic_filter::{for_segment, generation, is_dynamic, RowFilter};
+use crate::dynamic_filter::{is_dynamic, DynamicFilters, RowFilter, SegmentFilter};
 use crate::table::TableSnapshot;
 
 /// Counters a query reports back (Pinot's numDocsScanned, numSegmentsQueried, ...).
@@ -55,7 +55,7 @@ pub struct SegmentScanExec {
     predicate: Option<Predicate>,
     /// Filters DataFusion pushed in while planning whose value is known only while the plan
     /// runs (hash join builds, TopK, running MIN/MAX): see [`crate::dynamic_filter`].
-    dynamic: Vec<Arc<dyn PhysicalExpr>>,
+    dynamic: Arc<DynamicFilters>,
     limit: Option<usize>,
     batch_size: usize,
     /// Segment indexes per output partition.
@@ -120,7 +120,7 @@ impl SegmentScanExec {
             snapshot,
             projection,
             predicate,
-            dynamic: Vec::new(),
+            dynamic: Arc::default(),
             limit,
             batch_size: batch_size.max(1),
             partitions,
@@ -148,7 +148,7 @@ impl SegmentScanExec {
     /// A number that changes whenever one of the dynamic filters gets a new value (read it
     /// before [`Self::filters_now`], so a change between the two is seen next time).
     pub(crate) fn dynamic_generation(&self) -> u64 {
-        generation(&self.dynamic)
+        self.dynamic.generation()
     }
 
     /// The pushed predicate and what the dynamic filters imply now, for a segment about to
@@ -156,17 +156,19 @@ impl SegmentScanExec {
     /// remainder includes a partitioned join's per-partition CASE: this is what the segment
     /// aggregation runs before hashing rows into its groups.
     pub(crate) fn filters_now(&self) -> DfResult<(Option<Predicate>, Option<RowFilter>)> {
-        let dynamic = for_segment(&self.dynamic, &self.schema, &self.snapshot.schema, true)?;
+        let (_, dynamic) = self
+            .dynamic
+            .translate(&self.schema, &self.snapshot.schema, true)?;
         Ok((
-            both(self.predicate.as_ref(), dynamic.predicate),
-            dynamic.rows,
+            both(self.predicate.as_ref(), dynamic.predicate.clone()),
+            dynamic.rows.clone(),
         ))
     }
 
     /// `, dynamic_filters=[...]` for plan displays, when the scan has any.
     pub(crate) fn fmt_dynamic(&self, f: &mut fmt::Formatter) -> fmt::Result {
         if !self.dynamic.is_empty() {
-            let shown: Vec<String> = self.dynamic.iter().map(|d| d.to_string()).collect();
+            let shown: Vec<String> = self.dynamic.exprs().iter().map(|d| d.to_string()).collect();
             write!(f, ", dynamic_filters=[{}]", shown.join(", "))?;
         }
         Ok(())
@@ -305,7 +307,7 @@ struct PartitionState {
     /// Rows the row filter saw and kept in the current segment.
     rows_seen: usize,
     rows_kept: usize,
-    /// [`generation`] of the dynamic filters when `rows` was made.
+    /// [`DynamicFilters::generation`] of the dynamic filters when `rows` was made.
     dynamic_generation: u64,
 }
 
@@ -328,18 +330,15 @@ impl PartitionState {
     fn refilter(
         &mut self,
         seg: &SegmentReader,
-        dynamic: &[Arc<dyn PhysicalExpr>],
-        schema: &SchemaRef,
-        table: &basalt_segment::SegmentSchema,
+        now: &SegmentFilter,
         stats: &ScanStats,
     ) -> DfResult<()> {
-        let now = for_segment(dynamic, schema, table, false)?;
-        self.set_row_filter(now.rows);
-        let Some(p) = now.predicate else {
+        self.set_row_filter(now.rows.clone());
+        let Some(p) = &now.predicate else {
             return Ok(());
         };
         let mut es = EvalStats::default();
-        let pass = evaluate_with_stats(seg, &p, &mut es)
+        let pass = evaluate_with_stats(seg, p, &mut es)
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
         let before = self.docs.len() - self.emitted;
         let left: Vec<u32> = self.docs[self.emitted..]
@@ -567,7 +566,9 @@ impl ExecutionPlan for SegmentScanExec {
             ));
         }
         let mut node = self.clone();
-        node.dynamic.extend(dynamic);
+        let mut all = self.dynamic.exprs().to_vec();
+        all.extend(dynamic);
+        node.dynamic = Arc::new(DynamicFilters::new(all));
         Ok(
             FilterPushdownPropagation::with_parent_pushdown_result(result)
                 .with_updated_node(Arc::new(node)),
@@ -626,10 +627,10 @@ impl ExecutionPlan for SegmentScanExec {
                         if st.emitted < st.docs.len() && !dynamic.is_empty() {
                             // A filter that got its value since the segment was opened (a
                             // partitioned join's build finishing) still filters what is left.
-                            let g = generation(&dynamic);
-                            if g != st.dynamic_generation {
+                            if dynamic.generation() != st.dynamic_generation {
+                                let (g, now) = dynamic.translate(&schema, &table_schema, false)?;
                                 st.dynamic_generation = g;
-                                st.refilter(&seg, &dynamic, &schema, &table_schema, &stats)?;
+                                st.refilter(&seg, &now, &stats)?;
                             }
                         }
                         if st.emitted < st.docs.len() {
@@ -662,10 +663,10 @@ impl ExecutionPlan for SegmentScanExec {
                     };
                     st.next_segment += 1;
                     // Dynamic filters as they are now (a join's build may have finished).
-                    st.dynamic_generation = generation(&dynamic);
-                    let dynamic = for_segment(&dynamic, &schema, &table_schema, false)?;
-                    let combined = both(predicate.as_ref(), dynamic.predicate);
-                    st.set_row_filter(dynamic.rows);
+                    let (g, now) = dynamic.translate(&schema, &table_schema, false)?;
+                    st.dynamic_generation = g;
+                    let combined = both(predicate.as_ref(), now.predicate.clone());
+                    st.set_row_filter(now.rows.clone());
                     let Some(matched) =
                         matching_docs(&seg, valid.as_ref(), combined.as_ref(), &stats)?
                     else {
