@@ -168,6 +168,9 @@ pub struct QueryEngine {
     /// Hash joins whose build side is estimated below this many rows (and 32 bytes a row)
     /// are broadcast (`CollectLeft`); larger builds are partitioned.
     broadcast_rows: usize,
+    /// Hash join builds of up to this many distinct keys reach the probe side's scan as an
+    /// IN list; larger ones as a hash-table lookup.
+    key_list_max: usize,
     cache: Arc<ResultCache>,
     shared: Arc<SharedBudget>,
     admission: Arc<Admission>,
@@ -179,6 +182,9 @@ pub struct QueryEngine {
 
 /// Builds below this many estimated rows are broadcast: see [`QueryEngine::session`].
 const BROADCAST_JOIN_ROWS: usize = 1 << 20;
+/// Builds of up to this many distinct keys send the probe scan an IN list: see
+/// [`QueryEngine::session`].
+const JOIN_KEY_LIST_MAX: usize = 1 << 18;
 
 /// Bytes of results the cache keeps (64 MiB); one result may take a sixteenth of it.
 const RESULT_CACHE_BYTES: usize = 64 << 20;
@@ -213,6 +219,7 @@ impl QueryEngine {
             source,
             target_partitions: cores,
             broadcast_rows: BROADCAST_JOIN_ROWS,
+            key_list_max: JOIN_KEY_LIST_MAX,
             cache: Arc::new(ResultCache::new(RESULT_CACHE_BYTES)),
             shared: SharedBudget::new(cfg.shared_memory_bytes),
             admission: Arc::new(Admission::new(cfg.max_concurrent, cfg.max_queued)),
@@ -231,6 +238,13 @@ impl QueryEngine {
     /// (0: every join with statistics is partitioned).
     pub fn with_broadcast_join_rows(mut self, rows: usize) -> Self {
         self.broadcast_rows = rows;
+        self
+    }
+
+    /// The same engine sending the probe side's scan an IN list of a hash join's build keys
+    /// up to `keys` distinct keys, and a hash-table lookup above.
+    pub fn with_join_key_list_max(mut self, keys: usize) -> Self {
+        self.key_list_max = keys;
         self
     }
 
@@ -273,15 +287,16 @@ impl QueryEngine {
         let opt = &mut config.options_mut().optimizer;
         opt.hash_join_single_partition_threshold = self.broadcast_rows.saturating_mul(32);
         opt.hash_join_single_partition_threshold_rows = self.broadcast_rows;
-        // A build of up to 4,096 distinct keys (per partition) reaches the probe side's scan
-        // as an IN list, which the segment predicate holds exactly (a bit lookup per key over
-        // a block); a multi-column key as one IN list per column. Larger builds send a
-        // hash-table lookup, which only a row filter can use. (65,536 made TPC-H Q09 and Q10
-        // at SF1 take 1.0 and 0.43 s instead of 0.62 and 0.29: every segment translates the
-        // whole list.)
+        // A build of up to 262,144 distinct keys (per partition) reaches the probe side's
+        // scan as an IN list, which the segment predicate holds exactly (a bit lookup per
+        // key over a block); a multi-column key as one IN list per column. Larger builds send
+        // a hash-table lookup, which only a row filter can use, hashing every row. (At 4,096,
+        // TPC-H Q08's 13,000 parts at SF10 were a hash lookup over 60M line items. Before
+        // filters were translated once per value, 65,536 made Q09 and Q10 slower: every
+        // segment translated the whole list.)
         let opt = &mut config.options_mut().optimizer;
-        opt.hash_join_inlist_pushdown_max_distinct_values = 4096;
-        opt.hash_join_inlist_pushdown_max_size = 512 << 10;
+        opt.hash_join_inlist_pushdown_max_distinct_values = self.key_list_max;
+        opt.hash_join_inlist_pushdown_max_size = self.key_list_max.saturating_mul(16);
         let mut runtime = RuntimeEnvBuilder::new()
             .with_memory_pool(pool.clone())
             .with_disk_manager_builder(DiskManager::builder().with_mode(DiskManagerMode::Disabled))
@@ -297,6 +312,7 @@ impl QueryEngine {
             .with_physical_optimizer_rules(crate::semi_to_inner::with_semi_to_inner())
             .with_analyzer_rule(Arc::new(crate::plain_strings::PlainStringsAcrossTables))
             .with_optimizer_rule(Arc::new(crate::semi_join_pushdown::SemiJoinPushdown))
+            .with_optimizer_rule(Arc::new(crate::join_order::JoinReorder))
             .with_physical_optimizer_rule(Arc::new(SegmentAggregateRule))
             .with_physical_optimizer_rule(Arc::new(crate::build_side::SemiJoinBuildSide))
             .with_physical_optimizer_rule(Arc::new(crate::deferred::DeferBroadcastBuilds))

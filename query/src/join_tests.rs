@@ -134,6 +134,14 @@ async fn joins_answer_like_datafusion_over_arrow() {
         ("t", "SELECT t.tag, count(*) FROM t JOIN (SELECT tag FROM t GROUP BY tag HAVING count(*) > 2) h \
          ON t.tag = h.tag WHERE {f} GROUP BY t.tag"),
         ("a", "SELECT a.city, b.city, count(*) FROM t a JOIN t b ON a.n = b.n AND a.tag = b.tag WHERE {f} GROUP BY 1, 2"),
+        // Trees of three and four inner joins, which are reordered by cost: through a key
+        // class (`e.k = d.k` lets e join t directly), with a filter across two inputs.
+        ("a", "SELECT a.city, b.tag, d.label FROM t a JOIN t b ON a.uid = b.uid JOIN d ON b.n = d.k \
+         WHERE d.label = 'red' AND {f}"),
+        ("t", "SELECT t.city, d.label, e.w FROM t JOIN d ON t.n = d.k JOIN d e ON e.k = d.k \
+         WHERE e.label = 'blue' AND {f}"),
+        ("t", "SELECT count(*), sum(t.big) FROM d, t, d e, t u WHERE t.n = d.k AND e.k = t.n \
+         AND u.uid = t.uid AND d.w > e.w AND {f}"),
     ];
     for i in 0..240 {
         let (q, shape) = shapes[i % shapes.len()];
@@ -183,6 +191,16 @@ async fn joins_answer_like_datafusion_over_arrow() {
             "{sql}:\n{plan}"
         );
     }
+    // Inner joins are ordered by cost: written `(a ⋈ b) ⋈ d`, the filtered dimension meets
+    // one side first (through the key class `a.n = b.n = d.k`), not the many-to-many join.
+    let plan = explain(
+        &engine,
+        "SELECT count(*) FROM t a JOIN t b ON a.n = b.n JOIN d ON b.n = d.k WHERE d.label = 'red'",
+    )
+    .await;
+    let logical = &plan[..plan.find("physical_plan").unwrap_or(plan.len())];
+    let innermost = logical.lines().rfind(|l| l.contains("Inner Join"));
+    assert!(innermost.is_some_and(|l| l.contains("d.k")), "{plan}");
     let plan = explain(&engine, "SELECT city FROM t WHERE city = 'Oslo'").await;
     assert!(
         !plan.contains("CAST("),
@@ -438,7 +456,8 @@ async fn a_join_build_side_filters_the_probe_scan() {
                 vec![segment(&fact_schema_named("z"), &big)],
             ),
         ])))
-        .with_target_partitions(partitions);
+        .with_target_partitions(partitions)
+        .with_join_key_list_max(4_096);
         // `b.z < 5` holds for every row, but the scan estimates a fifth of b's rows under a
         // predicate (14,000 < 20,000), so b is the build side.
         let sql = "SELECT count(*), sum(f.v), sum(b.z) FROM f JOIN b ON f.k = b.k WHERE b.z < 5";

@@ -8,7 +8,7 @@
 use std::any::Any;
 use std::sync::Arc;
 
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{DataType, SchemaRef};
 use async_trait::async_trait;
 use basalt_segment::{Predicate, RoaringBitmap, SegmentReader, SegmentSchema};
 use datafusion::catalog::Session;
@@ -17,6 +17,7 @@ use datafusion::error::Result as DfResult;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 
+use crate::cardinality::ColumnEstimate;
 use crate::filter::to_predicate;
 use crate::scan::{ScanStats, SegmentScanExec};
 
@@ -77,6 +78,77 @@ impl SegmentTable {
             arrow_schema,
             stats,
         }
+    }
+}
+
+impl SegmentTable {
+    /// Rows visible in the snapshot and, per column (schema order), its distinct values and
+    /// integer bounds, from the segments' footers: for ordering joins
+    /// ([`crate::join_order`]).
+    ///
+    /// Distinct counts are kept per segment. A column whose segments each hold few distinct
+    /// values (under a tenth of their rows) is taken to repeat one domain in every segment
+    /// (the largest count); otherwise segments are taken to hold different values (the sum).
+    /// Integer bounds cap the count either way.
+    pub(crate) fn column_estimates(&self) -> (f64, Vec<ColumnEstimate>) {
+        let snap = &self.snapshot;
+        let rows: f64 = (0..snap.segments.len())
+            .map(|i| match snap.valid_of(i) {
+                Some(valid) => valid.len() as f64,
+                None => snap.segments[i].row_count() as f64,
+            })
+            .sum();
+        let columns = self
+            .arrow_schema
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(c, field)| {
+                let mut sum = 0.0f64;
+                let mut max = 0.0f64;
+                let mut low_cardinality = true;
+                let mut distinct_known = true;
+                let mut bounds: Option<(i64, i64)> = None;
+                let mut bounds_known = true;
+                for seg in &snap.segments {
+                    let stats = &seg.column_meta(c).stats;
+                    match stats.distinct {
+                        Some(d) => {
+                            sum += d as f64;
+                            max = max.max(d as f64);
+                            low_cardinality &= (d as f64) * 10.0 < seg.row_count() as f64;
+                        }
+                        None => distinct_known = false,
+                    }
+                    match (stats.min_key, stats.max_key) {
+                        (Some(lo), Some(hi)) => {
+                            bounds = Some(bounds.map_or((lo, hi), |(a, b)| (a.min(lo), b.max(hi))))
+                        }
+                        _ => bounds_known = false,
+                    }
+                }
+                let integer = matches!(
+                    field.data_type(),
+                    DataType::Int8
+                        | DataType::Int16
+                        | DataType::Int32
+                        | DataType::Int64
+                        | DataType::Date32
+                        | DataType::Timestamp(..)
+                        | DataType::Decimal128(..)
+                );
+                let bounds = bounds.filter(|(lo, hi)| integer && bounds_known && lo <= hi);
+                let ndv = (distinct_known && !snap.segments.is_empty()).then(|| {
+                    let mut n = if low_cardinality { max } else { sum };
+                    if let Some((lo, hi)) = bounds {
+                        n = n.min(hi as f64 - lo as f64 + 1.0);
+                    }
+                    n.min(rows).max(1.0)
+                });
+                ColumnEstimate { ndv, bounds }
+            })
+            .collect();
+        (rows, columns)
     }
 }
 
