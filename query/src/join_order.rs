@@ -20,8 +20,9 @@
 //!
 //! Only inner joins whose keys are plain columns of one type, with `NULL` never equal to
 //! `NULL`, are reordered; their non-equi filters go to the lowest join that has their
-//! columns. Outer, semi and anti joins, and any input whose rows cannot be estimated, stay
-//! where they are (their own inputs are still ordered).
+//! columns (a tree with a volatile filter is left as written). Outer, semi and anti joins,
+//! and any input whose rows cannot be estimated, stay where they are (their own inputs are
+//! still ordered).
 
 use std::sync::Arc;
 
@@ -191,6 +192,11 @@ impl Tree {
                     self.keys.push((l.clone(), r.clone()));
                 }
                 if let Some(f) = &j.filter {
+                    // A volatile filter (`random() < 0.5`) is evaluated once per row pair
+                    // of its own join; elsewhere it would sample other pairs.
+                    if f.is_volatile() {
+                        return false;
+                    }
                     self.filters
                         .extend(split_conjunction(f).into_iter().cloned());
                 }
