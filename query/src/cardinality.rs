@@ -262,7 +262,7 @@ fn key_ndv(
     }
 }
 
-fn unalias(e: &Expr) -> &Expr {
+pub(crate) fn unalias(e: &Expr) -> &Expr {
     match e {
         Expr::Alias(a) => unalias(&a.expr),
         e => e,

@@ -313,6 +313,8 @@ impl QueryEngine {
             .with_analyzer_rule(Arc::new(crate::plain_strings::PlainStringsAcrossTables))
             .with_optimizer_rule(Arc::new(crate::semi_join_pushdown::SemiJoinPushdown))
             .with_optimizer_rule(Arc::new(crate::join_order::JoinReorder))
+            .with_optimizer_rule(Arc::new(crate::agg_reducer::AggregateKeyReducer::default()))
+            .with_physical_optimizer_rule(Arc::new(crate::decimal_arith::DecimalArith))
             .with_physical_optimizer_rule(Arc::new(SegmentAggregateRule))
             .with_physical_optimizer_rule(Arc::new(crate::build_side::SemiJoinBuildSide))
             .with_physical_optimizer_rule(Arc::new(crate::deferred::DeferBroadcastBuilds))

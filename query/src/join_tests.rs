@@ -142,6 +142,11 @@ async fn joins_answer_like_datafusion_over_arrow() {
          WHERE e.label = 'blue' AND {f}"),
         ("t", "SELECT count(*), sum(t.big) FROM d, t, d e, t u WHERE t.n = d.k AND e.k = t.n \
          AND u.uid = t.uid AND d.w > e.w AND {f}"),
+        // An aggregate joined on a group column and on its result (TPC-H Q02's shape): its
+        // input is reduced to the keys of the filtered side.
+        ("a", "SELECT a.tag, a.city, x.m FROM t a JOIN (SELECT b.tag, max(b.big) AS m FROM t b \
+         JOIN d ON b.n = d.k GROUP BY b.tag) x ON a.tag = x.tag AND a.big = x.m \
+         WHERE a.city = 'Oslo' AND {f}"),
     ];
     for i in 0..240 {
         let (q, shape) = shapes[i % shapes.len()];
@@ -201,6 +206,18 @@ async fn joins_answer_like_datafusion_over_arrow() {
     let logical = &plan[..plan.find("physical_plan").unwrap_or(plan.len())];
     let innermost = logical.lines().rfind(|l| l.contains("Inner Join"));
     assert!(innermost.is_some_and(|l| l.contains("d.k")), "{plan}");
+    // The aggregate of Q02's shape is computed for the filtered side's keys only.
+    let plan = explain(
+        &engine,
+        "SELECT a.tag, x.m FROM t a JOIN (SELECT b.tag, max(b.big) AS m FROM t b \
+         JOIN d ON b.n = d.k GROUP BY b.tag) x ON a.tag = x.tag AND a.big = x.m \
+         WHERE a.city = 'Oslo' AND a.n = 3",
+    )
+    .await;
+    assert!(
+        plan.contains("LeftSemi Join: b.tag = __key_reducer"),
+        "{plan}"
+    );
     let plan = explain(&engine, "SELECT city FROM t WHERE city = 'Oslo'").await;
     assert!(
         !plan.contains("CAST("),

@@ -9,11 +9,13 @@
 //! the result cache ([`cache`]).
 
 pub mod admission;
+mod agg_reducer;
 pub mod bounded;
 mod build_side;
 pub mod cache;
 mod cardinality;
 pub mod coop;
+mod decimal_arith;
 mod deferred;
 mod dynamic_filter;
 pub mod engine;

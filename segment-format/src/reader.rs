@@ -645,23 +645,32 @@ impl SegmentReader {
             while j < docs.len() && (docs[j] as u64) < end {
                 j += 1;
             }
-            let picked: Vec<usize> = docs[i..j].iter().map(|d| (d - start) as usize).collect();
             let len = self.block_len(b as usize);
-            // A few rows of the block: read them alone; most of it: decode all and pick.
-            let block = if picked.len() * 4 < len {
-                self.block_values(col, b as usize, Some(&picked))?
+            // Docs are ascending and distinct: as many as the block has rows is all of them.
+            let block = if j - i == len {
+                self.block(col, b as usize)?
             } else {
-                let all = self.block(col, b as usize)?;
-                if picked.len() == len {
-                    all
+                let picked: Vec<usize> = docs[i..j].iter().map(|d| (d - start) as usize).collect();
+                // A few rows of the block: read them alone; most of it: decode all and pick.
+                if picked.len() * 4 < len {
+                    self.block_values(col, b as usize, Some(&picked))?
                 } else {
-                    all.pick(&picked)
+                    self.block(col, b as usize)?.pick(&picked)
                 }
             };
+            // The first block's values are taken as they are (a block at a time is the
+            // common read), later ones appended.
+            fn append<T: Copy>(to: &mut Vec<T>, v: Vec<T>) {
+                if to.is_empty() {
+                    *to = v;
+                } else {
+                    to.extend_from_slice(&v);
+                }
+            }
             match block {
-                BlockValues::Ids(v) => g.ids.extend_from_slice(&v),
-                BlockValues::I64(v) => g.ints.extend_from_slice(&v),
-                BlockValues::F64(v) => g.floats.extend_from_slice(&v),
+                BlockValues::Ids(v) => append(&mut g.ids, v),
+                BlockValues::I64(v) => append(&mut g.ints, v),
+                BlockValues::F64(v) => append(&mut g.floats, v),
                 BlockValues::Strs(v) => g.strs.push(v),
                 BlockValues::Multi { .. } => {
                     return Err(corrupt(format!(
@@ -870,16 +879,22 @@ fn dictionary_array(
             let keys = Int32Array::new(ScalarBuffer::from(keys), nulls);
             Arc::new(DictionaryArray::<Int32Type>::try_new(keys, values)?)
         }
-        Dictionary::I64(values) => {
-            let v: Vec<i64> = ids.iter().map(|&i| values[i as usize]).collect();
-            match ty {
-                ColumnType::Boolean => Arc::new(BooleanArray::new(
-                    v.into_iter().map(|x| x != 0).collect(),
-                    nulls,
-                )),
-                _ => int_array(ty, v, nulls)?,
+        Dictionary::I64(values) => match ty {
+            // DECIMAL straight to 128 bits, in one pass.
+            ColumnType::Decimal { precision, scale } => {
+                let v: Vec<i128> = ids.iter().map(|&i| values[i as usize] as i128).collect();
+                Arc::new(
+                    Decimal128Array::new(v.into(), nulls)
+                        .with_precision_and_scale(precision, scale as i8)
+                        .map_err(|e| corrupt(format!("decimal column: {e}")))?,
+                )
             }
-        }
+            ColumnType::Boolean => Arc::new(BooleanArray::new(
+                ids.iter().map(|&i| values[i as usize] != 0).collect(),
+                nulls,
+            )),
+            _ => int_array(ty, ids.iter().map(|&i| values[i as usize]).collect(), nulls)?,
+        },
         Dictionary::F64(values) => {
             let v: Vec<f64> = ids.iter().map(|&i| values[i as usize]).collect();
             match ty {
