@@ -435,6 +435,18 @@ impl SegmentScanExec {
         Some((sum as usize).min(rows))
     }
 
+    /// The smallest and largest key of integer segment column `c` over `segments`, from
+    /// their footers; `None` when a segment does not know them.
+    pub(crate) fn int_bounds(&self, segments: &[usize], c: usize) -> Option<(i64, i64)> {
+        segments
+            .iter()
+            .map(|&i| &self.snapshot.segments[i].column_meta(c).stats)
+            .try_fold((i64::MAX, i64::MIN), |(lo, hi), m| {
+                Some((lo.min(m.min_key?), hi.max(m.max_key?)))
+            })
+            .filter(|(lo, hi)| lo <= hi)
+    }
+
     /// What the planner may know of column `c` (a segment column of type `ty`): null count,
     /// integer bounds and distinct values, all inexact (upserts and predicates remove rows).
     /// DataFusion sizes joins with them: rows over the larger key's distinct count.
@@ -458,16 +470,14 @@ impl SegmentScanExec {
         if let Some(d) = self.distinct_estimate(segments, c, rows) {
             out.distinct_count = Precision::Inexact(d);
         }
-        let bounds = metas().try_fold((i64::MAX, i64::MIN), |(lo, hi), m| {
-            Some((lo.min(m.min_key?), hi.max(m.max_key?)))
-        });
+        let bounds = self.int_bounds(segments, c);
         let scalar = |k: i64| match ty {
             DataType::Int64 => Some(ScalarValue::Int64(Some(k))),
             DataType::Int32 => i32::try_from(k).ok().map(|v| ScalarValue::Int32(Some(v))),
             DataType::Date32 => i32::try_from(k).ok().map(|v| ScalarValue::Date32(Some(v))),
             _ => None,
         };
-        if let Some((lo, hi)) = bounds.filter(|(lo, hi)| lo <= hi) {
+        if let Some((lo, hi)) = bounds {
             if let (Some(lo), Some(hi)) = (scalar(lo), scalar(hi)) {
                 out.min_value = Precision::Inexact(lo);
                 out.max_value = Precision::Inexact(hi);

@@ -385,6 +385,18 @@ pub fn read_section<'a>(
     s: &SectionRef,
     what: &str,
 ) -> Result<std::borrow::Cow<'a, [u8]>> {
+    read_section_checked(bytes, s, what, true)
+}
+
+/// [`read_section`], without the checksum when `verify` is false: for a section of the same
+/// immutable bytes whose checksum was already found right (bounds and decoding are still
+/// checked).
+pub fn read_section_checked<'a>(
+    bytes: &'a [u8],
+    s: &SectionRef,
+    what: &str,
+    verify: bool,
+) -> Result<std::borrow::Cow<'a, [u8]>> {
     let end = s
         .offset
         .checked_add(s.len)
@@ -395,7 +407,11 @@ pub fn read_section<'a>(
         )));
     }
     let stored = &bytes[s.offset as usize..end as usize];
-    let computed = crc32fast::hash(stored);
+    let computed = if verify {
+        crc32fast::hash(stored)
+    } else {
+        s.crc
+    };
     if computed != s.crc {
         return Err(SegmentError::Checksum {
             section: what.to_string(),

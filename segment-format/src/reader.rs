@@ -4,6 +4,7 @@
 //! Opening checks the header, trailer and footer checksum; each section is bounds-checked and
 //! checksummed when first read. Corrupt or truncated input is a [`SegmentError`], never a panic.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use arrow::array::{
@@ -165,6 +166,10 @@ pub struct SegmentReader {
     footer: Footer,
     caches: Vec<ColumnCache>,
     arrow_schema: SchemaRef,
+    /// Per column and block: its checksum was found right. The bytes never change while the
+    /// reader holds them (a buffer, or a mapped file written once), so a block read again —
+    /// every query over it — is not checksummed again.
+    verified: Vec<Box<[AtomicBool]>>,
 }
 
 impl std::fmt::Debug for SegmentReader {
@@ -195,11 +200,17 @@ impl SegmentReader {
             .map(|_| ColumnCache::default())
             .collect();
         let arrow_schema = footer.schema.arrow_schema();
+        let verified = footer
+            .columns
+            .iter()
+            .map(|c| c.blocks.iter().map(|_| AtomicBool::new(false)).collect())
+            .collect();
         Ok(SegmentReader {
             bytes,
             footer,
             caches,
             arrow_schema,
+            verified,
         })
     }
 
@@ -427,7 +438,12 @@ impl SegmentReader {
             .get(b)
             .ok_or_else(|| corrupt(format!("{} has no block {b}", meta.name)))?;
         let what = format!("{} block {b}", meta.name);
-        let raw = self.section(&block.data, &what)?;
+        let checked = &self.verified[col][b];
+        let verify = !checked.load(Ordering::Relaxed);
+        let raw = crate::layout::read_section_checked(&self.bytes, &block.data, &what, verify)?;
+        if verify {
+            checked.store(true, Ordering::Relaxed);
+        }
         Ok((raw, self.block_len(b), what))
     }
 

@@ -454,7 +454,32 @@ impl Worker {
             })
             .collect::<DfResult<Vec<_>>>()?;
         let mut w = Worker {
-            keys: job.keys.iter().map(|k| KeyInterner::new(k.kind)).collect(),
+            keys: job
+                .keys
+                .iter()
+                .map(|k| {
+                    let interner = KeyInterner::new(k.kind);
+                    // A column's footer bounds let integer keys skip hashing, when the range
+                    // is not much wider than the rows (the table is allocated whole).
+                    let KeyExpr::Column { seg_col } = k.expr else {
+                        return interner;
+                    };
+                    let scan = job.scan();
+                    let all: Vec<usize> = (0..scan.snapshot().segments.len()).collect();
+                    let rows: u64 = scan
+                        .snapshot()
+                        .segments
+                        .iter()
+                        .map(|s| s.row_count() as u64)
+                        .sum();
+                    match scan.int_bounds(&all, seg_col) {
+                        Some((lo, hi)) if ((hi as i128 - lo as i128) as u64) < rows * 4 => {
+                            interner.with_int_range(lo, hi)
+                        }
+                        _ => interner,
+                    }
+                })
+                .collect(),
             groups: GroupMap::new(job.keys.len()),
             accs,
             reservation: MemoryConsumer::new("SegmentAggregateExec").register(pool),

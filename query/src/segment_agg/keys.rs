@@ -71,7 +71,19 @@ pub(crate) struct KeyInterner {
     bits: Vec<u64>,
     null_id: Option<u32>,
     len: u32,
+    /// Integer keys of a known, narrow range: the id of value `min + i` at `ids[i]`
+    /// (`u32::MAX`: not seen), found without hashing. Values outside the range (bounds are
+    /// from segment footers) take the hash table.
+    dense: Option<DenseInts>,
 }
+
+struct DenseInts {
+    min: i64,
+    ids: Vec<u32>,
+}
+
+/// Most entries a [`DenseInts`] table may have (16 MiB of ids).
+pub(crate) const DENSE_INTS_MAX: u64 = 1 << 22;
 
 const INLINE: usize = 11;
 /// `Entry::len` of a value longer than [`INLINE`].
@@ -117,7 +129,21 @@ impl KeyInterner {
             bits: Vec::new(),
             null_id: None,
             len: 0,
+            dense: None,
         }
+    }
+
+    /// An integer interner for values known to lie in `lo..=hi` (a range of at most
+    /// [`DENSE_INTS_MAX`] values; wider ranges, and other kinds, are hashed).
+    pub(crate) fn with_int_range(mut self, lo: i64, hi: i64) -> Self {
+        let span = (hi as i128 - lo as i128 + 1).max(0) as u64;
+        if self.kind == KeyKind::Int && span <= DENSE_INTS_MAX {
+            self.dense = Some(DenseInts {
+                min: lo,
+                ids: vec![u32::MAX; span as usize],
+            });
+        }
+        self
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -130,6 +156,7 @@ impl KeyInterner {
             + self.offsets.capacity() * 8
             + self.bits.capacity() * 8
             + self.table.capacity() * (std::mem::size_of::<Entry>() + 1)
+            + self.dense.as_ref().map_or(0, |d| d.ids.capacity() * 4)
     }
 
     /// The hash of an entry's value, for growing the table.
@@ -144,6 +171,9 @@ impl KeyInterner {
 
     /// Room for `additional` more values without growing.
     pub(crate) fn reserve(&mut self, additional: usize) {
+        if self.dense.is_some() {
+            return;
+        }
         let (hasher, data, offsets) = (&self.hasher, &self.data, &self.offsets);
         self.table
             .reserve(additional, |e| Self::rehash(hasher, data, offsets, e));
@@ -201,6 +231,17 @@ impl KeyInterner {
     }
 
     pub(crate) fn intern_bits(&mut self, v: u64) -> u32 {
+        if let Some(d) = &mut self.dense {
+            let at = (v as i64).wrapping_sub(d.min) as u64;
+            if let Some(slot) = d.ids.get_mut(at as usize) {
+                if *slot == u32::MAX {
+                    *slot = self.len;
+                    self.bits.push(v);
+                    self.len += 1;
+                }
+                return *slot;
+            }
+        }
         // Eight bytes always fit the entry, so the arena is never consulted for numbers.
         self.intern(&v.to_le_bytes(), |me| me.bits.push(v))
     }
@@ -485,5 +526,40 @@ mod tests {
         assert_eq!(g.group(&[1, 2]), x);
         assert_eq!(g.len(), 2);
         assert_eq!(g.key_column(1).values().to_vec(), vec![2, 1]);
+    }
+
+    /// Integers in the dense range and outside it (footer bounds that were wrong) get one id
+    /// per value, whichever path finds them, and merge into a hashed interner by value.
+    #[test]
+    fn dense_integer_keys_match_hashed_ones() {
+        let mut dense = KeyInterner::new(KeyKind::Int).with_int_range(-5, 100);
+        let mut hashed = KeyInterner::new(KeyKind::Int);
+        let values: Vec<i64> = vec![7, -5, 100, 101, -6, 7, i64::MIN, i64::MAX, 0, 101, -5];
+        let a: Vec<u32> = values
+            .iter()
+            .map(|&v| dense.intern_bits(v as u64))
+            .collect();
+        let b: Vec<u32> = values
+            .iter()
+            .map(|&v| hashed.intern_bits(v as u64))
+            .collect();
+        assert_eq!(a, b, "first-seen order gives the same ids");
+        let n = dense.intern_null();
+        assert_eq!(dense.intern_null(), n);
+        assert_eq!(dense.len(), hashed.len() + 1);
+        let vals = dense.values(&DataType::Int64).unwrap();
+        let vals = vals.as_primitive::<arrow::datatypes::Int64Type>();
+        for (&v, &id) in values.iter().zip(&a) {
+            assert_eq!(vals.value(id as usize), v);
+        }
+        assert!(vals.is_null(n as usize));
+        let mut merged = KeyInterner::new(KeyKind::Int).with_int_range(0, 10);
+        for id in 0..dense.len() as u32 {
+            let m = merged.intern_from(&dense, id);
+            assert_eq!(m, id, "merging into an empty interner keeps ids");
+        }
+        // A range too wide is hashed.
+        let wide = KeyInterner::new(KeyKind::Int).with_int_range(0, i64::MAX);
+        assert!(wide.dense.is_none());
     }
 }
