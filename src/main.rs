@@ -14,6 +14,13 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::Config;
 
+/// mimalloc instead of the system allocator, as DataFusion's own CLI does: glibc serves
+/// buffers of 128 KiB and more (an 8,192-row DECIMAL column) from fresh mappings until its
+/// threshold adapts, and page faults showed in TPC-H Q01's profiles. Measured gain at SF10
+/// is small (BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "basalt", version, about = "Basalt: a real-time columnar OLAP serving store", long_about = None)]
 struct Cli {
