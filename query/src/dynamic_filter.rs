@@ -4,7 +4,7 @@
 //! partition for partitioned joins), a TopK's threshold, an aggregate's running MIN/MAX.
 //! Out: per segment, at the moment it is opened, a segment [`Predicate`] implied by the
 //! filter's current value (so indexes, zone maps and segment statistics prune with it), and
-//! a [`RowFilter`] that evaluates whatever of it the predicate could not express on the
+//! a [`crate::row_filter::RowFilter`] that evaluates whatever of it the predicate could not express on the
 //! filter's columns alone, before the other columns are read.
 //!
 //! A dynamic filter only ever removes rows its producer would discard anyway, so the scan
@@ -13,18 +13,16 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, BooleanArray};
-use arrow::datatypes::{Field, Schema, SchemaRef};
-use arrow::record_batch::RecordBatch;
+use arrow::array::Array;
+use arrow::datatypes::{Schema, SchemaRef};
 use basalt_segment::{Predicate, SegmentSchema};
-use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::tree_node::TreeNode;
 use datafusion::error::Result as DfResult;
 use datafusion::logical_expr::{col, lit, BinaryExpr as LBinary, Cast as LCast, Expr, Operator};
 use datafusion::physical_expr::expressions::{
     BinaryExpr, CaseExpr, CastExpr, Column, DynamicFilterPhysicalExpr, InListExpr, IsNotNullExpr,
     IsNullExpr, Literal,
 };
-use datafusion::physical_expr::utils::collect_columns;
 use datafusion::physical_expr::ScalarFunctionExpr;
 use datafusion::physical_expr_common::physical_expr::{
     snapshot_generation, snapshot_physical_expr,
@@ -35,6 +33,7 @@ use datafusion::scalar::ScalarValue;
 use parking_lot::Mutex;
 
 use crate::filter::to_predicate;
+use crate::row_filter::RowFilter;
 
 /// Whether `e` holds a dynamic filter (one whose value changes while the plan runs).
 pub(crate) fn is_dynamic(e: &Arc<dyn PhysicalExpr>) -> bool {
@@ -164,7 +163,7 @@ fn for_segment(
     };
     Ok(SegmentFilter {
         predicate,
-        rows: row_filter(residual, output)?,
+        rows: RowFilter::new(residual, output)?,
     })
 }
 
@@ -174,17 +173,6 @@ fn for_segment(
 fn routes_partitions(e: &Arc<dyn PhysicalExpr>) -> bool {
     e.exists(|n| Ok(n.as_any().is::<CaseExpr>()))
         .unwrap_or(false)
-}
-
-fn row_filter(
-    exprs: Vec<Arc<dyn PhysicalExpr>>,
-    output: &SchemaRef,
-) -> DfResult<Option<RowFilter>> {
-    exprs
-        .into_iter()
-        .reduce(|a, b| Arc::new(BinaryExpr::new(a, Operator::And, b)) as Arc<dyn PhysicalExpr>)
-        .map(|e| RowFilter::new(e, output))
-        .transpose()
 }
 
 /// A predicate implied by `e` (a superset of its TRUE rows), and whether it is exactly `e`.
@@ -361,73 +349,11 @@ fn as_literal(e: &Arc<dyn PhysicalExpr>) -> Option<ScalarValue> {
     Some(e.as_any().downcast_ref::<Literal>()?.value().clone())
 }
 
-/// Filters rows on a few of the scan's columns before the rest are read.
-#[derive(Clone)]
-pub(crate) struct RowFilter {
-    /// The filter with its columns renumbered onto `inputs`.
-    expr: Arc<dyn PhysicalExpr>,
-    /// Output columns (indexes into the scan's schema) the filter reads, in order.
-    pub inputs: Vec<usize>,
-    schema: SchemaRef,
-}
-
-impl RowFilter {
-    fn new(e: Arc<dyn PhysicalExpr>, output: &SchemaRef) -> DfResult<RowFilter> {
-        let mut inputs: Vec<usize> = collect_columns(&e).iter().map(|c| c.index()).collect();
-        inputs.sort_unstable();
-        inputs.dedup();
-        let fields: Vec<Field> = inputs.iter().map(|&i| output.field(i).clone()).collect();
-        let schema = Arc::new(Schema::new(fields));
-        let expr = renumber(e, &inputs)?;
-        Ok(RowFilter {
-            expr,
-            inputs,
-            schema,
-        })
-    }
-
-    /// Which rows of `columns` (the arrays of [`Self::inputs`], in order) pass; a NULL result
-    /// does not pass.
-    pub(crate) fn evaluate(&self, columns: Vec<Arc<dyn Array>>) -> DfResult<BooleanArray> {
-        let n = columns.first().map_or(0, |c| c.len());
-        let batch = RecordBatch::try_new_with_options(
-            Arc::clone(&self.schema),
-            columns,
-            &arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(n)),
-        )?;
-        let v = self.expr.evaluate(&batch)?.into_array(n)?;
-        let b = v.as_any().downcast_ref::<BooleanArray>().ok_or_else(|| {
-            datafusion::error::DataFusionError::Internal(format!(
-                "a dynamic filter evaluated to {} rather than booleans",
-                v.data_type()
-            ))
-        })?;
-        Ok(match b.null_count() {
-            0 => b.clone(),
-            _ => arrow::compute::prep_null_mask_filter(b),
-        })
-    }
-}
-
-/// `e` with each column renumbered to its position in `inputs`.
-fn renumber(e: Arc<dyn PhysicalExpr>, inputs: &[usize]) -> DfResult<Arc<dyn PhysicalExpr>> {
-    e.transform(|n| {
-        Ok(match n.as_any().downcast_ref::<Column>() {
-            Some(c) => {
-                let at = inputs.iter().position(|&i| i == c.index()).unwrap_or(0);
-                Transformed::yes(Arc::new(Column::new(c.name(), at)) as Arc<dyn PhysicalExpr>)
-            }
-            None => Transformed::no(n),
-        })
-    })
-    .map(|t| t.data)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use arrow::array::{ArrayRef, Int64Array, StructArray};
-    use arrow::datatypes::{DataType, Fields};
+    use arrow::datatypes::{DataType, Field, Fields};
     use basalt_segment::{ColumnDef, ColumnType, Value};
     use datafusion::config::ConfigOptions;
 

@@ -28,6 +28,7 @@ pub mod memory;
 pub mod pinot;
 pub mod plain_strings;
 pub mod postgres;
+mod row_filter;
 mod runtime;
 pub mod scan;
 pub mod segment_agg;

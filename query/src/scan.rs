@@ -30,7 +30,8 @@ use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PhysicalExpr, PlanProperties,
 };
 
-use crate::dynamic_filter::{is_dynamic, DynamicFilters, RowFilter, SegmentFilter};
+use crate::dynamic_filter::{is_dynamic, DynamicFilters, SegmentFilter};
+use crate::row_filter::{RowFilter, RowFilterRun};
 use crate::table::TableSnapshot;
 
 /// Counters a query reports back (Pinot's numDocsScanned, numSegmentsQueried, ...).
@@ -219,7 +220,7 @@ impl Matched {
     pub(crate) fn docs(&self) -> Vec<u32> {
         match self {
             Matched::All(n) => (0..*n).collect(),
-            Matched::Some(bm) => bm.iter().collect(),
+            Matched::Some(bm) => basalt_segment::doc_list::docs(bm),
         }
     }
 }
@@ -303,26 +304,15 @@ struct PartitionState {
     current: Option<Arc<SegmentReader>>,
     remaining: Option<usize>,
     /// The current segment's row-level dynamic filter, while it is worth running.
-    rows: Option<RowFilter>,
-    /// Rows the row filter saw and kept in the current segment.
-    rows_seen: usize,
-    rows_kept: usize,
+    rows: Option<RowFilterRun>,
     /// [`DynamicFilters::generation`] of the dynamic filters when `rows` was made.
     dynamic_generation: u64,
 }
 
-/// A row filter keeping more than this share of the rows it saw (after [`ROW_FILTER_PROBE`]
-/// rows) is dropped for the rest of the segment: reading its columns twice costs more than
-/// the rows it removes.
-pub(crate) const ROW_FILTER_KEEP_LIMIT: f64 = 0.75;
-pub(crate) const ROW_FILTER_PROBE: usize = 32 * 1024;
-
 impl PartitionState {
-    /// Starts `rows` as the row filter, with fresh counts for its keep ratio.
+    /// Starts `rows` as the row filter, with fresh counts for its keep ratios.
     fn set_row_filter(&mut self, rows: Option<RowFilter>) {
-        self.rows = rows;
-        self.rows_seen = 0;
-        self.rows_kept = 0;
+        self.rows = rows.map(RowFilter::start);
     }
 
     /// The dynamic filters changed while segment `seg` was being read: its remaining docs go
@@ -367,7 +357,7 @@ impl PartitionState {
         let docs = &self.docs[self.emitted..self.emitted + n];
         self.emitted += n;
         let ext = |e| DataFusionError::External(Box::new(e));
-        let Some(rf) = &self.rows else {
+        let Some(rf) = &mut self.rows else {
             if projection.is_empty() {
                 return Ok(Some(RecordBatch::try_new_with_options(
                     schema.clone(),
@@ -382,36 +372,20 @@ impl PartitionState {
                 b.columns().to_vec(),
             )?));
         };
-        let input_cols = rf.inputs.clone();
-        let inputs = input_cols
-            .iter()
-            .map(|&i| seg.read_column(projection[i], docs))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(ext)?;
-        let keep = rf.evaluate(inputs.clone())?;
-        let kept = keep.true_count();
-        self.rows_seen += n;
-        self.rows_kept += kept;
+        let kept = rf.filter(docs, |c, d| seg.read_column(projection[c], d))?;
         stats
             .dynamic_removed
-            .fetch_add((n - kept) as u64, Ordering::Relaxed);
-        if self.rows_seen >= ROW_FILTER_PROBE
-            && self.rows_kept as f64 > self.rows_seen as f64 * ROW_FILTER_KEEP_LIMIT
-        {
+            .fetch_add((n - kept.docs.len()) as u64, Ordering::Relaxed);
+        if !rf.is_active() {
             self.rows = None;
         }
-        if kept == 0 {
+        if kept.docs.is_empty() {
             return Ok(None);
         }
-        let kept_docs: Vec<u32> = docs
-            .iter()
-            .zip(keep.values().iter())
-            .filter_map(|(&d, k)| k.then_some(d))
-            .collect();
         let columns = (0..projection.len())
-            .map(|i| match input_cols.iter().position(|&x| x == i) {
-                Some(p) => Ok(arrow::compute::filter(&inputs[p], &keep)?),
-                None => seg.read_column(projection[i], &kept_docs).map_err(ext),
+            .map(|i| match kept.column(i) {
+                Some(a) => Ok(Arc::clone(a)),
+                None => seg.read_column(projection[i], &kept.docs).map_err(ext),
             })
             .collect::<DfResult<Vec<_>>>()?;
         Ok(Some(RecordBatch::try_new(schema.clone(), columns)?))
@@ -610,8 +584,6 @@ impl ExecutionPlan for SegmentScanExec {
             current: None,
             remaining: self.limit,
             rows: None,
-            rows_seen: 0,
-            rows_kept: 0,
             dynamic_generation: 0,
         };
         let dynamic = self.dynamic.clone();

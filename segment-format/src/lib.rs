@@ -9,6 +9,7 @@ pub mod bitpack;
 pub mod bloom;
 pub mod builder;
 pub mod decimal;
+pub mod doc_list;
 pub mod error;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;

@@ -21,6 +21,7 @@ use arrow::array::{
 };
 use arrow::compute::{cast, take};
 use arrow::datatypes::{DataType, Int32Type, SchemaRef};
+use basalt_segment::doc_list;
 use basalt_segment::predicate::{evaluate_with_stats, EvalStats};
 use basalt_segment::reader::{null_positions, Dictionary};
 use basalt_segment::SegmentReader;
@@ -42,9 +43,8 @@ use roaring::RoaringBitmap;
 
 use super::hll::{hash_str, HllGroups};
 use super::keys::{GroupMap, KeyInterner, KeyKind};
-use crate::scan::{
-    matching_docs, Matched, SegmentScanExec, ROW_FILTER_KEEP_LIMIT, ROW_FILTER_PROBE,
-};
+use crate::row_filter::RowFilter;
+use crate::scan::{matching_docs, Matched, SegmentScanExec};
 
 /// Where a group key's values come from.
 #[derive(Debug, Clone)]
@@ -528,8 +528,8 @@ impl Worker {
         // where the indexes can answer it, else row by row on its columns (a large build's
         // hash-table lookup) before any other column is read.
         let mut seen_generation = scan.dynamic_generation();
-        let (predicate, mut rows) = scan.filters_now()?;
-        let (mut rows_seen, mut rows_kept) = (0usize, 0usize);
+        let (predicate, rows) = scan.filters_now()?;
+        let mut rows = rows.map(RowFilter::start);
         let Some(mut matched) = matching_docs(seg, valid, predicate.as_ref(), scan.stats())? else {
             return Ok(());
         };
@@ -610,6 +610,9 @@ impl Worker {
         let block_rows = seg.block_rows();
         let blocks = (seg.row_count() as usize).div_ceil(block_rows.max(1));
         let mut docs: Vec<u32> = Vec::with_capacity(block_rows);
+        // The matched docs as a list, made at the first block the predicate covers in part
+        // (listing a bitmap's members is cheaper all at once than block by block).
+        let mut listed: Option<Vec<u32>> = None;
         for b in 0..blocks {
             // A filter that got its value since the segment was opened filters the blocks
             // left: a partitioned join's last build, or a broadcast join whose leader was
@@ -618,7 +621,7 @@ impl Worker {
             if g != seen_generation {
                 seen_generation = g;
                 let (now, now_rows) = scan.filters_now()?;
-                (rows, rows_seen, rows_kept) = (now_rows, 0, 0);
+                rows = now_rows.map(RowFilter::start);
                 if let Some(p) = now {
                     let pass =
                         evaluate_with_stats(seg, &p, &mut EvalStats::default()).map_err(ext)?;
@@ -626,6 +629,7 @@ impl Worker {
                         Matched::All(_) => Matched::Some(pass),
                         Matched::Some(bm) => Matched::Some(bm & pass),
                     };
+                    listed = None;
                 }
             }
             let start = (b * block_rows) as u32;
@@ -634,32 +638,25 @@ impl Worker {
             match &matched {
                 Matched::All(_) => docs.extend(start..end),
                 Matched::Some(bm) if bm.contains_range(start..end) => docs.extend(start..end),
-                Matched::Some(bm) => docs.extend(bm.range(start..end)),
+                Matched::Some(bm) => {
+                    let all = listed.get_or_insert_with(|| doc_list::docs(bm));
+                    let from = all.partition_point(|&d| d < start);
+                    let to = from + all[from..].partition_point(|&d| d < end);
+                    docs.extend_from_slice(&all[from..to]);
+                }
             }
             if docs.is_empty() {
                 continue;
             }
-            if let Some(rf) = &rows {
-                let inputs = rf
-                    .inputs
-                    .iter()
-                    .map(|&i| seg.read_column(scan.projection()[i], &docs))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(ext)?;
-                let keep = rf.evaluate(inputs)?;
-                let n = keep.true_count();
+            if let Some(rf) = &mut rows {
+                let n = docs.len();
+                docs = rf
+                    .filter(&docs, |c, d| seg.read_column(scan.projection()[c], d))?
+                    .docs;
                 scan.stats()
                     .dynamic_removed
-                    .fetch_add((docs.len() - n) as u64, Ordering::Relaxed);
-                rows_seen += docs.len();
-                rows_kept += n;
-                if n < docs.len() {
-                    let mut pass = keep.values().iter();
-                    docs.retain(|_| pass.next().unwrap_or(false));
-                }
-                if rows_seen >= ROW_FILTER_PROBE
-                    && rows_kept as f64 > rows_seen as f64 * ROW_FILTER_KEEP_LIMIT
-                {
+                    .fetch_add((n - docs.len()) as u64, Ordering::Relaxed);
+                if !rf.is_active() {
                     rows = None;
                 }
                 if docs.is_empty() {
