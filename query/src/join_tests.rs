@@ -448,7 +448,8 @@ async fn a_join_build_side_filters_the_probe_scan() {
         assert_same(&engine, &reference, sql).await;
     }
 
-    // A build side too large for an IN list (70,000 keys, every 7th up to 490,000): the scan
+    // A build side too large for an IN list (14,000 keys: a fifth of 70,000, every 7th up
+    // to 490,000): the scan
     // checks the fact keys against the join's hash table(s) and reads `v` only for the
     // seventh that can match.
     let big = RecordBatch::try_new(
@@ -475,16 +476,17 @@ async fn a_join_build_side_filters_the_probe_scan() {
         ])))
         .with_target_partitions(partitions)
         .with_join_key_list_max(4_096);
-        // `b.z < 5` holds for every row, but the scan estimates a fifth of b's rows under a
-        // predicate (14,000 < 20,000), so b is the build side.
-        let sql = "SELECT count(*), sum(f.v), sum(b.z) FROM f JOIN b ON f.k = b.k WHERE b.z < 5";
+        // `b.z < 1` keeps a fifth of b's rows (14,000 < 20,000, as the footers' bounds of `z`
+        // estimate it), so b is the build side, with 14,000 keys (every 35th).
+        let sql = "SELECT count(*), sum(f.v), sum(b.z) FROM f JOIN b ON f.k = b.k WHERE b.z < 1";
         assert_same(&engine, &reference, sql).await;
         let out = engine
             .execute(sql, &crate::QueryLimits::default())
             .await
             .unwrap();
-        // 20,000 fact rows, 2,858 of them keys of `b` (70,000 rows): at most those, and b's
-        // rows, leave the scans. One partition: the 70,000 keys are too many for an IN list,
+        // 20,000 fact rows, at most 2,858 of them keys of `b` (every 7th up to 490,000): at
+        // most those, and b's rows, leave the scans. One partition: the 14,000 keys are too
+        // many for an IN list,
         // so the hash-table lookup runs on `k` in the scan.
         // (With four, the probe side's exchange may read these one-batch segments before
         // the partitioned build is done: only the answer is checked then.)
@@ -498,9 +500,9 @@ async fn a_join_build_side_filters_the_probe_scan() {
         }
         // TPC-H Q17's shape: the probe side is the scan's own aggregation of `f` by the
         // join key. It checks the keys against the hash table before aggregating, so it
-        // groups the 2,858 rows that can match, not 20,000.
+        // groups the rows that can match, not 20,000.
         let sql = "SELECT count(*), sum(x.s), sum(b.z) FROM b JOIN \
-                   (SELECT k, sum(v) AS s FROM f GROUP BY k) x ON b.k = x.k WHERE b.z < 5";
+                   (SELECT k, sum(v) AS s FROM f GROUP BY k) x ON b.k = x.k WHERE b.z < 1";
         let plan = explain(&engine, sql).await;
         assert!(plan.contains("SegmentAggregateExec"), "{plan}");
         assert_same(&engine, &reference, sql).await;

@@ -54,6 +54,8 @@ pub struct SegmentScanExec {
     snapshot: Arc<TableSnapshot>,
     projection: Vec<usize>,
     predicate: Option<Predicate>,
+    /// Estimated share of rows `predicate` keeps (see [`Self::with_selectivity`]).
+    keep: f64,
     /// Filters DataFusion pushed in while planning whose value is known only while the plan
     /// runs (hash join builds, TopK, running MIN/MAX): see [`crate::dynamic_filter`].
     dynamic: Arc<DynamicFilters>,
@@ -76,7 +78,20 @@ impl fmt::Debug for SegmentScanExec {
     }
 }
 
+/// Share of rows a predicate is taken to keep when its selectivity was not estimated.
+const DEFAULT_SELECTIVITY: f64 = 0.2;
+
 impl SegmentScanExec {
+    /// The same scan with `keep` as the estimated share of rows its predicate keeps (from
+    /// the segments' footers, [`crate::cardinality::selectivity`]): DataFusion sizes joins
+    /// from it, and a filtered side estimated under the broadcast limit is broadcast.
+    pub(crate) fn with_selectivity(mut self, keep: f64) -> Self {
+        if keep.is_finite() {
+            self.keep = keep.clamp(0.0, 1.0);
+        }
+        self
+    }
+
     pub fn new(
         snapshot: Arc<TableSnapshot>,
         projection: Vec<usize>,
@@ -121,6 +136,7 @@ impl SegmentScanExec {
             snapshot,
             projection,
             predicate,
+            keep: DEFAULT_SELECTIVITY,
             dynamic: Arc::default(),
             limit,
             batch_size: batch_size.max(1),
@@ -502,7 +518,7 @@ impl ExecutionPlan for SegmentScanExec {
             })
             .sum();
         if self.predicate.is_some() {
-            rows = rows.div_ceil(5);
+            rows = (rows as f64 * self.keep).ceil() as usize;
         }
         if let Some(limit) = self.limit {
             rows = rows.min(limit);

@@ -90,6 +90,20 @@ impl SegmentTable {
     /// values (under a tenth of their rows) is taken to repeat one domain in every segment
     /// (the largest count); otherwise segments are taken to hold different values (the sum).
     /// Integer bounds cap the count either way.
+    /// The estimated share of rows all of `filters` keep.
+    fn selectivity(&self, filters: &[&Expr]) -> f64 {
+        let (_, columns) = self.column_estimates();
+        let schema = &self.arrow_schema;
+        let lookup = |c: &datafusion::common::Column| {
+            let i = schema.index_of(&c.name).ok()?;
+            Some((columns[i], schema.field(i).data_type().clone()))
+        };
+        filters
+            .iter()
+            .map(|f| crate::cardinality::selectivity(f, &lookup))
+            .product()
+    }
+
     pub(crate) fn column_estimates(&self) -> (f64, Vec<ColumnEstimate>) {
         let snap = &self.snapshot;
         let rows: f64 = (0..snap.segments.len())
@@ -186,10 +200,14 @@ impl TableProvider for SegmentTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let preds: Vec<Predicate> = filters
-            .iter()
-            .filter_map(|f| to_predicate(f, &self.snapshot.schema))
-            .collect();
+        let mut preds: Vec<Predicate> = Vec::new();
+        let mut pushed: Vec<&Expr> = Vec::new();
+        for f in filters {
+            if let Some(p) = to_predicate(f, &self.snapshot.schema) {
+                preds.push(p);
+                pushed.push(f);
+            }
+        }
         let predicate = match preds.len() {
             0 => None,
             1 => preds.into_iter().next(),
@@ -199,7 +217,7 @@ impl TableProvider for SegmentTable {
             .cloned()
             .unwrap_or_else(|| (0..self.arrow_schema.fields().len()).collect());
         let cfg = state.config();
-        Ok(Arc::new(SegmentScanExec::new(
+        let scan = SegmentScanExec::new(
             self.snapshot.clone(),
             projection,
             predicate,
@@ -207,6 +225,10 @@ impl TableProvider for SegmentTable {
             cfg.target_partitions(),
             cfg.batch_size(),
             self.stats.clone(),
-        )?))
+        )?;
+        Ok(Arc::new(match pushed.is_empty() {
+            true => scan,
+            false => scan.with_selectivity(self.selectivity(&pushed)),
+        }))
     }
 }

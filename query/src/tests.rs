@@ -745,3 +745,47 @@ async fn repeated_queries_over_unchanged_tables_come_from_the_cache() {
     };
     assert!(engine.execute(sql, &tight).await.is_err());
 }
+
+/// A filtered scan's row estimate comes from the footers (a tenth of the time range keeps
+/// about a tenth of the rows), not a fixed share: DataFusion decides from it whether a join
+/// side is broadcast.
+#[tokio::test]
+async fn a_filtered_scan_estimates_its_rows_from_the_footers() {
+    use datafusion::catalog::TableProvider;
+    use datafusion::common::stats::Precision;
+    use datafusion::prelude::{col, lit};
+    use datafusion::scalar::ScalarValue;
+    let mut rng = StdRng::seed_from_u64(3);
+    let t0 = 1_767_225_600_000i64;
+    let segments: Vec<_> = (0..4)
+        .map(|s| default_segment(&batch(&mut rng, 1000, t0 + s * 1_000_000)))
+        .collect();
+    let table = crate::table::SegmentTable::new(
+        TableSnapshot {
+            valid: Vec::new(),
+            name: "t".into(),
+            schema: schema(),
+            segments,
+        },
+        Arc::default(),
+    );
+    let ctx = SessionContext::new();
+    let ts = |ms: i64| lit(ScalarValue::TimestampMillisecond(Some(ms), None));
+    // 4,000 rows a second apart; 400 seconds of them.
+    let filter = col("ts")
+        .gt_eq(ts(t0 + 1_000_000))
+        .and(col("ts").lt(ts(t0 + 1_400_000)));
+    let plan = table
+        .scan(&ctx.state(), None, &[filter], None)
+        .await
+        .unwrap();
+    let Precision::Inexact(rows) = plan.partition_statistics(None).unwrap().num_rows else {
+        panic!("no row estimate");
+    };
+    assert!((300..=500).contains(&rows), "estimated {rows} rows");
+    let all = table.scan(&ctx.state(), None, &[], None).await.unwrap();
+    assert_eq!(
+        all.partition_statistics(None).unwrap().num_rows,
+        Precision::Inexact(4000)
+    );
+}
