@@ -69,16 +69,7 @@ pub(crate) fn estimate(plan: &LogicalPlan) -> Option<Estimate> {
             let provider = source_as_provider(&scan.source).ok()?;
             let table = provider.as_any().downcast_ref::<SegmentTable>()?;
             let (rows, columns) = table.column_estimates();
-            let schema = provider.schema();
-            let lookup = |c: &Column| {
-                let i = schema.index_of(&c.name).ok()?;
-                Some((columns[i], schema.field(i).data_type().clone()))
-            };
-            let keep: f64 = scan
-                .filters
-                .iter()
-                .map(|f| selectivity(f, &lookup))
-                .product();
+            let keep = filters_keep(&provider.schema(), &columns, &scan.filters);
             let projected = match &scan.projection {
                 Some(p) => p.iter().map(|&i| columns[i]).collect(),
                 None => columns.clone(),
@@ -276,6 +267,23 @@ fn unwrap_casts(e: &Expr) -> &Expr {
         Expr::Alias(a) => unwrap_casts(&a.expr),
         e => e,
     }
+}
+
+/// The share of a table's rows all of `filters` keep, with `columns` what is known of the
+/// columns of `schema` (in its order).
+pub(crate) fn filters_keep<'a>(
+    schema: &arrow::datatypes::Schema,
+    columns: &[ColumnEstimate],
+    filters: impl IntoIterator<Item = &'a Expr>,
+) -> f64 {
+    let lookup = |c: &Column| {
+        let i = schema.index_of(&c.name).ok()?;
+        Some((*columns.get(i)?, schema.field(i).data_type().clone()))
+    };
+    filters
+        .into_iter()
+        .map(|f| selectivity(f, &lookup))
+        .product()
 }
 
 /// The share of rows `predicate` keeps, with `lookup` answering what is known of a column.

@@ -82,6 +82,12 @@ impl SegmentTable {
 }
 
 impl SegmentTable {
+    /// The estimated share of rows all of `filters` keep.
+    fn selectivity(&self, filters: &[&Expr]) -> f64 {
+        let (_, columns) = self.column_estimates();
+        crate::cardinality::filters_keep(&self.arrow_schema, &columns, filters.iter().copied())
+    }
+
     /// Rows visible in the snapshot and, per column (schema order), its distinct values and
     /// integer bounds, from the segments' footers: for ordering joins
     /// ([`crate::join_order`]).
@@ -90,20 +96,6 @@ impl SegmentTable {
     /// values (under a tenth of their rows) is taken to repeat one domain in every segment
     /// (the largest count); otherwise segments are taken to hold different values (the sum).
     /// Integer bounds cap the count either way.
-    /// The estimated share of rows all of `filters` keep.
-    fn selectivity(&self, filters: &[&Expr]) -> f64 {
-        let (_, columns) = self.column_estimates();
-        let schema = &self.arrow_schema;
-        let lookup = |c: &datafusion::common::Column| {
-            let i = schema.index_of(&c.name).ok()?;
-            Some((columns[i], schema.field(i).data_type().clone()))
-        };
-        filters
-            .iter()
-            .map(|f| crate::cardinality::selectivity(f, &lookup))
-            .product()
-    }
-
     pub(crate) fn column_estimates(&self) -> (f64, Vec<ColumnEstimate>) {
         let snap = &self.snapshot;
         let rows: f64 = (0..snap.segments.len())
