@@ -309,6 +309,7 @@ impl QueryEngine {
             .with_config(config)
             .with_runtime_env(runtime)
             .with_default_features()
+            .with_query_planner(Arc::new(crate::shared_subplan::SharingQueryPlanner))
             .with_physical_optimizer_rules(crate::semi_to_inner::with_semi_to_inner())
             .with_analyzer_rule(Arc::new(crate::plain_strings::PlainStringsAcrossTables))
             .with_optimizer_rule(Arc::new(crate::semi_join_pushdown::SemiJoinPushdown))

@@ -69,6 +69,26 @@ fn dim_batch(rng: &mut StdRng, rows: usize) -> RecordBatch {
     RecordBatch::try_new(s, cols).unwrap()
 }
 
+/// A table of `segments` named `name`, nothing deleted.
+fn snapshot(name: &str, schema: SegmentSchema, segments: Vec<Arc<SegmentReader>>) -> TableSnapshot {
+    TableSnapshot {
+        valid: Vec::new(),
+        name: name.into(),
+        schema,
+        segments,
+    }
+}
+
+/// DataFusion over the same rows in plain Arrow tables, by name.
+fn reference_of<const N: usize>(tables: [(&str, Vec<RecordBatch>); N]) -> SessionContext {
+    let reference = SessionContext::new();
+    for (name, batches) in tables {
+        let mem = MemTable::try_new(batches[0].schema(), vec![batches]).unwrap();
+        reference.register_table(name, Arc::new(mem)).unwrap();
+    }
+    reference
+}
+
 fn segment(schema: &SegmentSchema, b: &RecordBatch) -> Arc<SegmentReader> {
     let opts = BuildOptions {
         block_rows: 128,
@@ -94,12 +114,6 @@ async fn joins_answer_like_datafusion_over_arrow() {
         dim_segs.push(segment(&dim_schema(), &b));
         dims.push(b);
     }
-    let snapshot = |name: &str, schema: SegmentSchema, segments| TableSnapshot {
-        valid: Vec::new(),
-        name: name.into(),
-        schema,
-        segments,
-    };
     // Several partitions per scan, as on a machine with more cores than this one may have.
     let engine = QueryEngine::new(Arc::new(Tables(vec![
         snapshot("t", schema(), fact_segs),
@@ -108,11 +122,7 @@ async fn joins_answer_like_datafusion_over_arrow() {
     .with_target_partitions(4);
     // Every join partitioned, as builds too large to broadcast are.
     let partitioned = engine.clone().with_broadcast_join_rows(0);
-    let reference = SessionContext::new();
-    for (name, batches) in [("t", facts), ("d", dims)] {
-        let mem = MemTable::try_new(batches[0].schema(), vec![batches]).unwrap();
-        reference.register_table(name, Arc::new(mem)).unwrap();
-    }
+    let reference = reference_of([("t", facts), ("d", dims)]);
 
     // (the fact table's name or alias the filter's columns take, the query)
     let shapes = [
@@ -147,6 +157,16 @@ async fn joins_answer_like_datafusion_over_arrow() {
         ("a", "SELECT a.tag, a.city, x.m FROM t a JOIN (SELECT b.tag, max(b.big) AS m FROM t b \
          JOIN d ON b.n = d.k GROUP BY b.tag) x ON a.tag = x.tag AND a.big = x.m \
          WHERE a.city = 'Oslo' AND {f}"),
+        // Repeated subplans, computed once (`shared_subplan`): a WITH table named twice
+        // (TPC-H Q15), the same join in the outer query and a scalar subquery with other
+        // columns (Q11), and a WITH table joined with itself.
+        ("t", "WITH r AS (SELECT n, sum(big) AS s FROM t WHERE {f} GROUP BY n) \
+         SELECT r.n, r.s FROM r WHERE r.s = (SELECT max(s) FROM r)"),
+        ("t", "SELECT t.n, sum(t.big) AS v FROM t JOIN d ON t.n = d.k WHERE d.label = 'red' AND {f} \
+         GROUP BY t.n HAVING sum(t.big) > (SELECT sum(t.big) / 10 FROM t JOIN d ON t.n = d.k \
+         WHERE d.label = 'red' AND {f})"),
+        ("t", "WITH r AS (SELECT tag, count(*) AS c FROM t WHERE {f} GROUP BY tag) \
+         SELECT a.tag, b.tag FROM r a JOIN r b ON a.c = b.c AND a.tag < b.tag"),
     ];
     for i in 0..240 {
         let (q, shape) = shapes[i % shapes.len()];
@@ -302,17 +322,7 @@ async fn a_join_build_side_filters_the_probe_scan() {
         ],
     )
     .unwrap();
-    let snapshot = |name: &str, schema: SegmentSchema, segments| TableSnapshot {
-        valid: Vec::new(),
-        name: name.into(),
-        schema,
-        segments,
-    };
-    let reference = SessionContext::new();
-    for (name, batches) in [("f", facts.clone()), ("d", vec![dim.clone()])] {
-        let mem = MemTable::try_new(batches[0].schema(), vec![batches]).unwrap();
-        reference.register_table(name, Arc::new(mem)).unwrap();
-    }
+    let reference = reference_of([("f", facts.clone()), ("d", vec![dim.clone()])]);
     for partitions in [1, 4] {
         let engine = QueryEngine::new(Arc::new(Tables(vec![
             snapshot("f", fact_schema.clone(), fact_segs.clone()),
@@ -528,5 +538,61 @@ fn fact_schema_named(other: &str) -> SegmentSchema {
             ColumnDef::new(other, ColumnType::Long),
         ],
         time_column: None,
+    }
+}
+
+/// A subplan the SQL repeats runs once: a WITH table named twice (TPC-H Q15) and a scalar
+/// subquery over the outer query's join with fewer columns (Q11) each read the fact table's
+/// segments once, with the answers DataFusion gives computing both; a volatile function
+/// keeps its occurrences apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_subplans_run_once() {
+    let mut rng = StdRng::seed_from_u64(0x5A4ED);
+    let t0 = 1_767_225_600_000i64;
+    let (mut facts, mut fact_segs) = (Vec::new(), Vec::new());
+    for s in 0..5 {
+        let b = batch(&mut rng, 400, t0 + s as i64 * 600_000);
+        fact_segs.push(segment(&schema(), &b));
+        facts.push(b);
+    }
+    let dims = dim_batch(&mut rng, 30);
+    let reference = reference_of([("t", facts), ("d", vec![dims.clone()])]);
+    for partitions in [1, 3] {
+        let engine = QueryEngine::new(Arc::new(Tables(vec![
+            snapshot("t", schema(), fact_segs.clone()),
+            snapshot("d", dim_schema(), vec![segment(&dim_schema(), &dims)]),
+        ])))
+        .with_target_partitions(partitions);
+        for (sql, shared) in [
+            (
+                "WITH r AS (SELECT n, sum(big) AS s FROM t GROUP BY n) \
+                 SELECT r.n, r.s FROM r WHERE r.s = (SELECT max(s) FROM r)",
+                true,
+            ),
+            (
+                "SELECT t.n, sum(t.big) AS v FROM t JOIN d ON t.n = d.k WHERE d.label = 'red' \
+                 GROUP BY t.n HAVING sum(t.big) > (SELECT sum(t.big) / 10 FROM t JOIN d \
+                 ON t.n = d.k WHERE d.label = 'red')",
+                true,
+            ),
+            (
+                "WITH r AS (SELECT n, sum(big) AS s FROM t WHERE random() < 2 GROUP BY n) \
+                 SELECT r.n, r.s FROM r WHERE r.s = (SELECT max(s) FROM r)",
+                false,
+            ),
+        ] {
+            let plan = explain(&engine, sql).await;
+            let occurrences = plan.matches("SharedExec: id=0").count();
+            assert_eq!(occurrences, if shared { 2 } else { 0 }, "{sql}\n{plan}");
+            assert_same(&engine, &reference, sql).await;
+            let out = engine
+                .execute(sql, &crate::QueryLimits::default())
+                .await
+                .unwrap();
+            // The fact table's five segments, once per computation (and the dimension's one).
+            let segments = out.stats.num_segments_queried;
+            let want = if shared { 5..=6 } else { 10..=12 };
+            assert!(want.contains(&segments), "{sql}: {:?}", out.stats);
+        }
     }
 }

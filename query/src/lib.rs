@@ -34,6 +34,7 @@ pub mod scan;
 pub mod segment_agg;
 mod semi_join_pushdown;
 mod semi_to_inner;
+mod shared_subplan;
 pub mod table;
 pub mod workload;
 

@@ -56,8 +56,60 @@ pub fn unpack_into(bytes: &[u8], n: usize, width: u8, out: &mut Vec<u32>) -> Res
     if width > 32 {
         return Err(corrupt(format!("bit width {width} is over 32")));
     }
-    out.reserve(n);
-    unpack_with(bytes, n, width, |v| out.push(v as u32))
+    check(bytes, n, width)?;
+    let start = out.len();
+    out.resize(start + n, 0);
+    unpack_u32(&bytes[..packed_len(n, width)], width, &mut out[start..]);
+    Ok(())
+}
+
+/// Fills `out` with the first `out.len()` values of `width` (0..=32) bits of `bytes`, which
+/// the caller has [`check`]ed holds them. One code path per width, so that every shift and
+/// load offset is a constant.
+fn unpack_u32(bytes: &[u8], width: u8, out: &mut [u32]) {
+    macro_rules! by_width {
+        ($($w:literal)*) => {
+            match width {
+                0 => out.fill(0),
+                $($w => unpack_fixed::<$w>(bytes, out),)*
+                _ => unreachable!("width checked to be at most 32"),
+            }
+        };
+    }
+    by_width!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30
+        31 32)
+}
+
+/// [`unpack_u32`] for `W` bits. The bytes are one little-endian bit string, so value `i` is
+/// the `W` bits from bit `i * W % 8` of the eight bytes from byte `i * W / 8`: one unaligned
+/// load, a shift and a mask. Eight values take exactly `W` bytes, so a group of eight loads
+/// at constant offsets from the group's first byte.
+fn unpack_fixed<const W: usize>(bytes: &[u8], out: &mut [u32]) {
+    let mask = if W == 32 {
+        u32::MAX as u64
+    } else {
+        (1u64 << W) - 1
+    };
+    // The group's last value starts at byte 7 * W / 8 and its load takes 8 bytes.
+    let span = 7 * W / 8 + 8;
+    let groups = if bytes.len() >= span {
+        ((bytes.len() - span) / W + 1).min(out.len() / 8)
+    } else {
+        0
+    };
+    for (g, dst) in out.chunks_exact_mut(8).take(groups).enumerate() {
+        let src = &bytes[g * W..g * W + span];
+        for (j, d) in dst.iter_mut().enumerate() {
+            let bit = j * W;
+            let at = bit / 8;
+            let v = u64::from_le_bytes(src[at..at + 8].try_into().expect("8 bytes"));
+            *d = ((v >> (bit % 8)) & mask) as u32;
+        }
+    }
+    // The last values, whose eight-byte load would run past the end.
+    for (i, d) in out.iter_mut().enumerate().skip(groups * 8) {
+        *d = get(bytes, W as u8, i) as u32;
+    }
 }
 
 /// Calls `f` with each of `n` values of `width` (0..=64) bits, in order. Fails on short
@@ -150,6 +202,18 @@ mod tests {
             let mut back = Vec::new();
             unpack_into(&packed, ids.len(), width, &mut back).unwrap();
             prop_assert_eq!(&back, &ids);
+            // Appended after what `out` holds; trailing bytes past the values are ignored.
+            let mut more = vec![7u32; 3];
+            let mut longer = packed.clone();
+            longer.extend_from_slice(&[0xFF; 16]);
+            unpack_into(&longer, ids.len(), width, &mut more).unwrap();
+            prop_assert_eq!(&more[..3], &[7, 7, 7]);
+            prop_assert_eq!(&more[3..], &ids[..]);
+            // Any prefix of the values, as a block's first rows.
+            let cut = ids.len() / 3;
+            let mut prefix = Vec::new();
+            unpack_into(&packed, cut, width, &mut prefix).unwrap();
+            prop_assert_eq!(&prefix, &ids[..cut]);
             for (i, &id) in ids.iter().enumerate() {
                 prop_assert_eq!(get(&packed, width, i), id as u64);
             }

@@ -128,15 +128,24 @@ impl BlockValues {
         self.len() == 0
     }
 
-    /// The values of rows `picked` (ascending offsets within the block). Multi-value blocks
-    /// are returned whole.
-    fn pick(self, picked: &[usize]) -> BlockValues {
+    /// The values of `docs` (ascending and distinct, each at least `start` and in the block
+    /// that starts there), moved to the front in place: the `k`th doc's row is at or after
+    /// `k`, so no value is overwritten before it is read. Multi-value blocks are returned
+    /// whole.
+    fn keep(self, docs: &[u32], start: u32) -> BlockValues {
+        fn compact<T: Copy>(mut v: Vec<T>, docs: &[u32], start: u32) -> Vec<T> {
+            for (k, &d) in docs.iter().enumerate() {
+                v[k] = v[(d - start) as usize];
+            }
+            v.truncate(docs.len());
+            v
+        }
         match self {
-            BlockValues::Ids(v) => BlockValues::Ids(picked.iter().map(|&k| v[k]).collect()),
-            BlockValues::I64(v) => BlockValues::I64(picked.iter().map(|&k| v[k]).collect()),
-            BlockValues::F64(v) => BlockValues::F64(picked.iter().map(|&k| v[k]).collect()),
+            BlockValues::Ids(v) => BlockValues::Ids(compact(v, docs, start)),
+            BlockValues::I64(v) => BlockValues::I64(compact(v, docs, start)),
+            BlockValues::F64(v) => BlockValues::F64(compact(v, docs, start)),
             BlockValues::Strs(v) => BlockValues::Strs(StringArray::from_iter_values(
-                picked.iter().map(|&k| v.value(k)),
+                docs.iter().map(|&d| v.value((d - start) as usize)),
             )),
             multi @ BlockValues::Multi { .. } => multi,
         }
@@ -489,7 +498,12 @@ impl SegmentReader {
                     // Only nulls: ids are placeholders.
                     return Ok(BlockValues::Ids(ids));
                 }
-                if ids.iter().any(|&id| id >= *cardinality) {
+                // Ids of `bit_width` bits cannot pass a dictionary of 2^bit_width entries;
+                // otherwise the largest is checked (a reduction that vectorizes).
+                let fits = 1u64
+                    .checked_shl(u32::from(*bit_width))
+                    .is_some_and(|ids| u64::from(*cardinality) >= ids);
+                if !fits && ids.iter().copied().fold(0, u32::max) >= *cardinality {
                     return Err(corrupt(format!("{what} holds an id past the dictionary")));
                 }
                 Ok(BlockValues::Ids(ids))
@@ -657,22 +671,18 @@ impl SegmentReader {
             let b = docs[i] / block_rows;
             let start = b * block_rows;
             let end = start as u64 + block_rows as u64;
-            let mut j = i;
-            while j < docs.len() && (docs[j] as u64) < end {
-                j += 1;
-            }
+            let j = i + docs[i..].partition_point(|&d| (d as u64) < end);
             let len = self.block_len(b as usize);
             // Docs are ascending and distinct: as many as the block has rows is all of them.
             let block = if j - i == len {
                 self.block(col, b as usize)?
-            } else {
+            } else if (j - i) * 4 < len {
+                // A few rows of the block: read them alone.
                 let picked: Vec<usize> = docs[i..j].iter().map(|d| (d - start) as usize).collect();
-                // A few rows of the block: read them alone; most of it: decode all and pick.
-                if picked.len() * 4 < len {
-                    self.block_values(col, b as usize, Some(&picked))?
-                } else {
-                    self.block(col, b as usize)?.pick(&picked)
-                }
+                self.block_values(col, b as usize, Some(&picked))?
+            } else {
+                // Most of it: decode all and keep the docs' rows in place.
+                self.block(col, b as usize)?.keep(&docs[i..j], start)
             };
             // The first block's values are taken as they are (a block at a time is the
             // common read), later ones appended.

@@ -232,11 +232,15 @@ impl StrTest {
     }
 }
 
-/// Appends `doc` (docs arrive in ascending order, so this is an append).
-fn add(out: &mut RoaringBitmap, doc: u32) {
-    if out.try_push(doc).is_err() {
-        out.insert(doc);
+/// Appends a block's `hits` (ascending, after every doc `out` holds) and empties them. One
+/// `append` per block: roaring's `try_push` looks for the bitmap's largest member at every
+/// call, a scan of up to 1,024 words once a container is a bitmap (24% of TPC-H Q13 at SF10,
+/// 15M line comments tested).
+fn add_all(out: &mut RoaringBitmap, hits: &mut Vec<u32>) {
+    if out.append(hits.iter().copied()).is_err() {
+        out.extend(hits.iter().copied());
     }
+    hits.clear();
 }
 
 /// Docs of raw string column `c` where `test` is TRUE; restricted to `candidates` when given.
@@ -254,7 +258,9 @@ pub(crate) fn docs(
     let meta = reader.column_meta(c);
     let br = reader.block_rows() as u32;
     let mut out = RoaringBitmap::new();
+    let mut hits: Vec<u32> = Vec::new();
     for (b, block) in meta.blocks.iter().enumerate() {
+        add_all(&mut out, &mut hits);
         let start = b as u32 * br;
         let end = start + reader.block_len(b) as u32;
         let picked: Option<Vec<u32>> = candidates.map(|cand| cand.range(start..end).collect());
@@ -275,7 +281,7 @@ pub(crate) fn docs(
             let values = crate::string_block::pick(&raw, rows, &local, &what)?;
             for (&doc, hit) in p.iter().zip(test.matching(&values)?) {
                 if hit {
-                    add(&mut out, doc);
+                    hits.push(doc);
                 }
             }
             continue;
@@ -294,24 +300,25 @@ pub(crate) fn docs(
                 for (i, hit) in test.matching(&values)?.into_iter().enumerate() {
                     let doc = start + i as u32;
                     if hit && wanted(doc) {
-                        add(&mut out, doc);
+                        hits.push(doc);
                     }
                 }
             }
             Some(needles) => crate::string_block::find_equal(&raw, rows, &what, &needles, |i| {
                 let doc = start + i as u32;
                 if wanted(doc) {
-                    add(&mut out, doc);
+                    hits.push(doc);
                 }
             })?,
             None => crate::string_block::for_each(&raw, rows, &what, |i, s| {
                 let doc = start + i as u32;
                 if wanted(doc) && test.matches(s) {
-                    add(&mut out, doc);
+                    hits.push(doc);
                 }
             })?,
         }
     }
+    add_all(&mut out, &mut hits);
     let nulls = reader.nulls(c)?;
     if !nulls.is_empty() {
         out -= nulls.as_ref();
