@@ -69,6 +69,23 @@ fn dim_batch(rng: &mut StdRng, rows: usize) -> RecordBatch {
     RecordBatch::try_new(s, cols).unwrap()
 }
 
+/// `n` random fact batches ten minutes apart from `t0`, the `s`th of `rows(s)` rows, and a
+/// segment of each.
+fn fact_segments(
+    rng: &mut StdRng,
+    t0: i64,
+    n: usize,
+    rows: impl Fn(usize) -> usize,
+) -> (Vec<RecordBatch>, Vec<Arc<SegmentReader>>) {
+    (0..n)
+        .map(|s| {
+            let b = batch(rng, rows(s), t0 + s as i64 * 600_000);
+            let seg = segment(&schema(), &b);
+            (b, seg)
+        })
+        .unzip()
+}
+
 /// A table of `segments` named `name`, nothing deleted.
 fn snapshot(name: &str, schema: SegmentSchema, segments: Vec<Arc<SegmentReader>>) -> TableSnapshot {
     TableSnapshot {
@@ -102,12 +119,7 @@ fn segment(schema: &SegmentSchema, b: &RecordBatch) -> Arc<SegmentReader> {
 async fn joins_answer_like_datafusion_over_arrow() {
     let mut rng = StdRng::seed_from_u64(0x10_1215);
     let t0 = 1_767_225_600_000i64;
-    let (mut facts, mut fact_segs) = (Vec::new(), Vec::new());
-    for s in 0..6 {
-        let b = batch(&mut rng, 300 + s * 40, t0 + s as i64 * 600_000);
-        fact_segs.push(segment(&schema(), &b));
-        facts.push(b);
-    }
+    let (facts, fact_segs) = fact_segments(&mut rng, t0, 6, |s| 300 + s * 40);
     let (mut dims, mut dim_segs) = (Vec::new(), Vec::new());
     for _ in 0..3 {
         let b = dim_batch(&mut rng, 15);
@@ -549,12 +561,7 @@ fn fact_schema_named(other: &str) -> SegmentSchema {
 async fn repeated_subplans_run_once() {
     let mut rng = StdRng::seed_from_u64(0x5A4ED);
     let t0 = 1_767_225_600_000i64;
-    let (mut facts, mut fact_segs) = (Vec::new(), Vec::new());
-    for s in 0..5 {
-        let b = batch(&mut rng, 400, t0 + s as i64 * 600_000);
-        fact_segs.push(segment(&schema(), &b));
-        facts.push(b);
-    }
+    let (facts, fact_segs) = fact_segments(&mut rng, t0, 5, |_| 400);
     let dims = dim_batch(&mut rng, 30);
     let reference = reference_of([("t", facts), ("d", vec![dims.clone()])]);
     for partitions in [1, 3] {

@@ -132,8 +132,7 @@ fn collect(plan: &LogicalPlan, groups: &mut HashMap<LogicalPlan, Group>) -> bool
         if let Some(norm) = normalize(plan) {
             let g = groups.entry(norm).or_default();
             g.occurrences += 1;
-            for (q, f) in plan.schema().iter() {
-                let c = Column::new(q.cloned(), f.name());
+            for c in plan.schema().columns() {
                 if !g.columns.contains(&c) {
                     g.columns.push(c);
                 }
@@ -217,8 +216,9 @@ fn rewrite(
             if let Some(Some(shared)) = &g.shared {
                 let exprs = plan
                     .schema()
-                    .iter()
-                    .map(|(q, f)| Expr::Column(Column::new(q.cloned(), f.name())))
+                    .columns()
+                    .into_iter()
+                    .map(Expr::Column)
                     .collect();
                 let projected =
                     LogicalPlan::Projection(Projection::try_new(exprs, Arc::new(shared.clone()))?);
@@ -367,9 +367,14 @@ impl ExtensionPlanner for SharedPlanner {
 #[derive(Debug)]
 pub(crate) struct SharedState {
     id: usize,
-    rows: tokio::sync::OnceCell<Result<Arc<Vec<RecordBatch>>, Arc<DataFusionError>>>,
-    /// The memory the rows hold, released with them.
-    reservation: Mutex<Option<MemoryReservation>>,
+    rows: tokio::sync::OnceCell<Result<Arc<Rows>, Arc<DataFusionError>>>,
+}
+
+/// A shared subplan's rows and the memory they hold, released with them.
+#[derive(Debug)]
+struct Rows {
+    batches: Vec<RecordBatch>,
+    _reservation: MemoryReservation,
 }
 
 impl SharedState {
@@ -377,7 +382,6 @@ impl SharedState {
         SharedState {
             id,
             rows: tokio::sync::OnceCell::new(),
-            reservation: Mutex::new(None),
         }
     }
 
@@ -386,7 +390,7 @@ impl SharedState {
         &self,
         input: Arc<dyn ExecutionPlan>,
         context: Arc<TaskContext>,
-    ) -> DfResult<Arc<Vec<RecordBatch>>> {
+    ) -> DfResult<Arc<Rows>> {
         let reservation =
             MemoryConsumer::new(format!("SharedExec[{}]", self.id)).register(context.memory_pool());
         let mut stream = execute_stream(input, context)?;
@@ -396,8 +400,10 @@ impl SharedState {
             reservation.try_grow(batch.get_array_memory_size())?;
             batches.push(batch);
         }
-        *self.reservation.lock() = Some(reservation);
-        Ok(Arc::new(batches))
+        Ok(Arc::new(Rows {
+            batches,
+            _reservation: reservation,
+        }))
     }
 }
 
@@ -500,6 +506,7 @@ impl ExecutionPlan for SharedExec {
                 .clone()
                 .map_err(DataFusionError::Shared)?;
             let mine: Vec<DfResult<RecordBatch>> = rows
+                .batches
                 .iter()
                 .skip(partition)
                 .step_by(partitions)

@@ -232,15 +232,15 @@ impl StrTest {
     }
 }
 
-/// Appends a block's `hits` (ascending, after every doc `out` holds) and empties them. One
-/// `append` per block: roaring's `try_push` looks for the bitmap's largest member at every
-/// call, a scan of up to 1,024 words once a container is a bitmap (24% of TPC-H Q13 at SF10,
-/// 15M line comments tested).
-fn add_all(out: &mut RoaringBitmap, hits: &mut Vec<u32>) {
+/// The bitmap of `hits` (ascending), built in one `append`: roaring's `try_push` looks for
+/// the bitmap's largest member at every call, a scan of up to 1,024 words once a container
+/// is a bitmap (24% of TPC-H Q13 at SF10, 15M line comments tested).
+fn bitmap_of(hits: &[u32]) -> RoaringBitmap {
+    let mut out = RoaringBitmap::new();
     if out.append(hits.iter().copied()).is_err() {
         out.extend(hits.iter().copied());
     }
-    hits.clear();
+    out
 }
 
 /// Docs of raw string column `c` where `test` is TRUE; restricted to `candidates` when given.
@@ -257,10 +257,8 @@ pub(crate) fn docs(
     }
     let meta = reader.column_meta(c);
     let br = reader.block_rows() as u32;
-    let mut out = RoaringBitmap::new();
     let mut hits: Vec<u32> = Vec::new();
     for (b, block) in meta.blocks.iter().enumerate() {
-        add_all(&mut out, &mut hits);
         let start = b as u32 * br;
         let end = start + reader.block_len(b) as u32;
         let picked: Option<Vec<u32>> = candidates.map(|cand| cand.range(start..end).collect());
@@ -318,7 +316,7 @@ pub(crate) fn docs(
             })?,
         }
     }
-    add_all(&mut out, &mut hits);
+    let mut out = bitmap_of(&hits);
     let nulls = reader.nulls(c)?;
     if !nulls.is_empty() {
         out -= nulls.as_ref();
