@@ -77,6 +77,7 @@ pub fn router(state: AppState) -> Router {
         .route("/tables", post(create_table).get(list_tables))
         .route("/tables/{name}", get(get_table).delete(drop_table))
         .route("/tables/{name}/ingestion", get(get_ingestion))
+        .route("/tables/{name}/schema", get(get_schema))
         .route(
             "/tables/{name}/ingest",
             post(ingest).layer(DefaultBodyLimit::disable()),
@@ -282,6 +283,16 @@ async fn get_table(State(s): State<AppState>, Path(name): Path<String>) -> Respo
         None => Err(ApiError::NotFound(format!("table {name:?} does not exist"))),
     };
     finish(&s, "get_table", r)
+}
+
+/// The table's schema in Pinot's controller form (pinotdb's SQLAlchemy dialect reflects
+/// tables through it).
+async fn get_schema(State(s): State<AppState>, Path(name): Path<String>) -> Response {
+    let r = match s.store.table(&name) {
+        Some(t) => Ok(Json(crate::pinot_schema::pinot_schema(&t.spec)).into_response()),
+        None => Err(ApiError::NotFound(format!("table {name:?} does not exist"))),
+    };
+    finish(&s, "get_schema", r)
 }
 
 async fn get_ingestion(State(s): State<AppState>, Path(name): Path<String>) -> Response {

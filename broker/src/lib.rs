@@ -9,6 +9,7 @@ pub mod guard;
 pub mod http;
 pub mod metrics;
 pub mod pg;
+pub mod pinot_schema;
 pub mod response;
 pub mod source;
 #[cfg(test)]

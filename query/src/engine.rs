@@ -272,7 +272,11 @@ impl QueryEngine {
         pg: Option<&Arc<PgSession>>,
         spill: bool,
     ) -> Result<SessionContext> {
+        // A PostgreSQL session's catalog is its database, as `information_schema` reports
+        // it (`table_catalog`, which harlequin and DBeaver filter on).
+        let catalog_name = pg.map_or("datafusion", |p| p.database.as_str());
         let mut config = SessionConfig::new()
+            .with_default_catalog_and_schema(catalog_name, "public")
             .with_target_partitions(self.target_partitions)
             .with_batch_size(8192)
             .with_information_schema(true);
@@ -327,7 +331,7 @@ impl QueryEngine {
             ctx.register_udf(f);
         }
         let catalog = ctx
-            .catalog("datafusion")
+            .catalog(catalog_name)
             .ok_or_else(|| QueryError::invalid(ErrorKind::Internal, "default catalog missing"))?;
         let tables = Arc::new(TablesSchema {
             source: self.source.clone(),
@@ -402,6 +406,7 @@ impl QueryEngine {
             }
             params[i - 1] = ty;
         }
+        crate::postgres::params::fill_open_types(&plan, &mut params);
         Ok((schema, params))
     }
 

@@ -789,3 +789,51 @@ async fn a_filtered_scan_estimates_its_rows_from_the_footers() {
         Precision::Inexact(4000)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_parameters_take_the_types_postgres_would_give_them() {
+    use crate::postgres::{self, PgCommand, PgSession};
+    let mut rng = StdRng::seed_from_u64(7);
+    let b = batch(&mut rng, 100, 1_767_225_600_000);
+    let (engine, _) = engine_and_reference(schema(), vec![default_segment(&b)], &[b]);
+    let session = Arc::new(PgSession::new("basalt", "analytics"));
+    let list = |dt| Some(DataType::List(Arc::new(Field::new("item", dt, true))));
+    for (sql, want) in [
+        (
+            "SELECT count(*) FROM t WHERE city = $1 AND n > $2",
+            vec![
+                Some(DataType::Dictionary(
+                    Box::new(DataType::Int32),
+                    Box::new(DataType::Utf8),
+                )),
+                Some(DataType::Int32),
+            ],
+        ),
+        ("SELECT $1::integer + 1", vec![Some(DataType::Int32)]),
+        (
+            "SELECT CAST($1 AS date), $2::varchar, $3",
+            vec![Some(DataType::Date32), Some(DataType::Utf8View), None],
+        ),
+        (
+            "SELECT count(*) FROM t WHERE city = ANY($1) AND n <> ALL($2)",
+            vec![list(DataType::Utf8), list(DataType::Int32)],
+        ),
+        (
+            "SELECT (SELECT max(n) FROM t WHERE big > $1::bigint) FROM t WHERE lat < $2",
+            vec![Some(DataType::Int64), Some(DataType::Float64)],
+        ),
+        ("SELECT $1::oid[]", vec![list(DataType::UInt32)]),
+        (
+            "SELECT city FROM t ORDER BY city LIMIT $1 OFFSET $2",
+            vec![Some(DataType::Int64), Some(DataType::Int64)],
+        ),
+    ] {
+        let PgCommand::Query(statement, _) =
+            postgres::parse(sql, &Default::default()).unwrap().remove(0)
+        else {
+            panic!("{sql}")
+        };
+        let (_, params) = engine.describe_pg(&statement, &session).await.unwrap();
+        assert_eq!(params, want, "{sql}");
+    }
+}

@@ -1,6 +1,9 @@
 //! The PostgreSQL wire protocol through the real binary: psql, psycopg 3, psycopg2,
-//! SQLAlchemy and Grafana's macro-expanded SQL (`tests/clients/pg_clients.py`), then
-//! password authentication on both PostgreSQL and HTTP with tokens from the config.
+//! SQLAlchemy and Grafana's macro-expanded SQL (`tests/clients/pg_clients.py`); the client
+//! matrix of README (asyncpg, SQLAlchemy over three drivers, pandas, pgcli, harlequin and
+//! pinotdb in `pg_drivers.py`, pgjdbc in `PgJdbc.java`, Apache Superset in
+//! `superset_check.py`); then password authentication on both PostgreSQL and HTTP with
+//! tokens from the config.
 
 use std::process::Command;
 
@@ -87,6 +90,68 @@ async fn postgres_clients_and_grafana_sql() {
         "pg_clients.py",
         &[host, port],
         "client checks passed",
+    );
+}
+
+/// For a client of the matrix: the service variable `var` (skipped when unset), and a
+/// server with `events` loaded (20,000 rows) with its PostgreSQL host and port.
+async fn matrix_server(
+    var: &str,
+    test: &str,
+) -> Option<(String, tempfile::TempDir, Server, String, String)> {
+    let value = service_env(var, test)?;
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("data"), None);
+    load_events(&reqwest::Client::new(), &s, dir.path(), 20_000).await;
+    let (host, port) = host_port(&s.pg);
+    let (host, port) = (host.to_string(), port.to_string());
+    Some((value, dir, s, host, port))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_drivers_sql_tools_and_pinotdb() {
+    let test = "python_drivers_sql_tools_and_pinotdb";
+    let Some((python, _dir, s, host, port)) = matrix_server("BASALT_TEST_PG_CLIENTS", test).await
+    else {
+        return;
+    };
+    let args = [host.as_str(), &port, &s.base];
+    run_client_script(&python, "pg_drivers.py", &args, "driver checks passed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgjdbc_metadata_prepared_statements_and_cursors() {
+    let test = "pgjdbc_metadata_prepared_statements_and_cursors";
+    let Some((jar, _dir, _s, host, port)) = matrix_server("BASALT_TEST_PGJDBC", test).await else {
+        return;
+    };
+    let out = Command::new("java")
+        .arg("-cp")
+        .arg(&jar)
+        .arg(repo_path("tests/clients/PgJdbc.java"))
+        .args([host, port])
+        .output()
+        .unwrap();
+    let stdout = succeeded(&out);
+    assert!(stdout.contains("jdbc checks passed"), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn superset_charts_over_postgres_and_pinot() {
+    let test = "superset_charts_over_postgres_and_pinot";
+    let Some(python) = service_env("BASALT_TEST_SUPERSET_PYTHON", test) else {
+        return;
+    };
+    let Some((superset, _dir, s, host, port)) = matrix_server("BASALT_TEST_SUPERSET", test).await
+    else {
+        return;
+    };
+    let args = [superset.as_str(), &host, &port, &s.base];
+    run_client_script(
+        &python,
+        "superset_check.py",
+        &args,
+        "superset checks passed",
     );
 }
 

@@ -13,9 +13,13 @@
 # then cached in ~/.cargo/bin), on :9092 with its log in a local sqlite file, so offsets
 # survive a broker restart.
 # TPC-H: DuckDB 1.5.5 and duckdb-extension-tpch in a venv (data and reference answers).
-# Clients: psql (Debian's postgresql-client) and the Python PostgreSQL drivers (psycopg 3,
-# psycopg2, SQLAlchemy) the PostgreSQL-protocol tests drive Basalt with; Debian's chromium
-# and chromedriver with Selenium for the web console's browser test.
+# Clients: psql (Debian's postgresql-client); the Python clients of the compatibility matrix
+# (psycopg 3, psycopg2, asyncpg, SQLAlchemy, pandas, pgcli, harlequin, pinotdb, Selenium),
+# pinned in tests/clients/requirements.txt, in a venv; pgjdbc (Debian's
+# libpostgresql-jdbc-java) run by the JDK's single-file launcher; Apache Superset, pinned in
+# tests/clients/superset-requirements.txt, in a venv of its own, started on :8088 with a
+# SQLite metadata database and an admin/admin account; Debian's chromium and chromedriver
+# for the web console's browser test.
 # State lives in $BASALT_SERVICES_DIR (default /tmp/basalt-services). Fails loudly, with the
 # service's log, when a service does not come up.
 set -euo pipefail
@@ -26,6 +30,11 @@ KAFKA_PORT="${BASALT_KAFKA_PORT:-9092}"
 # DuckDB 1.5.5 and its tpch extension live in a venv of their own (the benchmarks' peers use
 # a newer DuckDB); kept across runs.
 TPCH_VENV="${BASALT_TPCH_VENV:-$HOME/.cache/basalt/tpch-venv}"
+CLIENTS_VENV="${BASALT_CLIENTS_VENV:-$HOME/.cache/basalt/clients-venv}"
+SUPERSET_VENV="${BASALT_SUPERSET_VENV:-$HOME/.cache/basalt/superset-venv}"
+SUPERSET_PORT="${BASALT_SUPERSET_PORT:-8088}"
+CLIENTS_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/../clients" && pwd)"
+PGJDBC_JAR=/usr/share/java/postgresql.jar
 export AWS_ACCESS_KEY_ID="${AWS_ACCESS_KEY_ID:-basalt}"
 export AWS_SECRET_ACCESS_KEY="${AWS_SECRET_ACCESS_KEY:-basalt-secret}"
 
@@ -39,8 +48,11 @@ export BASALT_TEST_S3=s3://basalt
 export BASALT_TEST_KAFKA=127.0.0.1:$KAFKA_PORT
 export BASALT_SERVICES_SCRIPT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/services.sh
 export BASALT_SERVICES_DIR=$DIR
-export BASALT_TEST_PG_CLIENTS=$(command -v python3)
-export BASALT_TEST_CHROMIUM=$(command -v python3)
+export BASALT_TEST_PG_CLIENTS=$CLIENTS_VENV/bin/python
+export BASALT_TEST_PGJDBC=$PGJDBC_JAR
+export BASALT_TEST_SUPERSET=http://127.0.0.1:$SUPERSET_PORT
+export BASALT_TEST_SUPERSET_PYTHON=$SUPERSET_VENV/bin/python
+export BASALT_TEST_CHROMIUM=$CLIENTS_VENV/bin/python
 export BASALT_TEST_TPCH=$TPCH_VENV/bin/python
 ENV
 }
@@ -136,24 +148,39 @@ apt_install() {
   fi
 }
 
+# venv_install VENV REQUIREMENTS: (re)creates VENV with the pinned REQUIREMENTS unless it
+# already holds exactly them (a stamp of the file's hash).
+venv_install() {
+  local venv=$1 req=$2 stamp
+  stamp=$(sha256sum "$req" | cut -d' ' -f1)
+  if [ "$(cat "$venv/.requirements" 2>/dev/null)" != "$stamp" ]; then
+    echo "installing $(basename "$req") (pip, venv $venv)"
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/python" -m pip install --quiet -r "$req"
+    echo "$stamp" >"$venv/.requirements"
+  fi
+}
+
 install_clients() {
   command -v psql >/dev/null 2>&1 || apt_install postgresql-client
-  if ! python3 -c "import psycopg, psycopg2, sqlalchemy" 2>/dev/null; then
-    echo "installing psycopg 3, psycopg2 and SQLAlchemy (pip)"
-    python3 -m pip install --quiet "psycopg[binary]==3.3.9" "psycopg2-binary==2.9.13" \
-      "sqlalchemy==2.1.9"
-  fi
+  venv_install "$CLIENTS_VENV" "$CLIENTS_DIR/requirements.txt"
   psql --version >/dev/null || { echo "psql did not install" >&2; exit 1; }
-  python3 -c "import psycopg, psycopg2, sqlalchemy" ||
-    { echo "the Python PostgreSQL clients did not install" >&2; exit 1; }
+  "$CLIENTS_VENV/bin/python" -c "import psycopg, psycopg2, sqlalchemy, asyncpg, pandas, pgcli, harlequin_postgres, pinotdb, selenium" ||
+    { echo "the Python clients did not install" >&2; exit 1; }
   echo "PostgreSQL clients ready ($(psql --version))"
+  # pgjdbc: Debian's driver, run from source by the JDK's launcher (javac's module).
+  command -v javac >/dev/null 2>&1 || apt_install default-jdk-headless
+  [ -f "$PGJDBC_JAR" ] || apt_install libpostgresql-jdbc-java
+  [ -f "$PGJDBC_JAR" ] && javac -version >/dev/null 2>&1 ||
+    { echo "the JDK or pgjdbc did not install" >&2; exit 1; }
+  echo "pgjdbc ready ($(readlink -f "$PGJDBC_JAR"))"
   # The web console's browser test: Debian's chromium and chromedriver, driven by Selenium
   # (given the driver's path, so it downloads nothing).
   if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
     apt_install chromium chromium-driver
   fi
-  python3 -c "import selenium" 2>/dev/null || python3 -m pip install --quiet selenium==4.51.0
-  /usr/bin/chromium --version >/dev/null && python3 -c "import selenium" ||
+  /usr/bin/chromium --version >/dev/null ||
     { echo "chromium or selenium did not install" >&2; exit 1; }
   echo "headless Chromium ready ($(/usr/bin/chromium --version))"
 }
@@ -170,9 +197,44 @@ install_tpch() {
   echo "TPC-H generator ready (DuckDB $("$TPCH_VENV/bin/python" -c 'import duckdb; print(duckdb.__version__)'))"
 }
 
+# Apache Superset with a fresh SQLite metadata database in $DIR/superset, an admin/admin
+# account, and its web server on 127.0.0.1:$SUPERSET_PORT.
+start_superset() {
+  venv_install "$SUPERSET_VENV" "$CLIENTS_DIR/superset-requirements.txt"
+  mkdir -p "$DIR/superset"
+  if [ -f "$DIR/superset.pid" ] && kill -0 "$(cat "$DIR/superset.pid")" 2>/dev/null; then
+    echo "Superset already running (pid $(cat "$DIR/superset.pid"))"
+    return
+  fi
+  cat >"$DIR/superset/superset_config.py" <<PY
+SECRET_KEY = "basalt-ci-only-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+SQLALCHEMY_DATABASE_URI = "sqlite:///$DIR/superset/superset.db"
+WTF_CSRF_ENABLED = False
+TALISMAN_ENABLED = False
+PREVENT_UNSAFE_DB_CONNECTIONS = False
+PY
+  local superset="$SUPERSET_VENV/bin/superset"
+  export SUPERSET_CONFIG_PATH="$DIR/superset/superset_config.py" FLASK_APP=superset
+  if [ ! -f "$DIR/superset/superset.db" ]; then
+    { "$superset" db upgrade &&
+      "$superset" fab create-admin --username admin --firstname Basalt --lastname CI \
+        --email ci@basalt.invalid --password admin &&
+      "$superset" init; } >>"$DIR/superset.log" 2>&1 ||
+      { echo "Superset's metadata database did not initialise; its log:" >&2
+        tail -50 "$DIR/superset.log" >&2; exit 1; }
+  fi
+  (exec "$superset" run -h 127.0.0.1 -p "$SUPERSET_PORT" --with-threads >>"$DIR/superset.log" 2>&1) &
+  echo $! >"$DIR/superset.pid"
+  wait_ready superset "Superset ready on 127.0.0.1:$SUPERSET_PORT" superset_ready
+}
+
+superset_ready() {
+  [ "$(curl -s "http://127.0.0.1:$SUPERSET_PORT/health" || true)" = "OK" ]
+}
+
 case "${1:-}" in
-  start) install_clients; install_tpch; start_s3; start_kafka ;;
-  stop) stop_service kafka; stop_service s3 ;;
+  start) install_clients; install_tpch; start_s3; start_kafka; start_superset ;;
+  stop) stop_service superset; stop_service kafka; stop_service s3 ;;
   env) env_lines ;;
   kafka-start) start_kafka ;;
   kafka-stop) stop_service kafka ;;

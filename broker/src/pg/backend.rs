@@ -38,7 +38,8 @@ pub struct Prepared {
     command: PgCommand,
     /// Per `$n`: the type DataFusion inferred, if it could.
     inferred: Vec<Option<DataType>>,
-    /// Per `$n`: the type the client is told (declared by it, else inferred).
+    /// Per `$n`: the type the client is told (declared by it, else inferred, else text);
+    /// binary parameters are decoded as this type.
     param_types: Vec<Type>,
     /// Result columns of queries and `SHOW` (`None`: no rows).
     schema: Option<SchemaRef>,
@@ -181,7 +182,7 @@ impl Backend {
         format: &Format,
     ) -> Result<Response, PgError> {
         match command {
-            PgCommand::Query(statement) => {
+            PgCommand::Query(statement, _) => {
                 let session = snapshot(client);
                 let started = Instant::now();
                 let result = self
@@ -354,8 +355,8 @@ impl QueryParser for StatementParser {
         let Some(command) = commands.pop() else {
             return Ok(None);
         };
-        let (schema, inferred) = match &command {
-            PgCommand::Query(statement) => {
+        let (schema, mut inferred) = match &command {
+            PgCommand::Query(statement, _) => {
                 let (schema, inferred) = self
                     .engine
                     .describe_pg(statement, &snapshot(client))
@@ -366,6 +367,15 @@ impl QueryParser for StatementParser {
             PgCommand::Show(name) => (Some(show_schema(name)), Vec::new()),
             _ => (None, Vec::new()),
         };
+        // Every `$n` the client wrote is described, also those a rewrite dropped (a filter
+        // over a catalog Basalt keeps empty): the client binds them all.
+        let named: &[Option<String>] = match &command {
+            PgCommand::Query(_, named) => named,
+            _ => &[],
+        };
+        if inferred.len() < named.len() {
+            inferred.resize(named.len(), None);
+        }
         let n = inferred.len().max(types.len());
         let param_types =
             (0..n)
@@ -380,7 +390,15 @@ impl QueryParser for StatementParser {
                                 encode::pg_wire_type(postgres::types::pg_type_of(&dt).oid)
                             })
                         })
-                        .unwrap_or(Type::UNKNOWN)
+                        // Dropped by a rewrite: the type its cast names, if it decodes.
+                        .or_else(|| {
+                            let name = named.get(i)?.as_deref()?;
+                            let t = encode::pg_wire_type(postgres::types::by_name(name)?.oid);
+                            params::decodes(&t).then_some(t)
+                        })
+                        // As PostgreSQL does for a parameter nothing constrains: text.
+                        // Clients that bind in binary (asyncpg) need a concrete type.
+                        .unwrap_or(Type::TEXT)
                 })
                 .collect();
         Ok(Some(Prepared {
@@ -470,7 +488,12 @@ impl ExtendedQueryHandler for Backend {
                     i,
                     portal.parameters[i].as_ref(),
                     portal.parameter_format.is_binary(i),
-                    declared.get(i).and_then(|t| t.as_ref()),
+                    // What the client declared at Parse, else what it was told.
+                    declared
+                        .get(i)
+                        .and_then(|t| t.as_ref())
+                        .filter(|t| t.oid() != 0)
+                        .or(stmt.param_types.get(i)),
                     stmt.inferred.get(i).and_then(|t| t.as_ref()),
                 )
             })

@@ -91,6 +91,7 @@ fn canonical(t: pgt::PgType, dt: &DataType) -> Option<DataType> {
         pgt::FLOAT4_ARRAY => list_of(DataType::Float32),
         pgt::FLOAT8_ARRAY => list_of(DataType::Float64),
         pgt::TEXT_ARRAY => list_of(DataType::Utf8),
+        pgt::OID_ARRAY => list_of(DataType::UInt32),
         _ => return None,
     })
 }
@@ -260,6 +261,9 @@ fn encode_cell(enc: &mut DataRowEncoder, col: &Column, row: usize) -> PgWireResu
                 })),
                 DataType::Int64 => enc.encode_field(&list_values(l, row, |v, i| {
                     v.as_primitive::<Int64Type>().value(i)
+                })),
+                DataType::UInt32 => enc.encode_field(&list_values(l, row, |v, i| {
+                    v.as_primitive::<arrow::datatypes::UInt32Type>().value(i)
                 })),
                 DataType::Float32 => enc.encode_field(&list_values(l, row, |v, i| {
                     v.as_primitive::<arrow::datatypes::Float32Type>().value(i)

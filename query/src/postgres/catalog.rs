@@ -398,6 +398,19 @@ const EMPTY: &[(&str, &[(&str, T)])] = &[
         ],
     ),
     (
+        // pgcli's function completion joins it (extension membership).
+        "pg_depend",
+        &[
+            ("classid", T::Oid),
+            ("objid", T::Oid),
+            ("objsubid", T::I32),
+            ("refclassid", T::Oid),
+            ("refobjid", T::Oid),
+            ("refobjsubid", T::I32),
+            ("deptype", T::Text),
+        ],
+    ),
+    (
         "pg_inherits",
         &[
             ("inhrelid", T::Oid),
@@ -535,6 +548,19 @@ const EMPTY: &[(&str, &[(&str, T)])] = &[
             ("prorettype", T::Oid),
             ("proargtypes", T::TextList),
             ("proretset", T::Bool),
+            // What pgcli's and DBeaver's function lists read.
+            ("proargnames", T::TextList),
+            ("proallargtypes", T::TextList),
+            ("proargmodes", T::TextList),
+            ("proargdefaults", T::Text),
+            ("pronargs", T::I16),
+            ("pronargdefaults", T::I16),
+            ("prolang", T::Oid),
+            ("prosrc", T::Text),
+            ("provolatile", T::Text),
+            ("proisstrict", T::Bool),
+            ("proisagg", T::Bool),
+            ("proiswindow", T::Bool),
         ],
     ),
     (
@@ -782,10 +808,11 @@ impl PgCatalog {
                             ("typdelim", text(",")),
                             ("typelem", oid(t.elem)),
                             ("typarray", oid(t.array)),
-                            ("typinput", text(format!("{}in", t.name))),
-                            ("typoutput", text(format!("{}out", t.name))),
-                            ("typreceive", text(format!("{}recv", t.name))),
-                            ("typsend", text(format!("{}send", t.name))),
+                            // Array types share PostgreSQL's `array_in`, `array_out`, …
+                            ("typinput", text(format!("{}in", io_prefix(t)))),
+                            ("typoutput", text(format!("{}out", io_prefix(t)))),
+                            ("typreceive", text(format!("{}recv", io_prefix(t)))),
+                            ("typsend", text(format!("{}send", io_prefix(t)))),
                             ("typalign", text("i")),
                             ("typstorage", text(if t.len < 0 { "x" } else { "p" })),
                             ("typtypmod", i32v(-1)),
@@ -905,5 +932,13 @@ impl SchemaProvider for PgCatalog {
 
     fn table_exist(&self, name: &str) -> bool {
         is_catalog_table(name)
+    }
+}
+
+/// The prefix of a type's I/O function names (`int4` → `int4in`; arrays → `array_in`).
+fn io_prefix(t: &super::types::PgType) -> &'static str {
+    match t.category {
+        'A' => "array_",
+        _ => t.name,
     }
 }

@@ -202,6 +202,17 @@ fn size_pretty(n: i64) -> String {
     format!("{} {}", v.round() as i64, units[u])
 }
 
+/// Settings a Basalt session acts on, which only `SET` changes.
+const SET_ONLY: &[&str] = &[
+    "statement_timeout",
+    "search_path",
+    "timezone",
+    "datestyle",
+    "intervalstyle",
+    "extra_float_digits",
+    "client_encoding",
+];
+
 /// Every PostgreSQL function of a session.
 pub fn all(session: &Arc<PgSession>, tables: Arc<Vec<String>>) -> Vec<ScalarUDF> {
     let text = DataType::Utf8;
@@ -209,6 +220,22 @@ pub fn all(session: &Arc<PgSession>, tables: Arc<Vec<String>>) -> Vec<ScalarUDF>
     let mut v = Vec::new();
     v.push(udf("version", &[0], text.clone(), |_| {
         Ok(utf8(version_string()))
+    }));
+    // `set_config(name, value, is_local)` runs inside a query, which cannot change its
+    // connection's settings: it answers `value` for settings Basalt does not act on (asyncpg
+    // turns `jit` off around its type lookups; Basalt has no JIT) and refuses the ones it
+    // does, naming `SET` instead.
+    v.push(udf("set_config", &[3], text.clone(), |a| {
+        let (Some(name), value) = (as_str(&a[0]), as_str(&a[1])) else {
+            return exec_err!("set_config: the setting name must be text and not null");
+        };
+        let lower = name.to_ascii_lowercase();
+        if SET_ONLY.contains(&lower.as_str()) || lower.starts_with("basalt.") {
+            return exec_err!(
+                "set_config cannot change {name} inside a query; use SET {name} = ... instead"
+            );
+        }
+        Ok(value.map(utf8).unwrap_or_else(null_text))
     }));
     let s = session.clone();
     v.push(udf("current_setting", &[1, 2], text.clone(), move |a| {
@@ -293,6 +320,8 @@ pub fn all(session: &Arc<PgSession>, tables: Arc<Vec<String>>) -> Vec<ScalarUDF>
     }
     v.push(udf("format_type", &[2], text.clone(), |a| {
         Ok(match as_i64(&a[0]) {
+            // As PostgreSQL: `-` for no type (`typelem` 0), `???` for an unknown one.
+            Some(0) => utf8("-"),
             Some(oid) => utf8(types::format_type(oid as u32).unwrap_or("???")),
             None => null_text(),
         })
@@ -357,27 +386,20 @@ pub fn all(session: &Arc<PgSession>, tables: Arc<Vec<String>>) -> Vec<ScalarUDF>
             Err(name) => exec_err!("relation \"{name}\" does not exist"),
         },
     ));
+    // `'int4'::regtype` fails on an unknown type name, as in PostgreSQL; `to_regtype`
+    // (psycopg 3's type lookup) answers null.
     v.push(udf(
         super::rewrite::REGTYPE_FN,
         &[1],
         DataType::UInt32,
-        |a| {
-            if let Some(n) = as_i64(&a[0]) {
-                return Ok(ScalarValue::UInt32(Some(n as u32)));
-            }
-            let Some(name) = as_str(&a[0]) else {
-                return Ok(ScalarValue::UInt32(None));
-            };
-            let name = name.trim_start_matches("pg_catalog.");
-            let found = types::ALL
-                .iter()
-                .find(|t| t.name == name || types::format_type(t.oid) == Some(name));
-            match found {
-                Some(t) => Ok(ScalarValue::UInt32(Some(t.oid))),
-                None => exec_err!("type \"{name}\" does not exist"),
-            }
+        |a| match regtype(&a[0]) {
+            Ok(oid) => Ok(ScalarValue::UInt32(oid)),
+            Err(name) => exec_err!("type \"{name}\" does not exist"),
         },
     ));
+    v.push(udf("to_regtype", &[1], DataType::UInt32, |a| {
+        Ok(ScalarValue::UInt32(regtype(&a[0]).ok().flatten()))
+    }));
     v.push(udf(
         "parse_ident",
         &[1, 2],
@@ -396,17 +418,33 @@ pub fn all(session: &Arc<PgSession>, tables: Arc<Vec<String>>) -> Vec<ScalarUDF>
             )))
         },
     ));
-    v.push(udf("array_lower", &[2], DataType::Int32, |a| {
-        Ok(ScalarValue::Int32(
+    // 64-bit (PostgreSQL's are int4) so that `generate_series(1, array_upper(a, 1))`, which
+    // pgjdbc's type cache runs, plans: DataFusion's generate_series takes int8 bounds.
+    v.push(udf("array_lower", &[2], DataType::Int64, |a| {
+        Ok(ScalarValue::Int64(
             list_len(&a[0]).filter(|&n| n > 0).map(|_| 1),
         ))
     }));
-    v.push(udf("array_upper", &[2], DataType::Int32, |a| {
-        Ok(ScalarValue::Int32(
-            list_len(&a[0]).filter(|&n| n > 0).map(|n| n as i32),
+    v.push(udf("array_upper", &[2], DataType::Int64, |a| {
+        Ok(ScalarValue::Int64(
+            list_len(&a[0]).filter(|&n| n > 0).map(|n| n as i64),
         ))
     }));
     v
+}
+
+/// A type's OID from an OID or a type name (`int4`, `integer`, `pg_catalog.text`,
+/// `character varying`, `text[]`): `Ok(None)` for null, `Err(name)` for an unknown name.
+fn regtype(v: &ScalarValue) -> std::result::Result<Option<u32>, String> {
+    if let Some(n) = as_i64(v) {
+        return Ok(u32::try_from(n).ok());
+    }
+    match as_str(v) {
+        None => Ok(None),
+        Some(name) => types::by_name(name.trim_matches('"'))
+            .map(|t| Some(t.oid))
+            .ok_or_else(|| name.to_string()),
+    }
 }
 
 /// `parse_ident('public."My Table"')` → `["public", "My Table"]`: dots split, quotes keep

@@ -11,6 +11,7 @@
 
 pub mod catalog;
 pub mod functions;
+pub mod params;
 pub mod rewrite;
 pub mod types;
 
@@ -47,6 +48,8 @@ const DEFAULT_SETTINGS: &[(&str, &str)] = &[
     ("integer_datetimes", "on"),
     ("intervalstyle", "postgres"),
     ("is_superuser", "off"),
+    // Basalt compiles no expressions at run time (asyncpg reads this).
+    ("jit", "off"),
     ("lc_collate", "C"),
     ("lc_ctype", "C"),
     ("lc_messages", "C"),
@@ -97,8 +100,11 @@ impl PgSession {
 /// A statement from a PostgreSQL client, classified.
 #[derive(Debug, Clone)]
 pub enum PgCommand {
-    /// A read-only query (SELECT, WITH, VALUES, EXPLAIN, SHOW TABLES) for the engine.
-    Query(Box<DfStatement>),
+    /// A read-only query (SELECT, WITH, VALUES, EXPLAIN, SHOW TABLES) for the engine, and
+    /// per `$n` it names, the type its text casts it to (`$1::integer` → `integer`), if any.
+    /// Rewrites may drop placeholders a client still binds (a filter over a catalog Basalt
+    /// keeps empty); these say what to describe them as.
+    Query(Box<DfStatement>, Vec<Option<String>>),
     /// `SET name = value` (also `SET name TO value`, `SET TIME ZONE value`).
     Set {
         name: String,
@@ -140,8 +146,10 @@ fn setting_value(values: &[Expr]) -> String {
 }
 
 fn classify(statement: DfStatement) -> Result<PgCommand> {
+    let params = placeholders(&statement);
     let DfStatement::Statement(s) = &statement else {
-        return crate::engine::check_query(statement).map(|s| PgCommand::Query(Box::new(s)));
+        return crate::engine::check_query(statement)
+            .map(|s| PgCommand::Query(Box::new(s), params));
     };
     Ok(match s.as_ref() {
         Statement::Set(Set::SingleAssignment {
@@ -185,9 +193,51 @@ fn classify(statement: DfStatement) -> Result<PgCommand> {
             if let DfStatement::Statement(s) = &mut statement {
                 name_columns_like_postgres(s);
             }
-            PgCommand::Query(Box::new(statement))
+            PgCommand::Query(Box::new(statement), params)
         }
     })
+}
+
+/// The most parameters a statement takes (the protocol counts them in 16 bits); a higher
+/// `$n` is left to the planner, which refuses it unbound.
+const MAX_PARAMETERS: usize = u16::MAX as usize;
+
+/// Per `$n` of `statement` up to the highest, the SQL type a cast gives it (`None`: named
+/// but never cast, or not named).
+fn placeholders(statement: &DfStatement) -> Vec<Option<String>> {
+    use datafusion::sql::sqlparser::ast::{visit_expressions, Value};
+    let DfStatement::Statement(s) = statement else {
+        return Vec::new();
+    };
+    let index = |e: &Expr| match e {
+        Expr::Value(v) => match &v.value {
+            Value::Placeholder(p) => p
+                .strip_prefix('$')
+                .and_then(|n| n.parse::<usize>().ok())
+                .filter(|&n| (1..=MAX_PARAMETERS).contains(&n)),
+            _ => None,
+        },
+        _ => None,
+    };
+    let mut out: Vec<Option<String>> = Vec::new();
+    let _ = visit_expressions(s.as_ref(), |e| {
+        let (n, ty) = match e {
+            Expr::Cast {
+                expr, data_type, ..
+            } => (index(expr), Some(data_type.to_string())),
+            other => (index(other), None),
+        };
+        if let Some(n) = n {
+            if out.len() < n {
+                out.resize(n, None);
+            }
+            if out[n - 1].is_none() {
+                out[n - 1] = ty;
+            }
+        }
+        std::ops::ControlFlow::<()>::Continue(())
+    });
+    out
 }
 
 /// PostgreSQL names an unaliased `count(*)` column `count` and `x::int` column `x`, where
@@ -283,7 +333,11 @@ mod tests {
         assert!(matches!(one("COMMIT"), PgCommand::Commit));
         assert!(matches!(one("ROLLBACK"), PgCommand::Rollback));
         assert!(matches!(one("DISCARD ALL"), PgCommand::Noop("DISCARD ALL")));
-        assert!(matches!(one("SELECT 1"), PgCommand::Query(_)));
+        assert!(matches!(one("SELECT 1"), PgCommand::Query(_, p) if p.is_empty()));
+        let PgCommand::Query(_, p) = one("SELECT $2::INTEGER FROM t WHERE a = $4 LIMIT $1") else {
+            panic!()
+        };
+        assert_eq!(p, [None, Some("INTEGER".to_string()), None, None]);
         assert_eq!(
             parse("SELECT 1; SELECT 2", &Default::default())
                 .unwrap()
@@ -295,7 +349,7 @@ mod tests {
 
     #[test]
     fn unaliased_columns_get_postgres_names() {
-        let PgCommand::Query(q) =
+        let PgCommand::Query(q, _) =
             one("SELECT count(*), max(ts), x::int, sum(a) AS s, min(a), min(b) FROM t")
         else {
             panic!()

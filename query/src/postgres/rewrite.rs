@@ -7,8 +7,12 @@
 //!   `x::regproc`, `x::regnamespace` → OIDs; `x::name`, `x::"char"` → text; types spelled
 //!   `pg_catalog.int4`, `int8`, `float8`, `timestamptz`, … → DataFusion's names for them;
 //! - `a OPERATOR(pg_catalog.~) b` → `a ~ b`, and `expr COLLATE "C"` → `expr`;
-//! - `x = ANY (ARRAY[a, b])` → `x IN (a, b)`, `x <> ALL (ARRAY[...])` → `x NOT IN (...)`;
+//! - `x = ANY (ARRAY[a, b])` → `x IN (a, b)`, `x <> ALL (ARRAY[...])` → `x NOT IN (...)`,
+//!   and `x <> ALL ($1)` over an array value → `NOT array_has($1, x)`;
 //! - bare `current_user`, `session_user`, `current_schema`, `current_catalog` → calls;
+//! - `CASE WHEN t.typtype = 'd' THEN …` branches for kinds of types Basalt has none of
+//!   (domains, composites, enums, ranges) → dropped;
+//! - `WITH RECURSIVE t(a, b) AS (…)` → the anchor's items named `a`, `b`;
 //! - `x IN (<the search path's schemas, expanded with generate_series>)` (Grafana's
 //!   pickers) → `array_has(current_schemas(false), x)`;
 //! - a correlated scalar subquery over `pg_catalog` that is not aggregated (psql's `\d` asks
@@ -19,9 +23,9 @@
 use std::ops::ControlFlow;
 
 use datafusion::sql::sqlparser::ast::{
-    visit_expressions_mut, BinaryOperator, CastKind, DataType as SqlType, Expr, Function,
-    FunctionArg, FunctionArgExpr, FunctionArgumentList, FunctionArguments, Ident, ObjectName,
-    ObjectNamePart, Statement, Value,
+    visit_expressions_mut, ArrayElemTypeDef, BinaryOperator, CastKind, DataType as SqlType, Expr,
+    Function, FunctionArg, FunctionArgExpr, FunctionArgumentList, FunctionArguments, Ident,
+    ObjectName, ObjectNamePart, Statement, Value,
 };
 
 /// The function `::regclass` casts become.
@@ -66,14 +70,56 @@ fn in_pg_catalog(n: &ObjectName) -> bool {
         && matches!(&n.0[0], ObjectNamePart::Identifier(i) if i.value.eq_ignore_ascii_case("pg_catalog"))
 }
 
+/// Whether `expr` is a (rewritten) `::regtype` cast.
+fn calls_regtype(expr: &Expr) -> bool {
+    matches!(expr, Expr::Function(f) if last_lower(&f.name).as_deref() == Some(REGTYPE_FN))
+}
+
 /// What a cast to a PostgreSQL-only type becomes (`None`: leave the cast to DataFusion).
 fn rewrite_cast(expr: &Expr, ty: &SqlType) -> Option<Expr> {
     let type_name = match ty {
+        // `oid::regtype::text` is the type's name, as `format_type` spells it.
+        SqlType::Text | SqlType::Varchar(_) if calls_regtype(expr) => {
+            return Some(call(
+                "format_type",
+                vec![expr.clone(), Expr::Value(Value::Null.into())],
+            ))
+        }
         SqlType::Regclass => "regclass".to_string(),
         SqlType::Custom(n, _) => last_lower(n)?,
+        // `$1::oid[]` (asyncpg's type lookup): an array of unsigned 32-bit OIDs, described
+        // to the client as `oid[]`, the array type asyncpg decodes without a lookup.
+        SqlType::Array(ArrayElemTypeDef::SquareBracket(elem, None)) => match elem.as_ref() {
+            SqlType::Custom(n, _)
+                if last_lower(n).is_some_and(|t| {
+                    matches!(t.as_str(), "oid" | "regtype" | "regclass" | "regproc")
+                }) =>
+            {
+                return Some(call(
+                    "arrow_cast",
+                    vec![
+                        expr.clone(),
+                        Expr::Value(Value::SingleQuotedString("List(UInt32)".into()).into()),
+                    ],
+                ))
+            }
+            _ => return None,
+        },
         _ => return None,
     };
     let inner = expr.clone();
+    // `'pg_catalog.array_in'::regproc`: a function by name, compared with the catalogs'
+    // function-name columns (`pg_type.typinput`), which hold names here.
+    if matches!(type_name.as_str(), "regproc" | "regprocedure") {
+        if let Expr::Value(v) = expr {
+            if let Value::SingleQuotedString(s) = &v.value {
+                let bare = s.strip_prefix("pg_catalog.").unwrap_or(s);
+                return Some(Expr::Value(
+                    Value::SingleQuotedString(bare.to_string()).into(),
+                ));
+            }
+        }
+    }
     Some(match type_name.as_str() {
         "regclass" => call(REGCLASS_FN, vec![inner]),
         "regtype" => call(REGTYPE_FN, vec![inner]),
@@ -207,6 +253,9 @@ fn select_is_empty(select: &datafusion::sql::sqlparser::ast::Select) -> bool {
                 _ => false,
             }
         }
+        // A derived table over such a catalog (pgjdbc's getPrimaryKeys filters one on
+        // `(result.keys).x`, a composite field DataFusion does not plan).
+        TableFactor::Derived { subquery, .. } => reads_an_empty_catalog(subquery),
         _ => false,
     };
     select.from.iter().any(|t| {
@@ -310,8 +359,78 @@ fn blank_set_expr(body: &mut datafusion::sql::sqlparser::ast::SetExpr) {
     }
 }
 
+/// `WITH RECURSIVE t(a, b) AS (SELECT x, 0 UNION ALL SELECT … FROM t)`: DataFusion names the
+/// recursive reference's columns after the anchor's expressions, not the CTE's column list,
+/// so the anchor's items get the list's names (asyncpg's type introspection reads `tt.depth`).
+struct NameRecursiveAnchors;
+
+impl datafusion::sql::sqlparser::ast::VisitorMut for NameRecursiveAnchors {
+    type Break = ();
+
+    fn pre_visit_query(
+        &mut self,
+        query: &mut datafusion::sql::sqlparser::ast::Query,
+    ) -> ControlFlow<()> {
+        use datafusion::sql::sqlparser::ast::{SelectItem, SetExpr};
+        let Some(with) = query.with.as_mut().filter(|w| w.recursive) else {
+            return ControlFlow::Continue(());
+        };
+        for cte in &mut with.cte_tables {
+            let names: Vec<Ident> = cte.alias.columns.iter().map(|c| c.name.clone()).collect();
+            let SetExpr::SetOperation { left, .. } = cte.query.body.as_mut() else {
+                continue;
+            };
+            let SetExpr::Select(anchor) = left.as_mut() else {
+                continue;
+            };
+            if names.is_empty() || anchor.projection.len() != names.len() {
+                continue;
+            }
+            for (item, name) in anchor.projection.iter_mut().zip(names) {
+                *item = match std::mem::replace(item, SelectItem::Wildcard(Default::default())) {
+                    SelectItem::UnnamedExpr(expr) | SelectItem::ExprWithAlias { expr, .. } => {
+                        SelectItem::ExprWithAlias { expr, alias: name }
+                    }
+                    other => other,
+                };
+            }
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+/// Whether `cond` is `<…>.typtype = 'k'` for a kind of type Basalt's `pg_type` never holds
+/// (only base types, `b`, and pseudo-types, `p`): domains, composites, enums, ranges.
+fn never_a_basalt_type_kind(cond: &Expr) -> bool {
+    let Expr::BinaryOp {
+        left,
+        op: BinaryOperator::Eq,
+        right,
+    } = cond
+    else {
+        return false;
+    };
+    let column = match left.as_ref() {
+        Expr::Identifier(i) => &i.value,
+        Expr::CompoundIdentifier(parts) => match parts.last() {
+            Some(i) => &i.value,
+            None => return false,
+        },
+        _ => return false,
+    };
+    let kind = match right.as_ref() {
+        Expr::Value(v) => match &v.value {
+            Value::SingleQuotedString(k) => k.as_str(),
+            _ => return false,
+        },
+        _ => return false,
+    };
+    column.eq_ignore_ascii_case("typtype") && matches!(kind, "c" | "d" | "e" | "r" | "m")
+}
+
 /// Applies every rewrite of this module to `statement`.
 pub fn rewrite(statement: &mut Statement) {
+    let _ = datafusion::sql::sqlparser::ast::VisitMut::visit(statement, &mut NameRecursiveAnchors);
     blank_empty_projection(statement);
     let _ = visit_expressions_mut(statement, |expr| {
         let replacement = match expr {
@@ -387,8 +506,38 @@ pub fn rewrite(statement: &mut Statement) {
                     list: a.elem.clone(),
                     negated: true,
                 }),
-                _ => None,
+                // An array value (a bound `$1`): not among its elements. PostgreSQL answers
+                // NULL rather than true when the array holds a NULL and no element matches.
+                Expr::Subquery(_) => None,
+                array => Some(Expr::UnaryOp {
+                    op: datafusion::sql::sqlparser::ast::UnaryOperator::Not,
+                    expr: Box::new(Expr::Nested(Box::new(call(
+                        "array_has",
+                        vec![array.clone(), left.as_ref().clone()],
+                    )))),
+                }),
             },
+            // `CASE WHEN t.typtype = 'd' THEN (a correlated, recursive lookup of the domain's
+            // base type) …` (asyncpg's type introspection): the branch is never taken here,
+            // and DataFusion cannot plan what it holds.
+            Expr::Case {
+                operand: None,
+                conditions,
+                else_result,
+                ..
+            } if conditions
+                .iter()
+                .any(|w| never_a_basalt_type_kind(&w.condition)) =>
+            {
+                conditions.retain(|w| !never_a_basalt_type_kind(&w.condition));
+                match conditions.is_empty() {
+                    true => Some(match else_result.take() {
+                        Some(e) => Expr::Nested(e),
+                        None => Expr::Value(Value::Null.into()),
+                    }),
+                    false => None,
+                }
+            }
             Expr::Identifier(i) if i.quote_style.is_none() => {
                 let lower = i.value.to_ascii_lowercase();
                 match lower.as_str() {
@@ -460,6 +609,29 @@ mod tests {
         assert_eq!(
             rw("SELECT current_user, current_schema, \"current_user\" FROM t"),
             "SELECT current_user, current_schema(), \"current_user\" FROM t"
+        );
+    }
+
+    #[test]
+    fn client_introspection_syntax_becomes_plannable() {
+        assert_eq!(
+            rw("SELECT t.oid::regtype::text, typinput = 'pg_catalog.array_in'::regproc FROM pg_type t"),
+            "SELECT format_type(basalt_regtype(t.oid), NULL), typinput = 'array_in' FROM pg_type t"
+        );
+        assert_eq!(
+            rw("SELECT 1 FROM t WHERE k <> ALL ($1) AND o = ANY ($2::oid[])"),
+            "SELECT 1 FROM t WHERE NOT (array_has($1, k)) AND o = ANY(arrow_cast($2, 'List(UInt32)'))"
+        );
+        // Branches for kinds of types Basalt has none of are dropped.
+        assert_eq!(
+            rw("SELECT CASE WHEN t.typtype = 'd' THEN (SELECT 1) WHEN t.typtype = 'b' THEN 2 END, \
+                CASE WHEN t.typtype = 'c' THEN (SELECT 3) ELSE 4 END FROM pg_type t"),
+            "SELECT CASE WHEN t.typtype = 'b' THEN 2 END, (4) FROM pg_type t"
+        );
+        // The anchor of a recursive CTE takes the CTE's column names.
+        assert_eq!(
+            rw("WITH RECURSIVE r(n, depth) AS (SELECT 1, 0 UNION ALL SELECT n + 1, r.depth + 1 FROM r WHERE n < 3) SELECT * FROM r"),
+            "WITH RECURSIVE r (n, depth) AS (SELECT 1 AS n, 0 AS depth UNION ALL SELECT n + 1, r.depth + 1 FROM r WHERE n < 3) SELECT * FROM r"
         );
     }
 }

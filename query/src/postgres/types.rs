@@ -59,6 +59,7 @@ pub const TEXT_ARRAY: PgType = t(1009, "_text", -1, 'A', 25, 0);
 pub const INT8_ARRAY: PgType = t(1016, "_int8", -1, 'A', 20, 0);
 pub const FLOAT4_ARRAY: PgType = t(1021, "_float4", -1, 'A', 700, 0);
 pub const FLOAT8_ARRAY: PgType = t(1022, "_float8", -1, 'A', 701, 0);
+pub const OID_ARRAY: PgType = t(1028, "_oid", -1, 'A', 26, 0);
 pub const VARCHAR: PgType = t(1043, "varchar", -1, 'S', 0, 1015);
 pub const DATE: PgType = t(1082, "date", 4, 'D', 0, 1182);
 pub const TIME: PgType = t(1083, "time", 8, 'D', 0, 1183);
@@ -94,6 +95,7 @@ pub const ALL: &[PgType] = &[
     INT8_ARRAY,
     FLOAT4_ARRAY,
     FLOAT8_ARRAY,
+    OID_ARRAY,
     VARCHAR,
     DATE,
     TIME,
@@ -108,6 +110,24 @@ pub const ALL: &[PgType] = &[
 /// The type with this OID, if it is one of [`ALL`].
 pub fn by_oid(oid: u32) -> Option<PgType> {
     ALL.iter().copied().find(|t| t.oid == oid)
+}
+
+/// The type a name denotes, as `'int4'::regtype` resolves it: its own name (`int4`,
+/// `_text`), its SQL name (`integer`, `double precision`, `text[]`), a few aliases (`int`,
+/// `decimal`), optionally `pg_catalog.`-qualified; case-insensitive.
+pub fn by_name(name: &str) -> Option<PgType> {
+    let lower = name.trim().to_ascii_lowercase();
+    let bare = lower.trim_start_matches("pg_catalog.");
+    let alias = match bare {
+        "int" => "int4",
+        "decimal" => "numeric",
+        "float" | "double" => "float8",
+        "timestamp with time zone" => "timestamptz",
+        other => other,
+    };
+    ALL.iter()
+        .copied()
+        .find(|t| t.name == alias || format_type(t.oid) == Some(alias))
 }
 
 /// The PostgreSQL type a column of Arrow type `dt` is described as. Values of types without a
@@ -143,6 +163,7 @@ pub fn pg_type_of(dt: &DataType) -> PgType {
             INT8 => INT8_ARRAY,
             FLOAT4 => FLOAT4_ARRAY,
             FLOAT8 => FLOAT8_ARRAY,
+            OID => OID_ARRAY,
             TEXT => TEXT_ARRAY,
             _ => TEXT,
         },
@@ -170,6 +191,7 @@ pub fn format_type(oid: u32) -> Option<&'static str> {
         FLOAT4_ARRAY => "real[]",
         FLOAT8_ARRAY => "double precision[]",
         TEXT_ARRAY => "text[]",
+        OID_ARRAY => "oid[]",
         CHAR => "\"char\"",
         other => other.name,
     })
@@ -214,5 +236,20 @@ mod tests {
             }
         }
         assert_eq!(format_type(1114), Some("timestamp without time zone"));
+        for (name, oid) in [
+            ("int4", 23),
+            ("INTEGER", 23),
+            ("int", 23),
+            ("pg_catalog.text", 25),
+            ("character varying", 1043),
+            ("double precision", 701),
+            ("text[]", 1009),
+            ("_int8", 1016),
+            ("timestamp with time zone", 1184),
+            ("regclass", 2205),
+        ] {
+            assert_eq!(by_name(name).map(|t| t.oid), Some(oid), "{name}");
+        }
+        assert_eq!(by_name("hstore"), None);
     }
 }
