@@ -3,13 +3,14 @@
 //! `gen-events`, `quickstart`, `inspect`).
 
 mod config;
+mod remote;
 
 use std::path::{Path, PathBuf};
 
 use basalt_broker::guard::Guard;
 use basalt_broker::{app_state, pg, serve, HttpLimits};
 use basalt_ingest::gen::{write_events, GenFormat, EVENTS_SPEC};
-use basalt_ingest::{Format, StoreConfig, TableStore};
+use basalt_ingest::{StoreConfig, TableStore};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::Config;
@@ -32,17 +33,44 @@ struct Cli {
 enum Command {
     /// Run every role (HTTP API, ingestion, query) in one process.
     Standalone(StandaloneArgs),
-    /// Upload NDJSON, CSV or Parquet files to a table on a running server (all-or-nothing per file).
+    /// Upload NDJSON, CSV or Parquet files to a table on a running server (all-or-nothing per
+    /// file), with progress and a summary per file.
     Ingest {
-        /// Base URL of the server, e.g. http://127.0.0.1:8099
-        #[arg(long)]
-        server: String,
+        #[command(flatten)]
+        server: ServerArgs,
         /// Table to load into.
         #[arg(long)]
         table: String,
         /// Files; the format comes from the extension (.ndjson/.jsonl/.json, .csv, .parquet).
         #[arg(required = true)]
         files: Vec<PathBuf>,
+    },
+    /// Run a SQL query on a running server and print the result.
+    Sql {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Output: an aligned table, CSV or JSON.
+        #[arg(long, value_enum, default_value = "table")]
+        format: remote::OutputFormat,
+        /// The query; read from standard input when absent or `-`.
+        query: Option<String>,
+    },
+    /// List the tables of a running server with their size and ingestion state.
+    Tables {
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Show one table: columns, statistics, ingestion per partition.
+    Table {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// The table's name.
+        name: String,
+    },
+    /// Print a shell completion script (e.g. `basalt completions bash > /etc/bash_completion.d/basalt`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
     },
     /// Write deterministic generated product events (the `events` table's schema).
     GenEvents {
@@ -84,6 +112,23 @@ enum Command {
         #[arg(long)]
         exit: bool,
     },
+}
+
+/// Where the client commands find the server.
+#[derive(clap::Args)]
+struct ServerArgs {
+    /// Base URL of the server's HTTP API.
+    #[arg(long, env = "BASALT_SERVER", default_value = "http://127.0.0.1:8099")]
+    server: String,
+    /// Token for a server with `[auth] tokens` (sent as a Bearer token).
+    #[arg(long, env = "BASALT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl ServerArgs {
+    fn remote(self) -> Result<remote::Remote, String> {
+        remote::Remote::new(&self.server, self.token)
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -154,7 +199,33 @@ async fn run(cli: Cli) -> Result<(), String> {
             server,
             table,
             files,
-        } => ingest_files(&server, &table, &files).await,
+        } => remote::ingest(&server.remote()?, &table, &files).await,
+        Command::Sql {
+            server,
+            format,
+            query,
+        } => {
+            let query = match query.filter(|q| q != "-") {
+                Some(q) => q,
+                None => {
+                    let mut q = String::new();
+                    std::io::Read::read_to_string(&mut std::io::stdin(), &mut q)
+                        .map_err(|e| format!("reading the query from standard input: {e}"))?;
+                    q
+                }
+            };
+            if query.trim().is_empty() {
+                return Err("no query: pass it as an argument or on standard input".into());
+            }
+            remote::sql(&server.remote()?, &query, format).await
+        }
+        Command::Tables { server } => remote::tables(&server.remote()?).await,
+        Command::Table { server, name } => remote::table(&server.remote()?, &name).await,
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "basalt", &mut std::io::stdout());
+            Ok(())
+        }
         Command::GenEvents {
             rows,
             format,
@@ -392,38 +463,6 @@ async fn standalone(a: StandaloneArgs) -> Result<(), String> {
         .map_err(|e| format!("http server failed: {e}"))
 }
 
-async fn ingest_files(server: &str, table: &str, files: &[PathBuf]) -> Result<(), String> {
-    let client = reqwest::Client::new();
-    let base = server.trim_end_matches('/');
-    for f in files {
-        let format = Format::from_path(f).ok_or_else(|| {
-            format!(
-                "{}: unknown extension; use .ndjson, .jsonl, .json, .csv or .parquet",
-                f.display()
-            )
-        })?;
-        let file = tokio::fs::File::open(f)
-            .await
-            .map_err(|e| format!("cannot open {}: {e}", f.display()))?;
-        let body =
-            reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(file, 1 << 20));
-        let resp = client
-            .post(format!("{base}/tables/{table}/ingest"))
-            .header("content-type", format.content_type())
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| format!("{}: request failed: {e}", f.display()))?;
-        let status = resp.status();
-        let text = resp.text().await.unwrap_or_default();
-        if !status.is_success() {
-            return Err(format!("{}: server answered {status}: {text}", f.display()));
-        }
-        println!("{}: {text}", f.display());
-    }
-    Ok(())
-}
-
 async fn quickstart(rows: u64, http_addr: &str, pg_addr: &str, exit: bool) -> Result<(), String> {
     let dir = tempfile::Builder::new()
         .prefix("basalt-quickstart-")
@@ -460,7 +499,7 @@ async fn quickstart(rows: u64, http_addr: &str, pg_addr: &str, exit: bool) -> Re
     );
     let file = dir.path().join("events.parquet");
     gen_events(rows, GenFormatArg::Parquet, &file, 42, 1.0)?;
-    ingest_files(&base, "events", &[file]).await?;
+    remote::ingest(&remote::Remote::new(&base, None)?, "events", &[file]).await?;
     let queries = [
         "SELECT count(*) AS events FROM events",
         "SELECT event_type, count(*) AS n FROM events WHERE ts > now() - INTERVAL '1 hour' GROUP BY event_type ORDER BY n DESC LIMIT 5",

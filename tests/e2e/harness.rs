@@ -117,6 +117,18 @@ pub fn succeeded(out: &std::process::Output) -> String {
     stdout
 }
 
+/// Creates a table from a JSON `spec`; it must answer 201.
+pub async fn create_table(c: &reqwest::Client, s: &Server, spec: &str) {
+    let r = c
+        .post(s.url("/tables"))
+        .header("content-type", "application/json")
+        .body(spec.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
+}
+
 /// Sends a request and reads the JSON answer.
 async fn json_of(req: reqwest::RequestBuilder) -> serde_json::Value {
     req.send().await.unwrap().json().await.unwrap()

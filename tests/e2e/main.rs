@@ -4,6 +4,7 @@
 
 #[path = "../chaos/mod.rs"]
 mod chaos;
+mod cli;
 mod console;
 mod dashboards;
 mod harness;

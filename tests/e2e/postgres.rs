@@ -9,18 +9,11 @@ use std::process::Command;
 
 use serde_json::json;
 
-use crate::harness::{repo_path, service_env, succeeded, Server};
+use crate::harness::{create_table, repo_path, service_env, succeeded, Server};
 
 /// Creates `events` and loads `rows` generated events through the HTTP API.
 pub async fn load_events(c: &reqwest::Client, s: &Server, dir: &std::path::Path, rows: u64) {
-    let st = c
-        .post(s.url("/tables"))
-        .header("content-type", "application/json")
-        .body(basalt_ingest::gen::EVENTS_SPEC)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(st.status(), 201);
+    create_table(c, s, basalt_ingest::gen::EVENTS_SPEC).await;
     let file = dir.join("events.parquet");
     let ok = Command::new(env!("CARGO_BIN_EXE_basalt"))
         .args([
