@@ -33,6 +33,8 @@ const FILES: &[(&str, &str, &str)] = &[
     ),
 ];
 
+#[utoipa::path(get, path = "/", tag = "operations",
+    responses((status = 200, description = "The web console", body = String, content_type = "text/html")))]
 pub async fn index() -> Response {
     (
         [
@@ -44,6 +46,15 @@ pub async fn index() -> Response {
         .into_response()
 }
 
+#[utoipa::path(get, path = "/console/{file}", tag = "operations",
+    params(("file" = String, Path, description = "A file of the console: app.js, style.css, uPlot's script and styles")),
+    responses(
+        (status = 200, description = "The file", content(
+            (String = "text/javascript"),
+            (String = "text/css"),
+        )),
+        (status = 404, description = "No such file", body = String, content_type = "text/plain"),
+    ))]
 pub async fn file(Path(name): Path<String>) -> Response {
     match FILES.iter().find(|(n, _, _)| *n == name) {
         Some((_, content_type, body)) => (

@@ -3,7 +3,9 @@
 //!
 //! Routes: `POST/GET /tables`, `GET/DELETE /tables/{name}`, `POST /tables/{name}/ingest`,
 //! `GET /tables/{name}/ingestion` (real-time status), `POST /query/sql` (also `/query`),
-//! `GET /health`, `GET /metrics`; the web console at `GET /` ([`crate::console`]). With tokens
+//! `GET /health`, `GET /metrics`, `GET /tables/{name}/schema` (Pinot's schema format),
+//! `GET /openapi.json` (this API's contract, [`crate::openapi`]); the web console at `GET /`
+//! ([`crate::console`]). With tokens
 //! configured every route but `/health` and the console's files needs credentials
 //! ([`crate::auth`]).
 //! Ingest bodies are streamed to a blocking decoder; the byte limit is enforced while reading.
@@ -17,7 +19,6 @@ use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
 use basalt_ingest::{Format, IngestError, TableSpec, TableStore};
 use basalt_query::{QueryEngine, QueryLimits, Workload};
@@ -72,32 +73,79 @@ pub struct AppState {
     pub ingest_slots: Arc<tokio::sync::Semaphore>,
 }
 
+/// The API's routes and its OpenAPI document, built together: every route is added through
+/// `routes!` from a handler's `#[utoipa::path]`, so the document lists exactly the routes the
+/// router serves.
+fn routes() -> (
+    utoipa_axum::router::OpenApiRouter<AppState>,
+    utoipa_axum::router::OpenApiRouter<AppState>,
+) {
+    use utoipa::OpenApi;
+    use utoipa_axum::router::OpenApiRouter;
+    use utoipa_axum::routes;
+    let (schemas, paths, ingest_route) = routes!(ingest);
+    let guarded = OpenApiRouter::with_openapi(crate::openapi::ApiDoc::openapi())
+        .routes(routes!(create_table, list_tables))
+        .routes(routes!(get_table, drop_table))
+        .routes(routes!(get_ingestion))
+        .routes(routes!(get_schema))
+        .routes((
+            schemas,
+            paths,
+            ingest_route.layer(DefaultBodyLimit::disable()),
+        ))
+        .routes(routes!(query_sql))
+        .routes(routes!(query_alias))
+        .routes(routes!(metrics));
+    let open = OpenApiRouter::new()
+        .routes(routes!(health))
+        .routes(routes!(openapi_json))
+        .routes(routes!(crate::console::index))
+        .routes(routes!(crate::console::file));
+    (guarded, open)
+}
+
+/// The OpenAPI document of the HTTP API.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let (guarded, open) = routes();
+    let mut doc = guarded.into_openapi();
+    doc.merge(open.into_openapi());
+    doc
+}
+
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/tables", post(create_table).get(list_tables))
-        .route("/tables/{name}", get(get_table).delete(drop_table))
-        .route("/tables/{name}/ingestion", get(get_ingestion))
-        .route("/tables/{name}/schema", get(get_schema))
-        .route(
-            "/tables/{name}/ingest",
-            post(ingest).layer(DefaultBodyLimit::disable()),
-        )
-        .route("/query/sql", post(query_sql))
-        .route("/query", post(query_sql))
-        .route("/metrics", get(metrics))
+    let (guarded, open) = routes();
+    let (guarded, mut doc) = guarded.split_for_parts();
+    let (open, open_doc) = open.split_for_parts();
+    doc.merge(open_doc);
+    let doc = Arc::new(doc);
+    guarded
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_auth,
         ))
-        .route("/health", get(health))
-        .route("/", get(crate::console::index))
-        .route("/console/{file}", get(crate::console::file))
+        .merge(open)
+        .layer(axum::Extension(doc))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             browser_guard,
         ))
         .layer(DefaultBodyLimit::max(16 << 20))
         .with_state(state)
+}
+
+/// The API's OpenAPI 3.1 document (generated from the code).
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "This API's OpenAPI 3.1 document", body = Object)))]
+async fn openapi_json(
+    State(s): State<AppState>,
+    axum::Extension(doc): axum::Extension<Arc<utoipa::openapi::OpenApi>>,
+) -> Response {
+    finish(
+        &s,
+        "openapi",
+        Ok(Json(doc.as_ref().clone()).into_response()),
+    )
 }
 
 /// Refuses cross-site requests and, while authentication is off, foreign `Host` names (see
@@ -224,6 +272,19 @@ fn parse_json<T: for<'de> Deserialize<'de>>(body: &[u8], what: &str) -> Result<T
     serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("invalid {what}: {e}")))
 }
 
+/// Creates a table from its JSON spec (or attaches it when its deep store already holds it).
+#[utoipa::path(post, path = "/tables", tag = "tables",
+    request_body(content = basalt_ingest::TableSpec, content_type = "application/json",
+        description = "A table spec (README: Table spec)"),
+    responses(
+        (status = 201, description = "Created or attached", body = crate::openapi::Created),
+        (status = 400, description = "Invalid spec: the message names the field", body = crate::openapi::ErrorBody),
+        crate::openapi::Guarded,
+        (status = 409, description = "A table of this name exists", body = crate::openapi::ErrorBody),
+        (status = 413, description = "Body over 16 MiB", body = crate::openapi::ErrorBody),
+        (status = 415, description = "Not application/json", body = crate::openapi::ErrorBody),
+        (status = 503, description = "The table's deep store cannot be reached", body = crate::openapi::ErrorBody),
+    ))]
 async fn create_table(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     let r = async {
         require_json(&headers)?;
@@ -245,6 +306,12 @@ async fn create_table(State(s): State<AppState>, headers: HeaderMap, body: Bytes
 }
 
 /// Every table, and among them those that cannot be used now (with why).
+/// Every table, and those that cannot be used now with why.
+#[utoipa::path(get, path = "/tables", tag = "tables",
+    responses(
+        (status = 200, description = "The tables", body = crate::openapi::TableList),
+        crate::openapi::Guarded,
+    ))]
 async fn list_tables(State(s): State<AppState>) -> Response {
     let unavailable = s.store.unavailable();
     let mut tables = s.store.table_names();
@@ -254,6 +321,15 @@ async fn list_tables(State(s): State<AppState>) -> Response {
     finish(&s, "list_tables", r)
 }
 
+/// A table's spec, statistics, deep store and ingestion status.
+#[utoipa::path(get, path = "/tables/{name}", tag = "tables",
+    params(("name" = String, Path, description = "Table name", example = "events")),
+    responses(
+        (status = 200, description = "The table", body = crate::openapi::TableDetail),
+        crate::openapi::Guarded,
+        (status = 404, description = "No such table", body = crate::openapi::ErrorBody),
+        (status = 503, description = "The table cannot be loaded now", body = crate::openapi::TableUnavailable),
+    ))]
 async fn get_table(State(s): State<AppState>, Path(name): Path<String>) -> Response {
     if let Some(u) = s.store.unavailable_table(&name) {
         let spec = u.spec.as_ref().map(|s| s.redacted());
@@ -287,6 +363,14 @@ async fn get_table(State(s): State<AppState>, Path(name): Path<String>) -> Respo
 
 /// The table's schema in Pinot's controller form (pinotdb's SQLAlchemy dialect reflects
 /// tables through it).
+/// The table's schema in Apache Pinot's format.
+#[utoipa::path(get, path = "/tables/{name}/schema", tag = "tables",
+    params(("name" = String, Path, description = "Table name", example = "events")),
+    responses(
+        (status = 200, description = "Pinot schema", body = crate::openapi::PinotSchema),
+        crate::openapi::Guarded,
+        (status = 404, description = "No such table", body = crate::openapi::ErrorBody),
+    ))]
 async fn get_schema(State(s): State<AppState>, Path(name): Path<String>) -> Response {
     let r = match s.store.table(&name) {
         Some(t) => Ok(Json(crate::pinot_schema::pinot_schema(&t.spec)).into_response()),
@@ -295,6 +379,14 @@ async fn get_schema(State(s): State<AppState>, Path(name): Path<String>) -> Resp
     finish(&s, "get_schema", r)
 }
 
+/// Real-time ingestion status per partition.
+#[utoipa::path(get, path = "/tables/{name}/ingestion", tag = "tables",
+    params(("name" = String, Path, description = "Table name", example = "events")),
+    responses(
+        (status = 200, description = "State, owner, and per partition offsets, lag, rates and quarantine counts", body = Object),
+        crate::openapi::Guarded,
+        (status = 404, description = "No such table, or a table without a real-time source", body = crate::openapi::ErrorBody),
+    ))]
 async fn get_ingestion(State(s): State<AppState>, Path(name): Path<String>) -> Response {
     let r = match s.store.table(&name) {
         Some(t) => match t.ingestion() {
@@ -308,6 +400,16 @@ async fn get_ingestion(State(s): State<AppState>, Path(name): Path<String>) -> R
     finish(&s, "get_ingestion", r)
 }
 
+/// Drops a table and its segments.
+#[utoipa::path(delete, path = "/tables/{name}", tag = "tables",
+    params(("name" = String, Path, description = "Table name", example = "events")),
+    responses(
+        (status = 200, description = "Dropped", body = crate::openapi::Deleted),
+        crate::openapi::Guarded,
+        (status = 404, description = "No such table", body = crate::openapi::ErrorBody),
+        (status = 409, description = "Another server owns the table", body = crate::openapi::ErrorBody),
+        (status = 503, description = "The table's deep store cannot be reached", body = crate::openapi::ErrorBody),
+    ))]
 async fn drop_table(State(s): State<AppState>, Path(name): Path<String>) -> Response {
     let r = async {
         let ingestion = s.store.table(&name).and_then(|t| t.ingestion());
@@ -382,6 +484,26 @@ impl<R: Read> Read for Limited<R> {
     }
 }
 
+/// Loads a file's rows, all or none.
+#[utoipa::path(post, path = "/tables/{name}/ingest", tag = "ingest",
+    params(("name" = String, Path, description = "Table name", example = "events")),
+    request_body(description = "NDJSON, CSV with a header row, or Parquet; streamed",
+        content(
+            (String = "application/x-ndjson"),
+            (String = "text/csv"),
+            (Vec<u8> = "application/vnd.apache.parquet"),
+        )),
+    responses(
+        (status = 200, description = "Rows loaded", body = crate::openapi::Ingested),
+        (status = 400, description = "A row or the file is malformed: the message names it", body = crate::openapi::ErrorBody),
+        crate::openapi::Guarded,
+        (status = 404, description = "No such table", body = crate::openapi::ErrorBody),
+        (status = 408, description = "The body stopped arriving", body = crate::openapi::ErrorBody),
+        (status = 409, description = "The table cannot take batch loads, or another server owns it", body = crate::openapi::ErrorBody),
+        (status = 413, description = "Body over the ingest limit", body = crate::openapi::ErrorBody),
+        (status = 415, description = "Another content type", body = crate::openapi::ErrorBody),
+        (status = 503, description = "Too many loads at once (Retry-After), or the table is unavailable", body = crate::openapi::ErrorBody),
+    ))]
 async fn ingest(
     State(s): State<AppState>,
     Path(name): Path<String>,
@@ -524,6 +646,10 @@ fn limits_for(
     Ok(l)
 }
 
+/// Runs a SQL query.
+#[utoipa::path(post, path = "/query/sql", tag = "query",
+    request_body(content = crate::openapi::SqlRequestDoc, content_type = "application/json"),
+    responses(crate::openapi::QueryAnswers, crate::openapi::Guarded))]
 async fn query_sql(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     let started = Instant::now();
     let r = async {
@@ -576,6 +702,14 @@ async fn query_sql(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -
     finish(&s, "query", r)
 }
 
+/// `POST /query`: the same as `POST /query/sql` (Pinot's older path).
+#[utoipa::path(post, path = "/query", tag = "query",
+    request_body(content = crate::openapi::SqlRequestDoc, content_type = "application/json"),
+    responses(crate::openapi::QueryAnswers, crate::openapi::Guarded))]
+async fn query_alias(state: State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    query_sql(state, headers, body).await
+}
+
 /// A response body that keeps the query's memory reserved until it has been handed to the
 /// connection (the encoded answer is the largest thing a query leaves behind).
 fn held_body(bytes: Vec<u8>, out: basalt_query::QueryOutput) -> Body {
@@ -599,6 +733,12 @@ fn held_body(bytes: Vec<u8>, out: basalt_query::QueryOutput) -> Body {
 /// broker is unreachable, or consumption is restarting after an error, a panic included),
 /// the tables that cannot be loaded now and why, and the deep store's error when it cannot
 /// be listed. The server itself answers either way, so the status code stays 200.
+/// Liveness, and what is degraded.
+#[utoipa::path(get, path = "/health", tag = "operations",
+    responses(
+        (status = 200, description = "The server answers", body = crate::openapi::Health),
+        (status = 403, description = "A cross-site request", body = crate::openapi::ErrorBody),
+    ))]
 async fn health(State(s): State<AppState>) -> Response {
     let mut problems = Vec::new();
     for name in s.store.table_names() {
@@ -631,6 +771,12 @@ async fn health(State(s): State<AppState>) -> Response {
     finish(&s, "health", r)
 }
 
+/// Prometheus metrics.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses(
+        (status = 200, description = "Prometheus text exposition format", body = String, content_type = "text/plain"),
+        crate::openapi::Guarded,
+    ))]
 async fn metrics(State(s): State<AppState>) -> Response {
     for name in s.store.table_names() {
         if let Some(t) = s.store.table(&name) {

@@ -8,6 +8,7 @@ pub mod error;
 pub mod guard;
 pub mod http;
 pub mod metrics;
+pub mod openapi;
 pub mod pg;
 pub mod pinot_schema;
 pub mod response;

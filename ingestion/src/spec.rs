@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{IngestError, Result};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TableSpec {
     pub name: String,
@@ -39,7 +39,7 @@ pub struct TableSpec {
     pub dedup: Option<DedupSpec>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpsertSpec {
     /// `FULL` (a new row replaces the key's row) or `PARTIAL` (merged column by column).
@@ -60,7 +60,7 @@ pub struct UpsertSpec {
     pub metadata_ttl: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DedupSpec {
     pub enabled: bool,
@@ -70,7 +70,7 @@ pub struct DedupSpec {
     pub ttl: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SourceSpec {
     /// Consume a Kafka topic.
@@ -85,7 +85,7 @@ pub struct SourceSpec {
     pub memory: Option<MemorySource>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MemorySource {
     pub topic: String,
@@ -93,7 +93,7 @@ pub struct MemorySource {
     pub partitions: i32,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GeneratorSource {
     /// Events per second over all partitions (at most 1,000,000); 0 = as fast as ingestion
@@ -127,7 +127,7 @@ fn default_generator_partitions() -> i32 {
     2
 }
 
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaSource {
     /// Bootstrap servers, `host:port[,host:port...]`.
@@ -239,7 +239,7 @@ fn default_start() -> String {
     "earliest".into()
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ColumnSpec {
     pub name: String,
@@ -255,7 +255,7 @@ pub struct ColumnSpec {
     pub nullable: Option<bool>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SegmentConfig {
     /// Rows per sealed segment (default 1,000,000).

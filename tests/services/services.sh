@@ -14,7 +14,8 @@
 # survive a broker restart.
 # TPC-H: DuckDB 1.5.5 and duckdb-extension-tpch in a venv (data and reference answers).
 # Clients: psql (Debian's postgresql-client); the Python clients of the compatibility matrix
-# (psycopg 3, psycopg2, asyncpg, SQLAlchemy, pandas, pgcli, harlequin, pinotdb, Selenium),
+# (psycopg 3, psycopg2, asyncpg, SQLAlchemy, pandas, pgcli, harlequin, pinotdb, Selenium) and
+# schemathesis (the HTTP API's OpenAPI contract),
 # pinned in tests/clients/requirements.txt, in a venv; pgjdbc (Debian's
 # libpostgresql-jdbc-java) run by the JDK's single-file launcher; Apache Superset, pinned in
 # tests/clients/superset-requirements.txt, in a venv of its own, started on :8088 with a
@@ -50,6 +51,7 @@ export BASALT_SERVICES_SCRIPT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/serv
 export BASALT_SERVICES_DIR=$DIR
 export BASALT_TEST_PG_CLIENTS=$CLIENTS_VENV/bin/python
 export BASALT_TEST_PGJDBC=$PGJDBC_JAR
+export BASALT_TEST_SCHEMATHESIS=$CLIENTS_VENV/bin/schemathesis
 export BASALT_TEST_SUPERSET=http://127.0.0.1:$SUPERSET_PORT
 export BASALT_TEST_SUPERSET_PYTHON=$SUPERSET_VENV/bin/python
 export BASALT_TEST_CHROMIUM=$CLIENTS_VENV/bin/python
@@ -166,7 +168,7 @@ install_clients() {
   command -v psql >/dev/null 2>&1 || apt_install postgresql-client
   venv_install "$CLIENTS_VENV" "$CLIENTS_DIR/requirements.txt"
   psql --version >/dev/null || { echo "psql did not install" >&2; exit 1; }
-  "$CLIENTS_VENV/bin/python" -c "import psycopg, psycopg2, sqlalchemy, asyncpg, pandas, pgcli, harlequin_postgres, pinotdb, selenium" ||
+  "$CLIENTS_VENV/bin/python" -c "import psycopg, psycopg2, sqlalchemy, asyncpg, pandas, pgcli, harlequin_postgres, pinotdb, selenium, schemathesis" ||
     { echo "the Python clients did not install" >&2; exit 1; }
   echo "PostgreSQL clients ready ($(psql --version))"
   # pgjdbc: Debian's driver, run from source by the JDK's launcher (javac's module).

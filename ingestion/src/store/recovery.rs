@@ -27,7 +27,7 @@ use crate::spec::TableSpec;
 const RETRY_EVERY: Duration = Duration::from_secs(3);
 
 /// A table that exists but cannot be used now.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Unavailable {
     pub table: String,
     /// Its spec, when known (from its state or the local catalog).
