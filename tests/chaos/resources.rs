@@ -215,12 +215,25 @@ async fn deadlines_stop_work_and_full_queues_refuse() {
             tokio::time::sleep(Duration::from_secs(2)).await;
             continue;
         }
-        // Within 100 ms of the deadline the work has stopped: no CPU is spent after it.
+        // Soon after the deadline the work has stopped: a 500 ms window with at most 10
+        // ticks (100 ms) of the server's CPU. On an idle machine the first window, 100 ms
+        // after the answer, passes; with the other tests running on both cores the aborted
+        // threads may wait to be scheduled before they see the abort, so up to four
+        // windows are measured (a query still running would burn ~100 ticks in each).
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let before = cpu_ticks(s.pid());
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let spent = cpu_ticks(s.pid()) - before;
-        assert!(spent <= 10, "{q}: {spent} ticks of CPU after the deadline");
+        let mut windows = Vec::new();
+        for _ in 0..4 {
+            let before = cpu_ticks(s.pid());
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            windows.push(cpu_ticks(s.pid()) - before);
+            if windows.last().is_some_and(|&t| t <= 10) {
+                break;
+            }
+        }
+        assert!(
+            windows.last().is_some_and(|&t| t <= 10),
+            "{q}: CPU ticks per 500 ms after the deadline: {windows:?}"
+        );
     }
     assert!(
         stopped >= 1,
