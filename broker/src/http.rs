@@ -105,14 +105,6 @@ fn routes() -> (
     (guarded, open)
 }
 
-/// The OpenAPI document of the HTTP API.
-pub fn openapi() -> utoipa::openapi::OpenApi {
-    let (guarded, open) = routes();
-    let mut doc = guarded.into_openapi();
-    doc.merge(open.into_openapi());
-    doc
-}
-
 pub fn router(state: AppState) -> Router {
     let (guarded, open) = routes();
     let (guarded, mut doc) = guarded.split_for_parts();

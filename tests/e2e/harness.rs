@@ -117,8 +117,8 @@ pub fn succeeded(out: &std::process::Output) -> String {
     stdout
 }
 
-/// Creates a table from a JSON `spec`; it must answer 201.
-pub async fn create_table(c: &reqwest::Client, s: &Server, spec: &str) {
+/// Creates a table from a JSON `spec`; it must answer 201. Returns the answer.
+pub async fn create_table(c: &reqwest::Client, s: &Server, spec: &str) -> serde_json::Value {
     let r = c
         .post(s.url("/tables"))
         .header("content-type", "application/json")
@@ -126,7 +126,10 @@ pub async fn create_table(c: &reqwest::Client, s: &Server, spec: &str) {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
+    let status = r.status();
+    let text = r.text().await.unwrap();
+    assert_eq!(status, 201, "{text}");
+    serde_json::from_str(&text).unwrap()
 }
 
 /// Sends a request and reads the JSON answer.

@@ -77,15 +77,7 @@ pub(crate) fn table_spec(
 }
 
 pub(crate) async fn create(c: &reqwest::Client, s: &Server, spec: &str) -> Value {
-    let r = c
-        .post(s.url("/tables"))
-        .header("content-type", "application/json")
-        .body(spec.to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 201);
-    r.json().await.unwrap()
+    crate::harness::create_table(c, s, spec).await
 }
 
 pub(crate) async fn count(c: &reqwest::Client, s: &Server, q: &str) -> u64 {
