@@ -22,6 +22,73 @@ pub struct Config {
     pub storage: StorageSection,
     #[serde(default)]
     pub tables: TablesSection,
+    #[serde(default)]
+    pub cluster: ClusterSection,
+}
+
+/// The `server` and `broker` roles.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// The token servers and brokers present to each other (Flight calls); default: the
+    /// `BASALT_CLUSTER_TOKEN` environment variable. Required for both roles.
+    pub token: Option<String>,
+    /// Milliseconds between gossip rounds (default 250; a dead node is detected after about
+    /// eight intervals).
+    #[serde(default = "default_gossip_ms")]
+    pub gossip_interval_ms: u64,
+    /// Name of the cluster: nodes gossiping under another name are ignored (default
+    /// `basalt`).
+    #[serde(default = "default_cluster_id")]
+    pub cluster_id: String,
+    /// How long a server stopping gracefully waits for its segments to be loaded elsewhere
+    /// (default 60 s).
+    #[serde(default = "default_drain_secs")]
+    pub drain_timeout_secs: u64,
+    /// How often a broker re-reads the metastore for tables and segments published
+    /// elsewhere, in milliseconds (default 1000).
+    #[serde(default = "default_sync_ms")]
+    pub sync_interval_ms: u64,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        ClusterSection {
+            token: None,
+            gossip_interval_ms: default_gossip_ms(),
+            cluster_id: default_cluster_id(),
+            drain_timeout_secs: default_drain_secs(),
+            sync_interval_ms: default_sync_ms(),
+        }
+    }
+}
+
+fn default_gossip_ms() -> u64 {
+    250
+}
+fn default_cluster_id() -> String {
+    "basalt".into()
+}
+fn default_drain_secs() -> u64 {
+    60
+}
+fn default_sync_ms() -> u64 {
+    1000
+}
+
+impl ClusterSection {
+    /// The cluster token: the config's, else `BASALT_CLUSTER_TOKEN`.
+    pub fn token(&self) -> Result<String, String> {
+        let t = self
+            .token
+            .clone()
+            .or_else(|| std::env::var("BASALT_CLUSTER_TOKEN").ok())
+            .unwrap_or_default();
+        if t.len() < 16 {
+            return Err("the server and broker roles need a cluster token of at least 16 characters: set BASALT_CLUSTER_TOKEN or [cluster] token".into());
+        }
+        Ok(t)
+    }
 }
 
 /// Where table specs may put their data.

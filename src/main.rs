@@ -4,6 +4,7 @@
 
 mod config;
 mod remote;
+mod roles;
 
 use std::path::{Path, PathBuf};
 
@@ -33,6 +34,12 @@ struct Cli {
 enum Command {
     /// Run every role (HTTP API, ingestion, query) in one process.
     Standalone(StandaloneArgs),
+    /// Run a cluster server: load the segments placed on it and run plan fragments for
+    /// brokers (Arrow Flight).
+    Server(roles::ServerRoleArgs),
+    /// Run a cluster broker: HTTP, PostgreSQL and the admin API; queries are scattered to
+    /// the servers.
+    Broker(roles::BrokerRoleArgs),
     /// Upload NDJSON, CSV or Parquet files to a table on a running server (all-or-nothing per
     /// file), with progress and a summary per file.
     Ingest {
@@ -195,6 +202,8 @@ fn main() {
 async fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         Command::Standalone(a) => standalone(a).await,
+        Command::Server(a) => roles::server(a).await,
+        Command::Broker(a) => broker(a).await,
         Command::Ingest {
             server,
             table,
@@ -335,13 +344,25 @@ async fn bind(addr: &str, what: &str) -> Result<tokio::net::TcpListener, String>
         .map_err(|e| format!("cannot listen on {addr} ({what}): {e}"))
 }
 
+/// A broker's membership in a cluster.
+struct BrokerCluster {
+    node: basalt_cluster::NodeConfig,
+    token: String,
+    sync_every: std::time::Duration,
+}
+
 async fn start_server(
     data_dir: PathBuf,
     deep_store: Option<String>,
     http_addr: &str,
     pg_addr: &str,
     cfg: &Config,
+    cluster: Option<BrokerCluster>,
 ) -> Result<Running, String> {
+    let placement: std::sync::Arc<dyn basalt_ingest::Placement> = match cluster {
+        Some(_) => std::sync::Arc::new(basalt_broker::cluster::HoldsNothing),
+        None => std::sync::Arc::new(basalt_ingest::Everything),
+    };
     let store = TableStore::open(StoreConfig {
         data_dir: data_dir.clone(),
         deep_store,
@@ -349,6 +370,7 @@ async fn start_server(
         policy: cfg.tables.policy(&cfg.storage),
         ingest: cfg.ingest.limits(),
         consumer_lease: std::time::Duration::from_secs(cfg.ingest.consumer_lease_secs),
+        placement,
     })
     .await
     .map_err(|e| format!("cannot open the table store in {}: {e}", data_dir.display()))?;
@@ -373,13 +395,23 @@ async fn start_server(
         allowed_hosts: cfg.server.allowed_hosts.clone(),
         allowed_origins: cfg.server.allowed_origins.clone(),
     };
-    let state = app_state(
-        store.clone(),
-        limits,
-        cfg.query.engine(&data_dir),
-        auth,
-        guard,
-    );
+    let engine = cfg.query.engine(&data_dir);
+    let state = match cluster {
+        None => app_state(store.clone(), limits, engine, auth, guard),
+        Some(c) => {
+            let mut node = c.node;
+            node.http_addr = Some(http);
+            node.pg_addr = Some(pg);
+            let membership = std::sync::Arc::new(
+                basalt_cluster::Membership::join(node)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            );
+            let cluster = basalt_broker::cluster::Cluster::start(membership, c.token).await;
+            basalt_broker::cluster::start_sync(store.clone(), c.sync_every);
+            basalt_broker::cluster_app_state(store.clone(), cluster, limits, engine, auth, guard)
+        }
+    };
     let pg_server = std::sync::Arc::new(pg::PgServer::new(
         &state,
         state.auth.clone(),
@@ -451,11 +483,40 @@ async fn standalone(a: StandaloneArgs) -> Result<(), String> {
         .or(cfg.server.pg_addr.clone())
         .unwrap_or_else(|| "127.0.0.1:5433".into());
     let deep_store = a.deep_store.or(cfg.server.deep_store.clone());
-    let r = start_server(data_dir, deep_store, &http_addr, &pg_addr, &cfg).await?;
+    let r = start_server(data_dir, deep_store, &http_addr, &pg_addr, &cfg, None).await?;
     // One line, read by the end-to-end tests: "listening on http://H postgres://P".
     eprintln!(
         "basalt standalone listening on http://{} postgres://{}",
         r.http, r.pg
+    );
+    r.handle
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("http server failed: {e}"))
+}
+
+/// `basalt broker`: the front doors of a cluster; queries run on its servers.
+async fn broker(a: roles::BrokerRoleArgs) -> Result<(), String> {
+    let mut cfg = roles::load_config(&a.node.config)?;
+    cfg.server.allow_unauthenticated |= a.allow_unauthenticated;
+    let cluster = BrokerCluster {
+        node: roles::node_config(&a.node, basalt_cluster::Role::Broker, &cfg),
+        token: cfg.cluster.token()?,
+        sync_every: std::time::Duration::from_millis(cfg.cluster.sync_interval_ms.max(50)),
+    };
+    let r = start_server(
+        a.node.data_dir.clone(),
+        Some(a.node.deep_store.clone()),
+        &a.http_addr,
+        &a.pg_addr,
+        &cfg,
+        Some(cluster),
+    )
+    .await?;
+    // One line, read by the end-to-end tests.
+    eprintln!(
+        "basalt broker {} listening on http://{} postgres://{}",
+        a.node.node_id, r.http, r.pg
     );
     r.handle
         .await
@@ -469,7 +530,15 @@ async fn quickstart(rows: u64, http_addr: &str, pg_addr: &str, exit: bool) -> Re
         .tempdir()
         .map_err(|e| e.to_string())?;
     let cfg = Config::default();
-    let running = start_server(dir.path().join("data"), None, http_addr, pg_addr, &cfg).await?;
+    let running = start_server(
+        dir.path().join("data"),
+        None,
+        http_addr,
+        pg_addr,
+        &cfg,
+        None,
+    )
+    .await?;
     let base = format!("http://{}", running.http);
     let client = reqwest::Client::new();
     let post = |path: &str, body: String, ct: &str| {

@@ -3,6 +3,7 @@
 //! Apache Pinot's response shape; Prometheus metrics.
 
 pub mod auth;
+pub mod cluster;
 pub mod console;
 pub mod error;
 pub mod guard;
@@ -36,6 +37,35 @@ pub fn app_state(
     guard: guard::Guard,
 ) -> AppState {
     let engine = QueryEngine::with_config(Arc::new(source::StoreSource(store.clone())), engine);
+    state_with_engine(store, engine, limits, auth, guard)
+}
+
+/// A broker's application state: queries of its tables run on the cluster's servers
+/// ([`cluster`]).
+pub fn cluster_app_state(
+    store: Arc<TableStore>,
+    cluster: Arc<cluster::Cluster>,
+    limits: HttpLimits,
+    engine: basalt_query::EngineConfig,
+    auth: auth::Auth,
+    guard: guard::Guard,
+) -> AppState {
+    let source = cluster::ClusterSource {
+        store: source::StoreSource(store.clone()),
+        cluster,
+    };
+    let engine = QueryEngine::with_config(Arc::new(source), engine)
+        .with_scatter_rule(Arc::new(cluster::ScatterRule));
+    state_with_engine(store, engine, limits, auth, guard)
+}
+
+fn state_with_engine(
+    store: Arc<TableStore>,
+    engine: QueryEngine,
+    limits: HttpLimits,
+    auth: auth::Auth,
+    guard: guard::Guard,
+) -> AppState {
     AppState {
         store,
         engine,

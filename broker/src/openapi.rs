@@ -128,6 +128,9 @@ pub struct BrokerResponse {
     pub num_entries_scanned_in_filter: Option<u64>,
     pub num_entries_scanned_post_filter: Option<u64>,
     pub num_groups_limit_reached: Option<bool>,
+    /// True when segments with no live replica are missing from the rows (a cluster with
+    /// servers down); `exceptions` then names them.
+    pub partial_result: Option<bool>,
 }
 
 /// A column of a Pinot schema.

@@ -222,10 +222,27 @@ pub fn success(out: &mut QueryOutput, max_bytes: usize) -> Result<Vec<u8>, Query
     }
     buf.extend_from_slice(b"]},");
     let s = &out.stats;
+    // A standalone process is its own one server.
+    let (queried, responded) = match s.num_servers_queried {
+        0 => (1, 1),
+        n => (n, s.num_servers_responded),
+    };
+    let exceptions: Vec<Value> = match s.partial() {
+        true => vec![json!({
+            "errorCode": SEGMENTS_UNAVAILABLE,
+            "message": format!(
+                "{} segments have no live replica and are missing from this result: {}",
+                s.missing_segments.len(),
+                s.missing_segments.join(", ")
+            ),
+        })],
+        false => Vec::new(),
+    };
     let rest = json!({
-        "exceptions": [],
-        "numServersQueried": 1,
-        "numServersResponded": 1,
+        "exceptions": exceptions,
+        "partialResult": s.partial(),
+        "numServersQueried": queried,
+        "numServersResponded": responded,
         "numDocsScanned": s.num_docs_scanned,
         "totalDocs": s.total_docs,
         "numSegmentsQueried": s.num_segments_queried,
@@ -243,6 +260,10 @@ pub fn success(out: &mut QueryOutput, max_bytes: usize) -> Result<Vec<u8>, Query
     buf.extend_from_slice(&rest[1..]);
     Ok(buf)
 }
+
+/// Pinot's error code for segments no server answered for
+/// (`BROKER_SEGMENT_UNAVAILABLE_ERROR_CODE`).
+pub const SEGMENTS_UNAVAILABLE: i32 = 305;
 
 pub fn failure(e: &QueryError, elapsed_ms: u64) -> Value {
     json!({

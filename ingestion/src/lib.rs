@@ -27,4 +27,6 @@ pub use decode::Format;
 pub use error::{IngestError, Result};
 pub use realtime::{IngestionState, IngestionStatus, PartitionStatus};
 pub use spec::TableSpec;
-pub use store::{IngestLimits, StoreConfig, Table, TableStats, TableStore, TableView};
+pub use store::{
+    Everything, IngestLimits, Placement, StoreConfig, Table, TableStats, TableStore, TableView,
+};

@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{IngestError, Result};
 
+/// Most servers a sealed segment may be replicated to.
+pub const MAX_REPLICATION: u32 = 16;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TableSpec {
@@ -37,6 +40,11 @@ pub struct TableSpec {
     /// Drop rows whose primary key was already seen (Pinot's dedup).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dedup: Option<DedupSpec>,
+    /// In a cluster, how many servers hold each sealed segment (1-16, default 1); a query
+    /// stays complete while one of them is up. `standalone` holds one copy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 16)]
+    pub replication: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -401,6 +409,14 @@ impl TableSpec {
         if self.columns.is_empty() {
             return Err(spec_err("columns: a table needs at least one column"));
         }
+        if self
+            .replication
+            .is_some_and(|r| !(1..=MAX_REPLICATION).contains(&r))
+        {
+            return Err(spec_err(format!(
+                "replication: must be between 1 and {MAX_REPLICATION}"
+            )));
+        }
         let mut seen = std::collections::HashSet::new();
         let mut sorted = 0;
         for (i, c) in self.columns.iter().enumerate() {
@@ -523,6 +539,11 @@ impl TableSpec {
         }
         crate::upsert::config::validate(self)?;
         Ok(())
+    }
+
+    /// Servers holding each sealed segment in a cluster.
+    pub fn replication(&self) -> usize {
+        self.replication.unwrap_or(1) as usize
     }
 
     /// The spec as responses and logs show it: literal secrets as `***`.

@@ -5,7 +5,7 @@
 //! cannot starve the others: it fails with a memory error, or with a timeout, or with a row
 //! limit error, and the server carries on.
 
-use std::sync::atomic::Ordering;
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,7 +34,10 @@ use crate::pinot;
 use crate::postgres::{self, catalog::PgCatalog, PgSession};
 use crate::scan::ScanStats;
 use crate::segment_agg::SegmentAggregateRule;
-use crate::table::{SegmentTable, TableSource};
+use crate::table::TableSource;
+
+mod fragments;
+pub use fragments::FragmentOutput;
 
 /// Limits applied to every query (serde-free; the server's config maps onto it).
 #[derive(Debug, Clone)]
@@ -120,6 +123,15 @@ impl Default for EngineConfig {
     }
 }
 
+/// What a running query may still use: in its session config's extensions, for operators
+/// that hand work to other processes (a broker's scatter sends each server what is left).
+#[derive(Debug, Clone)]
+pub struct QueryBudget {
+    pub deadline: Instant,
+    pub max_rows: usize,
+    pub memory_limit: usize,
+}
+
 /// Scan counters of one query, in Pinot's vocabulary.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct QueryStats {
@@ -133,6 +145,19 @@ pub struct QueryStats {
     /// Docs a dynamic filter (a join's build side, a TopK) removed row by row in the scan,
     /// before the rest of their columns were read.
     pub docs_removed_by_dynamic_filters: u64,
+    /// Brokers: servers the query's fragments were sent to, and those that answered.
+    pub num_servers_queried: u64,
+    pub num_servers_responded: u64,
+    /// Brokers: segments no live replica answered for. Not empty means the result is
+    /// partial (Pinot's `partialResult`).
+    pub missing_segments: Vec<String>,
+}
+
+impl QueryStats {
+    /// Whether segments are missing from the result.
+    pub fn partial(&self) -> bool {
+        !self.missing_segments.is_empty()
+    }
 }
 
 #[derive(Debug)]
@@ -178,6 +203,9 @@ pub struct QueryEngine {
     /// Temporary files of spilling queries (`None` when no spill directory is configured
     /// or it could not be made); every other query's disk manager is disabled.
     spill: Option<Arc<DiskManager>>,
+    /// Brokers: the rule that sends the parts of a plan over remote scans to servers; it
+    /// runs right after DataFusion's own physical rules, before Basalt's.
+    scatter: Option<Arc<dyn PhysicalOptimizerRule + Send + Sync>>,
 }
 
 /// Builds below this many estimated rows are broadcast: see [`QueryEngine::session`].
@@ -225,6 +253,7 @@ impl QueryEngine {
             admission: Arc::new(Admission::new(cfg.max_concurrent, cfg.max_queued)),
             max_timeout: cfg.max_timeout,
             spill,
+            scatter: None,
         }
     }
 
@@ -245,6 +274,13 @@ impl QueryEngine {
     /// up to `keys` distinct keys, and a hash-table lookup above.
     pub fn with_join_key_list_max(mut self, keys: usize) -> Self {
         self.key_list_max = keys;
+        self
+    }
+
+    /// The same engine running `rule` after DataFusion's physical optimizer rules (a
+    /// broker's scatter rule: see `basalt-broker`'s `cluster` module).
+    pub fn with_scatter_rule(mut self, rule: Arc<dyn PhysicalOptimizerRule + Send + Sync>) -> Self {
+        self.scatter = Some(rule);
         self
     }
 
@@ -271,6 +307,7 @@ impl QueryEngine {
         stats: Arc<ScanStats>,
         pg: Option<&Arc<PgSession>>,
         spill: bool,
+        budget: Option<QueryBudget>,
     ) -> Result<SessionContext> {
         // A PostgreSQL session's catalog is its database, as `information_schema` reports
         // it (`table_catalog`, which harlequin and DBeaver filter on).
@@ -280,6 +317,9 @@ impl QueryEngine {
             .with_target_partitions(self.target_partitions)
             .with_batch_size(8192)
             .with_information_schema(true);
+        if let Some(b) = budget {
+            config = config.with_extension(Arc::new(b));
+        }
         config.options_mut().sql_parser.enable_ident_normalization = false;
         config.options_mut().execution.time_zone = Some("+00:00".to_string());
         // Segment estimates pick the build side and the join mode. A build of up to 1M rows
@@ -309,12 +349,16 @@ impl QueryEngine {
             runtime.disk_manager = d.clone();
         }
         let runtime = Arc::new(runtime);
-        let state = SessionStateBuilder::new()
+        let mut builder = SessionStateBuilder::new()
             .with_config(config)
             .with_runtime_env(runtime)
             .with_default_features()
             .with_query_planner(Arc::new(crate::shared_subplan::SharingQueryPlanner))
-            .with_physical_optimizer_rules(crate::semi_to_inner::with_semi_to_inner())
+            .with_physical_optimizer_rules(crate::semi_to_inner::with_semi_to_inner());
+        if let Some(rule) = &self.scatter {
+            builder = builder.with_physical_optimizer_rule(rule.clone());
+        }
+        let state = builder
             .with_analyzer_rule(Arc::new(crate::plain_strings::PlainStringsAcrossTables))
             .with_optimizer_rule(Arc::new(crate::semi_join_pushdown::SemiJoinPushdown))
             .with_optimizer_rule(Arc::new(crate::join_order::JoinReorder))
@@ -382,7 +426,13 @@ impl QueryEngine {
         session: &Arc<PgSession>,
     ) -> Result<(SchemaRef, Vec<Option<DataType>>)> {
         let pool = self.pool(&QueryLimits::default());
-        let ctx = self.session(&pool, Arc::new(ScanStats::default()), Some(session), false)?;
+        let ctx = self.session(
+            &pool,
+            Arc::new(ScanStats::default()),
+            Some(session),
+            false,
+            None,
+        )?;
         let plan = ctx
             .state()
             .statement_to_plan(statement.clone())
@@ -430,7 +480,7 @@ impl QueryEngine {
         sql: &str,
     ) -> Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
         let pool = self.pool(&QueryLimits::default());
-        let ctx = self.session(&pool, Arc::new(ScanStats::default()), None, false)?;
+        let ctx = self.session(&pool, Arc::new(ScanStats::default()), None, false, None)?;
         Ok(ctx.sql(sql).await?.create_physical_plan().await?)
     }
 
@@ -443,7 +493,6 @@ impl QueryEngine {
     ) -> Result<QueryOutput> {
         let started = Instant::now();
         let timeout = self.clamp_timeout(limits.timeout);
-        let timed_out = || QueryError::Timeout(timeout.as_millis() as u64);
         let permit = self.admission.admit(timeout).await?;
         let pool = self.pool(limits);
         let memory = result_reservation(&pool);
@@ -475,7 +524,12 @@ impl QueryEngine {
             }
         }
         let stats = Arc::new(ScanStats::default());
-        let ctx = self.session(&pool, stats.clone(), pg, limits.spill)?;
+        let budget = QueryBudget {
+            deadline: started + timeout,
+            max_rows: limits.max_rows,
+            memory_limit: limits.memory_limit,
+        };
+        let ctx = self.session(&pool, stats.clone(), pg, limits.spill, Some(budget))?;
         let max_rows = limits.max_rows;
         let planned = statement.clone();
         // Executed on the query threads (`crate::runtime`): this task only waits, so the
@@ -494,45 +548,11 @@ impl QueryEngine {
             }
             let df = ctx.execute_logical_plan(plan).await?;
             let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-            let mut stream = df.execute_stream().await?;
-            let mut batches = Vec::new();
-            let mut rows = 0usize;
-            let mut seen = std::collections::HashSet::new();
-            while let Some(b) = stream.next().await {
-                let b = b?;
-                rows += b.num_rows();
-                if rows > max_rows {
-                    return Err(QueryError::RowLimit(max_rows));
-                }
-                // The collected result counts against the query's memory.
-                memory.try_grow(fresh_bytes(&b, &mut seen))?;
-                batches.push(b);
-            }
+            let batches = collect(df.execute_stream().await?, max_rows, &memory).await?;
             Ok::<_, QueryError>((schema, batches, memory))
         };
-        let remaining = timeout.saturating_sub(started.elapsed());
-        let (schema, batches, memory) =
-            match tokio::time::timeout(remaining, crate::runtime::spawn(work)).await {
-                Ok(Ok(r)) => r?,
-                Ok(Err(e)) => {
-                    return Err(QueryError::invalid(
-                        ErrorKind::Internal,
-                        format!("the query's execution failed: {e}"),
-                    ))
-                }
-                Err(_) => return Err(timed_out()),
-            };
-        let s = &stats;
-        let stats = QueryStats {
-            num_docs_scanned: s.docs_scanned.load(Ordering::Relaxed),
-            total_docs: s.total_docs.load(Ordering::Relaxed),
-            num_segments_queried: s.segments_queried.load(Ordering::Relaxed),
-            num_segments_matched: s.segments_matched.load(Ordering::Relaxed),
-            num_segments_pruned: s.segments_pruned.load(Ordering::Relaxed),
-            index_lookups: s.index_lookups.load(Ordering::Relaxed),
-            blocks_scanned: s.blocks_scanned.load(Ordering::Relaxed),
-            docs_removed_by_dynamic_filters: s.dynamic_removed.load(Ordering::Relaxed),
-        };
+        let (schema, batches, memory) = on_query_threads(work, started, timeout).await?;
+        let stats = stats.snapshot();
         if let Some((key, versions)) = cache_key {
             self.cache.put(
                 key,
@@ -553,6 +573,45 @@ impl QueryEngine {
             memory,
         })
     }
+}
+
+/// Runs `work` on the query threads (`crate::runtime`) until `timeout` after `started`.
+async fn on_query_threads<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T>> + Send + 'static,
+    started: Instant,
+    timeout: Duration,
+) -> Result<T> {
+    let remaining = timeout.saturating_sub(started.elapsed());
+    match tokio::time::timeout(remaining, crate::runtime::spawn(work)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => Err(QueryError::invalid(
+            ErrorKind::Internal,
+            format!("the query's execution failed: {e}"),
+        )),
+        Err(_) => Err(QueryError::Timeout(timeout.as_millis() as u64)),
+    }
+}
+
+/// The batches of `stream`, at most `max_rows` rows, each counted into `memory` (the
+/// collected result counts against the query's memory).
+async fn collect(
+    mut stream: datafusion::execution::SendableRecordBatchStream,
+    max_rows: usize,
+    memory: &MemoryReservation,
+) -> Result<Vec<RecordBatch>> {
+    let mut batches = Vec::new();
+    let mut rows = 0usize;
+    let mut seen = std::collections::HashSet::new();
+    while let Some(b) = stream.next().await {
+        let b = b?;
+        rows += b.num_rows();
+        if rows > max_rows {
+            return Err(QueryError::RowLimit(max_rows));
+        }
+        memory.try_grow(fresh_bytes(&b, &mut seen))?;
+        batches.push(b);
+    }
+    Ok(batches)
 }
 
 /// A planning error with its kind: unknown table and function names are found by resolving
@@ -658,13 +717,9 @@ impl SchemaProvider for TablesSchema {
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
         // DataFusion asks for every name the statement references (table functions too): an
         // unknown one is `None` here, and [`planning_error`] gives its failure its kind.
-        let snap = self
-            .source
-            .snapshot(name)
-            .map_err(|e| DataFusionError::External(Box::new(e)))?;
-        Ok(snap.map(|snap| {
-            Arc::new(SegmentTable::new(snap, self.stats.clone())) as Arc<dyn TableProvider>
-        }))
+        self.source
+            .provider(name, self.stats.clone())
+            .map_err(|e| DataFusionError::External(Box::new(e)))
     }
 
     fn table_exist(&self, name: &str) -> bool {

@@ -54,6 +54,46 @@ pub enum ErrorKind {
     Internal,
 }
 
+impl ErrorKind {
+    /// Every kind, for [`Self::from_name`].
+    pub const ALL: [ErrorKind; 24] = [
+        ErrorKind::Syntax,
+        ErrorKind::ReadOnly,
+        ErrorKind::UndefinedTable,
+        ErrorKind::UndefinedColumn,
+        ErrorKind::AmbiguousColumn,
+        ErrorKind::DuplicateColumn,
+        ErrorKind::UndefinedFunction,
+        ErrorKind::InvalidQuery,
+        ErrorKind::NotSupported,
+        ErrorKind::TooComplex,
+        ErrorKind::DivisionByZero,
+        ErrorKind::NumericOverflow,
+        ErrorKind::InvalidValue,
+        ErrorKind::DataException,
+        ErrorKind::InvalidParameter,
+        ErrorKind::Timeout,
+        ErrorKind::RowLimit,
+        ErrorKind::Memory,
+        ErrorKind::ResponseTooLarge,
+        ErrorKind::Overloaded,
+        ErrorKind::Unavailable,
+        ErrorKind::DataCorrupted,
+        ErrorKind::Io,
+        ErrorKind::Internal,
+    ];
+
+    /// The kind's name (its variant), as errors carry it between processes.
+    pub fn name(self) -> String {
+        format!("{self:?}")
+    }
+
+    /// The kind [`Self::name`] gave.
+    pub fn from_name(name: &str) -> Option<ErrorKind> {
+        Self::ALL.into_iter().find(|k| k.name() == name)
+    }
+}
+
 #[derive(Debug, Error)]
 pub enum QueryError {
     #[error("sql parser error: {0}")]
@@ -270,6 +310,44 @@ pub type Result<T, E = QueryError> = std::result::Result<T, E>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kind_names_round_trip() {
+        // Exhaustive: a new kind fails to compile here until it is in `ALL`.
+        fn listed(k: ErrorKind) -> bool {
+            match k {
+                ErrorKind::Syntax => ErrorKind::ALL.contains(&k),
+                ErrorKind::ReadOnly => ErrorKind::ALL.contains(&k),
+                ErrorKind::UndefinedTable => ErrorKind::ALL.contains(&k),
+                ErrorKind::UndefinedColumn => ErrorKind::ALL.contains(&k),
+                ErrorKind::AmbiguousColumn => ErrorKind::ALL.contains(&k),
+                ErrorKind::DuplicateColumn => ErrorKind::ALL.contains(&k),
+                ErrorKind::UndefinedFunction => ErrorKind::ALL.contains(&k),
+                ErrorKind::InvalidQuery => ErrorKind::ALL.contains(&k),
+                ErrorKind::NotSupported => ErrorKind::ALL.contains(&k),
+                ErrorKind::TooComplex => ErrorKind::ALL.contains(&k),
+                ErrorKind::DivisionByZero => ErrorKind::ALL.contains(&k),
+                ErrorKind::NumericOverflow => ErrorKind::ALL.contains(&k),
+                ErrorKind::InvalidValue => ErrorKind::ALL.contains(&k),
+                ErrorKind::DataException => ErrorKind::ALL.contains(&k),
+                ErrorKind::InvalidParameter => ErrorKind::ALL.contains(&k),
+                ErrorKind::Timeout => ErrorKind::ALL.contains(&k),
+                ErrorKind::RowLimit => ErrorKind::ALL.contains(&k),
+                ErrorKind::Memory => ErrorKind::ALL.contains(&k),
+                ErrorKind::ResponseTooLarge => ErrorKind::ALL.contains(&k),
+                ErrorKind::Overloaded => ErrorKind::ALL.contains(&k),
+                ErrorKind::Unavailable => ErrorKind::ALL.contains(&k),
+                ErrorKind::DataCorrupted => ErrorKind::ALL.contains(&k),
+                ErrorKind::Io => ErrorKind::ALL.contains(&k),
+                ErrorKind::Internal => ErrorKind::ALL.contains(&k),
+            }
+        }
+        for k in ErrorKind::ALL {
+            assert!(listed(k));
+            assert_eq!(ErrorKind::from_name(&k.name()), Some(k));
+        }
+        assert_eq!(ErrorKind::from_name("Nope"), None);
+    }
 
     #[test]
     fn kinds_come_from_structure() {

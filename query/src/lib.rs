@@ -21,6 +21,7 @@ mod dynamic_filter;
 pub mod engine;
 pub mod error;
 pub mod filter;
+pub mod fragment;
 pub mod functions;
 pub mod guard;
 mod join_order;
@@ -38,7 +39,9 @@ mod shared_subplan;
 pub mod table;
 pub mod workload;
 
-pub use engine::{EngineConfig, QueryEngine, QueryLimits, QueryOutput, QueryStats};
+pub use engine::{
+    EngineConfig, FragmentOutput, QueryBudget, QueryEngine, QueryLimits, QueryOutput, QueryStats,
+};
 pub use error::{ErrorKind, QueryError};
 pub use guard::StatementLimits;
 pub use table::{SegmentTable, TableSnapshot, TableSource};

@@ -47,6 +47,45 @@ pub struct ScanStats {
     pub blocks_skipped: AtomicU64,
     /// Docs removed row by row by dynamic filters.
     pub dynamic_removed: AtomicU64,
+    /// Scatter-gather (brokers): servers asked, servers that answered, and the segments no
+    /// live replica answered for (the result is then partial).
+    pub servers_queried: AtomicU64,
+    pub servers_responded: AtomicU64,
+    pub missing_segments: parking_lot::Mutex<Vec<String>>,
+}
+
+impl ScanStats {
+    /// Adds another run's counters (a server's answer to a fragment) to these.
+    pub fn add(&self, s: &crate::QueryStats) {
+        let r = Ordering::Relaxed;
+        self.docs_scanned.fetch_add(s.num_docs_scanned, r);
+        self.total_docs.fetch_add(s.total_docs, r);
+        self.segments_queried.fetch_add(s.num_segments_queried, r);
+        self.segments_matched.fetch_add(s.num_segments_matched, r);
+        self.segments_pruned.fetch_add(s.num_segments_pruned, r);
+        self.index_lookups.fetch_add(s.index_lookups, r);
+        self.blocks_scanned.fetch_add(s.blocks_scanned, r);
+        self.dynamic_removed
+            .fetch_add(s.docs_removed_by_dynamic_filters, r);
+    }
+
+    /// These counters as a query reports them.
+    pub fn snapshot(&self) -> crate::QueryStats {
+        let r = Ordering::Relaxed;
+        crate::QueryStats {
+            num_docs_scanned: self.docs_scanned.load(r),
+            total_docs: self.total_docs.load(r),
+            num_segments_queried: self.segments_queried.load(r),
+            num_segments_matched: self.segments_matched.load(r),
+            num_segments_pruned: self.segments_pruned.load(r),
+            index_lookups: self.index_lookups.load(r),
+            blocks_scanned: self.blocks_scanned.load(r),
+            docs_removed_by_dynamic_filters: self.dynamic_removed.load(r),
+            num_servers_queried: self.servers_queried.load(r),
+            num_servers_responded: self.servers_responded.load(r),
+            missing_segments: self.missing_segments.lock().clone(),
+        }
+    }
 }
 
 #[derive(Clone)]

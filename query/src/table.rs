@@ -60,6 +60,18 @@ pub trait TableSource: Send + Sync + std::fmt::Debug {
     fn data_version(&self, _name: &str) -> Option<crate::cache::DataVersion> {
         None
     }
+    /// The DataFusion table a query of `name` reads, counting into `stats` (`Ok(None)`: no
+    /// such table): by default a [`SegmentTable`] over a snapshot. A broker's source returns
+    /// tables whose scans run on servers.
+    fn provider(
+        &self,
+        name: &str,
+        stats: Arc<ScanStats>,
+    ) -> Result<Option<Arc<dyn TableProvider>>, crate::QueryError> {
+        Ok(self
+            .snapshot(name)?
+            .map(|snap| Arc::new(SegmentTable::new(snap, stats)) as Arc<dyn TableProvider>))
+    }
 }
 
 /// DataFusion's view of one table snapshot.

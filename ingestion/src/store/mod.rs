@@ -40,10 +40,12 @@ use crate::spec::TableSpec;
 
 mod batch;
 mod lock;
+mod placement;
 mod publish;
 pub mod recovery;
 
 use batch::BatchKeys;
+pub use placement::{Everything, Placement};
 use publish::load_segments;
 pub(crate) use publish::{persisted_valid, PublishChange};
 pub use recovery::Unavailable;
@@ -61,7 +63,12 @@ pub type ValidDocs = HashMap<String, Arc<RoaringBitmap>>;
 /// What a query of a table sees: replaced as a whole, never mutated.
 #[derive(Debug, Default, Clone)]
 pub struct TableView {
+    /// The sealed segments this node holds (all of them unless a cluster placement says
+    /// otherwise: [`Placement`]).
     pub segments: Vec<Arc<LoadedSegment>>,
+    /// Every sealed segment the metastore lists for the table, held here or not (what a
+    /// broker routes).
+    pub published: Arc<Vec<SegmentMeta>>,
     pub quarantine: Vec<Arc<LoadedSegment>>,
     /// Real-time rows not sealed yet, per partition (a partition being sealed has two).
     pub mutable: Vec<Arc<MutablePart>>,
@@ -211,6 +218,8 @@ pub struct StoreConfig {
     pub ingest: IngestLimits,
     /// How long a real-time consumer's lease lasts without renewal (default 30 s).
     pub consumer_lease: std::time::Duration,
+    /// Which segments this node loads and whether it consumes streams (default: all).
+    pub placement: Arc<dyn Placement>,
 }
 
 /// Bounds on one batch ingest request, whatever its format.
@@ -241,6 +250,7 @@ impl StoreConfig {
             policy: TablePolicy::default(),
             ingest: IngestLimits::default(),
             consumer_lease: std::time::Duration::from_secs(30),
+            placement: Arc::new(Everything),
         }
     }
 }
@@ -268,6 +278,7 @@ pub struct TableStore {
     pub(crate) policy: TablePolicy,
     ingest_limits: IngestLimits,
     pub(crate) consumer_lease: std::time::Duration,
+    pub(crate) placement: Arc<dyn Placement>,
     /// Deep stores a spec may name: the configured roots, or the server's own deep store
     /// and data dir.
     allowed_roots: Vec<String>,
@@ -333,6 +344,7 @@ impl TableStore {
             policy: cfg.policy,
             ingest_limits: cfg.ingest,
             consumer_lease: cfg.consumer_lease,
+            placement: cfg.placement,
         });
         {
             let _g = ts.admin.lock().await;
@@ -373,8 +385,10 @@ impl TableStore {
     ) -> Result<Arc<Table>> {
         state.spec.validate()?;
         home.cleanup_unpublished(&state, &self.node).await?;
+        let placed = self.placed(&state.spec, &state.segments);
         let view = TableView {
-            segments: load_segments(&home, &state.spec.name, &state.segments, &[]).await?,
+            segments: load_segments(&home, &state.spec.name, &placed, &[]).await?,
+            published: Arc::new(state.segments.clone()),
             quarantine: load_segments(&home, &state.spec.name, &state.quarantine, &[]).await?,
             mutable: Vec::new(),
             valid: persisted_valid(&home, &state).await?.map(Arc::new),
@@ -390,7 +404,7 @@ impl TableStore {
     }
 
     fn start_realtime(self: &Arc<Self>, table: &Arc<Table>) {
-        if table.spec.source.is_some() {
+        if table.spec.source.is_some() && self.placement.consumes(&table.spec) {
             let ingester = Ingester::start(self.clone(), table.clone());
             *table.realtime.lock() = Some(ingester);
         }

@@ -80,7 +80,8 @@ impl TableStore {
         let cur = t.view();
         let mut known = cur.segments.clone();
         known.extend(staged.iter().cloned());
-        let segments = load_published(t, &state.value.segments, known).await;
+        let placed = self.placed(&t.spec, &state.value.segments);
+        let segments = load_published(t, &placed, known).await;
         let mut known_q = cur.quarantine.clone();
         known_q.extend(staged_quarantine.iter().cloned());
         let quarantine = load_published(t, &state.value.quarantine, known_q).await;
@@ -88,6 +89,7 @@ impl TableStore {
             v.mutable
                 .retain(|p| retire.is_none_or(|r| !Arc::ptr_eq(p, r)));
             v.segments = segments;
+            v.published = Arc::new(state.value.segments.clone());
             v.quarantine = quarantine;
             if !valid.is_empty() {
                 let mut docs = v.valid.as_deref().cloned().unwrap_or_default();
@@ -105,12 +107,14 @@ impl TableStore {
     /// loads what the previous owner published). Fails if a listed segment cannot be opened.
     pub(crate) async fn refresh(&self, t: &Table, state: &TableState) -> Result<()> {
         let cur = t.view();
-        let segments = load_segments(&t.home, &t.spec.name, &state.segments, &cur.segments).await?;
+        let placed = self.placed(&t.spec, &state.segments);
+        let segments = load_segments(&t.home, &t.spec.name, &placed, &cur.segments).await?;
         let quarantine =
             load_segments(&t.home, &t.spec.name, &state.quarantine, &cur.quarantine).await?;
         let valid = persisted_valid(&t.home, state).await?;
         t.change_view(|v| {
             v.segments = segments;
+            v.published = Arc::new(state.segments.clone());
             v.quarantine = quarantine;
             if let Some(valid) = valid {
                 let mut docs = v.valid.as_deref().cloned().unwrap_or_default();

@@ -1,0 +1,149 @@
+//! The broker's side of a cluster. In: gossip (the live servers and what each has loaded),
+//! the metastore (every table's published segments, through a [`TableStore`] that holds
+//! none of them), and SQL. Out: plans whose scans run on servers — [`ClusterSource`] gives
+//! DataFusion a [`table::ClusterTable`] per table, whose scan is a
+//! [`basalt_query::fragment::RemoteScanExec`]; [`ScatterRule`] cuts the plan above it
+//! (at the partial aggregate, a sort with a fetch, or the scan itself) and puts a
+//! [`ScatterExec`] there, which routes each segment to one live replica that reports it
+//! loaded, sends every server its fragment over Arrow Flight, retries what a server could
+//! not answer on another replica, and flags the result partial when no replica is left.
+//!
+//! ```text
+//! SQL ─► DataFusion plan ─► ScatterRule ─► final aggregate / sort / limit (broker)
+//!                                              └─ ScatterExec ─Flight─► servers: scan + filter + partial aggregate
+//! ```
+
+mod scatter;
+mod source;
+mod table;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow_flight::flight_service_client::FlightServiceClient;
+use basalt_cluster::{Member, Membership, Role};
+use basalt_ingest::TableStore;
+use parking_lot::{Mutex, RwLock};
+use tonic::transport::Channel;
+
+pub use scatter::{ScatterExec, ScatterRule};
+pub use source::ClusterSource;
+
+/// What a broker knows of the cluster.
+pub struct Cluster {
+    membership: Arc<Membership>,
+    token: String,
+    /// The live servers, refreshed at every membership change.
+    servers: RwLock<Arc<Vec<Member>>>,
+    clients: Mutex<HashMap<SocketAddr, FlightServiceClient<Channel>>>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("node", &self.membership.node_id())
+            .finish()
+    }
+}
+
+impl Cluster {
+    /// Follows `membership`; `token` is presented to servers on every call.
+    pub async fn start(membership: Arc<Membership>, token: String) -> Arc<Cluster> {
+        let cluster = Arc::new(Cluster {
+            membership,
+            token,
+            servers: RwLock::new(Arc::new(Vec::new())),
+            clients: Mutex::new(HashMap::new()),
+        });
+        cluster.refresh().await;
+        let weak = Arc::downgrade(&cluster);
+        let mut changes = cluster.membership.changes();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    r = changes.changed() => if r.is_err() { return },
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+                let Some(c) = weak.upgrade() else { return };
+                c.refresh().await;
+            }
+        });
+        cluster
+    }
+
+    /// Reads the live members again.
+    pub async fn refresh(&self) {
+        let servers: Vec<Member> = self
+            .membership
+            .members()
+            .await
+            .into_iter()
+            .filter(|m| m.role == Role::Server && m.flight_addr.is_some())
+            .collect();
+        *self.servers.write() = Arc::new(servers);
+    }
+
+    /// The live servers as last read.
+    pub fn servers(&self) -> Arc<Vec<Member>> {
+        self.servers.read().clone()
+    }
+
+    pub fn membership(&self) -> &Arc<Membership> {
+        &self.membership
+    }
+
+    fn client(&self, addr: SocketAddr) -> Result<FlightServiceClient<Channel>, String> {
+        if let Some(c) = self.clients.lock().get(&addr) {
+            return Ok(c.clone());
+        }
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .map_err(|e| e.to_string())?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        let client = FlightServiceClient::new(channel)
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20);
+        self.clients.lock().insert(addr, client.clone());
+        Ok(client)
+    }
+
+    /// Forgets a server's connection (after it failed), so the next call reconnects.
+    fn forget_client(&self, addr: SocketAddr) {
+        self.clients.lock().remove(&addr);
+    }
+}
+
+/// Keeps a broker's table store in line with the metastore (tables and segments other
+/// brokers and servers publish), every `every`.
+pub fn start_sync(store: Arc<TableStore>, every: Duration) {
+    let weak = Arc::downgrade(&store);
+    drop(store);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            let Some(s) = weak.upgrade() else { return };
+            s.sync().await;
+        }
+    });
+}
+
+/// A broker's placement: it loads no segment and consumes no stream.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct HoldsNothing;
+
+impl basalt_ingest::Placement for HoldsNothing {
+    fn serves(
+        &self,
+        _: &basalt_ingest::TableSpec,
+        _: &basalt_ingest::metastore::SegmentMeta,
+    ) -> bool {
+        false
+    }
+
+    fn consumes(&self, _: &basalt_ingest::TableSpec) -> bool {
+        false
+    }
+}

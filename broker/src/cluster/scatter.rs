@@ -1,0 +1,564 @@
+//! Scatter-gather. In: a physical plan with [`RemoteScanExec`] leaves. Out: the same plan
+//! with the largest server-side subtree over each leaf — a partial aggregate, a sort with a
+//! fetch (per-server top-K), a filter or projection, or the scan alone — replaced by a
+//! [`ScatterExec`], which at execution:
+//!
+//! 1. routes each published segment of the query's metastore view to one live server that
+//!    reports it loaded (the least loaded so far among its replicas);
+//! 2. sends each server the fragment naming exactly its segments (datafusion-proto bytes in
+//!    a Flight `DoGet` ticket, with the cluster token and what is left of the deadline);
+//! 3. takes a server's answer only whole (every batch and its trailer), so a server failing
+//!    mid-stream contributes nothing; its segments, and any a server reports it does not
+//!    hold, are routed again to replicas not tried yet;
+//! 4. when no replica is left for a segment, records it as missing: the result is flagged
+//!    partial (Pinot's `partialResult`), never silently short.
+//!
+//! A segment is answered by at most one server, so nothing is counted twice. The broker
+//! keeps the final aggregate, sort and limit above. An ordered fragment (a top-K) is merged
+//! into one sorted partition here.
+
+use std::any::Any;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::compute::{cast, concat_batches};
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::{RecordBatch, RecordBatchOptions};
+use arrow_flight::decode::FlightRecordBatchStream;
+use arrow_flight::error::FlightError;
+use arrow_flight::Ticket;
+use basalt_cluster::wire::{FragmentTicket, FragmentTrailer, AUTHORIZATION, ERROR_KIND};
+use basalt_query::fragment::{self, RemoteScanExec};
+use basalt_query::{ErrorKind, QueryBudget, QueryError, QueryStats};
+use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode, TreeNodeRecursion};
+use datafusion::config::ConfigOptions;
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_expr::EquivalenceProperties;
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
+use datafusion::physical_plan::coop::CooperativeExec;
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::filter::FilterExec;
+use datafusion::physical_plan::projection::ProjectionExec;
+use datafusion::physical_plan::repartition::RepartitionExec;
+use datafusion::physical_plan::sorts::sort::{sort_batch, SortExec};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, Partitioning,
+    PlanProperties,
+};
+use futures::{StreamExt, TryStreamExt};
+use parking_lot::Mutex;
+use prost::Message;
+use tokio::sync::OnceCell;
+use tracing::{debug, warn};
+
+use super::table::ScanRoute;
+
+/// Puts a [`ScatterExec`] above every remote scan (see the module header).
+#[derive(Debug, Default)]
+pub struct ScatterRule;
+
+impl PhysicalOptimizerRule for ScatterRule {
+    fn optimize(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+        _config: &ConfigOptions,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        plan.transform_down(|node| {
+            if let Some(scan) = fragment_scan(&node) {
+                // A subtree DataFusion's protobuf cannot carry (a function of the broker's
+                // own) stays on the broker; its children are tried next.
+                if fragment::encode(node.clone()).is_ok() {
+                    let exec = ScatterExec::new(node, scan)?;
+                    return Ok(Transformed::new(
+                        Arc::new(exec),
+                        true,
+                        TreeNodeRecursion::Jump,
+                    ));
+                }
+            }
+            Ok(Transformed::no(node))
+        })
+        .data()
+    }
+
+    fn name(&self) -> &str {
+        "scatter"
+    }
+
+    fn schema_check(&self) -> bool {
+        true
+    }
+}
+
+/// The remote scan at the bottom of `node` when the subtree from `node` down can run on a
+/// server: `node` is a partial aggregate, a sort with a fetch, a filter, a projection or the
+/// scan, over a chain of filters, projections and round-robin shuffles.
+fn fragment_scan(node: &Arc<dyn ExecutionPlan>) -> Option<RemoteScanExec> {
+    let any = node.as_any();
+    let top = any.is::<RemoteScanExec>()
+        || any
+            .downcast_ref::<AggregateExec>()
+            .is_some_and(|a| *a.mode() == AggregateMode::Partial)
+        || any
+            .downcast_ref::<SortExec>()
+            .is_some_and(|s| s.fetch().is_some())
+        || any.is::<ProjectionExec>()
+        || any.is::<FilterExec>();
+    if !top {
+        return None;
+    }
+    let mut cur = node.clone();
+    loop {
+        if let Some(scan) = cur.as_any().downcast_ref::<RemoteScanExec>() {
+            return Some(scan.clone());
+        }
+        let children = cur.children();
+        let [child] = children.as_slice() else {
+            return None;
+        };
+        let a = child.as_any();
+        let passes = a.is::<RemoteScanExec>()
+            || a.is::<ProjectionExec>()
+            || a.is::<FilterExec>()
+            || a.is::<CooperativeExec>()
+            || a.downcast_ref::<RepartitionExec>()
+                .is_some_and(|r| matches!(r.partitioning(), Partitioning::RoundRobinBatch(_)));
+        if !passes {
+            return None;
+        }
+        cur = (*child).clone();
+    }
+}
+
+/// What every partition of a [`ScatterExec`] shares: the servers' answers, gathered once.
+struct Gathered {
+    batches: Vec<RecordBatch>,
+    _memory: MemoryReservation,
+}
+
+type Shared = Result<Arc<Gathered>, Arc<(ErrorKind, String)>>;
+
+/// Runs a fragment on the servers holding its table's segments and merges their answers.
+pub struct ScatterExec {
+    fragment: Arc<dyn ExecutionPlan>,
+    scan: RemoteScanExec,
+    route: Arc<ScanRoute>,
+    props: Arc<PlanProperties>,
+    result: Arc<OnceCell<Shared>>,
+}
+
+impl fmt::Debug for ScatterExec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ScatterExec")
+            .field("table", &self.route.table)
+            .finish()
+    }
+}
+
+impl ScatterExec {
+    fn new(fragment: Arc<dyn ExecutionPlan>, scan: RemoteScanExec) -> DfResult<Self> {
+        let route = scan
+            .context
+            .clone()
+            .downcast::<ScanRoute>()
+            .map_err(|_| DataFusionError::Internal("a remote scan without a route".into()))?;
+        let partitions = fragment.output_partitioning().partition_count().max(1);
+        let eq = match fragment.output_ordering() {
+            Some(ordering) => {
+                EquivalenceProperties::new_with_orderings(fragment.schema(), [ordering.clone()])
+            }
+            None => EquivalenceProperties::new(fragment.schema()),
+        };
+        let props = Arc::new(PlanProperties::new(
+            eq,
+            Partitioning::UnknownPartitioning(partitions),
+            EmissionType::Final,
+            Boundedness::Bounded,
+        ));
+        Ok(ScatterExec {
+            fragment,
+            scan,
+            route,
+            props,
+            result: Arc::new(OnceCell::new()),
+        })
+    }
+
+    /// The fragment reading `segments`.
+    fn fragment_for(&self, segments: Vec<String>) -> DfResult<Vec<u8>> {
+        let leaf = Arc::new(self.scan.with_segments(segments)) as Arc<dyn ExecutionPlan>;
+        let plan = self
+            .fragment
+            .clone()
+            .transform_up(|n| match n.as_any().is::<RemoteScanExec>() {
+                true => Ok(Transformed::yes(leaf.clone())),
+                false => Ok(Transformed::no(n)),
+            })
+            .data()?;
+        Ok(fragment::encode(plan)?.to_vec())
+    }
+}
+
+impl DisplayAs for ScatterExec {
+    fn fmt_as(&self, t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        let fragment = datafusion::physical_plan::displayable(self.fragment.as_ref())
+            .one_line()
+            .to_string();
+        match t {
+            DisplayFormatType::Verbose => write!(
+                f,
+                "ScatterExec: table={}, segments={}, fragment={}",
+                self.route.table,
+                self.route.segments.len(),
+                fragment.trim_end()
+            ),
+            _ => write!(
+                f,
+                "ScatterExec: table={}, segments={}, fragment=[{}]",
+                self.route.table,
+                self.route.segments.len(),
+                fragment.trim_end()
+            ),
+        }
+    }
+}
+
+impl ExecutionPlan for ScatterExec {
+    fn name(&self) -> &str {
+        "ScatterExec"
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.props
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        match children.is_empty() {
+            true => Ok(self),
+            false => Err(DataFusionError::Internal(
+                "ScatterExec has no children".into(),
+            )),
+        }
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> DfResult<SendableRecordBatchStream> {
+        let this = Arc::new(ScatterExec {
+            fragment: self.fragment.clone(),
+            scan: self.scan.clone(),
+            route: self.route.clone(),
+            props: self.props.clone(),
+            result: self.result.clone(),
+        });
+        let schema = self.schema();
+        let partitions = self.props.partitioning.partition_count();
+        let ordered = self.fragment.output_ordering().cloned();
+        let fetch = self
+            .fragment
+            .as_any()
+            .downcast_ref::<SortExec>()
+            .and_then(|s| s.fetch());
+        let out_schema = schema.clone();
+        let work = async move {
+            let shared = this
+                .result
+                .get_or_init(|| gather(this.clone(), context))
+                .await
+                .clone();
+            let gathered = shared.map_err(|e| {
+                DataFusionError::External(Box::new(QueryError::invalid(e.0, e.1.clone())))
+            })?;
+            let batches: Vec<RecordBatch> = match &ordered {
+                // A top-K: every server's rows merged into partition 0, in order.
+                Some(ordering) => match partition {
+                    0 if !gathered.batches.is_empty() => {
+                        let all = concat_batches(&out_schema, &gathered.batches)?;
+                        vec![sort_batch(&all, ordering, fetch)?]
+                    }
+                    _ => Vec::new(),
+                },
+                None => gathered
+                    .batches
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| i % partitions == partition)
+                    .map(|(_, b)| b.clone())
+                    .collect(),
+            };
+            Ok::<_, DataFusionError>(futures::stream::iter(batches.into_iter().map(Ok)))
+        };
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            schema,
+            futures::stream::once(work).try_flatten(),
+        )))
+    }
+}
+
+/// Why one server's call failed.
+enum CallError {
+    /// The server could not answer (down, not holding the table, overloaded): its
+    /// segments go to other replicas.
+    Server(String),
+    /// The query itself failed there (a bad value, a limit): the query fails.
+    Query(QueryError),
+}
+
+/// Kinds a server reports that another replica may not hit.
+fn retryable(kind: ErrorKind) -> bool {
+    matches!(
+        kind,
+        ErrorKind::Unavailable
+            | ErrorKind::UndefinedTable
+            | ErrorKind::Io
+            | ErrorKind::DataCorrupted
+            | ErrorKind::Internal
+            | ErrorKind::Overloaded
+    )
+}
+
+fn classify(status: &tonic::Status) -> CallError {
+    let kind = status
+        .metadata()
+        .get(ERROR_KIND)
+        .and_then(|v| v.to_str().ok())
+        .and_then(ErrorKind::from_name);
+    match kind {
+        Some(k) if !retryable(k) => CallError::Query(QueryError::invalid(k, status.message())),
+        _ => CallError::Server(format!("{}: {}", status.code(), status.message())),
+    }
+}
+
+/// The servers' answers for every segment of the route (see the module header).
+async fn gather(this: Arc<ScatterExec>, context: Arc<TaskContext>) -> Shared {
+    let shared_err = |e: QueryError| Arc::new((e.kind(), e.to_string()));
+    let budget = context
+        .session_config()
+        .get_extension::<QueryBudget>()
+        .map(|b| (*b).clone())
+        .unwrap_or(QueryBudget {
+            deadline: Instant::now() + Duration::from_secs(10),
+            max_rows: 1_000_000,
+            memory_limit: 1 << 30,
+        });
+    let route = &this.route;
+    let stats = &route.stats;
+    let memory = MemoryConsumer::new("ScatterExec").register(context.memory_pool());
+    let mut todo: Vec<String> = route.segments.iter().map(|s| s.id.clone()).collect();
+    let mut tried: HashMap<String, HashSet<String>> = HashMap::new();
+    let mut batches = Vec::new();
+    let mut missing = Vec::new();
+    // Spreads equal choices differently per query.
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as usize)
+        .unwrap_or(0);
+    while !todo.is_empty() {
+        let servers = route.cluster.servers();
+        let mut plan: BTreeMap<String, (SocketAddr, Vec<String>)> = BTreeMap::new();
+        for seg in todo.drain(..) {
+            let done = tried.get(&seg);
+            let candidates: Vec<_> = servers
+                .iter()
+                .filter(|m| m.has_segment(&route.table, &seg))
+                .filter(|m| done.is_none_or(|d| !d.contains(&m.node_id)))
+                .filter_map(|m| Some((m.node_id.clone(), m.flight_addr?, m.leaving)))
+                .collect();
+            let pick = candidates
+                .iter()
+                .enumerate()
+                .min_by_key(|(i, (node, _, leaving))| {
+                    let load = plan.get(node).map_or(0, |p| p.1.len());
+                    (*leaving, load, (i + nonce) % candidates.len().max(1))
+                })
+                .map(|(_, c)| c.clone());
+            match pick {
+                Some((node, addr, _)) => plan.entry(node).or_insert((addr, Vec::new())).1.push(seg),
+                None => missing.push(seg),
+            }
+        }
+        if plan.is_empty() {
+            break;
+        }
+        let calls = plan.into_iter().map(|(node, (addr, segs))| {
+            let bytes = this.fragment_for(segs.clone());
+            let cluster = route.cluster.clone();
+            let schema = this.schema();
+            let budget = budget.clone();
+            async move {
+                let outcome = match bytes {
+                    Ok(b) => call(&cluster, addr, b, &budget, schema).await,
+                    Err(e) => Err(CallError::Query(QueryError::from(e))),
+                };
+                (node, addr, segs, outcome)
+            }
+        });
+        for (node, addr, segs, outcome) in futures::future::join_all(calls).await {
+            stats.servers_queried.fetch_add(1, Ordering::Relaxed);
+            for s in &segs {
+                tried.entry(s.clone()).or_default().insert(node.clone());
+            }
+            match outcome {
+                Ok((got, trailer)) => {
+                    stats.servers_responded.fetch_add(1, Ordering::Relaxed);
+                    stats.add(&trailer_stats(&trailer));
+                    for b in got {
+                        memory
+                            .try_grow(b.get_array_memory_size())
+                            .map_err(|e| shared_err(QueryError::from(e)))?;
+                        batches.push(b);
+                    }
+                    if !trailer.missing.is_empty() {
+                        debug!(server = %node, missing = trailer.missing.len(), "server did not hold segments it was asked for; asking other replicas");
+                    }
+                    todo.extend(trailer.missing);
+                }
+                Err(CallError::Server(reason)) => {
+                    warn!(server = %node, %addr, segments = segs.len(), reason = %reason, "server failed a fragment; asking other replicas");
+                    route.cluster.forget_client(addr);
+                    todo.extend(segs);
+                }
+                Err(CallError::Query(e)) => return Err(shared_err(e)),
+            }
+        }
+        if Instant::now() >= budget.deadline {
+            let ms = 0;
+            return Err(shared_err(QueryError::Timeout(ms)));
+        }
+    }
+    if !missing.is_empty() {
+        warn!(table = %route.table, segments = missing.len(), "no live replica holds these segments: the result is partial");
+        stats.missing_segments.lock().extend(missing);
+    }
+    Ok(Arc::new(Gathered {
+        batches,
+        _memory: memory,
+    }))
+}
+
+fn trailer_stats(t: &FragmentTrailer) -> QueryStats {
+    QueryStats {
+        num_docs_scanned: t.num_docs_scanned,
+        total_docs: t.total_docs,
+        num_segments_queried: t.num_segments_queried,
+        num_segments_matched: t.num_segments_matched,
+        num_segments_pruned: t.num_segments_pruned,
+        index_lookups: t.index_lookups,
+        blocks_scanned: t.blocks_scanned,
+        docs_removed_by_dynamic_filters: t.docs_removed_by_dynamic_filters,
+        ..QueryStats::default()
+    }
+}
+
+/// One server's whole answer to one fragment.
+async fn call(
+    cluster: &super::Cluster,
+    addr: SocketAddr,
+    plan: Vec<u8>,
+    budget: &QueryBudget,
+    schema: SchemaRef,
+) -> Result<(Vec<RecordBatch>, FragmentTrailer), CallError> {
+    let remaining = budget.deadline.saturating_duration_since(Instant::now());
+    if remaining.is_zero() {
+        return Err(CallError::Query(QueryError::Timeout(0)));
+    }
+    let ticket = FragmentTicket {
+        plan,
+        timeout_ms: remaining.as_millis() as u64,
+        max_rows: budget.max_rows as u64,
+        memory_limit: budget.memory_limit as u64,
+        query_id: String::new(),
+    };
+    let mut req = tonic::Request::new(Ticket {
+        ticket: ticket.encode_to_vec().into(),
+    });
+    let token = format!("Bearer {}", cluster.token)
+        .parse()
+        .map_err(|_| CallError::Server("the cluster token is not valid in a header".into()))?;
+    req.metadata_mut().insert(AUTHORIZATION, token);
+    req.set_timeout(remaining);
+    let mut client = cluster.client(addr).map_err(CallError::Server)?;
+    let work = async {
+        let stream = client
+            .do_get(req)
+            .await
+            .map_err(|s| classify(&s))?
+            .into_inner();
+        let trailer: Arc<Mutex<Option<bytes::Bytes>>> = Arc::default();
+        let seen = trailer.clone();
+        let data = stream.map_err(FlightError::from).try_filter_map(move |d| {
+            let keep = match d.data_header.is_empty() && !d.app_metadata.is_empty() {
+                true => {
+                    *seen.lock() = Some(d.app_metadata);
+                    None
+                }
+                false => Some(d),
+            };
+            futures::future::ready(Ok(keep))
+        });
+        let mut decoded = FlightRecordBatchStream::new_from_flight_data(data);
+        let mut batches = Vec::new();
+        while let Some(b) = decoded.next().await {
+            let b = b.map_err(|e| match e {
+                FlightError::Tonic(s) => classify(&s),
+                other => CallError::Server(other.to_string()),
+            })?;
+            batches.push(conform(b, &schema).map_err(|e| CallError::Server(e.to_string()))?);
+        }
+        let trailer = trailer
+            .lock()
+            .take()
+            .ok_or_else(|| CallError::Server("the answer ended without its trailer".into()))?;
+        let trailer: FragmentTrailer = serde_json::from_slice(&trailer)
+            .map_err(|e| CallError::Server(format!("unreadable trailer: {e}")))?;
+        Ok((batches, trailer))
+    };
+    match tokio::time::timeout(remaining, work).await {
+        Ok(r) => r,
+        Err(_) => Err(CallError::Query(QueryError::Timeout(
+            remaining.as_millis() as u64
+        ))),
+    }
+}
+
+/// `b` in exactly `schema`'s types (Flight may send dictionaries as values).
+fn conform(b: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, arrow::error::ArrowError> {
+    if b.schema().fields() == schema.fields() {
+        return b.with_schema(schema.clone());
+    }
+    let columns = b
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(c, f)| match c.data_type() == f.data_type() {
+            true => Ok(c.clone()),
+            false => cast(c, f.data_type()),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    RecordBatch::try_new_with_options(
+        schema.clone(),
+        columns,
+        &RecordBatchOptions::new().with_row_count(Some(b.num_rows())),
+    )
+}

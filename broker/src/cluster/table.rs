@@ -1,0 +1,128 @@
+//! [`ClusterTable`]: DataFusion's view of a table whose segments live on servers. In: the
+//! table's published segments as of planning (one metastore view, fixed for the query).
+//! Out: a [`RemoteScanExec`] carrying the pushed filters, projection and limit, and what
+//! [`super::ScatterExec`] needs to route it.
+
+use std::any::Any;
+use std::sync::Arc;
+
+use arrow::datatypes::{Schema, SchemaRef};
+use async_trait::async_trait;
+use basalt_ingest::metastore::SegmentMeta;
+use basalt_ingest::Table;
+use basalt_query::filter::to_predicate;
+use basalt_query::fragment::{RemoteScanExec, ScanSpec};
+use basalt_query::scan::ScanStats;
+use datafusion::catalog::Session;
+use datafusion::datasource::{TableProvider, TableType};
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_plan::ExecutionPlan;
+
+use super::Cluster;
+
+/// What a scan's scatter routes: fixed when the query is planned.
+#[derive(Debug)]
+pub(super) struct ScanRoute {
+    pub cluster: Arc<Cluster>,
+    pub table: String,
+    pub segments: Arc<Vec<SegmentMeta>>,
+    pub stats: Arc<ScanStats>,
+}
+
+#[derive(Debug)]
+pub struct ClusterTable {
+    table: Arc<Table>,
+    segments: Arc<Vec<SegmentMeta>>,
+    arrow_schema: SchemaRef,
+    cluster: Arc<Cluster>,
+    stats: Arc<ScanStats>,
+}
+
+impl ClusterTable {
+    pub fn new(table: Arc<Table>, cluster: Arc<Cluster>, stats: Arc<ScanStats>) -> Self {
+        let segments = table.view().published.clone();
+        ClusterTable {
+            arrow_schema: table.schema.arrow_schema(),
+            table,
+            segments,
+            cluster,
+            stats,
+        }
+    }
+}
+
+#[async_trait]
+impl TableProvider for ClusterTable {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn schema(&self) -> SchemaRef {
+        self.arrow_schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        Ok(filters
+            .iter()
+            .map(|f| match to_predicate(f, &self.table.schema) {
+                Some(_) => TableProviderFilterPushDown::Exact,
+                None => TableProviderFilterPushDown::Unsupported,
+            })
+            .collect())
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let pushed: Vec<Expr> = filters
+            .iter()
+            .filter(|f| to_predicate(f, &self.table.schema).is_some())
+            .cloned()
+            .collect();
+        let projection = projection
+            .cloned()
+            .unwrap_or_else(|| (0..self.arrow_schema.fields().len()).collect());
+        let fields = projection
+            .iter()
+            .map(|&i| {
+                self.arrow_schema.fields().get(i).cloned().ok_or_else(|| {
+                    DataFusionError::Plan(format!("projection index {i} out of range"))
+                })
+            })
+            .collect::<DfResult<Vec<_>>>()?;
+        let spec = ScanSpec {
+            table: self.table.spec.name.clone(),
+            projection,
+            filters: pushed,
+            limit,
+            segments: Vec::new(),
+        };
+        let route = ScanRoute {
+            cluster: self.cluster.clone(),
+            table: self.table.spec.name.clone(),
+            segments: self.segments.clone(),
+            stats: self.stats.clone(),
+        };
+        // At least two partitions, so DataFusion splits aggregates into partial and final
+        // stages (the cut the scatter rule makes).
+        let partitions = state.config().target_partitions().max(2);
+        Ok(Arc::new(RemoteScanExec::new(
+            spec,
+            Arc::new(Schema::new(fields)),
+            partitions,
+            Arc::new(route),
+        )))
+    }
+}

@@ -1,0 +1,49 @@
+//! What brokers and servers exchange over Arrow Flight. In (a broker's `DoGet`): a
+//! [`FragmentTicket`] — the plan fragment's datafusion-proto bytes and the query's limits —
+//! with the cluster token in the `authorization` metadata. Out (a server's stream): the
+//! fragment's record batches, then one last `FlightData` without a payload whose
+//! `app_metadata` is a [`FragmentTrailer`] (scan counters and the segments the server does
+//! not have).
+
+use serde::{Deserialize, Serialize};
+
+/// gRPC metadata carrying the cluster token (`Bearer <token>`).
+pub const AUTHORIZATION: &str = "authorization";
+
+/// gRPC metadata naming a failed fragment's error kind (`basalt_query::ErrorKind::name`), so
+/// the broker answers with the SQLSTATE and status a local query would.
+pub const ERROR_KIND: &str = "x-basalt-error-kind";
+
+/// The ticket of a fragment's `DoGet`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct FragmentTicket {
+    /// The fragment: a datafusion-proto `PhysicalPlanNode`.
+    #[prost(bytes = "vec", tag = "1")]
+    pub plan: Vec<u8>,
+    /// What is left of the query's timeout.
+    #[prost(uint64, tag = "2")]
+    pub timeout_ms: u64,
+    #[prost(uint64, tag = "3")]
+    pub max_rows: u64,
+    #[prost(uint64, tag = "4")]
+    pub memory_limit: u64,
+    /// The broker's query id, for logs.
+    #[prost(string, tag = "5")]
+    pub query_id: String,
+}
+
+/// The server's account of a fragment, after its batches.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FragmentTrailer {
+    /// Segment ids the fragment named that the server does not have.
+    pub missing: Vec<String>,
+    pub num_docs_scanned: u64,
+    pub total_docs: u64,
+    pub num_segments_queried: u64,
+    pub num_segments_matched: u64,
+    pub num_segments_pruned: u64,
+    pub index_lookups: u64,
+    pub blocks_scanned: u64,
+    pub docs_removed_by_dynamic_filters: u64,
+}

@@ -1,0 +1,174 @@
+//! This server's share of the cluster. In: the live members (from gossip) and what this
+//! server holds now. Out: [`basalt_ingest::Placement`] answers — which sealed segments to
+//! load and keep.
+//!
+//! A segment belongs on the `replication` servers rendezvous hashing ranks first among the
+//! live servers that are not leaving ([`basalt_cluster::Placement`]). A server keeps a segment
+//! it no longer ranks for until every server it now belongs on reports it loaded, so routing
+//! always has a loaded replica to switch to: the new replica loads before routing switches,
+//! the old one drops only after.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use basalt_cluster::{Member, Placement, Role};
+use basalt_ingest::metastore::SegmentMeta;
+use basalt_ingest::TableSpec;
+use parking_lot::RwLock;
+
+#[derive(Debug, Default)]
+struct State {
+    servers: Placement,
+    /// Per table, per segment: the servers that report it loaded.
+    loaded: HashMap<String, HashMap<String, BTreeSet<String>>>,
+    /// (table, segment) this server holds now.
+    held: HashSet<(String, String)>,
+}
+
+#[derive(Debug)]
+pub struct ClusterPlacement {
+    me: String,
+    state: RwLock<State>,
+}
+
+impl ClusterPlacement {
+    pub fn new(me: &str) -> Self {
+        ClusterPlacement {
+            me: me.to_string(),
+            state: RwLock::new(State::default()),
+        }
+    }
+
+    /// Takes in the live members (this server included, possibly leaving).
+    pub fn update_members(&self, members: &[Member]) {
+        let servers = members
+            .iter()
+            .filter(|m| m.role == Role::Server && !m.leaving)
+            .map(|m| m.node_id.clone());
+        let mut loaded: HashMap<String, HashMap<String, BTreeSet<String>>> = HashMap::new();
+        for m in members.iter().filter(|m| m.role == Role::Server) {
+            for (table, segs) in &m.loaded {
+                let t = loaded.entry(table.clone()).or_default();
+                for s in segs {
+                    t.entry(s.clone()).or_default().insert(m.node_id.clone());
+                }
+            }
+        }
+        let mut st = self.state.write();
+        st.servers = Placement::new(servers);
+        st.loaded = loaded;
+    }
+
+    /// Takes in what this server holds now.
+    pub fn update_held(&self, held: HashSet<(String, String)>) {
+        self.state.write().held = held;
+    }
+}
+
+impl basalt_ingest::Placement for ClusterPlacement {
+    fn serves(&self, spec: &TableSpec, segment: &SegmentMeta) -> bool {
+        let st = self.state.read();
+        let ideal = st
+            .servers
+            .segment_replicas(&spec.name, &segment.id, spec.replication());
+        if ideal.contains(&self.me.as_str()) {
+            return true;
+        }
+        // Not ours any more: keep it until every server it now belongs on has it.
+        let key = (spec.name.clone(), segment.id.clone());
+        if !st.held.contains(&key) {
+            return false;
+        }
+        let reported = st.loaded.get(&spec.name).and_then(|t| t.get(&segment.id));
+        !ideal
+            .iter()
+            .all(|n| reported.is_some_and(|r| r.contains(*n)))
+    }
+
+    /// Stream partitions are not spread over servers yet: a real-time table in a cluster is
+    /// not consumed (ARCHITECTURE.md, "Not built yet").
+    fn consumes(&self, _spec: &TableSpec) -> bool {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use basalt_ingest::Placement as _;
+
+    fn member(id: &str, leaving: bool, loaded: &[&str]) -> Member {
+        Member {
+            node_id: id.into(),
+            role: Role::Server,
+            flight_addr: None,
+            http_addr: None,
+            pg_addr: None,
+            leaving,
+            loaded: [(
+                "t".to_string(),
+                loaded.iter().map(|s| s.to_string()).collect(),
+            )]
+            .into(),
+            consuming: HashMap::new(),
+        }
+    }
+
+    fn spec() -> TableSpec {
+        TableSpec::from_json(
+            br#"{"name":"t","columns":[{"name":"a","type":"LONG"}],"replication":2}"#,
+        )
+        .unwrap()
+    }
+
+    fn seg(id: &str) -> SegmentMeta {
+        SegmentMeta {
+            id: id.into(),
+            path: String::new(),
+            rows: 1,
+            bytes: 1,
+            time_range: None,
+        }
+    }
+
+    /// A server dropped from a segment's replicas keeps it until the new replicas report
+    /// it loaded.
+    #[test]
+    fn hands_over_only_after_the_new_replica_loaded() {
+        let spec = spec();
+        // Find a segment whose two replicas among s1..s3 do not include s4, but do once s4 joins.
+        let three: Vec<Member> = ["s1", "s2", "s3"]
+            .iter()
+            .map(|s| member(s, false, &[]))
+            .collect();
+        let (id, old) = (0..1000)
+            .map(|i| format!("seg{i}"))
+            .find_map(|id| {
+                let p3 = Placement::new(["s1", "s2", "s3"].map(String::from));
+                let p4 = Placement::new(["s1", "s2", "s3", "s4"].map(String::from));
+                let r3 = p3.segment_replicas("t", &id, 2);
+                let r4 = p4.segment_replicas("t", &id, 2);
+                (r4.contains(&"s4")).then(|| {
+                    let old = r3.iter().find(|s| !r4.contains(s)).unwrap().to_string();
+                    (id.clone(), old)
+                })
+            })
+            .unwrap();
+        let p = ClusterPlacement::new(&old);
+        p.update_members(&three);
+        assert!(p.serves(&spec, &seg(&id)));
+        p.update_held([("t".to_string(), id.clone())].into());
+        let mut four = three.clone();
+        four.push(member("s4", false, &[]));
+        p.update_members(&four);
+        assert!(p.serves(&spec, &seg(&id)), "dropped before s4 loaded");
+        let four: Vec<Member> = four
+            .into_iter()
+            .map(|mut m| {
+                m.loaded.get_mut("t").unwrap().insert(id.clone());
+                m
+            })
+            .collect();
+        p.update_members(&four);
+        assert!(!p.serves(&spec, &seg(&id)), "kept after s4 loaded");
+    }
+}
