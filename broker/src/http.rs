@@ -71,7 +71,12 @@ pub struct AppState {
     pub guard: crate::guard::Guard,
     /// Places for ingest requests decoding at once.
     pub ingest_slots: Arc<tokio::sync::Semaphore>,
+    /// A broker's cluster (`None` in `standalone`).
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
+
+/// How long a broker's batch ingest waits for servers to load what it published.
+const INGEST_ROUTABLE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The API's routes and its OpenAPI document, built together: every route is added through
 /// `routes!` from a handler's `#[utoipa::path]`, so the document lists exactly the routes the
@@ -570,6 +575,12 @@ async fn ingest(
         s.metrics.ingest_requests.with_label_values(&[&name, "ok"]).inc();
         s.metrics.ingested_rows.with_label_values(&[&name]).inc_by(rows);
         tracing::info!(table = %name, rows, bytes = total.load(Ordering::Relaxed), ms = started.elapsed().as_millis() as u64, "ingested");
+        if let (Some(c), Some(t)) = (&s.cluster, s.store.table(&name)) {
+            // Answer once servers hold the new segments, so a query right after sees them.
+            if !c.wait_routable(&t, INGEST_ROUTABLE_WAIT).await {
+                tracing::warn!(table = %name, "ingested segments are not loaded on a server yet; queries may report them missing until they are");
+            }
+        }
         if let Some(t) = s.store.table(&name) {
             let st = t.stats();
             s.metrics.table_rows.with_label_values(&[&name]).set(st.rows as i64);
@@ -771,6 +782,12 @@ async fn health(State(s): State<AppState>) -> Response {
     ))]
 async fn metrics(State(s): State<AppState>) -> Response {
     for name in s.store.table_names() {
+        if let (Some(c), Some(t)) = (&s.cluster, s.store.table(&name)) {
+            // Answer once servers hold the new segments, so a query right after sees them.
+            if !c.wait_routable(&t, INGEST_ROUTABLE_WAIT).await {
+                tracing::warn!(table = %name, "ingested segments are not loaded on a server yet; queries may report them missing until they are");
+            }
+        }
         if let Some(t) = s.store.table(&name) {
             let st = t.stats();
             s.metrics

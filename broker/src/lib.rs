@@ -50,13 +50,16 @@ pub fn cluster_app_state(
     auth: auth::Auth,
     guard: guard::Guard,
 ) -> AppState {
+    let c = cluster.clone();
     let source = cluster::ClusterSource {
         store: source::StoreSource(store.clone()),
         cluster,
     };
     let engine = QueryEngine::with_config(Arc::new(source), engine)
         .with_scatter_rule(Arc::new(cluster::ScatterRule));
-    state_with_engine(store, engine, limits, auth, guard)
+    let mut state = state_with_engine(store, engine, limits, auth, guard);
+    state.cluster = Some(c);
+    state
 }
 
 fn state_with_engine(
@@ -76,6 +79,7 @@ fn state_with_engine(
         limits,
         auth,
         guard,
+        cluster: None,
     }
 }
 

@@ -38,25 +38,12 @@ impl Server {
             std::fs::write(&p, c).unwrap();
             cmd.arg("--config").arg(&p);
         }
-        let mut child = cmd.spawn().expect("start basalt");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut sent = false;
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if !sent {
-                    if let Some(addr) = line.split("listening on ").nth(1) {
-                        let _ = tx.send(addr.trim().to_string());
-                        sent = true;
-                        continue;
-                    }
-                }
-                eprintln!("[basalt] {line}");
-            }
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("basalt did not report its address within 60 s");
+        let (child, line) = spawn_until_listening(cmd);
+        Server::from_listening(child, &line)
+    }
+
+    /// A started process that reported "listening on http://H postgres://P".
+    pub fn from_listening(child: Child, line: &str) -> Server {
         // "http://H postgres://P"
         let (base, pg) = line
             .split_once(" postgres://")
@@ -95,6 +82,32 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Spawns `cmd` (its stderr piped) and waits for its "... listening on <rest>" line;
+/// returns the child and `<rest>`. Its other stderr lines are shown prefixed.
+pub fn spawn_until_listening(mut cmd: Command) -> (Child, String) {
+    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("start basalt");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if !sent {
+                if let Some(addr) = line.split("listening on ").nth(1) {
+                    let _ = tx.send(addr.trim().to_string());
+                    sent = true;
+                    continue;
+                }
+            }
+            eprintln!("[basalt] {line}");
+        }
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("basalt did not report its address within 60 s");
+    (child, line)
 }
 
 /// A path in the checkout the tests run from: `cargo test` sets CARGO_MANIFEST_DIR when it

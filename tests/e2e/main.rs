@@ -5,6 +5,7 @@
 #[path = "../chaos/mod.rs"]
 mod chaos;
 mod cli;
+mod cluster;
 mod console;
 mod dashboards;
 mod harness;

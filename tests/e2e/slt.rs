@@ -84,6 +84,12 @@ impl sqllogictest::AsyncDB for Http {
 async fn sqllogictest_files() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(&dir.path().join("data"), None);
+    run_all(&s, None).await;
+}
+
+/// Creates each `.slt` file's table on `s` (with `replication`, if given), loads its rows
+/// and runs the file.
+pub async fn run_all(s: &Server, replication: Option<u32>) {
     let client = reqwest::Client::new();
     let root = crate::harness::repo_path("tests/slt");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&root)
@@ -97,6 +103,14 @@ async fn sqllogictest_files() {
         // Each file names its table after itself and brings a spec and rows.
         let stem = f.file_stem().unwrap().to_str().unwrap().to_string();
         let spec = std::fs::read_to_string(root.join(format!("{stem}.spec.json"))).unwrap();
+        let spec = match replication {
+            Some(r) => {
+                let mut v: serde_json::Value = serde_json::from_str(&spec).unwrap();
+                v["replication"] = r.into();
+                v.to_string()
+            }
+            None => spec,
+        };
         let r = client
             .post(s.url("/tables"))
             .header("content-type", "application/json")

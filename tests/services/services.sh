@@ -239,6 +239,7 @@ case "${1:-}" in
   stop) stop_service superset; stop_service kafka; stop_service s3 ;;
   env) env_lines ;;
   kafka-start) start_kafka ;;
+  s3-start) start_s3 ;;
   kafka-stop) stop_service kafka ;;
-  *) echo "usage: $0 start|stop|env|kafka-start|kafka-stop" >&2; exit 2 ;;
+  *) echo "usage: $0 start|stop|env|kafka-start|kafka-stop|s3-start" >&2; exit 2 ;;
 esac

@@ -85,6 +85,29 @@ impl Cluster {
         *self.servers.write() = Arc::new(servers);
     }
 
+    /// Waits until every segment of `table`'s published list is loaded on a live server
+    /// (a batch ingest answers once its rows can be read), at most `timeout`; false when
+    /// that did not happen.
+    pub async fn wait_routable(&self, table: &basalt_ingest::Table, timeout: Duration) -> bool {
+        let until = tokio::time::Instant::now() + timeout;
+        loop {
+            self.refresh().await;
+            let servers = self.servers();
+            let published = table.view().published.clone();
+            let name = &table.spec.name;
+            if published
+                .iter()
+                .all(|s| servers.iter().any(|m| m.has_segment(name, &s.id)))
+            {
+                return true;
+            }
+            if servers.is_empty() || tokio::time::Instant::now() >= until {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// The live servers as last read.
     pub fn servers(&self) -> Arc<Vec<Member>> {
         self.servers.read().clone()

@@ -374,6 +374,8 @@ async fn gather(this: Arc<ScatterExec>, context: Arc<TaskContext>) -> Shared {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos() as usize)
         .unwrap_or(0);
+    let mut unroutable = Vec::new();
+    let mut waited = false;
     while !todo.is_empty() {
         let servers = route.cluster.servers();
         let mut plan: BTreeMap<String, (SocketAddr, Vec<String>)> = BTreeMap::new();
@@ -395,10 +397,16 @@ async fn gather(this: Arc<ScatterExec>, context: Arc<TaskContext>) -> Shared {
                 .map(|(_, c)| c.clone());
             match pick {
                 Some((node, addr, _)) => plan.entry(node).or_insert((addr, Vec::new())).1.push(seg),
-                None => missing.push(seg),
+                None => unroutable.push(seg),
             }
         }
-        if plan.is_empty() {
+        // A segment whose placement names a live server not tried yet is being loaded
+        // there (just published, or moving): wait for it a little, once per query.
+        let (loading, lost): (Vec<String>, Vec<String>) = unroutable
+            .drain(..)
+            .partition(|s| !waited && belongs_untried(route, &servers, s, tried.get(s)));
+        missing.extend(lost);
+        if plan.is_empty() && loading.is_empty() {
             break;
         }
         let calls = plan.into_iter().map(|(node, (addr, segs))| {
@@ -442,6 +450,11 @@ async fn gather(this: Arc<ScatterExec>, context: Arc<TaskContext>) -> Shared {
                 Err(CallError::Query(e)) => return Err(shared_err(e)),
             }
         }
+        if !loading.is_empty() {
+            waited = true;
+            wait_loaded(route, &loading, budget.deadline).await;
+            todo.extend(loading);
+        }
         if Instant::now() >= budget.deadline {
             let ms = 0;
             return Err(shared_err(QueryError::Timeout(ms)));
@@ -455,6 +468,45 @@ async fn gather(this: Arc<ScatterExec>, context: Arc<TaskContext>) -> Shared {
         batches,
         _memory: memory,
     }))
+}
+
+/// Longest a query waits for segments being loaded on a live server.
+const LOADING_WAIT: Duration = Duration::from_secs(2);
+
+/// Whether segment `seg` belongs (by placement over the live servers) on a server that
+/// has not been tried for it.
+fn belongs_untried(
+    route: &ScanRoute,
+    servers: &[basalt_cluster::Member],
+    seg: &str,
+    tried: Option<&HashSet<String>>,
+) -> bool {
+    let live = basalt_cluster::Placement::new(
+        servers
+            .iter()
+            .filter(|m| !m.leaving)
+            .map(|m| m.node_id.clone()),
+    );
+    live.segment_replicas(&route.table, seg, route.replication)
+        .iter()
+        .any(|n| tried.is_none_or(|t| !t.contains(*n)))
+}
+
+/// Waits (at most [`LOADING_WAIT`], within the deadline) until gossip shows each of
+/// `segments` loaded somewhere.
+async fn wait_loaded(route: &ScanRoute, segments: &[String], deadline: Instant) {
+    let until = deadline.min(Instant::now() + LOADING_WAIT);
+    while Instant::now() < until {
+        route.cluster.refresh().await;
+        let servers = route.cluster.servers();
+        let all = segments
+            .iter()
+            .all(|s| servers.iter().any(|m| m.has_segment(&route.table, s)));
+        if all {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 fn trailer_stats(t: &FragmentTrailer) -> QueryStats {

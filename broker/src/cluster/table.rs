@@ -27,6 +27,8 @@ pub(super) struct ScanRoute {
     pub cluster: Arc<Cluster>,
     pub table: String,
     pub segments: Arc<Vec<SegmentMeta>>,
+    /// The table's replication factor (where its segments belong).
+    pub replication: usize,
     pub stats: Arc<ScanStats>,
 }
 
@@ -113,16 +115,20 @@ impl TableProvider for ClusterTable {
             cluster: self.cluster.clone(),
             table: self.table.spec.name.clone(),
             segments: self.segments.clone(),
+            replication: self.table.spec.replication(),
             stats: self.stats.clone(),
         };
         // At least two partitions, so DataFusion splits aggregates into partial and final
         // stages (the cut the scatter rule makes).
         let partitions = state.config().target_partitions().max(2);
-        Ok(Arc::new(RemoteScanExec::new(
+        let rows: u64 = self.segments.iter().map(|s| s.rows).sum();
+        let mut scan = RemoteScanExec::new(
             spec,
             Arc::new(Schema::new(fields)),
             partitions,
             Arc::new(route),
-        )))
+        );
+        scan.rows = Some(rows as usize);
+        Ok(Arc::new(scan))
     }
 }

@@ -70,6 +70,26 @@ fn session<C: ClientInfo + ?Sized>(client: &C) -> Arc<Mutex<PgSession>> {
     })
 }
 
+/// The setting with which a session accepts results that miss segments no live server
+/// holds (default off: such a query fails with SQLSTATE 57P03 naming them).
+pub const PARTIAL_RESULTS: &str = "basalt.allow_partial_results";
+
+fn parse_bool(v: &str) -> Option<bool> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "on" | "true" | "1" | "yes" => Some(true),
+        "off" | "false" | "0" | "no" => Some(false),
+        _ => None,
+    }
+}
+
+fn allows_partial(session: &PgSession) -> bool {
+    session
+        .settings
+        .get(PARTIAL_RESULTS)
+        .and_then(|v| parse_bool(v))
+        .unwrap_or(false)
+}
+
 fn snapshot<C: ClientInfo + ?Sized>(client: &C) -> Arc<PgSession> {
     Arc::new(session(client).lock().clone())
 }
@@ -205,6 +225,17 @@ impl Backend {
                     tracing::info!(error = %e, sql = %statement, "postgres query failed");
                     query_error(&e)
                 })?;
+                if out.stats.partial() && !allows_partial(&session) {
+                    return Err(error_info(
+                        "57P03",
+                        format!(
+                            "{} segments have no live replica, so the result would be partial: {} \
+                             (SET {PARTIAL_RESULTS} = on to accept partial results)",
+                            out.stats.missing_segments.len(),
+                            out.stats.missing_segments.join(", ")
+                        ),
+                    ));
+                }
                 let max = self.limits.max_response_bytes;
                 let mut sent = 0usize;
                 let schema = out.schema.clone();
@@ -220,6 +251,11 @@ impl Backend {
             PgCommand::Set { name, value } => {
                 if name.eq_ignore_ascii_case("statement_timeout") {
                     parse_duration_ms(value).map_err(|m| error_info("22023", m))?;
+                }
+                if name.eq_ignore_ascii_case(PARTIAL_RESULTS) {
+                    parse_bool(value).ok_or_else(|| {
+                        error_info("22023", format!("{PARTIAL_RESULTS} must be on or off"))
+                    })?;
                 }
                 if name.eq_ignore_ascii_case(workload::PG_SETTING) {
                     value

@@ -135,9 +135,10 @@ impl Table {
     pub fn stats(&self) -> TableStats {
         let v = self.view();
         TableStats {
-            rows: v.segments.iter().map(|s| s.meta.rows).sum(),
-            segments: v.segments.len() as u64,
-            bytes: v.segments.iter().map(|s| s.meta.bytes).sum(),
+            // Every published segment, held here or not (a broker holds none).
+            rows: v.published.iter().map(|s| s.rows).sum(),
+            segments: v.published.len() as u64,
+            bytes: v.published.iter().map(|s| s.bytes).sum(),
             mutable_rows: v.mutable.iter().map(|p| p.rows.rows() as u64).sum(),
             quarantined: v.quarantine.iter().map(|s| s.meta.rows).sum::<u64>()
                 + v.mutable

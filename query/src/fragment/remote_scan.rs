@@ -8,6 +8,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
+use datafusion::common::stats::Precision;
+use datafusion::common::Statistics;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::Expr;
@@ -35,6 +37,8 @@ pub struct RemoteScanExec {
     pub spec: ScanSpec,
     /// What the broker needs to route the scan (opaque here).
     pub context: Arc<dyn Any + Send + Sync>,
+    /// Rows the scanned segments hold (from the metastore), for DataFusion's join planning.
+    pub rows: Option<usize>,
     schema: SchemaRef,
     props: Arc<PlanProperties>,
 }
@@ -57,6 +61,7 @@ impl RemoteScanExec {
         RemoteScanExec {
             spec,
             context,
+            rows: None,
             schema,
             props,
         }
@@ -115,6 +120,24 @@ impl ExecutionPlan for RemoteScanExec {
                 "RemoteScanExec has no children".into(),
             )),
         }
+    }
+
+    fn partition_statistics(&self, partition: Option<usize>) -> DfResult<Statistics> {
+        let mut stats = Statistics::new_unknown(&self.schema);
+        if let (None, Some(rows)) = (partition, self.rows) {
+            // A pushed filter is taken to keep a fifth, as a local scan without footers does.
+            let keep = if self.spec.filters.is_empty() {
+                1.0
+            } else {
+                0.2
+            };
+            let rows = (rows as f64 * keep) as usize;
+            stats.num_rows = Precision::Inexact(match self.spec.limit {
+                Some(l) => rows.min(l),
+                None => rows,
+            });
+        }
+        Ok(stats)
     }
 
     fn execute(

@@ -1,0 +1,567 @@
+//! The cluster roles through the real binary: three `basalt server` processes and a
+//! `basalt broker` on 127.0.0.1, sharing a deep store on SeaweedFS (S3). Answers equal
+//! `standalone`'s on the same data (the sqllogictest files and a differential query set);
+//! `kill -9` of a server keeps answers complete (its segments are retried on a replica); a
+//! fourth server joining and one leaving gracefully rebalance without a wrong answer; losing
+//! every replica of some segments gives a result flagged partial that names them (an error
+//! for PostgreSQL clients unless they opt in); a restarted broker routes again from gossip
+//! and the metastore.
+//!
+//! Needs `BASALT_TEST_S3` (`services.sh env`); without it the tests say SKIPPED and pass,
+//! unless `BASALT_REQUIRE_SERVICES` is set (as in `.ci/run`).
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::harness::{create_table, spawn_until_listening, sql, wait_for, Server};
+
+const SPEC: &str = include_str!("../../ingestion/src/gen_events_spec.json");
+const TOKEN: &str = "e2e-cluster-token-0123456789";
+
+/// A free port on 127.0.0.1 (TCP and UDP both free at the time of asking).
+fn free_port() -> u16 {
+    loop {
+        let t = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = t.local_addr().unwrap().port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+struct Node {
+    child: Child,
+    cmd: Vec<String>,
+}
+
+impl Node {
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits for the process to leave (at most `within`).
+    fn terminate(&mut self, within: Duration) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let start = Instant::now();
+        while start.elapsed() < within {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("server did not leave within {within:?}");
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Servers and a broker on one deep store.
+pub struct TestCluster {
+    dir: tempfile::TempDir,
+    deep_store: String,
+    seed: String,
+    servers: BTreeMap<String, Node>,
+    pub broker: Option<Server>,
+    broker_http: u16,
+    broker_pg: u16,
+}
+
+impl TestCluster {
+    pub fn new(deep_store: &str) -> TestCluster {
+        TestCluster {
+            dir: tempfile::tempdir().unwrap(),
+            deep_store: deep_store.to_string(),
+            seed: format!("127.0.0.1:{}", free_port()),
+            servers: BTreeMap::new(),
+            broker: None,
+            broker_http: free_port(),
+            broker_pg: free_port(),
+        }
+    }
+
+    fn command(&self, args: &[String]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_basalt"));
+        cmd.args(args)
+            .env("BASALT_CLUSTER_TOKEN", TOKEN)
+            .env("RUST_LOG", "warn");
+        cmd
+    }
+
+    pub fn start_server(&mut self, id: &str) {
+        let data = self.dir.path().join(id);
+        let args: Vec<String> = vec![
+            "server".into(),
+            "--node-id".into(),
+            id.into(),
+            "--data-dir".into(),
+            data.display().to_string(),
+            "--deep-store".into(),
+            self.deep_store.clone(),
+            "--flight-addr".into(),
+            format!("127.0.0.1:{}", free_port()),
+            "--gossip-addr".into(),
+            format!("127.0.0.1:{}", free_port()),
+            "--seeds".into(),
+            self.seed.clone(),
+            "--http-addr".into(),
+            format!("127.0.0.1:{}", free_port()),
+        ];
+        let (child, _line) = spawn_until_listening(self.command(&args));
+        self.servers
+            .insert(id.to_string(), Node { child, cmd: args });
+    }
+
+    pub fn start_broker(&mut self) {
+        let args: Vec<String> = vec![
+            "broker".into(),
+            "--node-id".into(),
+            "b1".into(),
+            "--data-dir".into(),
+            self.dir.path().join("b1").display().to_string(),
+            "--deep-store".into(),
+            self.deep_store.clone(),
+            "--http-addr".into(),
+            format!("127.0.0.1:{}", self.broker_http),
+            "--pg-addr".into(),
+            format!("127.0.0.1:{}", self.broker_pg),
+            "--gossip-addr".into(),
+            self.seed.clone(),
+            "--seeds".into(),
+            self.seed.clone(),
+        ];
+        let (child, line) = spawn_until_listening(self.command(&args));
+        self.broker = Some(Server::from_listening(child, &line));
+    }
+
+    pub fn broker(&self) -> &Server {
+        self.broker.as_ref().expect("broker started")
+    }
+
+    pub fn kill9(&mut self, id: &str) {
+        if let Some(mut n) = self.servers.remove(id) {
+            n.kill9();
+        }
+    }
+
+    pub fn stop(&mut self, id: &str) {
+        if let Some(mut n) = self.servers.remove(id) {
+            n.terminate(Duration::from_secs(90));
+        }
+    }
+
+    /// Restarts a server killed earlier, on its data dir and addresses.
+    #[allow(dead_code)]
+    pub fn restart(&mut self, id: &str, cmd: Vec<String>) {
+        let (child, _) = spawn_until_listening(self.command(&cmd));
+        self.servers.insert(id.to_string(), Node { child, cmd });
+    }
+
+    /// Segments per server, from each server's `/health`.
+    pub async fn loaded(&self, client: &reqwest::Client) -> BTreeMap<String, u64> {
+        let mut out = BTreeMap::new();
+        for (id, n) in &self.servers {
+            let http = n.cmd[n.cmd.iter().position(|a| a == "--http-addr").unwrap() + 1].clone();
+            let v: Value = match client.get(format!("http://{http}/health")).send().await {
+                Ok(r) => r.json().await.unwrap_or(Value::Null),
+                Err(_) => Value::Null,
+            };
+            out.insert(id.clone(), v["segments"].as_u64().unwrap_or(0));
+        }
+        out
+    }
+}
+
+/// Segments per server once `total` are placed and nothing moved for 1.5 s (a server that
+/// saw fewer peers at first hands its extra segments over).
+async fn settled(c: &TestCluster, client: &reqwest::Client, total: u64) -> BTreeMap<String, u64> {
+    let start = Instant::now();
+    let mut last = BTreeMap::new();
+    loop {
+        let now = c.loaded(client).await;
+        if now == last && now.values().sum::<u64>() == total {
+            return now;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "placement never settled: {now:?}"
+        );
+        last = now;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+}
+
+/// A per-test prefix of the S3 deep store, or `None` (skipped).
+fn deep_store(test: &str) -> Option<String> {
+    crate::s3::s3_prefix(test)
+}
+
+fn events_spec(replication: u32, max_rows: u64) -> String {
+    let mut v: Value = serde_json::from_str(SPEC).unwrap();
+    v["replication"] = replication.into();
+    v["segment"] = json!({ "max_rows": max_rows });
+    v.to_string()
+}
+
+/// Loads `rows` generated events (the same for the same seed) into `events` on `s`.
+async fn load_events(client: &reqwest::Client, s: &Server, rows: u64, dir: &std::path::Path) {
+    let file = dir.join(format!("events-{rows}.ndjson"));
+    if !file.exists() {
+        let out = Command::new(env!("CARGO_BIN_EXE_basalt"))
+            .args(["gen-events", "--rows", &rows.to_string(), "--seed", "7"])
+            .arg("--out")
+            .arg(&file)
+            .output()
+            .unwrap();
+        crate::harness::succeeded(&out);
+    }
+    let r = client
+        .post(s.url("/tables/events/ingest"))
+        .header("content-type", "application/x-ndjson")
+        .body(std::fs::read(&file).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+}
+
+async fn count(client: &reqwest::Client, s: &Server) -> Value {
+    sql(client, s, "SELECT count(*) FROM events").await
+}
+
+/// Whether two cells are equal, floats within a relative `tol`.
+fn close(a: &Value, b: &Value, tol: f64) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+            (x - y).abs() <= tol * x.abs().max(y.abs()).max(1.0)
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| close(a, b, tol))
+        }
+        _ => a == b,
+    }
+}
+
+/// The differential set: the macro benchmark's dashboard queries at fixed times, plus
+/// shapes the scatter must cut differently (no aggregate, DISTINCT, HAVING, a join, a
+/// subquery). `(sql, tolerance)`: merged partial sums may differ in the last bits, merged
+/// t-digests by a little.
+fn queries(newest: &str) -> Vec<(String, f64)> {
+    let at = |ago: &str| format!("TIMESTAMP '{newest}' - INTERVAL '{ago}'");
+    let q = |s: String, tol: f64| (s, tol);
+    vec![
+        q("SELECT count(*) FROM events".into(), 0.0),
+        q(format!("SELECT count(*) FROM events WHERE ts >= {}", at("5 minutes")), 0.0),
+        q(format!("SELECT event_type, count(*) AS n FROM events WHERE ts >= {} GROUP BY event_type ORDER BY n DESC, event_type LIMIT 10", at("1 hour")), 0.0),
+        q(format!("SELECT date_trunc('minute', ts) AS m, count(*) AS n, sum(revenue) AS rev FROM events WHERE ts >= {} GROUP BY 1 ORDER BY 1", at("1 hour")), 1e-9),
+        q("SELECT approx_percentile_cont(latency_ms, 0.95) FROM events WHERE country = 'AB' AND device = 'mobile'".into(), 0.05),
+        q("SELECT country, approx_distinct(user_id) AS users FROM events GROUP BY country ORDER BY users DESC, country LIMIT 10".into(), 0.0),
+        q("SELECT ts, event_type, url FROM events WHERE user_id = 'u12345' ORDER BY ts DESC, event_type, url LIMIT 20".into(), 0.0),
+        q("SELECT url, count(*) AS n FROM events WHERE event_type = 'page_view' AND country = 'AC' GROUP BY url ORDER BY n DESC, url LIMIT 10".into(), 0.0),
+        q("SELECT count(*) FROM events WHERE url LIKE '%/p/77%'".into(), 0.0),
+        q("SELECT device, os, count(*) AS n, avg(latency_ms) AS lat FROM events GROUP BY device, os ORDER BY n DESC, device, os".into(), 1e-9),
+        q("SELECT user_id, count(*) AS n FROM events GROUP BY user_id ORDER BY n DESC, user_id LIMIT 10".into(), 0.0),
+        q("SELECT count(*), sum(revenue) FROM events WHERE country = 'BD' AND device = 'tv' AND event_type = 'purchase'".into(), 1e-9),
+        q("SELECT min(ts), max(ts), min(latency_ms), max(latency_ms), sum(CASE WHEN is_bot THEN 1 ELSE 0 END) FROM events".into(), 0.0),
+        q("SELECT count(DISTINCT country), count(DISTINCT device) FROM events".into(), 0.0),
+        q("SELECT country, avg(revenue) AS r FROM events GROUP BY country HAVING count(*) > 1000 ORDER BY r DESC, country LIMIT 5".into(), 1e-9),
+        q("SELECT event_id, latency_ms FROM events WHERE latency_ms > 900 ORDER BY latency_ms DESC, event_id LIMIT 7".into(), 0.0),
+        q("SELECT e.country, count(*) FROM events e JOIN (SELECT country FROM events GROUP BY country ORDER BY count(*) DESC LIMIT 3) t3 ON e.country = t3.country GROUP BY e.country ORDER BY 1".into(), 0.0),
+        q("SELECT count(*) FROM events WHERE user_id IN (SELECT user_id FROM events WHERE event_type = 'purchase' AND revenue > 400)".into(), 0.0),
+        q("SELECT upper(device) AS d, length(url) AS l FROM events WHERE country = 'AE' ORDER BY ts, event_id LIMIT 5".into(), 0.0),
+    ]
+}
+
+async fn rows(client: &reqwest::Client, s: &Server, q: &str) -> Value {
+    let v = sql(client, s, q).await;
+    assert_eq!(v["exceptions"], json!([]), "{q}: {v}");
+    assert_ne!(v["partialResult"], json!(true), "{q}: {v}");
+    v["resultTable"]["rows"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cluster_answers_equal_standalone() {
+    let Some(url) = deep_store("cluster-diff") else {
+        return;
+    };
+    let client = reqwest::Client::new();
+    let mut c = TestCluster::new(&url);
+    c.start_broker();
+    for s in ["s1", "s2", "s3"] {
+        c.start_server(s);
+    }
+    let alone_dir = tempfile::tempdir().unwrap();
+    let alone = Server::start(&alone_dir.path().join("data"), None);
+    create_table(&client, c.broker(), &events_spec(2, 20_000)).await;
+    create_table(&client, &alone, &events_spec(1, 20_000)).await;
+    load_events(&client, c.broker(), 200_000, alone_dir.path()).await;
+    load_events(&client, &alone, 200_000, alone_dir.path()).await;
+    // Every segment on two servers.
+    wait_for("segments placed twice", Duration::from_secs(60), || async {
+        let total: u64 = c.loaded(&client).await.values().sum();
+        (total == 20).then_some(())
+    })
+    .await;
+    let newest = crate::harness::scalar(&client, &alone, "SELECT max(ts) FROM events").await;
+    for (q, tol) in queries(newest.as_str().expect("max(ts)")) {
+        let want = rows(&client, &alone, &q).await;
+        let got = rows(&client, c.broker(), &q).await;
+        assert!(
+            close(&want, &got, tol),
+            "{q}\nstandalone: {want}\ncluster:    {got}"
+        );
+    }
+    let v = sql(&client, c.broker(), "SELECT count(*) FROM events").await;
+    assert_eq!(v["numServersQueried"], json!(3), "{v}");
+    assert_eq!(v["numServersResponded"], json!(3), "{v}");
+    assert_eq!(v["partialResult"], json!(false), "{v}");
+    assert_eq!(v["numDocsScanned"], json!(200_000), "{v}");
+    // The SQL surface's files, their tables replicated over the servers.
+    crate::slt::run_all(c.broker(), Some(2)).await;
+}
+
+/// A broker and servers s1-s3 over `url`, with 100,000 events in `events` (replication
+/// 2, 10 segments) placed on two servers each.
+async fn three_servers_with_events(url: &str, client: &reqwest::Client) -> TestCluster {
+    let mut c = TestCluster::new(url);
+    c.start_broker();
+    for s in ["s1", "s2", "s3"] {
+        c.start_server(s);
+    }
+    create_table(client, c.broker(), &events_spec(2, 10_000)).await;
+    load_events(client, c.broker(), 100_000, c.dir.path()).await;
+    wait_for("segments placed twice", Duration::from_secs(60), || async {
+        (c.loaded(client).await.values().sum::<u64>() == 20).then_some(())
+    })
+    .await;
+    c
+}
+
+/// Reads `count(*)` in a loop while `during` runs; every answer must be complete and
+/// exactly `n`.
+async fn complete_throughout<F: std::future::Future<Output = ()>>(
+    client: &reqwest::Client,
+    broker: &Server,
+    n: u64,
+    during: F,
+) -> usize {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (client, base, stop) = (client.clone(), broker.base.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut answers = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let v: Value = client
+                    .post(format!("{base}/query/sql"))
+                    .json(&json!({"sql": "SELECT count(*) FROM events"}))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                assert_eq!(v["exceptions"], json!([]), "{v}");
+                assert_eq!(v["partialResult"], json!(false), "{v}");
+                assert_eq!(v["resultTable"]["rows"][0][0], json!(n), "{v}");
+                answers += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            answers
+        })
+    };
+    during.await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    reader.await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn servers_die_join_and_leave_without_a_wrong_answer() {
+    let Some(url) = deep_store("cluster-failover") else {
+        return;
+    };
+    let client = reqwest::Client::new();
+    let mut c = three_servers_with_events(&url, &client).await;
+    let broker = c.broker.take().unwrap();
+
+    // kill -9 one server: answers stay complete (its segments are retried on replicas),
+    // and its segments are replicated again on the others.
+    let answers = complete_throughout(&client, &broker, 100_000, async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        c.kill9("s2");
+        wait_for("replicas restored", Duration::from_secs(60), || async {
+            let l = c.loaded(&client).await;
+            (l.values().sum::<u64>() == 20).then_some(())
+        })
+        .await;
+    })
+    .await;
+    assert!(answers > 5, "only {answers} answers while a server died");
+
+    // A fourth and a fifth server join, then one leaves gracefully: segments move, the new
+    // replicas load before the old ones drop.
+    let answers = complete_throughout(&client, &broker, 100_000, async {
+        c.start_server("s4");
+        c.start_server("s5");
+        wait_for(
+            "segments spread to s4 and s5",
+            Duration::from_secs(60),
+            || async {
+                let l = c.loaded(&client).await;
+                (l.values().sum::<u64>() == 20 && l["s4"] > 0 && l["s5"] > 0).then_some(())
+            },
+        )
+        .await;
+        c.stop("s1");
+        wait_for(
+            "s1's segments placed elsewhere",
+            Duration::from_secs(60),
+            || async { (c.loaded(&client).await.values().sum::<u64>() == 20).then_some(()) },
+        )
+        .await;
+    })
+    .await;
+    assert!(
+        answers > 5,
+        "only {answers} answers while servers joined and left"
+    );
+
+    // A restarted broker routes again from gossip and the metastore.
+    drop(broker);
+    c.start_broker();
+    let v = wait_for(
+        "the new broker answers",
+        Duration::from_secs(30),
+        || async {
+            let v = count(&client, c.broker()).await;
+            (v["resultTable"]["rows"][0][0] == json!(100_000)).then_some(v)
+        },
+    )
+    .await;
+    assert_eq!(v["partialResult"], json!(false), "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lost_replicas_give_a_flagged_partial_result() {
+    let Some(url) = deep_store("cluster-partial") else {
+        return;
+    };
+    let client = reqwest::Client::new();
+    let mut c = three_servers_with_events(&url, &client).await;
+    // Placement settled (a server that saw fewer peers at first hands extra segments over).
+    let held = settled(&c, &client, 20).await;
+    // The server holding the fewest segments survives; the other two die at once. The
+    // segments only they held have no replica until the survivor loads them, after gossip
+    // declares them dead (about 2 s).
+    let survivor = held.iter().min_by_key(|(_, n)| **n).unwrap().0.clone();
+    assert!(held[&survivor] < 10, "{held:?}");
+    for s in ["s1", "s2", "s3"] {
+        if s != survivor {
+            c.kill9(s);
+        }
+    }
+    let v = count(&client, c.broker()).await;
+    assert_eq!(v["partialResult"], json!(true), "{v}");
+    let counted = v["resultTable"]["rows"][0][0].as_u64().unwrap();
+    assert!(counted < 100_000, "{v}");
+    let message = v["exceptions"][0]["message"].as_str().unwrap().to_string();
+    assert_eq!(v["exceptions"][0]["errorCode"], json!(305), "{v}");
+    assert!(message.contains("events__"), "names no segment: {message}");
+    assert!(
+        v["numServersQueried"].as_u64() > v["numServersResponded"].as_u64(),
+        "{v}"
+    );
+    // PostgreSQL clients get an error unless they opt in.
+    let (pg, conn) = tokio_postgres::connect(
+        &format!(
+            "host=127.0.0.1 port={} user=basalt dbname=basalt",
+            c.broker().pg.rsplit(':').next().unwrap()
+        ),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let e = pg
+        .simple_query("SELECT count(*) FROM events")
+        .await
+        .expect_err("a partial result must fail without the opt-in");
+    let db = e.as_db_error().expect("a server error");
+    assert_eq!(db.code().code(), "57P03", "{db:?}");
+    assert!(db.message().contains("partial"), "{db:?}");
+    pg.simple_query("SET basalt.allow_partial_results = on")
+        .await
+        .unwrap();
+    let rows = pg
+        .simple_query("SELECT count(*) FROM events")
+        .await
+        .unwrap();
+    let n: u64 = match &rows[1] {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).unwrap().parse().unwrap(),
+        other => panic!("{other:?}"),
+    };
+    assert!(n < 100_000);
+    // Once gossip declares them dead, s3 loads every segment and answers are whole again.
+    wait_for("complete again", Duration::from_secs(60), || async {
+        let v = count(&client, c.broker()).await;
+        (v["resultTable"]["rows"][0][0] == json!(100_000) && v["partialResult"] == json!(false))
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flight_port_refuses_calls_without_the_cluster_token() {
+    let Some(url) = deep_store("cluster-token") else {
+        return;
+    };
+    let mut c = TestCluster::new(&url);
+    c.start_server("s1");
+    let flight = c.servers["s1"].cmd[c.servers["s1"]
+        .cmd
+        .iter()
+        .position(|a| a == "--flight-addr")
+        .unwrap()
+        + 1]
+    .clone();
+    let channel = tonic::transport::Channel::from_shared(format!("http://{flight}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = arrow_flight::flight_service_client::FlightServiceClient::new(channel);
+    let e = client
+        .do_get(arrow_flight::Ticket {
+            ticket: b"anything".to_vec().into(),
+        })
+        .await
+        .expect_err("no token");
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+    let mut req = tonic::Request::new(arrow_flight::Ticket {
+        ticket: b"anything".to_vec().into(),
+    });
+    req.metadata_mut().insert(
+        "authorization",
+        "Bearer wrong-token-0123456789".parse().unwrap(),
+    );
+    let e = client.do_get(req).await.expect_err("wrong token");
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+    // With the token, a malformed ticket is a clear InvalidArgument, not a crash.
+    let mut req = tonic::Request::new(arrow_flight::Ticket {
+        ticket: vec![0xff, 0xff, 0xff].into(),
+    });
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    let e = client.do_get(req).await.expect_err("bad ticket");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+}
