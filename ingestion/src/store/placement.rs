@@ -60,9 +60,11 @@ impl TableStore {
         let mut gone = false;
         for t in tables {
             let name = &t.spec.name;
+            // Read under the publish lock: a state read before a publish of this node's and
+            // applied after it would take the published segments out of the view again.
+            let _p = t.publish.lock().await;
             match t.home.metastore.get(name).await {
                 Ok(Some(s)) if !s.value.is_dropped() && s.value.generation == t.generation => {
-                    let _p = t.publish.lock().await;
                     if let Err(e) = self.refresh(&t, &s.value).await {
                         warn!(table = %name, error = %e, "could not load the table's placed segments; keeping its current view");
                     }

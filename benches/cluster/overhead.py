@@ -1,0 +1,207 @@
+#!/usr/bin/env python3
+"""Cluster benchmark: what the broker/server split costs, and how fast a cluster recovers.
+
+1. Overhead: the same generated events in `basalt standalone` and in a cluster of one broker
+   and one server (same binary, same deep store kind: a local directory), and the macro
+   dashboard query set timed on both in the same run (result cache off). Prints per query the
+   median latency of each and the cluster/standalone ratio, and their geometric mean.
+2. Failover (--failover): three servers and a broker, replication 2; a reader queries
+   count(*) in a loop while one server is killed with SIGKILL. Prints the answers' worst
+   latency around the kill, whether any was incomplete or wrong, and the time until every
+   segment is on two live servers again.
+
+Usage: python3 benches/cluster/overhead.py --basalt target/release/basalt --rows 10000000 [--runs 5] [--failover]
+"""
+import argparse, json, math, os, shutil, signal, socket, statistics, subprocess, sys, tempfile, time, urllib.request
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "macro"))
+from run import QUERIES, DIALECT, http, median_ms  # noqa: E402
+
+TOKEN = "bench-cluster-token-0123456789"
+
+
+def free_port():
+    while True:
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            u.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+        finally:
+            u.close()
+
+
+def wait_http(url, timeout=60):
+    t = time.time()
+    while time.time() - t < timeout:
+        try:
+            return http(url)
+        except Exception:
+            time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer")
+
+
+class Cluster:
+    def __init__(self, basalt, work, servers):
+        self.basalt, self.work = basalt, work
+        self.deep = "file://" + os.path.join(work, "deep")
+        os.makedirs(os.path.join(work, "deep"), exist_ok=True)
+        self.seed = f"127.0.0.1:{free_port()}"
+        self.env = {**os.environ, "RUST_LOG": "warn", "BASALT_CLUSTER_TOKEN": TOKEN}
+        self.procs, self.health = {}, {}
+        http_port = free_port()
+        self.base = f"http://127.0.0.1:{http_port}"
+        self.procs["b1"] = subprocess.Popen([basalt, "broker", "--node-id", "b1", "--data-dir", os.path.join(work, "b1"),
+                                             "--deep-store", self.deep, "--http-addr", f"127.0.0.1:{http_port}",
+                                             "--pg-addr", f"127.0.0.1:{free_port()}", "--gossip-addr", self.seed,
+                                             "--seeds", self.seed], stderr=subprocess.DEVNULL, env=self.env)
+        for i in range(servers):
+            self.add_server(f"s{i+1}")
+        wait_http(self.base + "/health")
+
+    def add_server(self, sid):
+        hp = free_port()
+        self.procs[sid] = subprocess.Popen([self.basalt, "server", "--node-id", sid, "--data-dir", os.path.join(self.work, sid),
+                                            "--deep-store", self.deep, "--flight-addr", f"127.0.0.1:{free_port()}",
+                                            "--gossip-addr", f"127.0.0.1:{free_port()}", "--seeds", self.seed,
+                                            "--http-addr", f"127.0.0.1:{hp}"], stderr=subprocess.DEVNULL, env=self.env)
+        self.health[sid] = f"http://127.0.0.1:{hp}/health"
+        wait_http(self.health[sid])
+
+    def loaded(self):
+        out = {}
+        for sid, url in self.health.items():
+            try:
+                out[sid] = http(url, timeout=2)["segments"]
+            except Exception:
+                out[sid] = 0
+        return out
+
+    def kill(self, sid):
+        self.procs[sid].send_signal(signal.SIGKILL)
+        self.procs[sid].wait()
+        del self.procs[sid]
+        del self.health[sid]
+
+    def stop(self):
+        for p in self.procs.values():
+            p.kill()
+            p.wait()
+
+
+def load(base, basalt, pq, replication=None):
+    spec = json.loads(subprocess.run([basalt, "gen-events", "--rows", "0", "--out", "/dev/null", "--print-spec"],
+                                     capture_output=True, text=True, check=True).stdout)
+    if replication:
+        spec["replication"] = replication
+    http(base + "/tables", json.dumps(spec).encode())
+    t = time.time()
+    with open(pq, "rb") as f:
+        r = http(base + "/tables/events/ingest", f.read(), "application/vnd.apache.parquet", timeout=3600)
+    return r["rows"], time.time() - t
+
+
+def query_fn(base, sql):
+    def run():
+        v = http(base + "/query/sql", json.dumps({"sql": sql, "queryOptions": "useResultCache=false"}).encode())
+        if v.get("exceptions"):
+            raise RuntimeError(f"{sql}: {v['exceptions']}")
+    return run
+
+
+def overhead(a, work, pq, now_ms):
+    port = free_port()
+    alone = subprocess.Popen([a.basalt, "standalone", "--data-dir", os.path.join(work, "alone"), "--http-addr", f"127.0.0.1:{port}",
+                              "--pg-addr", f"127.0.0.1:{free_port()}"], stderr=subprocess.DEVNULL, env={**os.environ, "RUST_LOG": "warn"})
+    sbase = f"http://127.0.0.1:{port}"
+    c = None
+    try:
+        wait_http(sbase + "/health")
+        rows, secs = load(sbase, a.basalt, pq)
+        print(f"standalone: ingested {rows} rows in {secs:.1f}s")
+        c = Cluster(a.basalt, os.path.join(work, "cluster"), 1)
+        rows, secs = load(c.base, a.basalt, pq)
+        print(f"cluster (1 broker, 1 server): ingested {rows} rows in {secs:.1f}s (answered once the server holds them)")
+        now = f"to_timestamp_millis({now_ms})"
+        ratios = []
+        print(f"\n{'query':36} {'standalone ms':>14} {'cluster ms':>11} {'ratio':>7}")
+        for name, q in QUERIES:
+            sql = q.format(now=now, **DIALECT["basalt"])
+            s = median_ms(query_fn(sbase, sql), a.runs)
+            k = median_ms(query_fn(c.base, sql), a.runs)
+            ratios.append(k / s)
+            print(f"{name:36} {s:14.1f} {k:11.1f} {k/s:7.2f}")
+        geo = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
+        print(f"\ngeometric mean of cluster / standalone: {geo:.2f}  (rows={a.rows}, runs={a.runs}, median)")
+    finally:
+        alone.kill()
+        alone.wait()
+        if c:
+            c.stop()
+
+
+def failover(a, work, pq):
+    c = Cluster(a.basalt, os.path.join(work, "failover"), 3)
+    try:
+        rows, _ = load(c.base, a.basalt, pq, replication=2)
+        total = None
+        t = time.time()
+        while time.time() - t < 120:
+            l = c.loaded()
+            info = http(c.base + "/tables/events")
+            total = 2 * info["stats"]["segments"]
+            if sum(l.values()) == total:
+                break
+            time.sleep(0.5)
+        print(f"\nfailover: {rows} rows, {total // 2} segments x 2 replicas on 3 servers")
+        sql = json.dumps({"sql": "SELECT count(*) FROM events", "queryOptions": "useResultCache=false"}).encode()
+        lat, bad = [], 0
+        killed_at, restored = None, None
+        start = time.time()
+        while time.time() - start < 30:
+            q0 = time.perf_counter()
+            v = http(c.base + "/query/sql", sql)
+            ms = (time.perf_counter() - q0) * 1000
+            ok = not v.get("exceptions") and not v.get("partialResult") and v["resultTable"]["rows"][0][0] == rows
+            bad += 0 if ok else 1
+            if killed_at is not None:
+                lat.append(ms)
+            if killed_at is None and time.time() - start > 2:
+                c.kill("s2")
+                killed_at = time.time()
+            if killed_at is not None and restored is None and sum(c.loaded().values()) == total:
+                restored = time.time() - killed_at
+                break
+            time.sleep(0.05)
+        print(f"answers after the kill: {len(lat)}, incomplete or wrong: {bad}, worst {max(lat):.0f} ms, median {statistics.median(lat):.0f} ms")
+        print(f"every segment on two live servers again {restored:.1f} s after the kill" if restored else "replicas not restored within 30 s")
+    finally:
+        c.stop()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--basalt", default="target/debug/basalt")
+    ap.add_argument("--rows", type=int, default=10_000_000)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--failover", action="store_true")
+    a = ap.parse_args()
+    work = tempfile.mkdtemp(prefix="basalt-cluster-bench-")
+    try:
+        pq = os.path.join(work, "events.parquet")
+        subprocess.run([a.basalt, "gen-events", "--rows", str(a.rows), "--format", "parquet", "--out", pq], check=True)
+        now_ms = int(time.time() * 1000)
+        overhead(a, work, pq, now_ms)
+        if a.failover:
+            failover(a, work, pq)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
