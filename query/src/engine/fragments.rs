@@ -3,8 +3,9 @@
 //! rows), its scan counters, and the segment ids the server does not have.
 //!
 //! A fragment is admitted, bounded (memory, rows, deadline) and run on the query threads
-//! like any query. After decoding, Basalt's physical rules that apply within one server
-//! (decimal arithmetic, cooperative yields) run over it.
+//! like any query. After decoding, Basalt's physical rules that apply within one server run
+//! over it: decimal arithmetic, a partial aggregate at the root run inside the scan on
+//! dictionary ids (emitting the states the broker merges), cooperative yields.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -57,13 +58,10 @@ impl QueryEngine {
             let mut plan = fragment::decode(&bytes, &task, &codec)?;
             let state = ctx.state();
             let options = state.config_options();
-            let rules: [Arc<dyn PhysicalOptimizerRule + Send + Sync>; 2] = [
-                Arc::new(crate::decimal_arith::DecimalArith),
-                Arc::new(crate::coop::YieldEverywhere),
-            ];
-            for rule in rules {
-                plan = rule.optimize(plan, options)?;
-            }
+            plan = crate::decimal_arith::DecimalArith.optimize(plan, options)?;
+            plan = crate::segment_agg::partial_at_root(plan)?;
+            plan = crate::coop::YieldEverywhere.optimize(plan, options)?;
+            tracing::debug!(plan = %datafusion::physical_plan::displayable(plan.as_ref()).one_line(), "running a fragment");
             let schema = plan.schema();
             let batches = collect(execute_stream(plan, task)?, max_rows, &memory).await?;
             Ok((schema, batches, memory, codec.missing()))

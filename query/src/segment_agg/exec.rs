@@ -93,8 +93,12 @@ pub(crate) struct Job {
     /// Segment columns materialised per batch, and their schema.
     pub(crate) read_cols: Vec<usize>,
     pub(crate) read_schema: SchemaRef,
-    /// Output: the schema of the final aggregate replaced.
+    /// Output: the schema of the final aggregate replaced (of the partial one when
+    /// `partial`).
     pub(crate) schema: SchemaRef,
+    /// Emit each group's accumulator states instead of its final values (a server's
+    /// fragment, whose states the broker's final aggregate merges).
+    pub(crate) partial: bool,
 }
 
 impl Job {
@@ -929,14 +933,19 @@ impl Worker {
             };
             columns.push(col);
         }
-        for (i, acc) in self.accs.iter_mut().enumerate() {
-            let v = acc.evaluate(EmitTo::All)?;
-            let want = job.schema.field(job.keys.len() + i).data_type();
-            columns.push(if v.data_type() == want {
-                v
-            } else {
-                cast(&v, want)?
-            });
+        for acc in self.accs.iter_mut() {
+            let values = match job.partial {
+                true => acc.state(EmitTo::All)?,
+                false => vec![acc.evaluate(EmitTo::All)?],
+            };
+            for v in values {
+                let want = job.schema.field(columns.len()).data_type();
+                columns.push(if v.data_type() == want {
+                    v
+                } else {
+                    cast(&v, want)?
+                });
+            }
         }
         let batch = RecordBatch::try_new(job.schema.clone(), columns)?;
         let size = job.scan().batch_size().max(1);

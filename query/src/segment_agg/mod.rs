@@ -50,7 +50,7 @@ impl PhysicalOptimizerRule for SegmentAggregateRule {
         plan: Arc<dyn ExecutionPlan>,
         _config: &ConfigOptions,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        plan.transform_down(|node| match rewrite(&node)? {
+        plan.transform_down(|node| match rewrite(&node, false)? {
             Some(new) => Ok(Transformed::new(new, true, TreeNodeRecursion::Jump)),
             None => Ok(Transformed::no(node)),
         })
@@ -149,10 +149,23 @@ fn only_count_star(agg: &AggregateExec) -> bool {
     })
 }
 
-fn rewrite(node: &Arc<dyn ExecutionPlan>) -> DfResult<Option<Arc<dyn ExecutionPlan>>> {
+/// A plan fragment (a server's share of a broker's query) whose root is a partial
+/// aggregate over a scan: that aggregate run inside the scan, emitting the partial states the
+/// broker's final aggregate merges. Other plans are returned unchanged.
+pub fn partial_at_root(plan: Arc<dyn ExecutionPlan>) -> DfResult<Arc<dyn ExecutionPlan>> {
+    Ok(rewrite(&plan, true)?.unwrap_or(plan))
+}
+
+/// `node` (a final or single aggregate over a scan, or with `partial_root` a partial one
+/// whose states leave the plan) as a [`SegmentAggregateExec`], if it qualifies.
+fn rewrite(
+    node: &Arc<dyn ExecutionPlan>,
+    partial_root: bool,
+) -> DfResult<Option<Arc<dyn ExecutionPlan>>> {
     let Some(last) = node.as_any().downcast_ref::<AggregateExec>() else {
         return Ok(None);
     };
+    let partial = *last.mode() == AggregateMode::Partial;
     let first = match last.mode() {
         AggregateMode::Final | AggregateMode::FinalPartitioned => {
             match skip_exchanges(last.input())
@@ -164,6 +177,7 @@ fn rewrite(node: &Arc<dyn ExecutionPlan>) -> DfResult<Option<Arc<dyn ExecutionPl
             }
         }
         AggregateMode::Single | AggregateMode::SinglePartitioned => last,
+        AggregateMode::Partial if partial_root => last,
         _ => return Ok(None),
     };
     // DataFusion's common-subexpression elimination may put a projection between the
@@ -254,7 +268,8 @@ fn rewrite(node: &Arc<dyn ExecutionPlan>) -> DfResult<Option<Arc<dyn ExecutionPl
         .iter()
         .map(|a| {
             let args = a.expressions();
-            if a.fun().name() != "approx_distinct" || args.len() != 1 {
+            // Partial states leave the plan: they must be the function's own accumulator's.
+            if partial || a.fun().name() != "approx_distinct" || args.len() != 1 {
                 return Ok(None);
             }
             let arg = resolve(&args[0])?;
@@ -342,7 +357,11 @@ fn rewrite(node: &Arc<dyn ExecutionPlan>) -> DfResult<Option<Arc<dyn ExecutionPl
         read_cols,
         read_schema,
         schema: out_schema,
+        partial,
     })?);
+    if partial {
+        return Ok(Some(exec));
+    }
     Ok(Some(same_partitioning(exec, node)?))
 }
 
