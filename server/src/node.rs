@@ -86,7 +86,10 @@ impl ServerNode {
         let mut tasks = Vec::new();
         let mut s = stopped.clone();
         tasks.push(tokio::spawn(async move {
-            let incoming = tonic::transport::server::TcpIncoming::from(flight_listener);
+            // No Nagle: a fragment's answer is a few small messages, and waiting for the
+            // broker's delayed ACK cost 40 ms per query.
+            let incoming = tonic::transport::server::TcpIncoming::from(flight_listener)
+                .with_nodelay(Some(true));
             let served = tonic::transport::Server::builder()
                 .add_service(
                     FlightServiceServer::new(service)
