@@ -171,14 +171,6 @@ impl std::fmt::Debug for Membership {
     }
 }
 
-fn seg_key(table: &str, id: &str) -> String {
-    format!("seg:{table}:{id}")
-}
-
-fn part_key(table: &str, partition: i32) -> String {
-    format!("part:{table}:{partition}")
-}
-
 impl Membership {
     /// Starts gossiping as `cfg` describes.
     pub async fn join(cfg: NodeConfig) -> Result<Membership, ClusterError> {
@@ -266,51 +258,41 @@ impl Membership {
     /// Publishes `segments` as the sealed segments of `table` this node has loaded,
     /// replacing what it published before for the table.
     pub async fn set_loaded(&self, table: &str, segments: &BTreeSet<String>) {
-        let chitchat = self.handle.chitchat();
-        let mut guard = chitchat.lock().await;
-        let me = guard.self_node_state();
-        let prefix = format!("seg:{table}:");
-        let old: Vec<String> = me
-            .key_values()
-            .filter(|(k, _)| k.starts_with(&prefix))
-            .map(|(k, _)| k.to_string())
+        let wanted = segments
+            .iter()
+            .map(|s| (s.clone(), "1".to_string()))
             .collect();
-        for k in &old {
-            if !segments.contains(&k[prefix.len()..]) {
-                me.delete(k);
-            }
-        }
-        for s in segments {
-            let k = seg_key(table, s);
-            if me.get(&k).is_none() {
-                me.set(k, "1");
-            }
-        }
+        self.replace_keys(&format!("seg:{table}:"), wanted).await;
     }
 
     /// Publishes the stream partitions of `table` this node consumes, each with the
     /// checkpoint its in-memory rows start at.
     pub async fn set_consuming(&self, table: &str, partitions: &BTreeMap<i32, i64>) {
+        let wanted = partitions
+            .iter()
+            .map(|(p, from)| (p.to_string(), from.to_string()))
+            .collect();
+        self.replace_keys(&format!("part:{table}:"), wanted).await;
+    }
+
+    /// Makes this node's keys under `prefix` exactly `prefix + suffix = value` for each of
+    /// `wanted`: others are deleted, unchanged ones left alone (no new gossip version).
+    async fn replace_keys(&self, prefix: &str, wanted: BTreeMap<String, String>) {
         let chitchat = self.handle.chitchat();
         let mut guard = chitchat.lock().await;
         let me = guard.self_node_state();
-        let prefix = format!("part:{table}:");
         let old: Vec<String> = me
             .key_values()
-            .filter(|(k, _)| k.starts_with(&prefix))
+            .filter(|(k, _)| k.starts_with(prefix))
             .map(|(k, _)| k.to_string())
             .collect();
         for k in &old {
-            let keep = k[prefix.len()..]
-                .parse::<i32>()
-                .is_ok_and(|p| partitions.contains_key(&p));
-            if !keep {
+            if !wanted.contains_key(&k[prefix.len()..]) {
                 me.delete(k);
             }
         }
-        for (p, from) in partitions {
-            let k = part_key(table, *p);
-            let v = from.to_string();
+        for (suffix, v) in wanted {
+            let k = format!("{prefix}{suffix}");
             if me.get(&k) != Some(v.as_str()) {
                 me.set(k, v);
             }

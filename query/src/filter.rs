@@ -335,6 +335,22 @@ fn scalar(v: &ScalarValue) -> Option<Value> {
     })
 }
 
+/// DataFusion's pushdown answer for `filters` over a table of `schema`: exact where the
+/// segment predicate answers the filter ([`to_predicate`]), unsupported elsewhere.
+pub fn pushdown(
+    filters: &[&Expr],
+    schema: &SegmentSchema,
+) -> Vec<datafusion::logical_expr::TableProviderFilterPushDown> {
+    use datafusion::logical_expr::TableProviderFilterPushDown;
+    filters
+        .iter()
+        .map(|f| match to_predicate(f, schema) {
+            Some(_) => TableProviderFilterPushDown::Exact,
+            None => TableProviderFilterPushDown::Unsupported,
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -188,13 +188,7 @@ impl TableProvider for SegmentTable {
         &self,
         filters: &[&Expr],
     ) -> DfResult<Vec<TableProviderFilterPushDown>> {
-        Ok(filters
-            .iter()
-            .map(|f| match to_predicate(f, &self.snapshot.schema) {
-                Some(_) => TableProviderFilterPushDown::Exact,
-                None => TableProviderFilterPushDown::Unsupported,
-            })
-            .collect())
+        Ok(crate::filter::pushdown(filters, &self.snapshot.schema))
     }
 
     async fn scan(

@@ -72,13 +72,7 @@ impl TableProvider for ClusterTable {
         &self,
         filters: &[&Expr],
     ) -> DfResult<Vec<TableProviderFilterPushDown>> {
-        Ok(filters
-            .iter()
-            .map(|f| match to_predicate(f, &self.table.schema) {
-                Some(_) => TableProviderFilterPushDown::Exact,
-                None => TableProviderFilterPushDown::Unsupported,
-            })
-            .collect())
+        Ok(basalt_query::filter::pushdown(filters, &self.table.schema))
     }
 
     async fn scan(
