@@ -268,8 +268,9 @@ fn rewrite(
         .iter()
         .map(|a| {
             let args = a.expressions();
-            // Partial states leave the plan: they must be the function's own accumulator's.
-            if partial || a.fun().name() != "approx_distinct" || args.len() != 1 {
+            // The sketch's state is DataFusion's `approx_distinct` state (`hll`), so partial
+            // states built here merge in the broker's final aggregate too.
+            if a.fun().name() != "approx_distinct" || args.len() != 1 {
                 return Ok(None);
             }
             let arg = resolve(&args[0])?;
