@@ -452,6 +452,10 @@ async fn ingest_file(remote: &Remote, table: &str, f: &Path) -> Result<(), Strin
     let file = tokio::fs::File::open(f)
         .await
         .map_err(|e| format!("cannot open {shown}: {e}"))?;
+    // Ask for the table first: a server refusing the upload (no such table) answers before
+    // reading the body and closes the connection, which a client still streaming sees as a
+    // broken connection rather than the server's message.
+    remote.get(&shown, &format!("/tables/{table}")).await?;
     let total = file
         .metadata()
         .await
