@@ -8,7 +8,7 @@ use std::sync::Arc;
 use basalt_ingest::quarantine::quarantine_schema;
 use basalt_ingest::TableStore;
 use basalt_query::{QueryError, TableSnapshot, TableSource};
-use basalt_segment::{RoaringBitmap, SegmentSchema};
+use basalt_segment::SegmentSchema;
 
 /// The suffix naming a table's quarantine.
 pub const QUARANTINE_SUFFIX: &str = "$quarantine";
@@ -80,92 +80,22 @@ impl TableSource for StoreSource {
         }
         // One view: a part being sealed is either still in `mutable` or already among the
         // segments, never both.
-        let view = t.view();
-        let (sealed, schema) = if quarantine {
-            (&view.quarantine, quarantine_schema())
-        } else {
-            (&view.segments, t.schema.clone())
+        let schema = match quarantine {
+            true => quarantine_schema(),
+            false => t.schema.clone(),
         };
-        // Upsert tables: only valid docs. The view's bitmaps were installed after the rows
-        // they cover were appended, so rows appended since are beyond them (not valid yet).
-        let valid_docs = view.valid.as_ref().filter(|_| !quarantine);
-        let none = Arc::new(RoaringBitmap::new());
-        let valid_of = |id: &str| valid_docs.and_then(|v| v.get(id)).unwrap_or(&none);
-        let mut segments: Vec<_> = sealed.iter().map(|s| s.reader.clone()).collect();
-        let mut valid: Vec<Arc<RoaringBitmap>> = match valid_docs {
-            Some(_) => sealed
-                .iter()
-                .map(|s| valid_of(&s.meta.id).clone())
-                .collect(),
-            None => Vec::new(),
-        };
-        for part in &view.mutable {
-            let m = if quarantine {
-                &part.quarantine
-            } else {
-                &part.rows
-            };
-            let chunks = m.snapshot_chunks().map_err(|e| QueryError::Snapshot {
+        let read = t
+            .view()
+            .readers(quarantine)
+            .map_err(|e| QueryError::Snapshot {
                 table: name.to_string(),
                 source: Box::new(e),
             })?;
-            for (reader, start) in chunks {
-                if valid_docs.is_some() {
-                    let all = valid_of(&part.segment_id);
-                    valid.push(Arc::new(slice(all, start, reader.row_count())));
-                }
-                segments.push(reader);
-            }
-        }
         Ok(Some(TableSnapshot {
             name: name.to_string(),
             schema,
-            segments,
-            valid,
+            segments: read.segments,
+            valid: read.valid,
         }))
-    }
-}
-
-/// The docs of `bm` in `start..start + len`, renumbered from 0 (a mutable chunk's share of
-/// its part's valid docs). Runs on every query of an upsert table: the first chunk (the
-/// largest, chunks merge like a binary counter) is a container-level copy; later ones are
-/// renumbered through a bitset, which roaring then takes a container at a time.
-fn slice(bm: &Arc<RoaringBitmap>, start: u32, len: u32) -> RoaringBitmap {
-    let end = start.saturating_add(len);
-    if start == 0 {
-        let mut r = RoaringBitmap::clone(bm);
-        r.remove_range(end..);
-        return r;
-    }
-    let mut bits = vec![0u8; (len as usize).div_ceil(8)];
-    for d in bm.range(start..end) {
-        let i = (d - start) as usize;
-        bits[i >> 3] |= 1 << (i & 7);
-    }
-    RoaringBitmap::from_lsb0_bytes(0, &bits)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    proptest! {
-        #[test]
-        fn slice_renumbers_the_docs_in_range(
-            docs in prop::collection::btree_set(0u32..300_000, 0..2000),
-            start in 0u32..200_000,
-            len in 0u32..150_000,
-        ) {
-            let bm = Arc::new(RoaringBitmap::from_iter(docs.iter().copied()));
-            let want: Vec<u32> = docs
-                .iter()
-                .filter(|&&d| d >= start && d < start + len)
-                .map(|d| d - start)
-                .collect();
-            prop_assert_eq!(slice(&bm, start, len).iter().collect::<Vec<_>>(), want.clone());
-            prop_assert_eq!(slice(&bm, 0, len).iter().collect::<Vec<_>>(),
-                docs.iter().copied().filter(|&d| d < len).collect::<Vec<_>>());
-        }
     }
 }

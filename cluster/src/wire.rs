@@ -47,3 +47,67 @@ pub struct FragmentTrailer {
     pub blocks_scanned: u64,
     pub docs_removed_by_dynamic_filters: u64,
 }
+
+/// A stream partition's rows from a checkpoint on, named among a fragment's segment ids: the
+/// partition's consumer answers with the sealed segments it holds that chain from `after`
+/// plus its in-memory rows. The broker takes `after` from the same metastore state as the
+/// sealed segments it routes, so no row is read twice or missed across a seal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StreamRange {
+    pub partition: i32,
+    /// The checkpoint (`None`: the partition has none yet).
+    pub after: Option<i64>,
+}
+
+const STREAM_PREFIX: &str = "~stream:";
+
+impl StreamRange {
+    /// Its name among segment ids (which never start with `~`).
+    pub fn id(&self) -> String {
+        match self.after {
+            Some(a) => format!("{STREAM_PREFIX}{}:{a}", self.partition),
+            None => format!("{STREAM_PREFIX}{}:-", self.partition),
+        }
+    }
+
+    /// The range an id names, if it names one.
+    pub fn parse(id: &str) -> Option<StreamRange> {
+        let (p, after) = id.strip_prefix(STREAM_PREFIX)?.split_once(':')?;
+        Some(StreamRange {
+            partition: p.parse().ok()?,
+            after: match after {
+                "-" => None,
+                a => Some(a.parse().ok()?),
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_ranges_round_trip_through_their_ids() {
+        for r in [
+            StreamRange {
+                partition: 3,
+                after: Some(42),
+            },
+            StreamRange {
+                partition: 0,
+                after: None,
+            },
+        ] {
+            assert_eq!(StreamRange::parse(&r.id()), Some(r));
+        }
+        for bad in [
+            "events__1__000001__ab",
+            "~stream:x:1",
+            "~stream:1",
+            "~stream:1:1:2",
+        ] {
+            assert_eq!(StreamRange::parse(bad), None, "{bad}");
+        }
+    }
+}

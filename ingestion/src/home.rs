@@ -243,6 +243,7 @@ impl Home {
             rows: reader.row_count() as u64,
             bytes: size,
             time_range: reader.footer().time_range,
+            stream: None,
         };
         Ok((meta, Arc::new(reader)))
     }

@@ -204,6 +204,8 @@ impl MutableSegment {
 #[derive(Debug)]
 pub struct MutablePart {
     pub partition: i32,
+    /// The partition's checkpoint its rows start at (`None`: the partition had none).
+    pub from: Option<i64>,
     /// The id its rows segment gets when sealed (known in advance: an upsert table's
     /// valid docs are kept by segment id across the seal).
     pub segment_id: String,
@@ -214,12 +216,14 @@ pub struct MutablePart {
 impl MutablePart {
     pub fn new(
         partition: i32,
+        from: Option<i64>,
         segment_id: String,
         rows: MutableSegment,
         quarantine: MutableSegment,
     ) -> Self {
         MutablePart {
             partition,
+            from,
             segment_id,
             rows,
             quarantine,

@@ -8,7 +8,7 @@
 //! first says `leaving` and keeps serving until every segment it holds is loaded elsewhere
 //! (or `drain_timeout` passes), so answers stay complete while a server leaves.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -196,7 +196,6 @@ async fn placement_loop(
     loop {
         placement.update_members(&membership.members().await);
         store.sync().await;
-        let mut held = HashSet::new();
         let mut tables = HashSet::new();
         for name in store.table_names() {
             let Some(t) = store.table(&name) else {
@@ -208,15 +207,22 @@ async fn placement_loop(
                 .iter()
                 .map(|s| s.meta.id.clone())
                 .collect();
-            held.extend(ids.iter().map(|id| (name.clone(), id.clone())));
             membership.set_loaded(&name, &ids).await;
+            // The stream partitions it consumes: those it has in-memory rows of.
+            let mut consuming: BTreeMap<i32, i64> = BTreeMap::new();
+            for part in &t.view().mutable {
+                let from = part.from.unwrap_or(-1);
+                let e = consuming.entry(part.partition).or_insert(from);
+                *e = (*e).min(from);
+            }
+            membership.set_consuming(&name, &consuming).await;
             tables.insert(name);
         }
         for gone in published.difference(&tables) {
             membership.set_loaded(gone, &BTreeSet::new()).await;
+            membership.set_consuming(gone, &BTreeMap::new()).await;
         }
         published = tables;
-        placement.update_held(held);
         tokio::select! {
             _ = stopped.wait_for(|v| *v) => return,
             _ = changes.changed() => {}
@@ -246,12 +252,25 @@ fn health_router(
                         .filter_map(|t| store.table(t))
                         .map(|t| t.view().segments.len())
                         .sum();
+                    // Per table, the stream partitions this server consumes.
+                    let mut consuming = serde_json::Map::new();
+                    for name in store.table_names() {
+                        let Some(t) = store.table(&name) else {
+                            continue;
+                        };
+                        let parts: BTreeSet<i32> =
+                            t.view().mutable.iter().map(|p| p.partition).collect();
+                        if !parts.is_empty() {
+                            consuming.insert(name, serde_json::json!(parts));
+                        }
+                    }
                     let body = serde_json::json!({
                         "status": if store.store_error().is_none() { "ok" } else { "degraded" },
                         "role": "server",
                         "node": membership.node_id(),
                         "members": membership.members().await.len(),
                         "segments": segments,
+                        "consuming": consuming,
                     });
                     axum::Json(body)
                 }

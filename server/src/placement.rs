@@ -3,15 +3,18 @@
 //! load and keep.
 //!
 //! A segment belongs on the `replication` servers rendezvous hashing ranks first among the
-//! live servers that are not leaving ([`basalt_cluster::Placement`]). A server keeps a segment
+//! live servers that are not leaving ([`basalt_cluster::Placement`]); an upsert or dedup
+//! table's real-time segment on its partition's servers, the partition's consumer first. Each
+//! stream partition is consumed by the server ranked first for it. A server keeps a segment
 //! it no longer ranks for until every server it now belongs on reports it loaded, so routing
 //! always has a loaded replica to switch to: the new replica loads before routing switches,
 //! the old one drops only after.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 
 use basalt_cluster::{Member, Placement, Role};
 use basalt_ingest::metastore::SegmentMeta;
+use basalt_ingest::upsert::KeyedTable;
 use basalt_ingest::TableSpec;
 use parking_lot::RwLock;
 
@@ -20,8 +23,6 @@ struct State {
     servers: Placement,
     /// Per table, per segment: the servers that report it loaded.
     loaded: HashMap<String, HashMap<String, BTreeSet<String>>>,
-    /// (table, segment) this server holds now.
-    held: HashSet<(String, String)>,
 }
 
 #[derive(Debug)]
@@ -57,25 +58,27 @@ impl ClusterPlacement {
         st.servers = Placement::new(servers);
         st.loaded = loaded;
     }
-
-    /// Takes in what this server holds now.
-    pub fn update_held(&self, held: HashSet<(String, String)>) {
-        self.state.write().held = held;
-    }
 }
 
 impl basalt_ingest::Placement for ClusterPlacement {
-    fn serves(&self, spec: &TableSpec, segment: &SegmentMeta) -> bool {
+    fn serves(&self, spec: &TableSpec, segment: &SegmentMeta, held: bool) -> bool {
         let st = self.state.read();
-        let ideal = st
-            .servers
-            .segment_replicas(&spec.name, &segment.id, spec.replication());
+        let ideal = match segment.stream {
+            // An upsert or dedup table's real-time segments live with their partition's
+            // consumer and key map (partition-aware placement, as Pinot requires).
+            Some(d) if KeyedTable::of(spec).is_some() => {
+                st.servers
+                    .partition_replicas(&spec.name, d.partition, spec.replication())
+            }
+            _ => st
+                .servers
+                .segment_replicas(&spec.name, &segment.id, spec.replication()),
+        };
         if ideal.contains(&self.me.as_str()) {
             return true;
         }
         // Not ours any more: keep it until every server it now belongs on has it.
-        let key = (spec.name.clone(), segment.id.clone());
-        if !st.held.contains(&key) {
+        if !held {
             return false;
         }
         let reported = st.loaded.get(&spec.name).and_then(|t| t.get(&segment.id));
@@ -86,7 +89,16 @@ impl basalt_ingest::Placement for ClusterPlacement {
 
     /// Stream partitions are not spread over servers yet: a real-time table in a cluster is
     /// not consumed (ARCHITECTURE.md, "Not built yet").
-    fn consumes(&self, _spec: &TableSpec) -> bool {
+    fn consumes(&self, spec: &TableSpec) -> bool {
+        spec.source.is_some()
+    }
+
+    fn consumes_partition(&self, spec: &TableSpec, partition: i32) -> bool {
+        let st = self.state.read();
+        st.servers.partition_owner(&spec.name, partition) == Some(self.me.as_str())
+    }
+
+    fn leases(&self) -> bool {
         false
     }
 }
@@ -127,6 +139,7 @@ mod tests {
             rows: 1,
             bytes: 1,
             time_range: None,
+            stream: None,
         }
     }
 
@@ -155,12 +168,15 @@ mod tests {
             .unwrap();
         let p = ClusterPlacement::new(&old);
         p.update_members(&three);
-        assert!(p.serves(&spec, &seg(&id)));
-        p.update_held([("t".to_string(), id.clone())].into());
+        assert!(p.serves(&spec, &seg(&id), false));
         let mut four = three.clone();
         four.push(member("s4", false, &[]));
         p.update_members(&four);
-        assert!(p.serves(&spec, &seg(&id)), "dropped before s4 loaded");
+        assert!(p.serves(&spec, &seg(&id), true), "dropped before s4 loaded");
+        assert!(
+            !p.serves(&spec, &seg(&id), false),
+            "loaded where it no longer belongs"
+        );
         let four: Vec<Member> = four
             .into_iter()
             .map(|mut m| {
@@ -169,6 +185,6 @@ mod tests {
             })
             .collect();
         p.update_members(&four);
-        assert!(!p.serves(&spec, &seg(&id)), "kept after s4 loaded");
+        assert!(!p.serves(&spec, &seg(&id), true), "kept after s4 loaded");
     }
 }

@@ -1,9 +1,12 @@
 //! The segments a fragment names, found among this server's loaded ones. In: a table name
-//! and segment ids. Out: a [`TableSnapshot`] of those held here (with an upsert table's
-//! valid docs) and the ids that are not.
+//! and segment ids — sealed segments, or a stream partition's rows past a checkpoint
+//! ([`StreamRange`]). Out: a [`TableSnapshot`] of those held here (with an upsert table's
+//! valid docs) and the ids that are not (a stream range this server cannot answer exactly
+//! is one).
 
 use std::sync::Arc;
 
+use basalt_cluster::wire::StreamRange;
 use basalt_ingest::TableStore;
 use basalt_query::fragment::SegmentResolver;
 use basalt_query::{QueryError, TableSnapshot, TableSource};
@@ -31,6 +34,22 @@ impl SegmentResolver for StoreResolver {
         };
         let mut missing = Vec::new();
         for id in segments {
+            if let Some(range) = StreamRange::parse(id) {
+                match view.stream_readers(range.partition, range.after) {
+                    Some(Ok(r)) => {
+                        snap.segments.extend(r.segments);
+                        snap.valid.extend(r.valid);
+                    }
+                    Some(Err(e)) => {
+                        return Err(QueryError::Snapshot {
+                            table: table.to_string(),
+                            source: Box::new(e),
+                        })
+                    }
+                    None => missing.push(id.clone()),
+                }
+                continue;
+            }
             match view.segment_reader(id) {
                 Some(r) => {
                     snap.segments.push(r);

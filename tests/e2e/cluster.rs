@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::harness::{create_table, spawn_until_listening, sql, wait_for, Server};
+use crate::harness::{create_table, spawn_until_listening, sql, sql_at, wait_for, Server};
 
 const SPEC: &str = include_str!("../../ingestion/src/gen_events_spec.json");
 const TOKEN: &str = "e2e-cluster-token-0123456789";
@@ -167,8 +167,8 @@ impl TestCluster {
         self.servers.insert(id.to_string(), Node { child, cmd });
     }
 
-    /// Segments per server, from each server's `/health`.
-    pub async fn loaded(&self, client: &reqwest::Client) -> BTreeMap<String, u64> {
+    /// Each server's `/health`.
+    async fn health(&self, client: &reqwest::Client) -> BTreeMap<String, Value> {
         let mut out = BTreeMap::new();
         for (id, n) in &self.servers {
             let http = n.cmd[n.cmd.iter().position(|a| a == "--http-addr").unwrap() + 1].clone();
@@ -176,9 +176,39 @@ impl TestCluster {
                 Ok(r) => r.json().await.unwrap_or(Value::Null),
                 Err(_) => Value::Null,
             };
-            out.insert(id.clone(), v["segments"].as_u64().unwrap_or(0));
+            out.insert(id.clone(), v);
         }
         out
+    }
+
+    /// Segments per server.
+    pub async fn loaded(&self, client: &reqwest::Client) -> BTreeMap<String, u64> {
+        self.health(client)
+            .await
+            .into_iter()
+            .map(|(id, v)| (id, v["segments"].as_u64().unwrap_or(0)))
+            .collect()
+    }
+
+    /// The stream partitions of `table` each server consumes.
+    pub async fn consuming(
+        &self,
+        client: &reqwest::Client,
+        table: &str,
+    ) -> BTreeMap<String, Vec<u64>> {
+        self.health(client)
+            .await
+            .into_iter()
+            .map(|(id, v)| {
+                let parts = v["consuming"][table]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_u64)
+                    .collect();
+                (id, parts)
+            })
+            .collect()
     }
 }
 
@@ -362,15 +392,7 @@ async fn complete_throughout<F: std::future::Future<Output = ()>>(
         tokio::spawn(async move {
             let mut answers = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let v: Value = client
-                    .post(format!("{base}/query/sql"))
-                    .json(&json!({"sql": "SELECT count(*) FROM events"}))
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
+                let v = sql_at(&client, &base, "SELECT count(*) FROM events").await;
                 assert_eq!(v["exceptions"], json!([]), "{v}");
                 assert_eq!(v["partialResult"], json!(false), "{v}");
                 assert_eq!(v["resultTable"]["rows"][0][0], json!(n), "{v}");
@@ -564,4 +586,208 @@ async fn flight_port_refuses_calls_without_the_cluster_token() {
         .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
     let e = client.do_get(req).await.expect_err("bad ticket");
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+
+    // With the token, a well-formed fragment that is not Basalt's shape — here DataFusion's
+    // own CSV scan of a file on the server's disk — is refused before it runs: the token
+    // lets a broker ask for segments, never for the server's files.
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret.csv");
+    std::fs::write(&secret, "s\nthe server's secret\n").unwrap();
+    let ctx = datafusion::prelude::SessionContext::new();
+    let scan = ctx
+        .read_csv(
+            secret.to_str().unwrap(),
+            datafusion::prelude::CsvReadOptions::new(),
+        )
+        .await
+        .unwrap()
+        .create_physical_plan()
+        .await
+        .unwrap();
+    let plan = datafusion_proto::bytes::physical_plan_to_bytes(scan).unwrap();
+    let ticket = basalt_cluster::wire::FragmentTicket {
+        plan: plan.to_vec(),
+        timeout_ms: 10_000,
+        max_rows: 1_000,
+        memory_limit: 1 << 30,
+        query_id: "hostile".into(),
+    };
+    let mut req = tonic::Request::new(arrow_flight::Ticket {
+        ticket: prost::Message::encode_to_vec(&ticket).into(),
+    });
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    let e = match client.do_get(req).await {
+        Err(e) => e,
+        Ok(stream) => {
+            let mut stream = stream.into_inner();
+            let mut leaked = Vec::new();
+            let e = loop {
+                match futures::StreamExt::next(&mut stream).await {
+                    Some(Ok(m)) => leaked.push(m.data_body),
+                    Some(Err(e)) => break e,
+                    None => panic!("a file scan ran on the server: {leaked:?}"),
+                }
+            };
+            assert!(
+                leaked
+                    .iter()
+                    .all(|b| !String::from_utf8_lossy(b).contains("secret")),
+                "{leaked:?}"
+            );
+            e
+        }
+    };
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(
+        e.message()
+            .contains("DataSourceExec may not run on a server"),
+        "{e:?}"
+    );
+}
+
+/// The cluster answer to `q`: its single value and whether it was flagged partial.
+async fn cluster_scalar(client: &reqwest::Client, broker: &str, q: &str) -> (u64, bool) {
+    let v = sql_at(client, broker, q).await;
+    let n = v["resultTable"]["rows"][0][0]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{q}: {v}"));
+    (n, v["partialResult"] == json!(true))
+}
+
+/// A real-time table over a 4-partition Kafka topic in a 3-server cluster: each partition is
+/// consumed by exactly one server, the broker reads each partition's in-memory rows from its
+/// consumer past the checkpoint of its own metastore view (seals every 700 rows or 3 s
+/// happen throughout), and `kill -9` of a consumer while events flow hands its partitions
+/// over from the metastore checkpoints: no answer ever counts an event twice, every
+/// complete answer lies between what was acknowledged before the query and what was
+/// produced, and the final count is exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn real_time_partitions_spread_over_servers_and_fail_over_exactly_once() {
+    use crate::realtime::{events, table_spec, PARTITIONS, SERIAL};
+    let Some(brokers) = crate::harness::service_env("BASALT_TEST_KAFKA", "cluster real-time")
+    else {
+        return;
+    };
+    let Some(url) = deep_store("cluster-realtime") else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let (topic, table) = (crate::kafka::unique("events"), crate::kafka::unique("rt"));
+    crate::kafka::create_topic(&brokers, &topic, PARTITIONS).await;
+    let client = reqwest::Client::new();
+    let mut c = TestCluster::new(&url);
+    c.start_broker();
+    for s in ["s1", "s2", "s3"] {
+        c.start_server(s);
+    }
+    create_table(
+        &client,
+        c.broker(),
+        &table_spec(&table, &brokers, &topic, None),
+    )
+    .await;
+    let producer = crate::kafka::producer(&brokers);
+    let total = format!("SELECT count(*) FROM {table}");
+    let distinct = format!("SELECT count(DISTINCT event_id) FROM {table}");
+
+    // Every partition has one consumer, and the partitions are spread.
+    let owners = wait_for(
+        "each partition consumed once",
+        Duration::from_secs(60),
+        || async {
+            let by_server = c.consuming(&client, &table).await;
+            let mut all: Vec<u64> = by_server.values().flatten().copied().collect();
+            all.sort();
+            (all == (0..PARTITIONS as u64).collect::<Vec<_>>()).then_some(by_server)
+        },
+    )
+    .await;
+    assert!(
+        owners.values().filter(|p| !p.is_empty()).count() >= 2,
+        "4 partitions on one of 3 servers: {owners:?}"
+    );
+    tokio::task::block_in_place(|| crate::kafka::produce_all(&producer, &topic, &events(0, 3000)));
+    let broker_url = c.broker().base.clone();
+    let exact = |want: u64| {
+        let (client, broker, q) = (client.clone(), broker_url.clone(), total.clone());
+        async move {
+            wait_for(
+                &format!("{q} = {want}"),
+                Duration::from_secs(90),
+                || async {
+                    let (n, partial) = cluster_scalar(&client, &broker, &q).await;
+                    assert!(n <= want, "{q}: {n} > {want}: an event counted twice");
+                    (n == want && !partial).then_some(())
+                },
+            )
+            .await
+        }
+    };
+    exact(3000).await;
+
+    // kill -9 the consumer of partition 0 while events flow.
+    let victim = owners
+        .iter()
+        .find(|(_, p)| p.contains(&0))
+        .map(|(s, _)| s.clone())
+        .unwrap();
+    let produced = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(3000));
+    let flowing = {
+        let (brokers, topic, produced) = (brokers.clone(), topic.clone(), produced.clone());
+        std::thread::spawn(move || {
+            let p = crate::kafka::producer(&brokers);
+            for chunk in (3000..9000).step_by(200) {
+                crate::kafka::produce_all(&p, &topic, &events(chunk, chunk + 200));
+                produced.store(chunk + 200, std::sync::atomic::Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    let watcher = {
+        let (client, broker, q, produced) = (
+            client.clone(),
+            c.broker().base.clone(),
+            total.clone(),
+            produced.clone(),
+        );
+        tokio::spawn(async move {
+            let (mut answers, mut partial) = (0, 0);
+            let until = Instant::now() + Duration::from_secs(12);
+            while Instant::now() < until {
+                let (n, flagged) = cluster_scalar(&client, &broker, &q).await;
+                let ceiling = produced.load(std::sync::atomic::Ordering::SeqCst) + 200;
+                assert!(
+                    n <= ceiling,
+                    "{n} events counted, at most {ceiling} produced"
+                );
+                answers += 1;
+                partial += flagged as usize;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            (answers, partial)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    c.kill9(&victim);
+    let (answers, partial) = watcher.await.unwrap();
+    flowing.join().unwrap();
+    assert!(answers > 20, "only {answers} answers during the failover");
+    eprintln!("{answers} answers during the failover, {partial} flagged partial");
+
+    // Its partitions are consumed again by the survivors, and nothing is lost or doubled.
+    let after = wait_for("partitions taken over", Duration::from_secs(60), || async {
+        let by_server = c.consuming(&client, &table).await;
+        let mut all: Vec<u64> = by_server.values().flatten().copied().collect();
+        all.sort();
+        (all == (0..PARTITIONS as u64).collect::<Vec<_>>()).then_some(by_server)
+    })
+    .await;
+    assert!(!after.contains_key(&victim), "{after:?}");
+    exact(9000).await;
+    tokio::time::sleep(Duration::from_secs(4)).await; // seals meanwhile
+    let (n, partial) = cluster_scalar(&client, &c.broker().base, &total).await;
+    assert_eq!((n, partial), (9000, false));
+    let (n, _) = cluster_scalar(&client, &c.broker().base, &distinct).await;
+    assert_eq!(n, 9000, "distinct events");
 }

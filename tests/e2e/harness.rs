@@ -151,9 +151,14 @@ async fn json_of(req: reqwest::RequestBuilder) -> serde_json::Value {
 }
 
 pub async fn sql(client: &reqwest::Client, s: &Server, q: &str) -> serde_json::Value {
+    sql_at(client, &s.base, q).await
+}
+
+/// [`sql`] against the server at `base` (e.g. from a task that does not own the server).
+pub async fn sql_at(client: &reqwest::Client, base: &str, q: &str) -> serde_json::Value {
     json_of(
         client
-            .post(s.url("/query/sql"))
+            .post(format!("{base}/query/sql"))
             .json(&serde_json::json!({ "sql": q })),
     )
     .await

@@ -162,6 +162,7 @@ impl basalt_ingest::Placement for HoldsNothing {
         &self,
         _: &basalt_ingest::TableSpec,
         _: &basalt_ingest::metastore::SegmentMeta,
+        _: bool,
     ) -> bool {
         false
     }

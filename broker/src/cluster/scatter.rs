@@ -13,6 +13,13 @@
 //! 4. when no replica is left for a segment, records it as missing: the result is flagged
 //!    partial (Pinot's `partialResult`), never silently short.
 //!
+//! A real-time table's stream partitions are read the same way, each as a
+//! [`StreamRange`] — the partition's rows past the checkpoint of the query's metastore view
+//! — routed to the server consuming it (the partition's assigned owner first). A consumer
+//! that cannot chain its rows from that checkpoint (it holds a newer seal this broker's view
+//! lacks, and dropped it) reports the range missing; the broker then reads the metastore
+//! again once and asks for the newly sealed segments plus the range past them.
+//!
 //! A segment is answered by at most one server, so nothing is counted twice. The broker
 //! keeps the final aggregate, sort and limit above. An ordered fragment (a top-K) is merged
 //! into one sorted partition here.
@@ -31,8 +38,10 @@ use arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::error::FlightError;
 use arrow_flight::Ticket;
-use basalt_cluster::wire::{FragmentTicket, FragmentTrailer, AUTHORIZATION, ERROR_KIND};
-use basalt_query::fragment::{self, RemoteScanExec};
+use basalt_cluster::wire::{
+    FragmentTicket, FragmentTrailer, StreamRange, AUTHORIZATION, ERROR_KIND,
+};
+use basalt_query::fragment::{self, shape, RemoteScanExec};
 use basalt_query::{ErrorKind, QueryBudget, QueryError, QueryStats};
 use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode, TreeNodeRecursion};
 use datafusion::config::ConfigOptions;
@@ -41,12 +50,7 @@ use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::EquivalenceProperties;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
-use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
-use datafusion::physical_plan::coop::CooperativeExec;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
-use datafusion::physical_plan::filter::FilterExec;
-use datafusion::physical_plan::projection::ProjectionExec;
-use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::sorts::sort::{sort_batch, SortExec};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
@@ -102,17 +106,8 @@ impl PhysicalOptimizerRule for ScatterRule {
 /// server: `node` is a partial aggregate, a sort with a fetch, a filter, a projection or the
 /// scan, over a chain of filters, projections and round-robin shuffles.
 fn fragment_scan(node: &Arc<dyn ExecutionPlan>) -> Option<RemoteScanExec> {
-    let any = node.as_any();
-    let top = any.is::<RemoteScanExec>()
-        || any
-            .downcast_ref::<AggregateExec>()
-            .is_some_and(|a| *a.mode() == AggregateMode::Partial)
-        || any
-            .downcast_ref::<SortExec>()
-            .is_some_and(|s| s.fetch().is_some())
-        || any.is::<ProjectionExec>()
-        || any.is::<FilterExec>();
-    if !top {
+    let is_scan = |n: &dyn ExecutionPlan| n.as_any().is::<RemoteScanExec>();
+    if !(is_scan(node.as_ref()) || shape::may_top(node.as_ref())) {
         return None;
     }
     let mut cur = node.clone();
@@ -124,14 +119,7 @@ fn fragment_scan(node: &Arc<dyn ExecutionPlan>) -> Option<RemoteScanExec> {
         let [child] = children.as_slice() else {
             return None;
         };
-        let a = child.as_any();
-        let passes = a.is::<RemoteScanExec>()
-            || a.is::<ProjectionExec>()
-            || a.is::<FilterExec>()
-            || a.is::<CooperativeExec>()
-            || a.downcast_ref::<RepartitionExec>()
-                .is_some_and(|r| matches!(r.partitioning(), Partitioning::RoundRobinBatch(_)));
-        if !passes {
+        if !(is_scan(child.as_ref()) || shape::may_chain(child.as_ref())) {
             return None;
         }
         cur = (*child).clone();
@@ -366,6 +354,8 @@ async fn gather(this: Arc<ScatterExec>, context: Arc<TaskContext>) -> Shared {
     let stats = &route.stats;
     let memory = MemoryConsumer::new("ScatterExec").register(context.memory_pool());
     let mut todo: Vec<String> = route.segments.iter().map(|s| s.id.clone()).collect();
+    todo.extend(route.streams.iter().map(StreamRange::id));
+    let mut caught_up = false;
     let mut tried: HashMap<String, HashSet<String>> = HashMap::new();
     let mut batches = Vec::new();
     let mut missing = Vec::new();
@@ -379,11 +369,15 @@ async fn gather(this: Arc<ScatterExec>, context: Arc<TaskContext>) -> Shared {
     while !todo.is_empty() {
         let servers = route.cluster.servers();
         let mut plan: BTreeMap<String, (SocketAddr, Vec<String>)> = BTreeMap::new();
+        let live = live_placement(&servers);
         for seg in todo.drain(..) {
             let done = tried.get(&seg);
+            // A stream range goes to its partition's assigned consumer first.
+            let owner = StreamRange::parse(&seg)
+                .and_then(|r| live.partition_owner(&route.table, r.partition));
             let candidates: Vec<_> = servers
                 .iter()
-                .filter(|m| m.has_segment(&route.table, &seg))
+                .filter(|m| holds(m, &route.table, &seg))
                 .filter(|m| done.is_none_or(|d| !d.contains(&m.node_id)))
                 .filter_map(|m| Some((m.node_id.clone(), m.flight_addr?, m.leaving)))
                 .collect();
@@ -392,7 +386,8 @@ async fn gather(this: Arc<ScatterExec>, context: Arc<TaskContext>) -> Shared {
                 .enumerate()
                 .min_by_key(|(i, (node, _, leaving))| {
                     let load = plan.get(node).map_or(0, |p| p.1.len());
-                    (*leaving, load, (i + nonce) % candidates.len().max(1))
+                    let other = owner.is_some_and(|o| o != node);
+                    (*leaving, other, load, (i + nonce) % candidates.len().max(1))
                 })
                 .map(|(_, c)| c.clone());
             match pick {
@@ -404,9 +399,25 @@ async fn gather(this: Arc<ScatterExec>, context: Arc<TaskContext>) -> Shared {
         // there (just published, or moving): wait for it a little, once per query.
         let (loading, lost): (Vec<String>, Vec<String>) = unroutable
             .drain(..)
-            .partition(|s| !waited && belongs_untried(route, &servers, s, tried.get(s)));
+            .partition(|s| !waited && belongs_untried(route, &live, s, tried.get(s)));
+        // A stream range no consumer could answer exactly: the consumers may be past a seal
+        // this broker's view does not have yet. Once per query, the metastore is read again
+        // and each range becomes the newly sealed segments plus the range past them.
+        let (behind, lost): (Vec<String>, Vec<String>) = lost
+            .into_iter()
+            .partition(|s| !caught_up && StreamRange::parse(s).is_some());
+        if !behind.is_empty() {
+            caught_up = true;
+            match catch_up(route, &behind).await {
+                Ok(ids) => todo.extend(ids),
+                Err(e) => {
+                    warn!(table = %route.table, error = %e, "could not read the metastore again for stream partitions");
+                    missing.extend(behind);
+                }
+            }
+        }
         missing.extend(lost);
-        if plan.is_empty() && loading.is_empty() {
+        if plan.is_empty() && loading.is_empty() && todo.is_empty() {
             break;
         }
         let calls = plan.into_iter().map(|(node, (addr, segs))| {
@@ -473,23 +484,92 @@ async fn gather(this: Arc<ScatterExec>, context: Arc<TaskContext>) -> Shared {
 /// Longest a query waits for segments being loaded on a live server.
 const LOADING_WAIT: Duration = Duration::from_secs(2);
 
-/// Whether segment `seg` belongs (by placement over the live servers) on a server that
-/// has not been tried for it.
-fn belongs_untried(
-    route: &ScanRoute,
-    servers: &[basalt_cluster::Member],
-    seg: &str,
-    tried: Option<&HashSet<String>>,
-) -> bool {
-    let live = basalt_cluster::Placement::new(
+/// The placement over the live servers that are not leaving.
+fn live_placement(servers: &[basalt_cluster::Member]) -> basalt_cluster::Placement {
+    basalt_cluster::Placement::new(
         servers
             .iter()
             .filter(|m| !m.leaving)
             .map(|m| m.node_id.clone()),
-    );
-    live.segment_replicas(&route.table, seg, route.replication)
-        .iter()
-        .any(|n| tried.is_none_or(|t| !t.contains(*n)))
+    )
+}
+
+/// Whether `m` announces `seg` (a sealed segment loaded, or a stream range's partition
+/// consumed).
+fn holds(m: &basalt_cluster::Member, table: &str, seg: &str) -> bool {
+    match StreamRange::parse(seg) {
+        Some(r) => m
+            .consuming
+            .get(table)
+            .is_some_and(|c| c.contains_key(&r.partition)),
+        None => m.has_segment(table, seg),
+    }
+}
+
+/// Whether `seg` belongs (by placement over the live servers) on a server that has not
+/// been tried for it: a stream range on its partition's consumer.
+fn belongs_untried(
+    route: &ScanRoute,
+    live: &basalt_cluster::Placement,
+    seg: &str,
+    tried: Option<&HashSet<String>>,
+) -> bool {
+    let untried = |n: &str| tried.is_none_or(|t| !t.contains(n));
+    match StreamRange::parse(seg) {
+        Some(r) => live
+            .partition_owner(&route.table, r.partition)
+            .is_some_and(untried),
+        None => live
+            .segment_replicas(&route.table, seg, route.replication)
+            .into_iter()
+            .any(untried),
+    }
+}
+
+/// The ids to read instead of stream ranges `behind`, from the metastore as it is now: per
+/// partition, the sealed segments chaining from the range's checkpoint to the current one,
+/// then the range past the current one.
+async fn catch_up(route: &ScanRoute, behind: &[String]) -> Result<Vec<String>, String> {
+    let Some((segments, checkpoints)) = route
+        .source
+        .published_now()
+        .await
+        .map_err(|e| e.to_string())?
+    else {
+        return Err("the table was dropped".into());
+    };
+    let mut ids = Vec::new();
+    for r in behind.iter().filter_map(|s| StreamRange::parse(s)) {
+        let mut at = r.after;
+        let now = checkpoints.get(&r.partition).copied();
+        while at != now {
+            let step = segments
+                .iter()
+                .filter_map(|s| s.stream)
+                .find(|d| d.partition == r.partition && d.from == at)
+                .ok_or_else(|| {
+                    format!(
+                        "partition {} has no sealed segment from offset {at:?}",
+                        r.partition
+                    )
+                })?;
+            ids.extend(
+                segments
+                    .iter()
+                    .filter(|s| s.stream == Some(step))
+                    .map(|s| s.id.clone()),
+            );
+            at = Some(step.to);
+        }
+        ids.push(
+            StreamRange {
+                partition: r.partition,
+                after: now,
+            }
+            .id(),
+        );
+    }
+    Ok(ids)
 }
 
 /// Waits (at most [`LOADING_WAIT`], within the deadline) until gossip shows each of
@@ -501,7 +581,7 @@ async fn wait_loaded(route: &ScanRoute, segments: &[String], deadline: Instant) 
         let servers = route.cluster.servers();
         let all = segments
             .iter()
-            .all(|s| servers.iter().any(|m| m.has_segment(&route.table, s)));
+            .all(|s| servers.iter().any(|m| holds(m, &route.table, s)));
         if all {
             return;
         }

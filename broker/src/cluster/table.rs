@@ -1,13 +1,17 @@
 //! [`ClusterTable`]: DataFusion's view of a table whose segments live on servers. In: the
-//! table's published segments as of planning (one metastore view, fixed for the query).
+//! table's published segments and stream checkpoints as of planning (one metastore view,
+//! fixed for the query) and the servers consuming its stream partitions.
 //! Out: a [`RemoteScanExec`] carrying the pushed filters, projection and limit, and what
 //! [`super::ScatterExec`] needs to route it.
 
 use std::any::Any;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use arrow::datatypes::{Schema, SchemaRef};
 use async_trait::async_trait;
+use basalt_cluster::wire::StreamRange;
+use basalt_cluster::Member;
 use basalt_ingest::metastore::SegmentMeta;
 use basalt_ingest::Table;
 use basalt_query::filter::to_predicate;
@@ -27,6 +31,11 @@ pub(super) struct ScanRoute {
     pub cluster: Arc<Cluster>,
     pub table: String,
     pub segments: Arc<Vec<SegmentMeta>>,
+    /// A real-time table: each stream partition's rows past the checkpoint of the same
+    /// metastore state as `segments`, read from the partition's consumer.
+    pub streams: Vec<StreamRange>,
+    /// The table, for reading the metastore again when a consumer is ahead of `segments`.
+    pub source: Arc<Table>,
     /// The table's replication factor (where its segments belong).
     pub replication: usize,
     pub stats: Arc<ScanStats>,
@@ -36,6 +45,7 @@ pub(super) struct ScanRoute {
 pub struct ClusterTable {
     table: Arc<Table>,
     segments: Arc<Vec<SegmentMeta>>,
+    streams: Vec<StreamRange>,
     arrow_schema: SchemaRef,
     cluster: Arc<Cluster>,
     stats: Arc<ScanStats>,
@@ -43,15 +53,43 @@ pub struct ClusterTable {
 
 impl ClusterTable {
     pub fn new(table: Arc<Table>, cluster: Arc<Cluster>, stats: Arc<ScanStats>) -> Self {
-        let segments = table.view().published.clone();
+        let view = table.view();
+        let segments = view.published.clone();
+        let streams = match table.spec.source {
+            Some(_) => streams(&table.spec.name, &view.checkpoints, &cluster.servers()),
+            None => Vec::new(),
+        };
         ClusterTable {
             arrow_schema: table.schema.arrow_schema(),
             table,
             segments,
+            streams,
             cluster,
             stats,
         }
     }
+}
+
+/// The stream partitions of `table` to read past `checkpoints`: those with a checkpoint and
+/// those a server announces consuming (a partition not sealed yet has no checkpoint).
+pub(super) fn streams(
+    table: &str,
+    checkpoints: &BTreeMap<i32, i64>,
+    servers: &[Member],
+) -> Vec<StreamRange> {
+    let mut partitions: BTreeSet<i32> = checkpoints.keys().copied().collect();
+    for m in servers {
+        if let Some(c) = m.consuming.get(table) {
+            partitions.extend(c.keys());
+        }
+    }
+    partitions
+        .into_iter()
+        .map(|partition| StreamRange {
+            partition,
+            after: checkpoints.get(&partition).copied(),
+        })
+        .collect()
 }
 
 #[async_trait]
@@ -109,6 +147,8 @@ impl TableProvider for ClusterTable {
             cluster: self.cluster.clone(),
             table: self.table.spec.name.clone(),
             segments: self.segments.clone(),
+            streams: self.streams.clone(),
+            source: self.table.clone(),
             replication: self.table.spec.replication(),
             stats: self.stats.clone(),
         };

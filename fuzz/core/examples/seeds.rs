@@ -156,6 +156,7 @@ fn main() {
             rows: 10,
             bytes: 1000,
             time_range: Some((1, 2)),
+            stream: None,
         });
         state.checkpoints.insert(0, 42);
         state.keyed_snapshots.insert(0, "keyed/k/0.bks".into());

@@ -22,6 +22,7 @@ fn segment(id: &str) -> SegmentMeta {
         rows: 10,
         bytes: 100,
         time_range: Some((1, 2)),
+        stream: None,
     }
 }
 

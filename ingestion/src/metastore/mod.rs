@@ -52,6 +52,11 @@ pub struct SegmentMeta {
     pub rows: u64,
     pub bytes: u64,
     pub time_range: Option<(i64, i64)>,
+    /// A real-time segment: the partition and offsets its seal covered (with its
+    /// quarantine segment, if any). A cluster server answers for a partition's rows past a
+    /// broker's checkpoint by chaining these.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<CheckpointDelta>,
 }
 
 /// A dropped table's tombstone.
@@ -134,7 +139,8 @@ impl TableState {
 /// Offsets `(from, to]` of one partition consumed into the segments being published, as
 /// "next offset to consume" positions: `from` is the checkpoint the consumer started at
 /// (`None` when the partition had none), `to` the one it reached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CheckpointDelta {
     pub partition: i32,
     pub from: Option<i64>,

@@ -12,6 +12,11 @@
 //! it for its sealed segment in the table's view in one step. Consumption does not wait for a
 //! seal, except as back-pressure when seals fall behind.
 //!
+//! In a cluster the session consumes only the partitions its [`crate::Placement`] assigns to
+//! this server, without a consumer lease (the checkpoint compare-and-swap fences a stale
+//! consumer's publish), and ends when the assignment changes; the next session starts from
+//! the checkpoints with the partitions assigned then.
+//!
 //! Exactly once: every session starts at the metastore checkpoints (never at Kafka's
 //! committed offsets); messages below a partition's position are skipped; a seal's delta
 //! `(from, to]` must start where the partition's checkpoint ends. After an error the session
@@ -63,6 +68,8 @@ const FLUSH_ROWS: usize = 16_384;
 const POLL_WAIT: Duration = Duration::from_millis(50);
 /// High watermarks and broker reachability are refreshed this often.
 const WATERMARKS_EVERY: Duration = Duration::from_secs(2);
+/// A cluster's assignment of partitions to this server is checked this often.
+const ASSIGNMENT_EVERY: Duration = Duration::from_millis(250);
 /// New partitions of the stream are looked for this often.
 const PARTITIONS_EVERY: Duration = Duration::from_secs(30);
 /// Status is published this often.
@@ -206,7 +213,8 @@ fn run(ctx: &Arc<Ctx>) {
                 Err(e.to_string())
             });
         match outcome {
-            Ok(()) => break,
+            Ok(Ended::Stopped) => break,
+            Ok(Ended::Reassigned) => continue,
             Err(e) => {
                 warn!(table = %ctx.table.spec.name, error = %e, "real-time ingestion stopped; restarting from the checkpoints");
                 ctx.set_state(IngestionState::Error, Some(e));
@@ -271,7 +279,12 @@ struct Limits {
     max_bytes: Option<u64>,
 }
 
-fn new_part(table: &Table, store: &TableStore, partition: i32) -> Arc<MutablePart> {
+fn new_part(
+    table: &Table,
+    store: &TableStore,
+    partition: i32,
+    from: Option<i64>,
+) -> Arc<MutablePart> {
     let qschema = quarantine_schema();
     // Chunks live in memory for seconds: no zstd (the sealed segment is compressed).
     let build = basalt_segment::BuildOptions {
@@ -280,6 +293,7 @@ fn new_part(table: &Table, store: &TableStore, partition: i32) -> Arc<MutablePar
     };
     Arc::new(MutablePart::new(
         partition,
+        from,
         store.new_segment_id(&table.spec.name),
         MutableSegment::new(
             table.schema.clone(),
@@ -292,6 +306,8 @@ fn new_part(table: &Table, store: &TableStore, partition: i32) -> Arc<MutablePar
 
 struct Session<'a> {
     ctx: &'a Ctx,
+    /// Every partition of the stream (those assigned here are in `parts`).
+    partitions: Vec<i32>,
     topic: String,
     limits: Limits,
     parts: BTreeMap<i32, PartitionIngest>,
@@ -306,13 +322,22 @@ struct Session<'a> {
     snapshots: BTreeMap<i32, String>,
 }
 
-fn session(ctx: &Arc<Ctx>) -> Result<(), String> {
+/// How a session ended without an error.
+enum Ended {
+    Stopped,
+    /// The partitions assigned to this server changed: a new session starts at once from
+    /// the metastore checkpoints (a partition taken over resumes where its last owner
+    /// published; one given away is left to its new owner).
+    Reassigned,
+}
+
+fn session(ctx: &Arc<Ctx>) -> Result<Ended, String> {
     let t = &ctx.table;
     let spec = t.spec.source.as_ref().ok_or("the table has no source")?;
     ctx.set_state(IngestionState::Starting, None);
     // The lease first, then the checkpoints: a previous owner's last publish is read.
-    if ownership::acquire(ctx)?.is_none() {
-        return Ok(());
+    if ctx.store.placement.leases() && ownership::acquire(ctx)?.is_none() {
+        return Ok(Ended::Stopped);
     }
     ctx.set_state(IngestionState::Starting, None);
     let state = ctx
@@ -327,10 +352,7 @@ fn session(ctx: &Arc<Ctx>) -> Result<(), String> {
         .map_err(|e| format!("loading the published segments: {e}"))?;
     let checkpoints = state.value.checkpoints.clone();
     let keyed_table = KeyedTable::of(&t.spec).map(Arc::new);
-    let keyed = match &keyed_table {
-        Some(k) => restore_keyed(ctx, k, &state.value)?,
-        None => BTreeMap::new(),
-    };
+
     let mut source = open_source(&t.spec.name, spec, &ctx.store.policy.secret_env_prefix)
         .map_err(|e| e.to_string())?;
     let max_partitions = ctx.store.policy.max_partitions;
@@ -347,12 +369,18 @@ fn session(ctx: &Arc<Ctx>) -> Result<(), String> {
             Err(SourceError::Unreachable(e)) => {
                 ctx.set_state(IngestionState::BrokerUnreachable, Some(e));
                 if ctx.pause(Duration::from_millis(500)) {
-                    return Ok(());
+                    return Ok(Ended::Stopped);
                 }
             }
             Err(e) => return Err(e.to_string()),
         }
     };
+    // In a cluster, only the partitions assigned here (all of them otherwise).
+    let owned: Vec<i32> = partitions
+        .iter()
+        .copied()
+        .filter(|&p| ctx.store.placement.consumes_partition(&t.spec, p))
+        .collect();
     let limits = Limits {
         max_rows: t.spec.segment.max_rows,
         max_age: t
@@ -369,8 +397,13 @@ fn session(ctx: &Arc<Ctx>) -> Result<(), String> {
         (None, Some(m)) => m.topic.clone(),
         (None, None) => "generator".into(),
     };
+    let keyed = match &keyed_table {
+        Some(k) => restore_keyed(ctx, k, &state.value, &owned)?,
+        None => BTreeMap::new(),
+    };
     let mut s = Session {
         ctx,
+        partitions,
         topic,
         limits,
         parts: BTreeMap::new(),
@@ -381,10 +414,10 @@ fn session(ctx: &Arc<Ctx>) -> Result<(), String> {
         keyed_table,
         snapshots: state.value.keyed_snapshots.clone(),
     };
-    for p in partitions {
+    for p in owned {
         s.add_partition(p, checkpoints.get(&p).copied())?;
     }
-    info!(table = %t.spec.name, source = %source::describe(spec), checkpoints = ?checkpoints, "real-time ingestion started");
+    info!(table = %t.spec.name, source = %source::describe(spec), checkpoints = ?checkpoints, partitions = ?s.parts.keys().collect::<Vec<_>>(), "real-time ingestion started");
     let result = s.consume(source.as_mut());
     // Whatever is not sealed is dropped from the view; it is read again from the checkpoint.
     let retired = s.sealer.stop();
@@ -427,6 +460,7 @@ fn restore_keyed(
     ctx: &Ctx,
     cfg: &Arc<KeyedTable>,
     state: &TableState,
+    owned: &[i32],
 ) -> Result<BTreeMap<i32, KeyedPartition>, String> {
     let t = &ctx.table;
     let started = Instant::now();
@@ -434,7 +468,7 @@ fn restore_keyed(
     let mut out = BTreeMap::new();
     let mut valid = ValidDocs::new();
     for (&partition, path) in &state.keyed_snapshots {
-        if partition == BATCH_PARTITION {
+        if partition == BATCH_PARTITION || !owned.contains(&partition) {
             continue;
         }
         let slots = ctx
@@ -460,7 +494,7 @@ fn restore_keyed(
 
 impl Session<'_> {
     fn add_partition(&mut self, partition: i32, checkpoint: Option<i64>) -> Result<(), String> {
-        let part = new_part(&self.ctx.table, &self.ctx.store, partition);
+        let part = new_part(&self.ctx.table, &self.ctx.store, partition, checkpoint);
         self.ctx.table.add_mutable(part.clone());
         if let Some(cfg) = &self.keyed_table {
             let t = &self.ctx.table;
@@ -548,7 +582,15 @@ impl Session<'_> {
         self.parts.values().map(|p| (p.partition, p.next)).collect()
     }
 
-    fn consume(&mut self, source: &mut dyn Source) -> Result<(), String> {
+    /// Whether the partitions assigned here are no longer those consumed.
+    fn reassigned(&self) -> bool {
+        let t = &self.ctx.table.spec;
+        self.partitions.iter().any(|&p| {
+            self.ctx.store.placement.consumes_partition(t, p) != self.parts.contains_key(&p)
+        })
+    }
+
+    fn consume(&mut self, source: &mut dyn Source) -> Result<Ended, String> {
         source
             .assign(&self.assignment())
             .map_err(|e| e.to_string())?;
@@ -558,11 +600,19 @@ impl Session<'_> {
         let mut last_watermarks = Instant::now() - WATERMARKS_EVERY;
         let mut last_partitions = Instant::now();
         let mut last_renewal = Instant::now();
+        let mut last_assignment = Instant::now();
         loop {
             if ctx.stopped() {
-                return Ok(());
+                return Ok(Ended::Stopped);
             }
             ownership::renew_if_due(ctx, &mut last_renewal)?;
+            if last_assignment.elapsed() >= ASSIGNMENT_EVERY {
+                last_assignment = Instant::now();
+                if self.reassigned() {
+                    info!(table = %ctx.table.spec.name, "the partitions assigned to this server changed; restarting from the checkpoints");
+                    return Ok(Ended::Reassigned);
+                }
+            }
             self.collect_seals(source)?;
             // Back-pressure: do not run further ahead than a few seals.
             if self.sealer.pending() > 2 * self.parts.len() + 2 {
@@ -646,9 +696,15 @@ impl Session<'_> {
                             ctx.store.policy.max_partitions
                         ));
                     }
+                    let found: Vec<i32> = found
+                        .into_iter()
+                        .filter(|p| !self.partitions.contains(p))
+                        .collect();
+                    self.partitions.extend(&found);
+                    let t = &ctx.table.spec;
                     let new: Vec<i32> = found
                         .into_iter()
-                        .filter(|p| !self.parts.contains_key(p))
+                        .filter(|&p| ctx.store.placement.consumes_partition(t, p))
                         .collect();
                     if !new.is_empty() {
                         info!(table = %ctx.table.spec.name, partitions = ?new, "new partitions");
@@ -670,7 +726,6 @@ impl Session<'_> {
 
     /// Hands a partition's part to the sealer and starts a fresh one.
     fn rotate(&mut self, partition: i32) -> Result<(), String> {
-        let fresh = new_part(&self.ctx.table, &self.ctx.store, partition);
         self.flush(partition)?;
         let table = self.ctx.table.spec.name.clone();
         let p = self.parts.get_mut(&partition).expect("known partition");
@@ -680,6 +735,7 @@ impl Session<'_> {
         if p.entries == 0 {
             return Ok(());
         }
+        let fresh = new_part(&self.ctx.table, &self.ctx.store, partition, Some(to));
         self.ctx.table.add_mutable(fresh.clone());
         let old = std::mem::replace(&mut p.part, fresh.clone());
         let delta = CheckpointDelta {

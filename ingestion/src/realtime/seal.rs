@@ -23,7 +23,7 @@ use crate::home::SegmentKind;
 use crate::metastore::{CheckpointDelta, SegmentMeta};
 use crate::mutable::MutablePart;
 use crate::quarantine::quarantine_schema;
-use crate::store::{release_freed_memory, PublishChange};
+use crate::store::{release_freed_memory, LoadedSegment, PublishChange};
 use crate::upsert::{snapshot, SlotSnapshot};
 use basalt_segment::SegmentReader;
 
@@ -216,6 +216,15 @@ fn seal(ctx: &Ctx, job: &SealJob) -> Result<Option<(String, Arc<SegmentReader>)>
                 None,
                 &ctx.handle,
             )?);
+        }
+        // Both segments carry the offsets they cover (see `SegmentMeta::stream`).
+        for s in staged.iter_mut().chain(staged_q.iter_mut()) {
+            let mut meta = s.meta.clone();
+            meta.stream = Some(job.delta);
+            *s = Arc::new(LoadedSegment {
+                meta,
+                reader: s.reader.clone(),
+            });
         }
         let mut snapshots = Vec::new();
         if let Some(k) = &job.keyed {

@@ -42,12 +42,14 @@ mod batch;
 mod lock;
 mod placement;
 mod publish;
+mod read;
 pub mod recovery;
 
 use batch::BatchKeys;
 pub use placement::{Everything, Placement};
 use publish::load_segments;
 pub(crate) use publish::{persisted_valid, PublishChange};
+pub use read::Readers;
 pub use recovery::Unavailable;
 
 #[derive(Debug)]
@@ -69,6 +71,9 @@ pub struct TableView {
     /// Every sealed segment the metastore lists for the table, held here or not (what a
     /// broker routes).
     pub published: Arc<Vec<SegmentMeta>>,
+    /// The checkpoints of the same metastore state as `published`: every offset of a
+    /// partition below its checkpoint is in `published` (or its quarantine).
+    pub checkpoints: Arc<BTreeMap<i32, i64>>,
     pub quarantine: Vec<Arc<LoadedSegment>>,
     /// Real-time rows not sealed yet, per partition (a partition being sealed has two).
     pub mutable: Vec<Arc<MutablePart>>,
@@ -121,6 +126,19 @@ impl Table {
 
     pub fn view(&self) -> Arc<TableView> {
         self.view.read().clone()
+    }
+
+    /// The published segments and checkpoints as the metastore holds them now (one state),
+    /// without changing the view: a broker whose view is behind a seal catches up for one
+    /// query. `None` when the table was dropped or recreated meanwhile.
+    pub async fn published_now(&self) -> Result<Option<(Vec<SegmentMeta>, BTreeMap<i32, i64>)>> {
+        Ok(self
+            .home
+            .metastore
+            .get(&self.spec.name)
+            .await?
+            .filter(|s| !s.value.is_dropped() && s.value.generation == self.generation)
+            .map(|s| (s.value.segments, s.value.checkpoints)))
     }
 
     pub fn segments(&self) -> Vec<Arc<LoadedSegment>> {
@@ -386,10 +404,11 @@ impl TableStore {
     ) -> Result<Arc<Table>> {
         state.spec.validate()?;
         home.cleanup_unpublished(&state, &self.node).await?;
-        let placed = self.placed(&state.spec, &state.segments);
+        let placed = self.placed(&state.spec, &state.segments, &[]);
         let view = TableView {
             segments: load_segments(&home, &state.spec.name, &placed, &[]).await?,
             published: Arc::new(state.segments.clone()),
+            checkpoints: Arc::new(state.checkpoints.clone()),
             quarantine: load_segments(&home, &state.spec.name, &state.quarantine, &[]).await?,
             mutable: Vec::new(),
             valid: persisted_valid(&home, &state).await?.map(Arc::new),

@@ -14,17 +14,30 @@ use std::sync::Arc;
 
 use tracing::{info, warn};
 
-use super::{Table, TableStore};
+use super::{LoadedSegment, Table, TableStore};
 use crate::metastore::SegmentMeta;
 use crate::spec::TableSpec;
 
 /// What this node holds.
 pub trait Placement: Send + Sync + Debug {
     /// Whether this node loads sealed segment `segment` of `spec`'s table and answers for
-    /// it.
-    fn serves(&self, spec: &TableSpec, segment: &SegmentMeta) -> bool;
-    /// Whether this node consumes the table's stream source.
+    /// it; `held` says whether it holds the segment now.
+    fn serves(&self, spec: &TableSpec, segment: &SegmentMeta, held: bool) -> bool;
+    /// Whether this node runs an ingester for the table's stream source.
     fn consumes(&self, spec: &TableSpec) -> bool;
+    /// Whether this node's ingester consumes `partition` of the table's stream. A partition
+    /// assigned elsewhere is left to its owner; a change of assignment restarts the
+    /// ingester's session from the metastore checkpoints.
+    fn consumes_partition(&self, _spec: &TableSpec, _partition: i32) -> bool {
+        true
+    }
+    /// Whether one consumer lease per table decides who consumes (a standby server takes
+    /// over when it lapses). A cluster assigns partitions instead and relies on the
+    /// checkpoints alone: a publish whose offsets do not start at the partition's
+    /// checkpoint is refused, so two consumers of one partition never both publish.
+    fn leases(&self) -> bool {
+        true
+    }
 }
 
 /// Every segment and every stream: one process does everything (`standalone`).
@@ -32,7 +45,7 @@ pub trait Placement: Send + Sync + Debug {
 pub struct Everything;
 
 impl Placement for Everything {
-    fn serves(&self, _: &TableSpec, _: &SegmentMeta) -> bool {
+    fn serves(&self, _: &TableSpec, _: &SegmentMeta, _: bool) -> bool {
         true
     }
 
@@ -42,11 +55,19 @@ impl Placement for Everything {
 }
 
 impl TableStore {
-    /// The segments of `listed` this node holds.
-    pub(crate) fn placed(&self, spec: &TableSpec, listed: &[SegmentMeta]) -> Vec<SegmentMeta> {
+    /// The segments of `listed` this node holds, given those it holds now.
+    pub(crate) fn placed(
+        &self,
+        spec: &TableSpec,
+        listed: &[SegmentMeta],
+        now: &[Arc<LoadedSegment>],
+    ) -> Vec<SegmentMeta> {
         listed
             .iter()
-            .filter(|s| self.placement.serves(spec, s))
+            .filter(|s| {
+                let held = now.iter().any(|n| n.meta.id == s.id);
+                self.placement.serves(spec, s, held)
+            })
             .cloned()
             .collect()
     }

@@ -80,7 +80,9 @@ impl TableStore {
         let cur = t.view();
         let mut known = cur.segments.clone();
         known.extend(staged.iter().cloned());
-        let placed = self.placed(&t.spec, &state.value.segments);
+        // What this node built counts as held (a cluster server keeps a segment it sealed
+        // until the replicas placed for it have loaded it).
+        let placed = self.placed(&t.spec, &state.value.segments, &known);
         let segments = load_published(t, &placed, known).await;
         let mut known_q = cur.quarantine.clone();
         known_q.extend(staged_quarantine.iter().cloned());
@@ -90,6 +92,7 @@ impl TableStore {
                 .retain(|p| retire.is_none_or(|r| !Arc::ptr_eq(p, r)));
             v.segments = segments;
             v.published = Arc::new(state.value.segments.clone());
+            v.checkpoints = Arc::new(state.value.checkpoints.clone());
             v.quarantine = quarantine;
             if !valid.is_empty() {
                 let mut docs = v.valid.as_deref().cloned().unwrap_or_default();
@@ -107,7 +110,7 @@ impl TableStore {
     /// loads what the previous owner published). Fails if a listed segment cannot be opened.
     pub(crate) async fn refresh(&self, t: &Table, state: &TableState) -> Result<()> {
         let cur = t.view();
-        let placed = self.placed(&t.spec, &state.segments);
+        let placed = self.placed(&t.spec, &state.segments, &cur.segments);
         let segments = load_segments(&t.home, &t.spec.name, &placed, &cur.segments).await?;
         let quarantine =
             load_segments(&t.home, &t.spec.name, &state.quarantine, &cur.quarantine).await?;
@@ -115,6 +118,7 @@ impl TableStore {
         t.change_view(|v| {
             v.segments = segments;
             v.published = Arc::new(state.segments.clone());
+            v.checkpoints = Arc::new(state.checkpoints.clone());
             v.quarantine = quarantine;
             if let Some(valid) = valid {
                 let mut docs = v.valid.as_deref().cloned().unwrap_or_default();

@@ -175,11 +175,15 @@ pub fn encode(plan: Arc<dyn ExecutionPlan>) -> DfResult<Bytes> {
     )
 }
 
-/// A fragment from its bytes, its scan leaves resolved by `codec`.
+/// A fragment from its bytes, its scan leaves resolved by `codec`; refused unless it has the
+/// [`super::shape`] of a fragment.
 pub fn decode(
     bytes: &[u8],
     ctx: &TaskContext,
     codec: &FragmentCodec,
 ) -> DfResult<Arc<dyn ExecutionPlan>> {
-    datafusion_proto::bytes::physical_plan_from_bytes_with_extension_codec(bytes, ctx, codec)
+    let plan =
+        datafusion_proto::bytes::physical_plan_from_bytes_with_extension_codec(bytes, ctx, codec)?;
+    super::shape::check(&plan)?;
+    Ok(plan)
 }

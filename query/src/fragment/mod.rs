@@ -7,12 +7,15 @@
 //! the ids the server does not have (reported to the broker, which asks another replica: a
 //! segment is never counted twice nor silently dropped).
 //!
+//! A server runs only fragments of the shape [`shape`] defines, whatever the bytes decode to.
+//!
 //! The fragment boundary is the leaf: everything above it is a standard DataFusion operator
 //! (filter, projection, partial aggregate, a sort with a fetch), so any DataFusion-based
 //! executor — `datafusion-distributed`'s workers included — can run it.
 
 mod codec;
 mod remote_scan;
+pub mod shape;
 
 pub use codec::{decode, encode, FragmentCodec};
 pub use remote_scan::{RemoteScanExec, ScanSpec};
