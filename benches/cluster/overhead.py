@@ -5,12 +5,16 @@
    and one server (same binary, same deep store kind: a local directory), and the macro
    dashboard query set timed on both in the same run (result cache off). Prints per query the
    median latency of each and the cluster/standalone ratio, and their geometric mean.
-2. Failover (--failover): three servers and a broker, replication 2; a reader queries
+2. Fan-out (--fanout 4,16,64): one broker and N servers, replication 1, the same events
+   split into 2N segments; a few dashboard queries timed (median), and the CPU time per
+   query the broker and the servers together spent (from /proc), for a capacity model.
+3. Failover (--failover): three servers and a broker, replication 2; a reader queries
    count(*) in a loop while one server is killed with SIGKILL. Prints the answers' worst
    latency around the kill, whether any was incomplete or wrong, and the time until every
    segment is on two live servers again.
 
 Usage: python3 benches/cluster/overhead.py --basalt target/release/basalt --rows 10000000 [--runs 5] [--failover]
+       [--fanout 4,16,64 --fanout-rows 2000000] [--skip-overhead]
 """
 import argparse, json, math, os, shutil, signal, socket, statistics, subprocess, sys, tempfile, time, urllib.request
 
@@ -94,11 +98,13 @@ class Cluster:
             p.wait()
 
 
-def load(base, basalt, pq, replication=None):
+def load(base, basalt, pq, replication=None, max_rows=None):
     spec = json.loads(subprocess.run([basalt, "gen-events", "--rows", "0", "--out", "/dev/null", "--print-spec"],
                                      capture_output=True, text=True, check=True).stdout)
     if replication:
         spec["replication"] = replication
+    if max_rows:
+        spec.setdefault("segment", {})["max_rows"] = max_rows
     http(base + "/tables", json.dumps(spec).encode())
     t = time.time()
     with open(pq, "rb") as f:
@@ -142,6 +148,60 @@ def overhead(a, work, pq, now_ms):
         alone.kill()
         alone.wait()
         if c:
+            c.stop()
+
+
+def cpu_seconds(pids):
+    """User + system CPU seconds the processes have used (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+        except OSError:
+            pass
+    return total
+
+
+FANOUT_QUERIES = [
+    ("count(*)", "SELECT count(*) FROM events"),
+    ("group by country", "SELECT country, count(*) FROM events GROUP BY country ORDER BY 2 DESC"),
+    ("top 10 users by revenue", "SELECT user_id, sum(revenue) FROM events GROUP BY user_id ORDER BY 2 DESC LIMIT 10"),
+    ("filtered sum", "SELECT sum(revenue) FROM events WHERE country = 'DE' AND device = 'ios'"),
+]
+
+
+def fanout(a, work, pq, sizes):
+    print(f"\nfan-out: one broker, N servers, {a.fanout_rows} rows in 2N segments, replication 1, "
+          f"median of {a.runs} (ms); CPU ms per query: broker / all servers")
+    print(f"{'servers':>7} " + " ".join(f"{n[:24]:>24}" for n, _ in FANOUT_QUERIES) + f" {'broker cpu':>10} {'server cpu':>10}")
+    for n in sizes:
+        c = Cluster(a.basalt, os.path.join(work, f"fanout-{n}"), n)
+        try:
+            rows, _ = load(c.base, a.basalt, pq, max_rows=max(1, a.fanout_rows // (2 * n)) + 1)
+            segments = http(c.base + "/tables/events")["stats"]["segments"]
+            t = time.time()
+            while sum(c.loaded().values()) < segments and time.time() - t < 300:
+                time.sleep(0.5)
+            cells = []
+            for _, q in FANOUT_QUERIES:
+                cells.append(median_ms(query_fn(c.base, q), a.runs))
+            # CPU per query over a batch of every query, once warm.
+            broker = [c.procs["b1"].pid]
+            servers = [p.pid for sid, p in c.procs.items() if sid != "b1"]
+            b0, s0 = cpu_seconds(broker), cpu_seconds(servers)
+            batch = 5
+            for _ in range(batch):
+                for _, q in FANOUT_QUERIES:
+                    query_fn(c.base, q)()
+            nq = batch * len(FANOUT_QUERIES)
+            bcpu = (cpu_seconds(broker) - b0) * 1000 / nq
+            scpu = (cpu_seconds(servers) - s0) * 1000 / nq
+            print(f"{n:7d} " + " ".join(f"{ms:24.1f}" for ms in cells) + f" {bcpu:10.1f} {scpu:10.1f}"
+                  f"   ({rows} rows, {segments} segments)")
+        finally:
             c.stop()
 
 
@@ -190,13 +250,22 @@ def main():
     ap.add_argument("--rows", type=int, default=10_000_000)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--failover", action="store_true")
+    ap.add_argument("--fanout", default="", help="server counts, e.g. 4,16,64")
+    ap.add_argument("--fanout-rows", type=int, default=2_000_000)
+    ap.add_argument("--skip-overhead", action="store_true")
     a = ap.parse_args()
     work = tempfile.mkdtemp(prefix="basalt-cluster-bench-")
     try:
         pq = os.path.join(work, "events.parquet")
-        subprocess.run([a.basalt, "gen-events", "--rows", str(a.rows), "--format", "parquet", "--out", pq], check=True)
+        if not a.skip_overhead or a.failover:
+            subprocess.run([a.basalt, "gen-events", "--rows", str(a.rows), "--format", "parquet", "--out", pq], check=True)
         now_ms = int(time.time() * 1000)
-        overhead(a, work, pq, now_ms)
+        if not a.skip_overhead:
+            overhead(a, work, pq, now_ms)
+        if a.fanout:
+            fpq = os.path.join(work, "fanout.parquet")
+            subprocess.run([a.basalt, "gen-events", "--rows", str(a.fanout_rows), "--format", "parquet", "--out", fpq], check=True)
+            fanout(a, work, fpq, [int(n) for n in a.fanout.split(",")])
         if a.failover:
             failover(a, work, pq)
     finally:

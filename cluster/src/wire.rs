@@ -52,26 +52,41 @@ pub struct FragmentTrailer {
 /// partition's consumer answers with the sealed segments it holds that chain from `after`
 /// plus its in-memory rows. The broker takes `after` from the same metastore state as the
 /// sealed segments it routes, so no row is read twice or missed across a seal.
+///
+/// An upsert table's partition is read whole instead (`whole`): its sealed segments' valid
+/// docs change with every row its consumer takes in, and only the consumer's key map knows
+/// them, so the consumer answers for every row of the partition from its own view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct StreamRange {
     pub partition: i32,
     /// The checkpoint (`None`: the partition has none yet).
     pub after: Option<i64>,
+    /// Every row of the partition, whatever `after` says.
+    pub whole: bool,
 }
 
 const STREAM_PREFIX: &str = "~stream:";
+const PARTITION_PREFIX: &str = "~partition:";
 
 impl StreamRange {
     /// Its name among segment ids (which never start with `~`).
     pub fn id(&self) -> String {
-        match self.after {
-            Some(a) => format!("{STREAM_PREFIX}{}:{a}", self.partition),
-            None => format!("{STREAM_PREFIX}{}:-", self.partition),
+        match (self.whole, self.after) {
+            (true, _) => format!("{PARTITION_PREFIX}{}", self.partition),
+            (false, Some(a)) => format!("{STREAM_PREFIX}{}:{a}", self.partition),
+            (false, None) => format!("{STREAM_PREFIX}{}:-", self.partition),
         }
     }
 
     /// The range an id names, if it names one.
     pub fn parse(id: &str) -> Option<StreamRange> {
+        if let Some(p) = id.strip_prefix(PARTITION_PREFIX) {
+            return Some(StreamRange {
+                partition: p.parse().ok()?,
+                after: None,
+                whole: true,
+            });
+        }
         let (p, after) = id.strip_prefix(STREAM_PREFIX)?.split_once(':')?;
         Some(StreamRange {
             partition: p.parse().ok()?,
@@ -79,6 +94,7 @@ impl StreamRange {
                 "-" => None,
                 a => Some(a.parse().ok()?),
             },
+            whole: false,
         })
     }
 }
@@ -93,10 +109,17 @@ mod tests {
             StreamRange {
                 partition: 3,
                 after: Some(42),
+                whole: false,
             },
             StreamRange {
                 partition: 0,
                 after: None,
+                whole: false,
+            },
+            StreamRange {
+                partition: 7,
+                after: None,
+                whole: true,
             },
         ] {
             assert_eq!(StreamRange::parse(&r.id()), Some(r));

@@ -24,7 +24,7 @@ use bytes::Bytes;
 use futures::TryStreamExt;
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::durable::{write_file_durably, DurableFs};
 use crate::error::{IngestError, Result};
@@ -246,6 +246,25 @@ impl Home {
             stream: None,
         };
         Ok((meta, Arc::new(reader)))
+    }
+
+    /// Removes the local cache file of a segment this node no longer holds (moved to other
+    /// servers). Queries still reading it keep their mapping; a local deep store has no
+    /// cache.
+    pub fn evict(&self, table: &str, id: &str) {
+        if self.local_root.is_some() {
+            return;
+        }
+        let cached = self.cached_path(table, id);
+        match std::fs::remove_file(&cached) {
+            Ok(()) => {
+                debug!(path = %cached.display(), "evicted a segment this node no longer holds")
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                warn!(path = %cached.display(), error = %e, "could not evict a cached segment")
+            }
+        }
     }
 
     /// Deletes staged segments that were never published (best effort; the rest go at the

@@ -5,7 +5,8 @@
 //! A segment belongs on the `replication` servers rendezvous hashing ranks first among the
 //! live servers that are not leaving ([`basalt_cluster::Placement`]); an upsert or dedup
 //! table's real-time segment on its partition's servers, the partition's consumer first. Each
-//! stream partition is consumed by the server ranked first for it. A server keeps a segment
+//! stream partition is consumed by the server ranked first for it; a server it moves away
+//! from keeps consuming it until the new owner reports consuming it. A server keeps a segment
 //! it no longer ranks for until every server it now belongs on reports it loaded, so routing
 //! always has a loaded replica to switch to: the new replica loads before routing switches,
 //! the old one drops only after.
@@ -23,6 +24,8 @@ struct State {
     servers: Placement,
     /// Per table, per segment: the servers that report it loaded.
     loaded: HashMap<String, HashMap<String, BTreeSet<String>>>,
+    /// Per table, per stream partition: the servers that report consuming it.
+    consuming: HashMap<String, HashMap<i32, BTreeSet<String>>>,
 }
 
 #[derive(Debug)]
@@ -54,9 +57,19 @@ impl ClusterPlacement {
                 }
             }
         }
+        let mut consuming: HashMap<String, HashMap<i32, BTreeSet<String>>> = HashMap::new();
+        for m in members.iter().filter(|m| m.role == Role::Server) {
+            for (table, parts) in &m.consuming {
+                let t = consuming.entry(table.clone()).or_default();
+                for p in parts.keys() {
+                    t.entry(*p).or_default().insert(m.node_id.clone());
+                }
+            }
+        }
         let mut st = self.state.write();
         st.servers = Placement::new(servers);
         st.loaded = loaded;
+        st.consuming = consuming;
     }
 }
 
@@ -95,6 +108,21 @@ impl basalt_ingest::Placement for ClusterPlacement {
 
     fn consumes_partition(&self, spec: &TableSpec, partition: i32) -> bool {
         let st = self.state.read();
+        let owner = st.servers.partition_owner(&spec.name, partition);
+        if owner == Some(self.me.as_str()) {
+            return true;
+        }
+        // A partition moving away is consumed here until its new owner reports consuming it,
+        // so its in-memory rows always have a server (the checkpoint compare-and-swap lets
+        // only one of the two publish each range).
+        let reported = st.consuming.get(&spec.name).and_then(|t| t.get(&partition));
+        let here = reported.is_some_and(|r| r.contains(&self.me));
+        let there = owner.is_some_and(|o| reported.is_some_and(|r| r.contains(o)));
+        here && !there
+    }
+
+    fn seals_partition(&self, spec: &TableSpec, partition: i32) -> bool {
+        let st = self.state.read();
         st.servers.partition_owner(&spec.name, partition) == Some(self.me.as_str())
     }
 
@@ -130,6 +158,56 @@ mod tests {
             br#"{"name":"t","columns":[{"name":"a","type":"LONG"}],"replication":2}"#,
         )
         .unwrap()
+    }
+
+    fn consuming(mut m: Member, parts: &[i32]) -> Member {
+        m.consuming = [("t".to_string(), parts.iter().map(|&p| (p, 0i64)).collect())].into();
+        m
+    }
+
+    #[test]
+    fn a_partition_moves_only_once_its_new_owner_consumes_it() {
+        let spec = spec();
+        let p3 = Placement::new(["s1", "s2", "s3"].map(String::from));
+        let p4 = Placement::new(["s1", "s2", "s3", "s4"].map(String::from));
+        let partition = (0..1000)
+            .find(|&p| p4.partition_owner("t", p) == Some("s4"))
+            .unwrap();
+        let old = p3.partition_owner("t", partition).unwrap().to_string();
+        let p = ClusterPlacement::new(&old);
+        let mut members: Vec<Member> = ["s1", "s2", "s3"]
+            .iter()
+            .map(|s| member(s, false, &[]))
+            .collect();
+        p.update_members(&members);
+        assert!(p.consumes_partition(&spec, partition));
+        // s4 joins: the old owner keeps the partition while s4 does not consume it yet.
+        for m in &mut members {
+            if m.node_id == old {
+                *m = consuming(m.clone(), &[partition]);
+            }
+        }
+        members.push(member("s4", false, &[]));
+        p.update_members(&members);
+        assert!(
+            p.consumes_partition(&spec, partition),
+            "dropped before s4 consumes"
+        );
+        assert!(
+            !p.seals_partition(&spec, partition),
+            "sealed while handing over"
+        );
+        let s4 = members.pop().unwrap();
+        members.push(consuming(s4, &[partition]));
+        p.update_members(&members);
+        assert!(
+            !p.consumes_partition(&spec, partition),
+            "kept after s4 consumes"
+        );
+        // A server that never consumed a partition does not start because its owner is new.
+        let other = ClusterPlacement::new(if old == "s1" { "s2" } else { "s1" });
+        other.update_members(&members);
+        assert!(!other.consumes_partition(&spec, partition));
     }
 
     fn seg(id: &str) -> SegmentMeta {

@@ -35,7 +35,11 @@ impl SegmentResolver for StoreResolver {
         let mut missing = Vec::new();
         for id in segments {
             if let Some(range) = StreamRange::parse(id) {
-                match view.stream_readers(range.partition, range.after) {
+                let read = match range.whole {
+                    true => view.partition_readers(range.partition),
+                    false => view.stream_readers(range.partition, range.after),
+                };
+                match read {
                     Some(Ok(r)) => {
                         snap.segments.extend(r.segments);
                         snap.valid.extend(r.valid);

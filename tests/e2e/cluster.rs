@@ -90,6 +90,16 @@ impl TestCluster {
         }
     }
 
+    /// A broker and servers s1, s2, s3.
+    pub fn three_servers(deep_store: &str) -> TestCluster {
+        let mut c = TestCluster::new(deep_store);
+        c.start_broker();
+        for s in ["s1", "s2", "s3"] {
+            c.start_server(s);
+        }
+        c
+    }
+
     fn command(&self, args: &[String]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_basalt"));
         cmd.args(args)
@@ -326,11 +336,7 @@ async fn cluster_answers_equal_standalone() {
         return;
     };
     let client = reqwest::Client::new();
-    let mut c = TestCluster::new(&url);
-    c.start_broker();
-    for s in ["s1", "s2", "s3"] {
-        c.start_server(s);
-    }
+    let c = TestCluster::three_servers(&url);
     let alone_dir = tempfile::tempdir().unwrap();
     let alone = Server::start(&alone_dir.path().join("data"), None);
     create_table(&client, c.broker(), &events_spec(2, 20_000)).await;
@@ -364,11 +370,7 @@ async fn cluster_answers_equal_standalone() {
 /// A broker and servers s1-s3 over `url`, with 100,000 events in `events` (replication
 /// 2, 10 segments) placed on two servers each.
 async fn three_servers_with_events(url: &str, client: &reqwest::Client) -> TestCluster {
-    let mut c = TestCluster::new(url);
-    c.start_broker();
-    for s in ["s1", "s2", "s3"] {
-        c.start_server(s);
-    }
+    let c = TestCluster::three_servers(url);
     create_table(client, c.broker(), &events_spec(2, 10_000)).await;
     load_events(client, c.broker(), 100_000, c.dir.path()).await;
     wait_for("segments placed twice", Duration::from_secs(60), || async {
@@ -457,6 +459,21 @@ async fn servers_die_join_and_leave_without_a_wrong_answer() {
         answers > 5,
         "only {answers} answers while servers joined and left"
     );
+    // Each server keeps cache files only for the segments it holds (moved ones are evicted).
+    for (id, n) in settled(&c, &client, 20).await {
+        let dir = c.dir.path().join(&id).join("cache").join("events");
+        let files = std::fs::read_dir(&dir)
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "seg"))
+                    .count()
+            })
+            .unwrap_or(0);
+        assert_eq!(
+            files as u64, n,
+            "{id}: {files} cached segment files, {n} held"
+        );
+    }
 
     // A restarted broker routes again from gossip and the metastore.
     drop(broker);
@@ -655,6 +672,62 @@ async fn cluster_scalar(client: &reqwest::Client, broker: &str, q: &str) -> (u64
     (n, v["partialResult"] == json!(true))
 }
 
+/// Produces events `from..to` in chunks of 200 every 100 ms on a thread of its own, storing
+/// in `produced` how many have been sent.
+fn produce_flowing(
+    brokers: &str,
+    topic: &str,
+    produced: &std::sync::Arc<std::sync::atomic::AtomicU64>,
+    from: u64,
+    to: u64,
+) -> std::thread::JoinHandle<()> {
+    let (brokers, topic, produced) = (brokers.to_string(), topic.to_string(), produced.clone());
+    std::thread::spawn(move || {
+        let p = crate::kafka::producer(&brokers);
+        for chunk in (from..to).step_by(200) {
+            crate::kafka::produce_all(&p, &topic, &crate::realtime::events(chunk, chunk + 200));
+            produced.store(chunk + 200, std::sync::atomic::Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    })
+}
+
+/// Asks `q` every 50 ms for `secs`: no answer may count more events than were produced (one
+/// chunk may be in flight), nor be partial unless `partial_ok`. Returns the answers and how
+/// many were flagged partial.
+fn watch_counts(
+    client: &reqwest::Client,
+    broker: &str,
+    q: &str,
+    produced: &std::sync::Arc<std::sync::atomic::AtomicU64>,
+    secs: u64,
+    partial_ok: bool,
+) -> tokio::task::JoinHandle<(usize, usize)> {
+    let (client, broker, q, produced) = (
+        client.clone(),
+        broker.to_string(),
+        q.to_string(),
+        produced.clone(),
+    );
+    tokio::spawn(async move {
+        let (mut answers, mut partial) = (0, 0);
+        let until = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < until {
+            let (n, flagged) = cluster_scalar(&client, &broker, &q).await;
+            let ceiling = produced.load(std::sync::atomic::Ordering::SeqCst) + 200;
+            assert!(
+                n <= ceiling,
+                "{n} events counted, at most {ceiling} produced"
+            );
+            assert!(partial_ok || !flagged, "a partial answer ({n})");
+            answers += 1;
+            partial += flagged as usize;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        (answers, partial)
+    })
+}
+
 /// A real-time table over a 4-partition Kafka topic in a 3-server cluster: each partition is
 /// consumed by exactly one server, the broker reads each partition's in-memory rows from its
 /// consumer past the checkpoint of its own metastore view (seals every 700 rows or 3 s
@@ -676,11 +749,7 @@ async fn real_time_partitions_spread_over_servers_and_fail_over_exactly_once() {
     let (topic, table) = (crate::kafka::unique("events"), crate::kafka::unique("rt"));
     crate::kafka::create_topic(&brokers, &topic, PARTITIONS).await;
     let client = reqwest::Client::new();
-    let mut c = TestCluster::new(&url);
-    c.start_broker();
-    for s in ["s1", "s2", "s3"] {
-        c.start_server(s);
-    }
+    let mut c = TestCluster::three_servers(&url);
     create_table(
         &client,
         c.broker(),
@@ -733,41 +802,8 @@ async fn real_time_partitions_spread_over_servers_and_fail_over_exactly_once() {
         .map(|(s, _)| s.clone())
         .unwrap();
     let produced = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(3000));
-    let flowing = {
-        let (brokers, topic, produced) = (brokers.clone(), topic.clone(), produced.clone());
-        std::thread::spawn(move || {
-            let p = crate::kafka::producer(&brokers);
-            for chunk in (3000..9000).step_by(200) {
-                crate::kafka::produce_all(&p, &topic, &events(chunk, chunk + 200));
-                produced.store(chunk + 200, std::sync::atomic::Ordering::SeqCst);
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        })
-    };
-    let watcher = {
-        let (client, broker, q, produced) = (
-            client.clone(),
-            c.broker().base.clone(),
-            total.clone(),
-            produced.clone(),
-        );
-        tokio::spawn(async move {
-            let (mut answers, mut partial) = (0, 0);
-            let until = Instant::now() + Duration::from_secs(12);
-            while Instant::now() < until {
-                let (n, flagged) = cluster_scalar(&client, &broker, &q).await;
-                let ceiling = produced.load(std::sync::atomic::Ordering::SeqCst) + 200;
-                assert!(
-                    n <= ceiling,
-                    "{n} events counted, at most {ceiling} produced"
-                );
-                answers += 1;
-                partial += flagged as usize;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            (answers, partial)
-        })
-    };
+    let flowing = produce_flowing(&brokers, &topic, &produced, 3000, 9000);
+    let watcher = watch_counts(&client, &broker_url, &total, &produced, 12, true);
     tokio::time::sleep(Duration::from_millis(700)).await;
     c.kill9(&victim);
     let (answers, partial) = watcher.await.unwrap();
@@ -785,9 +821,139 @@ async fn real_time_partitions_spread_over_servers_and_fail_over_exactly_once() {
     .await;
     assert!(!after.contains_key(&victim), "{after:?}");
     exact(9000).await;
+
+    // A server joins while events flow: partitions and segments move to it, and no answer is
+    // partial or counts an event twice (a partition is consumed by its old owner until the
+    // new one consumes it; a segment is kept until its new replica loads it).
+    let flowing = produce_flowing(&brokers, &topic, &produced, 9000, 12000);
+    let watcher = watch_counts(&client, &broker_url, &total, &produced, 10, false);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.start_server("s4");
+    let (answers, _) = watcher.await.unwrap();
+    flowing.join().unwrap();
+    assert!(answers > 20, "only {answers} answers while a server joined");
+    exact(12000).await;
     tokio::time::sleep(Duration::from_secs(4)).await; // seals meanwhile
     let (n, partial) = cluster_scalar(&client, &c.broker().base, &total).await;
-    assert_eq!((n, partial), (9000, false));
+    assert_eq!((n, partial), (12000, false));
     let (n, _) = cluster_scalar(&client, &c.broker().base, &distinct).await;
-    assert_eq!(n, 9000, "distinct events");
+    assert_eq!(n, 12000, "distinct events");
+}
+
+/// A PARTIAL upsert table over a keyed 4-partition topic in a 3-server cluster with
+/// `replication: 2`: each partition's segments live with its consumer (partition-aware
+/// placement) and the broker reads each partition whole from its consumer, whose key map
+/// alone knows the current valid docs. Through seals and `kill -9` of a consumer while events
+/// flow, no answer shows a key twice, and the table ends equal to the reference model
+/// (INCREMENT sums count no replayed event twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn upsert_partitions_stay_with_their_key_maps_through_a_failover() {
+    use crate::upsert::{event, message, spec, Model, PARTITIONS, SUMMARY};
+    let Some(brokers) = crate::harness::service_env("BASALT_TEST_KAFKA", "cluster upsert") else {
+        return;
+    };
+    let Some(url) = deep_store("cluster-upsert") else {
+        return;
+    };
+    let _serial = crate::realtime::SERIAL.lock().await;
+    let (topic, table) = (
+        crate::kafka::unique("orders"),
+        crate::kafka::unique("orders"),
+    );
+    crate::kafka::create_topic(&brokers, &topic, PARTITIONS).await;
+    let client = reqwest::Client::new();
+    let mut c = TestCluster::three_servers(&url);
+    let source = json!({"kafka": {"brokers": brokers, "topic": topic, "format": "json",
+        "start": "earliest", "properties": {"session.timeout.ms": "6000"}}});
+    let mut v: Value = serde_json::from_str(&spec(&table, Some(source), None)).unwrap();
+    v["replication"] = 2.into();
+    create_table(&client, c.broker(), &v.to_string()).await;
+    let base = c.broker().base.clone();
+    let q = SUMMARY.replace("{t}", &table);
+    let summary = |client: reqwest::Client, base: String, q: String| async move {
+        let v = sql_at(&client, &base, &q).await;
+        assert_eq!(
+            v["exceptions"].as_array().map_or(0, |e| e
+                .iter()
+                .filter(|e| e["errorCode"] != json!(305))
+                .count()),
+            0,
+            "{v}"
+        );
+        let row = v["resultTable"]["rows"][0].clone();
+        assert_eq!(row[0], row[1], "a key shows twice: {v}");
+        (row, v["partialResult"] == json!(true))
+    };
+    let wait_model = |want: Value| {
+        let (client, base, q) = (client.clone(), base.clone(), q.clone());
+        async move {
+            wait_for(
+                "the table equals the model",
+                Duration::from_secs(90),
+                || async {
+                    let (got, partial) = summary(client.clone(), base.clone(), q.clone()).await;
+                    (got == want && !partial).then_some(())
+                },
+            )
+            .await
+        }
+    };
+    let mut model = Model::default();
+    let batch = |from: u64, to: u64, model: &mut Model| -> Vec<(i32, Vec<u8>)> {
+        (from..to)
+            .map(|i| {
+                let e = event(i);
+                model.apply(&e);
+                ((e.key % PARTITIONS as u64) as i32, message(&e))
+            })
+            .collect()
+    };
+    let producer = crate::kafka::producer(&brokers);
+    let first = batch(0, 2000, &mut model);
+    tokio::task::block_in_place(|| crate::kafka::produce_all(&producer, &topic, &first));
+    wait_model(model.summary()).await;
+
+    // kill -9 the consumer of partition 0 while events flow; a reader checks every answer.
+    let owners = c.consuming(&client, &table).await;
+    let victim = owners
+        .iter()
+        .find(|(_, p)| p.contains(&0))
+        .map(|(s, _)| s.clone())
+        .expect("partition 0 consumed");
+    let rest: Vec<Vec<(i32, Vec<u8>)>> = (2000..5000)
+        .step_by(250)
+        .map(|i| batch(i, i + 250, &mut model))
+        .collect();
+    let flowing = {
+        let (brokers, topic) = (brokers.clone(), topic.clone());
+        std::thread::spawn(move || {
+            let p = crate::kafka::producer(&brokers);
+            for chunk in rest {
+                crate::kafka::produce_all(&p, &topic, &chunk);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    let reader = {
+        let (client, base, q) = (client.clone(), base.clone(), q.clone());
+        tokio::spawn(async move {
+            let until = Instant::now() + Duration::from_secs(8);
+            let mut answers = 0;
+            while Instant::now() < until {
+                summary(client.clone(), base.clone(), q.clone()).await;
+                answers += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            answers
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    c.kill9(&victim);
+    let answers = reader.await.unwrap();
+    flowing.join().unwrap();
+    assert!(answers > 10, "only {answers} answers during the failover");
+    wait_model(model.summary()).await;
+    tokio::time::sleep(Duration::from_secs(3)).await; // seals meanwhile
+    let (got, partial) = summary(client.clone(), base.clone(), q.clone()).await;
+    assert_eq!((got, partial), (model.summary(), false));
 }

@@ -13,10 +13,10 @@ use crate::kafka::{create_topic, produce_all, producer, unique};
 use crate::realtime::{create, SERIAL};
 use crate::s3::{allowing, deep_store_objects, s3_prefix};
 
-const PARTITIONS: i32 = 4;
+pub(crate) const PARTITIONS: i32 = 4;
 const KEYS: u64 = 400;
 
-fn spec(table: &str, source: Option<Value>, deep_store: Option<&str>) -> String {
+pub(crate) fn spec(table: &str, source: Option<Value>, deep_store: Option<&str>) -> String {
     let mut v = json!({
         "name": table, "time_column": "ts",
         "columns": [
@@ -44,8 +44,8 @@ fn spec(table: &str, source: Option<Value>, deep_store: Option<&str>) -> String 
 
 /// Event `i`: keys cycle through a permutation; every 11th event comes late (its
 /// comparison value is below what its key already has), every 37th deletes its key.
-struct Event {
-    key: u64,
+pub(crate) struct Event {
+    pub key: u64,
     updated_at: i64,
     delete: bool,
     amount: i64,
@@ -53,7 +53,7 @@ struct Event {
     max_seen: i64,
 }
 
-fn event(i: u64) -> Event {
+pub(crate) fn event(i: u64) -> Event {
     Event {
         key: (i * 7919) % KEYS,
         updated_at: if i % 11 == 5 && i > KEYS * 2 {
@@ -68,7 +68,7 @@ fn event(i: u64) -> Event {
     }
 }
 
-fn message(e: &Event) -> Vec<u8> {
+pub(crate) fn message(e: &Event) -> Vec<u8> {
     json!({"order_id": format!("o{:04}", e.key), "ts": 1_790_000_000_000i64 + e.updated_at,
            "updated_at": e.updated_at, "is_deleted": e.delete, "amount": e.amount,
            "status": e.status, "max_seen": e.max_seen})
@@ -91,10 +91,10 @@ fn ndjson(from: u64, to: u64) -> String {
 
 /// key → (comparison value, current row; `None` when deleted).
 #[derive(Default)]
-struct Model(BTreeMap<u64, (i64, Option<Row>)>);
+pub(crate) struct Model(BTreeMap<u64, (i64, Option<Row>)>);
 
 impl Model {
-    fn apply(&mut self, e: &Event) {
+    pub(crate) fn apply(&mut self, e: &Event) {
         let cur = self.0.get(&e.key);
         if cur.is_some_and(|(c, _)| e.updated_at < *c) {
             return;
@@ -110,7 +110,7 @@ impl Model {
     }
 
     /// What [`summary`] answers.
-    fn summary(&self) -> Value {
+    pub(crate) fn summary(&self) -> Value {
         let live: Vec<_> = self.0.values().filter_map(|(_, r)| r.as_ref()).collect();
         let s2 = live.iter().filter(|r| r.1 == "s2").count();
         json!([
@@ -123,7 +123,8 @@ impl Model {
     }
 }
 
-const SUMMARY: &str = "SELECT count(*), count(DISTINCT order_id), sum(amount), sum(max_seen), \
+pub(crate) const SUMMARY: &str =
+    "SELECT count(*), count(DISTINCT order_id), sum(amount), sum(max_seen), \
      sum(CASE WHEN status = 's2' THEN 1 ELSE 0 END) FROM {t}";
 
 async fn summary(c: &reqwest::Client, s: &Server, table: &str) -> Value {

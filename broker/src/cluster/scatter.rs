@@ -405,7 +405,7 @@ async fn gather(this: Arc<ScatterExec>, context: Arc<TaskContext>) -> Shared {
         // and each range becomes the newly sealed segments plus the range past them.
         let (behind, lost): (Vec<String>, Vec<String>) = lost
             .into_iter()
-            .partition(|s| !caught_up && StreamRange::parse(s).is_some());
+            .partition(|s| !caught_up && StreamRange::parse(s).is_some_and(|r| !r.whole));
         if !behind.is_empty() {
             caught_up = true;
             match catch_up(route, &behind).await {
@@ -565,6 +565,7 @@ async fn catch_up(route: &ScanRoute, behind: &[String]) -> Result<Vec<String>, S
             StreamRange {
                 partition: r.partition,
                 after: now,
+                whole: false,
             }
             .id(),
         );

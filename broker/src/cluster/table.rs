@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use basalt_cluster::wire::StreamRange;
 use basalt_cluster::Member;
 use basalt_ingest::metastore::SegmentMeta;
+use basalt_ingest::upsert::KeyedTable;
 use basalt_ingest::Table;
 use basalt_query::filter::to_predicate;
 use basalt_query::fragment::{RemoteScanExec, ScanSpec};
@@ -54,11 +55,26 @@ pub struct ClusterTable {
 impl ClusterTable {
     pub fn new(table: Arc<Table>, cluster: Arc<Cluster>, stats: Arc<ScanStats>) -> Self {
         let view = table.view();
-        let segments = view.published.clone();
-        let streams = match table.spec.source {
+        let mut segments = view.published.clone();
+        let mut streams = match table.spec.source {
             Some(_) => streams(&table.spec.name, &view.checkpoints, &cluster.servers()),
             None => Vec::new(),
         };
+        // An upsert table's real-time partitions are read whole from their consumers (see
+        // `StreamRange::whole`), not segment by segment.
+        if table.spec.source.is_some() && KeyedTable::of(&table.spec).is_some_and(|k| k.is_upsert())
+        {
+            for s in &mut streams {
+                s.whole = true;
+            }
+            segments = Arc::new(
+                segments
+                    .iter()
+                    .filter(|s| s.stream.is_none())
+                    .cloned()
+                    .collect(),
+            );
+        }
         ClusterTable {
             arrow_schema: table.schema.arrow_schema(),
             table,
@@ -88,6 +104,7 @@ pub(super) fn streams(
         .map(|partition| StreamRange {
             partition,
             after: checkpoints.get(&partition).copied(),
+            whole: false,
         })
         .collect()
 }

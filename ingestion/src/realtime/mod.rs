@@ -14,8 +14,8 @@
 //!
 //! In a cluster the session consumes only the partitions its [`crate::Placement`] assigns to
 //! this server, without a consumer lease (the checkpoint compare-and-swap fences a stale
-//! consumer's publish), and ends when the assignment changes; the next session starts from
-//! the checkpoints with the partitions assigned then.
+//! consumer's publish), and follows changes of the assignment partition by partition: one
+//! given away leaves the view, one taken over starts at the metastore's checkpoint.
 //!
 //! Exactly once: every session starts at the metastore checkpoints (never at Kafka's
 //! committed offsets); messages below a partition's position are skipped; a seal's delta
@@ -213,8 +213,7 @@ fn run(ctx: &Arc<Ctx>) {
                 Err(e.to_string())
             });
         match outcome {
-            Ok(Ended::Stopped) => break,
-            Ok(Ended::Reassigned) => continue,
+            Ok(()) => break,
             Err(e) => {
                 warn!(table = %ctx.table.spec.name, error = %e, "real-time ingestion stopped; restarting from the checkpoints");
                 ctx.set_state(IngestionState::Error, Some(e));
@@ -322,22 +321,13 @@ struct Session<'a> {
     snapshots: BTreeMap<i32, String>,
 }
 
-/// How a session ended without an error.
-enum Ended {
-    Stopped,
-    /// The partitions assigned to this server changed: a new session starts at once from
-    /// the metastore checkpoints (a partition taken over resumes where its last owner
-    /// published; one given away is left to its new owner).
-    Reassigned,
-}
-
-fn session(ctx: &Arc<Ctx>) -> Result<Ended, String> {
+fn session(ctx: &Arc<Ctx>) -> Result<(), String> {
     let t = &ctx.table;
     let spec = t.spec.source.as_ref().ok_or("the table has no source")?;
     ctx.set_state(IngestionState::Starting, None);
     // The lease first, then the checkpoints: a previous owner's last publish is read.
     if ctx.store.placement.leases() && ownership::acquire(ctx)?.is_none() {
-        return Ok(Ended::Stopped);
+        return Ok(());
     }
     ctx.set_state(IngestionState::Starting, None);
     let state = ctx
@@ -369,7 +359,7 @@ fn session(ctx: &Arc<Ctx>) -> Result<Ended, String> {
             Err(SourceError::Unreachable(e)) => {
                 ctx.set_state(IngestionState::BrokerUnreachable, Some(e));
                 if ctx.pause(Duration::from_millis(500)) {
-                    return Ok(Ended::Stopped);
+                    return Ok(());
                 }
             }
             Err(e) => return Err(e.to_string()),
@@ -582,15 +572,60 @@ impl Session<'_> {
         self.parts.values().map(|p| (p.partition, p.next)).collect()
     }
 
-    /// Whether the partitions assigned here are no longer those consumed.
-    fn reassigned(&self) -> bool {
-        let t = &self.ctx.table.spec;
-        self.partitions.iter().any(|&p| {
-            self.ctx.store.placement.consumes_partition(t, p) != self.parts.contains_key(&p)
-        })
+    /// Follows a change of the partitions assigned here without touching the others: a
+    /// partition given away leaves the view (its new owner consumes it from the checkpoint);
+    /// one taken over starts at the metastore's checkpoint, once the segments its previous
+    /// owner published are loaded (on a keyed table, with its key map restored from them).
+    fn reassign(&mut self, source: &mut dyn Source) -> Result<(), String> {
+        let ctx = self.ctx;
+        let t = &ctx.table;
+        let placement = &ctx.store.placement;
+        let gone: Vec<i32> = self
+            .parts
+            .keys()
+            .copied()
+            .filter(|&p| !placement.consumes_partition(&t.spec, p))
+            .collect();
+        let new: Vec<i32> = self
+            .partitions
+            .iter()
+            .copied()
+            .filter(|p| !self.parts.contains_key(p))
+            .filter(|&p| placement.consumes_partition(&t.spec, p))
+            .collect();
+        if gone.is_empty() && new.is_empty() {
+            return Ok(());
+        }
+        info!(table = %t.spec.name, given_away = ?gone, taken_over = ?new, "partitions assigned to this server changed");
+        let mut dropped = Vec::new();
+        for p in &gone {
+            if let Some(pi) = self.parts.remove(p) {
+                dropped.push(pi.part);
+            }
+            self.keyed.remove(p);
+        }
+        t.remove_mutable(&dropped, None);
+        if !new.is_empty() {
+            let state = ctx
+                .handle
+                .block_on(ctx.store.reload(t))
+                .map_err(|e| format!("loading the published segments: {e}"))?
+                .ok_or_else(|| format!("table {:?} is not in the metastore", t.spec.name))?;
+            if let Some(k) = self.keyed_table.clone() {
+                let restored = restore_keyed(ctx, &k, &state, &new)?;
+                self.keyed.extend(restored);
+            }
+            for p in new {
+                if let Some(path) = state.keyed_snapshots.get(&p) {
+                    self.snapshots.insert(p, path.clone());
+                }
+                self.add_partition(p, state.checkpoints.get(&p).copied())?;
+            }
+        }
+        source.assign(&self.assignment()).map_err(|e| e.to_string())
     }
 
-    fn consume(&mut self, source: &mut dyn Source) -> Result<Ended, String> {
+    fn consume(&mut self, source: &mut dyn Source) -> Result<(), String> {
         source
             .assign(&self.assignment())
             .map_err(|e| e.to_string())?;
@@ -603,15 +638,12 @@ impl Session<'_> {
         let mut last_assignment = Instant::now();
         loop {
             if ctx.stopped() {
-                return Ok(Ended::Stopped);
+                return Ok(());
             }
             ownership::renew_if_due(ctx, &mut last_renewal)?;
             if last_assignment.elapsed() >= ASSIGNMENT_EVERY {
                 last_assignment = Instant::now();
-                if self.reassigned() {
-                    info!(table = %ctx.table.spec.name, "the partitions assigned to this server changed; restarting from the checkpoints");
-                    return Ok(Ended::Reassigned);
-                }
+                self.reassign(source)?;
             }
             self.collect_seals(source)?;
             // Back-pressure: do not run further ahead than a few seals.
@@ -727,6 +759,15 @@ impl Session<'_> {
     /// Hands a partition's part to the sealer and starts a fresh one.
     fn rotate(&mut self, partition: i32) -> Result<(), String> {
         self.flush(partition)?;
+        if !self
+            .ctx
+            .store
+            .placement
+            .seals_partition(&self.ctx.table.spec, partition)
+        {
+            // Handing the partition over: its new owner seals; rows stay queryable here.
+            return Ok(());
+        }
         let table = self.ctx.table.spec.name.clone();
         let p = self.parts.get_mut(&partition).expect("known partition");
         let Some(to) = p.next else {

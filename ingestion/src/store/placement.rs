@@ -31,6 +31,12 @@ pub trait Placement: Send + Sync + Debug {
     fn consumes_partition(&self, _spec: &TableSpec, _partition: i32) -> bool {
         true
     }
+    /// Whether this node seals the partition it consumes. A partition being handed over is
+    /// consumed by its old and new owner for a moment; only the new owner seals it, so the
+    /// two do not race to publish the same offsets.
+    fn seals_partition(&self, _spec: &TableSpec, _partition: i32) -> bool {
+        true
+    }
     /// Whether one consumer lease per table decides who consumes (a standby server takes
     /// over when it lapses). A cluster assigns partitions instead and relies on the
     /// checkpoints alone: a publish whose offsets do not start at the partition's

@@ -106,6 +106,18 @@ impl TableStore {
 }
 
 impl TableStore {
+    /// Reads the table's state from the metastore and makes the view's sealed segments
+    /// those it lists, under the table's publish lock (a seal publishing meanwhile is not
+    /// undone by an older state). `None` when the table is gone from the metastore.
+    pub(crate) async fn reload(&self, t: &Table) -> Result<Option<TableState>> {
+        let _p = t.publish.lock().await;
+        let Some(state) = t.home.metastore.get(&t.spec.name).await? else {
+            return Ok(None);
+        };
+        self.refresh(t, &state.value).await?;
+        Ok(Some(state.value))
+    }
+
     /// Makes the view's sealed segments those `state` lists (a consumer taking a table over
     /// loads what the previous owner published). Fails if a listed segment cannot be opened.
     pub(crate) async fn refresh(&self, t: &Table, state: &TableState) -> Result<()> {
@@ -114,7 +126,20 @@ impl TableStore {
         let segments = load_segments(&t.home, &t.spec.name, &placed, &cur.segments).await?;
         let quarantine =
             load_segments(&t.home, &t.spec.name, &state.quarantine, &cur.quarantine).await?;
-        let valid = persisted_valid(&t.home, state).await?;
+        // A table being consumed here keeps the valid docs its key maps maintain (they are
+        // ahead of the persisted snapshots; a session installs its own at its start).
+        let consumed = t.realtime.lock().is_some();
+        let valid = match consumed {
+            true => None,
+            false => persisted_valid(&t.home, state).await?,
+        };
+        for gone in cur
+            .segments
+            .iter()
+            .filter(|c| !segments.iter().any(|s| s.meta.id == c.meta.id))
+        {
+            t.home.evict(&t.spec.name, &gone.meta.id);
+        }
         t.change_view(|v| {
             v.segments = segments;
             v.published = Arc::new(state.segments.clone());

@@ -7,6 +7,8 @@
 //! broker: the sealed segments this server holds whose offsets chain from that checkpoint,
 //! then the mutable parts. A broker reads its sealed segments and checkpoints from one
 //! metastore state, so each row is counted once whichever side of a seal it was on.
+//! [`TableView::partition_readers`] is all of a partition on its consumer (upsert tables,
+//! whose valid docs only the consumer's key map keeps current).
 
 use std::sync::Arc;
 
@@ -51,12 +53,7 @@ impl TableView {
         let rows: Vec<&Arc<LoadedSegment>> = self.segments.iter().filter(of_partition).collect();
         let quarantined: Vec<&Arc<LoadedSegment>> =
             self.quarantine.iter().filter(of_partition).collect();
-        let mut parts: Vec<&Arc<MutablePart>> = self
-            .mutable
-            .iter()
-            .filter(|p| p.partition == partition)
-            .collect();
-        parts.sort_by_key(|p| p.from);
+        let parts = self.parts_of(partition);
         // Follow the seals from `after`; a seal's quarantine segment alone also advances.
         let mut chain = Vec::new();
         let mut at = after;
@@ -72,15 +69,52 @@ impl TableView {
             chain.extend(rows.iter().filter(|s| s.meta.stream == Some(next)).copied());
             at = Some(next.to);
         }
-        let mut out = Readers::default();
-        let valid = self.valid.as_deref();
-        self.add_sealed(&mut out, valid, chain.into_iter());
-        for part in parts {
-            if let Err(e) = self.add_mutable(&mut out, valid, part, false) {
-                return Some(Err(e));
+        Some(self.partition_rows(chain, parts))
+    }
+
+    /// Every row of stream partition `partition` as this server holds it — every published
+    /// segment of the partition, then the mutable parts from the checkpoint of the same
+    /// state — with this server's valid docs (an upsert table's consumer keeps them current
+    /// for all of them). `None` when this server does not consume the partition or lacks one
+    /// of its published segments.
+    pub fn partition_readers(&self, partition: i32) -> Option<Result<Readers>> {
+        let parts = self.parts_of(partition);
+        if parts.first()?.from != self.checkpoints.get(&partition).copied() {
+            return None;
+        }
+        let mut sealed = Vec::new();
+        for meta in self.published.iter() {
+            if meta.stream.is_some_and(|d| d.partition == partition) {
+                sealed.push(self.segments.iter().find(|s| s.meta.id == meta.id)?);
             }
         }
-        Some(Ok(out))
+        Some(self.partition_rows(sealed, parts))
+    }
+
+    /// The mutable parts of `partition`, oldest first.
+    fn parts_of(&self, partition: i32) -> Vec<&Arc<MutablePart>> {
+        let mut parts: Vec<&Arc<MutablePart>> = self
+            .mutable
+            .iter()
+            .filter(|p| p.partition == partition)
+            .collect();
+        parts.sort_by_key(|p| p.from);
+        parts
+    }
+
+    /// Readers of one partition's sealed segments and then its mutable parts' rows.
+    fn partition_rows(
+        &self,
+        sealed: Vec<&Arc<LoadedSegment>>,
+        parts: Vec<&Arc<MutablePart>>,
+    ) -> Result<Readers> {
+        let mut out = Readers::default();
+        let valid = self.valid.as_deref();
+        self.add_sealed(&mut out, valid, sealed.into_iter());
+        for part in parts {
+            self.add_mutable(&mut out, valid, part, false)?;
+        }
+        Ok(out)
     }
 
     fn add_sealed<'a>(
