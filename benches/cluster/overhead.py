@@ -11,7 +11,9 @@
 3. Failover (--failover): three servers and a broker, replication 2; a reader queries
    count(*) in a loop while one server is killed with SIGKILL. Prints the answers' worst
    latency around the kill, whether any was incomplete or wrong, and the time until every
-   segment is on two live servers again.
+   segment is on two live servers again. Then a generator-fed real-time table (4 partitions,
+   20k events/s) on 3 servers: the time from killing a partition's consumer until its
+   partitions are consumed again and until answers are complete (not partial) again.
 
 Usage: python3 benches/cluster/overhead.py --basalt target/release/basalt --rows 10000000 [--runs 5] [--failover]
        [--fanout 4,16,64 --fanout-rows 2000000] [--skip-overhead]
@@ -175,19 +177,29 @@ FANOUT_QUERIES = [
 
 def fanout(a, work, pq, sizes):
     print(f"\nfan-out: one broker, N servers, {a.fanout_rows} rows in 2N segments, replication 1, "
-          f"median of {a.runs} (ms); CPU ms per query: broker / all servers")
+          f"p50 / p99 of {a.fanout_runs} runs (ms); CPU ms per query: broker / all servers")
     print(f"{'servers':>7} " + " ".join(f"{n[:24]:>24}" for n, _ in FANOUT_QUERIES) + f" {'broker cpu':>10} {'server cpu':>10}")
     for n in sizes:
         c = Cluster(a.basalt, os.path.join(work, f"fanout-{n}"), n)
         try:
             rows, _ = load(c.base, a.basalt, pq, max_rows=max(1, a.fanout_rows // (2 * n)) + 1)
-            segments = http(c.base + "/tables/events")["stats"]["segments"]
+            stats = http(c.base + "/tables/events")["stats"]
+            segments = stats["segments"]
             t = time.time()
             while sum(c.loaded().values()) < segments and time.time() - t < 300:
                 time.sleep(0.5)
             cells = []
             for _, q in FANOUT_QUERIES:
-                cells.append(median_ms(query_fn(c.base, q), a.runs))
+                run = query_fn(c.base, q)
+                run()  # warm-up
+                lat = []
+                for _ in range(a.fanout_runs):
+                    t0 = time.perf_counter()
+                    run()
+                    lat.append((time.perf_counter() - t0) * 1000)
+                lat.sort()
+                p99 = lat[min(len(lat) - 1, math.ceil(0.99 * len(lat)) - 1)]
+                cells.append(f"{statistics.median(lat):.1f} / {p99:.1f}")
             # CPU per query over a batch of every query, once warm.
             broker = [c.procs["b1"].pid]
             servers = [p.pid for sid, p in c.procs.items() if sid != "b1"]
@@ -199,10 +211,59 @@ def fanout(a, work, pq, sizes):
             nq = batch * len(FANOUT_QUERIES)
             bcpu = (cpu_seconds(broker) - b0) * 1000 / nq
             scpu = (cpu_seconds(servers) - s0) * 1000 / nq
-            print(f"{n:7d} " + " ".join(f"{ms:24.1f}" for ms in cells) + f" {bcpu:10.1f} {scpu:10.1f}"
-                  f"   ({rows} rows, {segments} segments)")
+            print(f"{n:7d} " + " ".join(f"{cell:>24}" for cell in cells) + f" {bcpu:10.1f} {scpu:10.1f}"
+                  f"   ({rows} rows, {segments} segments, {stats['bytes'] / max(rows, 1):.1f} bytes/row)")
         finally:
             c.stop()
+
+
+def consuming(c, table):
+    out = {}
+    for sid, url in c.health.items():
+        try:
+            out[sid] = http(url, timeout=2).get("consuming", {}).get(table, [])
+        except Exception:
+            out[sid] = []
+    return out
+
+
+def realtime_failover(a, work):
+    """A generator-fed real-time table (4 partitions, 20k events/s) on 3 servers: kill -9 the
+    consumer of partition 0; time until every partition is consumed again and until answers
+    are complete again."""
+    c = Cluster(a.basalt, os.path.join(work, "rt-failover"), 3)
+    try:
+        spec = json.loads(subprocess.run([a.basalt, "gen-events", "--rows", "0", "--out", "/dev/null", "--print-spec"],
+                                         capture_output=True, text=True, check=True).stdout)
+        spec["name"] = "live"
+        spec["source"] = {"generator": {"events_per_second": 20000, "partitions": 4}}
+        spec["segment"] = {"max_rows": 200000, "max_age": "10s"}
+        http(c.base + "/tables", json.dumps(spec).encode())
+        t = time.time()
+        while sum(len(p) for p in consuming(c, "live").values()) != 4 and time.time() - t < 60:
+            time.sleep(0.2)
+        time.sleep(3)
+        owners = consuming(c, "live")
+        victim = next(sid for sid, parts in owners.items() if 0 in parts)
+        sql = json.dumps({"sql": "SELECT count(*) FROM live", "queryOptions": "useResultCache=false"}).encode()
+        c.kill(victim)
+        killed = time.time()
+        resumed = complete = None
+        partial = 0
+        while time.time() - killed < 60 and (resumed is None or complete is None):
+            if resumed is None and sorted(p for parts in consuming(c, "live").values() for p in parts) == [0, 1, 2, 3]:
+                resumed = time.time() - killed
+            v = http(c.base + "/query/sql", sql)
+            if v.get("partialResult"):
+                partial += 1
+            elif complete is None and resumed is not None:
+                complete = time.time() - killed
+            time.sleep(0.05)
+        print(f"\nreal-time failover: {victim} (consumer of {owners[victim]}) killed; "
+              f"its partitions consumed again after {resumed:.1f} s, answers complete again after "
+              f"{complete:.1f} s ({partial} answers flagged partial meanwhile)")
+    finally:
+        c.stop()
 
 
 def failover(a, work, pq):
@@ -252,6 +313,7 @@ def main():
     ap.add_argument("--failover", action="store_true")
     ap.add_argument("--fanout", default="", help="server counts, e.g. 4,16,64")
     ap.add_argument("--fanout-rows", type=int, default=2_000_000)
+    ap.add_argument("--fanout-runs", type=int, default=50)
     ap.add_argument("--skip-overhead", action="store_true")
     a = ap.parse_args()
     work = tempfile.mkdtemp(prefix="basalt-cluster-bench-")
@@ -268,6 +330,7 @@ def main():
             fanout(a, work, fpq, [int(n) for n in a.fanout.split(",")])
         if a.failover:
             failover(a, work, pq)
+            realtime_failover(a, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -126,9 +126,10 @@ impl TableStore {
         let segments = load_segments(&t.home, &t.spec.name, &placed, &cur.segments).await?;
         let quarantine =
             load_segments(&t.home, &t.spec.name, &state.quarantine, &cur.quarantine).await?;
-        // A table being consumed here keeps the valid docs its key maps maintain (they are
-        // ahead of the persisted snapshots; a session installs its own at its start).
-        let consumed = t.realtime.lock().is_some();
+        // A table being consumed here (it has in-memory rows) keeps the valid docs its key
+        // maps maintain: they are ahead of the persisted snapshots. A session starts with no
+        // mutable part, takes the persisted ones and installs its own after restoring.
+        let consumed = !cur.mutable.is_empty();
         let valid = match consumed {
             true => None,
             false => persisted_valid(&t.home, state).await?,
