@@ -200,19 +200,21 @@ def fanout(a, work, pq, sizes):
                 lat.sort()
                 p99 = lat[min(len(lat) - 1, math.ceil(0.99 * len(lat)) - 1)]
                 cells.append(f"{statistics.median(lat):.1f} / {p99:.1f}")
-            # CPU per query over a batch of every query, once warm.
+            # CPU per query, once warm: the broker's and all servers' together, per query.
             broker = [c.procs["b1"].pid]
             servers = [p.pid for sid, p in c.procs.items() if sid != "b1"]
-            b0, s0 = cpu_seconds(broker), cpu_seconds(servers)
-            batch = 5
-            for _ in range(batch):
-                for _, q in FANOUT_QUERIES:
+            cpu = []
+            batch = 10
+            for _, q in FANOUT_QUERIES:
+                b0, s0 = cpu_seconds(broker), cpu_seconds(servers)
+                for _ in range(batch):
                     query_fn(c.base, q)()
-            nq = batch * len(FANOUT_QUERIES)
-            bcpu = (cpu_seconds(broker) - b0) * 1000 / nq
-            scpu = (cpu_seconds(servers) - s0) * 1000 / nq
+                cpu.append(((cpu_seconds(broker) - b0) * 1000 / batch, (cpu_seconds(servers) - s0) * 1000 / batch))
+            bcpu = sum(b for b, _ in cpu) / len(cpu)
+            scpu = sum(s for _, s in cpu) / len(cpu)
             print(f"{n:7d} " + " ".join(f"{cell:>24}" for cell in cells) + f" {bcpu:10.1f} {scpu:10.1f}"
                   f"   ({rows} rows, {segments} segments, {stats['bytes'] / max(rows, 1):.1f} bytes/row)")
+            print(f"{'':7} " + " ".join(f"{'cpu ' + format(b, '.0f') + ' / ' + format(s_, '.0f'):>24}" for b, s_ in cpu))
         finally:
             c.stop()
 
