@@ -597,13 +597,18 @@ impl Session<'_> {
             return Ok(());
         }
         info!(table = %t.spec.name, given_away = ?gone, taken_over = ?new, "partitions assigned to this server changed");
-        let mut dropped = Vec::new();
         for p in &gone {
-            if let Some(pi) = self.parts.remove(p) {
-                dropped.push(pi.part);
-            }
+            self.parts.remove(p);
             self.keyed.remove(p);
         }
+        // Its current part and any the sealer left unsealed while handing it over.
+        let dropped: Vec<Arc<MutablePart>> = t
+            .view()
+            .mutable
+            .iter()
+            .filter(|m| gone.contains(&m.partition))
+            .cloned()
+            .collect();
         t.remove_mutable(&dropped, None);
         if !new.is_empty() {
             let state = ctx
@@ -836,6 +841,10 @@ impl Session<'_> {
                 self.seals += 1;
                 self.commits.push((delta.partition, delta.to));
                 source.commit(&std::mem::take(&mut self.commits));
+                Ok(())
+            }
+            SealOutcome::HandedOver(delta) => {
+                info!(table = %self.ctx.table.spec.name, partition = delta.partition, "not sealing a partition being handed over; its new owner seals it");
                 Ok(())
             }
             SealOutcome::Failed(e) => Err(e),

@@ -49,6 +49,9 @@ pub enum SealOutcome {
         /// The rows segment (id, reader), when the part had rows.
         segment: Option<(String, Arc<SegmentReader>)>,
     },
+    /// Not sealed: the partition is being handed over to a server that seals it now. The
+    /// part's rows stay queryable here until the session gives the partition up.
+    HandedOver(CheckpointDelta),
     /// Not retryable; the session must restart from the checkpoints.
     Failed(String),
 }
@@ -140,6 +143,15 @@ fn seal_loop(
         }
         let mut backoff = Duration::from_millis(500);
         loop {
+            if !ctx
+                .store
+                .placement
+                .seals_partition(&ctx.table.spec, job.delta.partition)
+            {
+                pending.fetch_sub(1, Ordering::Relaxed);
+                let _ = outcomes.send(SealOutcome::HandedOver(job.delta));
+                break;
+            }
             match seal(ctx, &job) {
                 Ok(segment) => {
                     pending.fetch_sub(1, Ordering::Relaxed);
