@@ -330,19 +330,15 @@ fn session(ctx: &Arc<Ctx>) -> Result<(), String> {
         return Ok(());
     }
     ctx.set_state(IngestionState::Starting, None);
-    let state = ctx
-        .handle
-        .block_on(t.home.metastore.get(&t.spec.name))
-        .map_err(|e| format!("reading the checkpoints: {e}"))?
-        .ok_or_else(|| format!("table {:?} is not in the metastore", t.spec.name))?;
     // Segments another server published while this one was not the owner come into the
     // view before consuming resumes after them.
-    ctx.handle
-        .block_on(ctx.store.refresh(t, &state.value))
-        .map_err(|e| format!("loading the published segments: {e}"))?;
-    let checkpoints = state.value.checkpoints.clone();
+    let state = ctx
+        .handle
+        .block_on(ctx.store.reload(t))
+        .map_err(|e| format!("loading the checkpoints and published segments: {e}"))?
+        .ok_or_else(|| format!("table {:?} is not in the metastore", t.spec.name))?;
+    let checkpoints = state.checkpoints.clone();
     let keyed_table = KeyedTable::of(&t.spec).map(Arc::new);
-
     let mut source = open_source(&t.spec.name, spec, &ctx.store.policy.secret_env_prefix)
         .map_err(|e| e.to_string())?;
     let max_partitions = ctx.store.policy.max_partitions;
@@ -388,7 +384,7 @@ fn session(ctx: &Arc<Ctx>) -> Result<(), String> {
         (None, None) => "generator".into(),
     };
     let keyed = match &keyed_table {
-        Some(k) => restore_keyed(ctx, k, &state.value, &owned)?,
+        Some(k) => restore_keyed(ctx, k, &state, &owned)?,
         None => BTreeMap::new(),
     };
     let mut s = Session {
@@ -402,7 +398,7 @@ fn session(ctx: &Arc<Ctx>) -> Result<(), String> {
         seals: 0,
         keyed,
         keyed_table,
-        snapshots: state.value.keyed_snapshots.clone(),
+        snapshots: state.keyed_snapshots.clone(),
     };
     for p in owned {
         s.add_partition(p, checkpoints.get(&p).copied())?;
