@@ -1,9 +1,13 @@
 //! What brokers and servers exchange over Arrow Flight. In (a broker's `DoGet`): a
-//! [`FragmentTicket`] — the plan fragment's datafusion-proto bytes and the query's limits —
-//! with the cluster token in the `authorization` metadata. Out (a server's stream): the
-//! fragment's record batches, then one last `FlightData` without a payload whose
-//! `app_metadata` is a [`FragmentTrailer`] (scan counters and the segments the server does
-//! not have).
+//! [`FragmentTicket`] — the plan fragment's datafusion-proto bytes, the query's limits, and
+//! the stream positions the answer must reach — with the cluster token in the
+//! `authorization` metadata. Out (a server's stream): the fragment's record batches, then
+//! one last `FlightData` without a payload whose `app_metadata` is a [`FragmentTrailer`]
+//! (scan counters, the segments the server does not have, the positions of the stream
+//! partitions it read).
+//!
+//! Segment ids name sealed segments, or a [`StreamRange`]: a stream partition's rows past
+//! a checkpoint (`~stream:<partition>:<offset>`) or all of them (`~partition:<partition>`).
 
 use serde::{Deserialize, Serialize};
 
@@ -30,6 +34,24 @@ pub struct FragmentTicket {
     /// The broker's query id, for logs.
     #[prost(string, tag = "5")]
     pub query_id: String,
+    /// Stream partitions whose rows the broker has already shown up to a position: the
+    /// server answers for them only once its consumer has made every message before that
+    /// position queryable (within a bounded wait; otherwise it reports their ranges
+    /// missing), so a count never goes backwards when another replica answers.
+    #[prost(message, repeated, tag = "6")]
+    pub waits: Vec<StreamWait>,
+}
+
+/// One partition's position a fragment's answer must reach (see [`FragmentTicket::waits`]).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct StreamWait {
+    #[prost(string, tag = "3")]
+    pub table: String,
+    #[prost(int32, tag = "1")]
+    pub partition: i32,
+    /// The offset every message before which must be in the answer.
+    #[prost(int64, tag = "2")]
+    pub at_least: i64,
 }
 
 /// The server's account of a fragment, after its batches.
@@ -46,6 +68,10 @@ pub struct FragmentTrailer {
     pub index_lookups: u64,
     pub blocks_scanned: u64,
     pub docs_removed_by_dynamic_filters: u64,
+    /// Per stream partition read: the offset after the last message any row of the answer
+    /// may come from (what the broker asks later answers to reach).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub positions: std::collections::BTreeMap<i32, i64>,
 }
 
 /// A stream partition's rows from a checkpoint on, named among a fragment's segment ids: the

@@ -14,6 +14,7 @@
 //! quarantined messages — rotates it at a seal and retires the old one in the same step that
 //! publishes its sealed segment, so a query sees each row exactly once.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -188,6 +189,21 @@ impl MutableSegment {
         None
     }
 
+    /// The appended rows from row `skip` on, in arrival order (a rebased part's rows).
+    pub fn batches_from(&self, skip: usize) -> Vec<RecordBatch> {
+        let mut skip = skip;
+        let mut out = Vec::new();
+        for b in self.batches() {
+            if skip >= b.num_rows() {
+                skip -= b.num_rows();
+                continue;
+            }
+            out.push(b.slice(skip, b.num_rows() - skip));
+            skip = 0;
+        }
+        out
+    }
+
     /// Every appended row, in arrival order (what a seal builds the segment from).
     pub fn batches(&self) -> Vec<RecordBatch> {
         let st = self.state.lock();
@@ -201,6 +217,10 @@ impl MutableSegment {
 
 /// What one source partition delivered since its last seal: rows, and messages that went to
 /// the quarantine. Both are sealed and published together with the partition's checkpoint.
+///
+/// Its [`Offsets`] say which message each row and quarantine entry came from, so a consuming
+/// replica (which does not seal) can answer for the rows past any checkpoint its partition's
+/// owner publishes, however its own parts are cut.
 #[derive(Debug)]
 pub struct MutablePart {
     pub partition: i32,
@@ -211,6 +231,11 @@ pub struct MutablePart {
     pub segment_id: String,
     pub rows: MutableSegment,
     pub quarantine: MutableSegment,
+    /// The messages of the entries, recorded before their rows are appended: at least every
+    /// message whose row a snapshot taken before reading them holds.
+    offsets: Mutex<Offsets>,
+    /// The offset after the last message whose entry is appended (`i64::MIN`: none yet).
+    visible: AtomicI64,
 }
 
 impl MutablePart {
@@ -227,6 +252,8 @@ impl MutablePart {
             segment_id,
             rows,
             quarantine,
+            offsets: Mutex::new(Offsets::default()),
+            visible: AtomicI64::new(i64::MIN),
         }
     }
 
@@ -241,6 +268,147 @@ impl MutablePart {
 
     pub fn age(&self) -> std::time::Duration {
         self.rows.age().max(self.quarantine.age())
+    }
+
+    /// Appends decoded entries: `offsets` names the message of each (in order), then the
+    /// rows and the quarantine entries are appended.
+    pub fn append(
+        &self,
+        offsets: Offsets,
+        rows: Option<RecordBatch>,
+        quarantine: Option<RecordBatch>,
+    ) -> Result<()> {
+        let end = offsets.end();
+        self.offsets.lock().extend(offsets);
+        if let Some(rows) = rows {
+            self.rows.append(rows)?;
+        }
+        if let Some(q) = quarantine {
+            self.quarantine.append(q)?;
+        }
+        if let Some(end) = end {
+            self.visible.fetch_max(end, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// The offset after the last message recorded: no snapshot taken before this call holds
+    /// a row of a later message (`None`: no message yet).
+    pub fn recorded_end(&self) -> Option<i64> {
+        self.offsets.lock().end()
+    }
+
+    /// The offset after the last message whose entry is appended: a snapshot taken after
+    /// this call holds every row of the messages before it (`None`: no message yet).
+    pub fn visible_end(&self) -> Option<i64> {
+        Some(self.visible.load(Ordering::Acquire)).filter(|&v| v != i64::MIN)
+    }
+
+    /// How many rows and quarantine entries came from messages before offset `at`.
+    pub fn split(&self, at: i64) -> (u32, u32) {
+        self.offsets.lock().split(at)
+    }
+
+    /// The messages from offset `at` on (a rebased part's record).
+    pub fn offsets_from(&self, at: i64) -> Offsets {
+        self.offsets.lock().from(at)
+    }
+
+    /// Messages recorded.
+    pub fn messages(&self) -> u64 {
+        self.offsets.lock().messages()
+    }
+}
+
+/// Which message each entry of a [`MutablePart`] came from, in arrival order: every message
+/// is one row or one quarantine entry (an upsert or dedup table's key map may drop or refuse
+/// rows after decoding, so there the counts are only an upper bound and its parts are never
+/// split). Run-length encoded: consecutive offsets of the same kind are one run, so a part
+/// fed by a partition without quarantined messages or offset gaps holds one run.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Offsets {
+    runs: Vec<Run>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Run {
+    first: i64,
+    len: u32,
+    row: bool,
+}
+
+impl Offsets {
+    /// Records message `offset` (after every one recorded) as a row or a quarantine entry.
+    pub fn push(&mut self, offset: i64, row: bool) {
+        if let Some(last) = self.runs.last_mut() {
+            if last.row == row && last.first + last.len as i64 == offset && last.len < u32::MAX {
+                last.len += 1;
+                return;
+            }
+        }
+        self.runs.push(Run {
+            first: offset,
+            len: 1,
+            row,
+        });
+    }
+
+    pub fn extend(&mut self, other: Offsets) {
+        for r in other.runs {
+            match self.runs.last_mut() {
+                Some(last) if last.row == r.row && last.first + last.len as i64 == r.first => {
+                    last.len += r.len
+                }
+                _ => self.runs.push(r),
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.runs.is_empty()
+    }
+
+    /// The offset after the last message.
+    pub fn end(&self) -> Option<i64> {
+        self.runs.last().map(|r| r.first + r.len as i64)
+    }
+
+    pub fn messages(&self) -> u64 {
+        self.runs.iter().map(|r| r.len as u64).sum()
+    }
+
+    /// Rows and quarantine entries of the messages before offset `at`.
+    pub fn split(&self, at: i64) -> (u32, u32) {
+        let (mut rows, mut quarantine) = (0u32, 0u32);
+        for r in &self.runs {
+            if r.first >= at {
+                break;
+            }
+            let n = (at - r.first).min(r.len as i64) as u32;
+            match r.row {
+                true => rows += n,
+                false => quarantine += n,
+            }
+        }
+        (rows, quarantine)
+    }
+
+    /// The messages from offset `at` on.
+    pub fn from(&self, at: i64) -> Offsets {
+        let runs = self
+            .runs
+            .iter()
+            .filter(|r| r.first + r.len as i64 > at)
+            .map(|r| match r.first >= at {
+                true => *r,
+                false => Run {
+                    first: at,
+                    len: (r.first + r.len as i64 - at) as u32,
+                    row: r.row,
+                },
+            })
+            .collect();
+        Offsets { runs }
     }
 }
 
@@ -335,6 +503,48 @@ mod tests {
             count(&[Arc::new(sealed)], &us),
             count(&m.snapshot().unwrap(), &us)
         );
+    }
+
+    proptest::proptest! {
+        /// The run-length record of offsets answers like the list of messages it stands for.
+        #[test]
+        fn offsets_split_like_the_messages_they_record(
+            msgs in proptest::collection::vec((1i64..4, proptest::bool::weighted(0.8)), 0..300),
+            cut in 0usize..320,
+            at in 0i64..1000,
+        ) {
+            let mut offset = 0i64;
+            let list: Vec<(i64, bool)> = msgs
+                .iter()
+                .map(|&(gap, row)| {
+                    offset += gap;
+                    (offset, row)
+                })
+                .collect();
+            // Recorded in two flushes, as the ingester does.
+            let cut = cut.min(list.len());
+            let (mut a, mut b) = (Offsets::default(), Offsets::default());
+            for &(o, row) in &list[..cut] {
+                a.push(o, row);
+            }
+            for &(o, row) in &list[cut..] {
+                b.push(o, row);
+            }
+            a.extend(b);
+            let before = list.iter().filter(|(o, _)| *o < at);
+            let want = (
+                before.clone().filter(|(_, r)| *r).count() as u32,
+                before.filter(|(_, r)| !*r).count() as u32,
+            );
+            proptest::prop_assert_eq!(a.split(at), want);
+            proptest::prop_assert_eq!(a.end(), list.last().map(|(o, _)| o + 1));
+            proptest::prop_assert_eq!(a.messages(), list.len() as u64);
+            let mut rest = Offsets::default();
+            for &(o, row) in list.iter().filter(|(o, _)| *o >= at) {
+                rest.push(o, row);
+            }
+            proptest::prop_assert_eq!(a.from(at), rest);
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! exhausted memory budget or a full queue `ResourceExhausted`, a deadline
 //! `DeadlineExceeded`, a missing or wrong token `Unauthenticated`.
 
+use std::collections::BTreeSet;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +19,9 @@ use arrow_flight::{
     Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo,
     HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
 };
-use basalt_cluster::wire::{FragmentTicket, FragmentTrailer, AUTHORIZATION, ERROR_KIND};
+use basalt_cluster::wire::{
+    FragmentTicket, FragmentTrailer, StreamWait, AUTHORIZATION, ERROR_KIND,
+};
 use basalt_query::{ErrorKind, QueryEngine, QueryError, QueryLimits};
 use futures::{Stream, StreamExt};
 use prost::Message;
@@ -82,6 +85,40 @@ impl FragmentService {
     }
 }
 
+/// Longest a fragment waits for this server's consumers to reach the positions its broker
+/// asks for (a replica a few flushes behind the owner that just failed catches up in
+/// milliseconds; one that cannot is reported missing for those partitions instead).
+const CATCH_UP_WAIT: Duration = Duration::from_secs(2);
+
+impl FragmentService {
+    /// Waits until this server's consumers have made every message before each wait's
+    /// position queryable, at most [`CATCH_UP_WAIT`] and half of `timeout`; the partitions
+    /// that did not get there.
+    async fn caught_up(&self, waits: &[StreamWait], timeout: Duration) -> BTreeSet<i32> {
+        let until = tokio::time::Instant::now() + CATCH_UP_WAIT.min(timeout / 2);
+        let store = self.resolver.store();
+        loop {
+            let behind: BTreeSet<i32> = waits
+                .iter()
+                .filter(|w| {
+                    let reached = store
+                        .table(&w.table)
+                        .and_then(|t| t.view().stream_visible(w.partition));
+                    reached.is_none_or(|r| r < w.at_least)
+                })
+                .map(|w| w.partition)
+                .collect();
+            if behind.is_empty() || tokio::time::Instant::now() >= until {
+                if !behind.is_empty() {
+                    debug!(partitions = ?behind, "not caught up with the positions the broker asked for");
+                }
+                return behind;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
 fn refused<T>(what: &str) -> Result<T, Status> {
     Err(Status::unimplemented(format!(
         "{what}: a Basalt server only runs plan fragments (DoGet)"
@@ -112,9 +149,11 @@ impl FlightService for FragmentService {
         counters
             .fragments
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let lagging = self.caught_up(&ticket.waits, limits.timeout).await;
+        let resolver = self.resolver.for_fragment(lagging);
         let out = self
             .engine
-            .execute_fragment(&ticket.plan, Arc::new(self.resolver.clone()), &limits)
+            .execute_fragment(&ticket.plan, Arc::new(resolver.clone()), &limits)
             .await
             .map_err(|e| {
                 counters
@@ -134,6 +173,7 @@ impl FlightService for FragmentService {
             index_lookups: s.index_lookups,
             blocks_scanned: s.blocks_scanned,
             docs_removed_by_dynamic_filters: s.docs_removed_by_dynamic_filters,
+            positions: resolver.positions(),
         };
         let trailer = serde_json::to_vec(&trailer).map_err(|e| Status::internal(e.to_string()))?;
         let schema = out.schema.clone();

@@ -79,7 +79,7 @@ impl ServerNode {
         let engine = QueryEngine::with_config(Arc::new(HeldTables(store.clone())), cfg.engine);
         let service = FragmentService {
             engine,
-            resolver: StoreResolver(store.clone()),
+            resolver: StoreResolver::new(store.clone()),
             token: Arc::new(cfg.cluster_token),
             counters: counters.clone(),
         };

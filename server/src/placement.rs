@@ -5,8 +5,10 @@
 //! A segment belongs on the `replication` servers rendezvous hashing ranks first among the
 //! live servers that are not leaving ([`basalt_cluster::Placement`]); an upsert or dedup
 //! table's real-time segment on its partition's servers, the partition's consumer first. Each
-//! stream partition is consumed by the server ranked first for it; a server it moves away
-//! from keeps consuming it until the new owner reports consuming it. A server keeps a segment
+//! stream partition is consumed by the `replication` servers ranked first for it (one for
+//! an upsert or dedup table); the first, its owner, seals it, the others are consuming
+//! replicas. A server it moves away from keeps consuming it until the new owner reports
+//! consuming it. A server keeps a segment
 //! it no longer ranks for until every server it now belongs on reports it loaded, so routing
 //! always has a loaded replica to switch to: the new replica loads before routing switches,
 //! the old one drops only after.
@@ -100,18 +102,27 @@ impl basalt_ingest::Placement for ClusterPlacement {
             .all(|n| reported.is_some_and(|r| r.contains(*n)))
     }
 
-    /// Stream partitions are not spread over servers yet: a real-time table in a cluster is
-    /// not consumed (ARCHITECTURE.md, "Not built yet").
     fn consumes(&self, spec: &TableSpec) -> bool {
         spec.source.is_some()
     }
 
+    /// The partition's `replication` first-ranked servers consume it (consuming replicas,
+    /// as Pinot's): the first, its owner, seals; the others keep the same rows queryable so
+    /// a broker switches to one at once when the owner fails. An upsert or dedup table's
+    /// partition has one consumer: its key map decides which rows stay valid.
     fn consumes_partition(&self, spec: &TableSpec, partition: i32) -> bool {
         let st = self.state.read();
-        let owner = st.servers.partition_owner(&spec.name, partition);
-        if owner == Some(self.me.as_str()) {
+        let consumers = match KeyedTable::of(spec) {
+            Some(_) => 1,
+            None => spec.replication(),
+        };
+        let ranked = st
+            .servers
+            .partition_replicas(&spec.name, partition, consumers);
+        if ranked.contains(&self.me.as_str()) {
             return true;
         }
+        let owner = ranked.first().copied();
         // A partition moving away is consumed here until its new owner reports consuming it,
         // so its in-memory rows always have a server (the checkpoint compare-and-swap lets
         // only one of the two publish each range).
@@ -154,8 +165,15 @@ mod tests {
     }
 
     fn spec() -> TableSpec {
+        spec_with(2)
+    }
+
+    fn spec_with(replication: usize) -> TableSpec {
         TableSpec::from_json(
-            br#"{"name":"t","columns":[{"name":"a","type":"LONG"}],"replication":2}"#,
+            format!(
+                r#"{{"name":"t","columns":[{{"name":"a","type":"LONG"}}],"replication":{replication}}}"#
+            )
+            .as_bytes(),
         )
         .unwrap()
     }
@@ -167,7 +185,7 @@ mod tests {
 
     #[test]
     fn a_partition_moves_only_once_its_new_owner_consumes_it() {
-        let spec = spec();
+        let spec = spec_with(1);
         let p3 = Placement::new(["s1", "s2", "s3"].map(String::from));
         let p4 = Placement::new(["s1", "s2", "s3", "s4"].map(String::from));
         let partition = (0..1000)
@@ -208,6 +226,39 @@ mod tests {
         let other = ClusterPlacement::new(if old == "s1" { "s2" } else { "s1" });
         other.update_members(&members);
         assert!(!other.consumes_partition(&spec, partition));
+    }
+
+    /// With `replication: 2` a partition's two first-ranked servers consume it and only the
+    /// first seals; when the first dies the second is the owner at once.
+    #[test]
+    fn consuming_replicas_follow_the_ranking() {
+        let spec = spec();
+        let all = ["s1", "s2", "s3"];
+        let three = Placement::new(all.map(String::from));
+        let members: Vec<Member> = all.iter().map(|s| member(s, false, &[])).collect();
+        for partition in 0..8 {
+            let ranked = three.partition_replicas("t", partition, 2);
+            for s in all {
+                let p = ClusterPlacement::new(s);
+                p.update_members(&members);
+                assert_eq!(p.consumes_partition(&spec, partition), ranked.contains(&s));
+                assert_eq!(p.seals_partition(&spec, partition), ranked[0] == s);
+            }
+            // The owner dies: the replica seals, the third server consumes.
+            let survivors: Vec<Member> = members
+                .iter()
+                .filter(|m| m.node_id != ranked[0])
+                .cloned()
+                .collect();
+            let replica = ClusterPlacement::new(ranked[1]);
+            replica.update_members(&survivors);
+            assert!(replica.seals_partition(&spec, partition));
+            let third = all.iter().find(|s| !ranked.contains(s)).unwrap();
+            let third = ClusterPlacement::new(third);
+            third.update_members(&survivors);
+            assert!(third.consumes_partition(&spec, partition));
+            assert!(!third.seals_partition(&spec, partition));
+        }
     }
 
     fn seg(id: &str) -> SegmentMeta {

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow_flight::flight_service_client::FlightServiceClient;
+use basalt_cluster::wire::{StreamRange, StreamWait};
 use basalt_cluster::{Member, Membership, Role};
 use basalt_ingest::TableStore;
 use parking_lot::{Mutex, RwLock};
@@ -38,6 +39,9 @@ pub struct Cluster {
     /// The live servers, refreshed at every membership change.
     servers: RwLock<Arc<Vec<Member>>>,
     clients: Mutex<HashMap<SocketAddr, FlightServiceClient<Channel>>>,
+    /// Per table (name and generation: a table created again restarts its offsets) and
+    /// stream partition: the position up to which answers have shown rows.
+    shown: Mutex<HashMap<(String, String, i32), i64>>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -56,6 +60,7 @@ impl Cluster {
             token,
             servers: RwLock::new(Arc::new(Vec::new())),
             clients: Mutex::new(HashMap::new()),
+            shown: Mutex::new(HashMap::new()),
         });
         cluster.refresh().await;
         let weak = Arc::downgrade(&cluster);
@@ -131,6 +136,43 @@ impl Cluster {
             .max_encoding_message_size(64 << 20);
         self.clients.lock().insert(addr, client.clone());
         Ok(client)
+    }
+
+    /// The positions a fragment over `segments` of `table` must reach: those shown before
+    /// for each stream range's partition.
+    fn waits(&self, table: &basalt_ingest::Table, segments: &[String]) -> Vec<StreamWait> {
+        let shown = self.shown.lock();
+        let name = &table.spec.name;
+        segments
+            .iter()
+            .filter_map(|s| StreamRange::parse(s))
+            .filter_map(|r| {
+                let key = (name.clone(), table.generation.clone(), r.partition);
+                let at_least = *shown.get(&key)?;
+                Some(StreamWait {
+                    table: name.clone(),
+                    partition: r.partition,
+                    at_least,
+                })
+            })
+            .collect()
+    }
+
+    /// Records the positions an answer over `table` showed rows up to.
+    fn shown(
+        &self,
+        table: &basalt_ingest::Table,
+        positions: &std::collections::BTreeMap<i32, i64>,
+    ) {
+        if positions.is_empty() {
+            return;
+        }
+        let mut shown = self.shown.lock();
+        for (&p, &at) in positions {
+            let key = (table.spec.name.clone(), table.generation.clone(), p);
+            let e = shown.entry(key).or_insert(at);
+            *e = (*e).max(at);
+        }
     }
 
     /// Forgets a server's connection (after it failed), so the next call reconnects.

@@ -20,6 +20,13 @@
 //! lacks, and dropped it) reports the range missing; the broker then reads the metastore
 //! again once and asks for the newly sealed segments plus the range past them.
 //!
+//! A partition may have several consumers (consuming replicas): its range goes to one, the
+//! owner first, and to another only when that one fails or reports it missing. So that a
+//! count never goes backwards when a replica slightly behind the failed owner answers, the
+//! broker remembers per partition the position up to which it has shown rows (each answer's
+//! trailer says it) and asks any server reading the partition to reach it first
+//! ([`FragmentTicket::waits`]); a server that cannot reports the range missing.
+//!
 //! A segment is answered by at most one server, so nothing is counted twice. The broker
 //! keeps the final aggregate, sort and limit above. An ordered fragment (a top-K) is merged
 //! into one sorted partition here.
@@ -39,7 +46,7 @@ use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::error::FlightError;
 use arrow_flight::Ticket;
 use basalt_cluster::wire::{
-    FragmentTicket, FragmentTrailer, StreamRange, AUTHORIZATION, ERROR_KIND,
+    FragmentTicket, FragmentTrailer, StreamRange, StreamWait, AUTHORIZATION, ERROR_KIND,
 };
 use basalt_query::fragment::{self, shape, RemoteScanExec};
 use basalt_query::{ErrorKind, QueryBudget, QueryError, QueryStats};
@@ -425,9 +432,10 @@ async fn gather(this: Arc<ScatterExec>, context: Arc<TaskContext>) -> Shared {
             let cluster = route.cluster.clone();
             let schema = this.schema();
             let budget = budget.clone();
+            let waits = cluster.waits(&route.source, &segs);
             async move {
                 let outcome = match bytes {
-                    Ok(b) => call(&cluster, addr, b, &budget, schema).await,
+                    Ok(b) => call(&cluster, addr, b, waits, &budget, schema).await,
                     Err(e) => Err(CallError::Query(QueryError::from(e))),
                 };
                 (node, addr, segs, outcome)
@@ -442,6 +450,7 @@ async fn gather(this: Arc<ScatterExec>, context: Arc<TaskContext>) -> Shared {
                 Ok((got, trailer)) => {
                     stats.servers_responded.fetch_add(1, Ordering::Relaxed);
                     stats.add(&trailer_stats(&trailer));
+                    route.cluster.shown(&route.source, &trailer.positions);
                     for b in got {
                         memory
                             .try_grow(b.get_array_memory_size())
@@ -609,6 +618,7 @@ async fn call(
     cluster: &super::Cluster,
     addr: SocketAddr,
     plan: Vec<u8>,
+    waits: Vec<StreamWait>,
     budget: &QueryBudget,
     schema: SchemaRef,
 ) -> Result<(Vec<RecordBatch>, FragmentTrailer), CallError> {
@@ -622,6 +632,7 @@ async fn call(
         max_rows: budget.max_rows as u64,
         memory_limit: budget.memory_limit as u64,
         query_id: String::new(),
+        waits,
     };
     let mut req = tonic::Request::new(Ticket {
         ticket: ticket.encode_to_vec().into(),

@@ -47,7 +47,7 @@ use crate::error::IngestError;
 use crate::home::SegmentKind;
 use crate::metastore::CheckpointDelta;
 use crate::metastore::TableState;
-use crate::mutable::{MutablePart, MutableSegment};
+use crate::mutable::{MutablePart, MutableSegment, Offsets};
 use crate::quarantine::{
     quarantine_batch, quarantine_schema, MessageDecoder, MessageOrigin, QuarantineEntry,
 };
@@ -249,8 +249,17 @@ struct PartitionIngest {
     partition: i32,
     decoder: MessageDecoder,
     quarantined: Vec<QuarantineEntry>,
+    /// The messages decoded since the last flush (rows or quarantine entries).
+    offsets: Offsets,
     /// Receives the partition's rows; rotated out at a seal.
     part: Arc<MutablePart>,
+    /// Parts rotated out without a seal — this server consumes the partition as a replica,
+    /// or is handing it over — oldest first. They stay queryable until the partition's
+    /// checkpoint passes their last message.
+    retained: Vec<Arc<MutablePart>>,
+    /// Whether this server seals the partition (its owner, its parts starting at the
+    /// checkpoint); a replica that becomes the owner rebases its parts first.
+    sealing: bool,
     /// Messages in `part` plus those decoded but not flushed into it.
     entries: usize,
     /// Memory of `part` at its last flush, plus the payload bytes decoded since: what
@@ -407,7 +416,11 @@ fn session(ctx: &Arc<Ctx>) -> Result<(), String> {
     let result = s.consume(source.as_mut());
     // Whatever is not sealed is dropped from the view; it is read again from the checkpoint.
     let retired = s.sealer.stop();
-    let mut parts: Vec<Arc<MutablePart>> = s.parts.values().map(|p| p.part.clone()).collect();
+    let mut parts: Vec<Arc<MutablePart>> = s
+        .parts
+        .values()
+        .flat_map(|p| p.retained.iter().chain([&p.part]).cloned())
+        .collect();
     parts.extend(retired);
     // Upsert: the dropped rows may have superseded sealed rows; the valid docs go back to
     // what the published snapshots say in the same view swap, so no key is hidden until
@@ -522,7 +535,15 @@ impl Session<'_> {
                     }
                 },
                 quarantined: Vec::new(),
+                offsets: Offsets::default(),
                 part,
+                retained: Vec::new(),
+                sealing: self.keyed_table.is_some()
+                    || self
+                        .ctx
+                        .store
+                        .placement
+                        .seals_partition(&self.ctx.table.spec, partition),
                 entries: 0,
                 bytes: 0,
                 from: checkpoint,
@@ -562,6 +583,93 @@ impl Session<'_> {
             self.keyed.insert(id, k);
         }
         result
+    }
+
+    /// A consumer that is not the owner of a non-keyed partition (a consuming replica)
+    /// drops its retained parts once the owner's checkpoint passes them, and takes over
+    /// sealing when it becomes the owner: its parts are rebased onto the checkpoint first
+    /// (rows of messages before it are in the owner's published segments). An owner that
+    /// stops being one (a server joined) consumes on as a replica.
+    fn follow_roles(&mut self) -> Result<(), String> {
+        if self.keyed_table.is_some() {
+            return Ok(());
+        }
+        let t = self.ctx.table.clone();
+        let view = t.view();
+        let ids: Vec<i32> = self.parts.keys().copied().collect();
+        for id in ids {
+            let seals = self.ctx.store.placement.seals_partition(&t.spec, id);
+            let checkpoint = view.checkpoints.get(&id).copied();
+            let p = self.parts.get_mut(&id).expect("known partition");
+            let (passed, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut p.retained)
+                .into_iter()
+                .partition(|r| checkpoint.is_some_and(|c| r.recorded_end().is_none_or(|e| e <= c)));
+            p.retained = kept;
+            if !passed.is_empty() {
+                t.remove_mutable(&passed, None);
+            }
+            match (p.sealing, seals) {
+                (true, false) => {
+                    info!(table = %t.spec.name, partition = id, "no longer the partition's owner: consuming it as a replica");
+                    p.sealing = false;
+                }
+                (false, true) => self.rebase(id)?,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes a partition's parts start at the metastore's checkpoint, so this server can seal
+    /// it: one part holding the rows of every message from the checkpoint on replaces them
+    /// in one view swap. Waits (returns, to be called again) while a part of its own is
+    /// being sealed: the checkpoint moves past it first.
+    fn rebase(&mut self, id: i32) -> Result<(), String> {
+        self.flush(id)?;
+        let ctx = self.ctx;
+        let t = &ctx.table;
+        let state = ctx
+            .handle
+            .block_on(ctx.store.reload(t))
+            .map_err(|e| format!("loading the checkpoints: {e}"))?
+            .ok_or_else(|| format!("table {:?} is not in the metastore", t.spec.name))?;
+        let checkpoint = state.checkpoints.get(&id).copied();
+        let p = self.parts.get_mut(&id).expect("known partition");
+        let old: Vec<Arc<MutablePart>> = p.retained.iter().chain([&p.part]).cloned().collect();
+        if old[0].from > checkpoint {
+            return Ok(());
+        }
+        let fresh = new_part(t, &ctx.store, id, checkpoint);
+        for part in &old {
+            let (offsets, (rows, quarantined)) = match checkpoint {
+                Some(c) => (part.offsets_from(c), part.split(c)),
+                None => (part.offsets_from(i64::MIN), (0, 0)),
+            };
+            fresh
+                .append(offsets, None, None)
+                .map_err(|e| e.to_string())?;
+            for b in part.rows.batches_from(rows as usize) {
+                fresh.rows.append(b).map_err(|e| e.to_string())?;
+            }
+            for b in part.quarantine.batches_from(quarantined as usize) {
+                fresh.quarantine.append(b).map_err(|e| e.to_string())?;
+            }
+        }
+        // Its chunks are built here, not by the first query that reads it.
+        fresh.rows.snapshot().map_err(|e| e.to_string())?;
+        t.replace_mutable(&old, fresh.clone());
+        info!(table = %t.spec.name, partition = id, checkpoint = ?checkpoint, parts = old.len(), rows = fresh.rows.rows(), "now the partition's owner: its rows rebased onto the checkpoint");
+        p.entries = fresh.messages() as usize;
+        p.bytes = fresh.memory_bytes() as u64;
+        p.part = fresh;
+        p.retained.clear();
+        p.from = checkpoint;
+        p.checkpoint = checkpoint;
+        if p.next < checkpoint {
+            p.next = checkpoint; // messages before it are skipped as they arrive
+        }
+        p.sealing = true;
+        Ok(())
     }
 
     fn assignment(&self) -> Vec<(i32, Option<i64>)> {
@@ -645,6 +753,7 @@ impl Session<'_> {
             if last_assignment.elapsed() >= ASSIGNMENT_EVERY {
                 last_assignment = Instant::now();
                 self.reassign(source)?;
+                self.follow_roles()?;
             }
             self.collect_seals(source)?;
             // Back-pressure: do not run further ahead than a few seals.
@@ -757,16 +866,19 @@ impl Session<'_> {
         }
     }
 
-    /// Hands a partition's part to the sealer and starts a fresh one.
+    /// Hands a partition's part to the sealer and starts a fresh one. A partition this
+    /// server does not seal (a replica, or one being handed over) is rotated the same way
+    /// but its old part is retained, queryable, instead of sealed.
     fn rotate(&mut self, partition: i32) -> Result<(), String> {
         self.flush(partition)?;
-        if !self
+        let seals = self
             .ctx
             .store
             .placement
-            .seals_partition(&self.ctx.table.spec, partition)
-        {
-            // Handing the partition over: its new owner seals; rows stay queryable here.
+            .seals_partition(&self.ctx.table.spec, partition);
+        if !seals && self.keyed_table.is_some() {
+            // Handing a keyed partition over: its new owner seals; its rows stay queryable
+            // here in one part, which its key map tracks.
             return Ok(());
         }
         let table = self.ctx.table.spec.name.clone();
@@ -780,6 +892,13 @@ impl Session<'_> {
         let fresh = new_part(&self.ctx.table, &self.ctx.store, partition, Some(to));
         self.ctx.table.add_mutable(fresh.clone());
         let old = std::mem::replace(&mut p.part, fresh.clone());
+        if !(seals && p.sealing) {
+            p.retained.push(old);
+            p.from = Some(to);
+            p.entries = 0;
+            p.bytes = 0;
+            return Ok(());
+        }
         let delta = CheckpointDelta {
             partition,
             from: p.from,
@@ -839,8 +958,15 @@ impl Session<'_> {
                 source.commit(&std::mem::take(&mut self.commits));
                 Ok(())
             }
-            SealOutcome::HandedOver(delta) => {
+            SealOutcome::HandedOver(delta, part) => {
                 info!(table = %self.ctx.table.spec.name, partition = delta.partition, "not sealing a partition being handed over; its new owner seals it");
+                match self.parts.get_mut(&delta.partition) {
+                    Some(p) => {
+                        p.retained.push(part);
+                        p.retained.sort_by_key(|r| r.from);
+                    }
+                    None => self.ctx.table.remove_mutable(&[part], None),
+                }
                 Ok(())
             }
             SealOutcome::Failed(e) => Err(e),
@@ -932,6 +1058,7 @@ impl PartitionIngest {
                 reason: "message has no payload".into(),
             }),
         };
+        self.offsets.push(m.offset, outcome.is_ok());
         if let Err(entry) = outcome {
             self.quarantined.push(entry);
             self.quarantined_total += 1;
@@ -949,6 +1076,7 @@ impl PartitionIngest {
         &mut self,
         keyed: Option<(&mut KeyedPartition, &dyn Fn(KeyHash) -> bool)>,
     ) -> Result<(), String> {
+        let mut batch_rows = None;
         if let Some(batch) = self.decoder.take_batch().map_err(|e| e.to_string())? {
             let origins = self.decoder.take_origins();
             let rows = match keyed {
@@ -970,15 +1098,18 @@ impl PartitionIngest {
                 }
                 None => Some(batch),
             };
-            if let Some(rows) = rows {
-                self.part.rows.append(rows).map_err(|e| e.to_string())?;
-            }
+            batch_rows = rows;
         }
+        let mut quarantine = None;
         if !self.quarantined.is_empty() {
             let entries = std::mem::take(&mut self.quarantined);
-            if let Some(b) = quarantine_batch(&entries).map_err(|e| e.to_string())? {
-                self.part.quarantine.append(b).map_err(|e| e.to_string())?;
-            }
+            quarantine = quarantine_batch(&entries).map_err(|e| e.to_string())?;
+        }
+        let offsets = std::mem::take(&mut self.offsets);
+        if !offsets.is_empty() || batch_rows.is_some() || quarantine.is_some() {
+            self.part
+                .append(offsets, batch_rows, quarantine)
+                .map_err(|e| e.to_string())?;
         }
         self.bytes = self.part.memory_bytes() as u64;
         Ok(())

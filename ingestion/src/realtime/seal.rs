@@ -50,8 +50,9 @@ pub enum SealOutcome {
         segment: Option<(String, Arc<SegmentReader>)>,
     },
     /// Not sealed: the partition is being handed over to a server that seals it now. The
-    /// part's rows stay queryable here until the session gives the partition up.
-    HandedOver(CheckpointDelta),
+    /// part's rows stay queryable here (the session retains it) until the partition's
+    /// checkpoint passes them or the session gives the partition up.
+    HandedOver(CheckpointDelta, Arc<MutablePart>),
     /// Not retryable; the session must restart from the checkpoints.
     Failed(String),
 }
@@ -149,7 +150,7 @@ fn seal_loop(
                 .seals_partition(&ctx.table.spec, job.delta.partition)
             {
                 pending.fetch_sub(1, Ordering::Relaxed);
-                let _ = outcomes.send(SealOutcome::HandedOver(job.delta));
+                let _ = outcomes.send(SealOutcome::HandedOver(job.delta, job.part.clone()));
                 break;
             }
             match seal(ctx, &job) {

@@ -184,6 +184,15 @@ impl Table {
         self.change_view(|v| v.mutable.push(part));
     }
 
+    /// Replaces mutable segments with one holding the same rows from a later start in one
+    /// view swap (a consuming replica taking over a partition rebases onto its checkpoint).
+    pub(crate) fn replace_mutable(&self, old: &[Arc<MutablePart>], new: Arc<MutablePart>) {
+        self.change_view(|v| {
+            v.mutable.retain(|p| !old.iter().any(|r| Arc::ptr_eq(p, r)));
+            v.mutable.push(new);
+        });
+    }
+
     /// Removes mutable segments from the view without publishing them (an ingester restart:
     /// their offsets are consumed again from the checkpoint), with `valid` docs replacing
     /// those of their segments in the same swap.

@@ -22,8 +22,12 @@ use crate::mutable::MutablePart;
 #[derive(Debug, Default)]
 pub struct Readers {
     pub segments: Vec<Arc<SegmentReader>>,
-    /// Empty unless the table is an upsert table.
+    /// Empty unless the table is an upsert table, or a stream range starts inside a mutable
+    /// part (its earlier rows hidden).
     pub valid: Vec<Arc<RoaringBitmap>>,
+    /// A stream range's position: the offset after the last message any of its mutable
+    /// parts had recorded once they were read, so no later message's row is in the readers.
+    pub position: Option<i64>,
 }
 
 impl TableView {
@@ -44,20 +48,39 @@ impl TableView {
     }
 
     /// The rows of stream partition `partition` from checkpoint `after` on, as this server
-    /// holds them: sealed segments chaining from `after` (by their offsets), then the
-    /// mutable parts. `None` when this server cannot answer exactly — it does not consume
-    /// the partition, or a sealed range between `after` and its mutable rows is not here.
-    pub fn stream_readers(&self, partition: i32, after: Option<i64>) -> Option<Result<Readers>> {
+    /// holds them: sealed segments chaining from `after` (by their offsets) up to the
+    /// mutable part holding the messages from there, then that part (from its first message
+    /// at or after the checkpoint) and the later parts. `None` when this server cannot answer
+    /// exactly — it does not consume the partition, or a sealed range between `after` and
+    /// its mutable rows is not here.
+    ///
+    /// `split`: a part may be read from a message inside it (a consuming replica cuts its
+    /// parts elsewhere than the owner seals). Only where every message is one row or one
+    /// quarantine entry — not on an upsert or dedup table, whose key map drops rows.
+    pub fn stream_readers(
+        &self,
+        partition: i32,
+        after: Option<i64>,
+        split: bool,
+    ) -> Option<Result<Readers>> {
         let of_partition =
             |s: &&Arc<LoadedSegment>| s.meta.stream.is_some_and(|d| d.partition == partition);
         let rows: Vec<&Arc<LoadedSegment>> = self.segments.iter().filter(of_partition).collect();
         let quarantined: Vec<&Arc<LoadedSegment>> =
             self.quarantine.iter().filter(of_partition).collect();
         let parts = self.parts_of(partition);
+        // The part holding the messages from `at` on: the latest starting at or before it.
+        let holding = |at: Option<i64>| match split {
+            true => parts.iter().rposition(|p| p.from <= at),
+            false => parts.iter().position(|p| p.from == at),
+        };
         // Follow the seals from `after`; a seal's quarantine segment alone also advances.
         let mut chain = Vec::new();
         let mut at = after;
-        while parts.first().is_none_or(|p| p.from != at) {
+        let first = loop {
+            if let Some(i) = holding(at) {
+                break i;
+            }
             let next = rows
                 .iter()
                 .chain(&quarantined)
@@ -68,8 +91,17 @@ impl TableView {
             }
             chain.extend(rows.iter().filter(|s| s.meta.stream == Some(next)).copied());
             at = Some(next.to);
-        }
-        Some(self.partition_rows(chain, parts))
+        };
+        let cut = match (at, parts[first].from) {
+            (Some(a), from) if from != at => parts[first].split(a).0,
+            _ => 0,
+        };
+        let read = self.partition_rows(chain, parts[first..].to_vec(), cut);
+        Some(read.map(|mut r| {
+            // After the snapshots: no row of a later message is in them.
+            r.position = parts.iter().filter_map(|p| p.recorded_end()).max();
+            r
+        }))
     }
 
     /// Every row of stream partition `partition` as this server holds it — every published
@@ -88,7 +120,17 @@ impl TableView {
                 sealed.push(self.segments.iter().find(|s| s.meta.id == meta.id)?);
             }
         }
-        Some(self.partition_rows(sealed, parts))
+        Some(self.partition_rows(sealed, parts, 0))
+    }
+
+    /// The offset before which every message of stream partition `partition` has its row
+    /// in this server's mutable parts (`None`: it has no part of the partition, or no
+    /// message yet).
+    pub fn stream_visible(&self, partition: i32) -> Option<i64> {
+        self.parts_of(partition)
+            .iter()
+            .filter_map(|p| p.visible_end().or(p.from))
+            .max()
     }
 
     /// The mutable parts of `partition`, oldest first.
@@ -102,17 +144,42 @@ impl TableView {
         parts
     }
 
-    /// Readers of one partition's sealed segments and then its mutable parts' rows.
+    /// Readers of one partition's sealed segments and then its mutable parts' rows, the
+    /// first part's from row `cut` on (its earlier rows hidden by a valid-docs bitmap, and
+    /// every other reader given one of all its docs to match).
     fn partition_rows(
         &self,
         sealed: Vec<&Arc<LoadedSegment>>,
         parts: Vec<&Arc<MutablePart>>,
+        cut: u32,
     ) -> Result<Readers> {
         let mut out = Readers::default();
         let valid = self.valid.as_deref();
         self.add_sealed(&mut out, valid, sealed.into_iter());
-        for part in parts {
+        for (i, part) in parts.into_iter().enumerate() {
+            let from = out.segments.len();
             self.add_mutable(&mut out, valid, part, false)?;
+            if i == 0 && cut > 0 && valid.is_none() {
+                let all = |r: &Arc<SegmentReader>| {
+                    let mut b = RoaringBitmap::new();
+                    b.insert_range(0..r.row_count());
+                    Arc::new(b)
+                };
+                out.valid = out.segments[..from].iter().map(all).collect();
+                let mut start = 0u32;
+                for r in &out.segments[from..] {
+                    let mut b = RoaringBitmap::new();
+                    b.insert_range(cut.saturating_sub(start).min(r.row_count())..r.row_count());
+                    start += r.row_count();
+                    out.valid.push(Arc::new(b));
+                }
+            } else if !out.valid.is_empty() && valid.is_none() {
+                for r in &out.segments[from..] {
+                    let mut b = RoaringBitmap::new();
+                    b.insert_range(0..r.row_count());
+                    out.valid.push(Arc::new(b));
+                }
+            }
         }
         Ok(out)
     }
@@ -180,7 +247,123 @@ fn slice(bm: &Arc<RoaringBitmap>, start: u32, len: u32) -> RoaringBitmap {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mutable::{MutableSegment, Offsets};
+    use crate::quarantine::{quarantine_batch, quarantine_schema, MessageOrigin, QuarantineEntry};
+    use crate::spec::TableSpec;
+    use basalt_segment::{evaluate, BuildOptions, CmpOp, Predicate, Value};
     use proptest::prelude::*;
+
+    /// A part of partition 0 from checkpoint `from` holding messages `offsets`: the
+    /// multiples of 7 quarantined, the others rows of country `US` when the offset is even.
+    fn part(from: i64, offsets: std::ops::Range<i64>) -> Arc<MutablePart> {
+        let spec: TableSpec =
+            serde_json::from_str(include_str!("../gen_events_spec.json")).unwrap();
+        let schema = spec.segment_schema();
+        let ingest = crate::decode::ingest_schema(&schema);
+        let q = quarantine_schema();
+        let part = MutablePart::new(
+            0,
+            Some(from),
+            format!("part-{from}"),
+            MutableSegment::new(schema.clone(), ingest, BuildOptions::default()),
+            MutableSegment::new(
+                q.clone(),
+                crate::decode::ingest_schema(&q),
+                BuildOptions::default(),
+            ),
+        );
+        let mut body = String::new();
+        let mut entries = Vec::new();
+        let mut marks = Offsets::default();
+        for o in offsets {
+            marks.push(o, o % 7 != 0);
+            if o % 7 == 0 {
+                entries.push(QuarantineEntry {
+                    origin: MessageOrigin {
+                        topic: "t".into(),
+                        partition: 0,
+                        offset: o,
+                        timestamp: None,
+                    },
+                    raw: b"{".to_vec(),
+                    reason: "bad".into(),
+                });
+                continue;
+            }
+            body.push_str(&format!(
+                "{{\"event_id\":\"e{o}\",\"ts\":{},\"user_id\":\"u\",\"country\":\"{}\",\"latency_ms\":1}}\n",
+                1_795_000_000_000i64 + o,
+                if o % 2 == 0 { "US" } else { "DE" }
+            ));
+        }
+        let mut rows = Vec::new();
+        crate::decode::decode_ndjson(
+            &mut body.as_bytes(),
+            &schema,
+            7,
+            &Default::default(),
+            &mut |b| {
+                rows.push(b);
+                Ok(())
+            },
+        )
+        .unwrap();
+        // Appended over several flushes, so the part has several chunks.
+        let mut offsets = Some(marks);
+        for b in rows {
+            part.append(offsets.take().unwrap_or_default(), Some(b), None)
+                .unwrap();
+            part.rows.snapshot().unwrap();
+        }
+        let q = quarantine_batch(&entries).unwrap();
+        part.append(offsets.unwrap_or_default(), None, q).unwrap();
+        Arc::new(part)
+    }
+
+    /// Rows of country `US` the readers let a query see.
+    fn us(r: &Readers) -> u64 {
+        let p = Predicate::Compare {
+            column: "country".into(),
+            op: CmpOp::Eq,
+            value: Value::Str("US".into()),
+        };
+        r.segments
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let mut docs = evaluate(s, &p).unwrap();
+                if let Some(v) = r.valid.get(i) {
+                    docs &= v.as_ref();
+                }
+                docs.len()
+            })
+            .sum()
+    }
+
+    #[test]
+    fn a_stream_range_starts_at_any_message_of_a_replica_part() {
+        let view = TableView {
+            mutable: vec![part(100, 100..160), part(160, 160..200)],
+            ..TableView::default()
+        };
+        let want = |from: i64| (from..200).filter(|o| o % 7 != 0 && o % 2 == 0).count() as u64;
+        for after in [100, 101, 105, 130, 159, 160, 170, 199, 200] {
+            let r = view.stream_readers(0, Some(after), true).unwrap().unwrap();
+            assert_eq!(us(&r), want(after), "rows past {after}");
+            assert_eq!(r.position, Some(200));
+            if !r.valid.is_empty() {
+                assert_eq!(r.valid.len(), r.segments.len());
+            }
+        }
+        // Without splitting, only where a part starts.
+        assert!(view.stream_readers(0, Some(130), false).is_none());
+        let r = view.stream_readers(0, Some(160), false).unwrap().unwrap();
+        assert_eq!(us(&r), want(160));
+        // Before the first part, with no sealed segment to chain through: not here.
+        assert!(view.stream_readers(0, Some(50), true).is_none());
+        assert_eq!(view.stream_visible(0), Some(200));
+        assert_eq!(view.stream_visible(1), None);
+    }
 
     proptest! {
         #[test]
