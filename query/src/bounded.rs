@@ -99,6 +99,25 @@ pub fn wrappers(
         .collect()
 }
 
+/// `registered` (a registry built once, its wrappers reserving from some other pool) with
+/// its wrapped functions reserving from `pool` instead: a plan fragment's functions.
+pub fn rebind(
+    registered: &std::collections::HashMap<String, Arc<ScalarUDF>>,
+    pool: &Arc<dyn MemoryPool>,
+) -> std::collections::HashMap<String, Arc<ScalarUDF>> {
+    let mut out = registered.clone();
+    for f in out.values_mut() {
+        if let Some(b) = f.inner().as_any().downcast_ref::<Bounded>() {
+            *f = Arc::new(ScalarUDF::new_from_impl(Bounded {
+                inner: b.inner.clone(),
+                estimate: b.estimate,
+                pool: pool.clone(),
+            }));
+        }
+    }
+    out
+}
+
 fn as_array(v: &ColumnarValue) -> DfResult<ArrayRef> {
     Ok(match v {
         ColumnarValue::Array(a) => a.clone(),
@@ -329,6 +348,32 @@ mod tests {
 
     fn arr(a: impl Array + 'static) -> ArrayRef {
         Arc::new(a)
+    }
+
+    /// A fragment's registry, built once, reserves from each fragment's own pool.
+    #[test]
+    fn rebound_wrappers_reserve_from_the_new_pool() {
+        use datafusion::execution::memory_pool::{GreedyMemoryPool, UnboundedMemoryPool};
+        let ctx = datafusion::prelude::SessionContext::new();
+        let first: Arc<dyn MemoryPool> = Arc::new(UnboundedMemoryPool::default());
+        for f in wrappers(ctx.state().scalar_functions(), &first) {
+            ctx.register_udf(f);
+        }
+        let registered = ctx.state().scalar_functions().clone();
+        let fragment: Arc<dyn MemoryPool> = Arc::new(GreedyMemoryPool::new(1024));
+        let rebound = rebind(&registered, &fragment);
+        assert_eq!(rebound.len(), registered.len());
+        let mut wrapped = 0;
+        for (name, f) in &rebound {
+            match f.inner().as_any().downcast_ref::<Bounded>() {
+                Some(b) => {
+                    assert!(Arc::ptr_eq(&b.pool, &fragment), "{name} reserves elsewhere");
+                    wrapped += 1;
+                }
+                None => assert!(Arc::ptr_eq(f, &registered[name]), "{name} changed"),
+            }
+        }
+        assert!(wrapped >= WRAPPED.len(), "{wrapped} wrapped functions");
     }
 
     #[test]

@@ -206,6 +206,8 @@ pub struct QueryEngine {
     /// Brokers: the rule that sends the parts of a plan over remote scans to servers; it
     /// runs right after DataFusion's own physical rules, before Basalt's.
     scatter: Option<Arc<dyn PhysicalOptimizerRule + Send + Sync>>,
+    /// Servers: what every plan fragment's task context shares, built once.
+    fragment_base: Arc<std::sync::OnceLock<fragments::FragmentBase>>,
 }
 
 /// Builds below this many estimated rows are broadcast: see [`QueryEngine::session`].
@@ -254,6 +256,7 @@ impl QueryEngine {
             max_timeout: cfg.max_timeout,
             spill,
             scatter: None,
+            fragment_base: Arc::default(),
         }
     }
 

@@ -6,21 +6,41 @@
 //! like any query. After decoding, Basalt's physical rules that apply within one server run
 //! over it: decimal arithmetic, a partial aggregate at the root run inside the scan on
 //! dictionary ids (emitting the states the broker merges), cooperative yields.
+//!
+//! A fragment needs no SQL session — no catalog, no planner, no optimizer — only a task
+//! context: the session's settings and function registry, built once per engine
+//! ([`FragmentBase`]), and a runtime with the fragment's own memory pool.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
-use datafusion::execution::memory_pool::MemoryReservation;
+use datafusion::execution::disk_manager::{DiskManager, DiskManagerMode};
+use datafusion::execution::memory_pool::{MemoryPool, MemoryReservation, UnboundedMemoryPool};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::TaskContext;
+use datafusion::logical_expr::{AggregateUDF, ScalarUDF, WindowUDF};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::execute_stream;
+use datafusion::prelude::SessionConfig;
 
 use super::{collect, on_query_threads, QueryEngine, QueryLimits, QueryStats};
 use crate::error::Result;
 use crate::fragment::{self, FragmentCodec, SegmentResolver};
 use crate::memory::result_reservation;
 use crate::scan::ScanStats;
+
+/// The settings and functions of the engine's sessions, which every fragment's task
+/// context starts from.
+#[derive(Debug)]
+pub(crate) struct FragmentBase {
+    config: SessionConfig,
+    scalars: HashMap<String, Arc<ScalarUDF>>,
+    aggregates: HashMap<String, Arc<AggregateUDF>>,
+    windows: HashMap<String, Arc<WindowUDF>>,
+}
 
 /// A server's answer to one fragment.
 #[derive(Debug)]
@@ -48,16 +68,15 @@ impl QueryEngine {
         let pool = self.pool(limits);
         let memory = result_reservation(&pool);
         let stats = Arc::new(ScanStats::default());
-        let ctx = self.session(&pool, stats.clone(), None, limits.spill, None)?;
+        let task = Arc::new(self.fragment_task(&pool, limits.spill)?);
         let codec = FragmentCodec::server(resolver, stats.clone(), self.target_partitions, 8192);
         let bytes = bytes.to_vec();
         let max_rows = limits.max_rows;
         let work = async move {
             let _permit = permit;
-            let task = ctx.task_ctx();
             let mut plan = fragment::decode(&bytes, &task, &codec)?;
-            let state = ctx.state();
-            let options = state.config_options();
+            let config = task.session_config().clone();
+            let options = config.options();
             plan = crate::decimal_arith::DecimalArith.optimize(plan, options)?;
             plan = crate::segment_agg::partial_at_root(plan)?;
             plan = crate::coop::YieldEverywhere.optimize(plan, options)?;
@@ -74,5 +93,42 @@ impl QueryEngine {
             missing,
             memory,
         })
+    }
+
+    /// A fragment's task context: the engine's session settings and functions (their
+    /// amplifying ones reserving from `pool`), and a runtime with `pool`.
+    fn fragment_task(&self, pool: &Arc<dyn MemoryPool>, spill: bool) -> Result<TaskContext> {
+        let base = match self.fragment_base.get() {
+            Some(b) => b,
+            None => {
+                let none: Arc<dyn MemoryPool> = Arc::new(UnboundedMemoryPool::default());
+                let state = self
+                    .session(&none, Arc::default(), None, false, None)?
+                    .state();
+                let base = FragmentBase {
+                    config: state.config().clone(),
+                    scalars: state.scalar_functions().clone(),
+                    aggregates: state.aggregate_functions().clone(),
+                    windows: state.window_functions().clone(),
+                };
+                self.fragment_base.get_or_init(|| base)
+            }
+        };
+        let mut runtime = RuntimeEnvBuilder::new()
+            .with_memory_pool(pool.clone())
+            .with_disk_manager_builder(DiskManager::builder().with_mode(DiskManagerMode::Disabled))
+            .build()?;
+        if let (true, Some(d)) = (spill, &self.spill) {
+            runtime.disk_manager = d.clone();
+        }
+        Ok(TaskContext::new(
+            None,
+            String::new(),
+            base.config.clone(),
+            crate::bounded::rebind(&base.scalars, pool),
+            base.aggregates.clone(),
+            base.windows.clone(),
+            Arc::new(runtime),
+        ))
     }
 }
