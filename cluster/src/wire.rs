@@ -72,6 +72,10 @@ pub struct FragmentTrailer {
     /// may come from (what the broker asks later answers to reach).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub positions: std::collections::BTreeMap<i32, i64>,
+    /// The batches are partial aggregate states with each group once: when they are the
+    /// only answer of a query, the broker finishes them row by row instead of merging.
+    #[serde(default)]
+    pub groups_unique: bool,
 }
 
 /// A stream partition's rows from a checkpoint on, named among a fragment's segment ids: the

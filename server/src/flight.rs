@@ -174,6 +174,7 @@ impl FlightService for FragmentService {
             blocks_scanned: s.blocks_scanned,
             docs_removed_by_dynamic_filters: s.docs_removed_by_dynamic_filters,
             positions: resolver.positions(),
+            groups_unique: out.groups_unique,
         };
         let trailer = serde_json::to_vec(&trailer).map_err(|e| Status::internal(e.to_string()))?;
         let schema = out.schema.clone();

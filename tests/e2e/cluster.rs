@@ -265,6 +265,17 @@ fn events_spec(replication: u32, max_rows: u64) -> String {
 
 /// Loads `rows` generated events (the same for the same seed) into `events` on `s`.
 async fn load_events(client: &reqwest::Client, s: &Server, rows: u64, dir: &std::path::Path) {
+    load_events_into(client, s, "events", rows, dir).await
+}
+
+/// Loads `rows` generated events (the same for the same seed) into `table` on `s`.
+async fn load_events_into(
+    client: &reqwest::Client,
+    s: &Server,
+    table: &str,
+    rows: u64,
+    dir: &std::path::Path,
+) {
     let file = dir.join(format!("events-{rows}.ndjson"));
     if !file.exists() {
         let out = Command::new(env!("CARGO_BIN_EXE_basalt"))
@@ -276,7 +287,7 @@ async fn load_events(client: &reqwest::Client, s: &Server, rows: u64, dir: &std:
         crate::harness::succeeded(&out);
     }
     let r = client
-        .post(s.url("/tables/events/ingest"))
+        .post(s.url(&format!("/tables/{table}/ingest")))
         .header("content-type", "application/x-ndjson")
         .body(std::fs::read(&file).unwrap())
         .send()
@@ -374,6 +385,34 @@ async fn cluster_answers_equal_standalone() {
     assert_eq!(v["numServersResponded"], json!(3), "{v}");
     assert_eq!(v["partialResult"], json!(false), "{v}");
     assert_eq!(v["numDocsScanned"], json!(200_000), "{v}");
+    // The same events in one segment: every answer comes from one server, whose partial
+    // states hold each group once, and the broker finishes them without merging.
+    let mut one: Value = serde_json::from_str(&events_spec(1, 1_000_000)).unwrap();
+    one["name"] = "events_one".into();
+    create_table(&client, c.broker(), &one.to_string()).await;
+    load_events_into(&client, c.broker(), "events_one", 200_000, alone_dir.path()).await;
+    let plan = sql(
+        &client,
+        c.broker(),
+        "EXPLAIN SELECT country, count(*) FROM events_one GROUP BY country",
+    )
+    .await;
+    assert!(plan.to_string().contains("FinishExec"), "{plan}");
+    for (q, tol) in queries(newest.as_str().expect("max(ts)")) {
+        let want = rows(&client, &alone, &q).await;
+        let got = rows(
+            &client,
+            c.broker(),
+            &q.replace("FROM events", "FROM events_one"),
+        )
+        .await;
+        assert!(
+            close(&want, &got, tol),
+            "{q} (one segment)\nstandalone: {want}\ncluster:    {got}"
+        );
+    }
+    let v = sql(&client, c.broker(), "SELECT count(*) FROM events_one").await;
+    assert_eq!(v["numServersResponded"], json!(1), "{v}");
     // The SQL surface's files, their tables replicated over the servers.
     crate::slt::run_all(c.broker(), Some(2)).await;
 }

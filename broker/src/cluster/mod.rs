@@ -13,6 +13,7 @@
 //!                                              └─ ScatterExec ─Flight─► servers: scan + filter + partial aggregate
 //! ```
 
+mod finish;
 mod scatter;
 mod source;
 mod table;

@@ -82,22 +82,24 @@ impl PhysicalOptimizerRule for ScatterRule {
         plan: Arc<dyn ExecutionPlan>,
         _config: &ConfigOptions,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        plan.transform_down(|node| {
-            if let Some(scan) = fragment_scan(&node) {
-                // A subtree DataFusion's protobuf cannot carry (a function of the broker's
-                // own) stays on the broker; its children are tried next.
-                if fragment::encode(node.clone()).is_ok() {
-                    let exec = ScatterExec::new(node, scan)?;
-                    return Ok(Transformed::new(
-                        Arc::new(exec),
-                        true,
-                        TreeNodeRecursion::Jump,
-                    ));
+        let plan = plan
+            .transform_down(|node| {
+                if let Some(scan) = fragment_scan(&node) {
+                    // A subtree DataFusion's protobuf cannot carry (a function of the broker's
+                    // own) stays on the broker; its children are tried next.
+                    if fragment::encode(node.clone()).is_ok() {
+                        let exec = ScatterExec::new(node, scan)?;
+                        return Ok(Transformed::new(
+                            Arc::new(exec),
+                            true,
+                            TreeNodeRecursion::Jump,
+                        ));
+                    }
                 }
-            }
-            Ok(Transformed::no(node))
-        })
-        .data()
+                Ok(Transformed::no(node))
+            })
+            .data()?;
+        super::finish::wrap_final_aggregates(plan)
     }
 
     fn name(&self) -> &str {
@@ -134,12 +136,14 @@ fn fragment_scan(node: &Arc<dyn ExecutionPlan>) -> Option<RemoteScanExec> {
 }
 
 /// What every partition of a [`ScatterExec`] shares: the servers' answers, gathered once.
-struct Gathered {
+pub(super) struct Gathered {
     batches: Vec<RecordBatch>,
+    /// One server answered, with partial aggregate states holding each group once.
+    pub(super) groups_unique: bool,
     _memory: MemoryReservation,
 }
 
-type Shared = Result<Arc<Gathered>, Arc<(ErrorKind, String)>>;
+pub(super) type Shared = Result<Arc<Gathered>, Arc<(ErrorKind, String)>>;
 
 /// Runs a fragment on the servers holding its table's segments and merges their answers.
 pub struct ScatterExec {
@@ -159,6 +163,16 @@ impl fmt::Debug for ScatterExec {
 }
 
 impl ScatterExec {
+    /// The answers every partition shares, once gathered.
+    pub(super) fn result(&self) -> Arc<OnceCell<Shared>> {
+        self.result.clone()
+    }
+
+    /// The fragment the servers run.
+    pub(super) fn fragment(&self) -> &Arc<dyn ExecutionPlan> {
+        &self.fragment
+    }
+
     fn new(fragment: Arc<dyn ExecutionPlan>, scan: RemoteScanExec) -> DfResult<Self> {
         let route = scan
             .context
@@ -373,6 +387,7 @@ async fn gather(this: Arc<ScatterExec>, context: Arc<TaskContext>) -> Shared {
         .unwrap_or(0);
     let mut unroutable = Vec::new();
     let mut waited = false;
+    let (mut answers, mut groups_unique) = (0usize, true);
     while !todo.is_empty() {
         let servers = route.cluster.servers();
         let mut plan: BTreeMap<String, (SocketAddr, Vec<String>)> = BTreeMap::new();
@@ -449,6 +464,8 @@ async fn gather(this: Arc<ScatterExec>, context: Arc<TaskContext>) -> Shared {
             match outcome {
                 Ok((got, trailer)) => {
                     stats.servers_responded.fetch_add(1, Ordering::Relaxed);
+                    answers += 1;
+                    groups_unique &= trailer.groups_unique;
                     stats.add(&trailer_stats(&trailer));
                     route.cluster.shown(&route.source, &trailer.positions);
                     for b in got {
@@ -486,6 +503,7 @@ async fn gather(this: Arc<ScatterExec>, context: Arc<TaskContext>) -> Shared {
     }
     Ok(Arc::new(Gathered {
         batches,
+        groups_unique: groups_unique && answers == 1,
         _memory: memory,
     }))
 }

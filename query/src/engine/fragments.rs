@@ -50,6 +50,9 @@ pub struct FragmentOutput {
     pub stats: QueryStats,
     /// Segment ids the fragment named that this server does not have.
     pub missing: Vec<String>,
+    /// The batches are partial aggregate states holding each group once (the aggregate ran
+    /// inside the scan and merged every segment's states): alone, they need no merging.
+    pub groups_unique: bool,
     /// The memory the batches hold, released with the output.
     pub memory: MemoryReservation,
 }
@@ -79,18 +82,23 @@ impl QueryEngine {
             let options = config.options();
             plan = crate::decimal_arith::DecimalArith.optimize(plan, options)?;
             plan = crate::segment_agg::partial_at_root(plan)?;
+            let groups_unique = plan
+                .as_any()
+                .is::<crate::segment_agg::SegmentAggregateExec>();
             plan = crate::coop::YieldEverywhere.optimize(plan, options)?;
             tracing::debug!(plan = %datafusion::physical_plan::displayable(plan.as_ref()).one_line(), "running a fragment");
             let schema = plan.schema();
             let batches = collect(execute_stream(plan, task)?, max_rows, &memory).await?;
-            Ok((schema, batches, memory, codec.missing()))
+            Ok((schema, batches, memory, codec.missing(), groups_unique))
         };
-        let (schema, batches, memory, missing) = on_query_threads(work, started, timeout).await?;
+        let (schema, batches, memory, missing, groups_unique) =
+            on_query_threads(work, started, timeout).await?;
         Ok(FragmentOutput {
             schema,
             batches,
             stats: stats.snapshot(),
             missing,
+            groups_unique,
             memory,
         })
     }
