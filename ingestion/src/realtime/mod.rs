@@ -70,6 +70,9 @@ const POLL_WAIT: Duration = Duration::from_millis(50);
 const WATERMARKS_EVERY: Duration = Duration::from_secs(2);
 /// A cluster's assignment of partitions to this server is checked this often.
 const ASSIGNMENT_EVERY: Duration = Duration::from_millis(250);
+/// A consuming replica holding more parts than this unsealed by the owner starts the
+/// partition again from the checkpoint (its memory stays bounded while an owner is stuck).
+const RETAINED_PARTS_MAX: usize = 4;
 /// New partitions of the stream are looked for this often.
 const PARTITIONS_EVERY: Duration = Duration::from_secs(30);
 /// Status is published this often.
@@ -590,7 +593,7 @@ impl Session<'_> {
     /// sealing when it becomes the owner: its parts are rebased onto the checkpoint first
     /// (rows of messages before it are in the owner's published segments). An owner that
     /// stops being one (a server joined) consumes on as a replica.
-    fn follow_roles(&mut self) -> Result<(), String> {
+    fn follow_roles(&mut self, source: &mut dyn Source) -> Result<(), String> {
         if self.keyed_table.is_some() {
             return Ok(());
         }
@@ -608,6 +611,10 @@ impl Session<'_> {
             if !passed.is_empty() {
                 t.remove_mutable(&passed, None);
             }
+            if self.bound_retained(id, source)? {
+                continue;
+            }
+            let p = self.parts.get_mut(&id).expect("known partition");
             match (p.sealing, seals) {
                 (true, false) => {
                     info!(table = %t.spec.name, partition = id, "no longer the partition's owner: consuming it as a replica");
@@ -618,6 +625,30 @@ impl Session<'_> {
             }
         }
         Ok(())
+    }
+
+    /// A partition this server does not seal, holding more than [`RETAINED_PARTS_MAX`]
+    /// parts its owner has not sealed (the owner cannot reach the deep store, or is gone and
+    /// not yet detected): rather than hold ever more rows, it starts again from the
+    /// checkpoint, as a server taking it over would. True when it did.
+    fn bound_retained(&mut self, id: i32, source: &mut dyn Source) -> Result<bool, String> {
+        let t = self.ctx.table.clone();
+        let Some(p) = self.parts.get(&id) else {
+            return Ok(false);
+        };
+        if p.sealing || p.retained.len() <= RETAINED_PARTS_MAX {
+            return Ok(false);
+        }
+        warn!(table = %t.spec.name, partition = id, retained = p.retained.len(), "the partition's owner has not sealed its rows; consuming it again from the checkpoint");
+        let drop: Vec<Arc<MutablePart>> = p.retained.iter().chain([&p.part]).cloned().collect();
+        t.remove_mutable(&drop, None);
+        self.parts.remove(&id);
+        let checkpoint = t.view().checkpoints.get(&id).copied();
+        self.add_partition(id, checkpoint)?;
+        source
+            .assign(&self.assignment())
+            .map_err(|e| e.to_string())?;
+        Ok(true)
     }
 
     /// Makes a partition's parts start at the metastore's checkpoint, so this server can seal
@@ -753,7 +784,7 @@ impl Session<'_> {
             if last_assignment.elapsed() >= ASSIGNMENT_EVERY {
                 last_assignment = Instant::now();
                 self.reassign(source)?;
-                self.follow_roles()?;
+                self.follow_roles(source)?;
             }
             self.collect_seals(source)?;
             // Back-pressure: do not run further ahead than a few seals.
@@ -803,6 +834,7 @@ impl Session<'_> {
             }
             if let Some(p) = full {
                 self.rotate(p)?;
+                self.bound_retained(p, source)?;
             } else if let Some(p) = flush {
                 self.flush(p)?;
             }
@@ -820,6 +852,7 @@ impl Session<'_> {
                                 .is_some_and(|b| p.part.memory_bytes() as u64 >= b));
                     if due {
                         self.rotate(id)?;
+                        self.bound_retained(id, source)?;
                     }
                 }
             }

@@ -156,3 +156,84 @@ async fn generator_offsets_land_once_through_seals_and_restarts() {
         .await
         .unwrap();
 }
+
+/// Consumes every partition and seals none: a consuming replica whose owner never seals.
+#[derive(Debug)]
+struct ReplicaOnly;
+
+impl crate::store::Placement for ReplicaOnly {
+    fn serves(&self, _: &TableSpec, _: &crate::metastore::SegmentMeta, _: bool) -> bool {
+        true
+    }
+
+    fn consumes(&self, _: &TableSpec) -> bool {
+        true
+    }
+
+    fn seals_partition(&self, _: &TableSpec, _: i32) -> bool {
+        false
+    }
+
+    fn leases(&self) -> bool {
+        false
+    }
+}
+
+/// A consuming replica rotates its parts without sealing them and keeps them queryable;
+/// when its owner never seals, it holds a bounded number of parts, starting the partition
+/// again from the checkpoint, and what it answers for a partition is always every message
+/// from the checkpoint up to the position it reports, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_owner_never_seals_stays_bounded_and_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = TableStore::open(StoreConfig {
+        placement: std::sync::Arc::new(ReplicaOnly),
+        ..StoreConfig::local(dir.path())
+    })
+    .await
+    .unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(EVENTS_SPEC).unwrap();
+    v["name"] = "replica".into();
+    v["source"] = serde_json::json!({"generator": {"events_per_second": 0, "partitions": 2,
+        "max_events": 100000, "malformed_ratio": 0.0}});
+    v["segment"] = serde_json::json!({"max_rows": 200, "max_age": "1h"});
+    let (t, _) = store
+        .create_table(TableSpec::from_json(v.to_string().as_bytes()).unwrap())
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let mut most_parts = 0;
+    let mut checks = 0;
+    while start.elapsed() < Duration::from_secs(6) {
+        let view = t.view();
+        assert!(view.segments.is_empty(), "a replica sealed");
+        for p in 0..2 {
+            let parts = view.mutable.iter().filter(|m| m.partition == p).count();
+            most_parts = most_parts.max(parts);
+            assert!(parts <= super::RETAINED_PARTS_MAX + 2, "{parts} parts held");
+            let Some(read) = view.stream_readers(p, None, true) else {
+                continue;
+            };
+            let read = read.unwrap();
+            let rows: u64 = read.segments.iter().map(|s| s.row_count() as u64).sum();
+            // Every message is a row: the rows are exactly offsets 0 up to the position
+            // (at most, for rows appended after the position was read; never fewer).
+            if let Some(at) = read.position {
+                assert!(
+                    rows <= at as u64,
+                    "partition {p}: {rows} rows past position {at}"
+                );
+                checks += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(checks > 50, "only {checks} checks");
+    assert!(
+        most_parts > super::RETAINED_PARTS_MAX,
+        "never rotated enough to restart: {most_parts} parts at most"
+    );
+    tokio::task::spawn_blocking(move || store.shutdown())
+        .await
+        .unwrap();
+}
