@@ -556,7 +556,8 @@ impl QueryEngine {
         };
         let (schema, batches, memory) = on_query_threads(work, started, timeout).await?;
         let stats = stats.snapshot();
-        if let Some((key, versions)) = cache_key {
+        // A partial result (segments no live replica answered for) is never reused.
+        if let Some((key, versions)) = cache_key.filter(|_| !stats.partial()) {
             self.cache.put(
                 key,
                 versions,

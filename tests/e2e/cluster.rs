@@ -199,6 +199,24 @@ impl TestCluster {
         out
     }
 
+    /// Plan fragments the servers have received (`basalt_server_fragments_total`).
+    pub async fn fragments(&self, client: &reqwest::Client) -> u64 {
+        let mut total = 0;
+        for n in self.servers.values() {
+            let http = n.cmd[n.cmd.iter().position(|a| a == "--http-addr").unwrap() + 1].clone();
+            let Ok(r) = client.get(format!("http://{http}/metrics")).send().await else {
+                continue;
+            };
+            let text = r.text().await.unwrap_or_default();
+            total += text
+                .lines()
+                .find_map(|l| l.strip_prefix("basalt_server_fragments_total "))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .unwrap_or(0.0) as u64;
+        }
+        total
+    }
+
     /// Segments per server.
     pub async fn loaded(&self, client: &reqwest::Client) -> BTreeMap<String, u64> {
         self.health(client)
@@ -413,6 +431,17 @@ async fn cluster_answers_equal_standalone() {
     }
     let v = sql(&client, c.broker(), "SELECT count(*) FROM events_one").await;
     assert_eq!(v["numServersResponded"], json!(1), "{v}");
+    // The broker reuses a batch table's result while its segments stay the same: the second
+    // run asks no server.
+    let q = "SELECT country, count(*) FROM events GROUP BY country ORDER BY 2 DESC LIMIT 3";
+    let first = rows(&client, c.broker(), q).await;
+    let asked = c.fragments(&client).await;
+    assert_eq!(rows(&client, c.broker(), q).await, first);
+    assert_eq!(
+        c.fragments(&client).await,
+        asked,
+        "a cached result asked servers"
+    );
     // The SQL surface's files, their tables replicated over the servers.
     crate::slt::run_all(c.broker(), Some(2)).await;
 }
@@ -571,6 +600,14 @@ async fn lost_replicas_give_a_flagged_partial_result() {
     assert!(
         v["numServersQueried"].as_u64() > v["numServersResponded"].as_u64(),
         "{v}"
+    );
+    // A partial result is never reused: the same query asks the servers again.
+    let asked = c.fragments(&client).await;
+    let again = count(&client, c.broker()).await;
+    assert_eq!(again["partialResult"], json!(true), "{again}");
+    assert!(
+        c.fragments(&client).await > asked,
+        "a partial result was reused"
     );
     // PostgreSQL clients get an error unless they opt in.
     let (pg, conn) = tokio_postgres::connect(

@@ -31,6 +31,12 @@ impl TableSource for ClusterSource {
         self.store.snapshot(name)
     }
 
+    /// A batch table's results are reused while its published segments stay the same (the
+    /// view is replaced when they change); a real-time table's are not.
+    fn data_version(&self, name: &str) -> Option<basalt_query::cache::DataVersion> {
+        self.store.data_version(name)
+    }
+
     fn provider(
         &self,
         name: &str,

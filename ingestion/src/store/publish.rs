@@ -134,6 +134,17 @@ impl TableStore {
             true => None,
             false => persisted_valid(&t.home, state).await?,
         };
+        let ids =
+            |l: &[Arc<LoadedSegment>]| l.iter().map(|s| s.meta.id.clone()).collect::<Vec<_>>();
+        let unchanged = valid.is_none()
+            && *cur.published == state.segments
+            && *cur.checkpoints == state.checkpoints
+            && ids(&cur.segments) == ids(&segments)
+            && ids(&cur.quarantine) == ids(&quarantine);
+        if unchanged {
+            // The same view stays: results cached over it stay valid.
+            return Ok(());
+        }
         for gone in cur
             .segments
             .iter()
