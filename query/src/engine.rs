@@ -17,7 +17,7 @@ use datafusion::common::ScalarValue;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::disk_manager::{DiskManager, DiskManagerMode};
 use datafusion::execution::memory_pool::{MemoryPool, MemoryReservation};
-use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::execution::SessionStateBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::{DFParser, Statement as DfStatement};
@@ -302,6 +302,19 @@ impl QueryEngine {
         asked.min(self.max_timeout).max(Duration::from_millis(1))
     }
 
+    /// A query's runtime: its memory pool, and the spill directory's disk manager when it
+    /// may spill (no disk otherwise).
+    fn runtime(&self, pool: &Arc<dyn MemoryPool>, spill: bool) -> Result<Arc<RuntimeEnv>> {
+        let mut runtime = RuntimeEnvBuilder::new()
+            .with_memory_pool(pool.clone())
+            .with_disk_manager_builder(DiskManager::builder().with_mode(DiskManagerMode::Disabled))
+            .build()?;
+        if let (true, Some(d)) = (spill, &self.spill) {
+            runtime.disk_manager = d.clone();
+        }
+        Ok(Arc::new(runtime))
+    }
+
     /// A session whose `public` schema is this engine's tables, scanning into `stats`. A
     /// PostgreSQL session (`pg`) also has `pg_catalog` and PostgreSQL's system functions.
     fn session(
@@ -344,14 +357,7 @@ impl QueryEngine {
         let opt = &mut config.options_mut().optimizer;
         opt.hash_join_inlist_pushdown_max_distinct_values = self.key_list_max;
         opt.hash_join_inlist_pushdown_max_size = self.key_list_max.saturating_mul(128);
-        let mut runtime = RuntimeEnvBuilder::new()
-            .with_memory_pool(pool.clone())
-            .with_disk_manager_builder(DiskManager::builder().with_mode(DiskManagerMode::Disabled))
-            .build()?;
-        if let (true, Some(d)) = (spill, &self.spill) {
-            runtime.disk_manager = d.clone();
-        }
-        let runtime = Arc::new(runtime);
+        let runtime = self.runtime(pool, spill)?;
         let mut builder = SessionStateBuilder::new()
             .with_config(config)
             .with_runtime_env(runtime)

@@ -9,12 +9,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use basalt_cluster::wire::StreamRange;
-use basalt_ingest::store::Readers;
+use basalt_ingest::store::{docs_from, Readers};
 use basalt_ingest::upsert::KeyedTable;
 use basalt_ingest::TableStore;
 use basalt_query::fragment::SegmentResolver;
 use basalt_query::{QueryError, TableSnapshot, TableSource};
-use basalt_segment::{RoaringBitmap, SegmentSchema};
+use basalt_segment::SegmentSchema;
 use parking_lot::Mutex;
 
 #[derive(Debug, Clone)]
@@ -59,11 +59,7 @@ impl StoreResolver {
 /// Adds `r` to `snap`, keeping one valid-docs bitmap per segment once any reader has one
 /// (the others get all their docs).
 fn extend_aligned(snap: &mut TableSnapshot, r: Readers) {
-    let all = |s: &Arc<basalt_segment::SegmentReader>| {
-        let mut b = RoaringBitmap::new();
-        b.insert_range(0..s.row_count());
-        Arc::new(b)
-    };
+    let all = |s: &Arc<basalt_segment::SegmentReader>| docs_from(s, 0);
     if r.valid.is_empty() && snap.valid.is_empty() {
         snap.segments.extend(r.segments);
         return;

@@ -419,11 +419,8 @@ fn session(ctx: &Arc<Ctx>) -> Result<(), String> {
     let result = s.consume(source.as_mut());
     // Whatever is not sealed is dropped from the view; it is read again from the checkpoint.
     let retired = s.sealer.stop();
-    let mut parts: Vec<Arc<MutablePart>> = s
-        .parts
-        .values()
-        .flat_map(|p| p.retained.iter().chain([&p.part]).cloned())
-        .collect();
+    let mut parts: Vec<Arc<MutablePart>> =
+        s.parts.values().flat_map(PartitionIngest::parts).collect();
     parts.extend(retired);
     // Upsert: the dropped rows may have superseded sealed rows; the valid docs go back to
     // what the published snapshots say in the same view swap, so no key is hidden until
@@ -640,7 +637,7 @@ impl Session<'_> {
             return Ok(false);
         }
         warn!(table = %t.spec.name, partition = id, retained = p.retained.len(), "the partition's owner has not sealed its rows; consuming it again from the checkpoint");
-        let drop: Vec<Arc<MutablePart>> = p.retained.iter().chain([&p.part]).cloned().collect();
+        let drop: Vec<Arc<MutablePart>> = p.parts().collect();
         t.remove_mutable(&drop, None);
         self.parts.remove(&id);
         let checkpoint = t.view().checkpoints.get(&id).copied();
@@ -666,7 +663,7 @@ impl Session<'_> {
             .ok_or_else(|| format!("table {:?} is not in the metastore", t.spec.name))?;
         let checkpoint = state.checkpoints.get(&id).copied();
         let p = self.parts.get_mut(&id).expect("known partition");
-        let old: Vec<Arc<MutablePart>> = p.retained.iter().chain([&p.part]).cloned().collect();
+        let old: Vec<Arc<MutablePart>> = p.parts().collect();
         if old[0].from > checkpoint {
             return Ok(());
         }
@@ -1071,6 +1068,11 @@ impl Session<'_> {
 }
 
 impl PartitionIngest {
+    /// Its parts in the view, oldest first: those retained, then the one taking rows.
+    fn parts(&self) -> impl Iterator<Item = Arc<MutablePart>> + '_ {
+        self.retained.iter().chain([&self.part]).cloned()
+    }
+
     /// Decodes one message into the partition (or its quarantine). False when the message
     /// was below the partition's position (already consumed) and skipped.
     fn accept(&mut self, topic: &str, m: Message<'_>) -> bool {

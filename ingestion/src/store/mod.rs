@@ -49,7 +49,7 @@ use batch::BatchKeys;
 pub use placement::{Everything, Placement};
 use publish::load_segments;
 pub(crate) use publish::{persisted_valid, PublishChange};
-pub use read::Readers;
+pub use read::{docs_from, Readers};
 pub use recovery::Unavailable;
 
 #[derive(Debug)]

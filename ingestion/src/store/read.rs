@@ -160,24 +160,18 @@ impl TableView {
             let from = out.segments.len();
             self.add_mutable(&mut out, valid, part, false)?;
             if i == 0 && cut > 0 && valid.is_none() {
-                let all = |r: &Arc<SegmentReader>| {
-                    let mut b = RoaringBitmap::new();
-                    b.insert_range(0..r.row_count());
-                    Arc::new(b)
-                };
-                out.valid = out.segments[..from].iter().map(all).collect();
+                out.valid = out.segments[..from]
+                    .iter()
+                    .map(|r| docs_from(r, 0))
+                    .collect();
                 let mut start = 0u32;
                 for r in &out.segments[from..] {
-                    let mut b = RoaringBitmap::new();
-                    b.insert_range(cut.saturating_sub(start).min(r.row_count())..r.row_count());
+                    out.valid.push(docs_from(r, cut.saturating_sub(start)));
                     start += r.row_count();
-                    out.valid.push(Arc::new(b));
                 }
             } else if !out.valid.is_empty() && valid.is_none() {
                 for r in &out.segments[from..] {
-                    let mut b = RoaringBitmap::new();
-                    b.insert_range(0..r.row_count());
-                    out.valid.push(Arc::new(b));
+                    out.valid.push(docs_from(r, 0));
                 }
             }
         }
@@ -223,6 +217,14 @@ impl TableView {
         }
         Ok(())
     }
+}
+
+/// The docs of `reader` from `first` on (every doc from 0): a valid-docs bitmap that hides
+/// only the rows before `first`.
+pub fn docs_from(reader: &SegmentReader, first: u32) -> Arc<RoaringBitmap> {
+    let mut b = RoaringBitmap::new();
+    b.insert_range(first.min(reader.row_count())..reader.row_count());
+    Arc::new(b)
 }
 
 /// The docs of `bm` in `start..start + len`, renumbered from 0 (a mutable chunk's share of

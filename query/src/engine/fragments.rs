@@ -17,9 +17,7 @@ use std::time::Instant;
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
-use datafusion::execution::disk_manager::{DiskManager, DiskManagerMode};
 use datafusion::execution::memory_pool::{MemoryPool, MemoryReservation, UnboundedMemoryPool};
-use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::{AggregateUDF, ScalarUDF, WindowUDF};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
@@ -122,13 +120,7 @@ impl QueryEngine {
                 self.fragment_base.get_or_init(|| base)
             }
         };
-        let mut runtime = RuntimeEnvBuilder::new()
-            .with_memory_pool(pool.clone())
-            .with_disk_manager_builder(DiskManager::builder().with_mode(DiskManagerMode::Disabled))
-            .build()?;
-        if let (true, Some(d)) = (spill, &self.spill) {
-            runtime.disk_manager = d.clone();
-        }
+        let runtime = self.runtime(pool, spill)?;
         Ok(TaskContext::new(
             None,
             String::new(),
@@ -136,7 +128,7 @@ impl QueryEngine {
             crate::bounded::rebind(&base.scalars, pool),
             base.aggregates.clone(),
             base.windows.clone(),
-            Arc::new(runtime),
+            runtime,
         ))
     }
 }
