@@ -12,7 +12,9 @@
 //!
 //! The real-time ingester owns one [`MutablePart`] per source partition — rows and
 //! quarantined messages — rotates it at a seal and retires the old one in the same step that
-//! publishes its sealed segment, so a query sees each row exactly once.
+//! publishes its sealed segment, so a query sees each row exactly once. Each part records
+//! which message every row and quarantine entry came from ([`Offsets`]), so a consuming
+//! replica can be read from any checkpoint its partition's owner publishes.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;

@@ -1,11 +1,13 @@
 //! What a query reads from a table's view. In: a [`TableView`] (fixed for the query). Out:
 //! segment readers — sealed segments plus the real-time partitions' mutable parts, frozen
-//! into in-memory chunks — each with its valid docs on an upsert table.
+//! into in-memory chunks — each with its valid docs on an upsert table, or, for a stream
+//! range starting inside a mutable part, a bitmap hiding the rows before it.
 //!
 //! [`TableView::readers`] is the whole view (`standalone`). [`TableView::stream_readers`] is
 //! one stream partition's rows past a checkpoint, which a cluster server answers for a
 //! broker: the sealed segments this server holds whose offsets chain from that checkpoint,
-//! then the mutable parts. A broker reads its sealed segments and checkpoints from one
+//! then the mutable parts (a consuming replica's from the first message at the checkpoint,
+//! found through the parts' [`crate::mutable::Offsets`]), with the position it read up to. A broker reads its sealed segments and checkpoints from one
 //! metastore state, so each row is counted once whichever side of a seal it was on.
 //! [`TableView::partition_readers`] is all of a partition on its consumer (upsert tables,
 //! whose valid docs only the consumer's key map keeps current).
