@@ -31,6 +31,7 @@ pub mod plain_strings;
 pub mod postgres;
 mod row_filter;
 mod runtime;
+pub use runtime::serve_on_query_threads;
 pub mod scan;
 pub mod segment_agg;
 mod semi_join_pushdown;

@@ -45,6 +45,29 @@ fn runtime() -> Option<&'static Runtime> {
         .as_ref()
 }
 
+/// Whether the calling task runs on the query runtime (a service served from it).
+pub(crate) fn on_query_runtime() -> bool {
+    match (runtime(), Handle::try_current()) {
+        (Some(rt), Ok(h)) => rt.handle().id() == h.id(),
+        _ => false,
+    }
+}
+
+/// Serves `service` (a long-lived server loop) from the query runtime: a request it
+/// handles runs its query on the same threads, without handing it to another runtime and
+/// back (two thread wake-ups, ~50-60 µs each on two cores). For a service whose callers
+/// keep their own deadlines (a server's fragments, bounded by the broker's deadline);
+/// health and membership stay on the serving runtime. On the caller's runtime when the
+/// query threads could not be started.
+pub fn serve_on_query_threads<T: Send + 'static>(
+    service: impl Future<Output = T> + Send + 'static,
+) -> JoinHandle<T> {
+    match runtime() {
+        Some(rt) => rt.spawn(service),
+        None => Handle::current().spawn(service),
+    }
+}
+
 /// Runs `work` on the query runtime. The returned handle aborts the work when dropped (a
 /// client gone, a deadline passed).
 pub(crate) fn spawn<T: Send + 'static>(

@@ -85,7 +85,24 @@ impl ServerNode {
         };
         let mut tasks = Vec::new();
         let mut s = stopped.clone();
-        tasks.push(tokio::spawn(async move {
+        // Served from the query threads, where fragments run: a fragment is not handed to
+        // another runtime and back (the broker's deadline bounds it). The listener is
+        // registered with that runtime's reactor, so its connections are too.
+        let flight_listener = flight_listener
+            .into_std()
+            .map_err(|e| ServerError::Listen {
+                addr: flight_addr.to_string(),
+                what: "flight",
+                source: e,
+            })?;
+        tasks.push(basalt_query::serve_on_query_threads(async move {
+            let flight_listener = match tokio::net::TcpListener::from_std(flight_listener) {
+                Ok(l) => l,
+                Err(e) => {
+                    warn!(error = %e, "flight service could not start");
+                    return;
+                }
+            };
             // No Nagle: a fragment's answer is a few small messages, and waiting for the
             // broker's delayed ACK cost 40 ms per query.
             let incoming = tonic::transport::server::TcpIncoming::from(flight_listener)

@@ -403,6 +403,14 @@ async fn cluster_answers_equal_standalone() {
     assert_eq!(v["numServersResponded"], json!(3), "{v}");
     assert_eq!(v["partialResult"], json!(false), "{v}");
     assert_eq!(v["numDocsScanned"], json!(200_000), "{v}");
+    // The servers' answers are gathered into one partition where the plan would coalesce
+    // them anyway (no task per partition on the broker).
+    let plan = sql(&client, c.broker(), "EXPLAIN SELECT count(*) FROM events").await;
+    assert!(plan.to_string().contains("ScatterExec"), "{plan}");
+    assert!(
+        !plan.to_string().contains("CoalescePartitionsExec"),
+        "{plan}"
+    );
     // The same events in one segment: every answer comes from one server, whose partial
     // states hold each group once, and the broker finishes them without merging.
     let mut one: Value = serde_json::from_str(&events_spec(1, 1_000_000)).unwrap();

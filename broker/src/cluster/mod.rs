@@ -13,6 +13,7 @@
 //!                                              └─ ScatterExec ─Flight─► servers: scan + filter + partial aggregate
 //! ```
 
+mod conn;
 mod finish;
 mod scatter;
 mod source;
@@ -23,12 +24,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow_flight::flight_service_client::FlightServiceClient;
 use basalt_cluster::wire::{StreamRange, StreamWait};
 use basalt_cluster::{Member, Membership, Role};
 use basalt_ingest::TableStore;
 use parking_lot::{Mutex, RwLock};
-use tonic::transport::Channel;
 
 pub use scatter::{ScatterExec, ScatterRule};
 pub use source::ClusterSource;
@@ -39,7 +38,7 @@ pub struct Cluster {
     token: String,
     /// The live servers, refreshed at every membership change.
     servers: RwLock<Arc<Vec<Member>>>,
-    clients: Mutex<HashMap<SocketAddr, FlightServiceClient<Channel>>>,
+    connections: Mutex<HashMap<SocketAddr, conn::Connection>>,
     /// Per table (name and generation: a table created again restarts its offsets) and
     /// stream partition: the position up to which answers have shown rows.
     shown: Mutex<HashMap<(String, String, i32), i64>>,
@@ -60,7 +59,7 @@ impl Cluster {
             membership,
             token,
             servers: RwLock::new(Arc::new(Vec::new())),
-            clients: Mutex::new(HashMap::new()),
+            connections: Mutex::new(HashMap::new()),
             shown: Mutex::new(HashMap::new()),
         });
         cluster.refresh().await;
@@ -123,19 +122,16 @@ impl Cluster {
         &self.membership
     }
 
-    fn client(&self, addr: SocketAddr) -> Result<FlightServiceClient<Channel>, String> {
-        if let Some(c) = self.clients.lock().get(&addr) {
-            return Ok(c.clone());
+    /// A client of the server at `addr`: its open connection, or a new one.
+    async fn client(&self, addr: SocketAddr) -> Result<conn::Client, String> {
+        if let Some(c) = self.connections.lock().get(&addr) {
+            if !c.is_closed() {
+                return Ok(c.client());
+            }
         }
-        let channel = Channel::from_shared(format!("http://{addr}"))
-            .map_err(|e| e.to_string())?
-            .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
-            .connect_lazy();
-        let client = FlightServiceClient::new(channel)
-            .max_decoding_message_size(64 << 20)
-            .max_encoding_message_size(64 << 20);
-        self.clients.lock().insert(addr, client.clone());
+        let c = conn::connect(addr).await?;
+        let client = c.client();
+        self.connections.lock().insert(addr, c);
         Ok(client)
     }
 
@@ -178,7 +174,7 @@ impl Cluster {
 
     /// Forgets a server's connection (after it failed), so the next call reconnects.
     fn forget_client(&self, addr: SocketAddr) {
-        self.clients.lock().remove(&addr);
+        self.connections.lock().remove(&addr);
     }
 }
 

@@ -57,6 +57,7 @@ use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::EquivalenceProperties;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::sorts::sort::{sort_batch, SortExec};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -99,6 +100,7 @@ impl PhysicalOptimizerRule for ScatterRule {
                 Ok(Transformed::no(node))
             })
             .data()?;
+        let plan = gather_in_one_partition(plan)?;
         super::finish::wrap_final_aggregates(plan)
     }
 
@@ -109,6 +111,27 @@ impl PhysicalOptimizerRule for ScatterRule {
     fn schema_check(&self) -> bool {
         true
     }
+}
+
+/// A [`ScatterExec`] whose partitions are coalesced right above answers in one partition
+/// instead: its answers are in the broker's memory already, and coalescing several
+/// partitions would run each on a task of its own (a thread hand-off per query).
+fn gather_in_one_partition(plan: Arc<dyn ExecutionPlan>) -> DfResult<Arc<dyn ExecutionPlan>> {
+    plan.transform_up(|node| {
+        let Some(c) = node.as_any().downcast_ref::<CoalescePartitionsExec>() else {
+            return Ok(Transformed::no(node));
+        };
+        let Some(s) = c.input().as_any().downcast_ref::<ScatterExec>() else {
+            return Ok(Transformed::no(node));
+        };
+        if c.fetch().is_some() {
+            return Ok(Transformed::no(node));
+        }
+        Ok(Transformed::yes(
+            Arc::new(s.with_partitions(1)) as Arc<dyn ExecutionPlan>
+        ))
+    })
+    .data()
 }
 
 /// The remote scan at the bottom of `node` when the subtree from `node` down can run on a
@@ -180,25 +203,24 @@ impl ScatterExec {
             .downcast::<ScanRoute>()
             .map_err(|_| DataFusionError::Internal("a remote scan without a route".into()))?;
         let partitions = fragment.output_partitioning().partition_count().max(1);
-        let eq = match fragment.output_ordering() {
-            Some(ordering) => {
-                EquivalenceProperties::new_with_orderings(fragment.schema(), [ordering.clone()])
-            }
-            None => EquivalenceProperties::new(fragment.schema()),
-        };
-        let props = Arc::new(PlanProperties::new(
-            eq,
-            Partitioning::UnknownPartitioning(partitions),
-            EmissionType::Final,
-            Boundedness::Bounded,
-        ));
         Ok(ScatterExec {
+            props: properties(&fragment, partitions),
             fragment,
             scan,
             route,
-            props,
             result: Arc::new(OnceCell::new()),
         })
+    }
+
+    /// The same scatter, answering in `partitions` partitions.
+    fn with_partitions(&self, partitions: usize) -> Self {
+        ScatterExec {
+            fragment: self.fragment.clone(),
+            scan: self.scan.clone(),
+            route: self.route.clone(),
+            props: properties(&self.fragment, partitions),
+            result: Arc::new(OnceCell::new()),
+        }
     }
 
     /// The fragment reading `segments`.
@@ -214,6 +236,22 @@ impl ScatterExec {
             .data()?;
         Ok(fragment::encode(plan)?.to_vec())
     }
+}
+
+/// A scatter's properties: the fragment's schema and ordering, in `partitions` partitions.
+fn properties(fragment: &Arc<dyn ExecutionPlan>, partitions: usize) -> Arc<PlanProperties> {
+    let eq = match fragment.output_ordering() {
+        Some(ordering) => {
+            EquivalenceProperties::new_with_orderings(fragment.schema(), [ordering.clone()])
+        }
+        None => EquivalenceProperties::new(fragment.schema()),
+    };
+    Arc::new(PlanProperties::new(
+        eq,
+        Partitioning::UnknownPartitioning(partitions),
+        EmissionType::Final,
+        Boundedness::Bounded,
+    ))
 }
 
 impl DisplayAs for ScatterExec {
@@ -660,8 +698,8 @@ async fn call(
         .map_err(|_| CallError::Server("the cluster token is not valid in a header".into()))?;
     req.metadata_mut().insert(AUTHORIZATION, token);
     req.set_timeout(remaining);
-    let mut client = cluster.client(addr).map_err(CallError::Server)?;
     let work = async {
+        let mut client = cluster.client(addr).await.map_err(CallError::Server)?;
         let stream = client
             .do_get(req)
             .await
