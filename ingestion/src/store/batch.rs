@@ -246,10 +246,14 @@ impl TableStore {
                     let built_tx = built_tx.clone();
                     scope.spawn(move || {
                         let mut staged: Vec<Arc<LoadedSegment>> = Vec::new();
+                        let mut error = None;
+                        // Every builder receives until the decoding side hangs up, even
+                        // after a failure: the one-slot channel's receiver outlives the
+                        // builders, so a send with none left to receive would wait forever.
                         loop {
-                            let next = rx.lock().map(|r| r.recv());
-                            let Ok(Ok((id, batches))) = next else {
-                                return (staged, None);
+                            let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                            let Ok((id, batches)) = next else {
+                                return (staged, error);
                             };
                             if failed.load(Ordering::Relaxed) {
                                 continue;
@@ -280,7 +284,7 @@ impl TableStore {
                                 }
                                 Err(e) => {
                                     failed.store(true, Ordering::Relaxed);
-                                    return (staged, Some(e));
+                                    error = Some(e);
                                 }
                             }
                         }
@@ -292,7 +296,13 @@ impl TableStore {
                     let mut pending: Vec<RecordBatch> = Vec::new();
                     let mut pending_rows = 0usize;
                     let ingest_schema = ingest_schema(&t.schema);
+                    let stopped =
+                        || IngestError::Io(std::io::Error::other("the segment builder stopped"));
                     let mut seal = |batches: Vec<RecordBatch>| -> Result<()> {
+                        // A builder failed: the request fails, so stop decoding.
+                        if failed.load(Ordering::Relaxed) {
+                            return Err(stopped());
+                        }
                         let job = match keyed.as_deref_mut() {
                             None => (None, batches),
                             Some(k) => {
@@ -310,9 +320,7 @@ impl TableStore {
                                 }
                             }
                         };
-                        tx.send(job).map_err(|_| {
-                            IngestError::Io(std::io::Error::other("the segment builder stopped"))
-                        })
+                        tx.send(job).map_err(|_| stopped())
                     };
                     let mut sink = |b: RecordBatch| -> Result<()> {
                         let mut b = b;
