@@ -592,19 +592,20 @@ async fn on_query_threads<T: Send + 'static>(
     timeout: Duration,
 ) -> Result<T> {
     let remaining = timeout.saturating_sub(started.elapsed());
-    if crate::runtime::on_query_runtime() {
-        // Already on the query threads (a server's Flight service): run here.
-        return match tokio::time::timeout(remaining, work).await {
-            Ok(r) => r,
-            Err(_) => Err(QueryError::Timeout(timeout.as_millis() as u64)),
-        };
-    }
-    match tokio::time::timeout(remaining, crate::runtime::spawn(work)).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => Err(QueryError::invalid(
-            ErrorKind::Internal,
-            format!("the query's execution failed: {e}"),
-        )),
+    let run = async move {
+        if crate::runtime::on_query_runtime() {
+            // Already on the query threads (a server's Flight service): run here.
+            return work.await;
+        }
+        crate::runtime::spawn(work).await.unwrap_or_else(|e| {
+            Err(QueryError::invalid(
+                ErrorKind::Internal,
+                format!("the query's execution failed: {e}"),
+            ))
+        })
+    };
+    match tokio::time::timeout(remaining, run).await {
+        Ok(r) => r,
         Err(_) => Err(QueryError::Timeout(timeout.as_millis() as u64)),
     }
 }

@@ -62,10 +62,7 @@ pub(crate) fn on_query_runtime() -> bool {
 pub fn serve_on_query_threads<T: Send + 'static>(
     service: impl Future<Output = T> + Send + 'static,
 ) -> JoinHandle<T> {
-    match runtime() {
-        Some(rt) => rt.spawn(service),
-        None => Handle::current().spawn(service),
-    }
+    spawn_on_query_runtime(service)
 }
 
 /// Runs `work` on the query runtime. The returned handle aborts the work when dropped (a
@@ -73,11 +70,17 @@ pub fn serve_on_query_threads<T: Send + 'static>(
 pub(crate) fn spawn<T: Send + 'static>(
     work: impl Future<Output = T> + Send + 'static,
 ) -> QueryTask<T> {
-    let handle = match runtime() {
+    QueryTask(spawn_on_query_runtime(work))
+}
+
+/// `work` spawned on the query runtime, or on the caller's when it could not be started.
+fn spawn_on_query_runtime<T: Send + 'static>(
+    work: impl Future<Output = T> + Send + 'static,
+) -> JoinHandle<T> {
+    match runtime() {
         Some(rt) => rt.spawn(work),
         None => Handle::current().spawn(work),
-    };
-    QueryTask(handle)
+    }
 }
 
 /// A query's work on the query runtime; aborted when dropped.
@@ -126,5 +129,14 @@ mod tests {
         drop(tasks);
         tokio::time::sleep(Duration::from_millis(900)).await;
         assert!(!after.load(Ordering::SeqCst), "aborted work ran on");
+    }
+
+    /// A service served from the query threads runs its queries where it is (no hand-off);
+    /// anything else hands them over.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_service_on_the_query_threads_runs_queries_in_place() {
+        assert!(!on_query_runtime());
+        let served = serve_on_query_threads(async { on_query_runtime() });
+        assert!(served.await.unwrap());
     }
 }

@@ -1,7 +1,8 @@
 //! Panics inside the server (injected by failpoints) are caught: a panicking ingest or seal
 //! thread restarts its session from the checkpoints with the table reported in error
 //! meanwhile, and still lands every event once; a panicking segment builder fails only its
-//! request, deleting what it staged. The server stays up throughout.
+//! request (all of them panicking fails it without hanging), deleting what it staged. The
+//! server stays up throughout.
 
 use std::time::Duration;
 
@@ -66,26 +67,28 @@ async fn a_panicking_ingest_or_seal_thread_restarts_and_loses_nothing() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_panicking_segment_builder_fails_only_its_request() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let s = Server::start_with(&data, None, &[("BASALT_FAILPOINTS", "batch.build=panic@2")]);
+/// Starts a server in `dir` whose segment builders hit `failpoint`, with `events` sealing
+/// every 1,000 rows, and sends it `rows` events: the request must fail within 30 s naming
+/// the panic, leaving no row and no staged segment. The server, a client and the body.
+async fn failed_batch_ingest(
+    dir: &std::path::Path,
+    failpoint: &str,
+    rows: usize,
+) -> (Server, reqwest::Client, String) {
+    let data = dir.join("data");
+    let s = Server::start_with(&data, None, &[("BASALT_FAILPOINTS", failpoint)]);
     let c = reqwest::Client::new();
     let mut v: Value = serde_json::from_str(SPEC).unwrap();
     v["segment"] = json!({"max_rows": 1000});
     let r = c.post(s.url("/tables")).json(&v).send().await.unwrap();
     assert_eq!(r.status(), 201);
-    let body: String = (0..5000)
+    let body: String = (0..rows)
         .map(|i| format!("{{\"ts\": {i}, \"event_id\": \"e{i}\"}}\n"))
         .collect();
-    let ingest = |body: String| {
-        c.post(s.url("/tables/events/ingest"))
-            .header("content-type", "application/x-ndjson")
-            .body(body)
-            .send()
-    };
-    let r = ingest(body.clone()).await.unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(30), ingest(&c, &s, body.clone()))
+        .await
+        .expect("the ingest request hung after a builder failed")
+        .unwrap();
     assert_eq!(r.status().as_u16(), 500);
     let msg = r.text().await.unwrap();
     assert!(msg.contains("panicked"), "{msg}");
@@ -95,11 +98,37 @@ async fn a_panicking_segment_builder_fails_only_its_request() {
     );
     let left = files(&data.join("deepstore/segments/events"));
     assert!(left.is_empty(), "staged segments left: {left:?}");
+    (s, c, body)
+}
+
+fn ingest(
+    c: &reqwest::Client,
+    s: &Server,
+    body: String,
+) -> impl std::future::Future<Output = reqwest::Result<reqwest::Response>> {
+    c.post(s.url("/tables/events/ingest"))
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .send()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_segment_builder_fails_only_its_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, c, body) = failed_batch_ingest(dir.path(), "batch.build=panic@2", 5000).await;
     // The next request goes through.
-    let r = ingest(body).await.unwrap();
+    let r = ingest(&c, &s, body).await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
     assert_eq!(
         scalar(&c, &s, "SELECT count(*) FROM events").await,
         json!(5000)
     );
+}
+
+/// Every segment builder panicking (all of them stop) fails the request; the decoder stops
+/// instead of waiting for a builder to take its next segment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_segment_builder_panicking_fails_the_request_without_hanging() {
+    let dir = tempfile::tempdir().unwrap();
+    failed_batch_ingest(dir.path(), "batch.build=panic", 20_000).await;
 }
