@@ -9,6 +9,10 @@
 //! the serving runtime on time; the abandoned work is aborted at its next yield (a build
 //! runs to its end; RELIABILITY.md measures that tail). As in InfluxDB 3's dedicated
 //! executor.
+//!
+//! A service whose callers keep their own deadlines (a server's Flight service, bounded by
+//! the broker's) is served from these threads instead ([`serve_on_query_threads`]): its
+//! queries run where the request arrived, without a hand-off to this runtime and back.
 
 use std::future::Future;
 use std::pin::Pin;
