@@ -49,6 +49,14 @@ pub struct ClusterSection {
     /// elsewhere, in milliseconds (default 1000).
     #[serde(default = "default_sync_ms")]
     pub sync_interval_ms: u64,
+    /// Most rows of a join's small side a broker sends to every server with the fragment
+    /// that joins the large side there (default 100,000); a larger side is joined on the
+    /// broker.
+    #[serde(default = "default_broadcast_rows")]
+    pub broadcast_max_rows: usize,
+    /// Most bytes (in memory) of a join's small side sent to servers (default 16 MiB).
+    #[serde(default = "default_broadcast_bytes")]
+    pub broadcast_max_bytes: usize,
 }
 
 impl Default for ClusterSection {
@@ -59,6 +67,8 @@ impl Default for ClusterSection {
             cluster_id: default_cluster_id(),
             drain_timeout_secs: default_drain_secs(),
             sync_interval_ms: default_sync_ms(),
+            broadcast_max_rows: default_broadcast_rows(),
+            broadcast_max_bytes: default_broadcast_bytes(),
         }
     }
 }
@@ -74,6 +84,12 @@ fn default_drain_secs() -> u64 {
 }
 fn default_sync_ms() -> u64 {
     1000
+}
+fn default_broadcast_rows() -> usize {
+    basalt_broker::cluster::Broadcast::default().max_rows
+}
+fn default_broadcast_bytes() -> usize {
+    basalt_broker::cluster::Broadcast::default().max_bytes
 }
 
 impl ClusterSection {

@@ -349,6 +349,7 @@ struct BrokerCluster {
     node: basalt_cluster::NodeConfig,
     token: String,
     sync_every: std::time::Duration,
+    broadcast: basalt_broker::cluster::Broadcast,
 }
 
 async fn start_server(
@@ -407,7 +408,8 @@ async fn start_server(
                     .await
                     .map_err(|e| e.to_string())?,
             );
-            let cluster = basalt_broker::cluster::Cluster::start(membership, c.token).await;
+            let cluster =
+                basalt_broker::cluster::Cluster::start(membership, c.token, c.broadcast).await;
             basalt_broker::cluster::start_sync(store.clone(), c.sync_every);
             basalt_broker::cluster_app_state(store.clone(), cluster, limits, engine, auth, guard)
         }
@@ -503,6 +505,10 @@ async fn broker(a: roles::BrokerRoleArgs) -> Result<(), String> {
         node: roles::node_config(&a.node, basalt_cluster::Role::Broker, &cfg),
         token: cfg.cluster.token()?,
         sync_every: std::time::Duration::from_millis(cfg.cluster.sync_interval_ms.max(50)),
+        broadcast: basalt_broker::cluster::Broadcast {
+            max_rows: cfg.cluster.broadcast_max_rows,
+            max_bytes: cfg.cluster.broadcast_max_bytes,
+        },
     };
     let r = start_server(
         a.node.data_dir.clone(),

@@ -58,6 +58,9 @@ pub fn cluster_app_state(
     let engine = QueryEngine::with_config(Arc::new(source), engine)
         .with_scatter_rule(Arc::new(cluster::ScatterRule));
     let mut state = state_with_engine(store, engine, limits, auth, guard);
+    for m in c.metrics() {
+        state.metrics.register(m);
+    }
     state.cluster = Some(c);
     state
 }

@@ -385,6 +385,13 @@ impl Metrics {
         }
     }
 
+    /// Adds metrics kept elsewhere (the cluster's) to the registry.
+    pub fn register(&self, m: Box<dyn prometheus::core::Collector>) {
+        if let Err(e) = self.registry.register(m) {
+            tracing::warn!(error = %e, "a metric could not be registered");
+        }
+    }
+
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);

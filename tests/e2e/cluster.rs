@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::harness::{create_table, spawn_until_listening, sql, sql_at, wait_for, Server};
+use crate::harness::{
+    create_table, ingest_ndjson, spawn_until_listening, sql, sql_at, wait_for, Server,
+};
 
 const SPEC: &str = include_str!("../../ingestion/src/gen_events_spec.json");
 const TOKEN: &str = "e2e-cluster-token-0123456789";
@@ -304,14 +306,7 @@ async fn load_events_into(
             .unwrap();
         crate::harness::succeeded(&out);
     }
-    let r = client
-        .post(s.url(&format!("/tables/{table}/ingest")))
-        .header("content-type", "application/x-ndjson")
-        .body(std::fs::read(&file).unwrap())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+    ingest_ndjson(client, s, table, std::fs::read(&file).unwrap()).await;
 }
 
 async fn count(client: &reqwest::Client, s: &Server) -> Value {
@@ -398,6 +393,7 @@ async fn cluster_answers_equal_standalone() {
             "{q}\nstandalone: {want}\ncluster:    {got}"
         );
     }
+    broadcast_joins_equal_standalone(&client, &c, &alone).await;
     let v = sql(&client, c.broker(), "SELECT count(*) FROM events").await;
     assert_eq!(v["numServersQueried"], json!(3), "{v}");
     assert_eq!(v["numServersResponded"], json!(3), "{v}");
@@ -452,6 +448,107 @@ async fn cluster_answers_equal_standalone() {
     );
     // The SQL surface's files, their tables replicated over the servers.
     crate::slt::run_all(c.broker(), Some(2)).await;
+}
+
+/// Dimension tables `countries` (country, region, pop) and `devices` (device, class) over
+/// the values of `events`, on `s`.
+async fn load_dimensions(client: &reqwest::Client, s: &Server) {
+    let values = |col: &str| {
+        let q = format!("SELECT DISTINCT {col} FROM events ORDER BY 1");
+        async move {
+            let rows = rows(client, s, &q).await;
+            let rows = rows.as_array().unwrap().clone();
+            rows.into_iter()
+                .map(|r| r[0].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    const REGIONS: [&str; 4] = ["north", "south", "east", "west"];
+    const CLASSES: [&str; 2] = ["portable", "fixed"];
+    let countries = values("country").await;
+    let devices = values("device").await;
+    assert!(countries.len() > 20 && devices.len() > 2);
+    let dims = [
+        (
+            "countries",
+            r#"{"name":"countries","columns":[{"name":"country","type":"STRING"},{"name":"region","type":"STRING"},{"name":"pop","type":"LONG"}]}"#,
+            countries
+                .iter()
+                .enumerate()
+                .map(|(i, c)| json!({"country": c, "region": REGIONS[i % 4], "pop": i * 1000}))
+                .collect::<Vec<_>>(),
+        ),
+        (
+            "devices",
+            r#"{"name":"devices","columns":[{"name":"device","type":"STRING"},{"name":"class","type":"STRING"}]}"#,
+            devices
+                .iter()
+                .enumerate()
+                .map(|(i, d)| json!({"device": d, "class": CLASSES[i % 2]}))
+                .collect(),
+        ),
+    ];
+    for (name, spec, rows) in dims {
+        create_table(client, s, spec).await;
+        let body: String = rows.iter().map(|r| format!("{r}\n")).collect();
+        ingest_ndjson(client, s, name, body.into_bytes()).await;
+    }
+}
+
+/// Joins of `events` with small dimension tables: the small sides are sent to the servers
+/// (broadcast), which join and aggregate their share of the events; a join whose small side
+/// turns out too large is joined on the broker. Every answer equals standalone's.
+async fn broadcast_joins_equal_standalone(
+    client: &reqwest::Client,
+    c: &TestCluster,
+    alone: &Server,
+) {
+    load_dimensions(client, c.broker()).await;
+    load_dimensions(client, alone).await;
+    let star = "SELECT c.region, d.class, count(*) AS n, sum(e.revenue) AS rev FROM events e \
+                JOIN countries c ON e.country = c.country JOIN devices d ON e.device = d.device \
+                GROUP BY 1, 2 ORDER BY 1, 2";
+    let queries = [
+        star,
+        "SELECT c.country, count(*) FROM events e JOIN countries c ON e.country = c.country WHERE c.pop < 5000 GROUP BY 1 ORDER BY 1",
+        "SELECT c.region, approx_distinct(e.user_id), max(e.latency_ms) FROM events e JOIN countries c ON e.country = c.country WHERE e.event_type = 'purchase' GROUP BY 1 ORDER BY 1",
+        "SELECT count(*), count(c.region) FROM countries c RIGHT JOIN events e ON e.country = c.country AND c.pop < 3000",
+        "SELECT e.event_type, count(*) FROM events e WHERE e.country IN (SELECT country FROM countries WHERE pop < 3000) GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 5",
+        "SELECT e.event_id, c.region FROM events e JOIN countries c ON e.country = c.country WHERE c.pop < 2000 ORDER BY e.ts DESC, e.event_id LIMIT 5",
+        // Joins whose output depends on every event stay on the broker.
+        "SELECT count(*) FROM countries c WHERE c.country IN (SELECT country FROM events WHERE device = 'tv')",
+        "SELECT count(*), count(e.event_id) FROM countries c LEFT JOIN events e ON e.country = c.country AND e.revenue > 400",
+    ];
+    for q in queries {
+        let want = rows(client, alone, q).await;
+        let got = rows(client, c.broker(), q).await;
+        assert!(
+            close(&want, &got, 1e-9),
+            "{q}\nstandalone: {want}\ncluster:    {got}"
+        );
+    }
+    let plan = sql(client, c.broker(), &format!("EXPLAIN {star}")).await;
+    assert!(plan.to_string().contains("broadcast joins"), "{plan}");
+    let metrics = crate::harness::get_text(client, c.broker(), "/metrics").await;
+    assert!(
+        metrics.contains("basalt_broker_broadcast_joins_total{outcome=\"sent\"}"),
+        "{metrics}"
+    );
+    // A small side estimated small (a filter the scan cannot answer) that is not: 200,000
+    // rows, over the 100,000 a broker sends. The join runs on the broker, answering the same.
+    let q = "SELECT count(*), count(DISTINCT e.user_id) FROM events e \
+             JOIN (SELECT event_id FROM events WHERE length(event_id) > 0) x ON e.event_id = x.event_id";
+    let plan = sql(client, c.broker(), &format!("EXPLAIN {q}")).await;
+    assert!(plan.to_string().contains("broadcast join"), "{plan}");
+    assert_eq!(
+        rows(client, c.broker(), q).await,
+        rows(client, alone, q).await
+    );
+    let metrics = crate::harness::get_text(client, c.broker(), "/metrics").await;
+    assert!(
+        metrics.contains("basalt_broker_broadcast_joins_total{outcome=\"joined_on_broker\"} 1"),
+        "{metrics}"
+    );
 }
 
 /// A broker and servers s1-s3 over `url`, with 100,000 events in `events` (replication

@@ -145,6 +145,18 @@ pub async fn create_table(c: &reqwest::Client, s: &Server, spec: &str) -> serde_
     serde_json::from_str(&text).unwrap()
 }
 
+/// Ingests NDJSON `rows` into `table` on `s`, which must accept them all.
+pub async fn ingest_ndjson(c: &reqwest::Client, s: &Server, table: &str, rows: Vec<u8>) {
+    let r = c
+        .post(s.url(&format!("/tables/{table}/ingest")))
+        .header("content-type", "application/x-ndjson")
+        .body(rows)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+}
+
 /// Sends a request and reads the JSON answer.
 async fn json_of(req: reqwest::RequestBuilder) -> serde_json::Value {
     req.send().await.unwrap().json().await.unwrap()

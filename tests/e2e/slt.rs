@@ -120,14 +120,7 @@ pub async fn run_all(s: &Server, replication: Option<u32>) {
             .unwrap();
         assert_eq!(r.status().as_u16(), 201, "{}", r.text().await.unwrap());
         let rows = std::fs::read(root.join(format!("{stem}.ndjson"))).unwrap();
-        let r = client
-            .post(s.url(&format!("/tables/{stem}/ingest")))
-            .header("content-type", "application/x-ndjson")
-            .body(rows)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+        crate::harness::ingest_ndjson(&client, s, &stem, rows).await;
         let url = s.url("/query/sql");
         let mut runner = sqllogictest::Runner::new(|| {
             let (client, url) = (client.clone(), url.clone());

@@ -11,6 +11,7 @@
 //! ```text
 //! SQL ─► DataFusion plan ─► ScatterRule ─► final aggregate / sort / limit (broker)
 //!                                              └─ ScatterExec ─Flight─► servers: scan + filter + partial aggregate
+//!                                                   └─ small join sides (broker) ──► sent with the fragment, joined on servers
 //! ```
 
 mod conn;
@@ -36,6 +37,10 @@ pub use source::ClusterSource;
 pub struct Cluster {
     membership: Arc<Membership>,
     token: String,
+    broadcast: Broadcast,
+    /// Fragments with broadcast joins, by outcome: `sent` (the small sides went to the
+    /// servers) or `joined_on_broker` (one turned out larger than [`Broadcast`] allows).
+    broadcast_joins: prometheus::IntCounterVec,
     /// The live servers, refreshed at every membership change.
     servers: RwLock<Arc<Vec<Member>>>,
     connections: Mutex<HashMap<SocketAddr, conn::Connection>>,
@@ -54,10 +59,25 @@ impl std::fmt::Debug for Cluster {
 
 impl Cluster {
     /// Follows `membership`; `token` is presented to servers on every call.
-    pub async fn start(membership: Arc<Membership>, token: String) -> Arc<Cluster> {
+    pub async fn start(
+        membership: Arc<Membership>,
+        token: String,
+        broadcast: Broadcast,
+    ) -> Arc<Cluster> {
         let cluster = Arc::new(Cluster {
             membership,
             token,
+            broadcast,
+            broadcast_joins: prometheus::IntCounterVec::new(
+                prometheus::Opts::new(
+                    "basalt_broker_broadcast_joins_total",
+                    "Query fragments with broadcast joins, by outcome: sent (the small sides \
+                     went to every server) or joined_on_broker (a small side was larger than \
+                     the broadcast limits)",
+                ),
+                &["outcome"],
+            )
+            .expect("a valid metric"),
             servers: RwLock::new(Arc::new(Vec::new())),
             connections: Mutex::new(HashMap::new()),
             shown: Mutex::new(HashMap::new()),
@@ -122,6 +142,11 @@ impl Cluster {
         &self.membership
     }
 
+    /// The broker's cluster metrics, for its registry.
+    pub fn metrics(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        vec![Box::new(self.broadcast_joins.clone())]
+    }
+
     /// A client of the server at `addr`: its open connection, or a new one.
     async fn client(&self, addr: SocketAddr) -> Result<conn::Client, String> {
         if let Some(c) = self.connections.lock().get(&addr) {
@@ -175,6 +200,22 @@ impl Cluster {
     /// Forgets a server's connection (after it failed), so the next call reconnects.
     fn forget_client(&self, addr: SocketAddr) {
         self.connections.lock().remove(&addr);
+    }
+}
+
+/// How large a join's small side may be to be sent to servers (see [`ScatterExec`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Broadcast {
+    pub max_rows: usize,
+    pub max_bytes: usize,
+}
+
+impl Default for Broadcast {
+    fn default() -> Self {
+        Broadcast {
+            max_rows: 100_000,
+            max_bytes: 16 << 20,
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! Scatter-gather. In: a physical plan with [`RemoteScanExec`] leaves. Out: the same plan
 //! with the largest server-side subtree over each leaf — a partial aggregate, a sort with a
-//! fetch (per-server top-K), a filter or projection, or the scan alone — replaced by a
-//! [`ScatterExec`], which at execution:
+//! fetch (per-server top-K), a filter or projection, or the scan alone, possibly through
+//! broadcast joins — replaced by a [`ScatterExec`], which at execution:
 //!
 //! 1. routes each published segment of the query's metastore view to one live server that
 //!    reports it loaded (the least loaded so far among its replicas);
@@ -30,6 +30,14 @@
 //! A segment is answered by at most one server, so nothing is counted twice. The broker
 //! keeps the final aggregate, sort and limit above. An ordered fragment (a top-K) is merged
 //! into one sorted partition here.
+//!
+//! Broadcast joins: a subtree may pass through hash joins that collect a small build side
+//! and emit each probe row's output from that row alone ([`shape::broadcast_join`]). The
+//! scatter keeps their build sides as its children: it runs them on the broker first, sends
+//! their rows to every server inside the fragment (an in-memory source under each join), and
+//! each server joins its share of the probe side. A build side over the [`Broadcast`] limits
+//! (estimated so, the join is not cut; found so at execution) is joined here instead, over
+//! the probe rows gathered from the servers.
 
 use std::any::Any;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -52,6 +60,8 @@ use basalt_query::fragment::{self, shape, RemoteScanExec};
 use basalt_query::{ErrorKind, QueryBudget, QueryError, QueryStats};
 use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode, TreeNodeRecursion};
 use datafusion::config::ConfigOptions;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -62,8 +72,8 @@ use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::sorts::sort::{sort_batch, SortExec};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, Partitioning,
-    PlanProperties,
+    execute_stream, DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties,
+    Partitioning, PlanProperties,
 };
 use futures::{StreamExt, TryStreamExt};
 use parking_lot::Mutex;
@@ -72,6 +82,7 @@ use tokio::sync::OnceCell;
 use tracing::{debug, warn};
 
 use super::table::ScanRoute;
+use super::Broadcast;
 
 /// Puts a [`ScatterExec`] above every remote scan (see the module header).
 #[derive(Debug, Default)]
@@ -85,19 +96,34 @@ impl PhysicalOptimizerRule for ScatterRule {
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let plan = plan
             .transform_down(|node| {
-                if let Some(scan) = fragment_scan(&node) {
-                    // A subtree DataFusion's protobuf cannot carry (a function of the broker's
-                    // own) stays on the broker; its children are tried next.
-                    if fragment::encode(node.clone()).is_ok() {
-                        let exec = ScatterExec::new(node, scan)?;
-                        return Ok(Transformed::new(
-                            Arc::new(exec),
-                            true,
-                            TreeNodeRecursion::Jump,
-                        ));
-                    }
+                let Some(cut) = fragment_cut(&node) else {
+                    return Ok(Transformed::no(node));
+                };
+                // A join whose small side is estimated too large to send runs here; the
+                // cut is made below it, on its probe side.
+                let limits = route_of(&cut.scan)?.cluster.broadcast;
+                if cut.builds.iter().any(|b| !small(b.as_ref(), &limits)) {
+                    return Ok(Transformed::no(node));
                 }
-                Ok(Transformed::no(node))
+                let stand_ins = cut
+                    .builds
+                    .iter()
+                    .map(placeholder)
+                    .collect::<DfResult<Vec<_>>>()?;
+                let fragment = with_builds(&node, &stand_ins, None)?;
+                // A subtree DataFusion's protobuf cannot carry (a function of the broker's
+                // own) stays on the broker; its children are tried next.
+                if fragment::encode(fragment.clone()).is_err() {
+                    return Ok(Transformed::no(node));
+                }
+                // Broadcast joins' build sides run on the broker: their own scans are cut
+                // next, below the scatter.
+                let next = match cut.builds.is_empty() {
+                    true => TreeNodeRecursion::Jump,
+                    false => TreeNodeRecursion::Continue,
+                };
+                let exec = ScatterExec::new(fragment, cut.scan, cut.builds)?;
+                Ok(Transformed::new(Arc::new(exec), true, next))
             })
             .data()?;
         let plan = gather_in_one_partition(plan)?;
@@ -134,27 +160,104 @@ fn gather_in_one_partition(plan: Arc<dyn ExecutionPlan>) -> DfResult<Arc<dyn Exe
     .data()
 }
 
-/// The remote scan at the bottom of `node` when the subtree from `node` down can run on a
-/// server: `node` is a partial aggregate, a sort with a fetch, a filter, a projection or the
-/// scan, over a chain of filters, projections and round-robin shuffles.
-fn fragment_scan(node: &Arc<dyn ExecutionPlan>) -> Option<RemoteScanExec> {
+/// Where a subtree that may run on servers is cut.
+struct Cut {
+    /// Its scan leaf.
+    scan: RemoteScanExec,
+    /// The build sides of the broadcast joins it passes through (from the top), which the
+    /// broker runs.
+    builds: Vec<Arc<dyn ExecutionPlan>>,
+}
+
+/// The cut when the subtree from `node` down can run on a server: `node` is a partial
+/// aggregate, a sort with a fetch, a filter, a projection, a broadcast join or the scan, over
+/// a chain of filters, projections and round-robin shuffles — which may pass through one
+/// broadcast join, continuing down its probe side.
+fn fragment_cut(node: &Arc<dyn ExecutionPlan>) -> Option<Cut> {
     let is_scan = |n: &dyn ExecutionPlan| n.as_any().is::<RemoteScanExec>();
-    if !(is_scan(node.as_ref()) || shape::may_top(node.as_ref())) {
+    let is_join = |n: &dyn ExecutionPlan| shape::broadcast_join(n).is_some();
+    if !(is_scan(node.as_ref()) || shape::may_top(node.as_ref()) || is_join(node.as_ref())) {
         return None;
     }
     let mut cur = node.clone();
+    let mut builds = Vec::new();
     loop {
         if let Some(scan) = cur.as_any().downcast_ref::<RemoteScanExec>() {
-            return Some(scan.clone());
+            return Some(Cut {
+                scan: scan.clone(),
+                builds,
+            });
+        }
+        if let Some(j) = shape::broadcast_join(cur.as_ref()) {
+            builds.push(j.left().clone());
+            cur = j.right().clone();
+            continue;
         }
         let children = cur.children();
         let [child] = children.as_slice() else {
             return None;
         };
-        if !(is_scan(child.as_ref()) || shape::may_chain(child.as_ref())) {
+        let next =
+            is_scan(child.as_ref()) || shape::may_chain(child.as_ref()) || is_join(child.as_ref());
+        if !next {
             return None;
         }
         cur = (*child).clone();
+    }
+}
+
+/// Whether a build side's estimate allows sending it to servers (unknown: tried, and
+/// joined on the broker if it turns out too large).
+fn small(build: &dyn ExecutionPlan, limits: &Broadcast) -> bool {
+    build
+        .partition_statistics(None)
+        .ok()
+        .and_then(|s| s.num_rows.get_value().copied())
+        .is_none_or(|rows| rows <= limits.max_rows)
+}
+
+/// An empty stand-in for a broadcast join's build side, of its schema.
+fn placeholder(build: &Arc<dyn ExecutionPlan>) -> DfResult<Arc<dyn ExecutionPlan>> {
+    memory_source(build.schema(), Vec::new())
+}
+
+/// `batches` as one partition of an in-memory source.
+fn memory_source(schema: SchemaRef, batches: Vec<RecordBatch>) -> DfResult<Arc<dyn ExecutionPlan>> {
+    Ok(MemorySourceConfig::try_new_exec(&[batches], schema, None)?)
+}
+
+/// `fragment` with the build sides of its broadcast joins (from the top) replaced by
+/// `builds`, and with `gather_probe` the probe side below the last one by a scatter of it
+/// over that scan.
+fn with_builds(
+    fragment: &Arc<dyn ExecutionPlan>,
+    builds: &[Arc<dyn ExecutionPlan>],
+    gather_probe: Option<&RemoteScanExec>,
+) -> DfResult<Arc<dyn ExecutionPlan>> {
+    let Some((first, rest)) = builds.split_first() else {
+        return Ok(fragment.clone());
+    };
+    if let Some(j) = shape::broadcast_join(fragment.as_ref()) {
+        let probe = match (rest.is_empty(), gather_probe) {
+            (true, Some(scan)) => Arc::new(ScatterExec::new(
+                j.right().clone(),
+                scan.clone(),
+                Vec::new(),
+            )?),
+            _ => with_builds(j.right(), rest, gather_probe)?,
+        };
+        return fragment
+            .clone()
+            .with_new_children(vec![first.clone(), probe]);
+    }
+    match fragment.children().as_slice() {
+        [child] => {
+            let child = with_builds(child, builds, gather_probe)?;
+            fragment.clone().with_new_children(vec![child])
+        }
+        _ => Err(DataFusionError::Internal(
+            "a broadcast fragment without its joins".into(),
+        )),
     }
 }
 
@@ -169,9 +272,14 @@ pub(super) struct Gathered {
 pub(super) type Shared = Result<Arc<Gathered>, Arc<(ErrorKind, String)>>;
 
 /// Runs a fragment on the servers holding its table's segments and merges their answers.
+#[derive(Clone)]
 pub struct ScatterExec {
+    /// The fragment, its broadcast joins' build sides empty stand-ins.
     fragment: Arc<dyn ExecutionPlan>,
     scan: RemoteScanExec,
+    /// The build sides of the fragment's broadcast joins (from the top), which the broker
+    /// runs and sends.
+    builds: Vec<Arc<dyn ExecutionPlan>>,
     route: Arc<ScanRoute>,
     props: Arc<PlanProperties>,
     result: Arc<OnceCell<Shared>>,
@@ -196,17 +304,18 @@ impl ScatterExec {
         &self.fragment
     }
 
-    fn new(fragment: Arc<dyn ExecutionPlan>, scan: RemoteScanExec) -> DfResult<Self> {
-        let route = scan
-            .context
-            .clone()
-            .downcast::<ScanRoute>()
-            .map_err(|_| DataFusionError::Internal("a remote scan without a route".into()))?;
+    fn new(
+        fragment: Arc<dyn ExecutionPlan>,
+        scan: RemoteScanExec,
+        builds: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DfResult<Self> {
+        let route = route_of(&scan)?;
         let partitions = fragment.output_partitioning().partition_count().max(1);
         Ok(ScatterExec {
             props: properties(&fragment, partitions),
             fragment,
             scan,
+            builds,
             route,
             result: Arc::new(OnceCell::new()),
         })
@@ -215,19 +324,20 @@ impl ScatterExec {
     /// The same scatter, answering in `partitions` partitions.
     fn with_partitions(&self, partitions: usize) -> Self {
         ScatterExec {
-            fragment: self.fragment.clone(),
-            scan: self.scan.clone(),
-            route: self.route.clone(),
             props: properties(&self.fragment, partitions),
             result: Arc::new(OnceCell::new()),
+            ..self.clone()
         }
     }
 
-    /// The fragment reading `segments`.
-    fn fragment_for(&self, segments: Vec<String>) -> DfResult<Vec<u8>> {
+    /// `fragment` (this scatter's, its build side sent) reading `segments`.
+    fn fragment_for(
+        &self,
+        fragment: &Arc<dyn ExecutionPlan>,
+        segments: Vec<String>,
+    ) -> DfResult<Vec<u8>> {
         let leaf = Arc::new(self.scan.with_segments(segments)) as Arc<dyn ExecutionPlan>;
-        let plan = self
-            .fragment
+        let plan = fragment
             .clone()
             .transform_up(|n| match n.as_any().is::<RemoteScanExec>() {
                 true => Ok(Transformed::yes(leaf.clone())),
@@ -236,6 +346,14 @@ impl ScatterExec {
             .data()?;
         Ok(fragment::encode(plan)?.to_vec())
     }
+}
+
+/// Where a remote scan's segments are.
+fn route_of(scan: &RemoteScanExec) -> DfResult<Arc<ScanRoute>> {
+    scan.context
+        .clone()
+        .downcast::<ScanRoute>()
+        .map_err(|_| DataFusionError::Internal("a remote scan without a route".into()))
 }
 
 /// A scatter's properties: the fragment's schema and ordering, in `partitions` partitions.
@@ -259,21 +377,21 @@ impl DisplayAs for ScatterExec {
         let fragment = datafusion::physical_plan::displayable(self.fragment.as_ref())
             .one_line()
             .to_string();
+        let fragment = fragment.trim_end();
+        let join = match self.builds.len() {
+            0 => "",
+            1 => ", broadcast join (its build side below, sent to every server)",
+            _ => ", broadcast joins (their build sides below, sent to every server)",
+        };
+        write!(
+            f,
+            "ScatterExec: table={}, segments={}",
+            self.route.table,
+            self.route.segments.len()
+        )?;
         match t {
-            DisplayFormatType::Verbose => write!(
-                f,
-                "ScatterExec: table={}, segments={}, fragment={}",
-                self.route.table,
-                self.route.segments.len(),
-                fragment.trim_end()
-            ),
-            _ => write!(
-                f,
-                "ScatterExec: table={}, segments={}, fragment=[{}]",
-                self.route.table,
-                self.route.segments.len(),
-                fragment.trim_end()
-            ),
+            DisplayFormatType::Verbose => write!(f, ", fragment={fragment}{join}"),
+            _ => write!(f, ", fragment=[{fragment}]{join}"),
         }
     }
 }
@@ -292,19 +410,27 @@ impl ExecutionPlan for ScatterExec {
     }
 
     fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![]
+        self.builds.iter().collect()
     }
 
     fn with_new_children(
         self: Arc<Self>,
         children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        match children.is_empty() {
-            true => Ok(self),
-            false => Err(DataFusionError::Internal(
-                "ScatterExec has no children".into(),
-            )),
+        if children.len() != self.builds.len() {
+            return Err(DataFusionError::Internal(format!(
+                "ScatterExec takes {} children",
+                self.builds.len()
+            )));
         }
+        if children.is_empty() {
+            return Ok(self);
+        }
+        Ok(Arc::new(ScatterExec {
+            builds: children,
+            result: Arc::new(OnceCell::new()),
+            ..(*self).clone()
+        }))
     }
 
     fn execute(
@@ -312,13 +438,7 @@ impl ExecutionPlan for ScatterExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> DfResult<SendableRecordBatchStream> {
-        let this = Arc::new(ScatterExec {
-            fragment: self.fragment.clone(),
-            scan: self.scan.clone(),
-            route: self.route.clone(),
-            props: self.props.clone(),
-            result: self.result.clone(),
-        });
+        let this = Arc::new(self.clone());
         let schema = self.schema();
         let partitions = self.props.partitioning.partition_count();
         let ordered = self.fragment.output_ordering().cloned();
@@ -412,6 +532,28 @@ async fn gather(this: Arc<ScatterExec>, context: Arc<TaskContext>) -> Shared {
     let route = &this.route;
     let stats = &route.stats;
     let memory = MemoryConsumer::new("ScatterExec").register(context.memory_pool());
+    let mut sent = Vec::with_capacity(this.builds.len());
+    for build in &this.builds {
+        // A broadcast join's build side, run here.
+        let rows = collect_reserved(build.clone(), context.clone(), &memory)
+            .await
+            .map_err(shared_err)?;
+        sent.push(memory_source(build.schema(), rows).map_err(|e| shared_err(e.into()))?);
+    }
+    let joins = &route.cluster.broadcast_joins;
+    if !sent
+        .iter()
+        .all(|s| fits_broadcast(s, &route.cluster.broadcast))
+    {
+        joins.with_label_values(&["joined_on_broker"]).inc();
+        return join_here(&this, &sent, context, memory)
+            .await
+            .map_err(shared_err);
+    }
+    if !sent.is_empty() {
+        joins.with_label_values(&["sent"]).inc();
+    }
+    let fragment = with_builds(&this.fragment, &sent, None).map_err(|e| shared_err(e.into()))?;
     let mut todo: Vec<String> = route.segments.iter().map(|s| s.id.clone()).collect();
     todo.extend(route.streams.iter().map(StreamRange::id));
     let mut caught_up = false;
@@ -481,7 +623,7 @@ async fn gather(this: Arc<ScatterExec>, context: Arc<TaskContext>) -> Shared {
             break;
         }
         let calls = plan.into_iter().map(|(node, (addr, segs))| {
-            let bytes = this.fragment_for(segs.clone());
+            let bytes = this.fragment_for(&fragment, segs.clone());
             let cluster = route.cluster.clone();
             let schema = this.schema();
             let budget = budget.clone();
@@ -542,6 +684,60 @@ async fn gather(this: Arc<ScatterExec>, context: Arc<TaskContext>) -> Shared {
     Ok(Arc::new(Gathered {
         batches,
         groups_unique: groups_unique && answers == 1,
+        _memory: memory,
+    }))
+}
+
+/// Every batch of `plan`, their memory reserved from `memory`.
+async fn collect_reserved(
+    plan: Arc<dyn ExecutionPlan>,
+    context: Arc<TaskContext>,
+    memory: &MemoryReservation,
+) -> Result<Vec<RecordBatch>, QueryError> {
+    let mut batches = Vec::new();
+    let mut stream = execute_stream(plan, context)?;
+    while let Some(b) = stream.next().await {
+        let b = b?;
+        memory.try_grow(b.get_array_memory_size())?;
+        batches.push(b);
+    }
+    Ok(batches)
+}
+
+/// Whether a build side is small enough to send to every server.
+fn fits_broadcast(sent: &Arc<dyn ExecutionPlan>, limits: &Broadcast) -> bool {
+    let Some(source) = sent
+        .as_any()
+        .downcast_ref::<DataSourceExec>()
+        .and_then(|d| {
+            d.data_source()
+                .as_any()
+                .downcast_ref::<MemorySourceConfig>()
+        })
+    else {
+        return false;
+    };
+    let batches = source.partitions().iter().flatten();
+    let rows: usize = batches.clone().map(RecordBatch::num_rows).sum();
+    let bytes: usize = batches.map(RecordBatch::get_array_memory_size).sum();
+    rows <= limits.max_rows && bytes <= limits.max_bytes
+}
+
+/// The answer of a broadcast fragment one of whose build sides turned out too large to
+/// send: the joins run here, over `builds` and the probe side's rows gathered from the
+/// servers.
+async fn join_here(
+    this: &ScatterExec,
+    builds: &[Arc<dyn ExecutionPlan>],
+    context: Arc<TaskContext>,
+    memory: MemoryReservation,
+) -> Result<Arc<Gathered>, QueryError> {
+    debug!(table = %this.route.table, "a join's build side is too large to send to servers; joining on the broker");
+    let plan = with_builds(&this.fragment, builds, Some(&this.scan))?;
+    let batches = collect_reserved(plan, context, &memory).await?;
+    Ok(Arc::new(Gathered {
+        batches,
+        groups_unique: false,
         _memory: memory,
     }))
 }

@@ -5,7 +5,8 @@
 //! A fragment is admitted, bounded (memory, rows, deadline) and run on the query threads
 //! like any query. After decoding, Basalt's physical rules that apply within one server run
 //! over it: decimal arithmetic, a partial aggregate at the root run inside the scan on
-//! dictionary ids (emitting the states the broker merges), cooperative yields.
+//! dictionary ids (emitting the states the broker merges), a broadcast join's dynamic filter
+//! pushed into the scan, cooperative yields.
 //!
 //! A fragment needs no SQL session — no catalog, no planner, no optimizer — only a task
 //! context: the session's settings and function registry, built once per engine
@@ -20,6 +21,7 @@ use arrow::record_batch::RecordBatch;
 use datafusion::execution::memory_pool::{MemoryPool, MemoryReservation, UnboundedMemoryPool};
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::{AggregateUDF, ScalarUDF, WindowUDF};
+use datafusion::physical_optimizer::filter_pushdown::FilterPushdown;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::execute_stream;
 use datafusion::prelude::SessionConfig;
@@ -80,6 +82,11 @@ impl QueryEngine {
             let options = config.options();
             plan = crate::decimal_arith::DecimalArith.optimize(plan, options)?;
             plan = crate::segment_agg::partial_at_root(plan)?;
+            // A broadcast join's dynamic filter (the keys of the rows the broker sent) reaches
+            // the scan below it, as in a query planned here.
+            if fragment::shape::holds_join(&plan) {
+                plan = FilterPushdown::new_post_optimization().optimize(plan, options)?;
+            }
             let groups_unique = plan
                 .as_any()
                 .is::<crate::segment_agg::SegmentAggregateExec>();

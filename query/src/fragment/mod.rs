@@ -32,3 +32,6 @@ pub trait SegmentResolver: Send + Sync + std::fmt::Debug {
         segments: &[String],
     ) -> Result<(TableSnapshot, Vec<String>), crate::QueryError>;
 }
+
+#[cfg(test)]
+mod tests;
