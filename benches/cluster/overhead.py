@@ -8,7 +8,13 @@
 2. Fan-out (--fanout 4,16,64): one broker and N servers, replication 1, the same events
    split into 2N segments; a few dashboard queries timed (median), and the CPU time per
    query the broker and the servers together spent (from /proc), for a capacity model.
-3. Failover (--failover): three servers and a broker, replication 2; a reader queries
+3. Joins (--joins): star joins of the events with two small dimension tables (countries:
+   country, region, pop; devices: device, class) in standalone, in a cluster of one broker
+   and two servers sending the small sides to the servers (broadcast, the default), and in
+   the same cluster with broadcast off (`broadcast_max_rows = 0`: both sides gathered on the
+   broker, the join run there), and DuckDB over the same rows as the peer. Prints the median
+   latency of each and the broker's CPU time per query.
+4. Failover (--failover): three servers and a broker, replication 2; a reader queries
    count(*) in a loop while one server is killed with SIGKILL. Prints the answers' worst
    latency around the kill, whether any was incomplete or wrong, and the time until every
    segment is on two live servers again. Then a generator-fed real-time table (4 partitions,
@@ -18,7 +24,7 @@
    time until every partition has two live consumers again.
 
 Usage: python3 benches/cluster/overhead.py --basalt target/release/basalt --rows 10000000 [--runs 5] [--failover]
-       [--fanout 4,16,64 --fanout-rows 2000000] [--skip-overhead]
+       [--fanout 4,16,64 --fanout-rows 2000000] [--joins] [--skip-overhead]
 """
 import argparse, json, math, os, shutil, signal, socket, statistics, subprocess, sys, tempfile, time, urllib.request
 
@@ -55,7 +61,7 @@ def wait_http(url, timeout=60):
 
 
 class Cluster:
-    def __init__(self, basalt, work, servers):
+    def __init__(self, basalt, work, servers, broker_config=None):
         self.basalt, self.work = basalt, work
         self.deep = "file://" + os.path.join(work, "deep")
         os.makedirs(os.path.join(work, "deep"), exist_ok=True)
@@ -67,7 +73,9 @@ class Cluster:
         self.procs["b1"] = subprocess.Popen([basalt, "broker", "--node-id", "b1", "--data-dir", os.path.join(work, "b1"),
                                              "--deep-store", self.deep, "--http-addr", f"127.0.0.1:{http_port}",
                                              "--pg-addr", f"127.0.0.1:{free_port()}", "--gossip-addr", self.seed,
-                                             "--seeds", self.seed], stderr=subprocess.DEVNULL, env=self.env)
+                                             "--seeds", self.seed]
+                                            + (["--config", broker_config] if broker_config else []),
+                                            stderr=subprocess.DEVNULL, env=self.env)
         for i in range(servers):
             self.add_server(f"s{i+1}")
         wait_http(self.base + "/health")
@@ -221,6 +229,105 @@ def fanout(a, work, pq, sizes):
             c.stop()
 
 
+JOIN_QUERIES = [
+    ("star join: revenue by region, class",
+     "SELECT c.region, d.class, count(*) AS n, sum(e.revenue) AS rev FROM events e JOIN countries c ON e.country = c.country "
+     "JOIN devices d ON e.device = d.device GROUP BY 1, 2 ORDER BY 1, 2"),
+    ("selective dimension filter",
+     "SELECT c.country, count(*) AS n, sum(e.revenue) AS rev FROM events e JOIN countries c ON e.country = c.country "
+     "WHERE c.pop < 5000 GROUP BY 1 ORDER BY 1"),
+    ("IN subquery over a dimension",
+     "SELECT e.event_type, count(*) AS n FROM events e WHERE e.country IN (SELECT country FROM countries WHERE region = 'west') "
+     "GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 10"),
+    ("top-K over a join",
+     "SELECT e.ts, e.event_id, c.region FROM events e JOIN countries c ON e.country = c.country WHERE c.pop < 20000 "
+     "ORDER BY e.ts DESC, e.event_id LIMIT 10"),
+]
+
+DIMENSIONS = [
+    ("countries", "country", {"columns": [{"name": "country", "type": "STRING"}, {"name": "region", "type": "STRING"},
+                                          {"name": "pop", "type": "LONG"}]},
+     lambda i, v: {"country": v, "region": ["north", "south", "east", "west"][i % 4], "pop": i * 1000}),
+    ("devices", "device", {"columns": [{"name": "device", "type": "STRING"}, {"name": "class", "type": "STRING"}]},
+     lambda i, v: {"device": v, "class": ["portable", "fixed"][i % 2]}),
+]
+
+
+def dimension_rows(base):
+    """Each dimension's rows, over the distinct values of its key in `events` at `base`."""
+    out = {}
+    for name, key, _, row in DIMENSIONS:
+        v = http(base + "/query/sql", json.dumps({"sql": f"SELECT DISTINCT {key} FROM events ORDER BY 1"}).encode())
+        out[name] = [row(i, r[0]) for i, r in enumerate(v["resultTable"]["rows"])]
+    return out
+
+
+def load_dimensions(base, dims):
+    for name, _, spec, _ in DIMENSIONS:
+        http(base + "/tables", json.dumps({"name": name, **spec}).encode())
+        body = "".join(json.dumps(r) + "\n" for r in dims[name]).encode()
+        http(base + "/tables/" + name + "/ingest", body, "application/x-ndjson")
+
+
+def rounded(rows):
+    """Rows with floats to 4 decimals (sums merged in another order differ in the last bits)."""
+    return [[round(x, 4) if isinstance(x, float) else x for x in r] for r in rows]
+
+
+def joins(a, work, pq):
+    import duckdb
+    port = free_port()
+    alone = subprocess.Popen([a.basalt, "standalone", "--data-dir", os.path.join(work, "alone-j"), "--http-addr", f"127.0.0.1:{port}",
+                              "--pg-addr", f"127.0.0.1:{free_port()}"], stderr=subprocess.DEVNULL, env={**os.environ, "RUST_LOG": "warn"})
+    sbase = f"http://127.0.0.1:{port}"
+    clusters = []
+    try:
+        wait_http(sbase + "/health")
+        load(sbase, a.basalt, pq)
+        dims = dimension_rows(sbase)
+        load_dimensions(sbase, dims)
+        off = os.path.join(work, "no-broadcast.toml")
+        with open(off, "w") as f:
+            f.write("[cluster]\nbroadcast_max_rows = 0\n")
+        for label, conf in (("broadcast", None), ("on broker", off)):
+            c = Cluster(a.basalt, os.path.join(work, "joins-" + label.replace(" ", "-")), 2, conf)
+            clusters.append((label, c))
+            load(c.base, a.basalt, pq, max_rows=max(1, a.rows // 8) + 1)
+            load_dimensions(c.base, dims)
+        db = duckdb.connect()
+        db.execute(f"CREATE TABLE events AS SELECT * FROM read_parquet('{pq}')")
+        for name, _, _, _ in DIMENSIONS:
+            path = os.path.join(work, name + ".json")
+            with open(path, "w") as f:
+                f.write("".join(json.dumps(r) + "\n" for r in dims[name]))
+            db.execute(f"CREATE TABLE {name} AS SELECT * FROM read_json_auto('{path}')")
+        print(f"\njoins: {a.rows} events, {len(dims['countries'])} countries, {len(dims['devices'])} devices; "
+              f"clusters of one broker and two servers (8 segments); median of {a.runs} runs (ms); broker CPU ms per query")
+        print(f"{'query':36} {'standalone':>10} {'broadcast':>10} {'on broker':>10} {'duckdb':>8}  "
+              f"{'broker cpu: broadcast / on broker':>34}")
+        for name, q in JOIN_QUERIES:
+            want = http(sbase + "/query/sql", json.dumps({"sql": q}).encode())["resultTable"]["rows"]
+            cells, cpu = [median_ms(query_fn(sbase, q), a.runs)], []
+            for label, c in clusters:
+                got = http(c.base + "/query/sql", json.dumps({"sql": q}).encode())["resultTable"]["rows"]
+                if rounded(got) != rounded(want):
+                    raise RuntimeError(f"{label} answered {name} differently: {got[:3]} vs {want[:3]}")
+                cells.append(median_ms(query_fn(c.base, q), a.runs))
+                pid = [c.procs["b1"].pid]
+                b0 = cpu_seconds(pid)
+                for _ in range(a.runs):
+                    query_fn(c.base, q)()
+                cpu.append((cpu_seconds(pid) - b0) * 1000 / a.runs)
+            cells.append(median_ms(lambda: db.execute(q).fetchall(), a.runs))
+            print(f"{name:36} " + " ".join(f"{x:10.1f}" for x in cells[:3]) + f" {cells[3]:8.1f}  "
+                  f"{cpu[0]:16.1f} / {cpu[1]:.1f}")
+    finally:
+        alone.kill()
+        alone.wait()
+        for _, c in clusters:
+            c.stop()
+
+
 def consuming(c, table):
     out = {}
     for sid, url in c.health.items():
@@ -340,11 +447,12 @@ def main():
     ap.add_argument("--fanout-rows", type=int, default=2_000_000)
     ap.add_argument("--fanout-runs", type=int, default=50)
     ap.add_argument("--skip-overhead", action="store_true")
+    ap.add_argument("--joins", action="store_true")
     a = ap.parse_args()
     work = tempfile.mkdtemp(prefix="basalt-cluster-bench-")
     try:
         pq = os.path.join(work, "events.parquet")
-        if not a.skip_overhead or a.failover:
+        if not a.skip_overhead or a.failover or a.joins:
             subprocess.run([a.basalt, "gen-events", "--rows", str(a.rows), "--format", "parquet", "--out", pq], check=True)
         now_ms = int(time.time() * 1000)
         if not a.skip_overhead:
@@ -353,6 +461,8 @@ def main():
             fpq = os.path.join(work, "fanout.parquet")
             subprocess.run([a.basalt, "gen-events", "--rows", str(a.fanout_rows), "--format", "parquet", "--out", fpq], check=True)
             fanout(a, work, fpq, [int(n) for n in a.fanout.split(",")])
+        if a.joins:
+            joins(a, work, pq)
         if a.failover:
             failover(a, work, pq)
             realtime_failover(a, work)
