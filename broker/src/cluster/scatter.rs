@@ -127,7 +127,8 @@ impl PhysicalOptimizerRule for ScatterRule {
             })
             .data()?;
         let plan = gather_in_one_partition(plan)?;
-        super::finish::wrap_final_aggregates(plan)
+        let plan = super::finish::wrap_final_aggregates(plan)?;
+        consumed_rows(plan, false)
     }
 
     fn name(&self) -> &str {
@@ -136,6 +137,42 @@ impl PhysicalOptimizerRule for ScatterRule {
 
     fn schema_check(&self) -> bool {
         true
+    }
+}
+
+/// Marks the scatters whose rows an aggregate or a join on the broker consumes (`consumed`
+/// says whether an operator above does): their servers' answers are not rows of the result,
+/// so the result's row limit does not apply to them.
+fn consumed_rows(plan: Arc<dyn ExecutionPlan>, consumed: bool) -> DfResult<Arc<dyn ExecutionPlan>> {
+    let any = plan.as_any();
+    let consumes = consumed
+        || any.is::<datafusion::physical_plan::aggregates::AggregateExec>()
+        || any.is::<super::finish::FinishExec>()
+        || any.is::<datafusion::physical_plan::joins::HashJoinExec>()
+        || any.is::<datafusion::physical_plan::joins::NestedLoopJoinExec>()
+        || any.is::<datafusion::physical_plan::joins::SortMergeJoinExec>()
+        || any.is::<datafusion::physical_plan::joins::CrossJoinExec>()
+        || any.is::<datafusion::physical_plan::joins::SymmetricHashJoinExec>();
+    let children = plan.children();
+    let scatter = any.downcast_ref::<ScatterExec>().map(|s| s.rows_are_answer);
+    // A scatter's own children are its broadcast joins' build sides: joined.
+    let below = consumes || scatter.is_some();
+    let new_children = children
+        .iter()
+        .map(|c| consumed_rows((*c).clone(), below))
+        .collect::<DfResult<Vec<_>>>()?;
+    let unchanged = children
+        .iter()
+        .zip(&new_children)
+        .all(|(a, b)| Arc::ptr_eq(a, b));
+    let plan = if unchanged {
+        plan
+    } else {
+        plan.with_new_children(new_children)?
+    };
+    match plan.as_any().downcast_ref::<ScatterExec>() {
+        Some(s) if consumed && s.rows_are_answer => Ok(Arc::new(s.consumed())),
+        _ => Ok(plan),
     }
 }
 
@@ -239,11 +276,9 @@ fn with_builds(
     };
     if let Some(j) = shape::broadcast_join(fragment.as_ref()) {
         let probe = match (rest.is_empty(), gather_probe) {
-            (true, Some(scan)) => Arc::new(ScatterExec::new(
-                j.right().clone(),
-                scan.clone(),
-                Vec::new(),
-            )?),
+            (true, Some(scan)) => {
+                Arc::new(ScatterExec::new(j.right().clone(), scan.clone(), Vec::new())?.consumed())
+            }
             _ => with_builds(j.right(), rest, gather_probe)?,
         };
         return fragment
@@ -283,6 +318,11 @@ pub struct ScatterExec {
     route: Arc<ScanRoute>,
     props: Arc<PlanProperties>,
     result: Arc<OnceCell<Shared>>,
+    /// Whether the servers' rows are rows of the answer (only projected, filtered, sorted
+    /// or limited above), so the query's row limit bounds them. Rows an aggregate or a join
+    /// on the broker consumes are bounded by memory alone, as in `standalone`, where the
+    /// row limit is the result's.
+    rows_are_answer: bool,
 }
 
 impl fmt::Debug for ScatterExec {
@@ -318,7 +358,17 @@ impl ScatterExec {
             builds,
             route,
             result: Arc::new(OnceCell::new()),
+            rows_are_answer: true,
         })
+    }
+
+    /// The same scatter, its rows consumed by an operator on the broker.
+    fn consumed(&self) -> Self {
+        ScatterExec {
+            rows_are_answer: false,
+            result: Arc::new(OnceCell::new()),
+            ..self.clone()
+        }
     }
 
     /// The same scatter, answering in `partitions` partitions.
@@ -628,9 +678,13 @@ async fn gather(this: Arc<ScatterExec>, context: Arc<TaskContext>) -> Shared {
             let schema = this.schema();
             let budget = budget.clone();
             let waits = cluster.waits(&route.source, &segs);
+            let max_rows = match this.rows_are_answer {
+                true => budget.max_rows as u64,
+                false => u64::MAX,
+            };
             async move {
                 let outcome = match bytes {
-                    Ok(b) => call(&cluster, addr, b, waits, &budget, schema).await,
+                    Ok(b) => call(&cluster, addr, b, waits, &budget, max_rows, schema).await,
                     Err(e) => Err(CallError::Query(QueryError::from(e))),
                 };
                 (node, addr, segs, outcome)
@@ -872,6 +926,7 @@ async fn call(
     plan: Vec<u8>,
     waits: Vec<StreamWait>,
     budget: &QueryBudget,
+    max_rows: u64,
     schema: SchemaRef,
 ) -> Result<(Vec<RecordBatch>, FragmentTrailer), CallError> {
     let remaining = budget.deadline.saturating_duration_since(Instant::now());
@@ -881,7 +936,7 @@ async fn call(
     let ticket = FragmentTicket {
         plan,
         timeout_ms: remaining.as_millis() as u64,
-        max_rows: budget.max_rows as u64,
+        max_rows,
         memory_limit: budget.memory_limit as u64,
         query_id: String::new(),
         waits,
