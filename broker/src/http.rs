@@ -4,7 +4,8 @@
 //! Routes: `POST/GET /tables`, `GET/DELETE /tables/{name}`, `POST /tables/{name}/ingest`,
 //! `GET /tables/{name}/ingestion` (real-time status), `POST /query/sql` (also `/query`),
 //! `GET /health`, `GET /metrics`, `GET /tables/{name}/schema` (Pinot's schema format),
-//! `GET /openapi.json` (this API's contract, [`crate::openapi`]); the web console at `GET /`
+//! `GET /openapi.json` (this API's contract, [`crate::openapi`]); the semantic layer's
+//! `/semantic/models` and `/semantic/query` ([`crate::semantic`]); the web console at `GET /`
 //! ([`crate::console`]). With tokens
 //! configured every route but `/health` and the console's files needs credentials
 //! ([`crate::auth`]).
@@ -73,6 +74,8 @@ pub struct AppState {
     pub ingest_slots: Arc<tokio::sync::Semaphore>,
     /// A broker's cluster (`None` in `standalone`).
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// The semantic layer: metric models and their queries.
+    pub semantic: Arc<basalt_semantic::SemanticLayer>,
 }
 
 /// How long a broker's batch ingest waits for servers to load what it published.
@@ -101,6 +104,15 @@ fn routes() -> (
         ))
         .routes(routes!(query_sql))
         .routes(routes!(query_alias))
+        .routes(routes!(
+            crate::semantic::create_model,
+            crate::semantic::list_models
+        ))
+        .routes(routes!(
+            crate::semantic::get_model,
+            crate::semantic::delete_model
+        ))
+        .routes(routes!(crate::semantic::semantic_query))
         .routes(routes!(metrics));
     let open = OpenApiRouter::new()
         .routes(routes!(health))
@@ -181,7 +193,7 @@ fn required_role(method: &axum::http::Method, path: &str) -> crate::auth::Role {
     use crate::auth::Role;
     let admin = *method == axum::http::Method::DELETE
         || (*method == axum::http::Method::POST
-            && (path == "/tables" || path.ends_with("/ingest")));
+            && (path == "/tables" || path == "/semantic/models" || path.ends_with("/ingest")));
     if admin {
         Role::Admin
     } else {
@@ -233,7 +245,7 @@ async fn require_auth(
 
 /// Refuses a body that is not declared as JSON (415): the API's JSON routes take nothing
 /// else, and a cross-site form post cannot send this content type without a CORS check.
-fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -256,7 +268,7 @@ fn count(state: &AppState, route: &str, status: StatusCode) {
         .inc();
 }
 
-fn finish(state: &AppState, route: &str, r: Result<Response, ApiError>) -> Response {
+pub(crate) fn finish(state: &AppState, route: &str, r: Result<Response, ApiError>) -> Response {
     let resp = match r {
         Ok(r) => r,
         Err(e) => e.into_response(),
@@ -265,7 +277,10 @@ fn finish(state: &AppState, route: &str, r: Result<Response, ApiError>) -> Respo
     resp
 }
 
-fn parse_json<T: for<'de> Deserialize<'de>>(body: &[u8], what: &str) -> Result<T, ApiError> {
+pub(crate) fn parse_json<T: for<'de> Deserialize<'de>>(
+    body: &[u8],
+    what: &str,
+) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("invalid {what}: {e}")))
 }
 
@@ -604,7 +619,7 @@ struct SqlRequest {
 /// The limits of a request's class (`workload=dashboard|analyst`, default dashboard), with
 /// `timeoutMs=N` (within the server's ceiling) and `useResultCache=false` from Pinot query
 /// options applied; unknown options are ignored as Pinot does.
-fn limits_for(
+pub(crate) fn limits_for(
     limits: &HttpLimits,
     engine: &QueryEngine,
     options: Option<&str>,
@@ -715,7 +730,7 @@ async fn query_alias(state: State<AppState>, headers: HeaderMap, body: Bytes) ->
 
 /// A response body that keeps the query's memory reserved until it has been handed to the
 /// connection (the encoded answer is the largest thing a query leaves behind).
-fn held_body(bytes: Vec<u8>, out: basalt_query::QueryOutput) -> Body {
+pub(crate) fn held_body(bytes: Vec<u8>, out: basalt_query::QueryOutput) -> Body {
     let stream = futures::stream::unfold((Some(bytes), Some(out)), |(bytes, out)| async move {
         match bytes {
             Some(b) => Some((
@@ -782,12 +797,6 @@ async fn health(State(s): State<AppState>) -> Response {
     ))]
 async fn metrics(State(s): State<AppState>) -> Response {
     for name in s.store.table_names() {
-        if let (Some(c), Some(t)) = (&s.cluster, s.store.table(&name)) {
-            // Answer once servers hold the new segments, so a query right after sees them.
-            if !c.wait_routable(&t, INGEST_ROUTABLE_WAIT).await {
-                tracing::warn!(table = %name, "ingested segments are not loaded on a server yet; queries may report them missing until they are");
-            }
-        }
         if let Some(t) = s.store.table(&name) {
             let st = t.stats();
             s.metrics

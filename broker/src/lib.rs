@@ -13,6 +13,7 @@ pub mod openapi;
 pub mod pg;
 pub mod pinot_schema;
 pub mod response;
+pub mod semantic;
 pub mod source;
 #[cfg(test)]
 mod upsert_tests;
@@ -72,7 +73,15 @@ fn state_with_engine(
     auth: auth::Auth,
     guard: guard::Guard,
 ) -> AppState {
+    // Queries over `semantic.<model>` are rewritten by the engine itself, so HTTP and
+    // PostgreSQL serve them alike.
+    let registry = Arc::new(basalt_semantic::SemanticRegistry::default());
+    let engine = engine.with_statement_rewrite(Arc::new(basalt_semantic::sql::SemanticRewrite {
+        registry: registry.clone(),
+    }));
+    let semantic = basalt_semantic::SemanticLayer::new(registry, store.metastore(), engine.clone());
     AppState {
+        semantic,
         store,
         engine,
         metrics: metrics::Metrics::new(),
@@ -86,6 +95,9 @@ fn state_with_engine(
     }
 }
 
+/// How often a process re-reads the semantic models (another broker may have changed them).
+const SEMANTIC_REFRESH: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Serves the HTTP API on `listener` until `shutdown` resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -93,6 +105,10 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let addr: Option<SocketAddr> = listener.local_addr().ok();
+    if let Err(e) = state.semantic.refresh().await {
+        tracing::warn!(error = %e, "could not read the semantic models; retrying in the background");
+    }
+    state.semantic.spawn_refresh(SEMANTIC_REFRESH);
     tracing::info!(?addr, "http api listening");
     axum::serve(listener, http::router(state))
         .with_graceful_shutdown(shutdown)

@@ -177,6 +177,96 @@ pub struct Health {
     pub deep_store_error: Option<String>,
 }
 
+/// A metric model (README: Semantic layer).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SemanticModelDoc {
+    pub model: String,
+    pub table: String,
+    pub time_dimension: String,
+    /// `10s`, `5m`: how far behind now the newest event may be before answers warn.
+    pub freshness: Option<String>,
+    pub description: Option<String>,
+    /// Column names, or `{name, expr}` objects.
+    #[schema(value_type = Vec<Object>)]
+    pub dimensions: Vec<Value>,
+    /// `{name, agg, expr, filter, p, description}`; no `agg`: a derived measure whose `expr`
+    /// combines other measures.
+    #[schema(value_type = Vec<Object>)]
+    pub measures: Vec<Value>,
+}
+
+/// `POST /semantic/models`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SemanticModelStored {
+    /// `created` or `replaced`.
+    pub status: String,
+    pub model: SemanticModelDoc,
+}
+
+/// `GET /semantic/models`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SemanticModelList {
+    pub models: Vec<SemanticModelDoc>,
+}
+
+/// `DELETE /semantic/models/{name}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SemanticModelDeleted {
+    /// `deleted`.
+    pub status: String,
+    pub model: String,
+}
+
+/// `POST /semantic/query`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SemanticQueryDoc {
+    pub model: String,
+    pub measures: Option<Vec<String>>,
+    pub dimensions: Option<Vec<String>>,
+    /// `minute`, `hour`, `day`, `week`, `month`, `quarter` or `year`.
+    pub grain: Option<String>,
+    /// Inclusive start (RFC 3339, `YYYY-MM-DD` or `YYYY-MM-DD HH:MM:SS`, UTC).
+    pub from: Option<String>,
+    /// Exclusive end.
+    pub to: Option<String>,
+    /// SQL conditions over the model's dimensions.
+    pub filters: Option<Vec<String>>,
+    pub limit: Option<u64>,
+}
+
+/// Which tier answered which part of the range, and its freshness.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SemanticTier {
+    /// `segments` (the serving tier).
+    pub tier: String,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    /// The newest event time the tier holds.
+    pub newest_event: Option<String>,
+    pub lag_ms: Option<i64>,
+}
+
+/// What a semantic query compiled to and which tiers answered.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SemanticInfo {
+    pub model: String,
+    /// The request as SQL over `semantic.<model>`.
+    pub semantic_sql: String,
+    /// The SQL over the table that ran.
+    pub sql: String,
+    pub tiers: Vec<SemanticTier>,
+    /// E.g. the serving tier lagging beyond the model's freshness.
+    pub warnings: Vec<String>,
+}
+
+/// `POST /semantic/query`: Pinot's broker response plus `semantic`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SemanticResponse {
+    #[serde(flatten)]
+    pub response: BrokerResponse,
+    pub semantic: SemanticInfo,
+}
+
 /// The failures of every route behind authentication.
 #[derive(utoipa::IntoResponses)]
 #[allow(dead_code)] // documentation only: the middleware writes these bodies
@@ -224,6 +314,7 @@ pub enum QueryAnswers {
         (name = "tables", description = "Table specs, statistics and ingestion status"),
         (name = "ingest", description = "Batch loads"),
         (name = "query", description = "SQL"),
+        (name = "semantic", description = "Metric models and semantic queries"),
         (name = "operations", description = "Health, metrics, this document, the console")
     )
 )]

@@ -32,6 +32,7 @@ use crate::guard::{self, StatementLimits};
 use crate::memory::{fresh_bytes, result_reservation, QueryPool, SharedBudget};
 use crate::pinot;
 use crate::postgres::{self, catalog::PgCatalog, PgSession};
+use crate::rewrite::StatementRewrite;
 use crate::scan::ScanStats;
 use crate::segment_agg::SegmentAggregateRule;
 use crate::table::TableSource;
@@ -208,6 +209,9 @@ pub struct QueryEngine {
     scatter: Option<Arc<dyn PhysicalOptimizerRule + Send + Sync>>,
     /// Servers: what every plan fragment's task context shares, built once.
     fragment_base: Arc<std::sync::OnceLock<fragments::FragmentBase>>,
+    /// Rewrites the embedding process adds, applied to every statement before planning
+    /// (the semantic layer's `semantic.<model>` views).
+    rewrite: Option<Arc<dyn StatementRewrite>>,
 }
 
 /// Builds below this many estimated rows are broadcast: see [`QueryEngine::session`].
@@ -257,7 +261,29 @@ impl QueryEngine {
             spill,
             scatter: None,
             fragment_base: Arc::default(),
+            rewrite: None,
         }
+    }
+
+    /// The same engine applying `rewrite` to every statement before planning it.
+    pub fn with_statement_rewrite(mut self, rewrite: Arc<dyn StatementRewrite>) -> Self {
+        self.rewrite = Some(rewrite);
+        self
+    }
+
+    /// `statement` after the embedding process's rewrite, under EXPLAIN too.
+    fn rewritten(&self, mut statement: DfStatement) -> Result<DfStatement> {
+        fn apply(r: &dyn StatementRewrite, s: &mut DfStatement) -> Result<()> {
+            match s {
+                DfStatement::Statement(s) => r.rewrite(s),
+                DfStatement::Explain(e) => apply(r, &mut e.statement),
+                _ => Ok(()),
+            }
+        }
+        if let Some(r) = &self.rewrite {
+            apply(r.as_ref(), &mut statement)?;
+        }
+        Ok(statement)
     }
 
     /// The same engine planning `n` partitions per scan (default: one per core).
@@ -434,6 +460,7 @@ impl QueryEngine {
         statement: &DfStatement,
         session: &Arc<PgSession>,
     ) -> Result<(SchemaRef, Vec<Option<DataType>>)> {
+        let statement = &self.rewritten(statement.clone())?;
         let pool = self.pool(&QueryLimits::default());
         let ctx = self.session(
             &pool,
@@ -501,6 +528,7 @@ impl QueryEngine {
         pg: Option<&Arc<PgSession>>,
     ) -> Result<QueryOutput> {
         let started = Instant::now();
+        let statement = self.rewritten(statement)?;
         let timeout = self.clamp_timeout(limits.timeout);
         let permit = self.admission.admit(timeout).await?;
         let pool = self.pool(limits);

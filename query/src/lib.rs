@@ -29,6 +29,7 @@ pub mod memory;
 pub mod pinot;
 pub mod plain_strings;
 pub mod postgres;
+pub mod rewrite;
 mod row_filter;
 mod runtime;
 pub use runtime::serve_on_query_threads;

@@ -14,6 +14,7 @@ mod kafka;
 mod postgres;
 mod realtime;
 mod s3;
+mod semantic;
 mod slt;
 mod tpch;
 mod upsert;

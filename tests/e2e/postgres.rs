@@ -13,6 +13,17 @@ use crate::harness::{create_table, repo_path, service_env, succeeded, Server};
 
 /// Creates `events` and loads `rows` generated events through the HTTP API.
 pub async fn load_events(c: &reqwest::Client, s: &Server, dir: &std::path::Path, rows: u64) {
+    load_events_spaced(c, s, dir, rows, 1).await
+}
+
+/// [`load_events`] with events `step_ms` apart on average (the last near now).
+pub async fn load_events_spaced(
+    c: &reqwest::Client,
+    s: &Server,
+    dir: &std::path::Path,
+    rows: u64,
+    step_ms: u64,
+) {
     create_table(c, s, basalt_ingest::gen::EVENTS_SPEC).await;
     let file = dir.join("events.parquet");
     let ok = Command::new(env!("CARGO_BIN_EXE_basalt"))
@@ -23,6 +34,7 @@ pub async fn load_events(c: &reqwest::Client, s: &Server, dir: &std::path::Path,
             "--format",
             "parquet",
         ])
+        .args(["--step-ms", &step_ms.to_string()])
         .arg("--out")
         .arg(&file)
         .status()

@@ -41,6 +41,7 @@ fn pub_<'a>(
 
 /// Runs every check; panics with a message naming the first broken rule.
 pub async fn run(ms: Arc<dyn Metastore>) {
+    documents(&*ms).await;
     let t = "contract_a";
     assert!(
         ms.get(t).await.unwrap().is_none(),
@@ -74,6 +75,21 @@ pub async fn run(ms: Arc<dyn Metastore>) {
         "a commit at a stale version is a Conflict"
     );
     assert_eq!(ms.get(t).await.unwrap().unwrap().value, next);
+
+    // A writer so far behind that the version it read is pruned cannot commit either (the
+    // version after it may be pruned too, and would be written unseen).
+    let mut latest = v2;
+    for _ in 0..12 {
+        latest = ms.commit(t, latest, &next).await.unwrap();
+    }
+    assert!(
+        matches!(
+            ms.commit(t, v1, &next).await,
+            Err(IngestError::Conflict { .. })
+        ),
+        "a commit at a long-pruned version is a Conflict"
+    );
+    assert_eq!(ms.get(t).await.unwrap().unwrap().version, latest);
 
     // Checkpoints: a delta must start where the last one ended.
     let d = |from, to| CheckpointDelta {
@@ -249,4 +265,50 @@ pub async fn run(ms: Arc<dyn Metastore>) {
             purged: true
         })
     );
+}
+
+/// Documents: versioned, compare-and-swapped, names checked.
+async fn documents(ms: &dyn Metastore) {
+    let d = "contract-doc";
+    assert!(
+        ms.get_document(d).await.unwrap().is_none(),
+        "unwritten reads as None"
+    );
+    let v1 = ms.put_document(d, 0, b"one".to_vec()).await.unwrap();
+    assert!(
+        matches!(
+            ms.put_document(d, 0, b"lost".to_vec()).await,
+            Err(IngestError::Conflict { .. })
+        ),
+        "a second first write is a Conflict"
+    );
+    let cur = ms.get_document(d).await.unwrap().unwrap();
+    assert_eq!((cur.version, &cur.value[..]), (v1, &b"one"[..]));
+    let mut v = v1;
+    for i in 0..12 {
+        v = ms
+            .put_document(d, v, format!("n{i}").into_bytes())
+            .await
+            .unwrap();
+    }
+    let cur = ms.get_document(d).await.unwrap().unwrap();
+    assert_eq!(
+        (cur.version, &cur.value[..]),
+        (v, &b"n11"[..]),
+        "the latest version wins"
+    );
+    assert!(
+        matches!(
+            ms.put_document(d, v1, b"stale".to_vec()).await,
+            Err(IngestError::Conflict { .. })
+        ),
+        "a write at a stale version is a Conflict"
+    );
+    for bad in ["", "../x", "A", "a/b", &"x".repeat(65)] {
+        assert!(ms.get_document(bad).await.is_err(), "{bad:?} is refused");
+        assert!(
+            ms.put_document(bad, 0, Vec::new()).await.is_err(),
+            "{bad:?} is refused"
+        );
+    }
 }

@@ -21,6 +21,10 @@
 //! (`If-None-Match: *` on S3, an exclusive hard link on a local directory): the writer that
 //! creates version N+1 first wins, the other gets [`IngestError::Conflict`]. The
 //! [`contract`] module is the test suite any implementation must pass.
+//!
+//! Besides tables, the metastore keeps named documents ([`Metastore::get_document`]): state
+//! that belongs to no table (the semantic layer's models), versioned and compare-and-swapped
+//! the same way, under `_metastore/documents/<name>/<version:020>.json`.
 
 use std::collections::BTreeMap;
 
@@ -169,6 +173,29 @@ pub trait Metastore: Send + Sync + std::fmt::Debug {
     /// Replaces the state if the table is still at `expected`, returning the new version;
     /// [`IngestError::Conflict`] when another writer committed first.
     async fn commit(&self, table: &str, expected: u64, next: &TableState) -> Result<u64>;
+    /// The latest version of the named document, or `None` before its first write. Names
+    /// are `[a-z0-9_-]{1,64}`.
+    async fn get_document(&self, name: &str) -> Result<Option<Versioned<bytes::Bytes>>>;
+    /// Writes version `expected + 1` of the named document (`expected` 0: its first) if it
+    /// is still at `expected`, returning the new version; [`IngestError::Conflict`] when
+    /// another writer committed first.
+    async fn put_document(&self, name: &str, expected: u64, body: Vec<u8>) -> Result<u64>;
+}
+
+/// Checks a document name: `[a-z0-9_-]{1,64}` (it becomes an object path).
+pub fn check_document_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(IngestError::Metastore(format!(
+            "document name {name:?} is not [a-z0-9_-]{{1,64}}"
+        )))
+    }
 }
 
 /// The live state of `table` of incarnation `generation`: `NoSuchTable` if it is dropped or

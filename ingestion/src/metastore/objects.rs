@@ -1,5 +1,6 @@
 //! [`Metastore`] on any object store with create-only conditional puts: one immutable
-//! object per version, `_metastore/tables/<table>/<version:020>.json`.
+//! object per version, `_metastore/tables/<table>/<version:020>.json` (documents:
+//! `_metastore/documents/<name>/<version:020>.json`).
 
 use std::sync::Arc;
 
@@ -25,12 +26,18 @@ pub struct ObjectStoreMetastore {
 
 const ROOT: &str = "_metastore/tables";
 
+const DOCUMENTS: &str = "_metastore/documents";
+
 fn table_prefix(table: &str) -> ObjPath {
     ObjPath::from(format!("{ROOT}/{table}"))
 }
 
 fn version_path(table: &str, version: u64) -> ObjPath {
     ObjPath::from(format!("{ROOT}/{table}/{version:020}.json"))
+}
+
+fn document_path(name: &str, version: u64) -> ObjPath {
+    ObjPath::from(format!("{DOCUMENTS}/{name}/{version:020}.json"))
 }
 
 fn parse_version(p: &ObjPath) -> Option<u64> {
@@ -97,11 +104,12 @@ impl ObjectStoreMetastore {
     }
 
     async fn versions(&self, table: &str) -> Result<Vec<u64>> {
-        let objects: Vec<_> = self
-            .store
-            .list(Some(&table_prefix(table)))
-            .try_collect()
-            .await?;
+        self.versions_under(&table_prefix(table)).await
+    }
+
+    /// The versions stored under `prefix`, ascending.
+    async fn versions_under(&self, prefix: &ObjPath) -> Result<Vec<u64>> {
+        let objects: Vec<_> = self.store.list(Some(prefix)).try_collect().await?;
         let mut v: Vec<u64> = objects
             .iter()
             .filter_map(|o| parse_version(&o.location))
@@ -113,18 +121,53 @@ impl ObjectStoreMetastore {
     async fn put_new(&self, table: &str, version: u64, state: &TableState) -> Result<()> {
         let json =
             serde_json::to_vec_pretty(state).map_err(|e| IngestError::Metastore(e.to_string()))?;
+        self.create_only(&version_path(table, version), table, version, json)
+            .await
+    }
+
+    /// Refuses a write after `expected` once `expected` is pruned: versions are pruned only
+    /// after [`KEEP_VERSIONS`] newer ones exist, so the version after it may be pruned too,
+    /// and a create-only write would then succeed unseen by every reader (the latest wins).
+    async fn check_not_pruned(
+        &self,
+        expected_path: &ObjPath,
+        name: &str,
+        expected: u64,
+    ) -> Result<()> {
+        if expected == 0 {
+            return Ok(());
+        }
+        match self.store.head(expected_path).await {
+            Ok(_) => Ok(()),
+            Err(object_store::Error::NotFound { .. }) => Err(IngestError::Conflict {
+                table: name.into(),
+                expected,
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Writes `body` at `path` unless it exists: [`IngestError::Conflict`] (for `name`, at
+    /// `version - 1`) when another writer created it first.
+    async fn create_only(
+        &self,
+        path: &ObjPath,
+        name: &str,
+        version: u64,
+        body: Vec<u8>,
+    ) -> Result<()> {
         let opts = PutOptions {
             mode: PutMode::Create,
             ..PutOptions::default()
         };
         match self
             .store
-            .put_opts(&version_path(table, version), PutPayload::from(json), opts)
+            .put_opts(path, PutPayload::from(body), opts)
             .await
         {
             Ok(_) => Ok(()),
             Err(object_store::Error::AlreadyExists { .. }) => Err(IngestError::Conflict {
-                table: table.into(),
+                table: name.into(),
                 expected: version - 1,
             }),
             Err(e) => Err(e.into()),
@@ -198,6 +241,8 @@ impl Metastore for ObjectStoreMetastore {
 
     async fn commit(&self, table: &str, expected: u64, next: &TableState) -> Result<u64> {
         let version = expected + 1;
+        self.check_not_pruned(&version_path(table, expected), table, expected)
+            .await?;
         self.put_new(table, version, next).await?;
         // Old versions are history only; losing this cleanup is harmless. A purged
         // tombstone keeps no history: it alone remains, so version numbers never go back
@@ -213,6 +258,43 @@ impl Metastore for ObjectStoreMetastore {
                 if v + keep < version {
                     if let Err(e) = self.store.delete(&version_path(table, v)).await {
                         warn!(table, version = v, error = %e, "could not prune an old metastore version");
+                    }
+                }
+            }
+        }
+        Ok(version)
+    }
+
+    async fn get_document(&self, name: &str) -> Result<Option<Versioned<bytes::Bytes>>> {
+        super::check_document_name(name)?;
+        let prefix = ObjPath::from(format!("{DOCUMENTS}/{name}"));
+        let Some(&version) = self.versions_under(&prefix).await?.last() else {
+            return Ok(None);
+        };
+        match self.store.get(&document_path(name, version)).await {
+            Ok(r) => Ok(Some(Versioned {
+                version,
+                value: r.bytes().await?,
+            })),
+            // Pruned between listing and reading: a newer version exists.
+            Err(object_store::Error::NotFound { .. }) => Box::pin(self.get_document(name)).await,
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn put_document(&self, name: &str, expected: u64, body: Vec<u8>) -> Result<u64> {
+        super::check_document_name(name)?;
+        let version = expected + 1;
+        self.check_not_pruned(&document_path(name, expected), name, expected)
+            .await?;
+        self.create_only(&document_path(name, version), name, version, body)
+            .await?;
+        if version > KEEP_VERSIONS + 1 {
+            let prefix = ObjPath::from(format!("{DOCUMENTS}/{name}"));
+            for v in self.versions_under(&prefix).await? {
+                if v + KEEP_VERSIONS < version {
+                    if let Err(e) = self.store.delete(&document_path(name, v)).await {
+                        warn!(document = name, version = v, error = %e, "could not prune an old document version");
                     }
                 }
             }

@@ -439,6 +439,12 @@ impl TableStore {
         }
     }
 
+    /// The metastore of the server's own deep store, where state that belongs to no table
+    /// lives (its documents: the semantic layer's models).
+    pub fn metastore(&self) -> Arc<dyn crate::metastore::Metastore> {
+        self.default_home.metastore.clone()
+    }
+
     pub fn deep_store_description(&self) -> String {
         self.default_home.describe()
     }
