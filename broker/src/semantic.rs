@@ -16,7 +16,7 @@ use basalt_semantic::{BodyFormat, SemanticError, SemanticQuery};
 use serde_json::json;
 
 use crate::error::ApiError;
-use crate::http::{finish, held_body, limits_for, parse_json, require_json, AppState};
+use crate::http::{finish, held_body, limits_for, media_type, parse_json, require_json, AppState};
 use crate::response;
 
 impl From<SemanticError> for ApiError {
@@ -45,16 +45,7 @@ impl From<SemanticError> for ApiError {
 
 /// The format of a model body from its `Content-Type`.
 fn model_format(headers: &HeaderMap) -> Result<BodyFormat, ApiError> {
-    let ct = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let base = ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let (ct, base) = media_type(headers);
     match base.as_str() {
         "application/json" => Ok(BodyFormat::Json),
         "application/yaml" | "application/x-yaml" | "text/yaml" | "text/x-yaml" => {

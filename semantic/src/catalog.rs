@@ -123,10 +123,6 @@ impl SemanticLayer {
         })
     }
 
-    pub fn registry(&self) -> &Arc<SemanticRegistry> {
-        &self.registry
-    }
-
     /// Reads the stored models if they changed. A stored model that no longer checks is
     /// skipped with a warning (the others are served).
     pub async fn refresh(&self) -> Result<()> {

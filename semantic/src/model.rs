@@ -20,7 +20,7 @@ use datafusion::sql::sqlparser::parser::Parser;
 use datafusion::sql::sqlparser::tokenizer::Token;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{invalid, Result, SemanticError};
+use crate::error::{invalid, Result};
 
 /// Longest expression text a model or request may hold.
 pub const MAX_EXPR_CHARS: usize = 4_096;
@@ -125,7 +125,6 @@ pub enum Dimension {
 #[derive(Debug, Clone)]
 pub struct Measure {
     pub sql: Expr,
-    pub derived: bool,
 }
 
 /// A checked model.
@@ -433,10 +432,7 @@ fn resolve(
             if let ControlFlow::Break(e) = flow {
                 return Err(e);
             }
-            Measure {
-                sql: expr,
-                derived: true,
-            }
+            Measure { sql: expr }
         }
         Some(agg) => {
             let arg = match &m.expr {
@@ -488,7 +484,6 @@ fn resolve(
             };
             Measure {
                 sql: parse_composed(&field, &text)?,
-                derived: false,
             }
         }
     };
@@ -511,16 +506,6 @@ pub fn quoted(name: &str) -> Ident {
 impl From<&Model> for serde_json::Value {
     fn from(m: &Model) -> Self {
         serde_json::to_value(&m.spec).unwrap_or(serde_json::Value::Null)
-    }
-}
-
-impl SemanticError {
-    /// The field an [`SemanticError::Invalid`] names.
-    pub fn field(&self) -> Option<&str> {
-        match self {
-            SemanticError::Invalid { field, .. } => Some(field),
-            _ => None,
-        }
     }
 }
 
