@@ -131,6 +131,18 @@ pub struct TablesSection {
     /// this prefix (default `BASALT_SECRET_`).
     #[serde(default = "default_secret_prefix")]
     pub secret_env_prefix: String,
+    /// How often tables with a `warehouse` block are checked for segments to tier, in
+    /// seconds (default 60).
+    #[serde(default = "default_tier_interval")]
+    pub tier_interval_secs: u64,
+    /// Iceberg REST catalogs a spec may name, as URL prefixes (`http://catalog:8181/`);
+    /// empty: none (a spec could otherwise make the server call any address).
+    #[serde(default)]
+    pub allowed_catalog_uris: Vec<String>,
+}
+
+fn default_tier_interval() -> u64 {
+    60
 }
 
 fn default_max_columns() -> usize {
@@ -149,6 +161,8 @@ impl Default for TablesSection {
             max_columns: default_max_columns(),
             max_partitions: default_max_partitions(),
             secret_env_prefix: default_secret_prefix(),
+            tier_interval_secs: default_tier_interval(),
+            allowed_catalog_uris: Vec::new(),
         }
     }
 }
@@ -161,6 +175,7 @@ impl TablesSection {
             max_partitions: self.max_partitions,
             allowed_roots: storage.allowed_roots.clone(),
             secret_env_prefix: self.secret_env_prefix.clone(),
+            allowed_catalog_uris: self.allowed_catalog_uris.clone(),
         }
     }
 }

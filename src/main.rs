@@ -381,6 +381,7 @@ async fn start_server(
         body_read_timeout: std::time::Duration::from_secs(cfg.ingest.body_read_timeout_secs),
         query: cfg.query.limits(),
         analyst: cfg.query.analyst_limits(),
+        tier_interval: std::time::Duration::from_secs(cfg.tables.tier_interval_secs.max(1)),
     };
     let auth = cfg.auth.auth();
     let listener = bind(http_addr, "http").await?;

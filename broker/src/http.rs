@@ -45,6 +45,9 @@ pub struct HttpLimits {
     pub query: QueryLimits,
     /// The limits of the `analyst` class (`queryOptions` `workload=analyst`).
     pub analyst: QueryLimits,
+    /// How often tables with a warehouse tier are checked for segments to tier (default
+    /// 60 s).
+    pub tier_interval: Duration,
 }
 
 impl Default for HttpLimits {
@@ -58,6 +61,7 @@ impl Default for HttpLimits {
                 basalt_query::memory::default_analyst_limit(),
                 Duration::from_secs(300),
             ),
+            tier_interval: Duration::from_secs(60),
         }
     }
 }
@@ -76,6 +80,9 @@ pub struct AppState {
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
     /// The semantic layer: metric models and their queries.
     pub semantic: Arc<basalt_semantic::SemanticLayer>,
+    /// The warehouse tier (`standalone`: this process tiers its tables; `None` on a
+    /// cluster's broker, see ARCHITECTURE.md).
+    pub warehouse: Option<Arc<basalt_warehouse::Warehouse>>,
 }
 
 /// How long a broker's batch ingest waits for servers to load what it published.
@@ -96,6 +103,7 @@ fn routes() -> (
         .routes(routes!(create_table, list_tables))
         .routes(routes!(get_table, drop_table))
         .routes(routes!(get_ingestion))
+        .routes(routes!(tier_now))
         .routes(routes!(get_schema))
         .routes((
             schemas,
@@ -193,7 +201,10 @@ fn required_role(method: &axum::http::Method, path: &str) -> crate::auth::Role {
     use crate::auth::Role;
     let admin = *method == axum::http::Method::DELETE
         || (*method == axum::http::Method::POST
-            && (path == "/tables" || path == "/semantic/models" || path.ends_with("/ingest")));
+            && (path == "/tables"
+                || path == "/semantic/models"
+                || path.ends_with("/ingest")
+                || path.ends_with("/tier")));
     if admin {
         Role::Admin
     } else {
@@ -377,6 +388,7 @@ async fn get_table(State(s): State<AppState>, Path(name): Path<String>) -> Respo
             "stats": t.stats(),
             "deep_store": t.deep_store(),
             "ingestion": t.ingestion(),
+            "warehouse": basalt_warehouse::service::describe(&t),
         }))
         .into_response()),
         None => Err(ApiError::NotFound(format!("table {name:?} does not exist"))),
@@ -421,6 +433,55 @@ async fn get_ingestion(State(s): State<AppState>, Path(name): Path<String>) -> R
         None => Err(ApiError::NotFound(format!("table {name:?} does not exist"))),
     };
     finish(&s, "get_ingestion", r)
+}
+
+/// Runs a tiering pass of the table now (it also runs every `tier_interval`): segments
+/// older than `tier_after` move to its Iceberg table.
+#[utoipa::path(post, path = "/tables/{name}/tier", tag = "tables",
+    params(("name" = String, Path, description = "Table name", example = "events")),
+    responses(
+        (status = 200, description = "What the run moved (`moved: false` when nothing was old enough)", body = Object),
+        crate::openapi::Guarded,
+        (status = 404, description = "No such table", body = crate::openapi::ErrorBody),
+        (status = 409, description = "The table has no warehouse block, or this process does not tier (a cluster broker)", body = crate::openapi::ErrorBody),
+        (status = 503, description = "The catalog or the warehouse storage cannot be reached", body = crate::openapi::ErrorBody),
+    ))]
+async fn tier_now(State(s): State<AppState>, Path(name): Path<String>) -> Response {
+    let r = async {
+        let t = s
+            .store
+            .table(&name)
+            .ok_or_else(|| ApiError::NotFound(format!("table {name:?} does not exist")))?;
+        if t.spec.warehouse.is_none() {
+            return Err(ApiError::Conflict(format!(
+                "table {name:?} has no warehouse block"
+            )));
+        }
+        let w = s.warehouse.clone().ok_or_else(|| {
+            ApiError::Conflict("this process does not tier tables (a cluster broker)".into())
+        })?;
+        let now = chrono::Utc::now().timestamp_millis();
+        let run = w
+            .tier_one(&s.store, &t, now)
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("tiering {name:?}: {e}")))?;
+        Ok(Json(match run {
+            Some(r) => json!({
+                "moved": true,
+                "segments": r.segments,
+                "rows": r.rows,
+                "data_files": r.data_files,
+                "data_bytes": r.data_bytes,
+                "snapshot_id": r.snapshot_id,
+                "boundary": r.boundary,
+                "recovered": r.recovered,
+            }),
+            None => json!({"moved": false}),
+        })
+        .into_response())
+    }
+    .await;
+    finish(&s, "tier_now", r)
 }
 
 /// Drops a table and its segments.

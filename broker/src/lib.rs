@@ -37,8 +37,18 @@ pub fn app_state(
     auth: auth::Auth,
     guard: guard::Guard,
 ) -> AppState {
-    let engine = QueryEngine::with_config(Arc::new(source::StoreSource(store.clone())), engine);
-    state_with_engine(store, engine, limits, auth, guard)
+    let warehouse = Arc::new(basalt_warehouse::Warehouse::default());
+    let source = source::TieredSource {
+        store: source::StoreSource(store.clone()),
+        warehouse: warehouse.clone(),
+    };
+    let engine = QueryEngine::with_config(Arc::new(source), engine);
+    let mut state = state_with_engine(store, engine, limits, auth, guard);
+    for m in warehouse.metrics.collectors() {
+        state.metrics.register(m);
+    }
+    state.warehouse = Some(warehouse);
+    state
 }
 
 /// A broker's application state: queries of its tables run on the cluster's servers
@@ -79,7 +89,8 @@ fn state_with_engine(
     let engine = engine.with_statement_rewrite(Arc::new(basalt_semantic::sql::SemanticRewrite {
         registry: registry.clone(),
     }));
-    let semantic = basalt_semantic::SemanticLayer::new(registry, store.metastore(), engine.clone());
+    let semantic =
+        basalt_semantic::SemanticLayer::with_store(registry, store.clone(), engine.clone());
     AppState {
         semantic,
         store,
@@ -92,6 +103,7 @@ fn state_with_engine(
         auth,
         guard,
         cluster: None,
+        warehouse: None,
     }
 }
 
@@ -109,6 +121,9 @@ pub async fn serve(
         tracing::warn!(error = %e, "could not read the semantic models; retrying in the background");
     }
     state.semantic.spawn_refresh(SEMANTIC_REFRESH);
+    if let Some(w) = &state.warehouse {
+        w.spawn_tiering(state.store.clone(), state.limits.tier_interval);
+    }
     tracing::info!(?addr, "http api listening");
     axum::serve(listener, http::router(state))
         .with_graceful_shutdown(shutdown)

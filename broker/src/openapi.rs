@@ -44,6 +44,11 @@ pub struct TableDetail {
     /// Real-time ingestion status (as `GET /tables/{name}/ingestion`); null for batch tables.
     #[schema(value_type = Option<Object>)]
     pub ingestion: Value,
+    /// The warehouse tier (tables with a `warehouse` block): the Iceberg table, the time
+    /// boundary, the pinned snapshot id, and what was tiered (segments, rows, data files
+    /// and bytes); null for other tables.
+    #[schema(value_type = Option<Object>)]
+    pub warehouse: Value,
 }
 
 /// `GET /tables/{name}` of a table that cannot be loaded now (503).

@@ -248,6 +248,7 @@ pub fn success(out: &mut QueryOutput, max_bytes: usize) -> Result<Vec<u8>, Query
         "numSegmentsQueried": s.num_segments_queried,
         "numSegmentsProcessed": s.num_segments_queried - s.num_segments_pruned,
         "numSegmentsMatched": s.num_segments_matched,
+        "numWarehouseFilesQueried": s.num_warehouse_files,
         "numSegmentsPrunedByBroker": 0,
         "numSegmentsPrunedByServer": s.num_segments_pruned,
         "numEntriesScannedInFilter": s.blocks_scanned,

@@ -6,9 +6,13 @@
 use std::sync::Arc;
 
 use basalt_ingest::quarantine::quarantine_schema;
+use basalt_ingest::warehouse::WarehouseState;
 use basalt_ingest::TableStore;
+use basalt_query::scan::ScanStats;
+use basalt_query::table::SegmentTable;
 use basalt_query::{QueryError, TableSnapshot, TableSource};
 use basalt_segment::SegmentSchema;
+use datafusion::datasource::TableProvider;
 
 /// The suffix naming a table's quarantine.
 pub const QUARANTINE_SUFFIX: &str = "$quarantine";
@@ -62,6 +66,16 @@ impl TableSource for StoreSource {
     }
 
     fn snapshot(&self, name: &str) -> Result<Option<TableSnapshot>, QueryError> {
+        Ok(self.snapshot_and_tier(name)?.map(|(s, _)| s))
+    }
+}
+
+/// A table's snapshot and the warehouse state of the same view.
+pub type SnapshotAndTier = (TableSnapshot, Option<Arc<WarehouseState>>);
+
+impl StoreSource {
+    /// The table's snapshot and the warehouse state of the same view.
+    pub fn snapshot_and_tier(&self, name: &str) -> Result<Option<SnapshotAndTier>, QueryError> {
         let (base, quarantine) = match name.strip_suffix(QUARANTINE_SUFFIX) {
             Some(b) => (b, true),
             None => (name, false),
@@ -84,18 +98,61 @@ impl TableSource for StoreSource {
             true => quarantine_schema(),
             false => t.schema.clone(),
         };
-        let read = t
-            .view()
-            .readers(quarantine)
-            .map_err(|e| QueryError::Snapshot {
-                table: name.to_string(),
-                source: Box::new(e),
-            })?;
-        Ok(Some(TableSnapshot {
+        let view = t.view();
+        let read = view.readers(quarantine).map_err(|e| QueryError::Snapshot {
+            table: name.to_string(),
+            source: Box::new(e),
+        })?;
+        let snapshot = TableSnapshot {
             name: name.to_string(),
             schema,
             segments: read.segments,
             valid: read.valid,
-        }))
+        };
+        let tier = match quarantine {
+            true => None,
+            false => view.warehouse.clone(),
+        };
+        Ok(Some((snapshot, tier)))
+    }
+}
+
+/// A [`StoreSource`] whose tables with a warehouse tier span it ([`basalt_warehouse`]).
+#[derive(Debug, Clone)]
+pub struct TieredSource {
+    pub store: StoreSource,
+    pub warehouse: Arc<basalt_warehouse::Warehouse>,
+}
+
+impl TableSource for TieredSource {
+    fn table_names(&self) -> Vec<String> {
+        self.store.table_names()
+    }
+
+    fn schema(&self, name: &str) -> Option<SegmentSchema> {
+        self.store.schema(name)
+    }
+
+    fn data_version(&self, name: &str) -> Option<basalt_query::cache::DataVersion> {
+        self.store.data_version(name)
+    }
+
+    fn snapshot(&self, name: &str) -> Result<Option<TableSnapshot>, QueryError> {
+        self.store.snapshot(name)
+    }
+
+    fn provider(
+        &self,
+        name: &str,
+        stats: Arc<ScanStats>,
+    ) -> Result<Option<Arc<dyn TableProvider>>, QueryError> {
+        let Some((snapshot, tier)) = self.store.snapshot_and_tier(name)? else {
+            return Ok(None);
+        };
+        let hot: Arc<dyn TableProvider> = Arc::new(SegmentTable::new(snapshot, stats.clone()));
+        match (tier, self.store.0.table(name)) {
+            (Some(tier), Some(t)) => Ok(Some(self.warehouse.provider(&t, hot, Some(tier), stats))),
+            _ => Ok(Some(hot)),
+        }
     }
 }

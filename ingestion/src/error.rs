@@ -37,6 +37,8 @@ pub enum IngestError {
     Parquet(#[from] parquet::errors::ParquetError),
     #[error("metastore is corrupt: {0}")]
     Metastore(String),
+    #[error("tiering refused: {0}")]
+    Tiering(String),
     #[error("table {table:?} changed after version {expected} was read (a concurrent writer committed first)")]
     Conflict { table: String, expected: u64 },
     #[error("table {table:?} partition {partition}: checkpoint delta ({from:?}, {to}] does not start at the checkpoint {checkpoint:?}")]

@@ -22,6 +22,7 @@ pub mod realtime;
 pub mod spec;
 pub mod store;
 pub mod upsert;
+pub mod warehouse;
 
 pub use decode::Format;
 pub use error::{IngestError, Result};

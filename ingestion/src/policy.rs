@@ -26,6 +26,8 @@ pub struct TablePolicy {
     /// `${env:NAME}` references in Kafka properties may only name variables with this
     /// prefix (default `BASALT_SECRET_`).
     pub secret_env_prefix: String,
+    /// Iceberg REST catalog URIs a spec's `warehouse` may name, as prefixes. Empty: none.
+    pub allowed_catalog_uris: Vec<String>,
 }
 
 impl Default for TablePolicy {
@@ -35,6 +37,7 @@ impl Default for TablePolicy {
             max_partitions: 1024,
             allowed_roots: Vec::new(),
             secret_env_prefix: "BASALT_SECRET_".into(),
+            allowed_catalog_uris: Vec::new(),
         }
     }
 }
@@ -61,6 +64,23 @@ pub enum LocationError {
     Relative(String),
     #[error("{0:?} must be an s3:// or file:// URL")]
     Scheme(String),
+}
+
+/// Refuses `url` (the spec's `field`) unless it lies under one of `roots`.
+fn check_under(field: &str, url: &str, roots: &[String]) -> Result<()> {
+    let loc = location(url).map_err(|e| spec_err(format!("{field}: {e}")))?;
+    let allowed = roots
+        .iter()
+        .filter_map(|r| location(r).ok())
+        .any(|r| under(&loc, &r));
+    if !allowed {
+        return Err(spec_err(format!(
+            "{field}: {url:?} is outside the locations this server allows \
+             (storage.allowed_roots: {})",
+            roots.join(", ")
+        )));
+    }
+    Ok(())
 }
 
 /// Parses `s3://bucket/prefix` or `file:///abs/path`; refuses relative paths and `.`/`..`
@@ -154,17 +174,32 @@ impl TablePolicy {
             }
         }
         if let Some(d) = &spec.deep_store {
-            let loc = location(d).map_err(|e| spec_err(format!("deep_store: {e}")))?;
-            let allowed = roots
-                .iter()
-                .filter_map(|r| location(r).ok())
-                .any(|r| under(&loc, &r));
-            if !allowed {
-                return Err(spec_err(format!(
-                    "deep_store: {d:?} is outside the deep stores this server allows \
-                     (storage.allowed_roots: {})",
-                    roots.join(", ")
-                )));
+            check_under("deep_store", d, roots)?;
+        }
+        if let Some(w) = &spec.warehouse {
+            let c = &w.iceberg.catalog;
+            if let Some(wh) = &c.warehouse {
+                check_under("warehouse.iceberg.catalog.warehouse", wh, roots)?;
+            }
+            match c.sqlite_path() {
+                Some(path) => check_under(
+                    "warehouse.iceberg.catalog.uri",
+                    &format!("file://{path}"),
+                    roots,
+                )?,
+                None => {
+                    let allowed = self
+                        .allowed_catalog_uris
+                        .iter()
+                        .any(|p| !p.is_empty() && c.uri.starts_with(p.as_str()));
+                    if !allowed {
+                        return Err(spec_err(format!(
+                            "warehouse.iceberg.catalog.uri: {:?} is not a catalog this server \
+                             allows (tables.allowed_catalog_uris)",
+                            c.uri
+                        )));
+                    }
+                }
             }
         }
         Ok(())
@@ -243,6 +278,50 @@ mod tests {
         );
         let e = p.check(&s, &[]).unwrap_err().to_string();
         assert!(e.contains("source.generator.partitions"), "{e}");
+    }
+
+    #[test]
+    fn warehouse_locations_and_catalogs_must_be_allowed() {
+        let roots = vec!["file:///srv/basalt".to_string(), "s3://lake/w".to_string()];
+        let with = |catalog: serde_json::Value| {
+            let mut s = spec(None, 2);
+            s.warehouse = Some(
+                serde_json::from_value(serde_json::json!({
+                    "iceberg": {"catalog": catalog, "namespace": "a", "table": "t"},
+                    "tier_after": "7d"
+                }))
+                .unwrap(),
+            );
+            s
+        };
+        let p = TablePolicy::default();
+        let sql = |uri: &str, wh: &str| {
+            with(serde_json::json!({"type": "sql", "uri": uri, "warehouse": wh}))
+        };
+        p.check(&sql("sqlite:///srv/basalt/ice.db", "s3://lake/w/x"), &roots)
+            .unwrap();
+        for (s, field) in [
+            (sql("sqlite:///etc/ice.db", "s3://lake/w"), "catalog.uri"),
+            (
+                sql("sqlite:///srv/basalt/i.db", "s3://other/w"),
+                "catalog.warehouse",
+            ),
+            (
+                sql("sqlite:///srv/basalt/i.db", "file:///srv/basalt/../x"),
+                "catalog.warehouse",
+            ),
+        ] {
+            let e = p.check(&s, &roots).unwrap_err().to_string();
+            assert!(e.contains(field), "{e}");
+        }
+        let rest = with(serde_json::json!({"type": "rest", "uri": "http://169.254.169.254/"}));
+        let e = p.check(&rest, &roots).unwrap_err().to_string();
+        assert!(e.contains("tables.allowed_catalog_uris"), "{e}");
+        let open = TablePolicy {
+            allowed_catalog_uris: vec!["http://169.254.169.254/".into()],
+            ..Default::default()
+        };
+        open.check(&rest, &roots).unwrap();
     }
 
     #[test]

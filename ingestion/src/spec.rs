@@ -45,6 +45,10 @@ pub struct TableSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1, maximum = 16)]
     pub replication: Option<u32>,
+    /// Move sealed segments older than `tier_after` into an Iceberg table; queries span both
+    /// (see `crate::warehouse`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warehouse: Option<crate::warehouse::WarehouseSpec>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -538,6 +542,14 @@ impl TableSpec {
             }
         }
         crate::upsert::config::validate(self)?;
+        if let Some(w) = &self.warehouse {
+            w.validate()?;
+            if self.time_column.is_none() {
+                return Err(spec_err(
+                    "warehouse: a table without a time_column has nothing to tier by",
+                ));
+            }
+        }
         Ok(())
     }
 

@@ -152,6 +152,8 @@ pub struct QueryStats {
     /// Brokers: segments no live replica answered for. Not empty means the result is
     /// partial (Pinot's `partialResult`).
     pub missing_segments: Vec<String>,
+    /// Data files of the warehouse tier (Iceberg) read.
+    pub num_warehouse_files: u64,
 }
 
 impl QueryStats {

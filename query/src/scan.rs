@@ -52,6 +52,8 @@ pub struct ScanStats {
     pub servers_queried: AtomicU64,
     pub servers_responded: AtomicU64,
     pub missing_segments: parking_lot::Mutex<Vec<String>>,
+    /// Data files of a warehouse (Iceberg) tier the query read.
+    pub warehouse_files: AtomicU64,
 }
 
 impl ScanStats {
@@ -84,6 +86,7 @@ impl ScanStats {
             num_servers_queried: self.servers_queried.load(r),
             num_servers_responded: self.servers_responded.load(r),
             missing_segments: self.missing_segments.lock().clone(),
+            num_warehouse_files: self.warehouse_files.load(r),
         }
     }
 }

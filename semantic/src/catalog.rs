@@ -5,9 +5,9 @@
 //! each dimension and measure over it), and answers to semantic queries with the tier that
 //! answered each range and how fresh it is.
 //!
-//! Tiers: today every range is answered by the serving segments (sealed and real-time).
-//! The warehouse tier (Iceberg, issue 19's tiering) is not built yet; when it is, a range
-//! split at the table's time boundary gets one entry per tier here.
+//! Tiers: a range split at the table's warehouse boundary gets one entry per tier: the part
+//! below it answered by the Iceberg table (its newest event is just below the boundary),
+//! the part at or after it by segments.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,6 +17,7 @@ use std::time::Duration;
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{DataType, TimeUnit, TimestampMillisecondType};
 use basalt_ingest::metastore::Metastore;
+use basalt_ingest::store::TableStore;
 use basalt_ingest::IngestError;
 use basalt_query::{ErrorKind, QueryEngine, QueryError, QueryLimits, QueryOutput};
 use parking_lot::RwLock;
@@ -83,7 +84,8 @@ pub struct SemanticAnswer {
 /// Which tier answered which part of the requested range, and how fresh it is.
 #[derive(Debug, Clone, Serialize)]
 pub struct TierAnswer {
-    /// `segments`: the serving tier (sealed and real-time segments).
+    /// `segments`: the serving tier (sealed and real-time segments); `warehouse`: the
+    /// Iceberg table older segments were tiered into.
     pub tier: &'static str,
     /// The part of the range it answered (`null`: unbounded).
     pub from: Option<String>,
@@ -101,6 +103,8 @@ pub struct SemanticLayer {
     registry: Arc<SemanticRegistry>,
     metastore: Arc<dyn Metastore>,
     engine: QueryEngine,
+    /// The tables, for their warehouse boundaries (which tier holds which range).
+    store: Option<Arc<TableStore>>,
 }
 
 fn iso(ms: i64) -> String {
@@ -120,6 +124,36 @@ impl SemanticLayer {
             registry,
             metastore,
             engine,
+            store: None,
+        })
+    }
+
+    /// A layer that reports the tier of each part of a range from the tables' warehouse
+    /// boundaries in `store`.
+    pub fn with_store(
+        registry: Arc<SemanticRegistry>,
+        store: Arc<TableStore>,
+        engine: QueryEngine,
+    ) -> Arc<SemanticLayer> {
+        Arc::new(SemanticLayer {
+            registry,
+            metastore: store.metastore(),
+            engine,
+            store: Some(store),
+        })
+    }
+
+    /// The model's table's warehouse boundary in epoch milliseconds (`None`: nothing
+    /// tiered), when the model's time dimension is the table's time column.
+    fn boundary_ms(&self, model: &Model) -> Option<i64> {
+        let t = self.store.as_ref()?.table(&model.spec.table)?;
+        if t.spec.time_column.as_deref() != Some(model.spec.time_dimension.as_str()) {
+            return None;
+        }
+        let b = t.view().warehouse.as_ref()?.boundary;
+        Some(match t.spec.column_type(&model.spec.time_dimension) {
+            Some(basalt_segment::ColumnType::Date) => b.saturating_mul(86_400_000),
+            _ => b,
         })
     }
 
@@ -314,14 +348,36 @@ impl SemanticLayer {
         let model = self.get(&q.model)?;
         let compiled = compile(&model, q)?;
         let output = self.engine.execute(&compiled.sql, limits).await?;
-        let (tier, warnings) = self
-            .hot_tier(&model, compiled.from_ms, compiled.to_ms, limits)
-            .await?;
+        let (from, to) = (compiled.from_ms, compiled.to_ms);
+        let boundary = self.boundary_ms(&model);
+        let mut tiers = Vec::new();
+        // The range splits at the boundary: below it from the warehouse (and late events
+        // still in segments), at or after it from segments alone.
+        if let Some(b) = boundary.filter(|b| from.is_none_or(|f| f < *b)) {
+            let now = chrono::Utc::now().timestamp_millis();
+            tiers.push(TierAnswer {
+                tier: "warehouse",
+                from: from.map(iso),
+                to: Some(iso(to.map_or(b, |t| t.min(b)))),
+                newest_event: Some(iso(b - 1)),
+                lag_ms: Some((now - (b - 1)).max(0)),
+            });
+        }
+        let mut warnings = Vec::new();
+        if boundary.is_none_or(|b| to.is_none_or(|t| t > b)) {
+            let hot_from = match (from, boundary) {
+                (Some(f), Some(b)) => Some(f.max(b)),
+                (f, b) => f.or(b),
+            };
+            let (tier, w) = self.hot_tier(&model, hot_from, to, limits).await?;
+            tiers.push(tier);
+            warnings = w;
+        }
         Ok(SemanticAnswer {
             output,
             semantic_sql: compiled.semantic_sql,
             sql: compiled.sql,
-            tiers: vec![tier],
+            tiers,
             warnings,
         })
     }

@@ -130,6 +130,28 @@ pub fn succeeded(out: &std::process::Output) -> String {
     stdout
 }
 
+/// Writes `rows` generated events ending now, one every `step_ms`, to
+/// `<dir>/events.parquet` (`basalt gen-events`).
+pub fn gen_events_parquet(dir: &Path, rows: u64, step_ms: u64) -> std::path::PathBuf {
+    let file = dir.join("events.parquet");
+    let ok = Command::new(env!("CARGO_BIN_EXE_basalt"))
+        .args([
+            "gen-events",
+            "--rows",
+            &rows.to_string(),
+            "--format",
+            "parquet",
+        ])
+        .args(["--step-ms", &step_ms.to_string()])
+        .arg("--out")
+        .arg(&file)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    file
+}
+
 /// Creates a table from a JSON `spec`; it must answer 201. Returns the answer.
 pub async fn create_table(c: &reqwest::Client, s: &Server, spec: &str) -> serde_json::Value {
     let r = c

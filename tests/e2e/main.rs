@@ -18,4 +18,5 @@ mod semantic;
 mod slt;
 mod tpch;
 mod upsert;
+mod warehouse;
 mod workload;

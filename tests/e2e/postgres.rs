@@ -25,22 +25,7 @@ pub async fn load_events_spaced(
     step_ms: u64,
 ) {
     create_table(c, s, basalt_ingest::gen::EVENTS_SPEC).await;
-    let file = dir.join("events.parquet");
-    let ok = Command::new(env!("CARGO_BIN_EXE_basalt"))
-        .args([
-            "gen-events",
-            "--rows",
-            &rows.to_string(),
-            "--format",
-            "parquet",
-        ])
-        .args(["--step-ms", &step_ms.to_string()])
-        .arg("--out")
-        .arg(&file)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
+    let file = crate::harness::gen_events_parquet(dir, rows, step_ms);
     let r = c
         .post(s.url("/tables/events/ingest"))
         .header("content-type", "application/vnd.apache.parquet")

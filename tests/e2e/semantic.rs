@@ -25,7 +25,12 @@ measures:
   - {name: events, agg: count}
 "#;
 
-async fn post_model(c: &reqwest::Client, s: &Server, ct: &str, body: &str) -> (u16, Value) {
+pub(crate) async fn post_model(
+    c: &reqwest::Client,
+    s: &Server,
+    ct: &str,
+    body: &str,
+) -> (u16, Value) {
     let r = c
         .post(s.url("/semantic/models"))
         .header("content-type", ct)
@@ -36,7 +41,7 @@ async fn post_model(c: &reqwest::Client, s: &Server, ct: &str, body: &str) -> (u
     (r.status().as_u16(), r.json().await.unwrap())
 }
 
-async fn semantic(c: &reqwest::Client, s: &Server, q: Value) -> (u16, Value) {
+pub(crate) async fn semantic(c: &reqwest::Client, s: &Server, q: Value) -> (u16, Value) {
     let r = c
         .post(s.url("/semantic/query"))
         .json(&q)

@@ -56,6 +56,7 @@ export BASALT_TEST_SUPERSET=http://127.0.0.1:$SUPERSET_PORT
 export BASALT_TEST_SUPERSET_PYTHON=$SUPERSET_VENV/bin/python
 export BASALT_TEST_CHROMIUM=$CLIENTS_VENV/bin/python
 export BASALT_TEST_TPCH=$TPCH_VENV/bin/python
+export BASALT_TEST_WAREHOUSE=$TPCH_VENV/bin/python
 ENV
 }
 
@@ -187,15 +188,20 @@ install_clients() {
   echo "headless Chromium ready ($(/usr/bin/chromium --version))"
 }
 
-# TPC-H data and reference answers: DuckDB 1.5.5 with duckdb-extension-tpch 1.5.5.
+# TPC-H data and reference answers: DuckDB 1.5.5 with duckdb-extension-tpch 1.5.5. The
+# warehouse tier's independent readers live in the same venv: DuckDB's iceberg extension
+# (iceberg_scan) and pyiceberg with its SQL catalog.
 install_tpch() {
-  if ! "$TPCH_VENV/bin/python" -c "import duckdb, duckdb_extension_tpch" 2>/dev/null; then
-    echo "installing DuckDB 1.5.5 and its tpch extension (pip, venv $TPCH_VENV)"
+  local check="import duckdb, duckdb_extension_tpch, duckdb_extension_iceberg, duckdb_extension_avro, pyiceberg.catalog.sql"
+  if ! "$TPCH_VENV/bin/python" -c "$check" 2>/dev/null; then
+    echo "installing DuckDB 1.5.5, its tpch and iceberg extensions and pyiceberg (pip, venv $TPCH_VENV)"
     python3 -m venv "$TPCH_VENV"
-    "$TPCH_VENV/bin/python" -m pip install --quiet duckdb==1.5.5 duckdb-extension-tpch==1.5.5
+    "$TPCH_VENV/bin/python" -m pip install --quiet duckdb==1.5.5 duckdb-extension-tpch==1.5.5 \
+      duckdb-extension-iceberg==1.5.5 duckdb-extension-avro==1.5.5 \
+      "pyiceberg[sql-sqlite,pyarrow]==0.12.0"
   fi
-  "$TPCH_VENV/bin/python" -c "import duckdb, duckdb_extension_tpch" ||
-    { echo "DuckDB's tpch extension did not install" >&2; exit 1; }
+  "$TPCH_VENV/bin/python" -c "$check" ||
+    { echo "DuckDB's extensions or pyiceberg did not install" >&2; exit 1; }
   echo "TPC-H generator ready (DuckDB $("$TPCH_VENV/bin/python" -c 'import duckdb; print(duckdb.__version__)'))"
 }
 

@@ -103,6 +103,10 @@ pub struct TableState {
     /// The server consuming the table's stream, and its fencing epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<Lease>,
+    /// The warehouse tier: the time boundary and the Iceberg snapshot below it (tables
+    /// with a `warehouse` block, once a tiering run committed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warehouse: Option<crate::warehouse::WarehouseState>,
 }
 
 impl TableState {
@@ -118,6 +122,7 @@ impl TableState {
             keyed_snapshots: BTreeMap::new(),
             dropped: None,
             owner: None,
+            warehouse: None,
         }
     }
 
@@ -356,6 +361,41 @@ pub async fn publish(
         next.segments.extend(segments.iter().cloned());
         next.quarantine.extend(quarantine.iter().cloned());
         next.keyed_snapshots.extend(snapshots.iter().cloned());
+        Ok(())
+    })
+    .await
+}
+
+/// Commits a tiering run: the segments named by `moved` leave the table and `warehouse`
+/// becomes its warehouse state, in one commit. Refused (a [`IngestError::Tiering`]) when a
+/// named segment is no longer listed — another writer moved or dropped it — or when the
+/// state's boundary would go backwards.
+pub async fn tier(
+    ms: &dyn Metastore,
+    table: &str,
+    generation: &str,
+    moved: &[String],
+    warehouse: &crate::warehouse::WarehouseState,
+) -> Result<Versioned<TableState>> {
+    update(ms, table, generation, |next| {
+        if let Some(missing) = moved
+            .iter()
+            .find(|id| !next.segments.iter().any(|s| &s.id == *id))
+        {
+            return Err(IngestError::Tiering(format!(
+                "segment {missing} is no longer in the table"
+            )));
+        }
+        if let Some(cur) = &next.warehouse {
+            if warehouse.boundary < cur.boundary {
+                return Err(IngestError::Tiering(format!(
+                    "the boundary would move back from {} to {}",
+                    cur.boundary, warehouse.boundary
+                )));
+            }
+        }
+        next.segments.retain(|s| !moved.contains(&s.id));
+        next.warehouse = Some(warehouse.clone());
         Ok(())
     })
     .await

@@ -44,6 +44,7 @@ mod placement;
 mod publish;
 mod read;
 pub mod recovery;
+mod tier;
 
 use batch::BatchKeys;
 pub use placement::{Everything, Placement};
@@ -81,6 +82,9 @@ pub struct TableView {
     /// valid docs is installed, so a query sees either a flush's rows and their valid docs
     /// or neither (rows past the bitmaps it holds are not valid to it).
     pub valid: Option<Arc<ValidDocs>>,
+    /// The warehouse tier of the same metastore state as `published`: rows below its
+    /// boundary that are not in `published` are in its Iceberg snapshot.
+    pub warehouse: Option<Arc<crate::warehouse::WarehouseState>>,
 }
 
 impl TableView {
@@ -421,6 +425,7 @@ impl TableStore {
             quarantine: load_segments(&home, &state.spec.name, &state.quarantine, &[]).await?,
             mutable: Vec::new(),
             valid: persisted_valid(&home, &state).await?.map(Arc::new),
+            warehouse: state.warehouse.clone().map(Arc::new),
         };
         info!(table = %state.spec.name, segments = view.segments.len(), deep_store = %home.describe(), "loaded table");
         let table = Arc::new(Table::new(state.spec, state.generation, home, view));

@@ -92,6 +92,7 @@ impl TableStore {
                 .retain(|p| retire.is_none_or(|r| !Arc::ptr_eq(p, r)));
             v.segments = segments;
             v.published = Arc::new(state.value.segments.clone());
+            v.warehouse = state.value.warehouse.clone().map(Arc::new);
             v.checkpoints = Arc::new(state.value.checkpoints.clone());
             v.quarantine = quarantine;
             if !valid.is_empty() {
@@ -139,6 +140,7 @@ impl TableStore {
         let unchanged = valid.is_none()
             && *cur.published == state.segments
             && *cur.checkpoints == state.checkpoints
+            && cur.warehouse.as_deref() == state.warehouse.as_ref()
             && ids(&cur.segments) == ids(&segments)
             && ids(&cur.quarantine) == ids(&quarantine);
         if unchanged {
@@ -155,6 +157,7 @@ impl TableStore {
         t.change_view(|v| {
             v.segments = segments;
             v.published = Arc::new(state.segments.clone());
+            v.warehouse = state.warehouse.clone().map(Arc::new);
             v.checkpoints = Arc::new(state.checkpoints.clone());
             v.quarantine = quarantine;
             if let Some(valid) = valid {

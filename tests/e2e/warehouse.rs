@@ -1,0 +1,345 @@
+//! The warehouse tier through the real binary: 200,000 events over 10 days in a table whose
+//! spec tiers segments older than 3 days into an Iceberg table (SQL catalog on SQLite, a
+//! `file://` warehouse); queries spanning both tiers against DuckDB over all rows, the
+//! tiered table read by pyiceberg and DuckDB's `iceberg_scan` (`tests/clients/
+//! warehouse_check.py`), the hot range reading no Iceberg file, PostgreSQL answering as
+//! HTTP does, a restart; then a kill -9 at each step of a tiering run and a restart: exactly
+//! the events ingested, in Basalt and in the Iceberg table.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::harness::{
+    create_table, get_json, repo_path, scalar, service_env, sql, succeeded, Server,
+};
+
+const DAY_MS: u64 = 86_400_000;
+
+fn config(dir: &Path) -> String {
+    format!(
+        "[storage]\nallowed_roots = [\"file://{}\"]\n[tables]\ntier_interval_secs = 3600\n",
+        dir.display()
+    )
+}
+
+/// The events spec with a warehouse block; segments of `max_rows`.
+fn spec(dir: &Path, max_rows: u64) -> String {
+    let mut v: Value = serde_json::from_str(basalt_ingest::gen::EVENTS_SPEC).unwrap();
+    v["segment"] = json!({ "max_rows": max_rows });
+    v["warehouse"] = json!({
+        "iceberg": {
+            "catalog": {
+                "type": "sql",
+                "uri": format!("sqlite://{}/iceberg.db", dir.display()),
+                "warehouse": format!("file://{}/warehouse", dir.display()),
+            },
+            "namespace": "analytics",
+            "table": "events"
+        },
+        "tier_after": "3d"
+    });
+    v.to_string()
+}
+
+async fn ingest(c: &reqwest::Client, s: &Server, file: &Path, rows: u64) {
+    let r = c
+        .post(s.url("/tables/events/ingest"))
+        .header("content-type", "application/vnd.apache.parquet")
+        .body(std::fs::read(file).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap(), json!({ "rows": rows }));
+}
+
+async fn tier(c: &reqwest::Client, s: &Server) -> Value {
+    let r = c.post(s.url("/tables/events/tier")).send().await.unwrap();
+    let status = r.status().as_u16();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(status, 200, "{v}");
+    v
+}
+
+fn check(python: &str, args: &[&str]) {
+    let out = Command::new(python)
+        .arg(repo_path("tests/clients/warehouse_check.py"))
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = succeeded(&out);
+    assert!(stdout.contains("warehouse checks passed"), "{stdout}");
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiered_tables_answer_as_duckdb_and_iceberg_readers_agree() {
+    let Some(python) = service_env(
+        "BASALT_TEST_WAREHOUSE",
+        "tiered_tables_answer_as_duckdb_and_iceberg_readers_agree",
+    ) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cfg = config(dir.path());
+    let s = Server::start(&data, Some(&cfg));
+    let c = reqwest::Client::new();
+    const ROWS: u64 = 200_000;
+    let file = crate::harness::gen_events_parquet(dir.path(), ROWS, 10 * DAY_MS / ROWS);
+    create_table(&c, &s, &spec(dir.path(), 10_000)).await;
+    ingest(&c, &s, &file, ROWS).await;
+    let before = get_json(&c, &s, "/tables/events").await;
+    assert_eq!(before["warehouse"]["boundary"], Value::Null, "{before}");
+
+    let run = tier(&c, &s).await;
+    assert_eq!(run["moved"], json!(true), "{run}");
+    let moved = run["rows"].as_u64().unwrap();
+    // About 7 of the 10 days are older than 3 days (whole segments of 12 hours each).
+    assert!((120_000..=150_000).contains(&moved), "{run}");
+    let t = get_json(&c, &s, "/tables/events").await;
+    let w = &t["warehouse"];
+    assert_eq!(w["rows"], json!(moved), "{t}");
+    assert_eq!(w["snapshot_id"], run["snapshot_id"], "{t}");
+    assert!(
+        w["data_files"].as_u64().unwrap() >= 7,
+        "one file per day at least: {t}"
+    );
+    assert_eq!(
+        t["stats"]["rows"],
+        json!(ROWS - moved),
+        "segments keep the rest: {t}"
+    );
+    let boundary = w["boundary"].as_i64().unwrap();
+    // Nothing more is old enough.
+    assert_eq!(tier(&c, &s).await["moved"], json!(false));
+
+    // The hot range never opens the Iceberg table; the cold range reads its files.
+    let hot = sql(
+        &c,
+        &s,
+        &format!("SELECT count(*) FROM events WHERE ts >= to_timestamp_millis({boundary})"),
+    )
+    .await;
+    assert_eq!(hot["numWarehouseFilesQueried"], json!(0), "{hot}");
+    assert_eq!(
+        hot["resultTable"]["rows"][0][0],
+        json!(ROWS - moved),
+        "{hot}"
+    );
+    let cold = sql(
+        &c,
+        &s,
+        &format!("SELECT count(*) FROM events WHERE ts < to_timestamp_millis({boundary})"),
+    )
+    .await;
+    assert!(
+        cold["numWarehouseFilesQueried"].as_u64().unwrap() > 0,
+        "{cold}"
+    );
+    assert_eq!(cold["resultTable"]["rows"][0][0], json!(moved), "{cold}");
+    // A one-day slice of the cold range prunes the other days' files.
+    let day = sql(
+        &c,
+        &s,
+        &format!(
+            "SELECT count(*) FROM events WHERE ts >= to_timestamp_millis({}) AND ts < to_timestamp_millis({})",
+            boundary - 3 * DAY_MS as i64,
+            boundary - 2 * DAY_MS as i64
+        ),
+    )
+    .await;
+    let all_files = w["data_files"].as_u64().unwrap();
+    let read = day["numWarehouseFilesQueried"].as_u64().unwrap();
+    assert!(read > 0 && read < all_files, "{read} of {all_files}: {day}");
+
+    let url = s.base.clone();
+    let catalog = format!("{}/iceberg.db", dir.path().display());
+    let warehouse = format!("{}/warehouse", dir.path().display());
+    let now = now_ms().to_string();
+    check(
+        &python,
+        &[
+            "compare",
+            "--basalt",
+            &url,
+            "--catalog",
+            &catalog,
+            "--warehouse",
+            &warehouse,
+            "--parquet",
+            file.to_str().unwrap(),
+            "--now-ms",
+            &now,
+        ],
+    );
+
+    // PostgreSQL answers over both tiers as HTTP does.
+    let (client, conn) = tokio_postgres::connect(
+        &format!(
+            "host={} port={} user=basalt",
+            s.pg.rsplit_once(':').unwrap().0,
+            s.pg.rsplit_once(':').unwrap().1
+        ),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let row = client
+        .query_one("SELECT count(*), count(DISTINCT event_id) FROM events", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        (row.get::<_, i64>(0), row.get::<_, i64>(1)),
+        (ROWS as i64, ROWS as i64)
+    );
+
+    let m = crate::harness::get_text(&c, &s, "/metrics").await;
+    assert!(
+        m.contains(&format!(
+            "basalt_warehouse_tiered_rows_total{{table=\"events\"}} {moved}"
+        )),
+        "metrics count the tiered rows"
+    );
+
+    // The semantic layer splits a range at the boundary and answers both parts.
+    let model = "model: ev\ntable: events\ntime_dimension: ts\ndimensions: [device]\nmeasures:\n  - {name: n, agg: count}\n  - {name: revenue, agg: sum, expr: revenue}\n";
+    let (status, body) = crate::semantic::post_model(&c, &s, "application/yaml", model).await;
+    assert_eq!(status, 201, "{body}");
+    let iso = |ms: i64| {
+        chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms)
+            .unwrap()
+            .format("%Y-%m-%d %H:%M:%S")
+            .to_string()
+    };
+    let (from, to) = (boundary - 2 * DAY_MS as i64, boundary + DAY_MS as i64);
+    let (status, v) = crate::semantic::semantic(
+        &c,
+        &s,
+        json!({"model": "ev", "measures": ["n"], "dimensions": ["device"],
+               "from": iso(from), "to": iso(to)}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let tiers = &v["semantic"]["tiers"];
+    assert_eq!(tiers[0]["tier"], json!("warehouse"), "{v}");
+    assert_eq!(tiers[1]["tier"], json!("segments"), "{v}");
+    assert_eq!(
+        tiers[0]["to"], tiers[1]["from"],
+        "no range dropped at the split: {v}"
+    );
+    let by_hand = sql(
+        &c,
+        &s,
+        &format!(
+            "SELECT device, count(*) FROM events WHERE ts >= to_timestamp_millis({}) \
+             AND ts < to_timestamp_millis({}) GROUP BY device ORDER BY device",
+            from / 1000 * 1000,
+            to / 1000 * 1000
+        ),
+    )
+    .await;
+    let mut got = v["resultTable"]["rows"].as_array().unwrap().clone();
+    got.sort_by_key(|r| r[0].as_str().unwrap().to_string());
+    assert_eq!(json!(got), by_hand["resultTable"]["rows"], "{v}");
+
+    // A restart reads the same state.
+    s.kill();
+    let s = Server::start(&data, Some(&cfg));
+    assert_eq!(
+        scalar(&c, &s, "SELECT count(*) FROM events").await,
+        json!(ROWS)
+    );
+    let t2 = get_json(&c, &s, "/tables/events").await;
+    assert_eq!(t2["warehouse"], t["warehouse"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_at_each_tiering_step_loses_and_duplicates_nothing() {
+    let Some(python) = service_env(
+        "BASALT_TEST_WAREHOUSE",
+        "kill_9_at_each_tiering_step_loses_and_duplicates_nothing",
+    ) else {
+        return;
+    };
+    const ROWS: u64 = 20_000;
+    for point in [
+        "tier.after_parquet",
+        "tier.after_iceberg_commit",
+        "tier.after_metastore_commit",
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let cfg = config(dir.path());
+        let c = reqwest::Client::new();
+        let file = crate::harness::gen_events_parquet(dir.path(), ROWS, 10 * DAY_MS / ROWS);
+        let failpoint = format!("{point}=abort");
+        let mut s = Server::start_with(&data, Some(&cfg), &[("BASALT_FAILPOINTS", &failpoint)]);
+        create_table(&c, &s, &spec(dir.path(), 1_000)).await;
+        ingest(&c, &s, &file, ROWS).await;
+        let r = c.post(s.url("/tables/events/tier")).send().await;
+        assert!(
+            r.is_err(),
+            "{point}: the tiering request should die with the process"
+        );
+        crate::harness::wait_for(
+            &format!("{point} to abort the server"),
+            Duration::from_secs(20),
+            || {
+                let exited = s.exited();
+                async move { exited.then_some(()) }
+            },
+        )
+        .await;
+        drop(s);
+
+        let s = Server::start(&data, Some(&cfg));
+        let run = tier(&c, &s).await;
+        match point {
+            "tier.after_iceberg_commit" => assert_eq!(run["recovered"], json!(true), "{run}"),
+            "tier.after_metastore_commit" => assert_eq!(run["moved"], json!(false), "{run}"),
+            _ => assert_eq!(run["recovered"], json!(false), "{run}"),
+        }
+        let counts = sql(
+            &c,
+            &s,
+            "SELECT count(*), count(DISTINCT event_id) FROM events",
+        )
+        .await;
+        assert_eq!(
+            counts["resultTable"]["rows"][0],
+            json!([ROWS, ROWS]),
+            "{point}: {counts}"
+        );
+        let w = get_json(&c, &s, "/tables/events").await["warehouse"].clone();
+        let tiered = w["rows"].as_u64().unwrap();
+        assert!(tiered > 0, "{point}: {w}");
+        let url = s.base.clone();
+        let catalog = format!("{}/iceberg.db", dir.path().display());
+        let warehouse = format!("{}/warehouse", dir.path().display());
+        check(
+            &python,
+            &[
+                "readers",
+                "--basalt",
+                &url,
+                "--catalog",
+                &catalog,
+                "--warehouse",
+                &warehouse,
+                "--expect-rows",
+                &tiered.to_string(),
+            ],
+        );
+    }
+}

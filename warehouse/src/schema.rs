@@ -1,0 +1,185 @@
+//! A Basalt table's shape as an Iceberg table. In: the table's [`SegmentSchema`]. Out: the
+//! Iceberg schema (field ids stable: column `i` of the spec is field `i + 1`, array elements
+//! follow the columns), the day partitioning of the time column, and the casts between
+//! segment batches and Iceberg's Arrow types (strings plain, timestamps in microseconds).
+
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use basalt_segment::{ColumnType, SegmentSchema};
+use iceberg::spec::{
+    ListType, NestedField, PrimitiveType, Schema, Transform, Type, UnboundPartitionSpec,
+};
+
+use crate::error::{Result, WarehouseError};
+
+/// How a table is laid out in Iceberg.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    pub schema: Schema,
+    pub partition: UnboundPartitionSpec,
+    /// Iceberg's Arrow schema (field ids in the fields' metadata), what data files hold.
+    pub arrow: SchemaRef,
+    /// The time column's position.
+    pub time: usize,
+    pub time_type: ColumnType,
+}
+
+/// Milliseconds in a day: the partition width of a LONG (epoch ms) time column.
+pub const DAY_MS: i64 = 86_400_000;
+
+fn primitive(ty: ColumnType) -> PrimitiveType {
+    match ty {
+        ColumnType::String | ColumnType::Json => PrimitiveType::String,
+        ColumnType::Int => PrimitiveType::Int,
+        ColumnType::Long => PrimitiveType::Long,
+        ColumnType::Float => PrimitiveType::Float,
+        ColumnType::Double => PrimitiveType::Double,
+        ColumnType::Boolean => PrimitiveType::Boolean,
+        ColumnType::Timestamp => PrimitiveType::Timestamp,
+        ColumnType::Date => PrimitiveType::Date,
+        ColumnType::Decimal { precision, scale } => PrimitiveType::Decimal {
+            precision: precision as u32,
+            scale: scale as u32,
+        },
+    }
+}
+
+/// The Iceberg layout of `schema`; the table must have a time column.
+pub fn layout(schema: &SegmentSchema) -> Result<Layout> {
+    let time_name = schema
+        .time_column
+        .as_deref()
+        .ok_or_else(|| WarehouseError::Invalid("the table has no time column".into()))?;
+    let time = schema
+        .columns
+        .iter()
+        .position(|c| c.name == time_name)
+        .ok_or_else(|| WarehouseError::Invalid(format!("no time column {time_name}")))?;
+    let mut next_element = schema.columns.len() as i32 + 1;
+    let fields = schema
+        .columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let id = i as i32 + 1;
+            let ty = match c.multi_value {
+                false => Type::Primitive(primitive(c.ty)),
+                true => {
+                    let element = NestedField::list_element(
+                        next_element,
+                        Type::Primitive(primitive(c.ty)),
+                        false,
+                    );
+                    next_element += 1;
+                    Type::List(ListType::new(Arc::new(element)))
+                }
+            };
+            Arc::new(match c.nullable && i != time {
+                true => NestedField::optional(id, &c.name, ty),
+                false => NestedField::required(id, &c.name, ty),
+            })
+        })
+        .collect::<Vec<_>>();
+    let iceberg_schema = Schema::builder().with_fields(fields).build()?;
+    let time_type = schema.columns[time].ty;
+    let transform = match time_type {
+        ColumnType::Timestamp | ColumnType::Date => Transform::Day,
+        ColumnType::Long => Transform::Truncate(DAY_MS as u32),
+        other => {
+            return Err(WarehouseError::Invalid(format!(
+                "a {other} time column cannot be partitioned by day"
+            )))
+        }
+    };
+    let partition = UnboundPartitionSpec::builder()
+        .with_spec_id(0)
+        .add_partition_field(time as i32 + 1, format!("{time_name}_day"), transform)?
+        .build();
+    let arrow = Arc::new(iceberg::arrow::schema_to_arrow_schema(&iceberg_schema)?);
+    Ok(Layout {
+        schema: iceberg_schema,
+        partition,
+        arrow,
+        time,
+        time_type,
+    })
+}
+
+impl Layout {
+    /// The day a stored time value falls in (days since the epoch).
+    pub fn day_of(&self, value: i64) -> i64 {
+        match self.time_type {
+            ColumnType::Date => value,
+            _ => value.div_euclid(DAY_MS),
+        }
+    }
+
+    /// The partition value of a day, as Iceberg stores it for the transform.
+    pub fn partition_value(&self, day: i64) -> iceberg::spec::Literal {
+        match self.time_type {
+            ColumnType::Long => iceberg::spec::Literal::long(day * DAY_MS),
+            _ => iceberg::spec::Literal::int(day as i32),
+        }
+    }
+}
+
+/// `batch` (a segment's Arrow types) cast to `target`'s types and field metadata.
+pub fn cast_batch(batch: &RecordBatch, target: &SchemaRef) -> Result<RecordBatch> {
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(target.fields())
+        .map(|(c, f)| match c.data_type() == f.data_type() {
+            true => Ok(c.clone()),
+            false => arrow::compute::cast(c, f.data_type()),
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok(RecordBatch::try_new(target.clone(), columns)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use basalt_segment::ColumnDef;
+
+    fn col(name: &str, ty: ColumnType) -> ColumnDef {
+        ColumnDef {
+            name: name.into(),
+            ty,
+            nullable: true,
+            indexes: vec![],
+            multi_value: false,
+        }
+    }
+
+    #[test]
+    fn field_ids_follow_the_spec_and_time_partitions_by_day() {
+        let mut tags = col("tags", ColumnType::String);
+        tags.multi_value = true;
+        let schema = SegmentSchema {
+            columns: vec![
+                col("ts", ColumnType::Timestamp),
+                col("country", ColumnType::String),
+                tags,
+                col(
+                    "revenue",
+                    ColumnType::Decimal {
+                        precision: 12,
+                        scale: 2,
+                    },
+                ),
+            ],
+            time_column: Some("ts".into()),
+        };
+        let l = layout(&schema).unwrap();
+        assert_eq!(l.schema.field_by_name("country").unwrap().id, 2);
+        assert_eq!(l.schema.field_by_name("revenue").unwrap().id, 4);
+        assert!(l.schema.field_by_name("ts").unwrap().required);
+        assert_eq!(l.schema.field_by_id(5).unwrap().name, "element");
+        assert_eq!(l.partition.fields()[0].transform, Transform::Day);
+        assert_eq!(l.day_of(DAY_MS * 3 + 5), 3);
+        assert_eq!(l.day_of(-1), -1);
+    }
+}
