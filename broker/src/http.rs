@@ -322,7 +322,20 @@ pub(crate) fn parse_json<T: for<'de> Deserialize<'de>>(
 async fn create_table(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     let r = async {
         require_json(&headers)?;
-        let spec = TableSpec::from_json(&body)?;
+        let mut spec = TableSpec::from_json(&body)?;
+        if spec.iceberg_source().is_some() {
+            // The catalog it names is opened only once the policy allows it.
+            s.store.check_policy(&spec)?;
+            let w = s.warehouse.clone().ok_or_else(|| {
+                ApiError::Conflict(
+                    "this process does not read Iceberg tables (a cluster broker)".into(),
+                )
+            })?;
+            spec = w
+                .complete_spec(spec)
+                .await
+                .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        }
         let (t, attached) = s.store.create_table(spec).await?;
         // Attached: the table's deep store already held it (same spec); its segments and
         // checkpoints were found there.

@@ -24,7 +24,7 @@ impl TableSource for StoreSource {
     fn table_names(&self) -> Vec<String> {
         let mut names = Vec::new();
         for n in self.0.table_names() {
-            let realtime = self.0.table(&n).is_some_and(|t| t.spec.source.is_some());
+            let realtime = self.0.table(&n).is_some_and(|t| t.spec.is_realtime());
             if realtime {
                 names.push(format!("{n}{QUARANTINE_SUFFIX}"));
             }
@@ -40,7 +40,7 @@ impl TableSource for StoreSource {
             Some(base) => self
                 .0
                 .table(base)
-                .filter(|t| t.spec.source.is_some())
+                .filter(|t| t.spec.is_realtime())
                 .map(|_| quarantine_schema()),
             None => self.0.table(name).map(|t| t.schema.clone()).or_else(|| {
                 self.0
@@ -89,7 +89,7 @@ impl StoreSource {
                 None => Ok(None),
             };
         };
-        if quarantine && t.spec.source.is_none() {
+        if quarantine && !t.spec.is_realtime() {
             return Ok(None);
         }
         // One view: a part being sealed is either still in `mutable` or already among the
@@ -150,8 +150,10 @@ impl TableSource for TieredSource {
             return Ok(None);
         };
         let hot: Arc<dyn TableProvider> = Arc::new(SegmentTable::new(snapshot, stats.clone()));
-        match (tier, self.store.0.table(name)) {
-            (Some(tier), Some(t)) => Ok(Some(self.warehouse.provider(&t, hot, Some(tier), stats))),
+        match self.store.0.table(name) {
+            Some(t) if tier.is_some() || t.spec.iceberg_source().is_some() => {
+                Ok(Some(self.warehouse.provider(&t, hot, tier, stats)))
+            }
             _ => Ok(Some(hot)),
         }
     }

@@ -176,33 +176,50 @@ impl TablePolicy {
         if let Some(d) = &spec.deep_store {
             check_under("deep_store", d, roots)?;
         }
-        if let Some(w) = &spec.warehouse {
-            let c = &w.iceberg.catalog;
-            if let Some(wh) = &c.warehouse {
-                check_under("warehouse.iceberg.catalog.warehouse", wh, roots)?;
-            }
-            match c.sqlite_path() {
-                Some(path) => check_under(
-                    "warehouse.iceberg.catalog.uri",
-                    &format!("file://{path}"),
-                    roots,
-                )?,
-                None => {
-                    let allowed = self
-                        .allowed_catalog_uris
-                        .iter()
-                        .any(|p| !p.is_empty() && c.uri.starts_with(p.as_str()));
-                    if !allowed {
-                        return Err(spec_err(format!(
-                            "warehouse.iceberg.catalog.uri: {:?} is not a catalog this server \
-                             allows (tables.allowed_catalog_uris)",
-                            c.uri
-                        )));
-                    }
+        let iceberg = spec
+            .warehouse
+            .as_ref()
+            .map(|w| ("warehouse.iceberg", &w.iceberg))
+            .into_iter()
+            .chain(spec.iceberg_source().map(|r| ("source.iceberg", r)));
+        for (field, r) in iceberg {
+            self.check_catalog(field, &r.catalog, roots)?;
+        }
+        Ok(())
+    }
+
+    /// A catalog a spec names at `field`: its SQLite file and warehouse under the allowed
+    /// roots, a REST URI among the allowed catalogs.
+    fn check_catalog(
+        &self,
+        field: &str,
+        c: &crate::warehouse::CatalogSpec,
+        roots: &[String],
+    ) -> Result<()> {
+        if let Some(wh) = &c.warehouse {
+            check_under(&format!("{field}.catalog.warehouse"), wh, roots)?;
+        }
+        match c.sqlite_path() {
+            Some(path) => check_under(
+                &format!("{field}.catalog.uri"),
+                &format!("file://{path}"),
+                roots,
+            ),
+            None => {
+                let allowed = self
+                    .allowed_catalog_uris
+                    .iter()
+                    .any(|p| !p.is_empty() && c.uri.starts_with(p.as_str()));
+                match allowed {
+                    true => Ok(()),
+                    false => Err(spec_err(format!(
+                        "{field}.catalog.uri: {:?} is not a catalog this server allows \
+                         (tables.allowed_catalog_uris)",
+                        c.uri
+                    ))),
                 }
             }
         }
-        Ok(())
     }
 
     /// Checks the configured roots parse.

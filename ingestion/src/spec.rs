@@ -21,6 +21,9 @@ pub struct TableSpec {
     /// (Pinot's): its segments carry no time range.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_column: Option<String>,
+    /// The table's columns (may be left out for a table over an Iceberg table, which reads
+    /// them from the Iceberg schema).
+    #[serde(default)]
     pub columns: Vec<ColumnSpec>,
     #[serde(default)]
     pub segment: SegmentConfig,
@@ -95,6 +98,11 @@ pub struct SourceSpec {
     /// An in-process topic written by the embedding program (tests, embedding).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<MemorySource>,
+    /// A read-only table over an existing Iceberg table (any writer's): queries read its
+    /// current snapshot; nothing is ingested. `columns` may be left empty: they are read
+    /// from the Iceberg schema when the table is created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iceberg: Option<crate::warehouse::IcebergTableRef>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -410,7 +418,24 @@ impl TableSpec {
                 self.name
             )));
         }
-        if self.columns.is_empty() {
+        if let Some(r) = self.iceberg_source() {
+            r.validate("source.iceberg")?;
+            let extra = [
+                (self.warehouse.is_some(), "warehouse"),
+                (!self.primary_key.is_empty(), "primary_key"),
+                (self.upsert.is_some(), "upsert"),
+                (self.dedup.is_some(), "dedup"),
+                (self.deep_store.is_some(), "deep_store"),
+            ];
+            if let Some((_, field)) = extra.iter().find(|(set, _)| *set) {
+                return Err(spec_err(format!(
+                    "{field}: a table over an Iceberg table (source.iceberg) is read-only and \
+                     cannot have one"
+                )));
+            }
+        }
+        // A table over an Iceberg table may leave its columns to the Iceberg schema.
+        if self.columns.is_empty() && self.iceberg_source().is_none() {
             return Err(spec_err("columns: a table needs at least one column"));
         }
         if self
@@ -518,18 +543,19 @@ impl TableSpec {
         }
         self.max_bytes()?;
         if let Some(src) = &self.source {
-            match (&src.kafka, &src.generator, &src.memory) {
-                (Some(k), None, None) => k.validate()?,
-                (None, Some(g), None) => g.validate()?,
-                (None, None, Some(m)) if (1..=1024).contains(&m.partitions) => {}
-                (None, None, Some(_)) => {
+            match (&src.kafka, &src.generator, &src.memory, &src.iceberg) {
+                (Some(k), None, None, None) => k.validate()?,
+                (None, Some(g), None, None) => g.validate()?,
+                (None, None, Some(m), None) if (1..=1024).contains(&m.partitions) => {}
+                (None, None, Some(_), None) => {
                     return Err(spec_err(
                         "source.memory.partitions: must be between 1 and 1024",
                     ))
                 }
+                (None, None, None, Some(_)) => {}
                 _ => {
                     return Err(spec_err(
-                        "source: name exactly one of \"kafka\", \"generator\" or \"memory\"",
+                        "source: name exactly one of \"kafka\", \"generator\", \"memory\" or \"iceberg\"",
                     ))
                 }
             }
@@ -551,6 +577,17 @@ impl TableSpec {
             }
         }
         Ok(())
+    }
+
+    /// Whether the table consumes a stream (Kafka, the generator, a memory topic): a
+    /// real-time table. A table over an Iceberg table has a source but no stream.
+    pub fn is_realtime(&self) -> bool {
+        self.source.as_ref().is_some_and(|s| s.iceberg.is_none())
+    }
+
+    /// The Iceberg table a read-only table reads (`source.iceberg`).
+    pub fn iceberg_source(&self) -> Option<&crate::warehouse::IcebergTableRef> {
+        self.source.as_ref().and_then(|s| s.iceberg.as_ref())
     }
 
     /// Servers holding each sealed segment in a cluster.

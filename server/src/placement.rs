@@ -103,7 +103,7 @@ impl basalt_ingest::Placement for ClusterPlacement {
     }
 
     fn consumes(&self, spec: &TableSpec) -> bool {
-        spec.source.is_some()
+        spec.is_realtime()
     }
 
     /// The partition's `replication` first-ranked servers consume it (consuming replicas,

@@ -2,6 +2,9 @@
 
 compare: 15 queries spanning both tiers, answered by Basalt over HTTP, against DuckDB over
   the Parquet file every row came from; then the readers check below for the cold range.
+make-external / append-external: an Iceberg table written by pyiceberg (`lake.orders`), for
+  a Basalt table over it (`source.iceberg`); prints its row count, amount and rows per
+  customer as JSON.
 readers: the tiered Iceberg table read by pyiceberg (SqlCatalog on the same SQLite file)
   and by DuckDB's iceberg_scan on its metadata file: row counts, distinct event ids and rows
   per device equal what Basalt reports for the range below the boundary (--expect-rows).
@@ -226,10 +229,63 @@ def readers(args, w=None):
     print("warehouse checks passed")
 
 
+def external(args):
+    """Writes `lake.orders` with pyiceberg (a table Basalt did not write) and prints what it
+    holds; `append` adds rows to it."""
+    import datetime
+    import decimal
+
+    import pyarrow as pa
+    from pyiceberg.catalog.sql import SqlCatalog
+    from pyiceberg.schema import Schema
+    from pyiceberg.types import (DateType, DecimalType, DoubleType, LongType, NestedField,
+                                 StringType, TimestampType)
+
+    catalog = SqlCatalog(
+        "default", uri=f"sqlite:///{args.catalog}", warehouse=f"file://{args.warehouse}"
+    )
+    schema = Schema(
+        NestedField(1, "id", LongType(), required=True),
+        NestedField(2, "customer", StringType(), required=False),
+        NestedField(3, "amount", DoubleType(), required=False),
+        NestedField(4, "ordered_at", TimestampType(), required=False),
+        NestedField(5, "day", DateType(), required=False),
+        NestedField(6, "price", DecimalType(10, 2), required=False),
+    )
+    if args.mode == "make-external":
+        catalog.create_namespace_if_not_exists("lake")
+        table = catalog.create_table("lake.orders", schema=schema)
+        first, n = 0, 5000
+    else:
+        table = catalog.load_table("lake.orders")
+        first, n = 5000, 1000
+    base = datetime.datetime(2026, 11, 1)
+    ids = list(range(first, first + n))
+    data = pa.table(
+        {
+            "id": pa.array(ids, pa.int64()),
+            "customer": pa.array([f"c{i % 7}" for i in ids]),
+            "amount": pa.array([(i % 100) * 1.25 for i in ids], pa.float64()),
+            "ordered_at": pa.array([base + datetime.timedelta(minutes=i) for i in ids], pa.timestamp("us")),
+            "day": pa.array([(base + datetime.timedelta(minutes=i)).date() for i in ids], pa.date32()),
+            "price": pa.array([decimal.Decimal(i % 1000) / 100 for i in ids], pa.decimal128(10, 2)),
+        },
+        schema=schema.as_arrow(),
+    )
+    table.append(data)
+    t = table.scan().to_arrow()
+    amount = round(sum(v for v in t.column("amount").to_pylist()), 2)
+    counts = {}
+    for c in t.column("customer").to_pylist():
+        counts[c] = counts.get(c, 0) + 1
+    print(json.dumps({"rows": t.num_rows, "amount": amount,
+                      "by_customer": sorted([k, v] for k, v in counts.items())}))
+
+
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["compare", "readers"])
-    p.add_argument("--basalt", required=True)
+    p.add_argument("mode", choices=["compare", "readers", "make-external", "append-external"])
+    p.add_argument("--basalt")
     p.add_argument("--catalog", required=True, help="the SQL catalog's SQLite file")
     p.add_argument("--warehouse", required=True, help="the warehouse directory")
     p.add_argument("--iceberg", default="analytics.events")
@@ -239,8 +295,10 @@ def main():
     args = p.parse_args()
     if args.mode == "compare":
         compare(args)
-    else:
+    elif args.mode == "readers":
         readers(args)
+    else:
+        external(args)
 
 
 if __name__ == "__main__":

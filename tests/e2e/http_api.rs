@@ -658,6 +658,7 @@ async fn openapi_contract_holds_under_schemathesis() {
             "/tables/{name}/ingest",
             "/tables/{name}/ingestion",
             "/tables/{name}/schema",
+            "/tables/{name}/tier",
         ]
     );
     let Some(schemathesis) = service_env(

@@ -64,6 +64,129 @@ async fn tier(c: &reqwest::Client, s: &Server) -> Value {
     v
 }
 
+/// Runs `warehouse_check.py` in an external mode; its JSON answer.
+fn external(python: &str, mode: &str, dir: &Path) -> Value {
+    let out = Command::new(python)
+        .arg(repo_path("tests/clients/warehouse_check.py"))
+        .arg(mode)
+        .arg("--catalog")
+        .arg(dir.join("iceberg.db"))
+        .arg("--warehouse")
+        .arg(dir.join("warehouse"))
+        .output()
+        .unwrap();
+    serde_json::from_str(succeeded(&out).trim()).unwrap()
+}
+
+/// A table over `lake.orders` (written by pyiceberg) answers as pyiceberg reads it, over
+/// HTTP and PostgreSQL, refuses ingests, and sees another writer's commit.
+async fn source_iceberg(c: &reqwest::Client, s: &Server, python: &str, dir: &Path) {
+    let made = external(python, "make-external", dir);
+    let spec = json!({"name": "orders", "source": {"iceberg": {
+        "catalog": {"type": "sql", "uri": format!("sqlite://{}/iceberg.db", dir.display()),
+                    "warehouse": format!("file://{}/warehouse", dir.display())},
+        "namespace": "lake", "table": "orders"}}});
+    create_table(c, s, &spec.to_string()).await;
+    let t = get_json(c, s, "/tables/orders").await;
+    let types: Vec<(String, String)> = t["spec"]["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap().into(),
+                c["type"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let want = [
+        ("id", "LONG"),
+        ("customer", "STRING"),
+        ("amount", "DOUBLE"),
+        ("ordered_at", "TIMESTAMP"),
+        ("day", "DATE"),
+        ("price", "DECIMAL(10, 2)"),
+    ];
+    assert_eq!(
+        types,
+        want.map(|(a, b)| (a.to_string(), b.to_string())),
+        "columns from the Iceberg schema: {t}"
+    );
+    let v = sql(c, s, "SELECT count(*), round(sum(amount), 2) FROM orders").await;
+    assert_eq!(
+        v["resultTable"]["rows"][0],
+        json!([made["rows"], made["amount"]]),
+        "{v}"
+    );
+    let v = sql(
+        c,
+        s,
+        "SELECT customer, count(*) FROM orders GROUP BY customer ORDER BY customer",
+    )
+    .await;
+    assert_eq!(v["resultTable"]["rows"], made["by_customer"], "{v}");
+    let v = sql(
+        c,
+        s,
+        "SELECT count(*) FROM orders WHERE ordered_at >= TIMESTAMP '2026-11-02 00:00:00' \
+         AND day < DATE '2026-11-03' AND price > 5",
+    )
+    .await;
+    // Minutes 1440..2879 of the first 5000 ids, with id % 1000 > 500.
+    let expect = (1440..2880).filter(|i| i % 1000 > 500).count();
+    assert_eq!(v["resultTable"]["rows"][0][0], json!(expect), "{v}");
+    let (host, port) = s.pg.rsplit_once(':').unwrap();
+    let (pg, conn) = tokio_postgres::connect(
+        &format!("host={host} port={port} user=basalt"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let n: i64 = pg
+        .query_one("SELECT count(*) FROM orders", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(json!(n), made["rows"]);
+    let r = c
+        .post(s.url("/tables/orders/ingest"))
+        .header("content-type", "application/x-ndjson")
+        .body("{\"id\": 1}\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 409, "read-only");
+    let appended = external(python, "append-external", dir);
+    crate::harness::wait_for(
+        "another writer's commit",
+        Duration::from_secs(10),
+        || async {
+            let v = sql(c, s, "SELECT count(*) FROM orders").await;
+            (v["resultTable"]["rows"][0][0] == appended["rows"]).then_some(())
+        },
+    )
+    .await;
+    // A catalog outside the allowed roots is refused before it is opened.
+    let mut bad = spec.clone();
+    bad["name"] = json!("elsewhere");
+    bad["source"]["iceberg"]["catalog"]["uri"] = json!("sqlite:///etc/iceberg.db");
+    let r = c
+        .post(s.url("/tables"))
+        .header("content-type", "application/json")
+        .body(bad.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .contains("source.iceberg.catalog.uri"));
+    assert!(!Path::new("/etc/iceberg.db").exists());
+}
+
 fn check(python: &str, args: &[&str]) {
     let out = Command::new(python)
         .arg(repo_path("tests/clients/warehouse_check.py"))
@@ -253,6 +376,8 @@ async fn tiered_tables_answer_as_duckdb_and_iceberg_readers_agree() {
     got.sort_by_key(|r| r[0].as_str().unwrap().to_string());
     assert_eq!(json!(got), by_hand["resultTable"]["rows"], "{v}");
 
+    source_iceberg(&c, &s, &python, dir.path()).await;
+
     // A restart reads the same state.
     s.kill();
     let s = Server::start(&data, Some(&cfg));
@@ -262,6 +387,10 @@ async fn tiered_tables_answer_as_duckdb_and_iceberg_readers_agree() {
     );
     let t2 = get_json(&c, &s, "/tables/events").await;
     assert_eq!(t2["warehouse"], t["warehouse"]);
+    assert_eq!(
+        scalar(&c, &s, "SELECT count(*) FROM orders").await,
+        json!(6000)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

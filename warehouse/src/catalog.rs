@@ -30,7 +30,13 @@ pub struct Catalogs {
     /// The Iceberg tables loaded last, by catalog and identifier: queries read them at the
     /// snapshot the metastore names without asking the catalog again.
     tables: Mutex<HashMap<String, Table>>,
+    /// Read-only tables' Iceberg tables as last loaded, and when.
+    current: Mutex<HashMap<String, (std::time::Instant, Table)>>,
 }
+
+/// How stale a read-only table's view of its Iceberg table may be: another writer's commit
+/// shows within this long.
+pub const CURRENT_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl std::fmt::Debug for Catalogs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -152,6 +158,27 @@ impl Catalogs {
                 None => Err(e.into()),
             },
         }
+    }
+
+    /// The current state of the table `r` names (a read-only table over it): the one loaded
+    /// within the last [`CURRENT_MAX_AGE`], else loaded again.
+    pub async fn current(&self, r: &IcebergTableRef) -> Result<Table> {
+        let key = table_key(r);
+        if let Some((at, t)) = self.current.lock().get(&key) {
+            if at.elapsed() < CURRENT_MAX_AGE {
+                return Ok(t.clone());
+            }
+        }
+        let t = self.load(r).await?.ok_or_else(|| {
+            WarehouseError::Invalid(format!(
+                "Iceberg table {}.{} does not exist in its catalog",
+                r.namespace, r.table
+            ))
+        })?;
+        self.current
+            .lock()
+            .insert(key, (std::time::Instant::now(), t.clone()));
+        Ok(t)
     }
 
     /// The table `r` names with snapshot `snapshot_id` among its snapshots: the one loaded

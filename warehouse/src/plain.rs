@@ -7,7 +7,7 @@ use std::any::Any;
 use std::sync::Arc;
 
 use arrow::datatypes::{Field, Schema, SchemaRef};
-use arrow::record_batch::RecordBatch;
+use arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use datafusion::error::Result as DfResult;
 use datafusion::execution::TaskContext;
 use datafusion::physical_expr::EquivalenceProperties;
@@ -97,7 +97,13 @@ impl ExecutionPlan for PlainSchemaExec {
         let out = schema.clone();
         let stream = self.input.execute(partition, context)?.map(move |b| {
             let b = b?;
-            Ok(RecordBatch::try_new(out.clone(), b.columns().to_vec())?)
+            // A batch of no columns (`count(*)`) keeps its row count.
+            let rows = RecordBatchOptions::new().with_row_count(Some(b.num_rows()));
+            Ok(RecordBatch::try_new_with_options(
+                out.clone(),
+                b.columns().to_vec(),
+                &rows,
+            )?)
         });
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
     }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
+use basalt_ingest::spec::ColumnSpec;
 use basalt_segment::{ColumnType, SegmentSchema};
 use iceberg::spec::{
     ListType, NestedField, PrimitiveType, Schema, Transform, Type, UnboundPartitionSpec,
@@ -123,6 +124,58 @@ impl Layout {
             _ => iceberg::spec::Literal::int(day as i32),
         }
     }
+}
+
+/// The columns of a Basalt table over an Iceberg table of schema `schema` (each nullable
+/// unless required); a type Basalt has no column type for is an error naming the column.
+pub fn columns_of(schema: &Schema) -> Result<Vec<ColumnSpec>> {
+    let prim = |p: &PrimitiveType| -> Option<String> {
+        Some(match p {
+            PrimitiveType::Boolean => "BOOLEAN".into(),
+            PrimitiveType::Int => "INT".into(),
+            PrimitiveType::Long => "LONG".into(),
+            PrimitiveType::Float => "FLOAT".into(),
+            PrimitiveType::Double => "DOUBLE".into(),
+            PrimitiveType::Date => "DATE".into(),
+            PrimitiveType::Timestamp
+            | PrimitiveType::Timestamptz
+            | PrimitiveType::TimestampNs
+            | PrimitiveType::TimestamptzNs => "TIMESTAMP".into(),
+            PrimitiveType::String => "STRING".into(),
+            PrimitiveType::Decimal { precision, scale } if *precision <= 18 => {
+                format!("DECIMAL({precision}, {scale})")
+            }
+            _ => return None,
+        })
+    };
+    schema
+        .as_struct()
+        .fields()
+        .iter()
+        .map(|f| {
+            let ty = match f.field_type.as_ref() {
+                Type::Primitive(p) => prim(p),
+                Type::List(l) => match l.element_field.field_type.as_ref() {
+                    Type::Primitive(PrimitiveType::String) => Some("STRING_ARRAY".into()),
+                    Type::Primitive(PrimitiveType::Long) => Some("LONG_ARRAY".into()),
+                    _ => None,
+                },
+                _ => None,
+            };
+            let ty = ty.ok_or_else(|| {
+                WarehouseError::Invalid(format!(
+                    "source.iceberg: column {:?} has type {}, which Basalt cannot read yet",
+                    f.name, f.field_type
+                ))
+            })?;
+            Ok(ColumnSpec {
+                name: f.name.clone(),
+                ty,
+                index: Vec::new(),
+                nullable: Some(!f.required),
+            })
+        })
+        .collect()
 }
 
 /// `batch` (a segment's Arrow types) cast to `target`'s types and field metadata.

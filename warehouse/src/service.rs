@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use basalt_ingest::store::{Table, TableStore};
 use basalt_ingest::warehouse::WarehouseState;
+use basalt_ingest::TableSpec;
 use basalt_query::scan::ScanStats;
 use datafusion::datasource::TableProvider;
 use prometheus::{IntCounterVec, IntGaugeVec, Opts};
@@ -108,7 +109,8 @@ impl Default for Warehouse {
 
 impl Warehouse {
     /// The table a query of `t` reads: `hot` alone until the table has tiered rows, then
-    /// both tiers as of `state` (which must come from the same view as `hot`).
+    /// both tiers as of `state` (which must come from the same view as `hot`); for a table
+    /// over an Iceberg table, that table's current snapshot.
     pub fn provider(
         &self,
         t: &Table,
@@ -116,19 +118,60 @@ impl Warehouse {
         state: Option<Arc<WarehouseState>>,
         stats: Arc<ScanStats>,
     ) -> Arc<dyn TableProvider> {
+        if let Some(r) = t.spec.iceberg_source() {
+            return Arc::new(FederatedTable::new(
+                None,
+                ColdSide {
+                    catalogs: self.catalogs.clone(),
+                    iceberg: r.clone(),
+                    state: None,
+                },
+                t.schema.clone(),
+                stats,
+            ));
+        }
         match (&t.spec.warehouse, state) {
             (Some(w), Some(state)) => Arc::new(FederatedTable::new(
-                hot,
+                Some(hot),
                 ColdSide {
                     catalogs: self.catalogs.clone(),
                     iceberg: w.iceberg.clone(),
-                    state,
+                    state: Some(state),
                 },
                 t.schema.clone(),
                 stats,
             )),
             _ => hot,
         }
+    }
+
+    /// A table over an Iceberg table (`source.iceberg`) with its columns left out gets
+    /// them from the Iceberg schema; other specs are returned as they are. The spec must
+    /// have passed the operator's policy (this opens the catalog it names).
+    pub async fn complete_spec(&self, mut spec: TableSpec) -> crate::Result<TableSpec> {
+        let Some(r) = spec.iceberg_source().cloned() else {
+            return Ok(spec);
+        };
+        let table = self.catalogs.load(&r).await?.ok_or_else(|| {
+            crate::WarehouseError::Invalid(format!(
+                "source.iceberg: table {}.{} does not exist in the catalog",
+                r.namespace, r.table
+            ))
+        })?;
+        let columns = crate::schema::columns_of(table.metadata().current_schema())?;
+        if spec.columns.is_empty() {
+            spec.columns = columns;
+        } else if let Some(c) = spec
+            .columns
+            .iter()
+            .find(|c| !columns.iter().any(|i| i.name == c.name))
+        {
+            return Err(crate::WarehouseError::Invalid(format!(
+                "columns: {:?} is not a column of Iceberg table {}.{}",
+                c.name, r.namespace, r.table
+            )));
+        }
+        Ok(spec)
     }
 
     /// One tiering run of `t` (one at a time per table), counted in the metrics.

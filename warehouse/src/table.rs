@@ -35,18 +35,22 @@ use iceberg_datafusion::IcebergStaticTableProvider;
 
 use crate::catalog::Catalogs;
 
-/// The warehouse side of a table, as one view of it saw it.
+/// The Iceberg side of a table, as one view of it saw it.
 #[derive(Debug, Clone)]
 pub struct ColdSide {
     pub catalogs: Arc<Catalogs>,
     pub iceberg: IcebergTableRef,
-    pub state: Arc<WarehouseState>,
+    /// A tiered table: the pinned snapshot and the boundary every row of it is below.
+    /// `None`: a table over an Iceberg table (`source.iceberg`), read at its current
+    /// snapshot, whole.
+    pub state: Option<Arc<WarehouseState>>,
 }
 
-/// DataFusion's view of a table with a warehouse tier.
+/// DataFusion's view of a table with a warehouse tier, or of a read-only table over an
+/// Iceberg table (no segment side).
 #[derive(Debug)]
 pub struct FederatedTable {
-    hot: Arc<dyn TableProvider>,
+    hot: Option<Arc<dyn TableProvider>>,
     cold: ColdSide,
     schema: SegmentSchema,
     stats: Arc<ScanStats>,
@@ -54,7 +58,7 @@ pub struct FederatedTable {
 
 impl FederatedTable {
     pub fn new(
-        hot: Arc<dyn TableProvider>,
+        hot: Option<Arc<dyn TableProvider>>,
         cold: ColdSide,
         schema: SegmentSchema,
         stats: Arc<ScanStats>,
@@ -76,20 +80,20 @@ impl FederatedTable {
     /// Whether `filters` keep only rows at or after the boundary (the Iceberg table holds
     /// none of them).
     fn hot_only(&self, filters: &[Expr]) -> bool {
-        let Some((time, _)) = self.time_column() else {
+        let (Some((time, _)), Some(state)) = (self.time_column(), &self.cold.state) else {
             return false;
         };
         filters
             .iter()
             .filter_map(|f| basalt_query::filter::to_predicate(f, &self.schema))
             .filter_map(|p| lower_bound(&p, time))
-            .any(|lo| lo >= self.cold.state.boundary)
+            .any(|lo| lo >= state.boundary)
     }
 
-    /// `time < boundary`, in the time column's type.
+    /// `time < boundary`, in the time column's type (a tiered table).
     fn below_boundary(&self) -> Option<Expr> {
         let (time, ty) = self.time_column()?;
-        let b = self.cold.state.boundary;
+        let b = self.cold.state.as_ref()?.boundary;
         let v = match ty {
             ColumnType::Timestamp => ScalarValue::TimestampMillisecond(Some(b), None),
             ColumnType::Date => {
@@ -124,21 +128,35 @@ impl FederatedTable {
         }
         needed.sort_unstable();
         needed.dedup();
-        let snapshot_id = self.cold.state.snapshot_id;
-        let table = self
-            .cold
-            .catalogs
-            .with_snapshot(&self.cold.iceberg, snapshot_id)
-            .await
-            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let ext = |e: crate::WarehouseError| DataFusionError::External(Box::new(e));
+        let catalogs = &self.cold.catalogs;
+        let (table, snapshot_id) = match &self.cold.state {
+            Some(state) => (
+                catalogs
+                    .with_snapshot(&self.cold.iceberg, state.snapshot_id)
+                    .await
+                    .map_err(ext)?,
+                Some(state.snapshot_id),
+            ),
+            None => {
+                let t = catalogs.current(&self.cold.iceberg).await.map_err(ext)?;
+                let id = t.metadata().current_snapshot_id();
+                (t, id)
+            }
+        };
         let pruning = iceberg_literals(&filters)?;
-        let files = count_files(&table, snapshot_id, &needed, &table_schema, &pruning).await?;
+        let files = match snapshot_id {
+            Some(id) => count_files(&table, id, &needed, &table_schema, &pruning).await?,
+            None => 0,
+        };
         self.stats
             .warehouse_files
             .fetch_add(files, Ordering::Relaxed);
-        let provider = IcebergStaticTableProvider::try_new_from_table_snapshot(table, snapshot_id)
-            .await
-            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let provider = match snapshot_id {
+            Some(id) => IcebergStaticTableProvider::try_new_from_table_snapshot(table, id).await,
+            None => IcebergStaticTableProvider::try_new_from_table(table).await,
+        }
+        .map_err(|e| DataFusionError::External(Box::new(e)))?;
         let iceberg_schema = provider.schema();
         let iceberg_projection = needed
             .iter()
@@ -291,7 +309,7 @@ impl TableProvider for FederatedTable {
     }
 
     fn schema(&self) -> SchemaRef {
-        self.hot.schema()
+        self.schema.arrow_schema()
     }
 
     fn table_type(&self) -> TableType {
@@ -299,12 +317,16 @@ impl TableProvider for FederatedTable {
     }
 
     /// What the segment side answers exactly the union does too: the Iceberg side applies
-    /// every filter exactly above its scan.
+    /// every filter exactly above its scan. Without a segment side, filters are pushed for
+    /// pruning and applied again by DataFusion.
     fn supports_filters_pushdown(
         &self,
         filters: &[&Expr],
     ) -> DfResult<Vec<TableProviderFilterPushDown>> {
-        self.hot.supports_filters_pushdown(filters)
+        match &self.hot {
+            Some(hot) => hot.supports_filters_pushdown(filters),
+            None => Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()]),
+        }
     }
 
     async fn scan(
@@ -314,13 +336,19 @@ impl TableProvider for FederatedTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let hot = self.hot.scan(state, projection, filters, limit).await?;
+        let all: Vec<usize> = (0..self.schema.columns.len()).collect();
+        let Some(hot) = &self.hot else {
+            return self
+                .cold_plan(state, projection.unwrap_or(&all), filters)
+                .await;
+        };
+        let hot = hot.scan(state, projection, filters, limit).await?;
         if self.hot_only(filters) {
             return Ok(hot);
         }
-        let all: Vec<usize> = (0..self.hot.schema().fields().len()).collect();
-        let projection = projection.unwrap_or(&all);
-        let cold = self.cold_plan(state, projection, filters).await?;
+        let cold = self
+            .cold_plan(state, projection.unwrap_or(&all), filters)
+            .await?;
         UnionExec::try_new(vec![hot, cold])
     }
 }

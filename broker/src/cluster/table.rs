@@ -56,14 +56,13 @@ impl ClusterTable {
     pub fn new(table: Arc<Table>, cluster: Arc<Cluster>, stats: Arc<ScanStats>) -> Self {
         let view = table.view();
         let mut segments = view.published.clone();
-        let mut streams = match table.spec.source {
-            Some(_) => streams(&table.spec.name, &view.checkpoints, &cluster.servers()),
-            None => Vec::new(),
+        let mut streams = match table.spec.is_realtime() {
+            true => streams(&table.spec.name, &view.checkpoints, &cluster.servers()),
+            false => Vec::new(),
         };
         // An upsert table's real-time partitions are read whole from their consumers (see
         // `StreamRange::whole`), not segment by segment.
-        if table.spec.source.is_some() && KeyedTable::of(&table.spec).is_some_and(|k| k.is_upsert())
-        {
+        if table.spec.is_realtime() && KeyedTable::of(&table.spec).is_some_and(|k| k.is_upsert()) {
             for s in &mut streams {
                 s.whole = true;
             }

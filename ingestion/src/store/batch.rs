@@ -53,7 +53,12 @@ impl TableStore {
             .table(table)
             .ok_or_else(|| IngestError::NoSuchTable(table.into()))?;
         let keyed = KeyedTable::of(&t.spec).map(Arc::new);
-        if keyed.is_some() && t.spec.source.is_some() {
+        if t.spec.iceberg_source().is_some() {
+            return Err(IngestError::NotSupported(format!(
+                "table {table:?} reads an Iceberg table (source.iceberg) and is read-only"
+            )));
+        }
+        if keyed.is_some() && t.spec.is_realtime() {
             // Its key maps are per stream partition: batch rows could not replace the
             // current row of a key the stream holds.
             return Err(IngestError::NotSupported(format!(

@@ -438,7 +438,7 @@ impl TableStore {
     }
 
     fn start_realtime(self: &Arc<Self>, table: &Arc<Table>) {
-        if table.spec.source.is_some() && self.placement.consumes(&table.spec) {
+        if table.spec.is_realtime() && self.placement.consumes(&table.spec) {
             let ingester = Ingester::start(self.clone(), table.clone());
             *table.realtime.lock() = Some(ingester);
         }
@@ -483,6 +483,12 @@ impl TableStore {
     /// the source of truth, the local data dir only a cache. Returns the table and whether
     /// it was attached. Creation is one conditional write: of two servers creating the same
     /// table, one wins and the other gets [`IngestError::TableExists`].
+    /// Checks `spec` against the operator's limits (as [`TableStore::create_table`] does
+    /// first), for callers that act on a spec before creating its table.
+    pub fn check_policy(&self, spec: &TableSpec) -> Result<()> {
+        self.policy.check(spec, &self.allowed_roots)
+    }
+
     pub async fn create_table(self: &Arc<Self>, spec: TableSpec) -> Result<(Arc<Table>, bool)> {
         spec.validate()?;
         self.policy.check(&spec, &self.allowed_roots)?;
