@@ -9,7 +9,7 @@
 
 pub mod catalog;
 pub mod error;
-pub mod plain;
+pub mod scan;
 pub mod schema;
 pub mod service;
 pub mod storage;

@@ -235,4 +235,37 @@ mod tests {
         assert_eq!(l.day_of(DAY_MS * 3 + 5), 3);
         assert_eq!(l.day_of(-1), -1);
     }
+
+    #[test]
+    fn iceberg_schemas_map_to_columns_and_unreadable_types_are_named() {
+        let schema = SegmentSchema {
+            columns: vec![
+                col("ts", ColumnType::Timestamp),
+                col(
+                    "amount",
+                    ColumnType::Decimal {
+                        precision: 9,
+                        scale: 3,
+                    },
+                ),
+                col("day", ColumnType::Date),
+            ],
+            time_column: Some("ts".into()),
+        };
+        // Basalt's own layout maps back to the same column types.
+        let cols = columns_of(&layout(&schema).unwrap().schema).unwrap();
+        let types: Vec<&str> = cols.iter().map(|c| c.ty.as_str()).collect();
+        assert_eq!(types, ["TIMESTAMP", "DECIMAL(9, 3)", "DATE"]);
+        assert_eq!(cols[0].nullable, Some(false));
+        let odd = Schema::builder()
+            .with_fields(vec![Arc::new(NestedField::optional(
+                1,
+                "blob",
+                Type::Primitive(PrimitiveType::Binary),
+            ))])
+            .build()
+            .unwrap();
+        let e = columns_of(&odd).unwrap_err().to_string();
+        assert!(e.contains("\"blob\"") && e.contains("binary"), "{e}");
+    }
 }

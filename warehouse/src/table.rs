@@ -31,7 +31,6 @@ use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::union::UnionExec;
 use datafusion::physical_plan::ExecutionPlan;
-use iceberg_datafusion::IcebergStaticTableProvider;
 
 use crate::catalog::Catalogs;
 
@@ -145,27 +144,38 @@ impl FederatedTable {
             }
         };
         let pruning = iceberg_literals(&filters)?;
-        let files = match snapshot_id {
-            Some(id) => count_files(&table, id, &needed, &table_schema, &pruning).await?,
-            None => 0,
+        let predicate = iceberg_datafusion::physical_plan::convert_filters_to_predicate(&pruning);
+        let names: Vec<String> = needed
+            .iter()
+            .map(|&i| table_schema.field(i).name().clone())
+            .collect();
+        let meta = table.metadata();
+        let iceberg_schema = match snapshot_id.and_then(|id| meta.snapshot_by_id(id)) {
+            Some(s) => s.schema(meta).map_err(ext_ice)?,
+            None => meta.current_schema().clone(),
         };
+        let file_schema =
+            iceberg::arrow::schema_to_arrow_schema(&iceberg_schema).map_err(ext_ice)?;
+        let indices = names
+            .iter()
+            .map(|n| file_schema.index_of(n))
+            .collect::<Result<Vec<_>, _>>()?;
+        let file_schema = Arc::new(file_schema.project(&indices)?);
+        let tasks = match snapshot_id {
+            Some(id) => crate::scan::plan(&table, id, &names, predicate).await?,
+            // A table without a snapshot holds no rows.
+            None => Vec::new(),
+        };
+        let scan = crate::scan::IcebergFilesExec::new(
+            table.file_io().clone(),
+            tasks,
+            file_schema,
+            state.config().target_partitions(),
+        );
         self.stats
             .warehouse_files
-            .fetch_add(files, Ordering::Relaxed);
-        let provider = match snapshot_id {
-            Some(id) => IcebergStaticTableProvider::try_new_from_table_snapshot(table, id).await,
-            None => IcebergStaticTableProvider::try_new_from_table(table).await,
-        }
-        .map_err(|e| DataFusionError::External(Box::new(e)))?;
-        let iceberg_schema = provider.schema();
-        let iceberg_projection = needed
-            .iter()
-            .map(|&i| iceberg_schema.index_of(table_schema.field(i).name()))
-            .collect::<Result<Vec<_>, _>>()?;
-        let scan = provider
-            .scan(state, Some(&iceberg_projection), &pruning, None)
-            .await?;
-        let scan: Arc<dyn ExecutionPlan> = Arc::new(crate::plain::PlainSchemaExec::new(scan));
+            .fetch_add(scan.files() as u64, Ordering::Relaxed);
+        let scan: Arc<dyn ExecutionPlan> = Arc::new(scan);
         // Cast to the segment types.
         let scan_schema = scan.schema();
         let cast: Vec<(Arc<dyn PhysicalExpr>, String)> = needed
@@ -213,6 +223,10 @@ impl FederatedTable {
     }
 }
 
+fn ext_ice(e: iceberg::Error) -> DataFusionError {
+    DataFusionError::External(Box::new(e))
+}
+
 /// `filters` with their literals in the types Iceberg compares them as (timestamps in
 /// microseconds, dictionary strings plain), so they reach its partition, manifest and
 /// row-group pruning; they are applied exactly again above the scan in the table's types.
@@ -242,32 +256,6 @@ fn iceberg_literals(filters: &[Expr]) -> DfResult<Vec<Expr>> {
                 .map(|t| t.data)
         })
         .collect()
-}
-
-/// Data files a scan of `table` at `snapshot_id` with `filters` reads (after partition and
-/// manifest pruning).
-async fn count_files(
-    table: &iceberg::table::Table,
-    snapshot_id: i64,
-    needed: &[usize],
-    table_schema: &SchemaRef,
-    filters: &[Expr],
-) -> DfResult<u64> {
-    use futures::TryStreamExt;
-    let ext = |e: iceberg::Error| DataFusionError::External(Box::new(e));
-    let mut b = table
-        .scan()
-        .snapshot_id(snapshot_id)
-        .select(needed.iter().map(|&i| table_schema.field(i).name().clone()));
-    if let Some(p) = iceberg_datafusion::physical_plan::convert_filters_to_predicate(filters) {
-        b = b.with_filter(p);
-    }
-    let tasks = b.build().map_err(ext)?.plan_files().await.map_err(ext)?;
-    let n = tasks
-        .try_fold(0u64, |n, _| async move { Ok(n + 1) })
-        .await
-        .map_err(ext)?;
-    Ok(n)
 }
 
 /// The smallest time value `p` lets through on column `time` (`None`: unbounded).
