@@ -254,23 +254,17 @@ async fn require_auth(
     resp
 }
 
-/// Refuses a body that is not declared as JSON (415): the API's JSON routes take nothing
-/// else, and a cross-site form post cannot send this content type without a CORS check.
 /// A request's `Content-Type` as sent, and its media type (parameters dropped, lower case).
 pub(crate) fn media_type(headers: &HeaderMap) -> (&str, String) {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let base = ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    (ct, base)
+    (ct, basalt_ingest::decode::media_type(ct))
 }
 
+/// Refuses a body that is not declared as JSON (415): the API's JSON routes take nothing
+/// else, and a cross-site form post cannot send this content type without a CORS check.
 pub(crate) fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
     let (ct, base) = media_type(headers);
     if base == "application/json" {

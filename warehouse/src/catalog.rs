@@ -27,11 +27,10 @@ pub const SQL_CATALOG_NAME: &str = "default";
 #[derive(Default)]
 pub struct Catalogs {
     open: tokio::sync::Mutex<HashMap<String, Arc<dyn Catalog>>>,
-    /// The Iceberg tables loaded last, by catalog and identifier: queries read them at the
-    /// snapshot the metastore names without asking the catalog again.
-    tables: Mutex<HashMap<String, Table>>,
-    /// Read-only tables' Iceberg tables as last loaded, and when.
-    current: Mutex<HashMap<String, (std::time::Instant, Table)>>,
+    /// The Iceberg tables loaded last, by catalog and identifier, and when: queries read
+    /// them at the snapshot the metastore names (or, for a read-only table, while fresh
+    /// enough) without asking the catalog again.
+    tables: Mutex<HashMap<String, (std::time::Instant, Table)>>,
 }
 
 /// How stale a read-only table's view of its Iceberg table may be: another writer's commit
@@ -105,12 +104,14 @@ impl Catalogs {
     /// The Iceberg table `r` names (`None`: it does not exist).
     pub async fn load(&self, r: &IcebergTableRef) -> Result<Option<Table>> {
         let catalog = self.open(&r.catalog).await?;
-        let ident = ident(r)?;
-        if !catalog.table_exists(&ident).await? {
-            return Ok(None);
-        }
-        let table = catalog.load_table(&ident).await?;
-        self.tables.lock().insert(table_key(r), table.clone());
+        let table = match catalog.load_table(&ident(r)?).await {
+            Ok(t) => t,
+            Err(e) if e.kind() == iceberg::ErrorKind::TableNotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        self.tables
+            .lock()
+            .insert(table_key(r), (std::time::Instant::now(), table.clone()));
         Ok(Some(table))
     }
 
@@ -163,28 +164,27 @@ impl Catalogs {
     /// The current state of the table `r` names (a read-only table over it): the one loaded
     /// within the last [`CURRENT_MAX_AGE`], else loaded again.
     pub async fn current(&self, r: &IcebergTableRef) -> Result<Table> {
-        let key = table_key(r);
-        if let Some((at, t)) = self.current.lock().get(&key) {
+        if let Some((at, t)) = self.tables.lock().get(&table_key(r)) {
             if at.elapsed() < CURRENT_MAX_AGE {
                 return Ok(t.clone());
             }
         }
-        let t = self.load(r).await?.ok_or_else(|| {
+        self.load(r).await?.ok_or_else(|| {
             WarehouseError::Invalid(format!(
                 "Iceberg table {}.{} does not exist in its catalog",
                 r.namespace, r.table
             ))
-        })?;
-        self.current
-            .lock()
-            .insert(key, (std::time::Instant::now(), t.clone()));
-        Ok(t)
+        })
     }
 
     /// The table `r` names with snapshot `snapshot_id` among its snapshots: the one loaded
     /// last when it has it, else the catalog's current one.
     pub async fn with_snapshot(&self, r: &IcebergTableRef, snapshot_id: i64) -> Result<Table> {
-        let cached = self.tables.lock().get(&table_key(r)).cloned();
+        let cached = self
+            .tables
+            .lock()
+            .get(&table_key(r))
+            .map(|(_, t)| t.clone());
         if let Some(t) = cached.filter(|t| t.metadata().snapshot_by_id(snapshot_id).is_some()) {
             return Ok(t);
         }

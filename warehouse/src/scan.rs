@@ -27,7 +27,8 @@ use iceberg::io::FileIO;
 use iceberg::scan::FileScanTask;
 use iceberg::table::Table;
 
-fn ext(e: iceberg::Error) -> DataFusionError {
+/// An Iceberg error as DataFusion carries it.
+pub(crate) fn ext(e: iceberg::Error) -> DataFusionError {
     DataFusionError::External(Box::new(e))
 }
 

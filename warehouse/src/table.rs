@@ -15,7 +15,7 @@ use std::any::Any;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use arrow::datatypes::{Field, Schema, SchemaRef};
+use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use basalt_ingest::warehouse::{IcebergTableRef, WarehouseState};
 use basalt_query::scan::ScanStats;
@@ -151,11 +151,11 @@ impl FederatedTable {
             .collect();
         let meta = table.metadata();
         let iceberg_schema = match snapshot_id.and_then(|id| meta.snapshot_by_id(id)) {
-            Some(s) => s.schema(meta).map_err(ext_ice)?,
+            Some(s) => s.schema(meta).map_err(crate::scan::ext)?,
             None => meta.current_schema().clone(),
         };
         let file_schema =
-            iceberg::arrow::schema_to_arrow_schema(&iceberg_schema).map_err(ext_ice)?;
+            iceberg::arrow::schema_to_arrow_schema(&iceberg_schema).map_err(crate::scan::ext)?;
         let indices = names
             .iter()
             .map(|n| file_schema.index_of(n))
@@ -192,22 +192,19 @@ impl FederatedTable {
                 (e, f.name().clone())
             })
             .collect();
-        let cast = Arc::new(ProjectionExec::try_new(cast, scan)?);
-        let typed: SchemaRef = Arc::new(Schema::new(
-            needed
-                .iter()
-                .map(|&i| {
-                    let f = table_schema.field(i);
-                    Field::new(f.name(), f.data_type().clone(), true)
-                })
-                .collect::<Vec<_>>(),
-        ));
-        let df_schema = DFSchema::try_from(typed.as_ref().clone())?;
-        let predicates = filters
-            .iter()
-            .map(|f| state.create_physical_expr(f.clone(), &df_schema))
-            .collect::<DfResult<Vec<_>>>()?;
-        let filtered = Arc::new(FilterExec::try_new(conjunction(predicates), cast)?);
+        let cast: Arc<dyn ExecutionPlan> = Arc::new(ProjectionExec::try_new(cast, scan)?);
+        // The filters, in the table's types; `time < boundary` among them for a tiered table.
+        let filtered = match filters.is_empty() {
+            true => cast,
+            false => {
+                let df_schema = DFSchema::try_from(cast.schema().as_ref().clone())?;
+                let predicates = filters
+                    .iter()
+                    .map(|f| state.create_physical_expr(f.clone(), &df_schema))
+                    .collect::<DfResult<Vec<_>>>()?;
+                Arc::new(FilterExec::try_new(conjunction(predicates), cast)?)
+            }
+        };
         let out: Vec<(Arc<dyn PhysicalExpr>, String)> = projection
             .iter()
             .map(|&i| {
@@ -221,10 +218,6 @@ impl FederatedTable {
             .collect();
         Ok(Arc::new(ProjectionExec::try_new(out, filtered)?))
     }
-}
-
-fn ext_ice(e: iceberg::Error) -> DataFusionError {
-    DataFusionError::External(Box::new(e))
 }
 
 /// `filters` with their literals in the types Iceberg compares them as (timestamps in

@@ -176,19 +176,7 @@ pub async fn tier_table(
     })?;
     basalt_ingest::fault::hit("tier.after_iceberg_commit");
 
-    let state = next_state(
-        pinned.as_ref(),
-        boundary,
-        snapshot_id,
-        &ids,
-        rows,
-        segment_bytes,
-        data_files,
-        data_bytes,
-    );
-    store.tier(t, &ids, &state).await?;
-    info!(table = %t.spec.name, segments = ids.len(), rows, data_files, data_bytes, snapshot_id, boundary, "tiering run committed");
-    Ok(Some(TierRun {
+    let run = TierRun {
         segments: ids.len(),
         rows,
         segment_bytes,
@@ -197,38 +185,43 @@ pub async fn tier_table(
         snapshot_id,
         boundary,
         recovered: false,
-    }))
+    };
+    commit_metastore(store, t, pinned.as_ref(), &ids, run).await
 }
 
-#[allow(clippy::too_many_arguments)]
-fn next_state(
+/// Commits the metastore side of `run`, whose Iceberg snapshot holds segments `ids`: the
+/// segments leave serving and the warehouse state adds the run to `prev`.
+async fn commit_metastore(
+    store: &TableStore,
+    t: &Table,
     prev: Option<&WarehouseState>,
-    boundary: i64,
-    snapshot_id: i64,
     ids: &[String],
-    rows: u64,
-    segment_bytes: u64,
-    data_files: u64,
-    data_bytes: u64,
-) -> WarehouseState {
+    run: TierRun,
+) -> Result<Option<TierRun>> {
     let p = prev.cloned().unwrap_or(WarehouseState {
         boundary: i64::MIN,
-        snapshot_id,
+        snapshot_id: run.snapshot_id,
         segments: 0,
         rows: 0,
         segment_bytes: 0,
         data_files: 0,
         data_bytes: 0,
     });
-    WarehouseState {
-        boundary: p.boundary.max(boundary),
-        snapshot_id,
+    let state = WarehouseState {
+        boundary: p.boundary.max(run.boundary),
+        snapshot_id: run.snapshot_id,
         segments: p.segments + ids.len() as u64,
-        rows: p.rows + rows,
-        segment_bytes: p.segment_bytes + segment_bytes,
-        data_files: p.data_files + data_files,
-        data_bytes: p.data_bytes + data_bytes,
-    }
+        rows: p.rows + run.rows,
+        segment_bytes: p.segment_bytes + run.segment_bytes,
+        data_files: p.data_files + run.data_files,
+        data_bytes: p.data_bytes + run.data_bytes,
+    };
+    store.tier(t, ids, &state).await?;
+    info!(table = %t.spec.name, segments = ids.len(), rows = run.rows, data_files = run.data_files, data_bytes = run.data_bytes, snapshot_id = run.snapshot_id, boundary = state.boundary, recovered = run.recovered, "tiering run committed");
+    Ok(Some(TierRun {
+        boundary: state.boundary,
+        ..run
+    }))
 }
 
 /// Snapshots of `table` after `pinned` (oldest first), following the current snapshot's
@@ -324,28 +317,17 @@ async fn recover(
             .get("added-files-size")
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
-        let state = next_state(
-            pinned,
-            boundary,
-            s.snapshot_id(),
-            &ids,
-            rows,
-            segment_bytes,
-            data_files,
-            data_bytes,
-        );
-        store.tier(t, &ids, &state).await?;
-        info!(table = %t.spec.name, snapshot_id = s.snapshot_id(), segments = ids.len(), "committed the metastore side of an interrupted tiering run");
-        return Ok(Some(TierRun {
+        let run = TierRun {
             segments: ids.len(),
             rows,
             segment_bytes,
             data_files,
             data_bytes,
             snapshot_id: s.snapshot_id(),
-            boundary: state.boundary,
+            boundary,
             recovered: true,
-        }));
+        };
+        return commit_metastore(store, t, pinned, &ids, run).await;
     }
     Ok(None)
 }

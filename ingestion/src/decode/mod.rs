@@ -34,16 +34,20 @@ pub enum Format {
     Parquet,
 }
 
+/// The media type of a Content-Type value: parameters dropped, lower case
+/// (`Application/JSON; charset=utf-8` → `application/json`).
+pub fn media_type(ct: &str) -> String {
+    ct.split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+}
+
 impl Format {
     /// From a Content-Type header value.
     pub fn from_content_type(ct: &str) -> Result<Format> {
-        let base = ct
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
-        match base.as_str() {
+        match media_type(ct).as_str() {
             "application/x-ndjson"
             | "application/ndjson"
             | "application/jsonl"
