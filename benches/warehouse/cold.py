@@ -20,7 +20,7 @@ tiering run on a real-time table's freshness.
 
 Usage: BASALT_TIER_PYTHON=... python3 benches/warehouse/cold.py --basalt target/release/basalt
        --rows 10000000 [--days 30] [--tier-after 7d] [--runs 5] [--segment-rows 1000000]
-       [--freshness --rate 20000]
+       [--freshness --rate 20000] [--explain]
 Needs: duckdb==1.5.5, duckdb-extension-iceberg==1.5.5, duckdb-extension-avro==1.5.5.
 """
 import argparse, glob, json, os, shutil, statistics, subprocess, sys, tempfile, threading, time, urllib.request
@@ -167,6 +167,15 @@ def main():
             ratios.append(bm / dm)
             print(f"{name:28} {bm:10.1f} {files:6} {dm:10.1f} {bm/dm:7.2f}")
         print(f"{'geometric mean':28} {'':10} {'':6} {'':10} {statistics.geometric_mean(ratios):7.2f}")
+        if ARGS.hold:
+            print(f"holding {base} (pid {srv.pid}) for {ARGS.hold} s", flush=True)
+            time.sleep(ARGS.hold)
+        if ARGS.explain:
+            for name, q in COLD:
+                v = query(base, "EXPLAIN ANALYZE " + sql_for("basalt", q, "events", boundary, now))
+                print(f"\n--- {name}")
+                for row in v["resultTable"]["rows"]:
+                    print(row[-1])
 
         print(f"\n{'hot-range query':28} {'tiered ms':>10} {'untiered ms':>12} {'ratio':>7}")
         for name, q in HOT:
@@ -229,6 +238,8 @@ if __name__ == "__main__":
     ap.add_argument("--segment-rows", type=int, default=1_000_000)
     ap.add_argument("--port", type=int, default=18299)
     ap.add_argument("--freshness", action="store_true")
+    ap.add_argument("--explain", action="store_true", help="print EXPLAIN ANALYZE of each cold-range query")
+    ap.add_argument("--hold", type=int, default=0, help="keep the server up this many seconds (profiling)")
     ap.add_argument("--rate", type=int, default=20000)
     ARGS = ap.parse_args()
     main()

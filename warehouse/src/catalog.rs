@@ -31,6 +31,8 @@ pub struct Catalogs {
     /// them at the snapshot the metastore names (or, for a read-only table, while fresh
     /// enough) without asking the catalog again.
     tables: Mutex<HashMap<String, (std::time::Instant, Table)>>,
+    /// Tiered tables' data files, read through DataFusion's Parquet reader.
+    pub files: crate::files::ParquetFiles,
 }
 
 /// How stale a read-only table's view of its Iceberg table may be: another writer's commit

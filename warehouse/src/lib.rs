@@ -9,6 +9,7 @@
 
 pub mod catalog;
 pub mod error;
+pub mod files;
 pub mod scan;
 pub mod schema;
 pub mod service;

@@ -58,6 +58,26 @@ pub async fn plan(
         .map_err(ext)
 }
 
+/// `items` spread over at most `partitions` groups (one per item at most, at least one):
+/// the largest first, each to the group with the fewest bytes so far.
+pub(crate) fn balance<T>(
+    mut items: Vec<T>,
+    partitions: usize,
+    bytes: impl Fn(&T) -> u64,
+) -> Vec<Vec<T>> {
+    let n = partitions.clamp(1, items.len().max(1));
+    items.sort_by_key(|t| std::cmp::Reverse(bytes(t)));
+    let mut groups: Vec<(u64, Vec<T>)> = (0..n).map(|_| (0, Vec::new())).collect();
+    for t in items {
+        let b = bytes(&t);
+        if let Some(g) = groups.iter_mut().min_by_key(|(sum, _)| *sum) {
+            g.0 += b;
+            g.1.push(t);
+        }
+    }
+    groups.into_iter().map(|(_, g)| g).collect()
+}
+
 /// Reads planned Iceberg data files, a share of them per partition.
 #[derive(Debug)]
 pub struct IcebergFilesExec {
@@ -76,19 +96,8 @@ impl IcebergFilesExec {
         schema: SchemaRef,
         partitions: usize,
     ) -> Self {
-        let n = partitions.clamp(1, tasks.len().max(1));
-        // Largest files first, each to the partition with the fewest bytes so far.
-        let mut tasks = tasks;
-        tasks.sort_by_key(|t| std::cmp::Reverse(t.length));
-        let mut groups: Vec<(u64, Vec<FileScanTask>)> = (0..n).map(|_| (0, Vec::new())).collect();
-        for t in tasks {
-            let g = groups
-                .iter_mut()
-                .min_by_key(|(bytes, _)| *bytes)
-                .expect("at least one group");
-            g.0 += t.length;
-            g.1.push(t);
-        }
+        let groups = balance(tasks, partitions, |t| t.length);
+        let n = groups.len();
         let schema = Arc::new(Schema::new(
             schema
                 .fields()
@@ -104,7 +113,7 @@ impl IcebergFilesExec {
         ));
         IcebergFilesExec {
             file_io,
-            groups: groups.into_iter().map(|(_, g)| g).collect(),
+            groups,
             schema,
             properties,
         }

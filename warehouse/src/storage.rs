@@ -55,6 +55,15 @@ pub struct ObjectStorage {
 impl ObjectStorage {
     /// The store holding `location` and the object's path in it.
     fn resolve(&self, location: &str) -> iceberg::Result<(Arc<dyn ObjectStore>, ObjPath)> {
+        self.locate(location).map(|(_, store, path)| (store, path))
+    }
+
+    /// The store holding `location` (with its root: `s3://bucket`, or empty for the local
+    /// file system) and the object's path in it.
+    pub fn locate(
+        &self,
+        location: &str,
+    ) -> iceberg::Result<(String, Arc<dyn ObjectStore>, ObjPath)> {
         let (root, key) = if let Some(rest) = location
             .strip_prefix("s3://")
             .or_else(|| location.strip_prefix("s3a://"))
@@ -86,7 +95,7 @@ impl ObjectStorage {
         let path = ObjPath::parse(key).map_err(|e| io_err("resolve", location, e))?;
         let mut stores = self.stores.lock();
         if let Some(s) = stores.get(&root) {
-            return Ok((s.clone(), path));
+            return Ok((root, s.clone(), path));
         }
         let store: Arc<dyn ObjectStore> = if root.is_empty() {
             Arc::new(DurableFs::new(&PathBuf::from("/")).map_err(|e| io_err("open", "/", e))?)
@@ -95,8 +104,8 @@ impl ObjectStorage {
                 .map_err(|e| io_err("open", &root, e))?
                 .0
         };
-        stores.insert(root, store.clone());
-        Ok((store, path))
+        stores.insert(root.clone(), store.clone());
+        Ok((root, store, path))
     }
 }
 

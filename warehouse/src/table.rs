@@ -2,19 +2,22 @@
 //! view's segments and mutable parts) and the warehouse state of the same view (boundary,
 //! pinned Iceberg snapshot). Out: a scan that is the segment scan alone when the filters put
 //! the query at or after the boundary, else the union of the segment scan and the Iceberg
-//! table read at the pinned snapshot below the boundary.
+//! table read at the pinned snapshot.
 //!
 //! Every Iceberg row is older than the boundary and no segment row is in Iceberg (a segment
 //! leaves serving in the commit that pins the snapshot holding it), so the union counts each
 //! row once; a late event older than the boundary stays in segments and is still read.
-//! Filters go to both sides: on the Iceberg side they prune partitions, manifests and row
-//! groups and are applied again exactly above the scan, after the columns are cast to the
-//! segment types, so whatever the segment side answers exactly the union answers exactly.
+//! Filters go to both sides: on the Iceberg side they prune partitions and files (Iceberg's
+//! manifests), row groups and pages (Parquet statistics), and are applied exactly above the
+//! scan in the table's types, so whatever the segment side answers exactly the union answers
+//! exactly. A tiered table's files are read by DataFusion's Parquet reader straight into the
+//! table's types ([`crate::files`]); other Iceberg tables' through Iceberg's reader, cast.
 
 use std::any::Any;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use arrow::array::{RecordBatch, RecordBatchOptions};
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use basalt_ingest::warehouse::{IcebergTableRef, WarehouseState};
@@ -22,17 +25,21 @@ use basalt_query::scan::ScanStats;
 use basalt_segment::{CmpOp, ColumnType, Predicate, SegmentSchema, Value};
 use datafusion::catalog::Session;
 use datafusion::common::{DFSchema, ScalarValue};
+use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::{TableProvider, TableType};
 use datafusion::error::{DataFusionError, Result as DfResult};
-use datafusion::logical_expr::{col, lit, Expr, TableProviderFilterPushDown};
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_expr::expressions::{CastExpr, Column};
 use datafusion::physical_expr::{conjunction, PhysicalExpr};
 use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::union::UnionExec;
 use datafusion::physical_plan::ExecutionPlan;
+use iceberg::scan::FileScanTask;
+use iceberg::spec::{Literal, PartitionSpec, PrimitiveLiteral, Transform};
 
 use crate::catalog::Catalogs;
+use crate::schema::DAY_MS;
 
 /// The Iceberg side of a table, as one view of it saw it.
 #[derive(Debug, Clone)]
@@ -89,22 +96,87 @@ impl FederatedTable {
             .any(|lo| lo >= state.boundary)
     }
 
-    /// `time < boundary`, in the time column's type (a tiered table).
-    fn below_boundary(&self) -> Option<Expr> {
+    /// The time values `[lo, hi]` (the table's units) of the day partition `task` belongs
+    /// to under `spec`, the layout Basalt tiers into (`None` for any other partitioning).
+    fn partition_range(&self, spec: &PartitionSpec, task: &FileScanTask) -> Option<(i64, i64)> {
         let (time, ty) = self.time_column()?;
-        let b = self.cold.state.as_ref()?.boundary;
-        let v = match ty {
-            ColumnType::Timestamp => ScalarValue::TimestampMillisecond(Some(b), None),
-            ColumnType::Date => {
-                ScalarValue::Date32(Some(b.clamp(i32::MIN as i64, i32::MAX as i64) as i32))
-            }
-            _ => ScalarValue::Int64(Some(b)),
+        let time_id = self.schema.columns.iter().position(|c| c.name == time)? as i32 + 1;
+        let [field] = spec.fields() else {
+            return None;
         };
-        Some(col(time).lt(lit(v)))
+        let value = task.partition.as_ref()?.fields().first()?.as_ref()?;
+        if field.source_id != time_id {
+            return None;
+        }
+        let day = DAY_MS;
+        match (ty, field.transform, value) {
+            (
+                ColumnType::Timestamp,
+                Transform::Day,
+                Literal::Primitive(PrimitiveLiteral::Int(d)),
+            ) => {
+                let lo = (*d as i64).checked_mul(day)?;
+                Some((lo, lo.checked_add(day - 1)?))
+            }
+            (ColumnType::Date, Transform::Day, Literal::Primitive(PrimitiveLiteral::Int(d))) => {
+                Some((*d as i64, *d as i64))
+            }
+            (
+                ColumnType::Long,
+                Transform::Truncate(w),
+                Literal::Primitive(PrimitiveLiteral::Long(v)),
+            ) if w as i64 == day => Some((*v, v.checked_add(day - 1)?)),
+            _ => None,
+        }
     }
 
-    /// The Iceberg side: the pinned snapshot scanned for the `needed` columns with
-    /// `filters` pushed in, cast to the segment types, filtered exactly, then projected.
+    /// For a scan that only counts rows (no columns): the rows of the files among `tasks`
+    /// whose whole day every filter keeps, taken from the manifests; those files are removed
+    /// from `tasks` (nothing in them needs reading).
+    fn count_from_manifests(
+        &self,
+        table: &iceberg::table::Table,
+        tasks: &mut Vec<FileScanTask>,
+        filters: &[Expr],
+    ) -> u64 {
+        let Some((time, _)) = self.time_column() else {
+            return 0;
+        };
+        // Tasks do not say which spec their partition is of: only a table that has had one.
+        let meta = table.metadata();
+        if meta.partition_specs_iter().len() != 1 {
+            return 0;
+        }
+        let spec = meta.default_partition_spec();
+        let Some(preds) = filters
+            .iter()
+            .map(|f| basalt_query::filter::to_predicate(f, &self.schema))
+            .collect::<Option<Vec<_>>>()
+        else {
+            return 0;
+        };
+        let mut counted = 0u64;
+        tasks.retain(|t| {
+            let whole = t.deletes.is_empty() && t.start == 0;
+            let covered = match (whole, self.partition_range(spec, t), t.record_count) {
+                (true, Some((lo, hi)), Some(n))
+                    if preds.iter().all(|p| covers(p, time, lo, hi)) =>
+                {
+                    counted += n;
+                    true
+                }
+                _ => false,
+            };
+            !covered
+        });
+        counted
+    }
+
+    /// The Iceberg side: the pinned snapshot's files holding rows `filters` may keep, read
+    /// for the needed columns in the table's types, filtered exactly, then projected.
+    ///
+    /// No `time < boundary` filter: every row Iceberg holds is below the boundary, which is
+    /// past the newest row of every segment ever tiered.
     async fn cold_plan(
         &self,
         state: &dyn Session,
@@ -113,9 +185,7 @@ impl FederatedTable {
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let table_schema = self.schema.arrow_schema();
         // Filters name the table's columns, perhaps qualified; the plans below are not.
-        let mut filters =
-            datafusion::logical_expr::expr_rewriter::unnormalize_cols(filters.to_vec());
-        filters.extend(self.below_boundary());
+        let filters = datafusion::logical_expr::expr_rewriter::unnormalize_cols(filters.to_vec());
         // Columns the projection and the filters read, in table order.
         let mut needed: Vec<usize> = projection.to_vec();
         for f in &filters {
@@ -149,61 +219,54 @@ impl FederatedTable {
             .iter()
             .map(|&i| table_schema.field(i).name().clone())
             .collect();
-        let meta = table.metadata();
-        let iceberg_schema = match snapshot_id.and_then(|id| meta.snapshot_by_id(id)) {
-            Some(s) => s.schema(meta).map_err(crate::scan::ext)?,
-            None => meta.current_schema().clone(),
-        };
-        let file_schema =
-            iceberg::arrow::schema_to_arrow_schema(&iceberg_schema).map_err(crate::scan::ext)?;
-        let indices = names
-            .iter()
-            .map(|n| file_schema.index_of(n))
-            .collect::<Result<Vec<_>, _>>()?;
-        let file_schema = Arc::new(file_schema.project(&indices)?);
-        let tasks = match snapshot_id {
+        let mut tasks = match snapshot_id {
             Some(id) => crate::scan::plan(&table, id, &names, predicate).await?,
             // A table without a snapshot holds no rows.
             None => Vec::new(),
         };
-        let scan = crate::scan::IcebergFilesExec::new(
-            table.file_io().clone(),
-            tasks,
-            file_schema,
-            state.config().target_partitions(),
-        );
+        // `count(*)`: whole days the filters keep are counted from the manifests.
+        let counted = match projection.is_empty() && self.cold.state.is_some() {
+            true => self.count_from_manifests(&table, &mut tasks, &filters),
+            false => 0,
+        };
         self.stats
             .warehouse_files
-            .fetch_add(scan.files() as u64, Ordering::Relaxed);
-        let scan: Arc<dyn ExecutionPlan> = Arc::new(scan);
-        // Cast to the segment types.
-        let scan_schema = scan.schema();
-        let cast: Vec<(Arc<dyn PhysicalExpr>, String)> = needed
+            .fetch_add(tasks.len() as u64, Ordering::Relaxed);
+        // The needed columns in the table's types, and the filters over them.
+        let typed_schema = Arc::new(table_schema.project(&needed)?);
+        let df_schema = DFSchema::try_from(typed_schema.as_ref().clone())?;
+        let predicates = filters
             .iter()
-            .enumerate()
-            .map(|(k, &i)| {
-                let f = table_schema.field(i);
-                let c: Arc<dyn PhysicalExpr> = Arc::new(Column::new(f.name(), k));
-                let e: Arc<dyn PhysicalExpr> =
-                    match scan_schema.field(k).data_type() == f.data_type() {
-                        true => c,
-                        false => Arc::new(CastExpr::new(c, f.data_type().clone(), None)),
-                    };
-                (e, f.name().clone())
-            })
-            .collect();
-        let cast: Arc<dyn ExecutionPlan> = Arc::new(ProjectionExec::try_new(cast, scan)?);
-        // The filters, in the table's types; `time < boundary` among them for a tiered table.
-        let filtered = match filters.is_empty() {
-            true => cast,
-            false => {
-                let df_schema = DFSchema::try_from(cast.schema().as_ref().clone())?;
-                let predicates = filters
-                    .iter()
-                    .map(|f| state.create_physical_expr(f.clone(), &df_schema))
-                    .collect::<DfResult<Vec<_>>>()?;
-                Arc::new(FilterExec::try_new(conjunction(predicates), cast)?)
-            }
+            .map(|f| state.create_physical_expr(f.clone(), &df_schema))
+            .collect::<DfResult<Vec<_>>>()?;
+        let partitions = state.config().target_partitions();
+        // A tiered table's files are Basalt's own: DataFusion's Parquet reader decodes them
+        // into the table's types directly. Other tables' files (schema evolution, delete
+        // files, field ids that differ from names) go through Iceberg's reader.
+        let basalt_files = self.cold.state.is_some() && tasks.iter().all(|t| t.deletes.is_empty());
+        let direct = match basalt_files {
+            true => catalogs.files.scan(
+                &tasks,
+                typed_schema.clone(),
+                (!predicates.is_empty()).then(|| conjunction(predicates.clone())),
+                partitions,
+            )?,
+            false => None,
+        };
+        let typed = match direct {
+            Some(scan) => scan,
+            None => self.iceberg_reader(
+                &table,
+                snapshot_id,
+                tasks,
+                &names,
+                &typed_schema,
+                partitions,
+            )?,
+        };
+        let filtered = match predicates.is_empty() {
+            true => typed,
+            false => Arc::new(FilterExec::try_new(conjunction(predicates), typed)?),
         };
         let out: Vec<(Arc<dyn PhysicalExpr>, String)> = projection
             .iter()
@@ -216,7 +279,62 @@ impl FederatedTable {
                 )
             })
             .collect();
-        Ok(Arc::new(ProjectionExec::try_new(out, filtered)?))
+        let read: Arc<dyn ExecutionPlan> = Arc::new(ProjectionExec::try_new(out, filtered)?);
+        if counted == 0 {
+            return Ok(read);
+        }
+        let rows = RecordBatchOptions::new().with_row_count(Some(counted as usize));
+        let empty = Arc::new(arrow::datatypes::Schema::empty());
+        let batch = RecordBatch::try_new_with_options(empty.clone(), vec![], &rows)?;
+        let counted = MemorySourceConfig::try_new_exec(&[vec![batch]], empty, None)?;
+        UnionExec::try_new(vec![read, counted])
+    }
+
+    /// `tasks` read through Iceberg's Arrow reader (columns `names`, in Iceberg's types at
+    /// `snapshot_id`), cast to `typed` (the table's types).
+    fn iceberg_reader(
+        &self,
+        table: &iceberg::table::Table,
+        snapshot_id: Option<i64>,
+        tasks: Vec<FileScanTask>,
+        names: &[String],
+        typed: &SchemaRef,
+        partitions: usize,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let meta = table.metadata();
+        let iceberg_schema = match snapshot_id.and_then(|id| meta.snapshot_by_id(id)) {
+            Some(s) => s.schema(meta).map_err(crate::scan::ext)?,
+            None => meta.current_schema().clone(),
+        };
+        let file_schema =
+            iceberg::arrow::schema_to_arrow_schema(&iceberg_schema).map_err(crate::scan::ext)?;
+        let indices = names
+            .iter()
+            .map(|n| file_schema.index_of(n))
+            .collect::<Result<Vec<_>, _>>()?;
+        let file_schema = Arc::new(file_schema.project(&indices)?);
+        let scan: Arc<dyn ExecutionPlan> = Arc::new(crate::scan::IcebergFilesExec::new(
+            table.file_io().clone(),
+            tasks,
+            file_schema,
+            partitions,
+        ));
+        let scan_schema = scan.schema();
+        let cast: Vec<(Arc<dyn PhysicalExpr>, String)> = typed
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(k, f)| {
+                let c: Arc<dyn PhysicalExpr> = Arc::new(Column::new(f.name(), k));
+                let e: Arc<dyn PhysicalExpr> =
+                    match scan_schema.field(k).data_type() == f.data_type() {
+                        true => c,
+                        false => Arc::new(CastExpr::new(c, f.data_type().clone(), None)),
+                    };
+                (e, f.name().clone())
+            })
+            .collect();
+        Ok(Arc::new(ProjectionExec::try_new(cast, scan)?))
     }
 }
 
@@ -280,6 +398,41 @@ fn lower_bound(p: &Predicate, time: &str) -> Option<i64> {
             .into_iter()
             .min(),
         _ => None,
+    }
+}
+
+/// Whether every value `t` of column `time` with `lo <= t <= hi` satisfies `p` (`false`
+/// when unsure).
+fn covers(p: &Predicate, time: &str, lo: i64, hi: i64) -> bool {
+    // `t op n/d` for every t in [lo, hi], compared exactly as `t * d op n`.
+    let all = |op: CmpOp, v: &Value| -> bool {
+        let (n, d) = match v {
+            Value::Int(i) => (*i as i128, 1i128),
+            Value::Ratio(n, d) if *d > 0 => (*n, *d),
+            _ => return false,
+        };
+        let (Some(lo), Some(hi)) = ((lo as i128).checked_mul(d), (hi as i128).checked_mul(d))
+        else {
+            return false;
+        };
+        match op {
+            CmpOp::Gt => lo > n,
+            CmpOp::GtEq => lo >= n,
+            CmpOp::Lt => hi < n,
+            CmpOp::LtEq => hi <= n,
+            CmpOp::Eq => lo == n && hi == n,
+            CmpOp::NotEq => n < lo || n > hi,
+        }
+    };
+    match p {
+        Predicate::Compare { column, op, value } if column == time => all(*op, value),
+        Predicate::Between { column, low, high } if column == time => {
+            all(CmpOp::GtEq, low) && all(CmpOp::LtEq, high)
+        }
+        Predicate::And(children) => children.iter().all(|c| covers(c, time, lo, hi)),
+        Predicate::Or(children) => children.iter().any(|c| covers(c, time, lo, hi)),
+        Predicate::Const(b) => *b,
+        _ => false,
     }
 }
 
@@ -364,5 +517,46 @@ mod tests {
             high: Value::Int(9),
         };
         assert_eq!(lower_bound(&between, "ts"), Some(4));
+    }
+
+    #[test]
+    fn time_filters_cover_a_whole_day_or_not() {
+        let cmp = |op, v| Predicate::Compare {
+            column: "ts".into(),
+            op,
+            value: Value::Int(v),
+        };
+        let day = |p: &Predicate| covers(p, "ts", 100, 199);
+        assert!(day(&cmp(CmpOp::Lt, 200)));
+        assert!(!day(&cmp(CmpOp::Lt, 199)));
+        assert!(day(&cmp(CmpOp::LtEq, 199)));
+        assert!(day(&cmp(CmpOp::GtEq, 100)));
+        assert!(!day(&cmp(CmpOp::Gt, 100)));
+        assert!(day(&cmp(CmpOp::NotEq, 250)));
+        assert!(!day(&cmp(CmpOp::NotEq, 150)));
+        assert!(!day(&cmp(CmpOp::Eq, 150)));
+        assert!(day(&Predicate::And(vec![
+            cmp(CmpOp::GtEq, 50),
+            cmp(CmpOp::Lt, 300)
+        ])));
+        assert!(day(&Predicate::Or(vec![
+            cmp(CmpOp::Lt, 0),
+            cmp(CmpOp::GtEq, 100)
+        ])));
+        // Another column's filter never covers.
+        let other = Predicate::Compare {
+            column: "device".into(),
+            op: CmpOp::Eq,
+            value: Value::Str("tv".into()),
+        };
+        assert!(!day(&Predicate::And(vec![cmp(CmpOp::GtEq, 0), other])));
+        // 199.5 lets 199 through, 198.5 does not.
+        let between = |hi| Predicate::Between {
+            column: "ts".into(),
+            low: Value::Int(100),
+            high: Value::Ratio(hi, 2),
+        };
+        assert!(day(&between(399)));
+        assert!(!day(&between(397)));
     }
 }

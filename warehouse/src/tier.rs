@@ -19,6 +19,8 @@ use arrow::array::{Array, RecordBatch};
 use arrow::compute::{sort_to_indices, take_record_batch, SortOptions};
 use basalt_ingest::store::{LoadedSegment, Table, TableStore};
 use basalt_ingest::warehouse::WarehouseState;
+use basalt_segment::layout::Encoding as SegEncoding;
+use basalt_segment::IndexKind;
 use basalt_segment::RoaringBitmap;
 use iceberg::spec::{DataFile, DataFileFormat, PartitionKey, Struct};
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
@@ -29,8 +31,9 @@ use iceberg::writer::file_writer::location_generator::{
 use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
 use iceberg::writer::file_writer::ParquetWriterBuilder;
 use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
-use parquet::basic::{Compression, ZstdLevel};
+use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 use tracing::info;
 
 use crate::catalog::Catalogs;
@@ -49,6 +52,12 @@ pub const SUMMARY_BYTES: &str = "basalt.segment-bytes";
 const ROW_GROUP_ROWS: usize = 128 * 1024;
 /// Docs read from a segment at a time.
 const READ_DOCS: usize = 64 * 1024;
+/// A looked-up string column with more distinct values than this in a segment gets Parquet
+/// bloom filters: below it, min/max statistics of sorted-by-time row groups prune as well.
+const BLOOM_MIN_VALUES: u64 = 4096;
+/// The bloom filters' false-positive rate: a lookup reads ~2% of the row groups without the
+/// value.
+const BLOOM_FPP: f64 = 0.02;
 
 /// What one run did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -395,13 +404,7 @@ async fn write_segment(
     let days = day_runs(l, &sorted)?;
     let spec = table.metadata().default_partition_spec().as_ref().clone();
     let schema = table.metadata().current_schema().clone();
-    let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(
-            ZstdLevel::try_new(3)
-                .map_err(|e| WarehouseError::Invalid(format!("zstd level: {e}")))?,
-        ))
-        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-        .build();
+    let props = writer_properties(l, &s.reader)?;
     let mut out = Vec::new();
     for (day, start, len) in days {
         let key = PartitionKey::new(
@@ -425,6 +428,44 @@ async fn write_segment(
         out.extend(w.close().await?);
     }
     Ok((out, rows))
+}
+
+/// How a segment's rows are written: zstd; the time column (sorted) delta-encoded, without a
+/// dictionary; a bloom filter on each string column the spec indexes for lookups
+/// (`inverted` or `bloom`) that has too many values for min/max statistics to prune
+/// (the segment's dictionary holds more than [`BLOOM_MIN_VALUES`]), sized for one row group.
+fn writer_properties(l: &Layout, seg: &basalt_segment::SegmentReader) -> Result<WriterProperties> {
+    let mut b = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(3)
+                .map_err(|e| WarehouseError::Invalid(format!("zstd level: {e}")))?,
+        ))
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS));
+    for (i, f) in l.arrow.fields().iter().enumerate() {
+        let path = ColumnPath::from(f.name().as_str());
+        if i == l.time {
+            b = b
+                .set_column_dictionary_enabled(path.clone(), false)
+                .set_column_encoding(path, Encoding::DELTA_BINARY_PACKED);
+            continue;
+        }
+        let def = seg.column_def(i);
+        let lookups = def
+            .indexes
+            .iter()
+            .any(|k| matches!(k, IndexKind::Inverted | IndexKind::Bloom));
+        let values = match &seg.column_meta(i).encoding {
+            SegEncoding::Dictionary { cardinality, .. } => u64::from(*cardinality),
+            _ => seg.row_count() as u64,
+        };
+        if lookups && !def.multi_value && values > BLOOM_MIN_VALUES {
+            b = b
+                .set_column_bloom_filter_enabled(path.clone(), true)
+                .set_column_bloom_filter_fpp(path.clone(), BLOOM_FPP)
+                .set_column_bloom_filter_ndv(path, values.min(ROW_GROUP_ROWS as u64));
+        }
+    }
+    Ok(b.build())
 }
 
 /// `(day, first row, rows)` of each day in a batch sorted by time.
