@@ -402,6 +402,7 @@ impl QueryEngine {
             .with_optimizer_rule(Arc::new(crate::agg_reducer::AggregateKeyReducer::default()))
             .with_physical_optimizer_rule(Arc::new(crate::decimal_arith::DecimalArith))
             .with_physical_optimizer_rule(Arc::new(SegmentAggregateRule))
+            .with_physical_optimizer_rule(Arc::new(crate::dict_keys::DictionaryKeysAsViews))
             .with_physical_optimizer_rule(Arc::new(crate::build_side::SemiJoinBuildSide))
             .with_physical_optimizer_rule(Arc::new(crate::deferred::DeferBroadcastBuilds))
             .with_physical_optimizer_rule(Arc::new(crate::coop::YieldEverywhere))

@@ -17,6 +17,7 @@ mod cardinality;
 pub mod coop;
 mod decimal_arith;
 mod deferred;
+mod dict_keys;
 mod dynamic_filter;
 pub mod engine;
 pub mod error;

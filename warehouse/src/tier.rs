@@ -449,12 +449,16 @@ fn writer_properties(l: &Layout, seg: &basalt_segment::SegmentReader) -> Result<
                 .set_column_encoding(path, Encoding::DELTA_BINARY_PACKED);
             continue;
         }
-        let def = seg.column_def(i);
+        // The segment's own column of that name (its schema is the one it was sealed with).
+        let Ok(c) = seg.column_index(f.name()) else {
+            continue;
+        };
+        let def = seg.column_def(c);
         let lookups = def
             .indexes
             .iter()
             .any(|k| matches!(k, IndexKind::Inverted | IndexKind::Bloom));
-        let values = match &seg.column_meta(i).encoding {
+        let values = match &seg.column_meta(c).encoding {
             SegEncoding::Dictionary { cardinality, .. } => u64::from(*cardinality),
             _ => seg.row_count() as u64,
         };
