@@ -127,8 +127,8 @@ pub struct TablesSection {
     /// Partitions a table may consume or generate (default 1024).
     #[serde(default = "default_max_partitions")]
     pub max_partitions: usize,
-    /// `${env:NAME}` secret references in Kafka properties may only name variables with
-    /// this prefix (default `BASALT_SECRET_`).
+    /// `${env:NAME}` secret references (Kafka properties, an Iceberg REST catalog's
+    /// `credential`) may only name variables with this prefix (default `BASALT_SECRET_`).
     #[serde(default = "default_secret_prefix")]
     pub secret_env_prefix: String,
     /// How often tables with a `warehouse` block are checked for segments to tier, in

@@ -23,8 +23,8 @@ pub struct TablePolicy {
     /// Deep stores a spec's `deep_store` may name, as URL roots (`s3://bucket/prefix`,
     /// `file:///abs/dir`). Empty: the server's own deep store and data dir.
     pub allowed_roots: Vec<String>,
-    /// `${env:NAME}` references in Kafka properties may only name variables with this
-    /// prefix (default `BASALT_SECRET_`).
+    /// `${env:NAME}` references (Kafka properties, a REST catalog's credential) may only
+    /// name variables with this prefix (default `BASALT_SECRET_`).
     pub secret_env_prefix: String,
     /// Iceberg REST catalog URIs a spec's `warehouse` may name, as prefixes. Empty: none.
     pub allowed_catalog_uris: Vec<String>,
@@ -189,13 +189,23 @@ impl TablePolicy {
     }
 
     /// A catalog a spec names at `field`: its SQLite file and warehouse under the allowed
-    /// roots, a REST URI among the allowed catalogs.
+    /// roots, a REST URI among the allowed catalogs, a credential from a variable the
+    /// operator set aside for secrets.
     fn check_catalog(
         &self,
         field: &str,
         c: &crate::warehouse::CatalogSpec,
         roots: &[String],
     ) -> Result<()> {
+        if let Some(name) = c.credential_env() {
+            if !name.starts_with(&self.secret_env_prefix) {
+                return Err(spec_err(format!(
+                    "{field}.catalog.credential: ${{env:{name}}}: only variables named {}* \
+                     can be referenced (tables.secret_env_prefix)",
+                    self.secret_env_prefix
+                )));
+            }
+        }
         if let Some(wh) = &c.warehouse {
             check_under(&format!("{field}.catalog.warehouse"), wh, roots)?;
         }
@@ -339,6 +349,22 @@ mod tests {
             ..Default::default()
         };
         open.check(&rest, &roots).unwrap();
+        let secret = |name: &str| {
+            with(
+                serde_json::json!({"type": "rest", "uri": "http://169.254.169.254/",
+                                    "credential": format!("${{env:{name}}}")}),
+            )
+        };
+        open.check(&secret("BASALT_SECRET_ICEBERG"), &roots)
+            .unwrap();
+        let e = open
+            .check(&secret("AWS_SECRET_ACCESS_KEY"), &roots)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("catalog.credential") && e.contains("BASALT_SECRET_"),
+            "{e}"
+        );
     }
 
     #[test]

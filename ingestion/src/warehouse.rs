@@ -43,6 +43,13 @@ pub struct CatalogSpec {
     /// `sql`; a REST catalog may supply its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warehouse: Option<String>,
+    /// A `rest` catalog's OAuth2 client credential (`client_id:client_secret`, exchanged at
+    /// the catalog's `/v1/oauth/tokens` for a bearer token), as a reference to a server
+    /// variable: `${env:BASALT_SECRET_ICEBERG}`. Only variables with the operator's secret
+    /// prefix (`tables.secret_env_prefix`) may be named; a literal secret is refused, so
+    /// specs (which `GET /tables` shows) never hold one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
 }
 
 /// The catalog kinds.
@@ -59,6 +66,13 @@ impl CatalogSpec {
             "rest" => Some(CatalogKind::Rest),
             _ => None,
         }
+    }
+
+    /// The variable `credential` names (`${env:NAME}` → `NAME`).
+    pub fn credential_env(&self) -> Option<&str> {
+        self.credential
+            .as_deref()
+            .and_then(crate::realtime::kafka_config::env_reference)
     }
 
     /// The SQLite file of a `sql` catalog (`sqlite:///abs/path.db` → `/abs/path.db`).
@@ -112,6 +126,25 @@ impl IcebergTableRef {
                     "{field}.catalog.type: {:?} is not \"sql\" or \"rest\"",
                     self.catalog.kind
                 )))
+            }
+        }
+        if let Some(c) = &self.catalog.credential {
+            if self.catalog.kind() != Some(CatalogKind::Rest) {
+                return Err(spec_err(format!(
+                    "{field}.catalog.credential: only a rest catalog takes a credential"
+                )));
+            }
+            match self.catalog.credential_env() {
+                Some(name) if crate::realtime::kafka_config::env_name_ok(name) => {}
+                // The value is not echoed: it may be a secret pasted by mistake.
+                _ => {
+                    return Err(spec_err(format!(
+                        "{field}.catalog.credential: must be a reference to a server \
+                         variable, written ${{env:NAME}} (upper-case letters, digits and _); \
+                         a literal secret is not accepted ({} characters given)",
+                        c.len()
+                    )))
+                }
             }
         }
         if let Some(w) = &self.catalog.warehouse {
@@ -239,5 +272,37 @@ mod tests {
         let mut unknown = ok.clone();
         unknown["iceberg"]["catalog"]["secret"] = "x".into();
         assert!(spec(unknown).unwrap_err().contains("secret"));
+    }
+
+    #[test]
+    fn a_rest_credential_is_a_variable_reference_never_a_literal() {
+        let rest = |credential: serde_json::Value| {
+            spec(serde_json::json!({
+                "iceberg": {"catalog": {"type": "rest", "uri": "http://127.0.0.1:8181",
+                                        "warehouse": "s3://warehouse",
+                                        "credential": credential},
+                            "namespace": "analytics", "table": "events"},
+                "tier_after": "7d"
+            }))
+        };
+        let w = rest("${env:BASALT_SECRET_ICEBERG}".into()).unwrap();
+        assert_eq!(
+            w.iceberg.catalog.credential_env(),
+            Some("BASALT_SECRET_ICEBERG")
+        );
+        for bad in ["basalt:hunter2", "${env:lower}", "x${env:BASALT_SECRET_X}"] {
+            let e = rest(bad.into()).unwrap_err();
+            assert!(e.contains("warehouse.iceberg.catalog.credential"), "{e}");
+            assert!(!e.contains("hunter2"), "the value is not echoed: {e}");
+        }
+        let sql = spec(serde_json::json!({
+            "iceberg": {"catalog": {"type": "sql", "uri": "sqlite:///tmp/i.db",
+                                    "warehouse": "file:///tmp/w",
+                                    "credential": "${env:BASALT_SECRET_ICEBERG}"},
+                        "namespace": "analytics", "table": "events"},
+            "tier_after": "7d"
+        }))
+        .unwrap_err();
+        assert!(sql.contains("only a rest catalog"), "{sql}");
     }
 }

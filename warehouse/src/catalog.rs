@@ -47,10 +47,11 @@ impl std::fmt::Debug for Catalogs {
 
 fn key(spec: &CatalogSpec) -> String {
     format!(
-        "{}|{}|{}",
+        "{}|{}|{}|{}",
         spec.kind,
         spec.uri,
-        spec.warehouse.as_deref().unwrap_or("")
+        spec.warehouse.as_deref().unwrap_or(""),
+        spec.credential.as_deref().unwrap_or("")
     )
 }
 
@@ -85,6 +86,16 @@ impl Catalogs {
             }
             Some(CatalogKind::Rest) => {
                 props.insert("uri".to_string(), spec.uri.clone());
+                // The spec's policy check allowed this variable (the secret prefix).
+                if let Some(name) = spec.credential_env() {
+                    let value = std::env::var(name).map_err(|_| {
+                        WarehouseError::Invalid(format!(
+                            "catalog credential ${{env:{name}}}: the environment variable is \
+                             not set"
+                        ))
+                    })?;
+                    props.insert("credential".to_string(), value);
+                }
                 Arc::new(
                     RestCatalogBuilder::default()
                         .with_storage_factory(Arc::new(ObjectStorageFactory))

@@ -212,12 +212,16 @@ pub fn validate(props: &BTreeMap<String, String>) -> Result<(), PropertyError> {
     Ok(())
 }
 
-fn check_env_name(key: &str, name: &str) -> Result<(), PropertyError> {
-    let well_formed = !name.is_empty()
+/// Whether `name` is a variable name a reference may use: upper-case letters, digits, `_`.
+pub fn env_name_ok(name: &str) -> bool {
+    !name.is_empty()
         && name
             .chars()
-            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
-    if !well_formed {
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+}
+
+fn check_env_name(key: &str, name: &str) -> Result<(), PropertyError> {
+    if !env_name_ok(name) {
         return Err(refuse(
             key,
             format!("${{env:{name}}}: a variable name is upper-case letters, digits and _"),
