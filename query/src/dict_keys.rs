@@ -15,6 +15,8 @@
 use std::any::Any;
 use std::sync::Arc;
 
+use crate::dict_values::PerDictionary;
+use crate::segment_agg::partial_at_root;
 use arrow::array::{ArrayRef, DictionaryArray, RecordBatch};
 use arrow::compute::{cast, take};
 use arrow::datatypes::{DataType, Int32Type, Schema};
@@ -30,9 +32,6 @@ use datafusion::physical_plan::coop::CooperativeExec;
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::union::UnionExec;
 use datafusion::physical_plan::ExecutionPlan;
-use parking_lot::Mutex;
-
-use crate::segment_agg::partial_at_root;
 
 #[derive(Debug, Default)]
 pub struct DictionaryKeysAsViews;
@@ -198,34 +197,21 @@ fn grouped_on_views(agg: &AggregateExec) -> DfResult<Option<Arc<dyn ExecutionPla
 #[derive(Debug)]
 pub(crate) struct DictionaryAsView {
     child: Arc<dyn PhysicalExpr>,
-    /// Recent dictionaries (their values held, so an address is not reused while cached) and
-    /// their views.
-    cache: Mutex<Vec<(ArrayRef, ArrayRef)>>,
+    /// Recent dictionaries' views.
+    cache: PerDictionary,
 }
-
-/// Dictionaries a [`DictionaryAsView`] keeps views of (a few partitions' column chunks).
-const VIEW_CACHE: usize = 8;
 
 impl DictionaryAsView {
     pub(crate) fn new(child: Arc<dyn PhysicalExpr>) -> Self {
         DictionaryAsView {
             child,
-            cache: Mutex::new(Vec::new()),
+            cache: PerDictionary::default(),
         }
     }
 
     fn views_of(&self, values: &ArrayRef) -> DfResult<ArrayRef> {
-        let same = |a: &ArrayRef| std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(values));
-        if let Some((_, v)) = self.cache.lock().iter().find(|(k, _)| same(k)) {
-            return Ok(v.clone());
-        }
-        let views = cast(values, &DataType::Utf8View)?;
-        let mut cache = self.cache.lock();
-        if cache.len() >= VIEW_CACHE {
-            cache.remove(0);
-        }
-        cache.push((values.clone(), views.clone()));
-        Ok(views)
+        self.cache
+            .get_or(values, |v| Ok(cast(v, &DataType::Utf8View)?))
     }
 }
 
@@ -317,6 +303,6 @@ mod tests {
             assert_eq!(got.null_count(), 1);
         }
         // The second batch over the same dictionary reused the first one's views.
-        assert_eq!(e.cache.lock().len(), 1);
+        assert_eq!(e.cache.entries.lock().len(), 1);
     }
 }

@@ -18,6 +18,7 @@ pub mod coop;
 mod decimal_arith;
 mod deferred;
 mod dict_keys;
+pub mod dict_values;
 mod dynamic_filter;
 pub mod engine;
 pub mod error;

@@ -9,7 +9,10 @@
 //! reader keeps each column chunk's Parquet dictionary instead of materialising the strings
 //! and hashing them again per row. Timestamps are adapted to the table's unit by DataFusion.
 //!
-//! Footers are cached per store (files are immutable once committed).
+//! Footers are cached per store (files are immutable once committed), hinted: a hinted
+//! footer carries the fingerprint of the table's dictionary columns it was hinted for (and
+//! the file's own Arrow schema, to hint again for another), so the hint is built once per
+//! file, not per query.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -18,13 +21,15 @@ use std::sync::Arc;
 use arrow::datatypes::{DataType, Schema, SchemaRef};
 use bytes::Bytes;
 use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::parquet::metadata::CachedParquetMetaData;
 use datafusion::datasource::physical_plan::parquet::CachedParquetFileReaderFactory;
 use datafusion::datasource::physical_plan::{
     FileGroup, FileScanConfigBuilder, ParquetFileReaderFactory, ParquetSource,
 };
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::Result as DfResult;
-use datafusion::execution::cache::DefaultFilesMetadataCache;
+use datafusion::execution::cache::cache_manager::CachedFileMetadataEntry;
+use datafusion::execution::cache::{CacheAccessor, DefaultFilesMetadataCache};
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::empty::EmptyExec;
@@ -60,13 +65,29 @@ impl std::fmt::Debug for ParquetFiles {
 }
 
 impl ParquetFiles {
-    /// A scan of `tasks` producing `schema` (columns in the table's types; a file's column is
-    /// found by name), row groups and pages pruned by `predicate` (bloom filters included;
-    /// rows are not filtered by it), over at most `partitions` partitions. `None` when the files are not all in one
-    /// store: the caller reads them through Iceberg's reader.
+    /// Whether `tasks`' files all live in one store (what [`ParquetFiles::scan`] reads).
+    pub fn one_store(&self, tasks: &[FileScanTask]) -> bool {
+        let mut roots = tasks.iter().map(|t| {
+            self.storage
+                .locate(&t.data_file_path)
+                .map(|(root, _, _)| root)
+        });
+        match roots.next() {
+            None => true,
+            Some(Err(_)) => false,
+            Some(Ok(first)) => roots.all(|r| r.is_ok_and(|r| r == first)),
+        }
+    }
+
+    /// A scan of `tasks` producing `schema` (some of `table`'s columns in its types; a file's
+    /// column is found by name), row groups and pages pruned by `predicate` (bloom filters
+    /// included; rows are not filtered by it), over at most `partitions` partitions. `None`
+    /// when the files are not all in one store: the caller reads them through Iceberg's
+    /// reader.
     pub fn scan(
         &self,
         tasks: &[FileScanTask],
+        table: SchemaRef,
         schema: SchemaRef,
         predicate: Option<Arc<dyn PhysicalExpr>>,
         partitions: usize,
@@ -104,8 +125,9 @@ impl ParquetFiles {
             .or_insert_with(|| Arc::new(DefaultFilesMetadataCache::new(FOOTER_CACHE_BYTES)))
             .clone();
         let factory = DictionaryHint {
-            inner: CachedParquetFileReaderFactory::new(store, footers),
-            table: schema.clone(),
+            inner: CachedParquetFileReaderFactory::new(store, footers.clone()),
+            hint: Arc::new(Hint::of(table)),
+            footers,
         };
         // The predicate prunes only: evaluating it while decoding (late materialisation) made
         // filters keeping half the rows 1.6x slower (selections of short runs) and gained
@@ -128,11 +150,57 @@ impl ParquetFiles {
     }
 }
 
-/// Readers whose footer carries the table's dictionary types as its Arrow schema hint.
+/// The footer hint for one table: its schema and the fingerprint of its dictionary columns.
 #[derive(Debug)]
+struct Hint {
+    table: SchemaRef,
+    fingerprint: String,
+}
+
+/// Footer entries a hinted footer carries: the fingerprint it was hinted for, and the file's
+/// own Arrow schema hint (empty: it had none).
+const HINTED_FOR: &str = "basalt.hinted_for";
+const FILE_ARROW_SCHEMA: &str = "basalt.file_arrow_schema";
+
+impl Hint {
+    fn of(table: SchemaRef) -> Hint {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for f in table.fields() {
+            if let DataType::Dictionary(..) = f.data_type() {
+                (f.name(), f.data_type()).hash(&mut h);
+            }
+        }
+        Hint {
+            table,
+            fingerprint: format!("{:016x}", h.finish()),
+        }
+    }
+
+    /// Whether `meta` is a footer hinted for this table already.
+    fn hinted(&self, meta: &ParquetMetaData) -> bool {
+        meta.file_metadata()
+            .key_value_metadata()
+            .into_iter()
+            .flatten()
+            .any(|k| k.key == HINTED_FOR && k.value.as_deref() == Some(&self.fingerprint))
+    }
+}
+
+/// Readers whose footer carries the table's dictionary types as its Arrow schema hint; a
+/// footer hinted once goes back to the cache in place of the file's own.
 struct DictionaryHint {
     inner: CachedParquetFileReaderFactory,
-    table: SchemaRef,
+    hint: Arc<Hint>,
+    footers: Arc<DefaultFilesMetadataCache>,
+}
+
+impl std::fmt::Debug for DictionaryHint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DictionaryHint")
+            .field("hint", &self.hint)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ParquetFileReaderFactory for DictionaryHint {
@@ -143,18 +211,23 @@ impl ParquetFileReaderFactory for DictionaryHint {
         metadata_size_hint: Option<usize>,
         metrics: &ExecutionPlanMetricsSet,
     ) -> DfResult<Box<dyn AsyncFileReader + Send>> {
+        let object = file.object_meta.clone();
         Ok(Box::new(HintedReader {
             inner: self
                 .inner
                 .create_reader(partition_index, file, metadata_size_hint, metrics)?,
-            table: self.table.clone(),
+            hint: self.hint.clone(),
+            footers: self.footers.clone(),
+            object,
         }))
     }
 }
 
 struct HintedReader {
     inner: Box<dyn AsyncFileReader + Send>,
-    table: SchemaRef,
+    hint: Arc<Hint>,
+    footers: Arc<DefaultFilesMetadataCache>,
+    object: ObjectMeta,
 }
 
 impl AsyncFileReader for HintedReader {
@@ -175,26 +248,59 @@ impl AsyncFileReader for HintedReader {
     ) -> BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
         async move {
             let meta = self.inner.get_metadata(options).await?;
-            with_dictionary_hint(meta, &self.table)
+            if self.hint.hinted(&meta) {
+                return Ok(meta);
+            }
+            let hinted = with_dictionary_hint(&meta, &self.hint)?;
+            self.footers.put(
+                &self.object.location,
+                CachedFileMetadataEntry::new(
+                    self.object.clone(),
+                    Arc::new(CachedParquetMetaData::new(hinted.clone())),
+                ),
+            );
+            Ok(hinted)
         }
         .boxed()
     }
 }
 
-/// `meta` with an Arrow schema hint asking for `table`'s dictionary type wherever the file
-/// holds that dictionary's value type under the same name (unchanged if there is none).
+/// `meta` with an Arrow schema hint asking for the table's dictionary type wherever the file
+/// holds that dictionary's value type under the same name, marked as hinted for `hint`.
+/// A footer hinted for another table's columns is hinted again from the file's own schema.
 fn with_dictionary_hint(
-    meta: Arc<ParquetMetaData>,
-    table: &Schema,
+    meta: &ParquetMetaData,
+    hint: &Hint,
 ) -> parquet::errors::Result<Arc<ParquetMetaData>> {
     let fm = meta.file_metadata();
-    let file = parquet_to_arrow_schema(fm.schema_descr(), fm.key_value_metadata())?;
+    let kv: Vec<KeyValue> = fm.key_value_metadata().cloned().unwrap_or_default();
+    let value = |key: &str| kv.iter().find(|k| k.key == key).map(|k| k.value.clone());
+    // The file's own Arrow schema hint, wherever an earlier hint put it.
+    let own: Option<String> = match value(FILE_ARROW_SCHEMA) {
+        Some(v) => v.filter(|v| !v.is_empty()),
+        None => value(ARROW_SCHEMA_META_KEY).flatten(),
+    };
+    let mut out: Vec<KeyValue> = kv
+        .iter()
+        .filter(|k| {
+            ![ARROW_SCHEMA_META_KEY, FILE_ARROW_SCHEMA, HINTED_FOR].contains(&k.key.as_str())
+        })
+        .cloned()
+        .collect();
+    let mut with_own = out.clone();
+    if let Some(own) = &own {
+        with_own.push(KeyValue::new(
+            ARROW_SCHEMA_META_KEY.to_string(),
+            own.clone(),
+        ));
+    }
+    let file = parquet_to_arrow_schema(fm.schema_descr(), Some(&with_own))?;
     let mut hinted = false;
     let fields: Vec<_> = file
         .fields()
         .iter()
         .map(
-            |f| match table.field_with_name(f.name()).map(|t| t.data_type()) {
+            |f| match hint.table.field_with_name(f.name()).map(|t| t.data_type()) {
                 Ok(t @ DataType::Dictionary(_, value)) if value.as_ref() == f.data_type() => {
                     hinted = true;
                     Arc::new(f.as_ref().clone().with_data_type(t.clone()))
@@ -203,26 +309,36 @@ fn with_dictionary_hint(
             },
         )
         .collect();
-    if !hinted {
-        return Ok(meta);
+    match hinted {
+        true => {
+            let schema = Schema::new_with_metadata(fields, file.metadata().clone());
+            out.push(KeyValue::new(
+                ARROW_SCHEMA_META_KEY.to_string(),
+                encode_arrow_schema(&schema),
+            ));
+        }
+        false => {
+            if let Some(own) = &own {
+                out.push(KeyValue::new(
+                    ARROW_SCHEMA_META_KEY.to_string(),
+                    own.clone(),
+                ));
+            }
+        }
     }
-    let hint = Schema::new_with_metadata(fields, file.metadata().clone());
-    let mut kv: Vec<KeyValue> = fm
-        .key_value_metadata()
-        .into_iter()
-        .flatten()
-        .filter(|k| k.key != ARROW_SCHEMA_META_KEY)
-        .cloned()
-        .collect();
-    kv.push(KeyValue::new(
-        ARROW_SCHEMA_META_KEY.to_string(),
-        encode_arrow_schema(&hint),
+    out.push(KeyValue::new(
+        FILE_ARROW_SCHEMA.to_string(),
+        own.unwrap_or_default(),
+    ));
+    out.push(KeyValue::new(
+        HINTED_FOR.to_string(),
+        hint.fingerprint.clone(),
     ));
     let file_meta = FileMetaData::new(
         fm.version(),
         fm.num_rows(),
         fm.created_by().map(str::to_string),
-        Some(kv),
+        Some(out),
         fm.schema_descr_ptr(),
         fm.column_orders().cloned(),
     );
@@ -271,11 +387,17 @@ mod tests {
             .unwrap()
             .metadata()
             .clone();
-        let hinted = with_dictionary_hint(meta, &table).unwrap();
-        let opts = ArrowReaderMetadata::try_new(hinted, Default::default()).unwrap();
+        let hint = Hint::of(Arc::new(table));
+        assert!(!hint.hinted(&meta));
+        let hinted = with_dictionary_hint(&meta, &hint).unwrap();
+        assert!(
+            hint.hinted(&hinted),
+            "marked: the next query takes it as it is"
+        );
+        let opts = ArrowReaderMetadata::try_new(hinted.clone(), Default::default()).unwrap();
         assert_eq!(opts.schema().field(0).data_type(), &dict);
         assert_eq!(opts.schema().field(1).data_type(), &DataType::Utf8);
-        let mut reader = ParquetRecordBatchReaderBuilder::new_with_metadata(bytes, opts)
+        let mut reader = ParquetRecordBatchReaderBuilder::new_with_metadata(bytes.clone(), opts)
             .build()
             .unwrap();
         let got = reader.next().unwrap().unwrap();
@@ -283,30 +405,24 @@ mod tests {
         let plain = arrow::compute::cast(d, &DataType::Utf8).unwrap();
         assert_eq!(plain.as_string::<i32>(), &device);
         assert_eq!(d.null_count(), 1);
-        // A table with no dictionary columns leaves the footer as it was.
-        let plain_table = Schema::new(vec![Field::new("device", DataType::Utf8, true)]);
-        let meta = ArrowReaderMetadata::load(&got_bytes(&got), Default::default())
-            .unwrap()
-            .metadata()
-            .clone();
-        let same = with_dictionary_hint(meta.clone(), &plain_table).unwrap();
-        assert!(Arc::ptr_eq(&meta, &same));
-    }
-
-    fn got_bytes(b: &RecordBatch) -> Bytes {
-        let plain = RecordBatch::try_new(
-            Arc::new(Schema::new(vec![Field::new(
-                "device",
-                DataType::Utf8,
-                true,
-            )])),
-            vec![arrow::compute::cast(b.column(0), &DataType::Utf8).unwrap()],
-        )
-        .unwrap();
-        let mut bytes = Vec::new();
-        let mut w = ArrowWriter::try_new(&mut bytes, plain.schema(), None).unwrap();
-        w.write(&plain).unwrap();
-        w.close().unwrap();
-        Bytes::from(bytes)
+        // A table whose columns changed since (`device` now plain) hints the hinted footer
+        // again from the file's own schema: plain strings, as the file holds them.
+        let plain_table = Hint::of(Arc::new(Schema::new(vec![Field::new(
+            "device",
+            DataType::Utf8,
+            true,
+        )])));
+        assert_ne!(plain_table.fingerprint, hint.fingerprint);
+        assert!(!plain_table.hinted(&hinted));
+        let again = with_dictionary_hint(&hinted, &plain_table).unwrap();
+        assert!(plain_table.hinted(&again) && !hint.hinted(&again));
+        let opts = ArrowReaderMetadata::try_new(again, Default::default()).unwrap();
+        assert_eq!(opts.schema().field(0).data_type(), &DataType::Utf8);
+        let own = ArrowReaderMetadata::try_new(meta, Default::default()).unwrap();
+        assert_eq!(
+            opts.schema().fields(),
+            own.schema().fields(),
+            "the file's own schema back"
+        );
     }
 }

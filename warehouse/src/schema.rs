@@ -10,7 +10,8 @@ use arrow::datatypes::SchemaRef;
 use basalt_ingest::spec::ColumnSpec;
 use basalt_segment::{ColumnType, SegmentSchema};
 use iceberg::spec::{
-    ListType, NestedField, PrimitiveType, Schema, Transform, Type, UnboundPartitionSpec,
+    ListType, Literal, NestedField, PartitionSpec, PrimitiveLiteral, PrimitiveType, Schema,
+    Transform, Type, UnboundPartitionSpec,
 };
 
 use crate::error::{Result, WarehouseError};
@@ -124,6 +125,32 @@ impl Layout {
             _ => iceberg::spec::Literal::int(day as i32),
         }
     }
+
+    /// The stored time values `[lo, hi]` of the day a partition value names (the inverse of
+    /// [`Layout::partition_value`]); `None` for a value of another shape.
+    pub fn day_range(&self, value: &Literal) -> Option<(i64, i64)> {
+        match (self.time_type, value) {
+            (ColumnType::Date, Literal::Primitive(PrimitiveLiteral::Int(d))) => {
+                Some((*d as i64, *d as i64))
+            }
+            (ColumnType::Timestamp, Literal::Primitive(PrimitiveLiteral::Int(d))) => {
+                let lo = (*d as i64).checked_mul(DAY_MS)?;
+                Some((lo, lo.checked_add(DAY_MS - 1)?))
+            }
+            (ColumnType::Long, Literal::Primitive(PrimitiveLiteral::Long(v))) => {
+                Some((*v, v.checked_add(DAY_MS - 1)?))
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether `spec` partitions as this layout does: one field, the day of the time column.
+    pub fn is_partitioning(&self, spec: &PartitionSpec) -> bool {
+        match (spec.fields(), self.partition.fields()) {
+            ([got], [want]) => got.source_id == want.source_id && got.transform == want.transform,
+            _ => false,
+        }
+    }
 }
 
 /// The columns of a Basalt table over an Iceberg table of schema `schema` (each nullable
@@ -234,6 +261,37 @@ mod tests {
         assert_eq!(l.partition.fields()[0].transform, Transform::Day);
         assert_eq!(l.day_of(DAY_MS * 3 + 5), 3);
         assert_eq!(l.day_of(-1), -1);
+    }
+
+    #[test]
+    fn a_partition_value_names_its_day_for_every_time_type() {
+        for ty in [ColumnType::Timestamp, ColumnType::Date, ColumnType::Long] {
+            let schema = SegmentSchema {
+                columns: vec![col("x", ColumnType::Long), col("t", ty)],
+                time_column: Some("t".into()),
+            };
+            let l = layout(&schema).unwrap();
+            for day in [-3i64, 0, 20_000] {
+                let (lo, hi) = l.day_range(&l.partition_value(day)).unwrap();
+                // The range is exactly the stored values whose day is `day`.
+                assert_eq!((l.day_of(lo), l.day_of(hi)), (day, day), "{ty:?}");
+                assert_eq!(l.day_of(lo - 1), day - 1, "{ty:?}");
+                assert_eq!(l.day_of(hi + 1), day + 1, "{ty:?}");
+            }
+            assert_eq!(l.day_range(&Literal::string("1")), None);
+            let bound = |source: i32, transform| {
+                UnboundPartitionSpec::builder()
+                    .add_partition_field(source, "p", transform)
+                    .unwrap()
+                    .build()
+                    .bind(l.schema.clone())
+                    .unwrap()
+            };
+            let ours = l.partition.clone().bind(l.schema.clone()).unwrap();
+            assert!(l.is_partitioning(&ours));
+            assert!(!l.is_partitioning(&bound(1, Transform::Identity)));
+            assert!(!l.is_partitioning(&PartitionSpec::unpartition_spec()));
+        }
     }
 
     #[test]

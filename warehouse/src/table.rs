@@ -36,10 +36,8 @@ use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::union::UnionExec;
 use datafusion::physical_plan::ExecutionPlan;
 use iceberg::scan::FileScanTask;
-use iceberg::spec::{Literal, PartitionSpec, PrimitiveLiteral, Transform};
 
 use crate::catalog::Catalogs;
-use crate::schema::DAY_MS;
 
 /// The Iceberg side of a table, as one view of it saw it.
 #[derive(Debug, Clone)]
@@ -83,120 +81,83 @@ impl FederatedTable {
         Some((name, c.ty))
     }
 
-    /// Whether `filters` keep only rows at or after the boundary (the Iceberg table holds
-    /// none of them).
-    fn hot_only(&self, filters: &[Expr]) -> bool {
+    /// Whether the filters (`preds`: each translated, or `None`) keep only rows at or after
+    /// the boundary (the Iceberg table holds none of them).
+    fn hot_only(&self, preds: &[Option<Predicate>]) -> bool {
         let (Some((time, _)), Some(state)) = (self.time_column(), &self.cold.state) else {
             return false;
         };
-        filters
+        preds
             .iter()
-            .filter_map(|f| basalt_query::filter::to_predicate(f, &self.schema))
-            .filter_map(|p| lower_bound(&p, time))
+            .flatten()
+            .filter_map(|p| lower_bound(p, time))
             .any(|lo| lo >= state.boundary)
     }
 
-    /// The time values `[lo, hi]` (the table's units) of the day partition `task` belongs
-    /// to under `spec`, the layout Basalt tiers into (`None` for any other partitioning).
-    fn partition_range(&self, spec: &PartitionSpec, task: &FileScanTask) -> Option<(i64, i64)> {
-        let (time, ty) = self.time_column()?;
-        let time_id = self.schema.columns.iter().position(|c| c.name == time)? as i32 + 1;
-        let [field] = spec.fields() else {
-            return None;
-        };
-        let value = task.partition.as_ref()?.fields().first()?.as_ref()?;
-        if field.source_id != time_id {
-            return None;
-        }
-        let day = DAY_MS;
-        match (ty, field.transform, value) {
-            (
-                ColumnType::Timestamp,
-                Transform::Day,
-                Literal::Primitive(PrimitiveLiteral::Int(d)),
-            ) => {
-                let lo = (*d as i64).checked_mul(day)?;
-                Some((lo, lo.checked_add(day - 1)?))
-            }
-            (ColumnType::Date, Transform::Day, Literal::Primitive(PrimitiveLiteral::Int(d))) => {
-                Some((*d as i64, *d as i64))
-            }
-            (
-                ColumnType::Long,
-                Transform::Truncate(w),
-                Literal::Primitive(PrimitiveLiteral::Long(v)),
-            ) if w as i64 == day => Some((*v, v.checked_add(day - 1)?)),
-            _ => None,
-        }
-    }
-
-    /// For a scan that only counts rows (no columns): the rows of the files among `tasks`
-    /// whose whole day every filter keeps, taken from the manifests; those files are removed
-    /// from `tasks` (nothing in them needs reading).
-    fn count_from_manifests(
+    /// For each of `tasks`, the filters (bit `i`: `preds[i]`) its day partition makes always
+    /// true: every time value of that day below the boundary passes them. Zero for every
+    /// task unless the table is tiered with Basalt's day partitioning (tasks do not say
+    /// which spec their partition is of: only a table that has had one).
+    fn days_covered(
         &self,
         table: &iceberg::table::Table,
-        tasks: &mut Vec<FileScanTask>,
-        filters: &[Expr],
-    ) -> u64 {
-        let Some((time, _)) = self.time_column() else {
-            return 0;
+        tasks: &[FileScanTask],
+        preds: &[Option<Predicate>],
+    ) -> Vec<u64> {
+        let none = vec![0; tasks.len()];
+        let (Some((time, _)), Some(state), Ok(layout)) = (
+            self.time_column(),
+            &self.cold.state,
+            crate::schema::layout(&self.schema),
+        ) else {
+            return none;
         };
-        // Tasks do not say which spec their partition is of: only a table that has had one.
         let meta = table.metadata();
-        if meta.partition_specs_iter().len() != 1 {
-            return 0;
+        if meta.partition_specs_iter().len() != 1
+            || !layout.is_partitioning(meta.default_partition_spec())
+        {
+            return none;
         }
-        let spec = meta.default_partition_spec();
-        let Some(preds) = filters
+        tasks
             .iter()
-            .map(|f| basalt_query::filter::to_predicate(f, &self.schema))
-            .collect::<Option<Vec<_>>>()
-        else {
-            return 0;
-        };
-        let mut counted = 0u64;
-        tasks.retain(|t| {
-            let whole = t.deletes.is_empty() && t.start == 0;
-            let covered = match (whole, self.partition_range(spec, t), t.record_count) {
-                (true, Some((lo, hi)), Some(n))
-                    if preds.iter().all(|p| covers(p, time, lo, hi)) =>
-                {
-                    counted += n;
-                    true
-                }
-                _ => false,
-            };
-            !covered
-        });
-        counted
+            .map(|t| {
+                let day = t
+                    .partition
+                    .as_ref()
+                    .and_then(|p| p.fields().first()?.as_ref())
+                    .and_then(|v| layout.day_range(v));
+                let Some((lo, hi)) = day else {
+                    return 0;
+                };
+                let hi = hi.min(state.boundary.saturating_sub(1));
+                preds
+                    .iter()
+                    .take(64)
+                    .enumerate()
+                    .filter(|(_, p)| p.as_ref().is_some_and(|p| covers(p, time, lo, hi)))
+                    .fold(0u64, |m, (i, _)| m | 1 << i)
+            })
+            .collect()
     }
 
     /// The Iceberg side: the pinned snapshot's files holding rows `filters` may keep, read
     /// for the needed columns in the table's types, filtered exactly, then projected.
     ///
-    /// No `time < boundary` filter: every row Iceberg holds is below the boundary, which is
-    /// past the newest row of every segment ever tiered.
+    /// Files whose day (below the boundary) every time filter keeps are read without those
+    /// filters, so the time column is not decoded unless the query reads it; a `count(*)`
+    /// every filter of which keeps a file's whole day takes the file's row count from the
+    /// manifests and does not read it. No `time < boundary` filter is added: every row
+    /// Iceberg holds is below the boundary, past the newest row of every segment tiered.
     async fn cold_plan(
         &self,
         state: &dyn Session,
         projection: &[usize],
         filters: &[Expr],
+        preds: &[Option<Predicate>],
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let table_schema = self.schema.arrow_schema();
         // Filters name the table's columns, perhaps qualified; the plans below are not.
         let filters = datafusion::logical_expr::expr_rewriter::unnormalize_cols(filters.to_vec());
-        // Columns the projection and the filters read, in table order.
-        let mut needed: Vec<usize> = projection.to_vec();
-        for f in &filters {
-            for c in f.column_refs() {
-                if let Ok(i) = table_schema.index_of(&c.name) {
-                    needed.push(i);
-                }
-            }
-        }
-        needed.sort_unstable();
-        needed.dedup();
         let ext = |e: crate::WarehouseError| DataFusionError::External(Box::new(e));
         let catalogs = &self.cold.catalogs;
         let (table, snapshot_id) = match &self.cold.state {
@@ -215,7 +176,7 @@ impl FederatedTable {
         };
         let pruning = iceberg_literals(&filters)?;
         let predicate = iceberg_datafusion::physical_plan::convert_filters_to_predicate(&pruning);
-        let names: Vec<String> = needed
+        let names: Vec<String> = needed(&table_schema, projection, &filters)
             .iter()
             .map(|&i| table_schema.field(i).name().clone())
             .collect();
@@ -224,14 +185,96 @@ impl FederatedTable {
             // A table without a snapshot holds no rows.
             None => Vec::new(),
         };
-        // `count(*)`: whole days the filters keep are counted from the manifests.
-        let counted = match projection.is_empty() && self.cold.state.is_some() {
-            true => self.count_from_manifests(&table, &mut tasks, &filters),
-            false => 0,
+        // A tiered table's files are Basalt's own: DataFusion's Parquet reader decodes them
+        // into the table's types directly. Other tables' files (schema evolution, delete
+        // files, field ids that differ from names) go through Iceberg's reader, all alike.
+        let direct = self.cold.state.is_some()
+            && tasks.iter().all(|t| t.deletes.is_empty())
+            && catalogs.files.one_store(&tasks);
+        let mut covered = match direct {
+            true => self.days_covered(&table, &tasks, preds),
+            false => vec![0; tasks.len()],
         };
+        // `count(*)`: whole files every filter keeps are counted from the manifests.
+        let every = match preds.len() {
+            n if n < 64 => (1u64 << n) - 1,
+            _ => u64::MAX,
+        };
+        let mut counted = 0u64;
+        if direct && projection.is_empty() && preds.len() <= 64 {
+            let mut keep = covered.iter();
+            let mut kept_covered = Vec::with_capacity(covered.len());
+            tasks.retain(|t| {
+                let mask = *keep.next().unwrap_or(&0);
+                let n = t.record_count.filter(|_| t.start == 0 && mask == every);
+                counted += n.unwrap_or(0);
+                if n.is_none() {
+                    kept_covered.push(mask);
+                }
+                n.is_none()
+            });
+            covered = kept_covered;
+        }
         self.stats
             .warehouse_files
             .fetch_add(tasks.len() as u64, Ordering::Relaxed);
+        // Files grouped by the filters they need; each group read with only those.
+        let mut groups: std::collections::BTreeMap<u64, Vec<FileScanTask>> = Default::default();
+        for (t, mask) in tasks.into_iter().zip(covered) {
+            groups.entry(mask).or_default().push(t);
+        }
+        if groups.is_empty() {
+            groups.insert(0, Vec::new());
+        }
+        let mut reads = Vec::with_capacity(groups.len() + 1);
+        for (mask, group) in groups {
+            let kept: Vec<Expr> = filters
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i >= 64 || mask & (1 << i) == 0)
+                .map(|(_, f)| f.clone())
+                .collect();
+            reads.push(self.read_files(
+                state,
+                &table,
+                snapshot_id,
+                group,
+                projection,
+                &kept,
+                direct,
+            )?);
+        }
+        if counted > 0 {
+            let rows = RecordBatchOptions::new().with_row_count(Some(counted as usize));
+            let empty = Arc::new(arrow::datatypes::Schema::empty());
+            let batch = RecordBatch::try_new_with_options(empty.clone(), vec![], &rows)?;
+            reads.push(MemorySourceConfig::try_new_exec(
+                &[vec![batch]],
+                empty,
+                None,
+            )?);
+        }
+        match reads.len() {
+            1 => Ok(reads.remove(0)),
+            _ => UnionExec::try_new(reads),
+        }
+    }
+
+    /// `tasks` read for `projection`, filtered exactly by `filters`: through DataFusion's
+    /// Parquet reader when `direct`, else Iceberg's.
+    #[allow(clippy::too_many_arguments)]
+    fn read_files(
+        &self,
+        state: &dyn Session,
+        table: &iceberg::table::Table,
+        snapshot_id: Option<i64>,
+        tasks: Vec<FileScanTask>,
+        projection: &[usize],
+        filters: &[Expr],
+        direct: bool,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let table_schema = self.schema.arrow_schema();
+        let needed = needed(&table_schema, projection, filters);
         // The needed columns in the table's types, and the filters over them.
         let typed_schema = Arc::new(table_schema.project(&needed)?);
         let df_schema = DFSchema::try_from(typed_schema.as_ref().clone())?;
@@ -240,33 +283,35 @@ impl FederatedTable {
             .map(|f| state.create_physical_expr(f.clone(), &df_schema))
             .collect::<DfResult<Vec<_>>>()?;
         let partitions = state.config().target_partitions();
-        // A tiered table's files are Basalt's own: DataFusion's Parquet reader decodes them
-        // into the table's types directly. Other tables' files (schema evolution, delete
-        // files, field ids that differ from names) go through Iceberg's reader.
-        let basalt_files = self.cold.state.is_some() && tasks.iter().all(|t| t.deletes.is_empty());
-        let direct = match basalt_files {
-            true => catalogs.files.scan(
+        let scan = match direct {
+            true => self.cold.catalogs.files.scan(
                 &tasks,
+                table_schema.clone(),
                 typed_schema.clone(),
                 (!predicates.is_empty()).then(|| conjunction(predicates.clone())),
                 partitions,
             )?,
             false => None,
         };
-        let typed = match direct {
+        let typed = match scan {
             Some(scan) => scan,
-            None => self.iceberg_reader(
-                &table,
-                snapshot_id,
-                tasks,
-                &names,
-                &typed_schema,
-                partitions,
-            )?,
+            None => {
+                let names: Vec<String> = needed
+                    .iter()
+                    .map(|&i| table_schema.field(i).name().clone())
+                    .collect();
+                self.iceberg_reader(table, snapshot_id, tasks, &names, &typed_schema, partitions)?
+            }
         };
+        // Filters on one dictionary column are answered once per dictionary value.
         let filtered = match predicates.is_empty() {
             true => typed,
-            false => Arc::new(FilterExec::try_new(conjunction(predicates), typed)?),
+            false => {
+                let exact = predicates
+                    .into_iter()
+                    .map(|p| basalt_query::dict_values::per_dictionary_value(p, &typed_schema));
+                Arc::new(FilterExec::try_new(conjunction(exact), typed)?)
+            }
         };
         let out: Vec<(Arc<dyn PhysicalExpr>, String)> = projection
             .iter()
@@ -279,15 +324,7 @@ impl FederatedTable {
                 )
             })
             .collect();
-        let read: Arc<dyn ExecutionPlan> = Arc::new(ProjectionExec::try_new(out, filtered)?);
-        if counted == 0 {
-            return Ok(read);
-        }
-        let rows = RecordBatchOptions::new().with_row_count(Some(counted as usize));
-        let empty = Arc::new(arrow::datatypes::Schema::empty());
-        let batch = RecordBatch::try_new_with_options(empty.clone(), vec![], &rows)?;
-        let counted = MemorySourceConfig::try_new_exec(&[vec![batch]], empty, None)?;
-        UnionExec::try_new(vec![read, counted])
+        Ok(Arc::new(ProjectionExec::try_new(out, filtered)?))
     }
 
     /// `tasks` read through Iceberg's Arrow reader (columns `names`, in Iceberg's types at
@@ -336,6 +373,21 @@ impl FederatedTable {
             .collect();
         Ok(Arc::new(ProjectionExec::try_new(cast, scan)?))
     }
+}
+
+/// The columns `projection` and `filters` read, in table order.
+fn needed(table: &arrow::datatypes::Schema, projection: &[usize], filters: &[Expr]) -> Vec<usize> {
+    let mut needed: Vec<usize> = projection.to_vec();
+    for f in filters {
+        for c in f.column_refs() {
+            if let Ok(i) = table.index_of(&c.name) {
+                needed.push(i);
+            }
+        }
+    }
+    needed.sort_unstable();
+    needed.dedup();
+    needed
 }
 
 /// `filters` with their literals in the types Iceberg compares them as (timestamps in
@@ -471,17 +523,21 @@ impl TableProvider for FederatedTable {
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let all: Vec<usize> = (0..self.schema.columns.len()).collect();
+        let preds: Vec<Option<Predicate>> = filters
+            .iter()
+            .map(|f| basalt_query::filter::to_predicate(f, &self.schema))
+            .collect();
         let Some(hot) = &self.hot else {
             return self
-                .cold_plan(state, projection.unwrap_or(&all), filters)
+                .cold_plan(state, projection.unwrap_or(&all), filters, &preds)
                 .await;
         };
         let hot = hot.scan(state, projection, filters, limit).await?;
-        if self.hot_only(filters) {
+        if self.hot_only(&preds) {
             return Ok(hot);
         }
         let cold = self
-            .cold_plan(state, projection.unwrap_or(&all), filters)
+            .cold_plan(state, projection.unwrap_or(&all), filters, &preds)
             .await?;
         UnionExec::try_new(vec![hot, cold])
     }
