@@ -206,9 +206,7 @@ impl FederatedTable {
             let mut kept_covered = Vec::with_capacity(covered.len());
             tasks.retain(|t| {
                 let mask = *keep.next().unwrap_or(&0);
-                // The task must be the whole file: the manifest counts the file's rows.
-                let whole = t.start == 0 && (t.length == 0 || t.length == t.file_size_in_bytes);
-                let n = t.record_count.filter(|_| whole && mask == every);
+                let n = t.record_count.filter(|_| t.start == 0 && mask == every);
                 counted += n.unwrap_or(0);
                 if n.is_none() {
                     kept_covered.push(mask);
