@@ -8,9 +8,15 @@
 //! into each input of the union, where a segment side becomes a
 //! [`crate::segment_agg::SegmentAggregateExec`] emitting partial states.
 //!
+//! Only aggregates that read files (a `DataSourceExec` over a file scan: the Iceberg side) are
+//! rewritten; one over segments alone is left as it was.
+//!
 //! Why: DataFusion groups dictionary keys through its row format (each value copied into a
 //! row and compared as bytes, ~20 ns a row); string views are hashed from their inline bytes
-//! by its specialised group tables.
+//! by its specialised group tables. That pays where a dictionary is shared by many batches
+//! (a Parquet column chunk's); over segments, whose batches each carry their own small
+//! dictionary, building the views cost more than it saved (the macro set's dictionary-keyed
+//! group-bys ran 1.1-1.7x slower with it).
 
 use std::any::Any;
 use std::sync::Arc;
@@ -22,6 +28,8 @@ use arrow::compute::{cast, take};
 use arrow::datatypes::{DataType, Int32Type, Schema};
 use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
 use datafusion::config::ConfigOptions;
+use datafusion::datasource::physical_plan::FileScanConfig;
+use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::logical_expr::ColumnarValue;
 use datafusion::physical_expr::expressions::{CastExpr, Column};
@@ -79,7 +87,7 @@ fn rewrite(node: &Arc<dyn ExecutionPlan>) -> DfResult<Option<Arc<dyn ExecutionPl
             && e.data_type(&input_schema)
                 .is_ok_and(|t| is_dictionary_string(&t))
     });
-    if !keyed {
+    if !keyed || !reads_files(agg.input()) {
         return Ok(None);
     }
     let mut below = agg.input().clone();
@@ -103,8 +111,10 @@ fn rewrite(node: &Arc<dyn ExecutionPlan>) -> DfResult<Option<Arc<dyn ExecutionPl
                 )?) as Arc<dyn ExecutionPlan>;
                 let partial = partial_at_root(partial)?;
                 match partial.as_any().downcast_ref::<AggregateExec>() {
-                    Some(a) => Ok(grouped_on_views(a)?.unwrap_or(partial)),
-                    None => Ok(partial),
+                    Some(a) if reads_files(a.input()) => {
+                        Ok(grouped_on_views(a)?.unwrap_or(partial))
+                    }
+                    _ => Ok(partial),
                 }
             })
             .collect::<DfResult<Vec<_>>>()?;
@@ -113,6 +123,15 @@ fn rewrite(node: &Arc<dyn ExecutionPlan>) -> DfResult<Option<Arc<dyn ExecutionPl
         return Ok((out.schema().fields() == node.schema().fields()).then_some(out));
     }
     grouped_on_views(agg)
+}
+
+/// Whether `plan` reads files (a `DataSourceExec` over a file scan) anywhere below it.
+fn reads_files(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    let here = plan
+        .as_any()
+        .downcast_ref::<DataSourceExec>()
+        .is_some_and(|d| d.data_source().as_any().is::<FileScanConfig>());
+    here || plan.children().into_iter().any(reads_files)
 }
 
 /// `agg` (a partial aggregate) grouping on the view form of its dictionary string keys, its
@@ -304,5 +323,63 @@ mod tests {
         }
         // The second batch over the same dictionary reused the first one's views.
         assert_eq!(e.cache.entries.lock().len(), 1);
+    }
+
+    /// A partial `count(*) GROUP BY d` over `input`, optimised by the rule; whether it
+    /// was rewritten (the group keys read through a `DictionaryAsView`).
+    fn grouped_on_views_over(input: Arc<dyn ExecutionPlan>) -> bool {
+        use datafusion::functions_aggregate::count::count_udaf;
+        use datafusion::physical_expr::aggregate::AggregateExprBuilder;
+        use datafusion::physical_plan::displayable;
+        let schema = input.schema();
+        let count = AggregateExprBuilder::new(
+            count_udaf(),
+            vec![datafusion::physical_expr::expressions::lit(1i64)],
+        )
+        .schema(schema.clone())
+        .alias("n")
+        .build()
+        .unwrap();
+        let agg = AggregateExec::try_new(
+            AggregateMode::Partial,
+            PhysicalGroupBy::new_single(vec![(Arc::new(Column::new("d", 0)), "d".into())]),
+            vec![Arc::new(count)],
+            vec![None],
+            input,
+            schema,
+        )
+        .unwrap();
+        let before = agg.schema();
+        let out = DictionaryKeysAsViews
+            .optimize(Arc::new(agg), &ConfigOptions::default())
+            .unwrap();
+        assert_eq!(
+            out.schema(),
+            before,
+            "the rule keeps the aggregate's schema"
+        );
+        let shown = displayable(out.as_ref()).indent(true).to_string();
+        shown.contains("__view_")
+    }
+
+    #[test]
+    fn only_aggregates_over_files_group_on_views() {
+        use datafusion::datasource::memory::MemorySourceConfig;
+        use datafusion::datasource::physical_plan::{FileScanConfigBuilder, ParquetSource};
+        use datafusion::execution::object_store::ObjectStoreUrl;
+        let ty = DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
+        let schema = Arc::new(Schema::new(vec![Field::new("d", ty, true)]));
+        // In memory (as segments are): left as it was.
+        let memory = MemorySourceConfig::try_new_exec(&[vec![]], schema.clone(), None).unwrap();
+        assert!(!grouped_on_views_over(memory));
+        // Parquet files: grouped on views.
+        let config = FileScanConfigBuilder::new(
+            ObjectStoreUrl::local_filesystem(),
+            Arc::new(ParquetSource::new(schema)),
+        )
+        .build();
+        assert!(grouped_on_views_over(DataSourceExec::from_data_source(
+            config
+        )));
     }
 }

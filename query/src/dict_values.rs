@@ -42,20 +42,18 @@ pub(crate) struct PerDictionary {
 impl PerDictionary {
     /// What was derived from `values`, if it is cached.
     fn get(&self, values: &ArrayRef) -> Option<ArrayRef> {
-        let same = |a: &ArrayRef| std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(values));
         let entries = self.entries.lock();
         entries
             .iter()
-            .find(|(k, _)| same(k))
+            .find(|(k, _)| same_array(k, values))
             .map(|(_, v)| v.clone())
     }
 
     /// Whether `values` were passed here before (and forgets them then); remembers them
     /// otherwise.
     fn seen_before(&self, values: &ArrayRef) -> bool {
-        let same = |a: &ArrayRef| std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(values));
         let mut seen = self.seen.lock();
-        if let Some(i) = seen.iter().position(same) {
+        if let Some(i) = seen.iter().position(|a| same_array(a, values)) {
             seen.remove(i);
             return true;
         }
@@ -85,11 +83,24 @@ impl PerDictionary {
     }
 }
 
+/// Whether `a` and `b` are the same array (a dictionary is recognised by its address).
+fn same_array(a: &ArrayRef, b: &ArrayRef) -> bool {
+    std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(b))
+}
+
+/// The one column `expr` reads; `None` when it reads another number of columns.
+fn single_column(expr: &Arc<dyn PhysicalExpr>) -> Option<Column> {
+    let columns = collect_columns(expr);
+    match columns.iter().collect::<Vec<_>>()[..] {
+        [column] => Some(column.clone()),
+        _ => None,
+    }
+}
+
 /// `expr` (over `schema`) evaluated per dictionary value when it reads exactly one
 /// `Dictionary(Int32, _)` column and nothing volatile; otherwise `expr` itself.
 pub fn per_dictionary_value(expr: Arc<dyn PhysicalExpr>, schema: &Schema) -> Arc<dyn PhysicalExpr> {
-    let columns = collect_columns(&expr);
-    let [column] = columns.iter().collect::<Vec<_>>()[..] else {
+    let Some(column) = single_column(&expr) else {
         return expr;
     };
     let Some(field) = schema.fields().get(column.index()) else {
@@ -103,7 +114,7 @@ pub fn per_dictionary_value(expr: Arc<dyn PhysicalExpr>, schema: &Schema) -> Arc
         field.data_type().clone(),
         true,
     )]));
-    match PerDictionaryValue::over(expr.clone(), values_schema) {
+    match PerDictionaryValue::over(expr.clone(), &column, values_schema) {
         Some(e) => Arc::new(e),
         None => expr,
     }
@@ -123,13 +134,13 @@ pub struct PerDictionaryValue {
 }
 
 impl PerDictionaryValue {
-    /// `expr` (reading one column, of `values_schema`'s one field's type) per value; `None`
-    /// when it reads another number of columns or something volatile.
-    fn over(expr: Arc<dyn PhysicalExpr>, values_schema: SchemaRef) -> Option<Self> {
-        let columns = collect_columns(&expr);
-        let [column] = columns.iter().collect::<Vec<_>>()[..] else {
-            return None;
-        };
+    /// `expr` (reading only `column`, of `values_schema`'s one field's type) per value;
+    /// `None` when it reads something volatile.
+    fn over(
+        expr: Arc<dyn PhysicalExpr>,
+        column: &Column,
+        values_schema: SchemaRef,
+    ) -> Option<Self> {
         if is_volatile(&expr) {
             return None;
         }
@@ -234,7 +245,9 @@ impl PhysicalExpr for PerDictionaryValue {
         // A rewrite may have moved the column (a projection pushed below): derive again.
         match <[_; 1]>::try_from(children) {
             Ok([expr]) => Ok(
-                match PerDictionaryValue::over(expr.clone(), self.values_schema.clone()) {
+                match single_column(&expr).and_then(|c| {
+                    PerDictionaryValue::over(expr.clone(), &c, self.values_schema.clone())
+                }) {
                     Some(e) => Arc::new(e),
                     None => expr,
                 },
@@ -250,20 +263,6 @@ impl PhysicalExpr for PerDictionaryValue {
     }
 }
 
-/// A wrapped expression's result, computed as if unwrapped (for tests elsewhere).
-#[cfg(test)]
-fn unwrapped(e: &Arc<dyn PhysicalExpr>, batch: &RecordBatch) -> ArrayRef {
-    let inner = match e.as_any().downcast_ref::<PerDictionaryValue>() {
-        Some(p) => p.expr.clone(),
-        None => e.clone(),
-    };
-    inner
-        .evaluate(batch)
-        .unwrap()
-        .into_array(batch.num_rows())
-        .unwrap()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,6 +270,19 @@ mod tests {
     use datafusion::logical_expr::Operator;
     use datafusion::physical_expr::expressions::{binary, in_list, is_null, lit, BinaryExpr};
     use datafusion::scalar::ScalarValue;
+
+    /// A wrapped expression's result, computed as if unwrapped.
+    fn unwrapped(e: &Arc<dyn PhysicalExpr>, batch: &RecordBatch) -> ArrayRef {
+        let inner = match e.as_any().downcast_ref::<PerDictionaryValue>() {
+            Some(p) => p.expr.clone(),
+            None => e.clone(),
+        };
+        inner
+            .evaluate(batch)
+            .unwrap()
+            .into_array(batch.num_rows())
+            .unwrap()
+    }
 
     fn dict_batch(keys: Vec<Option<i32>>, values: &ArrayRef) -> RecordBatch {
         let d =

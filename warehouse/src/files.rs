@@ -27,7 +27,7 @@ use datafusion::datasource::physical_plan::{
     FileGroup, FileScanConfigBuilder, ParquetFileReaderFactory, ParquetSource,
 };
 use datafusion::datasource::source::DataSourceExec;
-use datafusion::error::Result as DfResult;
+use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::cache::cache_manager::CachedFileMetadataEntry;
 use datafusion::execution::cache::{CacheAccessor, DefaultFilesMetadataCache};
 use datafusion::execution::object_store::ObjectStoreUrl;
@@ -81,9 +81,8 @@ impl ParquetFiles {
 
     /// A scan of `tasks` producing `schema` (some of `table`'s columns in its types; a file's
     /// column is found by name), row groups and pages pruned by `predicate` (bloom filters
-    /// included; rows are not filtered by it), over at most `partitions` partitions. `None`
-    /// when the files are not all in one store: the caller reads them through Iceberg's
-    /// reader.
+    /// included; rows are not filtered by it), over at most `partitions` partitions. The
+    /// files must all be in one store ([`ParquetFiles::one_store`]); an internal error if not.
     pub fn scan(
         &self,
         tasks: &[FileScanTask],
@@ -91,7 +90,7 @@ impl ParquetFiles {
         schema: SchemaRef,
         predicate: Option<Arc<dyn PhysicalExpr>>,
         partitions: usize,
-    ) -> DfResult<Option<Arc<dyn ExecutionPlan>>> {
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let mut place: Option<(String, Arc<dyn object_store::ObjectStore>)> = None;
         let mut files = Vec::with_capacity(tasks.len());
         for t in tasks {
@@ -99,7 +98,12 @@ impl ParquetFiles {
             match &place {
                 None => place = Some((root, store)),
                 Some((r, _)) if *r == root => {}
-                Some(_) => return Ok(None),
+                Some(_) => {
+                    return Err(DataFusionError::Internal(format!(
+                        "a direct Parquet scan of files in two stores ({})",
+                        t.data_file_path
+                    )))
+                }
             }
             let size = t.file_size_in_bytes;
             let mut f = PartitionedFile::new_from_meta(ObjectMeta {
@@ -116,7 +120,7 @@ impl ParquetFiles {
             files.push(f);
         }
         let Some((root, store)) = place else {
-            return Ok(Some(Arc::new(EmptyExec::new(schema))));
+            return Ok(Arc::new(EmptyExec::new(schema)));
         };
         let footers = self
             .footers
@@ -146,7 +150,7 @@ impl ParquetFiles {
             FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
                 .with_file_groups(groups)
                 .build();
-        Ok(Some(DataSourceExec::from_data_source(config)))
+        Ok(DataSourceExec::from_data_source(config))
     }
 }
 

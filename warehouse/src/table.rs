@@ -180,7 +180,7 @@ impl FederatedTable {
             .iter()
             .map(|&i| table_schema.field(i).name().clone())
             .collect();
-        let mut tasks = match snapshot_id {
+        let tasks = match snapshot_id {
             Some(id) => crate::scan::plan(&table, id, &names, predicate).await?,
             // A table without a snapshot holds no rows.
             None => Vec::new(),
@@ -191,10 +191,12 @@ impl FederatedTable {
         let direct = self.cold.state.is_some()
             && tasks.iter().all(|t| t.deletes.is_empty())
             && catalogs.files.one_store(&tasks);
-        let mut covered = match direct {
+        // Each task with the filters its day makes always true.
+        let covered = match direct {
             true => self.days_covered(&table, &tasks, preds),
             false => vec![0; tasks.len()],
         };
+        let mut tasks: Vec<(FileScanTask, u64)> = tasks.into_iter().zip(covered).collect();
         // `count(*)`: whole files every filter keeps are counted from the manifests.
         let every = match preds.len() {
             n if n < 64 => (1u64 << n) - 1,
@@ -202,25 +204,24 @@ impl FederatedTable {
         };
         let mut counted = 0u64;
         if direct && projection.is_empty() && preds.len() <= 64 {
-            let mut keep = covered.iter();
-            let mut kept_covered = Vec::with_capacity(covered.len());
-            tasks.retain(|t| {
-                let mask = *keep.next().unwrap_or(&0);
-                let n = t.record_count.filter(|_| t.start == 0 && mask == every);
-                counted += n.unwrap_or(0);
-                if n.is_none() {
-                    kept_covered.push(mask);
+            tasks.retain(|(t, mask)| {
+                // The task must be the whole file: the manifest counts the file's rows.
+                let whole = t.start == 0 && (t.length == 0 || t.length == t.file_size_in_bytes);
+                match t.record_count.filter(|_| whole && *mask == every) {
+                    Some(n) => {
+                        counted += n;
+                        false
+                    }
+                    None => true,
                 }
-                n.is_none()
             });
-            covered = kept_covered;
         }
         self.stats
             .warehouse_files
             .fetch_add(tasks.len() as u64, Ordering::Relaxed);
         // Files grouped by the filters they need; each group read with only those.
         let mut groups: std::collections::BTreeMap<u64, Vec<FileScanTask>> = Default::default();
-        for (t, mask) in tasks.into_iter().zip(covered) {
+        for (t, mask) in tasks {
             groups.entry(mask).or_default().push(t);
         }
         if groups.is_empty() {
@@ -283,7 +284,7 @@ impl FederatedTable {
             .map(|f| state.create_physical_expr(f.clone(), &df_schema))
             .collect::<DfResult<Vec<_>>>()?;
         let partitions = state.config().target_partitions();
-        let scan = match direct {
+        let typed = match direct {
             true => self.cold.catalogs.files.scan(
                 &tasks,
                 table_schema.clone(),
@@ -291,11 +292,7 @@ impl FederatedTable {
                 (!predicates.is_empty()).then(|| conjunction(predicates.clone())),
                 partitions,
             )?,
-            false => None,
-        };
-        let typed = match scan {
-            Some(scan) => scan,
-            None => {
+            false => {
                 let names: Vec<String> = needed
                     .iter()
                     .map(|&i| table_schema.field(i).name().clone())

@@ -246,7 +246,9 @@ impl KeyInterner {
         self.intern(&v.to_le_bytes(), |me| me.bits.push(v))
     }
 
-    /// Interns dictionary entry `id` of a segment dictionary.
+    /// Interns dictionary entry `id` of a segment dictionary (once per entry and segment:
+    /// kept out of the per-row loops).
+    #[inline(never)]
     pub(crate) fn intern_dict_entry(&mut self, dict: &Dictionary, id: u32) -> DfResult<u32> {
         let i = id as usize;
         if i >= dict.len() {
