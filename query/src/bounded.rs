@@ -59,7 +59,7 @@ const WRAPPED: &[(&str, Estimate)] = &[
 ];
 
 #[derive(Debug)]
-struct Bounded {
+pub(crate) struct Bounded {
     inner: Arc<ScalarUDF>,
     estimate: Estimate,
     pool: Arc<dyn MemoryPool>,
@@ -319,6 +319,17 @@ impl ScalarUDFImpl for Bounded {
 
     fn coerce_types(&self, arg_types: &[DataType]) -> DfResult<Vec<DataType>> {
         self.inner.coerce_types(arg_types)
+    }
+
+    /// The session's settings reach the wrapped function (a wrapper may be made from a
+    /// function registered before them).
+    fn with_updated_config(&self, config: &datafusion::config::ConfigOptions) -> Option<ScalarUDF> {
+        let inner = self.inner.inner().with_updated_config(config)?;
+        Some(ScalarUDF::new_from_impl(Bounded {
+            inner: Arc::new(inner),
+            estimate: self.estimate,
+            pool: self.pool.clone(),
+        }))
     }
 
     fn documentation(&self) -> Option<&Documentation> {

@@ -37,6 +37,7 @@ use crate::scan::ScanStats;
 use crate::segment_agg::SegmentAggregateRule;
 use crate::table::TableSource;
 
+mod defaults;
 mod fragments;
 pub use fragments::FragmentOutput;
 
@@ -386,10 +387,15 @@ impl QueryEngine {
         opt.hash_join_inlist_pushdown_max_distinct_values = self.key_list_max;
         opt.hash_join_inlist_pushdown_max_size = self.key_list_max.saturating_mul(128);
         let runtime = self.runtime(pool, spill)?;
-        let mut builder = SessionStateBuilder::new()
+        // A PostgreSQL session's system functions.
+        let pg_functions = match pg {
+            Some(pg) => postgres::functions::all(pg, Arc::new(self.source.table_names())),
+            None => Vec::new(),
+        };
+        let builder = SessionStateBuilder::new()
             .with_config(config)
-            .with_runtime_env(runtime)
-            .with_default_features()
+            .with_runtime_env(runtime);
+        let mut builder = defaults::with_defaults(builder, pool, pg_functions)
             .with_query_planner(Arc::new(crate::shared_subplan::SharingQueryPlanner))
             .with_physical_optimizer_rules(crate::semi_to_inner::with_semi_to_inner());
         if let Some(rule) = &self.scatter {
@@ -408,10 +414,6 @@ impl QueryEngine {
             .with_physical_optimizer_rule(Arc::new(crate::coop::YieldEverywhere))
             .build();
         let ctx = SessionContext::new_with_state(state);
-        ctx.register_udaf(crate::functions::approx_distinct());
-        for f in crate::bounded::wrappers(ctx.state().scalar_functions(), pool) {
-            ctx.register_udf(f);
-        }
         let catalog = ctx
             .catalog(catalog_name)
             .ok_or_else(|| QueryError::invalid(ErrorKind::Internal, "default catalog missing"))?;
@@ -433,9 +435,6 @@ impl QueryEngine {
                     then: tables,
                 }),
             )?;
-            for f in postgres::functions::all(pg, Arc::new(self.source.table_names())) {
-                ctx.register_udf(f);
-            }
         } else {
             catalog.register_schema("public", tables)?;
         }
