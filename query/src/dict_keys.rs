@@ -15,8 +15,8 @@
 //! row and compared as bytes, ~20 ns a row); string views are hashed from their inline bytes
 //! by its specialised group tables. That pays where a dictionary is shared by many batches
 //! (a Parquet column chunk's); over segments, whose batches each carry their own small
-//! dictionary, building the views cost more than it saved (the macro set's dictionary-keyed
-//! group-bys ran 1.1-1.7x slower with it).
+//! dictionary, there is nothing to share (on plans where it used to apply there it measured
+//! 0.96-1.03x, and 0.80x with a high-cardinality key, without it).
 
 use std::any::Any;
 use std::sync::Arc;

@@ -64,6 +64,12 @@ impl std::fmt::Debug for ParquetFiles {
     }
 }
 
+/// Whether `t` reads its whole file (from its first byte, for its full length): what the
+/// manifest's row count counts.
+pub(crate) fn whole_file(t: &FileScanTask) -> bool {
+    t.start == 0 && (t.length == 0 || t.length == t.file_size_in_bytes)
+}
+
 impl ParquetFiles {
     /// Whether `tasks`' files all live in one store (what [`ParquetFiles::scan`] reads).
     pub fn one_store(&self, tasks: &[FileScanTask]) -> bool {
@@ -113,8 +119,7 @@ impl ParquetFiles {
                 e_tag: None,
                 version: None,
             });
-            let whole = t.start == 0 && (t.length == 0 || t.length == size);
-            if !whole {
+            if !whole_file(t) {
                 f = f.with_range(t.start as i64, (t.start + t.length) as i64);
             }
             files.push(f);

@@ -205,8 +205,7 @@ impl FederatedTable {
         let mut counted = 0u64;
         if direct && projection.is_empty() && preds.len() <= 64 {
             tasks.retain(|(t, mask)| {
-                // The task must be the whole file: the manifest counts the file's rows.
-                let whole = t.start == 0 && (t.length == 0 || t.length == t.file_size_in_bytes);
+                let whole = crate::files::whole_file(t);
                 match t.record_count.filter(|_| whole && *mask == every) {
                     Some(n) => {
                         counted += n;

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
-use datafusion::catalog::TableFunction;
+use datafusion::catalog::{TableFunction, TableProviderFactory};
 use datafusion::datasource::file_format::FileFormatFactory;
 use datafusion::execution::memory_pool::MemoryPool;
 use datafusion::execution::SessionStateBuilder;
@@ -26,6 +26,7 @@ struct Defaults {
     aggregate: Vec<Arc<AggregateUDF>>,
     window: Vec<Arc<WindowUDF>>,
     table_functions: HashMap<String, Arc<TableFunction>>,
+    table_factories: HashMap<String, Arc<dyn TableProviderFactory>>,
     expr_planners: Vec<Arc<dyn ExprPlanner>>,
     file_formats: Vec<Arc<dyn FileFormatFactory>>,
 }
@@ -50,6 +51,7 @@ fn defaults() -> &'static Defaults {
                 .into_iter()
                 .map(|f| (f.name().to_string(), f))
                 .collect(),
+            table_factories: SessionStateDefaults::default_table_factories(),
             expr_planners: SessionStateDefaults::default_expr_planners(),
             file_formats: SessionStateDefaults::default_file_formats(),
         }
@@ -70,7 +72,7 @@ pub(super) fn with_defaults(
     scalar.extend(d.scalar.iter().cloned());
     scalar.extend(wrapped.into_iter().chain(extra).map(Arc::new));
     builder
-        .with_table_factories(SessionStateDefaults::default_table_factories())
+        .with_table_factories(d.table_factories.clone())
         .with_file_formats(d.file_formats.clone())
         .with_expr_planners(d.expr_planners.clone())
         .with_scalar_functions(scalar)
@@ -91,26 +93,30 @@ mod tests {
         let pool: Arc<dyn MemoryPool> = Arc::new(UnboundedMemoryPool::default());
         let ours = with_defaults(SessionStateBuilder::new(), &pool, Vec::new()).build();
         let theirs = SessionStateBuilder::new().with_default_features().build();
-        let names = |m: Vec<&String>| {
-            let mut v: Vec<String> = m.into_iter().cloned().collect();
+        fn names<V>(m: &HashMap<String, V>) -> Vec<&String> {
+            let mut v: Vec<&String> = m.keys().collect();
             v.sort();
             v
-        };
+        }
         assert_eq!(
-            names(ours.scalar_functions().keys().collect()),
-            names(theirs.scalar_functions().keys().collect())
+            names(ours.scalar_functions()),
+            names(theirs.scalar_functions())
         );
         assert_eq!(
-            names(ours.aggregate_functions().keys().collect()),
-            names(theirs.aggregate_functions().keys().collect())
+            names(ours.aggregate_functions()),
+            names(theirs.aggregate_functions())
         );
         assert_eq!(
-            names(ours.window_functions().keys().collect()),
-            names(theirs.window_functions().keys().collect())
+            names(ours.window_functions()),
+            names(theirs.window_functions())
         );
         assert_eq!(
-            names(ours.table_functions().keys().collect()),
-            names(theirs.table_functions().keys().collect())
+            names(ours.table_functions()),
+            names(theirs.table_functions())
+        );
+        assert_eq!(
+            names(ours.table_factories()),
+            names(theirs.table_factories())
         );
         assert_eq!(ours.expr_planners().len(), theirs.expr_planners().len());
         for ext in ["parquet", "csv", "json", "arrow"] {
