@@ -3,7 +3,13 @@
 //! whether or not earlier ones finished; latency counts from that time, so queueing shows).
 //!
 //! `cargo bench --bench dashboard_load -- [--rows 10000000] [--data DIR] [--seconds 10]
-//!  [--rates 50,100,200] [--window 5m] [--panels 200] [--no-cache]`
+//!  [--rates 50,100,200] [--window 5m] [--panels 200] [--no-cache] [--realtime RATE]
+//!  [--protocols postgres,http]`
+//!
+//! `--realtime RATE`: the table is a real-time one, fed by the built-in generator at RATE
+//! events/s for the whole run (through the same decode, mutable segment and seal path as
+//! Kafka), after a batch load of `--rows` events spaced at the same rate and ending now
+//! (`--data` is emptied first). The panels' range then ends at the wall clock.
 //!
 //! Loads `--rows` generated events (seed 42) into a Basalt store in `--data` (kept, so later
 //! runs skip the load), serves it in this process on loopback (HTTP and PostgreSQL), then for
@@ -28,6 +34,10 @@ struct Args {
     window_s: u64,
     panels: usize,
     cache: bool,
+    /// Events/s of a real-time table's generator (0: a batch table).
+    realtime: u64,
+    postgres: bool,
+    http: bool,
 }
 
 fn args() -> Args {
@@ -39,6 +49,9 @@ fn args() -> Args {
         window_s: 300,
         panels: 200,
         cache: true,
+        realtime: 0,
+        postgres: true,
+        http: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -57,6 +70,12 @@ fn args() -> Args {
             }
             "--panels" => a.panels = v().parse().unwrap(),
             "--no-cache" => a.cache = false,
+            "--realtime" => a.realtime = v().parse().unwrap(),
+            "--protocols" => {
+                let p = v();
+                a.postgres = p.contains("postgres");
+                a.http = p.contains("http");
+            }
             "--bench" => {}
             _ => {}
         }
@@ -76,6 +95,13 @@ fn panel_sql(i: usize, from: &str, to: &str, s: u64) -> String {
         4 => format!("SELECT {}, approx_distinct(user_id) AS \"active users\" FROM events WHERE {filter} GROUP BY 1 ORDER BY 1", group(60)),
         _ => format!("SELECT count(*) AS events FROM events WHERE {filter}"),
     }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
 }
 
 fn rfc3339(ms: i64) -> String {
@@ -144,6 +170,7 @@ async fn run_step(
         let http = http.to_string();
         let pg_addr = pg_addr.to_string();
         let window = a.window_s;
+        let realtime = a.realtime > 0;
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             let mut errors = 0;
@@ -169,8 +196,12 @@ async fn run_step(
                 }
                 tokio::time::sleep_until(at.into()).await;
                 // The dashboard's time range moves with the clock, by the second.
-                let shift = (Instant::now() - started).as_millis() as i64 / 1000 * 1000;
-                let to = newest_ms + shift;
+                let to = match realtime {
+                    true => now_ms() / 1000 * 1000,
+                    false => {
+                        newest_ms + (Instant::now() - started).as_millis() as i64 / 1000 * 1000
+                    }
+                };
                 let sql = panel_sql(i, &rfc3339(to - window as i64 * 1000), &rfc3339(to), window);
                 let ok = match &pg_client {
                     Some(c) => c.simple_query(&sql).await.is_ok(),
@@ -223,26 +254,35 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
+        if a.realtime > 0 {
+            // A fresh store: the generator's events are stamped with the clock.
+            let _ = std::fs::remove_dir_all(&a.data);
+        }
         std::fs::create_dir_all(&a.data).unwrap();
         let store = TableStore::open(StoreConfig::local(&a.data)).await.unwrap();
         if store.table("events").is_none() {
             let t = Instant::now();
+            let mut spec: serde_json::Value = serde_json::from_str(EVENTS_SPEC).unwrap();
+            let step_ms = match a.realtime {
+                0 => 1.0,
+                rate => {
+                    spec["source"] = serde_json::json!({"generator": {
+                        "events_per_second": rate, "partitions": 2}});
+                    1000.0 / rate as f64
+                }
+            };
             store
-                .create_table(TableSpec::from_json(EVENTS_SPEC.as_bytes()).unwrap())
+                .create_table(TableSpec::from_json(spec.to_string().as_bytes()).unwrap())
                 .await
                 .unwrap();
             let file = a.data.join("events.parquet");
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_millis() as i64;
             write_events(
                 std::fs::File::create(&file).unwrap(),
                 GenFormat::Parquet,
                 a.rows,
                 42,
-                now,
-                1.0,
+                now_ms(),
+                step_ms,
             )
             .unwrap();
             let f = std::fs::File::open(&file).unwrap();
@@ -296,14 +336,22 @@ fn main() {
         let rows = &v["resultTable"]["rows"][0];
         let newest_ms = rows[1].as_i64().unwrap();
         println!(
-            "events: {} rows; {} panels over the last {} s of data; {} s per step",
-            rows[0], a.panels, a.window_s, a.seconds
+            "events: {} rows; {} panels over the last {} s of data; {} s per step{}",
+            rows[0],
+            a.panels,
+            a.window_s,
+            a.seconds,
+            match a.realtime {
+                0 => String::new(),
+                r => format!("; real-time table receiving {r} events/s"),
+            }
         );
         println!(
             "{:<9} {:>8} {:>10} {:>9} {:>9} {:>9} {:>7}",
             "protocol", "target/s", "achieved/s", "p50 ms", "p99 ms", "max ms", "errors"
         );
-        for proto in [Protocol::Postgres, Protocol::Http] {
+        let protocols = [(Protocol::Postgres, a.postgres), (Protocol::Http, a.http)];
+        for proto in protocols.iter().filter(|p| p.1).map(|p| p.0) {
             for &rate in &a.rates {
                 let s = run_step(proto, rate, &a, &http, &pg_addr, newest_ms).await;
                 let l = &s.latencies_ms;

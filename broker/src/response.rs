@@ -249,6 +249,7 @@ pub fn success(out: &mut QueryOutput, max_bytes: usize) -> Result<Vec<u8>, Query
         "numSegmentsProcessed": s.num_segments_queried - s.num_segments_pruned,
         "numSegmentsMatched": s.num_segments_matched,
         "numWarehouseFilesQueried": s.num_warehouse_files,
+        "numSegmentsFromCache": s.num_segments_from_cache,
         "numSegmentsPrunedByBroker": 0,
         "numSegmentsPrunedByServer": s.num_segments_pruned,
         "numEntriesScannedInFilter": s.blocks_scanned,

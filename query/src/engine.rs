@@ -34,7 +34,7 @@ use crate::pinot;
 use crate::postgres::{self, catalog::PgCatalog, PgSession};
 use crate::rewrite::StatementRewrite;
 use crate::scan::ScanStats;
-use crate::segment_agg::SegmentAggregateRule;
+use crate::segment_agg::{PartialAggregates, SegmentAggregateRule};
 use crate::table::TableSource;
 
 mod defaults;
@@ -51,7 +51,8 @@ pub struct QueryLimits {
     pub memory_limit: usize,
     /// Rows a result may hold (default 1,000,000).
     pub max_rows: usize,
-    /// Whether the result cache may answer (default true; benchmarks turn it off).
+    /// Whether the result cache may answer and segments' aggregation parts kept by earlier
+    /// queries be reused (default true; benchmarks turn both off).
     pub use_cache: bool,
     /// Size and shape of the statement.
     pub statement: StatementLimits,
@@ -155,6 +156,8 @@ pub struct QueryStats {
     pub missing_segments: Vec<String>,
     /// Data files of the warehouse tier (Iceberg) read.
     pub num_warehouse_files: u64,
+    /// Segments whose part of an aggregation came from the per-segment cache.
+    pub num_segments_from_cache: u64,
 }
 
 impl QueryStats {
@@ -201,6 +204,9 @@ pub struct QueryEngine {
     /// IN list; larger ones as a hash-table lookup.
     key_list_max: usize,
     cache: Arc<ResultCache>,
+    /// Segments' parts of aggregations, reused by later queries over the same segments
+    /// (real-time tables included), unless a query turns caches off.
+    partials: Arc<PartialAggregates>,
     shared: Arc<SharedBudget>,
     admission: Arc<Admission>,
     max_timeout: Duration,
@@ -225,6 +231,8 @@ const JOIN_KEY_LIST_MAX: usize = 4_096;
 
 /// Bytes of results the cache keeps (64 MiB); one result may take a sixteenth of it.
 const RESULT_CACHE_BYTES: usize = 64 << 20;
+/// Bytes of segments' aggregation parts kept (128 MiB); one may take a sixteenth of it.
+const PARTIAL_CACHE_BYTES: usize = 128 << 20;
 
 impl QueryEngine {
     pub fn new(source: Arc<dyn TableSource>) -> Self {
@@ -258,6 +266,7 @@ impl QueryEngine {
             broadcast_rows: BROADCAST_JOIN_ROWS,
             key_list_max: JOIN_KEY_LIST_MAX,
             cache: Arc::new(ResultCache::new(RESULT_CACHE_BYTES)),
+            partials: Arc::new(PartialAggregates::new(PARTIAL_CACHE_BYTES)),
             shared: SharedBudget::new(cfg.shared_memory_bytes),
             admission: Arc::new(Admission::new(cfg.max_concurrent, cfg.max_queued)),
             max_timeout: cfg.max_timeout,
@@ -287,6 +296,18 @@ impl QueryEngine {
             apply(r.as_ref(), &mut statement)?;
         }
         Ok(statement)
+    }
+
+    /// The same engine keeping segments' aggregation parts in `cache` (default: 128 MiB,
+    /// segments of 16,384 rows or more).
+    pub fn with_partial_cache(mut self, cache: PartialAggregates) -> Self {
+        self.partials = Arc::new(cache);
+        self
+    }
+
+    /// The cache of segments' aggregation parts (its counters are metrics).
+    pub fn partial_cache(&self) -> &Arc<PartialAggregates> {
+        &self.partials
     }
 
     /// The same engine planning `n` partitions per scan (default: one per core).
@@ -353,6 +374,7 @@ impl QueryEngine {
         pg: Option<&Arc<PgSession>>,
         spill: bool,
         budget: Option<QueryBudget>,
+        reuse_partials: bool,
     ) -> Result<SessionContext> {
         // A PostgreSQL session's catalog is its database, as `information_schema` reports
         // it (`table_catalog`, which harlequin and DBeaver filter on).
@@ -364,6 +386,9 @@ impl QueryEngine {
             .with_information_schema(true);
         if let Some(b) = budget {
             config = config.with_extension(Arc::new(b));
+        }
+        if reuse_partials {
+            config = config.with_extension(self.partials.clone());
         }
         config.options_mut().sql_parser.enable_ident_normalization = false;
         config.options_mut().execution.time_zone = Some("+00:00".to_string());
@@ -470,6 +495,7 @@ impl QueryEngine {
             Some(session),
             false,
             None,
+            false,
         )?;
         let plan = ctx
             .state()
@@ -518,7 +544,14 @@ impl QueryEngine {
         sql: &str,
     ) -> Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
         let pool = self.pool(&QueryLimits::default());
-        let ctx = self.session(&pool, Arc::new(ScanStats::default()), None, false, None)?;
+        let ctx = self.session(
+            &pool,
+            Arc::new(ScanStats::default()),
+            None,
+            false,
+            None,
+            false,
+        )?;
         Ok(ctx.sql(sql).await?.create_physical_plan().await?)
     }
 
@@ -568,7 +601,14 @@ impl QueryEngine {
             max_rows: limits.max_rows,
             memory_limit: limits.memory_limit,
         };
-        let ctx = self.session(&pool, stats.clone(), pg, limits.spill, Some(budget))?;
+        let ctx = self.session(
+            &pool,
+            stats.clone(),
+            pg,
+            limits.spill,
+            Some(budget),
+            limits.use_cache,
+        )?;
         let max_rows = limits.max_rows;
         let planned = statement.clone();
         // Executed on the query threads (`crate::runtime`): this task only waits, so the

@@ -54,6 +54,8 @@ pub use workload::Workload;
 #[cfg(test)]
 mod join_tests;
 #[cfg(test)]
+mod partial_tests;
+#[cfg(test)]
 mod spill_tests;
 #[cfg(test)]
 mod tests;

@@ -54,6 +54,9 @@ pub struct ScanStats {
     pub missing_segments: parking_lot::Mutex<Vec<String>>,
     /// Data files of a warehouse (Iceberg) tier the query read.
     pub warehouse_files: AtomicU64,
+    /// Segments whose part of an aggregation was reused from an earlier query
+    /// ([`crate::segment_agg::PartialAggregates`]) instead of read.
+    pub partials_reused: AtomicU64,
 }
 
 impl ScanStats {
@@ -69,6 +72,7 @@ impl ScanStats {
         self.blocks_scanned.fetch_add(s.blocks_scanned, r);
         self.dynamic_removed
             .fetch_add(s.docs_removed_by_dynamic_filters, r);
+        self.partials_reused.fetch_add(s.num_segments_from_cache, r);
     }
 
     /// These counters as a query reports them.
@@ -87,6 +91,7 @@ impl ScanStats {
             num_servers_responded: self.servers_responded.load(r),
             missing_segments: self.missing_segments.lock().clone(),
             num_warehouse_files: self.warehouse_files.load(r),
+            num_segments_from_cache: self.partials_reused.load(r),
         }
     }
 }
@@ -208,6 +213,11 @@ impl SegmentScanExec {
     /// before [`Self::filters_now`], so a change between the two is seen next time).
     pub(crate) fn dynamic_generation(&self) -> u64 {
         self.dynamic.generation()
+    }
+
+    /// Whether a join's (or a TopK's) dynamic filter reaches this scan.
+    pub(crate) fn has_dynamic_filters(&self) -> bool {
+        !self.dynamic.is_empty()
     }
 
     /// The pushed predicate and what the dynamic filters imply now, for a segment about to

@@ -32,7 +32,7 @@ pub mod types;
 pub use builder::{build_segment, BuildOptions};
 pub use error::{Result, SegmentError};
 pub use layout::FORMAT_VERSION;
-pub use predicate::{evaluate, may_match, CmpOp, Predicate};
+pub use predicate::{evaluate, may_match, simplify_for, simplify_for_blocks, CmpOp, Predicate};
 pub use reader::SegmentReader;
 pub use roaring::RoaringBitmap;
 pub use types::{ColumnDef, ColumnType, IndexKind, SegmentSchema, Value};

@@ -1012,6 +1012,119 @@ pub fn may_match(reader: &SegmentReader, pred: &Predicate) -> Result<bool> {
     })
 }
 
+/// `pred` as it reads on this segment: a comparison, range or IN list that the footer's
+/// bounds show TRUE for every doc (the column has no nulls and its whole range is inside)
+/// becomes `Const(true)`, one TRUE for no doc `Const(false)`, and ANDs and ORs of them fold.
+/// The result selects exactly the docs `pred` does here; a dashboard's moving time range
+/// reads, on a segment it covers whole, as no time condition at all (what results computed
+/// per segment are keyed by). Leaves under `NOT`, `IS NULL`, `LIKE`, raw-string and
+/// multi-value columns, and leaves that do not compile, stay as they are.
+pub fn simplify_for(reader: &SegmentReader, pred: &Predicate) -> Predicate {
+    simplify(reader, pred, None)
+}
+
+/// Like [`simplify_for`], for the docs of blocks `blocks` only, judged from those blocks'
+/// zone maps and null counts: the result selects the same docs as `pred` among them.
+pub fn simplify_for_blocks(
+    reader: &SegmentReader,
+    pred: &Predicate,
+    blocks: std::ops::Range<usize>,
+) -> Predicate {
+    simplify(reader, pred, Some(&blocks))
+}
+
+fn simplify(
+    reader: &SegmentReader,
+    pred: &Predicate,
+    blocks: Option<&std::ops::Range<usize>>,
+) -> Predicate {
+    match pred {
+        Predicate::And(v) | Predicate::Or(v) => {
+            let and = matches!(pred, Predicate::And(_));
+            let mut kept = Vec::with_capacity(v.len());
+            for child in v {
+                match simplify(reader, child, blocks) {
+                    // TRUE in an AND, FALSE in an OR: no effect.
+                    Predicate::Const(b) if b == and => {}
+                    // FALSE in an AND, TRUE in an OR: decides it.
+                    Predicate::Const(b) => return Predicate::Const(b),
+                    p => kept.push(p),
+                }
+            }
+            match kept.len() {
+                0 => Predicate::Const(and),
+                1 => kept.pop().expect("one"),
+                _ if and => Predicate::And(kept),
+                _ => Predicate::Or(kept),
+            }
+        }
+        Predicate::Compare { .. } | Predicate::Between { .. } | Predicate::InList { .. } => {
+            leaf_constant(reader, pred, blocks).map_or_else(|| pred.clone(), Predicate::Const)
+        }
+        _ => pred.clone(),
+    }
+}
+
+/// Whether a comparison leaf is TRUE for every doc (`Some(true)`) or for none
+/// (`Some(false)`: FALSE or UNKNOWN, the same under AND and OR, which are all that
+/// [`simplify`] folds), judged from the footer (or the zone maps of `blocks`); `None` when
+/// it cannot tell.
+fn leaf_constant(
+    reader: &SegmentReader,
+    leaf: &Predicate,
+    blocks: Option<&std::ops::Range<usize>>,
+) -> Option<bool> {
+    let mut cols = Vec::new();
+    leaf.columns(&mut cols);
+    let [name] = cols.as_slice() else {
+        return None;
+    };
+    let c = reader.column_index(name).ok()?;
+    let meta = reader.column_meta(c);
+    if matches!(
+        meta.encoding,
+        Encoding::RawStrings | Encoding::MultiValue { .. }
+    ) {
+        return None;
+    }
+    // Bounds of the non-null keys (None: no non-null value), null count and doc count.
+    let (bounds, nulls, docs) = match blocks {
+        None => {
+            let bounds = match &meta.encoding {
+                Encoding::Dictionary { cardinality, .. } => {
+                    (*cardinality > 0).then(|| (0, *cardinality as i64 - 1))
+                }
+                _ => stats_bounds(&meta.stats),
+            };
+            (bounds, meta.stats.null_count, reader.row_count() as u64)
+        }
+        Some(r) => {
+            let blocks = meta.blocks.get(r.clone())?;
+            let mut bounds: Option<(i64, i64)> = None;
+            let (mut nulls, mut docs) = (0u64, 0u64);
+            for (b, block) in r.clone().zip(blocks) {
+                nulls += block.null_count as u64;
+                docs += reader.block_len(b) as u64;
+                if let Some(z) = block.zone {
+                    bounds = Some(
+                        bounds.map_or((z.min, z.max), |(lo, hi)| (lo.min(z.min), hi.max(z.max))),
+                    );
+                }
+            }
+            (bounds, nulls, docs)
+        }
+    };
+    let (_, set) = leaf_keys(reader, leaf).ok()?;
+    let Some((lo, hi)) = bounds else {
+        // No non-null value: the leaf is UNKNOWN for every doc.
+        return (docs > 0 && nulls == docs).then_some(false);
+    };
+    if !intersects(&set, lo, hi) {
+        return Some(false);
+    }
+    (nulls == 0 && covers(&set, lo, hi)).then_some(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

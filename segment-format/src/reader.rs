@@ -179,7 +179,12 @@ pub struct SegmentReader {
     /// reader holds them (a buffer, or a mapped file written once), so a block read again —
     /// every query over it — is not checksummed again.
     verified: Vec<Box<[AtomicBool]>>,
+    /// Unique among the readers this process opened (see [`SegmentReader::instance_id`]).
+    instance: u64,
 }
+
+/// The next [`SegmentReader::instance_id`].
+static NEXT_INSTANCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl std::fmt::Debug for SegmentReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -220,7 +225,14 @@ impl SegmentReader {
             caches,
             arrow_schema,
             verified,
+            instance: NEXT_INSTANCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         })
+    }
+
+    /// A number no other reader opened by this process has, never reused: what caches of
+    /// results computed over this reader's (immutable) rows are keyed by.
+    pub fn instance_id(&self) -> u64 {
+        self.instance
     }
 
     pub fn footer(&self) -> &Footer {

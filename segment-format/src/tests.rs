@@ -13,7 +13,7 @@ use proptest::prelude::*;
 
 use crate::builder::{build_segment, BuildOptions};
 use crate::like::sql_like;
-use crate::predicate::{evaluate, may_match, CmpOp, Predicate};
+use crate::predicate::{evaluate, may_match, simplify_for, simplify_for_blocks, CmpOp, Predicate};
 use crate::reader::SegmentReader;
 use crate::types::{ColumnDef, ColumnType, IndexKind, SegmentSchema, Value};
 
@@ -409,6 +409,11 @@ proptest! {
             if !want.is_empty() {
                 prop_assert!(may_match(&r, p).unwrap(), "pruned a matching segment: {:?}", p);
             }
+            // Read against this segment's bounds, it selects the same docs.
+            let simple = simplify_for(&r, p);
+            let got: Vec<u32> = evaluate(&r, &simple).unwrap().iter().collect();
+            prop_assert_eq!(&got, &want, "{:?} simplified to {:?}", p, simple);
+            same_docs_in_block_ranges(&r, p)?;
         }
     }
 
@@ -478,6 +483,144 @@ proptest! {
         }
         exercise(crate::fuzzing::pack(&unpacked));
     }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Without nulls, leaves the footer's bounds decide are folded away; what is left selects
+    /// the same docs (and a segment a range covers whole reads it as no condition).
+    #[test]
+    fn simplified_predicates_select_the_same_docs_without_nulls(
+        rows in prop::collection::vec(row_strategy(), 1..120),
+        preds in prop::collection::vec(predicate(), 1..6),
+    ) {
+        let fill = [
+            V::S("m".into()), V::S("a".into()), V::I(0), V::I(0), V::F(0.0), V::B(false),
+            V::I(1_700_000_050_000), V::I(3), V::S("zz".into()),
+        ];
+        let rows: Vec<Row> = rows
+            .into_iter()
+            .map(|r| r.into_iter().zip(&fill).map(|(v, f)| v.or_else(|| Some(f.clone()))).collect())
+            .collect();
+        let bytes = build_segment(&schema(), &[to_batch(&rows)], &opts()).unwrap();
+        let r = SegmentReader::open(Bytes::from(bytes)).unwrap();
+        for p in &preds {
+            let want: Vec<u32> = evaluate(&r, p).unwrap().iter().collect();
+            let simple = simplify_for(&r, p);
+            let got: Vec<u32> = evaluate(&r, &simple).unwrap().iter().collect();
+            prop_assert_eq!(&got, &want, "{:?} simplified to {:?}", p, simple);
+            if simple == Predicate::Const(true) {
+                prop_assert_eq!(want.len(), rows.len());
+            }
+            same_docs_in_block_ranges(&r, p)?;
+        }
+    }
+}
+
+/// For every range of blocks, `p` read against those blocks' zone maps selects the same of
+/// their docs as `p`.
+fn same_docs_in_block_ranges(r: &SegmentReader, p: &Predicate) -> Result<(), TestCaseError> {
+    let all = evaluate(r, p).unwrap();
+    let blocks = (r.row_count() as usize).div_ceil(r.block_rows());
+    for from in 0..blocks {
+        for to in from + 1..=blocks.min(from + 3) {
+            let docs = (from * r.block_rows()) as u32
+                ..(from * r.block_rows()) as u32
+                    + (from..to).map(|b| r.block_len(b) as u32).sum::<u32>();
+            let simple = simplify_for_blocks(r, p, from..to);
+            let got: Vec<u32> = evaluate(r, &simple)
+                .unwrap()
+                .iter()
+                .filter(|d| docs.contains(d))
+                .collect();
+            let want: Vec<u32> = all.iter().filter(|d| docs.contains(d)).collect();
+            prop_assert_eq!(
+                got,
+                want,
+                "blocks {}..{}: {:?} simplified to {:?}",
+                from,
+                to,
+                p,
+                simple
+            );
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn a_range_covering_a_segment_simplifies_away() {
+    let rows: Vec<Row> = (0..40i64)
+        .map(|i| {
+            vec![
+                Some(V::S("a".into())),
+                None,
+                Some(V::I(i)),
+                None,
+                None,
+                None,
+                Some(V::I(1_700_000_000_000 + i * 1000)),
+                Some(V::I(1)),
+                None,
+            ]
+        })
+        .collect();
+    let bytes = build_segment(&schema(), &[to_batch(&rows)], &opts()).unwrap();
+    let r = SegmentReader::open(Bytes::from(bytes)).unwrap();
+    let t = |lo: i64, hi: i64| Predicate::Between {
+        column: "t".into(),
+        low: Value::Int(lo),
+        high: Value::Int(hi),
+    };
+    let s_eq = Predicate::Compare {
+        column: "s".into(),
+        op: CmpOp::Eq,
+        value: Value::Str("a".into()),
+    };
+    let i_lt = Predicate::Compare {
+        column: "i".into(),
+        op: CmpOp::Lt,
+        value: Value::Int(10),
+    };
+    // Covered whole: no condition.
+    let cover = t(1_699_999_000_000, 1_700_001_000_000);
+    assert_eq!(simplify_for(&r, &cover), Predicate::Const(true));
+    assert_eq!(
+        simplify_for(&r, &Predicate::And(vec![cover.clone(), s_eq.clone()])),
+        Predicate::Const(true)
+    );
+    // Cut by the range: kept, with what else the AND says.
+    let part = t(1_700_000_010_000, 1_700_001_000_000);
+    assert_eq!(
+        simplify_for(
+            &r,
+            &Predicate::And(vec![cover.clone(), part.clone(), i_lt.clone()])
+        ),
+        Predicate::And(vec![part.clone(), i_lt.clone()])
+    );
+    // Outside: nothing, and an OR drops it.
+    let before = t(1_600_000_000_000, 1_600_000_001_000);
+    assert_eq!(simplify_for(&r, &before), Predicate::Const(false));
+    assert_eq!(
+        simplify_for(&r, &Predicate::Or(vec![before, i_lt.clone()])),
+        i_lt
+    );
+    // Blocks of 16 rows (16 s each): the range cuts block 0 and covers blocks 1 and 2.
+    assert_eq!(simplify_for_blocks(&r, &part, 1..3), Predicate::Const(true));
+    assert_eq!(simplify_for_blocks(&r, &part, 0..1), part);
+    assert_eq!(
+        simplify_for_blocks(&r, &t(1_600_000_000_000, 1_700_000_015_000), 1..3),
+        Predicate::Const(false)
+    );
+    // A column with nulls is never taken as covered; NOT is left alone.
+    let s2 = Predicate::IsNull {
+        column: "s2".into(),
+        negated: false,
+    };
+    assert_eq!(simplify_for(&r, &s2), s2);
+    let not = Predicate::Not(Box::new(cover));
+    assert_eq!(simplify_for(&r, &not), not);
 }
 
 pub(crate) use crate::fuzzing::exercise;

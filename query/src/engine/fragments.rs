@@ -116,7 +116,7 @@ impl QueryEngine {
             None => {
                 let none: Arc<dyn MemoryPool> = Arc::new(UnboundedMemoryPool::default());
                 let state = self
-                    .session(&none, Arc::default(), None, false, None)?
+                    .session(&none, Arc::default(), None, false, None, false)?
                     .state();
                 let base = FragmentBase {
                     config: state.config().clone(),

@@ -24,7 +24,7 @@ use arrow::datatypes::{DataType, Int32Type, SchemaRef};
 use basalt_segment::doc_list;
 use basalt_segment::predicate::{evaluate_with_stats, EvalStats};
 use basalt_segment::reader::{null_positions, Dictionary};
-use basalt_segment::SegmentReader;
+use basalt_segment::{simplify_for, simplify_for_blocks, Predicate, SegmentReader};
 use datafusion::common::stats::Precision;
 use datafusion::common::Statistics;
 use datafusion::error::{DataFusionError, Result as DfResult};
@@ -43,7 +43,8 @@ use roaring::RoaringBitmap;
 
 use super::hll::{hash_str, HllGroups};
 use super::keys::{GroupMap, KeyInterner, KeyKind};
-use crate::row_filter::RowFilter;
+use super::partials::{Fragment, Partial, PartialAggregates, PartialKey};
+use crate::row_filter::{RowFilter, RowFilterRun};
 use crate::scan::{matching_docs, Matched, SegmentScanExec};
 
 /// Where a group key's values come from.
@@ -108,11 +109,62 @@ impl Job {
             .downcast_ref::<SegmentScanExec>()
             .expect("built over a SegmentScanExec")
     }
+
+    /// Everything that decides what one segment contributes, given its rows and predicate:
+    /// keys, aggregates (function, arguments, options), the projection before them and the
+    /// columns read. `Debug` spells out every expression, literal and option.
+    fn fingerprint(&self) -> String {
+        format!(
+            "keys={:?}\naggs={:?}\npre={:?}\nargs={:?}\nsketch={:?}\nread={:?} {:?}\npartial={}",
+            self.keys,
+            self.aggs,
+            self.pre,
+            self.args,
+            self.sketch_cols,
+            self.read_cols,
+            self.read_schema,
+            self.partial
+        )
+    }
+}
+
+/// Slices with more groups, or fewer rows per group than [`PARTIAL_ROWS_PER_GROUP`], are
+/// not kept: merging their states back costs about what aggregating them does.
+const PARTIAL_MAX_GROUPS: usize = 1 << 16;
+const PARTIAL_ROWS_PER_GROUP: usize = 8;
+
+/// Blocks per slice of a segment, the unit whose aggregation parts are kept (64Ki rows at
+/// the default 8,192-row blocks): a moving time range recomputes the slice it cuts, not
+/// the segment.
+const SLICE_BLOCKS: usize = 8;
+
+/// Where a segment's part is kept: the cache, the plan's fingerprint, the segment's index in
+/// the snapshot.
+struct Reuse<'a> {
+    cache: &'a Arc<PartialAggregates>,
+    fragment: &'a Arc<Fragment>,
+    index: usize,
+    /// Set (for every worker of the query) once a slice had too many groups.
+    off: &'a AtomicBool,
+}
+
+/// The entry saying an aggregation (under its scan's predicate) has too many groups per
+/// slice to keep: segment 0, which no reader has.
+fn not_worth_keeping(fragment: &Arc<Fragment>, scan: &SegmentScanExec) -> PartialKey {
+    PartialKey {
+        segment: 0,
+        slice: 0,
+        fragment: fragment.clone(),
+        predicate: format!("{:?}", scan.predicate()),
+    }
 }
 
 pub struct SegmentAggregateExec {
     job: Arc<Job>,
     props: Arc<PlanProperties>,
+    /// What segments' reusable parts are keyed by ([`Job::fingerprint`]), made at the
+    /// first execution that reuses them.
+    fragment: std::sync::OnceLock<Arc<Fragment>>,
 }
 
 impl fmt::Debug for SegmentAggregateExec {
@@ -139,6 +191,7 @@ impl SegmentAggregateExec {
         Ok(SegmentAggregateExec {
             job: Arc::new(job),
             props,
+            fragment: std::sync::OnceLock::new(),
         })
     }
 }
@@ -235,17 +288,59 @@ impl ExecutionPlan for SegmentAggregateExec {
         let job = self.job.clone();
         let pool = context.memory_pool().clone();
         let schema = job.schema.clone();
+        // Segments' parts are reused when the session allows it and nothing but the pushed
+        // predicate filters them (a join's dynamic filter changes with its build).
+        let partials = context
+            .session_config()
+            .get_extension::<PartialAggregates>()
+            .filter(|_| !job.keys.is_empty() && !job.scan().has_dynamic_filters())
+            .map(|cache| {
+                let fragment = self
+                    .fragment
+                    .get_or_init(|| Arc::new(Fragment::new(self.job.fingerprint())));
+                (cache, fragment.clone())
+            })
+            // An aggregation found to have too many groups per slice is not worth keeping.
+            .filter(|(cache, fragment)| {
+                let marker = not_worth_keeping(fragment, job.scan());
+                !matches!(cache.get(&marker, None), Some(Partial::TooMany))
+            });
+        // Set when a slice turns out to have too many groups: the rest is aggregated in
+        // place.
+        let off = Arc::new(AtomicBool::new(false));
         let run = async move {
             let cancel = CancelOnDrop(Arc::new(AtomicBool::new(false)));
             let mut handles = Vec::new();
+            let all: Vec<usize> = (0..job.scan().snapshot().segments.len()).collect();
             for segs in job.scan().segment_partitions() {
-                let (job, segs, flag, pool) =
-                    (job.clone(), segs.clone(), cancel.0.clone(), pool.clone());
+                let (job, segs, flag, pool, all, partials, off) = (
+                    job.clone(),
+                    segs.clone(),
+                    cancel.0.clone(),
+                    pool.clone(),
+                    all.clone(),
+                    partials.clone(),
+                    off.clone(),
+                );
                 handles.push(tokio::task::spawn_blocking(move || {
-                    let mut w = Worker::new(&job, &pool)?;
+                    let mut w = Worker::new(&job, &pool, &all)?;
+                    let snap = job.scan().snapshot();
                     for &i in &segs {
-                        let snap = job.scan().snapshot();
-                        w.segment(&job, &snap.segments[i], snap.valid_of(i), &flag)?;
+                        let (seg, valid) = (&snap.segments[i], snap.valid_of(i));
+                        match &partials {
+                            Some((cache, fragment))
+                                if cache.keeps(seg.row_count()) && !off.load(Ordering::Relaxed) =>
+                            {
+                                let at = Reuse {
+                                    cache,
+                                    fragment,
+                                    index: i,
+                                    off: &off,
+                                };
+                                w.segment_reusing(&job, &pool, at, seg, valid, &flag)?
+                            }
+                            _ => w.segment(&job, seg, valid, &flag)?,
+                        }
                     }
                     Ok::<_, DataFusionError>(w)
                 }));
@@ -430,6 +525,17 @@ impl DictHashes {
     }
 }
 
+/// One segment's matched docs while its blocks are aggregated, and the dynamic filters'
+/// state (what changes mid-segment).
+struct Reading {
+    matched: Matched,
+    /// The matched docs as a list, made at the first block the predicate covers in part
+    /// (listing a bitmap's members is cheaper all at once than block by block).
+    listed: Option<Vec<u32>>,
+    rows: Option<RowFilterRun>,
+    seen_generation: u64,
+}
+
 /// One worker's groups and accumulators.
 struct Worker {
     keys: Vec<KeyInterner>,
@@ -439,7 +545,8 @@ struct Worker {
 }
 
 impl Worker {
-    fn new(job: &Job, pool: &Arc<dyn MemoryPool>) -> DfResult<Worker> {
+    /// A worker whose integer keys are sized by the bounds of `segments` (snapshot indexes).
+    fn new(job: &Job, pool: &Arc<dyn MemoryPool>, segments: &[usize]) -> DfResult<Worker> {
         let accs = job
             .aggs
             .iter()
@@ -469,14 +576,11 @@ impl Worker {
                         return interner;
                     };
                     let scan = job.scan();
-                    let all: Vec<usize> = (0..scan.snapshot().segments.len()).collect();
-                    let rows: u64 = scan
-                        .snapshot()
-                        .segments
+                    let rows: u64 = segments
                         .iter()
-                        .map(|s| s.row_count() as u64)
+                        .map(|&i| scan.snapshot().segments[i].row_count() as u64)
                         .sum();
-                    match scan.int_bounds(&all, seg_col) {
+                    match scan.int_bounds(segments, seg_col) {
                         Some((lo, hi)) if ((hi as i128 - lo as i128) as u64) < rows * 4 => {
                             interner.with_int_range(lo, hi)
                         }
@@ -535,10 +639,14 @@ impl Worker {
         // With what a join's build (on the other side) has learnt by now: as a predicate
         // where the indexes can answer it, else row by row on its columns (a large build's
         // hash-table lookup) before any other column is read.
-        let mut seen_generation = scan.dynamic_generation();
+        let seen_generation = scan.dynamic_generation();
         let (predicate, rows) = scan.filters_now()?;
-        let mut rows = rows.map(RowFilter::start);
-        let Some(mut matched) = matching_docs(seg, valid, predicate.as_ref(), scan.stats())? else {
+        // As it reads on this segment: a time range covering it whole is no condition.
+        let predicate = predicate
+            .map(|p| simplify_for(seg, &p))
+            .filter(|p| *p != Predicate::Const(true));
+        let rows = rows.map(RowFilter::start);
+        let Some(matched) = matching_docs(seg, valid, predicate.as_ref(), scan.stats())? else {
             return Ok(());
         };
         if matched.len() == 0 {
@@ -548,6 +656,32 @@ impl Worker {
             // Only count(*) without keys (see the rule): the bitmap's cardinality is the count.
             return self.add_row_count(matched.len());
         }
+        let blocks = (seg.row_count() as usize).div_ceil(seg.block_rows().max(1));
+        let mut reading = Reading {
+            matched,
+            listed: None,
+            rows,
+            seen_generation,
+        };
+        self.blocks(job, seg, &mut reading, 0..blocks, cancel)
+    }
+
+    /// Aggregates the matched docs of blocks `range` of a segment.
+    fn blocks(
+        &mut self,
+        job: &Job,
+        seg: &SegmentReader,
+        reading: &mut Reading,
+        range: std::ops::Range<usize>,
+        cancel: &AtomicBool,
+    ) -> DfResult<()> {
+        let scan = job.scan();
+        let Reading {
+            matched,
+            listed,
+            rows,
+            seen_generation,
+        } = reading;
         let mut sources = Vec::with_capacity(job.keys.len());
         for k in &job.keys {
             sources.push(match &k.expr {
@@ -616,34 +750,31 @@ impl Worker {
         let mut tuple = vec![0u32; nkeys];
         // Block by block: a block the predicate covers whole is read without per-doc picking.
         let block_rows = seg.block_rows();
-        let blocks = (seg.row_count() as usize).div_ceil(block_rows.max(1));
         let mut docs: Vec<u32> = Vec::with_capacity(block_rows);
-        // The matched docs as a list, made at the first block the predicate covers in part
-        // (listing a bitmap's members is cheaper all at once than block by block).
-        let mut listed: Option<Vec<u32>> = None;
-        for b in 0..blocks {
+        for b in range {
             // A filter that got its value since the segment was opened filters the blocks
             // left: a partitioned join's last build, or a broadcast join whose leader was
             // still writing its filter when the barrier released this probe side.
             let g = scan.dynamic_generation();
-            if g != seen_generation {
-                seen_generation = g;
+            if g != *seen_generation {
+                *seen_generation = g;
                 let (now, now_rows) = scan.filters_now()?;
-                rows = now_rows.map(RowFilter::start);
+                *rows = now_rows.map(RowFilter::start);
                 if let Some(p) = now {
                     let pass =
                         evaluate_with_stats(seg, &p, &mut EvalStats::default()).map_err(ext)?;
-                    matched = match matched {
+                    let before = std::mem::replace(matched, Matched::All(0));
+                    *matched = match before {
                         Matched::All(_) => Matched::Some(pass),
                         Matched::Some(bm) => Matched::Some(bm & pass),
                     };
-                    listed = None;
+                    *listed = None;
                 }
             }
             let start = (b * block_rows) as u32;
             let end = start + seg.block_len(b) as u32;
             docs.clear();
-            match &matched {
+            match &*matched {
                 Matched::All(_) => docs.extend(start..end),
                 Matched::Some(bm) if bm.contains_range(start..end) => docs.extend(start..end),
                 Matched::Some(bm) => {
@@ -656,7 +787,7 @@ impl Worker {
             if docs.is_empty() {
                 continue;
             }
-            if let Some(rf) = &mut rows {
+            if let Some(rf) = rows {
                 let n = docs.len();
                 docs = rf
                     .filter(&docs, |c, d| seg.read_column(scan.projection()[c], d))?
@@ -665,7 +796,7 @@ impl Worker {
                     .dynamic_removed
                     .fetch_add((n - docs.len()) as u64, Ordering::Relaxed);
                 if !rf.is_active() {
-                    rows = None;
+                    *rows = None;
                 }
                 if docs.is_empty() {
                     continue;
@@ -849,6 +980,188 @@ impl Worker {
                     .collect::<DfResult<Vec<_>>>()?;
                 acc.update_batch(&values, &groups, None, total)?;
             }
+        }
+        let size = self.size();
+        self.reservation.try_resize(size)
+    }
+
+    /// Aggregates one segment through the cache of segments' parts, slice by slice
+    /// ([`SLICE_BLOCKS`] blocks): merges the part kept for a slice, its predicate (as it reads
+    /// on that slice's blocks) and the segment's valid docs, or computes it apart, keeps it
+    /// and merges it. A time range moving over a segment cuts one slice; the others it
+    /// covers whole read the same, unfiltered, at every refresh.
+    fn segment_reusing(
+        &mut self,
+        job: &Job,
+        pool: &Arc<dyn MemoryPool>,
+        at: Reuse<'_>,
+        seg: &SegmentReader,
+        valid: Option<&Arc<RoaringBitmap>>,
+        cancel: &AtomicBool,
+    ) -> DfResult<()> {
+        let scan = job.scan();
+        let stats = scan.stats();
+        let predicate = scan
+            .predicate()
+            .map(|p| simplify_for(seg, p))
+            .filter(|p| *p != Predicate::Const(true));
+        if predicate == Some(Predicate::Const(false)) || valid.is_some_and(|v| v.is_empty()) {
+            // Pruned, and counted so, as `segment` would.
+            return self.segment(job, seg, valid, cancel);
+        }
+        // A key column whose dictionary alone holds too many values: never worth keeping.
+        for k in &job.keys {
+            if let KeyExpr::Column { seg_col } = k.expr {
+                if seg
+                    .dictionary(seg_col)
+                    .map_err(ext)?
+                    .is_some_and(|d| d.len() > PARTIAL_MAX_GROUPS)
+                {
+                    at.cache
+                        .put(not_worth_keeping(at.fragment, scan), None, Partial::TooMany);
+                    at.off.store(true, Ordering::Relaxed);
+                    return self.segment(job, seg, valid, cancel);
+                }
+            }
+        }
+        let blocks = (seg.row_count() as usize).div_ceil(seg.block_rows().max(1));
+        // The segment's matched docs, evaluated at the first slice not kept.
+        let mut reading: Option<Option<Reading>> = None;
+        let mut all_kept = true;
+        for from in (0..blocks).step_by(SLICE_BLOCKS) {
+            let range = from..(from + SLICE_BLOCKS).min(blocks);
+            let slice_predicate = predicate
+                .as_ref()
+                .map(|p| simplify_for_blocks(seg, p, range.clone()));
+            if slice_predicate == Some(Predicate::Const(false)) {
+                continue;
+            }
+            let key = PartialKey {
+                segment: seg.instance_id(),
+                slice: from as u32,
+                fragment: at.fragment.clone(),
+                predicate: format!("{slice_predicate:?}"),
+            };
+            let kept = at.cache.get(&key, valid);
+            if let Some(Partial::States { batch, widths }) = &kept {
+                stats.partials_reused.fetch_add(1, Ordering::Relaxed);
+                self.merge_states(batch, widths)?;
+                continue;
+            }
+            all_kept = false;
+            let reading = match &mut reading {
+                Some(r) => r,
+                None => reading.insert(matching_docs(seg, valid, predicate.as_ref(), stats)?.map(
+                    |matched| Reading {
+                        matched,
+                        listed: None,
+                        rows: None,
+                        seen_generation: scan.dynamic_generation(),
+                    },
+                )),
+            };
+            let Some(reading) = reading.as_mut() else {
+                // Nothing matches in the whole segment.
+                return Ok(());
+            };
+            if matches!(kept, Some(Partial::TooMany)) || at.off.load(Ordering::Relaxed) {
+                self.blocks(job, seg, reading, range, cancel)?;
+                continue;
+            }
+            let mut part = Worker::new(job, pool, &[at.index])?;
+            let slice_rows: usize = range.clone().map(|b| seg.block_len(b)).sum();
+            part.blocks(job, seg, reading, range, cancel)?;
+            let groups = part.groups.len();
+            if groups > PARTIAL_MAX_GROUPS
+                || groups.saturating_mul(PARTIAL_ROWS_PER_GROUP) > slice_rows
+            {
+                // Merging such parts back costs about what aggregating the rows does: this
+                // aggregation is not kept, here or by later queries.
+                at.cache
+                    .put(not_worth_keeping(at.fragment, scan), None, Partial::TooMany);
+                at.off.store(true, Ordering::Relaxed);
+                self.merge(part)?;
+                continue;
+            }
+            let (batch, widths) = part.states()?;
+            self.merge_states(&batch, &widths)?;
+            at.cache
+                .put(key, valid.cloned(), Partial::States { batch, widths });
+        }
+        if all_kept {
+            // Not read at all: counted as queried, not as scanned.
+            stats.segments_queried.fetch_add(1, Ordering::Relaxed);
+            stats
+                .total_docs
+                .fetch_add(seg.row_count() as u64, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// This worker's groups as one batch: each key's values (in its interning type), then
+    /// each accumulator's state columns; and how many state columns each accumulator has.
+    fn states(mut self) -> DfResult<(RecordBatch, Arc<[usize]>)> {
+        let n = self.groups.len();
+        let mut fields = Vec::new();
+        let mut columns: Vec<ArrayRef> = Vec::new();
+        for k in 0..self.keys.len() {
+            let values = self.keys[k].values(&self.keys[k].kind().native_type())?;
+            let col = take(values.as_ref(), &self.groups.key_column(k), None)?;
+            fields.push(arrow::datatypes::Field::new(
+                format!("k{k}"),
+                col.data_type().clone(),
+                true,
+            ));
+            columns.push(col);
+        }
+        let mut widths = Vec::with_capacity(self.accs.len());
+        for (a, acc) in self.accs.iter_mut().enumerate() {
+            let state = acc.state(EmitTo::All)?;
+            widths.push(state.len());
+            for (j, col) in state.into_iter().enumerate() {
+                fields.push(arrow::datatypes::Field::new(
+                    format!("a{a}_{j}"),
+                    col.data_type().clone(),
+                    true,
+                ));
+                columns.push(col);
+            }
+        }
+        let batch = RecordBatch::try_new_with_options(
+            Arc::new(arrow::datatypes::Schema::new(fields)),
+            columns,
+            &RecordBatchOptions::new().with_row_count(Some(n)),
+        )?;
+        Ok((batch, widths.into()))
+    }
+
+    /// Folds in a batch [`Worker::states`] made, matching keys by value.
+    fn merge_states(&mut self, batch: &RecordBatch, widths: &[usize]) -> DfResult<()> {
+        let n = batch.num_rows();
+        if n == 0 {
+            return Ok(());
+        }
+        let nkeys = self.keys.len();
+        let mut ids: Vec<Vec<u32>> = vec![Vec::with_capacity(n); nkeys];
+        for (k, out) in ids.iter_mut().enumerate() {
+            self.keys[k].intern_array(batch.column(k), out)?;
+        }
+        let mut gi = Vec::with_capacity(n);
+        let mut tuple = vec![0u32; nkeys];
+        for row in 0..n {
+            for (t, key_ids) in tuple.iter_mut().zip(&ids) {
+                *t = key_ids[row];
+            }
+            gi.push(self.groups.group(&tuple) as usize);
+        }
+        let total = self.groups.len();
+        let mut col = nkeys;
+        for (acc, &w) in self.accs.iter_mut().zip(widths) {
+            let state = batch.columns().get(col..col + w).ok_or_else(|| {
+                DataFusionError::Internal("kept segment part has too few columns".into())
+            })?;
+            acc.merge_batch(state, &gi, None, total)?;
+            col += w;
         }
         let size = self.size();
         self.reservation.try_resize(size)

@@ -55,6 +55,17 @@ impl KeyKind {
             _ => None,
         }
     }
+
+    /// The type values of this kind are interned as (what [`KeyInterner::values`] gives
+    /// without a cast).
+    pub(crate) fn native_type(self) -> DataType {
+        match self {
+            KeyKind::Bytes => DataType::Utf8,
+            KeyKind::Int => DataType::Int64,
+            KeyKind::Float => DataType::Float64,
+            KeyKind::Bool => DataType::Boolean,
+        }
+    }
 }
 
 /// The distinct values of one GROUP BY key, numbered in first-seen order.
@@ -144,6 +155,10 @@ impl KeyInterner {
             });
         }
         self
+    }
+
+    pub(crate) fn kind(&self) -> KeyKind {
+        self.kind
     }
 
     pub(crate) fn len(&self) -> usize {

@@ -11,10 +11,15 @@
 //! type, no aggregate is DISTINCT, ordered or filtered, and there are no grouping sets; other
 //! plans are left to DataFusion unchanged. Aggregate functions are DataFusion's own
 //! accumulators, so results are the same as without the rewrite.
+//!
+//! When the session carries a [`PartialAggregates`] cache, each segment's groups and
+//! accumulator states are kept per (segment, aggregation, predicate as it reads on the
+//! segment) and merged by later queries instead of reading the segment again (`partials`).
 
 mod exec;
 mod hll;
 mod keys;
+mod partials;
 
 use std::sync::Arc;
 
@@ -36,6 +41,7 @@ use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, Partitio
 pub use exec::SegmentAggregateExec;
 use exec::{GroupKey, Job, KeyExpr};
 use keys::KeyKind;
+pub use partials::{PartialAggregates, PartialCacheStats};
 
 use crate::scan::SegmentScanExec;
 

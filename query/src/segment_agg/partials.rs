@@ -1,0 +1,344 @@
+//! What each slice of a segment contributed to a GROUP BY, kept for the next query that asks
+//! the same. In: a segment reader's instance id and a slice of its blocks, the aggregation's
+//! fingerprint (keys, aggregates and their arguments), the predicate as it reads on that
+//! slice ([`basalt_segment::simplify_for_blocks`]) and, for upsert tables, the segment's
+//! valid docs. Out: that slice's group keys and accumulator states from an earlier query
+//! with the same key, which the aggregation merges instead of reading the slice.
+//!
+//! Sealed segments and the frozen chunks of mutable ones never change, so a dashboard whose
+//! time range moves with the clock recomputes only the slices its range cuts and the chunks
+//! frozen since its last refresh (Druid caches per segment; slices also spare the segment a
+//! moving range cuts). An upsert table's valid docs do change: an entry keeps the bitmap it
+//! was computed under and answers only while the segment's current one is equal, so an
+//! update invalidates exactly the segments whose valid docs it changed. Bounded by bytes,
+//! least recently used first out.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use parking_lot::Mutex;
+use roaring::RoaringBitmap;
+
+/// Identifies one segment's contribution to one aggregation.
+#[derive(Clone)]
+pub(crate) struct PartialKey {
+    pub(crate) segment: u64,
+    /// The slice's first block.
+    pub(crate) slice: u32,
+    /// The aggregation's fingerprint, shared by every segment of one plan.
+    pub(crate) fragment: Arc<Fragment>,
+    /// The predicate as it reads on this segment (`Debug` of the simplified tree).
+    pub(crate) predicate: String,
+}
+
+/// An aggregation's fingerprint and its hash (computed once per plan).
+pub(crate) struct Fragment {
+    pub(crate) text: String,
+    hash: u64,
+}
+
+impl Fragment {
+    pub(crate) fn new(text: String) -> Self {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        text.hash(&mut h);
+        Fragment {
+            hash: h.finish(),
+            text,
+        }
+    }
+}
+
+impl PartialEq for PartialKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.segment == other.segment
+            && self.slice == other.slice
+            && self.predicate == other.predicate
+            && (Arc::ptr_eq(&self.fragment, &other.fragment)
+                || (self.fragment.hash == other.fragment.hash
+                    && self.fragment.text == other.fragment.text))
+    }
+}
+
+impl Eq for PartialKey {}
+
+impl Hash for PartialKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.segment.hash(state);
+        self.slice.hash(state);
+        self.fragment.hash.hash(state);
+        self.predicate.hash(state);
+    }
+}
+
+/// One segment's part of an aggregation.
+#[derive(Clone)]
+pub(crate) enum Partial {
+    /// The group keys (one column per key) then each accumulator's state columns; `widths`
+    /// says how many state columns each accumulator has.
+    States {
+        batch: RecordBatch,
+        widths: Arc<[usize]>,
+    },
+    /// The segment had more groups than are worth keeping: aggregate it in place.
+    TooMany,
+}
+
+impl Partial {
+    fn bytes(&self) -> usize {
+        match self {
+            Partial::States { batch, widths } => batch.get_array_memory_size() + widths.len() * 8,
+            Partial::TooMany => 0,
+        }
+    }
+}
+
+struct Entry {
+    valid: Option<Arc<RoaringBitmap>>,
+    partial: Partial,
+    bytes: usize,
+    /// Position in the recency order.
+    tick: u64,
+}
+
+#[derive(Default)]
+struct Inner {
+    entries: HashMap<PartialKey, Entry>,
+    /// tick → key, oldest first.
+    order: BTreeMap<u64, PartialKey>,
+    next_tick: u64,
+    bytes: usize,
+}
+
+impl Inner {
+    fn remove(&mut self, key: &PartialKey) {
+        if let Some(e) = self.entries.remove(key) {
+            self.order.remove(&e.tick);
+            self.bytes -= e.bytes + key_bytes(key);
+        }
+    }
+}
+
+fn key_bytes(k: &PartialKey) -> usize {
+    // The fragment text is shared by the plan's entries; its share is counted once per key
+    // to stay an upper bound.
+    std::mem::size_of::<PartialKey>() + k.predicate.len() + k.fragment.text.len()
+}
+
+/// Counters for metrics.
+#[derive(Debug, Default)]
+pub struct PartialCacheStats {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub evictions: AtomicU64,
+}
+
+/// Segments with fewer rows (the newest chunks of a mutable segment, replaced at every
+/// flush) are aggregated in place, never kept.
+const MIN_ROWS: u32 = 16_384;
+
+/// Per-segment partial aggregates, bounded by bytes.
+pub struct PartialAggregates {
+    inner: Mutex<Inner>,
+    max_bytes: usize,
+    min_rows: u32,
+    pub stats: PartialCacheStats,
+}
+
+impl std::fmt::Debug for PartialAggregates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PartialAggregates(max {} bytes)", self.max_bytes)
+    }
+}
+
+/// The same docs, judged cheaply when the bitmap was not replaced.
+fn same_valid(a: &Option<Arc<RoaringBitmap>>, b: Option<&Arc<RoaringBitmap>>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+        _ => false,
+    }
+}
+
+impl PartialAggregates {
+    pub fn new(max_bytes: usize) -> Self {
+        PartialAggregates {
+            inner: Mutex::new(Inner::default()),
+            max_bytes,
+            min_rows: MIN_ROWS,
+            stats: PartialCacheStats::default(),
+        }
+    }
+
+    /// The same cache keeping segments of at least `rows` rows (default 16,384).
+    pub fn with_min_rows(mut self, rows: u32) -> Self {
+        self.min_rows = rows;
+        self
+    }
+
+    /// Whether a segment of `rows` rows is worth keeping.
+    pub(crate) fn keeps(&self, rows: u32) -> bool {
+        rows >= self.min_rows
+    }
+
+    /// Bytes held now.
+    pub fn bytes(&self) -> usize {
+        self.inner.lock().bytes
+    }
+
+    /// The segment's part computed under the same valid docs, if kept.
+    pub(crate) fn get(
+        &self,
+        key: &PartialKey,
+        valid: Option<&Arc<RoaringBitmap>>,
+    ) -> Option<Partial> {
+        let mut inner = self.inner.lock();
+        let Some(e) = inner.entries.get(key) else {
+            self.stats.misses.fetch_add(1, Ordering::Relaxed);
+            return None;
+        };
+        if !same_valid(&e.valid, valid) {
+            // Computed under valid docs that have changed since.
+            inner.remove(key);
+            self.stats.misses.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        let old = e.tick;
+        let tick = inner.next_tick;
+        inner.next_tick += 1;
+        let e = inner.entries.get_mut(key).expect("present");
+        e.tick = tick;
+        let partial = e.partial.clone();
+        let k = inner.order.remove(&old).expect("ordered");
+        inner.order.insert(tick, k);
+        self.stats.hits.fetch_add(1, Ordering::Relaxed);
+        Some(partial)
+    }
+
+    /// Keeps a segment's part (one entry may take a sixteenth of the cache).
+    pub(crate) fn put(&self, key: PartialKey, valid: Option<Arc<RoaringBitmap>>, partial: Partial) {
+        let bytes = partial.bytes() + valid.as_ref().map_or(0, |v| v.serialized_size());
+        let total = bytes + key_bytes(&key);
+        if total > self.max_bytes / 16 {
+            return;
+        }
+        let mut inner = self.inner.lock();
+        inner.remove(&key);
+        while inner.bytes + total > self.max_bytes {
+            let Some((_, oldest)) = inner.order.pop_first() else {
+                break;
+            };
+            if let Some(e) = inner.entries.remove(&oldest) {
+                inner.bytes -= e.bytes + key_bytes(&oldest);
+                self.stats.evictions.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let tick = inner.next_tick;
+        inner.next_tick += 1;
+        inner.bytes += total;
+        inner.order.insert(tick, key.clone());
+        inner.entries.insert(
+            key,
+            Entry {
+                valid,
+                partial,
+                bytes,
+                tick,
+            },
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{ArrayRef, Int64Array};
+
+    fn key(segment: u64, fragment: &Arc<Fragment>, predicate: &str) -> PartialKey {
+        PartialKey {
+            segment,
+            slice: 0,
+            fragment: fragment.clone(),
+            predicate: predicate.into(),
+        }
+    }
+
+    fn states(n: i64) -> Partial {
+        let col: ArrayRef = Arc::new(Int64Array::from_iter_values(0..n));
+        Partial::States {
+            batch: RecordBatch::try_from_iter([("k", col)]).unwrap(),
+            widths: Arc::from(vec![]),
+        }
+    }
+
+    fn rows(p: Option<Partial>) -> Option<usize> {
+        match p? {
+            Partial::States { batch, .. } => Some(batch.num_rows()),
+            Partial::TooMany => Some(usize::MAX),
+        }
+    }
+
+    #[test]
+    fn keys_match_on_segment_fragment_text_and_predicate() {
+        let c = PartialAggregates::new(1 << 20);
+        let f = Arc::new(Fragment::new("sum(x) by k".into()));
+        c.put(key(1, &f, "None"), None, states(3));
+        assert_eq!(rows(c.get(&key(1, &f, "None"), None)), Some(3));
+        // An equal fragment built by another plan.
+        let g = Arc::new(Fragment::new("sum(x) by k".into()));
+        assert_eq!(rows(c.get(&key(1, &g, "None"), None)), Some(3));
+        assert_eq!(rows(c.get(&key(2, &f, "None"), None)), None);
+        assert_eq!(rows(c.get(&key(1, &f, "Some(t > 5)"), None)), None);
+        let h = Arc::new(Fragment::new("sum(y) by k".into()));
+        assert_eq!(rows(c.get(&key(1, &h, "None"), None)), None);
+    }
+
+    #[test]
+    fn changed_valid_docs_invalidate_the_entry() {
+        let c = PartialAggregates::new(1 << 20);
+        let f = Arc::new(Fragment::new("count by k".into()));
+        let v1 = Arc::new(RoaringBitmap::from_iter([1u32, 2, 3]));
+        c.put(key(7, &f, "None"), Some(v1.clone()), states(2));
+        // The same docs in another bitmap: still valid.
+        let same = Arc::new(RoaringBitmap::from_iter([1u32, 2, 3]));
+        assert_eq!(rows(c.get(&key(7, &f, "None"), Some(&same))), Some(2));
+        assert_eq!(rows(c.get(&key(7, &f, "None"), None)), None);
+        // An update superseded doc 2: gone for good.
+        let v2 = Arc::new(RoaringBitmap::from_iter([1u32, 3, 4]));
+        assert_eq!(rows(c.get(&key(7, &f, "None"), Some(&v2))), None);
+        assert_eq!(rows(c.get(&key(7, &f, "None"), Some(&v1))), None);
+        assert_eq!(c.bytes(), 0);
+    }
+
+    #[test]
+    fn least_recently_used_go_first() {
+        let f = Arc::new(Fragment::new("f".into()));
+        let k = |i: u64| key(i, &f, "p");
+        let per = states(10).bytes() + key_bytes(&k(0));
+        let c = PartialAggregates::new(per * 20);
+        for i in 0..20 {
+            c.put(k(i), None, states(10));
+        }
+        assert_eq!(c.bytes(), per * 20);
+        // Using 0 makes 1 the oldest.
+        assert!(c.get(&k(0), None).is_some());
+        c.put(k(20), None, states(10));
+        assert!(c.get(&k(1), None).is_none());
+        assert!(c.get(&k(0), None).is_some());
+        assert!(c.get(&k(20), None).is_some());
+        assert_eq!(c.stats.evictions.load(Ordering::Relaxed), 1);
+        assert_eq!(c.bytes(), per * 20);
+    }
+
+    #[test]
+    fn too_large_entries_are_not_kept() {
+        let c = PartialAggregates::new(64 << 10);
+        let f = Arc::new(Fragment::new("f".into()));
+        c.put(key(1, &f, "p"), None, states(10_000));
+        assert_eq!(rows(c.get(&key(1, &f, "p"), None)), None);
+        c.put(key(2, &f, "p"), None, Partial::TooMany);
+        assert_eq!(rows(c.get(&key(2, &f, "p"), None)), Some(usize::MAX));
+    }
+}
