@@ -641,10 +641,14 @@ impl Worker {
         // hash-table lookup) before any other column is read.
         let seen_generation = scan.dynamic_generation();
         let (predicate, rows) = scan.filters_now()?;
-        // As it reads on this segment: a time range covering it whole is no condition.
-        let predicate = predicate
-            .map(|p| simplify_for(seg, &p))
-            .filter(|p| *p != Predicate::Const(true));
+        // As it reads on this segment: a time range covering it whole is no condition. (Not
+        // with a join's filter in it: its key lists would be looked up twice.)
+        let predicate = match scan.has_dynamic_filters() {
+            true => predicate,
+            false => predicate
+                .map(|p| simplify_for(seg, &p))
+                .filter(|p| *p != Predicate::Const(true)),
+        };
         let rows = rows.map(RowFilter::start);
         let Some(matched) = matching_docs(seg, valid, predicate.as_ref(), scan.stats())? else {
             return Ok(());
