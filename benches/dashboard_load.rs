@@ -310,11 +310,10 @@ fn main() {
         let pg_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let http = format!("http://{}", http_l.local_addr().unwrap());
         let pg_addr = pg_l.local_addr().unwrap().to_string();
-        let pg_server = Arc::new(pg::PgServer::new(
-            &state,
-            Auth::default(),
-            Default::default(),
-        ));
+        // One connection per panel (Grafana pools them; the default limit is 100).
+        let mut pg_limits = pg::conn::PgLimits::default();
+        pg_limits.max_connections = pg_limits.max_connections.max(a.panels + 10);
+        let pg_server = Arc::new(pg::PgServer::new(&state, Auth::default(), pg_limits));
         tokio::spawn(pg::serve(
             pg_l,
             pg_server,

@@ -90,6 +90,12 @@ async fn run(engine: &QueryEngine, sql: &str, limits: &QueryLimits) -> (Vec<Stri
     (render(&out.batches), out.stats.num_segments_from_cache)
 }
 
+/// Slices in one segment of `ROWS` rows in blocks of 128 rows (what `setup(128)` builds).
+fn slices_per_segment() -> u64 {
+    ROWS.div_ceil(128)
+        .div_ceil(crate::segment_agg::SLICE_BLOCKS) as u64
+}
+
 fn ts(ms: i64) -> String {
     let t = chrono::DateTime::from_timestamp_millis(ms).expect("in range");
     format!("TIMESTAMP '{}'", t.format("%Y-%m-%d %H:%M:%S"))
@@ -133,7 +139,7 @@ async fn reused_parts_answer_like_datafusion() {
     };
     let sql = "SELECT city, count(*) FROM t GROUP BY city";
     let (want, _) = run(&engine, sql, &l).await;
-    assert_eq!(run(&engine, sql, &l).await.1, 4);
+    assert_eq!(run(&engine, sql, &l).await.1, 4 * slices_per_segment());
     assert_eq!(run(&engine, sql, &off).await, (want, 0));
 }
 
@@ -154,18 +160,21 @@ async fn a_moving_range_reuses_the_segments_it_covers_whole() {
     let (got, n) = run(&engine, &first, &l).await;
     assert_eq!(got, rows(&reference, &first).await);
     assert_eq!(n, 0);
-    // One second later: 1 and 2 are still covered whole (their parts are reused), the cut
-    // segments are computed for the new bounds.
+    // One second later: 1 and 2 are still covered whole (their slices are reused), and so
+    // are the last slice of 0 and the first of 3 (their rows are 128 s, the range cuts
+    // these segments half way); the cut slices are computed for the new bounds.
+    let per = slices_per_segment();
+    assert_eq!(per, 3);
     let next = panel(T0 + span / 2 + 1000, T0 + 3 * span + span / 2 + 1000);
     let (got, n) = run(&engine, &next, &l).await;
     assert_eq!(got, rows(&reference, &next).await);
-    assert_eq!(n, 2);
-    // A range covering everything reuses 1 and 2 and keeps 0 and 3.
+    assert_eq!(n, 2 * per + 2);
+    // A range covering everything reuses those and computes the rest.
     let all = panel(T0 - 1000, T0 + 5 * span);
     let (got, n) = run(&engine, &all, &l).await;
     assert_eq!(got, rows(&reference, &all).await);
-    assert_eq!(n, 2);
-    assert_eq!(run(&engine, &all, &l).await.1, 4);
+    assert_eq!(n, 2 * per + 2);
+    assert_eq!(run(&engine, &all, &l).await.1, 4 * per);
     // Another filter besides the range is part of the key.
     let oslo = all.replace("GROUP BY", "AND city = 'Oslo' GROUP BY");
     let (got, n) = run(&engine, &oslo, &l).await;
@@ -189,13 +198,14 @@ async fn changed_valid_docs_recompute_only_their_segment() {
         .iter()
         .map(|v| Arc::new(RoaringBitmap::clone(v)))
         .collect();
-    assert_eq!(run(&engine, sql, &l).await, (full.clone(), 4));
+    let per = slices_per_segment();
+    assert_eq!(run(&engine, sql, &l).await, (full.clone(), 4 * per));
     // An update superseded the even docs of segment 2: only that segment is recomputed,
     // and the answer is DataFusion's over the rows still valid.
     let odd = Arc::new(RoaringBitmap::from_iter((1..ROWS as u32).step_by(2)));
     table.0.lock().valid[2] = odd;
     let (got, n) = run(&engine, sql, &l).await;
-    assert_eq!(n, 3);
+    assert_eq!(n, 3 * per);
     let reference = SessionContext::new();
     let mut kept = batches.clone();
     let mask = arrow::array::BooleanArray::from_iter((0..ROWS).map(|i| Some(i % 2 == 1)));
@@ -204,11 +214,11 @@ async fn changed_valid_docs_recompute_only_their_segment() {
     reference.register_table("t", Arc::new(mem)).unwrap();
     assert_eq!(got, rows(&reference, sql).await);
     assert_ne!(got, full);
-    assert_eq!(run(&engine, sql, &l).await.1, 4);
+    assert_eq!(run(&engine, sql, &l).await.1, 4 * per);
 }
 
-/// Blocks of 16 rows, so a segment has five slices of 8 blocks (128 rows, 128 s): a range
-/// moving by a second recomputes only the slices it cuts.
+/// Blocks of 16 rows (16 s), so a segment has many slices: a range moving by a second
+/// recomputes only the slices it cuts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_moving_range_recomputes_only_the_slices_it_cuts() {
     let (engine, _, reference, _) = setup(16);
@@ -220,9 +230,6 @@ async fn a_moving_range_recomputes_only_the_slices_it_cuts() {
             ts(to)
         )
     };
-    // From second 200 (inside slice 1 of segment 0: seconds 128-255) to second 2000 (inside
-    // slice 1 of segment 3: seconds 1928-2055). Slices covered whole: 2-4 of segment 0, all
-    // five of segments 1 and 2, and slice 0 of segment 3.
     let s = |secs: i64| T0 + secs * 1000;
     let first = panel(s(200), s(2000));
     assert_eq!(
@@ -232,5 +239,17 @@ async fn a_moving_range_recomputes_only_the_slices_it_cuts() {
     let next = panel(s(201), s(2001));
     let (got, n) = run(&engine, &next, &l).await;
     assert_eq!(got, rows(&reference, &next).await);
-    assert_eq!(n, 3 + 5 + 5 + 1);
+    // The slices (second ranges, one row a second) inside both [200, 2000) and [201, 2001).
+    let slice = 16 * crate::segment_agg::SLICE_BLOCKS;
+    let covered = (0..4)
+        .flat_map(|seg| {
+            (0..ROWS).step_by(slice).map(move |first| {
+                let lo = seg * ROWS + first;
+                (lo, lo + slice.min(ROWS - first) - 1)
+            })
+        })
+        .filter(|&(lo, hi)| lo >= 201 && hi < 2000)
+        .count() as u64;
+    assert!(covered > 10);
+    assert_eq!(n, covered);
 }

@@ -133,10 +133,10 @@ impl Job {
 const PARTIAL_MAX_GROUPS: usize = 1 << 16;
 const PARTIAL_ROWS_PER_GROUP: usize = 8;
 
-/// Blocks per slice of a segment, the unit whose aggregation parts are kept (64Ki rows at
+/// Blocks per slice of a segment, the unit whose aggregation parts are kept (16Ki rows at
 /// the default 8,192-row blocks): a moving time range recomputes the slice it cuts, not
 /// the segment.
-const SLICE_BLOCKS: usize = 8;
+pub(crate) const SLICE_BLOCKS: usize = 2;
 
 /// Where a segment's part is kept: the cache, the plan's fingerprint, the segment's index in
 /// the snapshot.
@@ -1034,9 +1034,11 @@ impl Worker {
         let mut all_kept = true;
         for from in (0..blocks).step_by(SLICE_BLOCKS) {
             let range = from..(from + SLICE_BLOCKS).min(blocks);
+            // No condition is `None` whether the segment or only this slice is covered.
             let slice_predicate = predicate
                 .as_ref()
-                .map(|p| simplify_for_blocks(seg, p, range.clone()));
+                .map(|p| simplify_for_blocks(seg, p, range.clone()))
+                .filter(|p| *p != Predicate::Const(true));
             if slice_predicate == Some(Predicate::Const(false)) {
                 continue;
             }

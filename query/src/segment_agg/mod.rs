@@ -39,6 +39,8 @@ use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, Partitioning};
 
 pub use exec::SegmentAggregateExec;
+#[cfg(test)]
+pub(crate) use exec::SLICE_BLOCKS;
 use exec::{GroupKey, Job, KeyExpr};
 use keys::KeyKind;
 pub use partials::{PartialAggregates, PartialCacheStats};

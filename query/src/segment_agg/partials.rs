@@ -137,7 +137,7 @@ pub struct PartialCacheStats {
 
 /// Segments with fewer rows (the newest chunks of a mutable segment, replaced at every
 /// flush) are aggregated in place, never kept.
-const MIN_ROWS: u32 = 16_384;
+const MIN_ROWS: u32 = 4_096;
 
 /// Per-segment partial aggregates, bounded by bytes.
 pub struct PartialAggregates {
@@ -172,7 +172,7 @@ impl PartialAggregates {
         }
     }
 
-    /// The same cache keeping segments of at least `rows` rows (default 16,384).
+    /// The same cache keeping segments of at least `rows` rows (default 4,096).
     pub fn with_min_rows(mut self, rows: u32) -> Self {
         self.min_rows = rows;
         self
