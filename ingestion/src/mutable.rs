@@ -57,6 +57,8 @@ pub struct MutableSegment {
     ingest_schema: SchemaRef,
     build: BuildOptions,
     state: Arc<Mutex<State>>,
+    /// Rows above which chunks are not merged ([`MERGE_MAX_ROWS`]).
+    merge_cap: usize,
 }
 
 fn build_reader(
@@ -68,24 +70,33 @@ fn build_reader(
     Ok(Arc::new(SegmentReader::open(Bytes::from(bytes))?))
 }
 
+/// Chunks of this many rows are not merged further (see [`merge_due`]).
+const MERGE_MAX_ROWS: usize = 131_072;
+
 /// The first of two neighbouring chunks to merge, if any: the binary counter's rule (a chunk
 /// merges with its left neighbour while that one is at most twice its size) keeps O(log n)
-/// chunks, each row rebuilt O(log n) times before its seal.
-fn merge_due(chunks: &[Chunk]) -> Option<usize> {
+/// chunks, each row rebuilt O(log n) times before its seal. Two chunks are not merged into
+/// more than `cap` rows: a chunk that size lives until the seal, so what queries computed
+/// over it (per-slice partial aggregates, keyed by the chunk's reader) stays valid, where
+/// merging it again would make every dashboard query recompute its rows at once. A part
+/// then holds about `rows / cap` chunks plus the O(log cap) small ones.
+fn merge_due(chunks: &[Chunk], cap: usize) -> Option<usize> {
     (1..chunks.len())
         .rev()
-        .find(|&i| chunks[i - 1].rows <= 2 * chunks[i].rows)
+        .find(|&i| {
+            chunks[i - 1].rows <= 2 * chunks[i].rows && chunks[i - 1].rows + chunks[i].rows <= cap
+        })
         .map(|i| i - 1)
 }
 
 /// Merges chunks while a merge is due, each built without holding the lock (queries go on
 /// with the chunks as they are) and swapped in after. Only this thread removes chunks
 /// (`merging` keeps it alone), and snapshots only append, so the pair is where it was.
-fn merge_chunks(state: &Mutex<State>, schema: &SegmentSchema, build: &BuildOptions) {
+fn merge_chunks(state: &Mutex<State>, schema: &SegmentSchema, build: &BuildOptions, cap: usize) {
     loop {
         let (i, left, right, batches) = {
             let mut st = state.lock();
-            let Some(i) = merge_due(&st.chunks) else {
+            let Some(i) = merge_due(&st.chunks, cap) else {
                 st.merging = false;
                 return;
             };
@@ -146,7 +157,15 @@ impl MutableSegment {
             ingest_schema,
             build,
             state: Arc::new(Mutex::new(State::default())),
+            merge_cap: MERGE_MAX_ROWS,
         }
+    }
+
+    /// The same segment merging chunks up to `rows` rows (tests).
+    #[cfg(test)]
+    fn with_merge_cap(mut self, rows: usize) -> Self {
+        self.merge_cap = rows;
+        self
     }
 
     /// Adds rows; they are in the next snapshot.
@@ -220,13 +239,17 @@ impl MutableSegment {
                 batches,
                 rows,
             });
-            if !st.merging && merge_due(&st.chunks).is_some() {
+            if !st.merging && merge_due(&st.chunks, self.merge_cap).is_some() {
                 st.merging = true;
-                let (state, schema, build) =
-                    (self.state.clone(), self.schema.clone(), self.build.clone());
+                let (state, schema, build, cap) = (
+                    self.state.clone(),
+                    self.schema.clone(),
+                    self.build.clone(),
+                    self.merge_cap,
+                );
                 let spawned = std::thread::Builder::new()
                     .name("basalt-chunk-merge".into())
-                    .spawn(move || merge_chunks(&state, &schema, &build));
+                    .spawn(move || merge_chunks(&state, &schema, &build, cap));
                 if let Err(e) = spawned {
                     warn!(error = %e, "cannot start a chunk merge; chunks stay as they are");
                     st.merging = false;
@@ -592,6 +615,35 @@ mod tests {
             count(&[Arc::new(sealed)], &us),
             count(&m.snapshot().unwrap(), &us)
         );
+    }
+
+    #[test]
+    fn chunks_stop_merging_at_the_cap() {
+        let schema = spec().segment_schema();
+        let first = rows(0, 1);
+        let m = MutableSegment::new(schema, first[0].schema(), BuildOptions::default())
+            .with_merge_cap(100);
+        let mut appended = 0;
+        for step in 0..60 {
+            let n = 1 + step % 7;
+            for b in rows(appended, n) {
+                m.append(b).unwrap();
+            }
+            appended += n;
+            m.snapshot().unwrap();
+            m.merged();
+        }
+        let snap = m.snapshot_chunks().unwrap();
+        let sizes: Vec<u32> = snap.iter().map(|(r, _)| r.row_count()).collect();
+        assert_eq!(sizes.iter().sum::<u32>() as usize, appended);
+        assert!(sizes.iter().all(|&n| n <= 100), "{sizes:?}");
+        // Chunks that reached half the cap stay as they are; the rest still merge.
+        assert!(sizes.len() <= appended / 50 + 2 * 7, "{sizes:?}");
+        let mut at = 0;
+        for (r, start) in &snap {
+            assert_eq!(*start, at);
+            at += r.row_count();
+        }
     }
 
     proptest::proptest! {
