@@ -43,7 +43,7 @@ use roaring::RoaringBitmap;
 
 use super::hll::{hash_str, HllGroups};
 use super::keys::{GroupMap, KeyInterner, KeyKind};
-use super::partials::{Fragment, Partial, PartialAggregates, PartialKey};
+use super::partials::{Fragment, Lookup, Partial, PartialAggregates, PartialKey};
 use crate::row_filter::{RowFilter, RowFilterRun};
 use crate::scan::{matching_docs, Matched, SegmentScanExec};
 
@@ -686,12 +686,15 @@ impl Worker {
             rows,
             seen_generation,
         } = reading;
+        // At most this many docs are read here (a slice reads a few blocks of the segment).
+        let range_rows: usize = range.clone().map(|b| seg.block_len(b)).sum();
+        let expected = (matched.len() as usize).min(range_rows);
         let mut sources = Vec::with_capacity(job.keys.len());
         for k in &job.keys {
             sources.push(match &k.expr {
                 KeyExpr::Column { seg_col } => match seg.dictionary(*seg_col).map_err(ext)? {
                     Some(dict) => {
-                        self.keys[sources.len()].reserve(dict.len().min(matched.len() as usize));
+                        self.keys[sources.len()].reserve(dict.len().min(expected));
                         Source::Dict {
                             seg_col: *seg_col,
                             key_ids: vec![u32::MAX; dict.len()],
@@ -741,7 +744,7 @@ impl Worker {
                         *col,
                         dict,
                         seg.nulls(*col).map_err(ext)?,
-                        matched.len(),
+                        expected as u64,
                     )?),
                     // Raw strings: each row's value is hashed.
                     None => SketchHashes::Rows { seg_col: *col },
@@ -1048,12 +1051,15 @@ impl Worker {
                 fragment: at.fragment.clone(),
                 predicate: format!("{slice_predicate:?}"),
             };
-            let kept = at.cache.get(&key, valid);
-            if let Some(Partial::States { batch, widths }) = &kept {
-                stats.partials_reused.fetch_add(1, Ordering::Relaxed);
-                self.merge_states(batch, widths)?;
-                continue;
-            }
+            let (kept, claim) = match at.cache.lookup(&key, valid) {
+                Lookup::Kept(Partial::States { batch, widths }) => {
+                    stats.partials_reused.fetch_add(1, Ordering::Relaxed);
+                    self.merge_states(&batch, &widths)?;
+                    continue;
+                }
+                Lookup::Kept(p) => (Some(p), None),
+                Lookup::Compute(claim) => (None, claim),
+            };
             all_kept = false;
             let reading = match &mut reading {
                 Some(r) => r,
@@ -1093,6 +1099,8 @@ impl Worker {
             self.merge_states(&batch, &widths)?;
             at.cache
                 .put(key, valid.cloned(), Partial::States { batch, widths });
+            // Kept: the queries waiting for this slice take it now.
+            drop(claim);
         }
         if all_kept {
             // Not read at all: counted as queried, not as scanned.

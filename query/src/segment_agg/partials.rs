@@ -11,7 +11,9 @@
 //! moving range cuts). An upsert table's valid docs do change: an entry keeps the bitmap it
 //! was computed under and answers only while the segment's current one is equal, so an
 //! update invalidates exactly the segments whose valid docs it changed. Bounded by bytes,
-//! least recently used first out.
+//! least recently used first out. A slice one query is computing is waited for by the others
+//! that ask for it ([`PartialAggregates::lookup`]), so a new chunk's rows are aggregated once,
+//! not by every panel of the dashboard in the same second.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
@@ -144,7 +146,46 @@ pub struct PartialAggregates {
     inner: Mutex<Inner>,
     max_bytes: usize,
     min_rows: u32,
+    /// Slices some query is computing now: other queries wait for its result instead of
+    /// computing the same rows at the same time (every panel of a dashboard misses a new
+    /// chunk's slices in the same second).
+    flights: Mutex<HashMap<PartialKey, Arc<Flight>>>,
     pub stats: PartialCacheStats,
+}
+
+/// One slice being computed; waiters are woken when its computation ends either way.
+#[derive(Default)]
+struct Flight {
+    done: Mutex<bool>,
+    cv: parking_lot::Condvar,
+}
+
+/// Longest a query waits for another's computation of a slice before computing it itself.
+const FLIGHT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// What [`PartialAggregates::lookup`] found.
+pub(crate) enum Lookup<'a> {
+    Kept(Partial),
+    /// Compute the slice; while the claim lives, other queries asking for it wait. (No claim:
+    /// another query's computation did not leave a usable part.)
+    Compute(Option<Claim<'a>>),
+}
+
+/// The right to compute one slice; dropping it (after [`PartialAggregates::put`], or on an
+/// error or cancellation) wakes the queries waiting for it.
+pub(crate) struct Claim<'a> {
+    cache: &'a PartialAggregates,
+    key: PartialKey,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        let flight = self.cache.flights.lock().remove(&self.key);
+        if let Some(f) = flight {
+            *f.done.lock() = true;
+            f.cv.notify_all();
+        }
+    }
 }
 
 impl std::fmt::Debug for PartialAggregates {
@@ -168,7 +209,51 @@ impl PartialAggregates {
             inner: Mutex::new(Inner::default()),
             max_bytes,
             min_rows: MIN_ROWS,
+            flights: Mutex::new(HashMap::new()),
             stats: PartialCacheStats::default(),
+        }
+    }
+
+    /// The slice's kept part; or, when another query is computing it, that query's result
+    /// once it is done; or the right to compute it. Blocks (on a blocking thread) while it
+    /// waits, at most [`FLIGHT_WAIT`]. A query holds at most one claim at a time, so waits
+    /// cannot form a cycle.
+    pub(crate) fn lookup(
+        &self,
+        key: &PartialKey,
+        valid: Option<&Arc<RoaringBitmap>>,
+    ) -> Lookup<'_> {
+        if let Some(p) = self.get(key, valid) {
+            return Lookup::Kept(p);
+        }
+        let running = {
+            let mut flights = self.flights.lock();
+            match flights.get(key) {
+                Some(f) => Some(f.clone()),
+                None => {
+                    flights.insert(key.clone(), Arc::new(Flight::default()));
+                    None
+                }
+            }
+        };
+        let Some(flight) = running else {
+            return Lookup::Compute(Some(Claim {
+                cache: self,
+                key: key.clone(),
+            }));
+        };
+        {
+            let mut done = flight.done.lock();
+            let until = std::time::Instant::now() + FLIGHT_WAIT;
+            while !*done {
+                if flight.cv.wait_until(&mut done, until).timed_out() {
+                    break;
+                }
+            }
+        }
+        match self.get(key, valid) {
+            Some(p) => Lookup::Kept(p),
+            None => Lookup::Compute(None),
         }
     }
 
@@ -330,6 +415,40 @@ mod tests {
         assert!(c.get(&k(20), None).is_some());
         assert_eq!(c.stats.evictions.load(Ordering::Relaxed), 1);
         assert_eq!(c.bytes(), per * 20);
+    }
+
+    #[test]
+    fn a_slice_being_computed_is_waited_for() {
+        let c = Arc::new(PartialAggregates::new(1 << 20));
+        let f = Arc::new(Fragment::new("f".into()));
+        let k = key(5, &f, "p");
+        let Lookup::Compute(Some(claim)) = c.lookup(&k, None) else {
+            panic!("the first asker computes");
+        };
+        let waiter = {
+            let (c, k) = (c.clone(), k.clone());
+            std::thread::spawn(move || match c.lookup(&k, None) {
+                Lookup::Kept(p) => rows(Some(p)),
+                Lookup::Compute(_) => None,
+            })
+        };
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        c.put(k.clone(), None, states(4));
+        drop(claim);
+        assert_eq!(waiter.join().unwrap(), Some(4));
+        // A computation that ends without a part (an error) lets the waiter compute.
+        let k2 = key(6, &f, "p");
+        let Lookup::Compute(Some(claim)) = c.lookup(&k2, None) else {
+            panic!("the first asker computes");
+        };
+        let waiter = {
+            let (c, k2) = (c.clone(), k2.clone());
+            std::thread::spawn(move || matches!(c.lookup(&k2, None), Lookup::Compute(None)))
+        };
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        drop(claim);
+        assert!(waiter.join().unwrap());
+        assert!(c.flights.lock().is_empty());
     }
 
     #[test]
