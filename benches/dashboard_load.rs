@@ -152,6 +152,38 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
 
+/// A panel's connection: a PostgreSQL client (for `proto` PostgreSQL) and an HTTP client,
+/// each used once so that its connection is open.
+async fn connect(
+    proto: Protocol,
+    http: String,
+    pg_addr: String,
+) -> (Option<tokio_postgres::Client>, reqwest::Client) {
+    let http_client = reqwest::Client::new();
+    if proto == Protocol::Postgres {
+        let (host, port) = pg_addr.rsplit_once(':').unwrap();
+        let (client, conn) = tokio_postgres::connect(
+            &format!("host={host} port={port} user=grafana dbname=basalt"),
+            tokio_postgres::NoTls,
+        )
+        .await
+        .expect("connect");
+        tokio::spawn(conn);
+        client.simple_query("SELECT 1").await.expect("SELECT 1");
+        return (Some(client), http_client);
+    }
+    http_client
+        .post(format!("{http}/query/sql"))
+        .json(&serde_json::json!({ "sql": "SELECT 1" }))
+        .send()
+        .await
+        .expect("SELECT 1")
+        .bytes()
+        .await
+        .expect("SELECT 1");
+    (None, http_client)
+}
+
 async fn run_step(
     proto: Protocol,
     rate: u64,
@@ -164,30 +196,35 @@ async fn run_step(
     // Each panel refreshes every panels/rate seconds; panel i starts at offset i/rate.
     let period = Duration::from_secs_f64(panels as f64 / rate as f64);
     let deadline = Duration::from_secs(a.seconds);
+    // Every panel's connection is opened (and used once) before the clock starts: a
+    // dashboard's connections are pooled, and 200 connections opened at once would otherwise
+    // delay the first refresh of many panels and count as query latency.
+    let opening = Instant::now();
+    let mut clients = Vec::with_capacity(panels);
+    for _ in 0..panels {
+        clients.push(tokio::spawn(connect(
+            proto,
+            http.to_string(),
+            pg_addr.to_string(),
+        )));
+    }
+    let mut connected = Vec::with_capacity(panels);
+    for c in clients {
+        connected.push(c.await.unwrap());
+    }
+    eprintln!(
+        "{panels} connections opened and used once in {:.0} ms",
+        opening.elapsed().as_secs_f64() * 1000.0
+    );
     let started = Instant::now() + Duration::from_millis(500);
     let mut tasks = Vec::new();
-    for i in 0..panels {
+    for (i, (pg_client, http_client)) in connected.into_iter().enumerate() {
         let http = http.to_string();
-        let pg_addr = pg_addr.to_string();
         let window = a.window_s;
         let realtime = a.realtime > 0;
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             let mut errors = 0;
-            let pg_client = if proto == Protocol::Postgres {
-                let (host, port) = pg_addr.rsplit_once(':').unwrap();
-                let (client, conn) = tokio_postgres::connect(
-                    &format!("host={host} port={port} user=grafana dbname=basalt"),
-                    tokio_postgres::NoTls,
-                )
-                .await
-                .expect("connect");
-                tokio::spawn(conn);
-                Some(client)
-            } else {
-                None
-            };
-            let http_client = reqwest::Client::new();
             let mut n = 0u32;
             loop {
                 let at = started + Duration::from_secs_f64(i as f64 / rate as f64) + period * n;
@@ -310,9 +347,10 @@ fn main() {
         let pg_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let http = format!("http://{}", http_l.local_addr().unwrap());
         let pg_addr = pg_l.local_addr().unwrap().to_string();
-        // One connection per panel (Grafana pools them; the default limit is 100).
+        // One connection per panel (Grafana pools them; the default limit is 100), and room for
+        // a step's connections while the previous step's close.
         let mut pg_limits = pg::conn::PgLimits::default();
-        pg_limits.max_connections = pg_limits.max_connections.max(a.panels + 10);
+        pg_limits.max_connections = pg_limits.max_connections.max(2 * a.panels + 10);
         let pg_server = Arc::new(pg::PgServer::new(&state, Auth::default(), pg_limits));
         tokio::spawn(pg::serve(
             pg_l,

@@ -18,8 +18,8 @@ use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::disk_manager::{DiskManager, DiskManagerMode};
 use datafusion::execution::memory_pool::{MemoryPool, MemoryReservation};
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
-use datafusion::execution::SessionStateBuilder;
-use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::execution::SessionState;
+use datafusion::physical_plan::execute_stream;
 use datafusion::sql::parser::{DFParser, Statement as DfStatement};
 use datafusion::sql::sqlparser::ast::Statement;
 use datafusion::sql::sqlparser::dialect::GenericDialect;
@@ -34,11 +34,12 @@ use crate::pinot;
 use crate::postgres::{self, catalog::PgCatalog, PgSession};
 use crate::rewrite::StatementRewrite;
 use crate::scan::ScanStats;
-use crate::segment_agg::{PartialAggregates, SegmentAggregateRule};
+use crate::segment_agg::PartialAggregates;
 use crate::table::TableSource;
 
 mod defaults;
 mod fragments;
+mod sessions;
 pub use fragments::FragmentOutput;
 
 /// Limits applied to every query (serde-free; the server's config maps onto it).
@@ -218,6 +219,8 @@ pub struct QueryEngine {
     scatter: Option<Arc<dyn PhysicalOptimizerRule + Send + Sync>>,
     /// Servers: what every plan fragment's task context shares, built once.
     fragment_base: Arc<std::sync::OnceLock<fragments::FragmentBase>>,
+    /// The sessions queries copy (see [`sessions`]); built again after a setting changes.
+    templates: Arc<sessions::Templates>,
     /// Rewrites the embedding process adds, applied to every statement before planning
     /// (the semantic layer's `semantic.<model>` views).
     rewrite: Option<Arc<dyn StatementRewrite>>,
@@ -273,6 +276,7 @@ impl QueryEngine {
             spill,
             scatter: None,
             fragment_base: Arc::default(),
+            templates: Arc::default(),
             rewrite: None,
         }
     }
@@ -313,6 +317,7 @@ impl QueryEngine {
     /// The same engine planning `n` partitions per scan (default: one per core).
     pub fn with_target_partitions(mut self, n: usize) -> Self {
         self.target_partitions = n.max(1);
+        self.templates = Arc::default();
         self
     }
 
@@ -320,6 +325,7 @@ impl QueryEngine {
     /// (0: every join with statistics is partitioned).
     pub fn with_broadcast_join_rows(mut self, rows: usize) -> Self {
         self.broadcast_rows = rows;
+        self.templates = Arc::default();
         self
     }
 
@@ -327,6 +333,7 @@ impl QueryEngine {
     /// up to `keys` distinct keys, and a hash-table lookup above.
     pub fn with_join_key_list_max(mut self, keys: usize) -> Self {
         self.key_list_max = keys;
+        self.templates = Arc::default();
         self
     }
 
@@ -334,6 +341,7 @@ impl QueryEngine {
     /// broker's scatter rule: see `basalt-broker`'s `cluster` module).
     pub fn with_scatter_rule(mut self, rule: Arc<dyn PhysicalOptimizerRule + Send + Sync>) -> Self {
         self.scatter = Some(rule);
+        self.templates = Arc::default();
         self
     }
 
@@ -365,107 +373,6 @@ impl QueryEngine {
         Ok(Arc::new(runtime))
     }
 
-    /// A session whose `public` schema is this engine's tables, scanning into `stats`. A
-    /// PostgreSQL session (`pg`) also has `pg_catalog` and PostgreSQL's system functions.
-    fn session(
-        &self,
-        pool: &Arc<dyn MemoryPool>,
-        stats: Arc<ScanStats>,
-        pg: Option<&Arc<PgSession>>,
-        spill: bool,
-        budget: Option<QueryBudget>,
-        reuse_partials: bool,
-    ) -> Result<SessionContext> {
-        // A PostgreSQL session's catalog is its database, as `information_schema` reports
-        // it (`table_catalog`, which harlequin and DBeaver filter on).
-        let catalog_name = pg.map_or("datafusion", |p| p.database.as_str());
-        let mut config = SessionConfig::new()
-            .with_default_catalog_and_schema(catalog_name, "public")
-            .with_target_partitions(self.target_partitions)
-            .with_batch_size(8192)
-            .with_information_schema(true);
-        if let Some(b) = budget {
-            config = config.with_extension(Arc::new(b));
-        }
-        if reuse_partials {
-            config = config.with_extension(self.partials.clone());
-        }
-        config.options_mut().sql_parser.enable_ident_normalization = false;
-        config.options_mut().execution.time_zone = Some("+00:00".to_string());
-        // Segment estimates pick the build side and the join mode. A build of up to 1M rows
-        // (32 MiB) is broadcast: built once on one thread, it spares the probe side a hash
-        // repartition (at TPC-H SF10, 60M line items through an exchange cost more than the
-        // whole build), and its dynamic filter is a plain lookup the probe scan can run row by
-        // row before decoding the other columns, where a partitioned join's per-partition CASE
-        // only narrows the key's bounds. Larger builds stay partitioned over every core.
-        let opt = &mut config.options_mut().optimizer;
-        opt.hash_join_single_partition_threshold = self.broadcast_rows.saturating_mul(32);
-        opt.hash_join_single_partition_threshold_rows = self.broadcast_rows;
-        // A build of up to 4,096 distinct keys (per partition) reaches the probe side's scan
-        // as an IN list, which the segment predicate holds exactly (a bit lookup per key over
-        // a block); a multi-column key as one IN list per column, plus the whole
-        // `struct(a, b) IN (...)` evaluated row by row. Larger builds send a hash-table
-        // lookup, which only a row filter can use. (262,144 sped up TPC-H Q08 at SF10 by about
-        // 7%, a single-column key of 13,000 parts, but Q12 and Q20 looked 1.5-1.8x slower in
-        // the same session's runs; Q20's two-column key is such a struct list.)
-        let opt = &mut config.options_mut().optimizer;
-        opt.hash_join_inlist_pushdown_max_distinct_values = self.key_list_max;
-        opt.hash_join_inlist_pushdown_max_size = self.key_list_max.saturating_mul(128);
-        let runtime = self.runtime(pool, spill)?;
-        // A PostgreSQL session's system functions.
-        let pg_functions = match pg {
-            Some(pg) => postgres::functions::all(pg, Arc::new(self.source.table_names())),
-            None => Vec::new(),
-        };
-        let builder = SessionStateBuilder::new()
-            .with_config(config)
-            .with_runtime_env(runtime);
-        let mut builder = defaults::with_defaults(builder, pool, pg_functions)
-            .with_query_planner(Arc::new(crate::shared_subplan::SharingQueryPlanner))
-            .with_physical_optimizer_rules(crate::semi_to_inner::with_semi_to_inner());
-        if let Some(rule) = &self.scatter {
-            builder = builder.with_physical_optimizer_rule(rule.clone());
-        }
-        let state = builder
-            .with_analyzer_rule(Arc::new(crate::plain_strings::PlainStringsAcrossTables))
-            .with_optimizer_rule(Arc::new(crate::semi_join_pushdown::SemiJoinPushdown))
-            .with_optimizer_rule(Arc::new(crate::join_order::JoinReorder))
-            .with_optimizer_rule(Arc::new(crate::agg_reducer::AggregateKeyReducer::default()))
-            .with_physical_optimizer_rule(Arc::new(crate::decimal_arith::DecimalArith))
-            .with_physical_optimizer_rule(Arc::new(SegmentAggregateRule))
-            .with_physical_optimizer_rule(Arc::new(crate::dict_keys::DictionaryKeysAsViews))
-            .with_physical_optimizer_rule(Arc::new(crate::build_side::SemiJoinBuildSide))
-            .with_physical_optimizer_rule(Arc::new(crate::deferred::DeferBroadcastBuilds))
-            .with_physical_optimizer_rule(Arc::new(crate::coop::YieldEverywhere))
-            .build();
-        let ctx = SessionContext::new_with_state(state);
-        let catalog = ctx
-            .catalog(catalog_name)
-            .ok_or_else(|| QueryError::invalid(ErrorKind::Internal, "default catalog missing"))?;
-        let tables = Arc::new(TablesSchema {
-            source: self.source.clone(),
-            stats,
-        });
-        if let Some(pg) = pg {
-            let pg_catalog = Arc::new(PgCatalog {
-                source: self.source.clone(),
-                session: pg.clone(),
-            });
-            catalog.register_schema("pg_catalog", pg_catalog.clone())?;
-            // As in PostgreSQL, pg_catalog is searched before the tables.
-            catalog.register_schema(
-                "public",
-                Arc::new(SearchPath {
-                    first: pg_catalog,
-                    then: tables,
-                }),
-            )?;
-        } else {
-            catalog.register_schema("public", tables)?;
-        }
-        Ok(ctx)
-    }
-
     /// Parses, rewrites Pinot functions, plans and runs `sql` within `limits`.
     pub async fn execute(&self, sql: &str, limits: &QueryLimits) -> Result<QueryOutput> {
         let statement = parse(sql, &limits.statement)?;
@@ -489,7 +396,7 @@ impl QueryEngine {
     ) -> Result<(SchemaRef, Vec<Option<DataType>>)> {
         let statement = &self.rewritten(statement.clone())?;
         let pool = self.pool(&QueryLimits::default());
-        let ctx = self.session(
+        let session = self.session(
             &pool,
             Arc::new(ScanStats::default()),
             Some(session),
@@ -497,11 +404,11 @@ impl QueryEngine {
             None,
             false,
         )?;
-        let plan = ctx
-            .state()
+        let state = &session.state;
+        let plan = state
             .statement_to_plan(statement.clone())
             .await
-            .map_err(|e| planning_error(e, statement, &ctx))?;
+            .map_err(|e| planning_error(e, statement, state))?;
         let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
         let mut params: Vec<Option<DataType>> = Vec::new();
         for (name, ty) in plan.get_parameter_types()? {
@@ -544,7 +451,7 @@ impl QueryEngine {
         sql: &str,
     ) -> Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
         let pool = self.pool(&QueryLimits::default());
-        let ctx = self.session(
+        let session = self.session(
             &pool,
             Arc::new(ScanStats::default()),
             None,
@@ -552,7 +459,8 @@ impl QueryEngine {
             None,
             false,
         )?;
-        Ok(ctx.sql(sql).await?.create_physical_plan().await?)
+        let plan = session.state.create_logical_plan(sql).await?;
+        Ok(session.state.create_physical_plan(&plan).await?)
     }
 
     async fn run(
@@ -601,7 +509,7 @@ impl QueryEngine {
             max_rows: limits.max_rows,
             memory_limit: limits.memory_limit,
         };
-        let ctx = self.session(
+        let session = self.session(
             &pool,
             stats.clone(),
             pg,
@@ -617,17 +525,21 @@ impl QueryEngine {
         // work has really stopped.
         let work = async move {
             let _permit = permit;
-            let mut plan = ctx
-                .state()
+            let mut session = session;
+            let mut plan = session
+                .state
                 .statement_to_plan(planned.clone())
                 .await
-                .map_err(|e| planning_error(e, &planned, &ctx))?;
+                .map_err(|e| planning_error(e, &planned, &session.state))?;
             if !params.is_empty() {
                 plan = plan.with_param_values(params)?;
             }
-            let df = ctx.execute_logical_plan(plan).await?;
-            let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-            let batches = collect(df.execute_stream().await?, max_rows, &memory).await?;
+            let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
+            // `now()` is the time the query starts running.
+            session.state.mark_start_execution();
+            let physical = session.state.create_physical_plan(&plan).await?;
+            let stream = execute_stream(physical, session.task())?;
+            let batches = collect(stream, max_rows, &memory).await?;
             Ok::<_, QueryError>((schema, batches, memory))
         };
         let (schema, batches, memory) = on_query_threads(work, started, timeout).await?;
@@ -708,17 +620,16 @@ async fn collect(
 fn planning_error(
     e: datafusion::error::DataFusionError,
     statement: &DfStatement,
-    ctx: &SessionContext,
+    state: &SessionState,
 ) -> QueryError {
     let q = QueryError::from(e);
     if q.kind() != ErrorKind::InvalidQuery {
         return q;
     }
-    let state = ctx.state();
-    if let Some(table) = guard::unknown_table(statement, &state, ctx) {
+    if let Some(table) = guard::unknown_table(statement, state) {
         return QueryError::UndefinedTable(table);
     }
-    match (guard::unknown_function(statement, &state), q) {
+    match (guard::unknown_function(statement, state), q) {
         (Some(name), QueryError::DataFusion { source, .. }) => QueryError::DataFusion {
             kind: ErrorKind::UndefinedFunction,
             source: source.context(format!("function {name:?} does not exist")),

@@ -187,17 +187,14 @@ pub fn unknown_function(statement: &DfStatement, state: &SessionState) -> Option
 
 /// A relation `statement` names that no catalog of the session has (CTE names and table
 /// functions are not tables to look up).
-pub fn unknown_table(
-    statement: &DfStatement,
-    state: &SessionState,
-    ctx: &datafusion::prelude::SessionContext,
-) -> Option<String> {
+pub fn unknown_table(statement: &DfStatement, state: &SessionState) -> Option<String> {
     let references = state.resolve_table_references(statement).ok()?;
     references.into_iter().find_map(|r| {
         if r.schema().is_none() && state.table_functions().contains_key(r.table()) {
             return None;
         }
-        match ctx.table_exist(r.clone()) {
+        let schema = state.schema_for_ref(r.clone());
+        match schema.map(|s| s.table_exist(r.table())) {
             Ok(true) => None,
             _ => Some(r.table().to_string()),
         }

@@ -837,3 +837,87 @@ async fn postgres_parameters_take_the_types_postgres_would_give_them() {
         assert_eq!(params, want, "{sql}");
     }
 }
+
+/// A source whose tables can be added while the engine serves.
+#[derive(Debug)]
+struct Growing(parking_lot::Mutex<Vec<TableSnapshot>>);
+
+impl TableSource for Growing {
+    fn table_names(&self) -> Vec<String> {
+        self.0.lock().iter().map(|t| t.name.clone()).collect()
+    }
+    fn snapshot(&self, name: &str) -> Result<Option<TableSnapshot>, crate::QueryError> {
+        Ok(self.0.lock().iter().find(|t| t.name == name).cloned())
+    }
+}
+
+/// `sql` through the PostgreSQL path in `session`, rendered.
+async fn pg(engine: &QueryEngine, session: &Arc<crate::postgres::PgSession>, sql: &str) -> String {
+    let l = QueryLimits::default();
+    let mut commands = crate::postgres::parse(sql, &l.statement).unwrap();
+    let Some(crate::postgres::PgCommand::Query(statement, _)) = commands.pop() else {
+        panic!("{sql} is a query");
+    };
+    let out = engine
+        .execute_pg(&statement, Vec::new(), session, &l)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    arrow::util::pretty::pretty_format_batches(&out.batches)
+        .unwrap()
+        .to_string()
+}
+
+/// Sessions are copies of templates built once (`engine::sessions`): each PostgreSQL
+/// session still answers from its own settings, tables added later are visible, every query
+/// reserves from its own memory pool, and `now()` is each query's own start.
+#[tokio::test]
+async fn sessions_copied_from_templates_keep_what_is_each_querys_own() {
+    use crate::postgres::PgSession;
+    let empty = |name: &str| TableSnapshot {
+        valid: Vec::new(),
+        name: name.into(),
+        schema: schema(),
+        segments: vec![],
+    };
+    let source = Arc::new(Growing(parking_lot::Mutex::new(vec![empty("t")])));
+    let engine = QueryEngine::new(source.clone());
+    let l = QueryLimits::default();
+    let with_name = |name: &str| {
+        let mut s = PgSession::new("basalt", "analytics");
+        s.set("application_name", name);
+        Arc::new(s)
+    };
+    let (a, b) = (with_name("panel-a"), with_name("panel-b"));
+    let setting = "SELECT current_setting('application_name') AS v";
+    for _ in 0..2 {
+        assert!(pg(&engine, &a, setting).await.contains("panel-a"));
+        assert!(pg(&engine, &b, setting).await.contains("panel-b"));
+    }
+    // A table created after the session's template was built.
+    let regclass = "SELECT to_regclass('u') IS NULL AS missing";
+    assert!(pg(&engine, &a, regclass).await.contains("true"));
+    source.0.lock().push(empty("u"));
+    assert!(pg(&engine, &a, regclass).await.contains("false"));
+    assert!(engine.execute("SELECT count(*) FROM u", &l).await.is_ok());
+    // The memory-bound functions reserve from each query's pool, not the template's.
+    let tiny = QueryLimits {
+        memory_limit: 1 << 16,
+        ..QueryLimits::default()
+    };
+    let big = "SELECT length(repeat('x', 1000000)) AS n";
+    for _ in 0..2 {
+        let e = engine.execute(big, &tiny).await.unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Memory, "{e}");
+        assert!(engine.execute(big, &l).await.is_ok());
+    }
+    // `now()` is when each query starts.
+    let now = |out: crate::QueryOutput| {
+        arrow::util::pretty::pretty_format_batches(&out.batches)
+            .unwrap()
+            .to_string()
+    };
+    let first = now(engine.execute("SELECT now()", &l).await.unwrap());
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let second = now(engine.execute("SELECT now()", &l).await.unwrap());
+    assert_ne!(first, second);
+}

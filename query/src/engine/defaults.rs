@@ -81,6 +81,12 @@ pub(super) fn with_defaults(
         .with_table_functions(d.table_functions.clone())
 }
 
+/// The memory-bound wrappers of DataFusion's amplifying functions, reserving from `pool`:
+/// a query's own, registered over its copy of a session template.
+pub(super) fn bounded(pool: &Arc<dyn MemoryPool>) -> Vec<ScalarUDF> {
+    crate::bounded::wrappers(&defaults().scalar_by_name, pool)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

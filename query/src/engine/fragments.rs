@@ -117,7 +117,7 @@ impl QueryEngine {
                 let none: Arc<dyn MemoryPool> = Arc::new(UnboundedMemoryPool::default());
                 let state = self
                     .session(&none, Arc::default(), None, false, None, false)?
-                    .state();
+                    .state;
                 let base = FragmentBase {
                     config: state.config().clone(),
                     scalars: state.scalar_functions().clone(),

@@ -24,6 +24,7 @@ use datafusion::logical_expr::{
 use super::catalog::table_oid;
 use super::types;
 use super::PgSession;
+use crate::table::TableSource;
 
 type RowFn = dyn Fn(&[ScalarValue]) -> Result<ScalarValue> + Send + Sync;
 
@@ -214,7 +215,7 @@ const SET_ONLY: &[&str] = &[
 ];
 
 /// Every PostgreSQL function of a session.
-pub fn all(session: &Arc<PgSession>, tables: Arc<Vec<String>>) -> Vec<ScalarUDF> {
+pub fn all(session: &Arc<PgSession>, tables: Arc<dyn TableSource>) -> Vec<ScalarUDF> {
     let text = DataType::Utf8;
     let boolean = DataType::Boolean;
     let mut v = Vec::new();
@@ -374,14 +375,16 @@ pub fn all(session: &Arc<PgSession>, tables: Arc<Vec<String>>) -> Vec<ScalarUDF>
     // cast form fails on an unknown table, as in PostgreSQL; `to_regclass` answers null.
     let known = tables.clone();
     v.push(udf("to_regclass", &[1], DataType::UInt32, move |a| {
-        Ok(ScalarValue::UInt32(regclass(&a[0], &known).ok().flatten()))
+        Ok(ScalarValue::UInt32(
+            regclass(&a[0], &known.table_names()).ok().flatten(),
+        ))
     }));
     let known = tables;
     v.push(udf(
         super::rewrite::REGCLASS_FN,
         &[1],
         DataType::UInt32,
-        move |a| match regclass(&a[0], &known) {
+        move |a| match regclass(&a[0], &known.table_names()) {
             Ok(v) => Ok(ScalarValue::UInt32(v)),
             Err(name) => exec_err!("relation \"{name}\" does not exist"),
         },

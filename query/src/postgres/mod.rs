@@ -27,7 +27,7 @@ use crate::error::Result;
 pub const SERVER_VERSION: &str = "16.6";
 
 /// One connection's identity and settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PgSession {
     pub user: String,
     pub database: String,
