@@ -76,6 +76,22 @@ impl Placement {
         .next()
     }
 
+    /// The servers that should hold sealed segment `segment`: its partition's (see
+    /// [`Placement::partition_replicas`]) for a keyed table's real-time segment, whose
+    /// stream partition `partition` is, else by its id ([`Placement::segment_replicas`]).
+    pub fn home_replicas(
+        &self,
+        table: &str,
+        segment: &str,
+        partition: Option<i32>,
+        replication: usize,
+    ) -> Vec<&str> {
+        match partition {
+            Some(p) => self.partition_replicas(table, p, replication),
+            None => self.segment_replicas(table, segment, replication),
+        }
+    }
+
     /// The servers that hold the sealed segments of a keyed table's partition: the
     /// partition's owner first, then the next-ranked servers (partition-aware placement, so a
     /// partition's segments and its key map stay together).
@@ -111,6 +127,25 @@ mod tests {
         }
         assert_eq!(p.segment_replicas("events", "x", 5).len(), 3);
         assert!(Placement::default().partition_owner("t", 0).is_none());
+    }
+
+    /// A keyed table's real-time segment is at home with its partition, wherever its id
+    /// alone would place it.
+    #[test]
+    fn keyed_segments_are_at_home_with_their_partition() {
+        let p = Placement::new(nodes(5));
+        let mut elsewhere = 0;
+        for i in 0..200 {
+            let id = format!("seg-{i}");
+            let by_partition = p.partition_replicas("t", i % 4, 2);
+            assert_eq!(p.home_replicas("t", &id, Some(i % 4), 2), by_partition);
+            let by_id = p.segment_replicas("t", &id, 2);
+            assert_eq!(p.home_replicas("t", &id, None, 2), by_id);
+            elsewhere += usize::from(by_id != by_partition);
+        }
+        // The two placements differ for most segments: asking the wrong one names the wrong
+        // servers.
+        assert!(elsewhere > 100, "{elsewhere}");
     }
 
     #[test]

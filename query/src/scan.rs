@@ -284,6 +284,14 @@ impl Matched {
         }
     }
 
+    /// How many of the docs `docs` match.
+    pub(crate) fn len_in(&self, docs: std::ops::Range<u32>) -> u64 {
+        match self {
+            Matched::All(n) => docs.end.min(*n).saturating_sub(docs.start) as u64,
+            Matched::Some(bm) => bm.range_cardinality(docs),
+        }
+    }
+
     /// The doc ids, ascending.
     pub(crate) fn docs(&self) -> Vec<u32> {
         match self {

@@ -78,17 +78,12 @@ impl ClusterPlacement {
 impl basalt_ingest::Placement for ClusterPlacement {
     fn serves(&self, spec: &TableSpec, segment: &SegmentMeta, held: bool) -> bool {
         let st = self.state.read();
-        let ideal = match segment.stream {
-            // An upsert or dedup table's real-time segments live with their partition's
-            // consumer and key map (partition-aware placement, as Pinot requires).
-            Some(d) if KeyedTable::of(spec).is_some() => {
-                st.servers
-                    .partition_replicas(&spec.name, d.partition, spec.replication())
-            }
-            _ => st
-                .servers
-                .segment_replicas(&spec.name, &segment.id, spec.replication()),
-        };
+        let ideal = st.servers.home_replicas(
+            &spec.name,
+            &segment.id,
+            KeyedTable::placement_partition(spec, segment),
+            spec.replication(),
+        );
         if ideal.contains(&self.me.as_str()) {
             return true;
         }

@@ -56,6 +56,7 @@ use arrow_flight::Ticket;
 use basalt_cluster::wire::{
     FragmentTicket, FragmentTrailer, StreamRange, StreamWait, AUTHORIZATION, ERROR_KIND,
 };
+use basalt_ingest::upsert::KeyedTable;
 use basalt_query::fragment::{self, shape, RemoteScanExec};
 use basalt_query::{ErrorKind, QueryBudget, QueryError, QueryStats};
 use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode, TreeNodeRecursion};
@@ -822,7 +823,8 @@ fn holds(m: &basalt_cluster::Member, table: &str, seg: &str) -> bool {
 }
 
 /// Whether `seg` belongs (by placement over the live servers) on a server that has not
-/// been tried for it: a stream range on its partition's consumer.
+/// been tried for it: a stream range on its partition's consumer, a sealed segment where the
+/// servers place it (an upsert or dedup table's real-time one with its partition).
 fn belongs_untried(
     route: &ScanRoute,
     live: &basalt_cluster::Placement,
@@ -834,10 +836,16 @@ fn belongs_untried(
         Some(r) => live
             .partition_owner(&route.table, r.partition)
             .is_some_and(untried),
-        None => live
-            .segment_replicas(&route.table, seg, route.replication)
-            .into_iter()
-            .any(untried),
+        None => {
+            let partition = route
+                .segments
+                .iter()
+                .find(|m| m.id == seg)
+                .and_then(|m| KeyedTable::placement_partition(&route.source.spec, m));
+            live.home_replicas(&route.table, seg, partition, route.replication)
+                .into_iter()
+                .any(untried)
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 use basalt_segment::ColumnType;
 
 use crate::error::{IngestError, Result};
+use crate::metastore::SegmentMeta;
 use crate::spec::{parse_duration, TableSpec};
 
 /// How a PARTIAL upsert combines a column of the key's current row with a new row's value.
@@ -71,6 +72,14 @@ impl KeyedTable {
     /// `None` for a plain append table; call on a validated spec.
     pub fn of(spec: &TableSpec) -> Option<KeyedTable> {
         resolve(spec).ok().flatten()
+    }
+
+    /// The stream partition whose servers hold `segment` (partition-aware placement, as
+    /// Pinot requires): an upsert or dedup table's real-time segments stay with their
+    /// partition's consumer and key map. `None` for every other segment, placed by its id.
+    pub fn placement_partition(spec: &TableSpec, segment: &SegmentMeta) -> Option<i32> {
+        let d = segment.stream?;
+        KeyedTable::of(spec).map(|_| d.partition)
     }
 
     /// PARTIAL upsert: rows merge column by column (and a merge can be refused).
@@ -325,6 +334,38 @@ mod tests {
                {{"name":"max_seen","type":"LONG"}},{{"name":"tags","type":"STRING_ARRAY"}}]{extra}}}"#
         );
         TableSpec::from_json(json.as_bytes()).map_err(|e| e.to_string())
+    }
+
+    /// A keyed table's real-time segments follow their partition; its batch segments and
+    /// every segment of an append table are placed by id.
+    #[test]
+    fn only_keyed_stream_segments_are_placed_by_partition() {
+        let keyed = spec(r#","primary_key":["order_id"],"upsert":{"mode":"FULL"}"#).unwrap();
+        let append = spec("").unwrap();
+        let segment = |stream: Option<i32>| SegmentMeta {
+            id: "s".into(),
+            path: "s".into(),
+            rows: 1,
+            bytes: 1,
+            time_range: None,
+            stream: stream.map(|partition| crate::metastore::CheckpointDelta {
+                partition,
+                from: None,
+                to: 10,
+            }),
+        };
+        assert_eq!(
+            KeyedTable::placement_partition(&keyed, &segment(Some(3))),
+            Some(3)
+        );
+        assert_eq!(
+            KeyedTable::placement_partition(&keyed, &segment(None)),
+            None
+        );
+        assert_eq!(
+            KeyedTable::placement_partition(&append, &segment(Some(3))),
+            None
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@
 
 use std::any::Any;
 use std::fmt;
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -536,6 +537,37 @@ struct Reading {
     seen_generation: u64,
 }
 
+impl Reading {
+    fn new(matched: Matched, rows: Option<RowFilterRun>, seen_generation: u64) -> Reading {
+        Reading {
+            matched,
+            listed: None,
+            rows,
+            seen_generation,
+        }
+    }
+}
+
+/// `p` as it reads on `seg` (on its blocks `blocks` only, when given), `None` when every
+/// doc there meets it.
+fn read_on(seg: &SegmentReader, p: &Predicate, blocks: Option<Range<usize>>) -> Option<Predicate> {
+    let p = match blocks {
+        Some(range) => simplify_for_blocks(seg, p, range),
+        None => simplify_for(seg, p),
+    };
+    (p != Predicate::Const(true)).then_some(p)
+}
+
+/// How many blocks `seg` has.
+fn block_count(seg: &SegmentReader) -> usize {
+    (seg.row_count() as usize).div_ceil(seg.block_rows().max(1))
+}
+
+/// The rows of blocks `range` of `seg`.
+fn range_rows(seg: &SegmentReader, range: &Range<usize>) -> usize {
+    range.clone().map(|b| seg.block_len(b)).sum()
+}
+
 /// One worker's groups and accumulators.
 struct Worker {
     keys: Vec<KeyInterner>,
@@ -645,9 +677,7 @@ impl Worker {
         // with a join's filter in it: its key lists would be looked up twice.)
         let predicate = match scan.has_dynamic_filters() {
             true => predicate,
-            false => predicate
-                .map(|p| simplify_for(seg, &p))
-                .filter(|p| *p != Predicate::Const(true)),
+            false => predicate.and_then(|p| read_on(seg, &p, None)),
         };
         let rows = rows.map(RowFilter::start);
         let Some(matched) = matching_docs(seg, valid, predicate.as_ref(), scan.stats())? else {
@@ -660,14 +690,8 @@ impl Worker {
             // Only count(*) without keys (see the rule): the bitmap's cardinality is the count.
             return self.add_row_count(matched.len());
         }
-        let blocks = (seg.row_count() as usize).div_ceil(seg.block_rows().max(1));
-        let mut reading = Reading {
-            matched,
-            listed: None,
-            rows,
-            seen_generation,
-        };
-        self.blocks(job, seg, &mut reading, 0..blocks, cancel)
+        let mut reading = Reading::new(matched, rows, seen_generation);
+        self.blocks(job, seg, &mut reading, 0..block_count(seg), cancel)
     }
 
     /// Aggregates the matched docs of blocks `range` of a segment.
@@ -687,8 +711,7 @@ impl Worker {
             seen_generation,
         } = reading;
         // At most this many docs are read here (a slice reads a few blocks of the segment).
-        let range_rows: usize = range.clone().map(|b| seg.block_len(b)).sum();
-        let expected = (matched.len() as usize).min(range_rows);
+        let expected = (matched.len() as usize).min(range_rows(seg, &range));
         let mut sources = Vec::with_capacity(job.keys.len());
         for k in &job.keys {
             sources.push(match &k.expr {
@@ -1008,10 +1031,7 @@ impl Worker {
     ) -> DfResult<()> {
         let scan = job.scan();
         let stats = scan.stats();
-        let predicate = scan
-            .predicate()
-            .map(|p| simplify_for(seg, p))
-            .filter(|p| *p != Predicate::Const(true));
+        let predicate = scan.predicate().and_then(|p| read_on(seg, p, None));
         if predicate == Some(Predicate::Const(false)) || valid.is_some_and(|v| v.is_empty()) {
             // Pruned, and counted so, as `segment` would.
             return self.segment(job, seg, valid, cancel);
@@ -1031,17 +1051,18 @@ impl Worker {
                 }
             }
         }
-        let blocks = (seg.row_count() as usize).div_ceil(seg.block_rows().max(1));
+        let blocks = block_count(seg);
         // The segment's matched docs, evaluated at the first slice not kept.
         let mut reading: Option<Option<Reading>> = None;
+        // Of these, the docs of the slices aggregated here (the others' parts were kept).
+        let mut scanned = 0u64;
         let mut all_kept = true;
         for from in (0..blocks).step_by(SLICE_BLOCKS) {
             let range = from..(from + SLICE_BLOCKS).min(blocks);
             // No condition is `None` whether the segment or only this slice is covered.
             let slice_predicate = predicate
                 .as_ref()
-                .map(|p| simplify_for_blocks(seg, p, range.clone()))
-                .filter(|p| *p != Predicate::Const(true));
+                .and_then(|p| read_on(seg, p, Some(range.clone())));
             if slice_predicate == Some(Predicate::Const(false)) {
                 continue;
             }
@@ -1063,25 +1084,23 @@ impl Worker {
             all_kept = false;
             let reading = match &mut reading {
                 Some(r) => r,
-                None => reading.insert(matching_docs(seg, valid, predicate.as_ref(), stats)?.map(
-                    |matched| Reading {
-                        matched,
-                        listed: None,
-                        rows: None,
-                        seen_generation: scan.dynamic_generation(),
-                    },
-                )),
+                None => reading.insert(
+                    matching_docs(seg, valid, predicate.as_ref(), stats)?
+                        .map(|matched| Reading::new(matched, None, scan.dynamic_generation())),
+                ),
             };
             let Some(reading) = reading.as_mut() else {
                 // Nothing matches in the whole segment.
                 return Ok(());
             };
+            let slice_rows = range_rows(seg, &range);
+            let first = (range.start * seg.block_rows()) as u32;
+            scanned += reading.matched.len_in(first..first + slice_rows as u32);
             if matches!(kept, Some(Partial::TooMany)) || at.off.load(Ordering::Relaxed) {
                 self.blocks(job, seg, reading, range, cancel)?;
                 continue;
             }
             let mut part = Worker::new(job, pool, &[at.index])?;
-            let slice_rows: usize = range.clone().map(|b| seg.block_len(b)).sum();
             part.blocks(job, seg, reading, range, cancel)?;
             let groups = part.groups.len();
             if groups > PARTIAL_MAX_GROUPS
@@ -1108,6 +1127,13 @@ impl Worker {
             stats
                 .total_docs
                 .fetch_add(seg.row_count() as u64, Ordering::Relaxed);
+        }
+        if let Some(Some(r)) = &reading {
+            // `matching_docs` counted every matched doc as scanned; only the slices
+            // aggregated here were.
+            stats
+                .docs_scanned
+                .fetch_sub(r.matched.len() - scanned, Ordering::Relaxed);
         }
         Ok(())
     }
