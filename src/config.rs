@@ -389,6 +389,7 @@ impl QuerySection {
             memory_limit: self.memory_limit_bytes,
             max_rows: self.max_rows,
             use_cache: self.result_cache,
+            use_star_tree: true,
             statement: basalt_query::StatementLimits {
                 max_sql_bytes: self.max_sql_bytes,
                 max_expression_terms: self.max_expression_terms,

@@ -54,6 +54,20 @@ def median_ms(fn, runs):
     return statistics.median(times)
 
 
+def start_basalt(basalt, work, port):
+    """A standalone server on a data dir under `work`, once it answers: (process, base URL)."""
+    srv = subprocess.Popen([basalt, "standalone", "--data-dir", os.path.join(work, "basalt"), "--http-addr", f"127.0.0.1:{port}"],
+                           stderr=subprocess.DEVNULL, env={**os.environ, "RUST_LOG": "warn"})
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            http(base + "/health")
+            break
+        except Exception:
+            time.sleep(0.2)
+    return srv, base
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--basalt", default="target/debug/basalt")
@@ -71,15 +85,8 @@ def main():
     print(f"generated {a.rows} events in {time.time()-t:.1f}s; parquet (zstd) {os.path.getsize(pq)/1e6:.1f} MB")
     now_ms = int(time.time() * 1000)
 
-    srv = subprocess.Popen([a.basalt, "standalone", "--data-dir", os.path.join(work, "basalt"), "--http-addr", f"127.0.0.1:{a.port}"],
-                           stderr=subprocess.DEVNULL, env={**os.environ, "RUST_LOG": "warn"})
-    base = f"http://127.0.0.1:{a.port}"
+    srv, base = start_basalt(a.basalt, work, a.port)
     try:
-        for _ in range(100):
-            try:
-                http(base + "/health"); break
-            except Exception:
-                time.sleep(0.2)
         spec = subprocess.run([a.basalt, "gen-events", "--rows", "0", "--out", "/dev/null", "--print-spec"], capture_output=True, text=True, check=True).stdout
         http(base + "/tables", spec.encode())
         t = time.time()

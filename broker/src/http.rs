@@ -696,8 +696,8 @@ struct SqlRequest {
 }
 
 /// The limits of a request's class (`workload=dashboard|analyst`, default dashboard), with
-/// `timeoutMs=N` (within the server's ceiling) and `useResultCache=false` from Pinot query
-/// options applied; unknown options are ignored as Pinot does.
+/// `timeoutMs=N` (within the server's ceiling), `useResultCache=false` and
+/// `useStarTree=false` from Pinot query options applied; unknown options are ignored as Pinot does.
 pub(crate) fn limits_for(
     limits: &HttpLimits,
     engine: &QueryEngine,
@@ -738,6 +738,8 @@ pub(crate) fn limits_for(
             l.timeout = engine.clamp_timeout(Duration::from_millis(ms));
         } else if k.eq_ignore_ascii_case("useResultCache") {
             l.use_cache = !v.eq_ignore_ascii_case("false");
+        } else if k.eq_ignore_ascii_case("useStarTree") {
+            l.use_star_tree = !v.eq_ignore_ascii_case("false");
         }
     }
     Ok(l)

@@ -82,6 +82,7 @@ pub struct Ingested {
 pub struct SqlRequestDoc {
     pub sql: String,
     /// Pinot-style options, `key=value;key=value`: `timeoutMs=N`, `useResultCache=false`,
+    /// `useStarTree=false`,
     /// `workload=dashboard|analyst`.
     #[serde(rename = "queryOptions")]
     pub query_options: Option<String>,

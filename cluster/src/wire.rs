@@ -68,6 +68,9 @@ pub struct FragmentTrailer {
     pub index_lookups: u64,
     pub blocks_scanned: u64,
     pub docs_removed_by_dynamic_filters: u64,
+    /// Segments answered from a star-tree.
+    #[serde(default)]
+    pub num_segments_star_tree: u64,
     /// Per stream partition read: the offset after the last message any row of the answer
     /// may come from (what the broker asks later answers to reach).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]

@@ -190,6 +190,7 @@ mod tests {
                 ColumnDef::new("c", ColumnType::Json),
             ],
             time_column: None,
+            star_trees: Vec::new(),
         })
     }
 

@@ -131,6 +131,7 @@ pub fn quarantine_schema() -> SegmentSchema {
             required("reason", ColumnType::String),
         ],
         time_column: None,
+        star_trees: Vec::new(),
     }
 }
 

@@ -4,6 +4,7 @@
 //! Unknown fields are rejected (serde `deny_unknown_fields`); types and index kinds are checked
 //! here so the error names the offending field, e.g. `columns[3].type`.
 
+use basalt_segment::star_tree::{StarMetric, StarTreeDef};
 use basalt_segment::{ColumnDef, ColumnType, IndexKind, SegmentSchema};
 use serde::{Deserialize, Serialize};
 
@@ -52,6 +53,47 @@ pub struct TableSpec {
     /// (see `crate::warehouse`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warehouse: Option<crate::warehouse::WarehouseSpec>,
+    /// Star-trees (Pinot's pre-aggregation index) built into each sealed segment.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub star_tree: Vec<StarTreeSpec>,
+}
+
+/// A star-tree: aggregates kept per combination of some dimensions, and summed over any of
+/// them ("star"), so a GROUP BY and filters over those dimensions read pre-aggregated
+/// records instead of rows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StarTreeSpec {
+    /// Single-value columns, in the order the tree splits on them (1-16).
+    pub dimensions: Vec<String>,
+    /// `count(*)`, `sum(col)`, `min(col)`, `max(col)` (numeric columns) and
+    /// `approx_distinct(col)` (string columns). `count(*)` is always kept.
+    pub metrics: Vec<String>,
+    /// A node with at most this many records is not split further (default 10,000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 1000000)]
+    pub max_leaf_records: Option<u32>,
+}
+
+/// Star-trees a table may have.
+pub const MAX_STAR_TREES: usize = 4;
+
+impl StarTreeSpec {
+    /// The segment format's definition: metrics parsed, `count(*)` first.
+    fn def(&self) -> std::result::Result<StarTreeDef, String> {
+        let mut metrics = vec![StarMetric::Count];
+        for m in &self.metrics {
+            let m = StarMetric::parse(m)?;
+            if !metrics.contains(&m) {
+                metrics.push(m);
+            }
+        }
+        Ok(StarTreeDef {
+            dimensions: self.dimensions.clone(),
+            metrics,
+            max_leaf_records: self.max_leaf_records.unwrap_or(10_000),
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -533,6 +575,7 @@ impl TableSpec {
                 )));
             }
         }
+        self.validate_star_trees()?;
         if self.segment.max_rows == 0 || self.segment.max_rows > u32::MAX as usize {
             return Err(spec_err(
                 "segment.max_rows: must be between 1 and 4294967295",
@@ -630,6 +673,46 @@ impl TableSpec {
             .transpose()
     }
 
+    fn validate_star_trees(&self) -> Result<()> {
+        if self.star_tree.is_empty() {
+            return Ok(());
+        }
+        if self.star_tree.len() > MAX_STAR_TREES {
+            return Err(spec_err(format!(
+                "star_tree: at most {MAX_STAR_TREES} star-trees per table"
+            )));
+        }
+        if self.upsert.is_some() || self.dedup.is_some() || self.iceberg_source().is_some() {
+            return Err(spec_err(
+                "star_tree: not available on upsert, dedup or Iceberg tables (a sealed \
+                 segment's rows must be final for its pre-aggregates to hold)",
+            ));
+        }
+        let schema = SegmentSchema {
+            star_trees: Vec::new(),
+            ..self.segment_schema()
+        };
+        for (i, t) in self.star_tree.iter().enumerate() {
+            if t.max_leaf_records
+                .is_some_and(|n| !(1..=1_000_000).contains(&n))
+            {
+                return Err(spec_err(format!(
+                    "star_tree[{i}].max_leaf_records: must be between 1 and 1000000"
+                )));
+            }
+            let def = t
+                .def()
+                .map_err(|e| spec_err(format!("star_tree[{i}].metrics: {e}")))?;
+            basalt_segment::star_tree::validate(&schema, &def).map_err(|e| match e {
+                basalt_segment::SegmentError::Schema { column, message } if column.is_empty() => {
+                    spec_err(format!("star_tree[{i}]: {message}"))
+                }
+                e => spec_err(format!("star_tree[{i}]: {e}")),
+            })?;
+        }
+        Ok(())
+    }
+
     /// The segment schema; call only on a validated spec. The time column, primary key
     /// columns and an upsert's comparison column are never null.
     pub fn segment_schema(&self) -> SegmentSchema {
@@ -658,6 +741,7 @@ impl TableSpec {
                 })
                 .collect(),
             time_column: self.time_column.clone(),
+            star_trees: self.star_tree.iter().filter_map(|t| t.def().ok()).collect(),
         }
     }
 }

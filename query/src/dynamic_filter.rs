@@ -364,6 +364,7 @@ mod tests {
         let table = SegmentSchema {
             columns: vec![ColumnDef::new("k", ColumnType::Long)],
             time_column: None,
+            star_trees: Vec::new(),
         };
         let output: SchemaRef = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, true)]));
         let k: Arc<dyn PhysicalExpr> = Arc::new(Column::new("k", 0));
@@ -403,6 +404,7 @@ mod tests {
                 ColumnDef::new("v", ColumnType::Long),
             ],
             time_column: None,
+            star_trees: Vec::new(),
         };
         let output = Schema::new(vec![
             Field::new("k", DataType::Int64, true),

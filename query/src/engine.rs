@@ -41,6 +41,7 @@ mod defaults;
 mod fragments;
 mod sessions;
 pub use fragments::FragmentOutput;
+use sessions::SessionKnobs;
 
 /// Limits applied to every query (serde-free; the server's config maps onto it).
 #[derive(Debug, Clone)]
@@ -55,6 +56,9 @@ pub struct QueryLimits {
     /// Whether the result cache may answer and segments' aggregation parts kept by earlier
     /// queries be reused (default true; benchmarks turn both off).
     pub use_cache: bool,
+    /// Whether aggregations may be answered from segments' star-trees (default true;
+    /// Pinot's `useStarTree=false` turns them off).
+    pub use_star_tree: bool,
     /// Size and shape of the statement.
     pub statement: StatementLimits,
     /// Bytes an encoded answer may have (Pinot JSON, PostgreSQL rows), checked by the front
@@ -86,6 +90,7 @@ impl Default for QueryLimits {
             memory_limit: 1 << 30,
             max_rows: 1_000_000,
             use_cache: true,
+            use_star_tree: true,
             statement: StatementLimits::default(),
             max_response_bytes: 256 << 20,
             spill: false,
@@ -159,6 +164,9 @@ pub struct QueryStats {
     pub num_warehouse_files: u64,
     /// Segments whose part of an aggregation came from the per-segment cache.
     pub num_segments_from_cache: u64,
+    /// Segments whose part of an aggregation was answered from a star-tree (their
+    /// `num_docs_scanned` counts the tree's records read).
+    pub num_segments_star_tree: u64,
 }
 
 impl QueryStats {
@@ -400,9 +408,8 @@ impl QueryEngine {
             &pool,
             Arc::new(ScanStats::default()),
             Some(session),
-            false,
             None,
-            false,
+            SessionKnobs::default(),
         )?;
         let state = &session.state;
         let plan = state
@@ -455,9 +462,8 @@ impl QueryEngine {
             &pool,
             Arc::new(ScanStats::default()),
             None,
-            false,
             None,
-            false,
+            SessionKnobs::default(),
         )?;
         let plan = session.state.create_logical_plan(sql).await?;
         Ok(session.state.create_physical_plan(&plan).await?)
@@ -513,9 +519,12 @@ impl QueryEngine {
             &pool,
             stats.clone(),
             pg,
-            limits.spill,
             Some(budget),
-            limits.use_cache,
+            SessionKnobs {
+                spill: limits.spill,
+                reuse_partials: limits.use_cache,
+                star_trees: limits.use_star_tree,
+            },
         )?;
         let max_rows = limits.max_rows;
         let planned = statement.clone();

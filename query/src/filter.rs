@@ -40,6 +40,15 @@ pub fn to_predicate(expr: &Expr, schema: &SegmentSchema) -> Option<Predicate> {
             }
         },
         Expr::Not(e) => Some(Predicate::Not(Box::new(to_predicate(e, schema)?))),
+        // A BOOLEAN column as a condition (`WHERE ok`): TRUE rows only.
+        Expr::Column(c) => {
+            let def = schema.column(&c.name).filter(|d| !d.multi_value)?;
+            (def.ty == ColumnType::Boolean).then(|| Predicate::Compare {
+                column: def.name.clone(),
+                op: CmpOp::Eq,
+                value: Value::Bool(true),
+            })
+        }
         Expr::IsNull(e) => Some(Predicate::IsNull {
             column: column_of(e, schema)?,
             negated: false,
@@ -365,6 +374,7 @@ mod tests {
                 ColumnDef::new("n", ColumnType::Int),
             ],
             time_column: None,
+            star_trees: Vec::new(),
         }
     }
 

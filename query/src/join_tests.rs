@@ -44,6 +44,7 @@ fn dim_schema() -> SegmentSchema {
             ColumnDef::new("w", ColumnType::Double),
         ],
         time_column: None,
+        star_trees: Vec::new(),
     }
 }
 
@@ -550,6 +551,7 @@ fn fact_schema_named(other: &str) -> SegmentSchema {
             ColumnDef::new(other, ColumnType::Long),
         ],
         time_column: None,
+        star_trees: Vec::new(),
     }
 }
 

@@ -58,6 +58,8 @@ mod partial_tests;
 #[cfg(test)]
 mod spill_tests;
 #[cfg(test)]
+mod star_tests;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod typed_tests;

@@ -57,6 +57,8 @@ pub struct ScanStats {
     /// Segments whose part of an aggregation was reused from an earlier query
     /// ([`crate::segment_agg::PartialAggregates`]) instead of read.
     pub partials_reused: AtomicU64,
+    /// Segments an aggregation answered from a star-tree.
+    pub star_tree_segments: AtomicU64,
 }
 
 impl ScanStats {
@@ -73,6 +75,8 @@ impl ScanStats {
         self.dynamic_removed
             .fetch_add(s.docs_removed_by_dynamic_filters, r);
         self.partials_reused.fetch_add(s.num_segments_from_cache, r);
+        self.star_tree_segments
+            .fetch_add(s.num_segments_star_tree, r);
     }
 
     /// These counters as a query reports them.
@@ -92,6 +96,7 @@ impl ScanStats {
             missing_segments: self.missing_segments.lock().clone(),
             num_warehouse_files: self.warehouse_files.load(r),
             num_segments_from_cache: self.partials_reused.load(r),
+            num_segments_star_tree: self.star_tree_segments.load(r),
         }
     }
 }

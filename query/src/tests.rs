@@ -55,6 +55,7 @@ pub(crate) fn schema() -> SegmentSchema {
             ColumnDef::new("uid", ColumnType::String),
         ],
         time_column: Some("ts".into()),
+        star_trees: Vec::new(),
     }
 }
 
@@ -597,6 +598,7 @@ async fn multi_value_filters_answer_like_datafusion_over_arrow() {
             ColumnDef::multi_value("ids", ColumnType::Long),
         ],
         time_column: None,
+        star_trees: Vec::new(),
     };
     let mut batches = Vec::new();
     let mut segments = Vec::new();

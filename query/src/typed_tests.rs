@@ -35,6 +35,7 @@ fn schema() -> SegmentSchema {
             ColumnDef::new("g", ColumnType::String),
         ],
         time_column: Some("ts".into()),
+        star_trees: Vec::new(),
     }
 }
 

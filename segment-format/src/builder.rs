@@ -46,6 +46,9 @@ pub struct BuildOptions {
     /// Store near-unique unindexed strings raw instead of in a dictionary (default true; see
     /// `raw_strings_pay`). Like Pinot's `noDictionaryColumns`, but chosen per segment.
     pub raw_strings: bool,
+    /// Build the schema's star-trees (default true; real-time chunks, rebuilt every second,
+    /// skip them).
+    pub star_trees: bool,
 }
 
 impl Default for BuildOptions {
@@ -58,6 +61,7 @@ impl Default for BuildOptions {
             range_buckets: 64,
             compress: true,
             raw_strings: true,
+            star_trees: true,
         }
     }
 }
@@ -98,8 +102,25 @@ pub fn build_segment(
 
     let mut w = FileWriter::new(opts.compress.then_some(opts.zstd_level));
     let mut metas = Vec::with_capacity(columns.len());
-    for (def, col) in schema.columns.iter().zip(&columns) {
-        metas.push(encode_column(&mut w, def, col, opts)?);
+    // Star-tree dimensions are dictionary-encoded; their ids are kept for the trees.
+    let trees = match opts.star_trees {
+        true => schema.star_trees.as_slice(),
+        false => &[],
+    };
+    let mut dim_ids: HashMap<usize, Vec<u32>> = HashMap::new();
+    for (i, (def, col)) in schema.columns.iter().zip(&columns).enumerate() {
+        let star_dim = trees.iter().any(|t| t.dimensions.contains(&def.name));
+        let (meta, ids) = encode_column(&mut w, def, col, opts, star_dim)?;
+        metas.push(meta);
+        if let Some(ids) = ids {
+            dim_ids.insert(i, ids);
+        }
+    }
+    let mut star_trees = Vec::new();
+    for (t, def) in trees.iter().enumerate() {
+        if let Some(meta) = crate::star_tree::write(&mut w, schema, t, def, &columns, &dim_ids)? {
+            star_trees.push(meta);
+        }
     }
     let time_range = schema.time_column.as_ref().and_then(|t| {
         let i = schema.column_index(t)?;
@@ -125,6 +146,7 @@ pub fn build_segment(
         sorted_by: sorted_by.map(|i| schema.columns[i].name.clone()),
         columns: metas,
         created_by: concat!("basalt ", env!("CARGO_PKG_VERSION")).to_string(),
+        star_trees,
     };
     w.finish(&footer)
 }
@@ -330,13 +352,21 @@ fn encode_column(
     def: &ColumnDef,
     col: &ArrayRef,
     opts: &BuildOptions,
-) -> Result<ColumnMeta> {
+    star_dim: bool,
+) -> Result<(ColumnMeta, Option<Vec<u32>>)> {
     if def.multi_value {
-        return crate::multi_value::encode_column(w, def, col, opts);
+        if star_dim {
+            return Err(SegmentError::Schema {
+                column: def.name.clone(),
+                message: "a multi-value column cannot be a star-tree dimension".into(),
+            });
+        }
+        return Ok((crate::multi_value::encode_column(w, def, col, opts)?, None));
     }
     let rows = col.len();
     let null_count = col.null_count();
-    let wants_dict = def.has_index(IndexKind::Inverted) || def.has_index(IndexKind::Sorted);
+    let wants_dict =
+        def.has_index(IndexKind::Inverted) || def.has_index(IndexKind::Sorted) || star_dim;
     let strings = col.as_any().downcast_ref::<StringArray>();
     let encoded = match def.ty.physical() {
         Physical::Str => dict_strings(
@@ -558,7 +588,18 @@ fn encode_column(
     } else {
         None
     };
-    Ok(ColumnMeta {
+    let star_ids = match encoded {
+        Encoded::Dict { mut ids, .. } if star_dim => {
+            for (doc, id) in ids.iter_mut().enumerate() {
+                if is_null(doc) {
+                    *id = crate::star_tree::NULL_ID;
+                }
+            }
+            Some(ids)
+        }
+        _ => None,
+    };
+    let meta = ColumnMeta {
         name: def.name.clone(),
         encoding,
         blocks,
@@ -568,7 +609,8 @@ fn encode_column(
         range,
         sorted_runs,
         bloom,
-    })
+    };
+    Ok((meta, star_ids))
 }
 
 /// A block's integer keys with each null row holding the value before it (or the block's

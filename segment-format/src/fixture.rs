@@ -16,11 +16,12 @@ use bytes::Bytes;
 use crate::builder::{build_segment, BuildOptions};
 use crate::predicate::{evaluate, CmpOp, Predicate};
 use crate::reader::SegmentReader;
+use crate::star_tree::{DimUse, MetricValues, StarMetric, StarTreeDef};
 use crate::types::{ColumnDef, ColumnType, IndexKind, SegmentSchema, Value};
 
 /// Every format version's fixture: its version, where it is written, and its bytes (built
 /// in, so a test binary that cargo reuses for another checkout reads the right ones).
-const FIXTURES: [(u32, &str, &[u8]); 7] = [
+const FIXTURES: [(u32, &str, &[u8]); 8] = [
     (1, "fixtures/v1.seg", include_bytes!("../fixtures/v1.seg")),
     (2, "fixtures/v2.seg", include_bytes!("../fixtures/v2.seg")),
     (3, "fixtures/v3.seg", include_bytes!("../fixtures/v3.seg")),
@@ -28,6 +29,7 @@ const FIXTURES: [(u32, &str, &[u8]); 7] = [
     (5, "fixtures/v5.seg", include_bytes!("../fixtures/v5.seg")),
     (6, "fixtures/v6.seg", include_bytes!("../fixtures/v6.seg")),
     (7, "fixtures/v7.seg", include_bytes!("../fixtures/v7.seg")),
+    (8, "fixtures/v8.seg", include_bytes!("../fixtures/v8.seg")),
 ];
 
 /// The input of the current version's fixture.
@@ -35,11 +37,24 @@ fn fixture_input() -> (SegmentSchema, RecordBatch) {
     fixture_input_for(crate::FORMAT_VERSION)
 }
 
-/// The input a version's fixture was built from: version 7 added DATE and DECIMAL columns.
+/// The input a version's fixture was built from: version 7 added DATE and DECIMAL columns,
+/// version 8 a star-tree.
 fn fixture_input_for(version: u32) -> (SegmentSchema, RecordBatch) {
     let (mut schema, batch) = fixture_input_v1();
     if version < 7 {
         return (schema, batch);
+    }
+    if version >= 8 {
+        schema.star_trees.push(StarTreeDef {
+            dimensions: vec!["country".into(), "status".into(), "ok".into()],
+            metrics: vec![
+                StarMetric::Count,
+                StarMetric::Sum("qty".into()),
+                StarMetric::Max("latency".into()),
+                StarMetric::ApproxDistinct("meta".into()),
+            ],
+            max_leaf_records: 4,
+        });
     }
     schema
         .columns
@@ -97,6 +112,7 @@ fn fixture_input_v1() -> (SegmentSchema, RecordBatch) {
             ColumnDef::new("meta", ColumnType::Json),
         ],
         time_column: Some("ts".into()),
+        star_trees: Vec::new(),
     };
     let n = 1000usize;
     let arrow = Arc::new(Schema::new(vec![
@@ -265,6 +281,39 @@ fn check_fixture(schema: &SegmentSchema, batch: &RecordBatch, version: u32, byte
         let want: i128 = (0..1000).filter(|i| i % 23 != 0).map(fixture_price).sum();
         assert_eq!(sum, want);
         assert_eq!(p.null_count(), (0..1000).filter(|i| i % 23 == 0).count());
+    }
+    if version >= 8 {
+        // The star-tree: `qty` summed per country from its records equals the rows' sums.
+        let tree = r.star_tree(0).unwrap();
+        let uses = vec![
+            Some(DimUse {
+                grouped: true,
+                filter: None,
+            }),
+            None,
+            None,
+        ];
+        let MetricValues::Int { nonnull, values } = &tree.metrics[1] else {
+            panic!("sum(qty) is an integer metric");
+        };
+        let dict = r.dictionary(1).unwrap().unwrap();
+        let crate::reader::Dictionary::Str(dict) = dict.as_ref() else {
+            panic!("country is a string dictionary");
+        };
+        let mut sums = std::collections::BTreeMap::new();
+        for rec in tree.select(&uses).unwrap() {
+            let rec = rec as usize;
+            let id = tree.dimension(0)[rec];
+            let country =
+                (id != crate::star_tree::NULL_ID).then(|| dict.value(id as usize).to_string());
+            *sums.entry(country).or_insert(0i64) += values[rec] * (nonnull[rec] > 0) as i64;
+        }
+        let mut want = std::collections::BTreeMap::new();
+        for i in 0..1000usize {
+            let country = (i % 11 != 0).then(|| ["FR", "DE", "US", "IN", "BR"][i % 5].to_string());
+            *want.entry(country).or_insert(0i64) += if i % 13 != 0 { (i % 9) as i64 } else { 0 };
+        }
+        assert_eq!(sums, want);
     }
     // The whole content matches a fresh build of the same input, column by column.
     let fresh = SegmentReader::open(Bytes::from(

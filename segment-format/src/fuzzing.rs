@@ -44,6 +44,7 @@ pub fn every_type_schema() -> SegmentSchema {
             ColumnDef::multi_value("ns", ColumnType::Long),
         ],
         time_column: Some("ts".into()),
+        star_trees: Vec::new(),
     }
 }
 
@@ -203,6 +204,7 @@ mod tests {
                 ColumnDef::new("n", ColumnType::Long),
             ],
             time_column: None,
+            star_trees: Vec::new(),
         };
         let batch = RecordBatch::try_new(
             Arc::new(Schema::new(vec![

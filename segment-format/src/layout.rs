@@ -14,7 +14,7 @@ pub const HEADER_MAGIC: &[u8; 8] = b"BASALTSG";
 /// Last 8 bytes of every segment file.
 pub const TRAILER_MAGIC: &[u8; 8] = b"BSLTEND\0";
 /// The format version this build writes.
-pub const FORMAT_VERSION: u32 = 7;
+pub const FORMAT_VERSION: u32 = 8;
 /// header magic + version.
 pub const HEADER_LEN: usize = 12;
 /// footer offset u64 + footer length u64 + footer crc u32 + version u32 + magic.
@@ -147,6 +147,10 @@ pub struct Footer {
     pub sorted_by: Option<String>,
     pub columns: Vec<ColumnMeta>,
     pub created_by: String,
+    /// Star-trees built (format 8): each names its definition in `schema.star_trees`. A
+    /// definition has none when its tree would have been too large.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub star_trees: Vec<crate::star_tree::StarTreeMeta>,
 }
 
 /// Maps an f64 to an i64 whose integer order is `f64::total_cmp` order.
@@ -320,6 +324,12 @@ fn validate_footer(f: &Footer, data_end: u64) -> Result<()> {
             check(&r.section, &format!("column {:?} range index", c.name))?;
         }
     }
+    for t in &f.star_trees {
+        if t.tree as usize >= f.schema.star_trees.len() {
+            return Err(corrupt(format!("star-tree {} has no definition", t.tree)));
+        }
+        check(&t.section, &format!("star-tree {}", t.tree))?;
+    }
     Ok(())
 }
 
@@ -350,6 +360,9 @@ pub fn sections(footer: &Footer) -> Vec<(String, SectionRef)> {
         if let Some(r) = &c.range {
             add("range index", &r.section);
         }
+    }
+    for t in &footer.star_trees {
+        out.push((format!("star-tree {}", t.tree), t.section));
     }
     out
 }

@@ -25,6 +25,7 @@ pub mod predicate;
 pub mod reader;
 #[doc(hidden)] // public for benches/segment.rs only
 pub mod rice;
+pub mod star_tree;
 pub mod string_block;
 mod string_leaf;
 pub mod types;

@@ -274,6 +274,7 @@ mod tests {
         SegmentSchema {
             columns: vec![tags, ids],
             time_column: None,
+            star_trees: Vec::new(),
         }
     }
 
@@ -569,6 +570,7 @@ mod tests {
         let s = SegmentSchema {
             columns: vec![ColumnDef::multi_value("ids", ColumnType::Long)],
             time_column: None,
+            star_trees: Vec::new(),
         };
         let b = RecordBatch::try_new(
             Arc::new(Schema::new(vec![Field::new(

@@ -106,7 +106,7 @@ pub(crate) fn normalize(mut v: KeySet) -> KeySet {
     out
 }
 
-fn complement(set: &KeySet) -> KeySet {
+pub(crate) fn complement(set: &KeySet) -> KeySet {
     let mut out = Vec::new();
     let mut next = i64::MIN;
     let mut open = true;
@@ -127,7 +127,7 @@ fn complement(set: &KeySet) -> KeySet {
 }
 
 /// The keys in both sets.
-fn intersect(a: &KeySet, b: &KeySet) -> KeySet {
+pub(crate) fn intersect(a: &KeySet, b: &KeySet) -> KeySet {
     let (mut i, mut j, mut out) = (0, 0, Vec::new());
     while i < a.len() && j < b.len() {
         let (lo, hi) = (a[i].0.max(b[j].0), a[i].1.min(b[j].1));
@@ -388,7 +388,7 @@ fn compile_leaf(reader: &SegmentReader, p: &Predicate) -> Result<(usize, Leaf)> 
 }
 
 /// Compiles a leaf predicate to (column, key set). IS NULL is handled by the caller.
-fn leaf_keys(reader: &SegmentReader, p: &Predicate) -> Result<(usize, KeySet)> {
+pub(crate) fn leaf_keys(reader: &SegmentReader, p: &Predicate) -> Result<(usize, KeySet)> {
     Ok(match p {
         Predicate::Compare { column, op, value } => {
             let c = reader.column_index(column)?;

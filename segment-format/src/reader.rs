@@ -181,6 +181,8 @@ pub struct SegmentReader {
     verified: Vec<Box<[AtomicBool]>>,
     /// Unique among the readers this process opened (see [`SegmentReader::instance_id`]).
     instance: u64,
+    /// The footer's star-trees, decoded at first use.
+    star_trees: Vec<OnceLock<Arc<crate::star_tree::StarTree>>>,
 }
 
 /// The next [`SegmentReader::instance_id`].
@@ -208,6 +210,7 @@ impl SegmentReader {
     /// Opens a segment, validating its header, trailer and footer.
     pub fn open(bytes: Bytes) -> Result<Self> {
         let footer = read_footer(&bytes)?;
+        let footer_trees = footer.star_trees.clone();
         let caches = footer
             .columns
             .iter()
@@ -226,6 +229,7 @@ impl SegmentReader {
             arrow_schema,
             verified,
             instance: NEXT_INSTANCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            star_trees: footer_trees.iter().map(|_| OnceLock::new()).collect(),
         })
     }
 
@@ -237,6 +241,21 @@ impl SegmentReader {
 
     pub fn footer(&self) -> &Footer {
         &self.footer
+    }
+
+    /// Star-tree `i` of the footer's `star_trees`, decoded (and checksummed) at first use.
+    pub fn star_tree(&self, i: usize) -> Result<Arc<crate::star_tree::StarTree>> {
+        let meta = self
+            .footer
+            .star_trees
+            .get(i)
+            .ok_or_else(|| corrupt(format!("no star-tree {i}")))?;
+        cached(&self.star_trees[i], || {
+            let def = &self.footer.schema.star_trees[meta.tree as usize];
+            let raw = self.section(&meta.section, &format!("star-tree {}", meta.tree))?;
+            let floats = crate::star_tree::float_metrics(&self.footer.schema, def);
+            crate::star_tree::StarTree::decode(def, &floats, &raw)
+        })
     }
 
     /// Checks every section's checksum now rather than at its first read (a copy fetched

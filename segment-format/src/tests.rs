@@ -44,6 +44,7 @@ fn schema() -> SegmentSchema {
             ColumnDef::new("u", ColumnType::String),
         ],
         time_column: Some("t".into()),
+        star_trees: Vec::new(),
     }
 }
 
@@ -701,6 +702,7 @@ fn large_string_dictionaries_are_compacted_per_batch() {
         // Distinct values: the inverted index keeps the column dictionary-encoded.
         columns: vec![ColumnDef::new("k", ColumnType::String).with_index(IndexKind::Inverted)],
         time_column: None,
+        star_trees: Vec::new(),
     };
     let n = 20_000usize;
     let vals: Vec<Option<String>> = (0..n)

@@ -309,6 +309,10 @@ impl ColumnDef {
 pub struct SegmentSchema {
     pub columns: Vec<ColumnDef>,
     pub time_column: Option<String>,
+    /// Star-trees built at seal (format 8): pre-aggregated records over some dimension
+    /// columns, see [`crate::star_tree`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub star_trees: Vec<crate::star_tree::StarTreeDef>,
 }
 
 impl SegmentSchema {

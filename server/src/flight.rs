@@ -173,6 +173,7 @@ impl FlightService for FragmentService {
             index_lookups: s.index_lookups,
             blocks_scanned: s.blocks_scanned,
             docs_removed_by_dynamic_filters: s.docs_removed_by_dynamic_filters,
+            num_segments_star_tree: s.num_segments_star_tree,
             positions: resolver.positions(),
             groups_unique: out.groups_unique,
         };

@@ -198,6 +198,22 @@ pub async fn sql_at(client: &reqwest::Client, base: &str, q: &str) -> serde_json
     .await
 }
 
+/// A PostgreSQL client on `s` (user and database `basalt`, no password), its connection
+/// driven by a task of its own.
+pub async fn pg_connect(s: &Server) -> tokio_postgres::Client {
+    let (pg, conn) = tokio_postgres::connect(
+        &format!(
+            "host=127.0.0.1 port={} user=basalt dbname=basalt",
+            s.pg.rsplit(':').next().unwrap()
+        ),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    pg
+}
+
 /// The single value of a one-row, one-column result.
 pub async fn scalar(client: &reqwest::Client, s: &Server, q: &str) -> serde_json::Value {
     let v = sql(client, s, q).await;

@@ -692,3 +692,151 @@ async fn openapi_contract_holds_under_schemathesis() {
     // The server lived through it.
     assert_eq!(c.get(s.url("/health")).send().await.unwrap().status(), 200);
 }
+
+/// Rows of a Pinot answer, sorted (as text, floats to 6 decimals: sums of doubles added in
+/// another order differ in their last bits), for comparing answers of one query.
+fn sorted_rows(v: &Value) -> Vec<String> {
+    let cell = |c: &Value| match c.as_f64() {
+        Some(f) if c.is_f64() => format!("{f:.6}"),
+        _ => c.to_string(),
+    };
+    let mut rows: Vec<String> = v["resultTable"]["rows"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{v}"))
+        .iter()
+        .map(|r| {
+            let cells: Vec<String> = r.as_array().unwrap().iter().map(cell).collect();
+            cells.join("|")
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+/// A table declaring a star-tree: its sealed segments answer the dashboard GROUP BYs it
+/// covers from the tree (`numSegmentsStarTree`, EXPLAIN), with the rows' answers
+/// (`useStarTree=false`), over HTTP and PostgreSQL, before and after a restart; a spec
+/// naming what cannot be a star-tree is refused naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn star_tree_answers_what_it_covers_like_the_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let c = reqwest::Client::new();
+    let s = Server::start(&data, None);
+    let mut spec: Value = serde_json::from_str(SPEC).unwrap();
+    spec["segment"]["max_rows"] = json!(20_000);
+    for (tree, why) in [
+        (
+            json!({"dimensions": ["nope"], "metrics": ["count(*)"]}),
+            "nope",
+        ),
+        (
+            json!({"dimensions": ["country"], "metrics": ["sum(country)"]}),
+            "sum(country)",
+        ),
+        (
+            json!({"dimensions": ["country"], "metrics": ["avg(revenue)"]}),
+            "avg(revenue)",
+        ),
+        (
+            json!({"dimensions": ["country"], "metrics": [], "max_leaf_records": 0}),
+            "max_leaf_records",
+        ),
+        (
+            json!({"dimensions": ["country"], "metrics": [], "extra": 1}),
+            "extra",
+        ),
+    ] {
+        let mut bad = spec.clone();
+        bad["star_tree"] = json!([tree]);
+        let (st, v) = post(&c, s.url("/tables"), "application/json", bad.to_string()).await;
+        assert_eq!(st, 400, "{v}");
+        assert!(v.to_string().contains(why), "{why}: {v}");
+    }
+    spec["star_tree"] = json!([{
+        "dimensions": ["country", "device", "event_type"],
+        "metrics": ["count(*)", "sum(revenue)", "approx_distinct(user_id)", "max(latency_ms)"],
+        "max_leaf_records": 100
+    }]);
+    let (st, v) = post(&c, s.url("/tables"), "application/json", spec.to_string()).await;
+    assert_eq!(st, 201, "{v}");
+    let pq = gen(dir.path(), 60_000, "parquet", 3);
+    let (st, v) = post(
+        &c,
+        s.url("/tables/events/ingest"),
+        "application/vnd.apache.parquet",
+        std::fs::read(&pq).unwrap(),
+    )
+    .await;
+    assert_eq!((st, v.clone()), (200, json!({"rows": 60000})), "{v}");
+    let queries = [
+        "SELECT country, count(*), sum(revenue), max(latency_ms) FROM events \
+         GROUP BY country ORDER BY country",
+        "SELECT device, event_type, count(*) FROM events WHERE country IN ('US', 'FR') \
+         GROUP BY device, event_type ORDER BY device, event_type",
+        "SELECT country, approx_distinct(user_id) FROM events WHERE device <> 'tablet' \
+         GROUP BY country ORDER BY country",
+        "SELECT event_type, avg(revenue) FROM events WHERE country = 'DE' \
+         GROUP BY event_type ORDER BY event_type",
+    ];
+    let with = |q: &str, options: &str| {
+        c.post(s.url("/query/sql"))
+            .json(&json!({"sql": q, "queryOptions": options}))
+            .send()
+    };
+    let mut answers = Vec::new();
+    for q in queries {
+        let tree: Value = with(q, "useResultCache=false")
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(tree["exceptions"], json!([]), "{q}: {tree}");
+        assert_eq!(tree["numSegmentsStarTree"], json!(3), "{q}: {tree}");
+        assert!(
+            tree["numDocsScanned"].as_u64().unwrap() < 20_000,
+            "{q}: {tree}"
+        );
+        let rows: Value = with(q, "useResultCache=false;useStarTree=false")
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(rows["numSegmentsStarTree"], json!(0), "{q}: {rows}");
+        assert_eq!(sorted_rows(&tree), sorted_rows(&rows), "{q}");
+        answers.push(sorted_rows(&tree));
+    }
+    let plan = sql(&c, &s, &format!("EXPLAIN {}", queries[0])).await;
+    assert!(
+        plan.to_string().contains("star_tree=3/3 segments"),
+        "{plan}"
+    );
+    // The same over PostgreSQL.
+    let pg = crate::harness::pg_connect(&s).await;
+    let mut got: Vec<String> = pg
+        .query(queries[1], &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let (a, b, n) = (
+                r.get::<_, String>(0),
+                r.get::<_, String>(1),
+                r.get::<_, i64>(2),
+            );
+            format!("{}|{}|{n}", json!(a), json!(b))
+        })
+        .collect();
+    got.sort();
+    assert_eq!(got, answers[1]);
+    drop(s);
+    // After a restart the trees are read from the segments on disk.
+    let s = Server::start(&data, None);
+    for (q, want) in queries.iter().zip(&answers) {
+        let v = sql(&c, &s, q).await;
+        assert_eq!(v["numSegmentsStarTree"], json!(3), "{q}: {v}");
+        assert_eq!(&sorted_rows(&v), want, "{q}");
+    }
+}

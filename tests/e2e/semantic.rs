@@ -273,16 +273,7 @@ async fn semantic_queries_equal_hand_written_sql() {
     }
 
     // The same over PostgreSQL.
-    let (pg, conn) = tokio_postgres::connect(
-        &format!(
-            "host=127.0.0.1 port={} user=basalt dbname=basalt",
-            s.pg.rsplit(':').next().unwrap()
-        ),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let pg = crate::harness::pg_connect(&s).await;
     let text_rows = |msgs: Vec<tokio_postgres::SimpleQueryMessage>| -> Vec<Vec<String>> {
         msgs.into_iter()
             .filter_map(|m| match m {

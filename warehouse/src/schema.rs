@@ -252,6 +252,7 @@ mod tests {
                 ),
             ],
             time_column: Some("ts".into()),
+            star_trees: Vec::new(),
         };
         let l = layout(&schema).unwrap();
         assert_eq!(l.schema.field_by_name("country").unwrap().id, 2);
@@ -269,6 +270,7 @@ mod tests {
             let schema = SegmentSchema {
                 columns: vec![col("x", ColumnType::Long), col("t", ty)],
                 time_column: Some("t".into()),
+                star_trees: Vec::new(),
             };
             let l = layout(&schema).unwrap();
             for day in [-3i64, 0, 20_000] {
@@ -309,6 +311,7 @@ mod tests {
                 col("day", ColumnType::Date),
             ],
             time_column: Some("ts".into()),
+            star_trees: Vec::new(),
         };
         // Basalt's own layout maps back to the same column types.
         let cols = columns_of(&layout(&schema).unwrap().schema).unwrap();

@@ -923,6 +923,7 @@ fn trailer_stats(t: &FragmentTrailer) -> QueryStats {
         index_lookups: t.index_lookups,
         blocks_scanned: t.blocks_scanned,
         docs_removed_by_dynamic_filters: t.docs_removed_by_dynamic_filters,
+        num_segments_star_tree: t.num_segments_star_tree,
         ..QueryStats::default()
     }
 }

@@ -640,6 +640,7 @@ mod tests {
                 ColumnDef::new("j", ColumnType::Json),
             ],
             time_column: Some("ts".into()),
+            star_trees: Vec::new(),
         }
     }
 
@@ -852,6 +853,7 @@ mod tests {
                 ColumnDef::new("p", ColumnType::decimal(9, 2)),
             ],
             time_column: None,
+            star_trees: Vec::new(),
         };
         let collect =
             |r: Result<usize>, out: Vec<RecordBatch>| -> (Vec<Option<i32>>, Vec<Option<i128>>) {
@@ -993,8 +995,7 @@ mod tests {
                     ColumnDef::new("b", ColumnType::Boolean),
                     ColumnDef::new("j", ColumnType::Json),
                 ],
-                time_column: None,
-            };
+                time_column: None, star_trees: Vec::new(), };
             let body = format!(
                 "{{{}}}",
                 picks

@@ -297,9 +297,11 @@ fn new_part(
     from: Option<i64>,
 ) -> Arc<MutablePart> {
     let qschema = quarantine_schema();
-    // Chunks live in memory for seconds: no zstd (the sealed segment is compressed).
+    // Chunks live in memory for seconds: no zstd and no star-trees (the sealed segment has
+    // both).
     let build = basalt_segment::BuildOptions {
         compress: false,
+        star_trees: false,
         ..store.build.clone()
     };
     Arc::new(MutablePart::new(

@@ -26,6 +26,7 @@ use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::execute_stream;
 use datafusion::prelude::SessionConfig;
 
+use super::sessions::SessionKnobs;
 use super::{collect, on_query_threads, QueryEngine, QueryLimits, QueryStats};
 use crate::error::Result;
 use crate::fragment::{self, FragmentCodec, SegmentResolver};
@@ -116,7 +117,7 @@ impl QueryEngine {
             None => {
                 let none: Arc<dyn MemoryPool> = Arc::new(UnboundedMemoryPool::default());
                 let state = self
-                    .session(&none, Arc::default(), None, false, None, false)?
+                    .session(&none, Arc::default(), None, None, SessionKnobs::default())?
                     .state;
                 let base = FragmentBase {
                     config: state.config().clone(),

@@ -74,6 +74,28 @@ impl QuerySession {
     }
 }
 
+/// What a query's limits turn on in its session.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct SessionKnobs {
+    /// Sorts, aggregations and joins may spill to disk.
+    pub(super) spill: bool,
+    /// Segments' aggregation parts kept by earlier queries may be reused.
+    pub(super) reuse_partials: bool,
+    /// Aggregations may be answered from segments' star-trees.
+    pub(super) star_trees: bool,
+}
+
+impl Default for SessionKnobs {
+    /// For planning only (no spilling, no reuse); star-trees as by default.
+    fn default() -> Self {
+        SessionKnobs {
+            spill: false,
+            reuse_partials: false,
+            star_trees: true,
+        }
+    }
+}
+
 impl QueryEngine {
     /// A session whose `public` schema is this engine's tables, scanning into `stats`. A
     /// PostgreSQL session (`pg`) also has `pg_catalog` and PostgreSQL's system functions.
@@ -82,17 +104,19 @@ impl QueryEngine {
         pool: &Arc<dyn MemoryPool>,
         stats: Arc<ScanStats>,
         pg: Option<&Arc<PgSession>>,
-        spill: bool,
         budget: Option<QueryBudget>,
-        reuse_partials: bool,
+        knobs: SessionKnobs,
     ) -> Result<QuerySession> {
         let mut state = self.template(pg)?;
         let config = state.config_mut();
         if let Some(b) = budget {
             config.set_extension(Arc::new(b));
         }
-        if reuse_partials {
+        if knobs.reuse_partials {
             config.set_extension(self.partials.clone());
+        }
+        if !knobs.star_trees {
+            config.set_extension(Arc::new(crate::segment_agg::StarTreeOff));
         }
         for f in defaults::bounded(pool) {
             state.register_udf(Arc::new(f))?;
@@ -101,7 +125,7 @@ impl QueryEngine {
         state.mark_start_execution();
         Ok(QuerySession {
             state,
-            runtime: self.runtime(pool, spill)?,
+            runtime: self.runtime(pool, knobs.spill)?,
         })
     }
 

@@ -45,6 +45,7 @@ use roaring::RoaringBitmap;
 use super::hll::{hash_str, HllGroups};
 use super::keys::{GroupMap, KeyInterner, KeyKind};
 use super::partials::{Fragment, Lookup, Partial, PartialAggregates, PartialKey};
+use super::star::{StarPlan, StarTreeOff};
 use crate::row_filter::{RowFilter, RowFilterRun};
 use crate::scan::{matching_docs, Matched, SegmentScanExec};
 
@@ -101,6 +102,8 @@ pub(crate) struct Job {
     /// Emit each group's accumulator states instead of its final values (a server's
     /// fragment, whose states the broker's final aggregate merges).
     pub(crate) partial: bool,
+    /// The aggregation's shape for star-trees, when one could answer it.
+    pub(crate) star: Option<StarPlan>,
 }
 
 impl Job {
@@ -215,6 +218,16 @@ impl DisplayAs for SegmentAggregateExec {
             scan.snapshot().name,
             scan.predicate()
         )?;
+        if let Some(star) = &job.star {
+            let segments = &scan.snapshot().segments;
+            let covered = segments
+                .iter()
+                .filter(|s| star.may_answer(s, scan.predicate()))
+                .count();
+            if covered > 0 {
+                write!(f, ", star_tree={covered}/{} segments", segments.len())?;
+            }
+        }
         scan.fmt_dynamic(f)
     }
 }
@@ -309,6 +322,14 @@ impl ExecutionPlan for SegmentAggregateExec {
         // Set when a slice turns out to have too many groups: the rest is aggregated in
         // place.
         let off = Arc::new(AtomicBool::new(false));
+        // Star-trees answer segments unless the session turned them off or a join's filter
+        // reaches the scan.
+        let star = job.star.is_some()
+            && !job.scan().has_dynamic_filters()
+            && context
+                .session_config()
+                .get_extension::<StarTreeOff>()
+                .is_none();
         let run = async move {
             let cancel = CancelOnDrop(Arc::new(AtomicBool::new(false)));
             let mut handles = Vec::new();
@@ -328,6 +349,9 @@ impl ExecutionPlan for SegmentAggregateExec {
                     let snap = job.scan().snapshot();
                     for &i in &segs {
                         let (seg, valid) = (&snap.segments[i], snap.valid_of(i));
+                        if star && valid.is_none() && w.star_tree(&job, seg, &flag)? {
+                            continue;
+                        }
                         match &partials {
                             Some((cache, fragment))
                                 if cache.keeps(seg.row_count()) && !off.load(Ordering::Relaxed) =>
@@ -1205,6 +1229,69 @@ impl Worker {
         }
         let size = self.size();
         self.reservation.try_resize(size)
+    }
+
+    /// Answers one segment from a star-tree of it that covers the aggregation, if it has one
+    /// (false: it has none, and the rows must answer).
+    fn star_tree(&mut self, job: &Job, seg: &SegmentReader, cancel: &AtomicBool) -> DfResult<bool> {
+        let (Some(plan), scan) = (&job.star, job.scan()) else {
+            return Ok(false);
+        };
+        let predicate = scan.predicate().and_then(|p| read_on(seg, p, None));
+        if predicate == Some(Predicate::Const(false)) {
+            // Pruned, and counted so, by the rows' path.
+            return Ok(false);
+        }
+        let Some(read) = plan.on_segment(seg, predicate.as_ref())? else {
+            return Ok(false);
+        };
+        if cancel.load(Ordering::Relaxed) {
+            return Err(DataFusionError::Execution("query cancelled".into()));
+        }
+        let recs = read.tree.select(&read.uses).map_err(ext)?;
+        let stats = scan.stats();
+        let r = Ordering::Relaxed;
+        stats.segments_queried.fetch_add(1, r);
+        stats.total_docs.fetch_add(seg.row_count() as u64, r);
+        stats.star_tree_segments.fetch_add(1, r);
+        stats.docs_scanned.fetch_add(recs.len() as u64, r);
+        if recs.is_empty() {
+            return Ok(true);
+        }
+        stats.segments_matched.fetch_add(1, r);
+        // Each record's group: its keys' dictionary ids mapped to key ids as in `blocks`.
+        let mut dicts = Vec::with_capacity(job.keys.len());
+        for k in &job.keys {
+            let KeyExpr::Column { seg_col } = k.expr else {
+                return Err(DataFusionError::Internal(
+                    "star-tree key is not a column".into(),
+                ));
+            };
+            let dict = seg.dictionary(seg_col).map_err(ext)?.ok_or_else(|| {
+                DataFusionError::Internal("star-tree dimension without a dictionary".into())
+            })?;
+            let ids = vec![u32::MAX; dict.len()];
+            dicts.push((dict, ids));
+        }
+        let mut tuple = vec![0u32; job.keys.len()];
+        let mut groups = Vec::with_capacity(recs.len());
+        for &rec in &recs {
+            for (k, (dict, key_ids)) in dicts.iter_mut().enumerate() {
+                let id = read.tree.dimension(read.key_dims[k])[rec as usize];
+                let id = (id != basalt_segment::star_tree::NULL_ID).then_some(id);
+                tuple[k] = Self::dict_key(&mut self.keys[k], dict, key_ids, id)?;
+            }
+            groups.push(self.groups.group(&tuple) as usize);
+        }
+        let total = self.groups.len();
+        for (a, acc) in self.accs.iter_mut().enumerate() {
+            let (states, per_group) = plan.states(&read, a, &recs, &groups)?;
+            let at = per_group.as_deref().unwrap_or(&groups);
+            acc.merge_batch(&states, at, None, total)?;
+        }
+        let size = self.size();
+        self.reservation.try_resize(size)?;
+        Ok(true)
     }
 
     /// Adds `n` rows to every count(*) aggregate of a query without GROUP BY, through their

@@ -20,6 +20,7 @@ mod exec;
 mod hll;
 mod keys;
 mod partials;
+mod star;
 
 use std::sync::Arc;
 
@@ -44,6 +45,7 @@ pub(crate) use exec::SLICE_BLOCKS;
 use exec::{GroupKey, Job, KeyExpr};
 use keys::KeyKind;
 pub use partials::{PartialAggregates, PartialCacheStats};
+pub use star::StarTreeOff;
 
 use crate::scan::SegmentScanExec;
 
@@ -242,11 +244,18 @@ fn rewrite(
     let mut needed: Vec<usize> = Vec::new();
     let mut note = |e: &Arc<dyn PhysicalExpr>| add_columns(&mut needed, e);
     let mut keys = Vec::new();
+    // Each key's column name, for star-trees (`None`: an expression).
+    let mut key_names = Vec::new();
     for (i, (expr, _)) in group_by.expr().iter().enumerate() {
         let expr = resolve(expr)?;
         let Some(kind) = KeyKind::of(&expr.data_type(&input_schema)?) else {
             return Ok(None);
         };
+        key_names.push(
+            expr.as_any()
+                .downcast_ref::<Column>()
+                .map(|c| input_schema.field(c.index()).name().clone()),
+        );
         let key = match expr.as_any().downcast_ref::<Column>() {
             Some(c) => KeyExpr::Column {
                 seg_col: scan.projection()[c.index()],
@@ -354,6 +363,12 @@ fn rewrite(
                 .collect::<DfResult<Vec<_>>>(),
         })
         .collect::<DfResult<Vec<_>>>()?;
+    // Without a projection between, segments with a star-tree that covers the aggregation
+    // may answer from it.
+    let star = match proj {
+        None => star::StarPlan::of(&key_names, first.aggr_expr(), &input_schema),
+        Some(_) => None,
+    };
     let read_schema = Arc::new(input_schema.project(&needed)?);
     let read_cols: Vec<usize> = needed.iter().map(|&i| scan.projection()[i]).collect();
     let exec: Arc<dyn ExecutionPlan> = Arc::new(SegmentAggregateExec::new(Job {
@@ -367,6 +382,7 @@ fn rewrite(
         read_schema,
         schema: out_schema,
         partial,
+        star,
     })?);
     if partial {
         return Ok(Some(exec));
