@@ -132,10 +132,7 @@ async fn star_trees_answer_like_datafusion_over_arrow() {
         assert_eq!(render(&got.batches), want, "query {i}: {sql}");
         let time_cut = conds.iter().any(|c| c.starts_with("ts"));
         let from_tree = got.stats.num_segments_star_tree;
-        // Without GROUP BY only count(*) runs inside the scan (other aggregates are
-        // DataFusion's over the rows).
-        let in_scan = !keys.is_empty() || select.iter().all(|s| s == "count(*)");
-        if !time_cut && in_scan {
+        if !time_cut {
             // Every segment has the tree and every query here fits it.
             assert_eq!(from_tree, 3, "{sql}");
             answered += 1;
@@ -153,6 +150,19 @@ async fn star_trees_answer_like_datafusion_over_arrow() {
     assert!(explain(&engine, sql)
         .await
         .contains("star_tree=3/3 segments"));
+    // Without GROUP BY over no rows: one row, NULL sums and a zero count (every segment
+    // pruned: a city none has, a time range past them all).
+    for (sql, trees) in [
+        ("SELECT sum(big), count(*), max(lat) FROM t WHERE city = 'Nowhere'", 0),
+        (
+            "SELECT sum(big), count(*), max(lat) FROM t WHERE ts >= to_timestamp_millis(9999999999999)",
+            0,
+        ),
+    ] {
+        let got = engine.execute(sql, &QueryLimits::default()).await.unwrap();
+        assert_eq!(render(&got.batches), vec!["NULL|0|NULL"], "{sql}");
+        assert_eq!(got.stats.num_segments_star_tree, trees, "{sql}");
+    }
     // Not covered: a key that is not a dimension, a metric the tree does not keep.
     for sql in [
         "SELECT tag, count(*) FROM t GROUP BY tag",

@@ -104,6 +104,8 @@ pub(crate) struct Job {
     pub(crate) partial: bool,
     /// The aggregation's shape for star-trees, when one could answer it.
     pub(crate) star: Option<StarPlan>,
+    /// No GROUP BY and only `count(*)`: a segment's count is its bitmap's cardinality.
+    pub(crate) count_only: bool,
 }
 
 impl Job {
@@ -598,6 +600,9 @@ struct Worker {
     groups: GroupMap,
     accs: Vec<Box<dyn GroupsAccumulator>>,
     reservation: MemoryReservation,
+    /// Without GROUP BY: whether any row or state reached the accumulators (if none, the
+    /// one answer row is what DataFusion gives over no rows: NULL sums, zero counts).
+    fed: bool,
 }
 
 impl Worker {
@@ -647,8 +652,9 @@ impl Worker {
             groups: GroupMap::new(job.keys.len()),
             accs,
             reservation: MemoryConsumer::new("SegmentAggregateExec").register(pool),
+            fed: false,
         };
-        if job.keys.is_empty() {
+        if job.count_only {
             // Without GROUP BY there is one group, even over no rows (count 0).
             w.add_row_count(0)?;
         }
@@ -710,7 +716,7 @@ impl Worker {
         if matched.len() == 0 {
             return Ok(());
         }
-        if job.keys.is_empty() {
+        if job.count_only {
             // Only count(*) without keys (see the rule): the bitmap's cardinality is the count.
             return self.add_row_count(matched.len());
         }
@@ -1034,6 +1040,7 @@ impl Worker {
                     .collect::<DfResult<Vec<_>>>()?;
                 acc.update_batch(&values, &groups, None, total)?;
             }
+            self.fed = true;
         }
         let size = self.size();
         self.reservation.try_resize(size)
@@ -1289,6 +1296,7 @@ impl Worker {
             let at = per_group.as_deref().unwrap_or(&groups);
             acc.merge_batch(&states, at, None, total)?;
         }
+        self.fed = true;
         let size = self.size();
         self.reservation.try_resize(size)?;
         Ok(true)
@@ -1301,15 +1309,17 @@ impl Worker {
         for acc in self.accs.iter_mut() {
             acc.merge_batch(std::slice::from_ref(&state), &[0], None, 1)?;
         }
+        self.fed = true;
         Ok(())
     }
 
     /// Folds `other`'s groups into this worker's, matching keys by value.
     fn merge(&mut self, mut other: Worker) -> DfResult<()> {
         let n = other.groups.len();
-        if n == 0 {
+        if n == 0 || (other.keys.is_empty() && !other.fed) {
             return Ok(());
         }
+        self.fed = true;
         let maps: Vec<Vec<u32>> = self
             .keys
             .iter_mut()
@@ -1377,10 +1387,23 @@ impl Worker {
             };
             columns.push(col);
         }
-        for acc in self.accs.iter_mut() {
-            let values = match job.partial {
-                true => acc.state(EmitTo::All)?,
-                false => vec![acc.evaluate(EmitTo::All)?],
+        let unfed = job.keys.is_empty() && !self.fed;
+        for (acc, agg) in self.accs.iter_mut().zip(&job.aggs) {
+            let values = match (unfed, job.partial) {
+                // No row reached the one group: DataFusion's answer over no rows.
+                (true, partial) => {
+                    let mut fresh = agg.create_accumulator()?;
+                    match partial {
+                        true => fresh
+                            .state()?
+                            .iter()
+                            .map(|s| s.to_array())
+                            .collect::<DfResult<Vec<_>>>()?,
+                        false => vec![fresh.evaluate()?.to_array()?],
+                    }
+                }
+                (false, true) => acc.state(EmitTo::All)?,
+                (false, false) => vec![acc.evaluate(EmitTo::All)?],
             };
             for v in values {
                 let want = job.schema.field(columns.len()).data_type();

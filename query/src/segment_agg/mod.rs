@@ -4,8 +4,10 @@
 //! [`SegmentAggregateExec`], which groups on each segment's dictionary ids instead of on
 //! materialised strings and merges its workers' groups by value once at the end.
 //!
-//! Without GROUP BY only `count(*)` is taken over, answered from the predicate's bitmap
-//! cardinality per segment without reading a column.
+//! Without GROUP BY, `count(*)` alone is answered from the predicate's bitmap cardinality per
+//! segment without reading a column; other aggregates without GROUP BY are taken over only
+//! for a table whose segments have star-trees that may answer them (a dashboard's KPI tile),
+//! the segments without one aggregated row by row into the single group.
 //!
 //! The rewrite applies when every GROUP BY key is a column or an expression of a supported
 //! type, no aggregate is DISTINCT, ordered or filtered, and there are no grouping sets; other
@@ -211,9 +213,19 @@ fn rewrite(
         return Ok(None);
     };
     let group_by = first.group_expr();
+    // Without GROUP BY: `count(*)` alone from bitmap cardinalities; other aggregates only
+    // over a table with star-trees (see below), whose segments answer from them.
+    let count_only = group_by.expr().is_empty() && only_count_star(first);
+    let needs_tree = group_by.expr().is_empty() && !count_only;
+    let has_trees = || {
+        scan.snapshot()
+            .segments
+            .iter()
+            .any(|s| !s.footer().star_trees.is_empty())
+    };
     if scan.limit().is_some()
         || group_by.has_grouping_set()
-        || (group_by.expr().is_empty() && !only_count_star(first))
+        || (needs_tree && (proj.is_some() || !has_trees()))
         || first.filter_expr().iter().any(Option::is_some)
         || first
             .aggr_expr()
@@ -369,6 +381,9 @@ fn rewrite(
         None => star::StarPlan::of(&key_names, first.aggr_expr(), &input_schema),
         Some(_) => None,
     };
+    if needs_tree && star.is_none() {
+        return Ok(None);
+    }
     let read_schema = Arc::new(input_schema.project(&needed)?);
     let read_cols: Vec<usize> = needed.iter().map(|&i| scan.projection()[i]).collect();
     let exec: Arc<dyn ExecutionPlan> = Arc::new(SegmentAggregateExec::new(Job {
@@ -383,6 +398,7 @@ fn rewrite(
         schema: out_schema,
         partial,
         star,
+        count_only,
     })?);
     if partial {
         return Ok(Some(exec));
