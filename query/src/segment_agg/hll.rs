@@ -10,28 +10,20 @@
 
 use std::sync::Arc;
 
-use ahash::RandomState;
 use arrow::array::{Array, ArrayRef, AsArray, BinaryArray, BooleanArray, UInt64Array};
 use arrow::datatypes::UInt64Type;
+use basalt_segment::star_tree::sketch_register;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
 
 const P: usize = 14;
 const Q: usize = 64 - P;
-pub(crate) const REGISTERS: usize = 1 << P;
+/// DataFusion's sketch size; star-trees keep registers of the same sketch.
+pub(crate) const REGISTERS: usize = basalt_segment::star_tree::SKETCH_REGISTERS;
 
-/// DataFusion's sketch seed: the same value hashes to the same register everywhere.
-const SEED: RandomState = RandomState::with_seeds(
-    0x885f6cab121d01a3,
-    0x71e4379f2976ad8f,
-    0xbf30173dd28a8816,
-    0x0eaea5d736d733a4,
-);
-
-/// The sketch hash of a string value.
-pub(crate) fn hash_str(s: &str) -> u64 {
-    SEED.hash_one(s)
-}
+/// The sketch hash of a string value: DataFusion's (ahash with its fixed seeds), kept with
+/// the segment format, whose star-trees store registers of it.
+pub(crate) use basalt_segment::star_tree::sketch_hash_str as hash_str;
 
 /// Registers of every group, `REGISTERS` bytes each.
 #[derive(Debug, Default)]
@@ -137,9 +129,8 @@ impl GroupsAccumulator for HllGroups {
             if hashes.is_null(i) {
                 continue;
             }
-            let idx = (h as usize) & (REGISTERS - 1);
-            let rank = ((h >> P) | (1u64 << Q)).trailing_zeros() as u8 + 1;
-            let r = &mut self.registers[g * REGISTERS + idx];
+            let (idx, rank) = sketch_register(h);
+            let r = &mut self.registers[g * REGISTERS + idx as usize];
             *r = (*r).max(rank);
         }
         Ok(())
