@@ -309,7 +309,8 @@ pub struct ColumnSpec {
     /// STRING_ARRAY, LONG_ARRAY.
     #[serde(rename = "type")]
     pub ty: String,
-    /// Index kinds: inverted, range, sorted, bloom ("text" is reserved).
+    /// Index kinds: inverted, range, sorted, bloom, text (full-text search with
+    /// `TEXT_MATCH`, STRING columns only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub index: Vec<String>,
     /// Whether the column may be null (default true; the time column never is).
@@ -528,9 +529,10 @@ impl TableSpec {
                             c.name
                         )))
                     }
-                    IndexKind::Text => {
+                    IndexKind::Text if multi_value || ty != ColumnType::String => {
                         return Err(spec_err(format!(
-                            "columns[{i}].index[{j}]: the text index is reserved and not available yet"
+                            "columns[{i}].index[{j}]: a text index needs a STRING column, {} is {}",
+                            c.name, c.ty
                         )))
                     }
                     IndexKind::Range if matches!(ty, ColumnType::String | ColumnType::Json | ColumnType::Boolean) => {

@@ -115,9 +115,32 @@ pub fn to_predicate(expr: &Expr, schema: &SegmentSchema) -> Option<Predicate> {
             })
         }
         Expr::Literal(ScalarValue::Boolean(Some(b)), _) => Some(Predicate::Const(*b)),
+        Expr::ScalarFunction(f) if f.name() == crate::text_match::NAME => {
+            text_predicate(&f.args, schema)
+        }
         Expr::ScalarFunction(f) => array_predicate(f.name(), &f.args, schema),
         _ => None,
     }
+}
+
+/// `text_match(col, 'query')` on a single-value string column.
+fn text_predicate(args: &[Expr], schema: &SegmentSchema) -> Option<Predicate> {
+    let [column, Expr::Literal(query, _)] = args else {
+        return None;
+    };
+    let column = column_of(column, schema)?;
+    let def = schema.column(&column)?;
+    if def.multi_value || def.ty.physical() != basalt_segment::types::Physical::Str {
+        return None;
+    }
+    let (ScalarValue::Utf8(Some(q))
+    | ScalarValue::Utf8View(Some(q))
+    | ScalarValue::LargeUtf8(Some(q))) = query
+    else {
+        return None;
+    };
+    let search = basalt_segment::text::TextSearch::parse(q).ok()?;
+    Some(Predicate::TextMatch { column, search })
 }
 
 /// `array_has(col, v)`, `array_has_any(col, [..])`, `array_has_all(col, [..])` on a

@@ -41,6 +41,7 @@ mod semi_join_pushdown;
 mod semi_to_inner;
 mod shared_subplan;
 pub mod table;
+pub mod text_match;
 pub mod workload;
 
 pub use engine::{
@@ -61,5 +62,7 @@ mod spill_tests;
 mod star_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod text_tests;
 #[cfg(test)]
 mod typed_tests;

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, BooleanArray, Float64Array, Int64Array, StringArray, UInt32Array,
+    Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, StringArray, UInt32Array,
 };
 use arrow::compute::{cast, concat, lexsort_to_indices, take, SortColumn, SortOptions};
 use arrow::datatypes::DataType;
@@ -49,6 +49,9 @@ pub struct BuildOptions {
     /// Build the schema's star-trees (default true; real-time chunks, rebuilt every second,
     /// skip them).
     pub star_trees: bool,
+    /// Build the text indexes columns ask for (default true; real-time chunks skip them and
+    /// `TEXT_MATCH` tokenizes their values instead).
+    pub text_indexes: bool,
 }
 
 impl Default for BuildOptions {
@@ -62,6 +65,7 @@ impl Default for BuildOptions {
             compress: true,
             raw_strings: true,
             star_trees: true,
+            text_indexes: true,
         }
     }
 }
@@ -110,7 +114,10 @@ pub fn build_segment(
     let mut dim_ids: HashMap<usize, Vec<u32>> = HashMap::new();
     for (i, (def, col)) in schema.columns.iter().zip(&columns).enumerate() {
         let star_dim = trees.iter().any(|t| t.dimensions.contains(&def.name));
-        let (meta, ids) = encode_column(&mut w, def, col, opts, star_dim)?;
+        let (mut meta, ids) = encode_column(&mut w, def, col, opts, star_dim)?;
+        if opts.text_indexes && def.has_index(IndexKind::Text) {
+            meta.text = Some(write_text_index(&mut w, def, col)?);
+        }
         metas.push(meta);
         if let Some(ids) = ids {
             dim_ids.insert(i, ids);
@@ -149,6 +156,27 @@ pub fn build_segment(
         star_trees,
     };
     w.finish(&footer)
+}
+
+/// The text index of a string column (see [`crate::text::index`]).
+fn write_text_index(w: &mut FileWriter, def: &ColumnDef, col: &ArrayRef) -> Result<SectionRef> {
+    let Some(strings) = col.as_string_opt::<i32>() else {
+        return Err(SegmentError::Schema {
+            column: def.name.clone(),
+            message: format!(
+                "a text index needs a string column, not {}",
+                col.data_type()
+            ),
+        });
+    };
+    let raw = crate::text::index::build(strings.iter()).map_err(|e| match e {
+        SegmentError::Schema { message, .. } => SegmentError::Schema {
+            column: def.name.clone(),
+            message,
+        },
+        e => e,
+    })?;
+    w.write(&raw, Codec::None)
 }
 
 /// Sort permutation by `col` (nulls last); ties keep their input order, so the build stays
@@ -609,6 +637,7 @@ fn encode_column(
         range,
         sorted_runs,
         bloom,
+        text: None,
     };
     Ok((meta, star_ids))
 }

@@ -21,7 +21,7 @@ use crate::types::{ColumnDef, ColumnType, IndexKind, SegmentSchema, Value};
 
 /// Every format version's fixture: its version, where it is written, and its bytes (built
 /// in, so a test binary that cargo reuses for another checkout reads the right ones).
-const FIXTURES: [(u32, &str, &[u8]); 8] = [
+const FIXTURES: [(u32, &str, &[u8]); 9] = [
     (1, "fixtures/v1.seg", include_bytes!("../fixtures/v1.seg")),
     (2, "fixtures/v2.seg", include_bytes!("../fixtures/v2.seg")),
     (3, "fixtures/v3.seg", include_bytes!("../fixtures/v3.seg")),
@@ -30,6 +30,7 @@ const FIXTURES: [(u32, &str, &[u8]); 8] = [
     (6, "fixtures/v6.seg", include_bytes!("../fixtures/v6.seg")),
     (7, "fixtures/v7.seg", include_bytes!("../fixtures/v7.seg")),
     (8, "fixtures/v8.seg", include_bytes!("../fixtures/v8.seg")),
+    (9, "fixtures/v9.seg", include_bytes!("../fixtures/v9.seg")),
 ];
 
 /// The input of the current version's fixture.
@@ -38,7 +39,7 @@ fn fixture_input() -> (SegmentSchema, RecordBatch) {
 }
 
 /// The input a version's fixture was built from: version 7 added DATE and DECIMAL columns,
-/// version 8 a star-tree.
+/// version 8 a star-tree, version 9 a text-indexed column.
 fn fixture_input_for(version: u32) -> (SegmentSchema, RecordBatch) {
     let (mut schema, batch) = fixture_input_v1();
     if version < 7 {
@@ -66,6 +67,11 @@ fn fixture_input_for(version: u32) -> (SegmentSchema, RecordBatch) {
             scale: 2,
         },
     ));
+    if version >= 9 {
+        schema
+            .columns
+            .push(ColumnDef::new("message", ColumnType::String).with_index(IndexKind::Text));
+    }
     let n = batch.num_rows();
     let mut fields: Vec<Field> = batch
         .schema()
@@ -84,10 +90,33 @@ fn fixture_input_for(version: u32) -> (SegmentSchema, RecordBatch) {
             .with_precision_and_scale(12, 2)
             .unwrap(),
     ));
+    if version >= 9 {
+        fields.push(Field::new("message", DataType::Utf8, true));
+        cols.push(Arc::new(StringArray::from_iter(
+            (0..n).map(fixture_message),
+        )));
+    }
     (
         schema,
         RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).unwrap(),
     )
+}
+
+/// Row i's log line (format 9's text-indexed column).
+fn fixture_message(i: usize) -> Option<String> {
+    (!i.is_multiple_of(29)).then(|| {
+        format!(
+            "{} {} took {}ms: {}",
+            ["GET", "POST", "PUT"][i % 3],
+            ["/api/users", "/login", "/static/app.js", "/api/orders"][i % 4],
+            i % 97,
+            if i.is_multiple_of(5) {
+                "failed, Timeout"
+            } else {
+                "ok"
+            }
+        )
+    })
 }
 
 /// Row i's price in cents: signed, with many distinct values.
@@ -314,6 +343,27 @@ fn check_fixture(schema: &SegmentSchema, batch: &RecordBatch, version: u32, byte
             *want.entry(country).or_insert(0i64) += if i % 13 != 0 { (i % 9) as i64 } else { 0 };
         }
         assert_eq!(sums, want);
+    }
+    if version >= 9 {
+        let c = schema.column_index("message").unwrap();
+        assert!(r.column_meta(c).text.is_some());
+        let text = |q: &str| {
+            count(Predicate::TextMatch {
+                column: "message".into(),
+                search: crate::text::TextSearch::parse(q).unwrap(),
+            })
+        };
+        let want = |f: &dyn Fn(usize) -> bool| {
+            (0..1000usize).filter(|&i| i % 29 != 0 && f(i)).count() as u64
+        };
+        assert_eq!(text("timeout"), want(&|i| i % 5 == 0));
+        assert_eq!(text("\"static app\""), want(&|i| i % 4 == 2));
+        assert_eq!(
+            text("post AND NOT login"),
+            want(&|i| i % 3 == 1 && i % 4 != 1)
+        );
+        assert_eq!(text("ord*"), want(&|i| i % 4 == 3));
+        assert_eq!(text("\"api us\"*"), want(&|i| i % 4 == 0));
     }
     // The whole content matches a fresh build of the same input, column by column.
     let fresh = SegmentReader::open(Bytes::from(

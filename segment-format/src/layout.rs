@@ -14,7 +14,7 @@ pub const HEADER_MAGIC: &[u8; 8] = b"BASALTSG";
 /// Last 8 bytes of every segment file.
 pub const TRAILER_MAGIC: &[u8; 8] = b"BSLTEND\0";
 /// The format version this build writes.
-pub const FORMAT_VERSION: u32 = 8;
+pub const FORMAT_VERSION: u32 = 9;
 /// header magic + version.
 pub const HEADER_LEN: usize = 12;
 /// footer offset u64 + footer length u64 + footer crc u32 + version u32 + magic.
@@ -133,6 +133,9 @@ pub struct ColumnMeta {
     /// `cardinality + 1` u32 doc starts: id `i` occupies docs `[starts[i], starts[i+1])`.
     pub sorted_runs: Option<SectionRef>,
     pub bloom: Option<SectionRef>,
+    /// The column's text index (format 9; see [`crate::text::index`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<SectionRef>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -315,6 +318,7 @@ fn validate_footer(f: &Footer, data_end: u64) -> Result<()> {
             (&c.inverted, "inverted index"),
             (&c.sorted_runs, "sorted runs"),
             (&c.bloom, "bloom filter"),
+            (&c.text, "text index"),
         ] {
             if let Some(s) = s {
                 check(s, &format!("column {:?} {what}", c.name))?;
@@ -352,6 +356,7 @@ pub fn sections(footer: &Footer) -> Vec<(String, SectionRef)> {
             ("inverted index", &c.inverted),
             ("sorted runs", &c.sorted_runs),
             ("bloom filter", &c.bloom),
+            ("text index", &c.text),
         ] {
             if let Some(s) = s {
                 add(what, s);

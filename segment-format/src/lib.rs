@@ -28,6 +28,7 @@ pub mod rice;
 pub mod star_tree;
 pub mod string_block;
 mod string_leaf;
+pub mod text;
 pub mod types;
 
 pub use builder::{build_segment, BuildOptions};

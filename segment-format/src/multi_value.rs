@@ -192,6 +192,7 @@ pub(crate) fn encode_column(
         range: None,
         sorted_runs: None,
         bloom,
+        text: None,
     })
 }
 

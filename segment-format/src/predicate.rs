@@ -21,6 +21,7 @@ use crate::layout::{f64_key, ColumnStats, Encoding};
 use crate::like::Like;
 use crate::reader::{BlockValues, Dictionary, SegmentReader};
 use crate::string_leaf;
+use crate::text::TextSearch;
 use crate::types::{Physical, Value};
 
 /// Comparison operators.
@@ -64,6 +65,11 @@ pub enum Predicate {
         negated: bool,
         case_insensitive: bool,
     },
+    /// `TEXT_MATCH(column, query)`: the value's tokens match the query ([`crate::text`]).
+    TextMatch {
+        column: String,
+        search: TextSearch,
+    },
     And(Vec<Predicate>),
     Or(Vec<Predicate>),
     Not(Box<Predicate>),
@@ -78,7 +84,8 @@ impl Predicate {
             | Predicate::Between { column, .. }
             | Predicate::InList { column, .. }
             | Predicate::IsNull { column, .. }
-            | Predicate::Like { column, .. } => {
+            | Predicate::Like { column, .. }
+            | Predicate::TextMatch { column, .. } => {
                 if !out.contains(column) {
                     out.push(column.clone())
                 }
@@ -170,7 +177,10 @@ fn combined_keys(reader: &SegmentReader, p: &Predicate) -> Result<Option<KeySet>
         | Predicate::Between { .. }
         | Predicate::InList { .. }
         | Predicate::Like { .. } => Some(leaf_keys(reader, p)?.1),
-        Predicate::IsNull { .. } | Predicate::Not(_) | Predicate::Const(_) => None,
+        Predicate::IsNull { .. }
+        | Predicate::Not(_)
+        | Predicate::Const(_)
+        | Predicate::TextMatch { .. } => None,
     })
 }
 
@@ -367,6 +377,22 @@ fn like_keys(
     Ok(normalize(ids))
 }
 
+/// The ids of a string dictionary whose values match a text query: each distinct value
+/// tokenized once (a segment without a text index for the column).
+fn text_keys(reader: &SegmentReader, col: usize, search: &TextSearch) -> Result<KeySet> {
+    let name = &reader.column_def(col).name;
+    let dict = key_dictionary(reader, col)?;
+    let Some(Dictionary::Str(values)) = dict.as_deref() else {
+        return Err(pred_err(name, "TEXT_MATCH applies to string columns"));
+    };
+    let q = search.query();
+    let ids = (0..values.len())
+        .filter(|&i| q.matches_str(values.value(i)))
+        .map(|i| (i as i64, i as i64))
+        .collect();
+    Ok(normalize(ids))
+}
+
 /// A compiled leaf: key intervals, or a test per value for raw string columns.
 enum Leaf {
     Keys(KeySet),
@@ -439,6 +465,10 @@ pub(crate) fn leaf_keys(reader: &SegmentReader, p: &Predicate) -> Result<(usize,
             let c = reader.column_index(column)?;
             let set = like_keys(reader, c, pattern, *case_insensitive)?;
             (c, if *negated { complement(&set) } else { set })
+        }
+        Predicate::TextMatch { column, search } => {
+            let c = reader.column_index(column)?;
+            (c, text_keys(reader, c, search)?)
         }
         _ => unreachable!("leaf_keys is only called on leaves"),
     })
@@ -638,6 +668,18 @@ impl Evaluator<'_> {
         leaf: &Predicate,
         candidates: Option<&RoaringBitmap>,
     ) -> Result<(usize, RoaringBitmap)> {
+        if let Predicate::TextMatch { column, search } = leaf {
+            let c = self.reader.column_index(column)?;
+            if let Some(index) = self.reader.text_index(c)? {
+                self.stats.index_lookups += 1;
+                let mut docs = index.search(search.query())?;
+                docs -= self.reader.nulls(c)?.as_ref();
+                if let Some(cands) = candidates {
+                    docs &= cands;
+                }
+                return Ok((c, docs));
+            }
+        }
         Ok(match compile_leaf(self.reader, leaf)? {
             (c, Leaf::Keys(set)) => (c, self.keys_to_docs(c, &set, candidates)?),
             (c, Leaf::Strings(test)) => (
@@ -677,8 +719,14 @@ impl Evaluator<'_> {
         let indexed = cols
             .iter()
             .all(|c| self.reader.column_index(c).is_ok_and(|i| self.indexed(i)));
+        let text_indexed = |column: &str| {
+            self.reader
+                .column_index(column)
+                .is_ok_and(|c| self.reader.column_meta(c).text.is_some())
+        };
         match (p, indexed) {
             (Predicate::Const(_) | Predicate::IsNull { .. }, _) => 0,
+            (Predicate::TextMatch { column, .. }, _) if text_indexed(column) => 1,
             (_, true) => 1,
             _ => 2,
         }
@@ -969,6 +1017,16 @@ pub fn may_match(reader: &SegmentReader, pred: &Predicate) -> Result<bool> {
             false
         }
         Predicate::Not(_) | Predicate::IsNull { .. } | Predicate::Like { .. } => true,
+        // Pruned by the index's term dictionary: a word the query needs is in no value.
+        Predicate::TextMatch { column, search } => {
+            let c = reader.column_index(column)?;
+            let all_null = reader.column_meta(c).stats.null_count >= reader.row_count() as u64;
+            match reader.text_index(c)? {
+                _ if all_null => false,
+                Some(index) => index.may_match(search.query())?,
+                None => true,
+            }
+        }
         Predicate::Compare {
             column,
             op: CmpOp::Eq,

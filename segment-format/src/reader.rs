@@ -167,6 +167,7 @@ struct ColumnCache {
     range: OnceLock<Arc<BitmapTable>>,
     sorted_runs: OnceLock<Arc<Vec<u32>>>,
     bloom: OnceLock<Arc<Bloom>>,
+    text: OnceLock<Arc<crate::text::TextIndex>>,
 }
 
 /// An open segment.
@@ -256,6 +257,20 @@ impl SegmentReader {
             let floats = crate::star_tree::float_metrics(&self.footer.schema, def);
             crate::star_tree::StarTree::decode(def, &floats, &raw)
         })
+    }
+
+    /// Column `col`'s text index, opened at first use; `None` when the segment has none
+    /// (a real-time chunk, a segment written before the column asked for one).
+    pub fn text_index(&self, col: usize) -> Result<Option<Arc<crate::text::TextIndex>>> {
+        let meta = &self.footer.columns[col];
+        let Some(s) = &meta.text else {
+            return Ok(None);
+        };
+        cached(&self.caches[col].text, || {
+            let raw = self.section(s, &format!("{} text index", meta.name))?;
+            crate::text::TextIndex::open(&raw, self.row_count())
+        })
+        .map(Some)
     }
 
     /// Checks every section's checksum now rather than at its first read (a copy fetched

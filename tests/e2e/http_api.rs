@@ -840,3 +840,154 @@ async fn star_tree_answers_what_it_covers_like_the_rows() {
         assert_eq!(&sorted_rows(&v), want, "{q}");
     }
 }
+
+/// Row `i` of the text-search table: a log line and a user agent.
+fn log_row(i: u64) -> (String, Option<String>, &'static str) {
+    let level = ["INFO", "WARN", "ERROR"][(i % 3) as usize];
+    let message = (!i.is_multiple_of(13)).then(|| {
+        format!(
+            "{} {} user-{} {}",
+            ["GET", "POST"][(i % 2) as usize],
+            ["/api/orders", "/login", "/static/app.js", "/api/users/42"][(i % 4) as usize],
+            i % 50,
+            match i % 5 {
+                0 => "disk full, retrying",
+                1 => "Timeout after 30s",
+                _ => "ok",
+            }
+        )
+    });
+    let agent = [
+        "Mozilla/5.0 (Windows NT 10.0) Chrome/120.0",
+        "Mozilla/5.0 (Linux; Android 14) Chrome/119.0 Mobile",
+        "curl/8.4.0",
+    ][(i % 3) as usize];
+    (level.to_string(), message, agent)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_match_through_http_and_postgres() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let c = reqwest::Client::new();
+    let s = Server::start(&data, None);
+    let spec = |message_type: &str| {
+        json!({
+            "name": "logs",
+            "time_column": "ts",
+            "columns": [
+                {"name": "ts", "type": "TIMESTAMP"},
+                {"name": "level", "type": "STRING", "index": ["inverted"]},
+                {"name": "message", "type": message_type, "index": ["text"]},
+                {"name": "agent", "type": "STRING", "index": ["text", "inverted"]}
+            ],
+            "segment": {"max_rows": 1000}
+        })
+    };
+    let (st, v) = post(
+        &c,
+        s.url("/tables"),
+        "application/json",
+        spec("LONG").to_string(),
+    )
+    .await;
+    assert_eq!(st, 400, "{v}");
+    assert!(
+        v.to_string().contains("a text index needs a STRING column"),
+        "{v}"
+    );
+    let (st, v) = post(
+        &c,
+        s.url("/tables"),
+        "application/json",
+        spec("STRING").to_string(),
+    )
+    .await;
+    assert_eq!(st, 201, "{v}");
+    let rows = 3_000u64;
+    let mut body = String::new();
+    for i in 0..rows {
+        let (level, message, agent) = log_row(i);
+        body.push_str(
+            &json!({"ts": 1_795_860_000_000i64 + i as i64 * 1000, "level": level,
+                    "message": message, "agent": agent})
+            .to_string(),
+        );
+        body.push('\n');
+    }
+    let (st, v) = post(
+        &c,
+        s.url("/tables/logs/ingest"),
+        "application/x-ndjson",
+        body,
+    )
+    .await;
+    assert_eq!((st, v.clone()), (200, json!({"rows": 3000})), "{v}");
+    let want = |f: &dyn Fn(u64) -> bool| (0..rows).filter(|&i| i % 13 != 0 && f(i)).count() as u64;
+    let cases: Vec<(&str, u64)> = vec![
+        ("TEXT_MATCH(message, 'timeout')", want(&|i| i % 5 == 1)),
+        (
+            "TEXT_MATCH(message, '\"disk full\"')",
+            want(&|i| i % 5 == 0),
+        ),
+        ("TEXT_MATCH(message, 'ord*')", want(&|i| i % 4 == 0)),
+        (
+            "TEXT_MATCH(message, 'post AND NOT (login OR timeout)')",
+            want(&|i| i % 2 == 1 && i % 4 != 1 && i % 5 != 1),
+        ),
+        (
+            "TEXT_MATCH(message, '\"api use\"*') AND level = 'ERROR'",
+            want(&|i| i % 4 == 3 && i % 3 == 2),
+        ),
+        ("NOT TEXT_MATCH(message, 'ok')", want(&|i| i % 5 < 2)),
+        (
+            "TEXT_MATCH(agent, 'android')",
+            (0..rows).filter(|i| i % 3 == 1).count() as u64,
+        ),
+        ("TEXT_MATCH(message, 'nothinglikethis')", 0),
+    ];
+    let pg = crate::harness::pg_connect(&s).await;
+    for (cond, n) in &cases {
+        let q = format!("SELECT count(*) FROM logs WHERE {cond}");
+        let v = sql(&c, &s, &q).await;
+        assert_eq!(v["exceptions"], json!([]), "{q}: {v}");
+        assert_eq!(v["resultTable"]["rows"][0][0], json!(n), "{q}: {v}");
+        let got: i64 = pg.query_one(&q, &[]).await.unwrap().get(0);
+        assert_eq!(got as u64, *n, "PostgreSQL: {q}");
+    }
+    // A word no segment holds prunes them all from the text indexes' term dictionaries.
+    let v = sql(
+        &c,
+        &s,
+        "SELECT count(*) FROM logs WHERE TEXT_MATCH(message, 'nothinglikethis')",
+    )
+    .await;
+    assert_eq!(v["numSegmentsMatched"], json!(0), "{v}");
+    // A bad query is a 400 naming the problem, and a PostgreSQL error with a SQLSTATE.
+    let bad = "SELECT count(*) FROM logs WHERE TEXT_MATCH(message, 'title:x')";
+    let r = c
+        .post(s.url("/query/sql"))
+        .json(&json!({"sql": bad}))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let v: Value = r.json().await.unwrap();
+    assert!(
+        (400..500).contains(&status) || v["exceptions"].to_string().contains("field names"),
+        "{status}: {v}"
+    );
+    assert!(v.to_string().contains("field names"), "{v}");
+    let e = pg.query(bad, &[]).await.unwrap_err();
+    let db = e.as_db_error().unwrap_or_else(|| panic!("{e}"));
+    assert!(db.message().contains("field names"), "{db:?}");
+    assert_ne!(db.code().code(), "XX000", "{db:?}");
+    drop(pg);
+    drop(s);
+    // After a restart the indexes are read from the segments on disk.
+    let s = Server::start(&data, None);
+    for (cond, n) in &cases {
+        let q = format!("SELECT count(*) FROM logs WHERE {cond}");
+        assert_eq!(scalar(&c, &s, &q).await, json!(n), "{q}");
+    }
+}

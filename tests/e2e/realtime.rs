@@ -429,3 +429,95 @@ async fn broker_stopped_and_restarted_mid_stream() {
     .await;
     drop_table(&c, &s, &table).await;
 }
+
+/// `TEXT_MATCH` on a real-time table: events not yet sealed (tokenized as they are queried)
+/// and sealed segments (with their text indexes) answer alike, and a new event matches as
+/// soon as it is counted at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn text_match_sees_events_before_and_after_their_seal() {
+    let Some(brokers) = service_env("BASALT_TEST_KAFKA", "realtime text_match") else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let (topic, table) = (unique("logs"), unique("rtlogs"));
+    create_topic(&brokers, &topic, PARTITIONS).await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("data"), None);
+    let c = reqwest::Client::new();
+    let spec = json!({
+        "name": table,
+        "time_column": "ts",
+        "columns": [
+            {"name": "ts", "type": "TIMESTAMP"},
+            {"name": "message", "type": "STRING", "index": ["text"]}
+        ],
+        "source": {"kafka": {"brokers": brokers, "topic": topic, "format": "json",
+            "start": "earliest", "properties": {"session.timeout.ms": "6000"}}},
+        "segment": {"max_rows": 100, "max_age": "2s"}
+    });
+    create(&c, &s, &spec.to_string()).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let line = |i: u64| match i % 3 {
+        0 => format!("disk full on node-{i}"),
+        1 => format!("Timeout talking to node-{i}"),
+        _ => format!("request ok node-{i}"),
+    };
+    let msgs: Vec<(i32, Vec<u8>)> = (0..600u64)
+        .map(|i| {
+            let body = json!({"ts": now + i as i64, "message": line(i)});
+            (
+                (i % PARTITIONS as u64) as i32,
+                body.to_string().into_bytes(),
+            )
+        })
+        .collect();
+    let p = producer(&brokers);
+    tokio::task::block_in_place(|| produce(&p, &topic, msgs));
+    let total = format!("SELECT count(*) FROM {table}");
+    wait_count(&c, &s, &total, 600).await;
+    let disk = format!("SELECT count(*) FROM {table} WHERE TEXT_MATCH(message, '\"disk full\"')");
+    let timeout = format!("SELECT count(*) FROM {table} WHERE TEXT_MATCH(message, 'time*')");
+    assert_eq!(count(&c, &s, &disk).await, 200);
+    assert_eq!(count(&c, &s, &timeout).await, 200);
+    // A new event: matched in the same answer that first counts it.
+    let needle = format!("SELECT count(*) FROM {table} WHERE TEXT_MATCH(message, 'zebra42')");
+    assert_eq!(count(&c, &s, &needle).await, 0);
+    let body = json!({"ts": now + 1000, "message": "a Zebra42 was seen"});
+    tokio::task::block_in_place(|| produce(&p, &topic, vec![(0, body.to_string().into_bytes())]));
+    let both = format!(
+        "SELECT count(*), sum(CASE WHEN TEXT_MATCH(message, 'zebra42') THEN 1 ELSE 0 END) FROM {table}"
+    );
+    let start = std::time::Instant::now();
+    loop {
+        let v = sql(&c, &s, &both).await;
+        let row = &v["resultTable"]["rows"][0];
+        if row[0] == json!(601) {
+            assert_eq!(row[1], json!(1), "{v}");
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "{v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(count(&c, &s, &needle).await, 1);
+    // Once everything is sealed (max_age 2 s) the indexes answer the same.
+    wait_for("every row sealed", Duration::from_secs(60), || {
+        let (c, s, path) = (&c, &s, format!("/tables/{table}/ingestion"));
+        async move {
+            let st = get_json(c, s, &path).await;
+            let parts = st["partitions"].as_array()?.clone();
+            let done = parts.len() == PARTITIONS as usize
+                && parts.iter().all(|p| p["mutable_rows"] == json!(0));
+            done.then_some(())
+        }
+    })
+    .await;
+    let t = get_json(&c, &s, &format!("/tables/{table}")).await;
+    assert_eq!(t["stats"]["rows"], json!(601), "every row sealed: {t}");
+    assert_eq!(count(&c, &s, &disk).await, 200);
+    assert_eq!(count(&c, &s, &timeout).await, 200);
+    assert_eq!(count(&c, &s, &needle).await, 1);
+    drop_table(&c, &s, &table).await;
+}

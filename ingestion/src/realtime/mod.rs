@@ -297,11 +297,12 @@ fn new_part(
     from: Option<i64>,
 ) -> Arc<MutablePart> {
     let qschema = quarantine_schema();
-    // Chunks live in memory for seconds: no zstd and no star-trees (the sealed segment has
-    // both).
+    // Chunks live in memory for seconds: no zstd, no star-trees and no text indexes (the
+    // sealed segment has them; `TEXT_MATCH` tokenizes a chunk's values instead).
     let build = basalt_segment::BuildOptions {
         compress: false,
         star_trees: false,
+        text_indexes: false,
         ..store.build.clone()
     };
     Arc::new(MutablePart::new(

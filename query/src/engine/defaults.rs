@@ -1,5 +1,6 @@
 //! What every query's session starts from, built once per process. In: DataFusion's default
-//! functions, planners, table factories and file formats, Basalt's `approx_distinct`. Out:
+//! functions, planners, table factories and file formats, Basalt's `approx_distinct` and
+//! `text_match`. Out:
 //! [`with_defaults`], a session builder given them — the same as DataFusion's
 //! `with_default_features` plus Basalt's functions, without building DataFusion's defaults
 //! again for every query — with the functions that reserve memory bound to the query's pool
@@ -34,7 +35,8 @@ struct Defaults {
 fn defaults() -> &'static Defaults {
     static DEFAULTS: OnceLock<Defaults> = OnceLock::new();
     DEFAULTS.get_or_init(|| {
-        let scalar = SessionStateDefaults::default_scalar_functions();
+        let mut scalar = SessionStateDefaults::default_scalar_functions();
+        scalar.push(Arc::new(crate::text_match::text_match()));
         let scalar_by_name = scalar
             .iter()
             .map(|f| (f.name().to_string(), f.clone()))

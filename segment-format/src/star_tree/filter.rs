@@ -67,7 +67,8 @@ fn truth(reader: &SegmentReader, p: &Predicate) -> Result<Option<Truth>> {
         Predicate::Compare { .. }
         | Predicate::Between { .. }
         | Predicate::InList { .. }
-        | Predicate::Like { .. } => {
+        | Predicate::Like { .. }
+        | Predicate::TextMatch { .. } => {
             if has_null_literal(p) {
                 return Ok(None);
             }
