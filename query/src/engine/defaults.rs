@@ -95,7 +95,7 @@ mod tests {
     use datafusion::execution::memory_pool::UnboundedMemoryPool;
 
     /// The same functions, planners and formats as DataFusion's `with_default_features`,
-    /// with Basalt's replacing the defaults of the same names.
+    /// with Basalt's replacing the defaults of the same names, plus `text_match`.
     #[test]
     fn sessions_get_what_default_features_gives() {
         let pool: Arc<dyn MemoryPool> = Arc::new(UnboundedMemoryPool::default());
@@ -106,10 +106,12 @@ mod tests {
             v.sort();
             v
         }
-        assert_eq!(
-            names(ours.scalar_functions()),
-            names(theirs.scalar_functions())
-        );
+        // Basalt adds `text_match` (Pinot's `TEXT_MATCH`) to DataFusion's scalar functions.
+        let mut want = names(theirs.scalar_functions());
+        let added = crate::text_match::NAME.to_string();
+        want.push(&added);
+        want.sort();
+        assert_eq!(names(ours.scalar_functions()), want);
         assert_eq!(
             names(ours.aggregate_functions()),
             names(theirs.aggregate_functions())
