@@ -33,13 +33,13 @@ GEN = """
 COPY (
   SELECT
     make_timestamp(1767225600000000 + i * 10000) AS ts,
-    ['info', 'info', 'info', 'warn', 'error', 'debug'][1 + hash(i) % 6] AS level,
-    ['checkout', 'payments', 'search', 'auth', 'catalog'][1 + hash(i * 3) % 5] AS service,
+    ['info', 'info', 'info', 'warn', 'error', 'debug'][1 + (hash(i) % 6)::BIGINT] AS level,
+    ['checkout', 'payments', 'search', 'auth', 'catalog'][1 + (hash(i * 3) % 5)::BIGINT] AS service,
     concat(
-      ['get', 'post', 'put', 'delete'][1 + hash(i * 5) % 4], ' /api/v1/',
-      ['orders', 'users', 'carts', 'items', 'sessions', 'invoices'][1 + hash(i * 7) % 6], '/',
+      ['get', 'post', 'put', 'delete'][1 + (hash(i * 5) % 4)::BIGINT], ' /api/v1/',
+      ['orders', 'users', 'carts', 'items', 'sessions', 'invoices'][1 + (hash(i * 7) % 6)::BIGINT], '/',
       (hash(i * 11) % 100000)::VARCHAR, ' status ',
-      ['200', '200', '200', '201', '404', '500', '503'][1 + hash(i * 13) % 7],
+      ['200', '200', '200', '201', '404', '500', '503'][1 + (hash(i * 13) % 7)::BIGINT],
       ' in ', (hash(i * 17) % 900)::VARCHAR, 'ms trace ', printf('%x', hash(i * 19) % 4294967296),
       ' ',
       CASE
@@ -54,7 +54,7 @@ COPY (
     ['mozilla/5.0 (windows nt 10.0; win64; x64) chrome/120.0',
      'mozilla/5.0 (macintosh; intel mac os x 14_1) safari/605.1',
      'mozilla/5.0 (linux; android 14) chrome/119.0 mobile',
-     'curl/8.4.0', 'python-requests/2.31'][1 + hash(i * 29) % 5] AS agent
+     'curl/8.4.0', 'python-requests/2.31'][1 + (hash(i * 29) % 5)::BIGINT] AS agent
   FROM range({rows}) t(i)
 ) TO '{out}' (FORMAT parquet)
 """
@@ -114,12 +114,12 @@ def main():
               f"{(b1-b0)/b0*100:.0f}% of the segments), load +{t1-t0:.1f}s ({(t1-t0)/t0*100:.0f}%)")
         con.execute(f"CREATE TABLE logs AS SELECT * FROM read_parquet('{pq}')")
         sess = chs.Session(os.path.join(work, "chdb"))
-        sess.query("CREATE TABLE logs ENGINE = MergeTree ORDER BY ts AS SELECT * FROM file('%s', Parquet)" % pq)
-        t = time.time()
-        sess.query("CREATE TABLE logs_bf (ts DateTime64(6), level String, service String, message String, agent String, "
-                   "INDEX tok message TYPE tokenbf_v1(32768, 3, 0) GRANULARITY 1) ENGINE = MergeTree ORDER BY ts")
-        sess.query("INSERT INTO logs_bf SELECT * FROM file('%s', Parquet)" % pq)
-        print(f"chdb tokenbf table loaded in {time.time() - t:.1f}s")
+        cols = "ts DateTime64(6), level String, service String, message String, agent String"
+        for table, extra in (("logs", ""), ("logs_bf", ", INDEX tok message TYPE tokenbf_v1(32768, 3, 0) GRANULARITY 1")):
+            t = time.time()
+            sess.query(f"CREATE TABLE {table} ({cols}{extra}) ENGINE = MergeTree ORDER BY ts")
+            sess.query(f"INSERT INTO {table} SELECT * FROM file('{pq}', Parquet)")
+            print(f"chdb {table} loaded in {time.time() - t:.1f}s")
 
         def basalt(sql):
             v = http(base + "/query/sql", json.dumps({"sql": sql, "queryOptions": "useResultCache=false"}).encode())
