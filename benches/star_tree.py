@@ -9,10 +9,10 @@ from the tree, Basalt on the same table with `useStarTree=false` (the rows), Duc
 and Basalt's ratio to the fastest peer; both Basalt answers are checked to be equal. The
 result cache is off for every Basalt query.
 """
-import argparse, json, math, os, shutil, subprocess, sys, tempfile, time
+import json, math, os, shutil, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "macro"))
-from run import http, median_ms, rss_kb, start_basalt  # noqa: E402
+from run import bench_args, http, index_cost, load_table, median_ms, rss_kb, start_basalt  # noqa: E402
 
 TREE = {
     "dimensions": ["country", "device", "event_type"],
@@ -40,12 +40,7 @@ def rounded(rows):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--basalt", default="target/debug/basalt")
-    ap.add_argument("--rows", type=int, default=10_000_000)
-    ap.add_argument("--runs", type=int, default=7)
-    ap.add_argument("--port", type=int, default=18299)
-    a = ap.parse_args()
+    a = bench_args(18299)
     import duckdb
     from chdb import session as chs
 
@@ -62,15 +57,8 @@ def main():
             s = dict(spec, name=name)
             if tree:
                 s["star_tree"] = [tree]
-            http(base + "/tables", json.dumps(s).encode())
-            t = time.time()
-            with open(pq, "rb") as f:
-                http(base + f"/tables/{name}/ingest", f.read(), "application/vnd.apache.parquet", timeout=3600)
-            info = http(base + f"/tables/{name}")
-            loads[name] = (time.time() - t, info["stats"]["bytes"])
-            print(f"basalt {name}: loaded in {loads[name][0]:.1f}s, {loads[name][1]/1e6:.1f} MB, {info['stats']['segments']} segments")
-        (t0, b0), (t1, b1) = loads["events"], loads["events_st"]
-        print(f"star-tree: +{(b1-b0)/1e6:.1f} MB ({(b1-b0)/b0*100:.1f}% of the segments), load +{t1-t0:.1f}s ({(t1-t0)/t0*100:.0f}%)")
+            loads[name] = load_table(base, s, pq)
+        index_cost("star-tree", loads["events"], loads["events_st"])
         con = duckdb.connect(os.path.join(work, "duck.db"))
         con.execute(f"CREATE TABLE events AS SELECT * FROM read_parquet('{pq}')")
         sess = chs.Session(os.path.join(work, "chdb"))

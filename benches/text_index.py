@@ -9,10 +9,10 @@ Needs: pip install duckdb chdb. Messages are lowercase, and the searched words a
 that are not part of other words, so every form counts the same rows (checked). The result
 cache is off for every Basalt query.
 """
-import argparse, json, math, os, shutil, sys, tempfile, time
+import json, math, os, shutil, sys, tempfile, time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "macro"))
-from run import http, median_ms, rss_kb, start_basalt  # noqa: E402
+from run import bench_args, http, index_cost, load_table, median_ms, rss_kb, start_basalt  # noqa: E402
 
 SPEC = {
     "name": "logs",
@@ -74,12 +74,7 @@ QUERIES = [
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--basalt", default="target/debug/basalt")
-    ap.add_argument("--rows", type=int, default=10_000_000)
-    ap.add_argument("--runs", type=int, default=7)
-    ap.add_argument("--port", type=int, default=18298)
-    a = ap.parse_args()
+    a = bench_args(18298)
     import duckdb
     from chdb import session as chs
 
@@ -102,16 +97,8 @@ def main():
             s["name"] = name
             if not text:
                 s["columns"][3]["index"] = []
-            http(base + "/tables", json.dumps(s).encode())
-            t = time.time()
-            with open(pq, "rb") as f:
-                http(base + f"/tables/{name}/ingest", f.read(), "application/vnd.apache.parquet", timeout=3600)
-            info = http(base + f"/tables/{name}")
-            loads[name] = (time.time() - t, info["stats"]["bytes"])
-            print(f"basalt {name}: loaded in {loads[name][0]:.1f}s, {loads[name][1]/1e6:.1f} MB, {info['stats']['segments']} segments")
-        (t0, b0), (t1, b1) = loads["logs_plain"], loads["logs"]
-        print(f"text index: +{(b1-b0)/1e6:.1f} MB ({(b1-b0)/raw*100:.0f}% of the raw column's {raw/1e6:.0f} MB of text, "
-              f"{(b1-b0)/b0*100:.0f}% of the segments), load +{t1-t0:.1f}s ({(t1-t0)/t0*100:.0f}%)")
+            loads[name] = load_table(base, s, pq)
+        index_cost("text index", loads["logs_plain"], loads["logs"], raw)
         con.execute(f"CREATE TABLE logs AS SELECT * FROM read_parquet('{pq}')")
         sess = chs.Session(os.path.join(work, "chdb"))
         cols = "ts DateTime64(6), level String, service String, message String, agent String"

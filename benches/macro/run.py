@@ -68,6 +68,35 @@ def start_basalt(basalt, work, port):
     return srv, base
 
 
+def bench_args(port, runs=7):
+    """The flags every benchmark script takes: the binary, the row count, runs per query, a port."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--basalt", default="target/debug/basalt")
+    ap.add_argument("--rows", type=int, default=10_000_000)
+    ap.add_argument("--runs", type=int, default=runs)
+    ap.add_argument("--port", type=int, default=port)
+    return ap.parse_args()
+
+
+def load_table(base, spec, parquet):
+    """Creates the table `spec` names and loads `parquet` into it over HTTP: (seconds, bytes)."""
+    http(base + "/tables", json.dumps(spec).encode())
+    t = time.time()
+    with open(parquet, "rb") as f:
+        http(base + f"/tables/{spec['name']}/ingest", f.read(), "application/vnd.apache.parquet", timeout=3600)
+    secs = time.time() - t
+    info = http(base + f"/tables/{spec['name']}")
+    print(f"basalt {spec['name']}: loaded in {secs:.1f}s, {info['stats']['bytes']/1e6:.1f} MB, {info['stats']['segments']} segments")
+    return secs, info["stats"]["bytes"]
+
+
+def index_cost(what, plain, indexed, raw=None):
+    """Prints what an index adds: bytes and load time of `indexed` over `plain` (each (s, bytes))."""
+    (t0, b0), (t1, b1) = plain, indexed
+    of_raw = f"{(b1-b0)/raw*100:.0f}% of the raw column's {raw/1e6:.0f} MB, " if raw else ""
+    print(f"{what}: +{(b1-b0)/1e6:.1f} MB ({of_raw}{(b1-b0)/b0*100:.1f}% of the segments), load +{t1-t0:.1f}s ({(t1-t0)/t0*100:.0f}%)")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--basalt", default="target/debug/basalt")

@@ -518,7 +518,7 @@ impl TableSpec {
             for (j, k) in c.index.iter().enumerate() {
                 let kind = parse_index(k).ok_or_else(|| {
                     spec_err(format!(
-                        "columns[{i}].index[{j}]: unknown index kind {k:?} (expected inverted, range, sorted, bloom or text)"
+                        "columns[{i}].index[{j}]: unknown index kind {k:?} (expected inverted, range, sorted, bloom, text or json)"
                     ))
                 })?;
                 match kind {
@@ -532,6 +532,12 @@ impl TableSpec {
                     IndexKind::Text if multi_value || ty != ColumnType::String => {
                         return Err(spec_err(format!(
                             "columns[{i}].index[{j}]: a text index needs a STRING column, {} is {}",
+                            c.name, c.ty
+                        )))
+                    }
+                    IndexKind::Json if multi_value || ty != ColumnType::Json => {
+                        return Err(spec_err(format!(
+                            "columns[{i}].index[{j}]: a json index needs a JSON column, {} is {}",
                             c.name, c.ty
                         )))
                     }

@@ -8,6 +8,9 @@ use basalt_segment::{CmpOp, ColumnType, Predicate, SegmentSchema, Value};
 use datafusion::logical_expr::{expr::InList, Between, BinaryExpr, Cast, Expr, Like, Operator};
 use datafusion::scalar::ScalarValue;
 
+use crate::json_extract::{Extract, Target};
+use basalt_segment::search::SearchFunction;
+
 /// Converts `expr`, or returns None if it is not exactly answerable by segments.
 pub fn to_predicate(expr: &Expr, schema: &SegmentSchema) -> Option<Predicate> {
     match expr {
@@ -22,6 +25,12 @@ pub fn to_predicate(expr: &Expr, schema: &SegmentSchema) -> Option<Predicate> {
             ])),
             _ => {
                 let cmp = cmp_op(*op)?;
+                if let Some(p) = json_compare(left, cmp, right, schema) {
+                    return Some(p);
+                }
+                if let Some(p) = json_compare(right, flip(cmp), left, schema) {
+                    return Some(p);
+                }
                 if let Some(column) = column_of(left, schema) {
                     let value = literal_for(right, schema, &column)?;
                     return Some(Predicate::Compare {
@@ -53,6 +62,10 @@ pub fn to_predicate(expr: &Expr, schema: &SegmentSchema) -> Option<Predicate> {
             column: column_of(e, schema)?,
             negated: false,
         }),
+        Expr::IsNotNull(e) if extraction(e, schema).is_some() => {
+            let (column, extract) = extraction(e, schema)?;
+            json_leaf(column, &extract, "IS NOT NULL")
+        }
         Expr::IsNotNull(e) => Some(Predicate::IsNull {
             column: column_of(e, schema)?,
             negated: true,
@@ -74,6 +87,24 @@ pub fn to_predicate(expr: &Expr, schema: &SegmentSchema) -> Option<Predicate> {
             } else {
                 p
             })
+        }
+        Expr::InList(InList {
+            expr,
+            list,
+            negated: false,
+        }) if extraction(expr, schema).is_some() => {
+            let (column, extract) = extraction(expr, schema)?;
+            let values = list
+                .iter()
+                .map(|e| match literal(e)? {
+                    Value::Str(s) if !s.starts_with(['{', '[']) => Some(quote(&s, '\'')),
+                    _ => None,
+                })
+                .collect::<Option<Vec<_>>>()?;
+            if extract.target != Target::String {
+                return None;
+            }
+            json_leaf(column, &extract, &format!("IN ({})", values.join(", ")))
         }
         Expr::InList(InList {
             expr,
@@ -115,32 +146,104 @@ pub fn to_predicate(expr: &Expr, schema: &SegmentSchema) -> Option<Predicate> {
             })
         }
         Expr::Literal(ScalarValue::Boolean(Some(b)), _) => Some(Predicate::Const(*b)),
-        Expr::ScalarFunction(f) if f.name() == crate::text_match::NAME => {
-            text_predicate(&f.args, schema)
-        }
-        Expr::ScalarFunction(f) => array_predicate(f.name(), &f.args, schema),
+        Expr::ScalarFunction(f) => match crate::search_fn::by_name(f.name()) {
+            Some(function) => search_predicate(function, &f.args, schema),
+            None => array_predicate(f.name(), &f.args, schema),
+        },
         _ => None,
     }
 }
 
-/// `text_match(col, 'query')` on a single-value string column.
-fn text_predicate(args: &[Expr], schema: &SegmentSchema) -> Option<Predicate> {
-    let [column, Expr::Literal(query, _)] = args else {
+/// `text_match(col, 'query')` or `json_match(col, 'filter')` on a single-value string column.
+fn search_predicate(
+    function: SearchFunction,
+    args: &[Expr],
+    schema: &SegmentSchema,
+) -> Option<Predicate> {
+    let [column, query] = args else {
         return None;
     };
     let column = column_of(column, schema)?;
-    let def = schema.column(&column)?;
-    if def.multi_value || def.ty.physical() != basalt_segment::types::Physical::Str {
+    if schema.column(&column)?.ty.physical() != basalt_segment::types::Physical::Str {
         return None;
     }
-    let (ScalarValue::Utf8(Some(q))
-    | ScalarValue::Utf8View(Some(q))
-    | ScalarValue::LargeUtf8(Some(q))) = query
-    else {
+    let Value::Str(q) = literal(query)? else {
         return None;
     };
-    let search = basalt_segment::text::TextSearch::parse(q).ok()?;
-    Some(Predicate::TextMatch { column, search })
+    Some(function.parse(&q).ok()?.into_predicate(column))
+}
+
+/// `json_extract_scalar(col, '$.path', 'TYPE')` (no default) on a single-value string column,
+/// with its checked arguments.
+fn extraction(e: &Expr, schema: &SegmentSchema) -> Option<(String, Extract)> {
+    let Expr::ScalarFunction(f) = e else {
+        return None;
+    };
+    if f.name() != crate::json_extract::NAME {
+        return None;
+    }
+    let [column, path @ Expr::Literal(..), target @ Expr::Literal(..)] = f.args.as_slice() else {
+        return None;
+    };
+    let column = column_of(column, schema)?;
+    if schema.column(&column)?.ty.physical() != basalt_segment::types::Physical::Str {
+        return None;
+    }
+    let consts = [None, lit_of(path), lit_of(target)];
+    Some((column, Extract::from_args(&consts).ok()?))
+}
+
+fn lit_of(e: &Expr) -> Option<&ScalarValue> {
+    match e {
+        Expr::Literal(v, _) => Some(v),
+        _ => None,
+    }
+}
+
+/// `text` quoted with `q`, the quote doubled inside.
+fn quote(text: &str, q: char) -> String {
+    let doubled: String = [q, q].iter().collect();
+    format!("{q}{}{q}", text.replace(q, &doubled))
+}
+
+/// The `JSON_MATCH` leaf `"path" <condition>` on `column`.
+fn json_leaf(column: String, extract: &Extract, condition: &str) -> Option<Predicate> {
+    let filter = format!("{} {condition}", quote(extract.path.canonical(), '"'));
+    Some(
+        SearchFunction::Json
+            .parse(&filter)
+            .ok()?
+            .into_predicate(column),
+    )
+}
+
+/// A comparison of an extraction with a literal that the JSON index answers exactly: a
+/// `STRING` extraction equal to a string (one that an object's or array's JSON text cannot
+/// be), or a `DOUBLE` extraction ordered against a number (both read numbers the same way,
+/// see [`crate::json_extract::read_number`]).
+fn json_compare(call: &Expr, op: CmpOp, value: &Expr, schema: &SegmentSchema) -> Option<Predicate> {
+    let (column, extract) = extraction(call, schema)?;
+    let condition = match (extract.target, op, literal(value)?) {
+        (Target::String, CmpOp::Eq, Value::Str(s)) if !s.starts_with(['{', '[']) => {
+            format!("= {}", quote(&s, '\''))
+        }
+        (Target::Double, CmpOp::Lt | CmpOp::LtEq | CmpOp::Gt | CmpOp::GtEq, v) => {
+            let x = match v {
+                Value::Int(i) => i as f64,
+                Value::Float(x) if x.is_finite() => x,
+                _ => return None,
+            };
+            let op = match op {
+                CmpOp::Lt => "<",
+                CmpOp::LtEq => "<=",
+                CmpOp::Gt => ">",
+                _ => ">=",
+            };
+            format!("{op} {x:?}")
+        }
+        _ => return None,
+    };
+    json_leaf(column, &extract, &condition)
 }
 
 /// `array_has(col, v)`, `array_has_any(col, [..])`, `array_has_all(col, [..])` on a

@@ -27,6 +27,7 @@ pub mod fragment;
 pub mod functions;
 pub mod guard;
 mod join_order;
+pub mod json_extract;
 pub mod memory;
 pub mod pinot;
 pub mod plain_strings;
@@ -36,12 +37,12 @@ mod row_filter;
 mod runtime;
 pub use runtime::serve_on_query_threads;
 pub mod scan;
+pub mod search_fn;
 pub mod segment_agg;
 mod semi_join_pushdown;
 mod semi_to_inner;
 mod shared_subplan;
 pub mod table;
-pub mod text_match;
 pub mod workload;
 
 pub use engine::{
@@ -54,6 +55,8 @@ pub use workload::Workload;
 
 #[cfg(test)]
 mod join_tests;
+#[cfg(test)]
+mod json_tests;
 #[cfg(test)]
 mod partial_tests;
 #[cfg(test)]

@@ -269,6 +269,58 @@ pub(crate) async fn assert_same(engine: &QueryEngine, reference: &SessionContext
     assert_eq!(render(&got.batches), render(&want), "{sql}");
 }
 
+/// Segments of `batches` in 256-row blocks, the last built without text and JSON indexes, as
+/// a real-time chunk is (its values are tested one by one).
+pub(crate) fn segments_last_unindexed(
+    schema: &SegmentSchema,
+    batches: &[RecordBatch],
+) -> Vec<Arc<SegmentReader>> {
+    let last = batches.len().saturating_sub(1);
+    batches
+        .iter()
+        .enumerate()
+        .map(|(s, b)| {
+            let opts = BuildOptions {
+                block_rows: 256,
+                text_indexes: s < last,
+                ..BuildOptions::default()
+            };
+            let bytes = build_segment(schema, std::slice::from_ref(b), &opts).unwrap();
+            Arc::new(SegmentReader::open(Bytes::from(bytes)).unwrap())
+        })
+        .collect()
+}
+
+/// Each engine query of `pairs` answers what its reference query answers on the reference;
+/// returns how many answers are not a single `0` (so a caller can check most match rows).
+pub(crate) async fn assert_pairs(
+    engine: &QueryEngine,
+    reference: &SessionContext,
+    pairs: &[(String, String)],
+) -> usize {
+    let mut nonzero = 0;
+    for (got_sql, want_sql) in pairs {
+        let want = render(
+            &reference
+                .sql(want_sql)
+                .await
+                .unwrap_or_else(|e| panic!("{want_sql}: {e}"))
+                .collect()
+                .await
+                .unwrap_or_else(|e| panic!("{want_sql}: {e}")),
+        );
+        let got = engine
+            .execute(got_sql, &QueryLimits::default())
+            .await
+            .unwrap_or_else(|e| panic!("{got_sql}: {e}"));
+        assert_eq!(render(&got.batches), want, "{got_sql}\nagainst {want_sql}");
+        if want.first().is_some_and(|r| r != "0") {
+            nonzero += 1;
+        }
+    }
+    nonzero
+}
+
 /// The EXPLAIN output of `sql`, one line per row.
 pub(crate) async fn explain(engine: &QueryEngine, sql: &str) -> String {
     let out = engine

@@ -15,7 +15,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::engine::QueryLimits;
-use crate::tests::{engine_and_reference, explain, render};
+use crate::tests::{assert_pairs, engine_and_reference, explain, segments_last_unindexed};
 
 const T0: i64 = 1_767_225_600_000; // 2026-01-01
 const ROWS: usize = 2_000;
@@ -121,22 +121,15 @@ fn cases() -> Vec<(&'static str, String)> {
 async fn text_match_answers_like_datafusion_regexes() {
     let mut rng = StdRng::seed_from_u64(0x7E47);
     let schema = text_schema();
-    let mut batches = Vec::new();
-    let mut segments = Vec::new();
-    for s in 0..3 {
-        let b = batch(&mut rng, T0 + (s * ROWS) as i64 * 1000);
-        // The last segment has no text index, as a real-time chunk: its values are tokenized.
-        let opts = BuildOptions {
-            block_rows: 256,
-            text_indexes: s < 2,
-            ..BuildOptions::default()
-        };
-        let bytes = build_segment(&schema, std::slice::from_ref(&b), &opts).unwrap();
-        let seg = SegmentReader::open(Bytes::from(bytes)).unwrap();
-        assert_eq!(seg.column_meta(1).text.is_some(), s < 2);
-        segments.push(Arc::new(seg));
-        batches.push(b);
-    }
+    let batches: Vec<RecordBatch> = (0..3)
+        .map(|s| batch(&mut rng, T0 + (s * ROWS) as i64 * 1000))
+        .collect();
+    let segments = segments_last_unindexed(&schema, &batches);
+    let indexed: Vec<bool> = segments
+        .iter()
+        .map(|s| s.column_meta(1).text.is_some())
+        .collect();
+    assert_eq!(indexed, [true, true, false]);
     let (engine, reference) = engine_and_reference(schema, segments, &batches);
     // The filter is the segments' (their text indexes), not DataFusion's.
     let plan = explain(
@@ -208,26 +201,7 @@ async fn text_match_answers_like_datafusion_regexes() {
             ));
         }
     }
-    let mut nonzero = 0;
-    for (got_sql, want_sql) in &sqls {
-        let want = render(
-            &reference
-                .sql(want_sql)
-                .await
-                .unwrap()
-                .collect()
-                .await
-                .unwrap(),
-        );
-        let got = engine
-            .execute(got_sql, &QueryLimits::default())
-            .await
-            .unwrap_or_else(|e| panic!("{got_sql}: {e}"));
-        assert_eq!(render(&got.batches), want, "{got_sql}\nagainst {want_sql}");
-        if want.first().is_some_and(|r| r != "0") {
-            nonzero += 1;
-        }
-    }
+    let nonzero = assert_pairs(&engine, &reference, &sqls).await;
     assert!(
         nonzero > sqls.len() / 2,
         "most queries match rows: {nonzero}/{}",

@@ -49,8 +49,8 @@ pub struct BuildOptions {
     /// Build the schema's star-trees (default true; real-time chunks, rebuilt every second,
     /// skip them).
     pub star_trees: bool,
-    /// Build the text indexes columns ask for (default true; real-time chunks skip them and
-    /// `TEXT_MATCH` tokenizes their values instead).
+    /// Build the text and JSON indexes columns ask for (default true; real-time chunks skip
+    /// them, and `TEXT_MATCH` / `JSON_MATCH` test their values instead).
     pub text_indexes: bool,
 }
 
@@ -118,6 +118,9 @@ pub fn build_segment(
         if opts.text_indexes && def.has_index(IndexKind::Text) {
             meta.text = Some(write_text_index(&mut w, def, col)?);
         }
+        if opts.text_indexes && def.has_index(IndexKind::Json) {
+            meta.json = Some(write_json_index(&mut w, def, col)?);
+        }
         metas.push(meta);
         if let Some(ids) = ids {
             dim_ids.insert(i, ids);
@@ -176,6 +179,21 @@ fn write_text_index(w: &mut FileWriter, def: &ColumnDef, col: &ArrayRef) -> Resu
         },
         e => e,
     })?;
+    w.write(&raw, Codec::None)
+}
+
+/// The JSON index of a JSON column (see [`crate::json::index`]).
+fn write_json_index(w: &mut FileWriter, def: &ColumnDef, col: &ArrayRef) -> Result<SectionRef> {
+    let Some(strings) = col.as_string_opt::<i32>() else {
+        return Err(SegmentError::Schema {
+            column: def.name.clone(),
+            message: format!(
+                "a JSON index needs a string column, not {}",
+                col.data_type()
+            ),
+        });
+    };
+    let raw = crate::json::index::build(strings.iter())?;
     w.write(&raw, Codec::None)
 }
 
@@ -638,6 +656,7 @@ fn encode_column(
         sorted_runs,
         bloom,
         text: None,
+        json: None,
     };
     Ok((meta, star_ids))
 }

@@ -21,7 +21,7 @@ use crate::types::{ColumnDef, ColumnType, IndexKind, SegmentSchema, Value};
 
 /// Every format version's fixture: its version, where it is written, and its bytes (built
 /// in, so a test binary that cargo reuses for another checkout reads the right ones).
-const FIXTURES: [(u32, &str, &[u8]); 9] = [
+const FIXTURES: [(u32, &str, &[u8]); 10] = [
     (1, "fixtures/v1.seg", include_bytes!("../fixtures/v1.seg")),
     (2, "fixtures/v2.seg", include_bytes!("../fixtures/v2.seg")),
     (3, "fixtures/v3.seg", include_bytes!("../fixtures/v3.seg")),
@@ -31,6 +31,11 @@ const FIXTURES: [(u32, &str, &[u8]); 9] = [
     (7, "fixtures/v7.seg", include_bytes!("../fixtures/v7.seg")),
     (8, "fixtures/v8.seg", include_bytes!("../fixtures/v8.seg")),
     (9, "fixtures/v9.seg", include_bytes!("../fixtures/v9.seg")),
+    (
+        10,
+        "fixtures/v10.seg",
+        include_bytes!("../fixtures/v10.seg"),
+    ),
 ];
 
 /// The input of the current version's fixture.
@@ -39,7 +44,7 @@ fn fixture_input() -> (SegmentSchema, RecordBatch) {
 }
 
 /// The input a version's fixture was built from: version 7 added DATE and DECIMAL columns,
-/// version 8 a star-tree, version 9 a text-indexed column.
+/// version 8 a star-tree, version 9 a text-indexed column, version 10 a JSON-indexed column.
 fn fixture_input_for(version: u32) -> (SegmentSchema, RecordBatch) {
     let (mut schema, batch) = fixture_input_v1();
     if version < 7 {
@@ -72,6 +77,11 @@ fn fixture_input_for(version: u32) -> (SegmentSchema, RecordBatch) {
             .columns
             .push(ColumnDef::new("message", ColumnType::String).with_index(IndexKind::Text));
     }
+    if version >= 10 {
+        schema
+            .columns
+            .push(ColumnDef::new("attrs", ColumnType::Json).with_index(IndexKind::Json));
+    }
     let n = batch.num_rows();
     let mut fields: Vec<Field> = batch
         .schema()
@@ -96,6 +106,10 @@ fn fixture_input_for(version: u32) -> (SegmentSchema, RecordBatch) {
             (0..n).map(fixture_message),
         )));
     }
+    if version >= 10 {
+        fields.push(Field::new("attrs", DataType::Utf8, true));
+        cols.push(Arc::new(StringArray::from_iter((0..n).map(fixture_attrs))));
+    }
     (
         schema,
         RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).unwrap(),
@@ -117,6 +131,26 @@ fn fixture_message(i: usize) -> Option<String> {
             }
         )
     })
+}
+
+/// Row i's JSON attributes (format 10's JSON-indexed column); every 31st is NULL and every
+/// 37th is not JSON.
+fn fixture_attrs(i: usize) -> Option<String> {
+    if i.is_multiple_of(31) {
+        return None;
+    }
+    if i.is_multiple_of(37) {
+        return Some(format!("not json {i}"));
+    }
+    let browser = ["firefox", "chrome", "safari"][i % 3];
+    let mut doc = serde_json::json!({
+        "browser": { "name": browser, "version": i % 7 },
+        "tags": (0..i % 4).map(|t| format!("t{t}")).collect::<Vec<_>>(),
+    });
+    if i.is_multiple_of(2) {
+        doc["user"] = serde_json::json!({ "id": i, "premium": i.is_multiple_of(4) });
+    }
+    Some(doc.to_string())
 }
 
 /// Row i's price in cents: signed, with many distinct values.
@@ -364,6 +398,29 @@ fn check_fixture(schema: &SegmentSchema, batch: &RecordBatch, version: u32, byte
         );
         assert_eq!(text("ord*"), want(&|i| i % 4 == 3));
         assert_eq!(text("\"api us\"*"), want(&|i| i % 4 == 0));
+    }
+    if version >= 10 {
+        let c = schema.column_index("attrs").unwrap();
+        assert!(r.column_meta(c).json.is_some());
+        let json = |f: &str| {
+            count(Predicate::JsonMatch {
+                column: "attrs".into(),
+                search: crate::json::JsonSearch::parse(f).unwrap(),
+            })
+        };
+        let want = |f: &dyn Fn(usize) -> bool| {
+            (0..1000usize)
+                .filter(|&i| i % 31 != 0 && i % 37 != 0 && f(i))
+                .count() as u64
+        };
+        assert_eq!(json("\"$.browser.name\" = 'chrome'"), want(&|i| i % 3 == 1));
+        assert_eq!(json("\"$.browser.version\" >= 5"), want(&|i| i % 7 >= 5));
+        assert_eq!(json("\"$.tags[*]\" = 't2'"), want(&|i| i % 4 == 3));
+        assert_eq!(json("\"$.user.premium\" = true"), want(&|i| i % 4 == 0));
+        assert_eq!(
+            json("\"$.user\" IS NULL AND \"$.tags[0]\" IS NOT NULL"),
+            want(&|i| i % 2 == 1 && i % 4 != 0)
+        );
     }
     // The whole content matches a fresh build of the same input, column by column.
     let fresh = SegmentReader::open(Bytes::from(

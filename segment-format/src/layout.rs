@@ -14,7 +14,7 @@ pub const HEADER_MAGIC: &[u8; 8] = b"BASALTSG";
 /// Last 8 bytes of every segment file.
 pub const TRAILER_MAGIC: &[u8; 8] = b"BSLTEND\0";
 /// The format version this build writes.
-pub const FORMAT_VERSION: u32 = 9;
+pub const FORMAT_VERSION: u32 = 10;
 /// header magic + version.
 pub const HEADER_LEN: usize = 12;
 /// footer offset u64 + footer length u64 + footer crc u32 + version u32 + magic.
@@ -136,6 +136,9 @@ pub struct ColumnMeta {
     /// The column's text index (format 9; see [`crate::text::index`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<SectionRef>,
+    /// The column's JSON index (format 10; see [`crate::json::index`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json: Option<SectionRef>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -319,6 +322,7 @@ fn validate_footer(f: &Footer, data_end: u64) -> Result<()> {
             (&c.sorted_runs, "sorted runs"),
             (&c.bloom, "bloom filter"),
             (&c.text, "text index"),
+            (&c.json, "JSON index"),
         ] {
             if let Some(s) = s {
                 check(s, &format!("column {:?} {what}", c.name))?;
@@ -357,6 +361,7 @@ pub fn sections(footer: &Footer) -> Vec<(String, SectionRef)> {
             ("sorted runs", &c.sorted_runs),
             ("bloom filter", &c.bloom),
             ("text index", &c.text),
+            ("JSON index", &c.json),
         ] {
             if let Some(s) = s {
                 add(what, s);

@@ -15,6 +15,7 @@ pub mod error;
 pub mod fuzzing;
 pub mod inspect;
 pub mod int_block;
+pub mod json;
 mod key_match;
 pub mod layout;
 pub mod like;
@@ -25,6 +26,7 @@ pub mod predicate;
 pub mod reader;
 #[doc(hidden)] // public for benches/segment.rs only
 pub mod rice;
+pub mod search;
 pub mod star_tree;
 pub mod string_block;
 mod string_leaf;

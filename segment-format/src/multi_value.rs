@@ -193,6 +193,7 @@ pub(crate) fn encode_column(
         sorted_runs: None,
         bloom,
         text: None,
+        json: None,
     })
 }
 

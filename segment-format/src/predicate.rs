@@ -16,10 +16,12 @@ use roaring::RoaringBitmap;
 use crate::bloom::hash_bytes;
 use crate::builder::hash_key;
 use crate::error::{Result, SegmentError};
+use crate::json::JsonSearch;
 use crate::key_match::KeyMatcher;
 use crate::layout::{f64_key, ColumnStats, Encoding};
 use crate::like::Like;
 use crate::reader::{BlockValues, Dictionary, SegmentReader};
+use crate::search::Search;
 use crate::string_leaf;
 use crate::text::TextSearch;
 use crate::types::{Physical, Value};
@@ -70,6 +72,11 @@ pub enum Predicate {
         column: String,
         search: TextSearch,
     },
+    /// `JSON_MATCH(column, filter)`: the value's JSON matches the filter ([`crate::json`]).
+    JsonMatch {
+        column: String,
+        search: JsonSearch,
+    },
     And(Vec<Predicate>),
     Or(Vec<Predicate>),
     Not(Box<Predicate>),
@@ -85,7 +92,8 @@ impl Predicate {
             | Predicate::InList { column, .. }
             | Predicate::IsNull { column, .. }
             | Predicate::Like { column, .. }
-            | Predicate::TextMatch { column, .. } => {
+            | Predicate::TextMatch { column, .. }
+            | Predicate::JsonMatch { column, .. } => {
                 if !out.contains(column) {
                     out.push(column.clone())
                 }
@@ -180,7 +188,8 @@ fn combined_keys(reader: &SegmentReader, p: &Predicate) -> Result<Option<KeySet>
         Predicate::IsNull { .. }
         | Predicate::Not(_)
         | Predicate::Const(_)
-        | Predicate::TextMatch { .. } => None,
+        | Predicate::TextMatch { .. }
+        | Predicate::JsonMatch { .. } => None,
     })
 }
 
@@ -379,15 +388,17 @@ fn like_keys(
 
 /// The ids of a string dictionary whose values match a text query: each distinct value
 /// tokenized once (a segment without a text index for the column).
-fn text_keys(reader: &SegmentReader, col: usize, search: &TextSearch) -> Result<KeySet> {
+fn search_keys(reader: &SegmentReader, col: usize, search: Search<'_>) -> Result<KeySet> {
     let name = &reader.column_def(col).name;
     let dict = key_dictionary(reader, col)?;
     let Some(Dictionary::Str(values)) = dict.as_deref() else {
-        return Err(pred_err(name, "TEXT_MATCH applies to string columns"));
+        return Err(pred_err(
+            name,
+            format!("{} applies to string columns", search.function()),
+        ));
     };
-    let q = search.query();
     let ids = (0..values.len())
-        .filter(|&i| q.matches_str(values.value(i)))
+        .filter(|&i| search.matches_str(values.value(i)))
         .map(|i| (i as i64, i as i64))
         .collect();
     Ok(normalize(ids))
@@ -466,9 +477,10 @@ pub(crate) fn leaf_keys(reader: &SegmentReader, p: &Predicate) -> Result<(usize,
             let set = like_keys(reader, c, pattern, *case_insensitive)?;
             (c, if *negated { complement(&set) } else { set })
         }
-        Predicate::TextMatch { column, search } => {
+        p @ (Predicate::TextMatch { .. } | Predicate::JsonMatch { .. }) => {
+            let (column, search) = p.search().expect("a search leaf");
             let c = reader.column_index(column)?;
-            (c, text_keys(reader, c, search)?)
+            (c, search_keys(reader, c, search)?)
         }
         _ => unreachable!("leaf_keys is only called on leaves"),
     })
@@ -668,18 +680,34 @@ impl Evaluator<'_> {
         leaf: &Predicate,
         candidates: Option<&RoaringBitmap>,
     ) -> Result<(usize, RoaringBitmap)> {
-        if let Predicate::TextMatch { column, search } = leaf {
+        if let Some((column, search)) = leaf.search() {
             let c = self.reader.column_index(column)?;
-            if let Some(index) = self.reader.text_index(c)? {
+            if let Some(answer) = search.index_docs(self.reader, c)? {
                 self.stats.index_lookups += 1;
-                let mut docs = index.search(search.query())?;
-                docs -= self.reader.nulls(c)?.as_ref();
+                let mut docs = answer.docs;
                 if let Some(cands) = candidates {
                     docs &= cands;
+                }
+                // Docs the index left out are tested from their values.
+                let mut rest = answer.uncovered;
+                if let Some(cands) = candidates {
+                    rest &= cands;
+                }
+                if !rest.is_empty() {
+                    docs |= self.value_docs(leaf, Some(&rest))?.1;
                 }
                 return Ok((c, docs));
             }
         }
+        self.value_docs(leaf, candidates)
+    }
+
+    /// A leaf's docs through its key set, or row by row on raw string columns.
+    fn value_docs(
+        &mut self,
+        leaf: &Predicate,
+        candidates: Option<&RoaringBitmap>,
+    ) -> Result<(usize, RoaringBitmap)> {
         Ok(match compile_leaf(self.reader, leaf)? {
             (c, Leaf::Keys(set)) => (c, self.keys_to_docs(c, &set, candidates)?),
             (c, Leaf::Strings(test)) => (
@@ -719,14 +747,14 @@ impl Evaluator<'_> {
         let indexed = cols
             .iter()
             .all(|c| self.reader.column_index(c).is_ok_and(|i| self.indexed(i)));
-        let text_indexed = |column: &str| {
+        let search_indexed = p.search().is_some_and(|(column, search)| {
             self.reader
                 .column_index(column)
-                .is_ok_and(|c| self.reader.column_meta(c).text.is_some())
-        };
+                .is_ok_and(|c| search.indexed(self.reader, c))
+        });
         match (p, indexed) {
             (Predicate::Const(_) | Predicate::IsNull { .. }, _) => 0,
-            (Predicate::TextMatch { column, .. }, _) if text_indexed(column) => 1,
+            _ if search_indexed => 1,
             (_, true) => 1,
             _ => 2,
         }
@@ -1017,15 +1045,10 @@ pub fn may_match(reader: &SegmentReader, pred: &Predicate) -> Result<bool> {
             false
         }
         Predicate::Not(_) | Predicate::IsNull { .. } | Predicate::Like { .. } => true,
-        // Pruned by the index's term dictionary: a word the query needs is in no value.
-        Predicate::TextMatch { column, search } => {
-            let c = reader.column_index(column)?;
-            let all_null = reader.column_meta(c).stats.null_count >= reader.row_count() as u64;
-            match reader.text_index(c)? {
-                _ if all_null => false,
-                Some(index) => index.may_match(search.query())?,
-                None => true,
-            }
+        // Pruned by the index: a word or JSON key the query needs is in no value.
+        p @ (Predicate::TextMatch { .. } | Predicate::JsonMatch { .. }) => {
+            let (column, search) = p.search().expect("a search leaf");
+            search.may_match(reader, reader.column_index(column)?)?
         }
         Predicate::Compare {
             column,

@@ -168,6 +168,7 @@ struct ColumnCache {
     sorted_runs: OnceLock<Arc<Vec<u32>>>,
     bloom: OnceLock<Arc<Bloom>>,
     text: OnceLock<Arc<crate::text::TextIndex>>,
+    json: OnceLock<Arc<crate::json::JsonIndex>>,
 }
 
 /// An open segment.
@@ -269,6 +270,19 @@ impl SegmentReader {
         cached(&self.caches[col].text, || {
             let raw = self.section(s, &format!("{} text index", meta.name))?;
             crate::text::TextIndex::open(&raw, self.row_count())
+        })
+        .map(Some)
+    }
+
+    /// Column `col`'s JSON index, opened at first use; `None` when the segment has none.
+    pub fn json_index(&self, col: usize) -> Result<Option<Arc<crate::json::JsonIndex>>> {
+        let meta = &self.footer.columns[col];
+        let Some(s) = &meta.json else {
+            return Ok(None);
+        };
+        cached(&self.caches[col].json, || {
+            let raw = self.section(s, &format!("{} JSON index", meta.name))?;
+            crate::json::JsonIndex::open(&raw, self.row_count())
         })
         .map(Some)
     }

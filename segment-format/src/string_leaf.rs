@@ -1,6 +1,6 @@
 //! Filter leaves on raw string columns (format 6 `RawStrings`: no dictionary, so no key
 //! space). In: a leaf predicate (`=`, `!=`, `<`, `<=`, `>`, `>=`, `BETWEEN`, `IN`, `NOT IN`,
-//! `LIKE`, `NOT LIKE`, `TEXT_MATCH`) on such a column. Out: a test per value, and the docs of a segment
+//! `LIKE`, `NOT LIKE`, `TEXT_MATCH`, `JSON_MATCH`) on such a column. Out: a test per value, and the docs of a segment
 //! where the leaf is TRUE — by scanning the blocks whose zone maps (prefix keys) can match:
 //! under a few candidates only the frames holding them are read and those rows tested;
 //! otherwise `=` and `IN` search each frame's bytes, `LIKE` runs Arrow's kernel over each
@@ -36,6 +36,8 @@ enum Kind {
     Like(Like),
     /// `TEXT_MATCH`: the value's tokens match.
     Text(crate::text::TextSearch),
+    /// `JSON_MATCH`: the value's JSON matches.
+    Json(crate::json::JsonSearch),
 }
 
 fn literal<'a>(column: &str, v: &'a Value) -> Result<Option<&'a str>> {
@@ -124,6 +126,10 @@ pub(crate) fn compile(column: &str, p: &Predicate) -> Result<StrTest> {
             kind: Kind::Text(search.clone()),
             negated: false,
         },
+        Predicate::JsonMatch { search, .. } => StrTest {
+            kind: Kind::Json(search.clone()),
+            negated: false,
+        },
         other => return Err(pred_err(column, format!("not a leaf: {other:?}"))),
     })
 }
@@ -151,6 +157,7 @@ impl StrTest {
             Kind::Ranges(r) => r.iter().any(|r| in_range(s, r)),
             Kind::Like(like) => like.matches(s),
             Kind::Text(search) => search.query().matches_str(s),
+            Kind::Json(search) => search.filter().matches_str(s),
         };
         hit != self.negated
     }
@@ -207,7 +214,7 @@ impl StrTest {
                 high.resize(8, 0xFF);
                 vec![(prefix_key(prefix.as_bytes()), prefix_key(&high))]
             }),
-            Kind::Text(_) => None,
+            Kind::Text(_) | Kind::Json(_) => None,
         }
     }
 
@@ -235,7 +242,7 @@ impl StrTest {
                 below_max && above_min
             }),
             (Kind::Ranges(_), true) => true,
-            (Kind::Like(_) | Kind::Text(_), _) => true,
+            (Kind::Like(_) | Kind::Text(_) | Kind::Json(_), _) => true,
         }
     }
 }

@@ -7,6 +7,7 @@ use arrow::array::{
     Array, ArrayRef, BooleanArray, Float64Array, Int32Array, Int64Array, StringArray,
     TimestampMillisecondArray,
 };
+use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
 use bytes::Bytes;
 use proptest::prelude::*;
@@ -226,7 +227,9 @@ fn reference(p: &Predicate, row: &Row) -> Option<bool> {
             _ => None,
         },
         // Checked against its own reference in `text::tests`.
-        Predicate::TextMatch { .. } => unreachable!("not generated here"),
+        Predicate::TextMatch { .. } | Predicate::JsonMatch { .. } => {
+            unreachable!("not generated here")
+        }
         Predicate::And(v) => {
             let r: Vec<Option<bool>> = v.iter().map(|p| reference(p, row)).collect();
             if r.contains(&Some(false)) {
@@ -788,4 +791,34 @@ fn near_unique_strings_are_stored_raw_and_answer_filters() {
         value_of(&r.read_column(8, &docs).unwrap(), 0),
         Some(V::S("id-0037".into()))
     );
+}
+
+/// A segment whose two string columns, `indexed` and `plain`, hold the same `values` (in
+/// 64-row blocks; raw strings allowed or not): an index against the value path.
+pub(crate) fn same_strings_twice(
+    indexed: ColumnDef,
+    plain: ColumnDef,
+    values: &[Option<String>],
+    raw_strings: bool,
+) -> SegmentReader {
+    let arrow = Arc::new(Schema::new(vec![
+        Field::new(&indexed.name, DataType::Utf8, true),
+        Field::new(&plain.name, DataType::Utf8, true),
+    ]));
+    let schema = SegmentSchema {
+        columns: vec![indexed, plain],
+        time_column: None,
+        star_trees: Vec::new(),
+    };
+    let col: ArrayRef = Arc::new(StringArray::from_iter(values.iter().map(|v| v.as_deref())));
+    let batch = RecordBatch::try_new(arrow, vec![col.clone(), col]).unwrap();
+    let opts = BuildOptions {
+        block_rows: 64,
+        raw_strings,
+        ..Default::default()
+    };
+    SegmentReader::open(Bytes::from(
+        build_segment(&schema, &[batch], &opts).unwrap(),
+    ))
+    .unwrap()
 }

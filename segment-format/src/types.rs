@@ -218,17 +218,20 @@ pub enum IndexKind {
     Sorted,
     /// A bloom filter over the column's values, for segment pruning on equality.
     Bloom,
-    /// Reserved for a full-text index; not built yet.
+    /// A full-text index (tantivy) for `TEXT_MATCH` on a string column.
     Text,
+    /// Flattened path/value keys of a JSON column, for `JSON_MATCH`.
+    Json,
 }
 
 impl IndexKind {
-    pub const ALL: [IndexKind; 5] = [
+    pub const ALL: [IndexKind; 6] = [
         IndexKind::Inverted,
         IndexKind::Range,
         IndexKind::Sorted,
         IndexKind::Bloom,
         IndexKind::Text,
+        IndexKind::Json,
     ];
 
     pub fn name(self) -> &'static str {
@@ -238,6 +241,7 @@ impl IndexKind {
             IndexKind::Sorted => "sorted",
             IndexKind::Bloom => "bloom",
             IndexKind::Text => "text",
+            IndexKind::Json => "json",
         }
     }
 }

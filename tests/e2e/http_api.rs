@@ -884,26 +884,14 @@ async fn text_match_through_http_and_postgres() {
             "segment": {"max_rows": 1000}
         })
     };
-    let (st, v) = post(
+    create_after_refusal(
         &c,
-        s.url("/tables"),
-        "application/json",
-        spec("LONG").to_string(),
+        &s,
+        &spec("LONG"),
+        "a text index needs a STRING column",
+        &spec("STRING"),
     )
     .await;
-    assert_eq!(st, 400, "{v}");
-    assert!(
-        v.to_string().contains("a text index needs a STRING column"),
-        "{v}"
-    );
-    let (st, v) = post(
-        &c,
-        s.url("/tables"),
-        "application/json",
-        spec("STRING").to_string(),
-    )
-    .await;
-    assert_eq!(st, 201, "{v}");
     let rows = 3_000u64;
     let mut body = String::new();
     for i in 0..rows {
@@ -947,14 +935,7 @@ async fn text_match_through_http_and_postgres() {
         ("TEXT_MATCH(message, 'nothinglikethis')", 0),
     ];
     let pg = crate::harness::pg_connect(&s).await;
-    for (cond, n) in &cases {
-        let q = format!("SELECT count(*) FROM logs WHERE {cond}");
-        let v = sql(&c, &s, &q).await;
-        assert_eq!(v["exceptions"], json!([]), "{q}: {v}");
-        assert_eq!(v["resultTable"]["rows"][0][0], json!(n), "{q}: {v}");
-        let got: i64 = pg.query_one(&q, &[]).await.unwrap().get(0);
-        assert_eq!(got as u64, *n, "PostgreSQL: {q}");
-    }
+    counts_over_http_and_postgres(&c, &s, &pg, "logs", &cases).await;
     // A word no segment holds prunes them all from the text indexes' term dictionaries.
     let v = sql(
         &c,
@@ -965,6 +946,59 @@ async fn text_match_through_http_and_postgres() {
     assert_eq!(v["numSegmentsMatched"], json!(0), "{v}");
     // A bad query is a 400 naming the problem, and a PostgreSQL error with a SQLSTATE.
     let bad = "SELECT count(*) FROM logs WHERE TEXT_MATCH(message, 'title:x')";
+    refused_over_http_and_postgres(&c, &s, &pg, bad, "field names").await;
+    drop(pg);
+    drop(s);
+    // After a restart the indexes are read from the segments on disk.
+    let s = Server::start(&data, None);
+    for (cond, n) in &cases {
+        let q = format!("SELECT count(*) FROM logs WHERE {cond}");
+        assert_eq!(scalar(&c, &s, &q).await, json!(n), "{q}");
+    }
+}
+
+/// The spec `bad` is refused with a 400 naming `why`; then `good` creates its table.
+async fn create_after_refusal(
+    c: &reqwest::Client,
+    s: &Server,
+    bad: &Value,
+    why: &str,
+    good: &Value,
+) {
+    let (st, v) = post(c, s.url("/tables"), "application/json", bad.to_string()).await;
+    assert_eq!(st, 400, "{v}");
+    assert!(v.to_string().contains(why), "{v}");
+    let (st, v) = post(c, s.url("/tables"), "application/json", good.to_string()).await;
+    assert_eq!(st, 201, "{v}");
+}
+
+/// `SELECT count(*) FROM table WHERE cond` gives `n` over HTTP and over PostgreSQL.
+async fn counts_over_http_and_postgres(
+    c: &reqwest::Client,
+    s: &Server,
+    pg: &tokio_postgres::Client,
+    table: &str,
+    cases: &[(&str, u64)],
+) {
+    for (cond, n) in cases {
+        let q = format!("SELECT count(*) FROM {table} WHERE {cond}");
+        let v = sql(c, s, &q).await;
+        assert_eq!(v["exceptions"], json!([]), "{q}: {v}");
+        assert_eq!(v["resultTable"]["rows"][0][0], json!(n), "{q}: {v}");
+        let got: i64 = pg.query_one(&q, &[]).await.unwrap().get(0);
+        assert_eq!(got as u64, *n, "PostgreSQL: {q}");
+    }
+}
+
+/// `bad` is refused over HTTP (a 4xx, or an exception) and over PostgreSQL (an error whose
+/// SQLSTATE is not XX000), both naming `why`.
+async fn refused_over_http_and_postgres(
+    c: &reqwest::Client,
+    s: &Server,
+    pg: &tokio_postgres::Client,
+    bad: &str,
+    why: &str,
+) {
     let r = c
         .post(s.url("/query/sql"))
         .json(&json!({"sql": bad}))
@@ -974,20 +1008,160 @@ async fn text_match_through_http_and_postgres() {
     let status = r.status().as_u16();
     let v: Value = r.json().await.unwrap();
     assert!(
-        (400..500).contains(&status) || v["exceptions"].to_string().contains("field names"),
+        (400..500).contains(&status) || v["exceptions"].to_string().contains(why),
         "{status}: {v}"
     );
-    assert!(v.to_string().contains("field names"), "{v}");
+    assert!(v.to_string().contains(why), "{bad}: {v}");
     let e = pg.query(bad, &[]).await.unwrap_err();
     let db = e.as_db_error().unwrap_or_else(|| panic!("{e}"));
-    assert!(db.message().contains("field names"), "{db:?}");
+    assert!(db.message().contains(why), "{bad}: {db:?}");
     assert_ne!(db.code().code(), "XX000", "{db:?}");
+}
+
+/// Event `i`'s attributes: a browser object, tags, and a user object on even events.
+fn attrs_row(i: u64) -> Value {
+    let browser = ["firefox", "chrome", "safari"][(i % 3) as usize];
+    let tags: Vec<String> = (0..i % 4).map(|t| format!("t{t}")).collect();
+    let mut doc = json!({"browser": {"name": browser, "version": i % 7}, "tags": tags});
+    if i.is_multiple_of(2) {
+        doc["user"] = json!({"id": format!("u{i}"), "premium": i.is_multiple_of(4)});
+    }
+    doc
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_match_through_http_and_postgres() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let c = reqwest::Client::new();
+    let s = Server::start(&data, None);
+    let spec = |attrs_type: &str| {
+        json!({
+            "name": "events",
+            "time_column": "ts",
+            "columns": [
+                {"name": "ts", "type": "TIMESTAMP"},
+                {"name": "kind", "type": "STRING"},
+                {"name": "attrs", "type": attrs_type, "index": ["json"]}
+            ],
+            "segment": {"max_rows": 1000}
+        })
+    };
+    create_after_refusal(
+        &c,
+        &s,
+        &spec("STRING"),
+        "a json index needs a JSON column",
+        &spec("JSON"),
+    )
+    .await;
+    // Objects as they are, or (every 5th) as a string holding JSON; every 11th has none.
+    let rows = 3_000u64;
+    let mut body = String::new();
+    for i in 0..rows {
+        let attrs = match i {
+            _ if i % 11 == 0 => Value::Null,
+            _ if i % 5 == 0 => Value::String(attrs_row(i).to_string()),
+            _ => attrs_row(i),
+        };
+        let kind = ["click", "view"][(i % 2) as usize];
+        let row =
+            json!({"ts": 1_795_860_000_000i64 + i as i64 * 1000, "kind": kind, "attrs": attrs});
+        body.push_str(&row.to_string());
+        body.push('\n');
+    }
+    let (st, v) = post(
+        &c,
+        s.url("/tables/events/ingest"),
+        "application/x-ndjson",
+        body,
+    )
+    .await;
+    assert_eq!((st, v.clone()), (200, json!({"rows": 3000})), "{v}");
+    let want = |f: &dyn Fn(u64) -> bool| (0..rows).filter(|&i| i % 11 != 0 && f(i)).count() as u64;
+    let cases: Vec<(&str, u64)> = vec![
+        (
+            r#"JSON_MATCH(attrs, '"$.browser.name" = ''chrome''')"#,
+            want(&|i| i % 3 == 1),
+        ),
+        (
+            r#"JSON_MATCH(attrs, '"$.browser.version" >= 5')"#,
+            want(&|i| i % 7 >= 5),
+        ),
+        (
+            r#"JSON_MATCH(attrs, '"$.tags[*]" = ''t2''')"#,
+            want(&|i| i % 4 == 3),
+        ),
+        (
+            r#"JSON_MATCH(attrs, '"$.user.premium" = true')"#,
+            want(&|i| i % 4 == 0),
+        ),
+        (
+            r#"JSON_MATCH(attrs, '"$.user" IS NULL AND "$.tags[0]" IS NOT NULL') AND kind = 'view'"#,
+            want(&|i| i % 2 == 1 && i % 4 != 0),
+        ),
+        (
+            r#"NOT JSON_MATCH(attrs, '"$.browser.name" IN (''chrome'', ''safari'')')"#,
+            want(&|i| i % 3 == 0),
+        ),
+        (
+            "JSON_EXTRACT_SCALAR(attrs, '$.browser.name', 'STRING') = 'safari'",
+            want(&|i| i % 3 == 2),
+        ),
+        (
+            "JSON_EXTRACT_SCALAR(attrs, '$.browser.version', 'LONG') = 3",
+            want(&|i| i % 7 == 3),
+        ),
+        (r#"JSON_MATCH(attrs, '"$.browser.name" = ''opera''')"#, 0),
+    ];
+    let pg = crate::harness::pg_connect(&s).await;
+    counts_over_http_and_postgres(&c, &s, &pg, "events", &cases).await;
+    // Extraction in GROUP BY, over both protocols; NULL values give the default.
+    let q = "SELECT JSON_EXTRACT_SCALAR(attrs, '$.browser.name', 'STRING', 'none') AS b, count(*) AS n FROM events GROUP BY 1 ORDER BY 1";
+    let per = |b: u64| want(&|i| i % 3 == b) as i64;
+    let none = (0..rows).filter(|i| i % 11 == 0).count() as i64;
+    let expected = json!([
+        ["chrome", per(1)],
+        ["firefox", per(0)],
+        ["none", none],
+        ["safari", per(2)]
+    ]);
+    let v = sql(&c, &s, q).await;
+    assert_eq!(v["resultTable"]["rows"], expected, "{v}");
+    let got: Vec<Value> = pg
+        .query(q, &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| json!([r.get::<_, String>(0), r.get::<_, i64>(1)]))
+        .collect();
+    assert_eq!(json!(got), expected);
+    // A key no segment holds prunes them all through the JSON indexes.
+    let v = sql(
+        &c,
+        &s,
+        &format!("SELECT count(*) FROM events WHERE {}", cases[8].0),
+    )
+    .await;
+    assert_eq!(v["numSegmentsMatched"], json!(0), "{v}");
+    for (bad, why) in [
+        (
+            r#"SELECT count(*) FROM events WHERE JSON_MATCH(attrs, '"$.a" = NULL')"#,
+            "IS NULL",
+        ),
+        (
+            "SELECT JSON_EXTRACT_SCALAR(attrs, '$.tags[*]', 'STRING') FROM events",
+            "[*]",
+        ),
+    ] {
+        refused_over_http_and_postgres(&c, &s, &pg, bad, why).await;
+    }
     drop(pg);
     drop(s);
     // After a restart the indexes are read from the segments on disk.
     let s = Server::start(&data, None);
     for (cond, n) in &cases {
-        let q = format!("SELECT count(*) FROM logs WHERE {cond}");
+        let q = format!("SELECT count(*) FROM events WHERE {cond}");
         assert_eq!(scalar(&c, &s, &q).await, json!(n), "{q}");
     }
 }

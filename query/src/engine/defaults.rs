@@ -1,6 +1,6 @@
 //! What every query's session starts from, built once per process. In: DataFusion's default
-//! functions, planners, table factories and file formats, Basalt's `approx_distinct` and
-//! `text_match`. Out:
+//! functions, planners, table factories and file formats, Basalt's `approx_distinct`, and
+//! Pinot's `text_match`, `json_match` and `json_extract_scalar`. Out:
 //! [`with_defaults`], a session builder given them — the same as DataFusion's
 //! `with_default_features` plus Basalt's functions, without building DataFusion's defaults
 //! again for every query — with the functions that reserve memory bound to the query's pool
@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
+use basalt_segment::search::SearchFunction;
 use datafusion::catalog::{TableFunction, TableProviderFactory};
 use datafusion::datasource::file_format::FileFormatFactory;
 use datafusion::execution::memory_pool::MemoryPool;
@@ -32,11 +33,22 @@ struct Defaults {
     file_formats: Vec<Arc<dyn FileFormatFactory>>,
 }
 
+/// The scalar functions Basalt adds to DataFusion's: Pinot's `TEXT_MATCH`, `JSON_MATCH` and
+/// `JSON_EXTRACT_SCALAR`.
+fn basalt_scalar_functions() -> Vec<ScalarUDF> {
+    let mut out: Vec<ScalarUDF> = SearchFunction::ALL
+        .into_iter()
+        .map(crate::search_fn::udf)
+        .collect();
+    out.push(crate::json_extract::udf());
+    out
+}
+
 fn defaults() -> &'static Defaults {
     static DEFAULTS: OnceLock<Defaults> = OnceLock::new();
     DEFAULTS.get_or_init(|| {
         let mut scalar = SessionStateDefaults::default_scalar_functions();
-        scalar.push(Arc::new(crate::text_match::text_match()));
+        scalar.extend(basalt_scalar_functions().into_iter().map(Arc::new));
         let scalar_by_name = scalar
             .iter()
             .map(|f| (f.name().to_string(), f.clone()))
@@ -95,7 +107,7 @@ mod tests {
     use datafusion::execution::memory_pool::UnboundedMemoryPool;
 
     /// The same functions, planners and formats as DataFusion's `with_default_features`,
-    /// with Basalt's replacing the defaults of the same names, plus `text_match`.
+    /// with Basalt's replacing the defaults of the same names, plus Pinot's functions.
     #[test]
     fn sessions_get_what_default_features_gives() {
         let pool: Arc<dyn MemoryPool> = Arc::new(UnboundedMemoryPool::default());
@@ -106,10 +118,14 @@ mod tests {
             v.sort();
             v
         }
-        // Basalt adds `text_match` (Pinot's `TEXT_MATCH`) to DataFusion's scalar functions.
+        // Basalt adds Pinot's functions to DataFusion's scalar functions.
         let mut want = names(theirs.scalar_functions());
-        let added = crate::text_match::NAME.to_string();
-        want.push(&added);
+        let added: Vec<String> = basalt_scalar_functions()
+            .iter()
+            .map(|f| f.name().to_string())
+            .collect();
+        assert_eq!(added, ["text_match", "json_match", "json_extract_scalar"]);
+        want.extend(&added);
         want.sort();
         assert_eq!(names(ours.scalar_functions()), want);
         assert_eq!(

@@ -68,7 +68,8 @@ fn truth(reader: &SegmentReader, p: &Predicate) -> Result<Option<Truth>> {
         | Predicate::Between { .. }
         | Predicate::InList { .. }
         | Predicate::Like { .. }
-        | Predicate::TextMatch { .. } => {
+        | Predicate::TextMatch { .. }
+        | Predicate::JsonMatch { .. } => {
             if has_null_literal(p) {
                 return Ok(None);
             }

@@ -5,17 +5,12 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, StringArray};
-use arrow::datatypes::{DataType, Field, Schema};
-use arrow::record_batch::RecordBatch;
-use bytes::Bytes;
 use proptest::prelude::*;
 
 use super::{TextIndex, TextQuery, TextSearch};
-use crate::builder::{build_segment, BuildOptions};
 use crate::predicate::{evaluate, may_match, Predicate};
 use crate::reader::SegmentReader;
-use crate::types::{ColumnDef, ColumnType, IndexKind, SegmentSchema};
+use crate::types::{ColumnDef, ColumnType, IndexKind};
 
 const VOCAB: &[&str] = &[
     "error", "errors", "timeout", "time", "timer", "disk", "full", "user", "login", "failed", "ok",
@@ -171,29 +166,12 @@ fn query() -> impl Strategy<Value = Q> {
 }
 
 fn segment(values: &[Option<String>], raw_strings: bool) -> SegmentReader {
-    let schema = SegmentSchema {
-        columns: vec![
-            ColumnDef::new("m", ColumnType::String).with_index(IndexKind::Text),
-            ColumnDef::new("plain", ColumnType::String),
-        ],
-        time_column: None,
-        star_trees: Vec::new(),
-    };
-    let arrow = Arc::new(Schema::new(vec![
-        Field::new("m", DataType::Utf8, true),
-        Field::new("plain", DataType::Utf8, true),
-    ]));
-    let col: ArrayRef = Arc::new(StringArray::from_iter(values.iter().map(|v| v.as_deref())));
-    let batch = RecordBatch::try_new(arrow, vec![col.clone(), col]).unwrap();
-    let opts = BuildOptions {
-        block_rows: 64,
+    crate::tests::same_strings_twice(
+        ColumnDef::new("m", ColumnType::String).with_index(IndexKind::Text),
+        ColumnDef::new("plain", ColumnType::String),
+        values,
         raw_strings,
-        ..Default::default()
-    };
-    SegmentReader::open(Bytes::from(
-        build_segment(&schema, &[batch], &opts).unwrap(),
-    ))
-    .unwrap()
+    )
 }
 
 fn text_match(column: &str, q: &str) -> Predicate {
