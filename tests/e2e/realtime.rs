@@ -502,20 +502,18 @@ async fn text_match_sees_events_before_and_after_their_seal() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(count(&c, &s, &needle).await, 1);
-    // Once everything is sealed (max_age 2 s) the indexes answer the same.
+    // Once everything is sealed (max_age 2 s) the indexes answer the same. The table's own
+    // counts say so: a partition's status restarts from zero when the consumer group
+    // rebalances (which a loaded machine's session timeouts cause), its rows still unsealed.
     wait_for("every row sealed", Duration::from_secs(60), || {
-        let (c, s, path) = (&c, &s, format!("/tables/{table}/ingestion"));
+        let (c, s, path) = (&c, &s, format!("/tables/{table}"));
         async move {
-            let st = get_json(c, s, &path).await;
-            let parts = st["partitions"].as_array()?.clone();
-            let done = parts.len() == PARTITIONS as usize
-                && parts.iter().all(|p| p["mutable_rows"] == json!(0));
+            let t = get_json(c, s, &path).await;
+            let done = t["stats"]["rows"] == json!(601) && t["stats"]["mutable_rows"] == json!(0);
             done.then_some(())
         }
     })
     .await;
-    let t = get_json(&c, &s, &format!("/tables/{table}")).await;
-    assert_eq!(t["stats"]["rows"], json!(601), "every row sealed: {t}");
     assert_eq!(count(&c, &s, &disk).await, 200);
     assert_eq!(count(&c, &s, &timeout).await, 200);
     assert_eq!(count(&c, &s, &needle).await, 1);
