@@ -22,7 +22,7 @@ use arrow::array::{
 use arrow::compute::{cast, take};
 use arrow::datatypes::{DataType, Field, FieldRef};
 use basalt_segment::json::JsonPath;
-use datafusion::common::{plan_err, ScalarValue};
+use datafusion::common::{internal_err, plan_err, ScalarValue};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::logical_expr::{
     ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
@@ -128,15 +128,22 @@ pub struct Extract {
 }
 
 fn constant_str<'a>(v: Option<&'a ScalarValue>, what: &str) -> Result<&'a str> {
-    match v {
-        Some(
-            ScalarValue::Utf8(Some(s))
-            | ScalarValue::LargeUtf8(Some(s))
-            | ScalarValue::Utf8View(Some(s)),
-        ) => Ok(s),
-        Some(ScalarValue::Dictionary(_, v)) => constant_str(Some(v), what),
+    match v.and_then(ScalarValue::try_as_str) {
+        Some(Some(s)) => Ok(s),
         _ => plan_err!("JSON_EXTRACT_SCALAR's {what} must be a constant string"),
     }
+}
+
+/// The converted values of `nodes`, `default` where a node is missing or does not convert.
+fn converted<T: Clone, A: FromIterator<Option<T>> + Array + 'static>(
+    nodes: impl Iterator<Item = Option<Json>>,
+    convert: impl Fn(&Json) -> Option<T>,
+    default: Option<T>,
+) -> ArrayRef {
+    let values: A = nodes
+        .map(|n| n.as_ref().and_then(&convert).or_else(|| default.clone()))
+        .collect();
+    Arc::new(values)
 }
 
 impl Extract {
@@ -179,79 +186,31 @@ impl Extract {
 
     /// The values of `docs` (strings, NULL for NULL) converted; the default where none.
     fn extract(&self, docs: &StringArray) -> Result<ArrayRef> {
-        let nodes = || docs.iter().map(|d| d.and_then(|d| node(d, &self.path)));
-        let default = &self.default;
-        Ok(match self.target {
-            Target::String => {
-                let d = match default {
-                    ScalarValue::Utf8(d) => d.clone(),
-                    _ => None,
-                };
-                Arc::new(
-                    nodes()
-                        .map(|n| n.as_ref().and_then(string).or_else(|| d.clone()))
-                        .collect::<StringArray>(),
-                )
+        let nodes = docs.iter().map(|d| d.and_then(|d| node(d, &self.path)));
+        // `from_args` cast the default to the target's type.
+        Ok(match (self.target, &self.default) {
+            (Target::String, ScalarValue::Utf8(d)) => {
+                converted::<_, StringArray>(nodes, string, d.clone())
             }
-            Target::Int => {
-                let d = match default {
-                    ScalarValue::Int32(d) => *d,
-                    _ => None,
-                };
-                Arc::new(
-                    nodes()
-                        .map(|n| {
-                            n.as_ref()
-                                .and_then(integral)
-                                .and_then(|x| i32::try_from(x).ok())
-                                .or(d)
-                        })
-                        .collect::<Int32Array>(),
-                )
+            (Target::Int, ScalarValue::Int32(d)) => converted::<_, Int32Array>(
+                nodes,
+                |v| integral(v).and_then(|x| i32::try_from(x).ok()),
+                *d,
+            ),
+            (Target::Long, ScalarValue::Int64(d)) => {
+                converted::<_, Int64Array>(nodes, integral, *d)
             }
-            Target::Long => {
-                let d = match default {
-                    ScalarValue::Int64(d) => *d,
-                    _ => None,
-                };
-                Arc::new(
-                    nodes()
-                        .map(|n| n.as_ref().and_then(integral).or(d))
-                        .collect::<Int64Array>(),
-                )
+            (Target::Float, ScalarValue::Float32(d)) => {
+                converted::<_, Float32Array>(nodes, |v| float(v).map(|x| x as f32), *d)
             }
-            Target::Float => {
-                let d = match default {
-                    ScalarValue::Float32(d) => *d,
-                    _ => None,
-                };
-                Arc::new(
-                    nodes()
-                        .map(|n| n.as_ref().and_then(float).map(|x| x as f32).or(d))
-                        .collect::<Float32Array>(),
-                )
+            (Target::Double, ScalarValue::Float64(d)) => {
+                converted::<_, Float64Array>(nodes, float, *d)
             }
-            Target::Double => {
-                let d = match default {
-                    ScalarValue::Float64(d) => *d,
-                    _ => None,
-                };
-                Arc::new(
-                    nodes()
-                        .map(|n| n.as_ref().and_then(float).or(d))
-                        .collect::<Float64Array>(),
-                )
+            (Target::Boolean, ScalarValue::Boolean(d)) => {
+                converted::<_, BooleanArray>(nodes, boolean, *d)
             }
-            Target::Boolean => {
-                let d = match default {
-                    ScalarValue::Boolean(d) => *d,
-                    _ => None,
-                };
-                Arc::new(
-                    nodes()
-                        .map(|n| n.as_ref().and_then(boolean).or(d))
-                        .collect::<BooleanArray>(),
-                )
+            (target, d) => {
+                return internal_err!("JSON_EXTRACT_SCALAR's default {d} is not a {target:?}")
             }
         })
     }

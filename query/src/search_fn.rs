@@ -55,12 +55,8 @@ pub fn udf(function: SearchFunction) -> ScalarUDF {
 /// otherwise.
 pub fn parse_query(function: SearchFunction, arg: &ScalarValue) -> Result<SearchQuery> {
     let (sql, what) = (function.sql_name(), function.argument());
-    let text = match arg {
-        ScalarValue::Utf8(Some(s))
-        | ScalarValue::LargeUtf8(Some(s))
-        | ScalarValue::Utf8View(Some(s)) => s,
-        ScalarValue::Dictionary(_, v) => return parse_query(function, v),
-        other => return plan_err!("{sql}'s {what} must be a string, not {}", other.data_type()),
+    let Some(Some(text)) = arg.try_as_str() else {
+        return plan_err!("{sql}'s {what} must be a string, not {}", arg.data_type());
     };
     function
         .parse(text)

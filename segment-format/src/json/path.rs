@@ -1,9 +1,10 @@
-//! JSON paths and flattened documents. In: a path as users write it (`$.a.b`, `$.tags[0]`,
+//! JSON paths and the nodes they name. In: a path as users write it (`$.a.b`, `$.tags[0]`,
 //! `$.items[*].sku`, `$['odd key']`) or a JSON document's text. Out: the path's steps and
-//! its canonical spelling; the document's keys — one per node that is not JSON `null`
-//! (`path` + [`EXISTS`]) and one per scalar (`path` + [`VALUE`] + its text) — which both the
-//! index ([`super::index`]) and the per-value test ([`super::filter`]) search, so the two
-//! always agree.
+//! its canonical spelling; the key spelling — one key per node that is not JSON `null`
+//! (`path` + [`EXISTS`]) and one per scalar (`path` + [`VALUE`] + its text), which the index
+//! stores for every node ([`super::flatten`]) and the per-value test ([`super::filter`])
+//! builds for the nodes its paths name ([`nodes_at`]), so the two always agree; and those
+//! nodes, found in the text without parsing the rest.
 //!
 //! Canonical paths: `$`, then `.key` for keys of ASCII letters, digits and `_`, `["key"]`
 //! (the key as a JSON string, so control characters are escaped) for any other key, `[n]`
