@@ -412,12 +412,14 @@ fn ext(e: basalt_segment::SegmentError) -> DataFusionError {
 
 /// How one key's values are found in the current segment.
 enum Source {
-    /// Dictionary ids, each mapped to a key id on first use (`u32::MAX`: not yet).
+    /// Dictionary ids, each mapped to a key id on first use (`u32::MAX`: not yet), or all
+    /// at once up front (`complete`).
     Dict {
         seg_col: usize,
         dict: Arc<Dictionary>,
         nulls: Arc<RoaringBitmap>,
         key_ids: Vec<u32>,
+        complete: bool,
     },
     /// A column without a dictionary in this segment.
     Values {
@@ -742,17 +744,30 @@ impl Worker {
         } = reading;
         // At most this many docs are read here (a slice reads a few blocks of the segment).
         let expected = (matched.len() as usize).min(range_rows(seg, &range));
+        // Every row of the segment is read: each dictionary entry is some row's value (a
+        // segment's dictionaries hold exactly its rows' values), so all are interned up front,
+        // in id order.
+        let whole = matches!(matched, Matched::All(_))
+            && rows.is_none()
+            && !scan.has_dynamic_filters()
+            && range == (0..block_count(seg));
         let mut sources = Vec::with_capacity(job.keys.len());
         for k in &job.keys {
             sources.push(match &k.expr {
                 KeyExpr::Column { seg_col } => match seg.dictionary(*seg_col).map_err(ext)? {
                     Some(dict) => {
-                        self.keys[sources.len()].reserve(dict.len().min(expected));
+                        let interner = &mut self.keys[sources.len()];
+                        interner.reserve(dict.len().min(expected));
+                        let mut key_ids = vec![u32::MAX; dict.len()];
+                        if whole {
+                            interner.intern_dict(&dict, &mut key_ids)?;
+                        }
                         Source::Dict {
                             seg_col: *seg_col,
-                            key_ids: vec![u32::MAX; dict.len()],
+                            key_ids,
                             dict,
                             nulls: seg.nulls(*seg_col).map_err(ext)?,
+                            complete: whole,
                         }
                     }
                     None => Source::Values { seg_col: *seg_col },
@@ -886,6 +901,7 @@ impl Worker {
                         dict,
                         nulls,
                         key_ids,
+                        complete,
                     } => {
                         let ids = seg.read_ids(*seg_col, chunk).map_err(ext)?.ok_or_else(|| {
                             DataFusionError::Internal("dictionary column without ids".into())
@@ -906,7 +922,7 @@ impl Worker {
                             // not be interned, so they are patched afterwards.
                             let interner = &mut self.keys[k];
                             let mut nr = null_rows.iter().peekable();
-                            for (r, &id) in ids.iter().enumerate() {
+                            for (r, &id) in ids.iter().enumerate().filter(|_| !*complete) {
                                 if nr.peek() == Some(&&r) {
                                     nr.next();
                                 } else {

@@ -284,6 +284,34 @@ impl KeyInterner {
         })
     }
 
+    /// Interns every entry of a segment dictionary in id order, setting `key_ids[id]` to
+    /// each one's key id. Reading the dictionary front to back keeps its strings streaming
+    /// through the cache; interning them as rows first use them reads it at random (two
+    /// cache misses per entry on a large dictionary, before the table's own).
+    #[inline(never)]
+    pub(crate) fn intern_dict(&mut self, dict: &Dictionary, key_ids: &mut [u32]) -> DfResult<()> {
+        if key_ids.len() != dict.len() {
+            return Err(DataFusionError::Internal(format!(
+                "{} key ids for a dictionary of {} entries",
+                key_ids.len(),
+                dict.len()
+            )));
+        }
+        match (dict, self.kind) {
+            (Dictionary::Str(a), KeyKind::Bytes) => {
+                for (i, slot) in key_ids.iter_mut().enumerate() {
+                    *slot = self.intern_bytes(a.value(i).as_bytes());
+                }
+            }
+            _ => {
+                for (id, slot) in key_ids.iter_mut().enumerate() {
+                    *slot = self.intern_dict_entry(dict, id as u32)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Interns value `id` of another interner of the same kind (merging workers).
     pub(crate) fn intern_from(&mut self, other: &KeyInterner, id: u32) -> u32 {
         if other.null_id == Some(id) {
