@@ -450,6 +450,64 @@ async fn many_groups_sort_within_a_small_memory_limit() {
     }
 }
 
+/// A key with more values per segment than `segment_agg`'s split threshold, grouped without
+/// a filter: the workers split the key's values instead of the segments (each reads every
+/// segment and keeps the rows whose key it owns). The same rows as DataFusion, NULL keys
+/// included, for 2 and 3 workers, and every doc counted once in the stats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn high_cardinality_keys_split_between_workers() {
+    let mut rng = StdRng::seed_from_u64(11);
+    let t0 = 1_767_225_600_000i64;
+    let (mut batches, mut segments) = (Vec::new(), Vec::new());
+    for s in 0..3 {
+        let mut b = batch(&mut rng, 90_000, t0 + s as i64 * 60_000_000);
+        // `city` (always a dictionary: it has an inverted index) with ~78,000 values a segment.
+        let cities: ArrayRef = Arc::new(StringArray::from_iter((0..b.num_rows()).map(|_| {
+            (!rng.random_ratio(1, 50)).then(|| format!("c{:06}", rng.random_range(0..300_000)))
+        })));
+        let mut cols = b.columns().to_vec();
+        cols[1] = cities;
+        b = RecordBatch::try_new(b.schema(), cols).unwrap();
+        segments.push(default_segment(&b));
+        batches.push(b);
+    }
+    let biggest = segments
+        .iter()
+        .map(|s| s.dictionary(1).unwrap().unwrap().len())
+        .max()
+        .unwrap();
+    assert!(
+        biggest >= 1 << 16,
+        "{biggest} entries: under the split threshold"
+    );
+    // Without the cache of segments' parts (a table it serves is aggregated slice by slice).
+    let limits = QueryLimits {
+        use_cache: false,
+        ..QueryLimits::default()
+    };
+    for workers in [2, 3] {
+        let (engine, reference) = engine_and_reference(schema(), segments.clone(), &batches);
+        let engine = engine.with_target_partitions(workers);
+        for sql in [
+            "SELECT city, count(*) AS n, sum(big) AS s, min(lat) AS lo FROM t GROUP BY city",
+            "SELECT city, count(*) AS n FROM t GROUP BY city ORDER BY n DESC, city LIMIT 20",
+            "SELECT count(*) FROM (SELECT city FROM t GROUP BY city)",
+        ] {
+            let plan = explain(&engine, sql).await;
+            assert!(plan.contains("SegmentAggregateExec"), "{plan}");
+            let got = engine.execute(sql, &limits).await.unwrap();
+            let want = reference.sql(sql).await.unwrap().collect().await.unwrap();
+            assert_eq!(render(&got.batches), render(&want), "{sql}");
+            if !sql.contains("LIMIT") {
+                assert_eq!(
+                    got.stats.num_docs_scanned, 270_000,
+                    "{workers} workers: {sql}"
+                );
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn count_star_reads_no_columns_and_prunes() {
     let mut rng = StdRng::seed_from_u64(1);

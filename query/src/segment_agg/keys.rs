@@ -20,6 +20,32 @@ use basalt_segment::reader::Dictionary;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use hashbrown::HashTable;
 
+/// Key id of a value another worker owns (see [`Part`]).
+pub(crate) const FOREIGN: u32 = u32::MAX - 1;
+
+/// One of `count` workers that each read every segment but aggregate only the key values
+/// they own, chosen by the value's hash: their groups are disjoint, so nothing is merged at
+/// the end (on a high-cardinality key, merging two workers' groups by value takes a third of
+/// the query, on one core).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Part {
+    pub(crate) index: u32,
+    pub(crate) count: u32,
+}
+
+impl Part {
+    /// Whether a value hashed to `hash` is this part's. Bits 24..56 pick the owner: the table
+    /// places entries by the low bits and tags them with the top seven, which stay spread.
+    fn owns(self, hash: u64) -> bool {
+        ((((hash >> 24) as u32) as u64 * self.count as u64) >> 32) as u32 == self.index
+    }
+
+    /// NULL belongs to the first part.
+    pub(crate) fn owns_null(self) -> bool {
+        self.index == 0
+    }
+}
+
 /// How a key's values are stored while interning.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum KeyKind {
@@ -213,9 +239,9 @@ impl KeyInterner {
         id
     }
 
-    /// Finds or adds `v`; `store` appends it to the value storage when it is new.
-    fn intern(&mut self, v: &[u8], store: impl FnOnce(&mut Self)) -> u32 {
-        let hash = self.hasher.hash_one(v);
+    /// Finds or adds `v` (hashed to `hash`); `store` appends it to the value storage when it
+    /// is new.
+    fn intern(&mut self, hash: u64, v: &[u8], store: impl FnOnce(&mut Self)) -> u32 {
         let probe = Entry::probe(v);
         let (data, offsets) = (&self.data, &self.offsets);
         // The NULL entry is never in the table, so the empty string cannot match it.
@@ -239,10 +265,31 @@ impl KeyInterner {
     }
 
     pub(crate) fn intern_bytes(&mut self, v: &[u8]) -> u32 {
-        self.intern(v, |me| {
+        self.intern_bytes_hashed(self.hasher.hash_one(v), v)
+    }
+
+    fn intern_bytes_hashed(&mut self, hash: u64, v: &[u8]) -> u32 {
+        self.intern(hash, v, |me| {
             me.data.extend_from_slice(v);
             me.offsets.push(me.data.len());
         })
+    }
+
+    /// `v`'s key id, or [`FOREIGN`] when `part` is given and does not own it.
+    fn intern_bytes_in(&mut self, v: &[u8], part: Option<Part>) -> u32 {
+        let hash = self.hasher.hash_one(v);
+        match part {
+            Some(p) if !p.owns(hash) => FOREIGN,
+            _ => self.intern_bytes_hashed(hash, v),
+        }
+    }
+
+    /// As [`Self::intern_bytes_in`], for numbers and booleans.
+    fn intern_bits_in(&mut self, v: u64, part: Option<Part>) -> u32 {
+        match part {
+            Some(p) if !p.owns(self.hasher.hash_one(v.to_le_bytes())) => FOREIGN,
+            _ => self.intern_bits(v),
+        }
     }
 
     pub(crate) fn intern_bits(&mut self, v: u64) -> u32 {
@@ -258,13 +305,19 @@ impl KeyInterner {
             }
         }
         // Eight bytes always fit the entry, so the arena is never consulted for numbers.
-        self.intern(&v.to_le_bytes(), |me| me.bits.push(v))
+        let b = v.to_le_bytes();
+        self.intern(self.hasher.hash_one(b), &b, |me| me.bits.push(v))
     }
 
     /// Interns dictionary entry `id` of a segment dictionary (once per entry and segment:
-    /// kept out of the per-row loops).
+    /// kept out of the per-row loops); [`FOREIGN`] when `part` does not own it.
     #[inline(never)]
-    pub(crate) fn intern_dict_entry(&mut self, dict: &Dictionary, id: u32) -> DfResult<u32> {
+    pub(crate) fn intern_dict_entry(
+        &mut self,
+        dict: &Dictionary,
+        id: u32,
+        part: Option<Part>,
+    ) -> DfResult<u32> {
         let i = id as usize;
         if i >= dict.len() {
             return Err(DataFusionError::Internal(format!(
@@ -273,9 +326,13 @@ impl KeyInterner {
             )));
         }
         Ok(match (dict, self.kind) {
-            (Dictionary::Str(a), KeyKind::Bytes) => self.intern_bytes(a.value(i).as_bytes()),
-            (Dictionary::I64(v), KeyKind::Int | KeyKind::Bool) => self.intern_bits(v[i] as u64),
-            (Dictionary::F64(v), KeyKind::Float) => self.intern_bits(v[i].to_bits()),
+            (Dictionary::Str(a), KeyKind::Bytes) => {
+                self.intern_bytes_in(a.value(i).as_bytes(), part)
+            }
+            (Dictionary::I64(v), KeyKind::Int | KeyKind::Bool) => {
+                self.intern_bits_in(v[i] as u64, part)
+            }
+            (Dictionary::F64(v), KeyKind::Float) => self.intern_bits_in(v[i].to_bits(), part),
             (_, kind) => {
                 return Err(DataFusionError::Internal(format!(
                     "segment dictionary does not match a {kind:?} group key"
@@ -289,7 +346,12 @@ impl KeyInterner {
     /// through the cache; interning them as rows first use them reads it at random (two
     /// cache misses per entry on a large dictionary, before the table's own).
     #[inline(never)]
-    pub(crate) fn intern_dict(&mut self, dict: &Dictionary, key_ids: &mut [u32]) -> DfResult<()> {
+    pub(crate) fn intern_dict(
+        &mut self,
+        dict: &Dictionary,
+        key_ids: &mut [u32],
+        part: Option<Part>,
+    ) -> DfResult<()> {
         if key_ids.len() != dict.len() {
             return Err(DataFusionError::Internal(format!(
                 "{} key ids for a dictionary of {} entries",
@@ -300,12 +362,12 @@ impl KeyInterner {
         match (dict, self.kind) {
             (Dictionary::Str(a), KeyKind::Bytes) => {
                 for (i, slot) in key_ids.iter_mut().enumerate() {
-                    *slot = self.intern_bytes(a.value(i).as_bytes());
+                    *slot = self.intern_bytes_in(a.value(i).as_bytes(), part);
                 }
             }
             _ => {
                 for (id, slot) in key_ids.iter_mut().enumerate() {
-                    *slot = self.intern_dict_entry(dict, id as u32)?;
+                    *slot = self.intern_dict_entry(dict, id as u32, part)?;
                 }
             }
         }

@@ -2,7 +2,11 @@
 //! DataFusion groups the rows a [`SegmentScanExec`] produces. Out: the same plan with that
 //! aggregation (partial and final stages, with the exchanges between them) replaced by one
 //! [`SegmentAggregateExec`], which groups on each segment's dictionary ids instead of on
-//! materialised strings and merges its workers' groups by value once at the end.
+//! materialised strings and merges its workers' groups by value once at the end. A segment
+//! read whole has its key's dictionary interned front to back, before its rows. One GROUP BY
+//! column with over 65,536 entries in some segment's dictionary, and no filter, is split by
+//! value instead: every worker reads every segment and keeps the keys whose hash it owns, so
+//! the groups are disjoint and nothing is merged.
 //!
 //! Without GROUP BY, `count(*)` alone is answered from the predicate's bitmap cardinality per
 //! segment without reading a column; other aggregates without GROUP BY are taken over only
