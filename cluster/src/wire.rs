@@ -40,6 +40,10 @@ pub struct FragmentTicket {
     /// missing), so a count never goes backwards when another replica answers.
     #[prost(message, repeated, tag = "6")]
     pub waits: Vec<StreamWait>,
+    /// Pinot's `useStarTree=false`: aggregations read the rows even where a segment's
+    /// star-tree could answer (absent from older brokers: trees on).
+    #[prost(bool, tag = "7")]
+    pub star_tree_off: bool,
 }
 
 /// One partition's position a fragment's answer must reach (see [`FragmentTicket::waits`]).

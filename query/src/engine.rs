@@ -139,6 +139,8 @@ pub struct QueryBudget {
     pub deadline: Instant,
     pub max_rows: usize,
     pub memory_limit: usize,
+    /// Whether aggregations may be answered from star-trees (`QueryLimits::use_star_tree`).
+    pub use_star_tree: bool,
 }
 
 /// Scan counters of one query, in Pinot's vocabulary.
@@ -514,6 +516,7 @@ impl QueryEngine {
             deadline: started + timeout,
             max_rows: limits.max_rows,
             memory_limit: limits.memory_limit,
+            use_star_tree: limits.use_star_tree,
         };
         let session = self.session(
             &pool,

@@ -143,6 +143,7 @@ impl FlightService for FragmentService {
             timeout: Duration::from_millis(ticket.timeout_ms.max(1)),
             max_rows: ticket.max_rows as usize,
             memory_limit: ticket.memory_limit as usize,
+            use_star_tree: !ticket.star_tree_off,
             ..QueryLimits::default()
         };
         let counters = &self.counters;

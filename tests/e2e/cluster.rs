@@ -411,6 +411,11 @@ async fn cluster_answers_equal_standalone() {
     // states hold each group once, and the broker finishes them without merging.
     let mut one: Value = serde_json::from_str(&events_spec(1, 1_000_000)).unwrap();
     one["name"] = "events_one".into();
+    one["star_tree"] = json!([{
+        "dimensions": ["country", "device"],
+        "metrics": ["count(*)", "sum(revenue)"],
+        "max_leaf_records": 1000
+    }]);
     create_table(&client, c.broker(), &one.to_string()).await;
     load_events_into(&client, c.broker(), "events_one", 200_000, alone_dir.path()).await;
     let plan = sql(
@@ -435,6 +440,29 @@ async fn cluster_answers_equal_standalone() {
     }
     let v = sql(&client, c.broker(), "SELECT count(*) FROM events_one").await;
     assert_eq!(v["numServersResponded"], json!(1), "{v}");
+    // Its segment's star-tree answers a GROUP BY it covers on the server; Pinot's
+    // `useStarTree=false` reaches the server, which then reads the rows, and both agree.
+    let q = "SELECT country, device, count(*) FROM events_one \
+             GROUP BY country, device ORDER BY country, device";
+    let asked = |options: &str| {
+        let body = json!({ "sql": q, "queryOptions": options });
+        let req = client.post(format!("{}/query/sql", c.broker().base));
+        async move {
+            req.json(&body)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let tree = asked("useResultCache=false").await;
+    let raw = asked("useResultCache=false;useStarTree=false").await;
+    assert_eq!(tree["numSegmentsStarTree"], json!(1), "{tree}");
+    assert_eq!(raw["numSegmentsStarTree"], json!(0), "{raw}");
+    assert_eq!(raw["numDocsScanned"], json!(200_000), "{raw}");
+    assert_eq!(tree["resultTable"], raw["resultTable"]);
     // The broker reuses a batch table's result while its segments stay the same: the second
     // run asks no server.
     let q = "SELECT country, count(*) FROM events GROUP BY country ORDER BY 2 DESC LIMIT 3";
@@ -824,6 +852,7 @@ async fn flight_port_refuses_calls_without_the_cluster_token() {
         memory_limit: 1 << 30,
         query_id: "hostile".into(),
         waits: Vec::new(),
+        star_tree_off: false,
     };
     let mut req = tonic::Request::new(arrow_flight::Ticket {
         ticket: prost::Message::encode_to_vec(&ticket).into(),

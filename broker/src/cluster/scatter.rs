@@ -579,6 +579,7 @@ async fn gather(this: Arc<ScatterExec>, context: Arc<TaskContext>) -> Shared {
             deadline: Instant::now() + Duration::from_secs(10),
             max_rows: 1_000_000,
             memory_limit: 1 << 30,
+            use_star_tree: true,
         });
     let route = &this.route;
     let stats = &route.stats;
@@ -949,6 +950,7 @@ async fn call(
         memory_limit: budget.memory_limit as u64,
         query_id: String::new(),
         waits,
+        star_tree_off: !budget.use_star_tree,
     };
     let mut req = tonic::Request::new(Ticket {
         ticket: ticket.encode_to_vec().into(),

@@ -72,7 +72,7 @@ impl QueryEngine {
         let pool = self.pool(limits);
         let memory = result_reservation(&pool);
         let stats = Arc::new(ScanStats::default());
-        let task = Arc::new(self.fragment_task(&pool, limits.spill)?);
+        let task = Arc::new(self.fragment_task(&pool, limits)?);
         let codec = FragmentCodec::server(resolver, stats.clone(), self.target_partitions, 8192);
         let bytes = bytes.to_vec();
         let max_rows = limits.max_rows;
@@ -110,8 +110,13 @@ impl QueryEngine {
     }
 
     /// A fragment's task context: the engine's session settings and functions (their
-    /// amplifying ones reserving from `pool`), and a runtime with `pool`.
-    fn fragment_task(&self, pool: &Arc<dyn MemoryPool>, spill: bool) -> Result<TaskContext> {
+    /// amplifying ones reserving from `pool`), and a runtime with `pool`; spilling and
+    /// star-trees as `limits` say.
+    fn fragment_task(
+        &self,
+        pool: &Arc<dyn MemoryPool>,
+        limits: &QueryLimits,
+    ) -> Result<TaskContext> {
         let base = match self.fragment_base.get() {
             Some(b) => b,
             None => {
@@ -128,11 +133,18 @@ impl QueryEngine {
                 self.fragment_base.get_or_init(|| base)
             }
         };
-        let runtime = self.runtime(pool, spill)?;
+        let runtime = self.runtime(pool, limits.spill)?;
+        let config = match limits.use_star_tree {
+            true => base.config.clone(),
+            false => base
+                .config
+                .clone()
+                .with_extension(Arc::new(crate::segment_agg::StarTreeOff)),
+        };
         Ok(TaskContext::new(
             None,
             String::new(),
-            base.config.clone(),
+            config,
             crate::bounded::rebind(&base.scalars, pool),
             base.aggregates.clone(),
             base.windows.clone(),
