@@ -62,14 +62,13 @@ pub fn to_predicate(expr: &Expr, schema: &SegmentSchema) -> Option<Predicate> {
             column: column_of(e, schema)?,
             negated: false,
         }),
-        Expr::IsNotNull(e) if extraction(e, schema).is_some() => {
-            let (column, extract) = extraction(e, schema)?;
-            json_leaf(column, &extract, "IS NOT NULL")
-        }
-        Expr::IsNotNull(e) => Some(Predicate::IsNull {
-            column: column_of(e, schema)?,
-            negated: true,
-        }),
+        Expr::IsNotNull(e) => match extraction(e, schema) {
+            Some((column, extract)) => json_leaf(column, &extract, "IS NOT NULL"),
+            None => Some(Predicate::IsNull {
+                column: column_of(e, schema)?,
+                negated: true,
+            }),
+        },
         Expr::Between(Between {
             expr,
             negated,
@@ -91,26 +90,21 @@ pub fn to_predicate(expr: &Expr, schema: &SegmentSchema) -> Option<Predicate> {
         Expr::InList(InList {
             expr,
             list,
-            negated: false,
-        }) if extraction(expr, schema).is_some() => {
-            let (column, extract) = extraction(expr, schema)?;
-            let values = list
-                .iter()
-                .map(|e| match literal(e)? {
-                    Value::Str(s) if !s.starts_with(['{', '[']) => Some(quote(&s, '\'')),
-                    _ => None,
-                })
-                .collect::<Option<Vec<_>>>()?;
-            if extract.target != Target::String {
-                return None;
-            }
-            json_leaf(column, &extract, &format!("IN ({})", values.join(", ")))
-        }
-        Expr::InList(InList {
-            expr,
-            list,
             negated,
         }) => {
+            if let (false, Some((column, extract))) = (*negated, extraction(expr, schema)) {
+                let values = list
+                    .iter()
+                    .map(|e| match literal(e)? {
+                        Value::Str(s) if !s.starts_with(['{', '[']) => Some(quote(&s, '\'')),
+                        _ => None,
+                    })
+                    .collect::<Option<Vec<_>>>()?;
+                if extract.target != Target::String {
+                    return None;
+                }
+                return json_leaf(column, &extract, &format!("IN ({})", values.join(", ")));
+            }
             let column = column_of(expr, schema)?;
             Some(Predicate::InList {
                 values: list
