@@ -131,7 +131,7 @@ impl ServerNode {
             let app = crate::node::health_router(store.clone(), membership.clone(), counters);
             let mut s = stopped.clone();
             tasks.push(tokio::spawn(async move {
-                let _ = axum::serve(l, app)
+                let _ = axum::serve(l, app.into_make_service())
                     .with_graceful_shutdown(async move {
                         let _ = s.wait_for(|v| *v).await;
                     })

@@ -43,6 +43,7 @@ use datafusion::physical_plan::{
 use futures::{StreamExt, TryStreamExt};
 use roaring::RoaringBitmap;
 
+use super::counts::RowCounts;
 use super::hll::{hash_str, HllGroups};
 use super::keys::{GroupMap, KeyInterner, KeyKind, Part, FOREIGN};
 use super::partials::{Fragment, Lookup, Partial, PartialAggregates, PartialKey};
@@ -94,6 +95,9 @@ pub(crate) struct Job {
     /// Per aggregate: for `approx_distinct` over a string column, that column; its sketch is
     /// fed hashes computed once per dictionary entry ([`HllGroups`]).
     pub(crate) sketch_cols: Vec<Option<usize>>,
+    /// Per aggregate: `count(*)`, fed each row's group alone ([`RowCounts`]); its `args`
+    /// are empty.
+    pub(crate) row_counts: Vec<bool>,
     /// Segment columns materialised per batch, and their schema.
     pub(crate) read_cols: Vec<usize>,
     pub(crate) read_schema: SchemaRef,
@@ -464,13 +468,15 @@ fn ext(e: basalt_segment::SegmentError) -> DataFusionError {
 /// How one key's values are found in the current segment.
 enum Source {
     /// Dictionary ids, each mapped to a key id on first use (`u32::MAX`: not yet), or all
-    /// at once up front (`complete`).
+    /// at once up front.
     Dict {
         seg_col: usize,
         dict: Arc<Dictionary>,
         nulls: Arc<RoaringBitmap>,
         key_ids: Vec<u32>,
-        complete: bool,
+        /// Entries of `key_ids` not mapped yet: rows are looked at for first uses only
+        /// while some are left (0 from the start when all were interned up front).
+        unmapped: usize,
     },
     /// A column without a dictionary in this segment.
     Values {
@@ -482,6 +488,17 @@ enum Source {
         expr: Arc<dyn PhysicalExpr>,
         schema: SchemaRef,
     },
+}
+
+/// Appends to `out` each id's entry of `table` (a power of two long, see `Source::Dict`),
+/// through `to`. Out of the row loop's function, so that the table stays in registers.
+#[inline(never)]
+fn map_ids<T>(ids: &[u32], table: &[u32], out: &mut Vec<T>, to: impl Fn(u32) -> T + Copy) {
+    if table.is_empty() {
+        return;
+    }
+    let mask = table.len() - 1;
+    out.extend(ids.iter().map(|&id| to(table[id as usize & mask])));
 }
 
 /// Evaluates a one-column expression over `values`.
@@ -666,10 +683,12 @@ impl Worker {
         let accs = job
             .aggs
             .iter()
-            .zip(&job.sketch_cols)
-            .map(|(a, sketch)| {
+            .zip(job.sketch_cols.iter().zip(&job.row_counts))
+            .map(|(a, (sketch, &rows))| {
                 if sketch.is_some() {
                     Ok(Box::new(HllGroups::default()) as Box<dyn GroupsAccumulator>)
+                } else if rows {
+                    Ok(Box::new(RowCounts::default()) as Box<dyn GroupsAccumulator>)
                 } else if a.groups_accumulator_supported() {
                     a.create_groups_accumulator()
                 } else {
@@ -820,16 +839,21 @@ impl Worker {
                     Some(dict) => {
                         let interner = &mut self.keys[sources.len()];
                         interner.reserve(dict.len().min(expected));
-                        let mut key_ids = vec![u32::MAX; dict.len()];
+                        // Padded to a power of two, so that a row's lookup (`id & mask`)
+                        // needs no bounds check: the reader refuses ids past the dictionary,
+                        // so the padding is never read.
+                        let mut key_ids = vec![u32::MAX; dict.len().max(1).next_power_of_two()];
+                        let mut unmapped = dict.len();
                         if whole {
-                            interner.intern_dict(&dict, &mut key_ids, self.part)?;
+                            interner.intern_dict(&dict, &mut key_ids[..dict.len()], self.part)?;
+                            unmapped = 0;
                         }
                         Source::Dict {
                             seg_col: *seg_col,
                             key_ids,
                             dict,
                             nulls: seg.nulls(*seg_col).map_err(ext)?,
-                            complete: whole,
+                            unmapped,
                         }
                     }
                     None => Source::Values { seg_col: *seg_col },
@@ -882,6 +906,11 @@ impl Worker {
             });
         }
         let nkeys = sources.len();
+        // One dictionary key read whole: rows are mapped straight to their groups.
+        let direct = nkeys == 1
+            && dense.is_none()
+            && part.is_none()
+            && matches!(sources[0], Source::Dict { .. });
         let mut codes: Vec<Vec<u32>> = vec![Vec::new(); nkeys];
         let mut groups: Vec<usize> = Vec::new();
         let mut tuple = vec![0u32; nkeys];
@@ -974,7 +1003,7 @@ impl Worker {
                         dict,
                         nulls,
                         key_ids,
-                        complete,
+                        unmapped,
                     } => {
                         let ids = seg.read_ids(*seg_col, chunk).map_err(ext)?.ok_or_else(|| {
                             DataFusionError::Internal("dictionary column without ids".into())
@@ -993,26 +1022,35 @@ impl Worker {
                             // Intern the ids not seen yet in this segment, then map every row
                             // with a plain lookup. Null rows carry a placeholder id that must
                             // not be interned, so they are patched afterwards.
-                            let interner = &mut self.keys[k];
-                            let mut nr = null_rows.iter().peekable();
-                            // All mapped already when the dictionary was interned whole.
-                            let pending = if *complete { &ids[..0] } else { &ids[..] };
-                            for (r, &id) in pending.iter().enumerate() {
-                                if nr.peek() == Some(&&r) {
-                                    nr.next();
-                                } else {
-                                    Self::dict_key(interner, dict, key_ids, Some(id), part)?;
+                            if *unmapped > 0 {
+                                let interner = &mut self.keys[k];
+                                let mut nr = null_rows.iter().peekable();
+                                for (r, &id) in ids.iter().enumerate() {
+                                    if nr.peek() == Some(&&r) {
+                                        nr.next();
+                                        continue;
+                                    }
+                                    let slot = key_ids.get_mut(id as usize).ok_or_else(|| {
+                                        DataFusionError::Internal(format!(
+                                            "dictionary id {id} out of range"
+                                        ))
+                                    })?;
+                                    if *slot == u32::MAX {
+                                        *slot = interner.intern_dict_entry(dict, id, part)?;
+                                        *unmapped -= 1;
+                                        if *unmapped == 0 {
+                                            break;
+                                        }
+                                    }
                                 }
                             }
-                            out.reserve(ids.len());
-                            for &id in &ids {
-                                // Placeholder ids of null rows may be unmapped (u32::MAX) and
-                                // are overwritten below.
-                                out.push(key_ids.get(id as usize).copied().ok_or_else(|| {
-                                    DataFusionError::Internal(format!(
-                                        "dictionary id {id} out of range"
-                                    ))
-                                })?);
+                            // Placeholder ids of null rows may be unmapped (u32::MAX) and are
+                            // overwritten below.
+                            if direct {
+                                groups.clear();
+                                map_ids(&ids, key_ids, &mut groups, |k| k as usize);
+                            } else {
+                                map_ids(&ids, key_ids, out, |k| k);
                             }
                             if !null_rows.is_empty() {
                                 let null_id = match part {
@@ -1020,7 +1058,10 @@ impl Worker {
                                     _ => self.keys[k].intern_null(),
                                 };
                                 for &r in &null_rows {
-                                    out[r] = null_id;
+                                    match direct {
+                                        true => groups[r] = null_id as usize,
+                                        false => out[r] = null_id,
+                                    }
                                 }
                             }
                         }
@@ -1094,7 +1135,9 @@ impl Worker {
                 batch = Some(read(chunk)?);
             }
             let batch = batch.ok_or_else(|| DataFusionError::Internal("no batch read".into()))?;
-            groups.clear();
+            if !direct {
+                groups.clear();
+            }
             // Rows index every key's codes at once.
             #[allow(clippy::needless_range_loop)]
             match dense.as_mut() {
@@ -1118,9 +1161,11 @@ impl Worker {
                         groups.push(table[combo] as usize);
                     }
                 }
-                // One key: the key id is the group id.
+                // One key: the key id is the group id (already in `groups` when direct).
                 None if nkeys == 1 => {
-                    groups.extend(codes[0].iter().map(|&c| c as usize));
+                    if !direct {
+                        groups.extend(codes[0].iter().map(|&c| c as usize));
+                    }
                     self.groups.set_single_len(self.keys[0].len());
                 }
                 None => {

@@ -22,6 +22,7 @@
 //! accumulator states are kept per (segment, aggregation, predicate as it reads on the
 //! segment) and merged by later queries instead of reading the segment again (`partials`).
 
+mod counts;
 mod exec;
 mod hll;
 mod keys;
@@ -34,6 +35,7 @@ use arrow::datatypes::DataType;
 use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode, TreeNodeRecursion};
 use datafusion::config::ConfigOptions;
 use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 use datafusion::physical_expr::expressions::{CastExpr, Column, Literal};
 use datafusion::physical_expr::utils::collect_columns;
 use datafusion::physical_expr::{PhysicalExpr, ScalarFunctionExpr};
@@ -154,15 +156,18 @@ fn time_trunc(
 /// Every aggregate is `count(*)` (a count of a non-null literal): without GROUP BY, answered
 /// from bitmap cardinalities alone.
 fn only_count_star(agg: &AggregateExec) -> bool {
-    agg.aggr_expr().iter().all(|a| {
-        let args = a.expressions();
-        a.fun().name() == "count"
-            && args.len() == 1
-            && args[0]
-                .as_any()
-                .downcast_ref::<Literal>()
-                .is_some_and(|l| !l.value().is_null())
-    })
+    agg.aggr_expr().iter().all(|a| counts_rows(a))
+}
+
+/// `count(*)`: a count of a non-null literal (DISTINCT and FILTER are refused before).
+fn counts_rows(a: &AggregateFunctionExpr) -> bool {
+    let args = a.expressions();
+    a.fun().name() == "count"
+        && args.len() == 1
+        && args[0]
+            .as_any()
+            .downcast_ref::<Literal>()
+            .is_some_and(|l| !l.value().is_null())
 }
 
 /// A plan fragment (a server's share of a broker's query) whose root is a partial
@@ -324,14 +329,17 @@ fn rewrite(
             )
         })
         .collect::<DfResult<Vec<_>>>()?;
+    // `count(*)` is fed the rows' groups alone ([`counts::RowCounts`]): its literal is never
+    // evaluated.
+    let row_counts: Vec<bool> = first.aggr_expr().iter().map(|a| counts_rows(a)).collect();
     // With a projection, the outputs of it the arguments use become the pre-projection, and
     // the arguments are moved onto its output.
     let arg_exprs = || {
         first
             .aggr_expr()
             .iter()
-            .zip(&sketch_cols)
-            .filter(|(_, d)| d.is_none())
+            .zip(sketch_cols.iter().zip(&row_counts))
+            .filter(|(_, (d, &rows))| d.is_none() && !rows)
             .flat_map(|(a, _)| a.expressions())
     };
     let mut pre_cols: Vec<usize> = Vec::new();
@@ -369,10 +377,10 @@ fn rewrite(
     let args = first
         .aggr_expr()
         .iter()
-        .zip(&sketch_cols)
-        .map(|(a, d)| match d {
-            Some(_) => Ok(Vec::new()),
-            None => a
+        .zip(sketch_cols.iter().zip(&row_counts))
+        .map(|(a, (d, &rows))| match (d, rows) {
+            (Some(_), _) | (None, true) => Ok(Vec::new()),
+            (None, false) => a
                 .expressions()
                 .iter()
                 .map(&arg_remap)
@@ -397,6 +405,7 @@ fn rewrite(
         pre,
         args,
         sketch_cols,
+        row_counts,
         read_cols,
         read_schema,
         schema: out_schema,
