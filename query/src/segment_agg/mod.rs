@@ -16,7 +16,8 @@
 //! The rewrite applies when every GROUP BY key is a column or an expression of a supported
 //! type, no aggregate is DISTINCT, ordered or filtered, and there are no grouping sets; other
 //! plans are left to DataFusion unchanged. Aggregate functions are DataFusion's own
-//! accumulators, so results are the same as without the rewrite.
+//! accumulators, so results are the same as without the rewrite; `count(*)` is Basalt's
+//! (`counts`: fed the rows' groups alone, keeping DataFusion's `count` state).
 //!
 //! When the session carries a [`PartialAggregates`] cache, each segment's groups and
 //! accumulator states are kept per (segment, aggregation, predicate as it reads on the
