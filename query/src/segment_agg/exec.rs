@@ -906,7 +906,8 @@ impl Worker {
             });
         }
         let nkeys = sources.len();
-        // One dictionary key read whole: rows are mapped straight to their groups.
+        // One dictionary key, not split between workers (whole segment or not): rows are
+        // mapped straight to their groups.
         let direct = nkeys == 1
             && dense.is_none()
             && part.is_none()
