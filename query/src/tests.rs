@@ -453,7 +453,9 @@ async fn many_groups_sort_within_a_small_memory_limit() {
 /// A key with more values per segment than `segment_agg`'s split threshold, grouped without
 /// a filter: the workers split the key's values instead of the segments (each reads every
 /// segment and keeps the rows whose key it owns). The same rows as DataFusion, NULL keys
-/// included, for 2 and 3 workers, and every doc counted once in the stats.
+/// included, for 2 and 3 workers, and every doc counted once in the stats: with the values
+/// owned by range and numbered by merging the sorted dictionaries, and (an upsert table's
+/// valid-docs bitmaps, here every doc) owned by hash and interned.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn high_cardinality_keys_split_between_workers() {
     let mut rng = StdRng::seed_from_u64(11);
@@ -485,8 +487,20 @@ async fn high_cardinality_keys_split_between_workers() {
         use_cache: false,
         ..QueryLimits::default()
     };
-    for workers in [2, 3] {
+    for (workers, valid) in [(2, false), (3, false), (2, true), (3, true)] {
         let (engine, reference) = engine_and_reference(schema(), segments.clone(), &batches);
+        let engine = match valid {
+            false => engine,
+            true => QueryEngine::new(Arc::new(Fixed(TableSnapshot {
+                valid: segments
+                    .iter()
+                    .map(|s| Arc::new(roaring::RoaringBitmap::from_iter(0..s.row_count())))
+                    .collect(),
+                name: "t".into(),
+                schema: schema(),
+                segments: segments.clone(),
+            }))),
+        };
         let engine = engine.with_target_partitions(workers);
         for sql in [
             "SELECT city, count(*) AS n, sum(big) AS s, min(lat) AS lo FROM t GROUP BY city",
@@ -501,7 +515,7 @@ async fn high_cardinality_keys_split_between_workers() {
             if !sql.contains("LIMIT") {
                 assert_eq!(
                     got.stats.num_docs_scanned, 270_000,
-                    "{workers} workers: {sql}"
+                    "{workers} workers, valid docs {valid}: {sql}"
                 );
             }
         }

@@ -47,6 +47,7 @@ use super::counts::RowCounts;
 use super::hll::{hash_str, HllGroups};
 use super::keys::{GroupMap, KeyInterner, KeyKind, Part, FOREIGN};
 use super::partials::{Fragment, Lookup, Partial, PartialAggregates, PartialKey};
+use super::sorted_keys;
 use super::star::{StarPlan, StarTreeOff};
 use crate::row_filter::{RowFilter, RowFilterRun};
 use crate::scan::{matching_docs, Matched, ScanStats, SegmentScanExec};
@@ -366,9 +367,13 @@ impl ExecutionPlan for SegmentAggregateExec {
                 handles.push(tokio::task::spawn_blocking(move || {
                     let mut w = Worker::new(&job, &pool, &all)?;
                     w.part = part;
+                    if let Some(p) = part {
+                        w.merge_sorted_keys(&job, p, &flag)?;
+                    }
                     let snap = job.scan().snapshot();
                     for &i in &segs {
                         let (seg, valid) = (&snap.segments[i], snap.valid_of(i));
+                        w.next_ids = w.sorted_ids.as_mut().map(|m| std::mem::take(&mut m[i]));
                         if star && valid.is_none() && w.star_tree(&job, seg, &flag)? {
                             continue;
                         }
@@ -420,6 +425,10 @@ impl ExecutionPlan for SegmentAggregateExec {
 /// Fewest entries of a GROUP BY key's largest segment dictionary for which workers split the
 /// key's values instead of the segments.
 const SPLIT_KEYS: u32 = 1 << 16;
+
+/// Most dictionary entries, over all segments, whose key ids a worker merging sorted
+/// dictionaries holds at once (up to 128 MiB with the padding); larger tables are hashed.
+const SORTED_ENTRIES_MAX: usize = 1 << 24;
 
 /// How many workers split the key's values between them, or `None` to split the segments:
 /// one GROUP BY column, dictionary-encoded in every segment, with many entries in some
@@ -675,6 +684,12 @@ struct Worker {
     fed: bool,
     /// The key values this worker aggregates, when each worker reads every segment.
     part: Option<Part>,
+    /// The key ids of each segment's dictionary entries (by snapshot index), when they were
+    /// numbered by merging the sorted dictionaries (`sorted_keys`): the interner then has no
+    /// hash table to find values in, and every segment must come with its ids.
+    sorted_ids: Option<Vec<Vec<u32>>>,
+    /// The ids of the segment being read, taken from `sorted_ids`.
+    next_ids: Option<Vec<u32>>,
 }
 
 impl Worker {
@@ -728,6 +743,8 @@ impl Worker {
             reservation: MemoryConsumer::new("SegmentAggregateExec").register(pool),
             fed: false,
             part: None,
+            sorted_ids: None,
+            next_ids: None,
         };
         if job.count_only {
             // Without GROUP BY there is one group, even over no rows (count 0).
@@ -737,9 +754,59 @@ impl Worker {
     }
 
     fn size(&self) -> usize {
+        let sorted: usize = self
+            .sorted_ids
+            .iter()
+            .flatten()
+            .map(|v| v.capacity() * 4)
+            .sum();
         self.keys.iter().map(|k| k.size()).sum::<usize>()
+            + sorted
             + self.groups.size()
             + self.accs.iter().map(|a| a.size()).sum::<usize>()
+    }
+
+    /// As part `part` of a key split by value: when the key is one string column, read whole
+    /// in every segment of the snapshot (no valid-docs bitmap), numbers the part's values by
+    /// merging the segments' sorted dictionaries (`sorted_keys`) and keeps each segment's key
+    /// ids for [`Self::blocks`]. Every part decides alike from the same snapshot, so the
+    /// parts own values by range or all by hash, never a mix.
+    fn merge_sorted_keys(&mut self, job: &Job, part: Part, cancel: &AtomicBool) -> DfResult<()> {
+        let snap = job.scan().snapshot();
+        let [GroupKey {
+            expr: KeyExpr::Column { seg_col },
+            kind: KeyKind::Bytes,
+            ..
+        }] = job.keys.as_slice()
+        else {
+            return Ok(());
+        };
+        if !snap.valid.is_empty() {
+            return Ok(());
+        }
+        let mut held = Vec::with_capacity(snap.segments.len());
+        for seg in &snap.segments {
+            match seg.dictionary(*seg_col).map_err(ext)? {
+                Some(d) if matches!(*d, Dictionary::Str(_)) => held.push(d),
+                _ => return Ok(()),
+            }
+        }
+        let dicts: Vec<&arrow::array::StringArray> = held
+            .iter()
+            .filter_map(|d| match d.as_ref() {
+                Dictionary::Str(a) => Some(a),
+                _ => None,
+            })
+            .collect();
+        // Every segment's ids are held at once (the hash path holds one segment's).
+        if dicts.iter().map(|d| d.len()).sum::<usize>() > SORTED_ENTRIES_MAX {
+            return Ok(());
+        }
+        let range = sorted_keys::bounds(&dicts, part);
+        let ids = sorted_keys::intern_sorted(&mut self.keys[0], &dicts, range, cancel)?;
+        self.sorted_ids = Some(ids);
+        let size = self.size();
+        self.reservation.try_resize(size)
     }
 
     /// Key id for dictionary id `id` (or NULL), interning the entry on first use.
@@ -838,16 +905,38 @@ impl Worker {
                 KeyExpr::Column { seg_col } => match seg.dictionary(*seg_col).map_err(ext)? {
                     Some(dict) => {
                         let interner = &mut self.keys[sources.len()];
-                        interner.reserve(dict.len().min(expected));
                         // Padded to a power of two, so that a row's lookup (`id & mask`)
                         // needs no bounds check: the reader refuses ids past the dictionary,
                         // so the padding is never read.
-                        let mut key_ids = vec![u32::MAX; dict.len().max(1).next_power_of_two()];
-                        let mut unmapped = dict.len();
-                        if whole {
-                            interner.intern_dict(&dict, &mut key_ids[..dict.len()], self.part)?;
-                            unmapped = 0;
-                        }
+                        let (key_ids, unmapped) = match self.next_ids.take() {
+                            Some(ids) if ids.len() == dict.len().max(1).next_power_of_two() => {
+                                (ids, 0)
+                            }
+                            Some(_) => {
+                                return Err(DataFusionError::Internal(
+                                    "merged key ids do not cover the segment's dictionary".into(),
+                                ))
+                            }
+                            None if self.sorted_ids.is_some() => {
+                                return Err(DataFusionError::Internal(
+                                    "a segment without merged key ids".into(),
+                                ))
+                            }
+                            None => {
+                                interner.reserve(dict.len().min(expected));
+                                let mut ids = vec![u32::MAX; dict.len().max(1).next_power_of_two()];
+                                let mut unmapped = dict.len();
+                                if whole {
+                                    interner.intern_dict(
+                                        &dict,
+                                        &mut ids[..dict.len()],
+                                        self.part,
+                                    )?;
+                                    unmapped = 0;
+                                }
+                                (ids, unmapped)
+                            }
+                        };
                         Source::Dict {
                             seg_col: *seg_col,
                             key_ids,

@@ -275,6 +275,22 @@ impl KeyInterner {
         })
     }
 
+    /// Room for `values` more strings of `bytes` bytes in all, appended by
+    /// [`Self::push_sorted`].
+    pub(crate) fn reserve_sorted(&mut self, values: usize, bytes: usize) {
+        self.offsets.reserve(values);
+        self.data.reserve(bytes);
+    }
+
+    /// Appends string `v`, known to differ from every value interned so far, without entering
+    /// it in the hash table: for an interner whose values all come from merging sorted
+    /// dictionaries (`sorted_keys`), which nothing looks up by value.
+    pub(crate) fn push_sorted(&mut self, v: &[u8]) -> u32 {
+        self.data.extend_from_slice(v);
+        self.offsets.push(self.data.len());
+        self.push_entry()
+    }
+
     /// `v`'s key id, or [`FOREIGN`] when `part` is given and does not own it.
     fn intern_bytes_in(&mut self, v: &[u8], part: Option<Part>) -> u32 {
         let hash = self.hasher.hash_one(v);

@@ -5,8 +5,10 @@
 //! materialised strings and merges its workers' groups by value once at the end. A segment
 //! read whole has its key's dictionary interned front to back, before its rows. One GROUP BY
 //! column with over 65,536 entries in some segment's dictionary, and no filter, is split by
-//! value instead: every worker reads every segment and keeps the keys whose hash it owns, so
-//! the groups are disjoint and nothing is merged.
+//! value instead: every worker reads every segment and keeps the keys it owns, so the groups
+//! are disjoint and nothing is merged. A string key read whole in every segment is owned by
+//! ranges of values and numbered by merging the segments' sorted dictionaries
+//! (`sorted_keys`, no hash table); otherwise by the value's hash.
 //!
 //! Without GROUP BY, `count(*)` alone is answered from the predicate's bitmap cardinality per
 //! segment without reading a column; other aggregates without GROUP BY are taken over only
@@ -28,6 +30,7 @@ mod exec;
 mod hll;
 mod keys;
 mod partials;
+mod sorted_keys;
 mod star;
 
 use std::sync::Arc;
