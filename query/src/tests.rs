@@ -519,6 +519,16 @@ async fn high_cardinality_keys_split_between_workers() {
                 );
             }
         }
+        // Either path's key ids and groups count against the query's memory limit.
+        let tiny = QueryLimits {
+            memory_limit: 1 << 16,
+            ..limits.clone()
+        };
+        let e = engine
+            .execute("SELECT city, count(*) FROM t GROUP BY city", &tiny)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, crate::QueryError::Memory(_)), "{e}");
     }
 }
 

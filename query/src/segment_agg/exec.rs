@@ -802,6 +802,13 @@ impl Worker {
         if dicts.iter().map(|d| d.len()).sum::<usize>() > SORTED_ENTRIES_MAX {
             return Ok(());
         }
+        // Reserved before they are allocated (padded as `intern_sorted` pads them).
+        let padded: usize = dicts
+            .iter()
+            .map(|d| d.len().max(1).next_power_of_two())
+            .sum();
+        let before = self.size();
+        self.reservation.try_resize(before + padded * 4)?;
         let range = sorted_keys::bounds(&dicts, part);
         let ids = sorted_keys::intern_sorted(&mut self.keys[0], &dicts, range, cancel)?;
         self.sorted_ids = Some(ids);
