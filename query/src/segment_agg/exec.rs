@@ -499,6 +499,12 @@ enum Source {
     },
 }
 
+/// How many key ids a dictionary of `entries` entries gets: padded to a power of two, so that
+/// a row's lookup (`id & mask`, [`map_ids`]) needs no bounds check.
+pub(crate) fn key_ids_len(entries: usize) -> usize {
+    entries.max(1).next_power_of_two()
+}
+
 /// Appends to `out` each id's entry of `table` (a power of two long, see `Source::Dict`),
 /// through `to`. Out of the row loop's function, so that the table stays in registers.
 #[inline(never)]
@@ -787,8 +793,8 @@ impl Worker {
         let mut held = Vec::with_capacity(snap.segments.len());
         for seg in &snap.segments {
             match seg.dictionary(*seg_col).map_err(ext)? {
-                Some(d) if matches!(*d, Dictionary::Str(_)) => held.push(d),
-                _ => return Ok(()),
+                Some(d) => held.push(d),
+                None => return Ok(()),
             }
         }
         let dicts: Vec<&arrow::array::StringArray> = held
@@ -798,15 +804,15 @@ impl Worker {
                 _ => None,
             })
             .collect();
+        if dicts.len() != held.len() {
+            return Ok(());
+        }
         // Every segment's ids are held at once (the hash path holds one segment's).
         if dicts.iter().map(|d| d.len()).sum::<usize>() > SORTED_ENTRIES_MAX {
             return Ok(());
         }
         // Reserved before they are allocated (padded as `intern_sorted` pads them).
-        let padded: usize = dicts
-            .iter()
-            .map(|d| d.len().max(1).next_power_of_two())
-            .sum();
+        let padded: usize = dicts.iter().map(|d| key_ids_len(d.len())).sum();
         let before = self.size();
         self.reservation.try_resize(before + padded * 4)?;
         let range = sorted_keys::bounds(&dicts, part);
@@ -916,9 +922,7 @@ impl Worker {
                         // needs no bounds check: the reader refuses ids past the dictionary,
                         // so the padding is never read.
                         let (key_ids, unmapped) = match self.next_ids.take() {
-                            Some(ids) if ids.len() == dict.len().max(1).next_power_of_two() => {
-                                (ids, 0)
-                            }
+                            Some(ids) if ids.len() == key_ids_len(dict.len()) => (ids, 0),
                             Some(_) => {
                                 return Err(DataFusionError::Internal(
                                     "merged key ids do not cover the segment's dictionary".into(),
@@ -931,7 +935,7 @@ impl Worker {
                             }
                             None => {
                                 interner.reserve(dict.len().min(expected));
-                                let mut ids = vec![u32::MAX; dict.len().max(1).next_power_of_two()];
+                                let mut ids = vec![u32::MAX; key_ids_len(dict.len())];
                                 let mut unmapped = dict.len();
                                 if whole {
                                     interner.intern_dict(

@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use arrow::array::{Array, StringArray};
 use datafusion::error::{DataFusionError, Result as DfResult};
 
+use super::exec::key_ids_len;
 use super::keys::{KeyInterner, KeyKind, Part, FOREIGN};
 
 /// The values part `part` owns: `lo..hi` in byte order (`None`: unbounded), cut at
@@ -164,7 +165,7 @@ pub(crate) fn intern_sorted(
                 return Err(out_of_order(s, end));
             }
         }
-        let mut of = vec![u32::MAX; d.len().max(1).next_power_of_two()];
+        let mut of = vec![u32::MAX; key_ids_len(d.len())];
         of[..start].fill(FOREIGN);
         of[end..d.len()].fill(FOREIGN);
         ids.push(of);
