@@ -39,6 +39,7 @@ use crate::table::TableSource;
 
 mod defaults;
 mod fragments;
+mod planning;
 mod sessions;
 pub use fragments::FragmentOutput;
 use sessions::SessionKnobs;
@@ -468,7 +469,7 @@ impl QueryEngine {
             SessionKnobs::default(),
         )?;
         let plan = session.state.create_logical_plan(sql).await?;
-        Ok(session.state.create_physical_plan(&plan).await?)
+        Ok(planning::physical_plan(&session.state, &plan).await?)
     }
 
     async fn run(
@@ -549,7 +550,7 @@ impl QueryEngine {
             let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
             // `now()` is the time the query starts running.
             session.state.mark_start_execution();
-            let physical = session.state.create_physical_plan(&plan).await?;
+            let physical = planning::physical_plan(&session.state, &plan).await?;
             let stream = execute_stream(physical, session.task())?;
             let batches = collect(stream, max_rows, &memory).await?;
             Ok::<_, QueryError>((schema, batches, memory))

@@ -15,6 +15,7 @@ use std::fmt;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use arrow::array::{
     Array, ArrayRef, AsArray, DictionaryArray, Int32Array, Int64Array, RecordBatch,
@@ -26,7 +27,7 @@ use basalt_segment::doc_list;
 use basalt_segment::layout::Encoding;
 use basalt_segment::predicate::{evaluate_with_stats, EvalStats};
 use basalt_segment::reader::{null_positions, Dictionary};
-use basalt_segment::{simplify_for, simplify_for_blocks, Predicate, SegmentReader};
+use basalt_segment::{may_match, simplify_for, simplify_for_blocks, Predicate, SegmentReader};
 use datafusion::common::stats::Precision;
 use datafusion::common::Statistics;
 use datafusion::error::{DataFusionError, Result as DfResult};
@@ -309,6 +310,10 @@ impl ExecutionPlan for SegmentAggregateExec {
         }
         let job = self.job.clone();
         let pool = context.memory_pool().clone();
+        let deadline = context
+            .session_config()
+            .get_extension::<crate::engine::QueryBudget>()
+            .map(|b| b.deadline);
         let schema = job.schema.clone();
         // Segments' parts are reused when the session allows it and nothing but the pushed
         // predicate filters them (a join's dynamic filter changes with its build).
@@ -354,53 +359,42 @@ impl ExecutionPlan for SegmentAggregateExec {
                     .collect(),
                 None => by_segments.map(|segs| (segs, None)).collect(),
             };
-            for (segs, part) in work {
-                let (job, segs, flag, pool, all, partials, off) = (
-                    job.clone(),
-                    segs.clone(),
-                    cancel.0.clone(),
-                    pool.clone(),
-                    all.clone(),
-                    partials.clone(),
-                    off.clone(),
-                );
-                handles.push(tokio::task::spawn_blocking(move || {
-                    let mut w = Worker::new(&job, &pool, &all)?;
-                    w.part = part;
-                    if let Some(p) = part {
-                        w.merge_sorted_keys(&job, p, &flag)?;
-                    }
-                    let snap = job.scan().snapshot();
-                    for &i in &segs {
-                        let (seg, valid) = (&snap.segments[i], snap.valid_of(i));
-                        w.next_ids = w.sorted_ids.as_mut().map(|m| std::mem::take(&mut m[i]));
-                        if star && valid.is_none() && w.star_tree(&job, seg, &flag)? {
-                            continue;
-                        }
-                        match &partials {
-                            Some((cache, fragment))
-                                if cache.keeps(seg.row_count()) && !off.load(Ordering::Relaxed) =>
-                            {
-                                let at = Reuse {
-                                    cache,
-                                    fragment,
-                                    index: i,
-                                    off: &off,
-                                };
-                                w.segment_reusing(&job, &pool, at, seg, valid, &flag)?
-                            }
-                            _ => w.segment(&job, seg, valid, &flag)?,
-                        }
-                    }
-                    Ok::<_, DataFusionError>(w)
-                }));
+            // The last share runs here, the others on blocking threads: a query whose work
+            // is small (a count over the last minutes) is answered without waking a thread
+            // and waiting for it. Not when parts are reused: a share may then wait (up to
+            // `FLIGHT_WAIT`) for a slice another query is computing, which must not hold a
+            // query thread. A share whose segments the predicate rules out from their
+            // statistics has nothing to do, and runs here too.
+            let count = work.len();
+            let mut here = Vec::new();
+            for (n, (segs, part)) in work.into_iter().enumerate() {
+                let share = Share {
+                    job: job.clone(),
+                    pool: pool.clone(),
+                    all: all.clone(),
+                    partials: partials.clone(),
+                    off: off.clone(),
+                    star,
+                    flag: cancel.0.clone(),
+                    deadline,
+                };
+                if (n + 1 == count && partials.is_none()) || ruled_out(&job, &segs) {
+                    here.push(share.run(&segs, part)?);
+                } else {
+                    handles.push(tokio::task::spawn_blocking(move || share.run(&segs, part)));
+                }
             }
             let mut merged: Option<Worker> = None;
             let mut batches = Vec::new();
+            let mut done = Vec::with_capacity(handles.len() + 1);
             for h in handles {
-                let w = h
-                    .await
-                    .map_err(|e| DataFusionError::External(Box::new(e)))??;
+                done.push(
+                    h.await
+                        .map_err(|e| DataFusionError::External(Box::new(e)))??,
+                );
+            }
+            done.extend(here);
+            for w in done {
                 match merged.as_mut() {
                     // Parts hold disjoint groups: each gives its own rows.
                     _ if w.part.is_some() => batches.extend(w.finish(&job)?),
@@ -459,6 +453,87 @@ fn key_parts(job: &Job, star: bool) -> Option<u32> {
         }
     }
     (entries >= SPLIT_KEYS).then_some(workers as u32)
+}
+
+/// Whether the scan's predicate rules every segment of `segs` out from its statistics
+/// (`may_match`), so a worker given them reads nothing.
+fn ruled_out(job: &Job, segs: &[usize]) -> bool {
+    let scan = job.scan();
+    let (Some(p), false) = (scan.predicate(), scan.has_dynamic_filters()) else {
+        return segs.is_empty();
+    };
+    let snap = scan.snapshot();
+    segs.iter()
+        .all(|&i| matches!(may_match(&snap.segments[i], p), Ok(false)))
+}
+
+/// One worker's share of a segment aggregation: its segments (or, split by key, its part
+/// of every segment's keys), and what every share reads.
+struct Share {
+    job: Arc<Job>,
+    pool: Arc<dyn MemoryPool>,
+    all: Vec<usize>,
+    partials: Option<(Arc<PartialAggregates>, Arc<Fragment>)>,
+    /// Set once a slice had too many groups to keep.
+    off: Arc<AtomicBool>,
+    star: bool,
+    /// Set when the aggregation's stream is dropped.
+    flag: Arc<AtomicBool>,
+    deadline: Option<Instant>,
+}
+
+impl Share {
+    /// Aggregates segments `segs` (for the keys of `part`, when split by key).
+    fn run(&self, segs: &[usize], part: Option<Part>) -> DfResult<Worker> {
+        let (job, pool, off) = (self.job.as_ref(), &self.pool, self.off.as_ref());
+        let cancel = Cancel::new(&self.flag, self.deadline);
+        let mut w = Worker::new(job, pool, &self.all)?;
+        w.part = part;
+        if let Some(p) = part {
+            w.merge_sorted_keys(job, p, &cancel)?;
+        }
+        let snap = job.scan().snapshot();
+        for &i in segs {
+            let (seg, valid) = (&snap.segments[i], snap.valid_of(i));
+            w.next_ids = w.sorted_ids.as_mut().map(|m| std::mem::take(&mut m[i]));
+            if self.star && valid.is_none() && w.star_tree(job, seg, &cancel)? {
+                continue;
+            }
+            match &self.partials {
+                Some((cache, fragment))
+                    if cache.keeps(seg.row_count()) && !off.load(Ordering::Relaxed) =>
+                {
+                    let at = Reuse {
+                        cache,
+                        fragment,
+                        index: i,
+                        off,
+                    };
+                    w.segment_reusing(job, pool, at, seg, valid, &cancel)?
+                }
+                _ => w.segment(job, seg, valid, &cancel)?,
+            }
+        }
+        Ok(w)
+    }
+}
+
+/// When a worker stops: its aggregation's stream was dropped (`flag`), or the query's
+/// deadline passed (the share run on the query thread itself cannot be aborted; the others
+/// stop with it).
+pub(super) struct Cancel<'a> {
+    flag: &'a AtomicBool,
+    deadline: Option<Instant>,
+}
+
+impl<'a> Cancel<'a> {
+    pub(super) fn new(flag: &'a AtomicBool, deadline: Option<Instant>) -> Self {
+        Cancel { flag, deadline }
+    }
+
+    pub(super) fn stopped(&self) -> bool {
+        self.flag.load(Ordering::Relaxed) || self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
 }
 
 /// Tells the workers to stop when the query's future is dropped (timeout, cancel).
@@ -777,7 +852,7 @@ impl Worker {
     /// merging the segments' sorted dictionaries (`sorted_keys`) and keeps each segment's key
     /// ids for [`Self::blocks`]. Every part decides alike from the same snapshot, so the
     /// parts own values by range or all by hash, never a mix.
-    fn merge_sorted_keys(&mut self, job: &Job, part: Part, cancel: &AtomicBool) -> DfResult<()> {
+    fn merge_sorted_keys(&mut self, job: &Job, part: Part, cancel: &Cancel<'_>) -> DfResult<()> {
         let snap = job.scan().snapshot();
         let [GroupKey {
             expr: KeyExpr::Column { seg_col },
@@ -851,7 +926,7 @@ impl Worker {
         job: &Job,
         seg: &SegmentReader,
         valid: Option<&Arc<RoaringBitmap>>,
-        cancel: &AtomicBool,
+        cancel: &Cancel<'_>,
     ) -> DfResult<()> {
         let scan = job.scan();
         // With what a join's build (on the other side) has learnt by now: as a predicate
@@ -893,7 +968,7 @@ impl Worker {
         seg: &SegmentReader,
         reading: &mut Reading,
         range: std::ops::Range<usize>,
-        cancel: &AtomicBool,
+        cancel: &Cancel<'_>,
     ) -> DfResult<()> {
         let scan = job.scan();
         let part = self.part;
@@ -1071,7 +1146,7 @@ impl Worker {
                 }
             }
             let mut chunk = docs.as_slice();
-            if cancel.load(Ordering::Relaxed) {
+            if cancel.stopped() {
                 return Err(DataFusionError::Execution("query cancelled".into()));
             }
             let read = |chunk: &[u32]| -> DfResult<RecordBatch> {
@@ -1322,7 +1397,7 @@ impl Worker {
         at: Reuse<'_>,
         seg: &SegmentReader,
         valid: Option<&Arc<RoaringBitmap>>,
-        cancel: &AtomicBool,
+        cancel: &Cancel<'_>,
     ) -> DfResult<()> {
         let scan = job.scan();
         let stats = scan.stats();
@@ -1504,7 +1579,7 @@ impl Worker {
 
     /// Answers one segment from a star-tree of it that covers the aggregation, if it has one
     /// (false: it has none, and the rows must answer).
-    fn star_tree(&mut self, job: &Job, seg: &SegmentReader, cancel: &AtomicBool) -> DfResult<bool> {
+    fn star_tree(&mut self, job: &Job, seg: &SegmentReader, cancel: &Cancel<'_>) -> DfResult<bool> {
         let (Some(plan), scan) = (&job.star, job.scan()) else {
             return Ok(false);
         };
@@ -1516,7 +1591,7 @@ impl Worker {
         let Some(read) = plan.on_segment(seg, predicate.as_ref())? else {
             return Ok(false);
         };
-        if cancel.load(Ordering::Relaxed) {
+        if cancel.stopped() {
             return Err(DataFusionError::Execution("query cancelled".into()));
         }
         let recs = read.tree.select(&read.uses).map_err(ext)?;

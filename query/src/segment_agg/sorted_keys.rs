@@ -19,12 +19,11 @@
 
 use std::cmp::Reverse;
 use std::collections::binary_heap::{BinaryHeap, PeekMut};
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use arrow::array::{Array, StringArray};
 use datafusion::error::{DataFusionError, Result as DfResult};
 
-use super::exec::key_ids_len;
+use super::exec::{key_ids_len, Cancel};
 use super::keys::{KeyInterner, KeyKind, Part, FOREIGN};
 
 /// The values part `part` owns: `lo..hi` in byte order (`None`: unbounded), cut at
@@ -133,7 +132,7 @@ pub(crate) fn intern_sorted(
     interner: &mut KeyInterner,
     dicts: &[&StringArray],
     range: Range<'_>,
-    cancel: &AtomicBool,
+    cancel: &Cancel<'_>,
 ) -> DfResult<Vec<Vec<u32>>> {
     if interner.kind() != KeyKind::Bytes || interner.len() != 0 {
         return Err(DataFusionError::Internal(
@@ -202,7 +201,7 @@ pub(crate) fn intern_sorted(
             PeekMut::pop(top);
         }
         done += 1;
-        if done.is_multiple_of(65_536) && cancel.load(Ordering::Relaxed) {
+        if done.is_multiple_of(65_536) && cancel.stopped() {
             return Err(DataFusionError::Execution("query cancelled".into()));
         }
     }
@@ -212,6 +211,10 @@ pub(crate) fn intern_sorted(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicBool;
+
+    /// A flag no test sets.
+    static NEVER: AtomicBool = AtomicBool::new(false);
     use proptest::prelude::*;
     use std::collections::BTreeSet;
 
@@ -225,8 +228,8 @@ mod tests {
             .map(|index| {
                 let mut interner = KeyInterner::new(KeyKind::Bytes);
                 let range = bounds(&dicts, Part { index, count });
-                let ids =
-                    intern_sorted(&mut interner, &dicts, range, &AtomicBool::new(false)).unwrap();
+                let ids = intern_sorted(&mut interner, &dicts, range, &Cancel::new(&NEVER, None))
+                    .unwrap();
                 (interner, ids)
             })
             .collect()
@@ -302,7 +305,7 @@ mod tests {
                 let dicts = [&good, &bad];
                 let range = bounds(&dicts, Part { index, count });
                 let mut k = KeyInterner::new(KeyKind::Bytes);
-                intern_sorted(&mut k, &dicts, range, &AtomicBool::new(false)).is_err()
+                intern_sorted(&mut k, &dicts, range, &Cancel::new(&NEVER, None)).is_err()
             });
             assert!(failed, "{count} parts");
         }
@@ -310,7 +313,7 @@ mod tests {
         let dup = StringArray::from(vec!["a", "a"]);
         let mut k = KeyInterner::new(KeyKind::Bytes);
         let all = Range { lo: None, hi: None };
-        assert!(intern_sorted(&mut k, &[&dup], all, &AtomicBool::new(false)).is_err());
+        assert!(intern_sorted(&mut k, &[&dup], all, &Cancel::new(&NEVER, None)).is_err());
     }
 
     #[test]
@@ -319,6 +322,6 @@ mod tests {
         let mut k = KeyInterner::new(KeyKind::Bytes);
         k.intern_bytes(b"x");
         let all = Range { lo: None, hi: None };
-        assert!(intern_sorted(&mut k, &[&d], all, &AtomicBool::new(false)).is_err());
+        assert!(intern_sorted(&mut k, &[&d], all, &Cancel::new(&NEVER, None)).is_err());
     }
 }
