@@ -531,7 +531,7 @@ impl QueryEngine {
             },
         )?;
         let max_rows = limits.max_rows;
-        let planned = statement.clone();
+        let planned = statement;
         // Executed on the query threads (`crate::runtime`): this task only waits, so the
         // deadline fires on time even while a step of DataFusion holds every query thread.
         // The admission permit goes with the work, so a query counts as running until its
