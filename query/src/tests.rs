@@ -450,6 +450,56 @@ async fn many_groups_sort_within_a_small_memory_limit() {
     }
 }
 
+/// A segment aggregation stops once the query's deadline (its session's `QueryBudget`) has
+/// passed, on every share, the one run on the query thread included: that one cannot be
+/// aborted by dropping its future.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segment_aggregation_stops_at_the_deadline() {
+    use datafusion::execution::TaskContext;
+    use datafusion::physical_plan::collect;
+    use datafusion::prelude::SessionConfig;
+    use std::time::{Duration, Instant};
+
+    let mut rng = StdRng::seed_from_u64(11);
+    let t0 = 1_767_225_600_000i64;
+    let batches: Vec<RecordBatch> = (0..3)
+        .map(|s| batch(&mut rng, 20_000, t0 + s as i64 * 60_000_000))
+        .collect();
+    let segments = batches.iter().map(default_segment).collect();
+    let (engine, _) = engine_and_reference(schema(), segments, &batches);
+    let sql = "SELECT city, count(*), max(big) FROM t GROUP BY city";
+    let plan = engine.physical_plan(sql).await.unwrap();
+    let shown = datafusion::physical_plan::displayable(plan.as_ref())
+        .indent(true)
+        .to_string();
+    assert!(shown.contains("SegmentAggregateExec"), "{shown}");
+    let with_deadline = |deadline| {
+        let budget = crate::engine::QueryBudget {
+            deadline,
+            max_rows: usize::MAX,
+            memory_limit: usize::MAX,
+            use_star_tree: true,
+        };
+        Arc::new(
+            TaskContext::default()
+                .with_session_config(SessionConfig::new().with_extension(Arc::new(budget))),
+        )
+    };
+    // A plan runs once (its exchanges keep state): one per run.
+    let late = with_deadline(Instant::now() + Duration::from_secs(600));
+    let rows: usize = collect(plan, late)
+        .await
+        .unwrap()
+        .iter()
+        .map(|b| b.num_rows())
+        .sum();
+    assert!(rows > 0);
+    let past = with_deadline(Instant::now());
+    let plan = engine.physical_plan(sql).await.unwrap();
+    let e = collect(plan, past).await.unwrap_err();
+    assert!(e.to_string().contains("query cancelled"), "{e}");
+}
+
 /// A key with more values per segment than `segment_agg`'s split threshold, grouped without
 /// a filter: the workers split the key's values instead of the segments (each reads every
 /// segment and keeps the rows whose key it owns). The same rows as DataFusion, NULL keys
