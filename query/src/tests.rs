@@ -451,8 +451,8 @@ async fn many_groups_sort_within_a_small_memory_limit() {
 }
 
 /// A segment aggregation stops once the query's deadline (its session's `QueryBudget`) has
-/// passed, on every share, the one run on the query thread included: that one cannot be
-/// aborted by dropping its future.
+/// passed: its workers check it as they check the cancel flag, without waiting for the
+/// abort to reach the stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn segment_aggregation_stops_at_the_deadline() {
     use datafusion::execution::TaskContext;

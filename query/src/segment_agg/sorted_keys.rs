@@ -211,12 +211,12 @@ pub(crate) fn intern_sorted(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeSet;
     use std::sync::atomic::AtomicBool;
 
     /// A flag no test sets.
     static NEVER: AtomicBool = AtomicBool::new(false);
-    use proptest::prelude::*;
-    use std::collections::BTreeSet;
 
     fn merge_all(sets: &[BTreeSet<String>], count: u32) -> Vec<(KeyInterner, Vec<Vec<u32>>)> {
         let arrays: Vec<StringArray> = sets
