@@ -8,10 +8,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, StringArray, UInt32Array,
+    Array, ArrayRef, AsArray, BooleanArray, DictionaryArray, Float64Array, Int64Array, StringArray,
+    UInt32Array,
 };
 use arrow::compute::{cast, concat, lexsort_to_indices, take, SortColumn, SortOptions};
-use arrow::datatypes::DataType;
+use arrow::datatypes::{DataType, Int32Type};
 use arrow::record_batch::RecordBatch;
 use roaring::RoaringBitmap;
 
@@ -84,7 +85,7 @@ pub fn build_segment(
     }
     let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.columns.len());
     for def in &schema.columns {
-        columns.push(gather(def, batches)?);
+        columns.push(gather(def, batches, keeps_dictionary(schema, def))?);
     }
     let rows = columns.first().map(|c| c.len()).unwrap_or(0);
     if rows > u32::MAX as usize {
@@ -220,12 +221,44 @@ fn stable_sort_indices(col: &ArrayRef) -> Result<UInt32Array> {
     )?)
 }
 
-/// Concatenates one column of every batch, cast to the column's canonical Arrow type.
-fn gather(def: &ColumnDef, batches: &[RecordBatch]) -> Result<ArrayRef> {
+/// The Arrow type of a string column kept dictionary-encoded from the input (see
+/// [`keeps_dictionary`]).
+pub fn string_dictionary_type() -> DataType {
+    DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8))
+}
+
+/// Whether a column given as [`string_dictionary_type`] arrays (a Parquet reader's
+/// dictionary pages) is encoded from them directly: its segment dictionary is then built once
+/// per input dictionary value instead of once per row. Only plain single-value STRING columns
+/// whose values nothing else reads row by row: text and JSON indexes, a sort, and star-tree
+/// metrics read the strings, so those columns are cast to plain strings first.
+pub fn keeps_dictionary(schema: &SegmentSchema, def: &ColumnDef) -> bool {
+    def.ty == ColumnType::String
+        && !def.multi_value
+        && !def.has_index(IndexKind::Text)
+        && !def.has_index(IndexKind::Json)
+        && !def.has_index(IndexKind::Sorted)
+        && !schema
+            .star_trees
+            .iter()
+            .flat_map(|t| &t.metrics)
+            .any(|m| m.column() == Some(def.name.as_str()))
+}
+
+/// Concatenates one column of every batch, cast to the column's canonical Arrow type; a
+/// column that [`keeps_dictionary`] stays dictionary-encoded when every batch gives it so.
+fn gather(def: &ColumnDef, batches: &[RecordBatch], keep_dictionary: bool) -> Result<ArrayRef> {
     let target = match def.multi_value {
         true => crate::multi_value::list_type(def.ty.physical()),
         false => canonical_type(def.ty.physical()),
     };
+    let dictionary = string_dictionary_type();
+    let keep_dictionary = keep_dictionary
+        && !batches.is_empty()
+        && batches.iter().all(|b| {
+            b.column_by_name(&def.name)
+                .is_some_and(|c| c.data_type() == &dictionary)
+        });
     let mut parts: Vec<ArrayRef> = Vec::with_capacity(batches.len());
     for b in batches {
         let col = b
@@ -268,6 +301,7 @@ fn gather(def: &ColumnDef, batches: &[RecordBatch]) -> Result<ArrayRef> {
                 cast(&ms, &DataType::Int64)?
             }
             (_, t) if t == &target => col.clone(),
+            (_, t) if keep_dictionary && t == &dictionary => col.clone(),
             _ => cast(col, &target)?,
         };
         parts.push(c);
@@ -413,12 +447,28 @@ fn encode_column(
     let null_count = col.null_count();
     let wants_dict =
         def.has_index(IndexKind::Inverted) || def.has_index(IndexKind::Sorted) || star_dim;
-    let strings = col.as_any().downcast_ref::<StringArray>();
+    let allow_raw = opts.raw_strings && !wants_dict && !def.has_index(IndexKind::Range);
+    // A dictionary-encoded input (see `keeps_dictionary`) is encoded from its dictionary; the
+    // strings are read row by row only when they are stored raw.
+    let mut encoded = match col.as_dictionary_opt::<Int32Type>() {
+        Some(d) => dict_strings_of_dictionary(d, allow_raw),
+        None => None,
+    };
+    let as_strings = match (&encoded, col.data_type()) {
+        (Some(Encoded::Dict { .. }), _) | (_, DataType::Utf8) => None,
+        (_, DataType::Dictionary(..)) => Some(cast(col, &DataType::Utf8)?),
+        _ => None,
+    };
+    let strings = as_strings
+        .as_ref()
+        .unwrap_or(col)
+        .as_any()
+        .downcast_ref::<StringArray>();
     let encoded = match def.ty.physical() {
-        Physical::Str => dict_strings(
-            strings.expect("utf8"),
-            opts.raw_strings && !wants_dict && !def.has_index(IndexKind::Range),
-        ),
+        Physical::Str => match encoded.take() {
+            Some(e) => e,
+            None => dict_strings(strings.expect("utf8"), allow_raw),
+        },
         Physical::Bool => {
             let a = col.as_any().downcast_ref::<BooleanArray>().expect("bool");
             let keys: Vec<Option<i64>> = a.iter().map(|v| v.map(|b| b as i64)).collect();
@@ -444,7 +494,8 @@ fn encode_column(
         Some(bm) => Some(write_bitmap(w, bm)?),
         None => None,
     };
-    let is_null = |i: usize| col.is_null(i);
+    let null_bits = col.nulls().filter(|n| n.null_count() > 0).cloned();
+    let is_null = |i: usize| null_bits.as_ref().is_some_and(|n| n.is_null(i));
 
     let mut blocks = Vec::new();
     let mut stats = ColumnStats {
@@ -456,10 +507,10 @@ fn encode_column(
         distinct: None,
         sorted: null_count == 0,
     };
-    // Order-preserving key per doc, used for zone maps, the range index and sortedness.
+    // A raw string column's order-preserving key per doc (its first bytes), for zone maps,
+    // the range index and sortedness; dictionary ids and raw keys are read in place.
     let doc_keys: Vec<i64> = match &encoded {
-        Encoded::Dict { ids, .. } => ids.iter().map(|&i| i as i64).collect(),
-        Encoded::Raw { keys, .. } => keys.clone(),
+        Encoded::Dict { .. } | Encoded::Raw { .. } => Vec::new(),
         Encoded::RawStr { .. } => strings
             .expect("utf8")
             .iter()
@@ -469,8 +520,12 @@ fn encode_column(
     if let (Encoded::RawStr { .. }, Some(a)) = (&encoded, strings) {
         // Prefix keys can tie where strings differ: compare the strings.
         stats.sorted &= (1..rows).all(|i| a.value(i - 1) <= a.value(i));
-    } else if (1..rows).any(|i| doc_keys[i] < doc_keys[i - 1]) {
-        stats.sorted = false;
+    } else {
+        stats.sorted &= match &encoded {
+            Encoded::Dict { ids, .. } => ids.windows(2).all(|w| w[0] <= w[1]),
+            Encoded::Raw { keys, .. } => keys.windows(2).all(|w| w[0] <= w[1]),
+            Encoded::RawStr { .. } => doc_keys.windows(2).all(|w| w[0] <= w[1]),
+        };
     }
     let encoding = match &encoded {
         Encoded::Dict {
@@ -487,7 +542,7 @@ fn encode_column(
                 let end = (start + opts.block_rows).min(rows);
                 let packed = bitpack::pack(&ids[start..end], width);
                 let data = w.write(&packed, Codec::Zstd)?;
-                blocks.push(block_meta(data, &doc_keys[start..end], start, &is_null));
+                blocks.push(block_meta(data, &ids[start..end], start, &is_null));
             }
             stats.min_str = min_str.clone();
             stats.max_str = max_str.clone();
@@ -568,13 +623,9 @@ fn encode_column(
             },
             true,
         ) => {
-            let mut bms = vec![RoaringBitmap::new(); *cardinality];
-            for (doc, &id) in ids.iter().enumerate() {
-                if !is_null(doc) {
-                    bms[id as usize].insert(doc as u32);
-                }
-            }
-            Some(write_bitmaps(w, &bms, TableKind::Inverted)?)
+            let lists = crate::postings::DocLists::by_id(ids, *cardinality, is_null);
+            let table = crate::postings::encode_lists(&lists, TableKind::Inverted)?;
+            Some(w.write(&table, Codec::None)?)
         }
         _ => None,
     };
@@ -597,12 +648,12 @@ fn encode_column(
         _ => None,
     };
     let range = if def.has_index(IndexKind::Range) {
-        Some(build_range_index(
-            w,
-            &doc_keys,
-            &is_null,
-            opts.range_buckets,
-        )?)
+        let keys: std::borrow::Cow<[i64]> = match &encoded {
+            Encoded::Dict { ids, .. } => ids.iter().map(|&i| i as i64).collect(),
+            Encoded::Raw { keys, .. } => keys.into(),
+            Encoded::RawStr { .. } => (&doc_keys).into(),
+        };
+        Some(build_range_index(w, &keys, &is_null, opts.range_buckets)?)
     } else {
         None
     };
@@ -812,26 +863,103 @@ pub(crate) fn dict_strings(a: &StringArray, allow_raw: bool) -> Encoded {
         };
         provisional.push(id);
     }
-    if allow_raw && raw_strings_pay(first.len(), a.len() - a.null_count()) {
-        let min_str = first.keys().min().map(|s| s.to_string());
-        let max_str = first.keys().max().map(|s| s.to_string());
-        return Encoded::RawStr {
-            distinct: first.len(),
-            min_str,
-            max_str,
-        };
-    }
-    let mut values: Vec<(&str, u32)> = first.into_iter().collect();
-    values.sort_unstable_by(|a, b| a.0.cmp(b.0));
-    let mut remap = vec![0u32; values.len()];
-    for (new, (_, old)) in values.iter().enumerate() {
-        remap[*old as usize] = new as u32;
-    }
+    let non_null = a.len() - a.null_count();
+    let (values, remap) = match sorted_distinct(first, non_null, allow_raw) {
+        Ok(sorted) => sorted,
+        Err(raw) => return *raw,
+    };
     let ids = provisional
         .into_iter()
         .map(|p| if p == u32::MAX { 0 } else { remap[p as usize] })
         .collect();
-    let dictionary = front_code(values.iter().map(|(s, _)| s.as_bytes()), values.len());
+    string_dictionary(&values, ids)
+}
+
+/// Dictionary-encodes a string column given as a dictionary array (a Parquet reader's
+/// dictionary pages): each input dictionary value that some row uses is hashed once, and rows
+/// map their key through a table. The same segment as [`dict_strings`] over the same strings.
+/// None when the array is not one this can read (values not plain strings, or holding nulls,
+/// or a key outside them): the caller then reads the strings row by row.
+pub(crate) fn dict_strings_of_dictionary(
+    a: &DictionaryArray<Int32Type>,
+    allow_raw: bool,
+) -> Option<Encoded> {
+    let values = a.values().as_string_opt::<i32>()?;
+    if values.null_count() > 0 {
+        return None;
+    }
+    let keys = a.keys();
+    // A slice of a row group may use only some of its dictionary's values; only those enter
+    // the segment's dictionary.
+    let mut used = vec![false; values.len()];
+    for (row, &k) in keys.values().iter().enumerate() {
+        if keys.is_valid(row) {
+            *used.get_mut(usize::try_from(k).ok()?)? = true;
+        }
+    }
+    let mut first: HashMap<&str, u32, ahash::RandomState> = HashMap::with_hasher(fast_hasher());
+    let mut entry = vec![u32::MAX; values.len()];
+    for (j, _) in used.iter().enumerate().filter(|(_, u)| **u) {
+        let n = first.len() as u32;
+        entry[j] = *first.entry(values.value(j)).or_insert(n);
+    }
+    let non_null = a.len() - keys.null_count();
+    let (sorted, remap) = match sorted_distinct(first, non_null, allow_raw) {
+        Ok(sorted) => sorted,
+        Err(raw) => return Some(*raw),
+    };
+    // Each input dictionary value's final id (unused values are never looked up).
+    let id_of: Vec<u32> = entry
+        .iter()
+        .map(|&e| if e == u32::MAX { 0 } else { remap[e as usize] })
+        .collect();
+    let ids = keys
+        .values()
+        .iter()
+        .enumerate()
+        .map(|(row, &k)| match keys.is_valid(row) {
+            true => id_of[k as usize],
+            false => 0,
+        })
+        .collect();
+    Some(string_dictionary(&sorted, ids))
+}
+
+/// Distinct strings in order, each with its provisional id, and the sorted position of each
+/// provisional id.
+type SortedStrings<'a> = (Vec<(&'a str, u32)>, Vec<u32>);
+
+/// The distinct values of a string column (each with the provisional id it was first given)
+/// sorted, and the sorted position of each provisional id; or the column left raw when
+/// `allow_raw` and [`raw_strings_pay`].
+fn sorted_distinct(
+    first: HashMap<&str, u32, ahash::RandomState>,
+    non_null: usize,
+    allow_raw: bool,
+) -> std::result::Result<SortedStrings<'_>, Box<Encoded>> {
+    if allow_raw && raw_strings_pay(first.len(), non_null) {
+        return Err(Box::new(Encoded::RawStr {
+            distinct: first.len(),
+            min_str: first.keys().min().map(|s| s.to_string()),
+            max_str: first.keys().max().map(|s| s.to_string()),
+        }));
+    }
+    // Sorted by an integer key of the first 8 bytes (order-preserving), the bytes compared
+    // only where those tie.
+    let mut keyed: Vec<(i64, &str, u32)> = first
+        .into_iter()
+        .map(|(s, id)| (crate::string_block::prefix_key(s.as_bytes()), s, id))
+        .collect();
+    keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)));
+    let mut remap = vec![0u32; keyed.len()];
+    for (new, (_, _, old)) in keyed.iter().enumerate() {
+        remap[*old as usize] = new as u32;
+    }
+    Ok((keyed.into_iter().map(|(_, s, id)| (s, id)).collect(), remap))
+}
+
+/// A string column's dictionary encoding from its sorted distinct values and per-row ids.
+fn string_dictionary(values: &[(&str, u32)], ids: Vec<u32>) -> Encoded {
     Encoded::Dict {
         ids,
         cardinality: values.len(),
@@ -841,16 +969,16 @@ pub(crate) fn dict_strings(a: &StringArray, allow_raw: bool) -> Encoded {
             .iter()
             .map(|(s, _)| hash_bytes(s.as_bytes()))
             .collect(),
-        dictionary,
+        dictionary: front_code(values.iter().map(|(s, _)| s.as_bytes()), values.len()),
         id_keys: None,
     }
 }
 
-fn block_meta(
+fn block_meta<K: Copy + Into<i64>>(
     data: SectionRef,
-    keys: &[i64],
+    keys: &[K],
     start: usize,
-    is_null: &dyn Fn(usize) -> bool,
+    is_null: &impl Fn(usize) -> bool,
 ) -> BlockMeta {
     let mut zone: Option<ZoneMap> = None;
     let mut nulls = 0u32;
@@ -859,6 +987,7 @@ fn block_meta(
             nulls += 1;
             continue;
         }
+        let k: i64 = k.into();
         zone = Some(match zone {
             None => ZoneMap { min: k, max: k },
             Some(z) => ZoneMap {
@@ -894,7 +1023,7 @@ pub(crate) fn write_bitmaps(
 fn build_range_index(
     w: &mut FileWriter,
     keys: &[i64],
-    is_null: &dyn Fn(usize) -> bool,
+    is_null: &impl Fn(usize) -> bool,
     buckets: usize,
 ) -> Result<RangeIndexMeta> {
     let mut pairs: Vec<(i64, u32)> = keys

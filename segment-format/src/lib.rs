@@ -33,7 +33,7 @@ mod string_leaf;
 pub mod text;
 pub mod types;
 
-pub use builder::{build_segment, BuildOptions};
+pub use builder::{build_segment, keeps_dictionary, string_dictionary_type, BuildOptions};
 pub use error::{Result, SegmentError};
 pub use layout::FORMAT_VERSION;
 pub use predicate::{evaluate, may_match, simplify_for, simplify_for_blocks, CmpOp, Predicate};

@@ -68,34 +68,41 @@ impl TableKind {
     }
 }
 
-/// The most docs `bm` holds in one 65,536-doc container (read from the containers'
-/// cardinalities, not by walking the docs).
-fn densest_container(bm: &RoaringBitmap) -> u64 {
-    let (Some(lo), Some(hi)) = (bm.min(), bm.max()) else {
-        return 0;
-    };
-    ((lo >> 16)..=(hi >> 16))
-        .map(|key| bm.range_cardinality(key << 16..=(key << 16) | 0xffff))
-        .max()
-        .unwrap_or(0)
+/// The most docs ascending `docs` holds in one 65,536-doc container.
+fn densest_container(docs: &[u32]) -> u64 {
+    let (mut best, mut run, mut key) = (0u64, 0u64, None);
+    for &d in docs {
+        if key != Some(d >> 16) {
+            key = Some(d >> 16);
+            run = 0;
+        }
+        run += 1;
+        best = best.max(run);
+    }
+    best
 }
 
-/// One entry, in the smallest form allowed: a varint list (short lists only: a longer one is
-/// decoded doc by doc and never beats the Rice form), a Rice-coded list (see [`TableKind`]),
-/// or a roaring bitmap.
-fn encode_entry(bm: &RoaringBitmap, kind: TableKind, out: &mut Vec<u8>) -> Result<()> {
+/// One entry (ascending `docs`, and the same docs as `bm`), in the smallest form allowed: a
+/// varint list (short lists only: a longer one is decoded doc by doc and never beats the
+/// Rice form), a Rice-coded list (see [`TableKind`]), or a roaring bitmap.
+fn encode_entry(
+    docs: &[u32],
+    bm: &RoaringBitmap,
+    kind: TableKind,
+    out: &mut Vec<u8>,
+) -> Result<()> {
     let bitmap_len = bm.serialized_size();
-    let rice_ok = densest_container(bm) <= kind.rice_max_container();
+    let rice_ok = densest_container(docs) <= kind.rice_max_container();
     let (k, rice_len) = if rice_ok {
-        rice::choose(bm)
+        rice::choose(docs.iter().copied())
     } else {
         (0, usize::MAX)
     };
-    if bm.len() <= SHORT_LIST {
+    if docs.len() as u64 <= SHORT_LIST {
         let mut list = Vec::new();
-        put_varint(&mut list, bm.len() as u32);
+        put_varint(&mut list, docs.len() as u32);
         let mut prev = None;
-        for d in bm {
+        for &d in docs {
             put_varint(&mut list, prev.map_or(d, |p| d - p));
             prev = Some(d);
         }
@@ -107,7 +114,7 @@ fn encode_entry(bm: &RoaringBitmap, kind: TableKind, out: &mut Vec<u8>) -> Resul
     }
     if rice_len < bitmap_len {
         out.push(TAG_RICE | k);
-        rice::encode(bm, k, out);
+        rice::encode(docs.iter().copied(), k, out);
     } else {
         out.push(TAG_ROARING);
         bm.serialize_into(&mut *out)
@@ -119,11 +126,68 @@ fn encode_entry(bm: &RoaringBitmap, kind: TableKind, out: &mut Vec<u8>) -> Resul
 /// Format 2 table: `count:u32 width:u8 packed_offsets entries`, offsets (count + 1 of them,
 /// relative to the first entry) bit-packed like dictionary ids.
 pub(crate) fn encode_table(bms: &[RoaringBitmap], kind: TableKind) -> Result<Vec<u8>> {
+    let mut docs = Vec::new();
+    table(bms.len(), |i, body| {
+        docs.clear();
+        docs.extend(bms[i].iter());
+        encode_entry(&docs, &bms[i], kind, body)
+    })
+}
+
+/// Doc lists of every dictionary id in one allocation: id `i`'s docs, ascending, are
+/// `docs[starts[i]..starts[i + 1]]`.
+pub(crate) struct DocLists {
+    starts: Vec<u32>,
+    docs: Vec<u32>,
+}
+
+impl DocLists {
+    /// The docs of each id in `0..cardinality` (`ids[doc]`), leaving out docs `skip` names;
+    /// a counting sort, so each list comes out ascending.
+    pub(crate) fn by_id(ids: &[u32], cardinality: usize, skip: impl Fn(usize) -> bool) -> Self {
+        let mut starts = vec![0u32; cardinality + 1];
+        for (doc, &id) in ids.iter().enumerate() {
+            if !skip(doc) {
+                starts[id as usize + 1] += 1;
+            }
+        }
+        for i in 0..cardinality {
+            starts[i + 1] += starts[i];
+        }
+        let mut next = starts.clone();
+        let mut docs = vec![0u32; starts[cardinality] as usize];
+        for (doc, &id) in ids.iter().enumerate() {
+            if !skip(doc) {
+                let at = &mut next[id as usize];
+                docs[*at as usize] = doc as u32;
+                *at += 1;
+            }
+        }
+        DocLists { starts, docs }
+    }
+
+    fn entry(&self, i: usize) -> &[u32] {
+        &self.docs[self.starts[i] as usize..self.starts[i + 1] as usize]
+    }
+}
+
+/// [`encode_table`] of the bitmaps of `lists`' entries.
+pub(crate) fn encode_lists(lists: &DocLists, kind: TableKind) -> Result<Vec<u8>> {
+    table(lists.starts.len() - 1, |i, body| {
+        let docs = lists.entry(i);
+        let bm = RoaringBitmap::from_sorted_iter(docs.iter().copied())
+            .expect("a counting sort gives ascending, distinct docs");
+        encode_entry(docs, &bm, kind, body)
+    })
+}
+
+/// A table of `count` entries, entry `i` appended to the body by `put(i, body)`.
+fn table(count: usize, mut put: impl FnMut(usize, &mut Vec<u8>) -> Result<()>) -> Result<Vec<u8>> {
     let mut body = Vec::new();
-    let mut offsets = Vec::with_capacity(bms.len() + 1);
+    let mut offsets = Vec::with_capacity(count + 1);
     offsets.push(0u32);
-    for bm in bms {
-        encode_entry(bm, kind, &mut body)?;
+    for i in 0..count {
+        put(i, &mut body)?;
         offsets.push(
             u32::try_from(body.len())
                 .map_err(|_| corrupt("posting table over 4 GiB cannot be written"))?,
@@ -132,7 +196,7 @@ pub(crate) fn encode_table(bms: &[RoaringBitmap], kind: TableKind) -> Result<Vec
     let width = bitpack::width_for(body.len() + 1);
     let packed = bitpack::pack(&offsets, width);
     let mut raw = Vec::with_capacity(5 + packed.len() + body.len());
-    raw.extend_from_slice(&(bms.len() as u32).to_le_bytes());
+    raw.extend_from_slice(&(count as u32).to_le_bytes());
     raw.push(width);
     raw.extend_from_slice(&packed);
     raw.extend_from_slice(&body);
@@ -240,9 +304,53 @@ pub(crate) fn decode_entry(bytes: &[u8], version: u32, rows: u64) -> Result<Roar
 #[cfg(test)]
 mod tests {
     use super::*;
+
     use proptest::prelude::*;
 
+    /// [`encode_entry`] of a bitmap.
+    fn entry_of(bm: &RoaringBitmap, kind: TableKind, out: &mut Vec<u8>) -> Result<()> {
+        encode_entry(&bm.iter().collect::<Vec<_>>(), bm, kind, out)
+    }
+
     proptest! {
+        /// An inverted index from per-doc ids (counting sort into doc lists) is the table of
+        /// bitmaps built doc by doc, byte for byte; skipped (null) docs are in no list.
+        #[test]
+        fn doc_lists_encode_as_their_bitmaps(
+            // Few ids give lists dense enough for roaring, many give varint and Rice lists.
+            ids in (1u32..80).prop_flat_map(|c| prop::collection::vec(0..c, 0..3000)),
+            skip_every in 2usize..9,
+        ) {
+            let cardinality = ids.iter().max().map_or(0, |m| *m as usize + 1);
+            let skip = |doc: usize| doc.is_multiple_of(skip_every);
+            let mut bms = vec![RoaringBitmap::new(); cardinality];
+            for (doc, &id) in ids.iter().enumerate() {
+                if !skip(doc) {
+                    bms[id as usize].insert(doc as u32);
+                }
+            }
+            let lists = DocLists::by_id(&ids, cardinality, skip);
+            prop_assert_eq!(
+                encode_lists(&lists, TableKind::Inverted).unwrap(),
+                encode_table(&bms, TableKind::Inverted).unwrap()
+            );
+        }
+
+        /// The densest container from a sorted slice, as the bitmap's containers count it.
+        #[test]
+        fn densest_container_of_a_slice(docs in prop::collection::btree_set(0u32..400_000, 0..2000)) {
+            let bm: RoaringBitmap = docs.iter().copied().collect();
+            let from_bitmap = match (bm.min(), bm.max()) {
+                (Some(lo), Some(hi)) => ((lo >> 16)..=(hi >> 16))
+                    .map(|key| bm.range_cardinality(key << 16..=(key << 16) | 0xffff))
+                    .max()
+                    .unwrap_or(0),
+                _ => 0,
+            };
+            let docs: Vec<u32> = docs.into_iter().collect();
+            prop_assert_eq!(densest_container(&docs), from_bitmap);
+        }
+
         #[test]
         fn tables_round_trip(lists in prop::collection::vec(
             prop::collection::btree_set(0u32..200_000, 0..300), 0..40)
@@ -272,7 +380,7 @@ mod tests {
             // A valid entry cut short is an error.
             let bm: RoaringBitmap = docs.into_iter().collect();
             let mut out = Vec::new();
-            encode_entry(&bm, TableKind::Inverted, &mut out).unwrap();
+            entry_of(&bm, TableKind::Inverted, &mut out).unwrap();
             let short = &out[..cut.index(out.len())];
             prop_assert!(decode_entry(short, crate::FORMAT_VERSION, 1000).is_err());
         }
@@ -283,17 +391,17 @@ mod tests {
         // A lone doc: a few bytes, never a 20-byte bitmap.
         let one: RoaringBitmap = [123_456u32].into_iter().collect();
         let mut out = Vec::new();
-        encode_entry(&one, TableKind::Inverted, &mut out).unwrap();
+        entry_of(&one, TableKind::Inverted, &mut out).unwrap();
         assert_ne!(out[0], TAG_ROARING);
         assert!(out.len() <= 5, "{out:?}");
         // One doc in 64: an inverted index keeps roaring (fast to read), a range index
         // Rice-codes it, about 7 bits per doc where roaring takes 16.
         let sparse: RoaringBitmap = (0..1_000_000u32).step_by(64).collect();
         out.clear();
-        encode_entry(&sparse, TableKind::Inverted, &mut out).unwrap();
+        entry_of(&sparse, TableKind::Inverted, &mut out).unwrap();
         assert_eq!(out[0], TAG_ROARING);
         out.clear();
-        encode_entry(&sparse, TableKind::Range, &mut out).unwrap();
+        entry_of(&sparse, TableKind::Range, &mut out).unwrap();
         assert_eq!(out[0] & TAG_RICE, TAG_RICE);
         assert!(
             out.len() * 8 <= sparse.len() as usize * 7 + 64,
@@ -306,7 +414,7 @@ mod tests {
         // One doc in 300: Rice in an inverted index too.
         let tail: RoaringBitmap = (0..1_000_000u32).step_by(300).collect();
         out.clear();
-        encode_entry(&tail, TableKind::Inverted, &mut out).unwrap();
+        entry_of(&tail, TableKind::Inverted, &mut out).unwrap();
         assert_eq!(out[0] & TAG_RICE, TAG_RICE);
         assert_eq!(decode_entry(&out, 4, 1_000_000).unwrap(), tail);
         // Format 3 does not know the Rice tag.
@@ -314,7 +422,7 @@ mod tests {
         // Dense: roaring's bitmap containers, read by copying.
         let dense: RoaringBitmap = (0..200_000u32).step_by(3).collect();
         out.clear();
-        encode_entry(&dense, TableKind::Range, &mut out).unwrap();
+        entry_of(&dense, TableKind::Range, &mut out).unwrap();
         assert_eq!(out[0], TAG_ROARING);
     }
 }

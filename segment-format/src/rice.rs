@@ -20,10 +20,10 @@ use roaring::RoaringBitmap;
 use crate::error::{corrupt, Result};
 use crate::postings::{get_varint, put_varint};
 
-/// Gaps of `bm` (first doc, then each doc minus the previous doc minus one).
-fn gaps(bm: &RoaringBitmap) -> impl Iterator<Item = u64> + '_ {
+/// Gaps of ascending `docs` (first doc, then each doc minus the previous doc minus one).
+fn gaps(docs: impl IntoIterator<Item = u32>) -> impl Iterator<Item = u64> {
     let mut next = 0u64;
-    bm.iter().map(move |d| {
+    docs.into_iter().map(move |d| {
         let g = d as u64 - next;
         next = d as u64 + 1;
         g
@@ -34,14 +34,13 @@ fn varint_len(v: u64) -> usize {
     (64 - v.max(1).leading_zeros() as usize).div_ceil(7)
 }
 
-/// The best parameter for `bm` among those near `log2` of its mean gap, and the bytes its
-/// encoding takes.
-pub fn choose(bm: &RoaringBitmap) -> (u8, usize) {
-    let n = bm.len();
+/// The best parameter for ascending `docs` (a bitmap or a sorted slice) among those near
+/// `log2` of its mean gap, and the bytes its encoding takes.
+pub fn choose<D: IntoIterator<Item = u32> + Clone>(docs: D) -> (u8, usize) {
+    let (n, total) = gaps(docs.clone()).fold((0u64, 0u64), |(n, total), g| (n + 1, total + g));
     if n == 0 {
         return (0, 1);
     }
-    let total: u64 = gaps(bm).sum();
     let mean = total / n;
     let k0 = if mean == 0 {
         0
@@ -50,7 +49,7 @@ pub fn choose(bm: &RoaringBitmap) -> (u8, usize) {
     };
     let candidates: Vec<u32> = (k0.saturating_sub(1)..=(k0 + 1).min(31)).collect();
     let mut quotients = vec![0u64; candidates.len()];
-    for g in gaps(bm) {
+    for g in gaps(docs) {
         for (q, &k) in quotients.iter_mut().zip(&candidates) {
             *q += g >> k;
         }
@@ -88,14 +87,14 @@ fn append_bits(out: &mut Vec<u8>, words: &[u64], bits: usize) {
     );
 }
 
-/// Appends `bm` Rice-coded with parameter `k` (as sized by [`choose`]).
-pub fn encode(bm: &RoaringBitmap, k: u8, out: &mut Vec<u8>) {
+/// Appends ascending `docs` Rice-coded with parameter `k` (as sized by [`choose`]).
+pub fn encode<D: IntoIterator<Item = u32> + Clone>(docs: D, k: u8, out: &mut Vec<u8>) {
     let k = k as u32;
-    put_varint(out, bm.len() as u32);
+    put_varint(out, docs.clone().into_iter().count() as u32);
     let mut low = Vec::new();
     let mut unary = Vec::new();
     let (mut low_pos, mut unary_pos) = (0usize, 0usize);
-    for g in gaps(bm) {
+    for g in gaps(docs) {
         if k > 0 {
             put_bits(&mut low, low_pos, g & ((1u64 << k) - 1), k);
             low_pos += k as usize;

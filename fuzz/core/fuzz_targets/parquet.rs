@@ -25,5 +25,5 @@ fuzz_target!(|data: &[u8]| {
         Ok(())
     };
     let bytes = bytes::Bytes::copy_from_slice(data);
-    let _ = basalt_ingest::decode::decode_parquet(bytes, &schema(), BATCH_ROWS, &mut sink);
+    let _ = basalt_ingest::decode::decode_parquet(bytes, &schema(), BATCH_ROWS, true, &mut sink);
 });

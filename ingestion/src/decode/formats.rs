@@ -8,6 +8,7 @@
 //! projected (a column the table does not have is never decoded).
 
 use std::io::{BufRead, Read};
+use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef};
 use arrow::datatypes::{DataType, TimeUnit};
@@ -280,14 +281,49 @@ pub fn decode_csv(
 
 /// Decodes a Parquet file (a local file, or bytes in memory). Columns are matched by name and cast to the spec's types; a value
 /// that does not convert is an error naming the row and column.
+///
+/// With `keep_dictionaries`, a STRING column the segment builder encodes from a dictionary
+/// ([`basalt_segment::keeps_dictionary`]) and whose every page in the file is
+/// dictionary-encoded is given as [`basalt_segment::string_dictionary_type`] arrays (the
+/// file's own dictionaries, so the builder hashes each distinct value once instead of each
+/// row); every other column as the spec's type.
 pub fn decode_parquet<R: parquet::file::reader::ChunkReader + 'static>(
     file: R,
     schema: &SegmentSchema,
     batch_rows: usize,
+    keep_dictionaries: bool,
     sink: &mut dyn FnMut(RecordBatch) -> Result<()>,
 ) -> Result<usize> {
+    use parquet::arrow::arrow_reader::{
+        ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
+    };
+    let dictionary = basalt_segment::string_dictionary_type();
+    let mut dictionary_columns: Vec<String> = Vec::new();
     let mut reader = parquet_guard(|| {
-        let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)?
+        let mut meta = ArrowReaderMetadata::load(&file, ArrowReaderOptions::new())?;
+        if keep_dictionaries {
+            dictionary_columns = all_dictionary_columns(&meta, schema);
+            if !dictionary_columns.is_empty() {
+                let fields: Vec<arrow::datatypes::Field> = meta
+                    .schema()
+                    .fields()
+                    .iter()
+                    .map(|f| match dictionary_columns.contains(f.name()) {
+                        true => f.as_ref().clone().with_data_type(dictionary.clone()),
+                        false => f.as_ref().clone(),
+                    })
+                    .collect();
+                let hinted = Arc::new(arrow::datatypes::Schema::new_with_metadata(
+                    fields,
+                    meta.schema().metadata().clone(),
+                ));
+                meta = ArrowReaderMetadata::try_new(
+                    meta.metadata().clone(),
+                    ArrowReaderOptions::new().with_schema(hinted),
+                )?;
+            }
+        }
+        let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(file, meta)
             .with_batch_size(batch_rows.clamp(1, 65536));
         // Only the spec's columns are decoded; the file's others cost nothing.
         let wanted: Vec<usize> = builder
@@ -302,12 +338,28 @@ pub fn decode_parquet<R: parquet::file::reader::ChunkReader + 'static>(
         Ok(builder.with_projection(mask).build()?)
     })?;
     let target = ingest_schema(schema);
+    let target = match dictionary_columns.is_empty() {
+        true => target,
+        false => Arc::new(arrow::datatypes::Schema::new(
+            target
+                .fields()
+                .iter()
+                .map(|f| match dictionary_columns.contains(f.name()) {
+                    true => f.as_ref().clone().with_data_type(dictionary.clone()),
+                    false => f.as_ref().clone(),
+                })
+                .collect::<Vec<_>>(),
+        )),
+    };
     let mut rows = 0usize;
     while let Some(batch) = parquet_guard(|| Ok(reader.next().transpose()?))? {
         let mut cols: Vec<ArrayRef> = Vec::with_capacity(target.fields().len());
         for (c, f) in schema.columns.iter().zip(target.fields()) {
             let col = match batch.column_by_name(&c.name) {
                 None => arrow::array::new_null_array(f.data_type(), batch.num_rows()),
+                Some(a) if a.data_type() == &dictionary && f.data_type() == &dictionary => {
+                    a.clone()
+                }
                 Some(a) => convert_column(a, f.data_type(), c.ty).map_err(|(row, m)| {
                     IngestError::BadRow {
                         location: format!("row {}", rows + row + 1),
@@ -337,6 +389,51 @@ pub fn decode_parquet<R: parquet::file::reader::ChunkReader + 'static>(
         sink(RecordBatch::try_new(target.clone(), cols)?)?;
     }
     Ok(rows)
+}
+
+/// The spec's STRING columns that [`basalt_segment::keeps_dictionary`] and that the file
+/// stores as top-level strings with every data page of every row group dictionary-encoded
+/// (known from the pages' encoding statistics; a file without them gives none).
+fn all_dictionary_columns(
+    meta: &parquet::arrow::arrow_reader::ArrowReaderMetadata,
+    schema: &SegmentSchema,
+) -> Vec<String> {
+    use parquet::basic::Encoding;
+    let md = meta.metadata();
+    let leaves = md.file_metadata().schema_descr();
+    let row_groups = md.row_groups();
+    if row_groups.is_empty() {
+        return Vec::new();
+    }
+    let file_fields = meta.schema();
+    schema
+        .columns
+        .iter()
+        .filter(|c| basalt_segment::keeps_dictionary(schema, c))
+        .filter(|c| {
+            file_fields
+                .field_with_name(&c.name)
+                .is_ok_and(|f| matches!(f.data_type(), DataType::Utf8 | DataType::LargeUtf8))
+        })
+        .filter_map(|c| {
+            let leaf = (0..leaves.num_columns()).find(|&i| {
+                let column = leaves.column(i);
+                let parts = column.path().parts();
+                parts.len() == 1 && parts[0] == c.name
+            })?;
+            row_groups
+                .iter()
+                .all(|rg| {
+                    let chunk = rg.column(leaf);
+                    chunk.dictionary_page_offset().is_some()
+                        && chunk.page_encoding_stats_mask().is_some_and(|m| {
+                            m.is_only(Encoding::RLE_DICTIONARY)
+                                || m.is_only(Encoding::PLAIN_DICTIONARY)
+                        })
+                })
+                .then(|| c.name.clone())
+        })
+        .collect()
 }
 
 thread_local! {

@@ -832,7 +832,7 @@ mod tests {
         )
         .unwrap();
         write_parquet(&file, &batch);
-        let e = decode_parquet(file, &schema(), 10, &mut |_| Ok(()))
+        let e = decode_parquet(file, &schema(), 10, true, &mut |_| Ok(()))
             .unwrap_err()
             .to_string();
         assert!(
@@ -931,7 +931,7 @@ mod tests {
         .unwrap();
         write_parquet(&file, &batch);
         let mut out = Vec::new();
-        let r = decode_parquet(file, &schema, 10, &mut |b| {
+        let r = decode_parquet(file, &schema, 10, true, &mut |b| {
             out.push(b);
             Ok(())
         });
@@ -957,6 +957,107 @@ mod tests {
         }
     }
 
+    /// Parquet string columns whose every page is dictionary-encoded arrive as the file's
+    /// dictionaries (only when asked, and only columns the builder encodes from them); a
+    /// column whose writer fell back to plain pages, an indexed-for-text column and every
+    /// column of a request that did not ask arrive as plain strings. Either way the segment
+    /// built from the batches is the same, byte for byte.
+    #[test]
+    fn parquet_dictionary_pages_reach_the_builder_as_dictionaries() {
+        use basalt_segment::{build_segment, string_dictionary_type, IndexKind};
+        let schema = SegmentSchema {
+            columns: vec![
+                ColumnDef::new("ts", ColumnType::Timestamp),
+                ColumnDef::new("country", ColumnType::String).with_index(IndexKind::Inverted),
+                ColumnDef::new("os", ColumnType::String),
+                ColumnDef::new("id", ColumnType::String),
+                ColumnDef::new("msg", ColumnType::String).with_index(IndexKind::Text),
+            ],
+            time_column: Some("ts".into()),
+            star_trees: Vec::new(),
+        };
+        let n = 5000usize;
+        let arrow_schema = Arc::new(Schema::new(vec![
+            Field::new("ts", DataType::Int64, false),
+            Field::new("country", DataType::Utf8, true),
+            Field::new("os", DataType::Utf8, true),
+            Field::new("id", DataType::Utf8, true),
+            Field::new("msg", DataType::Utf8, true),
+        ]));
+        let batch = RecordBatch::try_new(
+            arrow_schema,
+            vec![
+                Arc::new(arrow::array::Int64Array::from_iter_values(0..n as i64)),
+                Arc::new(arrow::array::StringArray::from_iter((0..n).map(|i| {
+                    (i % 11 != 0).then(|| ["DE", "US", "FR", "BR"][(i * 7) % 4])
+                }))),
+                Arc::new(arrow::array::StringArray::from_iter_values(
+                    (0..n).map(|i| ["linux", "ios", "android"][i % 3]),
+                )),
+                // Unique ids overflow a small dictionary page: the writer falls back.
+                Arc::new(arrow::array::StringArray::from_iter_values(
+                    (0..n).map(|i| format!("id-{:08}", i * 7919 % n)),
+                )),
+                Arc::new(arrow::array::StringArray::from_iter_values(
+                    (0..n).map(|i| ["a b", "c d"][i % 2]),
+                )),
+            ],
+        )
+        .unwrap();
+        let file = tempfile::tempfile().unwrap();
+        let props = parquet::file::properties::WriterProperties::builder()
+            .set_dictionary_page_size_limit(4096)
+            .set_max_row_group_row_count(Some(2048))
+            .build();
+        let mut w = parquet::arrow::ArrowWriter::try_new(
+            file.try_clone().unwrap(),
+            batch.schema(),
+            Some(props),
+        )
+        .unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        let decode = |keep: bool| {
+            let mut out = Vec::new();
+            let f = file.try_clone().unwrap();
+            decode_parquet(f, &schema, 1000, keep, &mut |b| {
+                out.push(b);
+                Ok(())
+            })
+            .unwrap();
+            out
+        };
+        let (plain, dict) = (decode(false), decode(true));
+        let types = |b: &[RecordBatch]| -> Vec<DataType> {
+            b[0].columns()
+                .iter()
+                .map(|c| c.data_type().clone())
+                .collect()
+        };
+        let d = string_dictionary_type();
+        assert_eq!(
+            types(&dict),
+            vec![
+                DataType::Timestamp(arrow::datatypes::TimeUnit::Millisecond, None),
+                d.clone(),
+                d,
+                DataType::Utf8,
+                DataType::Utf8
+            ]
+        );
+        assert!(types(&plain)[1..].iter().all(|t| t == &DataType::Utf8));
+        assert_eq!(dict.iter().map(|b| b.num_rows()).sum::<usize>(), n);
+        let opts = Default::default();
+        // (A text index's bytes differ from build to build: compared without it.)
+        let mut schema = schema;
+        schema.columns.pop();
+        assert!(
+            build_segment(&schema, &plain, &opts).unwrap()
+                == build_segment(&schema, &dict, &opts).unwrap(),
+            "the same segment from either form"
+        );
+    }
+
     /// A file the `parquet` fuzz target found: a dictionary-encoded page whose dictionary
     /// page is missing makes the Parquet reader panic; the decoder answers an error.
     #[test]
@@ -964,7 +1065,7 @@ mod tests {
         let bytes =
             bytes::Bytes::from_static(include_bytes!("fixtures/dictionary_page_missing.parquet"));
         let schema = basalt_segment::fuzzing::every_type_schema();
-        let e = decode_parquet(bytes, &schema, 64, &mut |_| Ok(())).unwrap_err();
+        let e = decode_parquet(bytes, &schema, 64, true, &mut |_| Ok(())).unwrap_err();
         assert!(
             matches!(&e, IngestError::BadInput { message, .. } if message.contains("malformed")),
             "{e}"

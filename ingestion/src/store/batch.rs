@@ -231,6 +231,9 @@ impl TableStore {
                 .min(limits.max_segment_bytes),
         );
         let batch_rows = max_rows.min(65536);
+        // Keyed tables apply rows as plain strings (their key maps read them); other tables'
+        // Parquet string columns may stay dictionary-encoded up to the segment builder.
+        let keep_dictionaries = keyed.is_none();
         // Decoding and sealing overlap: full segments go through a one-slot channel to one
         // builder thread per core, so at most `builders + 2` segments' rows are in memory.
         let builders = std::thread::available_parallelism()
@@ -333,11 +336,7 @@ impl TableStore {
                         let limit = match max_bytes {
                             Some(cap) if b.num_rows() > 0 => {
                                 // Bytes the rows use, not the decoder's spare capacity.
-                                let used: usize = b
-                                    .columns()
-                                    .iter()
-                                    .map(|c| c.to_data().get_slice_memory_size().unwrap_or(0))
-                                    .sum();
+                                let used: usize = b.columns().iter().map(held_bytes).sum();
                                 let per_row = (used / b.num_rows()).max(1);
                                 max_rows.min((cap as usize / per_row).max(1))
                             }
@@ -379,14 +378,19 @@ impl TableStore {
                             // Parquet keeps its footer at the end: spool to disk, then read.
                             let mut tmp = tempfile::tempfile_in(&self.cache_dir)?;
                             std::io::copy(&mut body, &mut tmp)?;
-                            decode_parquet(tmp, &t.schema, batch_rows, &mut sink).map_err(|e| {
-                                match e {
-                                    IngestError::Parquet(p) => IngestError::BadInput {
-                                        location: "body".into(),
-                                        message: format!("not a readable Parquet file: {p}"),
-                                    },
-                                    e => e,
-                                }
+                            decode_parquet(
+                                tmp,
+                                &t.schema,
+                                batch_rows,
+                                keep_dictionaries,
+                                &mut sink,
+                            )
+                            .map_err(|e| match e {
+                                IngestError::Parquet(p) => IngestError::BadInput {
+                                    location: "body".into(),
+                                    message: format!("not a readable Parquet file: {p}"),
+                                },
+                                e => e,
                             })?;
                         }
                     }
@@ -440,4 +444,30 @@ impl TableStore {
             handle.block_on(t.home.stage(&t.spec.name, &t.generation, kind, id, bytes))?;
         Ok(Arc::new(LoadedSegment { meta, reader }))
     }
+}
+
+/// The bytes a decoded column holds for its rows: a dictionary-encoded string column counts
+/// as the plain strings it stands for (its keys and the value each row refers to), so a
+/// segment is cut at the same rows whichever form the decoder gave.
+fn held_bytes(c: &arrow::array::ArrayRef) -> usize {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::Int32Type;
+    let Some(d) = c.as_dictionary_opt::<Int32Type>() else {
+        return c.to_data().get_slice_memory_size().unwrap_or(0);
+    };
+    let Some(values) = d.values().as_string_opt::<i32>() else {
+        return c.to_data().get_slice_memory_size().unwrap_or(0);
+    };
+    let offsets = values.value_offsets();
+    let strings: usize = d
+        .keys()
+        .iter()
+        .flatten()
+        .filter_map(|k| {
+            let k = usize::try_from(k).ok()?;
+            Some((offsets.get(k + 1)? - offsets.get(k)?) as usize)
+        })
+        .sum();
+    let nulls = d.nulls().map_or(0, |_| d.len().div_ceil(8));
+    (d.len() + 1) * 4 + strings + nulls
 }
