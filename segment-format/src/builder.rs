@@ -19,6 +19,7 @@ use roaring::RoaringBitmap;
 use crate::bitpack;
 use crate::bloom::{hash_bytes, Bloom};
 use crate::error::{Result, SegmentError};
+use crate::intern::Interner;
 use crate::layout::{
     f64_key, BlockMeta, Codec, ColumnMeta, ColumnStats, Encoding, FileWriter, Footer, RangeBucket,
     RangeIndexMeta, SectionRef, ZoneMap, FORMAT_VERSION,
@@ -762,14 +763,9 @@ fn numeric(
 }
 
 /// Dictionary-encodes numeric keys; None when there are more than `limit` distinct values.
-/// A fast hasher for building dictionaries (ids come from sorting, so its seeds do not
-/// affect the segment).
-fn fast_hasher() -> ahash::RandomState {
-    ahash::RandomState::with_seeds(0x243f_6a88, 0x85a3_08d3, 0x1319_8a2e, 0x0370_7344)
-}
-
 pub(crate) fn dict_numeric(keys: &[Option<i64>], float: bool, limit: usize) -> Option<Encoded> {
-    let mut distinct: HashMap<i64, u32, ahash::RandomState> = HashMap::with_hasher(fast_hasher());
+    let mut distinct: HashMap<i64, u32, ahash::RandomState> =
+        HashMap::with_hasher(crate::intern::fast_hasher());
     for k in keys.iter().flatten() {
         if !distinct.contains_key(k) {
             if distinct.len() >= limit {
@@ -851,20 +847,13 @@ fn raw_strings_pay(distinct: usize, non_null: usize) -> bool {
 /// Dictionary-encodes a string column, or (when `allow_raw` and [`raw_strings_pay`]) leaves it
 /// raw.
 pub(crate) fn dict_strings(a: &StringArray, allow_raw: bool) -> Encoded {
-    let mut first: HashMap<&str, u32, ahash::RandomState> = HashMap::with_hasher(fast_hasher());
-    let mut provisional = Vec::with_capacity(a.len());
-    for v in a.iter() {
-        let id = match v {
-            Some(s) => {
-                let n = first.len() as u32;
-                *first.entry(s).or_insert(n)
-            }
-            None => u32::MAX,
-        };
-        provisional.push(id);
-    }
+    let mut interner = Interner::new();
+    let provisional: Vec<u32> = a
+        .iter()
+        .map(|v| v.map_or(u32::MAX, |s| interner.id(s)))
+        .collect();
     let non_null = a.len() - a.null_count();
-    let (values, remap) = match sorted_distinct(first, non_null, allow_raw) {
+    let (values, remap) = match sorted_distinct(interner.into_values(), non_null, allow_raw) {
         Ok(sorted) => sorted,
         Err(raw) => return *raw,
     };
@@ -897,14 +886,13 @@ pub(crate) fn dict_strings_of_dictionary(
             *used.get_mut(usize::try_from(k).ok()?)? = true;
         }
     }
-    let mut first: HashMap<&str, u32, ahash::RandomState> = HashMap::with_hasher(fast_hasher());
+    let mut interner = Interner::new();
     let mut entry = vec![u32::MAX; values.len()];
     for (j, _) in used.iter().enumerate().filter(|(_, u)| **u) {
-        let n = first.len() as u32;
-        entry[j] = *first.entry(values.value(j)).or_insert(n);
+        entry[j] = interner.id(values.value(j));
     }
     let non_null = a.len() - keys.null_count();
-    let (sorted, remap) = match sorted_distinct(first, non_null, allow_raw) {
+    let (sorted, remap) = match sorted_distinct(interner.into_values(), non_null, allow_raw) {
         Ok(sorted) => sorted,
         Err(raw) => return Some(*raw),
     };
@@ -929,26 +917,27 @@ pub(crate) fn dict_strings_of_dictionary(
 /// provisional id.
 type SortedStrings<'a> = (Vec<(&'a str, u32)>, Vec<u32>);
 
-/// The distinct values of a string column (each with the provisional id it was first given)
-/// sorted, and the sorted position of each provisional id; or the column left raw when
-/// `allow_raw` and [`raw_strings_pay`].
+/// The distinct values of a string column (`distinct[id]` the value given provisional id
+/// `id`) sorted, each with its provisional id, and the sorted position of each provisional
+/// id; or the column left raw when `allow_raw` and [`raw_strings_pay`].
 fn sorted_distinct(
-    first: HashMap<&str, u32, ahash::RandomState>,
+    distinct: Vec<&str>,
     non_null: usize,
     allow_raw: bool,
 ) -> std::result::Result<SortedStrings<'_>, Box<Encoded>> {
-    if allow_raw && raw_strings_pay(first.len(), non_null) {
+    if allow_raw && raw_strings_pay(distinct.len(), non_null) {
         return Err(Box::new(Encoded::RawStr {
-            distinct: first.len(),
-            min_str: first.keys().min().map(|s| s.to_string()),
-            max_str: first.keys().max().map(|s| s.to_string()),
+            distinct: distinct.len(),
+            min_str: distinct.iter().min().map(|s| s.to_string()),
+            max_str: distinct.iter().max().map(|s| s.to_string()),
         }));
     }
     // Sorted by an integer key of the first 8 bytes (order-preserving), the bytes compared
     // only where those tie.
-    let mut keyed: Vec<(i64, &str, u32)> = first
+    let mut keyed: Vec<(i64, &str, u32)> = distinct
         .into_iter()
-        .map(|(s, id)| (crate::string_block::prefix_key(s.as_bytes()), s, id))
+        .enumerate()
+        .map(|(id, s)| (crate::string_block::prefix_key(s.as_bytes()), s, id as u32))
         .collect();
     keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)));
     let mut remap = vec![0u32; keyed.len()];

@@ -15,6 +15,7 @@ pub mod error;
 pub mod fuzzing;
 pub mod inspect;
 pub mod int_block;
+mod intern;
 pub mod json;
 mod key_match;
 pub mod layout;
