@@ -491,6 +491,16 @@ pub(crate) fn zstd_decode(stored: &[u8], limit: u64, what: &str) -> Result<Vec<u
     })
 }
 
+thread_local! {
+    /// One compression context per thread (level, context), reused for every section.
+    static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { std::cell::RefCell::new(None) };
+    /// The size of the last file this thread's writer finished: the next file starts with
+    /// room for about as much (a thread builds a run of like segments), instead of growing by
+    /// doubling, which copies the image and faults in fresh pages at every step.
+    static LAST_FILE_SIZE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 /// Appends sections to a growing file image; used by the builder.
 pub(crate) struct FileWriter {
     pub buf: Vec<u8>,
@@ -500,7 +510,8 @@ pub(crate) struct FileWriter {
 
 impl FileWriter {
     pub fn new(level: Option<i32>) -> Self {
-        let mut buf = Vec::with_capacity(1 << 20);
+        let last = LAST_FILE_SIZE.with(|c| c.get());
+        let mut buf = Vec::with_capacity((1 << 20).max(last + last / 16));
         buf.extend_from_slice(HEADER_MAGIC);
         buf.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
         FileWriter { buf, level }
@@ -540,7 +551,15 @@ impl FileWriter {
     }
 
     fn compress(&self, raw: &[u8], level: i32) -> Result<Vec<u8>> {
-        zstd::bulk::compress(raw, level).map_err(SegmentError::Compress)
+        COMPRESSOR.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            if slot.as_ref().is_none_or(|(l, _)| *l != level) {
+                let c = zstd::bulk::Compressor::new(level).map_err(SegmentError::Compress)?;
+                *slot = Some((level, c));
+            }
+            let (_, c) = slot.as_mut().expect("set above");
+            c.compress(raw).map_err(SegmentError::Compress)
+        })
     }
 
     /// Appends `compressed` (zstd of `raw`) if given, else `raw`.
@@ -576,6 +595,12 @@ impl FileWriter {
         self.buf.extend_from_slice(&s.crc.to_le_bytes());
         self.buf.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
         self.buf.extend_from_slice(TRAILER_MAGIC);
+        LAST_FILE_SIZE.with(|c| c.set(self.buf.len()));
+        // A file much smaller than the room made for it (after a larger one) gives the room
+        // back: the image may be kept in memory for as long as the segment lives.
+        if self.buf.capacity() > (1 << 20) && self.buf.capacity() / 4 > self.buf.len() / 3 {
+            self.buf.shrink_to_fit();
+        }
         Ok(self.buf)
     }
 }
