@@ -137,6 +137,9 @@ def main():
     t = time.time()
     subprocess.run([a.basalt, "gen-events", "--rows", str(a.rows), "--format", "parquet", "--out", pq], check=True)
     print(f"generated {a.rows} events in {time.time()-t:.1f}s; parquet (zstd) {os.path.getsize(pq)/1e6:.1f} MB")
+    # The file just written is still being flushed to disk; Basalt's load (the first) would
+    # spool its body into a temporary file against that writeback, the peers' later loads not.
+    os.sync()
     now_ms = int(time.time() * 1000)
 
     srv, base = start_basalt(a.basalt, work, a.port)
