@@ -81,14 +81,72 @@ pub fn build<'a>(values: impl Iterator<Item = Option<&'a str>>) -> Result<Vec<u8
     }
     writer.finalize().map_err(build_err)?;
     let files = dir.0.lock().map_err(|_| corrupt("text index build lock"))?;
+    let files = deterministic(&files)?;
     let mut out = Vec::with_capacity(files.values().map(|b| b.len() + 32).sum::<usize>() + 4);
     out.extend_from_slice(&(files.len() as u32).to_le_bytes());
     for (name, bytes) in files.iter() {
-        let name = name.to_string_lossy();
         out.extend_from_slice(&(name.len() as u16).to_le_bytes());
         out.extend_from_slice(name.as_bytes());
         out.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
-        out.extend_from_slice(bytes.as_slice());
+        out.extend_from_slice(bytes);
+    }
+    Ok(out)
+}
+
+/// The segment id every built index gets, for its files' names and `meta.json`.
+const FIXED_SEGMENT_ID: &str = "00000000000000000000000000000000";
+
+/// The index's files with the random segment id tantivy drew replaced by
+/// [`FIXED_SEGMENT_ID`] (in the file names, `meta.json` and `.managed.json`) and
+/// `.managed.json`'s list sorted, so the same values always give the same section bytes (the
+/// segment builder is deterministic; the index has one segment, so one id serves).
+fn deterministic(
+    files: &BTreeMap<PathBuf, OwnedBytes>,
+) -> Result<BTreeMap<String, std::borrow::Cow<'_, [u8]>>> {
+    let names: Vec<String> = files
+        .keys()
+        .map(|n| n.to_string_lossy().into_owned())
+        .collect();
+    let id = names
+        .iter()
+        .filter_map(|n| n.split_once('.').map(|(stem, _)| stem))
+        .find(|stem| stem.len() == 32 && stem.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(str::to_string);
+    let Some(id) = id else {
+        let bytes = files.values().map(|b| b.as_slice().into());
+        return Ok(names.into_iter().zip(bytes).collect());
+    };
+    let hyphenated = format!(
+        "{}-{}-{}-{}-{}",
+        &id[..8],
+        &id[8..12],
+        &id[12..16],
+        &id[16..20],
+        &id[20..]
+    );
+    let fixed_hyphenated = "00000000-0000-0000-0000-000000000000";
+    let mut out = BTreeMap::new();
+    for (name, bytes) in names.into_iter().zip(files.values()) {
+        let bytes = match name.as_str() {
+            "meta.json" => String::from_utf8_lossy(bytes.as_slice())
+                .replace(&hyphenated, fixed_hyphenated)
+                .replace(&id, FIXED_SEGMENT_ID)
+                .into_bytes()
+                .into(),
+            ".managed.json" => {
+                let mut listed: Vec<String> = serde_json::from_slice(bytes.as_slice())
+                    .map_err(|e| tantivy_err("file list", e))?;
+                for n in listed.iter_mut() {
+                    *n = n.replace(&id, FIXED_SEGMENT_ID);
+                }
+                listed.sort();
+                serde_json::to_vec(&listed)
+                    .map_err(|e| tantivy_err("file list", e))?
+                    .into()
+            }
+            _ => bytes.as_slice().into(),
+        };
+        out.insert(name.replace(&id, FIXED_SEGMENT_ID), bytes);
     }
     Ok(out)
 }
