@@ -447,8 +447,9 @@ impl TableStore {
 }
 
 /// The bytes a decoded column holds for its rows: a dictionary-encoded string column counts
-/// as the plain strings it stands for (its keys and the value each row refers to), so a
-/// segment is cut at the same rows whichever form the decoder gave.
+/// as the plain strings it stands for (an offset and the value per row), so `max_bytes` cuts
+/// a segment where it would for the plain strings (the null bitmap's share counted to the
+/// byte).
 fn held_bytes(c: &arrow::array::ArrayRef) -> usize {
     use arrow::array::{Array, AsArray};
     use arrow::datatypes::Int32Type;
