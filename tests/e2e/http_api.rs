@@ -320,6 +320,16 @@ async fn bad_input_gets_clear_errors_and_nothing_partial() {
     )
     .await;
     assert_eq!(st, 400, "{v}");
+    // An empty Parquet body (spooled, then nothing to map) is a bad request too.
+    let (st, v) = post(
+        &c,
+        s.url("/tables/events/ingest"),
+        "application/vnd.apache.parquet",
+        "",
+    )
+    .await;
+    assert_eq!(st, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("Parquet"), "{v}");
     let (st, _) = post(&c, s.url("/tables/events/ingest"), "application/xml", good).await;
     assert_eq!(st, 415);
     let (st, v) = post(

@@ -375,11 +375,20 @@ impl TableStore {
                             )?;
                         }
                         Format::Parquet => {
-                            // Parquet keeps its footer at the end: spool to disk, then read.
+                            // Parquet keeps its footer at the end: spool to disk, then read
+                            // it mapped (pages and footer sliced in place, not read() into
+                            // buffers).
                             let mut tmp = tempfile::tempfile_in(&self.cache_dir)?;
                             std::io::copy(&mut body, &mut tmp)?;
+                            let file = match tmp.metadata()?.len() {
+                                // (Nothing to map: the reader says why it is no Parquet file.)
+                                0 => Bytes::new(),
+                                // SAFETY: an unnamed temporary file only this request holds,
+                                // not written again once mapped.
+                                _ => Bytes::from_owner(unsafe { memmap2::Mmap::map(&tmp)? }),
+                            };
                             decode_parquet(
-                                tmp,
+                                file,
                                 &t.schema,
                                 batch_rows,
                                 keep_dictionaries,
