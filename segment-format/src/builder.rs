@@ -913,18 +913,14 @@ pub(crate) fn dict_strings_of_dictionary(
     Some(string_dictionary(&sorted, ids))
 }
 
-/// Distinct strings in order, each with its provisional id, and the sorted position of each
-/// provisional id.
-type SortedStrings<'a> = (Vec<(&'a str, u32)>, Vec<u32>);
-
 /// The distinct values of a string column (`distinct[id]` the value given provisional id
-/// `id`) sorted, each with its provisional id, and the sorted position of each provisional
-/// id; or the column left raw when `allow_raw` and [`raw_strings_pay`].
+/// `id`) sorted, and the sorted position of each provisional id; or the column left raw when
+/// `allow_raw` and [`raw_strings_pay`].
 fn sorted_distinct(
     distinct: Vec<&str>,
     non_null: usize,
     allow_raw: bool,
-) -> std::result::Result<SortedStrings<'_>, Box<Encoded>> {
+) -> std::result::Result<(Vec<&str>, Vec<u32>), Box<Encoded>> {
     if allow_raw && raw_strings_pay(distinct.len(), non_null) {
         return Err(Box::new(Encoded::RawStr {
             distinct: distinct.len(),
@@ -944,21 +940,18 @@ fn sorted_distinct(
     for (new, (_, _, old)) in keyed.iter().enumerate() {
         remap[*old as usize] = new as u32;
     }
-    Ok((keyed.into_iter().map(|(_, s, id)| (s, id)).collect(), remap))
+    Ok((keyed.into_iter().map(|(_, s, _)| s).collect(), remap))
 }
 
 /// A string column's dictionary encoding from its sorted distinct values and per-row ids.
-fn string_dictionary(values: &[(&str, u32)], ids: Vec<u32>) -> Encoded {
+fn string_dictionary(values: &[&str], ids: Vec<u32>) -> Encoded {
     Encoded::Dict {
         ids,
         cardinality: values.len(),
-        min_str: values.first().map(|v| v.0.to_string()),
-        max_str: values.last().map(|v| v.0.to_string()),
-        hashes: values
-            .iter()
-            .map(|(s, _)| hash_bytes(s.as_bytes()))
-            .collect(),
-        dictionary: front_code(values.iter().map(|(s, _)| s.as_bytes()), values.len()),
+        min_str: values.first().map(|s| s.to_string()),
+        max_str: values.last().map(|s| s.to_string()),
+        hashes: values.iter().map(|s| hash_bytes(s.as_bytes())).collect(),
+        dictionary: front_code(values.iter().map(|s| s.as_bytes()), values.len()),
         id_keys: None,
     }
 }

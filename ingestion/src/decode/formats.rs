@@ -304,17 +304,8 @@ pub fn decode_parquet<R: parquet::file::reader::ChunkReader + 'static>(
         if keep_dictionaries {
             dictionary_columns = all_dictionary_columns(&meta, schema);
             if !dictionary_columns.is_empty() {
-                let fields: Vec<arrow::datatypes::Field> = meta
-                    .schema()
-                    .fields()
-                    .iter()
-                    .map(|f| match dictionary_columns.contains(f.name()) {
-                        true => f.as_ref().clone().with_data_type(dictionary.clone()),
-                        false => f.as_ref().clone(),
-                    })
-                    .collect();
                 let hinted = Arc::new(arrow::datatypes::Schema::new_with_metadata(
-                    fields,
+                    as_dictionaries(meta.schema().fields(), &dictionary_columns),
                     meta.schema().metadata().clone(),
                 ));
                 meta = ArrowReaderMetadata::try_new(
@@ -340,16 +331,10 @@ pub fn decode_parquet<R: parquet::file::reader::ChunkReader + 'static>(
     let target = ingest_schema(schema);
     let target = match dictionary_columns.is_empty() {
         true => target,
-        false => Arc::new(arrow::datatypes::Schema::new(
-            target
-                .fields()
-                .iter()
-                .map(|f| match dictionary_columns.contains(f.name()) {
-                    true => f.as_ref().clone().with_data_type(dictionary.clone()),
-                    false => f.as_ref().clone(),
-                })
-                .collect::<Vec<_>>(),
-        )),
+        false => Arc::new(arrow::datatypes::Schema::new(as_dictionaries(
+            target.fields(),
+            &dictionary_columns,
+        ))),
     };
     let mut rows = 0usize;
     while let Some(batch) = parquet_guard(|| Ok(reader.next().transpose()?))? {
@@ -389,6 +374,23 @@ pub fn decode_parquet<R: parquet::file::reader::ChunkReader + 'static>(
         sink(RecordBatch::try_new(target.clone(), cols)?)?;
     }
     Ok(rows)
+}
+
+/// `fields` with those named in `columns` typed [`basalt_segment::string_dictionary_type`].
+fn as_dictionaries(
+    fields: &arrow::datatypes::Fields,
+    columns: &[String],
+) -> Vec<arrow::datatypes::Field> {
+    fields
+        .iter()
+        .map(|f| match columns.contains(f.name()) {
+            true => f
+                .as_ref()
+                .clone()
+                .with_data_type(basalt_segment::string_dictionary_type()),
+            false => f.as_ref().clone(),
+        })
+        .collect()
 }
 
 /// The spec's STRING columns that [`basalt_segment::keeps_dictionary`] and that the file
