@@ -37,7 +37,9 @@ pub mod types;
 pub use builder::{build_segment, keeps_dictionary, string_dictionary_type, BuildOptions};
 pub use error::{Result, SegmentError};
 pub use layout::FORMAT_VERSION;
-pub use predicate::{evaluate, may_match, simplify_for, simplify_for_blocks, CmpOp, Predicate};
+pub use predicate::{
+    candidate_docs, evaluate, may_match, simplify_for, simplify_for_blocks, CmpOp, Predicate,
+};
 pub use reader::SegmentReader;
 pub use roaring::RoaringBitmap;
 pub use types::{ColumnDef, ColumnType, IndexKind, SegmentSchema, Value};

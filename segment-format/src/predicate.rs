@@ -1093,6 +1093,61 @@ pub fn may_match(reader: &SegmentReader, pred: &Predicate) -> Result<bool> {
     })
 }
 
+/// At most how many docs of the segment `pred` can select, judged like [`may_match`] from
+/// the footer only (no block read): a comparison, range or IN list counts the docs of the
+/// blocks whose zone maps it can match, an AND its smallest child, an OR the sum of its
+/// children (up to the segment's rows). Anything it cannot judge counts every doc. For
+/// sizing work before doing it (how much a query will read), never for answering.
+pub fn candidate_docs(reader: &SegmentReader, pred: &Predicate) -> u64 {
+    let rows = reader.row_count() as u64;
+    match pred {
+        Predicate::Const(false) => 0,
+        Predicate::And(v) => v
+            .iter()
+            .map(|p| candidate_docs(reader, p))
+            .min()
+            .unwrap_or(rows),
+        Predicate::Or(v) => v
+            .iter()
+            .map(|p| candidate_docs(reader, p))
+            .fold(0u64, |a, b| a.saturating_add(b))
+            .min(rows),
+        Predicate::Compare { .. } | Predicate::Between { .. } | Predicate::InList { .. } => {
+            leaf_candidate_docs(reader, pred).unwrap_or(rows)
+        }
+        _ => rows,
+    }
+}
+
+/// The docs of the blocks whose zone maps a comparison leaf can match; `None` when the
+/// leaf's column has no key zone maps (raw strings, multi-value) or the leaf does not
+/// compile.
+fn leaf_candidate_docs(reader: &SegmentReader, leaf: &Predicate) -> Option<u64> {
+    let mut cols = Vec::new();
+    leaf.columns(&mut cols);
+    let [name] = cols.as_slice() else {
+        return None;
+    };
+    let meta = reader.column_meta(reader.column_index(name).ok()?);
+    if matches!(
+        meta.encoding,
+        Encoding::RawStrings | Encoding::MultiValue { .. }
+    ) {
+        return None;
+    }
+    let (_, set) = leaf_keys(reader, leaf).ok()?;
+    let mut docs = 0u64;
+    for (b, block) in meta.blocks.iter().enumerate() {
+        // A block without a zone map is all nulls, which no comparison selects.
+        if let Some(z) = block.zone {
+            if intersects(&set, z.min, z.max) {
+                docs += reader.block_len(b) as u64;
+            }
+        }
+    }
+    Some(docs)
+}
+
 /// `pred` as it reads on this segment: a comparison, range or IN list that the footer's
 /// bounds show TRUE for every doc (the column has no nulls and its whole range is inside)
 /// becomes `Const(true)`, one TRUE for no doc `Const(false)`, and ANDs and ORs of them fold.

@@ -14,7 +14,9 @@ use proptest::prelude::*;
 
 use crate::builder::{build_segment, BuildOptions};
 use crate::like::sql_like;
-use crate::predicate::{evaluate, may_match, simplify_for, simplify_for_blocks, CmpOp, Predicate};
+use crate::predicate::{
+    candidate_docs, evaluate, may_match, simplify_for, simplify_for_blocks, CmpOp, Predicate,
+};
 use crate::reader::SegmentReader;
 use crate::types::{ColumnDef, ColumnType, IndexKind, SegmentSchema, Value};
 
@@ -509,6 +511,9 @@ proptest! {
             if !want.is_empty() {
                 prop_assert!(may_match(&r, p).unwrap(), "pruned a matching segment: {:?}", p);
             }
+            let bound = candidate_docs(&r, p);
+            prop_assert!(bound >= want.len() as u64, "{:?}: {} candidate docs, {} match", p, bound, want.len());
+            prop_assert!(bound <= r.row_count() as u64);
             // Read against this segment's bounds, it selects the same docs.
             let simple = simplify_for(&r, p);
             let got: Vec<u32> = evaluate(&r, &simple).unwrap().iter().collect();
@@ -538,6 +543,38 @@ proptest! {
             .map(|(i, _)| i)
             .collect();
         prop_assert_eq!(crate::reader::null_positions(&bm, &docs), want);
+    }
+
+    #[test]
+    fn validity_matches_probing(
+        runs in prop::collection::vec((0u32..3000, 0u32..200), 0..20),
+        docs in prop::collection::btree_set(0u32..3000, 0..600),
+        start in 0u32..2000,
+        len in 0u32..1001,
+        contiguous in any::<bool>(),
+        // Shifted to end at u32::MAX: a run of nulls up to the last id.
+        high in any::<bool>(),
+    ) {
+        let shift = if high { u32::MAX - 3000 } else { 0 };
+        let bm: roaring::RoaringBitmap = runs
+            .iter()
+            .flat_map(|&(s, l)| s..(s + l).min(3001))
+            .map(|d| d + shift)
+            .collect();
+        let docs: Vec<u32> = if contiguous {
+            (start..start + len).map(|d| d + shift).collect()
+        } else {
+            docs.into_iter().map(|d| d + shift).collect()
+        };
+        let want: Vec<bool> = docs.iter().map(|d| !bm.contains(*d)).collect();
+        let got = crate::reader::validity(&bm, &docs);
+        match got {
+            None => prop_assert!(want.iter().all(|v| *v), "None with a null doc"),
+            Some(nb) => {
+                prop_assert_eq!(nb.iter().collect::<Vec<bool>>(), want.clone());
+                prop_assert!(want.iter().any(|v| !*v), "a validity without nulls");
+            }
+        }
     }
 
     #[test]
@@ -760,6 +797,47 @@ fn sorted_column_is_sorted_and_has_runs() {
     let got = evaluate(&r, &p).unwrap();
     assert_eq!(got.len(), 20);
     assert_eq!(got.min(), Some(60));
+}
+
+#[test]
+fn candidate_docs_count_the_blocks_zone_maps_admit() {
+    let rows: Vec<Row> = (0..100)
+        .map(|i| {
+            let mut r = vec![None; 9];
+            r[0] = Some(V::S(WORDS[i % WORDS.len()].to_string()));
+            r[7] = Some(V::I(i as i64));
+            r
+        })
+        .collect();
+    let bytes = build_segment(&schema(), &[to_batch(&rows)], &opts()).unwrap();
+    let r = SegmentReader::open(Bytes::from(bytes)).unwrap();
+    let n = |op, v| Predicate::Compare {
+        column: "n".into(),
+        op,
+        value: Value::Int(v),
+    };
+    // Blocks of 16: 80..96 and the last, 96..100.
+    assert_eq!(candidate_docs(&r, &n(CmpOp::GtEq, 90)), 20);
+    assert_eq!(candidate_docs(&r, &n(CmpOp::Lt, 0)), 0);
+    // An AND counts its smallest child (a bound, not the blocks both admit).
+    let both = Predicate::And(vec![n(CmpOp::GtEq, 90), n(CmpOp::Lt, 10)]);
+    assert_eq!(candidate_docs(&r, &both), 16);
+    let either = Predicate::Or(vec![n(CmpOp::GtEq, 90), n(CmpOp::Lt, 10)]);
+    assert_eq!(candidate_docs(&r, &either), 36);
+    let everything = Predicate::Or(vec![n(CmpOp::GtEq, 0), n(CmpOp::Lt, 100)]);
+    assert_eq!(candidate_docs(&r, &everything), 100);
+    // What zone maps cannot judge counts every doc.
+    let like = Predicate::Like {
+        column: "s".into(),
+        pattern: "%a%".into(),
+        negated: false,
+        case_insensitive: false,
+    };
+    assert_eq!(candidate_docs(&r, &like), 100);
+    assert_eq!(
+        candidate_docs(&r, &Predicate::Not(Box::new(n(CmpOp::Lt, 0)))),
+        100
+    );
 }
 
 #[test]
