@@ -143,6 +143,44 @@ async fn reused_parts_answer_like_datafusion() {
     assert_eq!(run(&engine, sql, &off).await, (want, 0));
 }
 
+/// A predicate that reads the same on every slice of a segment (here none at all) keeps the
+/// segment's part whole beside its slices': the next query merges one part per segment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segment_read_whole_is_merged_from_one_part() {
+    let (engine, _, reference, _) = setup(128);
+    let l = QueryLimits::default();
+    let hits = || {
+        engine
+            .partial_cache()
+            .stats
+            .hits
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let sql = "SELECT city, count(*), sum(big), approx_distinct(tag) FROM t GROUP BY city";
+    let want = rows(&reference, sql).await;
+    assert_eq!(run(&engine, sql, &l).await, (want.clone(), 0));
+    let before = hits();
+    // Counted as the slices the four parts stand for.
+    let per = slices_per_segment();
+    assert_eq!(run(&engine, sql, &l).await, (want, 4 * per));
+    assert_eq!(hits() - before, 4);
+    // Cut by a range, a segment is merged from its slices again.
+    let span = ROWS as i64 * 1000;
+    let cut = format!(
+        "SELECT city, count(*), sum(big), approx_distinct(tag) FROM t WHERE ts >= {} GROUP BY city",
+        ts(T0 + span / 2)
+    );
+    let want = rows(&reference, &cut).await;
+    assert_eq!(run(&engine, &cut, &l).await.0, want);
+    let before = hits();
+    let (got, n) = run(&engine, &cut, &l).await;
+    assert_eq!(got, want);
+    // Segment 0's slices it reads (the first half's are ruled out), and the other three whole.
+    let read = n - 3 * per;
+    assert!(read > 0 && read < per, "{n}");
+    assert_eq!(hits() - before, read + 3);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_moving_range_reuses_the_segments_it_covers_whole() {
     let (engine, _, reference, _) = setup(128);

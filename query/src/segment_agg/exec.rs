@@ -153,6 +153,10 @@ const PARTIAL_ROWS_PER_GROUP: usize = 8;
 /// the segment.
 pub(crate) const SLICE_BLOCKS: usize = 2;
 
+/// The slice number of a segment's whole part (kept beside its slices' when a query's
+/// predicate reads the same on every slice).
+const WHOLE_SEGMENT: u32 = u32::MAX;
+
 /// Where a segment's part is kept: the cache, the plan's fingerprint, the segment's index in
 /// the snapshot.
 struct Reuse<'a> {
@@ -1453,30 +1457,75 @@ impl Worker {
             }
         }
         let blocks = block_count(seg);
+        // Each slice with the predicate as it reads there (`None`: no condition).
+        let slices: Vec<(std::ops::Range<usize>, Option<Predicate>)> = (0..blocks)
+            .step_by(SLICE_BLOCKS)
+            .map(|from| {
+                let range = from..(from + SLICE_BLOCKS).min(blocks);
+                let read = predicate
+                    .as_ref()
+                    .and_then(|p| read_on(seg, p, Some(range.clone())));
+                (range, read)
+            })
+            .collect();
+        // Read the same on every slice as on the segment (a dashboard's range covers it
+        // whole): what the segment contributes is kept as one entry too, so a later query
+        // merges one part for it instead of one per slice.
+        let whole = slices.len() > 1 && slices.iter().all(|(_, read)| *read == predicate);
+        let mut whole_claim = None;
+        if whole {
+            let key = PartialKey {
+                segment: seg.instance_id(),
+                slice: WHOLE_SEGMENT,
+                fragment: at.fragment.clone(),
+                predicate: format!("{predicate:?}"),
+            };
+            match at.cache.lookup(&key, valid) {
+                Lookup::Kept(Partial::States { batch, widths }) => {
+                    // Counted as the slices it stands for.
+                    stats
+                        .partials_reused
+                        .fetch_add(slices.len() as u64, Ordering::Relaxed);
+                    stats.segments_queried.fetch_add(1, Ordering::Relaxed);
+                    stats
+                        .total_docs
+                        .fetch_add(seg.row_count() as u64, Ordering::Relaxed);
+                    return self.merge_states(&batch, &widths);
+                }
+                Lookup::Kept(Partial::TooMany) => {}
+                Lookup::Compute(claim) => whole_claim = Some((key, claim)),
+            }
+        }
+        // The slices' parts are merged into the segment's own when it is kept whole.
+        let mut own = match whole_claim {
+            Some(_) => Some(Worker::new(job, pool, &[at.index])?),
+            None => None,
+        };
+        let sink = match own.as_mut() {
+            Some(w) => w,
+            None => &mut *self,
+        };
         // The segment's matched docs, evaluated at the first slice not kept.
         let mut reading: Option<Option<Reading>> = None;
         // Of these, the docs of the slices aggregated here (the others' parts were kept).
         let mut scanned = 0u64;
         let mut all_kept = true;
-        for from in (0..blocks).step_by(SLICE_BLOCKS) {
-            let range = from..(from + SLICE_BLOCKS).min(blocks);
-            // No condition is `None` whether the segment or only this slice is covered.
-            let slice_predicate = predicate
-                .as_ref()
-                .and_then(|p| read_on(seg, p, Some(range.clone())));
+        // Every slice's part was kept or made here (none had too many groups).
+        let mut complete = true;
+        for (range, slice_predicate) in slices {
             if slice_predicate == Some(Predicate::Const(false)) {
                 continue;
             }
             let key = PartialKey {
                 segment: seg.instance_id(),
-                slice: from as u32,
+                slice: range.start as u32,
                 fragment: at.fragment.clone(),
                 predicate: format!("{slice_predicate:?}"),
             };
             let (kept, claim) = match at.cache.lookup(&key, valid) {
                 Lookup::Kept(Partial::States { batch, widths }) => {
                     stats.partials_reused.fetch_add(1, Ordering::Relaxed);
-                    self.merge_states(&batch, &widths)?;
+                    sink.merge_states(&batch, &widths)?;
                     continue;
                 }
                 Lookup::Kept(p) => (Some(p), None),
@@ -1491,14 +1540,15 @@ impl Worker {
                 ),
             };
             let Some(reading) = reading.as_mut() else {
-                // Nothing matches in the whole segment.
-                return Ok(());
+                // Nothing matches in the whole segment: no slice adds anything.
+                break;
             };
             let slice_rows = range_rows(seg, &range);
             let first = (range.start * seg.block_rows()) as u32;
             scanned += reading.matched.len_in(first..first + slice_rows as u32);
             if matches!(kept, Some(Partial::TooMany)) || at.off.load(Ordering::Relaxed) {
-                self.blocks(job, seg, reading, range, cancel)?;
+                complete = false;
+                sink.blocks(job, seg, reading, range, cancel)?;
                 continue;
             }
             let mut part = Worker::new(job, pool, &[at.index])?;
@@ -1512,15 +1562,28 @@ impl Worker {
                 at.cache
                     .put(not_worth_keeping(at.fragment, scan), None, Partial::TooMany);
                 at.off.store(true, Ordering::Relaxed);
-                self.merge(part)?;
+                complete = false;
+                sink.merge(part)?;
                 continue;
             }
             let (batch, widths) = part.states()?;
-            self.merge_states(&batch, &widths)?;
+            sink.merge_states(&batch, &widths)?;
             at.cache
                 .put(key, valid.cloned(), Partial::States { batch, widths });
             // Kept: the queries waiting for this slice take it now.
             drop(claim);
+        }
+        if let Some(own) = own {
+            match (complete, whole_claim) {
+                (true, Some((key, claim))) => {
+                    let (batch, widths) = own.states()?;
+                    self.merge_states(&batch, &widths)?;
+                    at.cache
+                        .put(key, valid.cloned(), Partial::States { batch, widths });
+                    drop(claim);
+                }
+                _ => self.merge(own)?,
+            }
         }
         if all_kept {
             // Not read at all: counted as queried, not as scanned.
