@@ -1472,7 +1472,9 @@ impl Worker {
         // whole): what the segment contributes is kept as one entry too, so a later query
         // merges one part for it instead of one per slice.
         let whole = slices.len() > 1 && slices.iter().all(|(_, read)| *read == predicate);
-        let mut whole_claim = None;
+        // Looked up without waiting for a query computing it: while its slices are being
+        // computed, others wait for each slice as before, not for all of them at once.
+        let mut whole_key = None;
         if whole {
             let key = PartialKey {
                 segment: seg.instance_id(),
@@ -1480,8 +1482,8 @@ impl Worker {
                 fragment: at.fragment.clone(),
                 predicate: format!("{predicate:?}"),
             };
-            match at.cache.lookup(&key, valid) {
-                Lookup::Kept(Partial::States { batch, widths }) => {
+            match at.cache.get(&key, valid) {
+                Some(Partial::States { batch, widths }) => {
                     // Counted as the slices it stands for.
                     stats
                         .partials_reused
@@ -1492,12 +1494,12 @@ impl Worker {
                         .fetch_add(seg.row_count() as u64, Ordering::Relaxed);
                     return self.merge_states(&batch, &widths);
                 }
-                Lookup::Kept(Partial::TooMany) => {}
-                Lookup::Compute(claim) => whole_claim = Some((key, claim)),
+                Some(Partial::TooMany) => {}
+                None => whole_key = Some(key),
             }
         }
         // The slices' parts are merged into the segment's own when it is kept whole.
-        let mut own = match whole_claim {
+        let mut own = match whole_key {
             Some(_) => Some(Worker::new(job, pool, &[at.index])?),
             None => None,
         };
@@ -1574,13 +1576,12 @@ impl Worker {
             drop(claim);
         }
         if let Some(own) = own {
-            match (complete, whole_claim) {
-                (true, Some((key, claim))) => {
+            match (complete, whole_key) {
+                (true, Some(key)) => {
                     let (batch, widths) = own.states()?;
                     self.merge_states(&batch, &widths)?;
                     at.cache
                         .put(key, valid.cloned(), Partial::States { batch, widths });
-                    drop(claim);
                 }
                 _ => self.merge(own)?,
             }
