@@ -181,6 +181,80 @@ async fn a_segment_read_whole_is_merged_from_one_part() {
     assert_eq!(hits() - before, read + 3);
 }
 
+/// A chunk merged from two others (a mutable segment's, [`SegmentReader::made_of`]) read
+/// whole with no condition is answered from the two chunks' kept parts, without reading its
+/// rows; with a condition, or when a source's part is missing, it is computed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merged_chunk_is_answered_from_the_parts_of_its_sources() {
+    let (engine, table, _, batches) = setup(128);
+    let l = QueryLimits::default();
+    let schema = table.0.lock().schema.clone();
+    let opts = BuildOptions {
+        block_rows: 128,
+        ..BuildOptions::default()
+    };
+    let open = |b: &[arrow::array::RecordBatch], made_of: Vec<u64>| {
+        let bytes = build_segment(&schema, b, &opts).unwrap();
+        Arc::new(
+            SegmentReader::open(Bytes::from(bytes))
+                .unwrap()
+                .with_made_of(made_of),
+        )
+    };
+    let (a, b) = {
+        let snap = table.0.lock();
+        (snap.segments[0].clone(), snap.segments[1].clone())
+    };
+    let merged = open(&batches[..2], vec![a.instance_id(), b.instance_id()]);
+    let reference = |parts: &[arrow::array::RecordBatch]| {
+        let ctx = SessionContext::new();
+        let mem = MemTable::try_new(parts[0].schema(), vec![parts.to_vec()]).unwrap();
+        ctx.register_table("t", Arc::new(mem)).unwrap();
+        ctx
+    };
+    let both = reference(&batches[..2]);
+    let sql = "SELECT city, count(*), sum(big), approx_distinct(tag), min(ts) FROM t GROUP BY city";
+    let oslo = "SELECT city, count(*), sum(big) FROM t WHERE city = 'Oslo' GROUP BY city";
+    // The two chunks, read whole: their parts are kept.
+    table.0.lock().segments = vec![a.clone(), b.clone()];
+    let want = rows(&both, sql).await;
+    assert_eq!(run(&engine, sql, &l).await.0, want);
+    assert_eq!(run(&engine, oslo, &l).await.0, rows(&both, oslo).await);
+    // The merge replaces them: answered from their parts, no row read.
+    table.0.lock().segments = vec![merged.clone()];
+    let out = engine.execute(sql, &l).await.unwrap();
+    assert_eq!(render(&out.batches), want);
+    assert_eq!(out.stats.num_docs_scanned, 0);
+    // Counted as the merged chunk's slices.
+    let merged_slices = (2 * ROWS)
+        .div_ceil(128)
+        .div_ceil(crate::segment_agg::SLICE_BLOCKS);
+    assert_eq!(out.stats.num_segments_from_cache, merged_slices as u64);
+    // Then from its own part.
+    let out = engine.execute(sql, &l).await.unwrap();
+    assert_eq!(render(&out.batches), want);
+    assert_eq!(out.stats.num_docs_scanned, 0);
+    // With a condition the merged rows are read (the sources' parts are of all their rows).
+    let out = engine.execute(oslo, &l).await.unwrap();
+    assert_eq!(render(&out.batches), rows(&both, oslo).await);
+    assert!(out.stats.num_docs_scanned > 0);
+    // A source whose part is not kept: computed.
+    let (s2, s3) = (
+        open(&batches[2..3], Vec::new()),
+        open(&batches[3..4], Vec::new()),
+    );
+    let merged2 = open(&batches[2..4], vec![s2.instance_id(), s3.instance_id()]);
+    table.0.lock().segments = vec![s2.clone()];
+    run(&engine, sql, &l).await;
+    table.0.lock().segments = vec![merged2];
+    let out = engine.execute(sql, &l).await.unwrap();
+    assert_eq!(
+        render(&out.batches),
+        rows(&reference(&batches[2..4]), sql).await
+    );
+    assert_eq!(out.stats.num_docs_scanned, 2 * ROWS as u64);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_moving_range_reuses_the_segments_it_covers_whole() {
     let (engine, _, reference, _) = setup(128);

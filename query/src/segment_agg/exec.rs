@@ -167,6 +167,41 @@ struct Reuse<'a> {
     off: &'a AtomicBool,
 }
 
+/// A segment's whole part made from the whole parts of the readers it was built from
+/// (a mutable segment's merged chunk, [`SegmentReader::made_of`]), when every one of
+/// them is kept under `key`'s aggregation with no condition (all of its rows): their
+/// states merged, as one batch. `None` when it was not built from others or one of their
+/// parts is missing. Only for segments a query reads whole with no condition (and no
+/// valid docs): the parts then cover exactly its rows.
+fn parts_of_sources(
+    job: &Job,
+    pool: &Arc<dyn MemoryPool>,
+    at: &Reuse<'_>,
+    seg: &SegmentReader,
+    key: &PartialKey,
+) -> DfResult<Option<(RecordBatch, Arc<[usize]>)>> {
+    let sources = seg.made_of();
+    if sources.is_empty() {
+        return Ok(None);
+    }
+    let mut parts = Vec::with_capacity(sources.len());
+    for &segment in sources {
+        let source = PartialKey {
+            segment,
+            ..key.clone()
+        };
+        match at.cache.get(&source, None) {
+            Some(Partial::States { batch, widths }) => parts.push((batch, widths)),
+            _ => return Ok(None),
+        }
+    }
+    let mut own = Worker::new(job, pool, &[at.index])?;
+    for (batch, widths) in &parts {
+        own.merge_states(batch, widths)?;
+    }
+    own.states().map(Some)
+}
+
 /// The entry saying an aggregation (under its scan's predicate) has too many groups per
 /// slice to keep: segment 0, which no reader has.
 fn not_worth_keeping(fragment: &Arc<Fragment>, scan: &SegmentScanExec) -> PartialKey {
@@ -1470,8 +1505,9 @@ impl Worker {
             .collect();
         // Read the same on every slice as on the segment (a dashboard's range covers it
         // whole): what the segment contributes is kept as one entry too, so a later query
-        // merges one part for it instead of one per slice.
-        let whole = slices.len() > 1 && slices.iter().all(|(_, read)| *read == predicate);
+        // merges one part for it instead of one per slice, and a chunk merged from this
+        // one can be answered from it.
+        let whole = slices.iter().all(|(_, read)| *read == predicate);
         // Looked up without waiting for a query computing it: while its slices are being
         // computed, others wait for each slice as before, not for all of them at once.
         let mut whole_key = None;
@@ -1495,7 +1531,24 @@ impl Worker {
                     return self.merge_states(&batch, &widths);
                 }
                 Some(Partial::TooMany) => {}
-                None => whole_key = Some(key),
+                None => {
+                    if predicate.is_none() && valid.is_none() {
+                        if let Some(parts) = parts_of_sources(job, pool, &at, seg, &key)? {
+                            stats
+                                .partials_reused
+                                .fetch_add(slices.len() as u64, Ordering::Relaxed);
+                            stats.segments_queried.fetch_add(1, Ordering::Relaxed);
+                            stats
+                                .total_docs
+                                .fetch_add(seg.row_count() as u64, Ordering::Relaxed);
+                            let (batch, widths) = parts;
+                            self.merge_states(&batch, &widths)?;
+                            at.cache.put(key, None, Partial::States { batch, widths });
+                            return Ok(());
+                        }
+                    }
+                    whole_key = Some(key);
+                }
             }
         }
         // The slices' parts are merged into the segment's own when it is kept whole.
