@@ -423,8 +423,12 @@ impl ExecutionPlan for SegmentAggregateExec {
                     flag: cancel.0.clone(),
                     deadline,
                 };
-                match candidate_docs_of(&job, &segs) {
-                    Some(docs) if partials.is_none() && docs <= budget => {
+                let docs = match partials {
+                    None => candidate_docs_of(&job, &segs),
+                    Some(_) => None,
+                };
+                match docs {
+                    Some(docs) if docs <= budget => {
                         budget -= docs;
                         inline.push((share, segs, part));
                     }
