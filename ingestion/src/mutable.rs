@@ -61,19 +61,13 @@ pub struct MutableSegment {
     merge_cap: usize,
 }
 
-/// A chunk's reader over `batches`; `made_of`: the chunks whose rows they are, in order
-/// (a merge), recorded on the reader so that what queries kept over those chunks combines
-/// into the merged chunk's without reading its rows again.
 fn build_reader(
     schema: &SegmentSchema,
     build: &BuildOptions,
     batches: &[RecordBatch],
-    made_of: Vec<u64>,
 ) -> Result<Arc<SegmentReader>> {
     let bytes = build_segment(schema, batches, build)?;
-    Ok(Arc::new(
-        SegmentReader::open(Bytes::from(bytes))?.with_made_of(made_of),
-    ))
+    Ok(Arc::new(SegmentReader::open(Bytes::from(bytes))?))
 }
 
 /// Chunks of this many rows are not merged further (see [`merge_due`]).
@@ -111,12 +105,7 @@ fn merge_chunks(state: &Mutex<State>, schema: &SegmentSchema, build: &BuildOptio
             batches.extend(r.batches.iter().cloned());
             (i, l.reader.clone(), r.reader.clone(), batches)
         };
-        let merged = build_reader(
-            schema,
-            build,
-            &batches,
-            vec![left.instance_id(), right.instance_id()],
-        );
+        let merged = build_reader(schema, build, &batches);
         let mut st = state.lock();
         let merged = match merged {
             Ok(m) => m,
@@ -220,7 +209,7 @@ impl MutableSegment {
     }
 
     fn build(&self, batches: &[RecordBatch]) -> Result<Arc<SegmentReader>> {
-        build_reader(&self.schema, &self.build, batches, Vec::new())
+        build_reader(&self.schema, &self.build, batches)
     }
 
     /// Immutable chunks holding every row appended so far, for one query.

@@ -225,9 +225,6 @@ pub struct SegmentReader {
     instance: u64,
     /// The footer's star-trees, decoded at first use.
     star_trees: Vec<OnceLock<Arc<crate::star_tree::StarTree>>>,
-    /// The readers whose rows this one holds, in order, when it was built from theirs
-    /// ([`SegmentReader::made_of`]); empty otherwise.
-    made_of: Vec<u64>,
 }
 
 /// The next [`SegmentReader::instance_id`].
@@ -275,23 +272,7 @@ impl SegmentReader {
             verified,
             instance: NEXT_INSTANCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             star_trees: footer_trees.iter().map(|_| OnceLock::new()).collect(),
-            made_of: Vec::new(),
         })
-    }
-
-    /// This reader, recorded as holding exactly the rows of the readers `sources` (by
-    /// [`SegmentReader::instance_id`]), in that order and nothing else: a mutable segment's
-    /// chunk merged from two. Results computed over all rows of each source then combine
-    /// into the result over all of this one's.
-    pub fn with_made_of(mut self, sources: Vec<u64>) -> Self {
-        self.made_of = sources;
-        self
-    }
-
-    /// The readers this one's rows are the concatenation of (see
-    /// [`SegmentReader::with_made_of`]); empty when it was opened from a segment alone.
-    pub fn made_of(&self) -> &[u64] {
-        &self.made_of
     }
 
     /// A number no other reader opened by this process has, never reused: what caches of

@@ -153,10 +153,6 @@ const PARTIAL_ROWS_PER_GROUP: usize = 8;
 /// the segment.
 pub(crate) const SLICE_BLOCKS: usize = 2;
 
-/// The slice number of a segment's whole part (kept beside its slices' when a query's
-/// predicate reads the same on every slice).
-const WHOLE_SEGMENT: u32 = u32::MAX;
-
 /// Where a segment's part is kept: the cache, the plan's fingerprint, the segment's index in
 /// the snapshot.
 struct Reuse<'a> {
@@ -165,41 +161,6 @@ struct Reuse<'a> {
     index: usize,
     /// Set (for every worker of the query) once a slice had too many groups.
     off: &'a AtomicBool,
-}
-
-/// A segment's whole part made from the whole parts of the readers it was built from
-/// (a mutable segment's merged chunk, [`SegmentReader::made_of`]), when every one of
-/// them is kept under `key`'s aggregation with no condition (all of its rows): their
-/// states merged, as one batch. `None` when it was not built from others or one of their
-/// parts is missing. Only for segments a query reads whole with no condition (and no
-/// valid docs): the parts then cover exactly its rows.
-fn parts_of_sources(
-    job: &Job,
-    pool: &Arc<dyn MemoryPool>,
-    at: &Reuse<'_>,
-    seg: &SegmentReader,
-    key: &PartialKey,
-) -> DfResult<Option<(RecordBatch, Arc<[usize]>)>> {
-    let sources = seg.made_of();
-    if sources.is_empty() {
-        return Ok(None);
-    }
-    let mut parts = Vec::with_capacity(sources.len());
-    for &segment in sources {
-        let source = PartialKey {
-            segment,
-            ..key.clone()
-        };
-        match at.cache.get(&source, None) {
-            Some(Partial::States { batch, widths }) => parts.push((batch, widths)),
-            _ => return Ok(None),
-        }
-    }
-    let mut own = Worker::new(job, pool, &[at.index])?;
-    for (batch, widths) in &parts {
-        own.merge_states(batch, widths)?;
-    }
-    own.states().map(Some)
 }
 
 /// The entry saying an aggregation (under its scan's predicate) has too many groups per
@@ -1496,95 +1457,30 @@ impl Worker {
             }
         }
         let blocks = block_count(seg);
-        // Each slice with the predicate as it reads there (`None`: no condition).
-        let slices: Vec<(std::ops::Range<usize>, Option<Predicate>)> = (0..blocks)
-            .step_by(SLICE_BLOCKS)
-            .map(|from| {
-                let range = from..(from + SLICE_BLOCKS).min(blocks);
-                let read = predicate
-                    .as_ref()
-                    .and_then(|p| read_on(seg, p, Some(range.clone())));
-                (range, read)
-            })
-            .collect();
-        // Read the same on every slice as on the segment (a dashboard's range covers it
-        // whole): what the segment contributes is kept as one entry too, so a later query
-        // merges one part for it instead of one per slice, and a chunk merged from this
-        // one can be answered from it.
-        let whole = slices.iter().all(|(_, read)| *read == predicate);
-        // Looked up without waiting for a query computing it: while its slices are being
-        // computed, others wait for each slice as before, not for all of them at once.
-        let mut whole_key = None;
-        if whole {
-            let key = PartialKey {
-                segment: seg.instance_id(),
-                slice: WHOLE_SEGMENT,
-                fragment: at.fragment.clone(),
-                predicate: format!("{predicate:?}"),
-            };
-            match at.cache.get(&key, valid) {
-                Some(Partial::States { batch, widths }) => {
-                    // Counted as the slices it stands for.
-                    stats
-                        .partials_reused
-                        .fetch_add(slices.len() as u64, Ordering::Relaxed);
-                    stats.segments_queried.fetch_add(1, Ordering::Relaxed);
-                    stats
-                        .total_docs
-                        .fetch_add(seg.row_count() as u64, Ordering::Relaxed);
-                    return self.merge_states(&batch, &widths);
-                }
-                Some(Partial::TooMany) => {}
-                None => {
-                    if predicate.is_none() && valid.is_none() {
-                        if let Some(parts) = parts_of_sources(job, pool, &at, seg, &key)? {
-                            stats
-                                .partials_reused
-                                .fetch_add(slices.len() as u64, Ordering::Relaxed);
-                            stats.segments_queried.fetch_add(1, Ordering::Relaxed);
-                            stats
-                                .total_docs
-                                .fetch_add(seg.row_count() as u64, Ordering::Relaxed);
-                            let (batch, widths) = parts;
-                            self.merge_states(&batch, &widths)?;
-                            at.cache.put(key, None, Partial::States { batch, widths });
-                            return Ok(());
-                        }
-                    }
-                    whole_key = Some(key);
-                }
-            }
-        }
-        // The slices' parts are merged into the segment's own when it is kept whole.
-        let mut own = match whole_key {
-            Some(_) => Some(Worker::new(job, pool, &[at.index])?),
-            None => None,
-        };
-        let sink = match own.as_mut() {
-            Some(w) => w,
-            None => &mut *self,
-        };
         // The segment's matched docs, evaluated at the first slice not kept.
         let mut reading: Option<Option<Reading>> = None;
         // Of these, the docs of the slices aggregated here (the others' parts were kept).
         let mut scanned = 0u64;
         let mut all_kept = true;
-        // Every slice's part was kept or made here (none had too many groups).
-        let mut complete = true;
-        for (range, slice_predicate) in slices {
+        for from in (0..blocks).step_by(SLICE_BLOCKS) {
+            let range = from..(from + SLICE_BLOCKS).min(blocks);
+            // No condition is `None` whether the segment or only this slice is covered.
+            let slice_predicate = predicate
+                .as_ref()
+                .and_then(|p| read_on(seg, p, Some(range.clone())));
             if slice_predicate == Some(Predicate::Const(false)) {
                 continue;
             }
             let key = PartialKey {
                 segment: seg.instance_id(),
-                slice: range.start as u32,
+                slice: from as u32,
                 fragment: at.fragment.clone(),
                 predicate: format!("{slice_predicate:?}"),
             };
             let (kept, claim) = match at.cache.lookup(&key, valid) {
                 Lookup::Kept(Partial::States { batch, widths }) => {
                     stats.partials_reused.fetch_add(1, Ordering::Relaxed);
-                    sink.merge_states(&batch, &widths)?;
+                    self.merge_states(&batch, &widths)?;
                     continue;
                 }
                 Lookup::Kept(p) => (Some(p), None),
@@ -1599,15 +1495,14 @@ impl Worker {
                 ),
             };
             let Some(reading) = reading.as_mut() else {
-                // Nothing matches in the whole segment: no slice adds anything.
-                break;
+                // Nothing matches in the whole segment.
+                return Ok(());
             };
             let slice_rows = range_rows(seg, &range);
             let first = (range.start * seg.block_rows()) as u32;
             scanned += reading.matched.len_in(first..first + slice_rows as u32);
             if matches!(kept, Some(Partial::TooMany)) || at.off.load(Ordering::Relaxed) {
-                complete = false;
-                sink.blocks(job, seg, reading, range, cancel)?;
+                self.blocks(job, seg, reading, range, cancel)?;
                 continue;
             }
             let mut part = Worker::new(job, pool, &[at.index])?;
@@ -1621,27 +1516,15 @@ impl Worker {
                 at.cache
                     .put(not_worth_keeping(at.fragment, scan), None, Partial::TooMany);
                 at.off.store(true, Ordering::Relaxed);
-                complete = false;
-                sink.merge(part)?;
+                self.merge(part)?;
                 continue;
             }
             let (batch, widths) = part.states()?;
-            sink.merge_states(&batch, &widths)?;
+            self.merge_states(&batch, &widths)?;
             at.cache
                 .put(key, valid.cloned(), Partial::States { batch, widths });
             // Kept: the queries waiting for this slice take it now.
             drop(claim);
-        }
-        if let Some(own) = own {
-            match (complete, whole_key) {
-                (true, Some(key)) => {
-                    let (batch, widths) = own.states()?;
-                    self.merge_states(&batch, &widths)?;
-                    at.cache
-                        .put(key, valid.cloned(), Partial::States { batch, widths });
-                }
-                _ => self.merge(own)?,
-            }
         }
         if all_kept {
             // Not read at all: counted as queried, not as scanned.
