@@ -18,7 +18,7 @@ use crate::builder::hash_key;
 use crate::error::{Result, SegmentError};
 use crate::json::JsonSearch;
 use crate::key_match::KeyMatcher;
-use crate::layout::{f64_key, ColumnStats, Encoding};
+use crate::layout::{f64_key, ColumnMeta, ColumnStats, Encoding};
 use crate::like::Like;
 use crate::reader::{BlockValues, Dictionary, SegmentReader};
 use crate::search::Search;
@@ -1123,18 +1123,7 @@ pub fn candidate_docs(reader: &SegmentReader, pred: &Predicate) -> u64 {
 /// leaf's column has no key zone maps (raw strings, multi-value) or the leaf does not
 /// compile.
 fn leaf_candidate_docs(reader: &SegmentReader, leaf: &Predicate) -> Option<u64> {
-    let mut cols = Vec::new();
-    leaf.columns(&mut cols);
-    let [name] = cols.as_slice() else {
-        return None;
-    };
-    let meta = reader.column_meta(reader.column_index(name).ok()?);
-    if matches!(
-        meta.encoding,
-        Encoding::RawStrings | Encoding::MultiValue { .. }
-    ) {
-        return None;
-    }
+    let meta = keyed_leaf_column(reader, leaf)?;
     let (_, set) = leaf_keys(reader, leaf).ok()?;
     let mut docs = 0u64;
     for (b, block) in meta.blocks.iter().enumerate() {
@@ -1146,6 +1135,23 @@ fn leaf_candidate_docs(reader: &SegmentReader, leaf: &Predicate) -> Option<u64> 
         }
     }
     Some(docs)
+}
+
+/// The meta of a comparison leaf's one column when its docs have one key each, ordered like
+/// its values (what zone maps and footer bounds are kept in): `None` for a leaf over several
+/// columns, a column the segment lacks, raw strings and multi-value columns.
+fn keyed_leaf_column<'r>(reader: &'r SegmentReader, leaf: &Predicate) -> Option<&'r ColumnMeta> {
+    let mut cols = Vec::new();
+    leaf.columns(&mut cols);
+    let [name] = cols.as_slice() else {
+        return None;
+    };
+    let meta = reader.column_meta(reader.column_index(name).ok()?);
+    (!matches!(
+        meta.encoding,
+        Encoding::RawStrings | Encoding::MultiValue { .. }
+    ))
+    .then_some(meta)
 }
 
 /// `pred` as it reads on this segment: a comparison, range or IN list that the footer's
@@ -1210,19 +1216,7 @@ fn leaf_constant(
     leaf: &Predicate,
     blocks: Option<&std::ops::Range<usize>>,
 ) -> Option<bool> {
-    let mut cols = Vec::new();
-    leaf.columns(&mut cols);
-    let [name] = cols.as_slice() else {
-        return None;
-    };
-    let c = reader.column_index(name).ok()?;
-    let meta = reader.column_meta(c);
-    if matches!(
-        meta.encoding,
-        Encoding::RawStrings | Encoding::MultiValue { .. }
-    ) {
-        return None;
-    }
+    let meta = keyed_leaf_column(reader, leaf)?;
     // Bounds of the non-null keys (None: no non-null value), null count and doc count.
     let (bounds, nulls, docs) = match blocks {
         None => {
