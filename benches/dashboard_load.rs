@@ -4,7 +4,12 @@
 //!
 //! `cargo bench --bench dashboard_load -- [--rows 10000000] [--data DIR] [--seconds 10]
 //!  [--rates 50,100,200] [--window 5m] [--panels 200] [--no-cache] [--realtime RATE]
-//!  [--protocols postgres,http]`
+//!  [--protocols postgres,http] [--timeline FILE]`
+//!
+//! `--timeline FILE`: every query as a CSV line (protocol, target rate, panel, panel kind,
+//! scheduled Unix time in ms, latency in ms, ok), to line slow queries up with what the
+//! server did at the time; the server's events go to stderr with `RUST_LOG` (e.g.
+//! `RUST_LOG=basalt_ingest=debug` for freezes, chunk merges and seals).
 //!
 //! `--realtime RATE`: the table is a real-time one, fed by the built-in generator at RATE
 //! events/s for the whole run (through the same decode, mutable segment and seal path as
@@ -44,6 +49,7 @@ struct Args {
     realtime: u64,
     postgres: bool,
     http: bool,
+    timeline: Option<std::path::PathBuf>,
 }
 
 fn args() -> Args {
@@ -58,6 +64,7 @@ fn args() -> Args {
         realtime: 0,
         postgres: true,
         http: true,
+        timeline: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -82,6 +89,7 @@ fn args() -> Args {
                 a.postgres = p.contains("postgres");
                 a.http = p.contains("http");
             }
+            "--timeline" => a.timeline = Some(v().into()),
             "--bench" => {}
             _ => {}
         }
@@ -149,6 +157,8 @@ struct Step {
     latencies_ms: Vec<f64>,
     errors: usize,
     elapsed: f64,
+    /// Every query: panel, scheduled Unix time (ms), latency (ms), ok.
+    queries: Vec<(usize, i64, f64, bool)>,
 }
 
 fn pct(sorted: &[f64], p: f64) -> f64 {
@@ -223,14 +233,14 @@ async fn run_step(
         opening.elapsed().as_secs_f64() * 1000.0
     );
     let started = Instant::now() + Duration::from_millis(500);
+    let started_unix_ms = now_ms() + 500;
     let mut tasks = Vec::new();
     for (i, (pg_client, http_client)) in connected.into_iter().enumerate() {
         let http = http.to_string();
         let window = a.window_s;
         let realtime = a.realtime > 0;
         tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            let mut errors = 0;
+            let mut queries = Vec::new();
             let mut n = 0u32;
             loop {
                 let at = started + Duration::from_secs_f64(i as f64 / rate as f64) + period * n;
@@ -264,34 +274,42 @@ async fn run_step(
                         }
                     }
                 };
-                if ok {
-                    lat.push((Instant::now() - at).as_secs_f64() * 1000.0);
-                } else {
-                    errors += 1;
-                }
+                let offset_ms = (at - started).as_millis() as i64;
+                let latency = (Instant::now() - at).as_secs_f64() * 1000.0;
+                queries.push((i, started_unix_ms + offset_ms, latency, ok));
                 n += 1;
             }
-            (lat, errors)
+            queries
         }));
     }
-    let mut all = Vec::new();
-    let mut errors = 0;
+    let mut queries = Vec::new();
     for t in tasks {
-        let (l, e) = t.await.unwrap();
-        all.extend(l);
-        errors += e;
+        queries.extend(t.await.unwrap());
     }
+    let mut all: Vec<f64> = queries.iter().filter(|q| q.3).map(|q| q.2).collect();
+    let errors = queries.iter().filter(|q| !q.3).count();
     let elapsed = (Instant::now() - started).as_secs_f64();
     all.sort_by(|a, b| a.partial_cmp(b).unwrap());
     Step {
         latencies_ms: all,
         errors,
         elapsed,
+        queries,
     }
 }
 
 fn main() {
     let a = args();
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    let mut timeline = a
+        .timeline
+        .as_ref()
+        .map(|p| std::io::BufWriter::new(std::fs::File::create(p).expect("--timeline file")));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -398,13 +416,25 @@ fn main() {
             for &rate in &a.rates {
                 let s = run_step(proto, rate, &a, &http, &pg_addr, newest_ms).await;
                 let l = &s.latencies_ms;
+                let name = match proto {
+                    Protocol::Postgres => "postgres",
+                    Protocol::Http => "http",
+                };
+                if let Some(w) = timeline.as_mut() {
+                    use std::io::Write;
+                    for (panel, at, latency, ok) in &s.queries {
+                        writeln!(
+                            w,
+                            "{name},{rate},{panel},{},{at},{latency:.3},{ok}",
+                            panel % 6
+                        )
+                        .expect("--timeline write");
+                    }
+                    w.flush().expect("--timeline write");
+                }
                 println!(
                     "{:<9} {:>8} {:>10.1} {:>9.1} {:>9.1} {:>9.1} {:>7}",
-                    if proto == Protocol::Postgres {
-                        "postgres"
-                    } else {
-                        "http"
-                    },
+                    name,
                     rate,
                     l.len() as f64 / s.elapsed,
                     pct(l, 0.50),

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::Ctx;
 use crate::error::IngestError;
@@ -153,8 +153,10 @@ fn seal_loop(
                 let _ = outcomes.send(SealOutcome::HandedOver(job.delta, job.part.clone()));
                 break;
             }
+            let began = std::time::Instant::now();
             match seal(ctx, &job) {
                 Ok(segment) => {
+                    info!(table = %ctx.table.spec.name, partition = job.delta.partition, rows = job.part.rows.rows(), elapsed_ms = began.elapsed().as_millis() as u64, "sealed a real-time segment");
                     pending.fetch_sub(1, Ordering::Relaxed);
                     let _ = outcomes.send(SealOutcome::Published {
                         delta: job.delta,

@@ -242,15 +242,22 @@ impl PartialAggregates {
                 key: key.clone(),
             }));
         };
+        let began = std::time::Instant::now();
         {
             let mut done = flight.done.lock();
-            let until = std::time::Instant::now() + FLIGHT_WAIT;
+            let until = began + FLIGHT_WAIT;
             while !*done {
                 if flight.cv.wait_until(&mut done, until).timed_out() {
                     break;
                 }
             }
         }
+        tracing::trace!(
+            segment = key.segment,
+            slice = key.slice,
+            waited_us = began.elapsed().as_micros() as u64,
+            "waited for another query's computation of a slice"
+        );
         match self.get(key, valid) {
             Some(p) => Lookup::Kept(p),
             None => Lookup::Compute(None),
