@@ -10,7 +10,10 @@
 //! chunk merges with its neighbour while the neighbour is at most twice its size), so a
 //! snapshot holds O(log n) chunks and each row is rebuilt O(log n) times before its seal.
 //! Merges run on a thread of their own, outside the lock: a query takes the chunks as they
-//! are and never waits for one (a merge of two 500k-row chunks takes about a second).
+//! are and never waits for one (a merge of two 500k-row chunks takes about a second). Merges
+//! of every part take turns (at most half the cores build them at once, `MergeSlot`), and
+//! an append that leaves `FREEZE_ROWS` rows pending freezes them itself, so rows arriving
+//! while no query runs do not wait for the next one to be built.
 //!
 //! The real-time ingester owns one [`MutablePart`] per source partition — rows and
 //! quarantined messages — rotates it at a seal and retires the old one in the same step that
