@@ -4,12 +4,17 @@
 //!
 //! `cargo bench --bench dashboard_load -- [--rows 10000000] [--data DIR] [--seconds 10]
 //!  [--rates 50,100,200] [--window 5m] [--panels 200] [--no-cache] [--realtime RATE]
-//!  [--protocols postgres,http] [--timeline FILE]`
+//!  [--protocols postgres,http] [--timeline FILE] [--warmup SECONDS]`
 //!
 //! `--timeline FILE`: every query as a CSV line (protocol, target rate, panel, panel kind,
-//! scheduled Unix time in ms, latency in ms, ok), to line slow queries up with what the
-//! server did at the time; the server's events go to stderr with `RUST_LOG` (e.g.
-//! `RUST_LOG=basalt_ingest=debug` for freezes, chunk merges and seals).
+//! scheduled Unix time in ms, latency in ms, ok, step: `warmup` or `measured`), to line slow
+//! queries up with what the server did at the time; the server's events go to stderr with
+//! `RUST_LOG` (e.g. `RUST_LOG=basalt_ingest=debug` for freezes, chunk merges and seals).
+//!
+//! `--warmup SECONDS`: before each protocol's steps, a step of that length at the first
+//! rate, printed on its own line (`warm-up`): a dashboard opened on a freshly loaded or
+//! started server pays for its first computations once, and the steps after it show the
+//! steady state. Without it the first step includes that cost.
 //!
 //! `--realtime RATE`: the table is a real-time one, fed by the built-in generator at RATE
 //! events/s for the whole run (through the same decode, mutable segment and seal path as
@@ -50,6 +55,8 @@ struct Args {
     postgres: bool,
     http: bool,
     timeline: Option<std::path::PathBuf>,
+    /// Seconds of the warm-up step before each protocol's steps (0: none).
+    warmup_s: u64,
 }
 
 fn args() -> Args {
@@ -65,6 +72,7 @@ fn args() -> Args {
         postgres: true,
         http: true,
         timeline: None,
+        warmup_s: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -90,6 +98,7 @@ fn args() -> Args {
                 a.http = p.contains("http");
             }
             "--timeline" => a.timeline = Some(v().into()),
+            "--warmup" => a.warmup_s = v().parse().unwrap(),
             "--bench" => {}
             _ => {}
         }
@@ -97,11 +106,14 @@ fn args() -> Args {
     a
 }
 
+/// How many kinds of panel the dashboard has: panel `i` is of kind `i % PANEL_KINDS`.
+const PANEL_KINDS: usize = 6;
+
 /// The product dashboard's panels, macros expanded as Grafana does, over [from, to].
 fn panel_sql(i: usize, from: &str, to: &str, s: u64) -> String {
     let filter = format!("ts BETWEEN '{from}' AND '{to}'");
     let group = |secs: u64| format!("floor(extract(epoch from ts)/{secs})*{secs} AS \"time\"");
-    match i % 6 {
+    match i % PANEL_KINDS {
         0 => format!("SELECT {}, count(*) / 10.0 AS \"events/s\" FROM events WHERE {filter} GROUP BY 1 ORDER BY 1", group(10)),
         1 => format!("SELECT event_type, count(*) AS events FROM events WHERE {filter} GROUP BY event_type ORDER BY events DESC LIMIT 10"),
         2 => format!("SELECT {}, device AS metric, approx_percentile_cont(latency_ms, 0.95) AS p95 FROM events WHERE {filter} GROUP BY 1, 2 ORDER BY 1, 2", group(60.max(s / 30))),
@@ -154,11 +166,22 @@ enum Protocol {
 }
 
 struct Step {
-    latencies_ms: Vec<f64>,
-    errors: usize,
     elapsed: f64,
     /// Every query: panel, scheduled Unix time (ms), latency (ms), ok.
     queries: Vec<(usize, i64, f64, bool)>,
+}
+
+impl Step {
+    /// Latencies of the queries that succeeded, ascending.
+    fn latencies_ms(&self) -> Vec<f64> {
+        let mut all: Vec<f64> = self.queries.iter().filter(|q| q.3).map(|q| q.2).collect();
+        all.sort_by(|a, b| a.total_cmp(b));
+        all
+    }
+
+    fn errors(&self) -> usize {
+        self.queries.iter().filter(|q| !q.3).count()
+    }
 }
 
 fn pct(sorted: &[f64], p: f64) -> f64 {
@@ -203,6 +226,7 @@ async fn connect(
 async fn run_step(
     proto: Protocol,
     rate: u64,
+    seconds: u64,
     a: &Args,
     http: &str,
     pg_addr: &str,
@@ -211,7 +235,7 @@ async fn run_step(
     let panels = a.panels;
     // Each panel refreshes every panels/rate seconds; panel i starts at offset i/rate.
     let period = Duration::from_secs_f64(panels as f64 / rate as f64);
-    let deadline = Duration::from_secs(a.seconds);
+    let deadline = Duration::from_secs(seconds);
     // Every panel's connection is opened (and used once) before the clock starts: a
     // dashboard's connections are pooled, and 200 connections opened at once would otherwise
     // delay the first refresh of many panels and count as query latency.
@@ -286,16 +310,8 @@ async fn run_step(
     for t in tasks {
         queries.extend(t.await.unwrap());
     }
-    let mut all: Vec<f64> = queries.iter().filter(|q| q.3).map(|q| q.2).collect();
-    let errors = queries.iter().filter(|q| !q.3).count();
     let elapsed = (Instant::now() - started).as_secs_f64();
-    all.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    Step {
-        latencies_ms: all,
-        errors,
-        elapsed,
-        queries,
-    }
+    Step { elapsed, queries }
 }
 
 fn main() {
@@ -413,34 +429,42 @@ fn main() {
         );
         let protocols = [(Protocol::Postgres, a.postgres), (Protocol::Http, a.http)];
         for proto in protocols.iter().filter(|p| p.1).map(|p| p.0) {
-            for &rate in &a.rates {
-                let s = run_step(proto, rate, &a, &http, &pg_addr, newest_ms).await;
-                let l = &s.latencies_ms;
-                let name = match proto {
-                    Protocol::Postgres => "postgres",
-                    Protocol::Http => "http",
-                };
+            let name = match proto {
+                Protocol::Postgres => "postgres",
+                Protocol::Http => "http",
+            };
+            // The warm-up step (if any) at the first rate, then the measured steps.
+            let warmup = a.rates.first().filter(|_| a.warmup_s > 0);
+            let steps = warmup
+                .map(|&r| (r, a.warmup_s, true))
+                .into_iter()
+                .chain(a.rates.iter().map(|&r| (r, a.seconds, false)));
+            for (rate, seconds, warming) in steps {
+                let s = run_step(proto, rate, seconds, &a, &http, &pg_addr, newest_ms).await;
+                let l = s.latencies_ms();
+                let step = if warming { "warmup" } else { "measured" };
                 if let Some(w) = timeline.as_mut() {
                     use std::io::Write;
                     for (panel, at, latency, ok) in &s.queries {
                         writeln!(
                             w,
-                            "{name},{rate},{panel},{},{at},{latency:.3},{ok}",
-                            panel % 6
+                            "{name},{rate},{panel},{},{at},{latency:.3},{ok},{step}",
+                            panel % PANEL_KINDS
                         )
                         .expect("--timeline write");
                     }
                     w.flush().expect("--timeline write");
                 }
                 println!(
-                    "{:<9} {:>8} {:>10.1} {:>9.1} {:>9.1} {:>9.1} {:>7}",
+                    "{:<9} {:>8} {:>10.1} {:>9.1} {:>9.1} {:>9.1} {:>7}{}",
                     name,
                     rate,
                     l.len() as f64 / s.elapsed,
-                    pct(l, 0.50),
-                    pct(l, 0.99),
+                    pct(&l, 0.50),
+                    pct(&l, 0.99),
                     l.last().copied().unwrap_or(f64::NAN),
-                    s.errors
+                    s.errors(),
+                    if warming { "  (warm-up)" } else { "" }
                 );
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }

@@ -38,7 +38,8 @@ pub use builder::{build_segment, keeps_dictionary, string_dictionary_type, Build
 pub use error::{Result, SegmentError};
 pub use layout::FORMAT_VERSION;
 pub use predicate::{
-    candidate_docs, evaluate, may_match, simplify_for, simplify_for_blocks, CmpOp, Predicate,
+    candidate_docs, evaluate, may_match, scanned_docs, simplify_for, simplify_for_blocks, CmpOp,
+    Predicate,
 };
 pub use reader::SegmentReader;
 pub use roaring::RoaringBitmap;

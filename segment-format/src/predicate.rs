@@ -1119,6 +1119,53 @@ pub fn candidate_docs(reader: &SegmentReader, pred: &Predicate) -> u64 {
     }
 }
 
+/// At most how many docs evaluating `pred` on the segment decodes and tests, judged from the
+/// footer only: a comparison, range or IN list on a column with zone maps and no index counts
+/// the blocks its zone maps can match but do not cover whole (a covered block is taken whole,
+/// unread; sorted runs answer without reading a block), an AND or OR the sum of its children,
+/// `NOT` its child. An indexed column counts what [`candidate_docs`] does (postings to
+/// union); anything else every doc. For sizing the work of a query that needs nothing per
+/// doc but the doc set (a count), never for answering.
+pub fn scanned_docs(reader: &SegmentReader, pred: &Predicate) -> u64 {
+    let rows = reader.row_count() as u64;
+    match pred {
+        Predicate::Const(_) => 0,
+        Predicate::And(v) | Predicate::Or(v) => v
+            .iter()
+            .map(|p| scanned_docs(reader, p))
+            .fold(0u64, |a, b| a.saturating_add(b)),
+        Predicate::Not(p) => scanned_docs(reader, p),
+        Predicate::Compare { .. } | Predicate::Between { .. } | Predicate::InList { .. } => {
+            leaf_scanned_docs(reader, pred).unwrap_or(rows)
+        }
+        _ => rows,
+    }
+}
+
+/// [`scanned_docs`] of a comparison leaf; `None` when its column has no key zone maps or the
+/// leaf does not compile.
+fn leaf_scanned_docs(reader: &SegmentReader, leaf: &Predicate) -> Option<u64> {
+    let meta = keyed_leaf_column(reader, leaf)?;
+    if meta.sorted_runs.is_some() {
+        return Some(0);
+    }
+    if meta.inverted.is_some() || meta.range.is_some() {
+        return leaf_candidate_docs(reader, leaf);
+    }
+    let (_, set) = leaf_keys(reader, leaf).ok()?;
+    let mut docs = 0u64;
+    for (b, block) in meta.blocks.iter().enumerate() {
+        // A block without a zone map is all nulls: skipped unread.
+        if let Some(z) = block.zone {
+            let whole = covers(&set, z.min, z.max) && block.null_count == 0;
+            if intersects(&set, z.min, z.max) && !whole {
+                docs += reader.block_len(b) as u64;
+            }
+        }
+    }
+    Some(docs)
+}
+
 /// The docs of the blocks whose zone maps a comparison leaf can match; `None` when the
 /// leaf's column has no key zone maps (raw strings, multi-value) or the leaf does not
 /// compile.

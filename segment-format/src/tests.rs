@@ -15,7 +15,8 @@ use proptest::prelude::*;
 use crate::builder::{build_segment, BuildOptions};
 use crate::like::sql_like;
 use crate::predicate::{
-    candidate_docs, evaluate, may_match, simplify_for, simplify_for_blocks, CmpOp, Predicate,
+    candidate_docs, evaluate, evaluate_with_stats, may_match, scanned_docs, simplify_for,
+    simplify_for_blocks, CmpOp, EvalStats, Predicate,
 };
 use crate::reader::SegmentReader;
 use crate::types::{ColumnDef, ColumnType, IndexKind, SegmentSchema, Value};
@@ -514,6 +515,18 @@ proptest! {
             let bound = candidate_docs(&r, p);
             prop_assert!(bound >= want.len() as u64, "{:?}: {} candidate docs, {} match", p, bound, want.len());
             prop_assert!(bound <= r.row_count() as u64);
+            // `scanned_docs` bounds the docs of the blocks the evaluation decoded. Each leaf
+            // decodes a block at most once, so at most one block per leaf is the segment's
+            // last, shorter one; every other holds 16 docs.
+            let mut stats = EvalStats::default();
+            evaluate_with_stats(&r, p, &mut stats).unwrap();
+            let decoded = stats.blocks_scanned;
+            let rows = r.row_count() as u64;
+            let last = rows - rows.saturating_sub(1) / 16 * 16;
+            let short = decoded.min(leaves(p));
+            let least = (decoded - short) * 16 + short * last;
+            let scanned = scanned_docs(&r, p);
+            prop_assert!(scanned >= least, "{:?}: {} blocks decoded, {} docs sized", p, decoded, scanned);
             // Read against this segment's bounds, it selects the same docs.
             let simple = simplify_for(&r, p);
             let got: Vec<u32> = evaluate(&r, &simple).unwrap().iter().collect();
@@ -799,23 +812,34 @@ fn sorted_column_is_sorted_and_has_runs() {
     assert_eq!(got.min(), Some(60));
 }
 
-#[test]
-fn candidate_docs_count_the_blocks_zone_maps_admit() {
+/// 100 rows, `n` and `l` numbering them 0..100 (stored in that order, blocks of 16), `s` a
+/// word.
+fn numbered_segment() -> SegmentReader {
     let rows: Vec<Row> = (0..100)
         .map(|i| {
             let mut r = vec![None; 9];
             r[0] = Some(V::S(WORDS[i % WORDS.len()].to_string()));
+            r[3] = Some(V::I(i as i64));
             r[7] = Some(V::I(i as i64));
             r
         })
         .collect();
     let bytes = build_segment(&schema(), &[to_batch(&rows)], &opts()).unwrap();
-    let r = SegmentReader::open(Bytes::from(bytes)).unwrap();
-    let n = |op, v| Predicate::Compare {
-        column: "n".into(),
+    SegmentReader::open(Bytes::from(bytes)).unwrap()
+}
+
+fn compare(column: &str, op: CmpOp, v: i64) -> Predicate {
+    Predicate::Compare {
+        column: column.into(),
         op,
         value: Value::Int(v),
-    };
+    }
+}
+
+#[test]
+fn candidate_docs_count_the_blocks_zone_maps_admit() {
+    let r = numbered_segment();
+    let n = |op, v| compare("n", op, v);
     // Blocks of 16: 80..96 and the last, 96..100.
     assert_eq!(candidate_docs(&r, &n(CmpOp::GtEq, 90)), 20);
     assert_eq!(candidate_docs(&r, &n(CmpOp::Lt, 0)), 0);
@@ -838,6 +862,54 @@ fn candidate_docs_count_the_blocks_zone_maps_admit() {
         candidate_docs(&r, &Predicate::Not(Box::new(n(CmpOp::Lt, 0)))),
         100
     );
+}
+
+/// Leaves of `p`: the most passes its evaluation makes over a segment's blocks.
+fn leaves(p: &Predicate) -> u64 {
+    match p {
+        Predicate::And(v) | Predicate::Or(v) => v.iter().map(leaves).sum(),
+        Predicate::Not(p) => leaves(p),
+        Predicate::Const(_) => 0,
+        _ => 1,
+    }
+}
+
+#[test]
+fn scanned_docs_count_the_blocks_a_range_cuts() {
+    let r = numbered_segment();
+    // `l` has zone maps and no index; blocks of 16.
+    let l = |op, v| compare("l", op, v);
+    // 80..96 is cut at 90 and decoded; 96..100 is covered whole and counted unread.
+    assert_eq!(scanned_docs(&r, &l(CmpOp::GtEq, 90)), 16);
+    assert_eq!(candidate_docs(&r, &l(CmpOp::GtEq, 90)), 20);
+    // A range on block edges decodes nothing.
+    assert_eq!(scanned_docs(&r, &l(CmpOp::GtEq, 80)), 0);
+    assert_eq!(scanned_docs(&r, &l(CmpOp::Lt, 0)), 0);
+    assert_eq!(scanned_docs(&r, &l(CmpOp::GtEq, 0)), 0);
+    // Each child of an AND or OR is evaluated: their scans add up.
+    let both = Predicate::And(vec![l(CmpOp::GtEq, 90), l(CmpOp::Lt, 10)]);
+    assert_eq!(scanned_docs(&r, &both), 32);
+    let either = Predicate::Or(vec![l(CmpOp::GtEq, 90), l(CmpOp::Lt, 10)]);
+    assert_eq!(scanned_docs(&r, &either), 32);
+    assert_eq!(
+        scanned_docs(&r, &Predicate::Not(Box::new(l(CmpOp::GtEq, 90)))),
+        16
+    );
+    assert_eq!(scanned_docs(&r, &Predicate::Const(true)), 0);
+    // What zone maps cannot judge counts every doc.
+    let like = Predicate::Like {
+        column: "s".into(),
+        pattern: "%a%".into(),
+        negated: false,
+        case_insensitive: false,
+    };
+    assert_eq!(scanned_docs(&r, &like), 100);
+    // What the evaluator decodes agrees.
+    for (p, decoded) in [(l(CmpOp::GtEq, 90), 1), (l(CmpOp::GtEq, 80), 0)] {
+        let mut stats = EvalStats::default();
+        evaluate_with_stats(&r, &p, &mut stats).unwrap();
+        assert_eq!(stats.blocks_scanned, decoded, "{p:?}");
+    }
 }
 
 #[test]

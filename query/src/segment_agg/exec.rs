@@ -28,7 +28,8 @@ use basalt_segment::layout::Encoding;
 use basalt_segment::predicate::{evaluate_with_stats, EvalStats};
 use basalt_segment::reader::{null_positions, Dictionary};
 use basalt_segment::{
-    candidate_docs, may_match, simplify_for, simplify_for_blocks, Predicate, SegmentReader,
+    candidate_docs, may_match, scanned_docs, simplify_for, simplify_for_blocks, Predicate,
+    SegmentReader,
 };
 use datafusion::common::stats::Precision;
 use datafusion::common::Statistics;
@@ -365,8 +366,9 @@ impl ExecutionPlan for SegmentAggregateExec {
             // planning on the query threads. Shares whose segments the predicate leaves few
             // docs to read in (`INLINE_DOCS` together, from zone maps and bloom filters)
             // run here instead, without waking a thread and waiting for it (two wake-ups,
-            // ~50-60 µs each on two cores): a range of the last seconds, or a segment the
-            // predicate rules out (no work at all).
+            // ~50-60 µs each on two cores): a range of the last seconds, a count whose time
+            // range cuts a block or two (the blocks it covers are counted unread), or a
+            // segment the predicate rules out (no work at all).
             // Not when parts are reused: a segment a bloom filter rules out still looks its
             // slices up, and may wait (up to `FLIGHT_WAIT`) for one another query computes.
             // (Running the last share here whatever its size let a heavy aggregation hold a
@@ -480,8 +482,10 @@ const INLINE_DOCS: u64 = 4 * 8192;
 
 /// At most how many docs a worker given segments `segs` reads: the docs the scan's
 /// predicate can select there, from footer statistics, bloom filters and zone maps
-/// (`may_match`, `candidate_docs`); every doc without a predicate. `None` when a join's
-/// dynamic filter reaches the scan (its selectivity is known only once its build is done).
+/// (`may_match`, `candidate_docs`); every doc without a predicate. A count without keys
+/// reads no doc it selects, only what its predicate decodes (`scanned_docs`: the blocks a
+/// time range cuts, none without a predicate). `None` when a join's dynamic filter reaches
+/// the scan (its selectivity is known only once its build is done).
 fn candidate_docs_of(job: &Job, segs: &[usize]) -> Option<u64> {
     let scan = job.scan();
     let snap = scan.snapshot();
@@ -495,9 +499,11 @@ fn candidate_docs_of(job: &Job, segs: &[usize]) -> Option<u64> {
     for &i in segs {
         let seg = &snap.segments[i];
         docs = docs.saturating_add(match scan.predicate() {
+            None if job.count_only => 0,
             None => seg.row_count() as u64,
             Some(p) => match may_match(seg, p) {
                 Ok(false) => 0,
+                _ if job.count_only => scanned_docs(seg, p),
                 _ => candidate_docs(seg, p),
             },
         });
