@@ -439,6 +439,44 @@ impl SegmentReader {
         .map(Some)
     }
 
+    /// Per dictionary id of the single-value column `col`, how many of `docs` (every doc
+    /// when `None`) hold that value, from the index alone: each id's sorted run, or its
+    /// inverted index entry. No row is read. `None` when the column has no dictionary, or
+    /// neither sorted runs nor an inverted index over every id. Costs one entry decoded per
+    /// id: for columns of few values.
+    pub fn value_counts(
+        &self,
+        col: usize,
+        docs: Option<&RoaringBitmap>,
+    ) -> Result<Option<Vec<u64>>> {
+        let Encoding::Dictionary { cardinality, .. } = &self.footer.columns[col].encoding else {
+            return Ok(None);
+        };
+        let ids = *cardinality as usize;
+        if let Some(starts) = self.sorted_runs(col)? {
+            let counts = starts.windows(2).map(|w| match docs {
+                None => (w[1] - w[0]) as u64,
+                Some(d) => d.range_cardinality(w[0]..w[1]),
+            });
+            return Ok(Some(counts.collect()));
+        }
+        let Some(table) = self.inverted(col)? else {
+            return Ok(None);
+        };
+        if Self::table_len(&table) != ids {
+            return Ok(None);
+        }
+        let mut counts = Vec::with_capacity(ids);
+        for id in 0..ids {
+            let posting = self.table_bitmap(&table, id)?;
+            counts.push(match docs {
+                None => posting.len(),
+                Some(d) => posting.intersection_len(d),
+            });
+        }
+        Ok(Some(counts))
+    }
+
     pub(crate) fn inverted(&self, col: usize) -> Result<Option<Arc<BitmapTable>>> {
         let meta = &self.footer.columns[col];
         let Some(s) = &meta.inverted else {

@@ -422,6 +422,43 @@ fn predicate() -> impl Strategy<Value = Predicate> {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
+    /// Counts per value from the indexes (`s`'s inverted index, `n`'s sorted runs when it is
+    /// dictionary-encoded) equal the ids the rows' blocks hold, over every doc and a subset.
+    #[test]
+    fn value_counts_match_the_rows(
+        rows in prop::collection::vec(row_strategy(), 0..120),
+        pick in prop::collection::vec(any::<bool>(), 120),
+    ) {
+        let bytes = build_segment(&schema(), &[to_batch(&rows)], &opts()).unwrap();
+        let r = SegmentReader::open(Bytes::from(bytes)).unwrap();
+        let all: Vec<u32> = (0..rows.len() as u32).collect();
+        let some: roaring::RoaringBitmap = all.iter().copied().filter(|&d| pick[d as usize]).collect();
+        for name in ["s", "n", "s2"] {
+            let c = r.column_index(name).unwrap();
+            let Some(ids) = r.read_ids(c, &all).unwrap() else {
+                prop_assert!(r.value_counts(c, None).unwrap().is_none());
+                continue;
+            };
+            let nulls = r.nulls(c).unwrap();
+            let cardinality = r.dictionary(c).unwrap().map_or(0, |d| d.len());
+            let m = r.column_meta(c);
+            let indexed = m.sorted_runs.is_some() || m.inverted.is_some();
+            for docs in [None, Some(&some)] {
+                let got = r.value_counts(c, docs).unwrap();
+                prop_assert_eq!(got.is_some(), indexed, "{} has an index", name);
+                let Some(got) = got else { continue };
+                let mut want = vec![0u64; cardinality];
+                for (d, &id) in ids.iter().enumerate() {
+                    let d = d as u32;
+                    if !nulls.contains(d) && docs.is_none_or(|s| s.contains(d)) {
+                        want[id as usize] += 1;
+                    }
+                }
+                prop_assert_eq!(&got, &want, "{} over {:?}", name, docs);
+            }
+        }
+    }
+
     #[test]
     fn round_trip_every_column(rows in prop::collection::vec(row_strategy(), 0..150)) {
         let bytes = build_segment(&schema(), &[to_batch(&rows)], &opts()).unwrap();

@@ -435,6 +435,16 @@ impl ExecutionPlan for SegmentAggregateExec {
     }
 }
 
+/// A grouped count reads its key column's index instead of its rows ([`Worker::
+/// counts_from_index`]) when the segment's dictionary has at most this many values, the
+/// docs matched are at least [`INDEX_COUNT_DOCS_PER_VALUE`] per value, and at least half the
+/// segment's docs match. Each value's index entry is decoded whole, whatever share of its
+/// docs match: over a whole segment (release build, 10M events, 1M-row segments) the 30
+/// event types' entries took 0.44x the time of reading the rows' ids, but 200 countries'
+/// entries over the ~29% of a segment 5 minutes cover took 1.24x.
+const INDEX_COUNT_VALUES: usize = 4096;
+const INDEX_COUNT_DOCS_PER_VALUE: u64 = 256;
+
 /// Fewest entries of a GROUP BY key's largest segment dictionary for which workers split the
 /// key's values instead of the segments.
 const SPLIT_KEYS: u32 = 1 << 16;
@@ -1000,6 +1010,9 @@ impl Worker {
             // Only count(*) without keys (see the rule): the bitmap's cardinality is the count.
             return self.add_row_count(matched.len());
         }
+        if rows.is_none() && self.counts_from_index(job, seg, &matched)? {
+            return Ok(());
+        }
         let mut reading = Reading::new(matched, rows, seen_generation);
         self.blocks(job, seg, &mut reading, 0..block_count(seg), cancel)
     }
@@ -1464,6 +1477,15 @@ impl Worker {
                 }
             }
         }
+        // Every doc matches and the key's index can count them: nothing to keep per slice.
+        if predicate.is_none()
+            && valid.is_none()
+            && self
+                .index_countable(job, seg, seg.row_count() as u64)?
+                .is_some()
+        {
+            return self.segment(job, seg, valid, cancel);
+        }
         let blocks = block_count(seg);
         // The segment's matched docs, evaluated at the first slice not kept.
         let mut reading: Option<Option<Reading>> = None;
@@ -1682,6 +1704,103 @@ impl Worker {
         let size = self.size();
         self.reservation.try_resize(size)?;
         Ok(true)
+    }
+
+    /// `count(*)` (and nothing else) grouped by one dictionary column that has sorted runs or
+    /// an inverted index: each group's count is how many matched docs its value's index entry
+    /// holds ([`SegmentReader::value_counts`]), added through the counts' state; no row is
+    /// read. Only for columns of few values against the docs matched, since each value's
+    /// entry is decoded ([`INDEX_COUNT_VALUES`], [`INDEX_COUNT_DOCS_PER_VALUE`]). Returns
+    /// whether it answered the segment.
+    fn counts_from_index(
+        &mut self,
+        job: &Job,
+        seg: &SegmentReader,
+        matched: &Matched,
+    ) -> DfResult<bool> {
+        let Some((seg_col, dict)) = self.index_countable(job, seg, matched.len())? else {
+            return Ok(false);
+        };
+        let docs = match matched {
+            Matched::All(_) => None,
+            Matched::Some(bm) => Some(bm),
+        };
+        let Some(counts) = seg.value_counts(seg_col, docs).map_err(ext)? else {
+            return Ok(false);
+        };
+        let nulls = seg.nulls(seg_col).map_err(ext)?;
+        let null_docs = match docs {
+            None => nulls.len(),
+            Some(d) => nulls.intersection_len(d),
+        };
+        let mut key_ids = vec![u32::MAX; dict.len()];
+        let mut groups = Vec::with_capacity(counts.len() + 1);
+        let mut states = Vec::with_capacity(counts.len() + 1);
+        let values = counts
+            .iter()
+            .enumerate()
+            .map(|(id, &n)| (Some(id as u32), n));
+        for (id, n) in values.chain(std::iter::once((None, null_docs))) {
+            if n > 0 {
+                let key = Self::dict_key(&mut self.keys[0], &dict, &mut key_ids, id, None)?;
+                groups.push(key as usize);
+                states.push(n as i64);
+            }
+        }
+        // An index answered the segment (what its stats say).
+        job.scan()
+            .stats()
+            .index_lookups
+            .fetch_add(1, Ordering::Relaxed);
+        // One key: its key id is the group id.
+        self.groups.set_single_len(self.keys[0].len());
+        let total = self.groups.len();
+        let state: ArrayRef = Arc::new(Int64Array::from(states));
+        for acc in self.accs.iter_mut() {
+            acc.merge_batch(std::slice::from_ref(&state), &groups, None, total)?;
+        }
+        self.fed = true;
+        let size = self.size();
+        self.reservation.try_resize(size)?;
+        Ok(true)
+    }
+
+    /// The key column and its dictionary when [`Self::counts_from_index`] can answer this
+    /// segment with `docs` docs matched: only `count(*)`, one dictionary key of few values
+    /// for the docs, most of the segment matched, this worker holding every key (not a part
+    /// of them), no join's filter.
+    /// (Whether the column has the index is known once its counts are asked for.)
+    fn index_countable(
+        &self,
+        job: &Job,
+        seg: &SegmentReader,
+        docs: u64,
+    ) -> DfResult<Option<(usize, Arc<Dictionary>)>> {
+        let [GroupKey {
+            expr: KeyExpr::Column { seg_col },
+            ..
+        }] = job.keys.as_slice()
+        else {
+            return Ok(None);
+        };
+        if !job.row_counts.iter().all(|&c| c)
+            || self.part.is_some()
+            || self.sorted_ids.is_some()
+            || self.next_ids.is_some()
+            || job.scan().has_dynamic_filters()
+        {
+            return Ok(None);
+        }
+        let Some(dict) = seg.dictionary(*seg_col).map_err(ext)? else {
+            return Ok(None);
+        };
+        if dict.len() > INDEX_COUNT_VALUES
+            || dict.len() as u64 * INDEX_COUNT_DOCS_PER_VALUE > docs
+            || docs * 2 < seg.row_count() as u64
+        {
+            return Ok(None);
+        }
+        Ok(Some((*seg_col, dict)))
     }
 
     /// Adds `n` rows to every count(*) aggregate of a query without GROUP BY, through their
