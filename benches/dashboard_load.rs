@@ -26,7 +26,8 @@
 //! each protocol and target rate opens one connection per panel and runs the product
 //! dashboard's panel queries (events per second, top event types, p95 latency by device,
 //! revenue per minute, active users, events in range) as Grafana expands them over the last
-//! `--window` of data. Prints p50/p99 latency, queries/s completed and errors per step.
+//! `--window` of data. Prints p50/p99 latency, queries/s completed and errors per step, and
+//! the messages the failed queries got.
 //! `--no-cache` turns the result cache off: every query computes, as over a real-time table.
 
 use std::sync::Arc;
@@ -167,20 +168,38 @@ enum Protocol {
 
 struct Step {
     elapsed: f64,
-    /// Every query: panel, scheduled Unix time (ms), latency (ms), ok.
-    queries: Vec<(usize, i64, f64, bool)>,
+    /// Every query: panel, scheduled Unix time (ms), latency (ms), and its error if it
+    /// failed.
+    queries: Vec<(usize, i64, f64, Option<String>)>,
 }
 
 impl Step {
     /// Latencies of the queries that succeeded, ascending.
     fn latencies_ms(&self) -> Vec<f64> {
-        let mut all: Vec<f64> = self.queries.iter().filter(|q| q.3).map(|q| q.2).collect();
+        let mut all: Vec<f64> = self
+            .queries
+            .iter()
+            .filter(|q| q.3.is_none())
+            .map(|q| q.2)
+            .collect();
         all.sort_by(|a, b| a.total_cmp(b));
         all
     }
 
     fn errors(&self) -> usize {
-        self.queries.iter().filter(|q| !q.3).count()
+        self.queries.iter().filter(|q| q.3.is_some()).count()
+    }
+
+    /// Each distinct error message and how many queries failed with it, most frequent first.
+    fn error_kinds(&self) -> Vec<(usize, String)> {
+        let mut by: std::collections::BTreeMap<&str, usize> = Default::default();
+        for e in self.queries.iter().filter_map(|q| q.3.as_deref()) {
+            *by.entry(e).or_default() += 1;
+        }
+        let mut kinds: Vec<(usize, String)> =
+            by.into_iter().map(|(e, n)| (n, e.to_string())).collect();
+        kinds.sort_by_key(|k| std::cmp::Reverse(k.0));
+        kinds
     }
 }
 
@@ -280,8 +299,15 @@ async fn run_step(
                     }
                 };
                 let sql = panel_sql(i, &rfc3339(to - window as i64 * 1000), &rfc3339(to), window);
-                let ok = match &pg_client {
-                    Some(c) => c.simple_query(&sql).await.is_ok(),
+                let error = match &pg_client {
+                    Some(c) => c
+                        .simple_query(&sql)
+                        .await
+                        .err()
+                        .map(|e| match e.as_db_error() {
+                            Some(db) => format!("{}: {}", db.code().code(), db.message()),
+                            None => e.to_string(),
+                        }),
                     None => {
                         let r = http_client
                             .post(format!("{http}/query/sql"))
@@ -289,18 +315,18 @@ async fn run_step(
                             .send()
                             .await;
                         match r {
-                            Ok(r) => r
-                                .json::<serde_json::Value>()
-                                .await
-                                .map(|v| v["exceptions"] == serde_json::json!([]))
-                                .unwrap_or(false),
-                            Err(_) => false,
+                            Ok(r) => match r.json::<serde_json::Value>().await {
+                                Ok(v) if v["exceptions"] == serde_json::json!([]) => None,
+                                Ok(v) => Some(format!("{}{}", v["exceptions"], v["error"])),
+                                Err(e) => Some(e.to_string()),
+                            },
+                            Err(e) => Some(e.to_string()),
                         }
                     }
                 };
                 let offset_ms = (at - started).as_millis() as i64;
                 let latency = (Instant::now() - at).as_secs_f64() * 1000.0;
-                queries.push((i, started_unix_ms + offset_ms, latency, ok));
+                queries.push((i, started_unix_ms + offset_ms, latency, error));
                 n += 1;
             }
             queries
@@ -445,7 +471,8 @@ fn main() {
                 let step = if warming { "warmup" } else { "measured" };
                 if let Some(w) = timeline.as_mut() {
                     use std::io::Write;
-                    for (panel, at, latency, ok) in &s.queries {
+                    for (panel, at, latency, error) in &s.queries {
+                        let ok = error.is_none();
                         writeln!(
                             w,
                             "{name},{rate},{panel},{},{at},{latency:.3},{ok},{step}",
@@ -466,6 +493,10 @@ fn main() {
                     s.errors(),
                     if warming { "  (warm-up)" } else { "" }
                 );
+                // Failed queries never pass silently: what they failed with.
+                for (n, e) in s.error_kinds().iter().take(5) {
+                    println!("  {n} failed with: {e}");
+                }
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }
         }
