@@ -1,7 +1,8 @@
 //! Segments' aggregation parts reused across queries ([`crate::segment_agg::PartialAggregates`]):
 //! the answers equal DataFusion's over the same rows whether the parts were computed or
-//! reused, a moving time range reuses exactly the segments it covers whole, and a change of
-//! an upsert segment's valid docs recomputes exactly that segment.
+//! reused, a moving time range reuses exactly the segments it covers whole, a change of an
+//! upsert segment's valid docs recomputes exactly that segment, and counts taken from an
+//! index leave keys without one to their kept parts.
 
 use std::sync::Arc;
 
@@ -255,4 +256,60 @@ async fn a_moving_range_recomputes_only_the_slices_it_cuts() {
     // Scanned: the range's 1,800 rows but those of the slices reused.
     let reused: usize = covered.iter().map(|(lo, hi)| hi - lo + 1).sum();
     assert_eq!(out.stats.num_docs_scanned, (1800 - reused) as u64);
+}
+
+/// Where parts are kept, a count grouped by a column with an inverted index (`city`) over
+/// segments it covers whole is counted from the index (nothing to keep), while one grouped by
+/// a column without an index (`n`) still keeps its slices' parts and reuses them: the index
+/// path never makes an unindexed column's rows be read again at every refresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_from_the_index_leave_unindexed_keys_to_their_kept_parts() {
+    let mut rng = StdRng::seed_from_u64(0x1DE7);
+    let opts = BuildOptions {
+        block_rows: 256,
+        ..BuildOptions::default()
+    };
+    let mut schema = schema();
+    schema.columns[3] = ColumnDef::new("n", ColumnType::Int);
+    let per_segment = 6_000;
+    let batches: Vec<_> = (0..2)
+        .map(|s| batch(&mut rng, per_segment, T0 + (s * per_segment) as i64 * 1000))
+        .collect();
+    let segments = batches
+        .iter()
+        .map(|b| {
+            let bytes = build_segment(&schema, std::slice::from_ref(b), &opts).unwrap();
+            Arc::new(SegmentReader::open(Bytes::from(bytes)).unwrap())
+        })
+        .collect();
+    let table = Arc::new(Table(Mutex::new(TableSnapshot {
+        name: "t".into(),
+        schema,
+        segments,
+        valid: Vec::new(),
+    })));
+    let engine = QueryEngine::new(table)
+        .with_partial_cache(PartialAggregates::new(64 << 20).with_min_rows(0));
+    let reference = SessionContext::new();
+    let mem = MemTable::try_new(batches[0].schema(), vec![batches.clone()]).unwrap();
+    reference.register_table("t", Arc::new(mem)).unwrap();
+    let l = QueryLimits::default();
+    let slices = per_segment
+        .div_ceil(256)
+        .div_ceil(crate::segment_agg::SLICE_BLOCKS) as u64;
+
+    let by_city = "SELECT city, count(*) FROM t GROUP BY city";
+    for _ in 0..2 {
+        let out = engine.execute(by_city, &l).await.unwrap();
+        assert_eq!(render(&out.batches), rows(&reference, by_city).await);
+        assert_eq!(out.stats.index_lookups, 2, "counted from the index");
+        assert_eq!(out.stats.num_segments_from_cache, 0, "nothing kept");
+    }
+    let by_n = "SELECT n, count(*) FROM t GROUP BY n";
+    let (got, reused) = run(&engine, by_n, &l).await;
+    assert_eq!(got, rows(&reference, by_n).await);
+    assert_eq!(reused, 0);
+    let (got, reused) = run(&engine, by_n, &l).await;
+    assert_eq!(got, rows(&reference, by_n).await);
+    assert_eq!(reused, 2 * slices, "every slice's part reused");
 }

@@ -1766,10 +1766,11 @@ impl Worker {
     }
 
     /// The key column and its dictionary when [`Self::counts_from_index`] can answer this
-    /// segment with `docs` docs matched: only `count(*)`, one dictionary key of few values
-    /// for the docs, most of the segment matched, this worker holding every key (not a part
-    /// of them), no join's filter.
-    /// (Whether the column has the index is known once its counts are asked for.)
+    /// segment with `docs` docs matched: only `count(*)`, one dictionary key with sorted runs
+    /// or an inverted index and few values for the docs, most of the segment matched, this
+    /// worker holding every key (not a part of them), no join's filter. (A column without
+    /// either must not take this path where parts are kept: its rows would be read again at
+    /// every query instead of its slices' parts reused.)
     fn index_countable(
         &self,
         job: &Job,
@@ -1789,6 +1790,10 @@ impl Worker {
             || self.next_ids.is_some()
             || job.scan().has_dynamic_filters()
         {
+            return Ok(None);
+        }
+        let meta = seg.column_meta(*seg_col);
+        if meta.sorted_runs.is_none() && meta.inverted.is_none() {
             return Ok(None);
         }
         let Some(dict) = seg.dictionary(*seg_col).map_err(ext)? else {
