@@ -358,7 +358,7 @@ impl MutableSegment {
     /// all appended rows (what the valid docs of an upsert table are numbered by).
     ///
     /// Freezes the pending rows into a chunk; merging chunks is left to a thread of its own
-    /// ([`merge_chunks`]), so a query never waits for a large merge (it sees the chunks as
+    /// (`merge_chunks`), so a query never waits for a large merge (it sees the chunks as
     /// they are until the merged one replaces them).
     pub fn snapshot_chunks(&self) -> Result<Vec<(Arc<SegmentReader>, u32)>> {
         let mut st = self.state.lock();
