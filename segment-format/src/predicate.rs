@@ -1149,36 +1149,34 @@ fn leaf_scanned_docs(reader: &SegmentReader, leaf: &Predicate) -> Option<u64> {
     if meta.sorted_runs.is_some() {
         return Some(0);
     }
-    if meta.inverted.is_some() || meta.range.is_some() {
-        return leaf_candidate_docs(reader, leaf);
-    }
-    let (_, set) = leaf_keys(reader, leaf).ok()?;
-    let mut docs = 0u64;
-    for (b, block) in meta.blocks.iter().enumerate() {
-        // A block without a zone map is all nulls: skipped unread.
-        if let Some(z) = block.zone {
-            let whole = covers(&set, z.min, z.max) && block.null_count == 0;
-            if intersects(&set, z.min, z.max) && !whole {
-                docs += reader.block_len(b) as u64;
-            }
-        }
-    }
-    Some(docs)
+    let indexed = meta.inverted.is_some() || meta.range.is_some();
+    // Unindexed, a block the set covers whole (no nulls) is taken unread.
+    zone_map_docs(reader, meta, leaf, !indexed)
 }
 
 /// The docs of the blocks whose zone maps a comparison leaf can match; `None` when the
 /// leaf's column has no key zone maps (raw strings, multi-value) or the leaf does not
 /// compile.
 fn leaf_candidate_docs(reader: &SegmentReader, leaf: &Predicate) -> Option<u64> {
-    let meta = keyed_leaf_column(reader, leaf)?;
+    zone_map_docs(reader, keyed_leaf_column(reader, leaf)?, leaf, false)
+}
+
+/// The docs of the blocks of `meta` (the leaf's column) whose zone maps the leaf's key set
+/// can match, leaving out, when `skip_covered`, blocks it covers whole and that hold no null.
+/// A block without a zone map is all nulls, which no comparison selects: never counted.
+fn zone_map_docs(
+    reader: &SegmentReader,
+    meta: &ColumnMeta,
+    leaf: &Predicate,
+    skip_covered: bool,
+) -> Option<u64> {
     let (_, set) = leaf_keys(reader, leaf).ok()?;
     let mut docs = 0u64;
     for (b, block) in meta.blocks.iter().enumerate() {
-        // A block without a zone map is all nulls, which no comparison selects.
-        if let Some(z) = block.zone {
-            if intersects(&set, z.min, z.max) {
-                docs += reader.block_len(b) as u64;
-            }
+        let Some(z) = block.zone else { continue };
+        let covered = skip_covered && block.null_count == 0 && covers(&set, z.min, z.max);
+        if intersects(&set, z.min, z.max) && !covered {
+            docs += reader.block_len(b) as u64;
         }
     }
     Some(docs)

@@ -538,7 +538,8 @@ proptest! {
         let r = SegmentReader::open(Bytes::from(bytes)).unwrap();
         let stored = stored_order(&rows);
         for p in &preds {
-            let got: Vec<u32> = evaluate(&r, p).unwrap().iter().collect();
+            let mut stats = EvalStats::default();
+            let got: Vec<u32> = evaluate_with_stats(&r, p, &mut stats).unwrap().iter().collect();
             let want: Vec<u32> = stored
                 .iter()
                 .enumerate()
@@ -555,8 +556,6 @@ proptest! {
             // `scanned_docs` bounds the docs of the blocks the evaluation decoded. Each leaf
             // decodes a block at most once, so at most one block per leaf is the segment's
             // last, shorter one; every other holds 16 docs.
-            let mut stats = EvalStats::default();
-            evaluate_with_stats(&r, p, &mut stats).unwrap();
             let decoded = stats.blocks_scanned;
             let rows = r.row_count() as u64;
             let last = rows - rows.saturating_sub(1) / 16 * 16;
