@@ -3,6 +3,7 @@
 //! `gen-events`, `quickstart`, `inspect`).
 
 mod config;
+mod huge_pages;
 mod remote;
 mod roles;
 
@@ -28,6 +29,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Keep transparent huge pages as the system sets them; by default they are off for this
+    /// process (zeroing fresh 2 MiB pages made loads 1.4x slower).
+    #[arg(long, global = true)]
+    transparent_huge_pages: bool,
 }
 
 #[derive(Subcommand)]
@@ -179,6 +184,7 @@ fn init_tracing() {
 fn main() {
     let cli = Cli::parse();
     init_tracing();
+    huge_pages::set_transparent_huge_pages(cli.transparent_huge_pages);
     // Planning and optimizing recurse over the statement's tree; the statement guards bound
     // its depth, and a roomier stack than tokio's 2 MiB keeps that bound generous.
     let rt = match tokio::runtime::Builder::new_multi_thread()
