@@ -4,7 +4,8 @@
 //!
 //! `cargo bench --bench dashboard_load -- [--rows 10000000] [--data DIR] [--seconds 10]
 //!  [--rates 50,100,200] [--window 5m] [--panels 200] [--no-cache] [--realtime RATE]
-//!  [--protocols postgres,http] [--timeline FILE] [--warmup SECONDS]`
+//!  [--protocols postgres,http] [--timeline FILE] [--warmup SECONDS]
+//!  [--transparent-huge-pages]`
 //!
 //! `--timeline FILE`: every query as a CSV line (protocol, target rate, panel, panel kind,
 //! scheduled Unix time in ms, latency in ms, ok, step: `warmup` or `measured`), to line slow
@@ -43,6 +44,11 @@ use basalt_ingest::{Format, StoreConfig, TableSpec, TableStore};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// The binary's page setting too: transparent huge pages off for this process unless
+/// `--transparent-huge-pages`.
+#[path = "../src/huge_pages.rs"]
+mod huge_pages;
+
 struct Args {
     rows: u64,
     data: std::path::PathBuf,
@@ -58,6 +64,8 @@ struct Args {
     timeline: Option<std::path::PathBuf>,
     /// Seconds of the warm-up step before each protocol's steps (0: none).
     warmup_s: u64,
+    /// Keep transparent huge pages as the system sets them (the binary's flag).
+    transparent_huge_pages: bool,
 }
 
 fn args() -> Args {
@@ -74,6 +82,7 @@ fn args() -> Args {
         http: true,
         timeline: None,
         warmup_s: 0,
+        transparent_huge_pages: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -100,6 +109,7 @@ fn args() -> Args {
             }
             "--timeline" => a.timeline = Some(v().into()),
             "--warmup" => a.warmup_s = v().parse().unwrap(),
+            "--transparent-huge-pages" => a.transparent_huge_pages = true,
             "--bench" => {}
             _ => {}
         }
@@ -348,6 +358,7 @@ fn main() {
             .with_writer(std::io::stderr)
             .init();
     }
+    huge_pages::set_transparent_huge_pages(a.transparent_huge_pages);
     let mut timeline = a
         .timeline
         .as_ref()

@@ -11,14 +11,12 @@
 //! MongoDB, Redis, Couchbase and WiredTiger advise turning THP off for the same reason; this
 //! does it for Basalt's process only, without touching the machine's setting.
 
-/// Turns transparent huge pages off for this process unless `keep` (a no-op off Linux). A
-/// refusal by the kernel is logged and changes nothing else.
+/// Turns transparent huge pages off for this process unless `keep` (a no-op off Linux), and
+/// logs what the kernel then reports. A refusal by the kernel is logged and changes nothing
+/// else.
 pub(crate) fn set_transparent_huge_pages(keep: bool) {
-    if keep {
-        return;
-    }
     #[cfg(target_os = "linux")]
-    {
+    if !keep {
         // SAFETY: `prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0)` only sets a flag of the calling
         // process's memory descriptor; it reads and writes no memory of ours.
         let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
@@ -27,23 +25,36 @@ pub(crate) fn set_transparent_huge_pages(keep: bool) {
             tracing::warn!(error = %e, "could not turn transparent huge pages off for this process");
         }
     }
+    tracing::debug!(keep, off = ?transparent_huge_pages_off(), "transparent huge pages");
+}
+
+/// Whether transparent huge pages are off for this process (`PR_GET_THP_DISABLE`); `None`
+/// off Linux or when the kernel does not say.
+pub(crate) fn transparent_huge_pages_off() -> Option<bool> {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: `PR_GET_THP_DISABLE` only reads the flag.
+        let rc = unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, 0, 0, 0, 0) };
+        (rc >= 0).then_some(rc == 1)
+    }
+    #[cfg(not(target_os = "linux"))]
+    None
 }
 
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
-    /// The process's flag as the kernel reports it.
-    fn disabled() -> i32 {
-        // SAFETY: `PR_GET_THP_DISABLE` only reads the flag.
-        unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, 0, 0, 0, 0) }
-    }
-
     /// Kept, the flag is left as it was; otherwise the process reports THP disabled.
     #[test]
     fn huge_pages_are_turned_off_for_the_process() {
-        let before = disabled();
+        let before = super::transparent_huge_pages_off();
+        assert!(before.is_some(), "the kernel reports the flag");
         super::set_transparent_huge_pages(true);
-        assert_eq!(disabled(), before, "kept: left as it was");
+        assert_eq!(
+            super::transparent_huge_pages_off(),
+            before,
+            "kept: left as it was"
+        );
         super::set_transparent_huge_pages(false);
-        assert_eq!(disabled(), 1);
+        assert_eq!(super::transparent_huge_pages_off(), Some(true));
     }
 }
