@@ -5,10 +5,11 @@
 //! default of many distributions), the first touch of a region zeroes a whole 2 MiB page,
 //! however little of it is used. The allocator returns freed memory to the kernel after a
 //! short delay, so a load, which allocates and frees each segment's buffers in turn, faults
-//! and zeroes fresh huge pages over and over: a 10M-event Parquet load spent 4.2 s of system
-//! time (28% of its CPU samples in `clear_page_erms`) against 1.1 s with 4 KiB pages, and took
-//! 6.4 s against 4.7 s (BENCHMARKS.md, issue 20). Query latencies were the same either way.
-//! MongoDB, Redis, Couchbase and WiredTiger advise turning THP off for the same reason; this
+//! and zeroes fresh huge pages over and over: a 10M-event Parquet load spent 4.1-4.5 s of
+//! system time (28% of its CPU samples in `clear_page_erms`) against 1.1-1.9 s with 4 KiB
+//! pages, and took 6.2-6.7 s against 4.7-5.2 s (BENCHMARKS.md, issue 20). Query latencies moved
+//! within ±9%, except counts of every event type from the index, 6-23% slower with 4 KiB
+//! pages. MongoDB, Redis, Couchbase and WiredTiger advise turning THP off for the same reason; this
 //! does it for Basalt's process only, without touching the machine's setting.
 
 /// Turns transparent huge pages off for this process unless `keep` (a no-op off Linux), and
