@@ -9,8 +9,8 @@
 //! system time (28% of its CPU samples in `clear_page_erms`) against 1.1-1.9 s with 4 KiB
 //! pages, and took 6.2-6.7 s against 4.7-5.2 s (BENCHMARKS.md, issue 20). Query latencies moved
 //! within ±9%, except counts of every event type from the index, 6-23% slower with 4 KiB
-//! pages. MongoDB, Redis, Couchbase and WiredTiger advise turning THP off for the same reason; this
-//! does it for Basalt's process only, without touching the machine's setting.
+//! pages. MongoDB, Redis, Couchbase and WiredTiger advise turning THP off for the same
+//! reason; this does it for Basalt's process only, without touching the machine's setting.
 
 /// Turns transparent huge pages off for this process unless `keep` (a no-op off Linux), and
 /// logs what the kernel then reports. A refusal by the kernel is logged and changes nothing
