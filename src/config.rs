@@ -316,6 +316,10 @@ pub struct QuerySection {
     /// true; real-time tables are never cached).
     #[serde(default = "default_true")]
     pub result_cache: bool,
+    /// Answer one-table aggregations without GROUP BY by Basalt's own plan rather than
+    /// DataFusion's (default true; per query: `useDirectPlan=false`).
+    #[serde(default = "default_true")]
+    pub direct_plan: bool,
     /// The longest timeout a request may ask for (`timeoutMs`, `statement_timeout`), in
     /// milliseconds (default 300000).
     #[serde(default = "default_max_timeout")]
@@ -390,6 +394,7 @@ impl QuerySection {
             max_rows: self.max_rows,
             use_cache: self.result_cache,
             use_star_tree: true,
+            direct_plan: self.direct_plan,
             statement: basalt_query::StatementLimits {
                 max_sql_bytes: self.max_sql_bytes,
                 max_expression_terms: self.max_expression_terms,
@@ -452,6 +457,7 @@ impl Default for QuerySection {
             memory_limit_bytes: default_memory(),
             max_rows: default_rows(),
             result_cache: true,
+            direct_plan: true,
             max_timeout_ms: default_max_timeout(),
             shared_memory_bytes: None,
             max_concurrent: None,

@@ -697,7 +697,8 @@ struct SqlRequest {
 
 /// The limits of a request's class (`workload=dashboard|analyst`, default dashboard), with
 /// `timeoutMs=N` (within the server's ceiling), `useResultCache=false` and
-/// `useStarTree=false` from Pinot query options applied; unknown options are ignored as Pinot does.
+/// `useStarTree=false` from Pinot query options applied, and Basalt's `useDirectPlan=false`
+/// (DataFusion plans every query); unknown options are ignored as Pinot does.
 pub(crate) fn limits_for(
     limits: &HttpLimits,
     engine: &QueryEngine,
@@ -740,6 +741,8 @@ pub(crate) fn limits_for(
             l.use_cache = !v.eq_ignore_ascii_case("false");
         } else if k.eq_ignore_ascii_case("useStarTree") {
             l.use_star_tree = !v.eq_ignore_ascii_case("false");
+        } else if k.eq_ignore_ascii_case("useDirectPlan") {
+            l.direct_plan = !v.eq_ignore_ascii_case("false");
         }
     }
     Ok(l)

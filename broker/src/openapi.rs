@@ -137,6 +137,9 @@ pub struct BrokerResponse {
     /// True when segments with no live replica are missing from the rows (a cluster with
     /// servers down); `exceptions` then names them.
     pub partial_result: Option<bool>,
+    /// Basalt: true when Basalt's own plan for one-table aggregations computed the answer
+    /// instead of DataFusion's planner (`useDirectPlan=false` turns it off).
+    pub direct_plan: Option<bool>,
 }
 
 /// A column of a Pinot schema.

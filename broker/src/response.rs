@@ -251,6 +251,7 @@ pub fn success(out: &mut QueryOutput, max_bytes: usize) -> Result<Vec<u8>, Query
         "numWarehouseFilesQueried": s.num_warehouse_files,
         "numSegmentsFromCache": s.num_segments_from_cache,
         "numSegmentsStarTree": s.num_segments_star_tree,
+        "directPlan": out.direct,
         "numSegmentsPrunedByBroker": 0,
         "numSegmentsPrunedByServer": s.num_segments_pruned,
         "numEntriesScannedInFilter": s.blocks_scanned,

@@ -68,6 +68,11 @@ impl TableSource for StoreSource {
     fn snapshot(&self, name: &str) -> Result<Option<TableSnapshot>, QueryError> {
         Ok(self.snapshot_and_tier(name)?.map(|(s, _)| s))
     }
+
+    /// Every table: its scan is a [`SegmentTable`] over this snapshot.
+    fn direct_snapshot(&self, name: &str) -> Result<Option<TableSnapshot>, QueryError> {
+        self.snapshot(name)
+    }
 }
 
 /// A table's snapshot and the warehouse state of the same view.
@@ -139,6 +144,18 @@ impl TableSource for TieredSource {
 
     fn snapshot(&self, name: &str) -> Result<Option<TableSnapshot>, QueryError> {
         self.store.snapshot(name)
+    }
+
+    /// Tables without a warehouse tier or an Iceberg source: theirs is a plain segment scan.
+    fn direct_snapshot(&self, name: &str) -> Result<Option<TableSnapshot>, QueryError> {
+        let Some((snapshot, tier)) = self.store.snapshot_and_tier(name)? else {
+            return Ok(None);
+        };
+        let spans_warehouse = match self.store.0.table(name) {
+            Some(t) => tier.is_some() || t.spec.iceberg_source().is_some(),
+            None => false,
+        };
+        Ok((!spans_warehouse).then_some(snapshot))
     }
 
     fn provider(

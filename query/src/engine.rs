@@ -60,6 +60,10 @@ pub struct QueryLimits {
     /// Whether aggregations may be answered from segments' star-trees (default true;
     /// Pinot's `useStarTree=false` turns them off).
     pub use_star_tree: bool,
+    /// Whether one-table aggregations without GROUP BY may be answered by Basalt's own plan
+    /// instead of DataFusion's (default true; the query option `useDirectPlan=false`
+    /// turns it off): see [`crate::direct`].
+    pub direct_plan: bool,
     /// Size and shape of the statement.
     pub statement: StatementLimits,
     /// Bytes an encoded answer may have (Pinot JSON, PostgreSQL rows), checked by the front
@@ -92,6 +96,7 @@ impl Default for QueryLimits {
             max_rows: 1_000_000,
             use_cache: true,
             use_star_tree: true,
+            direct_plan: true,
             statement: StatementLimits::default(),
             max_response_bytes: 256 << 20,
             spill: false,
@@ -188,6 +193,9 @@ pub struct QueryOutput {
     pub elapsed: Duration,
     /// Answered from the result cache ([`crate::cache`]).
     pub cached: bool,
+    /// Computed by Basalt's own plan for one-table aggregations ([`crate::direct`]), not
+    /// planned by DataFusion.
+    pub direct: bool,
     /// The memory the result holds, in the query's pool; the front door grows it while it
     /// encodes the response, and it is released when the output is dropped.
     memory: MemoryReservation,
@@ -507,12 +515,48 @@ impl QueryEngine {
                         stats: hit.stats,
                         elapsed: started.elapsed(),
                         cached: true,
+                        direct: false,
                         memory,
                     });
                 }
             }
         }
         let stats = Arc::new(ScanStats::default());
+        let direct = match limits.direct_plan && params.is_empty() {
+            true => crate::direct::plan(
+                &statement,
+                self.source.as_ref(),
+                pg.is_some(),
+                limits.use_star_tree,
+            ),
+            false => None,
+        };
+        if let Some(direct) = direct {
+            let schema = direct.schema().clone();
+            let work = direct.prune(&stats)?;
+            let reuse = limits.use_cache.then(|| self.partials.clone());
+            let max_rows = limits.max_rows;
+            let inline = crate::direct::INLINE_DOCS.load(std::sync::atomic::Ordering::Relaxed);
+            let (batches, memory) = match direct.cost(&work) <= inline {
+                // Little to decode: answered here, not handed to the query threads and back.
+                true => {
+                    let answer = direct_answer(direct, work, &stats, 1, reuse, max_rows, memory);
+                    let answer = answer.await;
+                    drop(permit);
+                    answer?
+                }
+                false => {
+                    let (stats, partitions) = (stats.clone(), self.target_partitions);
+                    let run = async move {
+                        let _permit = permit;
+                        direct_answer(direct, work, &stats, partitions, reuse, max_rows, memory)
+                            .await
+                    };
+                    on_query_threads(run, started, timeout).await?
+                }
+            };
+            return Ok(self.answered(schema, batches, stats, cache_key, started, true, memory));
+        }
         let budget = QueryBudget {
             deadline: started + timeout,
             max_rows: limits.max_rows,
@@ -556,6 +600,22 @@ impl QueryEngine {
             Ok::<_, QueryError>((schema, batches, memory))
         };
         let (schema, batches, memory) = on_query_threads(work, started, timeout).await?;
+        Ok(self.answered(schema, batches, stats, cache_key, started, false, memory))
+    }
+
+    /// The output of a run that computed `batches`, kept in the result cache under
+    /// `cache_key` unless it is partial.
+    #[allow(clippy::too_many_arguments)]
+    fn answered(
+        &self,
+        schema: SchemaRef,
+        batches: Vec<RecordBatch>,
+        stats: Arc<ScanStats>,
+        cache_key: Option<(String, Vec<cache::DataVersion>)>,
+        started: Instant,
+        direct: bool,
+        memory: MemoryReservation,
+    ) -> QueryOutput {
         let stats = stats.snapshot();
         // A partial result (segments no live replica answered for) is never reused.
         if let Some((key, versions)) = cache_key.filter(|_| !stats.partial()) {
@@ -569,15 +629,35 @@ impl QueryEngine {
                 },
             );
         }
-        Ok(QueryOutput {
+        QueryOutput {
             schema,
             batches,
             stats,
             elapsed: started.elapsed(),
             cached: false,
+            direct,
             memory,
-        })
+        }
     }
+}
+
+/// A direct query's answer over segments `work` ([`crate::direct`]) within `max_rows`, its
+/// rows counted into `memory`.
+async fn direct_answer(
+    direct: crate::direct::DirectQuery,
+    work: Vec<usize>,
+    stats: &Arc<ScanStats>,
+    partitions: usize,
+    reuse: Option<Arc<PartialAggregates>>,
+    max_rows: usize,
+    memory: MemoryReservation,
+) -> Result<(Vec<RecordBatch>, MemoryReservation)> {
+    let batch = direct.run(work, stats, partitions, reuse).await?;
+    if batch.num_rows() > max_rows {
+        return Err(QueryError::RowLimit(max_rows));
+    }
+    memory.try_grow(fresh_bytes(&batch, &mut std::collections::HashSet::new()))?;
+    Ok((vec![batch], memory))
 }
 
 /// Runs `work` on the query threads (`crate::runtime`) until `timeout` after `started`.

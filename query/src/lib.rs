@@ -19,6 +19,7 @@ mod decimal_arith;
 mod deferred;
 mod dict_keys;
 pub mod dict_values;
+mod direct;
 mod dynamic_filter;
 pub mod engine;
 pub mod error;

@@ -36,6 +36,9 @@ impl TableSource for Table {
     fn snapshot(&self, name: &str) -> Result<Option<TableSnapshot>, crate::QueryError> {
         Ok((name == "t").then(|| self.0.lock().clone()))
     }
+    fn direct_snapshot(&self, name: &str) -> Result<Option<TableSnapshot>, crate::QueryError> {
+        self.snapshot(name)
+    }
 }
 
 /// Four segments of `ROWS` rows each in blocks of `block_rows`, an engine keeping every
@@ -95,6 +98,21 @@ async fn run(engine: &QueryEngine, sql: &str, limits: &QueryLimits) -> (Vec<Stri
 fn slices_per_segment() -> u64 {
     ROWS.div_ceil(128)
         .div_ceil(crate::segment_agg::SLICE_BLOCKS) as u64
+}
+
+/// The slices (as ranges of rows, one row a second from `T0`) of the four segments of
+/// `setup(block_rows)` that lie within rows `[lo, hi)`.
+fn slices_within(block_rows: usize, lo: usize, hi: usize) -> Vec<(usize, usize)> {
+    let slice = block_rows * crate::segment_agg::SLICE_BLOCKS;
+    (0..4)
+        .flat_map(|seg| {
+            (0..ROWS).step_by(slice).map(move |first| {
+                let at = seg * ROWS + first;
+                (at, at + slice.min(ROWS - first) - 1)
+            })
+        })
+        .filter(|&(a, b)| a >= lo && b < hi)
+        .collect()
 }
 
 fn ts(ms: i64) -> String {
@@ -241,21 +259,56 @@ async fn a_moving_range_recomputes_only_the_slices_it_cuts() {
     let out = engine.execute(&next, &l).await.unwrap();
     assert_eq!(render(&out.batches), rows(&reference, &next).await);
     // The slices (second ranges, one row a second) inside both [200, 2000) and [201, 2001).
-    let slice = 16 * crate::segment_agg::SLICE_BLOCKS;
-    let covered: Vec<(usize, usize)> = (0..4)
-        .flat_map(|seg| {
-            (0..ROWS).step_by(slice).map(move |first| {
-                let lo = seg * ROWS + first;
-                (lo, lo + slice.min(ROWS - first) - 1)
-            })
-        })
-        .filter(|&(lo, hi)| lo >= 201 && hi < 2000)
-        .collect();
+    let covered = slices_within(16, 201, 2000);
     assert!(covered.len() > 10);
     assert_eq!(out.stats.num_segments_from_cache, covered.len() as u64);
     // Scanned: the range's 1,800 rows but those of the slices reused.
     let reused: usize = covered.iter().map(|(lo, hi)| hi - lo + 1).sum();
     assert_eq!(out.stats.num_docs_scanned, (1800 - reused) as u64);
+}
+
+/// Aggregates without GROUP BY, answered by the direct plan (`crate::direct`), keep and
+/// reuse their slices' parts the same way: a range moving by a second recomputes only the
+/// slices it cuts, and the answers are DataFusion's over the rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_aggregates_recompute_only_the_slices_a_moving_range_cuts() {
+    let (engine, _, reference, _) = setup(16);
+    let l = QueryLimits::default();
+    let panel = |from: i64, to: i64| {
+        format!(
+            "SELECT count(*), max(lat), sum(big), avg(n) FROM t \
+             WHERE ts >= to_timestamp_millis({}) AND ts < to_timestamp_millis({})",
+            T0 + from * 1000,
+            T0 + to * 1000
+        )
+    };
+    let first = panel(200, 2000);
+    let out = engine.execute(&first, &l).await.unwrap();
+    assert!(out.direct, "{first}");
+    assert_eq!(render(&out.batches), rows(&reference, &first).await);
+    assert_eq!(out.stats.num_segments_from_cache, 0);
+    let next = panel(201, 2001);
+    let out = engine.execute(&next, &l).await.unwrap();
+    assert!(out.direct, "{next}");
+    assert_eq!(render(&out.batches), rows(&reference, &next).await);
+    let covered = slices_within(16, 201, 2000);
+    assert!(covered.len() > 10);
+    assert_eq!(out.stats.num_segments_from_cache, covered.len() as u64);
+    let reused: usize = covered.iter().map(|(lo, hi)| hi - lo + 1).sum();
+    assert_eq!(out.stats.num_docs_scanned, (1800 - reused) as u64);
+    // Without the cache: the same answer, nothing reused.
+    let off = QueryLimits {
+        use_cache: false,
+        ..QueryLimits::default()
+    };
+    assert_eq!(
+        run(&engine, &next, &off).await,
+        (rows(&reference, &next).await, 0)
+    );
+    // Other aggregates are another key: nothing of the above is theirs.
+    let other = next.replace("avg(n)", "min(n)");
+    let (got, n) = run(&engine, &other, &l).await;
+    assert_eq!((got, n), (rows(&reference, &other).await, 0));
 }
 
 /// Where parts are kept, a count grouped by a column with an inverted index (`city`) over

@@ -60,6 +60,13 @@ pub trait TableSource: Send + Sync + std::fmt::Debug {
     fn data_version(&self, _name: &str) -> Option<crate::cache::DataVersion> {
         None
     }
+    /// The snapshot a query of `name` reads when its scan is a plain [`SegmentTable`] over it,
+    /// for plans that read segments without DataFusion (`crate::direct`). `Ok(None)`, the
+    /// default, where the source's tables are read otherwise (a broker's scans run on
+    /// servers, a warehouse tier adds files) or it does not say.
+    fn direct_snapshot(&self, _name: &str) -> Result<Option<TableSnapshot>, crate::QueryError> {
+        Ok(None)
+    }
     /// The DataFusion table a query of `name` reads, counting into `stats` (`Ok(None)`: no
     /// such table): by default a [`SegmentTable`] over a snapshot. A broker's source returns
     /// tables whose scans run on servers.

@@ -33,6 +33,9 @@ impl TableSource for Fixed {
     fn snapshot(&self, name: &str) -> Result<Option<TableSnapshot>, crate::QueryError> {
         Ok((name == self.0.name).then(|| self.0.clone()))
     }
+    fn direct_snapshot(&self, name: &str) -> Result<Option<TableSnapshot>, crate::QueryError> {
+        self.snapshot(name)
+    }
 }
 
 const CITIES: &[&str] = &[

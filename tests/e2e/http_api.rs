@@ -164,6 +164,33 @@ async fn create_ingest_query_restart() {
     )
     .await;
     assert!(p95.as_f64().unwrap() > 50.0, "{p95}");
+    // A KPI tile: Basalt's own plan answers it, with DataFusion's answer.
+    let kpi = "SELECT count(*) AS n, max(latency_ms), min(ts) FROM events \
+               WHERE country = 'AA' AND ts >= '2020-01-01T00:00:00Z'";
+    let ask = |options: &str| {
+        c.post(s.url("/query/sql"))
+            .json(&json!({"sql": kpi, "queryOptions": options}))
+            .send()
+    };
+    let direct: Value = ask("useResultCache=false")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let planned: Value = ask("useResultCache=false;useDirectPlan=false")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(direct["directPlan"], json!(true), "{direct}");
+    assert_eq!(planned["directPlan"], json!(false), "{planned}");
+    assert_eq!(direct["resultTable"], planned["resultTable"]);
+    assert!(
+        direct["resultTable"]["rows"][0][0].as_u64().unwrap() > 0,
+        "{direct}"
+    );
     let hll = scalar(&c, &s, "SELECT DISTINCTCOUNTHLL(user_id) FROM events")
         .await
         .as_u64()

@@ -789,7 +789,11 @@ impl Reading {
 
 /// `p` as it reads on `seg` (on its blocks `blocks` only, when given), `None` when every
 /// doc there meets it.
-fn read_on(seg: &SegmentReader, p: &Predicate, blocks: Option<Range<usize>>) -> Option<Predicate> {
+pub(crate) fn read_on(
+    seg: &SegmentReader,
+    p: &Predicate,
+    blocks: Option<Range<usize>>,
+) -> Option<Predicate> {
     let p = match blocks {
         Some(range) => simplify_for_blocks(seg, p, range),
         None => simplify_for(seg, p),
@@ -797,13 +801,39 @@ fn read_on(seg: &SegmentReader, p: &Predicate, blocks: Option<Range<usize>>) -> 
     (p != Predicate::Const(true)).then_some(p)
 }
 
+/// The slices of `seg` ([`SLICE_BLOCKS`] blocks each) that `predicate` (as it reads on the
+/// segment) may match: each one's blocks and its key in the cache of parts, which holds the
+/// predicate as it reads on those blocks.
+pub(crate) fn slice_keys<'a>(
+    seg: &'a SegmentReader,
+    predicate: Option<&'a Predicate>,
+    fragment: &'a Arc<Fragment>,
+) -> impl Iterator<Item = (Range<usize>, PartialKey)> + 'a {
+    let blocks = block_count(seg);
+    (0..blocks).step_by(SLICE_BLOCKS).filter_map(move |from| {
+        let range = from..(from + SLICE_BLOCKS).min(blocks);
+        // No condition is `None` whether the segment or only this slice is covered.
+        let slice_predicate = predicate.and_then(|p| read_on(seg, p, Some(range.clone())));
+        if slice_predicate == Some(Predicate::Const(false)) {
+            return None;
+        }
+        let key = PartialKey {
+            segment: seg.instance_id(),
+            slice: from as u32,
+            fragment: fragment.clone(),
+            predicate: format!("{slice_predicate:?}"),
+        };
+        Some((range, key))
+    })
+}
+
 /// How many blocks `seg` has.
-fn block_count(seg: &SegmentReader) -> usize {
+pub(crate) fn block_count(seg: &SegmentReader) -> usize {
     (seg.row_count() as usize).div_ceil(seg.block_rows().max(1))
 }
 
 /// The rows of blocks `range` of `seg`.
-fn range_rows(seg: &SegmentReader, range: &Range<usize>) -> usize {
+pub(crate) fn range_rows(seg: &SegmentReader, range: &Range<usize>) -> usize {
     range.clone().map(|b| seg.block_len(b)).sum()
 }
 
@@ -1486,27 +1516,12 @@ impl Worker {
         {
             return self.segment(job, seg, valid, cancel);
         }
-        let blocks = block_count(seg);
         // The segment's matched docs, evaluated at the first slice not kept.
         let mut reading: Option<Option<Reading>> = None;
         // Of these, the docs of the slices aggregated here (the others' parts were kept).
         let mut scanned = 0u64;
         let mut all_kept = true;
-        for from in (0..blocks).step_by(SLICE_BLOCKS) {
-            let range = from..(from + SLICE_BLOCKS).min(blocks);
-            // No condition is `None` whether the segment or only this slice is covered.
-            let slice_predicate = predicate
-                .as_ref()
-                .and_then(|p| read_on(seg, p, Some(range.clone())));
-            if slice_predicate == Some(Predicate::Const(false)) {
-                continue;
-            }
-            let key = PartialKey {
-                segment: seg.instance_id(),
-                slice: from as u32,
-                fragment: at.fragment.clone(),
-                predicate: format!("{slice_predicate:?}"),
-            };
+        for (range, key) in slice_keys(seg, predicate.as_ref(), at.fragment) {
             let (kept, claim) = match at.cache.lookup(&key, valid) {
                 Lookup::Kept(Partial::States { batch, widths }) => {
                     stats.partials_reused.fetch_add(1, Ordering::Relaxed);

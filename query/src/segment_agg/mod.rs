@@ -54,8 +54,10 @@ use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, Partitio
 pub use exec::SegmentAggregateExec;
 #[cfg(test)]
 pub(crate) use exec::SLICE_BLOCKS;
+pub(crate) use exec::{range_rows, read_on, slice_keys};
 use exec::{GroupKey, Job, KeyExpr};
 use keys::KeyKind;
+pub(crate) use partials::{Fragment, Partial};
 pub use partials::{PartialAggregates, PartialCacheStats};
 pub use star::StarTreeOff;
 

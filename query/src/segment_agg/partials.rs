@@ -37,6 +37,7 @@ pub(crate) struct PartialKey {
 }
 
 /// An aggregation's fingerprint and its hash (computed once per plan).
+#[derive(Debug)]
 pub(crate) struct Fragment {
     pub(crate) text: String,
     hash: u64,
