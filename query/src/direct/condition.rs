@@ -19,7 +19,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, StringArray, TimestampMillisecondArray};
+use arrow::array::{Array, StringArray, TimestampMillisecondArray, TimestampNanosecondArray};
 use arrow::compute::kernels::cast_utils::{
     parse_interval_month_day_nano_config, IntervalParseConfig, IntervalUnit,
 };
@@ -306,21 +306,25 @@ fn millis_argument(f: &Function) -> Option<i64> {
 }
 
 /// A quoted timestamp through Arrow's cast, as DataFusion coerces a string compared with a
-/// `TIMESTAMP` column (an unparsable one is DataFusion's error to report).
+/// `TIMESTAMP` column (an unparsable one is DataFusion's error to report). One with a finer
+/// part than milliseconds is left to DataFusion too: whether it is cut to milliseconds
+/// before the comparison is DataFusion's coercion's choice, not this module's.
 fn cast_to_timestamp(s: &str) -> Option<i64> {
     let text: Arc<dyn Array> = Arc::new(StringArray::from(vec![s]));
     let options = CastOptions {
         safe: false,
         ..CastOptions::default()
     };
-    let ts = cast_with_options(
-        &text,
-        &DataType::Timestamp(TimeUnit::Millisecond, None),
-        &options,
-    )
-    .ok()?;
-    let ts = ts.as_any().downcast_ref::<TimestampMillisecondArray>()?;
-    (ts.len() == 1 && ts.is_valid(0)).then(|| ts.value(0))
+    let cast = |unit| cast_with_options(&text, &DataType::Timestamp(unit, None), &options).ok();
+    let ms = cast(TimeUnit::Millisecond)?;
+    let ms = ms.as_any().downcast_ref::<TimestampMillisecondArray>()?;
+    let ns = cast(TimeUnit::Nanosecond)?;
+    let ns = ns.as_any().downcast_ref::<TimestampNanosecondArray>()?;
+    let whole = ms.len() == 1
+        && ms.is_valid(0)
+        && ns.is_valid(0)
+        && ms.value(0).checked_mul(1_000_000) == Some(ns.value(0));
+    whole.then(|| ms.value(0))
 }
 
 /// An interval of whole milliseconds, parsed as DataFusion parses it (`INTERVAL '5

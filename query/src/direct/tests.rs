@@ -196,6 +196,7 @@ async fn aggregates_answer_like_datafusion() {
         "SELECT count(*) FROM t WHERE ts > now() - INTERVAL '1 month'",
         "SELECT count(*) FROM t WHERE ts > to_timestamp_millis(1) - INTERVAL '1 month'",
         "SELECT count(*) FROM t WHERE nosuch = 1",
+        "SELECT count(*) FROM t WHERE ts >= '2026-01-01T00:05:00.0005Z'",
         "SELECT count(*) FROM nosuch",
         "SELECT count(*) FROM t LIMIT 0",
     ] {
