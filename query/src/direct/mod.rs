@@ -86,17 +86,15 @@ pub(crate) fn plan(
     if postgres && crate::postgres::catalog::is_catalog_table(shape.table) {
         return None;
     }
-    let snapshot = source.direct_snapshot(shape.table).ok()??;
-    if star_trees
-        && snapshot
-            .segments
-            .iter()
-            .any(|s| !s.footer().star_trees.is_empty())
-    {
+    // Everything is checked against the table's schema before a snapshot is taken (which
+    // freezes a real-time table's pending rows): a statement DataFusion must plan takes one
+    // snapshot, DataFusion's.
+    let schema = source.schema(shape.table)?;
+    if star_trees && !schema.star_trees.is_empty() {
         return None;
     }
     let predicate = match shape.selection {
-        Some(e) => Some(condition::predicate(e, shape.table, &snapshot.schema)?),
+        Some(e) => Some(condition::predicate(e, shape.table, &schema)?),
         None => None,
     };
     let mut fields = Vec::with_capacity(shape.items.len());
@@ -118,8 +116,8 @@ pub(crate) fn plan(
             aggregates.push(Aggregate { input: None });
             continue;
         };
-        let position = snapshot.schema.column_index(column)?;
-        let def = &snapshot.schema.columns[position];
+        let position = schema.column_index(column)?;
+        let def = &schema.columns[position];
         if def.multi_value {
             return None;
         }
@@ -135,6 +133,11 @@ pub(crate) fn plan(
                 expr,
             }),
         });
+    }
+    let snapshot = source.direct_snapshot(shape.table).ok()??;
+    let trees = |s: &Arc<basalt_segment::SegmentReader>| !s.footer().star_trees.is_empty();
+    if snapshot.schema != schema || (star_trees && snapshot.segments.iter().any(trees)) {
+        return None;
     }
     Some(DirectQuery {
         snapshot: Arc::new(snapshot),

@@ -281,3 +281,57 @@ async fn postgres_describes_what_the_direct_plan_answers() {
         assert!(out.batches[0].column(0).is_valid(0));
     }
 }
+
+/// Counts the snapshots taken (each one freezes a real-time table's pending rows).
+#[derive(Debug)]
+struct Counting(TableSnapshot, std::sync::atomic::AtomicUsize);
+
+impl crate::table::TableSource for Counting {
+    fn table_names(&self) -> Vec<String> {
+        vec![self.0.name.clone()]
+    }
+    fn schema(&self, name: &str) -> Option<basalt_segment::SegmentSchema> {
+        (name == self.0.name).then(|| self.0.schema.clone())
+    }
+    fn snapshot(&self, name: &str) -> Result<Option<TableSnapshot>, crate::QueryError> {
+        self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok((name == self.0.name).then(|| self.0.clone()))
+    }
+    fn direct_snapshot(&self, name: &str) -> Result<Option<TableSnapshot>, crate::QueryError> {
+        self.snapshot(name)
+    }
+}
+
+/// A statement takes one snapshot, whichever plan answers it: the direct plan checks the
+/// statement against the schema before it takes its snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_snapshot_per_query_either_way() {
+    let mut rng = StdRng::seed_from_u64(0x1);
+    let (segments, _) = segments_and_batches(&mut rng);
+    let source = Arc::new(Counting(
+        TableSnapshot {
+            valid: Vec::new(),
+            name: "t".into(),
+            schema: schema(),
+            segments,
+        },
+        Default::default(),
+    ));
+    let engine = QueryEngine::new(source.clone());
+    for (sql, direct) in [
+        ("SELECT count(*) FROM t WHERE city = 'Lima'", true),
+        (
+            "SELECT count(*) FROM t WHERE ts > now() - INTERVAL '1 minute'",
+            false,
+        ),
+        ("SELECT count(*) FROM t WHERE n = 'x'", false),
+    ] {
+        let before = source.1.load(std::sync::atomic::Ordering::Relaxed);
+        let out = run(&engine, sql, true).await;
+        let taken = source.1.load(std::sync::atomic::Ordering::Relaxed) - before;
+        assert_eq!(taken, 1, "{sql}");
+        if let Ok(out) = out {
+            assert_eq!(out.direct, direct, "{sql}");
+        }
+    }
+}
