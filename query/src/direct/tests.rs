@@ -14,7 +14,9 @@ use rand::{Rng, SeedableRng};
 
 use crate::engine::{QueryEngine, QueryLimits, QueryOutput};
 use crate::table::TableSnapshot;
-use crate::tests::{batch, filter, render, schema, segments_last_unindexed, Fixed};
+use crate::tests::{
+    batch, engine_and_reference, filter, render, schema, segments_last_unindexed, Fixed,
+};
 
 const T0: i64 = 1_767_225_600_000; // 2026-01-01
 
@@ -137,26 +139,11 @@ fn segments_and_batches(
     (segments_last_unindexed(&schema(), &batches), batches)
 }
 
-fn reference_of(batches: &[RecordBatch]) -> SessionContext {
-    let reference = SessionContext::new();
-    let mem =
-        datafusion::datasource::MemTable::try_new(batches[0].schema(), vec![batches.to_vec()])
-            .unwrap();
-    reference.register_table("t", Arc::new(mem)).unwrap();
-    reference
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aggregates_answer_like_datafusion() {
     let mut rng = StdRng::seed_from_u64(0xD1_2EC7);
     let (segments, batches) = segments_and_batches(&mut rng);
-    let engine = QueryEngine::new(Arc::new(Fixed(TableSnapshot {
-        valid: Vec::new(),
-        name: "t".into(),
-        schema: schema(),
-        segments,
-    })));
-    let reference = reference_of(&batches);
+    let (engine, reference) = engine_and_reference(schema(), segments, &batches);
     let mut direct = 0;
     for i in 0..240 {
         if i == 120 {
@@ -235,9 +222,10 @@ async fn only_valid_docs_are_aggregated() {
         valid,
         name: "t".into(),
         schema: schema(),
-        segments,
+        segments: segments.clone(),
     })));
-    let reference = reference_of(&kept);
+    // DataFusion over the rows still valid.
+    let (_, reference) = engine_and_reference(schema(), segments, &kept);
     let mut direct = 0;
     for i in 0..60 {
         let f = random_filter(&mut rng);
@@ -253,13 +241,8 @@ async fn only_valid_docs_are_aggregated() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_describes_what_the_direct_plan_answers() {
     let mut rng = StdRng::seed_from_u64(0x96);
-    let (segments, _) = segments_and_batches(&mut rng);
-    let engine = QueryEngine::new(Arc::new(Fixed(TableSnapshot {
-        valid: Vec::new(),
-        name: "t".into(),
-        schema: schema(),
-        segments,
-    })));
+    let (segments, batches) = segments_and_batches(&mut rng);
+    let (engine, _) = engine_and_reference(schema(), segments, &batches);
     let session = Arc::new(crate::postgres::PgSession::new("basalt", "analytics"));
     let l = QueryLimits::default();
     for sql in [
