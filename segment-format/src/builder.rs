@@ -21,7 +21,7 @@ use crate::bloom::{hash_bytes, Bloom};
 use crate::error::{Result, SegmentError};
 use crate::intern::Interner;
 use crate::layout::{
-    f64_key, BlockMeta, Codec, ColumnMeta, ColumnStats, Encoding, FileWriter, Footer, RangeBucket,
+    f64_key, BlockMeta, Codec, ColumnMeta, ColumnStats, Encoding, FileWriter, Footer,
     RangeIndexMeta, SectionRef, ZoneMap, FORMAT_VERSION,
 };
 use crate::postings::TableKind;
@@ -559,6 +559,9 @@ fn encode_column(
             }
         }
         Encoded::Raw { keys, float } => {
+            // The integer form that won the column's first block by a clear margin is the
+            // only one compressed for the others (see `FileWriter::write_smallest_ranked`).
+            let mut settled: Option<usize> = None;
             for start in (0..rows).step_by(opts.block_rows) {
                 let end = (start + opts.block_rows).min(rows);
                 let data = if *float {
@@ -569,8 +572,16 @@ fn encode_column(
                     w.write(&raw, Codec::Zstd)?
                 } else {
                     let filled = filled_nulls(&keys[start..end], start, &is_null);
-                    let [frame, delta] = crate::int_block::encode_both(&filled);
-                    w.write_smallest(&[&frame, &delta])?
+                    let forms = crate::int_block::encode_both(&filled);
+                    match settled {
+                        Some(form) => w.write(&forms[form], Codec::Zstd)?,
+                        None => {
+                            let (data, winner, clear) =
+                                w.write_smallest_ranked(&[&forms[0], &forms[1]])?;
+                            settled = clear.then_some(winner);
+                            data
+                        }
+                    }
                 };
                 blocks.push(block_meta(data, &keys[start..end], start, &is_null));
             }
@@ -649,12 +660,18 @@ fn encode_column(
         _ => None,
     };
     let range = if def.has_index(IndexKind::Range) {
-        let keys: std::borrow::Cow<[i64]> = match &encoded {
-            Encoded::Dict { ids, .. } => ids.iter().map(|&i| i as i64).collect(),
-            Encoded::Raw { keys, .. } => keys.into(),
-            Encoded::RawStr { .. } => (&doc_keys).into(),
+        let buckets = opts.range_buckets;
+        let (buckets, table) = match &encoded {
+            Encoded::Dict {
+                ids, cardinality, ..
+            } => crate::range_index::of_ids(ids, *cardinality, &is_null, buckets)?,
+            Encoded::Raw { keys, .. } => crate::range_index::of_keys(keys, &is_null, buckets)?,
+            Encoded::RawStr { .. } => crate::range_index::of_keys(&doc_keys, &is_null, buckets)?,
         };
-        Some(build_range_index(w, &keys, &is_null, opts.range_buckets)?)
+        Some(RangeIndexMeta {
+            section: w.write(&table, Codec::None)?,
+            buckets,
+        })
     } else {
         None
     };
@@ -845,8 +862,14 @@ fn raw_strings_pay(distinct: usize, non_null: usize) -> bool {
 }
 
 /// Dictionary-encodes a string column, or (when `allow_raw` and [`raw_strings_pay`]) leaves it
-/// raw.
+/// raw. A column a sample shows near-unique is left raw without interning its rows
+/// ([`crate::near_unique`]).
 pub(crate) fn dict_strings(a: &StringArray, allow_raw: bool) -> Encoded {
+    if allow_raw {
+        if let Some(raw) = crate::near_unique::raw_if_sample_unique(a) {
+            return raw;
+        }
+    }
     let mut interner = Interner::new();
     let provisional: Vec<u32> = a
         .iter()
@@ -1000,45 +1023,6 @@ pub(crate) fn write_bitmaps(
     kind: TableKind,
 ) -> Result<SectionRef> {
     w.write(&crate::postings::encode_table(bms, kind)?, Codec::None)
-}
-
-fn build_range_index(
-    w: &mut FileWriter,
-    keys: &[i64],
-    is_null: &impl Fn(usize) -> bool,
-    buckets: usize,
-) -> Result<RangeIndexMeta> {
-    let mut pairs: Vec<(i64, u32)> = keys
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| !is_null(*i))
-        .map(|(i, &k)| (k, i as u32))
-        .collect();
-    pairs.sort_unstable();
-    let per = pairs.len().div_ceil(buckets.max(1)).max(1);
-    let mut metas = Vec::new();
-    let mut bms = Vec::new();
-    let mut i = 0;
-    while i < pairs.len() {
-        let mut end = (i + per).min(pairs.len());
-        // Equal keys never straddle two buckets.
-        while end < pairs.len() && pairs[end].0 == pairs[end - 1].0 {
-            end += 1;
-        }
-        let mut docs: Vec<u32> = pairs[i..end].iter().map(|p| p.1).collect();
-        docs.sort_unstable();
-        let bm = RoaringBitmap::from_sorted_iter(docs).expect("sorted, unique doc ids");
-        metas.push(RangeBucket {
-            min: pairs[i].0,
-            max: pairs[end - 1].0,
-        });
-        bms.push(bm);
-        i = end;
-    }
-    Ok(RangeIndexMeta {
-        section: write_bitmaps(w, &bms, TableKind::Range)?,
-        buckets: metas,
-    })
 }
 
 /// Convenience for tests and tools: builds from one batch.

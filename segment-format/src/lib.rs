@@ -22,8 +22,10 @@ pub mod layout;
 pub mod like;
 pub mod multi_value;
 pub mod ndv;
+mod near_unique;
 pub mod postings;
 pub mod predicate;
+mod range_index;
 pub mod reader;
 #[doc(hidden)] // public for benches/segment.rs only
 pub mod rice;

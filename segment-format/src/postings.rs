@@ -82,16 +82,36 @@ fn densest_container(docs: &[u32]) -> u64 {
     best
 }
 
-/// One entry (ascending `docs`, and the same docs as `bm`), in the smallest form allowed: a
-/// varint list (short lists only: a longer one is decoded doc by doc and never beats the
-/// Rice form), a Rice-coded list (see [`TableKind`]), or a roaring bitmap.
-fn encode_entry(
-    docs: &[u32],
-    bm: &RoaringBitmap,
-    kind: TableKind,
-    out: &mut Vec<u8>,
-) -> Result<()> {
-    let bitmap_len = bm.serialized_size();
+/// The docs of one entry as a roaring bitmap: built already, or to be built from the docs
+/// only if the entry is stored in that form.
+enum Roaring<'a> {
+    Built(&'a RoaringBitmap),
+    FromDocs,
+}
+
+/// `RoaringBitmap::serialized_size` of the bitmap `from_sorted_iter` builds from ascending,
+/// distinct `docs`, without building it: such a bitmap holds array containers (2 bytes a doc,
+/// up to 4,096 docs) and bitmap containers (8 KiB), never runs, so its header is the no-run
+/// form (8 bytes, then 8 a container).
+fn roaring_size(docs: &[u32]) -> usize {
+    let mut size = 8;
+    let mut rest = docs;
+    while let Some(&first) = rest.first() {
+        let card = rest.partition_point(|&d| d >> 16 == first >> 16);
+        size += 8 + if card <= 4096 { 2 * card } else { 8192 };
+        rest = &rest[card..];
+    }
+    size
+}
+
+/// One entry (ascending `docs`, and the same docs as `bm` when it is built), in the smallest
+/// form allowed: a varint list (short lists only: a longer one is decoded doc by doc and never
+/// beats the Rice form), a Rice-coded list (see [`TableKind`]), or a roaring bitmap.
+fn encode_entry(docs: &[u32], bm: Roaring<'_>, kind: TableKind, out: &mut Vec<u8>) -> Result<()> {
+    let bitmap_len = match bm {
+        Roaring::Built(bm) => bm.serialized_size(),
+        Roaring::FromDocs => roaring_size(docs),
+    };
     let rice_ok = densest_container(docs) <= kind.rice_max_container();
     let (k, rice_len) = if rice_ok {
         rice::choose(docs.iter().copied())
@@ -117,6 +137,15 @@ fn encode_entry(
         rice::encode(docs.iter().copied(), k, out);
     } else {
         out.push(TAG_ROARING);
+        let built;
+        let bm = match bm {
+            Roaring::Built(bm) => bm,
+            Roaring::FromDocs => {
+                built = RoaringBitmap::from_sorted_iter(docs.iter().copied())
+                    .map_err(|_| corrupt("a posting list's docs are not ascending"))?;
+                &built
+            }
+        };
         bm.serialize_into(&mut *out)
             .map_err(SegmentError::Compress)?;
     }
@@ -130,7 +159,7 @@ pub(crate) fn encode_table(bms: &[RoaringBitmap], kind: TableKind) -> Result<Vec
     table(bms.len(), |i, body| {
         docs.clear();
         docs.extend(bms[i].iter());
-        encode_entry(&docs, &bms[i], kind, body)
+        encode_entry(&docs, Roaring::Built(&bms[i]), kind, body)
     })
 }
 
@@ -174,10 +203,7 @@ impl DocLists {
 /// [`encode_table`] of the bitmaps of `lists`' entries.
 pub(crate) fn encode_lists(lists: &DocLists, kind: TableKind) -> Result<Vec<u8>> {
     table(lists.starts.len() - 1, |i, body| {
-        let docs = lists.entry(i);
-        let bm = RoaringBitmap::from_sorted_iter(docs.iter().copied())
-            .expect("a counting sort gives ascending, distinct docs");
-        encode_entry(docs, &bm, kind, body)
+        encode_entry(lists.entry(i), Roaring::FromDocs, kind, body)
     })
 }
 
@@ -309,7 +335,12 @@ mod tests {
 
     /// [`encode_entry`] of a bitmap.
     fn entry_of(bm: &RoaringBitmap, kind: TableKind, out: &mut Vec<u8>) -> Result<()> {
-        encode_entry(&bm.iter().collect::<Vec<_>>(), bm, kind, out)
+        encode_entry(
+            &bm.iter().collect::<Vec<_>>(),
+            Roaring::Built(bm),
+            kind,
+            out,
+        )
     }
 
     proptest! {
@@ -334,6 +365,21 @@ mod tests {
                 encode_lists(&lists, TableKind::Inverted).unwrap(),
                 encode_table(&bms, TableKind::Inverted).unwrap()
             );
+        }
+
+        /// The size of a bitmap built from ascending docs, without building it, is roaring's
+        /// own: sparse and dense containers (over 4,096 docs, stored as bitmaps), many keys.
+        #[test]
+        fn roaring_size_is_the_built_bitmaps(
+            sparse in prop::collection::btree_set(0u32..2_000_000, 0..3000),
+            dense_from in 0u32..300_000,
+            dense_len in 0u32..12_000,
+        ) {
+            let mut docs = sparse;
+            docs.extend(dense_from..dense_from + dense_len);
+            let docs: Vec<u32> = docs.into_iter().collect();
+            let bm = RoaringBitmap::from_sorted_iter(docs.iter().copied()).unwrap();
+            prop_assert_eq!(roaring_size(&docs), bm.serialized_size());
         }
 
         /// The densest container from a sorted slice, as the bitmap's containers count it.

@@ -15,7 +15,7 @@ use arrow::buffer::{Buffer, OffsetBuffer, ScalarBuffer};
 
 use std::borrow::Cow;
 
-use crate::error::{corrupt, Result, SegmentError};
+use crate::error::{corrupt, Result};
 
 /// Bytes per length (1, 2 or 4) for lengths up to `longest`.
 pub(crate) fn length_width(longest: usize) -> u8 {
@@ -252,8 +252,7 @@ pub fn encode<'a>(
     for chunk in chunks {
         let raw = encode_frame(chunk.iter().copied());
         let compressed = match level {
-            Some(l) => Some(zstd::bulk::compress(&raw, l).map_err(SegmentError::Compress)?)
-                .filter(|c| c.len() < raw.len()),
+            Some(l) => Some(crate::layout::zstd_encode(&raw, l)?).filter(|c| c.len() < raw.len()),
             None => None,
         };
         let stored = compressed.as_deref().unwrap_or(&raw);

@@ -1102,3 +1102,44 @@ pub(crate) fn same_strings_twice(
     ))
     .unwrap()
 }
+
+#[test]
+fn integer_blocks_after_a_clear_first_block_read_back() {
+    // The first block is a clock (its deltas win clearly, so later blocks compress only
+    // deltas); later blocks jump around, where frames of reference would be smaller.
+    let schema = SegmentSchema {
+        columns: vec![ColumnDef::new("n", ColumnType::Long)],
+        time_column: None,
+        star_trees: Vec::new(),
+    };
+    let n = 4096usize;
+    let vals: Vec<Option<i64>> = (0..n)
+        .map(|i| match i < 1024 {
+            true => Some(1_700_000_000_000 + i as i64),
+            false if i % 11 == 0 => None,
+            false => Some(((i as i64 * 7919) % 1000) * if i % 2 == 0 { 1 } else { -1 }),
+        })
+        .collect();
+    let batch = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, true)])),
+        vec![Arc::new(Int64Array::from(vals.clone())) as ArrayRef],
+    )
+    .unwrap();
+    let options = BuildOptions {
+        block_rows: 1024,
+        ..BuildOptions::default()
+    };
+    let r = SegmentReader::open(Bytes::from(
+        build_segment(&schema, &[batch], &options).unwrap(),
+    ))
+    .unwrap();
+    assert!(matches!(
+        r.column_meta(0).encoding,
+        crate::layout::Encoding::Packed
+    ));
+    let docs: Vec<u32> = (0..n as u32).collect();
+    let a = r.read_column(0, &docs).unwrap();
+    for (doc, want) in vals.iter().enumerate() {
+        assert_eq!(value_of(&a, doc), want.map(V::I), "doc {doc}");
+    }
+}
