@@ -307,11 +307,15 @@ fn gather(def: &ColumnDef, batches: &[RecordBatch], keep_dictionary: bool) -> Re
         };
         parts.push(c);
     }
-    if parts.is_empty() {
-        return Ok(arrow::array::new_empty_array(&target));
+    match parts.len() {
+        0 => Ok(arrow::array::new_empty_array(&target)),
+        // One batch (a Parquet row group read whole): its array as it is, maybe a slice.
+        1 => Ok(parts.pop().expect("one part")),
+        _ => {
+            let refs: Vec<&dyn Array> = parts.iter().map(|a| a.as_ref()).collect();
+            Ok(concat(&refs)?)
+        }
     }
-    let refs: Vec<&dyn Array> = parts.iter().map(|a| a.as_ref()).collect();
-    Ok(concat(&refs)?)
 }
 
 /// A DATE column's input as days since the epoch (Int64); timestamps keep their day.
@@ -780,25 +784,40 @@ fn numeric(
 }
 
 /// Dictionary-encodes numeric keys; None when there are more than `limit` distinct values.
+/// One hash lookup per row: each value takes a provisional id on first sight, and the ids are
+/// remapped to the sorted order after.
 pub(crate) fn dict_numeric(keys: &[Option<i64>], float: bool, limit: usize) -> Option<Encoded> {
+    use std::collections::hash_map::Entry;
     let mut distinct: HashMap<i64, u32, ahash::RandomState> =
         HashMap::with_hasher(crate::intern::fast_hasher());
-    for k in keys.iter().flatten() {
-        if !distinct.contains_key(k) {
-            if distinct.len() >= limit {
-                return None;
-            }
-            distinct.insert(*k, 0);
-        }
+    let mut seen: Vec<i64> = Vec::new();
+    let mut provisional: Vec<u32> = Vec::with_capacity(keys.len());
+    for k in keys {
+        let id = match k {
+            None => u32::MAX,
+            Some(k) => match distinct.entry(*k) {
+                Entry::Occupied(e) => *e.get(),
+                Entry::Vacant(e) => {
+                    if seen.len() >= limit {
+                        return None;
+                    }
+                    seen.push(*k);
+                    *e.insert(seen.len() as u32 - 1)
+                }
+            },
+        };
+        provisional.push(id);
     }
-    let mut values: Vec<i64> = distinct.keys().copied().collect();
-    values.sort_unstable();
-    for (i, v) in values.iter().enumerate() {
-        distinct.insert(*v, i as u32);
+    let mut order: Vec<u32> = (0..seen.len() as u32).collect();
+    order.sort_unstable_by_key(|&p| seen[p as usize]);
+    let mut remap = vec![0u32; seen.len()];
+    for (sorted, &p) in order.iter().enumerate() {
+        remap[p as usize] = sorted as u32;
     }
-    let ids = keys
-        .iter()
-        .map(|k| k.map(|k| distinct[&k]).unwrap_or(0))
+    let values: Vec<i64> = order.iter().map(|&p| seen[p as usize]).collect();
+    let ids = provisional
+        .into_iter()
+        .map(|p| if p == u32::MAX { 0 } else { remap[p as usize] })
         .collect();
     let mut dictionary = Vec::with_capacity(values.len() * 8);
     for &v in &values {

@@ -249,6 +249,27 @@ fn uncompressed_segments_read_the_same() {
     }
 }
 
+/// A segment built from one batch that is a slice of a larger one (arrays with an offset, as
+/// a Parquet row group read whole and cut at a segment's rows gives) is the segment built from
+/// a copy of those rows, and from the rows in two batches: every column kind, index, the
+/// star-tree, text and JSON sections.
+#[test]
+fn a_sliced_batch_builds_the_segment_of_its_rows() {
+    let (schema, batch) = fixture_input();
+    let n = batch.num_rows();
+    let sliced = batch.slice(3, n - 7);
+    let indices = arrow::array::UInt32Array::from_iter_values(0..sliced.num_rows() as u32);
+    let copied = arrow::compute::take_record_batch(&sliced, &indices).unwrap();
+    let halves = [
+        copied.slice(0, 10),
+        copied.slice(10, copied.num_rows() - 10),
+    ];
+    let build = |batches: &[RecordBatch]| build_segment(&schema, batches, &opts()).unwrap();
+    let expected = build(std::slice::from_ref(&copied));
+    assert_eq!(build(std::slice::from_ref(&sliced)), expected);
+    assert_eq!(build(&halves), expected);
+}
+
 #[test]
 fn every_version_fixture_still_reads_the_same() {
     let (current, path, _) = FIXTURES[FIXTURES.len() - 1];

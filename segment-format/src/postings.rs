@@ -119,18 +119,19 @@ fn encode_entry(docs: &[u32], bm: Roaring<'_>, kind: TableKind, out: &mut Vec<u8
         (0, usize::MAX)
     };
     if docs.len() as u64 <= SHORT_LIST {
-        let mut list = Vec::new();
-        put_varint(&mut list, docs.len() as u32);
+        // Written in place, and taken back if another form is smaller.
+        let at = out.len();
+        out.push(TAG_LIST);
+        put_varint(out, docs.len() as u32);
         let mut prev = None;
         for &d in docs {
-            put_varint(&mut list, prev.map_or(d, |p| d - p));
+            put_varint(out, prev.map_or(d, |p| d - p));
             prev = Some(d);
         }
-        if list.len() <= bitmap_len.min(rice_len) {
-            out.push(TAG_LIST);
-            out.extend_from_slice(&list);
+        if out.len() - at - 1 <= bitmap_len.min(rice_len) {
             return Ok(());
         }
+        out.truncate(at);
     }
     if rice_len < bitmap_len {
         out.push(TAG_RICE | k);

@@ -14,6 +14,7 @@ use arrow::array::{Array, ArrayRef};
 use arrow::datatypes::{DataType, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use basalt_segment::{ColumnType, SegmentSchema};
+use bytes::Bytes;
 
 use super::{ingest_schema, JsonRowError, RowWriter};
 use crate::error::{IngestError, Result};
@@ -279,16 +280,21 @@ pub fn decode_csv(
     Ok(rows)
 }
 
-/// Decodes a Parquet file (a local file, or bytes in memory). Columns are matched by name and cast to the spec's types; a value
-/// that does not convert is an error naming the row and column.
+/// Decodes a Parquet file (its bytes, in memory or mapped). Columns are matched by name and
+/// cast to the spec's types; a value that does not convert is an error naming the row and
+/// column.
 ///
 /// With `keep_dictionaries`, a STRING column the segment builder encodes from a dictionary
 /// ([`basalt_segment::keeps_dictionary`]) and whose every page in the file is
 /// dictionary-encoded is given as [`basalt_segment::string_dictionary_type`] arrays (the
 /// file's own dictionaries, so the builder hashes each distinct value once instead of each
 /// row); every other column as the spec's type.
-pub fn decode_parquet<R: parquet::file::reader::ChunkReader + 'static>(
-    file: R,
+///
+/// Batches hold at most `batch_rows` rows (and 65,536) and never span two row groups: a batch
+/// that did would leave the reader two dictionaries to merge, which it does by turning the
+/// batch's keys back into strings and hashing them again.
+pub fn decode_parquet(
+    file: Bytes,
     schema: &SegmentSchema,
     batch_rows: usize,
     keep_dictionaries: bool,
@@ -299,7 +305,7 @@ pub fn decode_parquet<R: parquet::file::reader::ChunkReader + 'static>(
     };
     let dictionary = basalt_segment::string_dictionary_type();
     let mut dictionary_columns: Vec<String> = Vec::new();
-    let mut reader = parquet_guard(|| {
+    let (meta, mask) = parquet_guard(|| {
         let mut meta = ArrowReaderMetadata::load(&file, ArrowReaderOptions::new())?;
         if keep_dictionaries {
             dictionary_columns = all_dictionary_columns(&meta, schema);
@@ -314,10 +320,8 @@ pub fn decode_parquet<R: parquet::file::reader::ChunkReader + 'static>(
                 )?;
             }
         }
-        let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(file, meta)
-            .with_batch_size(batch_rows.clamp(1, 65536));
         // Only the spec's columns are decoded; the file's others cost nothing.
-        let wanted: Vec<usize> = builder
+        let wanted: Vec<usize> = meta
             .schema()
             .fields()
             .iter()
@@ -325,9 +329,27 @@ pub fn decode_parquet<R: parquet::file::reader::ChunkReader + 'static>(
             .filter(|(_, f)| schema.columns.iter().any(|c| c.name == *f.name()))
             .map(|(i, _)| i)
             .collect();
-        let mask = parquet::arrow::ProjectionMask::roots(builder.parquet_schema(), wanted);
-        Ok(builder.with_projection(mask).build()?)
+        let mask = parquet::arrow::ProjectionMask::roots(
+            meta.metadata().file_metadata().schema_descr(),
+            wanted,
+        );
+        Ok((meta, mask))
     })?;
+    let mut readers = (0..meta.metadata().num_row_groups()).map(|group| {
+        parquet_guard(|| {
+            Ok(
+                ParquetRecordBatchReaderBuilder::new_with_metadata(file.clone(), meta.clone())
+                    .with_row_groups(vec![group])
+                    .with_batch_size(batch_rows.clamp(1, 65536))
+                    .with_projection(mask.clone())
+                    .build()?,
+            )
+        })
+    });
+    let mut reader = match readers.next() {
+        Some(r) => Some(r?),
+        None => None,
+    };
     let target = ingest_schema(schema);
     let target = match dictionary_columns.is_empty() {
         true => target,
@@ -337,7 +359,14 @@ pub fn decode_parquet<R: parquet::file::reader::ChunkReader + 'static>(
         ))),
     };
     let mut rows = 0usize;
-    while let Some(batch) = parquet_guard(|| Ok(reader.next().transpose()?))? {
+    while let Some(r) = reader.as_mut() {
+        let Some(batch) = parquet_guard(|| Ok(r.next().transpose()?))? else {
+            reader = match readers.next() {
+                Some(r) => Some(r?),
+                None => None,
+            };
+            continue;
+        };
         let mut cols: Vec<ArrayRef> = Vec::with_capacity(target.fields().len());
         for (c, f) in schema.columns.iter().zip(target.fields()) {
             let col = match batch.column_by_name(&c.name) {

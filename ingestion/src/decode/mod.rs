@@ -660,6 +660,16 @@ mod tests {
     }
 
     /// Writes `batch` as a Parquet file into `file`.
+    /// The bytes written to `file` so far.
+    fn file_bytes(file: &std::fs::File) -> bytes::Bytes {
+        use std::io::{Read, Seek};
+        let mut f = file.try_clone().unwrap();
+        f.rewind().unwrap();
+        let mut out = Vec::new();
+        f.read_to_end(&mut out).unwrap();
+        out.into()
+    }
+
     fn write_parquet(file: &std::fs::File, batch: &RecordBatch) {
         let mut w =
             parquet::arrow::ArrowWriter::try_new(file.try_clone().unwrap(), batch.schema(), None)
@@ -832,7 +842,7 @@ mod tests {
         )
         .unwrap();
         write_parquet(&file, &batch);
-        let e = decode_parquet(file, &schema(), 10, true, &mut |_| Ok(()))
+        let e = decode_parquet(file_bytes(&file), &schema(), 10, true, &mut |_| Ok(()))
             .unwrap_err()
             .to_string();
         assert!(
@@ -931,7 +941,7 @@ mod tests {
         .unwrap();
         write_parquet(&file, &batch);
         let mut out = Vec::new();
-        let r = decode_parquet(file, &schema, 10, true, &mut |b| {
+        let r = decode_parquet(file_bytes(&file), &schema, 10, true, &mut |b| {
             out.push(b);
             Ok(())
         });
@@ -1017,17 +1027,22 @@ mod tests {
         .unwrap();
         w.write(&batch).unwrap();
         w.close().unwrap();
-        let decode = |keep: bool| {
+        let decode_with = |keep: bool, rows: usize| {
             let mut out = Vec::new();
-            let f = file.try_clone().unwrap();
-            decode_parquet(f, &schema, 1000, keep, &mut |b| {
+            decode_parquet(file_bytes(&file), &schema, rows, keep, &mut |b| {
                 out.push(b);
                 Ok(())
             })
             .unwrap();
             out
         };
+        let decode = |keep: bool| decode_with(keep, 1000);
         let (plain, dict) = (decode(false), decode(true));
+        // Batches never span row groups (2048 rows each).
+        let sizes = |b: &[RecordBatch]| b.iter().map(|b| b.num_rows()).collect::<Vec<_>>();
+        assert_eq!(sizes(&dict), [1000, 1000, 48, 1000, 1000, 48, 904]);
+        let per_group = decode_with(true, 4096);
+        assert_eq!(sizes(&per_group), [2048, 2048, 904]);
         let types = |b: &[RecordBatch]| -> Vec<DataType> {
             b[0].columns()
                 .iter()
@@ -1052,6 +1067,11 @@ mod tests {
             build_segment(&schema, &plain, &opts).unwrap()
                 == build_segment(&schema, &dict, &opts).unwrap(),
             "the same segment from either form"
+        );
+        assert!(
+            build_segment(&schema, &per_group, &opts).unwrap()
+                == build_segment(&schema, &dict, &opts).unwrap(),
+            "the same segment from a batch per row group"
         );
     }
 
