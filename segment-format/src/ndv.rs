@@ -39,9 +39,9 @@ pub fn bytes_key(bytes: &[u8]) -> i64 {
 /// Estimated number of distinct values among `keys`.
 pub fn estimate(keys: impl Iterator<Item = i64>) -> u64 {
     let mut reg = vec![0u8; M];
-    let mut seen = false;
+    let mut count = 0u64;
     for k in keys {
-        seen = true;
+        count += 1;
         let h = mix(k);
         let idx = (h >> (64 - P)) as usize;
         // Rank of the first set bit in the remaining 52 bits (a sentinel bit bounds it).
@@ -51,7 +51,7 @@ pub fn estimate(keys: impl Iterator<Item = i64>) -> u64 {
             reg[idx] = rank;
         }
     }
-    if !seen {
+    if count == 0 {
         return 0;
     }
     let m = M as f64;
@@ -64,7 +64,8 @@ pub fn estimate(keys: impl Iterator<Item = i64>) -> u64 {
     } else {
         raw
     };
-    (est.round() as u64).max(1)
+    // Never more distinct keys than keys (HyperLogLog can overshoot a unique column).
+    (est.round() as u64).clamp(1, count)
 }
 
 #[cfg(test)]
@@ -81,6 +82,10 @@ mod tests {
             let e = estimate(keys) as f64;
             let err = (e - n as f64).abs() / n as f64;
             assert!(err < 0.06, "{n} distinct estimated as {e}");
+        }
+        // Unique keys: at most as many as there are.
+        for n in [100i64, 10_000, 1_000_000] {
+            assert!(estimate(0..n) <= n as u64);
         }
     }
 
