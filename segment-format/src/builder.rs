@@ -309,7 +309,7 @@ fn gather(def: &ColumnDef, batches: &[RecordBatch], keep_dictionary: bool) -> Re
     }
     match parts.len() {
         0 => Ok(arrow::array::new_empty_array(&target)),
-        // One batch (a Parquet row group read whole): its array as it is, maybe a slice.
+        // One batch: its array as it is (maybe a slice), not copied by `concat`.
         1 => Ok(parts.pop().expect("one part")),
         _ => {
             let refs: Vec<&dyn Array> = parts.iter().map(|a| a.as_ref()).collect();
