@@ -357,6 +357,46 @@ async fn bad_input_gets_clear_errors_and_nothing_partial() {
     .await;
     assert_eq!(st, 400, "{v}");
     assert!(v["error"].as_str().unwrap().contains("Parquet"), "{v}");
+    // A Parquet file of a few kilobytes whose one value decodes to 40 MiB: its page declares
+    // more than a page may hold and is refused before it is decompressed, naming the column.
+    let huge = {
+        use arrow::datatypes::{DataType, Field, Schema};
+        use std::sync::Arc;
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("ts", DataType::Int64, false),
+            Field::new("event_id", DataType::Utf8, false),
+        ]));
+        let batch = arrow::record_batch::RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(arrow::array::Int64Array::from(vec![1_764_324_000_000i64])),
+                Arc::new(arrow::array::StringArray::from(vec!["a".repeat(40 << 20)])),
+            ],
+        )
+        .unwrap();
+        let props = parquet::file::properties::WriterProperties::builder()
+            .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
+            .build();
+        let mut out = Vec::new();
+        let mut w = parquet::arrow::ArrowWriter::try_new(&mut out, schema, Some(props)).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        out
+    };
+    assert!(huge.len() < 64 << 10, "{} bytes", huge.len());
+    let (st, v) = post(
+        &c,
+        s.url("/tables/events/ingest"),
+        "application/vnd.apache.parquet",
+        huge,
+    )
+    .await;
+    assert_eq!(st, 400, "{v}");
+    let e = v["error"].as_str().unwrap();
+    assert!(
+        e.contains("\"event_id\"") && e.contains("a page declares"),
+        "{v}"
+    );
     let (st, _) = post(&c, s.url("/tables/events/ingest"), "application/xml", good).await;
     assert_eq!(st, 415);
     let (st, v) = post(

@@ -6,7 +6,7 @@
 //! other panic aborts as usual.
 #![no_main]
 
-use basalt_fuzz_core::{check_batch, schema, BATCH_ROWS};
+use basalt_fuzz_core::{check_batch, limits, schema, BATCH_ROWS};
 use libfuzzer_sys::fuzz_target;
 
 static HOOK: std::sync::Once = std::sync::Once::new();
@@ -25,5 +25,12 @@ fuzz_target!(|data: &[u8]| {
         Ok(())
     };
     let bytes = bytes::Bytes::copy_from_slice(data);
-    let _ = basalt_ingest::decode::decode_parquet(bytes, &schema(), BATCH_ROWS, true, &mut sink);
+    let _ = basalt_ingest::decode::decode_parquet(
+        bytes,
+        &schema(),
+        BATCH_ROWS,
+        true,
+        &limits(),
+        &mut sink,
+    );
 });

@@ -292,12 +292,15 @@ pub fn decode_csv(
 ///
 /// Batches hold at most `batch_rows` rows (and 65,536) and never span two row groups: a batch
 /// that did would leave the reader two dictionaries to merge, which it does by turning the
-/// batch's keys back into strings and hashing them again.
+/// batch's keys back into strings and hashing them again. Before any page is decoded, the
+/// file is held to `limits` ([`super::parquet_bounds`]): a page declaring more than a page may
+/// hold is an error, and a row group whose rows decode long gets fewer rows per batch.
 pub fn decode_parquet(
     file: Bytes,
     schema: &SegmentSchema,
     batch_rows: usize,
     keep_dictionaries: bool,
+    limits: &DecodeLimits,
     sink: &mut dyn FnMut(RecordBatch) -> Result<()>,
 ) -> Result<usize> {
     use parquet::arrow::arrow_reader::{
@@ -335,12 +338,20 @@ pub fn decode_parquet(
         );
         Ok((meta, mask))
     })?;
-    let mut readers = (0..meta.metadata().num_row_groups()).map(|group| {
+    let group_rows = super::parquet_bounds::batch_rows_per_group(
+        &file,
+        meta.metadata(),
+        &mask,
+        &dictionary_columns,
+        limits,
+        batch_rows,
+    )?;
+    let mut readers = group_rows.into_iter().enumerate().map(|(group, rows)| {
         parquet_guard(|| {
             Ok(
                 ParquetRecordBatchReaderBuilder::new_with_metadata(file.clone(), meta.clone())
                     .with_row_groups(vec![group])
-                    .with_batch_size(batch_rows.clamp(1, 65536))
+                    .with_batch_size(rows)
                     .with_projection(mask.clone())
                     .build()?,
             )
@@ -481,7 +492,7 @@ pub fn in_parquet_reader() -> bool {
 /// Runs a step of the Parquet reader, turning a panic inside it into an error: the reader
 /// panics on some malformed files (e.g. a dictionary-encoded page without its dictionary,
 /// found by the `parquet` fuzz target), and a client's file must not take a thread down.
-fn parquet_guard<T>(step: impl FnOnce() -> Result<T>) -> Result<T> {
+pub(super) fn parquet_guard<T>(step: impl FnOnce() -> Result<T>) -> Result<T> {
     IN_PARQUET_READER.with(|f| f.set(true));
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(step));
     IN_PARQUET_READER.with(|f| f.set(false));

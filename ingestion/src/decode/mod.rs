@@ -23,6 +23,8 @@ use crate::error::{IngestError, Result};
 use crate::json_row::{is_text, parse_object, raw_field, ColumnIndex, ObjectError, RawField};
 
 mod formats;
+mod parquet_bounds;
+mod parquet_pages;
 pub use formats::{decode_csv, decode_ndjson, decode_parquet, in_parquet_reader, DecodeLimits};
 use serde_json::value::RawValue;
 
@@ -842,9 +844,16 @@ mod tests {
         )
         .unwrap();
         write_parquet(&file, &batch);
-        let e = decode_parquet(file_bytes(&file), &schema(), 10, true, &mut |_| Ok(()))
-            .unwrap_err()
-            .to_string();
+        let e = decode_parquet(
+            file_bytes(&file),
+            &schema(),
+            10,
+            true,
+            &Default::default(),
+            &mut |_| Ok(()),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(
             e.contains("row 2") && e.contains("\"d\"") && e.contains("NaN"),
             "{e}"
@@ -941,10 +950,17 @@ mod tests {
         .unwrap();
         write_parquet(&file, &batch);
         let mut out = Vec::new();
-        let r = decode_parquet(file_bytes(&file), &schema, 10, true, &mut |b| {
-            out.push(b);
-            Ok(())
-        });
+        let r = decode_parquet(
+            file_bytes(&file),
+            &schema,
+            10,
+            true,
+            &Default::default(),
+            &mut |b| {
+                out.push(b);
+                Ok(())
+            },
+        );
         assert_eq!(collect(r, out), (want_days, want_ps));
 
         // Errors name the line, the column and the type.
@@ -1029,10 +1045,17 @@ mod tests {
         w.close().unwrap();
         let decode_with = |keep: bool, rows: usize| {
             let mut out = Vec::new();
-            decode_parquet(file_bytes(&file), &schema, rows, keep, &mut |b| {
-                out.push(b);
-                Ok(())
-            })
+            decode_parquet(
+                file_bytes(&file),
+                &schema,
+                rows,
+                keep,
+                &Default::default(),
+                &mut |b| {
+                    out.push(b);
+                    Ok(())
+                },
+            )
             .unwrap();
             out
         };
@@ -1082,7 +1105,10 @@ mod tests {
         let bytes =
             bytes::Bytes::from_static(include_bytes!("fixtures/dictionary_page_missing.parquet"));
         let schema = basalt_segment::fuzzing::every_type_schema();
-        let e = decode_parquet(bytes, &schema, 64, true, &mut |_| Ok(())).unwrap_err();
+        let e = decode_parquet(bytes, &schema, 64, true, &Default::default(), &mut |_| {
+            Ok(())
+        })
+        .unwrap_err();
         assert!(
             matches!(&e, IngestError::BadInput { message, .. } if message.contains("malformed")),
             "{e}"

@@ -392,6 +392,7 @@ impl TableStore {
                                 &t.schema,
                                 batch_rows,
                                 keep_dictionaries,
+                                &limits.decode,
                                 &mut sink,
                             )
                             .map_err(|e| match e {
