@@ -860,7 +860,60 @@ mod tests {
         );
     }
 
+    /// Small files of every shape the bounds read: version 1 and 2 pages, dictionaries,
+    /// DELTA_BYTE_ARRAY, lists.
+    fn shapes() -> Vec<Bytes> {
+        let n = 300;
+        let b = batch(vec![
+            (
+                "s",
+                Arc::new(StringArray::from_iter(
+                    (0..n).map(|i| (i % 9 != 0).then(|| format!("v{}", i * 7919 % 100))),
+                )),
+            ),
+            ("tags", lists(n)),
+        ]);
+        let mut out = Vec::new();
+        for version in [WriterVersion::PARQUET_1_0, WriterVersion::PARQUET_2_0] {
+            for dictionary in [true, false] {
+                let props = WriterProperties::builder()
+                    .set_writer_version(version)
+                    .set_dictionary_enabled(dictionary)
+                    .set_data_page_row_count_limit(100)
+                    .set_write_batch_size(50)
+                    .build();
+                out.push(write(&b, props));
+            }
+        }
+        out
+    }
+
     proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(400))]
+        /// A valid file with bytes changed: the decoder answers rows or an error; nothing
+        /// here panics (the `parquet` reader's own panics are turned into errors).
+        #[test]
+        fn damaged_files_are_errors_not_panics(
+            shape in 0usize..4,
+            changes in proptest::collection::vec((0.0f64..1.0, proptest::prelude::any::<u8>()), 1..6),
+        ) {
+            let mut file = shapes()[shape].to_vec();
+            // Change bytes before the footer: pages and their headers.
+            let body = file.len() - 8 - u32::from_le_bytes(file[file.len() - 8..file.len() - 4].try_into().unwrap()) as usize;
+            for (at, byte) in changes {
+                let i = 4 + (at * (body - 4) as f64) as usize;
+                file[i] = byte;
+            }
+            let s = schema(vec![
+                ColumnDef::new("s", ColumnType::String),
+                ColumnDef::multi_value("tags", ColumnType::String),
+            ]);
+            let limits = DecodeLimits { max_line_bytes: 4096, max_batch_bytes: 64 << 10 };
+            let file = Bytes::from(file);
+            let r = std::panic::catch_unwind(|| decode(&file, &s, false, &limits).map(|b| b.len()));
+            proptest::prop_assert!(r.is_ok(), "panicked");
+        }
+
         /// Any bytes: the header reader answers or declines, never panics or reads past them.
         #[test]
         fn page_header_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)) {
