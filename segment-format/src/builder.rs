@@ -890,10 +890,7 @@ pub(crate) fn dict_strings(a: &StringArray, allow_raw: bool) -> Encoded {
         }
     }
     let mut interner = Interner::new();
-    let provisional: Vec<u32> = a
-        .iter()
-        .map(|v| v.map_or(u32::MAX, |s| interner.id(s)))
-        .collect();
+    let provisional = interner.ids_of(a);
     let non_null = a.len() - a.null_count();
     let (values, remap) = match sorted_distinct(interner.into_values(), non_null, allow_raw) {
         Ok(sorted) => sorted,
