@@ -37,10 +37,19 @@ const FIRST_SLOTS: usize = 1 << 10;
 /// How many rows ahead a lookup reads its slot.
 const AHEAD: usize = 8;
 
-/// A fast hasher for building dictionaries (ids come from sorting, so its seeds do not
-/// affect the segment).
+/// A fast hasher for building dictionaries, seeded at random once per process: a client
+/// cannot choose strings that collide in the table (fixed seeds would let a body of crafted
+/// values make every probe walk one long run). Ids come from first appearance and sorting,
+/// so the seeds never affect a segment's bytes.
 pub(crate) fn fast_hasher() -> ahash::RandomState {
-    ahash::RandomState::with_seeds(0x243f_6a88, 0x85a3_08d3, 0x1319_8a2e, 0x0370_7344)
+    use std::hash::BuildHasher;
+    static SEEDS: std::sync::OnceLock<[u64; 4]> = std::sync::OnceLock::new();
+    let s = SEEDS.get_or_init(|| {
+        // The standard library's keys come from the operating system's random source.
+        let random = std::collections::hash_map::RandomState::new();
+        std::array::from_fn(|i| random.hash_one(i))
+    });
+    ahash::RandomState::with_seeds(s[0], s[1], s[2], s[3])
 }
 
 /// Provisional ids for the strings of one column.
