@@ -180,13 +180,22 @@ impl Leaf<'_> {
         let levels = Levels::of(desc);
         let (mut per_row, mut run_bytes, mut run_rows) = (PER_VALUE, 0u64, 0u64);
         for h in &data {
+            // Only pages whose levels or lengths are read are decompressed; the others are
+            // skipped by their headers.
+            let wanted = repeated || (width.is_none() && h.encoding == pages::DELTA_BYTE_ARRAY);
             let page = match reader.as_mut() {
-                Some(r) => loop {
-                    match parquet_guard(|| Ok(r.get_next_page()?))? {
-                        Some(Page::DictionaryPage { .. }) => continue,
-                        page => break page,
+                Some(r) => parquet_guard(|| {
+                    while r.peek_next_page()?.is_some_and(|p| p.is_dict) {
+                        r.skip_next_page()?;
                     }
-                },
+                    Ok(match wanted {
+                        true => r.get_next_page()?,
+                        false => {
+                            r.skip_next_page()?;
+                            None
+                        }
+                    })
+                })?,
                 None => None,
             };
             let (n, page_bytes) = (h.num_values as u64, h.uncompressed as u64);
