@@ -306,6 +306,7 @@ pub fn decode_parquet(
     use parquet::arrow::arrow_reader::{
         ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
     };
+    super::parquet_bounds::check_footer(&file, limits)?;
     let dictionary = basalt_segment::string_dictionary_type();
     let mut dictionary_columns: Vec<String> = Vec::new();
     let (meta, mask) = parquet_guard(|| {

@@ -1115,6 +1115,24 @@ mod tests {
         );
     }
 
+    /// A file the `parquet` fuzz target found: 7.5 KB whose footer declares a list of schema
+    /// elements the `parquet` crate reserved 180 GB for before reading one (an allocation
+    /// failure aborts the process). The footer is checked first; the decoder answers an error.
+    #[test]
+    fn a_parquet_footer_declaring_a_huge_list_is_an_error() {
+        let bytes = bytes::Bytes::from_static(include_bytes!("fixtures/footer_list_bomb.parquet"));
+        let schema = basalt_segment::fuzzing::every_type_schema();
+        let e = decode_parquet(bytes, &schema, 64, true, &Default::default(), &mut |_| {
+            Ok(())
+        })
+        .unwrap_err();
+        assert!(
+            matches!(&e, IngestError::BadInput { location, message }
+                if location.contains("footer") && message.contains("malformed")),
+            "{e}"
+        );
+    }
+
     proptest::proptest! {
         /// The borrowed parse of raw bytes accepts and converts exactly what the
         /// `serde_json::Value` path does, with the same rows and the same error locations.

@@ -96,14 +96,23 @@ pub fn page_header(bytes: &[u8]) -> Option<(PageHeader, usize)> {
         .then_some((h, c.pos))
 }
 
+/// Whether `bytes` are one well-formed Thrift compact struct (a file footer) in which no list,
+/// set or map declares more entries than the bytes after it could hold. The `parquet` crate
+/// allocates a list's declared length before reading its entries.
+pub fn well_formed_struct(bytes: &[u8]) -> bool {
+    let mut c = Compact { buf: bytes, pos: 0 };
+    c.fields(0, |c, _, ty| c.skip(ty, 1, false)).is_some()
+}
+
 /// Thrift compact-protocol type ids used here.
 const BOOL_TRUE: u8 = 1;
 const BOOL_FALSE: u8 = 2;
 const I32: u8 = 5;
 const STRUCT: u8 = 12;
 
-/// Nesting deeper than this is refused (headers nest three levels; statistics do not nest).
-const MAX_DEPTH: u32 = 16;
+/// Nesting deeper than this is refused (a page header nests three levels, a file footer about
+/// a dozen: lists of row groups, of column chunks, of page encoding statistics).
+const MAX_DEPTH: u32 = 64;
 
 /// A cursor over compact-protocol bytes.
 #[derive(Clone)]
