@@ -1098,17 +1098,25 @@ mod tests {
         );
     }
 
+    /// The decoder's error for a Parquet fixture, with the every-type schema.
+    fn fixture_error(file: &'static [u8]) -> IngestError {
+        let schema = basalt_segment::fuzzing::every_type_schema();
+        decode_parquet(
+            bytes::Bytes::from_static(file),
+            &schema,
+            64,
+            true,
+            &Default::default(),
+            &mut |_| Ok(()),
+        )
+        .unwrap_err()
+    }
+
     /// A file the `parquet` fuzz target found: a dictionary-encoded page whose dictionary
     /// page is missing makes the Parquet reader panic; the decoder answers an error.
     #[test]
     fn a_parquet_file_that_panics_the_reader_is_an_error() {
-        let bytes =
-            bytes::Bytes::from_static(include_bytes!("fixtures/dictionary_page_missing.parquet"));
-        let schema = basalt_segment::fuzzing::every_type_schema();
-        let e = decode_parquet(bytes, &schema, 64, true, &Default::default(), &mut |_| {
-            Ok(())
-        })
-        .unwrap_err();
+        let e = fixture_error(include_bytes!("fixtures/dictionary_page_missing.parquet"));
         assert!(
             matches!(&e, IngestError::BadInput { message, .. } if message.contains("malformed")),
             "{e}"
@@ -1120,12 +1128,7 @@ mod tests {
     /// failure aborts the process). The footer is checked first; the decoder answers an error.
     #[test]
     fn a_parquet_footer_declaring_a_huge_list_is_an_error() {
-        let bytes = bytes::Bytes::from_static(include_bytes!("fixtures/footer_list_bomb.parquet"));
-        let schema = basalt_segment::fuzzing::every_type_schema();
-        let e = decode_parquet(bytes, &schema, 64, true, &Default::default(), &mut |_| {
-            Ok(())
-        })
-        .unwrap_err();
+        let e = fixture_error(include_bytes!("fixtures/footer_list_bomb.parquet"));
         assert!(
             matches!(&e, IngestError::BadInput { location, message }
                 if location.contains("footer") && message.contains("malformed")),
@@ -1141,13 +1144,7 @@ mod tests {
     #[test]
     #[ignore = "open: the footer check does not yet follow the parquet crate's field types"]
     fn a_parquet_footer_field_of_another_type_is_an_error() {
-        let bytes =
-            bytes::Bytes::from_static(include_bytes!("fixtures/footer_field_type_bomb.parquet"));
-        let schema = basalt_segment::fuzzing::every_type_schema();
-        let e = decode_parquet(bytes, &schema, 64, true, &Default::default(), &mut |_| {
-            Ok(())
-        })
-        .unwrap_err();
+        let e = fixture_error(include_bytes!("fixtures/footer_field_type_bomb.parquet"));
         assert!(
             matches!(&e, IngestError::BadInput { location, .. } if location.contains("footer")),
             "{e}"

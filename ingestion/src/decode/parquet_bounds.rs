@@ -22,8 +22,9 @@
 //!   they hold more than declared;
 //! - each leaf column gets a bound on the bytes one row decodes to. Fixed-width values have
 //!   their width; dictionary pages, the longest value of their dictionary (decompressed here
-//!   after the size check); plain pages, their bytes over their values; DELTA_BYTE_ARRAY, the
-//!   page. A repeated column's pages are decompressed to count the rows they start;
+//!   after the size check); plain pages, their bytes over their values; DELTA_BYTE_ARRAY
+//!   pages, their values' total from the prefix and suffix lengths (decompressed here). A
+//!   repeated column's pages are decompressed to count the rows they start;
 //! - a batch holds `max_batch_bytes` over the sum of its columns' bounds, at least one row.
 //!
 //! What a batch may then hold: at most `max_batch_bytes` of values, plus, per column, the page
@@ -212,10 +213,10 @@ impl Leaf<'_> {
         let (mut per_row, mut run_bytes, mut run_rows) = (PER_VALUE, 0u64, 0u64);
         for h in &data {
             // Only pages whose levels or lengths are read are decompressed; the others are
-            // skipped by their headers.
+            // skipped by their headers. A reader opened for the dictionary alone is done.
             let wanted = repeated || (width.is_none() && h.encoding == pages::DELTA_BYTE_ARRAY);
             let page = match reader.as_mut() {
-                Some(r) => parquet_guard(|| {
+                Some(r) if repeated || delta => parquet_guard(|| {
                     while r.peek_next_page()?.is_some_and(|p| p.is_dict) {
                         r.skip_next_page()?;
                     }
@@ -227,7 +228,7 @@ impl Leaf<'_> {
                         }
                     })
                 })?,
-                None => None,
+                _ => None,
             };
             let (n, page_bytes) = (h.num_values as u64, h.uncompressed as u64);
             let values = match (h.encoding, width) {
@@ -283,8 +284,8 @@ impl Leaf<'_> {
         Ok(bytes.div_ceil(rows.max(1)))
     }
 
-    /// Every page header of the column chunk, after checking
-    /// each page's declared size (and, for the stream codecs, its real size).
+    /// Every page header of the column chunk, after checking each page's declared size (and,
+    /// for the stream codecs, its real size).
     fn headers(&self) -> Result<Vec<PageHeader>> {
         let start = self
             .col
@@ -346,23 +347,14 @@ impl Leaf<'_> {
 /// the LZ4 frame format). The others decompress into a buffer of the declared size. A stream
 /// the codec cannot read counts as within: the reader reports it.
 fn decompresses_within(codec: Compression, compressed: &[u8], declared: usize) -> bool {
-    let limit = declared as u64 + 1;
-    let read = match codec {
-        Compression::GZIP(_) => std::io::copy(
-            &mut flate2::read::MultiGzDecoder::new(compressed).take(limit),
-            &mut std::io::sink(),
-        ),
-        Compression::BROTLI(_) => std::io::copy(
-            &mut brotli::Decompressor::new(compressed, 4096).take(limit),
-            &mut std::io::sink(),
-        ),
-        Compression::LZ4 => std::io::copy(
-            &mut lz4_flex::frame::FrameDecoder::new(compressed).take(limit),
-            &mut std::io::sink(),
-        ),
+    let stream: Box<dyn Read + '_> = match codec {
+        Compression::GZIP(_) => Box::new(flate2::read::MultiGzDecoder::new(compressed)),
+        Compression::BROTLI(_) => Box::new(brotli::Decompressor::new(compressed, 4096)),
+        Compression::LZ4 => Box::new(lz4_flex::frame::FrameDecoder::new(compressed)),
         _ => return true,
     };
-    read.map_or(true, |n| n <= declared as u64)
+    std::io::copy(&mut stream.take(declared as u64 + 1), &mut std::io::sink())
+        .map_or(true, |n| n <= declared as u64)
 }
 
 /// Where a column's level sections end, to find a page's repetition levels and values.

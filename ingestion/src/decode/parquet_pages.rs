@@ -404,7 +404,7 @@ impl<'a> DeltaBinaryPacked<'a> {
 /// levels; at most `max_values` values), computed from its prefix and suffix lengths without
 /// building the values. `None` when the page is malformed.
 pub fn delta_byte_array_bytes(values: &[u8], max_values: usize) -> Option<u64> {
-    let prefixes = DeltaBinaryPacked::new(values)?;
+    let mut prefixes = DeltaBinaryPacked::new(values)?;
     let count = prefixes.left;
     if count > max_values as u64 {
         return None;
@@ -415,11 +415,10 @@ pub fn delta_byte_array_bytes(values: &[u8], max_values: usize) -> Option<u64> {
         scan.next_value()?;
     }
     let suffix_at = scan.c.pos;
-    let suffixes = DeltaBinaryPacked::new(&values[suffix_at..])?;
+    let mut suffixes = DeltaBinaryPacked::new(&values[suffix_at..])?;
     if suffixes.left != count {
         return None;
     }
-    let (mut prefixes, mut suffixes) = (prefixes, suffixes);
     let (mut previous, mut total, mut suffix_bytes) = (0u64, 0u64, 0u64);
     for _ in 0..count {
         let p = u64::try_from(prefixes.next_value()?).ok()?;
