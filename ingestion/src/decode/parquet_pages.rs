@@ -5,8 +5,11 @@
 //!
 //! Page headers are Thrift compact-protocol structs. The `parquet` crate's own reader is not
 //! public, and it allocates the declared uncompressed size as soon as it has read a header;
-//! [`super::parquet_bounds`] must see that size first. Every read here is bounded by the bytes
-//! given: a malformed header is `None`, never a panic or an allocation.
+//! [`super::parquet_bounds`] must see that size first. A header is first checked as the crate
+//! reads it ([`super::parquet_thrift`]), so both read the same fields. Every read here is
+//! bounded by the bytes given: a malformed header is `None`, never a panic or an allocation.
+
+use super::parquet_thrift::{check_page_header, Compact, BOOL_FALSE, BOOL_TRUE, I32, STRUCT};
 
 /// A page's type ([`PageHeader::kind`]), as the Parquet format numbers them.
 pub const DATA_PAGE: i32 = 0;
@@ -40,8 +43,10 @@ pub struct PageHeader {
 }
 
 /// Reads the page header at the start of `bytes`: the header and its length in bytes. `None`
-/// when the bytes are not a complete, well-formed header.
+/// when the bytes are not a complete, well-formed header, or declare a field the crate reads
+/// as another type than they say.
 pub fn page_header(bytes: &[u8]) -> Option<(PageHeader, usize)> {
+    check_page_header(bytes).ok()?;
     let mut c = Compact { buf: bytes, pos: 0 };
     let mut h = PageHeader {
         kind: -1,
@@ -94,137 +99,6 @@ pub fn page_header(bytes: &[u8]) -> Option<(PageHeader, usize)> {
         && def_len >= 0
         && rep_len >= 0)
         .then_some((h, c.pos))
-}
-
-/// Whether `bytes` are one well-formed Thrift compact struct (a file footer) in which no list,
-/// set or map declares more entries than the bytes after it could hold. The `parquet` crate
-/// allocates a list's declared length before reading its entries.
-pub fn well_formed_struct(bytes: &[u8]) -> bool {
-    let mut c = Compact { buf: bytes, pos: 0 };
-    c.fields(0, |c, _, ty| c.skip(ty, 1, false)).is_some()
-}
-
-/// Thrift compact-protocol type ids used here.
-const BOOL_TRUE: u8 = 1;
-const BOOL_FALSE: u8 = 2;
-const I32: u8 = 5;
-const STRUCT: u8 = 12;
-
-/// Nesting deeper than this is refused (a page header nests three levels, a file footer about
-/// a dozen: lists of row groups, of column chunks, of page encoding statistics).
-const MAX_DEPTH: u32 = 64;
-
-/// A cursor over compact-protocol bytes.
-#[derive(Clone)]
-struct Compact<'a> {
-    buf: &'a [u8],
-    pos: usize,
-}
-
-impl Compact<'_> {
-    fn byte(&mut self) -> Option<u8> {
-        let b = *self.buf.get(self.pos)?;
-        self.pos += 1;
-        Some(b)
-    }
-
-    fn varint(&mut self) -> Option<u64> {
-        let mut v = 0u64;
-        for shift in (0..70).step_by(7) {
-            let b = self.byte()?;
-            v |= u64::from(b & 0x7f).checked_shl(shift)?;
-            if b & 0x80 == 0 {
-                return Some(v);
-            }
-        }
-        None
-    }
-
-    fn i32(&mut self) -> Option<i32> {
-        let v = self.varint()?;
-        i32::try_from((v >> 1) as i64 ^ -((v & 1) as i64)).ok()
-    }
-
-    fn take(&mut self, n: u64) -> Option<()> {
-        let end = self.pos.checked_add(usize::try_from(n).ok()?)?;
-        (end <= self.buf.len()).then(|| self.pos = end)
-    }
-
-    /// Reads a struct's fields up to its stop byte, handing each field's id and type to `f`
-    /// (which reads or skips its value).
-    fn fields(
-        &mut self,
-        depth: u32,
-        mut f: impl FnMut(&mut Self, i16, u8) -> Option<()>,
-    ) -> Option<()> {
-        if depth > MAX_DEPTH {
-            return None;
-        }
-        let mut last = 0i16;
-        loop {
-            let b = self.byte()?;
-            if b == 0 {
-                return Some(());
-            }
-            let ty = b & 0x0f;
-            let id = match b >> 4 {
-                0 => i16::try_from(self.i32()?).ok()?,
-                delta => last.checked_add(i16::from(delta))?,
-            };
-            last = id;
-            f(self, id, ty)?;
-        }
-    }
-
-    /// Skips a value of type `ty`. A boolean field keeps its value in its type id; a boolean
-    /// element of a list takes a byte.
-    fn skip(&mut self, ty: u8, depth: u32, element: bool) -> Option<()> {
-        if depth > MAX_DEPTH {
-            return None;
-        }
-        match ty {
-            BOOL_TRUE | BOOL_FALSE if !element => Some(()),
-            BOOL_TRUE | BOOL_FALSE | 3 => self.take(1),
-            4..=6 => self.varint().map(|_| ()),
-            7 => self.take(8),
-            8 => {
-                let n = self.varint()?;
-                self.take(n)
-            }
-            9 | 10 => {
-                let head = self.byte()?;
-                let n = match head >> 4 {
-                    15 => self.varint()?,
-                    n => u64::from(n),
-                };
-                self.elements(n, &[head & 0x0f], depth)
-            }
-            11 => {
-                let n = self.varint()?;
-                if n == 0 {
-                    return Some(());
-                }
-                let kv = self.byte()?;
-                self.elements(n, &[kv >> 4, kv & 0x0f], depth)
-            }
-            STRUCT => self.fields(depth + 1, |c, _, ty| c.skip(ty, depth + 1, false)),
-            _ => None,
-        }
-    }
-
-    /// Skips `n` elements of the given types in turn. Every element takes at least a byte, so
-    /// a count beyond the bytes left is malformed (and never loops long).
-    fn elements(&mut self, n: u64, types: &[u8], depth: u32) -> Option<()> {
-        if n > (self.buf.len() - self.pos) as u64 {
-            return None;
-        }
-        for _ in 0..n {
-            for &ty in types {
-                self.skip(ty, depth + 1, true)?;
-            }
-        }
-        Some(())
-    }
 }
 
 /// How many of the first `n` levels in an RLE/bit-packed hybrid run are 0 (for repetition
