@@ -490,6 +490,11 @@ pub struct IngestSection {
     /// Longest NDJSON line or CSV record, in bytes (default 16 MiB).
     #[serde(default = "default_line")]
     pub max_line_bytes: usize,
+    /// Rows one ingest request may hold (default 100M): more is refused with 400, and a
+    /// Parquet body declaring more is refused before decoding (its rows, not its bytes, are
+    /// the work: a few kilobytes of nulls can declare billions).
+    #[serde(default = "default_request_rows")]
+    pub max_rows_per_request: u64,
     /// Bytes of one segment's rows held in memory while a request decodes (default 256 MiB);
     /// a request holds a few segments at most.
     #[serde(default = "default_segment_bytes")]
@@ -517,6 +522,9 @@ fn default_body_timeout() -> u64 {
 fn default_line() -> usize {
     16 << 20
 }
+fn default_request_rows() -> u64 {
+    100_000_000
+}
 fn default_segment_bytes() -> u64 {
     256 << 20
 }
@@ -528,6 +536,7 @@ impl Default for IngestSection {
             max_concurrent: default_ingests(),
             body_read_timeout_secs: default_body_timeout(),
             max_line_bytes: default_line(),
+            max_rows_per_request: default_request_rows(),
             max_segment_bytes: default_segment_bytes(),
             consumer_lease_secs: default_consumer_lease(),
         }
@@ -539,6 +548,7 @@ impl IngestSection {
         basalt_ingest::IngestLimits {
             decode: basalt_ingest::decode::DecodeLimits {
                 max_line_bytes: self.max_line_bytes,
+                max_rows: self.max_rows_per_request,
                 ..Default::default()
             },
             max_segment_bytes: self.max_segment_bytes,
@@ -597,11 +607,12 @@ impl Config {
         if i.max_concurrent == 0
             || i.body_read_timeout_secs == 0
             || i.max_line_bytes < 1024
+            || i.max_rows_per_request == 0
             || i.max_segment_bytes < (1 << 20)
             || i.consumer_lease_secs < 3
         {
             return Err(format!(
-                "invalid config {}: ingest.max_concurrent and ingest.body_read_timeout_secs must be positive, ingest.max_line_bytes at least 1024, ingest.max_segment_bytes at least 1 MiB, ingest.consumer_lease_secs at least 3",
+                "invalid config {}: ingest.max_concurrent and ingest.body_read_timeout_secs must be positive, ingest.max_line_bytes at least 1024, ingest.max_rows_per_request positive, ingest.max_segment_bytes at least 1 MiB, ingest.consumer_lease_secs at least 3",
                 path.display()
             ));
         }

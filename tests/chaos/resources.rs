@@ -300,11 +300,14 @@ fn stalling_body(first: Vec<u8>, stall: Duration, rest: Vec<u8>) -> reqwest::Bod
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn ingests_are_bounded_in_time_count_and_line_length() {
+async fn ingests_are_bounded_in_time_count_line_length_and_rows() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(
         &dir.path().join("data"),
-        Some("[ingest]\nmax_concurrent = 1\nbody_read_timeout_secs = 1\nmax_line_bytes = 4096\n"),
+        Some(
+            "[ingest]\nmax_concurrent = 1\nbody_read_timeout_secs = 1\nmax_line_bytes = 4096\n\
+             max_rows_per_request = 150\n",
+        ),
     );
     let c = reqwest::Client::new();
     let r = c
@@ -363,6 +366,15 @@ async fn ingests_are_bounded_in_time_count_and_line_length() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    let count = sql(&c, &s, "SELECT count(*) FROM events").await;
+    assert_eq!(count["resultTable"]["rows"], json!([[100]]), "{count}");
+    // More rows than one request may hold: 400 naming the limit, none of them published.
+    let r = ingest((0..200).map(row).collect::<String>().into())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let msg = r.text().await.unwrap();
+    assert!(msg.contains("ingest.max_rows_per_request"), "{msg}");
     let count = sql(&c, &s, "SELECT count(*) FROM events").await;
     assert_eq!(count["resultTable"]["rows"], json!([[100]]), "{count}");
 }

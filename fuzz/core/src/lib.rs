@@ -18,6 +18,8 @@ pub fn limits() -> DecodeLimits {
     DecodeLimits {
         max_line_bytes: 4096,
         max_batch_bytes: 64 << 10,
+        // Rows are work: a file declaring more than this is refused before decoding.
+        max_rows: 1 << 20,
     }
 }
 

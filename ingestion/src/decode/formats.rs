@@ -28,6 +28,9 @@ pub struct DecodeLimits {
     /// A batch is handed on once its rows hold this many bytes (default 32 MiB), whatever
     /// its row count.
     pub max_batch_bytes: usize,
+    /// Rows one body may hold (default 100M). A Parquet file declaring more is refused
+    /// before a page is decoded: a few kilobytes of RLE-coded nulls can declare billions.
+    pub max_rows: u64,
 }
 
 impl Default for DecodeLimits {
@@ -35,6 +38,7 @@ impl Default for DecodeLimits {
         DecodeLimits {
             max_line_bytes: 16 << 20,
             max_batch_bytes: 32 << 20,
+            max_rows: 100_000_000,
         }
     }
 }
@@ -339,6 +343,7 @@ pub fn decode_parquet(
         );
         Ok((meta, mask))
     })?;
+    super::parquet_bounds::check_rows(meta.metadata(), limits)?;
     let group_rows = super::parquet_bounds::batch_rows_per_group(
         &file,
         meta.metadata(),

@@ -756,6 +756,7 @@ mod tests {
         let limits = DecodeLimits {
             max_line_bytes: 64,
             max_batch_bytes: 1 << 20,
+            ..DecodeLimits::default()
         };
         let ok = format!("{{\"ts\":1,\"s\":\"{}\"}}\n", "x".repeat(40));
         let long = format!("{{\"ts\":1,\"s\":\"{}\"}}\n", "x".repeat(100));
@@ -789,6 +790,7 @@ mod tests {
         let limits = DecodeLimits {
             max_line_bytes: 1 << 20,
             max_batch_bytes: 1000,
+            ..DecodeLimits::default()
         };
         let line = format!("{{\"ts\":1,\"s\":\"{}\"}}\n", "x".repeat(300));
         let mut batches = Vec::new();

@@ -79,6 +79,30 @@ pub(super) fn check_footer(file: &[u8], limits: &DecodeLimits) -> Result<()> {
     }
 }
 
+/// Checks the rows a file's row groups declare against `limits.max_rows`, before anything is
+/// decoded: the work of a file is its rows, not its bytes.
+pub(super) fn check_rows(meta: &ParquetMetaData, limits: &DecodeLimits) -> Result<()> {
+    let mut rows = 0u64;
+    for (group, rg) in meta.row_groups().iter().enumerate() {
+        let n = u64::try_from(rg.num_rows()).map_err(|_| IngestError::BadInput {
+            location: format!("Parquet row group {group}"),
+            message: format!("the file is malformed: {} rows", rg.num_rows()),
+        })?;
+        rows = rows.saturating_add(n);
+    }
+    if rows > limits.max_rows {
+        return Err(IngestError::BadInput {
+            location: "body".into(),
+            message: format!(
+                "the Parquet file declares {rows} rows, more than the {} one request may hold \
+                 (ingest.max_rows_per_request)",
+                limits.max_rows
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// The rows per batch for each of `meta`'s row groups: `requested` (at most 65,536), fewer
 /// where the projected columns could decode to more than `limits.max_batch_bytes` per batch.
 /// Columns named in `as_dictionaries` are read as dictionary arrays, whose rows hold keys.
@@ -724,6 +748,7 @@ mod tests {
         let limits = DecodeLimits {
             max_line_bytes: 1 << 20,
             max_batch_bytes: 1 << 20,
+            ..DecodeLimits::default()
         };
         // No index: the builder reads this column as strings.
         let plain = schema(vec![ColumnDef::new("s", ColumnType::String)]);
@@ -787,6 +812,7 @@ mod tests {
         let limits = DecodeLimits {
             max_line_bytes: 4096,
             max_batch_bytes: 256 << 10,
+            ..DecodeLimits::default()
         };
         let s = schema(vec![ColumnDef::new("s", ColumnType::String)]);
         let e = bad_input(decode(&file, &s, false, &limits));
@@ -802,6 +828,46 @@ mod tests {
             decode(&file, &s, false, &Default::default()).unwrap().len(),
             1
         );
+    }
+
+    /// A few kilobytes declaring millions of rows (a constant and nulls, run-length coded):
+    /// refused by its declared rows before a page is decoded, beyond the request's limit.
+    #[test]
+    fn a_file_declaring_more_rows_than_a_request_may_hold_is_refused() {
+        let n = 2_000_000;
+        let b = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                Field::new("ts", DataType::Int64, false),
+                Field::new("v", DataType::Int64, true),
+            ])),
+            vec![
+                Arc::new(Int64Array::from_value(0, n)),
+                Arc::new(Int64Array::new_null(n)),
+            ],
+        )
+        .unwrap();
+        let file = write(&b, WriterProperties::builder().build());
+        assert!(file.len() < 20_000, "{} bytes", file.len());
+        let s = schema(vec![ColumnDef::new("v", ColumnType::Long)]);
+        let limits = DecodeLimits {
+            max_rows: 1_999_999,
+            ..DecodeLimits::default()
+        };
+        let e = bad_input(decode(&file, &s, false, &limits));
+        assert!(
+            e.contains("declares 2000000 rows") && e.contains("ingest.max_rows_per_request"),
+            "{e}"
+        );
+        let limits = DecodeLimits {
+            max_rows: 2_000_000,
+            ..DecodeLimits::default()
+        };
+        let rows: usize = decode(&file, &s, false, &limits)
+            .unwrap()
+            .iter()
+            .map(|b| b.num_rows())
+            .sum();
+        assert_eq!(rows, n);
     }
 
     /// A GZIP page whose header declares fewer bytes than its stream holds is refused before
@@ -877,6 +943,7 @@ mod tests {
         let limits = DecodeLimits {
             max_line_bytes: 1 << 20,
             max_batch_bytes: 8 << 20,
+            ..DecodeLimits::default()
         };
         let e = bad_input(decode(&file, &s, false, &limits));
         assert!(
@@ -940,7 +1007,7 @@ mod tests {
                 ColumnDef::new("s", ColumnType::String),
                 ColumnDef::multi_value("tags", ColumnType::String),
             ]);
-            let limits = DecodeLimits { max_line_bytes: 4096, max_batch_bytes: 64 << 10 };
+            let limits = DecodeLimits { max_line_bytes: 4096, max_batch_bytes: 64 << 10, ..DecodeLimits::default() };
             let file = Bytes::from(file);
             let r = std::panic::catch_unwind(|| decode(&file, &s, false, &limits).map(|b| b.len()));
             proptest::prop_assert!(r.is_ok(), "panicked");

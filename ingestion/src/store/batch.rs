@@ -330,7 +330,19 @@ impl TableStore {
                         };
                         tx.send(job).map_err(|_| stopped())
                     };
+                    let mut rows_in_body = 0u64;
                     let mut sink = |b: RecordBatch| -> Result<()> {
+                        rows_in_body += b.num_rows() as u64;
+                        if rows_in_body > limits.decode.max_rows {
+                            return Err(IngestError::BadInput {
+                                location: "body".into(),
+                                message: format!(
+                                    "the body holds more than {} rows, the most one request \
+                                     may hold (ingest.max_rows_per_request)",
+                                    limits.decode.max_rows
+                                ),
+                            });
+                        }
                         let mut b = b;
                         // segment.max_bytes caps a segment's rows by their in-memory size.
                         let limit = match max_bytes {
