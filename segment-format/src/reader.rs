@@ -580,10 +580,17 @@ impl SegmentReader {
         b: usize,
     ) -> Result<(std::borrow::Cow<'_, [u8]>, usize, String)> {
         let meta = &self.footer.columns[col];
-        let block = meta
-            .blocks
-            .get(b)
-            .ok_or_else(|| corrupt(format!("{} has no block {b}", meta.name)))?;
+        let block = meta.blocks.get(b).ok_or_else(|| {
+            corrupt(format!(
+                "{} has no block {b} (it has {} blocks; the segment {} rows in blocks of {}, \
+                     reader {})",
+                meta.name,
+                meta.blocks.len(),
+                self.footer.row_count,
+                self.footer.block_rows,
+                self.instance
+            ))
+        })?;
         let what = format!("{} block {b}", meta.name);
         let checked = &self.verified[col][b];
         let verify = !checked.load(Ordering::Relaxed);
