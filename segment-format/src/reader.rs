@@ -582,8 +582,8 @@ impl SegmentReader {
         let meta = &self.footer.columns[col];
         let block = meta.blocks.get(b).ok_or_else(|| {
             corrupt(format!(
-                "{} has no block {b} (it has {} blocks; the segment {} rows in blocks of {}, \
-                     reader {})",
+                "{} has no block {b} (it has {} blocks; the segment has {} rows in blocks of \
+                 {}; reader {})",
                 meta.name,
                 meta.blocks.len(),
                 self.footer.row_count,

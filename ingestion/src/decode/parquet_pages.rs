@@ -5,11 +5,15 @@
 //!
 //! Page headers are Thrift compact-protocol structs. The `parquet` crate's own reader is not
 //! public, and it allocates the declared uncompressed size as soon as it has read a header;
-//! [`super::parquet_bounds`] must see that size first. A header is first checked as the crate
-//! reads it ([`super::parquet_thrift`]), so both read the same fields. Every read here is
-//! bounded by the bytes given: a malformed header is `None`, never a panic or an allocation.
+//! [`super::parquet_bounds`] must see that size first. A header is read in one walk that holds
+//! it to the field types the crate reads ([`super::parquet_thrift`]), so both read the same
+//! fields. Every read here is bounded by the bytes given: a malformed header is `None`, never
+//! a panic or an allocation.
 
-use super::parquet_thrift::{check_page_header, Compact, BOOL_FALSE, BOOL_TRUE, I32, STRUCT};
+use super::parquet_thrift::{
+    read_page_header, Compact, Event, DATA_PAGE_HEADER, DATA_PAGE_HEADER_V2,
+    DICTIONARY_PAGE_HEADER, PAGE_HEADER_STRUCT,
+};
 
 /// A page's type ([`PageHeader::kind`]), as the Parquet format numbers them.
 pub const DATA_PAGE: i32 = 0;
@@ -46,8 +50,6 @@ pub struct PageHeader {
 /// when the bytes are not a complete, well-formed header, or declare a field the crate reads
 /// as another type than they say.
 pub fn page_header(bytes: &[u8]) -> Option<(PageHeader, usize)> {
-    check_page_header(bytes).ok()?;
-    let mut c = Compact { buf: bytes, pos: 0 };
     let mut h = PageHeader {
         kind: -1,
         uncompressed: -1,
@@ -59,38 +61,27 @@ pub fn page_header(bytes: &[u8]) -> Option<(PageHeader, usize)> {
         is_compressed: true,
     };
     let (mut def_len, mut rep_len) = (0i32, 0i32);
-    c.fields(0, |c, id, ty| match (id, ty) {
-        (1, I32) => c.i32().map(|v| h.kind = v),
-        (2, I32) => c.i32().map(|v| h.uncompressed = v),
-        (3, I32) => c.i32().map(|v| h.compressed = v),
-        // DataPageHeader: num_values, encoding, definition and repetition level encodings.
-        (5, STRUCT) => c.fields(1, |c, id, ty| match (id, ty) {
-            (1, I32) => c.i32().map(|v| h.num_values = v),
-            (2, I32) => c.i32().map(|v| h.encoding = v),
-            (4, I32) => c.i32().map(|v| h.rep_level_encoding = v),
-            _ => c.skip(ty, 2, false),
-        }),
-        // DictionaryPageHeader: num_values, encoding.
-        (7, STRUCT) => c.fields(1, |c, id, ty| match (id, ty) {
-            (1, I32) => c.i32().map(|v| h.num_values = v),
-            (2, I32) => c.i32().map(|v| h.encoding = v),
-            _ => c.skip(ty, 2, false),
-        }),
-        // DataPageHeaderV2: num_values, .., encoding (4), definition and repetition level
-        // bytes (5, 6), is_compressed (7).
-        (8, STRUCT) => c.fields(1, |c, id, ty| match (id, ty) {
-            (1, I32) => c.i32().map(|v| h.num_values = v),
-            (4, I32) => c.i32().map(|v| h.encoding = v),
-            (5, I32) => c.i32().map(|v| def_len = v),
-            (6, I32) => c.i32().map(|v| rep_len = v),
-            (7, BOOL_TRUE | BOOL_FALSE) => {
-                h.is_compressed = ty == BOOL_TRUE;
-                Some(())
+    let len = read_page_header(bytes, &mut |event| {
+        let int = |v: i64| i32::try_from(v).map_err(|_| format!("{v} is not an i32"));
+        match event {
+            Event::Int(PAGE_HEADER_STRUCT, 1, v) => h.kind = int(v)?,
+            Event::Int(PAGE_HEADER_STRUCT, 2, v) => h.uncompressed = int(v)?,
+            Event::Int(PAGE_HEADER_STRUCT, 3, v) => h.compressed = int(v)?,
+            Event::Int(DATA_PAGE_HEADER | DICTIONARY_PAGE_HEADER | DATA_PAGE_HEADER_V2, 1, v) => {
+                h.num_values = int(v)?
             }
-            _ => c.skip(ty, 2, false),
-        }),
-        _ => c.skip(ty, 1, false),
-    })?;
+            Event::Int(DATA_PAGE_HEADER | DICTIONARY_PAGE_HEADER, 2, v)
+            | Event::Int(DATA_PAGE_HEADER_V2, 4, v) => h.encoding = int(v)?,
+            Event::Int(DATA_PAGE_HEADER, 4, v) => h.rep_level_encoding = int(v)?,
+            // A v2 page's definition and repetition level bytes, and whether it compresses.
+            Event::Int(DATA_PAGE_HEADER_V2, 5, v) => def_len = int(v)?,
+            Event::Int(DATA_PAGE_HEADER_V2, 6, v) => rep_len = int(v)?,
+            Event::Bool(DATA_PAGE_HEADER_V2, 7, b) => h.is_compressed = b,
+            _ => {}
+        }
+        Ok(())
+    })
+    .ok()?;
     h.levels_len = def_len.checked_add(rep_len)?;
     (h.kind >= 0
         && h.uncompressed >= 0
@@ -98,7 +89,7 @@ pub fn page_header(bytes: &[u8]) -> Option<(PageHeader, usize)> {
         && h.num_values >= 0
         && def_len >= 0
         && rep_len >= 0)
-        .then_some((h, c.pos))
+        .then_some((h, len))
 }
 
 /// How many of the first `n` levels in an RLE/bit-packed hybrid run are 0 (for repetition

@@ -21,25 +21,25 @@
 //! an allocation.
 
 /// Thrift compact-protocol type ids.
-pub(super) const BOOL_TRUE: u8 = 1;
-pub(super) const BOOL_FALSE: u8 = 2;
+const BOOL_TRUE: u8 = 1;
+const BOOL_FALSE: u8 = 2;
 const BYTE: u8 = 3;
 const I16: u8 = 4;
-pub(super) const I32: u8 = 5;
+const I32: u8 = 5;
 const I64: u8 = 6;
 const DOUBLE: u8 = 7;
 const BINARY: u8 = 8;
 const LIST: u8 = 9;
 const SET: u8 = 10;
 const MAP: u8 = 11;
-pub(super) const STRUCT: u8 = 12;
+const STRUCT: u8 = 12;
 
 /// Nesting deeper than this is refused (a page header nests three levels, a file footer about
 /// a dozen: lists of row groups, of column chunks, of page encoding statistics).
 const MAX_DEPTH: u32 = 64;
 
 /// Schema groups nested deeper than this are refused.
-pub(super) const MAX_SCHEMA_DEPTH: usize = 64;
+const MAX_SCHEMA_DEPTH: usize = 64;
 
 /// A type as the `parquet` crate reads a field of it.
 #[derive(Clone, Copy)]
@@ -275,8 +275,13 @@ const FILE_META_DATA: Ty = Struct(
         (9, Binary),
     ],
 );
+/// The page-header structs' names, as [`Event`]s give them.
+pub(super) const PAGE_HEADER_STRUCT: &str = "PageHeader";
+pub(super) const DATA_PAGE_HEADER: &str = "DataPageHeader";
+pub(super) const DICTIONARY_PAGE_HEADER: &str = "DictionaryPageHeader";
+pub(super) const DATA_PAGE_HEADER_V2: &str = "DataPageHeaderV2";
 const PAGE_HEADER: Ty = Struct(
-    "PageHeader",
+    PAGE_HEADER_STRUCT,
     &[
         (1, Int),
         (2, Int),
@@ -285,19 +290,19 @@ const PAGE_HEADER: Ty = Struct(
         (
             5,
             Struct(
-                "DataPageHeader",
+                DATA_PAGE_HEADER,
                 &[(1, Int), (2, Int), (3, Int), (4, Int), (5, STATISTICS)],
             ),
         ),
         (6, Struct("IndexPageHeader", &[])),
         (
             7,
-            Struct("DictionaryPageHeader", &[(1, Int), (2, Int), (3, Bool)]),
+            Struct(DICTIONARY_PAGE_HEADER, &[(1, Int), (2, Int), (3, Bool)]),
         ),
         (
             8,
             Struct(
-                "DataPageHeaderV2",
+                DATA_PAGE_HEADER_V2,
                 &[
                     (1, Int),
                     (2, Int),
@@ -336,10 +341,14 @@ pub(super) fn check_footer(bytes: &[u8]) -> Result<(), String> {
     })
 }
 
-/// Checks the page header at the start of `bytes` as the crate will read it; its length.
-pub(super) fn check_page_header(bytes: &[u8]) -> Result<usize, String> {
+/// Reads the page header at the start of `bytes` as the crate will read it, handing each of
+/// its integer and boolean fields to `on`; its length.
+pub(super) fn read_page_header(
+    bytes: &[u8],
+    on: &mut dyn FnMut(Event) -> Result<(), String>,
+) -> Result<usize, String> {
     let mut c = Compact { buf: bytes, pos: 0 };
-    c.typed(PAGE_HEADER, 0, &mut |_| Ok(()))?;
+    c.typed(PAGE_HEADER, 0, on)?;
     Ok(c.pos)
 }
 
@@ -375,11 +384,13 @@ fn check_schema_tree(children: &[Option<i32>]) -> Result<(), String> {
 }
 
 /// What the typed walk reports to its caller.
-enum Event {
+pub(super) enum Event {
     /// A struct of this name starts.
     Start(&'static str),
     /// An integer field (struct name, field id, value).
     Int(&'static str, i16, i64),
+    /// A boolean field (struct name, field id, value).
+    Bool(&'static str, i16, bool),
     /// A list of structs of this name ended.
     ListEnd(&'static str),
 }
@@ -394,7 +405,7 @@ pub(super) struct Compact<'a> {
 }
 
 impl Compact<'_> {
-    pub(super) fn byte(&mut self) -> Option<u8> {
+    fn byte(&mut self) -> Option<u8> {
         let b = *self.buf.get(self.pos)?;
         self.pos += 1;
         Some(b)
@@ -417,7 +428,7 @@ impl Compact<'_> {
         Some((v >> 1) as i64 ^ -((v & 1) as i64))
     }
 
-    pub(super) fn i32(&mut self) -> Option<i32> {
+    fn i32(&mut self) -> Option<i32> {
         i32::try_from(self.zigzag()?).ok()
     }
 
@@ -519,7 +530,7 @@ impl Compact<'_> {
             }
             match ty {
                 // A boolean field keeps its value in its type id.
-                Ty::Bool => {}
+                Ty::Bool => on(Event::Bool(name, id, wire == BOOL_TRUE))?,
                 Ty::I16 | Ty::I32 | Ty::I64 => {
                     let v = self.zigzag().ok_or(ENDED)?;
                     on(Event::Int(name, id, v))?;
@@ -530,27 +541,9 @@ impl Compact<'_> {
         Ok(())
     }
 
-    /// Reads a struct's fields up to its stop byte, handing each field's id and type to `f`
-    /// (which reads or skips its value).
-    pub(super) fn fields(
-        &mut self,
-        depth: u32,
-        mut f: impl FnMut(&mut Self, i16, u8) -> Option<()>,
-    ) -> Option<()> {
-        if depth > MAX_DEPTH {
-            return None;
-        }
-        let mut last = 0i16;
-        while let Some((id, ty)) = self.field(last).ok()? {
-            last = id;
-            f(self, id, ty)?;
-        }
-        Some(())
-    }
-
     /// Skips a value of wire type `ty`, as the crate skips a field it does not read. A
     /// boolean field keeps its value in its type id; a boolean element of a list takes a byte.
-    pub(super) fn skip(&mut self, ty: u8, depth: u32, element: bool) -> Option<()> {
+    fn skip(&mut self, ty: u8, depth: u32, element: bool) -> Option<()> {
         if depth > MAX_DEPTH {
             return None;
         }
@@ -579,7 +572,14 @@ impl Compact<'_> {
                 let kv = self.byte()?;
                 self.elements(n, &[kv >> 4, kv & 0x0f], depth)
             }
-            STRUCT => self.fields(depth + 1, |c, _, ty| c.skip(ty, depth + 1, false)),
+            STRUCT if depth < MAX_DEPTH => {
+                let mut last = 0i16;
+                while let Some((id, ty)) = self.field(last).ok()? {
+                    last = id;
+                    self.skip(ty, depth + 1, false)?;
+                }
+                Some(())
+            }
             _ => None,
         }
     }
@@ -602,6 +602,10 @@ impl Compact<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn check_page_header(bytes: &[u8]) -> Result<usize, String> {
+        read_page_header(bytes, &mut |_| Ok(()))
+    }
 
     /// Writes Thrift compact structs field by field (long-form field headers), for footers and
     /// page headers no writer would produce.
